@@ -2,16 +2,27 @@
 
 Compile an ONNX model to a static schedule, execute it cycle by cycle on the simulated chip, and check the outputs
 against onnxruntime. See README.md for the architecture and docs/isa.md for the instruction set.
+
+    import lpusim
+    program = lpusim.compile("mlp.onnx")          # static schedule for one tsp_v1 chip
+    result = program.run({"input": x})            # cycle-by-cycle simulation
+    result.outputs, result.cycles, result.latency_us
 """
 from __future__ import annotations
 
-from lpusim._lpusim import (  # noqa: F401  (re-exported)
+from lpusim._lpusim import assemble, disassemble  # noqa: F401  (re-exported)
+from lpusim.chip import Chip
+from lpusim.errors import (
     AssemblyError,
+    CompileError,
     ConfigError,
     LpusimError,
+    ModelError,
     SimulationError,
-    assemble,
-    disassemble,
 )
+from lpusim.program import Program, RunResult, compile
 
 __version__ = "0.1.0"
+
+__all__ = ["compile", "Program", "RunResult", "Chip", "assemble", "disassemble", "LpusimError",
+           "AssemblyError", "CompileError", "ConfigError", "ModelError", "SimulationError"]

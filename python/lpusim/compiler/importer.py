@@ -1,0 +1,357 @@
+"""ONNX -> IR: load and check the model, resolve shapes, fold constants, lower each node to matmul/vector nodes.
+
+Everything that depends on constants alone is folded on the host (numpy, float32). Everything else becomes chip
+work; an op with no chip lowering yet is a CompileError naming the node and its op type.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from lpusim.compiler.ir import Graph, Node, Step, Tensor
+from lpusim.errors import CompileError, ModelError
+
+# ONNX unary ops and the VXM chain each lowers to (x is ("in",); constants come from attributes).
+_UNARY = {
+    "Relu": lambda a: [("RELU", [("in",)])],
+    "Sigmoid": lambda a: [("SIGMOID", [("in",)])],
+    "Tanh": lambda a: [("TANH", [("in",)])],
+    "Exp": lambda a: [("EXP", [("in",)])],
+    "Neg": lambda a: [("NEG", [("in",)])],
+    "Abs": lambda a: [("ABS", [("in",)])],
+    "Erf": lambda a: [("ERF", [("in",)])],
+    "Reciprocal": lambda a: [("RCP", [("in",)])],
+    # max(x, alpha*x) equals LeakyRelu for 0 <= alpha <= 1; other alphas are rejected at lowering.
+    "LeakyRelu": lambda a: [("MUL", [("in",), ("imm", a.get("alpha", 0.01))]), ("MAX", [("in",), ("step", 0)])],
+    # HardSigmoid: max(0, min(1, alpha*x + beta))
+    "HardSigmoid": lambda a: [("MUL", [("in",), ("imm", a.get("alpha", 0.2))]),
+                              ("ADD", [("step", 0), ("imm", a.get("beta", 0.5))]),
+                              ("MIN", [("step", 1), ("imm", 1.0)]), ("MAX", [("step", 2), ("imm", 0.0)])],
+    # Gelu (exact form): 0.5 * x * (1 + erf(x / sqrt(2)))
+    "Gelu": lambda a: [("MUL", [("in",), ("imm", float(np.float32(1 / np.sqrt(2))))]), ("ERF", [("step", 0)]),
+                       ("ADD", [("step", 1), ("imm", 1.0)]), ("MUL", [("in",), ("imm", 0.5)]),
+                       ("MUL", [("step", 3), ("step", 2)])],
+}
+_BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAX", "Min": "MIN"}
+_NUMPY_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
+                 "Max": np.maximum, "Min": np.minimum}
+_PASSTHROUGH = {"Identity", "Dropout"}
+_RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | {"MatMul", "Gemm", "Clip", "Constant"})
+
+
+def load_model(model) -> onnx.ModelProto:
+    """An ONNX path or ModelProto -> a checked ModelProto; ModelError with the file name on any problem."""
+    if isinstance(model, onnx.ModelProto):
+        where = "the given ModelProto"
+    else:
+        where = os.fspath(model)
+        if not os.path.exists(where):
+            raise ModelError(f"{where}: no such file")
+        try:
+            model = onnx.load(where)
+        except Exception as e:  # protobuf raises DecodeError and friends
+            raise ModelError(f"{where}: not a readable ONNX model (truncated or malformed?): {e}") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{where}: invalid ONNX model: {first}") from None
+    if not model.graph.output:
+        raise ModelError(f"{where}: the graph has no outputs")
+    return model
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple]:
+    """Concrete shape of every real graph input; CompileError naming the input when a dimension is unknown."""
+    shapes = dict(shapes or {})
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        if inp.name in shapes:
+            out[inp.name] = tuple(int(d) for d in shapes.pop(inp.name))
+            continue
+        dims = []
+        for d in inp.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(d.dim_value)
+            else:
+                name = d.dim_param or "?"
+                raise CompileError(f"input '{inp.name}': dimension '{name}' is not fixed; give it with "
+                                   f"--shape {inp.name}=D0,D1,... (or shapes={{'{inp.name}': (...)}})")
+        out[inp.name] = tuple(dims)
+        elem = inp.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT:
+            raise CompileError(f"input '{inp.name}': element type {onnx.TensorProto.DataType.Name(elem)} "
+                               f"is not supported yet (float32 only)")
+    if shapes:
+        raise CompileError(f"--shape names unknown input(s): {', '.join(sorted(shapes))}")
+    return out
+
+
+def _as_matrix(shape: tuple) -> tuple[int, int]:
+    """An ONNX shape as (rows, cols): the last dimension along the lanes, everything before it batched."""
+    if len(shape) == 0:
+        return 1, 1
+    return int(np.prod(shape[:-1], dtype=np.int64)), int(shape[-1])
+
+
+class _Lowering:
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple]):
+        self.model = model
+        self.tensors: dict[str, Tensor] = {}
+        self.nodes: list[Node] = []
+        self.inputs: list[str] = []
+        self.input_shapes = input_shapes
+        self.consts: dict[str, np.ndarray] = {}  # ONNX name -> host value (folded)
+        self.values: dict[str, tuple[str, tuple]] = {}  # ONNX name -> (IR tensor, ONNX shape)
+        self.counter = 0
+
+    def fresh(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}#{self.counter}"
+
+    def add_tensor(self, name, shape, kind, data=None, onnx_input=None) -> str:
+        rows, cols = _as_matrix(shape)
+        if data is not None:
+            data = np.ascontiguousarray(np.asarray(data, dtype=np.float32).reshape(rows, cols))
+        self.tensors[name] = Tensor(name, rows, cols, kind, tuple(shape), data, onnx_input=onnx_input)
+        return name
+
+    def const_tensor(self, array: np.ndarray, hint: str) -> str:
+        return self.add_tensor(self.fresh(hint), array.shape, "const", array)
+
+    def run(self) -> None:
+        g = self.model.graph
+        for init in g.initializer:
+            self.consts[init.name] = numpy_helper.to_array(init)
+        for name, shape in self.input_shapes.items():
+            self.inputs.append(self.add_tensor(name, shape, "input", onnx_input=name))
+            self.values[name] = (name, shape)
+        for node in g.node:
+            self.lower(node)
+
+    def where(self, node) -> str:
+        return f"{node.op_type} node '{node.name or node.output[0]}'"
+
+    def get(self, node, i):
+        """('const', array) or ('value', ir_name, shape) for input i of node; None if absent."""
+        if i >= len(node.input) or node.input[i] == "":
+            return None
+        name = node.input[i]
+        if name in self.consts:
+            return ("const", self.consts[name])
+        if name in self.values:
+            return ("value",) + self.values[name]
+        raise CompileError(f"{self.where(node)}: input '{name}' is not produced by any earlier node")
+
+    def lower(self, node) -> None:
+        op, a = node.op_type, _attrs(node)
+        args = [self.get(node, i) for i in range(len(node.input))]
+        out = node.output[0]
+        if node.domain not in ("", "ai.onnx"):
+            raise CompileError(f"{self.where(node)}: operator domain '{node.domain}' is not supported")
+        if op == "Constant":
+            self.consts[out] = numpy_helper.to_array(a["value"]) if "value" in a else np.asarray(
+                a.get("value_float", a.get("value_floats", a.get("value_int", a.get("value_ints")))))
+            return
+        if all(x is None or x[0] == "const" for x in args) and op not in ("Dropout",):
+            self.consts[out] = self.fold(node, op, a, [None if x is None else x[1] for x in args])
+            return
+        if op in _PASSTHROUGH:
+            self.values[out] = self.values[node.input[0]]
+            return
+        if op in _RESHAPES:
+            return self.lower_reshape(node, op, a, args)
+        if op in ("MatMul", "Gemm"):
+            return self.lower_matmul(node, op, a, args)
+        if op in _BINARY:
+            return self.lower_binary(node, op, args)
+        if op in _UNARY or op == "Clip":
+            return self.lower_unary(node, op, a, args)
+        raise CompileError(f"{self.where(node)}: operator {op} is not supported yet "
+                           f"(supported: {', '.join(SUPPORTED_OPS)})")
+
+    # ----- host-side constant folding -------------------------------------------------------------------
+    def fold(self, node, op, a, xs):
+        import onnx.reference  # the ONNX project's own evaluator: exact ONNX semantics for folding
+
+        renamed = onnx.helper.make_node(op, [f"c{i}" if x is not None else "" for i, x in enumerate(xs)],
+                                        list(node.output), domain=node.domain, **a)
+        graph = onnx.helper.make_graph([renamed], "fold", [], [onnx.helper.make_tensor_value_info(
+            o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
+            initializer=[numpy_helper.from_array(np.asarray(x), f"c{i}") for i, x in enumerate(xs) if x is not None])
+        opset = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        try:
+            evaluator = onnx.reference.ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opset))
+            return np.asarray(evaluator.run(None, {})[0])
+        except Exception as e:
+            raise CompileError(f"{self.where(node)}: folding constant {op} failed: {e}") from None
+
+    # ----- shapes ---------------------------------------------------------------------------------------
+    def lower_reshape(self, node, op, a, args):
+        kind, ir_name, shape = args[0]
+        if op == "Flatten":
+            axis = a.get("axis", 1) % max(len(shape), 1) if shape else 0
+            new = (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
+        elif op == "Reshape":
+            if args[1] is None or args[1][0] != "const":
+                raise CompileError(f"{self.where(node)}: the target shape must be constant")
+            target = [int(v) for v in args[1][1]]
+            target = [shape[i] if v == 0 and not a.get("allowzero", 0) else v for i, v in enumerate(target)]
+            new = tuple(np.empty(shape, dtype=np.bool_).reshape(target).shape) if shape else tuple(target)
+        else:
+            axes = a.get("axes")
+            if axes is None and len(args) > 1 and args[1] is not None:
+                axes = [int(v) for v in args[1][1]]
+            if op == "Squeeze":
+                new = tuple(np.squeeze(np.empty(shape, dtype=np.bool_), axis=tuple(axes) if axes else None).shape)
+            else:
+                new = tuple(np.expand_dims(np.empty(shape, dtype=np.bool_), tuple(axes)).shape)
+        t = self.tensors[ir_name]
+        new_rows, new_cols = _as_matrix(new)
+        if (new_rows, new_cols) == (t.rows, t.cols):
+            self.values[node.output[0]] = (ir_name, new)  # same rows of the same vectors: a pure view
+        elif t.kind == "input":
+            # The host lays out inputs, so a reshaped input is just another view of the same host array.
+            name = self.add_tensor(self.fresh(node.output[0]), new, "input", onnx_input=t.onnx_input)
+            self.inputs.append(name)
+            self.values[node.output[0]] = (name, new)
+        else:
+            raise CompileError(f"{self.where(node)}: reshaping a computed {t.rows}x{t.cols} tensor to "
+                               f"{new_rows}x{new_cols} moves data between lanes, which needs the SXM "
+                               f"(not supported yet)")
+
+    # ----- contractions ---------------------------------------------------------------------------------
+    def lower_matmul(self, node, op, a, args):
+        x, w = args[0], args[1]
+        if op == "Gemm":
+            if a.get("transA", 0):
+                raise CompileError(f"{self.where(node)}: transA=1 on a computed operand is not supported yet")
+        if x[0] == "const" or w[0] != "const":
+            raise CompileError(f"{self.where(node)}: only activation @ constant weights is supported yet "
+                               f"(both operands computed needs the attention path)")
+        wmat = np.asarray(w[1], dtype=np.float32)
+        if op == "Gemm":
+            if a.get("transB", 0):
+                wmat = wmat.T
+            wmat = wmat * np.float32(a.get("alpha", 1.0))
+        if wmat.ndim != 2:
+            raise CompileError(f"{self.where(node)}: weights of rank {wmat.ndim} are not supported yet (rank 2)")
+        _, xname, xshape = x
+        if xshape[-1] != wmat.shape[0]:
+            raise CompileError(f"{self.where(node)}: inner dimensions differ: {xshape} @ {wmat.shape}")
+        out_shape = tuple(xshape[:-1]) + (wmat.shape[1],)
+        out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+        wname = self.const_tensor(wmat, "w")
+        mm = Node("matmul", node.name or node.output[0], op, out, x=xname, w=wname)
+        self.nodes.append(mm)
+        self.values[node.output[0]] = (out, out_shape)
+        if op == "Gemm" and len(args) > 2 and args[2] is not None:
+            c = args[2]
+            if c[0] == "const":
+                c = ("const", np.asarray(c[1], dtype=np.float32) * np.float32(a.get("beta", 1.0)))
+            elif a.get("beta", 1.0) != 1.0:
+                raise CompileError(f"{self.where(node)}: beta != 1 with a computed C is not supported yet")
+            self.emit_binary(node, "ADD", ("value", out, out_shape), c, node.output[0])
+
+    # ----- elementwise ----------------------------------------------------------------------------------
+    def operand(self, node, x, out_shape):
+        """A binary operand as a chain argument: ('imm', v), or ('src', tensor name) for a row/full tensor."""
+        if x[0] == "const":
+            arr = np.asarray(x[1], dtype=np.float32)
+            if arr.size == 1:
+                return ("imm", float(arr.reshape(())))
+            rows, cols = _as_matrix(out_shape)
+            full = np.broadcast_to(arr, out_shape)
+            as_rows = full.reshape(rows, cols)
+            if rows > 1 and np.all(as_rows == as_rows[:1]):
+                return ("src", self.const_tensor(as_rows[:1].copy(), "c"))  # one row, read for every row
+            return ("src", self.const_tensor(np.ascontiguousarray(as_rows), "c"))
+        _, name, shape = x
+        if tuple(shape) == tuple(out_shape):
+            return ("src", name)
+        rows, cols = _as_matrix(shape)
+        orows, ocols = _as_matrix(out_shape)
+        if cols == ocols and rows == 1:
+            return ("src", name)
+        raise CompileError(f"{self.where(node)}: broadcasting {tuple(shape)} to {tuple(out_shape)} "
+                           f"is not supported yet")
+
+    def emit_binary(self, node, vop, x, y, out_name):
+        shapes = [x[1].shape if x[0] == "const" else x[2] for x in (x, y)]
+        try:
+            out_shape = tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
+        except ValueError:
+            raise CompileError(f"{self.where(node)}: shapes {shapes[0]} and {shapes[1]} do not broadcast") from None
+        ax, ay = self.operand(node, x, out_shape), self.operand(node, y, out_shape)
+        sources, args = [], []
+        for kind, v in (ax, ay):
+            if kind == "imm":
+                args.append(("imm", v))
+            else:
+                sources.append(v)
+                args.append(("src", len(sources) - 1))
+        out = self.add_tensor(self.fresh(out_name), out_shape, "value")
+        self.nodes.append(Node("vector", node.name or out_name, node.op_type, out, sources=sources,
+                               steps=[Step(vop, args)]))
+        self.values[out_name] = (out, out_shape)
+
+    def lower_binary(self, node, op, args):
+        if len(args) != 2:
+            raise CompileError(f"{self.where(node)}: {op} with {len(args)} inputs is not supported yet")
+        self.emit_binary(node, _BINARY[op], args[0], args[1], node.output[0])
+
+    def lower_unary(self, node, op, a, args):
+        _, name, shape = args[0]
+        if op == "LeakyRelu" and not 0.0 <= a.get("alpha", 0.01) <= 1.0:
+            raise CompileError(f"{self.where(node)}: LeakyRelu alpha={a['alpha']} outside [0, 1] is not supported")
+        if op == "Clip":
+            lo = args[1][1] if len(args) > 1 and args[1] is not None else a.get("min")
+            hi = args[2][1] if len(args) > 2 and args[2] is not None else a.get("max")
+            for bound in (lo, hi):
+                if bound is not None and not isinstance(bound, (float, int)) and np.asarray(bound).size != 1:
+                    raise CompileError(f"{self.where(node)}: Clip bounds must be constant scalars")
+            chain = []
+            if lo is not None:
+                chain.append(("MAX", [("in",), ("imm", float(np.asarray(lo)))]))
+            if hi is not None:
+                chain.append(("MIN", [("step", len(chain) - 1) if chain else ("in",), ("imm", float(np.asarray(hi)))]))
+            if not chain:
+                chain = [("COPY", [("in",)])]
+        else:
+            chain = _UNARY[op](a)
+        steps = [Step(vop, [("src", 0) if arg == ("in",) else arg for arg in vargs]) for vop, vargs in chain]
+        out = self.add_tensor(self.fresh(node.output[0]), shape, "value")
+        self.nodes.append(Node("vector", node.name or node.output[0], op, out, sources=[name], steps=steps))
+        self.values[node.output[0]] = (out, shape)
+
+    def finish(self) -> Graph:
+        outputs, names = [], []
+        for o in self.model.graph.output:
+            if o.name in self.consts:
+                raise CompileError(f"output '{o.name}' is a constant; nothing to run on the chip")
+            if o.name not in self.values:
+                raise CompileError(f"output '{o.name}' is not produced by any node")
+            ir_name, shape = self.values[o.name]
+            if self.tensors[ir_name].kind == "input":
+                raise CompileError(f"output '{o.name}' is a graph input passed through; nothing to run on the chip")
+            self.tensors[ir_name].shape = tuple(shape)
+            outputs.append(ir_name)
+            names.append(o.name)
+        return Graph(self.tensors, self.nodes, self.inputs, outputs, names, dict(self.input_shapes))
+
+
+def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> Graph:
+    lowering = _Lowering(model, resolve_input_shapes(model, shapes))
+    lowering.run()
+    return lowering.finish()

@@ -1,0 +1,141 @@
+"""The compiler's one IR: matrices of row vectors, matmul nodes and VXM vector-chain nodes.
+
+Every tensor the chip touches is a matrix of `rows` vectors by `cols` lanes (a batch of rows, features along the
+320 lanes), stored in MEM in column tiles of 320 lanes. A node is either
+* `matmul`: `x @ w` with `w` constant, on an MXM plane, followed by an optional VXM chain (its *epilogue*), or
+* `vector`: a VXM chain over source tensors (elementwise work: bias adds, activations, conversions).
+
+A chain is a list of `Step`s, each one VXM operation whose arguments are a source (`("src", i)`: `sources[i]`, or
+`("acc",)`: the matmul's accumulator), an earlier step (`("step", j)`) or an immediate (`("imm", value)`). The
+node's result is the last step. `validate()` checks every invariant the later passes rely on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lpusim.errors import CompileError
+
+# VXM operations the chain may use (docs/isa.md section 4), with their arity.
+VXM_ARITY = {
+    "ADD": 2, "SUB": 2, "MUL": 2, "MAX": 2, "MIN": 2, "DIV": 2,
+    "RELU": 1, "NEG": 1, "ABS": 1, "COPY": 1,
+    "EXP": 1, "TANH": 1, "RSQRT": 1, "RCP": 1, "SIGMOID": 1, "ERF": 1,
+}
+
+
+@dataclass
+class Tensor:
+    name: str
+    rows: int
+    cols: int
+    kind: str  # "input" | "const" | "value"
+    shape: tuple  # the ONNX shape, restored for outputs
+    data: np.ndarray | None = None  # float32 [rows, cols] for constants
+    formats: set = field(default_factory=set)  # storage formats in MEM: {"f32", "f16"}
+    onnx_input: str | None = None  # for inputs: the ONNX graph input it is a (reshaped) view of
+
+
+@dataclass
+class Step:
+    op: str
+    args: list  # ("src", i) | ("acc",) | ("step", j) | ("imm", float)
+
+    def __str__(self) -> str:
+        def arg(a):
+            return {"src": lambda: f"src{a[1]}", "acc": lambda: "acc", "step": lambda: f"%{a[1]}",
+                    "imm": lambda: f"#{a[1]:g}"}[a[0]]()
+        return f"{self.op}({', '.join(arg(a) for a in self.args)})"
+
+
+@dataclass
+class Node:
+    kind: str  # "matmul" | "vector"
+    name: str  # the ONNX node this came from (for messages)
+    onnx_op: str
+    output: str
+    sources: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    x: str | None = None  # matmul activation operand
+    w: str | None = None  # matmul constant weights [K, N]
+
+    def describe(self) -> str:
+        head = f"{self.output} = {self.kind}"
+        if self.kind == "matmul":
+            head += f"({self.x} @ {self.w})"
+        chain = "; ".join(f"%{i}={s}" for i, s in enumerate(self.steps))
+        srcs = ", ".join(f"src{i}={s}" for i, s in enumerate(self.sources))
+        return f"{head} [{srcs}] {{{chain}}}  <- {self.onnx_op} '{self.name}'"
+
+
+@dataclass
+class Graph:
+    tensors: dict[str, Tensor]
+    nodes: list[Node]
+    inputs: list[str]  # IR input tensors (views of ONNX inputs)
+    outputs: list[str]  # IR tensors that are ONNX outputs, in ONNX order
+    output_names: list[str]  # the ONNX output names, parallel to `outputs`
+    onnx_inputs: dict[str, tuple]  # ONNX input name -> concrete shape
+
+    def dump(self) -> str:
+        lines = ["inputs: " + ", ".join(f"{n}[{self.tensors[n].rows}x{self.tensors[n].cols}]" for n in self.inputs)]
+        for node in self.nodes:
+            lines.append("  " + node.describe())
+        lines.append("outputs: " + ", ".join(f"{o} as {n}" for o, n in zip(self.outputs, self.output_names)))
+        for t in self.tensors.values():
+            if t.formats:
+                lines.append(f"  {t.name}: {t.kind} {t.rows}x{t.cols} in {sorted(t.formats)}")
+        return "\n".join(lines)
+
+    def consumers(self) -> dict[str, list[Node]]:
+        uses: dict[str, list[Node]] = {name: [] for name in self.tensors}
+        for node in self.nodes:
+            for name in node_inputs(node):
+                uses[name].append(node)
+        return uses
+
+
+def node_inputs(node: Node) -> list[str]:
+    return ([node.x, node.w] if node.kind == "matmul" else []) + list(node.sources)
+
+
+def validate(graph: Graph) -> None:
+    """Raise CompileError naming the node if any IR invariant is broken (a compiler bug, not a user error)."""
+    defined = set(graph.inputs) | {n for n, t in graph.tensors.items() if t.kind == "const"}
+    for node in graph.nodes:
+        where = f"IR check failed at {node.onnx_op} node '{node.name}'"
+        for name in node_inputs(node):
+            if name not in graph.tensors:
+                raise CompileError(f"{where}: unknown tensor '{name}'")
+            if name not in defined:
+                raise CompileError(f"{where}: '{name}' is used before it is computed")
+        out = graph.tensors[node.output]
+        if node.kind == "matmul":
+            x, w = graph.tensors[node.x], graph.tensors[node.w]
+            if w.kind != "const":
+                raise CompileError(f"{where}: weights '{w.name}' are not constant")
+            if x.cols != w.rows or (out.rows, out.cols) != (x.rows, w.cols):
+                raise CompileError(f"{where}: shapes {x.rows}x{x.cols} @ {w.rows}x{w.cols} -> {out.rows}x{out.cols}")
+        elif node.kind != "vector":
+            raise CompileError(f"{where}: unknown node kind {node.kind}")
+        for s in node.sources:
+            t = graph.tensors[s]
+            if t.cols != out.cols or t.rows not in (1, out.rows):
+                raise CompileError(f"{where}: source {s} is {t.rows}x{t.cols}, output {out.rows}x{out.cols}")
+        if node.kind == "vector" and not node.steps:
+            raise CompileError(f"{where}: empty vector chain")
+        for j, step in enumerate(node.steps):
+            if step.op not in VXM_ARITY or len(step.args) != VXM_ARITY[step.op]:
+                raise CompileError(f"{where}: bad step {step}")
+            for a in step.args:
+                ok = (a[0] == "src" and 0 <= a[1] < len(node.sources)) or (a[0] == "step" and 0 <= a[1] < j) \
+                    or (a[0] == "acc" and node.kind == "matmul") or a[0] == "imm"
+                if not ok:
+                    raise CompileError(f"{where}: step {j} {step} has a bad argument {a}")
+        if node.output in defined:
+            raise CompileError(f"{where}: '{node.output}' is computed twice")
+        defined.add(node.output)
+    for o in graph.outputs:
+        if o not in defined:
+            raise CompileError(f"IR check failed: output '{o}' is never computed")

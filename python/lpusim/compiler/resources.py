@@ -1,0 +1,164 @@
+"""Reservation tables for the static schedule: queue issue slots, MEM bank ports, stream diagonals, SRAM space.
+
+The scheduler tries a job at a start cycle, reserving every resource it needs; a clash raises `Clash` and the
+journal rolls the attempt back. Streams are reserved as space-time diagonals: a vector emitted at position p at
+cycle t on an eastward stream sits at p + d at t + d, so it occupies the positions between emitter and reader on the
+diagonal p - t (westward: p + t). Two transfers clash when they share a stream, a diagonal and a position.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from lpusim.errors import CompileError
+
+
+class Clash(Exception):
+    """A resource is taken; `retry_at` is the earliest later start worth trying (None: the next cycle)."""
+
+    def __init__(self, retry_at: int | None = None):
+        self.retry_at = retry_at
+
+
+@dataclass
+class Issue:
+    """One instruction in one queue at one cycle, repeated `n` times `d` cycles apart (address step `stride`)."""
+
+    queue: str
+    cycle: int
+    text: str
+    n: int = 1
+    d: int = 1
+    stride: int = 1
+    last_effect: int = 0  # the last cycle this issue changes anything (for the predicted cycle count)
+
+
+class Reservations:
+    def __init__(self, chip):
+        self.chip = chip
+        self.queue_starts: dict[str, list[int]] = {}
+        self.queue_ends: dict[str, list[int]] = {}
+        self.ports: set[tuple[int, int, int]] = set()
+        self.streams: dict[tuple[str, int, int], list[tuple[int, int]]] = {}
+        self.issues: list[Issue] = []
+        self._journal: list[tuple] = []
+        self.bank_split = chip.mem_words // 2
+
+    # ----- transactions ---------------------------------------------------------------------------------
+    def begin(self) -> None:
+        self._journal = []
+        self._issue_mark = len(self.issues)
+
+    def rollback(self) -> None:
+        for entry in reversed(self._journal):
+            kind = entry[0]
+            if kind == "q":
+                _, q, start = entry
+                i = self.queue_starts[q].index(start)
+                del self.queue_starts[q][i]
+                del self.queue_ends[q][i]
+            elif kind == "p":
+                self.ports.discard(entry[1])
+            elif kind == "s":
+                self.streams[entry[1]].pop()
+        del self.issues[self._issue_mark:]
+        self._journal = []
+
+    def commit(self) -> None:
+        self._journal = []
+
+    # ----- queues ---------------------------------------------------------------------------------------
+    def take_queue(self, queue: str, start: int, end: int, offset: int = 0) -> None:
+        """Reserve queue cycles [start, end]; `offset` is start minus the job's base cycle (for the retry hint)."""
+        if start < 0:
+            raise Clash(None)
+        starts = self.queue_starts.setdefault(queue, [])
+        ends = self.queue_ends.setdefault(queue, [])
+        i = bisect.bisect_right(starts, end)
+        if i > 0 and ends[i - 1] >= start:
+            raise Clash(ends[i - 1] + 1 - offset)
+        starts.insert(i, start)
+        ends.insert(i, end)
+        self._journal.append(("q", queue, start))
+
+    def queue_free_from(self, queue: str, start: int, end: int) -> bool:
+        starts = self.queue_starts.get(queue, [])
+        i = bisect.bisect_right(starts, end)
+        return not (i > 0 and self.queue_ends[queue][i - 1] >= start)
+
+    # ----- MEM bank ports -------------------------------------------------------------------------------
+    def take_ports(self, slice_index: int, addr: int, first: int, n: int, d: int, stride: int) -> None:
+        for i in range(n):
+            a = addr + i * stride
+            key = (slice_index, int(a >= self.bank_split), first + i * d)
+            if key in self.ports:
+                raise Clash(None)
+            self.ports.add(key)
+            self._journal.append(("p", key))
+
+    # ----- streams --------------------------------------------------------------------------------------
+    def stream_free(self, direction, stream, transfers) -> bool:
+        for emit_pos, emit_cycle, read_pos in transfers:
+            diag = emit_pos - emit_cycle if direction == "E" else emit_pos + emit_cycle
+            lo, hi = min(emit_pos, read_pos), max(emit_pos, read_pos)
+            for a, b in self.streams.get((direction, stream, diag), ()):
+                if a <= hi and lo <= b:
+                    return False
+        return True
+
+    def take_stream(self, direction: str, stream: int, transfers: list[tuple[int, int, int]]) -> None:
+        """Reserve one stream for every (emit position, emit cycle, read position); the caller checked it free."""
+        for emit_pos, emit_cycle, read_pos in transfers:
+            diag = emit_pos - emit_cycle if direction == "E" else emit_pos + emit_cycle
+            key = (direction, stream, diag)
+            self.streams.setdefault(key, []).append((min(emit_pos, read_pos), max(emit_pos, read_pos)))
+            self._journal.append(("s", key))
+
+    def add_issue(self, issue: Issue) -> Issue:
+        self.issues.append(issue)
+        return issue
+
+
+class SramAllocator:
+    """Bump allocation of MEM addresses, per slice and bank; a tensor tile of w-byte elements takes w slices."""
+
+    def __init__(self, chip):
+        self.chip = chip
+        self.half = chip.mem_slices // 2
+        split = chip.mem_words // 2
+        self.next = [[0, split] for _ in range(chip.mem_slices)]
+        self.limit = [split, chip.mem_words]
+        self.cursor = {}  # (hemisphere, bank) -> next group start inside the hemisphere
+        self.bytes_used = 0
+
+    def alloc(self, width: int, count: int, hemisphere: str, bank: int, avoid: set | None = None) -> tuple[int, int]:
+        """`width` consecutive slices of one hemisphere with `count` free addresses each: (first slice, address).
+
+        Tries the preferred hemisphere and bank, then the other bank, then the other hemisphere."""
+        other = "E" if hemisphere == "W" else "W"
+        for hemi, b in ((hemisphere, bank), (hemisphere, 1 - bank), (other, bank), (other, 1 - bank)):
+            got = self._alloc_in(width, count, hemi, b, avoid or set())
+            if got is not None:
+                self.bytes_used += width * count * self.chip.lanes
+                return got
+        raise CompileError(f"out of SRAM: a tile needs {width} slices x {count} vectors and no slice group has "
+                           f"room ({self.bytes_used} of {self.chip.sram_bytes} bytes already placed)")
+
+    def _alloc_in(self, width, count, hemi, bank, avoid):
+        base = 0 if hemi == "W" else self.half
+        key = (hemi, bank)
+        start = self.cursor.get(key, 0)
+        for step in range(self.half):
+            g = (start + step) % self.half
+            if g + width > self.half:
+                continue
+            slices = range(base + g, base + g + width)
+            if any(s in avoid for s in slices):
+                continue
+            addr = max(self.next[s][bank] for s in slices)
+            if addr + count <= self.limit[bank]:
+                for s in slices:
+                    self.next[s][bank] = addr + count
+                self.cursor[key] = (g + width) % self.half
+                return base + g, addr
+        return None

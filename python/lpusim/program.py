@@ -1,0 +1,150 @@
+"""The user-facing API: `lpusim.compile(model)` -> `Program`; `Program.run(inputs)` -> `RunResult`."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lpusim import _lpusim
+from lpusim.chip import Chip
+from lpusim.compiler import compile_graph, emit
+from lpusim.compiler.schedule import byte_planes
+from lpusim.errors import CompileError, ModelError
+
+UNIT_COUNTS = ("mem", "vxm", "mxm", "sxm", "c2c")
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray]
+    cycles: int
+    predicted_cycles: int
+    latency_us: float
+    instructions: int
+    busy: dict[str, int]
+    utilization: dict[str, float]
+    wall_simulate_s: float
+    timing_only: bool = False
+
+
+@dataclass
+class Program:
+    """A model compiled for one chip: the assembly, the constant SRAM image, where inputs and outputs live."""
+
+    chip: Chip
+    assembly: str
+    predicted_cycles: int
+    instructions: int
+    sram_bytes: int
+    input_shapes: dict[str, tuple]
+    output_names: list[str]
+    compile_s: float
+    _graph: object = field(repr=False)
+    _schedule: object = field(repr=False)
+    _binary: bytes = field(repr=False, default=b"")
+
+    @property
+    def latency_us(self) -> float:
+        return self.chip.seconds(self.predicted_cycles) * 1e6
+
+    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in self.input_shapes.items()}
+
+    def _mem_image(self, inputs: dict[str, np.ndarray]):
+        graph, sched = self._graph, self._schedule
+        missing = [n for n in self.input_shapes if n not in inputs]
+        if missing:
+            raise ModelError(f"missing input(s): {', '.join(missing)} (the model takes "
+                             f"{', '.join(f'{n}{list(s)}' for n, s in self.input_shapes.items())})")
+        extra = [n for n in inputs if n not in self.input_shapes]
+        if extra:
+            raise ModelError(f"unknown input(s): {', '.join(extra)}")
+        mem = list(sched.static_init)
+        lanes = self.chip.lanes
+        for ir_name, locs in sched.inputs.items():
+            t = graph.tensors[ir_name]
+            array = np.asarray(inputs[t.onnx_input])
+            if tuple(array.shape) != tuple(self.input_shapes[t.onnx_input]):
+                raise ModelError(f"input '{t.onnx_input}' has shape {tuple(array.shape)}, the program was "
+                                 f"compiled for {tuple(self.input_shapes[t.onnx_input])}")
+            matrix = array.astype(np.float32).reshape(t.rows, t.cols)
+            for nt, loc in enumerate(locs):
+                for b, plane in enumerate(byte_planes(matrix[:, nt * lanes:(nt + 1) * lanes], "f32", lanes)):
+                    mem.append((loc.slice + b, loc.addr, plane))
+        dumps = []
+        for ir_name in graph.outputs:
+            for loc in sched.outputs[ir_name]:
+                dumps.extend((loc.slice + b, loc.addr, loc.rows) for b in range(loc.width))
+        return mem, dumps
+
+    def _decode_outputs(self, arrays) -> dict[str, np.ndarray]:
+        graph, sched = self._graph, self._schedule
+        lanes = self.chip.lanes
+        out, i = {}, 0
+        for ir_name, onnx_name in zip(graph.outputs, graph.output_names):
+            t = graph.tensors[ir_name]
+            tiles = []
+            for loc in sched.outputs[ir_name]:
+                planes = np.stack(arrays[i:i + loc.width], axis=-1)  # rows, lanes, 4 bytes
+                i += loc.width
+                tiles.append(np.ascontiguousarray(planes).view("<f4").reshape(loc.rows, lanes))
+            out[onnx_name] = np.concatenate(tiles, axis=1)[:, :t.cols].reshape(t.shape).astype(np.float32)
+        return out
+
+    def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0,
+            timing_only: bool = False) -> RunResult:
+        """Simulate the program cycle by cycle on `inputs` (seeded random inputs when None)."""
+        if inputs is None:
+            inputs = self.random_inputs(seed)
+        mem, dumps = self._mem_image(inputs)
+        start = time.perf_counter()
+        stats, arrays = _lpusim.simulate(self.chip.to_json(), self._binary or self.assembly, mem, dumps,
+                                         timing_only)
+        wall = time.perf_counter() - start
+        outputs = {} if timing_only else self._decode_outputs(arrays)
+        cycles = int(stats["cycles"])
+        busy = {k: int(v) for k, v in stats["busy"].items()}
+        return RunResult(outputs, cycles, self.predicted_cycles, self.chip.seconds(cycles) * 1e6,
+                         int(stats["instructions"]), busy, utilization(self.chip, busy, cycles), wall, timing_only)
+
+
+def utilization(chip: Chip, busy: dict[str, int], cycles: int) -> dict[str, float]:
+    """Busy fraction per unit kind: busy unit-cycles over (units of that kind x cycles)."""
+    units = {"mem": chip.mem_slices * chip.mem_banks_per_slice, "vxm": chip.vxm_alus, "mxm": chip.mxm_planes,
+             "sxm": 2 * chip.sxm_per_hemisphere_queues, "c2c": chip.c2c_links}
+    if cycles <= 0:
+        return {k: 0.0 for k in units}
+    return {k: busy.get(k, 0) / (units[k] * cycles) for k in units}
+
+
+def compile(model, chips: int = 1, chip=None, precision: str = "fp16", shapes: dict | None = None,
+            dump=None, progress: bool = False) -> Program:
+    """Compile an ONNX model (path or ModelProto) to a static schedule for `chips` simulated chips.
+
+    `chip` is a configuration name (`"tsp_v1"`), a JSON file path or dict; `precision="fp16"` runs float models
+    through the fp16 MXM path with f32 accumulation (Groq's flow); `shapes` fixes dynamic input dimensions;
+    `dump(name, text)` receives the IR after every pass."""
+    if chips != 1:
+        raise CompileError(f"chips={chips}: multi-chip systems are not supported yet (one chip only)")
+    cfg = Chip.load(chip)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(desc="schedule", unit="node", leave=False)
+
+        def report(i, n, node):
+            bar.total = n
+            bar.n = i
+            bar.set_postfix_str(node.onnx_op, refresh=True)
+    start = time.perf_counter()
+    try:
+        proto, graph, sched, text = compile_graph(model, cfg, precision, shapes, dump, report if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    binary = _lpusim.assemble(text)
+    return Program(cfg, text, sched.predicted_cycles, emit.count_instructions(sched.issues), sched.sram_bytes,
+                   dict(graph.onnx_inputs), list(graph.output_names), time.perf_counter() - start,
+                   graph, sched, binary)
