@@ -47,7 +47,8 @@ def _load_inputs(path: str | None) -> dict | None:
         raise LpusimError(f"{path}: not a readable .npz file: {e}") from None
 
 
-def run_and_check(model, *, inputs=None, seed=0, chip=None, shapes=None, timing_only=False, progress=False):
+def run_and_check(model, *, inputs=None, seed=0, chip=None, shapes=None, timing_only=False, progress=False,
+                  trace=None, plot=None):
     """Compile, simulate and cross-check; the report dict that `lpusim run --json` prints."""
     import lpusim
     from lpusim.check import compare, run_onnxruntime
@@ -58,6 +59,12 @@ def run_and_check(model, *, inputs=None, seed=0, chip=None, shapes=None, timing_
     if inputs is None:
         inputs = program.random_inputs(seed)
     result = program.run(inputs, timing_only=timing_only)
+    if trace:
+        from lpusim.trace import write_chrome_trace
+        write_chrome_trace(program, trace)
+    if plot:
+        from lpusim.trace import plot_utilization
+        plot_utilization(program, plot)
     if result.cycles != result.predicted_cycles:
         raise lpusim.SimulationError(f"simulated {result.cycles} cycles but the compiler predicted "
                                      f"{result.predicted_cycles}: a compiler/simulator timing disagreement")
@@ -108,7 +115,7 @@ def _print_report(r: dict) -> None:
 def cmd_run(args) -> int:
     report = run_and_check(args.model, inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
                            shapes=_parse_shapes(args.shape), timing_only=args.timing_only,
-                           progress=not args.json and sys.stderr.isatty())
+                           progress=not args.json and sys.stderr.isatty(), trace=args.trace, plot=args.plot)
     if args.json:
         print(json.dumps(report))
     else:
@@ -207,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
     r.add_argument("--chip", default=None)
     r.add_argument("--timing-only", action="store_true", help="execute the schedule without computing values")
+    r.add_argument("--trace", metavar="FILE.json", help="write a Perfetto/Chrome trace of the schedule")
+    r.add_argument("--plot", metavar="FILE.png", help="plot unit utilisation over time (needs matplotlib)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 
