@@ -1,0 +1,326 @@
+//! The chip configuration: every number the simulator uses, as data.
+//!
+//! Published numbers come from `shared/reference/tsp-architecture.md`; the timing parameters are **chosen**
+//! (docs/isa.md section 8) because Groq never published them. Each field says which and why.
+//! Everything else in the simulator (positions, queue indices) is derived from these fields.
+
+use crate::error::ConfigError;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChipConfig {
+    /// Name of the configuration (`tsp_v1` is the first-generation chip).
+    pub name: String,
+    /// Published nominal clock (900 MHz). Only used to convert cycles to seconds.
+    pub clock_hz: f64,
+    /// Published: a vector is 320 bytes, one per lane.
+    pub lanes: usize,
+    /// Published: 20 superlanes (one tile of every slice each).
+    pub superlanes: usize,
+    /// Published: each tile is 16 lanes wide. DISTRIBUTE and TRANSPOSE are defined on 16 lanes, so this must be 16.
+    pub lanes_per_superlane: usize,
+    /// Published: 88 MEM slices, 44 per hemisphere (must be even).
+    pub mem_slices: usize,
+    /// Published: 2 banks per slice (pseudo-dual porting). The simulator models exactly 2.
+    pub mem_banks_per_slice: usize,
+    /// Published (derived from 2.5 MiB per slice): 8192 addresses of one 320-byte vector.
+    pub mem_words: usize,
+    /// Derived: mem_slices * mem_words * lanes (220 MiB for tsp_v1). Kept in the JSON so it is visible; checked.
+    pub sram_bytes: u64,
+    /// Published: 32 streams in each direction.
+    pub streams_per_direction: usize,
+    /// Published: 4 MXM planes, half per hemisphere (must be even).
+    pub mxm_planes: usize,
+    /// Published: each plane is 320 x 320. Must equal `lanes` (a dot product spans a whole vector).
+    pub mxm_dim: usize,
+    /// Chosen: accumulator rows per plane (1024), enough for a 1024-row output tile.
+    pub mxm_acc_rows: usize,
+    /// Published: 16 ALUs per lane, one VXM queue each.
+    pub vxm_alus_per_lane: usize,
+    /// Chosen: SXM queues per hemisphere (4); the published 144 queues leave 8 for the SXM.
+    pub sxm_per_hemisphere_queues: usize,
+    /// Published: 16 C2C links (must be even: half on each side).
+    pub c2c_links: usize,
+    /// Published: 144 instruction queues. Derived from the unit counts and checked.
+    pub instruction_queues: usize,
+    /// Chosen: one SRAM access per cycle; the vector is on the stream the next cycle.
+    pub mem_read_latency: u64,
+    /// Chosen: symmetric with read.
+    pub mem_write_latency: u64,
+    /// Chosen: a 32-bit add/compare pipeline of two stages.
+    pub vxm_alu_latency: u64,
+    /// Chosen: a 32-bit multiplier one stage deeper than the adder.
+    pub vxm_mul_latency: u64,
+    /// Chosen: iterative / table-based functions (EXP, TANH, DIV, ...).
+    pub vxm_transcendental_latency: u64,
+    /// Chosen: one cycle per 16x16 supercell row of the 20x20 grid (FTLPU model).
+    pub mxm_array_latency: u64,
+    /// Chosen from published peaks: 750 TOPS int8 vs 188 TFLOPS fp16 is a 4x ratio.
+    pub mxm_fp16_cycles_per_vector: u64,
+    /// Chosen: double-buffered weights make install a buffer swap.
+    pub mxm_install_latency: u64,
+    /// Chosen: accumulator read to stream.
+    pub mxm_acc_latency: u64,
+    /// Chosen: one crossbar stage and one register.
+    pub sxm_latency: u64,
+    /// Chosen: a broadcast wire across the die.
+    pub icu_notify_latency: u64,
+    /// Chosen: receive buffer to stream.
+    pub c2c_recv_latency: u64,
+    /// Published "shallow buffers at clock-domain crossings"; the depth (8) is chosen.
+    pub c2c_rx_buffer_vectors: usize,
+    /// Published: the hardware-aligned counter's epoch is under 256 cycles; 252 chosen.
+    pub hac_period: u64,
+    /// Chosen: lpusim preloads queues, so this only bounds a program's length per queue.
+    pub instruction_queue_depth: usize,
+}
+
+impl ChipConfig {
+    /// The first-generation chip (docs/isa.md section 8).
+    pub fn tsp_v1() -> ChipConfig {
+        let mut c = ChipConfig {
+            name: "tsp_v1".into(),
+            clock_hz: 900e6,
+            lanes: 320,
+            superlanes: 20,
+            lanes_per_superlane: 16,
+            mem_slices: 88,
+            mem_banks_per_slice: 2,
+            mem_words: 8192,
+            sram_bytes: 0,
+            streams_per_direction: 32,
+            mxm_planes: 4,
+            mxm_dim: 320,
+            mxm_acc_rows: 1024,
+            vxm_alus_per_lane: 16,
+            sxm_per_hemisphere_queues: 4,
+            c2c_links: 16,
+            instruction_queues: 0,
+            mem_read_latency: 1,
+            mem_write_latency: 1,
+            vxm_alu_latency: 2,
+            vxm_mul_latency: 3,
+            vxm_transcendental_latency: 8,
+            mxm_array_latency: 20,
+            mxm_fp16_cycles_per_vector: 4,
+            mxm_install_latency: 1,
+            mxm_acc_latency: 1,
+            sxm_latency: 2,
+            icu_notify_latency: 2,
+            c2c_recv_latency: 1,
+            c2c_rx_buffer_vectors: 8,
+            hac_period: 252,
+            instruction_queue_depth: 1 << 20,
+        };
+        c.sram_bytes = c.derived_sram_bytes();
+        c.instruction_queues = c.derived_instruction_queues();
+        c
+    }
+
+    /// A named built-in configuration.
+    pub fn by_name(name: &str) -> Result<ChipConfig, ConfigError> {
+        match name {
+            "tsp_v1" => Ok(ChipConfig::tsp_v1()),
+            _ => Err(ConfigError::new("name", format!("unknown chip configuration '{name}' (known: tsp_v1)"))),
+        }
+    }
+
+    pub fn derived_sram_bytes(&self) -> u64 {
+        (self.mem_slices as u64).saturating_mul(self.mem_words as u64).saturating_mul(self.lanes as u64)
+    }
+
+    pub fn derived_instruction_queues(&self) -> usize {
+        self.mem_slices
+            + self.vxm_alus_per_lane
+            + 4 * self.mxm_planes
+            + 2 * self.sxm_per_hemisphere_queues
+            + self.c2c_links
+    }
+
+    /// Parse and validate JSON; unknown fields and missing fields are errors naming the field.
+    pub fn from_json(text: &str) -> Result<ChipConfig, ConfigError> {
+        let c: ChipConfig = serde_json::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            // serde names the field in its message ("unknown field `x`", "missing field `y`").
+            let field = msg.split('`').nth(1).unwrap_or("json").to_string();
+            ConfigError::new(&field, msg)
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Check every field; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |f: &str, m: String| Err(ConfigError::new(f, m));
+        if !(self.clock_hz.is_finite() && self.clock_hz > 0.0) {
+            return err("clock_hz", "must be a positive number".into());
+        }
+        if self.lanes_per_superlane != 16 {
+            return err("lanes_per_superlane", "must be 16 (DISTRIBUTE and TRANSPOSE work on 16 lanes)".into());
+        }
+        if self.superlanes == 0 || self.superlanes > 4096 {
+            return err("superlanes", "must be in 1..4096".into());
+        }
+        if self.lanes != self.superlanes * self.lanes_per_superlane {
+            return err("lanes", format!("must equal superlanes * lanes_per_superlane = {}", self.superlanes * 16));
+        }
+        if self.mem_slices == 0 || self.mem_slices % 2 != 0 || self.mem_slices > 4096 {
+            return err("mem_slices", "must be even and in 2..4096".into());
+        }
+        if self.mem_banks_per_slice != 2 {
+            return err("mem_banks_per_slice", "must be 2 (the simulator models pseudo-dual-ported slices)".into());
+        }
+        if self.mem_words < 2 || self.mem_words % 2 != 0 || self.mem_words > (1 << 24) {
+            return err("mem_words", "must be even and in 2..16777216".into());
+        }
+        if self.sram_bytes != self.derived_sram_bytes() {
+            return err("sram_bytes", format!("must equal mem_slices * mem_words * lanes = {}", self.derived_sram_bytes()));
+        }
+        if self.streams_per_direction == 0 || self.streams_per_direction > 256 {
+            return err("streams_per_direction", "must be in 1..256".into());
+        }
+        if self.mxm_planes == 0 || self.mxm_planes % 2 != 0 || self.mxm_planes > 64 {
+            return err("mxm_planes", "must be even and in 2..64".into());
+        }
+        if self.mxm_dim != self.lanes {
+            return err("mxm_dim", format!("must equal lanes ({})", self.lanes));
+        }
+        if self.mxm_acc_rows == 0 || self.mxm_acc_rows > (1 << 24) {
+            return err("mxm_acc_rows", "must be in 1..16777216".into());
+        }
+        if self.vxm_alus_per_lane == 0 || self.vxm_alus_per_lane > 256 {
+            return err("vxm_alus_per_lane", "must be in 1..256".into());
+        }
+        if self.sxm_per_hemisphere_queues == 0 || self.sxm_per_hemisphere_queues > 256 {
+            return err("sxm_per_hemisphere_queues", "must be in 1..256".into());
+        }
+        if self.c2c_links % 2 != 0 || self.c2c_links > 256 {
+            return err("c2c_links", "must be even and at most 256".into());
+        }
+        if self.instruction_queues != self.derived_instruction_queues() {
+            return err(
+                "instruction_queues",
+                format!("must equal mem_slices + vxm_alus_per_lane + 4*mxm_planes + 2*sxm_per_hemisphere_queues + c2c_links = {}", self.derived_instruction_queues()),
+            );
+        }
+        let lat: [(&str, u64); 13] = [
+            ("mem_read_latency", self.mem_read_latency),
+            ("mem_write_latency", self.mem_write_latency),
+            ("vxm_alu_latency", self.vxm_alu_latency),
+            ("vxm_mul_latency", self.vxm_mul_latency),
+            ("vxm_transcendental_latency", self.vxm_transcendental_latency),
+            ("mxm_array_latency", self.mxm_array_latency),
+            ("mxm_fp16_cycles_per_vector", self.mxm_fp16_cycles_per_vector),
+            ("mxm_install_latency", self.mxm_install_latency),
+            ("mxm_acc_latency", self.mxm_acc_latency),
+            ("sxm_latency", self.sxm_latency),
+            ("icu_notify_latency", self.icu_notify_latency),
+            ("c2c_recv_latency", self.c2c_recv_latency),
+            ("hac_period", self.hac_period),
+        ];
+        for (f, v) in lat {
+            if v == 0 || v > 1_000_000 {
+                return err(f, "must be in 1..1000000 (all latencies are at least one cycle)".into());
+            }
+        }
+        if self.c2c_rx_buffer_vectors == 0 || self.c2c_rx_buffer_vectors > 1 << 20 {
+            return err("c2c_rx_buffer_vectors", "must be in 1..1048576".into());
+        }
+        if self.instruction_queue_depth == 0 || self.instruction_queue_depth > 1 << 28 {
+            return err("instruction_queue_depth", "must be in 1..268435456".into());
+        }
+        Ok(())
+    }
+
+    // ---- floorplan (docs/isa.md section 1), derived from the counts ----
+
+    /// MXM planes per hemisphere.
+    pub fn planes_per_side(&self) -> usize {
+        self.mxm_planes / 2
+    }
+    /// MEM slices per hemisphere.
+    pub fn mem_per_side(&self) -> usize {
+        self.mem_slices / 2
+    }
+    /// Number of positions on the belt: `2*(planes/2) + 2 + 2*(mem/2) + 1`.
+    pub fn positions(&self) -> usize {
+        2 * self.planes_per_side() + 2 + 2 * self.mem_per_side() + 1
+    }
+    pub fn vxm_position(&self) -> usize {
+        self.planes_per_side() + 1 + self.mem_per_side()
+    }
+    pub fn sxm_position(&self, east: bool) -> usize {
+        if east {
+            self.vxm_position() + self.mem_per_side() + 1
+        } else {
+            self.planes_per_side()
+        }
+    }
+    /// MEM slice `i` of a hemisphere (`i = 0` is next to the VXM).
+    pub fn mem_position(&self, east: bool, i: usize) -> usize {
+        if east {
+            self.vxm_position() + 1 + i
+        } else {
+            self.vxm_position() - 1 - i
+        }
+    }
+    /// MXM plane `j` of a hemisphere (`j = 0` is the inner one).
+    pub fn mxm_position(&self, east: bool, j: usize) -> usize {
+        if east {
+            self.sxm_position(true) + 1 + j
+        } else {
+            self.planes_per_side() - 1 - j
+        }
+    }
+    /// C2C link `i`: links `0..c2c_links/2` sit with the west SXM, the rest with the east SXM.
+    pub fn link_position(&self, link: usize) -> usize {
+        self.sxm_position(link >= self.c2c_links / 2)
+    }
+    /// `mxm_latency()` of section 4: the array plus the wait for the last superlane.
+    pub fn mxm_latency(&self) -> u64 {
+        self.mxm_array_latency + (self.superlanes as u64 - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsp_v1_numbers() {
+        let c = ChipConfig::tsp_v1();
+        c.validate().unwrap();
+        assert_eq!(c.sram_bytes, 230_686_720);
+        assert_eq!(c.instruction_queues, 144);
+        assert_eq!(c.positions(), 95);
+        assert_eq!(c.vxm_position(), 47);
+        assert_eq!(c.mem_position(false, 43), 3);
+        assert_eq!(c.mem_position(false, 0), 46);
+        assert_eq!(c.mem_position(true, 43), 91);
+        assert_eq!(c.sxm_position(false), 2);
+        assert_eq!(c.sxm_position(true), 92);
+        assert_eq!(c.mxm_position(false, 1), 0);
+        assert_eq!(c.mxm_position(false, 0), 1);
+        assert_eq!(c.mxm_position(true, 0), 93);
+        assert_eq!(c.mxm_position(true, 1), 94);
+    }
+
+    #[test]
+    fn json_round_trip_and_errors() {
+        let c = ChipConfig::tsp_v1();
+        let back = ChipConfig::from_json(&c.to_json()).unwrap();
+        assert_eq!(c, back);
+        let bad = c.to_json().replace("\"mem_slices\": 88", "\"mem_slices\": 87");
+        let e = ChipConfig::from_json(&bad).unwrap_err();
+        assert_eq!(e.field, "mem_slices");
+        let unknown = c.to_json().replacen('{', "{\"bogus\": 1,", 1);
+        let e = ChipConfig::from_json(&unknown).unwrap_err();
+        assert_eq!(e.field, "bogus");
+        assert!(ChipConfig::by_name("nope").is_err());
+    }
+}

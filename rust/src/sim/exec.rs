@@ -1,0 +1,545 @@
+//! What each instruction does at issue (step 2) and what each scheduled effect does when it lands (steps 1, 3).
+//!
+//! Checks inside one instruction go left to right through its operands (stream reads, addresses, registers), then
+//! unit state (bank ports, busy plane, types, buffer room, links): docs/isa.md section 9.5.
+
+use super::calendar::{self, Event, Payload, NONE};
+use super::mxm::RowKind;
+use super::{sxm, vxm, Chip};
+use crate::config::ChipConfig;
+use crate::error::{ErrorKind, SimError};
+use crate::isa::{AluOp, DType, Dir, Instr, Operand, Stream};
+
+/// Configuration-dependent operand checks done at load time (docs/isa.md 9.3).
+pub fn check_config(ins: &Instr, c: &ChipConfig) -> Result<(), String> {
+    let spd = c.streams_per_direction;
+    let group = |s: &Stream, w: usize| -> Result<(), String> {
+        if s.index as usize + w > spd {
+            let d = if s.dir == Dir::East { 'E' } else { 'W' };
+            return Err(format!("a {w}-stream group at {s} runs past {d}{}", spd - 1));
+        }
+        Ok(())
+    };
+    let opnd = |o: &Operand, w: usize| -> Result<(), String> {
+        match o {
+            Operand::Stream(s) => group(s, w),
+            Operand::Reg(r) if *r as usize >= c.vxm_alus_per_lane => {
+                Err(format!("register R{r} does not exist (R0..R{})", c.vxm_alus_per_lane - 1))
+            }
+            _ => Ok(()),
+        }
+    };
+    match ins {
+        Instr::Read { s, .. } | Instr::Write { s, .. } | Instr::Send { s } | Instr::Recv { s } => group(s, 1),
+        Instr::Gather { s, map } | Instr::Scatter { s, map } => {
+            group(s, 1)?;
+            group(map, 2)
+        }
+        Instr::Alu { t, out, dst, a, b, .. } => {
+            if let Some(d) = dst {
+                group(d, out.width())?;
+            }
+            opnd(a, t.width())?;
+            if let Some(b) = b {
+                opnd(b, t.width())?;
+            }
+            Ok(())
+        }
+        Instr::Lw { t, s, n } => {
+            if *n as usize > c.mxm_dim {
+                return Err(format!("LW of {n} rows: a plane has {} rows", c.mxm_dim));
+            }
+            group(s, t.width() * *n as usize)
+        }
+        Instr::Abc { t, s, .. } => group(s, t.width()),
+        Instr::Acc { s, .. } => group(s, 4),
+        Instr::Shift { d, s, n } => {
+            group(d, 1)?;
+            group(s, 1)?;
+            if n.unsigned_abs() as usize >= c.lanes {
+                return Err(format!("shift {n} is outside -{}..{}", c.lanes - 1, c.lanes - 1));
+            }
+            Ok(())
+        }
+        Instr::Permute { d, s, map } => {
+            group(d, 1)?;
+            group(s, 1)?;
+            group(map, 2)
+        }
+        Instr::Distribute { d, s, .. } => {
+            group(d, 1)?;
+            group(s, 1)
+        }
+        Instr::Transpose { d, s } => {
+            group(d, 16)?;
+            group(s, 16)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn stream_name(dir: Dir, index: usize) -> String {
+    format!("{}{index}", if dir == Dir::East { 'E' } else { 'W' })
+}
+
+/// Which scratch buffer a group read goes to.
+#[derive(Clone, Copy)]
+enum Scratch {
+    A,
+    B,
+    M,
+}
+
+impl Chip {
+    /// Check that the `w` streams of a group all carry a value at (pos, t); copy them (planes) into a scratch buffer.
+    fn read_group(&mut self, into: Scratch, s: Stream, w: usize, pos: usize, t: u64, q: usize, idx: usize) -> Result<(), SimError> {
+        let lanes = self.cfg.lanes;
+        for b in 0..w {
+            let si = s.index as usize + b;
+            match self.belt.find(s.dir, si, pos, t) {
+                Some(slot) => {
+                    if !self.timing_only {
+                        let buf = match into {
+                            Scratch::A => &mut self.sa,
+                            Scratch::B => &mut self.sb,
+                            Scratch::M => &mut self.sm,
+                        };
+                        buf[b * lanes..(b + 1) * lanes].copy_from_slice(self.belt.bytes(slot));
+                    }
+                }
+                None => {
+                    return Err(self.err(
+                        ErrorKind::StreamEmpty,
+                        t,
+                        q,
+                        idx,
+                        format!("no value on stream {} at position {pos}", stream_name(s.dir, si)),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy `w` planes from a scratch buffer into a fresh byte buffer (NONE in timing-only mode).
+    fn planes_buf(&mut self, from: Scratch, w: usize) -> u32 {
+        if self.timing_only {
+            return NONE;
+        }
+        let n = w * self.cfg.lanes;
+        let h = self.bytes.alloc(n);
+        let src = match from {
+            Scratch::A => &self.sa,
+            Scratch::B => &self.sb,
+            Scratch::M => &self.sm,
+        };
+        self.bytes.get_mut(h).copy_from_slice(&src[..n]);
+        h
+    }
+
+    fn emit_at(&mut self, cycle: u64, q: usize, idx: usize, d: Stream, width: usize, buf: u32) {
+        let pos = self.qinfo[q].pos as u32;
+        self.schedule(cycle, calendar::EMIT, q, idx, Payload::Emit { dir: d.dir, start: d.index as u16, width: width as u16, pos, buf });
+    }
+
+    fn check_addr(&self, a: i64, q: usize, idx: usize, t: u64) -> Result<usize, SimError> {
+        let words = self.cfg.mem_words as i64;
+        if a < 0 || a >= words {
+            return Err(self.err(ErrorKind::AddressOutOfRange, t, q, idx, format!("address {a} is outside 0..{}", words - 1)));
+        }
+        Ok(a as usize)
+    }
+
+    fn check_row(&self, a: i64, q: usize, idx: usize, t: u64) -> Result<usize, SimError> {
+        let rows = self.cfg.mxm_acc_rows as i64;
+        if a < 0 || a >= rows {
+            return Err(self.err(ErrorKind::AddressOutOfRange, t, q, idx, format!("accumulator row {a} is outside 0..{}", rows - 1)));
+        }
+        Ok(a as usize)
+    }
+
+    fn use_port(&mut self, slice: usize, bank: usize, t: u64, q: usize, idx: usize) -> Result<(), SimError> {
+        if !self.mem[slice].use_port(bank, t) {
+            let name = self.qinfo[slice].name;
+            return Err(self.err(ErrorKind::BankConflict, t, q, idx, format!("bank {bank} of {name} is already used in cycle {t}")));
+        }
+        Ok(())
+    }
+
+    /// Decode the 2-byte map group in `sm` into u16 lanes (stored in `ub`).
+    fn map_from_sm(&mut self) {
+        let lanes = self.cfg.lanes;
+        for l in 0..lanes {
+            self.ub[l] = self.sm[l] as u32 | (self.sm[lanes + l] as u32) << 8;
+        }
+    }
+
+    /// Fetch a VXM source operand into `ua` (first) or `ub` (second) as element bits.
+    fn alu_operand(&mut self, second: bool, o: Operand, t: DType, q: usize, idx: usize, now: u64) -> Result<(), SimError> {
+        let lanes = self.cfg.lanes;
+        let pos = self.qinfo[q].pos;
+        match o {
+            Operand::Stream(s) => {
+                let w = t.width();
+                let sc = if second { Scratch::B } else { Scratch::A };
+                self.read_group(sc, s, w, pos, now, q, idx)?;
+                if !self.timing_only {
+                    let (src, dst) = if second { (&self.sb, &mut self.ub) } else { (&self.sa, &mut self.ua) };
+                    for l in 0..lanes {
+                        dst[l] = super::mxm::element(src, lanes, w, l);
+                    }
+                }
+            }
+            Operand::Reg(r) => {
+                let r = r as usize;
+                if self.reg_tag[r].is_none() {
+                    return Err(self.err(ErrorKind::RegisterEmpty, now, q, idx, format!("register R{r} has never been written")));
+                }
+                if !self.timing_only {
+                    let dst = if second { &mut self.ub } else { &mut self.ua };
+                    dst.copy_from_slice(&self.reg_vals[r * lanes..(r + 1) * lanes]);
+                }
+            }
+            Operand::Imm(bits) => {
+                if !self.timing_only {
+                    let dst = if second { &mut self.ub } else { &mut self.ua };
+                    dst.fill(bits);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Issue one instruction of queue `q` (index `idx`, REPEAT address offset `delta`) at cycle `t`.
+    pub(super) fn exec(&mut self, q: usize, idx: usize, ins: &Instr, delta: i64, t: u64) -> Result<(), SimError> {
+        let c = &self.cfg;
+        let lanes = c.lanes;
+        let pos = self.qinfo[q].pos;
+        let unit = self.qinfo[q].unit_index;
+        let (rl, wl) = (c.mem_read_latency, c.mem_write_latency);
+        match *ins {
+            Instr::Nop(_) | Instr::Repeat { .. } => {}
+            Instr::Sync | Instr::Ifetch | Instr::Deskew => self.stats.busy.icu += 1,
+            Instr::Notify => {
+                self.stats.busy.icu += 1;
+                self.notify = Some(t);
+            }
+            Instr::Config(mask) => {
+                self.stats.busy.icu += 1;
+                let queue = self.qinfo[q].name.to_string();
+                self.stats.configs.push(super::ConfigRecord { cycle: t, queue, mask });
+            }
+            Instr::Read { addr, s } => {
+                let a = self.check_addr(addr as i64 + delta, q, idx, t)?;
+                let bank = self.mem[unit].bank(a);
+                self.use_port(unit, bank, t, q, idx)?;
+                self.stats.busy.mem += 1;
+                let buf = if self.has_data() {
+                    let h = self.bytes.alloc(lanes);
+                    self.mem[unit].read(a, self.bytes.get_mut(h));
+                    h
+                } else {
+                    NONE
+                };
+                self.emit_at(t + rl, q, idx, s, 1, buf);
+            }
+            Instr::Write { addr, s } => {
+                let a = self.check_addr(addr as i64 + delta, q, idx, t)?;
+                self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
+                self.stats.busy.mem += 1;
+                let buf = self.planes_buf(Scratch::A, 1);
+                self.schedule(t + wl, calendar::MEM_COMMIT, q, idx, Payload::MemWrite { slice: unit as u32, addr: a as u32, buf });
+            }
+            Instr::Gather { s, map } => {
+                self.read_group(Scratch::M, map, 2, pos, t, q, idx)?;
+                self.use_port(unit, 0, t, q, idx)?;
+                self.use_port(unit, 1, t, q, idx)?;
+                self.stats.busy.mem += 2;
+                let buf = if self.has_data() {
+                    self.map_from_sm();
+                    let map16: Vec<u16> = self.ub.iter().map(|&x| x as u16).collect();
+                    let h = self.bytes.alloc(lanes);
+                    self.mem[unit].gather(&map16, self.bytes.get_mut(h));
+                    h
+                } else {
+                    NONE
+                };
+                self.emit_at(t + rl, q, idx, s, 1, buf);
+            }
+            Instr::Scatter { s, map } => {
+                self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
+                self.read_group(Scratch::M, map, 2, pos, t, q, idx)?;
+                self.stats.busy.mem += 2;
+                let buf = if self.has_data() {
+                    let h = self.bytes.alloc(3 * lanes);
+                    let b = self.bytes.get_mut(h);
+                    b[..lanes].copy_from_slice(&self.sa[..lanes]);
+                    b[lanes..3 * lanes].copy_from_slice(&self.sm[..2 * lanes]);
+                    h
+                } else {
+                    NONE
+                };
+                self.schedule(t + wl, calendar::MEM_COMMIT, q, idx, Payload::MemScatter { slice: unit as u32, buf });
+            }
+            Instr::Alu { op, t: ty, out, dst, a, b } => {
+                let lat = vxm::latency(op, c);
+                self.alu_operand(false, a, ty, q, idx, t)?;
+                if let Some(b) = b {
+                    self.alu_operand(true, b, ty, q, idx, t)?;
+                }
+                self.stats.busy.vxm += 1;
+                let f32_tag = vxm::register_tag(out) == DType::F32;
+                let (reg, ebuf) = if self.has_data() {
+                    vxm::compute(op, ty, out, &self.ua, &self.ub, &mut self.uo);
+                    let r = self.words.alloc(lanes);
+                    let rv = self.words.get_mut(r);
+                    for l in 0..lanes {
+                        rv[l] = vxm::widen(out, self.uo[l]);
+                    }
+                    let e = if dst.is_some() {
+                        let w = out.width();
+                        let h = self.bytes.alloc(w * lanes);
+                        let eb = self.bytes.get_mut(h);
+                        for bb in 0..w {
+                            for l in 0..lanes {
+                                eb[bb * lanes + l] = (self.uo[l] >> (8 * bb)) as u8;
+                            }
+                        }
+                        h
+                    } else {
+                        NONE
+                    };
+                    (r, e)
+                } else {
+                    (NONE, NONE)
+                };
+                self.schedule(t + lat, calendar::REG_UPDATE, q, idx, Payload::Reg { alu: unit as u32, f32_tag, buf: reg });
+                if let Some(d) = dst {
+                    self.emit_at(t + lat, q, idx, d, out.width(), ebuf);
+                }
+                let _ = AluOp::Add;
+            }
+            Instr::Lw { t: ty, s, n } => {
+                let w = ty.width();
+                let n = n as usize;
+                // Operands first: every stream of every group.
+                for g in 0..n {
+                    let gs = Stream { dir: s.dir, index: s.index + (g * w) as u8 };
+                    for bb in 0..w {
+                        let si = gs.index as usize + bb;
+                        if self.belt.find(s.dir, si, pos, t).is_none() {
+                            return Err(self.err(ErrorKind::StreamEmpty, t, q, idx, format!("no value on stream {} at position {pos}", stream_name(s.dir, si))));
+                        }
+                    }
+                }
+                let plane = &self.planes[unit];
+                if let Some(bt) = plane.buf_type {
+                    if bt != ty && plane.buf_rows > 0 {
+                        return Err(self.err(ErrorKind::TypeMismatch, t, q, idx, format!("the weight buffer holds {} rows", bt.name())));
+                    }
+                }
+                if plane.buf_rows + n > self.cfg.mxm_dim {
+                    let m = format!("the weight buffer would hold {} rows, more than {}", plane.buf_rows + n, self.cfg.mxm_dim);
+                    return Err(self.err(ErrorKind::WeightOverflow, t, q, idx, m));
+                }
+                for g in 0..n {
+                    let gs = Stream { dir: s.dir, index: s.index + (g * w) as u8 };
+                    self.read_group(Scratch::A, gs, w, pos, t, q, idx)?;
+                    let (planes, sa) = (&mut self.planes, &self.sa);
+                    planes[unit].load_row(ty, sa);
+                }
+            }
+            Instr::Iw => {
+                self.planes[unit].start_install();
+                self.schedule(t + c.mxm_install_latency, calendar::INSTALL, q, idx, Payload::Install { plane: unit as u32 });
+            }
+            Instr::Abc { t: ty, s, row, add } => {
+                let mxm_latency = c.mxm_latency();
+                let busy = if ty == DType::F16 { c.mxm_fp16_cycles_per_vector } else { 1 };
+                self.read_group(Scratch::A, s, ty.width(), pos, t, q, idx)?;
+                let r = self.check_row(row as i64 + delta, q, idx, t)?;
+                let plane = &self.planes[unit];
+                if t < plane.busy_until {
+                    let m = format!("the plane is busy until cycle {}", plane.busy_until);
+                    return Err(self.err(ErrorKind::UnitBusy, t, q, idx, m));
+                }
+                if let Some(it) = plane.installed_type {
+                    if it != ty {
+                        return Err(self.err(ErrorKind::TypeMismatch, t, q, idx, format!("the installed weights are {}", it.name())));
+                    }
+                }
+                self.planes[unit].busy_until = t + busy;
+                self.stats.busy.mxm += busy;
+                let (y, flags) = if self.has_data() {
+                    let y = self.wides.alloc(lanes);
+                    let f = self.bytes.alloc(lanes);
+                    let (planes, wides, bytes, sa) = (&mut self.planes, &mut self.wides, &mut self.bytes, &self.sa);
+                    planes[unit].multiply(ty, sa, wides.get_mut(y), bytes.get_mut(f));
+                    (y, f)
+                } else {
+                    (NONE, NONE)
+                };
+                let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y, flags };
+                self.schedule(t + mxm_latency, calendar::ACC_UPDATE, q, idx, payload);
+            }
+            Instr::Acc { t: ty, row, s } => {
+                let r = self.check_row(row as i64 + delta, q, idx, t)?;
+                if ty == DType::I32 && self.planes[unit].row_kind[r] == RowKind::F16 {
+                    return Err(self.err(ErrorKind::TypeMismatch, t, q, idx, format!("ACC.i32 of row {r}, which holds f16 sums")));
+                }
+                let buf = if self.has_data() {
+                    self.planes[unit].read_row(r, ty, &mut self.uo);
+                    let h = self.bytes.alloc(4 * lanes);
+                    let eb = self.bytes.get_mut(h);
+                    for bb in 0..4 {
+                        for l in 0..lanes {
+                            eb[bb * lanes + l] = (self.uo[l] >> (8 * bb)) as u8;
+                        }
+                    }
+                    h
+                } else {
+                    NONE
+                };
+                self.emit_at(t + c.mxm_acc_latency, q, idx, s, 4, buf);
+            }
+            Instr::Shift { d, s, n } => {
+                let lat = c.sxm_latency + c.superlanes as u64 - 1;
+                self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
+                self.stats.busy.sxm += 1;
+                let buf = self.sxm_out(1, |sa, _, out| sxm::shift(&sa[..out.len()], n, out));
+                self.emit_at(t + lat, q, idx, d, 1, buf);
+            }
+            Instr::Permute { d, s, map } => {
+                let lat = c.sxm_latency + c.superlanes as u64 - 1;
+                self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
+                self.read_group(Scratch::M, map, 2, pos, t, q, idx)?;
+                self.stats.busy.sxm += 1;
+                let buf = self.sxm_out(1, |sa, sm, out| {
+                    let lanes = out.len();
+                    let m: Vec<u16> = (0..lanes).map(|l| sm[l] as u16 | (sm[lanes + l] as u16) << 8).collect();
+                    sxm::permute(&sa[..lanes], &m, out)
+                });
+                self.emit_at(t + lat, q, idx, d, 1, buf);
+            }
+            Instr::Distribute { d, s, map } => {
+                let lat = c.sxm_latency;
+                self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
+                self.stats.busy.sxm += 1;
+                let buf = self.sxm_out(1, |sa, _, out| sxm::distribute(&sa[..out.len()], &map, out));
+                self.emit_at(t + lat, q, idx, d, 1, buf);
+            }
+            Instr::Transpose { d, s } => {
+                let lat = c.sxm_latency;
+                self.read_group(Scratch::A, s, 16, pos, t, q, idx)?;
+                self.stats.busy.sxm += 1;
+                let lanes = self.cfg.lanes;
+                let buf = self.sxm_out(16, |sa, _, out| sxm::transpose(&sa[..16 * lanes], lanes, out));
+                self.emit_at(t + lat, q, idx, d, 16, buf);
+            }
+            Instr::Send { s } => {
+                self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
+                let Some((to, latency)) = self.links[unit].peer else {
+                    return Err(self.err(ErrorKind::LinkUnconnected, t, q, idx, format!("link {unit} is not connected")));
+                };
+                self.stats.busy.c2c += 1;
+                let buf = self.planes_buf(Scratch::A, 1);
+                self.schedule(t + latency, calendar::ARRIVE, q, idx, Payload::Arrive { link: to as u32, buf });
+            }
+            Instr::Recv { s } => {
+                let Some(a) = self.links[unit].rx.pop_front() else {
+                    return Err(self.err(ErrorKind::LinkEmpty, t, q, idx, format!("no vector has arrived on link {unit}")));
+                };
+                self.stats.busy.c2c += 1;
+                self.emit_at(t + c.c2c_recv_latency, q, idx, s, 1, a.buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// Run an SXM kernel from the scratch buffers into a fresh `w`-plane buffer (NONE in timing-only mode).
+    fn sxm_out(&mut self, w: usize, f: impl FnOnce(&[u8], &[u8], &mut [u8])) -> u32 {
+        if self.timing_only {
+            return NONE;
+        }
+        let lanes = self.cfg.lanes;
+        let h = self.bytes.alloc(w * lanes);
+        let (bytes, sa, sm) = (&mut self.bytes, &self.sa, &self.sm);
+        let out = bytes.get_mut(h);
+        if w == 1 {
+            f(sa, sm, &mut out[..lanes]);
+        } else {
+            f(sa, sm, out);
+        }
+        h
+    }
+
+    /// Land a scheduled effect (steps 1 and 3 of the cycle order).
+    pub(super) fn apply(&mut self, ev: Event) -> Result<(), SimError> {
+        let t = ev.cycle;
+        let q = ev.queue as usize;
+        let idx = ev.instr as usize;
+        let lanes = self.cfg.lanes;
+        let p = ev.payload;
+        match p {
+            Payload::MemWrite { slice, addr, buf } => {
+                let s = slice as usize;
+                let bank = self.mem[s].bank(addr as usize);
+                self.use_port(s, bank, t, q, idx)?;
+                if buf != NONE {
+                    let (mem, bytes) = (&mut self.mem, &self.bytes);
+                    mem[s].write(addr as usize, bytes.get(buf));
+                }
+            }
+            Payload::MemScatter { slice, buf } => {
+                let s = slice as usize;
+                self.use_port(s, 0, t, q, idx)?;
+                self.use_port(s, 1, t, q, idx)?;
+                if buf != NONE {
+                    let b = self.bytes.get(buf);
+                    let map: Vec<u16> = (0..lanes).map(|l| b[lanes + l] as u16 | (b[2 * lanes + l] as u16) << 8).collect();
+                    let (mem, bytes) = (&mut self.mem, &self.bytes);
+                    mem[s].scatter(&map, &bytes.get(buf)[..lanes]);
+                }
+            }
+            Payload::Acc { plane, row, add, f16, y, flags } => {
+                let kind = if f16 { RowKind::F16 } else { RowKind::Int };
+                let (planes, wides, bytes) = (&mut self.planes, &self.wides, &self.bytes);
+                let (ys, fs): (&[i128], &[u8]) = if y != NONE { (wides.get(y), bytes.get(flags)) } else { (&[], &[]) };
+                if !planes[plane as usize].update(row as usize, add, kind, ys, fs) {
+                    let other = if f16 { "integer" } else { "f16" };
+                    return Err(self.err(ErrorKind::TypeMismatch, t, q, idx, format!("ABC + onto row {row}, which holds {other} sums")));
+                }
+            }
+            Payload::Install { plane } => self.planes[plane as usize].finish_install(),
+            Payload::Reg { alu, f32_tag, buf } => {
+                let a = alu as usize;
+                self.reg_tag[a] = Some(if f32_tag { DType::F32 } else { DType::I32 });
+                if buf != NONE {
+                    let (rv, words) = (&mut self.reg_vals, &self.words);
+                    rv[a * lanes..(a + 1) * lanes].copy_from_slice(words.get(buf));
+                }
+            }
+            Payload::Arrive { link, buf } => {
+                let cap = self.cfg.c2c_rx_buffer_vectors;
+                let l = link as usize;
+                if self.links[l].rx.len() >= cap {
+                    return Err(self.err(ErrorKind::LinkOverflow, t, q, idx, format!("the receive buffer of link {l} already holds {cap} vectors")));
+                }
+                self.links[l].rx.push_back(super::c2c::Arrived { buf, queue: q as u32, instr: idx as u32, cycle: t });
+                return Ok(()); // the buffer now belongs to the receive queue
+            }
+            Payload::Emit { dir, start, width, pos, buf } => {
+                for b in 0..width as usize {
+                    let si = start as usize + b;
+                    let data: &[u8] = if buf != NONE { &self.bytes.get(buf)[b * lanes..(b + 1) * lanes] } else { &[] };
+                    if !self.belt.emit(dir, si, pos as usize, t, data) {
+                        let m = format!("stream {} at position {pos} already has a value emitted in cycle {t}", stream_name(dir, si));
+                        return Err(self.err(ErrorKind::StreamConflict, t, q, idx, m));
+                    }
+                }
+            }
+        }
+        self.release(&p);
+        Ok(())
+    }
+}

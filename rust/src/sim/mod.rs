@@ -1,0 +1,641 @@
+//! One chip's whole state and its cycle loop (docs/isa.md section 3).
+//!
+//! `Chip::step(t)` runs one cycle in the contract's order: step-1 effects due at `t` (MEM commits, accumulator
+//! updates, weight installs, result-register updates, C2C arrivals), then every queue whose next issue cycle is `t`
+//! in queue-index order, then the stream emits due at `t`. `Chip::next_cycle()` says which cycle has work next, so
+//! `run` (and later a multi-chip `System`, each chip on its own clock) skips idle cycles. In timing-only mode every
+//! check, stamp and counter is kept but no value is computed or copied: same cycles, same errors.
+
+pub mod c2c;
+mod calendar;
+mod exec;
+pub mod mem;
+pub mod mxm;
+pub mod streams;
+pub mod sxm;
+pub mod vxm;
+
+use crate::config::ChipConfig;
+use crate::error::{ErrorKind, SimError};
+use crate::isa::{DType, Instr, InitValues, Program, QueueName};
+use calendar::{Calendar, Payload, Pool};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Perform every check and count every cycle, but compute no values.
+    pub timing_only: bool,
+    /// Stop with `CycleLimit` if anything would happen at a cycle `>= max_cycles`.
+    pub max_cycles: Option<u64>,
+}
+
+/// Busy counters per unit kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Busy {
+    /// Bank port uses (READ/WRITE 1, GATHER/SCATTER 2).
+    pub mem: u64,
+    /// ALU issues.
+    pub vxm: u64,
+    /// Plane busy cycles from ABC (1 per int8 ABC, `mxm_fp16_cycles_per_vector` per f16 ABC).
+    pub mxm: u64,
+    pub sxm: u64,
+    pub c2c: u64,
+    /// SYNC, NOTIFY, IFETCH, CONFIG, DESKEW issues.
+    pub icu: u64,
+}
+
+/// A number printed by `.dump`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Num {
+    I(i64),
+    F(f64),
+}
+
+/// The result of one `.dump` directive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DumpResult {
+    pub slice: String,
+    pub addr: u32,
+    pub dtype: DType,
+    /// `n` vectors of `lanes` values; `None` in timing-only mode.
+    pub values: Option<Vec<Vec<Num>>>,
+}
+
+/// A `CONFIG m` issue (superlane power mask), reported for energy accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRecord {
+    pub cycle: u64,
+    pub queue: String,
+    pub mask: u32,
+}
+
+/// What a run returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// Last cycle anything happened + 1 + (superlanes - 1); 0 if nothing happened.
+    pub cycles: u64,
+    /// Issued instructions (repetitions included; NOP and REPEAT themselves excluded).
+    pub instructions: u64,
+    pub busy: Busy,
+    /// Issues per queue, in queue index order.
+    pub per_queue_issues: Vec<u64>,
+    pub dumps: Vec<DumpResult>,
+    pub configs: Vec<ConfigRecord>,
+}
+
+/// Static facts about a queue.
+#[derive(Debug, Clone)]
+struct QInfo {
+    name: QueueName,
+    pos: usize,
+    /// MEM: global slice index; VXM: ALU; MXM: plane; SXM: queue in hemisphere; C2C: link.
+    unit_index: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Repeat {
+    /// Index of the repeated instruction and of the REPEAT itself.
+    instr: usize,
+    at: usize,
+    n: u32,
+    d: u64,
+    s: i64,
+    /// Next repetition number (1..=n).
+    i: u32,
+    c0: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct QState {
+    pc: usize,
+    next: u64,
+    last_issue: u64,
+    repeat: Option<Repeat>,
+    parked_at: Option<u64>,
+}
+
+/// One chip.
+pub struct Chip {
+    cfg: ChipConfig,
+    timing_only: bool,
+    /// HAC = (cycle + hac_offset) mod hac_period. 0 on a lone chip.
+    pub hac_offset: u64,
+    qinfo: Vec<QInfo>,
+    progs: Vec<Vec<Instr>>,
+    qs: Vec<QState>,
+    belt: streams::StreamBelt,
+    mem: Vec<mem::MemSlice>,
+    planes: Vec<mxm::MxmPlane>,
+    reg_vals: Vec<u32>,
+    reg_tag: Vec<Option<DType>>,
+    links: Vec<c2c::LinkState>,
+    cal: Calendar,
+    ready: BinaryHeap<Reverse<(u64, u32)>>,
+    parked: Vec<usize>,
+    notify: Option<u64>,
+    bytes: Pool<u8>,
+    words: Pool<u32>,
+    wides: Pool<i128>,
+    // Scratch buffers (reused every issue).
+    sa: Vec<u8>,
+    sb: Vec<u8>,
+    sm: Vec<u8>,
+    ua: Vec<u32>,
+    ub: Vec<u32>,
+    uo: Vec<u32>,
+    dumps: Vec<crate::isa::Dump>,
+    stats: Stats,
+    last_activity: Option<u64>,
+}
+
+fn load_err(queue: String, index: usize, instruction: String, message: String) -> SimError {
+    SimError { kind: ErrorKind::InvalidInstruction, cycle: 0, queue, index, instruction, message }
+}
+
+impl Chip {
+    /// A chip in its reset state (no program). The configuration must be valid.
+    pub fn new(cfg: &ChipConfig, timing_only: bool) -> Chip {
+        let lanes = cfg.lanes;
+        let qinfo = QueueName::all(cfg)
+            .into_iter()
+            .map(|name| {
+                let unit_index = match name {
+                    QueueName::Mem { .. } => name.index(cfg).unwrap_or(0),
+                    QueueName::Vxm(i) => i as usize,
+                    QueueName::Mxm { east, plane, .. } => {
+                        (if east { cfg.planes_per_side() } else { 0 }) + plane as usize
+                    }
+                    QueueName::Sxm { i, .. } => i as usize,
+                    QueueName::C2c(i) => i as usize,
+                };
+                QInfo { name, pos: name.position(cfg).unwrap_or(0), unit_index }
+            })
+            .collect::<Vec<_>>();
+        let nq = qinfo.len();
+        Chip {
+            cfg: cfg.clone(),
+            timing_only,
+            hac_offset: 0,
+            progs: vec![Vec::new(); nq],
+            qs: vec![QState::default(); nq],
+            qinfo,
+            belt: streams::StreamBelt::new(cfg.streams_per_direction, lanes, cfg.positions(), timing_only),
+            mem: (0..cfg.mem_slices).map(|_| mem::MemSlice::new(cfg.mem_words, lanes)).collect(),
+            planes: (0..cfg.mxm_planes).map(|_| mxm::MxmPlane::new(cfg.mxm_dim, cfg.mxm_acc_rows, timing_only)).collect(),
+            reg_vals: if timing_only { Vec::new() } else { vec![0; cfg.vxm_alus_per_lane * lanes] },
+            reg_tag: vec![None; cfg.vxm_alus_per_lane],
+            links: (0..cfg.c2c_links).map(|_| c2c::LinkState::default()).collect(),
+            cal: Calendar::default(),
+            ready: BinaryHeap::new(),
+            parked: Vec::new(),
+            notify: None,
+            bytes: Pool::default(),
+            words: Pool::default(),
+            wides: Pool::default(),
+            sa: vec![0; 16 * lanes],
+            sb: vec![0; 16 * lanes],
+            sm: vec![0; 16 * lanes],
+            ua: vec![0; lanes],
+            ub: vec![0; lanes],
+            uo: vec![0; lanes],
+            dumps: Vec::new(),
+            stats: Stats {
+                cycles: 0,
+                instructions: 0,
+                busy: Busy::default(),
+                per_queue_issues: vec![0; nq],
+                dumps: Vec::new(),
+                configs: Vec::new(),
+            },
+            last_activity: None,
+        }
+    }
+
+    pub fn config(&self) -> &ChipConfig {
+        &self.cfg
+    }
+
+    /// Load a program: configuration-dependent checks (docs/isa.md 9.3) as `InvalidInstruction`/`QueueOverrun`
+    /// at cycle 0, then `.init`, `.link`, and start every queue at cycle 0.
+    pub fn load(&mut self, p: &Program) -> Result<(), SimError> {
+        let c = self.cfg.clone();
+        for qp in &p.queues {
+            let Some(q) = qp.name.index(&c) else {
+                let first = qp.instrs.first().map(|i| i.to_string()).unwrap_or_default();
+                return Err(load_err(qp.name.to_string(), 0, first, format!("this chip has no queue {}", qp.name)));
+            };
+            if qp.instrs.len() > c.instruction_queue_depth {
+                let k = c.instruction_queue_depth;
+                return Err(SimError {
+                    kind: ErrorKind::QueueOverrun,
+                    cycle: 0,
+                    queue: qp.name.to_string(),
+                    index: k,
+                    instruction: qp.instrs[k].to_string(),
+                    message: format!("{} instructions exceed the queue depth {}", qp.instrs.len(), k),
+                });
+            }
+            for (k, ins) in qp.instrs.iter().enumerate() {
+                if let Err(m) = exec::check_config(ins, &c) {
+                    return Err(load_err(qp.name.to_string(), k, ins.to_string(), m));
+                }
+                if let Err(m) = ins.check() {
+                    return Err(load_err(qp.name.to_string(), k, ins.to_string(), m));
+                }
+            }
+            if let Err((_, k, m)) = (Program { queues: vec![qp.clone()], ..Default::default() }).check() {
+                return Err(load_err(qp.name.to_string(), k, qp.instrs[k].to_string(), m));
+            }
+            self.progs[q] = qp.instrs.clone();
+        }
+        let half = c.mem_per_side();
+        let plane_ok = |slice: &QueueName, w: usize| match slice {
+            QueueName::Mem { i, .. } => (*i as usize) + w <= half,
+            _ => false,
+        };
+        for (k, init) in p.inits.iter().enumerate() {
+            let text = format!(".init {} {} {}", init.slice, init.addr, init.dtype.name());
+            let n = match &init.values {
+                InitValues::Fill(_) => 1,
+                InitValues::Lanes(v) => v.len(),
+            };
+            if !plane_ok(&init.slice, init.dtype.width()) || init.addr as usize >= c.mem_words || n > c.lanes {
+                return Err(load_err(
+                    ".init".into(),
+                    k,
+                    text,
+                    format!("needs slices {}..+{}, address < {} and at most {} values", init.slice, init.dtype.width(), c.mem_words, c.lanes),
+                ));
+            }
+            if !self.timing_only {
+                self.apply_init(init);
+            }
+        }
+        for (k, d) in p.dumps.iter().enumerate() {
+            if !plane_ok(&d.slice, d.dtype.width()) || d.addr as u64 + d.n as u64 > c.mem_words as u64 {
+                return Err(load_err(
+                    ".dump".into(),
+                    k,
+                    format!(".dump {} {} {} {}", d.slice, d.addr, d.dtype.name(), d.n),
+                    format!("needs slices {}..+{} and addresses below {}", d.slice, d.dtype.width(), c.mem_words),
+                ));
+            }
+        }
+        self.dumps = p.dumps.clone();
+        for (k, l) in p.links.iter().enumerate() {
+            if l.from as usize >= c.c2c_links || l.to as usize >= c.c2c_links {
+                return Err(load_err(
+                    ".link".into(),
+                    k,
+                    format!(".link {} {} {}", l.from, l.to, l.latency),
+                    format!("links are 0..{}", c.c2c_links.saturating_sub(1)),
+                ));
+            }
+            self.links[l.from as usize].peer = Some((l.to as usize, l.latency));
+        }
+        for q in 0..self.qs.len() {
+            self.qs[q] = QState::default();
+            self.resolve(q);
+        }
+        Ok(())
+    }
+
+    fn apply_init(&mut self, init: &crate::isa::Init) {
+        let lanes = self.cfg.lanes;
+        let w = init.dtype.width();
+        let base = init.slice.mem_global(&self.cfg).unwrap_or(0);
+        let mut planes = vec![0u8; w * lanes];
+        for l in 0..lanes {
+            let bits = match &init.values {
+                InitValues::Fill(v) => *v,
+                InitValues::Lanes(vs) => vs.get(l).copied().unwrap_or(0),
+            };
+            for b in 0..w {
+                planes[b * lanes + l] = (bits >> (8 * b)) as u8;
+            }
+        }
+        for b in 0..w {
+            self.mem[base + b].write(init.addr as usize, &planes[b * lanes..(b + 1) * lanes]);
+        }
+    }
+
+    /// Write raw vectors (n x lanes bytes) into a MEM slice (global index) before the run. Functional mode only.
+    pub fn write_mem(&mut self, slice: usize, addr: usize, data: &[u8]) -> Result<(), String> {
+        let lanes = self.cfg.lanes;
+        if slice >= self.mem.len() {
+            return Err(format!("slice {slice} is outside 0..{}", self.mem.len() - 1));
+        }
+        if data.len() % lanes != 0 || addr + data.len() / lanes > self.cfg.mem_words {
+            return Err(format!("{} vectors at address {addr} do not fit in {} words", data.len() / lanes, self.cfg.mem_words));
+        }
+        if !self.timing_only {
+            for (k, v) in data.chunks(lanes).enumerate() {
+                self.mem[slice].write(addr + k, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read `n` raw vectors from a MEM slice (global index); `None` in timing-only mode.
+    pub fn read_mem(&self, slice: usize, addr: usize, n: usize) -> Result<Option<Vec<u8>>, String> {
+        let lanes = self.cfg.lanes;
+        if slice >= self.mem.len() {
+            return Err(format!("slice {slice} is outside 0..{}", self.mem.len() - 1));
+        }
+        if addr + n > self.cfg.mem_words {
+            return Err(format!("{n} vectors at address {addr} do not fit in {} words", self.cfg.mem_words));
+        }
+        if self.timing_only {
+            return Ok(None);
+        }
+        let mut out = vec![0u8; n * lanes];
+        for k in 0..n {
+            self.mem[slice].read(addr + k, &mut out[k * lanes..(k + 1) * lanes]);
+        }
+        Ok(Some(out))
+    }
+
+    // ---- queue sequencing (section 3) ----
+
+    /// Skip NOPs and set up a REPEAT at the queue's pc; schedule its next issue if it has one.
+    fn resolve(&mut self, q: usize) {
+        let st = &mut self.qs[q];
+        let prog = &self.progs[q];
+        while st.pc < prog.len() {
+            match prog[st.pc] {
+                Instr::Nop(n) => {
+                    st.next += n as u64;
+                    st.pc += 1;
+                }
+                Instr::Repeat { n, d, s } => {
+                    let c0 = st.last_issue;
+                    st.repeat = Some(Repeat { instr: st.pc - 1, at: st.pc, n, d: d as u64, s: s as i64, i: 1, c0 });
+                    st.next = c0 + d as u64;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        if st.pc < prog.len() {
+            self.ready.push(Reverse((st.next, q as u32)));
+        }
+    }
+
+    /// After queue `q` issued `ins` at `t`: compute its next issue cycle.
+    fn advance(&mut self, q: usize, t: u64, ins: &Instr) {
+        let hac = self.cfg.hac_period;
+        let off = self.hac_offset;
+        let st = &mut self.qs[q];
+        st.last_issue = t;
+        if let Some(r) = st.repeat.as_mut() {
+            r.i += 1;
+            if r.i <= r.n {
+                st.next = r.c0 + r.i as u64 * r.d;
+                self.ready.push(Reverse((st.next, q as u32)));
+                return;
+            }
+            st.next = r.c0 + r.n as u64 * r.d + 1;
+            st.pc = r.at + 1;
+            st.repeat = None;
+        } else {
+            match ins {
+                Instr::Sync => {
+                    st.parked_at = Some(t);
+                    self.parked.push(q);
+                    return;
+                }
+                Instr::Deskew => {
+                    st.next = t + (hac - (t + off) % hac);
+                    st.pc += 1;
+                }
+                _ => {
+                    st.next = t + 1;
+                    st.pc += 1;
+                }
+            }
+        }
+        self.resolve(q);
+    }
+
+    fn activity(&mut self, t: u64) {
+        self.last_activity = Some(t);
+    }
+
+    /// The next cycle at which this chip has anything to do (`None`: finished or deadlocked).
+    pub fn next_cycle(&self) -> Option<u64> {
+        let a = self.cal.next_cycle();
+        let b = self.ready.peek().map(|r| r.0 .0);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Run cycle `t` (which must be `next_cycle()`; earlier cycles have nothing to do).
+    pub fn step(&mut self, t: u64) -> Result<(), SimError> {
+        // 1. Effects due at t, in kind / queue / issue order.
+        while let Some(ev) = self.cal.pop_due(t, calendar::EMIT) {
+            self.activity(t);
+            self.apply(ev)?;
+        }
+        // 2. Issue, in queue index order.
+        while let Some(&Reverse((c, q))) = self.ready.peek() {
+            if c != t {
+                break;
+            }
+            self.ready.pop();
+            self.issue(q as usize, t)?;
+        }
+        if let Some(n) = self.notify.take() {
+            self.release_parked(n);
+        }
+        // 3. Stream emits due at t.
+        while let Some(ev) = self.cal.pop_due(t, u8::MAX) {
+            self.activity(t);
+            self.apply(ev)?;
+        }
+        Ok(())
+    }
+
+    fn release_parked(&mut self, t: u64) {
+        let lat = self.cfg.icu_notify_latency;
+        let mut still = Vec::new();
+        let mut freed = Vec::new();
+        for &q in &self.parked {
+            match self.qs[q].parked_at {
+                Some(p) if p <= t => freed.push(q),
+                _ => still.push(q),
+            }
+        }
+        self.parked = still;
+        freed.sort_unstable();
+        for q in freed {
+            let st = &mut self.qs[q];
+            st.parked_at = None;
+            st.next = t + lat;
+            st.pc += 1;
+            self.resolve(q);
+        }
+    }
+
+    fn issue(&mut self, q: usize, t: u64) -> Result<(), SimError> {
+        let st = &self.qs[q];
+        let (idx, delta) = match &st.repeat {
+            Some(r) => (r.instr, r.i as i64 * r.s),
+            None => (st.pc, 0),
+        };
+        let ins = self.progs[q][idx];
+        self.activity(t);
+        self.stats.instructions += 1;
+        self.stats.per_queue_issues[q] += 1;
+        self.exec(q, idx, &ins, delta, t)?;
+        self.advance(q, t, &ins);
+        Ok(())
+    }
+
+    /// Run to completion (or the first error).
+    pub fn run(&mut self, max_cycles: Option<u64>) -> Result<(), SimError> {
+        let limit = max_cycles.unwrap_or(u64::MAX);
+        while let Some(t) = self.next_cycle() {
+            if t >= limit {
+                return Err(SimError {
+                    kind: ErrorKind::CycleLimit,
+                    cycle: limit,
+                    queue: "-".into(),
+                    index: 0,
+                    instruction: String::new(),
+                    message: format!("the program runs past the limit of {limit} cycles"),
+                });
+            }
+            self.step(t)?;
+        }
+        self.finish()
+    }
+
+    /// End-of-run checks (Deadlock, then LinkUnreceived) and the `.dump` results.
+    pub fn finish(&mut self) -> Result<(), SimError> {
+        if let Some(&q) = self.parked.iter().min() {
+            let st = &self.qs[q];
+            return Err(SimError {
+                kind: ErrorKind::Deadlock,
+                cycle: st.parked_at.unwrap_or(0),
+                queue: self.qinfo[q].name.to_string(),
+                index: st.pc,
+                instruction: self.progs[q][st.pc].to_string(),
+                message: "the queue is still parked at SYNC and no queue has work left to NOTIFY it".into(),
+            });
+        }
+        for (i, l) in self.links.iter().enumerate() {
+            if let Some(a) = l.rx.front() {
+                let q = a.queue as usize;
+                return Err(SimError {
+                    kind: ErrorKind::LinkUnreceived,
+                    cycle: a.cycle,
+                    queue: self.qinfo[q].name.to_string(),
+                    index: a.instr as usize,
+                    instruction: self.progs[q][a.instr as usize].to_string(),
+                    message: format!("link {i} still holds {} vector(s) never received", l.rx.len()),
+                });
+            }
+        }
+        self.stats.cycles = match self.last_activity {
+            Some(t) => t + self.cfg.superlanes as u64,
+            None => 0,
+        };
+        self.stats.dumps = self.dumps.iter().map(|d| self.dump(d)).collect();
+        Ok(())
+    }
+
+    fn dump(&self, d: &crate::isa::Dump) -> DumpResult {
+        let lanes = self.cfg.lanes;
+        let w = d.dtype.width();
+        let base = d.slice.mem_global(&self.cfg).unwrap_or(0);
+        let values = (!self.timing_only).then(|| {
+            let mut plane = vec![0u8; lanes];
+            (0..d.n as usize)
+                .map(|k| {
+                    let mut bits = vec![0u32; lanes];
+                    for b in 0..w {
+                        self.mem[base + b].read(d.addr as usize + k, &mut plane);
+                        for l in 0..lanes {
+                            bits[l] |= (plane[l] as u32) << (8 * b);
+                        }
+                    }
+                    bits.iter()
+                        .map(|&x| match d.dtype {
+                            DType::F16 | DType::F32 => Num::F(vxm::to_f64(d.dtype, x)),
+                            t => Num::I(vxm::to_f64(t, x) as i64),
+                        })
+                        .collect()
+                })
+                .collect()
+        });
+        DumpResult { slice: d.slice.to_string(), addr: d.addr, dtype: d.dtype, values }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    // ---- errors ----
+
+    fn err(&self, kind: ErrorKind, t: u64, q: usize, idx: usize, message: String) -> SimError {
+        SimError {
+            kind,
+            cycle: t,
+            queue: self.qinfo[q].name.to_string(),
+            index: idx,
+            instruction: self.progs[q].get(idx).map(|i| i.to_string()).unwrap_or_default(),
+            message,
+        }
+    }
+
+    fn schedule(&mut self, cycle: u64, kind: u8, q: usize, idx: usize, payload: Payload) {
+        self.cal.push(cycle, kind, q, idx, payload);
+    }
+
+    fn release(&mut self, p: &Payload) {
+        match *p {
+            Payload::MemWrite { buf, .. } | Payload::MemScatter { buf, .. } | Payload::Arrive { buf, .. } => {
+                self.bytes.release(buf)
+            }
+            Payload::Emit { buf, .. } => self.bytes.release(buf),
+            Payload::Reg { buf, .. } => self.words.release(buf),
+            Payload::Acc { y, flags, .. } => {
+                self.wides.release(y);
+                self.bytes.release(flags);
+            }
+            Payload::Install { .. } => {}
+        }
+    }
+
+    fn has_data(&self) -> bool {
+        !self.timing_only
+    }
+}
+
+/// A memory image for `simulate`: (global slice, first address, n * lanes bytes).
+pub type MemInit<'a> = (usize, usize, &'a [u8]);
+
+/// Load, initialise, run, and read back: the whole single-chip flow used by the bindings.
+pub fn simulate(
+    cfg: &ChipConfig,
+    program: &Program,
+    mem_init: &[MemInit],
+    dumps: &[(usize, usize, usize)],
+    opts: &RunOptions,
+) -> Result<(Stats, Vec<Option<Vec<u8>>>), SimError> {
+    let mut chip = Chip::new(cfg, opts.timing_only);
+    chip.load(program)?;
+    for (k, &(slice, addr, data)) in mem_init.iter().enumerate() {
+        chip.write_mem(slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
+    }
+    chip.run(opts.max_cycles)?;
+    let mut out = Vec::with_capacity(dumps.len());
+    for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
+        out.push(chip.read_mem(slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))?);
+    }
+    Ok((chip.stats.clone(), out))
+}
