@@ -271,10 +271,17 @@ class Interpreter:
         who = Who(q.name, q.qindex, index, text, self.seq)
         q.issues += 1
         self.last_activity = t
-        unit = "icu" if ins.op in ("REPEAT", "SYNC", "NOTIFY", "IFETCH", "CONFIG", "DESKEW") else q.unit
-        self.busy[unit] += 1
-        if ins.op == "ABC" and ins.dtype == "f16":
-            self.busy["mxm"] += self.cfg["mxm_fp16_cycles_per_vector"] - 1
+        # busy (not defined in docs/isa.md; the Rust core's definition): unit-cycles of use. Every issued ICU
+        # instruction 1 (icu); READ/WRITE 1 and GATHER/SCATTER 2 (both banks) (mem); every VXM op 1; ABC its busy
+        # cycles (1 int8, mxm_fp16_cycles_per_vector f16) while LW/IW/ACC count 0 (mxm); SXM 1; SEND/RECV 1.
+        if ins.op in ("SYNC", "NOTIFY", "IFETCH", "CONFIG", "DESKEW"):
+            self.busy["icu"] += 1
+        elif ins.op in ("GATHER", "SCATTER"):
+            self.busy["mem"] += 2
+        elif ins.op == "ABC":
+            self.busy["mxm"] += self.cfg["mxm_fp16_cycles_per_vector"] if ins.dtype == "f16" else 1
+        elif q.unit != "mxm":
+            self.busy[q.unit] += 1
         op = ins.op
         if op == "SYNC":
             q.parked_at = t
@@ -729,10 +736,11 @@ def run(program_text: str, config: dict | None = None, mem_init=(), dumps=(), ti
         "cycles": it.last_activity + it.superlanes if it.last_activity >= 0 else 0,
         "instructions": sum(q.issues for q in it.queues),
         "busy": dict(it.busy),
-        "per_queue_issues": {q.name: q.issues for q in it.queues if q.issues},
+        "per_queue_issues": [q.issues for q in it.queues],  # in queue index order (docs/isa.md section 7)
+        "timing_only": timing_only,
         "dumps": [
             {"slice": d.slice, "addr": d.addr, "dtype": d.dtype,
-             "values": None if timing_only else _dump_values(it, d)}
+             "values": None if timing_only else _dump_values(it, d).tolist()}
             for d in prog.dumps
         ],
     }
