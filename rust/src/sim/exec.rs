@@ -8,7 +8,7 @@ use super::mxm::RowKind;
 use super::{sxm, vxm, Chip};
 use crate::config::ChipConfig;
 use crate::error::{ErrorKind, SimError};
-use crate::isa::{AluOp, DType, Dir, Instr, Operand, Stream};
+use crate::isa::{DType, Dir, Instr, Operand, Stream};
 
 /// Configuration-dependent operand checks done at load time (docs/isa.md 9.3).
 pub fn check_config(ins: &Instr, c: &ChipConfig) -> Result<(), String> {
@@ -257,9 +257,8 @@ impl Chip {
                 self.stats.busy.mem += 2;
                 let buf = if self.has_data() {
                     self.map_from_sm();
-                    let map16: Vec<u16> = self.ub.iter().map(|&x| x as u16).collect();
                     let h = self.bytes.alloc(lanes);
-                    self.mem[unit].gather(&map16, self.bytes.get_mut(h));
+                    self.mem[unit].gather(&self.ub, self.bytes.get_mut(h));
                     h
                 } else {
                     NONE
@@ -317,7 +316,6 @@ impl Chip {
                 if let Some(d) = dst {
                     self.emit_at(t + lat, q, idx, d, out.width(), ebuf);
                 }
-                let _ = AluOp::Add;
             }
             Instr::Lw { t: ty, s, n } => {
                 let w = ty.width();
@@ -414,11 +412,7 @@ impl Chip {
                 self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
                 self.read_group(Scratch::M, map, 2, pos, t, q, idx)?;
                 self.stats.busy.sxm += 1;
-                let buf = self.sxm_out(1, |sa, sm, out| {
-                    let lanes = out.len();
-                    let m: Vec<u16> = (0..lanes).map(|l| sm[l] as u16 | (sm[lanes + l] as u16) << 8).collect();
-                    sxm::permute(&sa[..lanes], &m, out)
-                });
+                let buf = self.sxm_out(1, |sa, sm, out| sxm::permute(&sa[..out.len()], &sm[..2 * out.len()], out));
                 self.emit_at(t + lat, q, idx, d, 1, buf);
             }
             Instr::Distribute { d, s, map } => {
@@ -495,10 +489,8 @@ impl Chip {
                 self.use_port(s, 0, t, q, idx)?;
                 self.use_port(s, 1, t, q, idx)?;
                 if buf != NONE {
-                    let b = self.bytes.get(buf);
-                    let map: Vec<u16> = (0..lanes).map(|l| b[lanes + l] as u16 | (b[2 * lanes + l] as u16) << 8).collect();
-                    let (mem, bytes) = (&mut self.mem, &self.bytes);
-                    mem[s].scatter(&map, &bytes.get(buf)[..lanes]);
+                    let (mem, b) = (&mut self.mem, self.bytes.get(buf));
+                    mem[s].scatter(&b[lanes..3 * lanes], &b[..lanes]);
                 }
             }
             Payload::Acc { plane, row, add, f16, y, flags } => {

@@ -51,7 +51,7 @@ impl MemSlice {
     }
 
     /// Lane `l` reads `map[l]` of its own column; out-of-range entries read 0 (docs/isa.md 9.4).
-    pub fn gather(&self, map: &[u16], out: &mut [u8]) {
+    pub fn gather(&self, map: &[u32], out: &mut [u8]) {
         for l in 0..self.lanes {
             let a = map[l] as usize;
             out[l] = if a < self.words && !self.data.is_empty() { self.data[a * self.lanes + l] } else { 0 };
@@ -59,10 +59,11 @@ impl MemSlice {
     }
 
     /// Lane `l` writes `v[l]` to `map[l]`; out-of-range entries write nothing.
-    pub fn scatter(&mut self, map: &[u16], v: &[u8]) {
+    /// `map` is the 2-byte map group as planes (low bytes, then high bytes).
+    pub fn scatter(&mut self, map: &[u8], v: &[u8]) {
         self.ensure();
         for l in 0..self.lanes {
-            let a = map[l] as usize;
+            let a = map[l] as usize | (map[self.lanes + l] as usize) << 8;
             if a < self.words {
                 self.data[a * self.lanes + l] = v[l];
             }

@@ -9,11 +9,11 @@ pub fn shift(input: &[u8], n: i32, out: &mut [u8]) {
     }
 }
 
-/// `out[l] = in[map[l]]`, zero where `map[l] >= lanes`.
-pub fn permute(input: &[u8], map: &[u16], out: &mut [u8]) {
+/// `out[l] = in[map[l]]`, zero where `map[l] >= lanes`. `map` is the u16 map group as two byte planes.
+pub fn permute(input: &[u8], map: &[u8], out: &mut [u8]) {
     let lanes = out.len();
     for l in 0..lanes {
-        let m = map[l] as usize;
+        let m = map[l] as usize | (map[lanes + l] as usize) << 8;
         out[l] = if m < lanes { input[m] } else { 0 };
     }
 }
@@ -51,7 +51,9 @@ mod tests {
         shift(&input, -3, &mut out);
         assert_eq!(out[0], 3);
         assert_eq!(out[31], 0);
-        let map: Vec<u16> = (0..32).map(|l| if l == 0 { 999 } else { 31 - l }).collect();
+        let map16: Vec<u16> = (0..32).map(|l| if l == 0 { 999 } else { 31 - l }).collect();
+        let mut map: Vec<u8> = map16.iter().map(|m| *m as u8).collect();
+        map.extend(map16.iter().map(|m| (*m >> 8) as u8));
         permute(&input, &map, &mut out);
         assert_eq!(&out[..3], &[0, 30, 29]);
         let mut m = [0u8; 16];
