@@ -45,8 +45,8 @@ pub struct MxmPlane {
     pub installed_type: Option<DType>,
     w_raw: Vec<u16>,
     w_int: Vec<i32>,
-    w_m: Vec<i32>,
-    w_s: Vec<u32>,
+    /// f16 weights pre-shifted: `m << s` (< 2^40), so a product with an activation mantissa fits an i64.
+    w_pre: Vec<i64>,
     /// Per weight row k: does it hold an infinity or NaN (f16)? Rows without take the fast path.
     row_special: Vec<bool>,
     /// First cycle an ABC may issue again.
@@ -55,6 +55,8 @@ pub struct MxmPlane {
     flags: Vec<u8>,
     pub row_kind: Vec<RowKind>,
     scratch: Vec<i32>,
+    /// f16 partial sums per activation shift (30 x dim): each is a sum of < 2^51 terms, at most 320 of them.
+    buckets: Vec<i64>,
 }
 
 /// Element `l` of a group of `w` byte planes (little endian across planes).
@@ -80,8 +82,8 @@ impl MxmPlane {
             installed_type: None,
             w_raw: Vec::new(),
             w_int: Vec::new(),
-            w_m: Vec::new(),
-            w_s: Vec::new(),
+            w_pre: Vec::new(),
+            buckets: Vec::new(),
             row_special: Vec::new(),
             busy_until: 0,
             rows: Vec::new(),
@@ -136,8 +138,7 @@ impl MxmPlane {
             self.w_raw = vec![0; nn];
         }
         self.w_int.resize(nn, 0);
-        self.w_m.resize(nn, 0);
-        self.w_s.resize(nn, 0);
+        self.w_pre.resize(nn, 0);
         self.row_special = vec![false; self.dim];
         match ws.ty {
             Some(DType::I8) => {
@@ -153,13 +154,9 @@ impl MxmPlane {
             Some(DType::F16) => {
                 for i in 0..nn {
                     match f16_mant_shift(self.w_raw[i]) {
-                        Some((m, s)) => {
-                            self.w_m[i] = m;
-                            self.w_s[i] = s;
-                        }
+                        Some((m, s)) => self.w_pre[i] = (m as i64) << s,
                         None => {
-                            self.w_m[i] = 0;
-                            self.w_s[i] = 0;
+                            self.w_pre[i] = 0;
                             self.row_special[i / self.dim] = true;
                         }
                     }
@@ -167,8 +164,7 @@ impl MxmPlane {
             }
             _ => {
                 self.w_int.fill(0);
-                self.w_m.fill(0);
-                self.w_s.fill(0);
+                self.w_pre.fill(0);
             }
         }
     }
@@ -203,33 +199,50 @@ impl MxmPlane {
                 self.scratch = acc;
             }
             _ => {
+                // Fast path: group products by the activation's shift sx, sum `mx * (wm << ws)` exactly in i64,
+                // then add each group into the i128 counts shifted by sx. Rows with specials go one by one.
+                let mut buckets = std::mem::take(&mut self.buckets);
+                buckets.clear();
+                buckets.resize(30 * dim, 0);
+                let mut used = 0u32;
                 for k in 0..dim {
                     let xb = element(x, dim, 2, k) as u16;
-                    let wr = &self.w_raw[k * dim..(k + 1) * dim];
                     match f16_mant_shift(xb) {
                         Some((mx, sx)) if !self.row_special[k] => {
                             if mx == 0 {
                                 continue;
                             }
-                            let wm = &self.w_m[k * dim..(k + 1) * dim];
-                            let ws = &self.w_s[k * dim..(k + 1) * dim];
+                            used |= 1 << sx;
+                            let acc = &mut buckets[sx as usize * dim..(sx as usize + 1) * dim];
+                            let w = &self.w_pre[k * dim..(k + 1) * dim];
+                            let mx = mx as i64;
                             for n in 0..dim {
-                                y[n] += ((mx * wm[n]) as i128) << (sx + ws[n]);
+                                acc[n] += mx * w[n];
                             }
                         }
                         _ => {
+                            let wr = &self.w_raw[k * dim..(k + 1) * dim];
                             for n in 0..dim {
-                                self.product_slow(xb, wr[n], &mut y[n], &mut yflags[n]);
+                                Self::product_slow(xb, wr[n], &mut y[n], &mut yflags[n]);
                             }
                         }
                     }
                 }
+                for sx in 0..30 {
+                    if used & (1 << sx) != 0 {
+                        let acc = &buckets[sx * dim..(sx + 1) * dim];
+                        for n in 0..dim {
+                            y[n] += (acc[n] as i128) << sx;
+                        }
+                    }
+                }
+                self.buckets = buckets;
             }
         }
     }
 
     /// One f16 product with specials: NaN input or inf*0 -> NaN; otherwise an infinite product -> that infinity.
-    fn product_slow(&self, xb: u16, wb: u16, y: &mut i128, f: &mut u8) {
+    fn product_slow(xb: u16, wb: u16, y: &mut i128, f: &mut u8) {
         let is_nan = |b: u16| b & 0x7c00 == 0x7c00 && b & 0x3ff != 0;
         let is_inf = |b: u16| b & 0x7fff == 0x7c00;
         let is_zero = |b: u16| b & 0x7fff == 0;
@@ -316,6 +329,68 @@ impl MxmPlane {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    /// Full-range finite f16 (subnormals to 65504), 320 x 320, against an independent exact sum.
+    #[test]
+    fn full_plane_f16_is_exact_and_order_free() {
+        let dim = 320;
+        let mut seed = 77u64;
+        let f16 = |seed: &mut u64| loop {
+            let b = rng(seed) as u16;
+            if b & 0x7c00 != 0x7c00 {
+                return b;
+            }
+        };
+        let w: Vec<Vec<u16>> = (0..dim).map(|_| (0..dim).map(|_| f16(&mut seed)).collect()).collect();
+        let x: Vec<u16> = (0..dim).map(|_| f16(&mut seed)).collect();
+        let run = |w: &Vec<Vec<u16>>, x: &Vec<u16>| -> (Vec<i128>, Vec<u32>) {
+            let mut p = MxmPlane::new(dim, 4, false);
+            for row in w {
+                let mut g = vec![0u8; 2 * dim];
+                for n in 0..dim {
+                    g[n] = row[n] as u8;
+                    g[dim + n] = (row[n] >> 8) as u8;
+                }
+                p.load_row(DType::F16, &g);
+            }
+            p.start_install();
+            p.finish_install();
+            let mut xg = vec![0u8; 2 * dim];
+            for k in 0..dim {
+                xg[k] = x[k] as u8;
+                xg[dim + k] = (x[k] >> 8) as u8;
+            }
+            let mut y = vec![0i128; dim];
+            let mut f = vec![0u8; dim];
+            p.multiply(DType::F16, &xg, &mut y, &mut f);
+            assert!(f.iter().all(|&v| v == 0));
+            p.update(0, false, RowKind::F16, &y, &f);
+            let mut out = vec![0u32; dim];
+            p.read_row(0, DType::F32, &mut out);
+            (y, out)
+        };
+        let (y, out) = run(&w, &x);
+        // Independent: each f16 times 2^24 is an exact integer; products are counts of 2^-48.
+        let int24 = |b: u16| (crate::numerics::f16_to_f64(b) * 16777216.0) as i128;
+        for n in 0..dim {
+            let want: i128 = (0..dim).map(|k| int24(x[k]) * int24(w[k][n])).sum();
+            assert_eq!(y[n], want, "lane {n}");
+            assert_eq!(f32::from_bits(out[n]), (want as f32) * TWO_POW_M48);
+        }
+        // Reverse K: identical bits.
+        let wr: Vec<Vec<u16>> = w.iter().rev().cloned().collect();
+        let xr: Vec<u16> = x.iter().rev().cloned().collect();
+        assert_eq!(run(&wr, &xr).1, out);
+    }
+
     #[test]
     fn i128_to_f32_rounds_to_nearest_even() {
         // 2^24 + 1 is a tie between 2^24 and 2^24 + 2: even mantissa wins (2^24).
@@ -327,6 +402,6 @@ mod tests {
         assert_eq!(big as f32, ((1u128 << 100) + (1u128 << 77)) as f32);
         assert_eq!((big as f32) as f64, 2f64.powi(100) + 2f64.powi(77));
         // Scaling by 2^-48 is exact.
-        assert_eq!(((3i128 as f32) * super::TWO_POW_M48) as f64, 3.0 * 2f64.powi(-48));
+        assert_eq!(((3i128 as f32) * TWO_POW_M48) as f64, 3.0 * 2f64.powi(-48));
     }
 }
