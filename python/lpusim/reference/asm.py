@@ -315,6 +315,12 @@ def _parse_instruction(line, lineno, queue, err) -> Instruction:
     def integer(word):
         return parse_int(word)
 
+    def address(word):
+        a = parse_int(word)  # addresses and rows are unsigned fields (range checked at issue)
+        if a < 0:
+            err(f"negative address {word}")
+        return a
+
     def ins(*operands, dtype=None, dst_type=None):
         return Instruction(op, dtype, dst_type, tuple(operands), lineno)
 
@@ -347,7 +353,7 @@ def _parse_instruction(line, lineno, queue, err) -> Instruction:
         notype()
         if op in ("READ", "WRITE"):
             nargs(2)
-            return ins(integer(ops[0]), stream(ops[1]))
+            return ins(address(ops[0]), stream(ops[1]))
         if op in ("GATHER", "SCATTER"):
             nargs(2)
             s, m = stream(ops[0]), stream(ops[1], 2)
@@ -386,11 +392,11 @@ def _parse_instruction(line, lineno, queue, err) -> Instruction:
             nargs(2, 3)
             if len(ops) == 3 and ops[2] != "+":
                 err("the third operand of ABC can only be '+'")
-            return ins(stream(ops[0], WIDTH[t]), integer(ops[1]), len(ops) == 3, dtype=t)
+            return ins(stream(ops[0], WIDTH[t]), address(ops[1]), len(ops) == 3, dtype=t)
         if op == "ACC" and part == "ACC":
             t = one_type(("i32", "f32"))
             nargs(2)
-            return ins(integer(ops[0]), stream(ops[1], 4), dtype=t)
+            return ins(address(ops[0]), stream(ops[1], 4), dtype=t)
     elif unit == "SXM":
         notype()
         if op == "SHIFT":

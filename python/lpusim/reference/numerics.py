@@ -89,11 +89,13 @@ def saturate(n: int, dtype: str) -> int:
 def parse_number(text: str, dtype: str) -> int:
     """Parse an immediate / .init value as `dtype` (docs/isa.md 9.10); returns the element's bit pattern.
 
-    `0x` hex is the type's bit pattern (it must fit the width). Integer types: a decimal must fit the type's range.
+    Integer types: `0x` hex is the type's bit pattern (it must fit the width); a decimal must fit the range.
     Float types: a decimal is read as binary64 (Python float, like strtod), then rounded once to the type (RNE);
     inf, -inf and nan are accepted (nan is the canonical quiet NaN)."""
     t = text.strip()
     w = 8 * WIDTH[dtype]
+    if t.lower().startswith("0x") and dtype in ("f32", "f16"):
+        raise ValueError(f"{text}: a float immediate is written in decimal (or inf, -inf, nan)")
     if t.lower().startswith("0x"):
         n = int(t[2:], 16)
         if n >= 1 << w:
