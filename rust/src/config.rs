@@ -138,14 +138,41 @@ impl ChipConfig {
             + self.c2c_links
     }
 
-    /// Parse and validate JSON; unknown fields and missing fields are errors naming the field.
+    /// Parse and validate JSON. Unknown, missing and mistyped fields are errors naming the field. The derived
+    /// fields `sram_bytes` and `instruction_queues` may be omitted (they are computed), and are checked if given.
     pub fn from_json(text: &str) -> Result<ChipConfig, ConfigError> {
-        let c: ChipConfig = serde_json::from_str(text).map_err(|e| {
-            let msg = e.to_string();
-            // serde names the field in its message ("unknown field `x`", "missing field `y`").
-            let field = msg.split('`').nth(1).unwrap_or("json").to_string();
-            ConfigError::new(&field, msg)
-        })?;
+        use serde_json::Value;
+        let mut v: Value = serde_json::from_str(text).map_err(|e| ConfigError::new("json", format!("not valid JSON: {e}")))?;
+        let template = serde_json::to_value(ChipConfig::tsp_v1()).map_err(|e| ConfigError::new("json", e.to_string()))?;
+        let (Some(obj), Some(known)) = (v.as_object_mut(), template.as_object()) else {
+            return Err(ConfigError::new("json", "a chip configuration is a JSON object"));
+        };
+        if let Some(k) = obj.keys().find(|k| !known.contains_key(*k)) {
+            return Err(ConfigError::new(k, "unknown field"));
+        }
+        for k in known.keys() {
+            if !obj.contains_key(k) && k != "sram_bytes" && k != "instruction_queues" {
+                return Err(ConfigError::new(k, "missing field"));
+            }
+        }
+        // Find a mistyped field by trying each given value in an otherwise valid template.
+        for (k, val) in obj.iter() {
+            let mut probe = template.clone();
+            probe[k.as_str()] = val.clone();
+            if let Err(e) = serde_json::from_value::<ChipConfig>(probe) {
+                return Err(ConfigError::new(k, format!("bad value {val}: {e}")));
+            }
+        }
+        let derived_missing = (!obj.contains_key("sram_bytes"), !obj.contains_key("instruction_queues"));
+        obj.entry("sram_bytes").or_insert(Value::from(0));
+        obj.entry("instruction_queues").or_insert(Value::from(0));
+        let mut c: ChipConfig = serde_json::from_value(v).map_err(|e| ConfigError::new("json", e.to_string()))?;
+        if derived_missing.0 {
+            c.sram_bytes = c.derived_sram_bytes();
+        }
+        if derived_missing.1 {
+            c.instruction_queues = c.derived_instruction_queues();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -321,6 +348,14 @@ mod tests {
         let unknown = c.to_json().replacen('{', "{\"bogus\": 1,", 1);
         let e = ChipConfig::from_json(&unknown).unwrap_err();
         assert_eq!(e.field, "bogus");
+        let mistyped = c.to_json().replace("\"lanes\": 320", "\"lanes\": \"many\"");
+        assert_eq!(ChipConfig::from_json(&mistyped).unwrap_err().field, "lanes");
+        let missing = c.to_json().replace("\"hac_period\": 252,", "");
+        assert_eq!(ChipConfig::from_json(&missing).unwrap_err().field, "hac_period");
+        let derived = c.to_json().replace("\"sram_bytes\": 230686720,", "");
+        assert_eq!(ChipConfig::from_json(&derived).unwrap(), c);
+        assert_eq!(ChipConfig::from_json("[1]").unwrap_err().field, "json");
+        assert_eq!(ChipConfig::from_json("{").unwrap_err().field, "json");
         assert!(ChipConfig::by_name("nope").is_err());
     }
 }

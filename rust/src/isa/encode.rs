@@ -406,6 +406,9 @@ pub fn decode_program(data: &[u8]) -> Result<Program, AsmError> {
         for _ in 0..n {
             vs.push(r.u32()?);
         }
+        if vs.iter().any(|b| !fits_width(dtype, *b)) {
+            return Err(AsmError::binary("an .init value does not fit its type"));
+        }
         let values = match fill {
             1 if n == 1 => InitValues::Fill(vs[0]),
             0 if n >= 1 => InitValues::Lanes(vs),

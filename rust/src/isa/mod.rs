@@ -244,10 +244,14 @@ impl Instr {
                     return Err(format!("{} takes {} source operand(s)", op.name(), if op.is_binary() { 2 } else { 1 }));
                 }
                 for x in [Some(a), b.as_ref()].into_iter().flatten() {
-                    if let Operand::Reg(_) = x {
-                        if !t.is_register_type() {
+                    match x {
+                        Operand::Reg(_) if !t.is_register_type() => {
                             return Err(format!("a result register cannot be read as {}", t.name()));
                         }
+                        Operand::Imm(bits) if !fits_width(*t, *bits) => {
+                            return Err(format!("immediate bits {bits:#x} do not fit {}", t.name()));
+                        }
+                        _ => {}
                     }
                 }
                 Ok(())
@@ -278,6 +282,11 @@ impl Instr {
             _ => None,
         }
     }
+}
+
+/// Do `bits` fit the width of `t` (zero-extended)?
+pub fn fits_width(t: DType, bits: u32) -> bool {
+    t.width() >= 4 || bits >> (8 * t.width()) == 0
 }
 
 /// Format an immediate (bits in type `t`) canonically: shortest text that reads back to the same bits.
