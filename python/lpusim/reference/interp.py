@@ -540,10 +540,10 @@ class Interpreter:
         pos = q.position
         (S,) = ins.operands
         if ins.op == "SEND":
+            vec = self.read_stream(who, t, S.direction, S.index, pos).copy()  # operands first (9.5)
             if link not in self.links:
                 self.fail("LinkUnconnected", t, who, f"link {link} is not connected")
             dst, lat = self.links[link]
-            vec = self.read_stream(who, t, S.direction, S.index, pos).copy()
 
             def arrive(tc, dst=dst, vec=vec, who=who):
                 buf = self.rx[dst]
