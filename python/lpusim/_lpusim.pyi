@@ -1,0 +1,44 @@
+"""Type stubs for the Rust core (rust/src/python.rs). Hand-written; keep in step with the bindings."""
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+class LpusimError(Exception):
+    """Base class of every lpusim error."""
+
+class AssemblyError(LpusimError):
+    """Bad assembly text or program binary."""
+    line: int
+    text: str
+    message: str
+
+class ConfigError(LpusimError):
+    """Bad chip configuration."""
+    field: str
+    message: str
+
+class SimulationError(LpusimError):
+    """The run stopped: an illegal schedule, a busy unit, an out-of-range address, a cycle limit."""
+    kind: str
+    cycle: int
+    queue: str
+    index: int
+    instruction: str
+    message: str
+
+def chip_config_json(name: str = "tsp_v1") -> str: ...
+def validate_chip_config(json_text: str) -> str: ...
+def assemble(text: str) -> bytes: ...
+def disassemble(data: bytes) -> str: ...
+def canonicalize(text: str) -> str: ...
+def queue_names(config_json: str | None = None) -> list[str]: ...
+def positions(config_json: str | None = None) -> dict[str, int]: ...
+def simulate(
+    config_json: str,
+    program: str | bytes,
+    mem_init: Sequence[tuple[int, int, npt.NDArray[np.uint8]]] = ...,
+    dumps: Sequence[tuple[int, int, int]] = ...,
+    timing_only: bool = False,
+    max_cycles: int | None = None,
+) -> tuple[dict[str, Any], list[npt.NDArray[np.uint8] | None]]: ...
