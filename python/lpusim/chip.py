@@ -45,7 +45,10 @@ class Chip:
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}: not JSON: {e}") from None
         else:
-            text = _lpusim.chip_config_json(str(spec))
+            spec = str(spec)
+            if spec.endswith(".json") or os.sep in spec:
+                raise ConfigError(f"{spec}: no such chip configuration file")
+            text = _lpusim.chip_config_json(spec)
         return cls(json.loads(_lpusim.validate_chip_config(text)))
 
     def __getattr__(self, name: str):
