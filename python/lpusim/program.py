@@ -9,6 +9,7 @@ import numpy as np
 from lpusim import _lpusim
 from lpusim.chip import Chip
 from lpusim.compiler import compile_graph, emit
+from lpusim.compiler.importer import from_rows, to_rows
 from lpusim.compiler.schedule import byte_planes
 from lpusim.errors import CompileError, ModelError
 
@@ -62,21 +63,22 @@ class Program:
         if extra:
             raise ModelError(f"unknown input(s): {', '.join(extra)}")
         mem = list(sched.static_init)
-        lanes = self.chip.lanes
-        for ir_name, locs in sched.inputs.items():
+        for ir_name, store in sched.inputs.items():
             t = graph.tensors[ir_name]
             array = np.asarray(inputs[t.onnx_input])
             if tuple(array.shape) != tuple(self.input_shapes[t.onnx_input]):
                 raise ModelError(f"input '{t.onnx_input}' has shape {tuple(array.shape)}, the program was "
                                  f"compiled for {tuple(self.input_shapes[t.onnx_input])}")
-            matrix = array.astype(np.float32).reshape(t.rows, t.cols)
-            for nt, loc in enumerate(locs):
-                for b, plane in enumerate(byte_planes(matrix[:, nt * lanes:(nt + 1) * lanes], "f32", lanes)):
-                    mem.append((loc.slice + b, loc.addr, plane))
+            matrix = to_rows(array.astype(np.float32).reshape(t.shape), t.shape)
+            storage = np.full((store.storage_rows, t.cols), t.pad_value, dtype=np.float32)
+            storage[store.interior_rows()] = matrix
+            mem.extend(store_image(store, storage, self.chip.lanes))
         dumps = []
         for ir_name in graph.outputs:
-            for loc in sched.outputs[ir_name]:
-                dumps.extend((loc.slice + b, loc.addr, loc.rows) for b in range(loc.width))
+            store = sched.outputs[ir_name]
+            for segs in store.tiles:
+                for seg in segs:
+                    dumps.extend((seg.slice + b, seg.addr, seg.hi - seg.lo) for b in range(store.width))
         return mem, dumps
 
     def _decode_outputs(self, arrays) -> dict[str, np.ndarray]:
@@ -85,12 +87,17 @@ class Program:
         out, i = {}, 0
         for ir_name, onnx_name in zip(graph.outputs, graph.output_names):
             t = graph.tensors[ir_name]
+            store = sched.outputs[ir_name]
             tiles = []
-            for loc in sched.outputs[ir_name]:
-                planes = np.stack(arrays[i:i + loc.width], axis=-1)  # rows, lanes, 4 bytes
-                i += loc.width
-                tiles.append(np.ascontiguousarray(planes).view("<f4").reshape(loc.rows, lanes))
-            out[onnx_name] = np.concatenate(tiles, axis=1)[:, :t.cols].reshape(t.shape).astype(np.float32)
+            for segs in store.tiles:
+                storage = np.empty((store.storage_rows, lanes), dtype="<f4")
+                for seg in segs:
+                    planes = np.stack(arrays[i:i + store.width], axis=-1)  # rows, lanes, 4 bytes
+                    i += store.width
+                    storage[seg.lo:seg.hi] = np.ascontiguousarray(planes).view("<f4").reshape(seg.hi - seg.lo, lanes)
+                tiles.append(storage[store.interior_rows()])
+            matrix = np.concatenate(tiles, axis=1)[:, :t.cols]
+            out[onnx_name] = from_rows(matrix, t.shape).astype(np.float32)
         return out
 
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0,
@@ -108,6 +115,15 @@ class Program:
         busy = {k: int(v) for k, v in stats["busy"].items()}
         return RunResult(outputs, cycles, self.predicted_cycles, self.chip.seconds(cycles) * 1e6,
                          int(stats["instructions"]), busy, utilization(self.chip, busy, cycles), wall, timing_only)
+
+
+def store_image(store, storage: np.ndarray, lanes: int):
+    """mem_init entries that put a [storage_rows, cols] f32 array into `store`."""
+    for nt, segs in enumerate(store.tiles):
+        cols = storage[:, nt * lanes:(nt + 1) * lanes]
+        for seg in segs:
+            for b, plane in enumerate(byte_planes(cols[seg.lo:seg.hi], store.fmt, lanes)):
+                yield (seg.slice + b, seg.addr, plane)
 
 
 def utilization(chip: Chip, busy: dict[str, int], cycles: int) -> dict[str, float]:

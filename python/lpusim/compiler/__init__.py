@@ -9,6 +9,7 @@ import math
 
 from lpusim.chip import Chip
 from lpusim.compiler import emit, importer, ir, passes, schedule
+from lpusim.compiler.layout import WIDTH, Store
 from lpusim.errors import CompileError
 
 PRECISIONS = ("fp16",)
@@ -17,6 +18,7 @@ PRECISIONS = ("fp16",)
 PASSES = [
     ("fuse_chains", passes.fuse_chains),
     ("assign_formats", passes.assign_formats),
+    ("assign_borders", passes.assign_borders),
 ]
 
 
@@ -27,11 +29,12 @@ def sram_needed(graph: ir.Graph, chip: Chip) -> int:
     for t in graph.tensors.values():
         tiles = max(1, math.ceil(t.cols / lanes))
         for fmt in t.formats:
-            total += tiles * t.rows * schedule.WIDTH[fmt] * lanes
-    for node in graph.nodes:
-        if node.kind == "matmul":
-            k, n = graph.tensors[node.w].data.shape
-            total += math.ceil(n / lanes) * math.ceil(k / lanes) * 8 * math.ceil(min(k, lanes) / 8) * 2 * lanes
+            total += tiles * Store.for_tensor(t, fmt).storage_rows * WIDTH[fmt] * lanes
+    weights = {w for node in graph.nodes for _, w in node.terms}
+    for w in weights:  # upper bound: all-zero tiles of grouped convolutions are not stored
+        k, n = graph.tensors[w].data.shape
+        slots = schedule.WEIGHT_SLOTS
+        total += math.ceil(n / lanes) * math.ceil(k / lanes) * slots * math.ceil(min(k, lanes) / slots) * 2 * lanes
     return total
 
 

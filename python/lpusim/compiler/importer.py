@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lpusim.compiler.ir import Graph, Node, Step, Tensor
+from lpusim.compiler.ir import Graph, Node, Step, Tensor, View
 from lpusim.errors import CompileError, ModelError
 
 # ONNX unary ops and the VXM chain each lowers to (x is ("in",); constants come from attributes).
@@ -40,7 +40,9 @@ _NUMPY_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": n
                  "Max": np.maximum, "Min": np.minimum}
 _PASSTHROUGH = {"Identity", "Dropout"}
 _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
-SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | {"MatMul", "Gemm", "Clip", "Constant"})
+_SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _SPATIAL |
+                       {"MatMul", "Gemm", "Clip", "Constant", "BatchNormalization", "Sum"})
 
 
 def load_model(model) -> onnx.ModelProto:
@@ -99,10 +101,35 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
 
 
 def _as_matrix(shape: tuple) -> tuple[int, int]:
-    """An ONNX shape as (rows, cols): the last dimension along the lanes, everything before it batched."""
+    """An ONNX shape as (rows, cols): an NCHW image has channels on the lanes and a row per pixel; any other
+    shape has its last dimension on the lanes and everything before it batched."""
     if len(shape) == 0:
         return 1, 1
+    if len(shape) == 4:
+        n, c, h, w = shape
+        return int(n * h * w), int(c)
     return int(np.prod(shape[:-1], dtype=np.int64)), int(shape[-1])
+
+
+def _geom(shape: tuple) -> tuple | None:
+    return (int(shape[0]), int(shape[2]), int(shape[3])) if len(shape) == 4 else None
+
+
+def to_rows(array: np.ndarray, shape: tuple) -> np.ndarray:
+    """A host array of ONNX `shape` in the chip's row layout (see `_as_matrix`)."""
+    array = np.asarray(array)
+    if len(shape) == 4:
+        array = array.transpose(0, 2, 3, 1)
+    rows, cols = _as_matrix(shape)
+    return np.ascontiguousarray(array.reshape(rows, cols))
+
+
+def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
+    """The inverse of `to_rows`."""
+    if len(shape) == 4:
+        n, c, h, w = shape
+        return np.ascontiguousarray(matrix.reshape(n, h, w, c).transpose(0, 3, 1, 2))
+    return matrix.reshape(shape)
 
 
 class _Lowering:
@@ -115,6 +142,7 @@ class _Lowering:
         self.consts: dict[str, np.ndarray] = {}  # ONNX name -> host value (folded)
         self.values: dict[str, tuple[str, tuple]] = {}  # ONNX name -> (IR tensor, ONNX shape)
         self.counter = 0
+        self.flat: dict[str, tuple[str, tuple]] = {}  # ONNX name -> (IR image, NCHW shape) flattened to [N, CHW]
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -124,10 +152,12 @@ class _Lowering:
         rows, cols = _as_matrix(shape)
         if data is not None:
             data = np.ascontiguousarray(np.asarray(data, dtype=np.float32).reshape(rows, cols))
-        self.tensors[name] = Tensor(name, rows, cols, kind, tuple(shape), data, onnx_input=onnx_input)
+        self.tensors[name] = Tensor(name, rows, cols, kind, tuple(shape), data, onnx_input=onnx_input,
+                                    geom=_geom(shape))
         return name
 
     def const_tensor(self, array: np.ndarray, hint: str) -> str:
+        """A constant already in row layout ([rows, cols])."""
         return self.add_tensor(self.fresh(hint), array.shape, "const", array)
 
     def run(self) -> None:
@@ -152,6 +182,13 @@ class _Lowering:
             return ("const", self.consts[name])
         if name in self.values:
             return ("value",) + self.values[name]
+        if name in self.flat:
+            if node.op_type not in ("MatMul", "Gemm") or i != 0:
+                raise CompileError(f"{self.where(node)}: input '{name}' is an image flattened across channels "
+                                   f"and pixels, which only a following MatMul/Gemm can read (a relayout needs "
+                                   f"the SXM, not supported yet)")
+            img, shape = self.flat[name]
+            return ("value", img, shape)
         raise CompileError(f"{self.where(node)}: input '{name}' is not produced by any earlier node")
 
     def lower(self, node) -> None:
@@ -174,6 +211,12 @@ class _Lowering:
             return self.lower_reshape(node, op, a, args)
         if op in ("MatMul", "Gemm"):
             return self.lower_matmul(node, op, a, args)
+        if op in _SPATIAL:
+            return self.lower_spatial(node, op, a, args)
+        if op == "BatchNormalization":
+            return self.lower_batchnorm(node, a, args)
+        if op == "Sum":
+            return self.lower_sum(node, args)
         if op in _BINARY:
             return self.lower_binary(node, op, args)
         if op in _UNARY or op == "Clip":
@@ -221,6 +264,8 @@ class _Lowering:
         new_rows, new_cols = _as_matrix(new)
         if (new_rows, new_cols) == (t.rows, t.cols):
             self.values[node.output[0]] = (ir_name, new)  # same rows of the same vectors: a pure view
+        elif t.geom is not None and len(new) == 2 and new[0] == t.geom[0] and t.kind != "input":
+            self.flat[node.output[0]] = (ir_name, tuple(shape))  # [N, C, H, W] -> [N, C*H*W]
         elif t.kind == "input":
             # The host lays out inputs, so a reshaped input is just another view of the same host array.
             name = self.add_tensor(self.fresh(node.output[0]), new, "input", onnx_input=t.onnx_input)
@@ -234,9 +279,8 @@ class _Lowering:
     # ----- contractions ---------------------------------------------------------------------------------
     def lower_matmul(self, node, op, a, args):
         x, w = args[0], args[1]
-        if op == "Gemm":
-            if a.get("transA", 0):
-                raise CompileError(f"{self.where(node)}: transA=1 on a computed operand is not supported yet")
+        if op == "Gemm" and a.get("transA", 0):
+            raise CompileError(f"{self.where(node)}: transA=1 on a computed operand is not supported yet")
         if x[0] == "const" or w[0] != "const":
             raise CompileError(f"{self.where(node)}: only activation @ constant weights is supported yet "
                                f"(both operands computed needs the attention path)")
@@ -248,13 +292,22 @@ class _Lowering:
         if wmat.ndim != 2:
             raise CompileError(f"{self.where(node)}: weights of rank {wmat.ndim} are not supported yet (rank 2)")
         _, xname, xshape = x
+        image = self.flat.get(node.input[0])
+        if image is not None:
+            xshape = (image[1][0], int(np.prod(image[1][1:])))
         if xshape[-1] != wmat.shape[0]:
-            raise CompileError(f"{self.where(node)}: inner dimensions differ: {xshape} @ {wmat.shape}")
+            raise CompileError(f"{self.where(node)}: inner dimensions differ: {tuple(xshape)} @ {wmat.shape}")
         out_shape = tuple(xshape[:-1]) + (wmat.shape[1],)
         out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
-        wname = self.const_tensor(wmat, "w")
-        mm = Node("matmul", node.name or node.output[0], op, out, x=xname, w=wname)
-        self.nodes.append(mm)
+        if image is not None:
+            # x is an NCHW image flattened to [N, C*H*W]: sum over pixels (h, w) of pixel @ W[c*H*W + h*W + w]
+            img_name, (n, c, h, wd) = image
+            w4 = wmat.reshape(c, h, wd, wmat.shape[1])
+            terms = [(View(img_name, dh=i, dw=j, spatial=True), self.const_tensor(np.ascontiguousarray(w4[:, i, j]), "w"))
+                     for i in range(h) for j in range(wd)]
+        else:
+            terms = [(View(xname), self.const_tensor(wmat, "w"))]
+        self.nodes.append(Node("matmul", node.name or node.output[0], op, out, terms=terms))
         self.values[node.output[0]] = (out, out_shape)
         if op == "Gemm" and len(args) > 2 and args[2] is not None:
             c = args[2]
@@ -264,6 +317,131 @@ class _Lowering:
                 raise CompileError(f"{self.where(node)}: beta != 1 with a computed C is not supported yet")
             self.emit_binary(node, "ADD", ("value", out, out_shape), c, node.output[0])
 
+    # ----- convolution and pooling ----------------------------------------------------------------------
+    def _window(self, node, a, shape, kernel):
+        """(strides, dilations, pads top/left/bottom/right, output H, W) for a Conv/Pool node."""
+        n, c, h, w = shape
+        kh, kw = kernel
+        strides = list(a.get("strides", [1, 1]))
+        dil = list(a.get("dilations", [1, 1]))
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            for i, (size, k) in enumerate(((h, kh), (w, kw))):
+                out = -(-size // strides[i])
+                total = max(0, (out - 1) * strides[i] + (k - 1) * dil[i] + 1 - size)
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+        elif auto == "VALID":
+            pads = [0, 0, 0, 0]
+        ceil = a.get("ceil_mode", 0)
+        outs = []
+        for i, (size, k) in enumerate(((h, kh), (w, kw))):
+            span = size + pads[i] + pads[i + 2] - (k - 1) * dil[i] - 1
+            o = (-(-span // strides[i]) if ceil else span // strides[i]) + 1
+            if ceil and (o - 1) * strides[i] >= size + pads[i]:
+                o -= 1  # the last window must start inside the input or its top/left padding
+            outs.append(o)
+        if min(outs) < 1:
+            raise CompileError(f"{self.where(node)}: the window does not fit the {h}x{w} input")
+        return strides, dil, pads, outs
+
+    def lower_spatial(self, node, op, a, args):
+        kind, xname, shape = args[0]
+        if len(shape) != 4:
+            raise CompileError(f"{self.where(node)}: only 2-D images (NCHW) are supported, got shape {tuple(shape)}")
+        n, c, h, w = shape
+        if op.startswith("Global"):
+            kernel, a = (h, w), {}
+        elif op == "Conv":
+            if args[1][0] != "const":
+                raise CompileError(f"{self.where(node)}: convolution weights must be constant")
+            kernel = tuple(np.asarray(args[1][1]).shape[2:])
+        else:
+            kernel = tuple(a["kernel_shape"])
+        if len(kernel) != 2:
+            raise CompileError(f"{self.where(node)}: only 2-D kernels are supported")
+        strides, dil, pads, (ho, wo) = self._window(node, a, shape, kernel)
+        taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+
+        def view(i, j):
+            return View(xname, dh=i, dw=j, stride=strides[0], dilation=dil[0], pad_top=pads[0], pad_left=pads[1],
+                        spatial=True)
+        if strides[0] != strides[1] or dil[0] != dil[1]:
+            raise CompileError(f"{self.where(node)}: different strides or dilations along H and W are not "
+                               f"supported yet")
+        if op == "Conv":
+            weight = np.asarray(args[1][1], dtype=np.float32)
+            cout, cin_g = weight.shape[:2]
+            group = a.get("group", 1)
+            out_shape = (n, cout, ho, wo)
+            out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+            terms = []
+            cout_g = cout // group
+            for i, j in taps:
+                # dense [Cin, Cout] per tap; grouped and depthwise convolutions are block diagonal (exact zeros)
+                dense = np.zeros((c, cout), dtype=np.float32)
+                for g in range(group):
+                    dense[g * cin_g:(g + 1) * cin_g, g * cout_g:(g + 1) * cout_g] = \
+                        weight[g * cout_g:(g + 1) * cout_g, :, i, j].T
+                terms.append((view(i, j), self.const_tensor(dense, "w")))
+            self.nodes.append(Node("matmul", node.name or node.output[0], op, out, terms=terms))
+            self.values[node.output[0]] = (out, out_shape)
+            if len(args) > 2 and args[2] is not None:
+                bias = np.asarray(args[2][1], dtype=np.float32).reshape(1, cout, 1, 1)
+                self.emit_binary(node, "ADD", ("value", out, out_shape), ("const", bias), node.output[0])
+            return
+        out_shape = (n, c, ho, wo)
+        out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+        if op in ("MaxPool", "GlobalMaxPool"):
+            if len(taps) > 16:
+                raise CompileError(f"{self.where(node)}: a max pool over {len(taps)} taps exceeds the VXM's 16 "
+                                   f"ALUs (not supported yet)")
+            if len(node.output) > 1 and node.output[1]:
+                raise CompileError(f"{self.where(node)}: the Indices output of MaxPool is not supported")
+            sources = [view(i, j) for i, j in taps]
+            steps = [Step("COPY", [("src", 0)])] if len(taps) == 1 else [Step("MAX", [("src", 0), ("src", 1)])]
+            for k in range(2, len(taps)):
+                steps.append(Step("MAX", [("step", len(steps) - 1), ("src", k)]))
+            self.nodes.append(Node("vector", node.name or node.output[0], op, out, sources=sources, steps=steps))
+        else:  # average: identity weights on the MXM sum the taps exactly, the VXM divides
+            count_pad = a.get("count_include_pad", 0)
+            if any(pads) and not count_pad:
+                raise CompileError(f"{self.where(node)}: AveragePool with padding and count_include_pad=0 is "
+                                   f"not supported yet")
+            eye = self.const_tensor(np.eye(c, dtype=np.float32), "eye")
+            terms = [(view(i, j), eye) for i, j in taps]
+            self.nodes.append(Node("matmul", node.name or node.output[0], op, out, terms=terms,
+                                   steps=[Step("MUL", [("acc",), ("imm", 1.0 / len(taps))])]))
+        self.values[node.output[0]] = (out, out_shape)
+
+    def lower_batchnorm(self, node, a, args):
+        if any(x is None or x[0] != "const" for x in args[1:5]):
+            raise CompileError(f"{self.where(node)}: BatchNormalization needs constant scale, bias, mean, var")
+        if a.get("training_mode", 0):
+            raise CompileError(f"{self.where(node)}: training_mode BatchNormalization is not supported")
+        scale, bias, mean, var = (np.asarray(x[1], dtype=np.float32) for x in args[1:5])
+        eps = np.float32(a.get("epsilon", 1e-5))
+        mul = scale / np.sqrt(var + eps)
+        add = bias - mean * mul
+        _, name, shape = args[0]
+        bshape = (1, -1) + (1,) * (len(shape) - 2)
+        tmp = self.fresh(node.output[0])
+        self.emit_binary(node, "MUL", args[0], ("const", mul.reshape(bshape)), tmp)
+        self.emit_binary(node, "ADD", ("value",) + self.values[tmp], ("const", add.reshape(bshape)), node.output[0])
+
+    def lower_sum(self, node, args):
+        if len(args) == 1:
+            self.values[node.output[0]] = self.values[node.input[0]]
+            return
+        acc = args[0]
+        for i, x in enumerate(args[1:]):
+            name = node.output[0] if i == len(args) - 2 else self.fresh(node.output[0])
+            self.emit_binary(node, "ADD", acc, x, name)
+            acc = ("value",) + self.values[name]
+
     # ----- elementwise ----------------------------------------------------------------------------------
     def operand(self, node, x, out_shape):
         """A binary operand as a chain argument: ('imm', v), or ('src', tensor name) for a row/full tensor."""
@@ -272,8 +450,7 @@ class _Lowering:
             if arr.size == 1:
                 return ("imm", float(arr.reshape(())))
             rows, cols = _as_matrix(out_shape)
-            full = np.broadcast_to(arr, out_shape)
-            as_rows = full.reshape(rows, cols)
+            as_rows = to_rows(np.broadcast_to(arr, out_shape), out_shape)
             if rows > 1 and np.all(as_rows == as_rows[:1]):
                 return ("src", self.const_tensor(as_rows[:1].copy(), "c"))  # one row, read for every row
             return ("src", self.const_tensor(np.ascontiguousarray(as_rows), "c"))
@@ -282,7 +459,7 @@ class _Lowering:
             return ("src", name)
         rows, cols = _as_matrix(shape)
         orows, ocols = _as_matrix(out_shape)
-        if cols == ocols and rows == 1:
+        if cols == ocols and rows == 1 and (len(shape) == len(out_shape) or len(out_shape) != 4):
             return ("src", name)
         raise CompileError(f"{self.where(node)}: broadcasting {tuple(shape)} to {tuple(out_shape)} "
                            f"is not supported yet")
@@ -299,7 +476,7 @@ class _Lowering:
             if kind == "imm":
                 args.append(("imm", v))
             else:
-                sources.append(v)
+                sources.append(View(v))
                 args.append(("src", len(sources) - 1))
         out = self.add_tensor(self.fresh(out_name), out_shape, "value")
         self.nodes.append(Node("vector", node.name or out_name, node.op_type, out, sources=sources,
@@ -332,7 +509,7 @@ class _Lowering:
             chain = _UNARY[op](a)
         steps = [Step(vop, [("src", 0) if arg == ("in",) else arg for arg in vargs]) for vop, vargs in chain]
         out = self.add_tensor(self.fresh(node.output[0]), shape, "value")
-        self.nodes.append(Node("vector", node.name or node.output[0], op, out, sources=[name], steps=steps))
+        self.nodes.append(Node("vector", node.name or node.output[0], op, out, sources=[View(name)], steps=steps))
         self.values[node.output[0]] = (out, shape)
 
     def finish(self) -> Graph:

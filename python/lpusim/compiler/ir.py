@@ -1,9 +1,18 @@
 """The compiler's one IR: matrices of row vectors, matmul nodes and VXM vector-chain nodes.
 
-Every tensor the chip touches is a matrix of `rows` vectors by `cols` lanes (a batch of rows, features along the
-320 lanes), stored in MEM in column tiles of 320 lanes. A node is either
-* `matmul`: `x @ w` with `w` constant, on an MXM plane, followed by an optional VXM chain (its *epilogue*), or
-* `vector`: a VXM chain over source tensors (elementwise work: bias adds, activations, conversions).
+Every tensor the chip touches is a matrix of `rows` vectors by `cols` lanes, stored in MEM in column tiles of 320
+lanes. A 2-D tensor has its last dimension on the lanes and everything before it batched into rows. An image tensor
+(ONNX NCHW) has its channels on the lanes and one row per pixel, in (n, h, w) order: `geom = (N, H, W)`; it may be
+stored with a border of `pad` rows of `pad_value` around each image so convolutions and pools read their taps with
+plain address arithmetic.
+
+A node is either
+* `matmul`: the sum over its `terms` of `view @ w` (`w` constant [K, N]) on an MXM plane: one term for MatMul and
+  Gemm, one per kernel tap for Conv, followed by an optional VXM chain (its *epilogue*), or
+* `vector`: a VXM chain over source views (elementwise work, bias adds, activations, pools).
+
+A `View` names which rows of a tensor meet output row r: the same row (identity), or for a spatial tap (dh, dw) of
+a convolution-like node the input pixel (ho*stride + dh*dilation - pad_top, wo*stride + dw*dilation - pad_left).
 
 A chain is a list of `Step`s, each one VXM operation whose arguments are a source (`("src", i)`: `sources[i]`, or
 `("acc",)`: the matmul's accumulator), an earlier step (`("step", j)`) or an immediate (`("imm", value)`). The
@@ -35,6 +44,28 @@ class Tensor:
     data: np.ndarray | None = None  # float32 [rows, cols] for constants
     formats: set = field(default_factory=set)  # storage formats in MEM: {"f32", "f16"}
     onnx_input: str | None = None  # for inputs: the ONNX graph input it is a (reshaped) view of
+    geom: tuple | None = None  # (N, H, W) for image tensors: channels on lanes, one row per pixel
+    pad: int = 0  # border rows stored around each image (set by the consumers that read taps)
+    pad_value: float = 0.0  # what the border holds: 0 for convolutions, -inf for max pools
+
+
+@dataclass(frozen=True)
+class View:
+    """Which row of `tensor` output row r reads: the same row, a broadcast row, or a spatial tap."""
+
+    tensor: str
+    dh: int = 0
+    dw: int = 0
+    stride: int = 1
+    dilation: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+    spatial: bool = False
+
+    def __str__(self) -> str:
+        if not self.spatial:
+            return self.tensor
+        return f"{self.tensor}[tap {self.dh},{self.dw} s{self.stride} d{self.dilation} p{self.pad_top},{self.pad_left}]"
 
 
 @dataclass
@@ -55,17 +86,21 @@ class Node:
     name: str  # the ONNX node this came from (for messages)
     onnx_op: str
     output: str
-    sources: list[str] = field(default_factory=list)
+    sources: list[View] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
-    x: str | None = None  # matmul activation operand
-    w: str | None = None  # matmul constant weights [K, N]
+    terms: list[tuple[View, str]] = field(default_factory=list)  # matmul: (activation view, constant weights)
+
+    @property
+    def x(self) -> str | None:
+        """The tensor every matmul term reads."""
+        return self.terms[0][0].tensor if self.terms else None
 
     def describe(self) -> str:
         head = f"{self.output} = {self.kind}"
         if self.kind == "matmul":
-            head += f"({self.x} @ {self.w})"
+            head += "(" + " + ".join(f"{v} @ {w}" for v, w in self.terms) + ")"
         chain = "; ".join(f"%{i}={s}" for i, s in enumerate(self.steps))
-        srcs = ", ".join(f"src{i}={s}" for i, s in enumerate(self.sources))
+        srcs = ", ".join(f"src{i}={v}" for i, v in enumerate(self.sources))
         return f"{head} [{srcs}] {{{chain}}}  <- {self.onnx_op} '{self.name}'"
 
 
@@ -85,7 +120,8 @@ class Graph:
         lines.append("outputs: " + ", ".join(f"{o} as {n}" for o, n in zip(self.outputs, self.output_names)))
         for t in self.tensors.values():
             if t.formats:
-                lines.append(f"  {t.name}: {t.kind} {t.rows}x{t.cols} in {sorted(t.formats)}")
+                geom = f" image {t.geom} pad {t.pad} of {t.pad_value}" if t.geom else ""
+                lines.append(f"  {t.name}: {t.kind} {t.rows}x{t.cols} in {sorted(t.formats)}{geom}")
         return "\n".join(lines)
 
     def consumers(self) -> dict[str, list[Node]]:
@@ -97,7 +133,10 @@ class Graph:
 
 
 def node_inputs(node: Node) -> list[str]:
-    return ([node.x, node.w] if node.kind == "matmul" else []) + list(node.sources)
+    names = []
+    for v, w in node.terms:
+        names += [v.tensor, w]
+    return names + [v.tensor for v in node.sources]
 
 
 def validate(graph: Graph) -> None:
@@ -112,17 +151,26 @@ def validate(graph: Graph) -> None:
                 raise CompileError(f"{where}: '{name}' is used before it is computed")
         out = graph.tensors[node.output]
         if node.kind == "matmul":
-            x, w = graph.tensors[node.x], graph.tensors[node.w]
-            if w.kind != "const":
-                raise CompileError(f"{where}: weights '{w.name}' are not constant")
-            if x.cols != w.rows or (out.rows, out.cols) != (x.rows, w.cols):
-                raise CompileError(f"{where}: shapes {x.rows}x{x.cols} @ {w.rows}x{w.cols} -> {out.rows}x{out.cols}")
+            if not node.terms or len({v.tensor for v, _ in node.terms}) != 1:
+                raise CompileError(f"{where}: a matmul needs terms that all read one tensor")
+            for v, wname in node.terms:
+                x, w = graph.tensors[v.tensor], graph.tensors[wname]
+                if w.kind != "const":
+                    raise CompileError(f"{where}: weights '{w.name}' are not constant")
+                rows_ok = v.spatial or x.rows == out.rows
+                if x.cols != w.rows or out.cols != w.cols or not rows_ok:
+                    raise CompileError(f"{where}: shapes {x.rows}x{x.cols} @ {w.rows}x{w.cols} -> "
+                                       f"{out.rows}x{out.cols}")
+                if v.spatial and (x.geom is None or out.geom is None):
+                    raise CompileError(f"{where}: a spatial tap needs image tensors")
         elif node.kind != "vector":
             raise CompileError(f"{where}: unknown node kind {node.kind}")
-        for s in node.sources:
-            t = graph.tensors[s]
-            if t.cols != out.cols or t.rows not in (1, out.rows):
-                raise CompileError(f"{where}: source {s} is {t.rows}x{t.cols}, output {out.rows}x{out.cols}")
+        for v in node.sources:
+            t = graph.tensors[v.tensor]
+            if t.cols != out.cols or (not v.spatial and t.rows not in (1, out.rows)):
+                raise CompileError(f"{where}: source {v} is {t.rows}x{t.cols}, output {out.rows}x{out.cols}")
+            if v.spatial and (t.geom is None or out.geom is None):
+                raise CompileError(f"{where}: a spatial tap needs image tensors")
         if node.kind == "vector" and not node.steps:
             raise CompileError(f"{where}: empty vector chain")
         for j, step in enumerate(node.steps):

@@ -1,54 +1,48 @@
-"""IR -> IR passes: fuse VXM chains into their producers, then decide each tensor's storage formats.
+"""IR -> IR passes: fuse VXM chains into their producers, decide storage formats, decide image borders.
 
 Fusion keeps intermediate results on the streams instead of writing them to MEM and reading them back: a vector
-node whose source is produced by a single-use vector or matmul node is merged into it (the merged chain runs on
-the VXM as the matmul's epilogue). Legalisation then decides which formats each tensor is stored in: f16 where the
-MXM reads it, f32 where the VXM reads it or the host reads it back.
+node whose identity source is produced by a single-use vector or matmul node of the same row count is merged into
+it (the merged chain runs on the VXM as the matmul's epilogue). Legalisation then decides which formats each tensor
+is stored in (f16 where the MXM reads it, f32 where the VXM reads it or the host reads it back) and how wide a
+border each image tensor needs for the spatial taps that read it.
 """
 from __future__ import annotations
 
-from lpusim.compiler.ir import Graph, Node, Step
+import dataclasses
+
+from lpusim.compiler.ir import Graph, Node, Step, Tensor, View
+from lpusim.errors import CompileError
 
 # A chain may use at most this many ALUs before scheduling adds delays and conversions (the VXM has 16).
 MAX_FUSED_STEPS = 10
-
-
-def _remap(arg, src_map, producer_result):
-    kind = arg[0]
-    if kind == "src":
-        return src_map[arg[1]]
-    return arg
 
 
 def _merge(producer: Node, consumer: Node, tensor: str) -> Node:
     """The consumer's chain appended to the producer's, with `tensor` (the producer's output) wired through."""
     sources = list(producer.sources)
     steps = [Step(s.op, list(s.args)) for s in producer.steps]
-    if steps:
-        result = ("step", len(steps) - 1)
-    elif producer.kind == "matmul":
-        result = ("acc",)
-    else:  # a vector node always has steps (validated)
-        raise AssertionError("vector node without steps")
+    result = ("step", len(steps) - 1) if steps else ("acc",)
     src_map = {}
-    for i, name in enumerate(consumer.sources):
-        if name == tensor:
+    for i, view in enumerate(consumer.sources):
+        if view.tensor == tensor:
             src_map[i] = result
         else:
-            if name not in sources:
-                sources.append(name)
-            src_map[i] = ("src", sources.index(name))
+            if view not in sources:
+                sources.append(view)
+            src_map[i] = ("src", sources.index(view))
     offset = len(steps)
     for s in consumer.steps:
         args = []
         for a in s.args:
             if a[0] == "step":
                 args.append(("step", a[1] + offset))
+            elif a[0] == "src":
+                args.append(src_map[a[1]])
             else:
-                args.append(_remap(a, src_map, result))
+                args.append(a)
         steps.append(Step(s.op, args))
     return Node(producer.kind, consumer.name, f"{producer.onnx_op}+{consumer.onnx_op}", consumer.output,
-                sources=sources, steps=steps, x=producer.x, w=producer.w)
+                sources=sources, steps=steps, terms=list(producer.terms))
 
 
 def fuse_chains(graph: Graph) -> Graph:
@@ -60,12 +54,15 @@ def fuse_chains(graph: Graph) -> Graph:
         for consumer in graph.nodes:
             if consumer.kind != "vector":
                 continue
-            for name in consumer.sources:
+            for view in consumer.sources:
+                name = view.tensor
                 producer = producers.get(name)
-                if producer is None or name in graph.outputs or len(uses[name]) != 1:
+                if producer is None or view.spatial or name in graph.outputs or len(uses[name]) != 1:
                     continue
-                if consumer.sources.count(name) != 1:
+                if [v.tensor for v in consumer.sources].count(name) != 1:
                     continue
+                if graph.tensors[name].rows != graph.tensors[consumer.output].rows:
+                    continue  # a broadcast row: computing it once is cheaper than once per consumer row
                 if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
                     continue
                 merged = _merge(producer, consumer, name)
@@ -89,22 +86,60 @@ def assign_formats(graph: Graph) -> Graph:
     for name in graph.outputs:
         graph.tensors[name].formats.add("f32")
     new_nodes = []
-    converted = {}
+    converted: dict[str, str] = {}
     for node in graph.nodes:
-        for s in node.sources:
-            graph.tensors[s].formats.add("f32")
+        for v in node.sources:
+            graph.tensors[v.tensor].formats.add("f32")
         if node.kind == "matmul":
             x = graph.tensors[node.x]
             if x.kind == "input":
                 if node.x not in converted:
                     name = f"{node.x}.f16"
-                    graph.tensors[name] = type(x)(name, x.rows, x.cols, "value", x.shape, formats={"f16"})
-                    new_nodes.append(Node("vector", node.name, "Cast(f16)", name, sources=[node.x],
+                    graph.tensors[name] = Tensor(name, x.rows, x.cols, "value", x.shape, formats={"f16"},
+                                                 geom=x.geom)
+                    new_nodes.append(Node("vector", node.name, "Cast(f16)", name, sources=[View(node.x)],
                                           steps=[Step("COPY", [("src", 0)])]))
                     converted[node.x] = name
-                node.x = converted[node.x]
+                node.terms = [(dataclasses.replace(v, tensor=converted[node.x]), w) for v, w in node.terms]
             else:
-                graph.tensors[node.x].formats.add("f16")
+                x.formats.add("f16")
         new_nodes.append(node)
     graph.nodes = new_nodes
     return graph
+
+
+def tap_extent(view: View, in_geom: tuple, out_geom: tuple) -> int:
+    """The border an image tensor needs so `view` reads inside its storage for every output pixel."""
+    _, h, w = in_geom
+    _, ho, wo = out_geom
+    first_h = view.dh * view.dilation - view.pad_top
+    first_w = view.dw * view.dilation - view.pad_left
+    last_h = (ho - 1) * view.stride + first_h
+    last_w = (wo - 1) * view.stride + first_w
+    return max(0, -first_h, -first_w, last_h - (h - 1), last_w - (w - 1))
+
+
+def assign_borders(graph: Graph) -> Graph:
+    """Border width and value of every image tensor read through spatial taps."""
+    values: dict[str, set] = {}
+    for node in graph.nodes:
+        out_geom = graph.tensors[node.output].geom
+        views = [v for v, _ in node.terms] + list(node.sources)
+        for v in views:
+            if not v.spatial:
+                continue
+            t = graph.tensors[v.tensor]
+            need = tap_extent(v, t.geom, out_geom)
+            t.pad = max(t.pad, need)
+            if need:
+                values.setdefault(v.tensor, set()).add(_pad_value(node, v))
+    for name, vals in values.items():
+        if len(vals) > 1:
+            raise CompileError(f"tensor '{name}' is read with zero padding (a convolution) and with -inf padding "
+                               f"(a max pool); storing it twice is not supported yet")
+        graph.tensors[name].pad_value = vals.pop()
+    return graph
+
+
+def _pad_value(node: Node, view: View) -> float:
+    return float("-inf") if "MaxPool" in node.onnx_op and view in node.sources else 0.0

@@ -131,12 +131,17 @@ class SramAllocator:
         self.cursor = {}  # (hemisphere, bank) -> next group start inside the hemisphere
         self.bytes_used = 0
 
-    def alloc(self, width: int, count: int, hemisphere: str, bank: int, avoid: set | None = None) -> tuple[int, int]:
+    def alloc(self, width: int, count: int, hemisphere: str, bank: int, avoid: set | None = None,
+              same_hemisphere: bool = False) -> tuple[int, int]:
         """`width` consecutive slices of one hemisphere with `count` free addresses each: (first slice, address).
 
-        Tries the preferred hemisphere and bank, then the other bank, then the other hemisphere."""
+        Tries the preferred hemisphere and bank, then the other bank, then (unless `same_hemisphere`) the other
+        hemisphere."""
         other = "E" if hemisphere == "W" else "W"
-        for hemi, b in ((hemisphere, bank), (hemisphere, 1 - bank), (other, bank), (other, 1 - bank)):
+        order = [(hemisphere, bank), (hemisphere, 1 - bank)]
+        if not same_hemisphere:
+            order += [(other, bank), (other, 1 - bank)]
+        for hemi, b in order:
             got = self._alloc_in(width, count, hemi, b, avoid or set())
             if got is not None:
                 self.bytes_used += width * count * self.chip.lanes

@@ -2,8 +2,8 @@
 
 Jobs are placed greedily in program order at the earliest cycle where all their resources are free:
 * `load_weights`: one 320-row weight tile from MEM into a plane's weight buffer (LW), then IW.
-* `stream_activations`: the ABCs of one K tile: activation rows from MEM through the installed weights.
-* `vector_pipeline`: a VXM chain over MEM tiles and/or a plane's accumulators, results written back to MEM.
+* `stream_activations`: the ABCs of one (term, K tile) over a chunk of output rows.
+* `vector_pipeline`: a VXM chain over MEM views and/or a plane's accumulators, results written back to MEM.
 Timing comes from the chip configuration alone (section 8 of docs/isa.md); the simulator must then reproduce the
 predicted cycle count exactly.
 """
@@ -14,24 +14,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lpusim.compiler.ir import Graph, Node, Step
+from lpusim.compiler.ir import Graph, Node, Step, View
+from lpusim.compiler.layout import MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, segment_runs, view_runs
 from lpusim.compiler.resources import Clash, Issue, Reservations, SramAllocator
 from lpusim.errors import CompileError
 
-WIDTH = {"f32": 4, "f16": 2, "i8": 1, "u8": 1, "i32": 4}
 # How far past a job's lower bound the scheduler searches before declaring the schedule impossible.
 SEARCH_LIMIT = 200_000
-
-
-@dataclass
-class Loc:
-    """Where one column tile of a tensor lives: byte plane b of row m is at slice `slice + b`, address `addr + m`."""
-
-    slice: int
-    addr: int
-    width: int
-    rows: int
-    ready: int = 0  # first cycle a READ of this tile sees the data
+# Weight rows loaded per LW: 8 rows of 2 bytes use 16 of the 32 streams, so both planes of a hemisphere can load.
+WEIGHT_SLOTS = 8
 
 
 @dataclass
@@ -41,6 +32,7 @@ class PlaneState:
     last_abc: int = -1  # last ABC issue on the installed weights
     busy_until: int = 0  # first cycle the array accepts another ABC
     installed_at: int = 0
+    installed: tuple | None = None  # which weight tile the array holds
     acc_free: list = field(default_factory=list)  # per accumulator block: first cycle it may be overwritten
 
 
@@ -48,8 +40,8 @@ class PlaneState:
 class Schedule:
     issues: list[Issue]
     static_init: list[tuple[int, int, np.ndarray]]  # (slice, addr, uint8 [n, lanes]) loaded before the run
-    inputs: dict[str, list[Loc]]  # IR input tensor -> its f32 column tiles
-    outputs: dict[str, list[Loc]]  # IR output tensor -> its f32 column tiles
+    inputs: dict[str, Store]  # IR input tensor -> its f32 store
+    outputs: dict[str, Store]  # IR output tensor -> its f32 store
     predicted_cycles: int
     sram_bytes: int
 
@@ -72,19 +64,25 @@ def _imm(value: float) -> str:
     return "#" + repr(float(np.float32(value)))
 
 
+def out_geom(t) -> tuple:
+    return t.geom if t.geom is not None else (t.rows, 1, 1)
+
+
 class Scheduler:
     def __init__(self, chip, graph: Graph, progress=None):
         self.chip = chip
         self.graph = graph
         self.res = Reservations(chip)
         self.sram = SramAllocator(chip)
-        self.locs: dict[tuple[str, str], list[Loc]] = {}
+        self.stores: dict[tuple[str, str], Store] = {}
+        self.weight_tiles: dict[tuple, tuple[list[Segment], int]] = {}
         self.static_init: list = []
         self.planes = {p: PlaneState(p) for p in chip.plane_names}
         self.lanes = chip.lanes
         self.vxm_pos = chip.vxm_position
         self.progress = progress
         self.hemi_turn = 0
+        self.last_acc: dict[str, int] = {}  # plane -> last cycle an ACC of it issues
 
     # ----- helpers --------------------------------------------------------------------------------------
     def ntiles(self, cols: int) -> int:
@@ -107,47 +105,46 @@ class Scheduler:
             self.res.commit()
             return result
 
-    def mem_burst(self, op: str, loc: Loc, plane_b: int, addr: int, issue_cycle: int, n: int, d: int,
-                  stride: int, stream: str, base_cycle: int):
-        """A READ or WRITE burst on one slice: queue, bank ports, the instruction."""
-        s = loc.slice + plane_b
-        queue = self.chip.mem_name(s)
-        end = issue_cycle + (n - 1) * d
-        self.res.take_queue(queue, issue_cycle, end, issue_cycle - base_cycle)
-        lat = self.chip.mem_read_latency if op == "READ" else self.chip.mem_write_latency
-        port_cycle = issue_cycle if op == "READ" else issue_cycle + lat
-        self.res.take_ports(s, addr, port_cycle, n, d, stride)
-        self.res.add_issue(Issue(queue, issue_cycle, f"{op} {addr}, {stream}", n, d, stride, end + lat))
+    def mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
+                 stream: str, base: int) -> int:
+        """READ (toward dest_pos) or WRITE (from dest_pos) bursts on byte plane b of each run; row i of the
+        view meets `dest_pos` at `first + i*d`. Returns the last effect cycle."""
+        last = 0
+        for run in runs:
+            s = run.slice + plane_b
+            pos = self.chip.mem_position(s)
+            queue = self.chip.mem_name(s)
+            meet = first + run.out_start * d
+            if op == "READ":
+                issue = meet - self.chip.mem_read_latency - abs(dest_pos - pos)
+                port = issue
+                effect = issue + self.chip.mem_read_latency
+            else:
+                issue = meet + abs(dest_pos - pos)
+                port = issue + self.chip.mem_write_latency
+                effect = port
+            end = issue + (run.count - 1) * d
+            self.res.take_queue(queue, issue, end, issue - base)
+            self.res.take_ports(s, run.addr, port, run.count, d, run.stride)
+            self.res.add_issue(Issue(queue, issue, f"{op} {run.addr}, {stream}", run.count, d, run.stride,
+                                     effect + (run.count - 1) * d))
+            last = max(last, effect + (run.count - 1) * d)
+        return last
 
-    def read_to(self, loc: Loc, row_addr: int, dest_pos: int, arrive: int, n: int, d: int, stride: int,
-                base: int, direction: str | None = None) -> str:
-        """READ bursts of all byte planes of `loc` so that row i arrives at `dest_pos` at `arrive + i*d`.
+    def transfers(self, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int, reading: bool):
+        out = []
+        for run in runs:
+            pos = self.chip.mem_position(run.slice + plane_b)
+            for i in range(run.count):
+                meet = first + (run.out_start + i) * d
+                if reading:
+                    out.append((pos, meet - abs(dest_pos - pos), dest_pos))
+                else:
+                    out.append((dest_pos, meet, pos))
+        return out
 
-        Returns the stream group name (first stream) the vectors travel on."""
-        transfers_per_plane = []
-        for b in range(loc.width):
-            pos = self.chip.mem_position(loc.slice + b)
-            if pos == dest_pos:
-                raise CompileError("internal: a MEM slice cannot stream to its own position")
-            issue = arrive - self.chip.mem_read_latency - abs(dest_pos - pos)
-            if issue < loc.ready:  # the tile is not written yet: try again once it is
-                raise Clash(base + (loc.ready - issue))
-            emit = issue + self.chip.mem_read_latency
-            transfers_per_plane.append([(pos, emit + i * d, dest_pos) for i in range(n)])
-        positions = [self.chip.mem_position(loc.slice + b) for b in range(loc.width)]
-        dirs = {"E" if dest_pos > p else "W" for p in positions}
-        if len(dirs) != 1:
-            raise CompileError("internal: byte planes of one tile on both sides of the reader")
-        direction = dirs.pop()
-        base_stream = self._take_group(direction, transfers_per_plane)
-        for b in range(loc.width):
-            pos = positions[b]
-            issue = arrive - self.chip.mem_read_latency - abs(dest_pos - pos)
-            self.mem_burst("READ", loc, b, row_addr, issue, n, d, stride, stream_name(direction, base_stream + b), base)
-        return stream_name(direction, base_stream)
-
-    def _take_group(self, direction, transfers_per_plane) -> int:
-        """Consecutive streams, stream b carrying transfers_per_plane[b]."""
+    def take_group(self, direction, transfers_per_plane) -> int:
+        """Consecutive free streams, stream base+b carrying transfers_per_plane[b]."""
         limit = self.chip.streams_per_direction
         width = len(transfers_per_plane)
         for start in range(0, limit - width + 1):
@@ -157,112 +154,155 @@ class Scheduler:
                 return start
         raise Clash(None)
 
+    def _direction(self, runs: list[MemRun], width: int, pos: int, reading: bool) -> str:
+        sides = {self.chip.mem_position(r.slice + b) > pos for r in runs for b in range(width)}
+        if len(sides) != 1:
+            raise CompileError("internal: the slices of one view lie on both sides of its reader")
+        east_of_reader = sides.pop()
+        if reading:
+            return "W" if east_of_reader else "E"
+        return "E" if east_of_reader else "W"
+
+    def read_view(self, store: Store, tile: int, runs: list[MemRun], dest_pos: int, first: int, d: int,
+                  base: int) -> str:
+        """Stream the rows of `runs` so row i arrives at dest_pos at first + i*d; returns the stream group."""
+        lat = self.chip.mem_read_latency
+        for run in runs:
+            for b in range(store.width):
+                issue = first + run.out_start * d - lat - abs(dest_pos - self.chip.mem_position(run.slice + b))
+                if issue < store.ready[tile]:  # not written yet: try again once it is
+                    raise Clash(base + store.ready[tile] - issue)
+        direction = self._direction(runs, store.width, dest_pos, True)
+        g = self.take_group(direction, [self.transfers(runs, b, first, d, dest_pos, True)
+                                        for b in range(store.width)])
+        for b in range(store.width):
+            self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + b), base)
+        return stream_name(direction, g)
+
+    def write_view(self, store: Store, runs: list[MemRun], src_pos: int, first: int, base: int):
+        direction = self._direction(runs, store.width, src_pos, False)
+        g = self.take_group(direction, [self.transfers(runs, b, first, 1, src_pos, False)
+                                        for b in range(store.width)])
+        last = 0
+        for b in range(store.width):
+            last = max(last, self.mem_runs("WRITE", runs, b, first, 1, src_pos, stream_name(direction, g + b), base))
+        return stream_name(direction, g), last
+
     # ----- SRAM placement -------------------------------------------------------------------------------
-    def hemisphere_for_values(self) -> str:
+    def next_hemisphere(self) -> str:
         self.hemi_turn ^= 1
         return "WE"[self.hemi_turn]
 
-    def alloc_tiles(self, tensor: str, fmt: str, hemisphere: str | None = None, bank: int = 1) -> list[Loc]:
-        t = self.graph.tensors[tensor]
-        locs = []
-        for _ in range(self.ntiles(t.cols)):
-            s, a = self.sram.alloc(WIDTH[fmt], t.rows, hemisphere or self.hemisphere_for_values(), bank)
-            locs.append(Loc(s, a, WIDTH[fmt], t.rows))
-        self.locs[(tensor, fmt)] = locs
-        return locs
+    def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int) -> list[Segment]:
+        """Storage rows split into segments of at most MAX_SEGMENT_ROWS, all in one hemisphere."""
+        segs, lo = [], 0
+        while lo < rows:
+            n = min(rows - lo, MAX_SEGMENT_ROWS)
+            s, a = self.sram.alloc(width, n, hemisphere, bank, same_hemisphere=True)
+            segs.append(Segment(lo, lo + n, s, a))
+            lo += n
+        return segs
 
-    def place_constant(self, tensor: str, fmt: str = "f32") -> list[Loc]:
+    def alloc_store(self, tensor: str, fmt: str, bank: int = 1) -> Store:
         t = self.graph.tensors[tensor]
-        locs = self.alloc_tiles(tensor, fmt, bank=0)
-        for nt, loc in enumerate(locs):
-            cols = t.data[:, nt * self.lanes:(nt + 1) * self.lanes]
-            for b, plane in enumerate(byte_planes(cols, fmt, self.lanes)):
-                self.static_init.append((loc.slice + b, loc.addr, plane))
-        return locs
+        store = Store.for_tensor(t, fmt)
+        for _ in range(self.ntiles(t.cols)):
+            store.tiles.append(self.alloc_segments(store.width, store.storage_rows, self.next_hemisphere(), bank))
+            store.ready.append(0)
+        self.stores[(tensor, fmt)] = store
+        if store.pad and t.pad_value != 0.0:  # the border must read as pad_value (e.g. -inf for max pools)
+            fill = np.full((store.storage_rows, 1), t.pad_value, dtype=np.float32)
+            self.init_store(store, np.broadcast_to(fill, (store.storage_rows, self.lanes)))
+        return store
+
+    def init_store(self, store: Store, matrix: np.ndarray) -> None:
+        """Static SRAM contents of `store` from a [storage_rows, cols] array."""
+        for nt, segs in enumerate(store.tiles):
+            cols = matrix[:, nt * self.lanes:(nt + 1) * self.lanes]
+            for seg in segs:
+                for b, plane in enumerate(byte_planes(cols[seg.lo:seg.hi], store.fmt, self.lanes)):
+                    self.static_init.append((seg.slice + b, seg.addr, plane))
 
     # ----- MXM jobs -------------------------------------------------------------------------------------
-    def weight_tile(self, plane: str, w: np.ndarray, kt: int, nt: int, slots: int):
-        """Store W[kt, nt] (f16) as `slots` row slots of 2 slices; row r of the tile is in slot r % slots."""
-        block = w[kt * self.lanes:(kt + 1) * self.lanes, nt * self.lanes:(nt + 1) * self.lanes]
-        k_valid = block.shape[0]
-        issues = math.ceil(k_valid / slots)
-        padded = np.zeros((issues * slots, block.shape[1]), dtype=np.float32)
-        padded[:k_valid] = block
-        hemi = self.chip.plane_hemisphere(plane)
-        used: set[int] = set()
-        locs = []
-        for j in range(slots):
-            s, a = self.sram.alloc(2, issues, hemi, 0, avoid=used)
-            used.update((s, s + 1))
-            loc = Loc(s, a, 2, issues)
-            for b, planeb in enumerate(byte_planes(padded[j::slots], "f16", self.lanes)):
-                self.static_init.append((s + b, a, planeb))
-            locs.append(loc)
-        return locs, issues
+    def weight_tile(self, wname: str, kt: int, nt: int, hemisphere: str):
+        """W[kt, nt] (f16) as WEIGHT_SLOTS row slots of 2 slices (row r in slot r % slots); None if all zero."""
+        key = (wname, kt, nt)
+        if key not in self.weight_tiles:
+            w = self.graph.tensors[wname].data
+            block = w[kt * self.lanes:(kt + 1) * self.lanes, nt * self.lanes:(nt + 1) * self.lanes]
+            if not block.any():
+                self.weight_tiles[key] = None
+                return None
+            k_valid = int(np.max(np.nonzero(block.any(axis=1))[0])) + 1  # trailing zero rows need no load
+            issues = math.ceil(k_valid / WEIGHT_SLOTS)
+            padded = np.zeros((issues * WEIGHT_SLOTS, block.shape[1]), dtype=np.float32)
+            padded[:k_valid] = block[:k_valid]
+            used: set[int] = set()
+            slots = []
+            for j in range(WEIGHT_SLOTS):
+                s, a = self.sram.alloc(2, issues, hemisphere, 0, avoid=used)
+                used.update((s, s + 1))
+                for b, planeb in enumerate(byte_planes(padded[j::WEIGHT_SLOTS], "f16", self.lanes)):
+                    self.static_init.append((s + b, a, planeb))
+                slots.append(Segment(0, issues, s, a))
+            self.weight_tiles[key] = (slots, issues)
+        return self.weight_tiles[key]
 
-    def load_weights(self, plane: str, slot_locs: list[Loc], issues: int, lower: int) -> int:
+    def load_weights(self, plane: str, key: tuple, slots: list[Segment], issues: int) -> None:
         st = self.planes[plane]
+        if st.installed == key:
+            return  # the array already holds this tile
         pos = self.chip.plane_position(plane)
-        slots = len(slot_locs)
         direction = "W" if self.chip.plane_hemisphere(plane) == "W" else "E"
+        runs = [[MemRun(0, sg.slice, sg.addr, issues, 1)] for sg in slots]
 
         def build(t):
             self.res.take_queue(f"MXM.{plane}.LW", t, t + issues - 1, 0)
-            # one block of 2*slots consecutive streams; slot j byte b on stream base + 2j + b
-            per_stream = []
-            for j, loc in enumerate(slot_locs):
+            per_stream = [self.transfers(r, b, t, 1, pos, True) for r in runs for b in range(2)]
+            base = self.take_group(direction, per_stream)
+            for j, r in enumerate(runs):
                 for b in range(2):
-                    p = self.chip.mem_position(loc.slice + b)
-                    emit = t - abs(pos - p)
-                    per_stream.append([(p, emit + i, pos) for i in range(issues)])
-            for j, loc in enumerate(slot_locs):
-                for b in range(2):
-                    p = self.chip.mem_position(loc.slice + b)
-                    if (p > pos) != (direction == "W"):
-                        raise CompileError("internal: weight slice on the wrong side of its plane")
-            base = self._take_group(direction, per_stream)
-            for j, loc in enumerate(slot_locs):
-                for b in range(2):
-                    p = self.chip.mem_position(loc.slice + b)
-                    issue = t - self.chip.mem_read_latency - abs(pos - p)
-                    self.mem_burst("READ", loc, b, loc.addr, issue, issues, 1, 1,
-                                   stream_name(direction, base + 2 * j + b), t)
-            self.res.add_issue(Issue(f"MXM.{plane}.LW", t, f"LW.f16 {stream_name(direction, base)}, {slots}",
+                    self.mem_runs("READ", r, b, t, 1, pos, stream_name(direction, base + 2 * j + b), t)
+            self.res.add_issue(Issue(f"MXM.{plane}.LW", t, f"LW.f16 {stream_name(direction, base)}, {len(slots)}",
                                      issues, 1, 0, t + issues - 1))
             return t
 
-        t_lw = self.place(max(lower, st.lw_free), build, f"the weight load of plane {plane}")
-        # IW once the buffer is full and the previous weights have met their last activation
-        iw_lower = max(t_lw + issues, st.last_abc + 1)
+        t_lw = self.place(st.lw_free, build, f"the weight load of plane {plane}")
 
         def build_iw(t):
             self.res.take_queue(f"MXM.{plane}.IW", t, t, 0)
             self.res.add_issue(Issue(f"MXM.{plane}.IW", t, "IW", last_effect=t + self.chip.mxm_install_latency))
             return t
 
-        t_iw = self.place(iw_lower, build_iw, f"the weight install of plane {plane}")
+        # install once the buffer is full and the previous weights have met their last activation
+        t_iw = self.place(max(t_lw + issues, st.last_abc + 1), build_iw, f"the weight install of plane {plane}")
         st.installed_at = t_iw + self.chip.mxm_install_latency
         st.lw_free = t_iw + self.chip.mxm_install_latency + 1
-        return t_iw
+        st.installed = key
 
-    def stream_activations(self, plane: str, x: Loc, acc_row: int, accumulate: bool) -> int:
+    def stream_activations(self, plane: str, store: Store, kt: int, view: View, geom, rows: int, r0: int,
+                           r1: int, acc_base: int, accumulate: bool, acc_free: int) -> int:
         st = self.planes[plane]
         pos = self.chip.plane_position(plane)
         cpv = self.chip.cycles_per_vector("f16")
-        m = x.rows
-        lower = max(st.installed_at, st.busy_until)
+        runs = segment_runs(store, kt, view_runs(view, store, geom, rows, r0, r1))
+        # first overwrite of the accumulator block only after its previous reader is done
+        lower = max(st.installed_at, st.busy_until, acc_free - self.chip.mxm_latency + 1)
+        plus = ", +" if accumulate else ""
+        count = r1 - r0
 
         def build(t):
-            self.res.take_queue(f"MXM.{plane}.ABC", t, t + (m - 1) * cpv, 0)
-            stream = self.read_to(x, x.addr, pos, t, m, cpv, 1, t)
-            plus = ", +" if accumulate else ""
-            self.res.add_issue(Issue(f"MXM.{plane}.ABC", t, f"ABC.f16 {stream}, {acc_row}{plus}", m, cpv, 1,
-                                     t + (m - 1) * cpv + self.chip.mxm_latency))
+            self.res.take_queue(f"MXM.{plane}.ABC", t, t + (count - 1) * cpv, 0)
+            stream = self.read_view(store, kt, runs, pos, t, cpv, t)
+            for run in runs:  # one ABC burst per run (the accumulator rows follow the output rows)
+                start = t + run.out_start * cpv
+                self.res.add_issue(Issue(f"MXM.{plane}.ABC", start, f"ABC.f16 {stream}, {acc_base + run.out_start}"
+                                         f"{plus}", run.count, cpv, 1,
+                                         start + (run.count - 1) * cpv + self.chip.mxm_latency))
             return t
 
-        lower = max(lower, x.ready + self.chip.mem_read_latency + 1)
         t = self.place(lower, build, f"the activations of plane {plane}")
-        st.last_abc = t + (m - 1) * cpv
+        st.last_abc = t + (count - 1) * cpv
         st.busy_until = st.last_abc + cpv
         return t
 
@@ -270,8 +310,8 @@ class Scheduler:
     def timed_chain(self, node: Node, sinks: set[str]):
         """Steps with relative issue times and delays so every register is read in the cycle it is written.
 
-        Returns (steps, rel_times, dest_step_for_format). A source used more than once is first copied into a
-        register, so each MEM tile or accumulator is streamed exactly once per row."""
+        A source used more than once is first copied into a register, so each MEM view or accumulator is streamed
+        exactly once per row. Returns (steps, times, dest step per sink format, latency function)."""
         steps = [Step(s.op, list(s.args)) for s in node.steps] or [Step("COPY", [("acc",)])]
         refs: dict[tuple, int] = {}
         for s in steps:
@@ -281,7 +321,6 @@ class Scheduler:
         multi = [a for a, n in refs.items() if n > 1]
         if multi:
             pre = [Step("COPY", [a]) for a in multi]
-            shift = len(pre)
             remapped = []
             for s in steps:
                 args = []
@@ -289,7 +328,7 @@ class Scheduler:
                     if a in multi:
                         args.append(("step", multi.index(a)))
                     elif a[0] == "step":
-                        args.append(("step", a[1] + shift))
+                        args.append(("step", a[1] + len(pre)))
                     else:
                         args.append(a)
                 remapped.append(Step(s.op, args))
@@ -303,7 +342,9 @@ class Scheduler:
             if "f16" in sinks:
                 steps.append(Step("CVT", [("step", last)]))
                 dest["f16"] = len(steps) - 1
-        lat = lambda op: self.chip.vxm_alu_latency if op == "CVT" else self.chip.vxm_latency(op)
+
+        def lat(op):
+            return self.chip.vxm_alu_latency if op == "CVT" else self.chip.vxm_latency(op)
         reachable = self._delay_table(lat)
         times: list[int] = []
         out: list[Step] = []
@@ -319,8 +360,7 @@ class Scheduler:
                     args.append(a)
                     continue
                 k = index_map[a[1]]
-                gap = t - times[k] - lat(out[k].op)
-                for op in reachable[gap]:  # delay line: COPY / MUL by 1 steps
+                for op in reachable[t - times[k] - lat(out[k].op)]:  # a delay line of COPY / MUL-by-1 steps
                     out.append(Step(op, [("step", k)] + ([("imm", 1.0)] if op == "MUL" else [])))
                     times.append(times[k] + lat(out[k].op))
                     k = len(out) - 1
@@ -344,36 +384,45 @@ class Scheduler:
                     table[gap] = table[gap - c] + [op]
         return table
 
-    def vector_pipeline(self, node: Node, nt: int, rows: int, sinks: dict[str, Loc], plane: str | None,
-                        acc_row: int, acc_ready: int) -> int:
+    def vector_pipeline(self, node: Node, nt: int, r0: int, r1: int, sinks: dict[str, Store],
+                        plane: str | None, acc_base: int, acc_ready: int) -> int:
         steps, times, dest, lat = self.timed_chain(node, set(sinks))
+        g = self.graph
         vpos = self.vxm_pos
-        src_locs = [self.locs[(s, "f32")][nt] for s in node.sources]
+        out_t = g.tensors[node.output]
+        geom = out_geom(out_t)
+        rows = r1 - r0
+        src = []
+        for view in node.sources:
+            store = self.stores[(view.tensor, "f32")]
+            runs = segment_runs(store, nt, view_runs(view, store, geom, out_t.rows, r0, r1))
+            src.append((store, runs))
+        sink_runs = {fmt: segment_runs(st, nt, view_runs(View(node.output), st, geom, out_t.rows, r0, r1))
+                     for fmt, st in sinks.items()}
         lower = 0
         for j, s in enumerate(steps):
             for a in s.args:
                 if a[0] == "src":
-                    loc = src_locs[a[1]]
-                    far = max(abs(vpos - self.chip.mem_position(loc.slice + b)) for b in range(loc.width))
-                    lower = max(lower, loc.ready + self.chip.mem_read_latency + far - times[j])
+                    store, runs = src[a[1]]
+                    far = max(abs(vpos - self.chip.mem_position(r.slice + b)) for r in runs for b in range(store.width))
+                    lower = max(lower, store.ready[nt] + self.chip.mem_read_latency + far - times[j])
                 elif a[0] == "acc":
                     dist = abs(vpos - self.chip.plane_position(plane))
                     lower = max(lower, acc_ready + self.chip.mxm_acc_latency + dist - times[j])
-
-        commits: list[tuple[Loc, int]] = []
+        commits: list[tuple[Store, int]] = []
 
         def build(base):
             commits.clear()
-            texts: dict[int, str] = {}
+            operands_of: dict[int, list[str]] = {}
             alus: dict[int, int] = {}
             for j, s in enumerate(steps):
                 t = base + times[j]
-                for alu in range(self.chip.vxm_alus):
-                    if self.res.queue_free_from(f"VXM.{alu}", t, t + rows - 1 + lat(s.op)):
-                        break
-                else:
+                span = (t, t + rows - 1 + lat(s.op))  # the register must hold each row until its reader took it
+                alu = next((a for a in range(self.chip.vxm_alus) if self.res.queue_free_from(f"VXM.{a}", *span)),
+                           None)
+                if alu is None:
                     raise Clash(None)
-                self.res.take_queue(f"VXM.{alu}", t, t + rows - 1 + lat(s.op), times[j])
+                self.res.take_queue(f"VXM.{alu}", span[0], span[1], times[j])
                 alus[j] = alu
                 operands = []
                 for a in s.args:
@@ -382,106 +431,98 @@ class Scheduler:
                     elif a[0] == "step":
                         operands.append(f"R{alus[a[1]]}")
                     elif a[0] == "src":
-                        loc = src_locs[a[1]]
-                        stride = 1 if loc.rows == rows else 0
-                        operands.append(self.read_to(loc, loc.addr, vpos, t, rows, 1, stride, base))
+                        store, runs = src[a[1]]
+                        operands.append(self.read_view(store, nt, runs, vpos, t, 1, base))
                     else:  # the accumulator of `plane`
-                        ppos = self.chip.plane_position(plane)
-                        direction = "E" if vpos > ppos else "W"
-                        issue = t - self.chip.mxm_acc_latency - abs(vpos - ppos)
-                        self.res.take_queue(f"MXM.{plane}.ACC", issue, issue + rows - 1, issue - base)
-                        emit = issue + self.chip.mxm_acc_latency
-                        g = self._take_group(direction, [[(ppos, emit + i, vpos) for i in range(rows)]] * 4)
-                        self.res.add_issue(Issue(f"MXM.{plane}.ACC", issue,
-                                                 f"ACC.f32 {acc_row}, {stream_name(direction, g)}", rows, 1, 1,
-                                                 emit + rows - 1))
-                        operands.append(stream_name(direction, g))
-                texts[j] = operands
+                        operands.append(self.read_accumulators(plane, acc_base, rows, t, base))
+                operands_of[j] = operands
             for j, s in enumerate(steps):
                 t = base + times[j]
                 dst = "-"
                 for fmt, k in dest.items():
                     if k == j:
-                        dst, last_commit = self.write_from_vxm(sinks[fmt], t + lat(s.op), rows, base)
+                        dst, last_commit = self.write_view(sinks[fmt], sink_runs[fmt], vpos, t + lat(s.op), base)
                         commits.append((sinks[fmt], last_commit))
                 mnemonic = "CVT.f32.f16" if s.op == "CVT" else f"{s.op}.f32"
-                self.res.add_issue(Issue(f"VXM.{alus[j]}", t, f"{mnemonic} {dst}, {', '.join(texts[j])}",
+                self.res.add_issue(Issue(f"VXM.{alus[j]}", t, f"{mnemonic} {dst}, {', '.join(operands_of[j])}",
                                          rows, 1, 0, t + rows - 1 + lat(s.op)))
             return base
 
         base = self.place(lower, build, f"the VXM chain of {node.onnx_op} node '{node.name}'")
-        for loc, last_commit in commits:  # readable once the last row is committed
-            loc.ready = max(loc.ready, last_commit + 1)
+        for store, last_commit in commits:  # readable once the last row is committed
+            store.ready[nt] = max(store.ready[nt], last_commit + 1)
         return base
 
-    def write_from_vxm(self, loc: Loc, emit: int, rows: int, base: int) -> str:
-        vpos = self.vxm_pos
-        positions = [self.chip.mem_position(loc.slice + b) for b in range(loc.width)]
-        direction = "E" if positions[0] > vpos else "W"
-        per_plane = [[(vpos, emit + i, p) for i in range(rows)] for p in positions]
-        g = self._take_group(direction, per_plane)
-        last_commit = 0
-        for b, p in enumerate(positions):
-            issue = emit + abs(p - vpos)
-            self.mem_burst("WRITE", loc, b, loc.addr, issue, rows, 1, 1, stream_name(direction, g + b), base)
-            last_commit = max(last_commit, issue + rows - 1 + self.chip.mem_write_latency)
-        return stream_name(direction, g), last_commit
+    def read_accumulators(self, plane: str, acc_base: int, rows: int, arrive: int, base: int) -> str:
+        ppos = self.chip.plane_position(plane)
+        direction = "E" if self.vxm_pos > ppos else "W"
+        issue = arrive - self.chip.mxm_acc_latency - abs(self.vxm_pos - ppos)
+        queue = f"MXM.{plane}.ACC"
+        self.res.take_queue(queue, issue, issue + rows - 1, issue - base)
+        emit = issue + self.chip.mxm_acc_latency
+        g = self.take_group(direction, [[(ppos, emit + i, self.vxm_pos) for i in range(rows)]] * 4)
+        self.res.add_issue(Issue(queue, issue, f"ACC.f32 {acc_base}, {stream_name(direction, g)}", rows, 1, 1,
+                                 emit + rows - 1))
+        self.acc_issued = issue + rows - 1
+        return stream_name(direction, g)
 
     # ----- whole graph ----------------------------------------------------------------------------------
     def run(self) -> Schedule:
         g = self.graph
         for name in g.inputs:
-            self.alloc_tiles(name, "f32")
+            self.alloc_store(name, "f32")
         for name, t in g.tensors.items():
             if t.kind == "const" and "f32" in t.formats:
-                self.place_constant(name)
+                store = self.alloc_store(name, "f32", bank=0)
+                self.init_store(store, t.data)
         for i, node in enumerate(g.nodes):
             if self.progress:
                 self.progress(i, len(g.nodes), node)
             out = g.tensors[node.output]
-            sinks = {fmt: self.alloc_tiles(node.output, fmt) for fmt in sorted(out.formats)}
+            sinks = {fmt: self.alloc_store(node.output, fmt) for fmt in sorted(out.formats)}
             if node.kind == "matmul":
                 self.schedule_matmul(node, sinks)
             else:
                 for nt in range(self.ntiles(out.cols)):
-                    self.vector_pipeline(node, nt, out.rows, {f: l[nt] for f, l in sinks.items()}, None, 0, 0)
+                    self.vector_pipeline(node, nt, 0, out.rows, sinks, None, 0, 0)
         issues = self.res.issues
         last = max((iss.last_effect for iss in issues), default=-1)
         predicted = 0 if not issues else last + 1 + self.chip.superlanes - 1
-        return Schedule(issues, self.static_init, {n: self.locs[(n, "f32")] for n in g.inputs},
-                        {n: self.locs[(n, "f32")] for n in g.outputs}, predicted,
-                        self.sram.bytes_used)
+        return Schedule(issues, self.static_init, {n: self.stores[(n, "f32")] for n in g.inputs},
+                        {n: self.stores[(n, "f32")] for n in g.outputs}, predicted, self.sram.bytes_used)
 
-    def schedule_matmul(self, node: Node, sinks: dict[str, list[Loc]]) -> None:
+    def schedule_matmul(self, node: Node, sinks: dict[str, Store]) -> None:
         g = self.graph
-        x_tiles = self.locs[(node.x, "f16")]
-        w = g.tensors[node.w].data
         out = g.tensors[node.output]
-        rows = out.rows
-        kt_count, nt_count = self.ntiles(w.shape[0]), self.ntiles(w.shape[1])
-        slots = 8  # 8 rows of 2 bytes a cycle: 16 of the 32 streams, so two planes of a hemisphere load at once
-        acc_block_rows = rows
-        blocks = self.chip.mxm_acc_rows // acc_block_rows
-        if blocks < 1:
-            raise CompileError(f"{node.onnx_op} node '{node.name}': {rows} rows exceed the "
-                               f"{self.chip.mxm_acc_rows} accumulator rows of a plane (batching larger than "
-                               f"that is not supported yet)")
-        for nt in range(nt_count):
-            plane = min(self.planes.values(), key=lambda p: (p.lw_free, p.name)).name
-            st = self.planes[plane]
-            if not st.acc_free:
-                st.acc_free = [0] * blocks
-            block = min(range(blocks), key=lambda b: st.acc_free[b])
-            acc_row = block * acc_block_rows
-            for kt in range(kt_count):
-                slot_locs, issues = self.weight_tile(plane, w, kt, nt, slots)
-                self.load_weights(plane, slot_locs, issues, 0)
-                if kt == 0:
-                    # the first ABC overwrites the block: only after its previous reader is done
-                    st.installed_at = max(st.installed_at, st.acc_free[block] - self.chip.mxm_latency + 1)
-                t_abc = self.stream_activations(plane, x_tiles[kt], acc_row, accumulate=kt > 0)
-            cpv = self.chip.cycles_per_vector("f16")
-            acc_ready = t_abc + self.chip.mxm_latency + (rows - 1) * (cpv - 1)
-            self.vector_pipeline(node, nt, rows, {f: l[nt] for f, l in sinks.items()}, plane, acc_row, acc_ready)
-            last_acc = max(i.cycle + i.n - 1 for i in self.res.issues if i.queue == f"MXM.{plane}.ACC")
-            st.acc_free[block] = last_acc + 1
+        geom = out_geom(out)
+        x_store = self.stores[(node.x, "f16")]
+        k_tiles = self.ntiles(g.tensors[node.x].cols)
+        acc_rows = self.chip.mxm_acc_rows
+        chunk = min(out.rows, acc_rows // 2) if out.rows > 1 else 1  # two blocks: one fills while one drains
+        blocks = acc_rows // chunk
+        for nt in range(self.ntiles(out.cols)):
+            for r0 in range(0, out.rows, chunk):
+                r1 = min(out.rows, r0 + chunk)
+                plane = min(self.planes.values(), key=lambda p: (p.lw_free, p.name)).name
+                st = self.planes[plane]
+                if not st.acc_free:
+                    st.acc_free = [0] * blocks
+                block = min(range(blocks), key=lambda b: st.acc_free[b])
+                acc_base = block * chunk
+                first, t_abc = True, None
+                for view, wname in node.terms:
+                    for kt in range(k_tiles):
+                        tile = self.weight_tile(wname, kt, nt, self.chip.plane_hemisphere(plane))
+                        if tile is None:
+                            continue  # an all-zero weight tile (grouped convolutions) adds nothing
+                        self.load_weights(plane, (wname, kt, nt), *tile)
+                        t_abc = self.stream_activations(plane, x_store, kt, view, geom, out.rows, r0, r1, acc_base,
+                                                        not first, st.acc_free[block])
+                        first = False
+                if t_abc is None:
+                    raise CompileError(f"{node.onnx_op} node '{node.name}': all weights are zero for output "
+                                       f"channels {nt * self.lanes}..; not supported yet")
+                cpv = self.chip.cycles_per_vector("f16")
+                acc_ready = t_abc + self.chip.mxm_latency + (r1 - r0 - 1) * (cpv - 1)
+                self.vector_pipeline(node, nt, r0, r1, sinks, plane, acc_base, acc_ready)
+                st.acc_free[block] = self.acc_issued + 1  # the block's last row has been read

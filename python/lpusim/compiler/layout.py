@@ -1,0 +1,133 @@
+"""Where tensors live in MEM and which addresses a view of them reads.
+
+A `Store` is one tensor in one format: per column tile of 320 lanes, its storage rows split into `Segment`s, each in
+`width` consecutive slices of one hemisphere (byte plane b in slice + b) from some address on. Image tensors keep a
+border of `pad` rows around each image, so storage row of pixel (n, h, w) is (n*Hp + h + pad)*Wp + w + pad.
+
+`view_runs` turns "output rows r0..r1 read this view" into runs of storage rows with a constant address step, and
+`segment_runs` cuts those at segment boundaries into `MemRun`s: what one READ/WRITE (+ REPEAT) instruction does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lpusim.compiler.ir import Tensor, View
+
+WIDTH = {"f32": 4, "f16": 2, "i8": 1, "u8": 1, "i32": 4}
+# Longest run of rows placed in one slice group: spreads big tensors over slices (more ports, more queues).
+MAX_SEGMENT_ROWS = 2048
+
+
+@dataclass
+class Segment:
+    lo: int  # first storage row
+    hi: int  # one past the last
+    slice: int
+    addr: int
+
+
+@dataclass
+class Store:
+    tensor: str
+    fmt: str
+    width: int
+    rows: int  # logical rows (pixels)
+    geom: tuple | None
+    pad: int
+    storage_rows: int
+    tiles: list[list[Segment]] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)  # per tile: first cycle a READ sees all of it
+
+    @classmethod
+    def for_tensor(cls, t: Tensor, fmt: str) -> "Store":
+        if t.geom is not None and t.pad:
+            n, h, w = t.geom
+            storage = n * (h + 2 * t.pad) * (w + 2 * t.pad)
+        else:
+            storage = t.rows
+        return cls(t.name, fmt, WIDTH[fmt], t.rows, t.geom, t.pad if t.geom else 0, storage)
+
+    def interior_rows(self) -> np.ndarray:
+        """Storage row of every logical row, in logical order."""
+        if not self.pad:
+            return np.arange(self.rows)
+        n, h, w = self.geom
+        p = self.pad
+        hp, wp = h + 2 * p, w + 2 * p
+        nn, hh, ww = np.meshgrid(np.arange(n), np.arange(h), np.arange(w), indexing="ij")
+        return ((nn * hp + hh + p) * wp + ww + p).reshape(-1)
+
+
+@dataclass
+class MemRun:
+    """`count` rows for output rows out_start.. from `slice` (+ byte plane), addresses addr, addr+stride, ..."""
+
+    out_start: int
+    slice: int
+    addr: int
+    count: int
+    stride: int
+
+
+def _merge(runs):
+    """Join runs that continue one another with one address step (a single row takes any step)."""
+    merged = []
+    for o, s, c, st in runs:
+        if merged:
+            po, ps, pc, pst = merged[-1]
+            step = pst if pc > 1 else s - ps
+            if po + pc == o and step > 0 and s == ps + pc * step and (c == 1 or st == step):
+                merged[-1] = (po, ps, pc + c, step)
+                continue
+        merged.append((o, s, c, st))
+    return merged
+
+
+def view_runs(view: View, store: Store, out_geom: tuple | None, out_rows: int, r0: int, r1: int):
+    """(out_start relative to r0, storage row, count, stride) runs covering output rows [r0, r1)."""
+    if not view.spatial:
+        if store.rows == 1 and out_rows > 1:
+            return [(0, 0, r1 - r0, 0)]  # a broadcast row: the same address for every output row
+        if not store.pad:
+            return [(0, r0, r1 - r0, 1)]
+        n_, h, w = store.geom
+        out_geom = store.geom
+        s, dh, dw, d, pt, pl = 1, 0, 0, 1, 0, 0
+    else:
+        s, dh, dw, d, pt, pl = view.stride, view.dh, view.dw, view.dilation, view.pad_top, view.pad_left
+    n_out, ho_n, wo_n = out_geom
+    p = store.pad
+    _, h_in, w_in = store.geom
+    hp, wp = h_in + 2 * p, w_in + 2 * p
+    runs = []
+    first_line, last_line = r0 // wo_n, (r1 - 1) // wo_n
+    for line in range(first_line, last_line + 1):  # one output image row (n, ho)
+        n, ho = divmod(line, ho_n)
+        lo = max(r0, line * wo_n)
+        hi = min(r1, (line + 1) * wo_n)
+        wo = lo - line * wo_n
+        hin = ho * s + dh * d - pt + p
+        win = wo * s + dw * d - pl + p
+        runs.append((lo - r0, (n * hp + hin) * wp + win, hi - lo, s if hi - lo > 1 else 1))
+    return _merge(runs)
+
+
+def segment_runs(store: Store, tile: int, runs) -> list[MemRun]:
+    out = []
+    segs = store.tiles[tile]
+    for out_start, row, count, stride in runs:
+        i = 0
+        while i < count:
+            r = row + i * stride
+            seg = next((sg for sg in segs if sg.lo <= r < sg.hi), None)
+            if seg is None:
+                raise AssertionError(f"storage row {r} of {store.tensor} is outside its segments")
+            if stride > 0:
+                n = min(count - i, (seg.hi - r + stride - 1) // stride)
+            else:
+                n = count - i
+            out.append(MemRun(out_start + i, seg.slice, seg.addr + (r - seg.lo), n, stride))
+            i += n
+    return out
