@@ -196,23 +196,38 @@ fn simulate<'py>(
     } else {
         return Err(PyValueError::new_err("program: expected str (assembly text) or bytes (program binary)"));
     };
-    let mut images: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(mem_init.len());
+    // Borrow the arrays' bytes (no copy) when they are C-contiguous; copy the others.
+    let mut guards = Vec::with_capacity(mem_init.len());
+    let mut copies: Vec<Option<Vec<u8>>> = Vec::with_capacity(mem_init.len());
     for (k, (slice, addr, arr)) in mem_init.iter().enumerate() {
         let bad = || PyValueError::new_err(format!("mem_init[{k}]: expected a uint8 numpy array of shape (n, {lanes})"));
         let a = arr.cast::<PyArray2<u8>>().map_err(|_| bad())?;
         if a.shape()[1] != lanes {
             return Err(bad());
         }
-        let ro = a.readonly();
-        let data: Vec<u8> = ro.as_array().iter().copied().collect();
+        let n = a.shape()[0];
         if *slice >= cfg.mem_slices {
             return Err(PyValueError::new_err(format!("mem_init[{k}]: slice {slice} is outside 0..{}", cfg.mem_slices - 1)));
         }
-        if addr + data.len() / lanes > cfg.mem_words {
+        if addr + n > cfg.mem_words {
             return Err(PyValueError::new_err(format!("mem_init[{k}]: addresses run past {}", cfg.mem_words - 1)));
         }
-        images.push((*slice, *addr, data));
+        let ro = a.readonly();
+        copies.push(if timing_only || ro.as_slice().is_ok() { None } else { Some(ro.as_array().iter().copied().collect()) });
+        guards.push(ro);
     }
+    let images: Vec<(usize, usize, &[u8])> = mem_init
+        .iter()
+        .zip(guards.iter().zip(&copies))
+        .map(|((slice, addr, _), (ro, copy))| {
+            let data: &[u8] = match copy {
+                Some(v) => v.as_slice(),
+                None if timing_only => &[],
+                None => ro.as_slice().unwrap_or(&[]),
+            };
+            (*slice, *addr, data)
+        })
+        .collect();
     for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
         if slice >= cfg.mem_slices || addr + n > cfg.mem_words {
             return Err(PyValueError::new_err(format!(
@@ -222,10 +237,7 @@ fn simulate<'py>(
         }
     }
     let opts = RunOptions { timing_only, max_cycles };
-    let result = py.detach(|| {
-        let inits: Vec<sim::MemInit> = images.iter().map(|(s, a, d)| (*s, *a, d.as_slice())).collect();
-        sim::simulate(&cfg, &prog, &inits, &dumps, &opts)
-    });
+    let result = py.detach(|| sim::simulate(&cfg, &prog, &images, &dumps, &opts));
     let (stats, outs) = result.map_err(|e| sim_err(py, e))?;
     let d = stats_dict(py, &stats, &cfg, timing_only)?;
     let arrays = PyList::empty(py);

@@ -324,16 +324,23 @@ impl Chip {
     /// Write raw vectors (n x lanes bytes) into a MEM slice (global index) before the run. Functional mode only.
     pub fn write_mem(&mut self, slice: usize, addr: usize, data: &[u8]) -> Result<(), String> {
         let lanes = self.cfg.lanes;
+        self.check_mem(slice, addr, data)?;
+        if !self.timing_only {
+            for (k, v) in data.chunks(lanes).enumerate() {
+                self.mem[slice].write(addr + k, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks of `write_mem`.
+    fn check_mem(&self, slice: usize, addr: usize, data: &[u8]) -> Result<(), String> {
+        let lanes = self.cfg.lanes;
         if slice >= self.mem.len() {
             return Err(format!("slice {slice} is outside 0..{}", self.mem.len() - 1));
         }
         if data.len() % lanes != 0 || addr + data.len() / lanes > self.cfg.mem_words {
             return Err(format!("{} vectors at address {addr} do not fit in {} words", data.len() / lanes, self.cfg.mem_words));
-        }
-        if !self.timing_only {
-            for (k, v) in data.chunks(lanes).enumerate() {
-                self.mem[slice].write(addr + k, v);
-            }
         }
         Ok(())
     }
@@ -630,7 +637,20 @@ pub fn simulate(
     let mut chip = Chip::new(cfg, opts.timing_only);
     chip.load(program)?;
     for (k, &(slice, addr, data)) in mem_init.iter().enumerate() {
-        chip.write_mem(slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
+        chip.check_mem(slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
+    }
+    if !opts.timing_only {
+        // The images outlive `chip` (dropped at the end of this function), so the slices may borrow them.
+        let mut per_slice: Vec<Vec<(usize, &[u8])>> = vec![Vec::new(); chip.mem.len()];
+        for &(slice, addr, data) in mem_init {
+            per_slice[slice].push((addr, data));
+        }
+        for (s, images) in per_slice.iter().enumerate() {
+            if !images.is_empty() {
+                // SAFETY: `mem_init` is borrowed for the whole call and `chip` does not escape it.
+                unsafe { chip.mem[s].borrow_images(images) };
+            }
+        }
     }
     chip.run(opts.max_cycles)?;
     let mut out = Vec::with_capacity(dumps.len());

@@ -26,10 +26,26 @@ pub enum RowKind {
     F16,
 }
 
-/// A weight set on its way from the buffer to the array (an IW in flight).
-struct WeightSet {
+/// A weight set: the buffer being loaded, an IW in flight, or the installed array. Rows `k >= rows` are zero.
+/// Each loaded row is kept raw (for products with specials) and pre-converted for the fast exact paths.
+struct Weights {
     ty: Option<DType>,
+    rows: usize,
+    /// Columns `n >= ncols` are zero in every loaded row.
+    ncols: usize,
     raw: Vec<u16>,
+    /// f16: `m << s` (< 2^40; 0 for an infinity/NaN), so a product with an activation mantissa fits an i64.
+    pre: Vec<i64>,
+    /// i8/u8 weights as integers.
+    int: Vec<i32>,
+    /// f16: does row k hold an infinity or NaN? Such rows go one product at a time.
+    special: Vec<bool>,
+}
+
+impl Weights {
+    fn empty() -> Weights {
+        Weights { ty: None, rows: 0, ncols: 0, raw: Vec::new(), pre: Vec::new(), int: Vec::new(), special: Vec::new() }
+    }
 }
 
 pub struct MxmPlane {
@@ -38,19 +54,16 @@ pub struct MxmPlane {
     /// Rows loaded into the buffer since the last IW, and their type.
     pub buf_rows: usize,
     pub buf_type: Option<DType>,
-    buf: Vec<u16>,
-    pending: VecDeque<WeightSet>,
-    spare: Vec<Vec<u16>>,
+    buf: Weights,
+    pending: VecDeque<Weights>,
+    spare: Vec<Weights>,
     /// Type of the installed weights (`None`: zeros, accepting any type).
     pub installed_type: Option<DType>,
-    w_raw: Vec<u16>,
-    w_int: Vec<i32>,
-    /// f16 weights pre-shifted: `m << s` (< 2^40), so a product with an activation mantissa fits an i64.
-    w_pre: Vec<i64>,
-    /// Per weight row k: does it hold an infinity or NaN (f16)? Rows without take the fast path.
-    row_special: Vec<bool>,
+    w: Weights,
     /// First cycle an ABC may issue again.
     pub busy_until: u64,
+    /// Accumulator rows, allocated on first update: `row_slot[row]` indexes `rows`/`flags` (in units of dim).
+    row_slot: Vec<u32>,
     rows: Vec<i128>,
     flags: Vec<u8>,
     pub row_kind: Vec<RowKind>,
@@ -58,6 +71,8 @@ pub struct MxmPlane {
     /// f16 partial sums per activation shift (30 x dim): each is a sum of < 2^51 terms, at most 320 of them.
     buckets: Vec<i64>,
 }
+
+const NO_SLOT: u32 = u32::MAX;
 
 /// Element `l` of a group of `w` byte planes (little endian across planes).
 #[inline]
@@ -69,6 +84,90 @@ pub fn element(group: &[u8], lanes: usize, w: usize, l: usize) -> u32 {
     v
 }
 
+/// Decode one f16 weight row from its two byte planes: raw bits, `m << s` (0 for inf/NaN), whether any element is
+/// inf/NaN, and 1 + the last column with a nonzero finite weight (0 if none).
+fn decode_f16_row(lo: &[u8], hi: &[u8], raw: &mut [u16], pre: &mut [i64]) -> (bool, usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { decode_f16_row_avx2(lo, hi, raw, pre) };
+        }
+    }
+    decode_f16_row_generic(lo, hi, raw, pre)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn decode_f16_row_avx2(lo: &[u8], hi: &[u8], raw: &mut [u16], pre: &mut [i64]) -> (bool, usize) {
+    decode_f16_row_generic(lo, hi, raw, pre)
+}
+
+/// Branch-free so it vectorises: `m << s` per element as in `numerics::f16_mant_shift`.
+#[inline(always)]
+fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], pre: &mut [i64]) -> (bool, usize) {
+    let n = raw.len();
+    let (lo, hi, pre) = (&lo[..n], &hi[..n], &mut pre[..n]);
+    let mut special = 0u32;
+    for i in 0..n {
+        let b = lo[i] as u16 | (hi[i] as u16) << 8;
+        raw[i] = b;
+        let e = ((b >> 10) & 0x1f) as i64;
+        let f = (b & 0x3ff) as i64;
+        let normal = (e != 0) as i64;
+        let m = f | (normal << 10);
+        let s = e - normal; // e - 1 for normals, 0 for subnormals
+        let is_special = (e == 31) as i64;
+        let mag = (m << s) & (is_special - 1);
+        let neg = -((b >> 15) as i64); // 0 or -1
+        pre[i] = (mag ^ neg) - neg;
+        special |= is_special as u32;
+    }
+    let last = pre.iter().rposition(|&v| v != 0).map_or(0, |p| p + 1);
+    (special != 0, last)
+}
+
+/// `acc[n] += x * w[n]` (exact: the caller keeps every sum below 2^63).
+#[inline]
+fn mac_i64(acc: &mut [i64], x: i64, w: &[i64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl") {
+            // SAFETY: the CPU has the features.
+            return unsafe { mac_i64_avx512(acc, x, w) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { mac_i64_avx2(acc, x, w) };
+        }
+    }
+    mac_i64_generic(acc, x, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+unsafe fn mac_i64_avx512(acc: &mut [i64], x: i64, w: &[i64]) {
+    mac_i64_generic(acc, x, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mac_i64_avx2(acc: &mut [i64], x: i64, w: &[i64]) {
+    mac_i64_generic(acc, x, w)
+}
+
+#[inline(always)]
+fn mac_i64_generic(acc: &mut [i64], x: i64, w: &[i64]) {
+    for (a, &wv) in acc.iter_mut().zip(w) {
+        *a += x * wv;
+    }
+}
+
+#[inline]
+fn is_f16_special(b: u16) -> bool {
+    b & 0x7c00 == 0x7c00
+}
+
 impl MxmPlane {
     pub fn new(dim: usize, acc_rows: usize, timing_only: bool) -> MxmPlane {
         MxmPlane {
@@ -76,16 +175,14 @@ impl MxmPlane {
             timing_only,
             buf_rows: 0,
             buf_type: None,
-            buf: Vec::new(),
+            buf: Weights::empty(),
             pending: VecDeque::new(),
             spare: Vec::new(),
             installed_type: None,
-            w_raw: Vec::new(),
-            w_int: Vec::new(),
-            w_pre: Vec::new(),
+            w: Weights::empty(),
             buckets: Vec::new(),
-            row_special: Vec::new(),
             busy_until: 0,
+            row_slot: Vec::new(),
             rows: Vec::new(),
             flags: Vec::new(),
             row_kind: vec![RowKind::Int; acc_rows],
@@ -101,22 +198,54 @@ impl MxmPlane {
         if self.timing_only {
             return;
         }
-        if self.buf.is_empty() {
-            self.buf = self.spare.pop().map(|mut v| {
-                v.fill(0);
-                v
-            }).unwrap_or_else(|| vec![0; self.dim * self.dim]);
+        let dim = self.dim;
+        let b = &mut self.buf;
+        if b.raw.len() != dim * dim {
+            *b = self.spare.pop().unwrap_or_else(Weights::empty);
+            b.raw.resize(dim * dim, 0);
+            b.special.resize(dim, false);
+            b.ncols = 0;
         }
-        let w = t.width();
-        for n in 0..self.dim {
-            self.buf[k * self.dim + n] = element(group, self.dim, w, n) as u16;
+        b.rows = k + 1;
+        let raw = &mut b.raw[k * dim..(k + 1) * dim];
+        let mut last = 0usize;
+        match t {
+            DType::F16 => {
+                if b.pre.len() < (k + 1) * dim {
+                    b.pre.reserve_exact(dim * dim - b.pre.len());
+                    b.pre.resize((k + 1) * dim, 0);
+                }
+                let pre = &mut b.pre[k * dim..(k + 1) * dim];
+                let (special, l) = decode_f16_row(&group[..dim], &group[dim..2 * dim], raw, pre);
+                last = l;
+                b.special[k] = special;
+            }
+            _ => {
+                if b.int.len() < (k + 1) * dim {
+                    b.int.reserve_exact(dim * dim - b.int.len());
+                    b.int.resize((k + 1) * dim, 0);
+                }
+                let int = &mut b.int[k * dim..(k + 1) * dim];
+                for n in 0..dim {
+                    raw[n] = group[n] as u16;
+                    let v = if t == DType::I8 { group[n] as i8 as i32 } else { group[n] as i32 };
+                    int[n] = v;
+                    if v != 0 {
+                        last = n + 1;
+                    }
+                }
+                b.special[k] = false;
+            }
         }
+        b.ncols = b.ncols.max(last);
     }
 
     /// IW at issue: the buffer goes in flight and the buffer is empty again.
     pub fn start_install(&mut self) {
-        let raw = std::mem::take(&mut self.buf);
-        self.pending.push_back(WeightSet { ty: if self.buf_rows == 0 { None } else { self.buf_type }, raw });
+        let mut ws = std::mem::replace(&mut self.buf, Weights::empty());
+        ws.ty = if self.buf_rows == 0 { None } else { self.buf_type };
+        ws.rows = if self.timing_only { 0 } else { self.buf_rows };
+        self.pending.push_back(ws);
         self.buf_rows = 0;
         self.buf_type = None;
     }
@@ -128,72 +257,38 @@ impl MxmPlane {
         if self.timing_only {
             return;
         }
-        let old = std::mem::replace(&mut self.w_raw, ws.raw);
-        if old.len() == self.dim * self.dim {
+        let old = std::mem::replace(&mut self.w, ws);
+        if old.raw.len() == self.dim * self.dim {
             self.spare.push(old);
-        }
-        let nn = self.dim * self.dim;
-        if self.w_raw.is_empty() {
-            // Empty buffer: zeros.
-            self.w_raw = vec![0; nn];
-        }
-        self.w_int.resize(nn, 0);
-        self.w_pre.resize(nn, 0);
-        self.row_special = vec![false; self.dim];
-        match ws.ty {
-            Some(DType::I8) => {
-                for i in 0..nn {
-                    self.w_int[i] = self.w_raw[i] as u8 as i8 as i32;
-                }
-            }
-            Some(DType::U8) => {
-                for i in 0..nn {
-                    self.w_int[i] = (self.w_raw[i] & 0xff) as i32;
-                }
-            }
-            Some(DType::F16) => {
-                for i in 0..nn {
-                    match f16_mant_shift(self.w_raw[i]) {
-                        Some((m, s)) => self.w_pre[i] = (m as i64) << s,
-                        None => {
-                            self.w_pre[i] = 0;
-                            self.row_special[i / self.dim] = true;
-                        }
-                    }
-                }
-            }
-            _ => {
-                self.w_int.fill(0);
-                self.w_pre.fill(0);
-            }
         }
     }
 
     /// `y[n] = sum_k x[k] * Wt[k][n]` for an activation group of type `t` (functional mode only).
     /// Integer results go to `y` as plain integers; f16 results as counts of 2^-48 plus `yflags`.
+    /// Rows `k >= rows` of the array are zero (so is a never-installed array): they add nothing, except that an
+    /// f16 activation that is infinite or NaN times a zero weight makes NaN.
     pub fn multiply(&mut self, t: DType, x: &[u8], y: &mut [i128], yflags: &mut [u8]) {
         let dim = self.dim;
         y[..dim].fill(0);
         yflags[..dim].fill(0);
-        if self.w_raw.len() != dim * dim {
-            return; // never installed: zero weights
-        }
+        let rows = self.w.rows;
+        let ncols = self.w.ncols;
         match t {
             DType::I8 | DType::U8 => {
                 let mut acc = std::mem::take(&mut self.scratch);
                 acc.clear();
                 acc.resize(dim, 0);
-                for k in 0..dim {
+                for k in 0..rows {
                     let xv = if t == DType::I8 { x[k] as i8 as i32 } else { x[k] as i32 };
                     if xv == 0 {
                         continue;
                     }
-                    let w = &self.w_int[k * dim..(k + 1) * dim];
-                    for n in 0..dim {
-                        acc[n] += xv * w[n];
+                    let w = &self.w.int[k * dim..k * dim + ncols];
+                    for (a, &wv) in acc[..ncols].iter_mut().zip(w) {
+                        *a += xv * wv;
                     }
                 }
-                for n in 0..dim {
+                for n in 0..ncols {
                     y[n] = acc[n] as i128;
                 }
                 self.scratch = acc;
@@ -202,26 +297,30 @@ impl MxmPlane {
                 // Fast path: group products by the activation's shift sx, sum `mx * (wm << ws)` exactly in i64,
                 // then add each group into the i128 counts shifted by sx. Rows with specials go one by one.
                 let mut buckets = std::mem::take(&mut self.buckets);
-                buckets.clear();
                 buckets.resize(30 * dim, 0);
                 let mut used = 0u32;
+                let mut zero_row_nan = false;
                 for k in 0..dim {
-                    let xb = element(x, dim, 2, k) as u16;
+                    let xb = x[k] as u16 | (x[dim + k] as u16) << 8;
+                    if k >= rows {
+                        zero_row_nan |= is_f16_special(xb);
+                        continue;
+                    }
                     match f16_mant_shift(xb) {
-                        Some((mx, sx)) if !self.row_special[k] => {
+                        Some((mx, sx)) if !self.w.special[k] => {
                             if mx == 0 {
                                 continue;
                             }
-                            used |= 1 << sx;
-                            let acc = &mut buckets[sx as usize * dim..(sx as usize + 1) * dim];
-                            let w = &self.w_pre[k * dim..(k + 1) * dim];
-                            let mx = mx as i64;
-                            for n in 0..dim {
-                                acc[n] += mx * w[n];
+                            let acc = &mut buckets[sx as usize * dim..sx as usize * dim + ncols];
+                            if used & (1 << sx) == 0 {
+                                used |= 1 << sx;
+                                acc.fill(0);
                             }
+                            let w = &self.w.pre[k * dim..k * dim + ncols];
+                            mac_i64(acc, mx as i64, w);
                         }
                         _ => {
-                            let wr = &self.w_raw[k * dim..(k + 1) * dim];
+                            let wr = &self.w.raw[k * dim..(k + 1) * dim];
                             for n in 0..dim {
                                 Self::product_slow(xb, wr[n], &mut y[n], &mut yflags[n]);
                             }
@@ -230,10 +329,15 @@ impl MxmPlane {
                 }
                 for sx in 0..30 {
                     if used & (1 << sx) != 0 {
-                        let acc = &buckets[sx * dim..(sx + 1) * dim];
-                        for n in 0..dim {
+                        let acc = &buckets[sx * dim..sx * dim + ncols];
+                        for n in 0..ncols {
                             y[n] += (acc[n] as i128) << sx;
                         }
+                    }
+                }
+                if zero_row_nan {
+                    for f in yflags[..dim].iter_mut() {
+                        *f |= FLAG_NAN;
                     }
                 }
                 self.buckets = buckets;
@@ -261,11 +365,17 @@ impl MxmPlane {
         }
     }
 
-    fn ensure_rows(&mut self) {
-        if self.rows.is_empty() {
-            self.rows = vec![0; self.row_kind.len() * self.dim];
-            self.flags = vec![0; self.row_kind.len() * self.dim];
+    /// The storage slot of an accumulator row, allocated (zero) on first use.
+    fn slot(&mut self, row: usize) -> usize {
+        if self.row_slot.is_empty() {
+            self.row_slot = vec![NO_SLOT; self.row_kind.len()];
         }
+        if self.row_slot[row] == NO_SLOT {
+            self.row_slot[row] = (self.rows.len() / self.dim) as u32;
+            self.rows.resize(self.rows.len() + self.dim, 0);
+            self.flags.resize(self.flags.len() + self.dim, 0);
+        }
+        self.row_slot[row] as usize
     }
 
     /// The ABC effect: row := y or row += y. Returns false on a kind mismatch for `+` (TypeMismatch).
@@ -277,20 +387,22 @@ impl MxmPlane {
         if self.timing_only {
             return true;
         }
-        self.ensure_rows();
-        let r = &mut self.rows[row * self.dim..(row + 1) * self.dim];
-        let f = &mut self.flags[row * self.dim..(row + 1) * self.dim];
-        for n in 0..self.dim {
-            if add {
-                r[n] = if kind == RowKind::Int {
-                    (r[n] as i64).wrapping_add(y[n] as i64) as i128
-                } else {
-                    r[n].wrapping_add(y[n])
-                };
+        let s = self.slot(row);
+        let dim = self.dim;
+        let r = &mut self.rows[s * dim..(s + 1) * dim];
+        let f = &mut self.flags[s * dim..(s + 1) * dim];
+        if !add {
+            r.copy_from_slice(&y[..dim]);
+            f.copy_from_slice(&yflags[..dim]);
+        } else if kind == RowKind::Int {
+            for n in 0..dim {
+                r[n] = (r[n] as i64).wrapping_add(y[n] as i64) as i128;
                 f[n] |= yflags[n];
-            } else {
-                r[n] = y[n];
-                f[n] = yflags[n];
+            }
+        } else {
+            for n in 0..dim {
+                r[n] = r[n].wrapping_add(y[n]);
+                f[n] |= yflags[n];
             }
         }
         true
@@ -299,12 +411,14 @@ impl MxmPlane {
     /// ACC: row `row` as `t` (i32 or f32) bits per lane.
     pub fn read_row(&self, row: usize, t: DType, out: &mut [u32]) {
         let dim = self.dim;
-        if self.rows.is_empty() {
+        let s = self.row_slot.get(row).copied().unwrap_or(NO_SLOT);
+        if s == NO_SLOT {
             out[..dim].fill(0);
             return;
         }
-        let r = &self.rows[row * dim..(row + 1) * dim];
-        let f = &self.flags[row * dim..(row + 1) * dim];
+        let s = s as usize;
+        let r = &self.rows[s * dim..(s + 1) * dim];
+        let f = &self.flags[s * dim..(s + 1) * dim];
         let f16 = self.row_kind[row] == RowKind::F16;
         for n in 0..dim {
             out[n] = if t == DType::I32 {
