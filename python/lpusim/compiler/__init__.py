@@ -16,6 +16,7 @@ PRECISIONS = ("fp16",)
 
 # (name, function Graph -> Graph) in order; import runs before them and scheduling after.
 PASSES = [
+    ("split_tap_chains", passes.split_tap_chains),
     ("fuse_chains", passes.fuse_chains),
     ("assign_formats", passes.assign_formats),
     ("assign_borders", passes.assign_borders),

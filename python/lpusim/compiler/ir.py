@@ -161,16 +161,16 @@ def validate(graph: Graph) -> None:
                 if x.cols != w.rows or out.cols != w.cols or not rows_ok:
                     raise CompileError(f"{where}: shapes {x.rows}x{x.cols} @ {w.rows}x{w.cols} -> "
                                        f"{out.rows}x{out.cols}")
-                if v.spatial and (x.geom is None or out.geom is None):
-                    raise CompileError(f"{where}: a spatial tap needs image tensors")
+                if v.spatial and x.geom is None:
+                    raise CompileError(f"{where}: a spatial tap needs an image tensor")
         elif node.kind != "vector":
             raise CompileError(f"{where}: unknown node kind {node.kind}")
         for v in node.sources:
             t = graph.tensors[v.tensor]
             if t.cols != out.cols or (not v.spatial and t.rows not in (1, out.rows)):
                 raise CompileError(f"{where}: source {v} is {t.rows}x{t.cols}, output {out.rows}x{out.cols}")
-            if v.spatial and (t.geom is None or out.geom is None):
-                raise CompileError(f"{where}: a spatial tap needs image tensors")
+            if v.spatial and t.geom is None:
+                raise CompileError(f"{where}: a spatial tap needs an image tensor")
         if node.kind == "vector" and not node.steps:
             raise CompileError(f"{where}: empty vector chain")
         for j, step in enumerate(node.steps):

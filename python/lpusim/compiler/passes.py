@@ -66,6 +66,9 @@ def fuse_chains(graph: Graph) -> Graph:
                 if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
                     continue
                 merged = _merge(producer, consumer, name)
+                read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
+                if len(read) != len(set(read)):
+                    continue  # one slice queue cannot stream two views of one tensor at once
                 nodes = [n for n in graph.nodes if n is not producer]
                 nodes[nodes.index(consumer)] = merged
                 graph.nodes = nodes
@@ -74,6 +77,38 @@ def fuse_chains(graph: Graph) -> Graph:
                 break
             if changed:
                 break
+    return graph
+
+
+def split_tap_chains(graph: Graph) -> Graph:
+    """A chain reading several taps of one tensor (a max pool) becomes one pass per tap.
+
+    A MEM slice issues one READ a cycle, so the taps of one stored tensor cannot all stream at once; each pass
+    combines the running result (another tensor, other slices) with one tap."""
+    nodes = []
+    for node in graph.nodes:
+        tensors = [v.tensor for v in node.sources]
+        if node.kind != "vector" or len(tensors) == len(set(tensors)):
+            nodes.append(node)
+            continue
+        if any(s.op != "MAX" and s.op != "COPY" for s in node.steps) or len(set(tensors)) != 1:
+            raise CompileError(f"{node.onnx_op} node '{node.name}': a chain reading one tensor twice is only "
+                               f"supported for max pools")
+        out = graph.tensors[node.output]
+        prev = None
+        for k, view in enumerate(node.sources):
+            last = k == len(node.sources) - 1
+            name = node.output if last else f"{node.output}.tap{k}"
+            if not last:
+                graph.tensors[name] = Tensor(name, out.rows, out.cols, "value", out.shape, geom=out.geom)
+            if prev is None:
+                nodes.append(Node("vector", node.name, f"{node.onnx_op}(tap {k})", name, sources=[view],
+                                  steps=[Step("COPY", [("src", 0)])]))
+            else:
+                nodes.append(Node("vector", node.name, f"{node.onnx_op}(tap {k})", name, sources=[View(prev), view],
+                                  steps=[Step("MAX", [("src", 0), ("src", 1)])]))
+            prev = name
+    graph.nodes = nodes
     return graph
 
 
@@ -123,7 +158,8 @@ def assign_borders(graph: Graph) -> Graph:
     """Border width and value of every image tensor read through spatial taps."""
     values: dict[str, set] = {}
     for node in graph.nodes:
-        out_geom = graph.tensors[node.output].geom
+        out = graph.tensors[node.output]
+        out_geom = out.geom or (out.rows, 1, 1)
         views = [v for v, _ in node.terms] + list(node.sources)
         for v in views:
             if not v.spatial:

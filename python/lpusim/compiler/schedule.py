@@ -193,21 +193,33 @@ class Scheduler:
         self.hemi_turn ^= 1
         return "WE"[self.hemi_turn]
 
-    def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int) -> list[Segment]:
+    def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int, avoid: set) -> list[Segment]:
         """Storage rows split into segments of at most MAX_SEGMENT_ROWS, all in one hemisphere."""
         segs, lo = [], 0
         while lo < rows:
             n = min(rows - lo, MAX_SEGMENT_ROWS)
-            s, a = self.sram.alloc(width, n, hemisphere, bank, same_hemisphere=True)
+            s, a = self.sram.alloc(width, n, hemisphere, bank, avoid=avoid, same_hemisphere=True)
             segs.append(Segment(lo, lo + n, s, a))
             lo += n
         return segs
 
-    def alloc_store(self, tensor: str, fmt: str, bank: int = 1) -> Store:
+    def slices_of(self, tensors) -> set[int]:
+        used = set()
+        for (name, _), store in self.stores.items():
+            if name in tensors:
+                for segs in store.tiles:
+                    for sg in segs:
+                        used.update(range(sg.slice, sg.slice + store.width))
+        return used
+
+    def alloc_store(self, tensor: str, fmt: str, bank: int = 1, avoid: set | None = None) -> Store:
+        """Place a tensor; `avoid` are slices whose queues the same node streams at the same time."""
         t = self.graph.tensors[tensor]
         store = Store.for_tensor(t, fmt)
+        avoid = set(avoid or ())
         for _ in range(self.ntiles(t.cols)):
-            store.tiles.append(self.alloc_segments(store.width, store.storage_rows, self.next_hemisphere(), bank))
+            segs = self.alloc_segments(store.width, store.storage_rows, self.next_hemisphere(), bank, avoid)
+            store.tiles.append(segs)
             store.ready.append(0)
         self.stores[(tensor, fmt)] = store
         if store.pad and t.pad_value != 0.0:  # the border must read as pad_value (e.g. -inf for max pools)
@@ -471,15 +483,22 @@ class Scheduler:
         g = self.graph
         for name in g.inputs:
             self.alloc_store(name, "f32")
-        for name, t in g.tensors.items():
-            if t.kind == "const" and "f32" in t.formats:
-                store = self.alloc_store(name, "f32", bank=0)
-                self.init_store(store, t.data)
         for i, node in enumerate(g.nodes):
             if self.progress:
                 self.progress(i, len(g.nodes), node)
             out = g.tensors[node.output]
-            sinks = {fmt: self.alloc_store(node.output, fmt) for fmt in sorted(out.formats)}
+            reads = {v.tensor for v in node.sources} | ({node.x} if node.terms else set())
+            for v in node.sources:  # constants are placed where this node's other views are not
+                t = g.tensors[v.tensor]
+                if t.kind == "const" and (v.tensor, "f32") not in self.stores:
+                    store = self.alloc_store(v.tensor, "f32", bank=0, avoid=self.slices_of(reads - {v.tensor}))
+                    self.init_store(store, t.data)
+            clash = self._shared_slices(node)
+            if clash:
+                raise CompileError(f"{node.onnx_op} node '{node.name}': sources {clash} share MEM slices "
+                                   f"(placement conflict; not resolved yet)")
+            avoid = self.slices_of(reads)
+            sinks = {fmt: self.alloc_store(node.output, fmt, avoid=avoid) for fmt in sorted(out.formats)}
             if node.kind == "matmul":
                 self.schedule_matmul(node, sinks)
             else:
@@ -490,6 +509,14 @@ class Scheduler:
         predicted = 0 if not issues else last + 1 + self.chip.superlanes - 1
         return Schedule(issues, self.static_init, {n: self.stores[(n, "f32")] for n in g.inputs},
                         {n: self.stores[(n, "f32")] for n in g.outputs}, predicted, self.sram.bytes_used)
+
+    def _shared_slices(self, node: Node):
+        tensors = sorted({v.tensor for v in node.sources})
+        for i, a in enumerate(tensors):
+            for b in tensors[i + 1:]:
+                if self.slices_of({a}) & self.slices_of({b}):
+                    return (a, b)
+        return None
 
     def schedule_matmul(self, node: Node, sinks: dict[str, Store]) -> None:
         g = self.graph
