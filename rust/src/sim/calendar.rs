@@ -67,24 +67,103 @@ impl Ord for Event {
     }
 }
 
-#[derive(Default)]
+/// Cycles covered by the wheel; later effects wait in a heap.
+const WHEEL: usize = 256;
+
+/// A timing wheel of effects: one bucket per cycle for the next `WHEEL` cycles, a heap beyond. The effects due
+/// at the current cycle are sorted by key when first needed (and again if more arrive for that cycle), so they
+/// come out in exactly the heap's order.
 pub struct Calendar {
-    heap: BinaryHeap<Event>,
+    slots: Vec<Vec<Event>>,
+    in_wheel: usize,
+    far: BinaryHeap<Event>,
+    /// The cycle `cur` belongs to; `cur` is sorted with the earliest key last.
+    cur_t: u64,
+    cur: Vec<Event>,
+    /// Events for `cur_t` pushed into its slot since `cur` was sorted.
+    dirty: bool,
     seq: u64,
+}
+
+impl Default for Calendar {
+    fn default() -> Self {
+        Calendar {
+            slots: (0..WHEEL).map(|_| Vec::new()).collect(),
+            in_wheel: 0,
+            far: BinaryHeap::new(),
+            cur_t: 0,
+            cur: Vec::new(),
+            dirty: false,
+            seq: 0,
+        }
+    }
 }
 
 impl Calendar {
     pub fn push(&mut self, cycle: u64, kind: u8, queue: usize, instr: usize, payload: Payload) {
         self.seq += 1;
-        self.heap.push(Event { cycle, kind, queue: queue as u32, seq: self.seq, instr: instr as u32, payload });
+        let e = Event { cycle, kind, queue: queue as u32, seq: self.seq, instr: instr as u32, payload };
+        if cycle >= self.cur_t && cycle - self.cur_t < WHEEL as u64 {
+            self.slots[cycle as usize % WHEEL].push(e);
+            self.in_wheel += 1;
+            if cycle == self.cur_t {
+                self.dirty = true;
+            }
+        } else {
+            self.far.push(e);
+        }
     }
+
     pub fn next_cycle(&self) -> Option<u64> {
-        self.heap.peek().map(|e| e.cycle)
+        let mut best = self.far.peek().map(|e| e.cycle);
+        if !self.cur.is_empty() {
+            return Some(self.cur_t);
+        }
+        if self.in_wheel > 0 {
+            for d in 0..WHEEL as u64 {
+                let c = self.cur_t + d;
+                if best.is_some_and(|b| b <= c) {
+                    break;
+                }
+                if !self.slots[c as usize % WHEEL].is_empty() {
+                    best = Some(c);
+                    break;
+                }
+            }
+        }
+        best
     }
+
+    /// Make `cur` hold every event due at `t` (t >= every cycle popped so far), sorted.
+    fn load(&mut self, t: u64) {
+        if t != self.cur_t {
+            debug_assert!(self.cur.is_empty() && t > self.cur_t);
+            // Slots of the cycles in between are empty (they were the next cycles with work or had none).
+            self.cur_t = t;
+            self.dirty = true;
+        }
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let slot = &mut self.slots[t as usize % WHEEL];
+        self.in_wheel -= slot.len();
+        self.cur.append(slot);
+        while self.far.peek().is_some_and(|e| e.cycle == t) {
+            self.cur.push(self.far.pop().unwrap());
+        }
+        // Earliest key last (Event's Ord is reversed, so ascending Ord order puts the latest key first).
+        self.cur.sort_unstable();
+    }
+
     /// Pop the next event if it is due at `t` with a kind `< below`.
     pub fn pop_due(&mut self, t: u64, below: u8) -> Option<Event> {
-        match self.heap.peek() {
-            Some(e) if e.cycle == t && e.kind < below => self.heap.pop(),
+        if t < self.cur_t {
+            return None;
+        }
+        self.load(t);
+        match self.cur.last() {
+            Some(e) if e.kind < below => self.cur.pop(),
             _ => None,
         }
     }
