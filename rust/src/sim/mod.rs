@@ -19,8 +19,6 @@ use crate::config::ChipConfig;
 use crate::error::{ErrorKind, SimError};
 use crate::isa::{DType, Instr, InitValues, Program, QueueName};
 use calendar::{Calendar, Payload, Pool};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
@@ -132,7 +130,8 @@ pub struct Chip {
     reg_tag: Vec<Option<DType>>,
     links: Vec<c2c::LinkState>,
     cal: Calendar,
-    ready: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Per queue: the cycle of its next issue (`u64::MAX`: none). At most 144 queues, so a scan beats a heap.
+    ready: Vec<u64>,
     parked: Vec<usize>,
     notify: Option<u64>,
     bytes: Pool<u8>,
@@ -188,7 +187,7 @@ impl Chip {
             reg_tag: vec![None; cfg.vxm_alus_per_lane],
             links: (0..cfg.c2c_links).map(|_| c2c::LinkState::default()).collect(),
             cal: Calendar::default(),
-            ready: BinaryHeap::new(),
+            ready: vec![u64::MAX; nq],
             parked: Vec::new(),
             notify: None,
             bytes: Pool::default(),
@@ -386,7 +385,7 @@ impl Chip {
             }
         }
         if st.pc < prog.len() {
-            self.ready.push(Reverse((st.next, q as u32)));
+            self.ready[q] = st.next;
         }
     }
 
@@ -400,7 +399,7 @@ impl Chip {
             r.i += 1;
             if r.i <= r.n {
                 st.next = r.c0 + r.i as u64 * r.d;
-                self.ready.push(Reverse((st.next, q as u32)));
+                self.ready[q] = st.next;
                 return;
             }
             st.next = r.c0 + r.n as u64 * r.d + 1;
@@ -433,7 +432,7 @@ impl Chip {
     /// The next cycle at which this chip has anything to do (`None`: finished or deadlocked).
     pub fn next_cycle(&self) -> Option<u64> {
         let a = self.cal.next_cycle();
-        let b = self.ready.peek().map(|r| r.0 .0);
+        let b = self.ready.iter().copied().min().filter(|&c| c != u64::MAX);
         match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -448,12 +447,11 @@ impl Chip {
             self.apply(ev)?;
         }
         // 2. Issue, in queue index order.
-        while let Some(&Reverse((c, q))) = self.ready.peek() {
-            if c != t {
-                break;
+        for q in 0..self.ready.len() {
+            if self.ready[q] == t {
+                self.ready[q] = u64::MAX;
+                self.issue(q, t)?;
             }
-            self.ready.pop();
-            self.issue(q as usize, t)?;
         }
         if let Some(n) = self.notify.take() {
             self.release_parked(n);
