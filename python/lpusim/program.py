@@ -9,7 +9,7 @@ import numpy as np
 from lpusim import _lpusim
 from lpusim.chip import Chip
 from lpusim.compiler import compile_graph, emit
-from lpusim.compiler.importer import from_rows, to_rows
+from lpusim.compiler.importer import from_rows, im2col, to_rows
 from lpusim.compiler.schedule import byte_planes
 from lpusim.errors import CompileError, ModelError
 
@@ -69,7 +69,12 @@ class Program:
             if tuple(array.shape) != tuple(self.input_shapes[t.onnx_input]):
                 raise ModelError(f"input '{t.onnx_input}' has shape {tuple(array.shape)}, the program was "
                                  f"compiled for {tuple(self.input_shapes[t.onnx_input])}")
-            matrix = to_rows(array.astype(np.float32).reshape(t.shape), t.shape)
+            array = array.astype(np.float32)
+            if t.im2col is not None:
+                kernel, strides, pads, dil, shape = t.im2col
+                matrix = im2col(array.reshape(shape), kernel, strides, pads, dil)
+            else:
+                matrix = to_rows(array.reshape(t.shape), t.shape)
             storage = np.full((store.storage_rows, t.cols), t.pad_value, dtype=np.float32)
             storage[store.interior_rows()] = matrix
             mem.extend(store_image(store, storage, self.chip.lanes))
@@ -156,7 +161,7 @@ def compile(model, chips: int = 1, chip=None, precision: str = "fp16", shapes: d
             bar.set_postfix_str(node.onnx_op, refresh=True)
     start = time.perf_counter()
     try:
-        proto, graph, sched, text = compile_graph(model, cfg, precision, shapes, dump, report if bar else None)
+        proto, graph, sched, text = compile_graph(model, cfg, precision, shapes, dump, report if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()

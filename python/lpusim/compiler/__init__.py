@@ -24,19 +24,37 @@ PASSES = [
 
 
 def sram_needed(graph: ir.Graph, chip: Chip) -> int:
-    """Bytes of MEM the schedule will place, computed before scheduling so too-large models fail fast."""
+    """Bytes of MEM the schedule needs at its peak, computed before scheduling so too-large models fail fast:
+    weights, constants and inputs for the whole run, plus the most activation bytes alive at once (a tensor's
+    space is reused after its last reader)."""
     lanes = chip.lanes
-    total = 0
-    for t in graph.tensors.values():
+
+    def size(t):
         tiles = max(1, math.ceil(t.cols / lanes))
-        for fmt in t.formats:
-            total += tiles * Store.for_tensor(t, fmt).storage_rows * WIDTH[fmt] * lanes
-    weights = {w for node in graph.nodes for _, w in node.terms}
-    for w in weights:  # upper bound: all-zero tiles of grouped convolutions are not stored
-        k, n = graph.tensors[w].data.shape
-        slots = schedule.WEIGHT_SLOTS
-        total += math.ceil(n / lanes) * math.ceil(k / lanes) * slots * math.ceil(min(k, lanes) / slots) * 2 * lanes
-    return total
+        return sum(tiles * Store.for_tensor(t, fmt).storage_rows * WIDTH[fmt] * lanes for fmt in t.formats)
+
+    static = sum(size(t) for t in graph.tensors.values() if t.kind in ("const", "input"))
+    for w in {w for node in graph.nodes for _, w in node.terms}:
+        data = graph.tensors[w].data
+        k, n = data.shape
+        for kt in range(math.ceil(k / lanes)):
+            for nt in range(math.ceil(n / lanes)):
+                if data[kt * lanes:(kt + 1) * lanes, nt * lanes:(nt + 1) * lanes].any():
+                    rows = min(k - kt * lanes, lanes)
+                    static += schedule.WEIGHT_SLOTS * math.ceil(rows / schedule.WEIGHT_SLOTS) * 2 * lanes
+    last_use = {}
+    for i, node in enumerate(graph.nodes):
+        for name in ir.node_inputs(node):
+            last_use[name] = i
+    live, peak = 0, 0
+    for i, node in enumerate(graph.nodes):
+        live += size(graph.tensors[node.output])
+        peak = max(peak, live)
+        for name in set(ir.node_inputs(node)):
+            t = graph.tensors[name]
+            if last_use[name] == i and t.kind == "value" and name not in graph.outputs:
+                live -= size(t)
+    return static + peak
 
 
 def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=None, progress=None):

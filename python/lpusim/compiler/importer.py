@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lpusim.compiler.ir import Graph, Node, Step, Tensor, View
+from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
 from lpusim.errors import CompileError, ModelError
 
 # ONNX unary ops and the VXM chain each lowers to (x is ("in",); constants come from attributes).
@@ -122,6 +122,23 @@ def to_rows(array: np.ndarray, shape: tuple) -> np.ndarray:
         array = array.transpose(0, 2, 3, 1)
     rows, cols = _as_matrix(shape)
     return np.ascontiguousarray(array.reshape(rows, cols))
+
+
+def im2col(array: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
+    """NCHW -> [N*Ho*Wo, C*kh*kw] patches, column (c, i, j) = c*kh*kw + i*kw + j, zero padding."""
+    n, c, h, w = array.shape
+    kh, kw = kernel
+    padded = np.zeros((n, c, h + pads[0] + pads[2], w + pads[1] + pads[3]), dtype=array.dtype)
+    padded[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w] = array
+    ho = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    cols = np.empty((n, ho, wo, c, kh, kw), dtype=array.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            hs, ws = i * dilations[0], j * dilations[1]
+            win = padded[:, :, hs:hs + strides[0] * (ho - 1) + 1:strides[0], ws:ws + strides[1] * (wo - 1) + 1:strides[1]]
+            cols[:, :, :, :, i, j] = win.transpose(0, 2, 3, 1)
+    return cols.reshape(n * ho * wo, c * kh * kw)
 
 
 def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
@@ -379,6 +396,16 @@ class _Lowering:
             out_shape = (n, cout, ho, wo)
             out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
             terms = []
+            src = self.tensors[xname]
+            if src.kind == "input" and group == 1 and c * len(taps) <= 320 and len(taps) > 1 and src.pad == 0:
+                # A convolution straight off a graph input with few channels (the stem of a CNN): the host
+                # lays the input out as patches (as it lays out any input), one matmul replaces the taps.
+                patches = self.add_tensor(self.fresh(xname + ".im2col"), (n, c * len(taps), ho, wo), "input",
+                                          onnx_input=src.onnx_input)
+                self.tensors[patches].im2col = (tuple(kernel), tuple(strides), tuple(pads), tuple(dil), src.shape)
+                self.inputs.append(patches)
+                terms.append((View(patches), self.const_tensor(weight.reshape(cout, -1).T.copy(), "w")))
+                taps = []
             cout_g = cout // group
             for i, j in taps:
                 # dense [Cin, Cout] per tap; grouped and depthwise convolutions are block diagonal (exact zeros)
@@ -525,7 +552,9 @@ class _Lowering:
             self.tensors[ir_name].shape = tuple(shape)
             outputs.append(ir_name)
             names.append(o.name)
-        return Graph(self.tensors, self.nodes, self.inputs, outputs, names, dict(self.input_shapes))
+        used = {name for node in self.nodes for name in node_inputs(node)}
+        inputs = [name for name in self.inputs if name in used]  # e.g. an image read only as host patches
+        return Graph(self.tensors, self.nodes, inputs, outputs, names, dict(self.input_shapes))
 
 
 def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> Graph:

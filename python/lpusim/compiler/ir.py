@@ -47,6 +47,7 @@ class Tensor:
     geom: tuple | None = None  # (N, H, W) for image tensors: channels on lanes, one row per pixel
     pad: int = 0  # border rows stored around each image (set by the consumers that read taps)
     pad_value: float = 0.0  # what the border holds: 0 for convolutions, -inf for max pools
+    im2col: tuple | None = None  # inputs only: (kernel, strides, pads, dilations): the host lays out patches
 
 
 @dataclass(frozen=True)

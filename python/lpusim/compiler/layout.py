@@ -26,6 +26,7 @@ class Segment:
     hi: int  # one past the last
     slice: int
     addr: int
+    not_before: int = -1  # reused space: every write must commit after this cycle (the previous owner's last use)
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Store:
     storage_rows: int
     tiles: list[list[Segment]] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)  # per tile: first cycle a READ sees all of it
+    last_access: int = -1  # the last cycle any READ or WRITE of it touches a bank (for reuse)
+    released: bool = False  # its space is back with the allocator
 
     @classmethod
     def for_tensor(cls, t: Tensor, fmt: str) -> "Store":
@@ -69,6 +72,7 @@ class MemRun:
     addr: int
     count: int
     stride: int
+    not_before: int = -1
 
 
 def _merge(runs):
@@ -128,6 +132,6 @@ def segment_runs(store: Store, tile: int, runs) -> list[MemRun]:
                 n = min(count - i, (seg.hi - r + stride - 1) // stride)
             else:
                 n = count - i
-            out.append(MemRun(out_start + i, seg.slice, seg.addr + (r - seg.lo), n, stride))
+            out.append(MemRun(out_start + i, seg.slice, seg.addr + (r - seg.lo), n, stride, seg.not_before))
             i += n
     return out

@@ -129,7 +129,32 @@ class SramAllocator:
         self.next = [[0, split] for _ in range(chip.mem_slices)]
         self.limit = [split, chip.mem_words]
         self.cursor = {}  # (hemisphere, bank) -> next group start inside the hemisphere
-        self.bytes_used = 0
+        self.bytes_used = 0  # the footprint: every address ever handed out once
+        # Released blocks: [first slice, width, bank, addr, count, not_before]. A block is reused only by a
+        # store whose writes all commit after `not_before` (the old owner's last access).
+        self.free: list[list[int]] = []
+
+    def release(self, slice_index: int, width: int, addr: int, count: int, not_before: int) -> None:
+        bank = int(addr >= self.limit[0])
+        self.free.append([slice_index, width, bank, addr, count, not_before])
+
+    def alloc_reusable(self, width: int, count: int, hemisphere: str, bank: int, avoid: set) -> tuple[int, int, int]:
+        """Like `alloc` (same hemisphere), preferring released blocks: (first slice, address, not_before)."""
+        half = self.half
+        for block in self.free:
+            s, w, b, addr, n, not_before = block
+            if w != width or n < count or ("W" if s < half else "E") != hemisphere:
+                continue
+            if any(x in avoid for x in range(s, s + w)):
+                continue
+            if n == count:
+                self.free.remove(block)
+            else:
+                block[3] += count
+                block[4] -= count
+            return s, addr, not_before
+        s, addr = self.alloc(width, count, hemisphere, bank, avoid, same_hemisphere=True)
+        return s, addr, -1
 
     def alloc(self, width: int, count: int, hemisphere: str, bank: int, avoid: set | None = None,
               same_hemisphere: bool = False) -> tuple[int, int]:

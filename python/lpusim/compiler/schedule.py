@@ -33,7 +33,7 @@ class PlaneState:
     busy_until: int = 0  # first cycle the array accepts another ABC
     installed_at: int = 0
     installed: tuple | None = None  # which weight tile the array holds
-    acc_free: list = field(default_factory=list)  # per accumulator block: first cycle it may be overwritten
+    acc_free: np.ndarray | None = None  # per accumulator row: first cycle it may be overwritten
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Scheduler:
         self.vxm_pos = chip.vxm_position
         self.progress = progress
         self.hemi_turn = 0
-        self.last_acc: dict[str, int] = {}  # plane -> last cycle an ACC of it issues
+        self.accesses: list[tuple[Store, int]] = []  # (store, last bank access) of the job being placed
 
     # ----- helpers --------------------------------------------------------------------------------------
     def ntiles(self, cols: int) -> int:
@@ -93,6 +93,7 @@ class Scheduler:
         t = max(0, lower)
         while True:
             self.res.begin()
+            self.accesses = []
             try:
                 result = build(t)
             except Clash as clash:
@@ -103,6 +104,8 @@ class Scheduler:
                                        f"earliest start (resources stay taken)") from None
                 continue
             self.res.commit()
+            for store, last in self.accesses:
+                store.last_access = max(store.last_access, last)
             return result
 
     def mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
@@ -123,6 +126,8 @@ class Scheduler:
                 issue = meet + abs(dest_pos - pos)
                 port = issue + self.chip.mem_write_latency
                 effect = port
+                if port <= run.not_before:  # reused space still in use by its previous owner
+                    raise Clash(base + run.not_before + 1 - port)
             end = issue + (run.count - 1) * d
             self.res.take_queue(queue, issue, end, issue - base)
             self.res.take_ports(s, run.addr, port, run.count, d, run.stride)
@@ -176,7 +181,8 @@ class Scheduler:
         g = self.take_group(direction, [self.transfers(runs, b, first, d, dest_pos, True)
                                         for b in range(store.width)])
         for b in range(store.width):
-            self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + b), base)
+            last = self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + b), base)
+            self.accesses.append((store, last))
         return stream_name(direction, g)
 
     def write_view(self, store: Store, runs: list[MemRun], src_pos: int, first: int, base: int):
@@ -186,6 +192,7 @@ class Scheduler:
         last = 0
         for b in range(store.width):
             last = max(last, self.mem_runs("WRITE", runs, b, first, 1, src_pos, stream_name(direction, g + b), base))
+        self.accesses.append((store, last))
         return stream_name(direction, g), last
 
     # ----- SRAM placement -------------------------------------------------------------------------------
@@ -193,32 +200,53 @@ class Scheduler:
         self.hemi_turn ^= 1
         return "WE"[self.hemi_turn]
 
-    def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int, avoid: set) -> list[Segment]:
+    def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int, avoid: set,
+                       reuse: bool) -> list[Segment]:
         """Storage rows split into segments of at most MAX_SEGMENT_ROWS, all in one hemisphere."""
         segs, lo = [], 0
         while lo < rows:
             n = min(rows - lo, MAX_SEGMENT_ROWS)
-            s, a = self.sram.alloc(width, n, hemisphere, bank, avoid=avoid, same_hemisphere=True)
-            segs.append(Segment(lo, lo + n, s, a))
+            if reuse:
+                s, a, not_before = self.sram.alloc_reusable(width, n, hemisphere, bank, avoid)
+            else:
+                (s, a), not_before = self.sram.alloc(width, n, hemisphere, bank, avoid=avoid,
+                                                     same_hemisphere=True), -1
+            segs.append(Segment(lo, lo + n, s, a, not_before))
             lo += n
         return segs
 
-    def slices_of(self, tensors) -> set[int]:
+    def release(self, store: Store) -> None:
+        """The store's last reader is scheduled: its space may be rewritten after its last access."""
+        store.released = True
+        for segs in store.tiles:
+            for sg in segs:
+                self.sram.release(sg.slice, store.width, sg.addr, sg.hi - sg.lo, store.last_access)
+
+    def slices_of(self, tensors, tile: int | None = None) -> set[int]:
+        """Slices holding (column tile `tile` of) the live stores of `tensors`."""
         used = set()
         for (name, _), store in self.stores.items():
-            if name in tensors:
-                for segs in store.tiles:
-                    for sg in segs:
-                        used.update(range(sg.slice, sg.slice + store.width))
+            if name in tensors and not store.released:
+                for nt, segs in enumerate(store.tiles):
+                    if tile is None or nt == tile or len(store.tiles) == 1:
+                        for sg in segs:
+                            used.update(range(sg.slice, sg.slice + store.width))
         return used
 
-    def alloc_store(self, tensor: str, fmt: str, bank: int = 1, avoid: set | None = None) -> Store:
-        """Place a tensor; `avoid` are slices whose queues the same node streams at the same time."""
+    def alloc_store(self, tensor: str, fmt: str, bank: int = 1, avoid_tile=None, reuse: bool = False) -> Store:
+        """Place a tensor; `avoid_tile(nt)` gives the slices the same job streams while it reads or writes column
+        tile nt. Only stores that start empty (no static contents) may `reuse` released space."""
         t = self.graph.tensors[tensor]
         store = Store.for_tensor(t, fmt)
-        avoid = set(avoid or ())
-        for _ in range(self.ntiles(t.cols)):
-            segs = self.alloc_segments(store.width, store.storage_rows, self.next_hemisphere(), bank, avoid)
+        reuse = reuse and not (store.pad and t.pad_value != 0.0)
+        for nt in range(self.ntiles(t.cols)):
+            avoid = avoid_tile(nt) if avoid_tile else set()
+            hemi = self.next_hemisphere()
+            try:
+                segs = self.alloc_segments(store.width, store.storage_rows, hemi, bank, avoid, reuse)
+            except CompileError:  # that hemisphere is full: the whole tile in the other one
+                segs = self.alloc_segments(store.width, store.storage_rows, "E" if hemi == "W" else "W", bank,
+                                           avoid, reuse)
             store.tiles.append(segs)
             store.ready.append(0)
         self.stores[(tensor, fmt)] = store
@@ -483,27 +511,43 @@ class Scheduler:
         g = self.graph
         for name in g.inputs:
             self.alloc_store(name, "f32")
+        last_use = {}
+        for i, node in enumerate(g.nodes):
+            for v, _ in node.terms:
+                last_use[v.tensor] = i
+            for v in node.sources:
+                last_use[v.tensor] = i
         for i, node in enumerate(g.nodes):
             if self.progress:
                 self.progress(i, len(g.nodes), node)
             out = g.tensors[node.output]
             reads = {v.tensor for v in node.sources} | ({node.x} if node.terms else set())
+            streamed = {v.tensor for v in node.sources}  # what the VXM job streams together, tile by tile
             for v in node.sources:  # constants are placed where this node's other views are not
                 t = g.tensors[v.tensor]
                 if t.kind == "const" and (v.tensor, "f32") not in self.stores:
-                    store = self.alloc_store(v.tensor, "f32", bank=0, avoid=self.slices_of(reads - {v.tensor}))
+                    others = streamed - {v.tensor}
+                    store = self.alloc_store(v.tensor, "f32", bank=0,
+                                             avoid_tile=lambda nt, o=others: self.slices_of(o, nt))
                     self.init_store(store, t.data)
             clash = self._shared_slices(node)
             if clash:
                 raise CompileError(f"{node.onnx_op} node '{node.name}': sources {clash} share MEM slices "
                                    f"(placement conflict; not resolved yet)")
-            avoid = self.slices_of(reads)
-            sinks = {fmt: self.alloc_store(node.output, fmt, avoid=avoid) for fmt in sorted(out.formats)}
+            sinks = {}
+            for fmt in sorted(out.formats):  # the sinks are written at the same time: apart from each other too
+                sinks[fmt] = self.alloc_store(node.output, fmt, reuse=True,
+                                              avoid_tile=lambda nt: self.slices_of(streamed | {node.output}, nt))
             if node.kind == "matmul":
                 self.schedule_matmul(node, sinks)
             else:
                 for nt in range(self.ntiles(out.cols)):
                     self.vector_pipeline(node, nt, 0, out.rows, sinks, None, 0, 0)
+            for name in reads:  # free what no later node reads
+                if last_use.get(name) == i and name not in g.outputs:
+                    for fmt in ("f32", "f16"):
+                        if (name, fmt) in self.stores:
+                            self.release(self.stores[(name, fmt)])
         issues = self.res.issues
         last = max((iss.last_effect for iss in issues), default=-1)
         predicted = 0 if not issues else last + 1 + self.chip.superlanes - 1
@@ -512,9 +556,10 @@ class Scheduler:
 
     def _shared_slices(self, node: Node):
         tensors = sorted({v.tensor for v in node.sources})
+        tiles = self.ntiles(self.graph.tensors[node.output].cols)
         for i, a in enumerate(tensors):
             for b in tensors[i + 1:]:
-                if self.slices_of({a}) & self.slices_of({b}):
+                if any(self.slices_of({a}, nt) & self.slices_of({b}, nt) for nt in range(tiles)):
                     return (a, b)
         return None
 
@@ -532,10 +577,10 @@ class Scheduler:
                 r1 = min(out.rows, r0 + chunk)
                 plane = min(self.planes.values(), key=lambda p: (p.lw_free, p.name)).name
                 st = self.planes[plane]
-                if not st.acc_free:
-                    st.acc_free = [0] * blocks
-                block = min(range(blocks), key=lambda b: st.acc_free[b])
-                acc_base = block * chunk
+                if st.acc_free is None:
+                    st.acc_free = np.zeros(acc_rows, dtype=np.int64)
+                acc_base = min(range(0, blocks * chunk, chunk), key=lambda b: st.acc_free[b:b + chunk].max())
+                acc_free = int(st.acc_free[acc_base:acc_base + chunk].max())
                 first, t_abc = True, None
                 for view, wname in node.terms:
                     for kt in range(k_tiles):
@@ -544,7 +589,7 @@ class Scheduler:
                             continue  # an all-zero weight tile (grouped convolutions) adds nothing
                         self.load_weights(plane, (wname, kt, nt), *tile)
                         t_abc = self.stream_activations(plane, x_store, kt, view, geom, out.rows, r0, r1, acc_base,
-                                                        not first, st.acc_free[block])
+                                                        not first, acc_free)
                         first = False
                 if t_abc is None:
                     raise CompileError(f"{node.onnx_op} node '{node.name}': all weights are zero for output "
@@ -552,4 +597,4 @@ class Scheduler:
                 cpv = self.chip.cycles_per_vector("f16")
                 acc_ready = t_abc + self.chip.mxm_latency + (r1 - r0 - 1) * (cpv - 1)
                 self.vector_pipeline(node, nt, r0, r1, sinks, plane, acc_base, acc_ready)
-                st.acc_free[block] = self.acc_issued + 1  # the block's last row has been read
+                st.acc_free[acc_base:acc_base + chunk] = self.acc_issued + 1  # its last row has been read
