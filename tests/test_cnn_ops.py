@@ -81,3 +81,20 @@ def test_cnn_op_matches_onnxruntime(name):
     ref, _ = run_onnxruntime(m, x)
     cmp = compare(result.outputs, ref)
     assert cmp["outputs_match"], cmp
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(blocks=3), dict(batch=2, size=48, width=32, blocks=3),
+                                dict(blocks=4, size=64, width=24)], ids=str)
+def test_mini_resnet_matches_onnxruntime(kw):
+    """Whole networks: stem, max pool, bottlenecks with projection shortcuts, pooling, classifier. Deep enough
+    that tensors' SRAM is reused after their last reader (a bug there shows up as wrong values)."""
+    from lpusim.models import mini_resnet
+
+    m = mini_resnet(**kw)
+    program = lpusim.compile(m)
+    x = program.random_inputs(1)
+    result = program.run(x)
+    assert result.cycles == program.predicted_cycles
+    ref, _ = run_onnxruntime(m, x)
+    cmp = compare(result.outputs, ref)
+    assert cmp["outputs_match"], cmp

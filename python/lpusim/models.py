@@ -36,3 +36,60 @@ def mlp(sizes=(784, 300, 10), batch: int = 1, seed: int = 0, activation: str = "
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def mini_resnet(batch: int = 1, size: int = 32, width: int = 16, blocks: int = 2, classes: int = 10,
+                seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """A small ResNet: 7x7/2 stem conv + BN + ReLU, 3x3/2 max pool, `blocks` bottleneck blocks with identity or
+    projection shortcuts (Sum), global average pool, flatten, Gemm. Random He-scaled weights, so values stay O(1)
+    (unlike the constant-weight models in onnx's test data, whose activations outgrow fp16)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    count = [0]
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        return name
+
+    def conv_bn(x, cin, cout, k, stride=1, relu=True):
+        count[0] += 1
+        i = count[0]
+        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))
+        nodes.append(helper.make_node("Conv", [x, const(f"w{i}", w)], [f"c{i}"], pads=[k // 2] * 4,
+                                      strides=[stride, stride], name=f"conv{i}"))
+        nodes.append(helper.make_node("BatchNormalization", [f"c{i}", const(f"s{i}", 0.5 + rng.random(cout)),
+                                                             const(f"b{i}", 0.1 * rng.standard_normal(cout)),
+                                                             const(f"m{i}", 0.1 * rng.standard_normal(cout)),
+                                                             const(f"v{i}", 0.5 + rng.random(cout))],
+                                      [f"n{i}"], name=f"bn{i}"))
+        if not relu:
+            return f"n{i}"
+        nodes.append(helper.make_node("Relu", [f"n{i}"], [f"r{i}"], name=f"relu{i}"))
+        return f"r{i}"
+
+    x = conv_bn("input", 3, width, 7, stride=2)
+    nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2],
+                                  name="maxpool"))
+    x, cin = "pool", width
+    for b in range(blocks):
+        cout = width * 2 ** (b + 1)
+        stride = 1 if b == 0 else 2
+        y = conv_bn(x, cin, cout // 4, 1)
+        y = conv_bn(y, cout // 4, cout // 4, 3, stride=stride)
+        y = conv_bn(y, cout // 4, cout, 1, relu=False)
+        shortcut = conv_bn(x, cin, cout, 1, stride=stride, relu=False) if (cin != cout or stride != 1) else x
+        nodes.append(helper.make_node("Sum", [y, shortcut], [f"sum{b}"], name=f"sum{b}"))
+        nodes.append(helper.make_node("Relu", [f"sum{b}"], [f"block{b}"], name=f"block{b}.relu"))
+        x, cin = f"block{b}", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
+    fc = rng.standard_normal((classes, cin)) / np.sqrt(cin)
+    nodes.append(helper.make_node("Gemm", ["flat", const("fc.w", fc), const("fc.b", np.zeros(classes))], ["logits"],
+                                  transB=1, name="fc"))
+    graph = helper.make_graph(nodes, "mini_resnet",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="lpusim")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -238,7 +238,7 @@ class Scheduler:
         tile nt. Only stores that start empty (no static contents) may `reuse` released space."""
         t = self.graph.tensors[tensor]
         store = Store.for_tensor(t, fmt)
-        reuse = reuse and not (store.pad and t.pad_value != 0.0)
+        reuse = reuse and not store.pad  # a border is never written: it must start as zeros (or its pad value)
         for nt in range(self.ntiles(t.cols)):
             avoid = avoid_tile(nt) if avoid_tile else set()
             hemi = self.next_hemisphere()
