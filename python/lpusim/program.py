@@ -10,7 +10,7 @@ from lpusim import _lpusim
 from lpusim.chip import Chip
 from lpusim.compiler import compile_graph, emit
 from lpusim.compiler.importer import from_rows, im2col, to_rows
-from lpusim.compiler.schedule import byte_planes
+from lpusim.compiler.schedule import store_image
 from lpusim.errors import CompileError, ModelError
 
 UNIT_COUNTS = ("mem", "vxm", "mxm", "sxm", "c2c")
@@ -120,15 +120,6 @@ class Program:
         busy = {k: int(v) for k, v in stats["busy"].items()}
         return RunResult(outputs, cycles, self.predicted_cycles, self.chip.seconds(cycles) * 1e6,
                          int(stats["instructions"]), busy, utilization(self.chip, busy, cycles), wall, timing_only)
-
-
-def store_image(store, storage: np.ndarray, lanes: int):
-    """mem_init entries that put a [storage_rows, cols] f32 array into `store`."""
-    for nt, segs in enumerate(store.tiles):
-        cols = storage[:, nt * lanes:(nt + 1) * lanes]
-        for seg in segs:
-            for b, plane in enumerate(byte_planes(cols[seg.lo:seg.hi], store.fmt, lanes)):
-                yield (seg.slice + b, seg.addr, plane)
 
 
 def utilization(chip: Chip, busy: dict[str, int], cycles: int) -> dict[str, float]:

@@ -56,6 +56,15 @@ def byte_planes(values: np.ndarray, dtype: str, lanes: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(raw[:, :, b]) for b in range(WIDTH[dtype])]
 
 
+def store_image(store: Store, storage: np.ndarray, lanes: int):
+    """mem_init entries (slice, addr, uint8 plane) that put a [storage_rows, cols] array into `store`."""
+    for nt, segs in enumerate(store.tiles):
+        cols = storage[:, nt * lanes:(nt + 1) * lanes]
+        for seg in segs:
+            for b, plane in enumerate(byte_planes(cols[seg.lo:seg.hi], store.fmt, lanes)):
+                yield (seg.slice + b, seg.addr, plane)
+
+
 def stream_name(direction: str, index: int) -> str:
     return f"{direction}{index}"
 
@@ -257,11 +266,7 @@ class Scheduler:
 
     def init_store(self, store: Store, matrix: np.ndarray) -> None:
         """Static SRAM contents of `store` from a [storage_rows, cols] array."""
-        for nt, segs in enumerate(store.tiles):
-            cols = matrix[:, nt * self.lanes:(nt + 1) * self.lanes]
-            for seg in segs:
-                for b, plane in enumerate(byte_planes(cols[seg.lo:seg.hi], store.fmt, self.lanes)):
-                    self.static_init.append((seg.slice + b, seg.addr, plane))
+        self.static_init.extend(store_image(store, matrix, self.lanes))
 
     # ----- MXM jobs -------------------------------------------------------------------------------------
     def weight_tile(self, wname: str, kt: int, nt: int, hemisphere: str):
