@@ -138,3 +138,14 @@ def test_wrong_input_name(tmp_path, mlp_file):
     np.savez(tmp_path / "in.npz", wrong=np.zeros((1, 784), np.float32))
     line = _single_line_error(*lpusim_cli("run", str(mlp_file), "--inputs", str(tmp_path / "in.npz")))
     assert line == "lpusim: error: missing input(s): input (the model takes input[1, 784])"
+
+
+def test_trace_and_plot(mlp_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    trace, plot = tmp_path / "t.json", tmp_path / "u.png"
+    code, out, err = lpusim_cli("run", str(mlp_file), "--json", "--trace", str(trace), "--plot", str(plot))
+    assert code == 0, err
+    events = json.loads(trace.read_text())["traceEvents"]
+    bursts = [e for e in events if e["ph"] == "X"]
+    assert {e["args"]["instruction"].split()[0] for e in bursts} >= {"READ", "LW.f16", "IW", "ABC.f16", "ACC.f32"}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
