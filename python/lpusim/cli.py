@@ -100,7 +100,7 @@ def _print_report(r: dict) -> None:
         f"model          {r['model']}",
         f"chip           {r['chip']} x{r['chips']}, precision {r['precision']}",
         f"cycles         {r['cycles']:,} (compiler predicted {r['predicted_cycles']:,})",
-        f"latency        {r['latency_us']:.3f} us  ({r['throughput_per_s']:,.0f} inferences/s at batch given)",
+        f"latency        {r['latency_us']:.3f} us  ({r['throughput_per_s']:,.0f} batches/s, one after another)",
         f"instructions   {r['instructions']:,}",
         f"SRAM           {r['sram_bytes'] / 2**20:.2f} MiB",
         "utilization    " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in u.items()),
