@@ -6,8 +6,6 @@ model or in the simulator's speed shows up regardless of the machine's load.
 """
 import time
 
-import numpy as np
-
 import lpusim
 from lpusim.check import run_onnxruntime
 from lpusim.models import mlp

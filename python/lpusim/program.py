@@ -13,7 +13,6 @@ from lpusim.compiler.importer import from_rows, im2col, to_rows
 from lpusim.compiler.schedule import store_image
 from lpusim.errors import CompileError, ModelError
 
-UNIT_COUNTS = ("mem", "vxm", "mxm", "sxm", "c2c")
 
 
 @dataclass

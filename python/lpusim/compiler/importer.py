@@ -36,8 +36,6 @@ _UNARY = {
                        ("MUL", [("step", 3), ("step", 2)])],
 }
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAX", "Min": "MIN"}
-_NUMPY_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
-                 "Max": np.maximum, "Min": np.minimum}
 _PASSTHROUGH = {"Identity", "Dropout"}
 _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}

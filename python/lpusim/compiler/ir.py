@@ -50,6 +50,11 @@ class Tensor:
     im2col: tuple | None = None  # inputs only: (kernel, strides, pads, dilations): the host lays out patches
 
 
+def out_geom(t: "Tensor") -> tuple:
+    """The (N, H, W) geometry spatial taps index by: a 2-D output is N rows of one pixel each."""
+    return t.geom if t.geom is not None else (t.rows, 1, 1)
+
+
 @dataclass(frozen=True)
 class View:
     """Which row of `tensor` output row r reads: the same row, a broadcast row, or a spatial tap."""

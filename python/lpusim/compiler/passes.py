@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lpusim.compiler.ir import Graph, Node, Step, Tensor, View
+from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, out_geom
 from lpusim.errors import CompileError
 
 # A chain may use at most this many ALUs before scheduling adds delays and conversions (the VXM has 16).
@@ -158,14 +158,13 @@ def assign_borders(graph: Graph) -> Graph:
     """Border width and value of every image tensor read through spatial taps."""
     values: dict[str, set] = {}
     for node in graph.nodes:
-        out = graph.tensors[node.output]
-        out_geom = out.geom or (out.rows, 1, 1)
+        geom = out_geom(graph.tensors[node.output])
         views = [v for v, _ in node.terms] + list(node.sources)
         for v in views:
             if not v.spatial:
                 continue
             t = graph.tensors[v.tensor]
-            need = tap_extent(v, t.geom, out_geom)
+            need = tap_extent(v, t.geom, geom)
             t.pad = max(t.pad, need)
             if need:
                 values.setdefault(v.tensor, set()).add(_pad_value(node, v))

@@ -74,17 +74,24 @@ class Reservations:
             raise Clash(None)
         starts = self.queue_starts.setdefault(queue, [])
         ends = self.queue_ends.setdefault(queue, [])
-        i = bisect.bisect_right(starts, end)
-        if i > 0 and ends[i - 1] >= start:
-            raise Clash(ends[i - 1] + 1 - offset)
+        i, busy_until = self._overlap(queue, start, end)
+        if busy_until is not None:
+            raise Clash(busy_until + 1 - offset)
         starts.insert(i, start)
         ends.insert(i, end)
         self._journal.append(("q", queue, start))
 
     def queue_free_from(self, queue: str, start: int, end: int) -> bool:
+        return self._overlap(queue, start, end)[1] is None
+
+    def _overlap(self, queue: str, start: int, end: int) -> tuple[int, int | None]:
+        """(insertion index, end of the reserved interval overlapping [start, end] or None). Intervals are
+        disjoint and sorted, so only the last one starting at or before `end` can overlap."""
         starts = self.queue_starts.get(queue, [])
         i = bisect.bisect_right(starts, end)
-        return not (i > 0 and self.queue_ends[queue][i - 1] >= start)
+        if i > 0 and self.queue_ends[queue][i - 1] >= start:
+            return i, self.queue_ends[queue][i - 1]
+        return i, None
 
     # ----- MEM bank ports -------------------------------------------------------------------------------
     def take_ports(self, slice_index: int, addr: int, first: int, n: int, d: int, stride: int) -> None:

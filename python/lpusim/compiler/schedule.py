@@ -10,11 +10,11 @@ predicted cycle count exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from lpusim.compiler.ir import Graph, Node, Step, View
+from lpusim.compiler.ir import Graph, Node, Step, View, out_geom
 from lpusim.compiler.layout import MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, segment_runs, view_runs
 from lpusim.compiler.resources import Clash, Issue, Reservations, SramAllocator
 from lpusim.errors import CompileError
@@ -71,10 +71,6 @@ def stream_name(direction: str, index: int) -> str:
 
 def _imm(value: float) -> str:
     return "#" + repr(float(np.float32(value)))
-
-
-def out_geom(t) -> tuple:
-    return t.geom if t.geom is not None else (t.rows, 1, 1)
 
 
 class Scheduler:
