@@ -131,12 +131,13 @@ def utilization(chip: Chip, busy: dict[str, int], cycles: int) -> dict[str, floa
 
 
 def compile(model, chips: int = 1, chip=None, precision: str = "fp16", shapes: dict | None = None,
-            dump=None, progress: bool = False) -> Program:
+            dump=None, progress: bool = False, calibration: dict | None = None) -> Program:
     """Compile an ONNX model (path or ModelProto) to a static schedule for `chips` simulated chips.
 
     `chip` is a configuration name (`"tsp_v1"`), a JSON file path or dict; `precision="fp16"` runs float models
     through the fp16 MXM path with f32 accumulation (Groq's flow); `shapes` fixes dynamic input dimensions;
-    `dump(name, text)` receives the IR after every pass."""
+    `dump(name, text)` receives the IR after every pass; `calibration` (inputs by name; default: seeded random
+    inputs) sets the power-of-two scales that keep large tensors inside fp16's range (compiler/calibrate.py)."""
     if chips != 1:
         raise CompileError(f"chips={chips}: multi-chip systems are not supported yet (one chip only)")
     cfg = Chip.load(chip)
@@ -151,7 +152,8 @@ def compile(model, chips: int = 1, chip=None, precision: str = "fp16", shapes: d
             bar.set_postfix_str(node.onnx_op, refresh=True)
     start = time.perf_counter()
     try:
-        proto, graph, sched, text = compile_graph(model, cfg, precision, shapes, dump, report if bar is not None else None)
+        proto, graph, sched, text = compile_graph(model, cfg, precision, shapes, dump, report if bar is not None else None,
+                                                  calibration)
     finally:
         if bar is not None:
             bar.close()

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from lpusim.chip import Chip
-from lpusim.compiler import emit, importer, ir, passes, schedule
+from lpusim.compiler import calibrate, emit, importer, ir, passes, schedule
 from lpusim.compiler.layout import WIDTH, Store
 from lpusim.errors import CompileError
 
@@ -19,6 +21,7 @@ PASSES = [
     ("split_tap_chains", passes.split_tap_chains),
     ("fuse_chains", passes.fuse_chains),
     ("assign_formats", passes.assign_formats),
+    ("scale_fp16", passes.scale_fp16),
     ("assign_borders", passes.assign_borders),
 ]
 
@@ -57,11 +60,16 @@ def sram_needed(graph: ir.Graph, chip: Chip) -> int:
     return static + peak
 
 
-def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=None, progress=None):
+def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=None, progress=None,
+                  calibration=None):
     if precision not in PRECISIONS:
         raise CompileError(f"precision '{precision}' is not supported yet (supported: {', '.join(PRECISIONS)})")
     proto = importer.load_model(model)
     graph = importer.import_onnx(proto, shapes)
+    if calibration is None:
+        rng = np.random.default_rng(0)  # what Program.random_inputs(seed=0) gives
+        calibration = {n: rng.standard_normal(s).astype(np.float32) for n, s in graph.onnx_inputs.items()}
+    graph.magnitudes = calibrate.tensor_magnitudes(proto, calibration)
     if dump:
         dump("import", graph.dump())
     for name, run in PASSES:

@@ -552,7 +552,8 @@ class _Lowering:
             names.append(o.name)
         used = {name for node in self.nodes for name in node_inputs(node)}
         inputs = [name for name in self.inputs if name in used]  # e.g. an image read only as host patches
-        return Graph(self.tensors, self.nodes, inputs, outputs, names, dict(self.input_shapes))
+        origin = {ir_name: onnx_name for onnx_name, (ir_name, _) in self.values.items()}
+        return Graph(self.tensors, self.nodes, inputs, outputs, names, dict(self.input_shapes), origin)
 
 
 def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> Graph:

@@ -31,6 +31,9 @@ VXM_ARITY = {
     "ADD": 2, "SUB": 2, "MUL": 2, "MAX": 2, "MIN": 2, "DIV": 2,
     "RELU": 1, "NEG": 1, "ABS": 1, "COPY": 1,
     "EXP": 1, "TANH": 1, "RSQRT": 1, "RCP": 1, "SIGMOID": 1, "ERF": 1,
+    "LOG": 1, "SQRT": 1, "FLOOR": 1, "CEIL": 1,
+    "EQ": 2, "NE": 2, "LT": 2, "LE": 2, "GT": 2, "GE": 2,
+    "AND": 2, "OR": 2, "XOR": 2, "NOT": 1,
 }
 
 
@@ -48,6 +51,7 @@ class Tensor:
     pad: int = 0  # border rows stored around each image (set by the consumers that read taps)
     pad_value: float = 0.0  # what the border holds: 0 for convolutions, -inf for max pools
     im2col: tuple | None = None  # inputs only: (kernel, strides, pads, dilations): the host lays out patches
+    f16_exp: int = 0  # the f16 copy holds value * 2^-f16_exp (calibrate.py): keeps large tensors in fp16's range
 
 
 def out_geom(t: "Tensor") -> tuple:
@@ -118,6 +122,8 @@ class Graph:
     outputs: list[str]  # IR tensors that are ONNX outputs, in ONNX order
     output_names: list[str]  # the ONNX output names, parallel to `outputs`
     onnx_inputs: dict[str, tuple]  # ONNX input name -> concrete shape
+    origin: dict[str, str] = field(default_factory=dict)  # IR tensor -> the ONNX tensor it holds (if any)
+    magnitudes: dict[str, float] = field(default_factory=dict)  # ONNX tensor -> calibrated max |value|
 
     def dump(self) -> str:
         lines = ["inputs: " + ", ".join(f"{n}[{self.tensors[n].rows}x{self.tensors[n].cols}]" for n in self.inputs)]
@@ -127,7 +133,8 @@ class Graph:
         for t in self.tensors.values():
             if t.formats:
                 geom = f" image {t.geom} pad {t.pad} of {t.pad_value}" if t.geom else ""
-                lines.append(f"  {t.name}: {t.kind} {t.rows}x{t.cols} in {sorted(t.formats)}{geom}")
+                scale = f" f16 copy scaled by 2^-{t.f16_exp}" if t.f16_exp else ""
+                lines.append(f"  {t.name}: {t.kind} {t.rows}x{t.cols} in {sorted(t.formats)}{geom}{scale}")
         return "\n".join(lines)
 
     def consumers(self) -> dict[str, list[Node]]:

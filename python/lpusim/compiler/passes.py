@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, out_geom
 from lpusim.errors import CompileError
 
@@ -178,3 +180,56 @@ def assign_borders(graph: Graph) -> Graph:
 
 def _pad_value(node: Node, view: View) -> float:
     return float("-inf") if "MaxPool" in node.onnx_op and view in node.sources else 0.0
+
+
+def scale_fp16(graph: Graph) -> Graph:
+    """Power-of-two scales for fp16 copies and weights that would leave fp16's range (calibrate.py).
+
+    A tensor's f16 copy holds value * 2^-k and a matmul's weights w * 2^-j; the matmul's epilogue starts by
+    multiplying the f32 accumulator by 2^(k + j), which is exact, so results are unchanged wherever nothing
+    overflowed before."""
+    from lpusim.compiler.calibrate import scale_exponent
+
+    def magnitude(name):
+        t = graph.tensors[name]
+        onnx_name = graph.origin.get(name)
+        if onnx_name is None and graph.nodes:  # an input's on-chip f16 conversion holds the input itself
+            conv = next((n for n in graph.nodes if n.output == name and n.onnx_op == "Cast(f16)"), None)
+            if conv is not None:
+                onnx_name = graph.origin.get(conv.sources[0].tensor)
+        if onnx_name is None:
+            return 0.0
+        return graph.magnitudes.get(onnx_name, 0.0) if t.kind != "const" else 0.0
+
+    for name, t in graph.tensors.items():
+        if "f16" in t.formats and t.kind == "value":
+            t.f16_exp = scale_exponent(magnitude(name))
+    for node in graph.nodes:
+        if node.kind != "matmul":
+            continue
+        weights = {w for _, w in node.terms}
+        j = scale_exponent(max(float(abs(graph.tensors[w].data).max(initial=0.0)) for w in weights))
+        if j:
+            renamed = {}
+            for w in weights:  # a scaled copy per matmul: weights may be shared by matmuls of other scales
+                t = graph.tensors[w]
+                name = f"{w}.x2^{-j}"
+                graph.tensors[name] = dataclasses.replace(t, name=name, data=(t.data * np.float32(2.0 ** -j)))
+                renamed[w] = name
+            node.terms = [(v, renamed[w]) for v, w in node.terms]
+        k = graph.tensors[node.x].f16_exp + j
+        if k:
+            node.steps = _prepend_scale(node.steps, float(2.0 ** k))
+    used = {w for node in graph.nodes for _, w in node.terms}
+    for name in [n for n, t in graph.tensors.items() if t.kind == "const" and ".x2^" in n and n not in used]:
+        del graph.tensors[name]
+    return graph
+
+
+def _prepend_scale(steps: list[Step], factor: float) -> list[Step]:
+    """MUL(acc, factor) as step 0, every use of the accumulator reading it instead."""
+    out = [Step("MUL", [("acc",), ("imm", factor)])]
+    for s in steps:
+        out.append(Step(s.op, [("step", 0) if a[0] == "acc" else ("step", a[1] + 1) if a[0] == "step" else a
+                               for a in s.args]))
+    return out

@@ -375,7 +375,13 @@ class Scheduler:
                 remapped.append(Step(s.op, args))
             steps = pre + remapped
         last = len(steps) - 1
-        if sinks == {"f16"} and steps[last].op == "COPY":
+        exp = self.graph.tensors[node.output].f16_exp  # the f16 copy holds value * 2^-exp (passes.scale_fp16)
+        if exp and "f16" in sinks:
+            steps.append(Step("MUL", [("step", last), ("imm", float(2.0 ** -exp))]))
+            dest = {"f32": last} if "f32" in sinks else {}
+            steps.append(Step("CVT", [("step", len(steps) - 1)]))
+            dest["f16"] = len(steps) - 1
+        elif sinks == {"f16"} and steps[last].op == "COPY":
             steps[last] = Step("CVT", steps[last].args)
             dest = {"f16": last}
         else:

@@ -1,0 +1,62 @@
+"""Magnitude calibration: how large each tensor gets, so fp16 copies can be scaled by a power of two.
+
+The MXM reads fp16 (largest finite value 65504), while the VXM and the accumulators work in f32. Models whose
+activations leave fp16's range (onnx's `light_*` models, whose constant weights drive ResNet-50's activations to
+1e19) would overflow on the chip. lpusim keeps such a tensor's fp16 copy as `value * 2^-k` and folds `2^k` back into
+the f32 epilogue of every matmul reading it: powers of two are exact, so this costs one VXM multiply and no accuracy.
+
+`k` comes from one onnxruntime run of the model on calibration inputs (seeded standard-normal values, the same
+distribution `Program.run` uses by default, or inputs the caller passes): the scale is fixed at compile time, as in
+any static-scaling scheme, so inputs of a very different magnitude than the calibration inputs can still overflow.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+# A tensor is rescaled when its calibrated largest magnitude falls outside [2^LOW, 2^HIGH]; it is then scaled so
+# that its largest magnitude lands near 2^TARGET, leaving 2^(15 - TARGET) of headroom below fp16's 65504 for inputs
+# larger than the calibration inputs, and keeping its small elements out of fp16's subnormal range.
+HIGH, LOW, TARGET = 12, -8, 8
+
+
+def scale_exponent(magnitude: float) -> int:
+    """k such that an fp16 copy holds value * 2^-k (0 when the tensor already sits well inside fp16's range)."""
+    if not np.isfinite(magnitude) or magnitude == 0.0:
+        return 0
+    e = int(np.ceil(np.log2(magnitude)))
+    if LOW <= e <= HIGH:
+        return 0
+    return e - TARGET
+
+
+def tensor_magnitudes(proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """max |value| of every float tensor the model computes, from one onnxruntime run on `inputs`."""
+    import onnxruntime as ort
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    outputs = {o.name for o in model.graph.output}
+    floats = {vi.name for vi in inferred.graph.value_info
+              if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name in floats and name not in outputs:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                outputs.add(name)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    feed = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
+    values = session.run(names, feed)
+    result = dict((name, float(np.max(np.abs(v))) if np.size(v) else 0.0) for name, v in zip(names, values)
+                  if np.asarray(v).dtype.kind == "f")
+    for name, v in inputs.items():
+        result[name] = float(np.max(np.abs(v))) if np.size(v) else 0.0
+    return result
