@@ -21,6 +21,10 @@ pub enum ErrorKind {
     LinkUnconnected,
     LinkOverflow,
     LinkUnreceived,
+    /// A system link used again before it finished sending the previous vector (docs/system.md).
+    LinkBusy,
+    /// Clock drift the synchronisation protocol cannot absorb (docs/system.md).
+    DriftOverrun,
     CycleLimit,
 }
 
@@ -43,6 +47,8 @@ impl ErrorKind {
             LinkUnconnected => "LinkUnconnected",
             LinkOverflow => "LinkOverflow",
             LinkUnreceived => "LinkUnreceived",
+            LinkBusy => "LinkBusy",
+            DriftOverrun => "DriftOverrun",
             CycleLimit => "CycleLimit",
         }
     }

@@ -4,6 +4,7 @@
 //! - [`config`]: the chip configuration (published and chosen numbers, all as data);
 //! - [`isa`]: instructions, queue names, the assembly text format and the binary encoding;
 //! - [`sim`]: one chip's state and its cycle loop;
+//! - [`system`]: many chips on their own clocks, joined by C2C links (docs/system.md);
 //! - [`error`]: error values (nothing here panics on bad input).
 //!
 //! The Python bindings live in `python.rs`, compiled only with the `python` feature, so `cargo test` exercises the
@@ -14,6 +15,7 @@ pub mod error;
 pub mod isa;
 pub mod numerics;
 pub mod sim;
+pub mod system;
 
 #[cfg(feature = "python")]
 mod python;

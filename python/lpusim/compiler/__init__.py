@@ -65,11 +65,12 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     if precision not in PRECISIONS:
         raise CompileError(f"precision '{precision}' is not supported yet (supported: {', '.join(PRECISIONS)})")
     proto = importer.load_model(model)
-    graph = importer.import_onnx(proto, shapes)
+    input_shapes = importer.resolve_input_shapes(proto, shapes)
     if calibration is None:
         rng = np.random.default_rng(0)  # what Program.random_inputs(seed=0) gives
-        calibration = {n: rng.standard_normal(s).astype(np.float32) for n, s in graph.onnx_inputs.items()}
-    graph.magnitudes = calibrate.tensor_magnitudes(proto, calibration)
+        calibration = {n: rng.standard_normal(s).astype(np.float32) for n, s in input_shapes.items()}
+    magnitudes = calibrate.tensor_magnitudes(proto, calibration)
+    graph = importer.import_onnx(proto, input_shapes, magnitudes)
     if dump:
         dump("import", graph.dump())
     for name, run in PASSES:

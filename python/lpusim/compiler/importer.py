@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
+from lpusim.compiler.lower_lanes import LaneLowering
 from lpusim.errors import CompileError, ModelError
 
 # ONNX unary ops and the VXM chain each lowers to (x is ("in",); constants come from attributes).
@@ -39,7 +40,9 @@ _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAX",
 _PASSTHROUGH = {"Identity", "Dropout"}
 _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
-SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _SPATIAL |
+_REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
+SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _SPATIAL | _REDUCE |
+                       {"Softmax", "LogSoftmax", "LayerNormalization"} |
                        {"MatMul", "Gemm", "Clip", "Constant", "BatchNormalization", "Sum"})
 
 
@@ -147,9 +150,11 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
     return matrix.reshape(shape)
 
 
-class _Lowering:
-    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple]):
+class _Lowering(LaneLowering):
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
+        self.magnitudes = magnitudes
+        self.derived: dict[str, float] = {}  # IR tensor without an ONNX name -> its expected max |value|
         self.tensors: dict[str, Tensor] = {}
         self.nodes: list[Node] = []
         self.inputs: list[str] = []
@@ -184,6 +189,9 @@ class _Lowering:
             self.values[name] = (name, shape)
         for node in g.node:
             self.lower(node)
+
+    def feeds_other_nodes(self, name: str) -> bool:
+        return any(name in n.input for n in self.model.graph.node)
 
     def where(self, node) -> str:
         return f"{node.op_type} node '{node.name or node.output[0]}'"
@@ -234,6 +242,15 @@ class _Lowering:
             return self.lower_sum(node, args)
         if op in _BINARY:
             return self.lower_binary(node, op, args)
+        if op in ("Softmax", "LogSoftmax"):
+            return self.lower_softmax(node, op, a, args)
+        if op == "LayerNormalization":
+            return self.lower_layernorm(node, a, args)
+        if op in _REDUCE:
+            if not a.get("keepdims", 1) and self.feeds_other_nodes(node.output[0]):
+                raise CompileError(f"{self.where(node)}: keepdims=0 feeding another node moves the result from "
+                                   f"rows to lanes, which needs the SXM (not supported yet)")
+            return self.lower_reduce(node, op, a, args)
         if op in _UNARY or op == "Clip":
             return self.lower_unary(node, op, a, args)
         raise CompileError(f"{self.where(node)}: operator {op} is not supported yet "
@@ -553,10 +570,14 @@ class _Lowering:
         used = {name for node in self.nodes for name in node_inputs(node)}
         inputs = [name for name in self.inputs if name in used]  # e.g. an image read only as host patches
         origin = {ir_name: onnx_name for onnx_name, (ir_name, _) in self.values.items()}
-        return Graph(self.tensors, self.nodes, inputs, outputs, names, dict(self.input_shapes), origin)
+        return Graph(self.tensors, self.nodes, inputs, outputs, names, dict(self.input_shapes), origin,
+                     derived=self.derived)
 
 
-def import_onnx(model: onnx.ModelProto, shapes: dict | None = None) -> Graph:
-    lowering = _Lowering(model, resolve_input_shapes(model, shapes))
+def import_onnx(model: onnx.ModelProto, shapes: dict | None = None, magnitudes: dict | None = None) -> Graph:
+    """`magnitudes` (calibrate.py): max |value| per ONNX tensor, for the lowerings and the fp16 scales."""
+    lowering = _Lowering(model, resolve_input_shapes(model, shapes), magnitudes or {})
     lowering.run()
-    return lowering.finish()
+    graph = lowering.finish()
+    graph.magnitudes = dict(magnitudes or {})
+    return graph

@@ -52,6 +52,7 @@ class Tensor:
     pad_value: float = 0.0  # what the border holds: 0 for convolutions, -inf for max pools
     im2col: tuple | None = None  # inputs only: (kernel, strides, pads, dilations): the host lays out patches
     f16_exp: int = 0  # the f16 copy holds value * 2^-f16_exp (calibrate.py): keeps large tensors in fp16's range
+    f16_saturate: bool = False  # the f16 copy clamps to +-65504 (never inf: inf times a 0 weight is NaN)
 
 
 def out_geom(t: "Tensor") -> tuple:
@@ -124,6 +125,7 @@ class Graph:
     onnx_inputs: dict[str, tuple]  # ONNX input name -> concrete shape
     origin: dict[str, str] = field(default_factory=dict)  # IR tensor -> the ONNX tensor it holds (if any)
     magnitudes: dict[str, float] = field(default_factory=dict)  # ONNX tensor -> calibrated max |value|
+    derived: dict[str, float] = field(default_factory=dict)  # IR tensor without an ONNX name -> expected max |v|
 
     def dump(self) -> str:
         lines = ["inputs: " + ", ".join(f"{n}[{self.tensors[n].rows}x{self.tensors[n].cols}]" for n in self.inputs)]

@@ -133,7 +133,7 @@ def assign_formats(graph: Graph) -> Graph:
                 if node.x not in converted:
                     name = f"{node.x}.f16"
                     graph.tensors[name] = Tensor(name, x.rows, x.cols, "value", x.shape, formats={"f16"},
-                                                 geom=x.geom)
+                                                 geom=x.geom, f16_saturate=x.f16_saturate)
                     new_nodes.append(Node("vector", node.name, "Cast(f16)", name, sources=[View(node.x)],
                                           steps=[Step("COPY", [("src", 0)])]))
                     converted[node.x] = name
@@ -197,6 +197,8 @@ def scale_fp16(graph: Graph) -> Graph:
             conv = next((n for n in graph.nodes if n.output == name and n.onnx_op == "Cast(f16)"), None)
             if conv is not None:
                 onnx_name = graph.origin.get(conv.sources[0].tensor)
+        if onnx_name is None and name in graph.derived:  # e.g. a running maximum: as large as what it scans
+            return graph.derived[name]
         if onnx_name is None:
             return 0.0
         return graph.magnitudes.get(onnx_name, 0.0) if t.kind != "const" else 0.0

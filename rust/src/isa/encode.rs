@@ -115,6 +115,10 @@ pub fn encode_instr(i: &Instr) -> u128 {
             b.put(*m as u64, 32);
         }
         Instr::Deskew => b = Bits::new(6),
+        Instr::RuntimeDeskew(t) => {
+            b = Bits::new(7);
+            b.put(*t as u64, 32);
+        }
         Instr::Read { addr, s } | Instr::Write { addr, s } => {
             b = Bits::new(if matches!(i, Instr::Read { .. }) { 10 } else { 11 });
             b.put(*addr as u64, 32);
@@ -204,6 +208,7 @@ pub fn decode_instr(w: u128) -> Result<Instr, String> {
         4 => Instr::Ifetch,
         5 => Instr::Config(u.get(32) as u32),
         6 => Instr::Deskew,
+        7 => Instr::RuntimeDeskew(u.get(32) as u32),
         10 | 11 => {
             let addr = u.get(32) as u32;
             let s = u.stream();

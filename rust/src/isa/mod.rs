@@ -172,6 +172,9 @@ pub enum Instr {
     Ifetch,
     Config(u32),
     Deskew,
+    /// `RUNTIME_DESKEW t` (t >= 1): stall about `t` cycles, minus the drift the software-aligned counter has
+    /// accumulated against the hardware-aligned counter, then realign the SAC (docs/system.md).
+    RuntimeDeskew(u32),
     // MEM
     Read { addr: u32, s: Stream },
     Write { addr: u32, s: Stream },
@@ -199,7 +202,7 @@ impl Instr {
     pub fn is_icu(&self) -> bool {
         matches!(
             self,
-            Instr::Nop(_) | Instr::Repeat { .. } | Instr::Sync | Instr::Notify | Instr::Ifetch | Instr::Config(_) | Instr::Deskew
+            Instr::Nop(_) | Instr::Repeat { .. } | Instr::Sync | Instr::Notify | Instr::Ifetch | Instr::Config(_) | Instr::Deskew | Instr::RuntimeDeskew(_)
         )
     }
 
@@ -225,13 +228,14 @@ impl Instr {
 
     /// May a REPEAT follow this instruction? (Not after NOP, REPEAT, SYNC, DESKEW.)
     pub fn repeatable(&self) -> bool {
-        !matches!(self, Instr::Nop(_) | Instr::Repeat { .. } | Instr::Sync | Instr::Deskew)
+        !matches!(self, Instr::Nop(_) | Instr::Repeat { .. } | Instr::Sync | Instr::Deskew | Instr::RuntimeDeskew(_))
     }
 
     /// Configuration-free validity (operand/type combinations). Returns a message on error.
     pub fn check(&self) -> Result<(), String> {
         match self {
             Instr::Nop(n) if *n == 0 => Err("NOP needs n >= 1".into()),
+            Instr::RuntimeDeskew(0) => Err("RUNTIME_DESKEW needs t >= 1".into()),
             Instr::Repeat { n, d, .. } if *n == 0 || *d == 0 => Err("REPEAT needs n >= 1 and d >= 1".into()),
             Instr::Alu { op, t, out, dst: _, a, b } => {
                 if !op.accepts(*t) {
@@ -351,6 +355,7 @@ impl fmt::Display for Instr {
             Instr::Ifetch => write!(f, "IFETCH"),
             Instr::Config(m) => write!(f, "CONFIG {m}"),
             Instr::Deskew => write!(f, "DESKEW"),
+            Instr::RuntimeDeskew(t) => write!(f, "RUNTIME_DESKEW {t}"),
             Instr::Read { addr, s } => write!(f, "READ {addr}, {s}"),
             Instr::Write { addr, s } => write!(f, "WRITE {addr}, {s}"),
             Instr::Gather { s, map } => write!(f, "GATHER {s}, {map}"),

@@ -187,6 +187,11 @@ pub fn parse_instr(line: &str) -> Result<Instr, String> {
                 _ => Instr::Iw,
             }
         }
+        "RUNTIME_DESKEW" => {
+            want_types(0)?;
+            want(&ops, 1, "RUNTIME_DESKEW")?;
+            Instr::RuntimeDeskew(int_in(ops[0], 1, u32::MAX as i64, "delay")? as u32)
+        }
         "CONFIG" => {
             want_types(0)?;
             want(&ops, 1, "CONFIG")?;

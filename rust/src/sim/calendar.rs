@@ -27,7 +27,8 @@ pub enum Payload {
     Acc { plane: u32, row: u32, add: bool, f16: bool, y: u32, flags: u32 },
     Install { plane: u32 },
     Reg { alu: u32, f32_tag: bool, buf: u32 },
-    Arrive { link: u32, buf: u32 },
+    /// `origin`: index into `Chip::origins` for a vector from another chip, `NONE` for a local one.
+    Arrive { link: u32, buf: u32, origin: u32 },
     /// `width` consecutive streams from `start`; `buf` holds `width` planes of lanes bytes.
     Emit { dir: Dir, start: u16, width: u16, pos: u32, buf: u32 },
 }

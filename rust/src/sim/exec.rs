@@ -5,6 +5,7 @@
 
 use super::calendar::{self, Event, Payload, NONE};
 use super::mxm::RowKind;
+use super::c2c::{Outgoing, Peer};
 use super::{sxm, vxm, Chip};
 use crate::config::ChipConfig;
 use crate::error::{ErrorKind, SimError};
@@ -219,7 +220,15 @@ impl Chip {
         let (rl, wl) = (c.mem_read_latency, c.mem_write_latency);
         match *ins {
             Instr::Nop(_) | Instr::Repeat { .. } => {}
-            Instr::Sync | Instr::Ifetch | Instr::Deskew => self.stats.busy.icu += 1,
+            Instr::Sync | Instr::Ifetch => self.stats.busy.icu += 1,
+            Instr::Deskew => {
+                self.stats.busy.icu += 1;
+                self.resume_at = self.deskew_resume(t);
+            }
+            Instr::RuntimeDeskew(d) => {
+                self.stats.busy.icu += 1;
+                self.resume_at = self.runtime_deskew_resume(t, d as u64).map_err(|m| self.err(ErrorKind::DriftOverrun, t, q, idx, m))?;
+            }
             Instr::Notify => {
                 self.stats.busy.icu += 1;
                 self.notify = Some(t);
@@ -432,19 +441,45 @@ impl Chip {
             }
             Instr::Send { s } => {
                 self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
-                let Some((to, latency)) = self.links[unit].peer else {
+                let Some(peer) = self.links[unit].peer else {
                     return Err(self.err(ErrorKind::LinkUnconnected, t, q, idx, format!("link {unit} is not connected")));
                 };
-                self.stats.busy.c2c += 1;
-                let buf = self.planes_buf(Scratch::A, 1);
-                self.schedule(t + latency, calendar::ARRIVE, q, idx, Payload::Arrive { link: to as u32, buf });
+                match peer {
+                    Peer::Local { to, latency } => {
+                        self.stats.busy.c2c += 1;
+                        self.links[unit].sent += 1;
+                        let buf = self.planes_buf(Scratch::A, 1);
+                        let payload = Payload::Arrive { link: to as u32, buf, origin: NONE };
+                        self.schedule(t + latency, calendar::ARRIVE, q, idx, payload);
+                    }
+                    Peer::Remote { chip, link, interval_ticks } => {
+                        let now = self.clock.time(t);
+                        let free = self.links[unit].busy_until;
+                        if now < free {
+                            let c = free.div_ceil(self.clock.period);
+                            let m = format!("link {unit} (to chip {chip} link {link}) is still sending the previous vector until cycle {c}; links have no back-pressure");
+                            return Err(self.err(ErrorKind::LinkBusy, t, q, idx, m));
+                        }
+                        self.links[unit].busy_until = now + interval_ticks;
+                        self.links[unit].sent += 1;
+                        self.stats.busy.c2c += 1;
+                        let data = if self.has_data() { self.sa[..lanes].to_vec() } else { Vec::new() };
+                        self.outbox.push(Outgoing { link: unit, cycle: t, queue: q, instr: idx, data });
+                    }
+                }
             }
             Instr::Recv { s } => {
                 let Some(a) = self.links[unit].rx.pop_front() else {
-                    return Err(self.err(ErrorKind::LinkEmpty, t, q, idx, format!("no vector has arrived on link {unit}")));
+                    let from = match self.links[unit].peer {
+                        Some(Peer::Remote { chip, link, .. }) => format!(" from chip {chip} link {link}"),
+                        _ => String::new(),
+                    };
+                    return Err(self.err(ErrorKind::LinkEmpty, t, q, idx, format!("no vector has arrived on link {unit}{from}")));
                 };
+                let lat = c.c2c_recv_latency;
+                self.free_origin(a.origin);
                 self.stats.busy.c2c += 1;
-                self.emit_at(t + c.c2c_recv_latency, q, idx, s, 1, a.buf);
+                self.emit_at(t + lat, q, idx, s, 1, a.buf);
             }
         }
         Ok(())
@@ -511,13 +546,21 @@ impl Chip {
                     rv[a * lanes..(a + 1) * lanes].copy_from_slice(words.get(buf));
                 }
             }
-            Payload::Arrive { link, buf } => {
+            Payload::Arrive { link, buf, origin } => {
                 let cap = self.cfg.c2c_rx_buffer_vectors;
                 let l = link as usize;
                 if self.links[l].rx.len() >= cap {
-                    return Err(self.err(ErrorKind::LinkOverflow, t, q, idx, format!("the receive buffer of link {l} already holds {cap} vectors")));
+                    let m = format!("the receive buffer of link {l} already holds {cap} vectors");
+                    if origin != NONE {
+                        return Err(self.remote_err(ErrorKind::LinkOverflow, t, origin, m));
+                    }
+                    return Err(self.err(ErrorKind::LinkOverflow, t, q, idx, m));
                 }
-                self.links[l].rx.push_back(super::c2c::Arrived { buf, queue: q as u32, instr: idx as u32, cycle: t });
+                let (queue, instr) = match origin {
+                    NONE => (q as u32, idx as u32),
+                    o => (self.origins[o as usize].queue, self.origins[o as usize].instr),
+                };
+                self.links[l].rx.push_back(super::c2c::Arrived { buf, queue, instr, cycle: t, origin });
                 return Ok(()); // the buffer now belongs to the receive queue
             }
             Payload::Emit { dir, start, width, pos, buf } => {

@@ -8,6 +8,7 @@
 
 pub mod c2c;
 mod calendar;
+pub mod clock;
 mod exec;
 pub mod mem;
 pub mod mxm;
@@ -40,7 +41,7 @@ pub struct Busy {
     pub mxm: u64,
     pub sxm: u64,
     pub c2c: u64,
-    /// SYNC, NOTIFY, IFETCH, CONFIG, DESKEW issues.
+    /// SYNC, NOTIFY, IFETCH, CONFIG, DESKEW, RUNTIME_DESKEW issues.
     pub icu: u64,
 }
 
@@ -81,6 +82,11 @@ pub struct Stats {
     pub per_queue_issues: Vec<u64>,
     pub dumps: Vec<DumpResult>,
     pub configs: Vec<ConfigRecord>,
+    /// Cycles queues spent stalled by DESKEW and RUNTIME_DESKEW (after the issue cycle, until the next issue):
+    /// the largest total over the queues of this chip.
+    pub sync_cycles: u64,
+    /// Vectors sent per C2C link.
+    pub link_sends: Vec<u64>,
 }
 
 /// Static facts about a queue.
@@ -118,8 +124,23 @@ struct QState {
 pub struct Chip {
     cfg: ChipConfig,
     timing_only: bool,
-    /// HAC = (cycle + hac_offset) mod hac_period. 0 on a lone chip.
-    pub hac_offset: u64,
+    /// Oscillator and hardware-aligned counter: HAC = clock.hac(cycle) mod hac_period (on a lone chip
+    /// `cycle + hac_offset`, offset 0 unless set).
+    pub clock: clock::Clock,
+    /// Software-aligned counter anchors: from cycle `k` on, the SAC (unwrapped) is `u + (cycle - k)`. DESKEW and
+    /// RUNTIME_DESKEW add an anchor at their resume cycle (docs/system.md section 3).
+    sac: std::collections::BTreeMap<u64, u128>,
+    /// Where the DESKEW / RUNTIME_DESKEW being issued resumes (set by `exec`, read by `advance`).
+    resume_at: u64,
+    /// Per queue: cycles stalled by DESKEW / RUNTIME_DESKEW.
+    sync_stall: Vec<u64>,
+    /// Vectors sent to other chips since the `System` last collected them.
+    pub outbox: Vec<c2c::Outgoing>,
+    /// Sending ends of vectors from other chips that are in flight or buffered here (slab; `origin_free` reuses).
+    origins: Vec<c2c::Origin>,
+    origin_free: Vec<u32>,
+    /// Set with an error about a vector from another chip (LinkOverflow, LinkUnreceived): its sending end.
+    pub fault_origin: Option<c2c::Origin>,
     qinfo: Vec<QInfo>,
     progs: Vec<Vec<Instr>>,
     qs: Vec<QState>,
@@ -176,7 +197,14 @@ impl Chip {
         Chip {
             cfg: cfg.clone(),
             timing_only,
-            hac_offset: 0,
+            clock: clock::Clock::default(),
+            sac: std::collections::BTreeMap::new(),
+            resume_at: 0,
+            sync_stall: vec![0; nq],
+            outbox: Vec::new(),
+            origins: Vec::new(),
+            origin_free: Vec::new(),
+            fault_origin: None,
             progs: vec![Vec::new(); nq],
             qs: vec![QState::default(); nq],
             qinfo,
@@ -207,6 +235,8 @@ impl Chip {
                 per_queue_issues: vec![0; nq],
                 dumps: Vec::new(),
                 configs: Vec::new(),
+                sync_cycles: 0,
+                link_sends: vec![0; cfg.c2c_links],
             },
             last_activity: None,
         }
@@ -292,7 +322,7 @@ impl Chip {
                     format!("links are 0..{}", c.c2c_links.saturating_sub(1)),
                 ));
             }
-            self.links[l.from as usize].peer = Some((l.to as usize, l.latency));
+            self.links[l.from as usize].peer = Some(c2c::Peer::Local { to: l.to as usize, latency: l.latency });
         }
         for q in 0..self.qs.len() {
             self.qs[q] = QState::default();
@@ -391,8 +421,7 @@ impl Chip {
 
     /// After queue `q` issued `ins` at `t`: compute its next issue cycle.
     fn advance(&mut self, q: usize, t: u64, ins: &Instr) {
-        let hac = self.cfg.hac_period;
-        let off = self.hac_offset;
+        let resume = self.resume_at;
         let st = &mut self.qs[q];
         st.last_issue = t;
         if let Some(r) = st.repeat.as_mut() {
@@ -412,9 +441,10 @@ impl Chip {
                     self.parked.push(q);
                     return;
                 }
-                Instr::Deskew => {
-                    st.next = t + (hac - (t + off) % hac);
+                Instr::Deskew | Instr::RuntimeDeskew(_) => {
+                    st.next = resume;
                     st.pc += 1;
+                    self.sync_stall[q] += resume - t - 1;
                 }
                 _ => {
                     st.next = t + 1;
@@ -535,6 +565,10 @@ impl Chip {
         for (i, l) in self.links.iter().enumerate() {
             if let Some(a) = l.rx.front() {
                 let q = a.queue as usize;
+                if a.origin != calendar::NONE {
+                    let m = format!("link {i} still holds {} vector(s) never received", l.rx.len());
+                    return Err(self.remote_err(ErrorKind::LinkUnreceived, a.cycle, a.origin, m));
+                }
                 return Err(SimError {
                     kind: ErrorKind::LinkUnreceived,
                     cycle: a.cycle,
@@ -545,6 +579,8 @@ impl Chip {
                 });
             }
         }
+        self.stats.sync_cycles = self.sync_stall.iter().copied().max().unwrap_or(0);
+        self.stats.link_sends = self.links.iter().map(|l| l.sent).collect();
         self.stats.cycles = match self.last_activity {
             Some(t) => t + self.cfg.superlanes as u64,
             None => 0,
@@ -582,6 +618,112 @@ impl Chip {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    // ---- synchronisation (docs/system.md section 3) ----
+
+    /// The SAC (unwrapped) at cycle `c`.
+    pub fn sac(&self, c: u64) -> u128 {
+        let (k, u) = self.sac.range(..=c).next_back().map(|(k, u)| (*k, *u)).unwrap_or((0, self.clock.hac(0)));
+        u + (c - k) as u128
+    }
+
+    /// Realign the SAC to the HAC at cycle `k` (the resume cycle of a DESKEW / RUNTIME_DESKEW issued at `t`).
+    fn realign(&mut self, t: u64, k: u64) {
+        let u = self.clock.hac(k);
+        self.sac.insert(k, u);
+        // Anchors older than the one in force at `t` are never read again (issue cycles only grow).
+        if let Some((&keep, _)) = self.sac.range(..=t).next_back() {
+            self.sac = self.sac.split_off(&keep);
+        }
+    }
+
+    /// DESKEW issued at `t`: resume at the first cycle after `t` where the HAC starts a new epoch.
+    fn deskew_resume(&mut self, t: u64) -> u64 {
+        let h = self.cfg.hac_period as u128;
+        let epoch_end = (self.clock.hac(t) / h + 1) * h;
+        let k = self.clock.first_hac_at_least(epoch_end).max(t + 1);
+        self.realign(t, k);
+        k
+    }
+
+    /// RUNTIME_DESKEW d issued at `t`: resume when the HAC reaches SAC(t) + d, i.e. after d - delta cycles where
+    /// delta = HAC(t) - SAC(t) is the drift accumulated since the last alignment. Errors when delta cannot be
+    /// measured (|delta| >= hac_period / 2: the counters are compared modulo the period) or absorbed (delta >= d).
+    fn runtime_deskew_resume(&mut self, t: u64, d: u64) -> Result<u64, String> {
+        let h = self.cfg.hac_period as i128;
+        let sac = self.sac(t);
+        let delta = self.clock.hac(t) as i128 - sac as i128;
+        if 2 * delta.abs() >= h {
+            return Err(format!(
+                "the SAC has drifted {delta} cycles from the HAC since the last alignment; the counters are compared modulo hac_period {h}, so drift of {} or more cannot be measured: deskew more often",
+                (h + 1) / 2
+            ));
+        }
+        let target = sac + d as u128;
+        let k = self.clock.first_hac_at_least(target);
+        if k <= t {
+            return Err(format!(
+                "the chip is {delta} cycles behind the HAC, more than the RUNTIME_DESKEW delay {d} can absorb"
+            ));
+        }
+        self.realign(t, k);
+        Ok(k)
+    }
+
+    // ---- links to other chips (the System calls these between windows) ----
+
+    /// A vector from another chip lands in link `link`'s receive buffer at `cycle` (this chip's clock).
+    pub fn deliver(&mut self, cycle: u64, link: usize, data: &[u8], origin: c2c::Origin) {
+        let buf = if self.timing_only {
+            calendar::NONE
+        } else {
+            let h = self.bytes.alloc(self.cfg.lanes);
+            self.bytes.get_mut(h).copy_from_slice(&data[..self.cfg.lanes]);
+            h
+        };
+        let o = match self.origin_free.pop() {
+            Some(o) => {
+                self.origins[o as usize] = origin;
+                o
+            }
+            None => {
+                self.origins.push(origin);
+                (self.origins.len() - 1) as u32
+            }
+        };
+        let q = QueueName::C2c(link as u16).index(&self.cfg).unwrap_or(0);
+        self.schedule(cycle, calendar::ARRIVE, q, 0, Payload::Arrive { link: link as u32, buf, origin: o });
+    }
+
+    fn free_origin(&mut self, o: u32) {
+        if o != calendar::NONE {
+            self.origin_free.push(o);
+        }
+    }
+
+    /// An error about a vector from another chip: names the SEND (queue and index on the sending chip; the
+    /// `System` fills in its text) and records the sending end in `fault_origin`.
+    fn remote_err(&mut self, kind: ErrorKind, t: u64, origin: u32, message: String) -> SimError {
+        let o = self.origins[origin as usize];
+        self.fault_origin = Some(o);
+        let queue = QueueName::all(&self.cfg).get(o.queue as usize).map(|n| n.to_string()).unwrap_or_default();
+        SimError { kind, cycle: t, queue, index: o.instr as usize, instruction: String::new(), message }
+    }
+
+    /// The text of instruction `index` of queue `queue` (for naming a SEND in another chip's error).
+    pub fn instruction_text(&self, queue: usize, index: usize) -> String {
+        self.progs.get(queue).and_then(|p| p.get(index)).map(|i| i.to_string()).unwrap_or_default()
+    }
+
+    /// The name of queue `q`.
+    pub fn queue_name(&self, q: usize) -> String {
+        self.qinfo.get(q).map(|i| i.name.to_string()).unwrap_or_default()
+    }
+
+    /// Connect link `link` to `link` of chip `chip` (a system link; replaces any `.link`).
+    pub fn connect_remote(&mut self, link: usize, chip: usize, peer_link: usize, interval_ticks: u128) {
+        self.links[link].peer = Some(c2c::Peer::Remote { chip, link: peer_link, interval_ticks });
     }
 
     // ---- errors ----

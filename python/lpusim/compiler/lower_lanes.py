@@ -1,0 +1,191 @@
+"""Lowerings that work across the lanes of a row: reductions, Softmax, LayerNormalization.
+
+A row's elements sit on the lanes of one vector, so a reduction over the last axis (the channel axis of an image)
+crosses lanes. lpusim does it on the MXM with constant 0/1 matrices, using only the matmul and vector node kinds:
+* sum: `x @ ones[C, C]` puts the row sum in every lane (the accumulator adds exactly; x enters as fp16);
+* max/min: a tree of `ceil(log2 C)` steps `m = MAX(m, m @ R_s)` where `R_s` rotates the C lanes cyclically by
+  s = 1, 2, 4, ...: after the last step every lane holds the row's maximum. `m @ R_s` moves fp16 values exactly,
+  so the result is the maximum of x's fp16-rounded values (within fp16's rounding of the true maximum);
+* a reduction that keeps one column (`keepdims`) reads lane 0 through `E[C, 1]`.
+The SXM (shift/permute) could do the rotations without rounding and in fewer cycles; the scheduler does not
+drive the SXM yet.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lpusim.compiler.ir import Node, Step, View
+from lpusim.errors import CompileError
+
+
+def with_lanes(shape: tuple, n: int) -> tuple:
+    """`shape` with its lane axis (channels of an image, else the last axis) resized to n."""
+    shape = tuple(shape)
+    return (shape[0], n) + shape[2:] if len(shape) == 4 else shape[:-1] + (n,)
+
+
+def lane_axis(shape: tuple) -> int:
+    return 1 if len(shape) == 4 else len(shape) - 1
+
+
+def rotation(c: int, s: int) -> np.ndarray:
+    """R with (x @ R)[n] = x[(n - s) mod c]."""
+    r = np.zeros((c, c), dtype=np.float32)
+    r[(np.arange(c) - s) % c, np.arange(c)] = 1.0
+    return r
+
+
+class LaneLowering:
+    """Mixed into the importer's `_Lowering` (which provides tensors, nodes, values, fresh, add_tensor)."""
+
+    def shared_const(self, key, make) -> str:
+        """One constant per key (ones matrices, rotations): weight tiles are stored once."""
+        cache = self.__dict__.setdefault("_shared_consts", {})
+        if key not in cache:
+            cache[key] = self.const_tensor(make(), str(key[0]))
+        return cache[key]
+
+    def lane_matmul(self, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(), sources=()) -> tuple:
+        """A matmul node `x @ W` (W constant [C, N], shared by key) with an epilogue; returns (name, shape)."""
+        w = self.shared_const(wkey, make_w)
+        out_shape = with_lanes(shape, self.tensors[w].cols)
+        out = self.add_tensor(self.fresh(hint), out_shape, "value")
+        self.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
+                               sources=[View(s) for s in sources], steps=list(steps), terms=[(View(x), w)]))
+        return out, out_shape
+
+    def vector(self, node, sources: list, steps: list, shape: tuple, hint: str) -> str:
+        out = self.add_tensor(self.fresh(hint), shape, "value")
+        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out,
+                               sources=[View(s) for s in sources], steps=steps))
+        return out
+
+    def lane_sum(self, node, x, shape, scale=1.0, hint="sum", steps=(), sources=()):
+        """Row sums (times `scale`) in every lane, then `steps` (whose step 0 is that sum) as the epilogue."""
+        c = shape[lane_axis(shape)]
+        first = [Step("MUL", [("acc",), ("imm", float(scale))])] if scale != 1.0 else [Step("COPY", [("acc",)])]
+        rest = [Step(s.op, [("step", 0) if a == ("sum",) else ("step", a[1] + 1) if a[0] == "step" else a
+                            for a in s.args]) for s in steps]
+        return self.lane_matmul(node, x, shape, ("ones", c), lambda: np.ones((c, c), np.float32), hint,
+                                first + rest if (rest or scale != 1.0) else [], sources)
+
+    def lane_extreme(self, node, x, shape, op, hint="max", magnitude=None):
+        """Row max (op MAX) or min (MIN) in every lane: the rotation tree (`magnitude`: of x, for fp16 scales)."""
+        if magnitude is None:
+            magnitude = self.magnitudes.get(node.input[0], 0.0)
+        c = shape[lane_axis(shape)]
+        m, s = x, 1
+        self.tensors[x].f16_saturate = True  # an inf in a rotation's input would make the whole row NaN
+        while s < c:
+            m, _ = self.lane_matmul(node, m, shape, (f"rot{s}", c), lambda s=s: rotation(c, s), f"{hint}{s}",
+                                    [Step(op, [("acc",), ("src", 0)])], [m])
+            self.derived[m] = magnitude
+            self.tensors[m].f16_saturate = True
+            s *= 2
+        if m == x:  # a single lane: the value itself
+            m = self.vector(node, [x], [Step("COPY", [("src", 0)])], shape, hint)
+        return m
+
+    def keep_lane0(self, node, x, shape, out_onnx):
+        c = shape[lane_axis(shape)]
+        e0 = lambda: np.eye(c, 1, dtype=np.float32)  # noqa: E731
+        out, out_shape = self.lane_matmul(node, x, shape, ("lane0", c), e0, out_onnx)
+        return out, out_shape
+
+    # ----- ONNX ops ---------------------------------------------------------------------------------------
+    def _check_lane_axis(self, node, shape, axis):
+        nd = len(shape)
+        if axis is None or not -nd <= axis < nd or axis % nd != lane_axis(shape):
+            where = "the channel axis (1)" if nd == 4 else "the last axis"
+            raise CompileError(f"{self.where(node)}: reducing over axis {axis} of a {nd}-D tensor is not "
+                               f"supported yet (only {where}, which lies across the lanes)")
+
+    def lower_softmax(self, node, op, a, args):
+        _, x, shape = args[0]
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        axis = a.get("axis", -1 if opset >= 13 else 1)
+        if opset < 13 and axis % len(shape) != len(shape) - 1:
+            raise CompileError(f"{self.where(node)}: opset-{opset} {op} flattens from axis {axis}; only the "
+                               f"last axis is supported")
+        self._check_lane_axis(node, shape, axis)
+        # Shift by the row maximum so exp stays in range (any shift gives the same softmax). The tree finds the
+        # maximum of fp16-rounded values, within 2^-11 of the largest magnitude r: while that error could push
+        # exp(x - m) past fp16 (r > 2^12), shift by that estimate and search again, the error shrinking 2^10-fold
+        # per pass (onnx's light_* models have logits near 1e19: six passes).
+        r = 2.0 * self.magnitudes.get(node.input[0], 0.0)
+        m = self.lane_extreme(node, x, shape, "MAX", magnitude=r)
+        while r > 2.0 ** 12:
+            x = self.vector(node, [x, m], [Step("SUB", [("src", 0), ("src", 1)])], shape, "shifted")
+            r *= 2.0 ** -10
+            self.derived[x] = r
+            m = self.lane_extreme(node, x, shape, "MAX", magnitude=r)
+        sub = [Step("SUB", [("src", 0), ("src", 1)])]
+        if op == "Softmax":
+            e = self.vector(node, [x, m], sub + [Step("EXP", [("step", 0)])], shape, "exp")
+            y, _ = self.lane_sum(node, e, shape, hint=node.output[0],
+                                 steps=[Step("DIV", [("src", 0), ("sum",)])], sources=[e])
+        else:  # LogSoftmax: (x - m) - log(sum exp(x - m))
+            d = self.vector(node, [x, m], sub, shape, "shifted")
+            e = self.vector(node, [d], [Step("EXP", [("src", 0)])], shape, "exp")
+            y, _ = self.lane_sum(node, e, shape, hint=node.output[0],
+                                 steps=[Step("LOG", [("sum",)]), Step("SUB", [("src", 0), ("step", 0)])],
+                                 sources=[d])
+        self.values[node.output[0]] = (y, tuple(shape))
+
+    def lower_layernorm(self, node, a, args):
+        _, x, shape = args[0]
+        axis = a.get("axis", -1)
+        self._check_lane_axis(node, shape, axis)
+        if len(node.output) > 1 and any(node.output[1:]):
+            raise CompileError(f"{self.where(node)}: the Mean and InvStdDev outputs are not supported")
+        c = shape[lane_axis(shape)]
+        mean, _ = self.lane_sum(node, x, shape, 1.0 / c, "mean")
+        d = self.vector(node, [x, mean], [Step("SUB", [("src", 0), ("src", 1)])], shape, "centred")
+        sq = self.vector(node, [d], [Step("MUL", [("src", 0), ("src", 0)])], shape, "sq")
+        self.derived[sq] = (2.0 * self.magnitudes.get(node.input[0], 0.0)) ** 2
+        steps = [Step("ADD", [("sum",), ("imm", float(a.get("epsilon", 1e-5)))]), Step("RSQRT", [("step", 0)]),
+                 Step("MUL", [("src", 0), ("step", 1)])]
+        sources = [d]
+        for i, arg in ((1, args[1] if len(args) > 1 else None), (2, args[2] if len(args) > 2 else None)):
+            if arg is None:
+                continue
+            kind, v = self.operand(node, arg, tuple(shape))
+            last = ("step", len(steps) - 1)
+            if kind == "imm":
+                steps.append(Step("MUL" if i == 1 else "ADD", [last, ("imm", v)]))
+            else:
+                sources.append(v)
+                steps.append(Step("MUL" if i == 1 else "ADD", [last, ("src", len(sources) - 1)]))
+        y, _ = self.lane_sum(node, sq, shape, 1.0 / c, node.output[0], steps, sources)
+        self.values[node.output[0]] = (y, tuple(shape))
+
+    def lower_reduce(self, node, op, a, args):
+        _, x, shape = args[0]
+        axes = a.get("axes")
+        if axes is None and len(args) > 1 and args[1] is not None:
+            axes = [int(v) for v in np.asarray(args[1][1]).ravel()]
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                self.values[node.output[0]] = (x, tuple(shape))
+                return
+            axes = list(range(len(shape)))
+        nd = len(shape)
+        axes = sorted({int(v) % nd for v in axes})
+        keep = a.get("keepdims", 1)
+        out_shape = tuple(1 if i in axes else d for i, d in enumerate(shape)) if keep else \
+            tuple(d for i, d in enumerate(shape) if i not in axes)
+        rows_axes = [i for i in axes if i != lane_axis(shape)]
+        if any(shape[i] != 1 for i in rows_axes):
+            raise CompileError(f"{self.where(node)}: reducing over axes {axes} of shape {tuple(shape)} is not "
+                               f"supported yet (only the lane axis: the last axis, or the channels of an image)")
+        if op in ("ReduceSum", "ReduceMean"):
+            c = shape[lane_axis(shape)]
+            scale = 1.0 / c if op == "ReduceMean" else 1.0
+            ones = lambda: np.ones((c, 1), np.float32)  # noqa: E731
+            y, _ = self.lane_matmul(node, x, shape, ("ones1", c), ones, node.output[0],
+                                    [Step("MUL", [("acc",), ("imm", scale)])] if scale != 1.0 else [])
+        else:
+            m = self.lane_extreme(node, x, shape, "MAX" if op == "ReduceMax" else "MIN")
+            y, _ = self.keep_lane0(node, m, shape, node.output[0])
+        self.tensors[y].shape = out_shape
+        self.values[node.output[0]] = (y, out_shape)

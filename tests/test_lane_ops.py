@@ -1,0 +1,50 @@
+"""Reductions across the lanes (Softmax, LogSoftmax, LayerNormalization, Reduce*): MXM ones/rotation matrices."""
+import numpy as np
+import pytest
+from onnx import helper
+
+from onnx_cases import assert_matches_onnxruntime, make_model
+
+RNG = np.random.default_rng(5)
+
+
+def one(op, shape, inits=None, inputs_extra=(), opset=17, **attrs):
+    node = helper.make_node(op, ["x", *inputs_extra], ["y"], **attrs)
+    return make_model([node], inits or {}, {"x": shape}, opset=opset)
+
+
+CASES = {
+    "softmax_2d": one("Softmax", [4, 10]),
+    "softmax_3d_wide": one("Softmax", [2, 5, 333]),
+    "softmax_1000_classes": one("Softmax", [1, 1000]),
+    "softmax_image_channels": one("Softmax", [1, 12, 3, 4], axis=1),
+    "softmax_opset11_axis1_2d": one("Softmax", [3, 17], opset=11, axis=1),
+    "softmax_single_lane": one("Softmax", [5, 1]),
+    "logsoftmax": one("LogSoftmax", [3, 40]),
+    "layernorm_affine": one("LayerNormalization", [2, 7, 64], {"g": RNG.standard_normal(64).astype(np.float32),
+                                                               "b": RNG.standard_normal(64).astype(np.float32)},
+                            ["g", "b"], epsilon=1e-5),
+    "layernorm_768": one("LayerNormalization", [3, 768], {"g": np.ones(768, np.float32)}, ["g"]),
+    "reduce_mean_last": one("ReduceMean", [4, 6, 50], axes=[-1]),
+    "reduce_sum_axes_input": one("ReduceSum", [4, 50], {"ax": np.array([1], np.int64)}, ["ax"]),
+    "reduce_max_last": one("ReduceMax", [6, 70], axes=[1]),
+    "reduce_min_no_keepdims": one("ReduceMin", [6, 70], axes=[1], keepdims=0),
+    "reduce_mean_channels": one("ReduceMean", [2, 16, 3, 3], axes=[1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_lane_op_matches_onnxruntime(name):
+    assert_matches_onnxruntime(CASES[name])
+
+
+def test_softmax_of_large_logits():
+    # logits near 1e6: the max tree's fp16 copies are scaled (calibration), exp(x - max) stays in range
+    x = {"x": (RNG.standard_normal((2, 30)) * 1e6).astype(np.float32)}
+    assert_matches_onnxruntime(one("Softmax", [2, 30]), inputs=x, calibration=x)
+
+
+def test_reduce_over_rows_is_a_clear_error():
+    import lpusim
+    with pytest.raises(lpusim.CompileError, match="ReduceMean node 'y'.*axes \\[0\\]"):
+        lpusim.compile(one("ReduceMean", [4, 50], axes=[0], name="y"))
