@@ -375,10 +375,14 @@ class Scheduler:
                 remapped.append(Step(s.op, args))
             steps = pre + remapped
         last = len(steps) - 1
-        exp = self.graph.tensors[node.output].f16_exp  # the f16 copy holds value * 2^-exp (passes.scale_fp16)
-        if exp and "f16" in sinks:
-            steps.append(Step("MUL", [("step", last), ("imm", float(2.0 ** -exp))]))
+        out = self.graph.tensors[node.output]
+        if (out.f16_exp or out.f16_saturate) and "f16" in sinks:
             dest = {"f32": last} if "f32" in sinks else {}
+            if out.f16_exp:  # the f16 copy holds value * 2^-exp (passes.scale_fp16)
+                steps.append(Step("MUL", [("step", len(steps) - 1), ("imm", float(2.0 ** -out.f16_exp))]))
+            if out.f16_saturate:
+                steps.append(Step("MAX", [("step", len(steps) - 1), ("imm", -65504.0)]))
+                steps.append(Step("MIN", [("step", len(steps) - 1), ("imm", 65504.0)]))
             steps.append(Step("CVT", [("step", len(steps) - 1)]))
             dest["f16"] = len(steps) - 1
         elif sinks == {"f16"} and steps[last].op == "COPY":
