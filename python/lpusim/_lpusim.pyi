@@ -26,6 +26,13 @@ class SimulationError(LpusimError):
     index: int
     instruction: str
     message: str
+    # Set by simulate_system (docs/system.md): the chip, and for a link fault the link, its other end and the
+    # cycle the other chip was in at the same instant. Absent for single-chip runs.
+    chip: int | None
+    link: int | None
+    peer_chip: int | None
+    peer_link: int | None
+    peer_cycle: int | None
 
 def chip_config_json(name: str = "tsp_v1") -> str: ...
 def validate_chip_config(json_text: str) -> str: ...
@@ -42,3 +49,13 @@ def simulate(
     timing_only: bool = False,
     max_cycles: int | None = None,
 ) -> tuple[dict[str, Any], list[npt.NDArray[np.uint8] | None]]: ...
+def describe_system(system_json: str) -> dict[str, Any]: ...
+def simulate_system(
+    system_json: str,
+    programs: Sequence[str | bytes | None],
+    mem_inits: Sequence[Sequence[tuple[int, int, npt.NDArray[np.uint8]]]] = ...,
+    dumps: Sequence[Sequence[tuple[int, int, int]]] = ...,
+    timing_only: bool = False,
+    threads: int = 0,
+    max_cycles: int | None = None,
+) -> tuple[dict[str, Any], list[list[npt.NDArray[np.uint8] | None]]]: ...

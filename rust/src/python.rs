@@ -254,6 +254,204 @@ fn simulate<'py>(
     Ok((d, arrays))
 }
 
+// ---- many chips (docs/system.md) ----
+
+fn system_err(py: Python<'_>, e: crate::system::SystemError) -> PyErr {
+    let err = SimulationError::new_err(e.to_string());
+    let v = err.value(py);
+    let _ = v.setattr("kind", e.kind.name());
+    let _ = v.setattr("cycle", e.cycle);
+    let _ = v.setattr("queue", e.queue);
+    let _ = v.setattr("index", e.index);
+    let _ = v.setattr("instruction", e.instruction);
+    let _ = v.setattr("message", e.message);
+    let _ = v.setattr("chip", e.chip);
+    let _ = v.setattr("link", e.link);
+    let _ = v.setattr("peer_chip", e.peer_chip);
+    let _ = v.setattr("peer_link", e.peer_link);
+    let _ = v.setattr("peer_cycle", e.peer_cycle);
+    err
+}
+
+fn system_config_from(py: Python<'_>, json: &str) -> PyResult<crate::system::SystemConfig> {
+    crate::system::SystemConfig::from_json(json).map_err(|e| cfg_err(py, e))
+}
+
+fn program_from<'py>(py: Python<'py>, k: usize, program: &Bound<'py, PyAny>) -> PyResult<isa::Program> {
+    if program.is_none() {
+        Ok(isa::Program::default())
+    } else if let Ok(s) = program.cast::<PyString>() {
+        isa::text::parse(s.to_str()?).map_err(|e| asm_err(py, e))
+    } else if let Ok(b) = program.cast::<PyBytes>() {
+        crate::parse_program(b.as_bytes()).map_err(|e| asm_err(py, e))
+    } else {
+        Err(PyValueError::new_err(format!("programs[{k}]: expected str (assembly text), bytes (program binary) or None")))
+    }
+}
+
+/// The system as resolved from its configuration: every drawn latency and drift, and the HAC alignment.
+#[pyfunction]
+fn describe_system<'py>(py: Python<'py>, system_json: &str) -> PyResult<Bound<'py, PyDict>> {
+    let sc = system_config_from(py, system_json)?;
+    let r = sc.resolve().map_err(|e| cfg_err(py, e))?;
+    let al = crate::system::align::align(&r).map_err(|e| system_err(py, e))?;
+    let tick = crate::sim::clock::TICKS_PER_CYCLE as f64;
+    let d = PyDict::new(py);
+    d.set_item("config", sc.to_json())?;
+    d.set_item("chip_config", r.chip.to_json())?;
+    d.set_item("chips", r.chips)?;
+    d.set_item("hac_period", r.chip.hac_period)?;
+    d.set_item("min_send_interval_cycles", r.min_send_interval_cycles())?;
+    d.set_item("send_interval_cycles", r.send_interval_ticks as f64 / tick)?;
+    d.set_item("tree_height", al.height)?;
+    d.set_item("root_chip", r.root)?;
+    let links = PyList::empty(py);
+    for l in &r.links {
+        let e = PyDict::new(py);
+        e.set_item("chip_a", l.a.chip)?;
+        e.set_item("link_a", l.a.link)?;
+        e.set_item("chip_b", l.b.chip)?;
+        e.set_item("link_b", l.b.link)?;
+        e.set_item("kind", if l.kind == crate::system::LinkKind::Local { "local" } else { "global" })?;
+        e.set_item("latency_cycles", l.latency_ticks as f64 / tick)?;
+        links.append(e)?;
+    }
+    d.set_item("links", links)?;
+    let chips = PyList::empty(py);
+    for i in 0..r.chips {
+        let e = PyDict::new(py);
+        e.set_item("drift_ppm", r.drift_ppm[i])?;
+        e.set_item("period_cycles", r.periods[i] as f64 / tick)?;
+        e.set_item("hac_offset", al.clocks[i].hac_offset)?;
+        e.set_item("hac_error", al.hac_error[i])?;
+        e.set_item("tree_parent", al.parent[i].map(|p| p.0))?;
+        e.set_item("tree_link", al.parent[i].map(|p| p.1))?;
+        e.set_item("tree_depth", al.depth[i])?;
+        e.set_item("measured_latency", al.measured_latency[i])?;
+        chips.append(e)?;
+    }
+    d.set_item("chip_info", chips)?;
+    Ok(d)
+}
+
+/// Run one program per chip on a system (docs/system.md).
+///
+/// programs[i]: assembly text, program binary or None (idle) for chip i; mem_inits[i]: (global MEM slice, first
+/// address, uint8 array (n, lanes)); dumps[i]: (global MEM slice, first address, n). threads = 0: all cores.
+/// Returns (result dict, per chip the list of dump arrays).
+#[pyfunction]
+#[pyo3(signature = (system_json, programs, mem_inits = Vec::new(), dumps = Vec::new(), timing_only = false, threads = 0, max_cycles = None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn simulate_system<'py>(
+    py: Python<'py>,
+    system_json: &str,
+    programs: Vec<Bound<'py, PyAny>>,
+    mem_inits: Vec<Vec<(usize, usize, Bound<'py, PyAny>)>>,
+    dumps: Vec<Vec<(usize, usize, usize)>>,
+    timing_only: bool,
+    threads: usize,
+    max_cycles: Option<u64>,
+) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+    let sc = system_config_from(py, system_json)?;
+    let r = sc.resolve().map_err(|e| cfg_err(py, e))?;
+    let (cfg, n, lanes) = (r.chip.clone(), r.chips, r.chip.lanes);
+    for (what, len) in [("programs", programs.len()), ("mem_inits", mem_inits.len()), ("dumps", dumps.len())] {
+        if len > n {
+            return Err(PyValueError::new_err(format!("{what}: {len} entries for a system of {n} chips")));
+        }
+    }
+    let progs = programs.iter().enumerate().map(|(k, p)| program_from(py, k, p)).collect::<PyResult<Vec<_>>>()?;
+    let mut images: Vec<Vec<(usize, usize, Vec<u8>)>> = Vec::with_capacity(mem_inits.len());
+    for (c, inits) in mem_inits.iter().enumerate() {
+        let mut v = Vec::with_capacity(inits.len());
+        for (k, (slice, addr, arr)) in inits.iter().enumerate() {
+            let bad = || PyValueError::new_err(format!("mem_inits[{c}][{k}]: expected a uint8 numpy array of shape (n, {lanes})"));
+            let a = arr.cast::<PyArray2<u8>>().map_err(|_| bad())?;
+            if a.shape()[1] != lanes {
+                return Err(bad());
+            }
+            if *slice >= cfg.mem_slices || addr + a.shape()[0] > cfg.mem_words {
+                return Err(PyValueError::new_err(format!(
+                    "mem_inits[{c}][{k}]: slice must be < {} and addresses < {}",
+                    cfg.mem_slices, cfg.mem_words
+                )));
+            }
+            let data = if timing_only { Vec::new() } else { a.readonly().as_array().iter().copied().collect() };
+            v.push((*slice, *addr, data));
+        }
+        images.push(v);
+    }
+    for (c, ds) in dumps.iter().enumerate() {
+        for (k, &(slice, addr, cnt)) in ds.iter().enumerate() {
+            if slice >= cfg.mem_slices || addr + cnt > cfg.mem_words {
+                return Err(PyValueError::new_err(format!(
+                    "dumps[{c}][{k}]: slice must be < {} and addresses < {}",
+                    cfg.mem_slices, cfg.mem_words
+                )));
+            }
+        }
+    }
+    let opts = crate::system::SystemOptions { timing_only, max_cycles, threads };
+    let result = py.detach(|| {
+        let views: Vec<Vec<sim::MemInit>> =
+            images.iter().map(|v| v.iter().map(|(s, a, d)| (*s, *a, d.as_slice())).collect()).collect();
+        crate::system::simulate_system(&sc, &progs, &views, &dumps, &opts)
+    });
+    let res = result.map_err(|e| system_err(py, e))?;
+    let d = PyDict::new(py);
+    d.set_item("cycles", res.cycles)?;
+    d.set_item("seconds", res.seconds)?;
+    d.set_item("sync_cycles", res.sync_cycles)?;
+    d.set_item("tree_height", res.tree_height)?;
+    d.set_item("min_send_interval_cycles", res.min_send_interval_cycles)?;
+    d.set_item("windows", res.windows)?;
+    d.set_item("threads", res.threads)?;
+    d.set_item("timing_only", timing_only)?;
+    let chips = PyList::empty(py);
+    let arrays = PyList::empty(py);
+    for c in &res.chips {
+        let e = stats_dict(py, &c.stats, &cfg, timing_only)?;
+        e.set_item("sync_cycles", c.stats.sync_cycles)?;
+        e.set_item("link_sends", c.stats.link_sends.clone())?;
+        e.set_item("drift_ppm", c.drift_ppm)?;
+        e.set_item("hac_offset", c.hac_offset)?;
+        e.set_item("hac_error", c.hac_error)?;
+        e.set_item("tree_parent", c.tree_parent)?;
+        e.set_item("tree_depth", c.tree_depth)?;
+        e.set_item("measured_latency", c.measured_latency)?;
+        e.set_item("end_seconds", c.seconds)?;
+        chips.append(e)?;
+        let per = PyList::empty(py);
+        for o in &c.dumps {
+            match o {
+                None => per.append(py.None())?,
+                Some(v) => {
+                    let k = v.len() / lanes;
+                    per.append(numpy::PyArray1::from_vec(py, v.clone()).reshape([k, lanes])?)?;
+                }
+            }
+        }
+        arrays.append(per)?;
+    }
+    d.set_item("chips", chips)?;
+    let links = PyList::empty(py);
+    for l in &res.links {
+        let e = PyDict::new(py);
+        e.set_item("from_chip", l.from_chip)?;
+        e.set_item("from_link", l.from_link)?;
+        e.set_item("to_chip", l.to_chip)?;
+        e.set_item("to_link", l.to_link)?;
+        e.set_item("kind", if l.kind == crate::system::LinkKind::Local { "local" } else { "global" })?;
+        e.set_item("latency_cycles", l.latency_cycles)?;
+        e.set_item("vectors", l.vectors)?;
+        e.set_item("bytes", l.bytes)?;
+        e.set_item("busy_fraction", l.busy_fraction)?;
+        links.append(e)?;
+    }
+    d.set_item("links", links)?;
+    Ok((d, arrays))
+}
+
 #[pymodule]
 fn _lpusim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -269,6 +467,8 @@ fn _lpusim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(queue_names, m)?)?;
     m.add_function(wrap_pyfunction!(positions, m)?)?;
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(describe_system, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate_system, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
