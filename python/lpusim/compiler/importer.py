@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
 from lpusim.compiler.lower_lanes import LaneLowering
+from lpusim.compiler.lower_moves import MoveLowering
 from lpusim.errors import CompileError, ModelError
 
 # ONNX unary ops and the VXM chain each lowers to (x is ("in",); constants come from attributes).
@@ -25,6 +26,19 @@ _UNARY = {
     "Abs": lambda a: [("ABS", [("in",)])],
     "Erf": lambda a: [("ERF", [("in",)])],
     "Reciprocal": lambda a: [("RCP", [("in",)])],
+    "Sqrt": lambda a: [("SQRT", [("in",)])],
+    "Log": lambda a: [("LOG", [("in",)])],
+    "Floor": lambda a: [("FLOOR", [("in",)])],
+    "Ceil": lambda a: [("CEIL", [("in",)])],
+    "Not": lambda a: [("SUB", [("imm", 1.0), ("in",)])],  # booleans are 1.0 / 0.0
+    # Softplus: max(x, 0) + log(1 + exp(-|x|)), which never overflows
+    "Softplus": lambda a: [("ABS", [("in",)]), ("NEG", [("step", 0)]), ("EXP", [("step", 1)]),
+                           ("ADD", [("step", 2), ("imm", 1.0)]), ("LOG", [("step", 3)]), ("RELU", [("in",)]),
+                           ("ADD", [("step", 5), ("step", 4)])],
+    # HardSwish: x * max(0, min(1, x/6 + 1/2))
+    "HardSwish": lambda a: [("MUL", [("in",), ("imm", 1.0 / 6.0)]), ("ADD", [("step", 0), ("imm", 0.5)]),
+                            ("MIN", [("step", 1), ("imm", 1.0)]), ("MAX", [("step", 2), ("imm", 0.0)]),
+                            ("MUL", [("in",), ("step", 3)])],
     # max(x, alpha*x) equals LeakyRelu for 0 <= alpha <= 1; other alphas are rejected at lowering.
     "LeakyRelu": lambda a: [("MUL", [("in",), ("imm", a.get("alpha", 0.01))]), ("MAX", [("in",), ("step", 0)])],
     # HardSigmoid: max(0, min(1, alpha*x + beta))
@@ -36,13 +50,21 @@ _UNARY = {
                        ("ADD", [("step", 1), ("imm", 1.0)]), ("MUL", [("in",), ("imm", 0.5)]),
                        ("MUL", [("step", 3), ("step", 2)])],
 }
-_BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAX", "Min": "MIN"}
+_BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAX", "Min": "MIN",
+           "Equal": "EQ", "Less": "LT", "Greater": "GT", "LessOrEqual": "LE", "GreaterOrEqual": "GE",
+           "And": "MUL", "Or": "MAX", "Xor": "NE"}  # comparisons give 1.0 / 0.0; booleans are 1.0 / 0.0
+# Pow with these constant exponents is exact arithmetic; any other exponent is exp(p * log(x)), defined for x > 0.
+_POW = {1.0: [("COPY", [("in",)])], 2.0: [("MUL", [("in",), ("in",)])],
+        3.0: [("MUL", [("in",), ("in",)]), ("MUL", [("step", 0), ("in",)])],
+        4.0: [("MUL", [("in",), ("in",)]), ("MUL", [("step", 0), ("step", 0)])],
+        0.5: [("SQRT", [("in",)])], -1.0: [("RCP", [("in",)])], -0.5: [("RSQRT", [("in",)])]}
 _PASSTHROUGH = {"Identity", "Dropout"}
 _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 _REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
 SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _SPATIAL | _REDUCE |
-                       {"Softmax", "LogSoftmax", "LayerNormalization"} |
+                       {"Softmax", "LogSoftmax", "LayerNormalization", "Concat", "Slice", "Split", "LRN",
+                        "Transpose", "Pow", "Where", "Shape", "Size", "Cast"} |
                        {"MatMul", "Gemm", "Clip", "Constant", "BatchNormalization", "Sum"})
 
 
@@ -150,7 +172,7 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
     return matrix.reshape(shape)
 
 
-class _Lowering(LaneLowering):
+class _Lowering(LaneLowering, MoveLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -163,6 +185,7 @@ class _Lowering(LaneLowering):
         self.values: dict[str, tuple[str, tuple]] = {}  # ONNX name -> (IR tensor, ONNX shape)
         self.counter = 0
         self.flat: dict[str, tuple[str, tuple]] = {}  # ONNX name -> (IR image, NCHW shape) flattened to [N, CHW]
+        self.grouped: dict[str, tuple] = {}  # ONNX name -> an image seen as [N, g1, g2, H, W] (lower_moves.py)
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -205,6 +228,11 @@ class _Lowering(LaneLowering):
             return ("const", self.consts[name])
         if name in self.values:
             return ("value",) + self.values[name]
+        if name in self.grouped:
+            if node.op_type not in ("Transpose", "Reshape"):
+                raise CompileError(f"{self.where(node)}: input '{name}' is a 5-D view of an image, which only a "
+                                   f"channel-shuffle Transpose and a Reshape back can read")
+            return ("grouped", name)
         if name in self.flat:
             if node.op_type not in ("MatMul", "Gemm") or i != 0:
                 raise CompileError(f"{self.where(node)}: input '{name}' is an image flattened across channels "
@@ -227,9 +255,39 @@ class _Lowering(LaneLowering):
         if all(x is None or x[0] == "const" for x in args) and op not in ("Dropout",):
             self.consts[out] = self.fold(node, op, a, [None if x is None else x[1] for x in args])
             return
-        if op in _PASSTHROUGH:
+        if op in ("Shape", "Size") and args[0][0] == "value":  # shapes are static: these are constants
+            shape = np.array(args[0][2], dtype=np.int64)
+            if op == "Size":
+                self.consts[out] = np.array(np.prod(shape), dtype=np.int64)
+            else:
+                self.consts[out] = shape[a.get("start", 0):a.get("end", len(shape))]
+            return
+        if op in _PASSTHROUGH or (op == "Cast" and a.get("to") == onnx.TensorProto.FLOAT
+                                  and args[0][0] == "value"):
             self.values[out] = self.values[node.input[0]]
             return
+        if op == "Cast":
+            raise CompileError(f"{self.where(node)}: Cast to {onnx.TensorProto.DataType.Name(a.get('to', 0))} of a "
+                               f"computed tensor is not supported (the chip path carries float32 values)")
+        if args and args[0] is not None and args[0][0] == "grouped":
+            if op == "Transpose":
+                return self.lower_grouped_transpose(node, a)
+            new = self.reshape_target(node, a, args, self.grouped[node.input[0]][1])
+            return self.finish_grouped(node, new)
+        if op == "Concat":
+            return self.lower_concat(node, a, args)
+        if op == "Slice":
+            return self.lower_slice(node, a, args)
+        if op == "Split":
+            return self.lower_split(node, a, args)
+        if op == "LRN":
+            return self.lower_lrn(node, a, args)
+        if op == "Transpose":
+            return self.lower_transpose(node, a, args)
+        if op == "Pow":
+            return self.lower_pow(node, args)
+        if op == "Where":
+            return self.lower_where(node, args)
         if op in _RESHAPES:
             return self.lower_reshape(node, op, a, args)
         if op in ("MatMul", "Gemm"):
@@ -273,8 +331,9 @@ class _Lowering(LaneLowering):
             raise CompileError(f"{self.where(node)}: folding constant {op} failed: {e}") from None
 
     # ----- shapes ---------------------------------------------------------------------------------------
-    def lower_reshape(self, node, op, a, args):
-        kind, ir_name, shape = args[0]
+    def reshape_target(self, node, a, args, shape) -> tuple:
+        """The output shape of a Reshape/Flatten/Squeeze/Unsqueeze of a tensor of `shape`."""
+        op = node.op_type
         if op == "Flatten":
             axis = a.get("axis", 1) % max(len(shape), 1) if shape else 0
             new = (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
@@ -292,6 +351,11 @@ class _Lowering(LaneLowering):
                 new = tuple(np.squeeze(np.empty(shape, dtype=np.bool_), axis=tuple(axes) if axes else None).shape)
             else:
                 new = tuple(np.expand_dims(np.empty(shape, dtype=np.bool_), tuple(axes)).shape)
+        return tuple(int(v) for v in new)
+
+    def lower_reshape(self, node, op, a, args):
+        kind, ir_name, shape = args[0]
+        new = self.reshape_target(node, a, args, shape)
         t = self.tensors[ir_name]
         new_rows, new_cols = _as_matrix(new)
         if (new_rows, new_cols) == (t.rows, t.cols):
@@ -303,6 +367,8 @@ class _Lowering(LaneLowering):
             name = self.add_tensor(self.fresh(node.output[0]), new, "input", onnx_input=t.onnx_input)
             self.inputs.append(name)
             self.values[node.output[0]] = (name, new)
+        elif t.geom is not None and len(shape) == 4 and self.grouped_reshape(node, ir_name, shape, new):
+            return  # a 5-D view for a channel shuffle (lower_moves.py)
         else:
             raise CompileError(f"{self.where(node)}: reshaping a computed {t.rows}x{t.cols} tensor to "
                                f"{new_rows}x{new_cols} moves data between lanes, which needs the SXM "
@@ -526,9 +592,51 @@ class _Lowering(LaneLowering):
         self.values[out_name] = (out, out_shape)
 
     def lower_binary(self, node, op, args):
-        if len(args) != 2:
-            raise CompileError(f"{self.where(node)}: {op} with {len(args)} inputs is not supported yet")
-        self.emit_binary(node, _BINARY[op], args[0], args[1], node.output[0])
+        if len(args) < 2 or (len(args) > 2 and op not in ("Max", "Min")):
+            raise CompileError(f"{self.where(node)}: {op} with {len(args)} inputs is not supported")
+        acc = args[0]
+        for i, x in enumerate(args[1:]):  # variadic Max/Min: a chain of binary nodes
+            name = node.output[0] if i == len(args) - 2 else self.fresh(node.output[0])
+            self.emit_binary(node, _BINARY[op], acc, x, name)
+            acc = ("value",) + self.values[name]
+
+    def lower_pow(self, node, args):
+        x, p = args
+        if p[0] != "const" or np.asarray(p[1]).size != 1:
+            raise CompileError(f"{self.where(node)}: Pow needs a constant scalar exponent")
+        e = float(np.asarray(p[1]).reshape(()))
+        chain = _POW.get(e, [("LOG", [("in",)]), ("MUL", [("step", 0), ("imm", e)]), ("EXP", [("step", 1)])])
+        self.emit_chain(node, x, chain)
+
+    def lower_where(self, node, args):
+        # c * a + (1 - c) * b with c in {1.0, 0.0}: exact whenever the unselected value is finite
+        c, x, y = args
+        t1 = self.fresh(node.output[0])
+        self.emit_binary(node, "MUL", c, x, t1)
+        c_name = self.fresh(node.output[0])
+        self.emit_binary(node, "SUB", ("const", np.float32(1.0)), c, c_name)
+        t2 = self.fresh(node.output[0])
+        self.emit_binary(node, "MUL", ("value",) + self.values[c_name], y, t2)
+        self.emit_binary(node, "ADD", ("value",) + self.values[t1], ("value",) + self.values[t2], node.output[0])
+
+    def lower_transpose(self, node, a, args):
+        _, x, shape = args[0]
+        perm = list(a.get("perm", reversed(range(len(shape)))))
+        new = tuple(shape[i] for i in perm)
+        moved = [i for i in perm if shape[i] != 1]
+        if moved == sorted(moved) and _as_matrix(new) == _as_matrix(shape) and (len(new) == 4) == (len(shape) == 4):
+            self.values[node.output[0]] = (x, new)  # only size-1 axes move: the same rows and lanes
+            return
+        raise CompileError(f"{self.where(node)}: Transpose perm={perm} of {tuple(shape)} moves data between rows "
+                           f"and lanes, which needs the SXM (not supported yet)")
+
+    def emit_chain(self, node, x, chain):
+        _, name, shape = x
+        steps = [Step(vop, [("src", 0) if arg == ("in",) else arg for arg in vargs]) for vop, vargs in chain]
+        out = self.add_tensor(self.fresh(node.output[0]), shape, "value")
+        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[View(name)],
+                               steps=steps))
+        self.values[node.output[0]] = (out, shape)
 
     def lower_unary(self, node, op, a, args):
         _, name, shape = args[0]

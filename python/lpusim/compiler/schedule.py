@@ -520,8 +520,7 @@ class Scheduler:
     # ----- whole graph ----------------------------------------------------------------------------------
     def run(self) -> Schedule:
         g = self.graph
-        for name in g.inputs:
-            self.alloc_store(name, "f32")
+        input_stores = {name: self.alloc_store(name, "f32") for name in g.inputs}  # where the host writes
         last_use = {}
         for i, node in enumerate(g.nodes):
             for v, _ in node.terms:
@@ -541,7 +540,13 @@ class Scheduler:
                     store = self.alloc_store(v.tensor, "f32", bank=0,
                                              avoid_tile=lambda nt, o=others: self.slices_of(o, nt))
                     self.init_store(store, t.data)
-            clash = self._shared_slices(node)
+            for _ in range(len(node.sources)):  # two views one VXM job streams may not share a slice: move one
+                clash = self._shared_slices(node)
+                if not clash:
+                    break
+                self.relocate(node, clash)
+            else:
+                clash = self._shared_slices(node)
             if clash:
                 raise CompileError(f"{node.onnx_op} node '{node.name}': sources {clash} share MEM slices "
                                    f"(placement conflict; not resolved yet)")
@@ -562,8 +567,26 @@ class Scheduler:
         issues = self.res.issues
         last = max((iss.last_effect for iss in issues), default=-1)
         predicted = 0 if not issues else last + 1 + self.chip.superlanes - 1
-        return Schedule(issues, self.static_init, {n: self.stores[(n, "f32")] for n in g.inputs},
+        return Schedule(issues, self.static_init, input_stores,
                         {n: self.stores[(n, "f32")] for n in g.outputs}, predicted, self.sram.bytes_used)
+
+    def relocate(self, node: Node, clash: tuple) -> None:
+        """Copy one of two clashing sources (a tensor without a border) to slices apart from the node's other
+        sources; later readers use the copy."""
+        name = next((n for n in clash if not self.stores[(n, "f32")].pad), None)
+        if name is None:
+            return
+        old = self.stores[(name, "f32")]
+        others = {v.tensor for v in node.sources} | {name}
+        new = self.alloc_store(name, "f32", reuse=True, avoid_tile=lambda nt: self.slices_of(others, nt))
+        self.stores[(name, "f32")] = old  # the copy reads the old place
+        copy = Node("vector", node.name, f"{node.onnx_op}(move {name})", name, sources=[View(name)],
+                    steps=[Step("COPY", [("src", 0)])])
+        for nt in range(self.ntiles(self.graph.tensors[name].cols)):
+            self.vector_pipeline(copy, nt, 0, self.graph.tensors[name].rows, {"f32": new}, None, 0, 0)
+        self.stores[(name, "f32")] = new
+        if name not in self.graph.outputs:
+            self.release(old)
 
     def _shared_slices(self, node: Node):
         tensors = sorted({v.tensor for v in node.sources})

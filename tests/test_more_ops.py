@@ -1,0 +1,90 @@
+"""Elementwise ops, lane moves (Concat, Slice, Split, channel shuffle), LRN: compiled, simulated, vs onnxruntime."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import lpusim
+from onnx_cases import assert_matches_onnxruntime, make_model
+
+RNG = np.random.default_rng(11)
+
+
+def unary(op, shape=(3, 40), **attrs):
+    return make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {}, {"x": list(shape)})
+
+
+def binary_const(op, c, shape=(3, 40)):
+    return make_model([helper.make_node(op, ["x", "c"], ["y"])], {"c": np.asarray(c, np.float32)}, {"x": list(shape)})
+
+
+def positive(op_nodes, inits=None, shape=(3, 40)):
+    """x -> Abs -> +0.1 -> ops (for ops defined on positive inputs)."""
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Add", ["a", "eps"], ["p"])] + op_nodes
+    return make_model(nodes, {"eps": np.float32(0.1), **(inits or {})}, {"x": list(shape)})
+
+
+def image_model(nodes, inits, shape):
+    return make_model(nodes, inits, {"x": list(shape)})
+
+
+CASES = {
+    "softplus": unary("Softplus"),
+    "hardswish": unary("HardSwish"),
+    "floor": unary("Floor"),
+    "ceil": unary("Ceil"),
+    "sqrt": positive([helper.make_node("Sqrt", ["p"], ["y"])]),
+    "log": positive([helper.make_node("Log", ["p"], ["y"])]),
+    "pow_2": binary_const("Pow", 2.0),
+    "pow_3": binary_const("Pow", 3.0),
+    "pow_1.7_positive": positive([helper.make_node("Pow", ["p", "e"], ["y"])], {"e": np.float32(1.7)}),
+    "max_variadic": make_model([helper.make_node("Max", ["x", "c", "d"], ["y"])],
+                               {"c": RNG.standard_normal(40).astype(np.float32), "d": np.float32(0.2)},
+                               {"x": [3, 40]}),
+    "where_from_compare": make_model([helper.make_node("Greater", ["x", "z"], ["m"]),
+                                      helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+                                      helper.make_node("Where", ["m", "x", "n"], ["w"]),
+                                      helper.make_node("Add", ["w", "mf"], ["y"])],
+                                     {"z": np.float32(0.0), "n": np.float32(-3.0)}, {"x": [4, 33]}),
+    "concat_lanes_3": make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["x"], ["n"]),
+                                  helper.make_node("Concat", ["r", "n", "c"], ["y"], axis=-1)],
+                                 {"c": RNG.standard_normal((5, 7)).astype(np.float32)}, {"x": [5, 30]}),
+    "concat_image_channels": image_model([helper.make_node("Relu", ["x"], ["r"]),
+                                          helper.make_node("Sigmoid", ["x"], ["s"]),
+                                          helper.make_node("Concat", ["r", "s"], ["y"], axis=1)],
+                                         {}, [1, 6, 4, 5]),
+    "slice_lanes": make_model([helper.make_node("Relu", ["x"], ["r"]),
+                               helper.make_node("Slice", ["r", "st", "en", "ax", "sp"], ["y"])],
+                              {"st": np.array([3]), "en": np.array([40]), "ax": np.array([-1]), "sp": np.array([2])},
+                              {"x": [4, 50]}),
+    "slice_rows_token0": make_model([helper.make_node("Relu", ["x"], ["r"]),
+                                     helper.make_node("Slice", ["r", "st", "en", "ax"], ["y"])],
+                                    {"st": np.array([0]), "en": np.array([1]), "ax": np.array([1])},
+                                    {"x": [2, 6, 24]}),
+    "split_lanes": make_model([helper.make_node("Relu", ["x"], ["r"]),
+                               helper.make_node("Split", ["r", "sz"], ["a", "b"], axis=1),
+                               helper.make_node("Mul", ["a", "b"], ["y"])],
+                              {"sz": np.array([20, 20])}, {"x": [3, 40]}),
+    "lrn": image_model([helper.make_node("Relu", ["x"], ["r"]),
+                        helper.make_node("LRN", ["r"], ["y"], size=5, alpha=1e-2, beta=0.75, bias=1.0)],
+                       {}, [1, 16, 3, 3]),
+    "channel_shuffle": image_model([helper.make_node("Relu", ["x"], ["r"]),
+                                    helper.make_node("Reshape", ["r", "s5"], ["g"]),
+                                    helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+                                    helper.make_node("Reshape", ["t", "s4"], ["y"])],
+                                   {"s5": np.array([1, 3, 4, 5, 5]), "s4": np.array([1, 12, 5, 5])}, [1, 12, 5, 5]),
+    "transpose_size1_axes": make_model([helper.make_node("Relu", ["x"], ["r"]),
+                                        helper.make_node("Transpose", ["r"], ["y"], perm=[1, 0, 2])],
+                                       {}, {"x": [1, 4, 9]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_op_matches_onnxruntime(name):
+    assert_matches_onnxruntime(CASES[name])
+
+
+def test_real_transpose_is_a_clear_error():
+    m = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Transpose", ["r"], ["y"], name="t")],
+                   {}, {"x": [4, 9]})
+    with pytest.raises(lpusim.CompileError, match="Transpose node 't'.*needs the SXM"):
+        lpusim.compile(m)
