@@ -40,6 +40,20 @@ const EVERY: &str = "
     CVT.u8.f32 E0, #255
     CVT.i32.i8 E0, R2
     CVT.f16.f16 E0, #65504
+    LOG.f32 E0, E4
+    SQRT.f32 -, #-0.0
+    EQ.f32 E0, E4, #nan
+    NE.i32 E0, R1, #-1
+    LT.f32 E0, E4, R2
+    LE.i32 E0, E4, #0
+    GT.f32 E0, #inf, E4
+    GE.i32 -, E4, E8
+    AND.i32 E0, E4, #0x7fffffff
+    OR.i32 E0, R0, R1
+    XOR.i32 E0, E4, #-1
+    NOT.i32 E0, R3
+    FLOOR.f32 E0, E4
+    CEIL.f32 W0, #-0.5
 .queue MXM.W0.LW
     LW.i8 W0, 32
     LW.f16 W0, 16

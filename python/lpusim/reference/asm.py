@@ -155,9 +155,11 @@ class Program:
 
 
 ICU_OPS = {"NOP", "REPEAT", "SYNC", "NOTIFY", "IFETCH", "CONFIG", "DESKEW"}
-VXM_BINARY = {"ADD", "SUB", "MUL", "MAX", "MIN", "DIV"}
-VXM_UNARY = {"RELU", "NEG", "ABS", "COPY", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF"}
-VXM_F32_ONLY = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF"}
+VXM_BINARY = {"ADD", "SUB", "MUL", "MAX", "MIN", "DIV", "EQ", "NE", "LT", "LE", "GT", "GE", "AND", "OR", "XOR"}
+VXM_UNARY = {"RELU", "NEG", "ABS", "COPY", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "FLOOR",
+             "CEIL", "NOT"}
+VXM_F32_ONLY = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "FLOOR", "CEIL"}
+VXM_I32_ONLY = {"AND", "OR", "XOR", "NOT"}
 TYPES = ("i8", "u8", "f16", "i32", "f32")
 
 
@@ -368,7 +370,7 @@ def _parse_instruction(line, lineno, queue, err) -> Instruction:
             a = _vxm_source(ops[1], src, stream, err)
             return ins(d, a, dtype=src, dst_type=dst)
         if op in VXM_BINARY or op in VXM_UNARY:
-            t = one_type(("f32",) if op in VXM_F32_ONLY else ("f32", "i32"))
+            t = one_type(("f32",) if op in VXM_F32_ONLY else ("i32",) if op in VXM_I32_ONLY else ("f32", "i32"))
             nargs(3 if op in VXM_BINARY else 2)
             d = None if ops[0] == "-" else stream(ops[0], WIDTH[t])
             srcs = [_vxm_source(o, t, stream, err) for o in ops[1:]]

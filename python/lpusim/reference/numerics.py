@@ -18,7 +18,9 @@ INT_RANGE = {"i8": (-128, 127), "u8": (0, 255), "i32": (-(2**31), 2**31 - 1)}
 WIDTH = {"i8": 1, "u8": 1, "f16": 2, "i32": 4, "f32": 4}
 NP_DTYPE = {"i8": "<i1", "u8": "<u1", "f16": "<f2", "i32": "<i4", "f32": "<f4"}
 BITS_DTYPE = {1: "<u1", 2: "<u2", 4: "<u4"}
-VXM_TRANSCENDENTAL = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF"}
+VXM_TRANSCENDENTAL = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT"}
+VXM_COMPARE = {"EQ": np.equal, "NE": np.not_equal, "LT": np.less, "LE": np.less_equal, "GT": np.greater,
+               "GE": np.greater_equal}
 
 
 def _floor_log2(a: Fraction) -> int:
@@ -231,6 +233,14 @@ def _libm(fn, x: float) -> float:
     if fn == "sigmoid":
         e = _libm("exp", -x)
         return 1.0 / (1.0 + e)
+    if fn == "log":  # C: log(+-0) = -inf, log(x < 0) = NaN; math.log calls the C log for finite x > 0
+        if x == 0:
+            return -math.inf
+        if x < 0:
+            return math.nan
+        if math.isinf(x):
+            return x
+        return math.log(x)
     raise ValueError(fn)
 
 
@@ -306,12 +316,30 @@ def _vxm_op(op: str, t: str, a, b):
             r = np.abs(x)
         elif op == "COPY":
             r = x
+        elif op in VXM_COMPARE:
+            r = VXM_COMPARE[op](x, y).astype(np.int64)
+        elif op == "AND":
+            r = x & y
+        elif op == "OR":
+            r = x | y
+        elif op == "XOR":
+            r = x ^ y
+        elif op == "NOT":
+            r = ~x
         else:
             raise ValueError(op)
         return (r & 0xFFFFFFFF).astype(np.uint32)
     # f32
-    if op in ("EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF"):
+    if op in ("EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG"):
         return transcendental_f32(op, a)
+    if op in ("SQRT", "FLOOR", "CEIL"):  # IEEE binary32: exact (FLOOR, CEIL) or correctly rounded (SQRT)
+        fn = {"SQRT": np.sqrt, "FLOOR": np.floor, "CEIL": np.ceil}[op]
+        with np.errstate(all="ignore"):
+            return bits_of_f32(fn(f32_of_bits(a)).astype(np.float32)).copy()
+    if op in VXM_COMPARE:  # IEEE comparisons: false with a NaN, except NE; -0 == +0
+        with np.errstate(all="ignore"):
+            c = VXM_COMPARE[op](f32_of_bits(a), f32_of_bits(b))
+        return np.where(c, np.uint32(0x3F800000), np.uint32(0)).astype(np.uint32)
     if op in ("MAX", "MIN"):
         return maxmin_f32(op, a, b)
     if op == "RELU":

@@ -264,7 +264,11 @@ class Builder:
 
 VXM_BIN = ["ADD", "SUB", "MUL", "MAX", "MIN"]
 VXM_UN = ["RELU", "NEG", "ABS", "COPY"]
-VXM_F32 = ["DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF"]
+VXM_F32 = ["DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT"]  # transcendental latency
+VXM_F32_ALU = ["FLOOR", "CEIL"]
+VXM_CMP = ["EQ", "NE", "LT", "LE", "GT", "GE"]  # f32 or i32, binary
+VXM_I32 = ["AND", "OR", "XOR", "NOT"]          # i32 only; NOT is unary
+VXM_BINARY_OPS = set(VXM_BIN + VXM_CMP + ["DIV", "AND", "OR", "XOR"])
 TYPES = ["i8", "u8", "f16", "i32", "f32"]
 
 
@@ -341,15 +345,16 @@ def _vxm_sources(B: Builder, in_types: list) -> tuple:
 def p_vxm(B: Builder, op: str | None = None, dtype: str | None = None) -> bool:
     rng = B.rng
     if op is None:
-        op = rng.choice(VXM_BIN + VXM_UN + VXM_F32 + ["CVT"] * 4)
+        op = rng.choice(VXM_BIN + VXM_UN + VXM_F32 + VXM_F32_ALU + VXM_CMP + VXM_I32 + ["CVT"] * 4)
     if op == "CVT":
         st, dt = rng.choice(TYPES), rng.choice(TYPES)
         mnem, lat = f"CVT.{st}.{dt}", B.cfg["vxm_alu_latency"]
         in_types, out_t = [st], dt
     else:
-        t = dtype or ("f32" if op in VXM_F32 else rng.choice(["f32", "i32"]))
+        t = dtype or ("f32" if op in VXM_F32 + VXM_F32_ALU else "i32" if op in VXM_I32
+                      else rng.choice(["f32", "i32"]))
         mnem, lat = f"{op}.{t}", vxm_latency(B.cfg, op)
-        in_types = [t, t] if op in VXM_BIN + ["DIV"] else [t]
+        in_types = [t, t] if op in VXM_BINARY_OPS else [t]
         out_t = t
     alu = rng.randrange(B.cfg["vxm_alus_per_lane"])
     q = f"VXM.{alu}"
@@ -361,6 +366,8 @@ def p_vxm(B: Builder, op: str | None = None, dtype: str | None = None) -> bool:
     j0 = B.pick_slices(ow)
     oa = B.alloc()
     specs, inits = _vxm_sources(B, in_types)
+    if op in VXM_CMP and specs[0][0] in ("reg", "imm") and rng.random() < 0.3:
+        specs[1] = specs[0]  # equal operands, so EQ/LE/GE are true somewhere
 
     def build(t0):
         plan = Plan(inits=list(inits))

@@ -102,10 +102,25 @@ pub enum AluOp {
     Sigmoid,
     Erf,
     Cvt,
+    // Appended after CVT: the binary encoding numbers operations by their position in `ALL`.
+    Log,
+    Sqrt,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+    Xor,
+    Not,
+    Floor,
+    Ceil,
 }
 
 impl AluOp {
-    pub const ALL: [AluOp; 17] = [
+    pub const ALL: [AluOp; 31] = [
         AluOp::Add,
         AluOp::Sub,
         AluOp::Mul,
@@ -123,6 +138,20 @@ impl AluOp {
         AluOp::Sigmoid,
         AluOp::Erf,
         AluOp::Cvt,
+        AluOp::Log,
+        AluOp::Sqrt,
+        AluOp::Eq,
+        AluOp::Ne,
+        AluOp::Lt,
+        AluOp::Le,
+        AluOp::Gt,
+        AluOp::Ge,
+        AluOp::And,
+        AluOp::Or,
+        AluOp::Xor,
+        AluOp::Not,
+        AluOp::Floor,
+        AluOp::Ceil,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -143,10 +172,45 @@ impl AluOp {
             AluOp::Sigmoid => "SIGMOID",
             AluOp::Erf => "ERF",
             AluOp::Cvt => "CVT",
+            AluOp::Log => "LOG",
+            AluOp::Sqrt => "SQRT",
+            AluOp::Eq => "EQ",
+            AluOp::Ne => "NE",
+            AluOp::Lt => "LT",
+            AluOp::Le => "LE",
+            AluOp::Gt => "GT",
+            AluOp::Ge => "GE",
+            AluOp::And => "AND",
+            AluOp::Or => "OR",
+            AluOp::Xor => "XOR",
+            AluOp::Not => "NOT",
+            AluOp::Floor => "FLOOR",
+            AluOp::Ceil => "CEIL",
         }
     }
     pub fn is_binary(self) -> bool {
-        matches!(self, AluOp::Add | AluOp::Sub | AluOp::Mul | AluOp::Max | AluOp::Min | AluOp::Div)
+        matches!(
+            self,
+            AluOp::Add
+                | AluOp::Sub
+                | AluOp::Mul
+                | AluOp::Max
+                | AluOp::Min
+                | AluOp::Div
+                | AluOp::Eq
+                | AluOp::Ne
+                | AluOp::Lt
+                | AluOp::Le
+                | AluOp::Gt
+                | AluOp::Ge
+                | AluOp::And
+                | AluOp::Or
+                | AluOp::Xor
+        )
+    }
+    /// Comparisons: result 1 / 0 (1.0 / 0.0 for f32) of the input type.
+    pub fn is_compare(self) -> bool {
+        matches!(self, AluOp::Eq | AluOp::Ne | AluOp::Lt | AluOp::Le | AluOp::Gt | AluOp::Ge)
     }
     /// Types `T` the op accepts (CVT accepts every pair).
     pub fn accepts(self, t: DType) -> bool {
@@ -156,6 +220,9 @@ impl AluOp {
             AluOp::Div | AluOp::Exp | AluOp::Tanh | AluOp::Rsqrt | AluOp::Rcp | AluOp::Sigmoid | AluOp::Erf => {
                 t == DType::F32
             }
+            AluOp::Log | AluOp::Sqrt | AluOp::Floor | AluOp::Ceil => t == DType::F32,
+            AluOp::Eq | AluOp::Ne | AluOp::Lt | AluOp::Le | AluOp::Gt | AluOp::Ge => t.is_register_type(),
+            AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Not => t == DType::I32,
             AluOp::Cvt => true,
         }
     }

@@ -16,6 +16,8 @@ extern "C" {
     fn libm_tanh(x: f64) -> f64;
     #[link_name = "erf"]
     fn libm_erf(x: f64) -> f64;
+    #[link_name = "log"]
+    fn libm_log(x: f64) -> f64;
 }
 
 fn exp64(x: f64) -> f64 {
@@ -26,9 +28,15 @@ fn exp64(x: f64) -> f64 {
 pub fn latency(op: AluOp, c: &ChipConfig) -> u64 {
     match op {
         AluOp::Mul => c.vxm_mul_latency,
-        AluOp::Div | AluOp::Exp | AluOp::Tanh | AluOp::Rsqrt | AluOp::Rcp | AluOp::Sigmoid | AluOp::Erf => {
-            c.vxm_transcendental_latency
-        }
+        AluOp::Div
+        | AluOp::Exp
+        | AluOp::Tanh
+        | AluOp::Rsqrt
+        | AluOp::Rcp
+        | AluOp::Sigmoid
+        | AluOp::Erf
+        | AluOp::Log
+        | AluOp::Sqrt => c.vxm_transcendental_latency,
         _ => c.vxm_alu_latency,
     }
 }
@@ -106,6 +114,15 @@ fn fmin(a: f32, b: f32) -> f32 {
 }
 
 #[inline]
+fn bool_f32(c: bool) -> f32 {
+    if c {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+#[inline]
 fn f32_op(op: AluOp, a: f32, b: f32) -> f32 {
     let via64 = |f: fn(f64) -> f64| f(a as f64) as f32;
     match op {
@@ -132,7 +149,20 @@ fn f32_op(op: AluOp, a: f32, b: f32) -> f32 {
         AluOp::Rsqrt => via64(|x| 1.0 / x.sqrt()),
         AluOp::Rcp => via64(|x| 1.0 / x),
         AluOp::Sigmoid => via64(|x| 1.0 / (1.0 + exp64(-x))),
-        AluOp::Cvt => a,
+        // libm: log(+-0) = -inf, log(x < 0) = NaN (made canonical by the caller), log(+inf) = +inf.
+        // SAFETY: a pure C function of one double.
+        AluOp::Log => via64(|x| unsafe { libm_log(x) }),
+        AluOp::Sqrt => a.sqrt(), // IEEE: correctly rounded, sqrt(-0) = -0, negative -> NaN
+        AluOp::Floor => a.floor(),
+        AluOp::Ceil => a.ceil(),
+        AluOp::Eq => bool_f32(a == b),
+        AluOp::Ne => bool_f32(a != b), // true when either is NaN
+        AluOp::Lt => bool_f32(a < b),
+        AluOp::Le => bool_f32(a <= b),
+        AluOp::Gt => bool_f32(a > b),
+        AluOp::Ge => bool_f32(a >= b),
+        // i32-only (rejected for f32 at assembly)
+        AluOp::Cvt | AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Not => a,
     }
 }
 
@@ -147,6 +177,16 @@ fn i32_op(op: AluOp, a: i32, b: i32) -> i32 {
         AluOp::Relu => a.max(0),
         AluOp::Neg => a.wrapping_neg(),
         AluOp::Abs => a.wrapping_abs(),
+        AluOp::Eq => (a == b) as i32,
+        AluOp::Ne => (a != b) as i32,
+        AluOp::Lt => (a < b) as i32,
+        AluOp::Le => (a <= b) as i32,
+        AluOp::Gt => (a > b) as i32,
+        AluOp::Ge => (a >= b) as i32,
+        AluOp::And => a & b,
+        AluOp::Or => a | b,
+        AluOp::Xor => a ^ b,
+        AluOp::Not => !a,
         _ => a, // COPY (other ops do not take i32: rejected at assembly)
     }
 }
@@ -203,5 +243,112 @@ mod tests {
         assert_eq!(one(AluOp::Exp, DType::F32, DType::F32, f(0.0), 0), f(1.0));
         assert_eq!(widen(DType::I8, 0xff), u32::MAX);
         assert_eq!(widen(DType::F16, 0x3C00), f(1.0));
+    }
+
+    #[test]
+    fn log_sqrt_floor_ceil() {
+        let f = |x: f32| x.to_bits();
+        let u = |op: AluOp, x: f32| one(op, DType::F32, DType::F32, f(x), 0);
+        const NAN: u32 = 0x7FC0_0000;
+        assert_eq!(u(AluOp::Log, 1.0), f(0.0));
+        assert_eq!(u(AluOp::Log, 0.0), f(f32::NEG_INFINITY));
+        assert_eq!(u(AluOp::Log, -0.0), f(f32::NEG_INFINITY));
+        assert_eq!(u(AluOp::Log, -1.0), NAN);
+        assert_eq!(u(AluOp::Log, f32::INFINITY), f(f32::INFINITY));
+        assert_eq!(u(AluOp::Log, f32::NEG_INFINITY), NAN);
+        assert_eq!(one(AluOp::Log, DType::F32, DType::F32, 0xFFC0_0001, 0), NAN);
+        for x in [0.5f32, 2.0, 3.0, 1e-30, 1e30, 1.4e-45, 123.456] {
+            assert_eq!(u(AluOp::Log, x), f((x as f64).ln() as f32), "log {x}");
+        }
+        assert_eq!(u(AluOp::Sqrt, 4.0), f(2.0));
+        assert_eq!(u(AluOp::Sqrt, 2.0), f(std::f32::consts::SQRT_2));
+        assert_eq!(u(AluOp::Sqrt, -0.0), f(-0.0));
+        assert_eq!(u(AluOp::Sqrt, 0.0), f(0.0));
+        assert_eq!(u(AluOp::Sqrt, -4.0), NAN);
+        assert_eq!(u(AluOp::Sqrt, f32::INFINITY), f(f32::INFINITY));
+        assert_eq!(u(AluOp::Sqrt, f32::NEG_INFINITY), NAN);
+        assert_eq!(u(AluOp::Floor, -0.5), f(-1.0));
+        assert_eq!(u(AluOp::Floor, 2.5), f(2.0));
+        assert_eq!(u(AluOp::Floor, -0.0), f(-0.0));
+        assert_eq!(u(AluOp::Ceil, -0.5), f(-0.0));
+        assert_eq!(u(AluOp::Ceil, 2.25), f(3.0));
+        assert_eq!(u(AluOp::Ceil, 1.4e-45), f(1.0));
+        assert_eq!(u(AluOp::Floor, f32::NEG_INFINITY), f(f32::NEG_INFINITY));
+        assert_eq!(u(AluOp::Ceil, 16777215.0), f(16777215.0));
+        assert_eq!(u(AluOp::Floor, f32::NAN), NAN);
+        assert_eq!(one(AluOp::Ceil, DType::F32, DType::F32, 0x7F80_0001, 0), NAN);
+    }
+
+    #[test]
+    fn compares_and_bitwise() {
+        let f = |x: f32| x.to_bits();
+        let one_f = f(1.0);
+        let c = |op: AluOp, a: f32, b: f32| one(op, DType::F32, DType::F32, f(a), f(b));
+        use AluOp::*;
+        let nan = f32::NAN;
+        for (op, lt, eq, gt, unordered) in [
+            (Eq, 0, 1, 0, 0),
+            (Ne, 1, 0, 1, 1),
+            (Lt, 1, 0, 0, 0),
+            (Le, 1, 1, 0, 0),
+            (Gt, 0, 0, 1, 0),
+            (Ge, 0, 1, 1, 0),
+        ] {
+            let b = |v: u32| if v == 1 { one_f } else { 0 };
+            assert_eq!(c(op, 1.0, 2.0), b(lt), "{op:?}");
+            assert_eq!(c(op, 2.0, 2.0), b(eq), "{op:?}");
+            assert_eq!(c(op, -0.0, 0.0), b(eq), "{op:?} -0 +0");
+            assert_eq!(c(op, f32::INFINITY, f32::INFINITY), b(eq), "{op:?} inf");
+            assert_eq!(c(op, 3.0, -f32::INFINITY), b(gt), "{op:?}");
+            assert_eq!(c(op, nan, 1.0), b(unordered), "{op:?} NaN");
+            assert_eq!(c(op, 1.0, nan), b(unordered), "{op:?} NaN");
+            assert_eq!(c(op, nan, nan), b(unordered), "{op:?} NaN NaN");
+            let i = |a: i32, b: i32| one(op, DType::I32, DType::I32, a as u32, b as u32);
+            assert_eq!(i(-1, 1), lt, "{op:?} i32");
+            assert_eq!(i(i32::MIN, i32::MIN), eq, "{op:?} i32");
+            assert_eq!(i(i32::MAX, i32::MIN), gt, "{op:?} i32 (signed)");
+        }
+        let i = |op: AluOp, a: u32, b: u32| one(op, DType::I32, DType::I32, a, b);
+        assert_eq!(i(And, 0xF0F0_1234, 0xFF00_FF00), 0xF000_1200);
+        assert_eq!(i(Or, 0xF0F0_1234, 0x0F00_0001), 0xFFF0_1235);
+        assert_eq!(i(Xor, 0xFFFF_0000, 0x0F0F_0F0F), 0xF0F0_0F0F);
+        assert_eq!(i(Not, 0x7FC0_0000, 0), 0x803F_FFFF); // bits of a NaN are just bits for i32 ops
+        assert_eq!(i(And, f(-2.0), 0x7FFF_FFFF), f(2.0));
+    }
+
+    #[test]
+    fn new_ops_assemble_and_round_trip() {
+        use crate::isa::{Instr, Operand};
+        use AluOp::*;
+        for op in [Log, Sqrt, Floor, Ceil] {
+            assert!(op.accepts(DType::F32) && !op.accepts(DType::I32), "{op:?}");
+            assert!(!op.is_binary());
+        }
+        for op in [Eq, Ne, Lt, Le, Gt, Ge] {
+            assert!(op.accepts(DType::F32) && op.accepts(DType::I32) && !op.accepts(DType::F16));
+            assert!(op.is_binary() && op.is_compare());
+        }
+        for op in [And, Or, Xor, Not] {
+            assert!(op.accepts(DType::I32) && !op.accepts(DType::F32));
+            assert_eq!(op.is_binary(), op != Not);
+        }
+        // old operations keep their positions (binary encoding stability)
+        assert_eq!(AluOp::ALL.iter().position(|&o| o == Cvt), Some(16));
+        assert_eq!(AluOp::ALL.iter().position(|&o| o == Ceil), Some(30));
+        let c = ChipConfig::tsp_v1();
+        assert_eq!(latency(Log, &c), c.vxm_transcendental_latency);
+        assert_eq!(latency(Sqrt, &c), c.vxm_transcendental_latency);
+        for op in [Eq, Ne, Lt, Le, Gt, Ge, And, Or, Xor, Not, Floor, Ceil] {
+            assert_eq!(latency(op, &c), c.vxm_alu_latency);
+        }
+        let bad = Instr::Alu {
+            op: And,
+            t: DType::F32,
+            out: DType::F32,
+            dst: None,
+            a: Operand::Reg(0),
+            b: Some(Operand::Reg(1)),
+        };
+        assert!(bad.check().is_err());
     }
 }
