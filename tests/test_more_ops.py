@@ -88,3 +88,15 @@ def test_real_transpose_is_a_clear_error():
                    {}, {"x": [4, 9]})
     with pytest.raises(lpusim.CompileError, match="Transpose node 't'.*needs the SXM"):
         lpusim.compile(m)
+
+
+def test_average_pool_pads_excluded_from_count():
+    m = image_model([helper.make_node("Relu", ["x"], ["r"]),
+                     helper.make_node("AveragePool", ["r"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                      strides=[2, 2], count_include_pad=0)], {}, [1, 5, 7, 6])
+    assert_matches_onnxruntime(m)
+
+
+def test_softmax_opset9_flattening_image_channels():
+    m = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=1)], {}, {"x": [1, 30, 1, 1]}, opset=9)
+    assert_matches_onnxruntime(m)

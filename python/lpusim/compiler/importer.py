@@ -516,13 +516,20 @@ class _Lowering(LaneLowering, MoveLowering):
             self.nodes.append(Node("vector", node.name or node.output[0], op, out, sources=sources, steps=steps))
         else:  # average: identity weights on the MXM sum the taps exactly, the VXM divides
             count_pad = a.get("count_include_pad", 0)
-            if any(pads) and not count_pad:
-                raise CompileError(f"{self.where(node)}: AveragePool with padding and count_include_pad=0 is "
-                                   f"not supported yet")
             eye = self.const_tensor(np.eye(c, dtype=np.float32), "eye")
             terms = [(view(i, j), eye) for i, j in taps]
+            sources, steps = [], [Step("MUL", [("acc",), ("imm", 1.0 / len(taps))])]
+            if any(pads) and not count_pad:  # divide each pixel by the taps inside the image: a constant per row
+                counts = np.zeros((n, ho, wo), dtype=np.float32)
+                for i, j in taps:
+                    hh = np.arange(ho) * strides[0] + i * dil[0] - pads[0]
+                    ww = np.arange(wo) * strides[1] + j * dil[1] - pads[1]
+                    counts += ((hh >= 0) & (hh < h))[:, None] & ((ww >= 0) & (ww < w))[None, :]
+                inv = np.repeat((1.0 / counts).reshape(-1, 1), c, axis=1).astype(np.float32)
+                sources = [View(self.const_tensor(inv, "count"))]
+                steps = [Step("MUL", [("acc",), ("src", 0)])]
             self.nodes.append(Node("matmul", node.name or node.output[0], op, out, terms=terms,
-                                   steps=[Step("MUL", [("acc",), ("imm", 1.0 / len(taps))])]))
+                                   sources=sources, steps=steps))
         self.values[node.output[0]] = (out, out_shape)
 
     def lower_batchnorm(self, node, a, args):

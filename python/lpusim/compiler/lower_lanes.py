@@ -104,9 +104,13 @@ class LaneLowering:
         _, x, shape = args[0]
         opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 13)
         axis = a.get("axis", -1 if opset >= 13 else 1)
-        if opset < 13 and axis % len(shape) != len(shape) - 1:
-            raise CompileError(f"{self.where(node)}: opset-{opset} {op} flattens from axis {axis}; only the "
-                               f"last axis is supported")
+        if opset < 13:  # the axes from `axis` on are flattened: fine when only the lane axis among them is > 1
+            axis %= len(shape)
+            lane = lane_axis(shape)
+            if lane < axis or int(np.prod(shape[axis:])) != shape[lane]:
+                raise CompileError(f"{self.where(node)}: opset-{opset} {op} flattens axes {axis}.. of "
+                                   f"{tuple(shape)}; only a flattening that leaves the lane axis is supported")
+            axis = lane
         self._check_lane_axis(node, shape, axis)
         # Shift by the row maximum so exp stays in range (any shift gives the same softmax). The tree finds the
         # maximum of fp16-rounded values, within 2^-11 of the largest magnitude r: while that error could push

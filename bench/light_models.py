@@ -1,0 +1,69 @@
+"""Compile, simulate and check onnx's light_* models (full-size architectures, constant weights) against onnxruntime.
+
+    python bench/light_models.py [name ...] [--json out.json]
+
+Prints one line per model: matched, max errors, cycles, latency, images/s, SRAM, compile time, and the
+simulate-time / onnxruntime-time ratio measured in the same process.
+"""
+import json
+import os
+import sys
+import time
+
+import onnx
+
+import lpusim
+from lpusim.check import compare, run_onnxruntime
+
+NAMES = ["resnet50", "vgg19", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet",
+         "bvlc_alexnet", "zfnet512"]
+
+
+def light_path(name: str) -> str:
+    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"light_{name}.onnx")
+
+
+def measure(name: str) -> dict:
+    model = onnx.load(light_path(name))
+    row = {"model": name}
+    t = time.perf_counter()
+    try:
+        program = lpusim.compile(model)
+    except lpusim.LpusimError as e:
+        row.update(status="compile error", error=str(e))
+        return row
+    row["compile_s"] = time.perf_counter() - t
+    x = program.random_inputs(0)
+    t = time.perf_counter()
+    result = program.run(x)
+    row["simulate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    timing = program.run(x, timing_only=True)
+    row["timing_only_s"] = time.perf_counter() - t
+    ref, ort_s = run_onnxruntime(model, x)
+    cmp = compare(result.outputs, ref)
+    row.update(status="matched" if cmp["outputs_match"] else "MISMATCH", max_abs_error=cmp["max_abs_error"],
+               max_rel_error=cmp["max_rel_error"], cycles=result.cycles, predicted=program.predicted_cycles,
+               timing_only_cycles=timing.cycles, latency_us=result.latency_us,
+               images_per_s=1e6 / result.latency_us, sram_mib=program.sram_bytes / 2**20, ort_s=ort_s,
+               sim_over_ort=row["simulate_s"] / ort_s, timing_over_ort=row["timing_only_s"] / ort_s)
+    return row
+
+
+def main(argv):
+    out = None
+    if "--json" in argv:
+        out = argv[argv.index("--json") + 1]
+        argv = argv[:argv.index("--json")] + argv[argv.index("--json") + 2:]
+    rows = []
+    for name in argv or NAMES:
+        row = measure(name)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
