@@ -100,3 +100,10 @@ def test_average_pool_pads_excluded_from_count():
 def test_softmax_opset9_flattening_image_channels():
     m = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=1)], {}, {"x": [1, 30, 1, 1]}, opset=9)
     assert_matches_onnxruntime(m)
+
+
+def test_concat_past_one_lane_tile():
+    # 200 + 200 channels: the first input's selection has no nonzero weights for output lanes 320..399
+    m = image_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["x"], ["n"]),
+                     helper.make_node("Concat", ["r", "n"], ["y"], axis=1)], {}, [1, 200, 2, 3])
+    assert_matches_onnxruntime(m)

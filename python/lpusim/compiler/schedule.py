@@ -625,9 +625,12 @@ class Scheduler:
                         t_abc = self.stream_activations(plane, x_store, kt, view, geom, out.rows, r0, r1, acc_base,
                                                         not first, acc_free)
                         first = False
-                if t_abc is None:
-                    raise CompileError(f"{node.onnx_op} node '{node.name}': all weights are zero for output "
-                                       f"channels {nt * self.lanes}..; not supported yet")
+                if t_abc is None:  # all weights of this output tile are zero: the epilogue reads 0.0 for acc
+                    zero = [Step(s.op, [("imm", 0.0) if a == ("acc",) else a for a in s.args])
+                            for s in (node.steps or [Step("COPY", [("acc",)])])]
+                    self.vector_pipeline(Node("vector", node.name, node.onnx_op, node.output, node.sources, zero),
+                                         nt, r0, r1, sinks, None, 0, 0)
+                    continue
                 cpv = self.chip.cycles_per_vector("f16")
                 acc_ready = t_abc + self.chip.mxm_latency + (r1 - r0 - 1) * (cpv - 1)
                 self.vector_pipeline(node, nt, r0, r1, sinks, plane, acc_base, acc_ready)
