@@ -361,7 +361,10 @@ fn simulate_system<'py>(
         }
     }
     let progs = programs.iter().enumerate().map(|(k, p)| program_from(py, k, p)).collect::<PyResult<Vec<_>>>()?;
-    let mut images: Vec<Vec<(usize, usize, Vec<u8>)>> = Vec::with_capacity(mem_inits.len());
+    // Borrow the arrays' bytes (no copy) when they are C-contiguous; copy the others.
+    let mut guards = Vec::new();
+    let mut copies: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut shape: Vec<Vec<(usize, usize)>> = Vec::with_capacity(mem_inits.len());
     for (c, inits) in mem_inits.iter().enumerate() {
         let mut v = Vec::with_capacity(inits.len());
         for (k, (slice, addr, arr)) in inits.iter().enumerate() {
@@ -376,11 +379,24 @@ fn simulate_system<'py>(
                     cfg.mem_slices, cfg.mem_words
                 )));
             }
-            let data = if timing_only { Vec::new() } else { a.readonly().as_array().iter().copied().collect() };
-            v.push((*slice, *addr, data));
+            let ro = a.readonly();
+            copies.push(if timing_only || ro.as_slice().is_ok() { None } else { Some(ro.as_array().iter().copied().collect()) });
+            guards.push(ro);
+            v.push((*slice, *addr));
         }
-        images.push(v);
+        shape.push(v);
     }
+    let mut flat = guards.iter().zip(&copies).map(|(ro, copy)| -> &[u8] {
+        match copy {
+            Some(v) => v.as_slice(),
+            None if timing_only => &[],
+            None => ro.as_slice().unwrap_or(&[]),
+        }
+    });
+    let views: Vec<Vec<sim::MemInit>> = shape
+        .iter()
+        .map(|v| v.iter().map(|&(s, a)| (s, a, flat.next().unwrap_or(&[]))).collect())
+        .collect();
     for (c, ds) in dumps.iter().enumerate() {
         for (k, &(slice, addr, cnt)) in ds.iter().enumerate() {
             if slice >= cfg.mem_slices || addr + cnt > cfg.mem_words {
@@ -392,11 +408,7 @@ fn simulate_system<'py>(
         }
     }
     let opts = crate::system::SystemOptions { timing_only, max_cycles, threads };
-    let result = py.detach(|| {
-        let views: Vec<Vec<sim::MemInit>> =
-            images.iter().map(|v| v.iter().map(|(s, a, d)| (*s, *a, d.as_slice())).collect()).collect();
-        crate::system::simulate_system(&sc, &progs, &views, &dumps, &opts)
-    });
+    let result = py.detach(|| crate::system::simulate_system(&sc, &progs, &views, &dumps, &opts));
     let res = result.map_err(|e| system_err(py, e))?;
     let d = PyDict::new(py);
     d.set_item("cycles", res.cycles)?;

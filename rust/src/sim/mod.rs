@@ -362,6 +362,29 @@ impl Chip {
         Ok(())
     }
 
+    /// Check memory images and let the slices read them in place (copy-on-write pages, as `simulate` does).
+    /// Returns the index and message of the first bad image.
+    ///
+    /// # Safety
+    /// The images must outlive every use of this chip (drop the chip before them).
+    pub unsafe fn borrow_mem_images(&mut self, images: &[MemInit]) -> Result<(), (usize, String)> {
+        for (k, &(slice, addr, data)) in images.iter().enumerate() {
+            self.check_mem(slice, addr, data).map_err(|m| (k, m))?;
+        }
+        if !self.timing_only {
+            let mut per_slice: Vec<Vec<(usize, &[u8])>> = vec![Vec::new(); self.mem.len()];
+            for &(slice, addr, data) in images {
+                per_slice[slice].push((addr, data));
+            }
+            for (s, imgs) in per_slice.iter().enumerate() {
+                if !imgs.is_empty() {
+                    unsafe { self.mem[s].borrow_images(imgs) };
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The checks of `write_mem`.
     fn check_mem(&self, slice: usize, addr: usize, data: &[u8]) -> Result<(), String> {
         let lanes = self.cfg.lanes;

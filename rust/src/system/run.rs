@@ -188,10 +188,12 @@ pub fn simulate_system(
             return Err(SystemError::config(ErrorKind::InvalidInstruction, i, None, m));
         }
         chip.load(p).map_err(|e| SystemError::on_chip(i, e))?;
-        for (k, &(slice, addr, data)) in mem_inits.get(i).map(|v| v.as_slice()).unwrap_or(&[]).iter().enumerate() {
-            chip.write_mem(slice, addr, data)
-                .map_err(|m| SystemError::config(ErrorKind::InvalidInstruction, i, None, format!("mem_init[{k}]: {m}")))?;
-        }
+        let images = mem_inits.get(i).map(|v| v.as_slice()).unwrap_or(&[]);
+        // SAFETY: `mem_inits` is borrowed for the whole call and no chip outlives it (they are dropped in
+        // `results`, before this function returns).
+        unsafe { chip.borrow_mem_images(images) }.map_err(|(k, m)| {
+            SystemError::config(ErrorKind::InvalidInstruction, i, None, format!("mem_init[{k}]: {m}"))
+        })?;
         chip.clock = al.clocks[i];
         for (l, p) in peers[i].iter().enumerate() {
             if let Some((end, _)) = p {
