@@ -195,3 +195,21 @@ def test_rack_rings_many_threads():
     assert r1.chips == r2.chips and r1.cycles == r2.cycles
     for i in range(n):
         assert np.array_equal(r1.dumps[i][0], vec(8 * (i // 8) + (i % 8 + 7) % 8))
+
+
+def test_runtime_deskew_on_one_chip_matches_the_reference():
+    """On a lone chip there is no drift: RUNTIME_DESKEW d resumes exactly d cycles later, in both executors."""
+    from lpusim import _lpusim
+    from lpusim.reference import run as reference_run
+
+    text = ".queue VXM.0\n DESKEW\n RUNTIME_DESKEW 100\n COPY.f32 -, #1.0\n.queue MEM.W0\n RUNTIME_DESKEW 7\n IFETCH\n"
+    assert _lpusim.canonicalize(text).count("RUNTIME_DESKEW") == 2
+    assert _lpusim.disassemble(_lpusim.assemble(text)) == _lpusim.canonicalize(text)
+    stats, _ = _lpusim.simulate(_lpusim.chip_config_json(), text)
+    ref, _ = reference_run(text)
+    assert stats["cycles"] == ref["cycles"] == 252 + 100 + 2 + 20
+    assert stats["busy"]["icu"] == ref["busy"]["icu"] == 4
+    with pytest.raises(AssemblyError):
+        _lpusim.assemble(".queue VXM.0\n RUNTIME_DESKEW 0\n")
+    with pytest.raises(AssemblyError):
+        _lpusim.assemble(".queue VXM.0\n RUNTIME_DESKEW 5\n REPEAT 1, 1\n")

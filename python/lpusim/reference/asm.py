@@ -154,7 +154,7 @@ class Program:
     links: list = field(default_factory=list)
 
 
-ICU_OPS = {"NOP", "REPEAT", "SYNC", "NOTIFY", "IFETCH", "CONFIG", "DESKEW"}
+ICU_OPS = {"NOP", "REPEAT", "SYNC", "NOTIFY", "IFETCH", "CONFIG", "DESKEW", "RUNTIME_DESKEW"}
 VXM_BINARY = {"ADD", "SUB", "MUL", "MAX", "MIN", "DIV", "EQ", "NE", "LT", "LE", "GT", "GE", "AND", "OR", "XOR"}
 VXM_UNARY = {"RELU", "NEG", "ABS", "COPY", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "FLOOR",
              "CEIL", "NOT"}
@@ -246,7 +246,7 @@ def assemble(text: str) -> Program:
         qlist = prog.queues[current]
         if ins.op == "REPEAT":
             prev = qlist[-1] if qlist else None
-            if prev is None or prev.op in ("NOP", "REPEAT", "SYNC", "DESKEW"):
+            if prev is None or prev.op in ("NOP", "REPEAT", "SYNC", "DESKEW", "RUNTIME_DESKEW"):
                 err("REPEAT needs a previous instruction that is not NOP/REPEAT/SYNC/DESKEW")
         qlist.append(ins)
     return prog
@@ -342,6 +342,12 @@ def _parse_instruction(line, lineno, queue, err) -> Instruction:
             if n < 1 or d < 1:
                 err("REPEAT needs n >= 1 and d >= 1")
             return ins(n, d, s)
+        if op == "RUNTIME_DESKEW":
+            nargs(1)
+            d = integer(ops[0])
+            if not 1 <= d < (1 << 32):
+                err("RUNTIME_DESKEW needs 1 <= t < 2^32")
+            return ins(d)
         if op == "CONFIG":
             nargs(1)
             m = integer(ops[0])

@@ -274,7 +274,7 @@ class Interpreter:
         # busy (not defined in docs/isa.md; the Rust core's definition): unit-cycles of use. Every issued ICU
         # instruction 1 (icu); READ/WRITE 1 and GATHER/SCATTER 2 (both banks) (mem); every VXM op 1; ABC its busy
         # cycles (1 int8, mxm_fp16_cycles_per_vector f16) while LW/IW/ACC count 0 (mxm); SXM 1; SEND/RECV 1.
-        if ins.op in ("SYNC", "NOTIFY", "IFETCH", "CONFIG", "DESKEW"):
+        if ins.op in ("SYNC", "NOTIFY", "IFETCH", "CONFIG", "DESKEW", "RUNTIME_DESKEW"):
             self.busy["icu"] += 1
         elif ins.op in ("GATHER", "SCATTER"):
             self.busy["mem"] += 2
@@ -293,6 +293,10 @@ class Interpreter:
         if op == "DESKEW":
             hac = self.cfg["hac_period"]
             q.c = (t // hac + 1) * hac  # (REPEAT after DESKEW is invalid)
+            return False
+        if op == "RUNTIME_DESKEW":
+            # One chip has no drift: the SAC equals the HAC, so the next issue is exactly t + d (docs/system.md 3).
+            q.c = t + ins.operands[0]
             return False
         if op in ("IFETCH", "CONFIG"):
             return False
