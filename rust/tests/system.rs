@@ -265,3 +265,29 @@ fn deskew_semantics_on_one_chip_unchanged() {
     assert_eq!(s.cycles, 374);
     assert_eq!(s.sync_cycles, 251 + 99);
 }
+
+#[test]
+fn global_link_on_the_east_side() {
+    // An explicit global link between link 8 of chip 0 and link 9 of chip 1 (east SXM, position 92), 650 cycles.
+    let cfg = SystemConfig::from_json(
+        r#"{"topology": "links", "chips": 2, "drift_ppm": 0, "links": [{"chip_a": 0, "link_a": 8, "chip_b": 1, "link_b": 9, "kind": "global", "spread_cycles": 0}]}"#,
+    )
+    .unwrap();
+    let mut a = Prog::default();
+    a.at("MEM.E0", 0, "READ 0, E5").at("C2C.8", HOPS, "SEND E5");
+    a.extra = ".init MEM.E0 0 u8 9 8 7\n".into();
+    let mut b = Prog::default();
+    // Without drift and with equal HAC phases the vector is in the buffer 650 cycles after the SEND (up to the
+    // alignment error of a cycle): receive at +652.
+    b.at("C2C.9", HOPS + 652, "RECV W5").at("MEM.E0", HOPS + 652 + HOPS, "WRITE 1, W5");
+    b.extra = ".dump MEM.E0 1 u8 1\n".into();
+    let r = run(&cfg, &[a.clone(), b.clone()], 2).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&dumped(&r, 1, 0)[..3], &[9, 8, 7]);
+    assert_eq!(r.links[0].kind, lpusim::system::LinkKind::Global);
+    assert_eq!(r.links[0].latency_cycles, 650.0);
+    // 10 cycles too early: LinkEmpty on chip 1, chip 0 named as the peer.
+    let mut early = Prog::default();
+    early.at("C2C.9", HOPS + 640, "RECV W5");
+    let e = run(&cfg, &[a, early], 1).unwrap_err();
+    assert_eq!((e.kind, e.chip, e.link, e.peer_chip, e.peer_link), (ErrorKind::LinkEmpty, Some(1), Some(9), Some(0), Some(8)));
+}

@@ -120,6 +120,23 @@ fn run_window(slot: &mut Slot, w_end: u128, limit: u64) {
     }
 }
 
+/// `run_window` on one slot; a panic (a simulator bug) becomes this chip's error instead of hanging the other
+/// threads at the barrier.
+fn run_slot(m: &Mutex<Slot>, w_end: u128, limit: u64) {
+    let mut g = lock(m);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_window(&mut g, w_end, limit)));
+    if r.is_err() {
+        g.err = Some((0, SimError {
+            kind: ErrorKind::InvalidInstruction,
+            cycle: 0,
+            queue: "-".into(),
+            index: 0,
+            instruction: String::new(),
+            message: "internal error: the simulator panicked on this chip (please report it)".into(),
+        }));
+    }
+}
+
 /// Per chip, per link: the other end and the latency.
 type PeerTable = Vec<Vec<Option<(End, u128)>>>;
 
@@ -221,7 +238,7 @@ pub fn simulate_system(
                 let w = *window.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(w) = w else { break };
                 for i in (tid..n).step_by(threads) {
-                    run_window(&mut lock(&slots[i]), w, limit);
+                    run_slot(&slots[i], w, limit);
                 }
                 barrier.wait();
             });
@@ -255,7 +272,7 @@ pub fn simulate_system(
                 barrier.wait();
             }
             for i in (0..n).step_by(threads) {
-                run_window(&mut lock(&slots[i]), w_end, limit);
+                run_slot(&slots[i], w_end, limit);
             }
             if threads > 1 {
                 barrier.wait();
