@@ -34,12 +34,19 @@ class Issue:
 
 
 class Reservations:
+    """Queue intervals, MEM bank ports and stream diagonals taken so far, with a journal to undo one attempt.
+
+    Ports are kept per (slice, bank) as a set of cycles; streams per (direction, stream) as a map from diagonal to
+    a bit mask of the positions taken on it. A job reserves whole runs at once (a burst of `n` vectors `d` cycles
+    apart is one range of cycles, one range of diagonals with one mask), so the cost of a reservation grows with the
+    number of runs, and the per-vector work is done by set and dict operations."""
+
     def __init__(self, chip):
         self.chip = chip
         self.queue_starts: dict[str, list[int]] = {}
         self.queue_ends: dict[str, list[int]] = {}
-        self.ports: set[tuple[int, int, int]] = set()
-        self.streams: dict[tuple[str, int, int], list[tuple[int, int]]] = {}
+        self.ports: dict[tuple[int, int], set[int]] = {}  # (slice, bank) -> cycles its port is used
+        self.streams: dict[tuple[str, int], dict[int, int]] = {}  # (direction, stream) -> diagonal -> positions
         self.issues: list[Issue] = []
         self._journal: list[tuple] = []
         self.bank_split = chip.mem_words // 2
@@ -50,17 +57,20 @@ class Reservations:
         self._issue_mark = len(self.issues)
 
     def rollback(self) -> None:
+        """Undo the attempt: entries in reverse order, each restoring exactly what it changed."""
         for entry in reversed(self._journal):
             kind = entry[0]
             if kind == "q":
-                _, q, start = entry
-                i = self.queue_starts[q].index(start)
-                del self.queue_starts[q][i]
-                del self.queue_ends[q][i]
+                _, starts, ends, i = entry
+                del starts[i]
+                del ends[i]
             elif kind == "p":
-                self.ports.discard(entry[1])
-            elif kind == "s":
-                self.streams[entry[1]].pop()
+                entry[1].difference_update(entry[2])
+            else:
+                _, occ, diags, old = entry
+                for diag in diags:
+                    del occ[diag]
+                occ.update(old)
         del self.issues[self._issue_mark:]
         self._journal = []
 
@@ -79,7 +89,15 @@ class Reservations:
             raise Clash(busy_until + 1 - offset)
         starts.insert(i, start)
         ends.insert(i, end)
-        self._journal.append(("q", queue, start))
+        self._journal.append(("q", starts, ends, i))
+
+    def check_queue(self, queue: str, start: int, end: int, offset: int = 0) -> None:
+        """Raise the Clash `take_queue` would raise for [start, end] against what is taken now; take nothing."""
+        if start < 0:
+            raise Clash(None)
+        busy_until = self._overlap(queue, start, end)[1]
+        if busy_until is not None:
+            raise Clash(busy_until + 1 - offset)
 
     def queue_free_from(self, queue: str, start: int, end: int) -> bool:
         return self._overlap(queue, start, end)[1] is None
@@ -95,31 +113,84 @@ class Reservations:
 
     # ----- MEM bank ports -------------------------------------------------------------------------------
     def take_ports(self, slice_index: int, addr: int, first: int, n: int, d: int, stride: int) -> None:
-        for i in range(n):
-            a = addr + i * stride
-            key = (slice_index, int(a >= self.bank_split), first + i * d)
-            if key in self.ports:
-                raise Clash(None)
-            self.ports.add(key)
-            self._journal.append(("p", key))
+        """The bank port of address addr + i*stride at cycle first + i*d, for i < n; a port already used in its
+        cycle is a clash (and nothing is taken)."""
+        split = self.bank_split
+        if d <= 0 or stride < 0:  # not a burst of distinct cycles with rising addresses: one port at a time
+            parts = []
+            for i in range(n):
+                key = (slice_index, int(addr + i * stride >= split))
+                cycle = first + i * d
+                if cycle in self.ports.get(key, ()) or any(k == key and cycle in r for k, r in parts):
+                    raise Clash(None)
+                parts.append((key, range(cycle, cycle + 1)))
+        else:
+            if addr >= split:
+                low = 0
+            elif stride == 0:
+                low = n
+            else:
+                low = min(n, (split - addr + stride - 1) // stride)  # addresses below the split: bank 0
+            end = first + n * d
+            parts = []
+            if low:
+                parts.append(((slice_index, 0), range(first, first + low * d, d)))
+            if low < n:
+                parts.append(((slice_index, 1), range(first + low * d, end, d)))
+            ports = self.ports
+            for key, cycles in parts:
+                used = ports.get(key)
+                if used and not used.isdisjoint(cycles):
+                    raise Clash(None)
+        for key, cycles in parts:
+            used = self.ports.get(key)
+            if used is None:
+                used = self.ports[key] = set()
+            used.update(cycles)
+            self._journal.append(("p", used, cycles))
 
     # ----- streams --------------------------------------------------------------------------------------
-    def stream_free(self, direction, stream, transfers) -> bool:
-        for emit_pos, emit_cycle, read_pos in transfers:
-            diag = emit_pos - emit_cycle if direction == "E" else emit_pos + emit_cycle
-            lo, hi = min(emit_pos, read_pos), max(emit_pos, read_pos)
-            for a, b in self.streams.get((direction, stream, diag), ()):
-                if a <= hi and lo <= b:
+    @staticmethod
+    def stream_paths(direction: str, transfers) -> list[tuple[range, int]]:
+        """Runs of transfers (emit position, first emit cycle, cycles between vectors, count, read position) as
+        (range of diagonals, mask of the positions from emitter to reader). A vector emitted at p at cycle t on
+        an eastward stream lies on diagonal p - t (westward: p + t)."""
+        paths = []
+        for emit_pos, cycle, step, count, read_pos in transfers:
+            lo, hi = (emit_pos, read_pos) if emit_pos <= read_pos else (read_pos, emit_pos)
+            mask = ((1 << (hi - lo + 1)) - 1) << lo
+            if direction == "E":
+                d0 = emit_pos - cycle
+                diags = range(d0, d0 - count * step, -step) if step and count > 1 else range(d0, d0 + 1)
+            else:
+                d0 = emit_pos + cycle
+                diags = range(d0, d0 + count * step, step) if step and count > 1 else range(d0, d0 + 1)
+            paths.append((diags, mask))
+        return paths
+
+    def stream_free(self, direction: str, stream: int, paths: list[tuple[range, int]]) -> bool:
+        """Whether none of `paths` (from `stream_paths`) meets a vector already on the stream."""
+        occ = self.streams.get((direction, stream))
+        if not occ:
+            return True
+        keys = occ.keys()
+        for diags, mask in paths:
+            for diag in (keys & diags if len(diags) > 4 else diags):
+                if occ.get(diag, 0) & mask:
                     return False
         return True
 
-    def take_stream(self, direction: str, stream: int, transfers: list[tuple[int, int, int]]) -> None:
-        """Reserve one stream for every (emit position, emit cycle, read position); the caller checked it free."""
-        for emit_pos, emit_cycle, read_pos in transfers:
-            diag = emit_pos - emit_cycle if direction == "E" else emit_pos + emit_cycle
-            key = (direction, stream, diag)
-            self.streams.setdefault(key, []).append((min(emit_pos, read_pos), max(emit_pos, read_pos)))
-            self._journal.append(("s", key))
+    def take_stream(self, direction: str, stream: int, paths: list[tuple[range, int]]) -> None:
+        """Reserve one stream along `paths` (from `stream_paths`); the caller checked it free."""
+        occ = self.streams.get((direction, stream))
+        if occ is None:
+            occ = self.streams[(direction, stream)] = {}
+        for diags, mask in paths:
+            old = {diag: occ[diag] for diag in occ.keys() & diags}
+            occ.update(dict.fromkeys(diags, mask))
+            for diag, m in old.items():
+                occ[diag] = m | mask
+            self._journal.append(("s", occ, diags, old))
 
     def add_issue(self, issue: Issue) -> Issue:
         self.issues.append(issue)

@@ -141,26 +141,49 @@ class Scheduler:
             last = max(last, effect + (run.count - 1) * d)
         return last
 
+    def check_mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
+                       base: int) -> None:
+        """Raise the Clash `mem_runs` would meet in a MEM queue or reused space already taken, before the costlier
+        stream search. Any clash of a job with what is already reserved fails its try whichever check finds it
+        first, and every retry hint is a lower bound of the next start that fits, so the start `place` settles
+        on, and everything built there, stay the same."""
+        chip = self.chip
+        for run in runs:
+            s = run.slice + plane_b
+            pos = chip.mem_position(s)
+            meet = first + run.out_start * d
+            if op == "READ":
+                issue = meet - chip.mem_read_latency - abs(dest_pos - pos)
+            else:
+                issue = meet + abs(dest_pos - pos)
+                port = issue + chip.mem_write_latency
+                if port <= run.not_before:
+                    raise Clash(base + run.not_before + 1 - port)
+            self.res.check_queue(chip.mem_name(s), issue, issue + (run.count - 1) * d, issue - base)
+
     def transfers(self, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int, reading: bool):
+        """Per run, the stream transfers of its rows: (emit position, first emit cycle, cycles apart, count, read
+        position)."""
         out = []
         for run in runs:
             pos = self.chip.mem_position(run.slice + plane_b)
-            for i in range(run.count):
-                meet = first + (run.out_start + i) * d
-                if reading:
-                    out.append((pos, meet - abs(dest_pos - pos), dest_pos))
-                else:
-                    out.append((dest_pos, meet, pos))
+            meet = first + run.out_start * d
+            if reading:
+                out.append((pos, meet - abs(dest_pos - pos), d, run.count, dest_pos))
+            else:
+                out.append((dest_pos, meet, d, run.count, pos))
         return out
 
     def take_group(self, direction, transfers_per_plane) -> int:
         """Consecutive free streams, stream base+b carrying transfers_per_plane[b]."""
         limit = self.chip.streams_per_direction
         width = len(transfers_per_plane)
+        res = self.res
+        paths = [res.stream_paths(direction, t) for t in transfers_per_plane]
         for start in range(0, limit - width + 1):
-            if all(self.res.stream_free(direction, start + b, transfers_per_plane[b]) for b in range(width)):
+            if all(res.stream_free(direction, start + b, paths[b]) for b in range(width)):
                 for b in range(width):
-                    self.res.take_stream(direction, start + b, transfers_per_plane[b])
+                    res.take_stream(direction, start + b, paths[b])
                 return start
         raise Clash(None)
 
@@ -182,6 +205,8 @@ class Scheduler:
                 issue = first + run.out_start * d - lat - abs(dest_pos - self.chip.mem_position(run.slice + b))
                 if issue < store.ready[tile]:  # not written yet: try again once it is
                     raise Clash(base + store.ready[tile] - issue)
+        for b in range(store.width):
+            self.check_mem_runs("READ", runs, b, first, d, dest_pos, base)
         direction = self._direction(runs, store.width, dest_pos, True)
         g = self.take_group(direction, [self.transfers(runs, b, first, d, dest_pos, True)
                                         for b in range(store.width)])
@@ -191,6 +216,8 @@ class Scheduler:
         return stream_name(direction, g)
 
     def write_view(self, store: Store, runs: list[MemRun], src_pos: int, first: int, base: int):
+        for b in range(store.width):
+            self.check_mem_runs("WRITE", runs, b, first, 1, src_pos, base)
         direction = self._direction(runs, store.width, src_pos, False)
         g = self.take_group(direction, [self.transfers(runs, b, first, 1, src_pos, False)
                                         for b in range(store.width)])
@@ -299,6 +326,9 @@ class Scheduler:
 
         def build(t):
             self.res.take_queue(f"MXM.{plane}.LW", t, t + issues - 1, 0)
+            for r in runs:
+                for b in range(2):
+                    self.check_mem_runs("READ", r, b, t, 1, pos, t)
             per_stream = [self.transfers(r, b, t, 1, pos, True) for r in runs for b in range(2)]
             base = self.take_group(direction, per_stream)
             for j, r in enumerate(runs):
@@ -511,7 +541,7 @@ class Scheduler:
         queue = f"MXM.{plane}.ACC"
         self.res.take_queue(queue, issue, issue + rows - 1, issue - base)
         emit = issue + self.chip.mxm_acc_latency
-        g = self.take_group(direction, [[(ppos, emit + i, self.vxm_pos) for i in range(rows)]] * 4)
+        g = self.take_group(direction, [[(ppos, emit, 1, rows, self.vxm_pos)]] * 4)
         self.res.add_issue(Issue(queue, issue, f"ACC.f32 {acc_base}, {stream_name(direction, g)}", rows, 1, 1,
                                  emit + rows - 1))
         self.acc_issued = issue + rows - 1
