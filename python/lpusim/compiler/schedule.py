@@ -96,6 +96,7 @@ class Scheduler:
     def place(self, lower: int, build, what: str):
         """Run `build(t)` at the first t >= lower where it fits; each failed try is rolled back."""
         t = max(0, lower)
+        first_fit = None  # the search limit counts from the first cycle the reservations allow, not from `lower`
         while True:
             self.res.begin()
             self.accesses = []
@@ -104,7 +105,8 @@ class Scheduler:
             except Clash as clash:
                 self.res.rollback()
                 t = max(t + 1, clash.retry_at or 0)
-                if t - lower > SEARCH_LIMIT:
+                first_fit = t if first_fit is None else first_fit
+                if t - first_fit > SEARCH_LIMIT:
                     raise CompileError(f"could not schedule {what} within {SEARCH_LIMIT} cycles of its "
                                        f"earliest start (resources stay taken)") from None
                 continue
