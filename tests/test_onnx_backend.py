@@ -23,7 +23,8 @@ places (never looser than `lpusim.check`).
 Runs with no MXM work are fp32 throughout (VXM) and keep onnx's own rtol/atol. Shape and dtype checks are onnx's.
 
 Exclusions. Each excluded test is skipped with its reason, prefixed by its category:
-- "dtype": a run-time input or an output that is not a float32 tensor (derived from the model, not listed);
+- "dtype": a run-time input that is not a float32 tensor, or an output that is not float32 or bool (derived from
+  the model, not listed);
 - "no chip work": the outputs are constants or views of an input, and the compiler refuses an empty program;
 - "not supported yet": an attribute, arity or operand form the compiler refuses with a CompileError;
 - "crash": compiling raises something other than an lpusim error (a bug, but not one of wrong values);
@@ -135,9 +136,10 @@ EXCLUDED_BY_REASON = {
         "test_softmax_axis_1_expanded", "test_softmax_axis_1_expanded_ver18",
     ],
     VIEW: [
-        "test_clip_default_inbounds_expanded", "test_dropout_default", "test_dropout_default_old",
-        "test_dropout_default_ratio", "test_dropout_random_old", "test_flatten_axis0", "test_flatten_axis1",
-        "test_flatten_axis2", "test_flatten_axis3", "test_flatten_default_axis", "test_flatten_negative_axis1",
+        "test_clip_default_inbounds_expanded", "test_dropout_default", "test_dropout_default_mask",
+        "test_dropout_default_mask_ratio", "test_dropout_default_old", "test_dropout_default_ratio",
+        "test_dropout_random_old", "test_flatten_axis0", "test_flatten_axis1", "test_flatten_axis2",
+        "test_flatten_axis3", "test_flatten_default_axis", "test_flatten_negative_axis1",
         "test_flatten_negative_axis2", "test_flatten_negative_axis3", "test_flatten_negative_axis4", "test_identity",
         "test_operator_flatten", "test_operator_index", "test_operator_permute2", "test_operator_view",
         "test_reduce_sum_empty_axes_input_noop", "test_reduce_sum_empty_axes_input_noop_example",
@@ -145,7 +147,8 @@ EXCLUDED_BY_REASON = {
         "test_reshape_negative_extended_dims", "test_reshape_one_dim", "test_reshape_reduced_dims",
         "test_reshape_reordered_all_dims", "test_reshape_reordered_last_dims", "test_reshape_zero_and_negative_dim",
         "test_reshape_zero_dim", "test_squeeze", "test_squeeze_negative_axes", "test_sum_one_input",
-        "test_training_dropout", "test_training_dropout_default", "test_training_dropout_zero_ratio",
+        "test_training_dropout", "test_training_dropout_default", "test_training_dropout_default_mask",
+        "test_training_dropout_mask", "test_training_dropout_zero_ratio", "test_training_dropout_zero_ratio_mask",
         "test_transpose_all_permutations_0", "test_unsqueeze_axis_0", "test_unsqueeze_axis_1",
         "test_unsqueeze_axis_2", "test_unsqueeze_negative_axes", "test_unsqueeze_three_axes",
         "test_unsqueeze_two_axes", "test_unsqueeze_unsorted_axes",
@@ -322,7 +325,7 @@ def _select():
                     continue
                 bound = _constant_inputs(model)
                 problems = lpusim.backend.type_problems(model, bound)
-                reason = ("dtype: " + "; ".join(problems) + " (the chip path takes float32 tensors only)"
+                reason = ("dtype: " + "; ".join(problems) + " (the chip path takes float32 inputs, returns float32 or bool)"
                           if problems else EXCLUDED.get(tc.name))
                 selected[(category, tc.name)] = (reason, bound)
     return selected
@@ -481,6 +484,17 @@ def test_run_node():
     x = np.array([[-1.0, 0.5]], dtype=np.float32)
     (y,) = lpusim.backend.run_node(onnx.helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.25), [x])
     np.testing.assert_array_equal(y, np.array([[-0.25, 0.5]], dtype=np.float32))
+
+
+def test_bool_outputs_come_back_as_bool():
+    b = onnx.TensorProto.BOOL
+    m = _model([onnx.helper.make_node("Less", ["x", "y"], ["z"])], [_vi("x", F32, [2, 3]), _vi("y", F32, [2, 3])],
+               [_vi("z", b, [2, 3])])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    y = np.full((2, 3), 2.5, dtype=np.float32)
+    (z,) = lpusim.backend.run_model(m, [x, y])
+    assert z.dtype == np.bool_
+    np.testing.assert_array_equal(z, x < y)
 
 
 def test_dtypes_without_a_chip_path_are_lpusim_errors():

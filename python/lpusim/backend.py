@@ -24,9 +24,10 @@ Options (keyword arguments of `prepare`, `run_model`, `run_node`):
   seeded random inputs when absent.
 - `rtol`, `atol`: accepted and ignored (the ONNX test runner forwards its comparison settings to `prepare`).
 
-The chip takes float32 tensors: a graph input or output of any other element type, or an input that is not a
-tensor, is a CompileError at `prepare` naming it (inputs named in `constant_inputs` may have any type: they are
-folded on the host). A run-time array whose dtype is not float32, or whose shape is not the compiled one, is a
+The chip takes float32 tensors and computes in float: a graph input of any other element type, an output other than
+float32 or bool, or a value that is not a tensor, is a CompileError at `prepare` naming it (inputs named in
+`constant_inputs` may have any type: they are folded on the host). A bool output (a comparison, Not, And, ...) comes
+off the chip as 1.0/0.0 and is returned as a bool array; any other value there is an LpusimError. A run-time array whose dtype is not float32, or whose shape is not the compiled one, is a
 ModelError naming the input. Unsupported ops and attributes are the compiler's CompileError naming node and op.
 """
 from __future__ import annotations
@@ -40,13 +41,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
-from lpusim.errors import CompileError, ModelError
+from lpusim.errors import CompileError, LpusimError, ModelError
 from lpusim.program import Program, RunResult
 from lpusim.program import compile as _compile
 
 DEVICES = ("CPU", "CPU:0")
 _OPTIONS = {"chip", "precision", "shapes", "constant_inputs", "calibration"}
-_RUNNER_OPTIONS = {"rtol", "atol"}  # the ONNX test runner forwards these to prepare(); they are not ours
+_RUNNER_OPTIONS = {"rtol", "atol"}
+# Output element types the backend returns: float32 as computed, bool from the chip's 1.0/0.0.
+_OUTPUT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.BOOL: np.bool_}  # the ONNX test runner forwards these to prepare(); they are not ours
 
 
 def _type_name(elem: int) -> str:
@@ -87,16 +90,18 @@ def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def type_problems(model: onnx.ModelProto, constant_inputs=()) -> list[str]:
-    """Why the chip path cannot take this model's run-time inputs or outputs, one phrase per input/output that is
-    not a float32 tensor (empty when it can). Inputs named in `constant_inputs` are folded on the host: any type."""
+    """Why the chip path cannot take this model's run-time inputs or outputs, one phrase per input that is not a
+    float32 tensor or output that is not a float32 or bool tensor (empty when it can). Inputs named in
+    `constant_inputs` are folded on the host: any type."""
     problems = []
-    for kind, values in (("input", [i for i in _runtime_inputs(model) if i.name not in constant_inputs]),
-                         ("output", list(model.graph.output))):
+    for kind, values, types in (
+            ("input", [i for i in _runtime_inputs(model) if i.name not in constant_inputs], (TensorProto.FLOAT,)),
+            ("output", list(model.graph.output), tuple(_OUTPUT_TYPES))):
         for v in values:
             if not v.type.HasField("tensor_type"):
                 problems.append(f"{kind} '{v.name}' is a {v.type.WhichOneof('value') or 'value of no type'}, "
                                 f"not a tensor")
-            elif v.type.tensor_type.elem_type != TensorProto.FLOAT:
+            elif v.type.tensor_type.elem_type not in types:
                 problems.append(f"{kind} '{v.name}' has element type "
                                 f"{_type_name(v.type.tensor_type.elem_type)}")
     return problems
@@ -125,14 +130,16 @@ class LpusimBackendRep(BackendRep):
         self.inputs = _runtime_inputs(model)
         self.input_names = [i.name for i in self.inputs]
         self.output_names = [o.name for o in model.graph.output]
+        self.output_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
         unknown = [n for n in self.constant_inputs if n not in self.input_names]
         if unknown:
             raise ModelError(f"constant_inputs names no graph input: {', '.join(unknown)} "
                              f"(inputs: {', '.join(self.input_names)})")
         problems = type_problems(model, self.constant_inputs)
         if problems:
-            raise CompileError("; ".join(problems) + ": the simulated chip takes float32 tensors only (the fp16 "
-                               "MXM path with fp32 on the VXM); no other element type has a chip path yet")
+            raise CompileError("; ".join(problems) + ": the simulated chip takes float32 tensors (the fp16 MXM "
+                               "path with fp32 on the VXM) and returns float32 or bool; no other element type has "
+                               "a chip path yet")
         self.programs: dict[Any, Program] = {}
         self.last_result: RunResult | None = None
         fixed = {i.name: self.shapes.get(i.name, _fixed_shape(i)) for i in self.inputs}
@@ -203,7 +210,16 @@ class LpusimBackendRep(BackendRep):
         self.last_result = result
         if timing_only:
             return []
-        return [result.outputs[name] for name in self.output_names]
+        return [self._typed(name, result.outputs[name]) for name in self.output_names]
+
+    def _typed(self, name: str, value: np.ndarray) -> np.ndarray:
+        if self.output_types[name] != TensorProto.BOOL:
+            return value
+        bad = ~((value == 0.0) | (value == 1.0))
+        if bad.any():
+            raise LpusimError(f"output '{name}' is bool, but the chip produced {int(bad.sum())} value(s) other than "
+                              f"1.0/0.0 (e.g. {value[bad].ravel()[0]!r})")
+        return value == 1.0
 
 
 class LpusimBackend(Backend):
