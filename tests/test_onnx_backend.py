@@ -325,8 +325,8 @@ def _select():
                     continue
                 bound = _constant_inputs(model)
                 problems = lpusim.backend.type_problems(model, bound)
-                reason = ("dtype: " + "; ".join(problems) + " (the chip path takes float32 inputs, returns float32 or bool)"
-                          if problems else EXCLUDED.get(tc.name))
+                reason = ("dtype: " + "; ".join(problems) + " (the chip path takes float32 inputs, returns float32 "
+                          "or bool)" if problems else EXCLUDED.get(tc.name))
                 selected[(category, tc.name)] = (reason, bound)
     return selected
 

@@ -27,8 +27,8 @@ Options (keyword arguments of `prepare`, `run_model`, `run_node`):
 The chip takes float32 tensors and computes in float: a graph input of any other element type, an output other than
 float32 or bool, or a value that is not a tensor, is a CompileError at `prepare` naming it (inputs named in
 `constant_inputs` may have any type: they are folded on the host). A bool output (a comparison, Not, And, ...) comes
-off the chip as 1.0/0.0 and is returned as a bool array; any other value there is an LpusimError. A run-time array whose dtype is not float32, or whose shape is not the compiled one, is a
-ModelError naming the input. Unsupported ops and attributes are the compiler's CompileError naming node and op.
+off the chip as 1.0/0.0 and is returned as a bool array; any other value there is an LpusimError. A run-time array
+whose dtype is not float32, or whose shape is not the compiled one, is a ModelError naming the input. Unsupported ops and attributes are the compiler's CompileError naming node and op.
 """
 from __future__ import annotations
 
@@ -47,9 +47,9 @@ from lpusim.program import compile as _compile
 
 DEVICES = ("CPU", "CPU:0")
 _OPTIONS = {"chip", "precision", "shapes", "constant_inputs", "calibration"}
-_RUNNER_OPTIONS = {"rtol", "atol"}
+_RUNNER_OPTIONS = {"rtol", "atol"}  # the ONNX test runner forwards these to prepare(); they are not ours
 # Output element types the backend returns: float32 as computed, bool from the chip's 1.0/0.0.
-_OUTPUT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.BOOL: np.bool_}  # the ONNX test runner forwards these to prepare(); they are not ours
+_OUTPUT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.BOOL: np.bool_}
 
 
 def _type_name(elem: int) -> str:
