@@ -591,7 +591,7 @@ class Scheduler:
             else:
                 for nt in range(self.ntiles(out.cols)):
                     self.vector_pipeline(node, nt, 0, out.rows, sinks, None, 0, 0)
-            for name in reads:  # free what no later node reads
+            for name in sorted(reads):  # free what no later node reads (in one order: set order varies by run)
                 if last_use.get(name) == i and name not in g.outputs:
                     for fmt in ("f32", "f16"):
                         if (name, fmt) in self.stores:
