@@ -48,3 +48,11 @@ def test_reduce_over_rows_is_a_clear_error():
     import lpusim
     with pytest.raises(lpusim.CompileError, match="ReduceMean node 'y'.*axes \\[0\\]"):
         lpusim.compile(one("ReduceMean", [4, 50], axes=[0], name="y"))
+
+
+def test_softmax_of_close_large_logits():
+    # 10000..10003 round to one fp16 value: every lane must still subtract the same maximum (onnx's
+    # test_softmax_large_number found lanes disagreeing)
+    x = {"x": np.array([[10000, 10001, 10002, 10003]], np.float32)}
+    for op in ("Softmax", "LogSoftmax"):
+        assert_matches_onnxruntime(one(op, [1, 4]), inputs=x)

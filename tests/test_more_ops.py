@@ -107,3 +107,26 @@ def test_concat_past_one_lane_tile():
     m = image_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["x"], ["n"]),
                      helper.make_node("Concat", ["r", "n"], ["y"], axis=1)], {}, [1, 200, 2, 3])
     assert_matches_onnxruntime(m)
+
+
+def test_gelu_tanh_approximation():
+    assert_matches_onnxruntime(make_model([helper.make_node("Gelu", ["x"], ["y"], approximate="tanh")], {},
+                                          {"x": [3, 40]}, opset=20))
+
+
+def test_average_pool_ceil_mode_overhang():
+    m = image_model([helper.make_node("Relu", ["x"], ["r"]),
+                     helper.make_node("AveragePool", ["r"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                      ceil_mode=1)], {}, [1, 3, 4, 4])
+    assert_matches_onnxruntime(m)
+
+
+def test_clip_computed_bounds_and_training_dropout_are_compile_errors():
+    m = make_model([helper.make_node("Clip", ["x", "lo"], ["y"], name="c")], {}, {"x": [3, 4], "lo": []})
+    with pytest.raises(lpusim.CompileError, match="Clip node 'c'.*constants"):
+        lpusim.compile(m)
+    m = make_model([helper.make_node("Relu", ["x"], ["r"]),
+                    helper.make_node("Dropout", ["r", "ratio", "t"], ["y"], name="d")],
+                   {"ratio": np.float32(0.5), "t": np.array(True)}, {"x": [3, 4]})
+    with pytest.raises(lpusim.CompileError, match="Dropout node 'd'.*training"):
+        lpusim.compile(m)

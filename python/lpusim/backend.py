@@ -28,7 +28,8 @@ The chip takes float32 tensors and computes in float: a graph input of any other
 float32 or bool, or a value that is not a tensor, is a CompileError at `prepare` naming it (inputs named in
 `constant_inputs` may have any type: they are folded on the host). A bool output (a comparison, Not, And, ...) comes
 off the chip as 1.0/0.0 and is returned as a bool array; any other value there is an LpusimError. A run-time array
-whose dtype is not float32, or whose shape is not the compiled one, is a ModelError naming the input. Unsupported ops and attributes are the compiler's CompileError naming node and op.
+whose dtype is not float32, or whose shape is not the compiled one, is a ModelError naming the input. Unsupported
+ops and attributes are the compiler's CompileError naming node and op.
 """
 from __future__ import annotations
 

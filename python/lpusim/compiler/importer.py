@@ -16,6 +16,20 @@ from lpusim.compiler.lower_lanes import LaneLowering
 from lpusim.compiler.lower_moves import MoveLowering
 from lpusim.errors import CompileError, ModelError
 
+def _gelu(a) -> list:
+    """0.5 * x * (1 + erf(x / sqrt(2))), or with approximate="tanh" 0.5 * x * (1 + tanh(sqrt(2/pi) * (x +
+    0.044715 x^3)))."""
+    if a.get("approximate", b"none") in (b"none", "none"):
+        head = [("MUL", [("in",), ("imm", float(np.float32(1 / np.sqrt(2))))]), ("ERF", [("step", 0)])]
+    else:
+        head = [("MUL", [("in",), ("in",)]), ("MUL", [("step", 0), ("imm", 0.044715)]),
+                ("MUL", [("step", 1), ("in",)]), ("ADD", [("step", 2), ("in",)]),
+                ("MUL", [("step", 3), ("imm", float(np.float32(np.sqrt(2 / np.pi))))]), ("TANH", [("step", 4)])]
+    k = len(head) - 1
+    return head + [("ADD", [("step", k), ("imm", 1.0)]), ("MUL", [("in",), ("imm", 0.5)]),
+                   ("MUL", [("step", k + 2), ("step", k + 1)])]
+
+
 # ONNX unary ops and the VXM chain each lowers to (x is ("in",); constants come from attributes).
 _UNARY = {
     "Relu": lambda a: [("RELU", [("in",)])],
@@ -45,10 +59,7 @@ _UNARY = {
     "HardSigmoid": lambda a: [("MUL", [("in",), ("imm", a.get("alpha", 0.2))]),
                               ("ADD", [("step", 0), ("imm", a.get("beta", 0.5))]),
                               ("MIN", [("step", 1), ("imm", 1.0)]), ("MAX", [("step", 2), ("imm", 0.0)])],
-    # Gelu (exact form): 0.5 * x * (1 + erf(x / sqrt(2)))
-    "Gelu": lambda a: [("MUL", [("in",), ("imm", float(np.float32(1 / np.sqrt(2))))]), ("ERF", [("step", 0)]),
-                       ("ADD", [("step", 1), ("imm", 1.0)]), ("MUL", [("in",), ("imm", 0.5)]),
-                       ("MUL", [("step", 3), ("step", 2)])],
+    "Gelu": lambda a: _gelu(a),
 }
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAX", "Min": "MIN",
            "Equal": "EQ", "Less": "LT", "Greater": "GT", "LessOrEqual": "LE", "GreaterOrEqual": "GE",
@@ -262,6 +273,10 @@ class _Lowering(LaneLowering, MoveLowering):
             else:
                 self.consts[out] = shape[a.get("start", 0):a.get("end", len(shape))]
             return
+        if op == "Dropout" and len(args) > 2 and args[2] is not None and (
+                args[2][0] != "const" or bool(np.asarray(args[2][1]))):
+            raise CompileError(f"{self.where(node)}: Dropout in training mode (random masks) is not supported; "
+                               f"inference Dropout is the identity")
         if op in _PASSTHROUGH or (op == "Cast" and a.get("to") == onnx.TensorProto.FLOAT
                                   and args[0][0] == "value"):
             self.values[out] = self.values[node.input[0]]
@@ -519,12 +534,16 @@ class _Lowering(LaneLowering, MoveLowering):
             eye = self.const_tensor(np.eye(c, dtype=np.float32), "eye")
             terms = [(view(i, j), eye) for i, j in taps]
             sources, steps = [], [Step("MUL", [("acc",), ("imm", 1.0 / len(taps))])]
-            if any(pads) and not count_pad:  # divide each pixel by the taps inside the image: a constant per row
-                counts = np.zeros((n, ho, wo), dtype=np.float32)
-                for i, j in taps:
-                    hh = np.arange(ho) * strides[0] + i * dil[0] - pads[0]
-                    ww = np.arange(wo) * strides[1] + j * dil[1] - pads[1]
-                    counts += ((hh >= 0) & (hh < h))[:, None] & ((ww >= 0) & (ww < w))[None, :]
+            # The divisor counts the taps inside the image (count_include_pad=0) or inside the padded image;
+            # windows that overhang it (ceil_mode) count less. Unequal counts: a constant per row.
+            lo_h, hi_h = (-pads[0], h + pads[2]) if count_pad else (0, h)
+            lo_w, hi_w = (-pads[1], w + pads[3]) if count_pad else (0, w)
+            counts = np.zeros((n, ho, wo), dtype=np.float32)
+            for i, j in taps:
+                hh = np.arange(ho) * strides[0] + i * dil[0] - pads[0]
+                ww = np.arange(wo) * strides[1] + j * dil[1] - pads[1]
+                counts += ((hh >= lo_h) & (hh < hi_h))[:, None] & ((ww >= lo_w) & (ww < hi_w))[None, :]
+            if np.any(counts != len(taps)):
                 inv = np.repeat((1.0 / counts).reshape(-1, 1), c, axis=1).astype(np.float32)
                 sources = [View(self.const_tensor(inv, "count"))]
                 steps = [Step("MUL", [("acc",), ("src", 0)])]
@@ -637,19 +656,23 @@ class _Lowering(LaneLowering, MoveLowering):
         raise CompileError(f"{self.where(node)}: Transpose perm={perm} of {tuple(shape)} moves data between rows "
                            f"and lanes, which needs the SXM (not supported yet)")
 
-    def emit_chain(self, node, x, chain):
+    def emit_chain(self, node, x, chain, out_name=None):
         _, name, shape = x
+        out_name = out_name or node.output[0]
         steps = [Step(vop, [("src", 0) if arg == ("in",) else arg for arg in vargs]) for vop, vargs in chain]
-        out = self.add_tensor(self.fresh(node.output[0]), shape, "value")
+        out = self.add_tensor(self.fresh(out_name), shape, "value")
         self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[View(name)],
                                steps=steps))
-        self.values[node.output[0]] = (out, shape)
+        self.values[out_name] = (out, shape)
 
     def lower_unary(self, node, op, a, args):
         _, name, shape = args[0]
         if op == "LeakyRelu" and not 0.0 <= a.get("alpha", 0.01) <= 1.0:
             raise CompileError(f"{self.where(node)}: LeakyRelu alpha={a['alpha']} outside [0, 1] is not supported")
         if op == "Clip":
+            if any(x is not None and x[0] != "const" for x in args[1:]):
+                raise CompileError(f"{self.where(node)}: Clip bounds must be constants (computed bounds are not "
+                                   f"supported)")
             lo = args[1][1] if len(args) > 1 and args[1] is not None else a.get("min")
             hi = args[2][1] if len(args) > 2 and args[2] is not None else a.get("max")
             for bound in (lo, hi):
@@ -662,6 +685,20 @@ class _Lowering(LaneLowering, MoveLowering):
                 chain.append(("MIN", [("step", len(chain) - 1) if chain else ("in",), ("imm", float(np.asarray(hi)))]))
             if not chain:
                 chain = [("COPY", [("in",)])]
+        elif op == "Gelu" and a.get("approximate", b"none") not in (b"none", "none"):
+            # two nodes: the tanh form's delay lines would need more than the VXM's 16 ALUs in one chain
+            inner = _gelu(a)[:6]
+            t = self.fresh(node.output[0])
+            self.emit_chain(node, args[0], inner, out_name=t)
+            self.nodes[-1].fusable = False
+            _, t_ir, _ = ("value",) + self.values[t]
+            steps = [Step("ADD", [("src", 1), ("imm", 1.0)]), Step("MUL", [("src", 0), ("imm", 0.5)]),
+                     Step("MUL", [("step", 1), ("step", 0)])]
+            out = self.add_tensor(self.fresh(node.output[0]), shape, "value")
+            self.nodes.append(Node("vector", node.name or node.output[0], op, out,
+                                   sources=[View(name), View(t_ir)], steps=steps))
+            self.values[node.output[0]] = (out, shape)
+            return
         else:
             chain = _UNARY[op](a)
         steps = [Step(vop, [("src", 0) if arg == ("in",) else arg for arg in vargs]) for vop, vargs in chain]

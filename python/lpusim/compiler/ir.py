@@ -100,6 +100,7 @@ class Node:
     sources: list[View] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     terms: list[tuple[View, str]] = field(default_factory=list)  # matmul: (activation view, constant weights)
+    fusable: bool = True  # may fuse_chains merge a consumer into this node (False: the chain would need >16 ALUs)
 
     @property
     def x(self) -> str | None:

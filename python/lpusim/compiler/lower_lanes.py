@@ -3,8 +3,9 @@
 A row's elements sit on the lanes of one vector, so a reduction over the last axis (the channel axis of an image)
 crosses lanes. lpusim does it on the MXM with constant 0/1 matrices, using only the matmul and vector node kinds:
 * sum: `x @ ones[C, C]` puts the row sum in every lane (the accumulator adds exactly; x enters as fp16);
-* max/min: a tree of `ceil(log2 C)` steps `m = MAX(m, m @ R_s)` where `R_s` rotates the C lanes cyclically by
-  s = 1, 2, 4, ...: after the last step every lane holds the row's maximum. `m @ R_s` moves fp16 values exactly,
+* max/min: `m = x @ I` (x's fp16 values, the same in every lane's view), then a tree of `ceil(log2 C)` steps
+  `m = MAX(m, m @ R_s)` where `R_s` rotates the C lanes cyclically by s = 1, 2, 4, ...: after the last step every
+  lane holds the row's maximum. `m @ R_s` moves fp16 values exactly,
   so the result is the maximum of x's fp16-rounded values (within fp16's rounding of the true maximum);
 * a reduction that keeps one column (`keepdims`) reads lane 0 through `E[C, 1]`.
 The SXM (shift/permute) could do the rotations without rounding and in fewer cycles; the scheduler does not
@@ -74,16 +75,19 @@ class LaneLowering:
         if magnitude is None:
             magnitude = self.magnitudes.get(node.input[0], 0.0)
         c = shape[lane_axis(shape)]
-        m, s = x, 1
         self.tensors[x].f16_saturate = True  # an inf in a rotation's input would make the whole row NaN
+        # Every lane must compare the same (fp16-rounded) values, or each lane keeps its own unrounded value and
+        # the lanes disagree on the maximum: start from x's fp16 copy, read back through the identity.
+        m, _ = self.lane_matmul(node, x, shape, ("eye", c), lambda: np.eye(c, dtype=np.float32), f"{hint}0")
+        self.derived[m] = magnitude
+        self.tensors[m].f16_saturate = True
+        s = 1
         while s < c:
             m, _ = self.lane_matmul(node, m, shape, (f"rot{s}", c), lambda s=s: rotation(c, s), f"{hint}{s}",
                                     [Step(op, [("acc",), ("src", 0)])], [m])
             self.derived[m] = magnitude
             self.tensors[m].f16_saturate = True
             s *= 2
-        if m == x:  # a single lane: the value itself
-            m = self.vector(node, [x], [Step("COPY", [("src", 0)])], shape, hint)
         return m
 
     def keep_lane0(self, node, x, shape, out_onnx):

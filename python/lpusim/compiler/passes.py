@@ -59,7 +59,8 @@ def fuse_chains(graph: Graph) -> Graph:
             for view in consumer.sources:
                 name = view.tensor
                 producer = producers.get(name)
-                if producer is None or view.spatial or name in graph.outputs or len(uses[name]) != 1:
+                if producer is None or not producer.fusable or view.spatial or name in graph.outputs \
+                        or len(uses[name]) != 1:
                     continue
                 if [v.tensor for v in consumer.sources].count(name) != 1:
                     continue
