@@ -50,11 +50,13 @@ class Reservations:
         self.issues: list[Issue] = []
         self._journal: list[tuple] = []
         self.bank_split = chip.mem_words // 2
+        self.streams_taken = 0
 
     # ----- transactions ---------------------------------------------------------------------------------
     def begin(self) -> None:
         self._journal = []
         self._issue_mark = len(self.issues)
+        self.streams_taken = 0  # stream reservations of this attempt (stream_conflict_span assumes none)
 
     def rollback(self) -> None:
         """Undo the attempt: entries in reverse order, each restoring exactly what it changed."""
@@ -180,8 +182,32 @@ class Reservations:
                     return False
         return True
 
+    def stream_conflict_span(self, direction: str, stream: int, paths: list[tuple[range, int]]) -> int:
+        """-1 if `paths` are free on the stream; else the largest k such that the same paths emitted 0..k cycles
+        later all still meet a vector already on it.
+
+        Later emission moves every diagonal one step per cycle (eastward down, westward up) and keeps the
+        positions. A path of consecutive diagonals that meets a taken diagonal x keeps meeting it until its far end
+        has passed x; a path with gaps (vectors several cycles apart) is only known to meet it now."""
+        occ = self.streams.get((direction, stream))
+        if not occ:
+            return -1
+        span = -1
+        for diags, mask in paths:
+            hits = [x for x in (occ.keys() & diags) if occ[x] & mask]
+            if not hits:
+                continue
+            if len(diags) == 1 or abs(diags.step) != 1:
+                span = max(span, 0)
+            elif direction == "E":  # diags descend from diags[0]; later, all are lower
+                span = max(span, diags[0] - min(hits))
+            else:
+                span = max(span, max(hits) - diags[0])
+        return span
+
     def take_stream(self, direction: str, stream: int, paths: list[tuple[range, int]]) -> None:
         """Reserve one stream along `paths` (from `stream_paths`); the caller checked it free."""
+        self.streams_taken += 1
         occ = self.streams.get((direction, stream))
         if occ is None:
             occ = self.streams[(direction, stream)] = {}

@@ -176,18 +176,36 @@ class Scheduler:
                 out.append((dest_pos, meet, d, run.count, pos))
         return out
 
-    def take_group(self, direction, transfers_per_plane) -> int:
-        """Consecutive free streams, stream base+b carrying transfers_per_plane[b]."""
+    def take_group(self, direction, transfers_per_plane, base: int | None = None) -> int:
+        """Consecutive free streams, stream g+b carrying transfers_per_plane[b]; returns g. `base`: the job's
+        start cycle, which the transfers' cycles move with (given, a clash carries a retry hint)."""
         limit = self.chip.streams_per_direction
         width = len(transfers_per_plane)
         res = self.res
         paths = [res.stream_paths(direction, t) for t in transfers_per_plane]
-        for start in range(0, limit - width + 1):
+        starts = range(0, limit - width + 1)
+        for start in starts:
             if all(res.stream_free(direction, start + b, paths[b]) for b in range(width)):
                 for b in range(width):
                     res.take_stream(direction, start + b, paths[b])
                 return start
-        raise Clash(None)
+        if base is None or res.streams_taken or not starts:
+            raise Clash(None)
+        # Every group meets a vector already placed. While no stream is taken by this try, the streams hold
+        # committed vectors only, which stay where they are if the job starts later: a group stays blocked for as
+        # long as one of its streams does, so no start fits before the soonest any group could be free.
+        soonest = None
+        for start in starts:
+            blocked = -1
+            for b in range(width):
+                blocked = max(blocked, res.stream_conflict_span(direction, start + b, paths[b]))
+                if soonest is not None and blocked >= soonest:
+                    break
+            if soonest is None or blocked < soonest:
+                soonest = blocked
+            if soonest <= 0:
+                raise Clash(None)
+        raise Clash(base + soonest + 1)
 
     def _direction(self, runs: list[MemRun], width: int, pos: int, reading: bool) -> str:
         sides = {self.chip.mem_position(r.slice + b) > pos for r in runs for b in range(width)}
@@ -332,7 +350,7 @@ class Scheduler:
                 for b in range(2):
                     self.check_mem_runs("READ", r, b, t, 1, pos, t)
             per_stream = [self.transfers(r, b, t, 1, pos, True) for r in runs for b in range(2)]
-            base = self.take_group(direction, per_stream)
+            base = self.take_group(direction, per_stream, t)
             for j, r in enumerate(runs):
                 for b in range(2):
                     self.mem_runs("READ", r, b, t, 1, pos, stream_name(direction, base + 2 * j + b), t)
@@ -543,7 +561,7 @@ class Scheduler:
         queue = f"MXM.{plane}.ACC"
         self.res.take_queue(queue, issue, issue + rows - 1, issue - base)
         emit = issue + self.chip.mxm_acc_latency
-        g = self.take_group(direction, [[(ppos, emit, 1, rows, self.vxm_pos)]] * 4)
+        g = self.take_group(direction, [[(ppos, emit, 1, rows, self.vxm_pos)]] * 4, base)
         self.res.add_issue(Issue(queue, issue, f"ACC.f32 {acc_base}, {stream_name(direction, g)}", rows, 1, 1,
                                  emit + rows - 1))
         self.acc_issued = issue + rows - 1
