@@ -84,8 +84,8 @@ def test_op_matches_onnxruntime(name):
 
 
 def test_real_transpose_is_a_clear_error():
-    m = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Transpose", ["r"], ["y"], name="t")],
-                   {}, {"x": [4, 9]})
+    m = make_model([helper.make_node("Relu", ["x"], ["r"]),
+                    helper.make_node("Transpose", ["r"], ["y"], name="t", perm=[1, 0, 2])], {}, {"x": [4, 3, 9]})
     with pytest.raises(lpusim.CompileError, match="Transpose node 't'.*needs the SXM"):
         lpusim.compile(m)
 

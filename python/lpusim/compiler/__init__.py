@@ -37,7 +37,7 @@ def sram_needed(graph: ir.Graph, chip: Chip) -> int:
         return sum(tiles * Store.for_tensor(t, fmt).storage_rows * WIDTH[fmt] * lanes for fmt in t.formats)
 
     static = sum(size(t) for t in graph.tensors.values() if t.kind in ("const", "input"))
-    for w in {w for node in graph.nodes for _, w in node.terms}:
+    for w in {w for node in graph.nodes for _, w in node.terms if graph.tensors[w].kind == "const"}:
         data = graph.tensors[w].data
         k, n = data.shape
         for kt in range(math.ceil(k / lanes)):

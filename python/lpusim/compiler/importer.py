@@ -134,6 +134,10 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
     return out
 
 
+def op_name(node) -> str:
+    return node.op_type
+
+
 def _as_matrix(shape: tuple) -> tuple[int, int]:
     """An ONNX shape as (rows, cols): an NCHW image has channels on the lanes and a row per pixel; any other
     shape has its last dimension on the lanes and everything before it batched."""
@@ -394,9 +398,11 @@ class _Lowering(LaneLowering, MoveLowering):
         x, w = args[0], args[1]
         if op == "Gemm" and a.get("transA", 0):
             raise CompileError(f"{self.where(node)}: transA=1 on a computed operand is not supported yet")
+        if x[0] == "value" and w[0] == "value" and op == "MatMul":
+            return self.lower_computed_matmul(node, x, w)
         if x[0] == "const" or w[0] != "const":
-            raise CompileError(f"{self.where(node)}: only activation @ constant weights is supported yet "
-                               f"(both operands computed needs the attention path)")
+            raise CompileError(f"{self.where(node)}: only activation @ constant weights, or a MatMul of two "
+                               f"computed matrices, is supported yet")
         wmat = np.asarray(w[1], dtype=np.float32)
         if op == "Gemm":
             if a.get("transB", 0):
@@ -429,6 +435,20 @@ class _Lowering(LaneLowering, MoveLowering):
             elif a.get("beta", 1.0) != 1.0:
                 raise CompileError(f"{self.where(node)}: beta != 1 with a computed C is not supported yet")
             self.emit_binary(node, "ADD", ("value", out, out_shape), c, node.output[0])
+
+    def lower_computed_matmul(self, node, x, w):
+        """x @ w with w computed: w's rows are loaded into a plane as weights (at most 320 x 320 per tile)."""
+        _, xname, xshape = x
+        _, wname, wshape = w
+        if any(d != 1 for d in wshape[:-2]) or len(wshape) < 2 or any(d != 1 for d in xshape[:-2]):
+            raise CompileError(f"{self.where(node)}: a MatMul of computed {tuple(xshape)} @ {tuple(wshape)} with "
+                               f"batch dimensions is not supported yet (one matrix each)")
+        if xshape[-1] != wshape[-2]:
+            raise CompileError(f"{self.where(node)}: inner dimensions differ: {tuple(xshape)} @ {tuple(wshape)}")
+        out_shape = tuple(np.broadcast_shapes(tuple(xshape[:-2]), tuple(wshape[:-2]))) + (xshape[-2], wshape[-1])
+        out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+        self.nodes.append(Node("matmul", node.name or node.output[0], "MatMul", out, terms=[(View(xname), wname)]))
+        self.values[node.output[0]] = (out, out_shape)
 
     # ----- convolution and pooling ----------------------------------------------------------------------
     def _window(self, node, a, shape, kernel):
@@ -652,6 +672,17 @@ class _Lowering(LaneLowering, MoveLowering):
         moved = [i for i in perm if shape[i] != 1]
         if moved == sorted(moved) and _as_matrix(new) == _as_matrix(shape) and (len(new) == 4) == (len(shape) == 4):
             self.values[node.output[0]] = (x, new)  # only size-1 axes move: the same rows and lanes
+            return
+        nd = len(shape)
+        big = [i for i in range(nd) if shape[i] != 1]
+        if nd >= 2 and nd != 4 and perm[-2:] == [nd - 1, nd - 2] and perm[:-2] == list(range(nd - 2)) and \
+                all(shape[i] == 1 for i in range(nd - 2)) and big:
+            # a matrix transpose (rows <-> lanes): skew, gather, unskew on the SXM and MEM (schedule_sxm.py)
+            out = self.add_tensor(self.fresh(node.output[0]), new, "value")
+            self.nodes.append(Node("transpose", node.name or node.output[0], op_name(node), out,
+                                   sources=[View(x)], fusable=False))
+            self.derived[out] = self.magnitudes.get(node.input[0], 0.0)
+            self.values[node.output[0]] = (out, new)
             return
         raise CompileError(f"{self.where(node)}: Transpose perm={perm} of {tuple(shape)} moves data between rows "
                            f"and lanes, which needs the SXM (not supported yet)")

@@ -93,7 +93,7 @@ class Step:
 
 @dataclass
 class Node:
-    kind: str  # "matmul" | "vector"
+    kind: str  # "matmul" | "vector" | "transpose" (rows <-> lanes of one source, on the SXM)
     name: str  # the ONNX node this came from (for messages)
     onnx_op: str
     output: str
@@ -171,17 +171,22 @@ def validate(graph: Graph) -> None:
                 raise CompileError(f"{where}: a matmul needs terms that all read one tensor")
             for v, wname in node.terms:
                 x, w = graph.tensors[v.tensor], graph.tensors[wname]
-                if w.kind != "const":
-                    raise CompileError(f"{where}: weights '{w.name}' are not constant")
+                if w.kind == "input" or (w.kind == "value" and len(node.terms) != 1):
+                    raise CompileError(f"{where}: weights '{w.name}' must be constant, or one computed tensor")
                 rows_ok = v.spatial or x.rows == out.rows
-                if x.cols != w.rows or out.cols != w.cols or not rows_ok:
+                padding_only = w.cols > out.cols and -(-w.cols // 320) == -(-out.cols // 320)  # lower_lanes
+                if x.cols != w.rows or (out.cols != w.cols and not padding_only) or not rows_ok:
                     raise CompileError(f"{where}: shapes {x.rows}x{x.cols} @ {w.rows}x{w.cols} -> "
                                        f"{out.rows}x{out.cols}")
                 if v.spatial and x.geom is None:
                     raise CompileError(f"{where}: a spatial tap needs an image tensor")
+        elif node.kind == "transpose":
+            x = graph.tensors[node.sources[0].tensor] if len(node.sources) == 1 else None
+            if x is None or node.steps or (out.rows, out.cols) != (x.cols, x.rows):
+                raise CompileError(f"{where}: a transpose takes one {out.cols}x{out.rows} source, no chain")
         elif node.kind != "vector":
             raise CompileError(f"{where}: unknown node kind {node.kind}")
-        for v in node.sources:
+        for v in (node.sources if node.kind != "transpose" else []):
             t = graph.tensors[v.tensor]
             if t.cols != out.cols or (not v.spatial and t.rows not in (1, out.rows)):
                 raise CompileError(f"{where}: source {v} is {t.rows}x{t.cols}, output {out.rows}x{out.cols}")

@@ -18,6 +18,8 @@ import numpy as np
 from lpusim.compiler.ir import Node, Step, View
 from lpusim.errors import CompileError
 
+LANES = 320  # tsp_v1's vector length: the tile the padding lanes of a sum fill up to
+
 
 def with_lanes(shape: tuple, n: int) -> tuple:
     """`shape` with its lane axis (channels of an image, else the last axis) resized to n."""
@@ -46,10 +48,12 @@ class LaneLowering:
             cache[key] = self.const_tensor(make(), str(key[0]))
         return cache[key]
 
-    def lane_matmul(self, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(), sources=()) -> tuple:
-        """A matmul node `x @ W` (W constant [C, N], shared by key) with an epilogue; returns (name, shape)."""
+    def lane_matmul(self, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(), sources=(),
+                    out_cols: int | None = None) -> tuple:
+        """A matmul node `x @ W` (W constant [C, N], shared by key) with an epilogue; returns (name, shape).
+        `out_cols` < N: W's extra columns only fill the output's padding lanes (of its last 320-lane tile)."""
         w = self.shared_const(wkey, make_w)
-        out_shape = with_lanes(shape, self.tensors[w].cols)
+        out_shape = with_lanes(shape, out_cols or self.tensors[w].cols)
         out = self.add_tensor(self.fresh(hint), out_shape, "value")
         self.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
                                sources=[View(s) for s in sources], steps=list(steps), terms=[(View(x), w)]))
@@ -67,8 +71,12 @@ class LaneLowering:
         first = [Step("MUL", [("acc",), ("imm", float(scale))])] if scale != 1.0 else [Step("COPY", [("acc",)])]
         rest = [Step(s.op, [("step", 0) if a == ("sum",) else ("step", a[1] + 1) if a[0] == "step" else a
                             for a in s.args]) for s in steps]
-        return self.lane_matmul(node, x, shape, ("ones", c), lambda: np.ones((c, c), np.float32), hint,
-                                first + rest if (rest or scale != 1.0) else [], sources)
+        # The sum also fills the padding lanes up to the 320-lane tile boundary: padding lanes hold 0, and
+        # what follows a sum (a division, a logarithm, a reciprocal square root) must not turn them into
+        # inf or NaN, which a later matmul would multiply by its zero weight rows into NaN.
+        padded = -(-c // LANES) * LANES
+        return self.lane_matmul(node, x, shape, ("ones", c), lambda: np.ones((c, padded), np.float32), hint,
+                                first + rest if (rest or scale != 1.0) else [], sources, out_cols=c)
 
     def lane_extreme(self, node, x, shape, op, hint="max", magnitude=None):
         """Row max (op MAX) or min (MIN) in every lane: the rotation tree (`magnitude`: of x, for fp16 scales)."""

@@ -126,8 +126,12 @@ def assign_formats(graph: Graph) -> Graph:
     new_nodes = []
     converted: dict[str, str] = {}
     for node in graph.nodes:
-        for v in node.sources:
-            graph.tensors[v.tensor].formats.add("f32")
+        for v in node.sources:  # a transpose moves the copies its output needs (below); the VXM reads f32
+            if node.kind != "transpose":
+                graph.tensors[v.tensor].formats.add("f32")
+        for _, w in node.terms:  # computed weights (attention) load from their f16 copy
+            if graph.tensors[w].kind == "value":
+                graph.tensors[w].formats.add("f16")
         if node.kind == "matmul":
             x = graph.tensors[node.x]
             if x.kind == "input":
@@ -143,6 +147,9 @@ def assign_formats(graph: Graph) -> Graph:
                 x.formats.add("f16")
         new_nodes.append(node)
     graph.nodes = new_nodes
+    for node in reversed(graph.nodes):  # a transpose moves bytes: its source is stored in its output's formats
+        if node.kind == "transpose":
+            graph.tensors[node.sources[0].tensor].formats |= graph.tensors[node.output].formats
     return graph
 
 
@@ -207,8 +214,17 @@ def scale_fp16(graph: Graph) -> Graph:
     for name, t in graph.tensors.items():
         if "f16" in t.formats and t.kind == "value":
             t.f16_exp = scale_exponent(magnitude(name))
+    for node in graph.nodes:  # a transpose moves the f16 bytes as they are: its output keeps the scale
+        if node.kind == "transpose":
+            graph.tensors[node.output].f16_exp = graph.tensors[node.sources[0].tensor].f16_exp
     for node in graph.nodes:
         if node.kind != "matmul":
+            continue
+        computed = [w for _, w in node.terms if graph.tensors[w].kind == "value"]
+        if computed:
+            k = graph.tensors[node.x].f16_exp + graph.tensors[computed[0]].f16_exp
+            if k:
+                node.steps = _prepend_scale(node.steps, float(2.0 ** k))
             continue
         weights = {w for _, w in node.terms}
         j = scale_exponent(max(float(abs(graph.tensors[w].data).max(initial=0.0)) for w in weights))

@@ -237,6 +237,18 @@ class SramAllocator:
         # Released blocks: [first slice, width, bank, addr, count, not_before]. A block is reused only by a
         # store whose writes all commit after `not_before` (the old owner's last access).
         self.free: list[list[int]] = []
+        self.reserved: set[int] = set()  # slices kept for the SXM jobs' tables and scratch (alloc_at only)
+
+    def alloc_at(self, first: int, width: int, count: int, bank: int) -> int:
+        """`count` addresses in slices first..first+width-1 (reserved ones included): the address."""
+        slices = range(first, first + width)
+        addr = max(self.next[s][bank] for s in slices)
+        if addr + count > self.limit[bank]:
+            raise CompileError(f"out of SRAM in the slices kept for SXM tables ({first}..{first + width - 1})")
+        for s in slices:
+            self.next[s][bank] = addr + count
+        self.bytes_used += width * count * self.chip.lanes
+        return addr
 
     def release(self, slice_index: int, width: int, addr: int, count: int, not_before: int) -> None:
         bank = int(addr >= self.limit[0])
@@ -249,7 +261,7 @@ class SramAllocator:
             s, w, b, addr, n, not_before = block
             if w != width or n < count or ("W" if s < half else "E") != hemisphere:
                 continue
-            if any(x in avoid for x in range(s, s + w)):
+            if any(x in avoid or x in self.reserved for x in range(s, s + w)):
                 continue
             if n == count:
                 self.free.remove(block)
@@ -287,7 +299,7 @@ class SramAllocator:
             if g + width > self.half:
                 continue
             slices = range(base + g, base + g + width)
-            if any(s in avoid for s in slices):
+            if any(s in avoid or s in self.reserved for s in slices):
                 continue
             addr = max(self.next[s][bank] for s in slices)
             if addr + count <= self.limit[bank]:

@@ -17,6 +17,7 @@ import numpy as np
 from lpusim.compiler.ir import Graph, Node, Step, View, out_geom
 from lpusim.compiler.layout import MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, segment_runs, view_runs
 from lpusim.compiler.resources import Clash, Issue, Reservations, SramAllocator
+from lpusim.compiler.schedule_sxm import SxmJobs
 from lpusim.errors import CompileError
 
 # How far past a job's lower bound the scheduler searches before declaring the schedule impossible.
@@ -73,7 +74,7 @@ def _imm(value: float) -> str:
     return "#" + repr(float(np.float32(value)))
 
 
-class Scheduler:
+class Scheduler(SxmJobs):
     def __init__(self, chip, graph: Graph, progress=None):
         self.chip = chip
         self.graph = graph
@@ -217,33 +218,36 @@ class Scheduler:
         return "E" if east_of_reader else "W"
 
     def read_view(self, store: Store, tile: int, runs: list[MemRun], dest_pos: int, first: int, d: int,
-                  base: int) -> str:
-        """Stream the rows of `runs` so row i arrives at dest_pos at first + i*d; returns the stream group."""
+                  base: int, planes: list[int] | None = None) -> str:
+        """Stream the rows of `runs` so row i arrives at dest_pos at first + i*d; returns the stream group.
+        `planes`: only these byte planes (default all), on consecutive streams."""
         lat = self.chip.mem_read_latency
+        planes = list(range(store.width)) if planes is None else planes
         for run in runs:
-            for b in range(store.width):
+            for b in planes:
                 issue = first + run.out_start * d - lat - abs(dest_pos - self.chip.mem_position(run.slice + b))
                 if issue < store.ready[tile]:  # not written yet: try again once it is
                     raise Clash(base + store.ready[tile] - issue)
-        for b in range(store.width):
+        for b in planes:
             self.check_mem_runs("READ", runs, b, first, d, dest_pos, base)
         direction = self._direction(runs, store.width, dest_pos, True)
-        g = self.take_group(direction, [self.transfers(runs, b, first, d, dest_pos, True)
-                                        for b in range(store.width)])
-        for b in range(store.width):
-            last = self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + b), base)
+        g = self.take_group(direction, [self.transfers(runs, b, first, d, dest_pos, True) for b in planes])
+        for i, b in enumerate(planes):
+            last = self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + i), base)
             self.accesses.append((store, last))
         return stream_name(direction, g)
 
-    def write_view(self, store: Store, runs: list[MemRun], src_pos: int, first: int, base: int):
-        for b in range(store.width):
-            self.check_mem_runs("WRITE", runs, b, first, 1, src_pos, base)
+    def write_view(self, store: Store, runs: list[MemRun], src_pos: int, first: int, base: int,
+                   planes: list[int] | None = None, d: int = 1):
+        planes = list(range(store.width)) if planes is None else planes
+        for b in planes:
+            self.check_mem_runs("WRITE", runs, b, first, d, src_pos, base)
         direction = self._direction(runs, store.width, src_pos, False)
-        g = self.take_group(direction, [self.transfers(runs, b, first, 1, src_pos, False)
-                                        for b in range(store.width)])
+        g = self.take_group(direction, [self.transfers(runs, b, first, d, src_pos, False) for b in planes])
         last = 0
-        for b in range(store.width):
-            last = max(last, self.mem_runs("WRITE", runs, b, first, 1, src_pos, stream_name(direction, g + b), base))
+        for i, b in enumerate(planes):
+            last = max(last, self.mem_runs("WRITE", runs, b, first, d, src_pos, stream_name(direction, g + i),
+                                           base))
         self.accesses.append((store, last))
         return stream_name(direction, g), last
 
@@ -359,6 +363,11 @@ class Scheduler:
             return t
 
         t_lw = self.place(st.lw_free, build, f"the weight load of plane {plane}")
+        self.install_weights(plane, key, t_lw + issues)
+
+    def install_weights(self, plane: str, key: tuple, full: int) -> None:
+        """IW once the buffer is full (cycle `full`) and the previous weights have met their last activation."""
+        st = self.planes[plane]
 
         def build_iw(t):
             self.res.take_queue(f"MXM.{plane}.IW", t, t, 0)
@@ -366,7 +375,7 @@ class Scheduler:
             return t
 
         # install once the buffer is full and the previous weights have met their last activation
-        t_iw = self.place(max(t_lw + issues, st.last_abc + 1), build_iw, f"the weight install of plane {plane}")
+        t_iw = self.place(max(full, st.last_abc + 1), build_iw, f"the weight install of plane {plane}")
         st.installed_at = t_iw + self.chip.mxm_install_latency
         st.lw_free = t_iw + self.chip.mxm_install_latency + 1
         st.installed = key
@@ -570,18 +579,23 @@ class Scheduler:
     # ----- whole graph ----------------------------------------------------------------------------------
     def run(self) -> Schedule:
         g = self.graph
+        if any(node.kind == "transpose" for node in g.nodes):
+            self.reserve_sxm_slices()
         input_stores = {name: self.alloc_store(name, "f32") for name in g.inputs}  # where the host writes
         last_use = {}
         for i, node in enumerate(g.nodes):
-            for v, _ in node.terms:
+            for v, w in node.terms:
                 last_use[v.tensor] = i
+                if g.tensors[w].kind == "value":
+                    last_use[w] = i
             for v in node.sources:
                 last_use[v.tensor] = i
         for i, node in enumerate(g.nodes):
             if self.progress:
                 self.progress(i, len(g.nodes), node)
             out = g.tensors[node.output]
-            reads = {v.tensor for v in node.sources} | ({node.x} if node.terms else set())
+            reads = {v.tensor for v in node.sources} | ({node.x} if node.terms else set()) | {
+                w for _, w in node.terms if g.tensors[w].kind == "value"}
             streamed = {v.tensor for v in node.sources}  # what the VXM job streams together, tile by tile
             for v in node.sources:  # constants are placed where this node's other views are not
                 t = g.tensors[v.tensor]
@@ -606,6 +620,8 @@ class Scheduler:
                                               avoid_tile=lambda nt: self.slices_of(streamed | {node.output}, nt))
             if node.kind == "matmul":
                 self.schedule_matmul(node, sinks)
+            elif node.kind == "transpose":
+                self.schedule_transpose(node, sinks)
             else:
                 for nt in range(self.ntiles(out.cols)):
                     self.vector_pipeline(node, nt, 0, out.rows, sinks, None, 0, 0)
@@ -668,10 +684,13 @@ class Scheduler:
                 first, t_abc = True, None
                 for view, wname in node.terms:
                     for kt in range(k_tiles):
-                        tile = self.weight_tile(wname, kt, nt, self.chip.plane_hemisphere(plane))
-                        if tile is None:
-                            continue  # an all-zero weight tile (grouped convolutions) adds nothing
-                        self.load_weights(plane, (wname, kt, nt), *tile)
+                        if g.tensors[wname].kind == "value":  # computed weights (attention)
+                            self.load_weights_from_store(plane, wname, kt, nt)
+                        else:
+                            tile = self.weight_tile(wname, kt, nt, self.chip.plane_hemisphere(plane))
+                            if tile is None:
+                                continue  # an all-zero weight tile (grouped convolutions) adds nothing
+                            self.load_weights(plane, (wname, kt, nt), *tile)
                         t_abc = self.stream_activations(plane, x_store, kt, view, geom, out.rows, r0, r1, acc_base,
                                                         not first, acc_free)
                         first = False

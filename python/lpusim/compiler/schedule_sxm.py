@@ -1,0 +1,180 @@
+"""Scheduler jobs that move data between rows and lanes, and matmuls whose weights are computed.
+
+A transpose T = X^T (X: S rows of C lanes, both at most 320; the f16 copy, byte plane by byte plane) runs the
+classic skew / gather / unskew on the SXM and MEM (docs/isa.md section 4):
+1. skew: row r of X goes through the SXM as `PERMUTE` by the map `(l - r) mod 320` (row r rotated by r lanes) into
+   a scratch slice Y at address y + r, so X[r][j] sits in Y at lane (r + j) mod 320;
+2. gather: `GATHER` with map G_j[l] = y + ((l - j) mod 320) (beyond row S: an address past the slice, which reads
+   0) collects, in lane l, Y's lane l of row l - j: that is X[l - j][j], column j of X rotated by j;
+3. unskew: `PERMUTE` by `(l + j) mod 320` rotates it back, and the vector, row j of T, is written to T's store.
+Each step is a burst of one instruction per cycle (REPEAT), so a transpose of an S x C block costs about S + C
+cycles per byte plane plus the belt's travel. The maps are constant tables in MEM; the scratch slice is kept per
+(S, hemisphere) so the gather maps (which hold its addresses) are stored once.
+
+A matmul whose weights are a computed tensor (attention's K^T and V) loads them with `LW` one row per cycle from
+their store (a constant weight tile is laid out so 8 rows load per cycle; a computed one is not).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lpusim.compiler.layout import Segment, Store, segment_runs, view_runs
+from lpusim.compiler.resources import Clash, Issue
+from lpusim.errors import CompileError
+
+
+class SxmJobs:
+    """Mixed into `Scheduler` (schedule.py)."""
+
+    def sxm_position(self, hemisphere: str) -> int:
+        n = self.chip.planes_per_hemisphere
+        return n if hemisphere == "W" else self.chip.num_positions - n - 1
+
+    def hemisphere_of(self, store: Store) -> str:
+        return "W" if self.chip.mem_position(store.tiles[0][0].slice) < self.vxm_pos else "E"
+
+    def reserve_sxm_slices(self) -> None:
+        """Keep, per hemisphere, the 5 slices next to its SXM for the transposes: a slice pair for the rotation
+        maps, one for the gather maps, one slice of scratch. Nothing else lives there, so a job never waits on
+        a queue another tensor's traffic holds (and two reads of one slice in one cycle cannot happen)."""
+        half = self.chip.mem_slices // 2
+        self.sxm_slices = {"W": (half - 5, half - 3, half - 1), "E": (2 * half - 5, 2 * half - 3, 2 * half - 1)}
+        for first in self.sxm_slices.values():
+            self.sram.reserved.update(range(first[0], first[0] + 5))
+
+    def map_store(self, key: tuple, make, hemisphere: str, pair: int) -> Store:
+        """A constant table of u16 maps (one row of `lanes` entries per map), stored once per key, in the kept
+        slice pair `pair` (0: rotations, 1: gathers)."""
+        cache = self.__dict__.setdefault("_map_stores", {})
+        if (key, hemisphere) not in cache:
+            rows = np.asarray(make(), dtype=np.uint16)
+            store = Store(f"map{key}", "u16", 2, len(rows), None, 0, len(rows))
+            first = self.sxm_slices[hemisphere][pair]
+            store.tiles.append([Segment(0, len(rows), first, self.sram.alloc_at(first, 2, len(rows), 0))])
+            store.ready.append(0)
+            for sg in store.tiles[0]:
+                block = rows[sg.lo:sg.hi]
+                self.static_init.append((sg.slice, sg.addr, (block & 0xFF).astype(np.uint8)))
+                self.static_init.append((sg.slice + 1, sg.addr, (block >> 8).astype(np.uint8)))
+            cache[(key, hemisphere)] = store
+        return cache[(key, hemisphere)]
+
+    def scratch_slice(self, rows: int, hemisphere: str) -> Store:
+        """One slice of `rows` addresses kept for skewed rows (its next writer waits for its last reader)."""
+        cache = self.__dict__.setdefault("_scratch", {})
+        if (rows, hemisphere) not in cache:
+            store = Store(f"skew{rows}{hemisphere}", "u8", 1, rows, None, 0, rows)
+            first = self.sxm_slices[hemisphere][2]
+            store.tiles.append([Segment(0, rows, first, self.sram.alloc_at(first, 1, rows, 1))])
+            store.ready.append(0)
+            cache[(rows, hemisphere)] = store
+        return cache[(rows, hemisphere)]
+
+    def take_sxm_queue(self, hemisphere: str, start: int, count: int) -> str:
+        for q in range(self.chip.config["sxm_per_hemisphere_queues"]):
+            name = f"SXM.{hemisphere}.{q}"
+            try:
+                self.res.take_queue(name, start, start + count - 1, 0)
+                return name
+            except Clash:
+                continue
+        raise Clash(None)
+
+    def schedule_transpose(self, node, sinks: dict) -> None:
+        x = self.graph.tensors[node.sources[0].tensor]
+        lanes = self.lanes
+        S, C = x.rows, x.cols
+        if S > lanes or C > lanes:
+            raise CompileError(f"{node.onnx_op} node '{node.name}': a transpose of {S}x{C} (more than {lanes} "
+                               f"rows or lanes) is not supported yet")
+        for fmt, ts in sinks.items():
+            self.transpose_store(node, self.stores[(x.name, fmt)], ts, S, C)
+
+    def transpose_store(self, node, xs: Store, ts: Store, S: int, C: int) -> None:
+        """Transpose one stored format of X into T, byte plane by byte plane."""
+        lanes = self.lanes
+        hemi = self.hemisphere_of(xs)
+        sxm = self.sxm_position(hemi)
+        lat = self.chip.sxm_latency + self.chip.superlanes - 1
+        rl = self.chip.mem_read_latency
+        lanes_idx = np.arange(lanes)
+        skew = self.map_store(("skew", S), lambda: [(lanes_idx - r) % lanes for r in range(S)], hemi, 0)
+        unskew = self.map_store(("unskew", C), lambda: [(lanes_idx + j) % lanes for j in range(C)], hemi, 0)
+        y = self.scratch_slice(S, hemi)
+        ys, ya = y.tiles[0][0].slice, y.tiles[0][0].addr
+        far = self.chip.mem_words  # a GATHER address past the slice reads 0
+
+        def gather_rows():
+            rows = []
+            for j in range(C):
+                r = (lanes_idx - j) % lanes
+                rows.append(np.where(r < S, ya + r, far))
+            return rows
+        gmap = self.map_store(("gather", S, C, ys, ya), gather_rows, hemi, 1)
+        ypos = self.chip.mem_position(ys)
+        xruns = segment_runs(xs, 0, view_runs(_plain(xs.tensor), xs, None, S, 0, S))
+        truns = segment_runs(ts, 0, view_runs(_plain(ts.tensor), ts, None, C, 0, C))
+        done = 0
+        for p in range(xs.width):
+            y.tiles[0][0].not_before = y.last_access  # overwrite Y only after the last GATHER read it
+            yruns = segment_runs(y, 0, [(0, 0, S, 1)])
+
+            def skew_rows(t, p=p):
+                src = self.read_view(xs, 0, xruns, sxm, t, 1, t, planes=[p])
+                m = self.read_view(skew, 0, segment_runs(skew, 0, [(0, 0, S, 1)]), sxm, t, 1, t)
+                q = self.take_sxm_queue(hemi, t, S)
+                dst, last = self.write_view(y, yruns, sxm, t + lat, t)
+                self.res.add_issue(Issue(q, t, f"PERMUTE {dst}, {src}, {m}", S, 1, 0, t + S - 1 + lat))
+                return last
+            last = self.place(xs.ready[0], skew_rows, f"the skew of transpose '{node.name}'")
+            y.ready[0] = last + 1
+
+            def gather_unskew(t, p=p):
+                if t < y.ready[0]:
+                    raise Clash(y.ready[0])
+                gm = self.read_view(gmap, 0, segment_runs(gmap, 0, [(0, 0, C, 1)]), ypos, t, 1, t)
+                queue = self.chip.mem_name(ys)
+                self.res.take_queue(queue, t, t + C - 1, 0)
+                self.res.take_ports(ys, 0, t, C, 1, 0)
+                self.res.take_ports(ys, self.chip.mem_words // 2, t, C, 1, 0)
+                direction = "W" if sxm < ypos else "E"
+                arrive = t + rl + abs(ypos - sxm)
+                gs = self.take_group(direction, [[(ypos, t + rl, 1, C, sxm)]])
+                gname = f"{direction}{gs}"
+                self.res.add_issue(Issue(queue, t, f"GATHER {gname}, {gm}", C, 1, 0, t + rl + C - 1))
+                self.accesses.append((y, t + C - 1))
+                um = self.read_view(unskew, 0, segment_runs(unskew, 0, [(0, 0, C, 1)]), sxm, arrive, 1, t)
+                q = self.take_sxm_queue(hemi, arrive, C)
+                dst, last = self.write_view(ts, truns, sxm, arrive + lat, t, planes=[p])
+                self.res.add_issue(Issue(q, arrive, f"PERMUTE {dst}, {gname}, {um}", C, 1, 0,
+                                         arrive + C - 1 + lat))
+                return last
+            done = max(done, self.place(y.ready[0], gather_unskew, f"the gather of transpose '{node.name}'"))
+        ts.ready[0] = max(ts.ready[0], done + 1)
+
+    def load_weights_from_store(self, plane: str, wname: str, kt: int, nt: int) -> None:
+        """LW one row per cycle from a computed f16 tensor's store (rows kt*320.. of column tile nt), then IW."""
+        st = self.planes[plane]
+        key = (wname, kt, nt)
+        if st.installed == key:
+            return
+        store = self.stores[(wname, "f16")]
+        k0, k1 = kt * self.lanes, min(store.rows, (kt + 1) * self.lanes)
+        runs = segment_runs(store, nt, view_runs(_plain(wname), store, None, store.rows, k0, k1))
+        pos = self.chip.plane_position(plane)
+        n = k1 - k0
+
+        def build(t):
+            self.res.take_queue(f"MXM.{plane}.LW", t, t + n - 1, 0)
+            group = self.read_view(store, nt, runs, pos, t, 1, t)
+            self.res.add_issue(Issue(f"MXM.{plane}.LW", t, f"LW.f16 {group}, 1", n, 1, 0, t + n - 1))
+            return t
+
+        t_lw = self.place(max(st.lw_free, store.ready[nt]), build, f"the weight load of plane {plane}")
+        self.install_weights(plane, key, t_lw + n)
+
+
+def _plain(name: str):
+    from lpusim.compiler.ir import View
+    return View(name)
+
