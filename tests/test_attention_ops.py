@@ -27,3 +27,9 @@ def test_scores_q_kt_and_probs_v():
              helper.make_node("MatMul", ["p", "v"], ["y"])]
     m = make_model(nodes, {"wq": w(d, d), "wk": w(d, d), "wv": w(d, d)}, {"x": [s, d]})
     assert_matches_onnxruntime(m)
+
+
+@pytest.mark.parametrize("kw", [dict(layers=1, hidden=32, heads=2, seq=8), dict(layers=2, hidden=64, heads=4, seq=16)])
+def test_bert_encoder_matches_onnxruntime(kw):
+    from lpusim.models import bert_encoder
+    program, result, cmp = assert_matches_onnxruntime(bert_encoder(**kw))

@@ -93,3 +93,77 @@ def mini_resnet(batch: int = 1, size: int = 32, width: int = 16, blocks: int = 2
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def bert_encoder(layers: int = 2, hidden: int = 64, heads: int = 4, seq: int = 16, ffn: int | None = None,
+                 seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """A BERT encoder stack (post-LayerNorm, GELU) over input embeddings [1, seq, hidden], random weights.
+
+    The graph has the shape `torch.onnx.export` gives a Hugging Face BertLayer: Q/K/V MatMul + Add, Reshape to
+    [1, seq, heads, d], Transpose (K to [1, heads, d, seq]), MatMul, Div by sqrt(d), Softmax, MatMul with V,
+    Transpose and Reshape back, output projection, residual Add + LayerNormalization, the feed-forward block with
+    the erf form of GELU. BERT-base is `layers=12, hidden=768, heads=12, seq=128`. (The token embedding lookup
+    and the attention mask are left out: the input is the embeddings.)"""
+    rng = np.random.default_rng(seed)
+    ffn = ffn or 4 * hidden
+    d = hidden // heads
+    inits: list = []
+    nodes: list = []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def linear(x, k, n, name):
+        w = const(f"{name}.weight", (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32))
+        b = const(f"{name}.bias", (rng.standard_normal(n) * 0.02).astype(np.float32))
+        nodes.append(helper.make_node("MatMul", [x, w], [f"{name}.mm"], name=f"{name}.mm"))
+        nodes.append(helper.make_node("Add", [f"{name}.mm", b], [name], name=f"{name}.add"))
+        return name
+
+    def layernorm(x, name):
+        g = const(f"{name}.gamma", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+        b = const(f"{name}.beta", (0.1 * rng.standard_normal(hidden)).astype(np.float32))
+        nodes.append(helper.make_node("LayerNormalization", [x, g, b], [name], name=name, axis=-1, epsilon=1e-12))
+        return name
+
+    split = const("shape.split", np.array([1, seq, heads, d], np.int64))
+    merge = const("shape.merge", np.array([1, seq, hidden], np.int64))
+    scale = const("attn.scale", np.float32(np.sqrt(d)))
+    half, one, rsqrt2 = const("gelu.half", np.float32(0.5)), const("gelu.one", np.float32(1.0)), \
+        const("gelu.sqrt2", np.float32(np.sqrt(2.0)))
+    x = "embeddings"
+    for i in range(layers):
+        p = f"layer{i}"
+        q, k, v = (linear(x, hidden, hidden, f"{p}.attn.{n}") for n in "qkv")
+        for t in (q, k, v):
+            nodes.append(helper.make_node("Reshape", [t, split], [f"{t}.heads"], name=f"{t}.split"))
+        nodes.append(helper.make_node("Transpose", [f"{q}.heads"], [f"{q}.t"], perm=[0, 2, 1, 3], name=f"{q}.t"))
+        nodes.append(helper.make_node("Transpose", [f"{k}.heads"], [f"{k}.t"], perm=[0, 2, 3, 1], name=f"{k}.t"))
+        nodes.append(helper.make_node("Transpose", [f"{v}.heads"], [f"{v}.t"], perm=[0, 2, 1, 3], name=f"{v}.t"))
+        nodes.append(helper.make_node("MatMul", [f"{q}.t", f"{k}.t"], [f"{p}.scores"], name=f"{p}.scores"))
+        nodes.append(helper.make_node("Div", [f"{p}.scores", scale], [f"{p}.scaled"], name=f"{p}.scaled"))
+        nodes.append(helper.make_node("Softmax", [f"{p}.scaled"], [f"{p}.probs"], axis=-1, name=f"{p}.softmax"))
+        nodes.append(helper.make_node("MatMul", [f"{p}.probs", f"{v}.t"], [f"{p}.ctx"], name=f"{p}.ctx"))
+        nodes.append(helper.make_node("Transpose", [f"{p}.ctx"], [f"{p}.ctx.t"], perm=[0, 2, 1, 3],
+                                      name=f"{p}.ctx.t"))
+        nodes.append(helper.make_node("Reshape", [f"{p}.ctx.t", merge], [f"{p}.ctx.m"], name=f"{p}.merge"))
+        o = linear(f"{p}.ctx.m", hidden, hidden, f"{p}.attn.out")
+        nodes.append(helper.make_node("Add", [o, x], [f"{p}.res1"], name=f"{p}.res1"))
+        x1 = layernorm(f"{p}.res1", f"{p}.ln1")
+        h = linear(x1, hidden, ffn, f"{p}.ffn.in")
+        nodes += [helper.make_node("Div", [h, rsqrt2], [f"{h}.s"], name=f"{h}.s"),
+                  helper.make_node("Erf", [f"{h}.s"], [f"{h}.erf"], name=f"{h}.erf"),
+                  helper.make_node("Add", [f"{h}.erf", one], [f"{h}.1p"], name=f"{h}.1p"),
+                  helper.make_node("Mul", [h, f"{h}.1p"], [f"{h}.m"], name=f"{h}.m"),
+                  helper.make_node("Mul", [f"{h}.m", half], [f"{h}.gelu"], name=f"{h}.gelu")]
+        f = linear(f"{h}.gelu", ffn, hidden, f"{p}.ffn.out")
+        nodes.append(helper.make_node("Add", [f, x1], [f"{p}.res2"], name=f"{p}.res2"))
+        x = layernorm(f"{p}.res2", f"{p}.ln2")
+    graph = helper.make_graph(nodes, "bert_encoder",
+                              [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [1, seq, hidden])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, seq, hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="lpusim")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
+from lpusim.compiler.lower_heads import HeadsLowering
 from lpusim.compiler.lower_lanes import LaneLowering
 from lpusim.compiler.lower_moves import MoveLowering
 from lpusim.errors import CompileError, ModelError
@@ -187,7 +188,7 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
     return matrix.reshape(shape)
 
 
-class _Lowering(LaneLowering, MoveLowering):
+class _Lowering(LaneLowering, MoveLowering, HeadsLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -201,6 +202,11 @@ class _Lowering(LaneLowering, MoveLowering):
         self.counter = 0
         self.flat: dict[str, tuple[str, tuple]] = {}  # ONNX name -> (IR image, NCHW shape) flattened to [N, CHW]
         self.grouped: dict[str, tuple] = {}  # ONNX name -> an image seen as [N, g1, g2, H, W] (lower_moves.py)
+        # attention heads (lower_heads.py): pending splits, per-head parts, pending merges
+        self.splits: dict[str, tuple] = {}
+        self.heads: dict[str, tuple] = {}
+        self.heads_hidden: dict[str, tuple] = {}
+        self.merges: dict[str, tuple] = {}
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -243,6 +249,12 @@ class _Lowering(LaneLowering, MoveLowering):
             return ("const", self.consts[name])
         if name in self.values:
             return ("value",) + self.values[name]
+        if name in self.heads:
+            return ("heads",) + self.heads[name]
+        if name in self.splits:
+            return ("split", name)
+        if name in self.merges:
+            return ("merge", name)
         if name in self.grouped:
             if node.op_type not in ("Transpose", "Reshape"):
                 raise CompileError(f"{self.where(node)}: input '{name}' is a 5-D view of an image, which only a "
@@ -288,6 +300,22 @@ class _Lowering(LaneLowering, MoveLowering):
         if op == "Cast":
             raise CompileError(f"{self.where(node)}: Cast to {onnx.TensorProto.DataType.Name(a.get('to', 0))} of a "
                                f"computed tensor is not supported (the chip path carries float32 values)")
+        kinds = {x[0] for x in args if x is not None}
+        if "split" in kinds:
+            if op != "Transpose":
+                raise CompileError(f"{self.where(node)}: a [B, S, heads, D] view is only read by a Transpose")
+            return self.lower_split_transpose(node, a)
+        if "merge" in kinds:
+            if op != "Reshape":
+                raise CompileError(f"{self.where(node)}: merged attention heads are only read by a Reshape")
+            b, nh, s_, d = self.merges[node.input[0]][1]
+            return self.lower_merge_reshape(node, self.reshape_target(node, a, args, (b, s_, nh, d)))
+        if "heads" in kinds:
+            if op == "MatMul":
+                return self.lower_heads_matmul(node, args)
+            if op == "Transpose":
+                return self.lower_heads_transpose(node, a)
+            return self.lower_per_head(node, args)
         if args and args[0] is not None and args[0][0] == "grouped":
             if op == "Transpose":
                 return self.lower_grouped_transpose(node, a)
@@ -376,6 +404,8 @@ class _Lowering(LaneLowering, MoveLowering):
         kind, ir_name, shape = args[0]
         new = self.reshape_target(node, a, args, shape)
         t = self.tensors[ir_name]
+        if t.geom is None and t.kind == "value" and self.split_reshape(node, ir_name, shape, new):
+            return  # [B, S, H] -> [B, S, heads, D]: attention heads (lower_heads.py)
         new_rows, new_cols = _as_matrix(new)
         if (new_rows, new_cols) == (t.rows, t.cols):
             self.values[node.output[0]] = (ir_name, new)  # same rows of the same vectors: a pure view

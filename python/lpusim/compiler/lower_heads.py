@@ -1,0 +1,141 @@
+"""Multi-head attention as exported from PyTorch: [B, S, H] -> Reshape [B, S, NH, D] -> Transpose -> per-head work.
+
+A 4-D [B, NH, S, D] activation would read as an NCHW image, so heads are kept apart instead: a *heads value* is
+one IR matrix per head ([S, D], rows = tokens, lanes = the head's features; batch 1), plus whether the ONNX tensor
+is the transpose of each part ([B, NH, D, S], the K^T of attention scores).
+* Reshape [B, S, NH*D] -> [B, S, NH, D] then Transpose (0, 2, 1, 3): head h is lanes h*D.. of the input, picked by
+  an MXM selection (lower_moves.py); Transpose (0, 2, 3, 1) gives the same parts, marked transposed.
+* MatMul(heads, heads): per head, the second operand's part is loaded as computed MXM weights, after an SXM/MEM
+  transpose when it is marked transposed (schedule_sxm.py).
+* Elementwise ops, Softmax, scalar or broadcast constants: lowered once per head on the parts.
+* Transpose (0, 2, 1, 3) then Reshape [B, S, NH*D]: the parts are placed side by side on the lanes (a Concat).
+"""
+from __future__ import annotations
+
+import onnx
+
+from lpusim.compiler.ir import Node, View
+from lpusim.errors import CompileError
+
+
+class HeadsLowering:
+    """Mixed into the importer's `_Lowering`."""
+
+    def split_reshape(self, node, ir_name, shape, new) -> bool:
+        """[B, S, H] -> [B, S, NH, D] of a computed tensor: remember it (no data moves yet)."""
+        if len(shape) == 3 and len(new) == 4 and tuple(new[:2]) == tuple(shape[:2]) and new[2] * new[3] == shape[2]:
+            if shape[0] != 1:
+                raise CompileError(f"{self.where(node)}: attention heads with batch {shape[0]} are not supported "
+                                   f"yet (batch 1)")
+            self.splits[node.output[0]] = (ir_name, tuple(shape), int(new[2]), int(new[3]))
+            return True
+        return False
+
+    def lower_split_transpose(self, node, a):
+        ir_name, shape, nh, d = self.splits[node.input[0]]
+        perm = list(a.get("perm", []))
+        if perm not in ([0, 2, 1, 3], [0, 2, 3, 1]):
+            raise CompileError(f"{self.where(node)}: Transpose perm={perm} of a [B, S, heads, D] view is not "
+                               f"supported (perm [0,2,1,3] or [0,2,3,1])")
+        parts = []
+        for h in range(nh):
+            y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), ir_name, shape,
+                                     list(range(h * d, (h + 1) * d)), f"{node.output[0]}@h{h}")
+            self.tensors[y].shape = (1, shape[1], d)
+            parts.append(y)
+        self.heads[node.output[0]] = (parts, perm == [0, 2, 3, 1], (1, nh, shape[1], d))
+
+    def lower_heads_transpose(self, node, a):
+        parts, transposed, shape4 = self.heads[node.input[0]]
+        perm = list(a.get("perm", []))
+        if perm == [0, 1, 3, 2]:
+            b, nh, s, d = shape4
+            self.heads[node.output[0]] = (parts, not transposed, (b, nh, d, s))
+        elif perm == [0, 2, 1, 3] and not transposed:
+            self.merges[node.output[0]] = (parts, shape4)
+        else:
+            raise CompileError(f"{self.where(node)}: Transpose perm={perm} of attention heads is not supported")
+
+    def lower_merge_reshape(self, node, new):
+        parts, (b, nh, s, d) = self.merges[node.input[0]]
+        if tuple(new) != (b, s, nh * d):
+            raise CompileError(f"{self.where(node)}: merged heads must be reshaped to {(b, s, nh * d)}")
+        args = [("value", p, (1, s, d)) for p in parts]
+        self.lower_concat(node, {"axis": -1}, args)
+
+    def lower_heads_matmul(self, node, args):
+        if args[0][0] != "heads" or args[1][0] != "heads":
+            raise CompileError(f"{self.where(node)}: a MatMul of attention heads with a non-head operand is not "
+                               f"supported yet")
+        (a_parts, a_t, a_shape), (b_parts, b_t, b_shape) = args[0][1:], args[1][1:]
+        if a_t:
+            raise CompileError(f"{self.where(node)}: the left operand of a heads MatMul must not be transposed")
+        out_parts = []
+        for h, (x, w) in enumerate(zip(a_parts, b_parts)):
+            sub = _Renamed(node, f"{node.output[0]}@h{h}")
+            if b_t:  # K^T: transpose the part on the SXM first
+                k = self.tensors[w]
+                kt = self.add_tensor(self.fresh(f"{node.input[1]}@h{h}.T"), (1, k.cols, k.rows), "value")
+                self.nodes.append(Node("transpose", node.name or node.output[0], "Transpose", kt,
+                                       sources=[View(w)], fusable=False))
+                self.derived[kt] = self.magnitudes.get(node.input[1], 0.0)
+                w = kt
+            wt = self.tensors[w]
+            self.lower_computed_matmul(sub, ("value", x, self.tensors[x].shape), ("value", w, (wt.rows, wt.cols)))
+            out_parts.append(self.values[sub.output[0]][0])
+        b, nh = a_shape[:2]
+        self.heads[node.output[0]] = (out_parts, False, (b, nh, a_shape[2], self.tensors[out_parts[0]].cols))
+
+    def lower_per_head(self, node, args):
+        """An elementwise op or a Softmax over the last axis, once per head."""
+        heads = [x for x in args if x is not None and x[0] == "heads"]
+        nh = len(heads[0][1])
+        if any(x[2] for x in heads):
+            raise CompileError(f"{self.where(node)}: {node.op_type} of transposed attention heads is not supported")
+        shape4 = heads[0][3]
+        out_parts = []
+        for h in range(nh):
+            saved = {}
+            inputs = list(node.input)
+            for i, x in enumerate(args):
+                if x is None:
+                    continue
+                name = node.input[i]
+                if x[0] == "heads":
+                    part = x[1][h]
+                    saved[name] = self.values.get(name)
+                    self.values[name] = (part, self.tensors[part].shape)
+                    self.heads_hidden[name] = self.heads.pop(name)
+                elif x[0] == "const" and x[1].ndim == 4:  # [B, NH or 1, S or 1, X] -> that head's [B, ., X]
+                    arr = x[1][:, h if x[1].shape[1] > 1 else 0]
+                    cname = f"{name}@h{h}"
+                    self.consts[cname] = arr
+                    inputs[i] = cname
+                elif x[0] == "value":
+                    raise CompileError(f"{self.where(node)}: mixing attention heads with a computed non-head "
+                                       f"operand is not supported yet")
+            attrs = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
+            if "axis" in attrs and attrs["axis"] >= 0:
+                attrs["axis"] = attrs["axis"] - 1 if attrs["axis"] > 0 else attrs["axis"]
+            sub = onnx.helper.make_node(node.op_type, inputs, [f"{node.output[0]}@h{h}"], name=node.name, **attrs)
+            try:
+                self.lower(sub)
+            finally:
+                for name, old in saved.items():
+                    self.heads[name] = self.heads_hidden.pop(name)
+                    if old is None:
+                        del self.values[name]
+                    else:
+                        self.values[name] = old
+            out_parts.append(self.values.pop(sub.output[0])[0])
+        self.heads[node.output[0]] = (out_parts, False, shape4)
+
+
+class _Renamed:
+    """A node seen through another output name."""
+
+    def __init__(self, node, output):
+        self._node, self.output = node, [output]
+
+    def __getattr__(self, name):
+        return getattr(self._node, name)
