@@ -278,11 +278,11 @@ class Scheduler(SxmJobs):
             for sg in segs:
                 self.sram.release(sg.slice, store.width, sg.addr, sg.hi - sg.lo, store.last_access)
 
-    def slices_of(self, tensors, tile: int | None = None) -> set[int]:
-        """Slices holding (column tile `tile` of) the live stores of `tensors`."""
+    def slices_of(self, tensors, tile: int | None = None, fmt: str | None = None) -> set[int]:
+        """Slices holding (column tile `tile` of) the live stores (of format `fmt`) of `tensors`."""
         used = set()
-        for (name, _), store in self.stores.items():
-            if name in tensors and not store.released:
+        for (name, f), store in self.stores.items():
+            if name in tensors and not store.released and (fmt is None or f == fmt):
                 for nt, segs in enumerate(store.tiles):
                     if tile is None or nt == tile or len(store.tiles) == 1:
                         for sg in segs:
@@ -659,7 +659,7 @@ class Scheduler(SxmJobs):
         tiles = self.ntiles(self.graph.tensors[node.output].cols)
         for i, a in enumerate(tensors):
             for b in tensors[i + 1:]:
-                if any(self.slices_of({a}, nt) & self.slices_of({b}, nt) for nt in range(tiles)):
+                if any(self.slices_of({a}, nt, "f32") & self.slices_of({b}, nt, "f32") for nt in range(tiles)):
                     return (a, b)
         return None
 
