@@ -83,7 +83,15 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
         raise CompileError(f"the model needs {need:,} bytes of SRAM and one {chip.name} chip has "
                            f"{chip.sram_bytes:,}: it would take {math.ceil(need / chip.sram_bytes)} chips "
                            f"(multi-chip partitioning is not supported yet)")
-    sched = schedule.Scheduler(chip, graph, progress).run()
+    try:
+        sched = schedule.Scheduler(chip, graph, progress).run()
+    except CompileError as e:
+        if not str(e).startswith("out of SRAM"):
+            raise
+        # the estimate fits, but placement (320-lane tiles, slice groups, banks) found no room: say so plainly
+        raise CompileError(f"the model does not fit one {chip.name} chip: estimated {need:,} bytes of "
+                           f"{chip.sram_bytes:,}, but placement ran {e}; it would take at least "
+                           f"{max(2, math.ceil(need / chip.sram_bytes))} chips") from None
     text = emit.emit_assembly(sched.issues, header=f"lpusim program for {chip.name}; predicted cycles "
                               f"{sched.predicted_cycles}")
     if dump:
