@@ -273,7 +273,7 @@ class SramAllocator:
         return s, addr, -1
 
     def alloc(self, width: int, count: int, hemisphere: str, bank: int, avoid: set | None = None,
-              same_hemisphere: bool = False) -> tuple[int, int]:
+              same_hemisphere: bool = False, use_reserved: bool = False) -> tuple[int, int]:
         """`width` consecutive slices of one hemisphere with `count` free addresses each: (first slice, address).
 
         Tries the preferred hemisphere and bank, then the other bank, then (unless `same_hemisphere`) the other
@@ -283,14 +283,14 @@ class SramAllocator:
         if not same_hemisphere:
             order += [(other, bank), (other, 1 - bank)]
         for hemi, b in order:
-            got = self._alloc_in(width, count, hemi, b, avoid or set())
+            got = self._alloc_in(width, count, hemi, b, avoid or set(), use_reserved)
             if got is not None:
                 self.bytes_used += width * count * self.chip.lanes
                 return got
         raise CompileError(f"out of SRAM: a tile needs {width} slices x {count} vectors and no slice group has "
                            f"room ({self.bytes_used} of {self.chip.sram_bytes} bytes already placed)")
 
-    def _alloc_in(self, width, count, hemi, bank, avoid):
+    def _alloc_in(self, width, count, hemi, bank, avoid, use_reserved=False):
         base = 0 if hemi == "W" else self.half
         key = (hemi, bank)
         start = self.cursor.get(key, 0)
@@ -299,7 +299,7 @@ class SramAllocator:
             if g + width > self.half:
                 continue
             slices = range(base + g, base + g + width)
-            if any(s in avoid or s in self.reserved for s in slices):
+            if any(s in avoid or (s in self.reserved and not use_reserved) for s in slices):
                 continue
             addr = max(self.next[s][bank] for s in slices)
             if addr + count <= self.limit[bank]:

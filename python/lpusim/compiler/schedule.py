@@ -332,7 +332,8 @@ class Scheduler(SxmJobs):
             used: set[int] = set()
             slots = []
             for j in range(WEIGHT_SLOTS):
-                s, a = self.sram.alloc(2, issues, hemisphere, 0, avoid=used)
+                # weight slots may share the slices kept for SXM tables: no job reads both at once
+                s, a = self.sram.alloc(2, issues, hemisphere, 0, avoid=used, use_reserved=True)
                 used.update((s, s + 1))
                 for b, planeb in enumerate(byte_planes(padded[j::WEIGHT_SLOTS], "f16", self.lanes)):
                     self.static_init.append((s + b, a, planeb))
