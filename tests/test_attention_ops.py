@@ -33,3 +33,36 @@ def test_scores_q_kt_and_probs_v():
 def test_bert_encoder_matches_onnxruntime(kw):
     from lpusim.models import bert_encoder
     program, result, cmp = assert_matches_onnxruntime(bert_encoder(**kw))
+
+
+def test_heads_with_additive_mask_and_scale():
+    s, hidden, heads = 8, 16, 2
+    d = hidden // heads
+    mask = np.zeros((1, 1, 1, s), np.float32)
+    mask[..., -3:] = -10000.0  # padding positions
+    inits = {"wq": w(hidden, hidden), "wk": w(hidden, hidden), "wv": w(hidden, hidden),
+             "split": np.array([1, s, heads, d]), "merge": np.array([1, s, hidden]), "mask": mask,
+             "scale": np.float32(np.sqrt(d))}
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
+             helper.make_node("MatMul", ["x", "wv"], ["v"])]
+    for t in "qkv":
+        nodes.append(helper.make_node("Reshape", [t, "split"], [f"{t}4"]))
+    nodes += [helper.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["k4"], ["kt0"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["kt0"], ["kt"], perm=[0, 1, 3, 2]),  # K^T in two steps
+              helper.make_node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["qt", "kt"], ["sc"]), helper.make_node("Div", ["sc", "scale"], ["sd"]),
+              helper.make_node("Add", ["sd", "mask"], ["sm"]), helper.make_node("Softmax", ["sm"], ["p"], axis=3),
+              helper.make_node("MatMul", ["p", "vt"], ["c"]),
+              helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ct", "merge"], ["y"])]
+    assert_matches_onnxruntime(make_model(nodes, inits, {"x": [1, s, hidden]}))
+
+
+def test_attention_batch_2_is_a_clear_error():
+    import lpusim
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("Reshape", ["q", "split"], ["q4"]),
+             helper.make_node("Transpose", ["q4"], ["y"], perm=[0, 2, 1, 3], name="t")]
+    m = make_model(nodes, {"wq": w(16, 16), "split": np.array([2, 4, 2, 8])}, {"x": [2, 4, 16]})
+    with pytest.raises(lpusim.CompileError, match="batch 2"):
+        lpusim.compile(m)
