@@ -44,7 +44,8 @@ def sram_needed(graph: ir.Graph, chip: Chip) -> int:
             for nt in range(math.ceil(n / lanes)):
                 if data[kt * lanes:(kt + 1) * lanes, nt * lanes:(nt + 1) * lanes].any():
                     rows = min(k - kt * lanes, lanes)
-                    static += schedule.WEIGHT_SLOTS * math.ceil(rows / schedule.WEIGHT_SLOTS) * 2 * lanes
+                    slots, width = schedule.weight_slots(graph.tensors[w].dtype)
+                    static += slots * math.ceil(rows / slots) * width * lanes
     last_use = {}
     for i, node in enumerate(graph.nodes):
         for name in ir.node_inputs(node):

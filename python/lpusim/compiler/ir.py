@@ -33,8 +33,29 @@ VXM_ARITY = {
     "EXP": 1, "TANH": 1, "RSQRT": 1, "RCP": 1, "SIGMOID": 1, "ERF": 1,
     "LOG": 1, "SQRT": 1, "FLOOR": 1, "CEIL": 1,
     "EQ": 2, "NE": 2, "LT": 2, "LE": 2, "GT": 2, "GE": 2,
-    "AND": 2, "OR": 2, "XOR": 2, "NOT": 1,
+    "AND": 2, "OR": 2, "XOR": 2, "NOT": 1, "CVT": 1,
 }
+# Step types (docs/isa.md section 4): every op has f32; these also have i32. CVT's type is "S.D" (source and
+# destination element types); a register holds f32 or i32 (CVT to i8/u8/i32 gives i32, to f16/f32 gives f32).
+I32_OPS = {"ADD", "SUB", "MUL", "MAX", "MIN", "RELU", "NEG", "ABS", "COPY", "EQ", "NE", "LT", "LE", "GT", "GE",
+           "AND", "OR", "XOR", "NOT"}
+CVT_TYPES = ("i8", "u8", "f16", "i32", "f32")
+
+
+def step_out_type(step: "Step") -> str:
+    """The type of the result register a step writes: f32 or i32."""
+    if step.op == "CVT":
+        return "f32" if step.t.split(".")[-1] in ("f16", "f32") else "i32"
+    return step.t if step.op not in ("AND", "OR", "XOR", "NOT") else "i32"
+
+
+def step_type_ok(step: "Step") -> bool:
+    if step.op == "CVT":
+        parts = step.t.split(".")
+        return len(parts) == 2 and all(p in CVT_TYPES for p in parts)
+    if step.op in ("AND", "OR", "XOR", "NOT"):
+        return step.t == "i32"
+    return step.t == "f32" or (step.t == "i32" and step.op in I32_OPS)
 
 
 @dataclass
@@ -53,6 +74,10 @@ class Tensor:
     im2col: tuple | None = None  # inputs only: (kernel, strides, pads, dilations): the host lays out patches
     f16_exp: int = 0  # the f16 copy holds value * 2^-f16_exp (calibrate.py): keeps large tensors in fp16's range
     f16_saturate: bool = False  # the f16 copy clamps to +-65504 (never inf: inf times a 0 weight is NaN)
+    # Element type of the values (lower_quant.py): "f32"; "i8" for int8 weights (LW.i8; activations the MXM reads
+    # with them are stored as "i8"); "i32" for integer accumulations kept as i32 on the VXM and in MEM.
+    dtype: str = "f32"
+    conv_pad: float = 0.0  # what a convolution's zero padding reads as: the zero point's code for int8 values
 
 
 def out_geom(t: "Tensor") -> tuple:
@@ -83,12 +108,14 @@ class View:
 class Step:
     op: str
     args: list  # ("src", i) | ("acc",) | ("step", j) | ("imm", float)
+    t: str = "f32"  # the operation's type: "f32" or "i32"; for CVT "S.D", e.g. "i32.f32", "f32.i8"
 
     def __str__(self) -> str:
         def arg(a):
             return {"src": lambda: f"src{a[1]}", "acc": lambda: "acc", "step": lambda: f"%{a[1]}",
                     "imm": lambda: f"#{a[1]:g}"}[a[0]]()
-        return f"{self.op}({', '.join(arg(a) for a in self.args)})"
+        typed = "" if self.t == "f32" else f".{self.t}"
+        return f"{self.op}{typed}({', '.join(arg(a) for a in self.args)})"
 
 
 @dataclass
@@ -195,7 +222,7 @@ def validate(graph: Graph) -> None:
         if node.kind == "vector" and not node.steps:
             raise CompileError(f"{where}: empty vector chain")
         for j, step in enumerate(node.steps):
-            if step.op not in VXM_ARITY or len(step.args) != VXM_ARITY[step.op]:
+            if step.op not in VXM_ARITY or len(step.args) != VXM_ARITY[step.op] or not step_type_ok(step):
                 raise CompileError(f"{where}: bad step {step}")
             for a in step.args:
                 ok = (a[0] == "src" and 0 <= a[1] < len(node.sources)) or (a[0] == "step" and 0 <= a[1] < j) \

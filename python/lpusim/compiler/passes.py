@@ -22,7 +22,7 @@ MAX_FUSED_STEPS = 10
 def _merge(producer: Node, consumer: Node, tensor: str) -> Node:
     """The consumer's chain appended to the producer's, with `tensor` (the producer's output) wired through."""
     sources = list(producer.sources)
-    steps = [Step(s.op, list(s.args)) for s in producer.steps]
+    steps = [Step(s.op, list(s.args), s.t) for s in producer.steps]
     result = ("step", len(steps) - 1) if steps else ("acc",)
     src_map = {}
     for i, view in enumerate(consumer.sources):
@@ -42,7 +42,7 @@ def _merge(producer: Node, consumer: Node, tensor: str) -> Node:
                 args.append(src_map[a[1]])
             else:
                 args.append(a)
-        steps.append(Step(s.op, args))
+        steps.append(Step(s.op, args, s.t))
     return Node(producer.kind, consumer.name, f"{producer.onnx_op}+{consumer.onnx_op}", consumer.output,
                 sources=sources, steps=steps, terms=list(producer.terms))
 
@@ -127,12 +127,16 @@ def assign_formats(graph: Graph) -> Graph:
     converted: dict[str, str] = {}
     for node in graph.nodes:
         for v in node.sources:  # a transpose moves the copies its output needs (below); the VXM reads f32
-            if node.kind != "transpose":
-                graph.tensors[v.tensor].formats.add("f32")
+            if node.kind != "transpose":  # (or i32: integer accumulations, lower_quant.py)
+                graph.tensors[v.tensor].formats.add(vxm_format(graph.tensors[v.tensor]))
         for _, w in node.terms:  # computed weights (attention) load from their f16 copy
             if graph.tensors[w].kind == "value":
                 graph.tensors[w].formats.add("f16")
-        if node.kind == "matmul":
+        if node.kind == "matmul" and is_int8(graph, node):  # the int8 MXM path (lower_quant.py)
+            if graph.tensors[node.x].kind == "input":
+                raise CompileError(f"{node.onnx_op} node '{node.name}': an int8 matmul reads a graph input")
+            graph.tensors[node.x].formats.add("i8")
+        elif node.kind == "matmul":
             x = graph.tensors[node.x]
             if x.kind == "input":
                 if node.x not in converted:
@@ -151,6 +155,16 @@ def assign_formats(graph: Graph) -> Graph:
         if node.kind == "transpose":
             graph.tensors[node.sources[0].tensor].formats |= graph.tensors[node.output].formats
     return graph
+
+
+def vxm_format(t: Tensor) -> str:
+    """The format the VXM reads a tensor in: i32 for integer accumulations, else f32."""
+    return "i32" if t.dtype == "i32" else "f32"
+
+
+def is_int8(graph: Graph, node: Node) -> bool:
+    """A matmul on the int8 MXM path: its weights are int8 (LW.i8, ABC.i8, ACC.i32)."""
+    return node.kind == "matmul" and any(graph.tensors[w].dtype == "i8" for _, w in node.terms)
 
 
 def tap_extent(view: View, in_geom: tuple, out_geom: tuple) -> int:
@@ -177,7 +191,7 @@ def assign_borders(graph: Graph) -> Graph:
             need = tap_extent(v, t.geom, geom)
             t.pad = max(t.pad, need)
             if need:
-                values.setdefault(v.tensor, set()).add(_pad_value(node, v))
+                values.setdefault(v.tensor, set()).add(_pad_value(node, v, t))
     for name, vals in values.items():
         if len(vals) > 1:
             raise CompileError(f"tensor '{name}' is read with zero padding (a convolution) and with -inf padding "
@@ -186,8 +200,8 @@ def assign_borders(graph: Graph) -> Graph:
     return graph
 
 
-def _pad_value(node: Node, view: View) -> float:
-    return float("-inf") if "MaxPool" in node.onnx_op and view in node.sources else 0.0
+def _pad_value(node: Node, view: View, t: Tensor) -> float:
+    return float("-inf") if "MaxPool" in node.onnx_op and view in node.sources else t.conv_pad
 
 
 def scale_fp16(graph: Graph) -> Graph:
@@ -218,7 +232,7 @@ def scale_fp16(graph: Graph) -> Graph:
         if node.kind == "transpose":
             graph.tensors[node.output].f16_exp = graph.tensors[node.sources[0].tensor].f16_exp
     for node in graph.nodes:
-        if node.kind != "matmul":
+        if node.kind != "matmul" or is_int8(graph, node):  # int8 codes and weights need no scaling
             continue
         computed = [w for _, w in node.terms if graph.tensors[w].kind == "value"]
         if computed:
@@ -250,5 +264,5 @@ def _prepend_scale(steps: list[Step], factor: float) -> list[Step]:
     out = [Step("MUL", [("acc",), ("imm", factor)])]
     for s in steps:
         out.append(Step(s.op, [("step", 0) if a[0] == "acc" else ("step", a[1] + 1) if a[0] == "step" else a
-                               for a in s.args]))
+                               for a in s.args], s.t))
     return out

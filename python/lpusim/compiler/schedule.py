@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpusim.compiler.ir import Graph, Node, Step, View, out_geom
+from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
 from lpusim.compiler.layout import MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, segment_runs, view_runs
+from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.resources import Clash, Issue, Reservations, SramAllocator
 from lpusim.compiler.schedule_sxm import SxmJobs
 from lpusim.errors import CompileError
@@ -24,6 +25,11 @@ from lpusim.errors import CompileError
 SEARCH_LIMIT = 200_000
 # Weight rows loaded per LW: 8 rows of 2 bytes use 16 of the 32 streams, so both planes of a hemisphere can load.
 WEIGHT_SLOTS = 8
+
+
+def weight_slots(dtype: str) -> tuple[int, int]:
+    """(rows per LW, bytes per row element) of a weight tile: f16 8 x 2 bytes, int8 16 x 1 byte (16 streams)."""
+    return (WEIGHT_SLOTS * 2, 1) if dtype == "i8" else (WEIGHT_SLOTS, 2)
 
 
 @dataclass
@@ -70,7 +76,10 @@ def stream_name(direction: str, index: int) -> str:
     return f"{direction}{index}"
 
 
-def _imm(value: float) -> str:
+def _imm(value: float, t: str = "f32") -> str:
+    """An immediate as the op's input type parses it: an integer for i32 ops, else the f32 value."""
+    if t.split(".")[0] == "i32":
+        return "#" + str(int(value))
     return "#" + repr(float(np.float32(value)))
 
 
@@ -317,25 +326,27 @@ class Scheduler(SxmJobs):
 
     # ----- MXM jobs -------------------------------------------------------------------------------------
     def weight_tile(self, wname: str, kt: int, nt: int, hemisphere: str):
-        """W[kt, nt] (f16) as WEIGHT_SLOTS row slots of 2 slices (row r in slot r % slots); None if all zero."""
+        """W[kt, nt] (f16, or i8) as row slots of 2 slices (1 for i8; row r in slot r % slots); None if all zero."""
         key = (wname, kt, nt)
         if key not in self.weight_tiles:
             w = self.graph.tensors[wname].data
+            wtype = "i8" if self.graph.tensors[wname].dtype == "i8" else "f16"
+            nslots, width = weight_slots(wtype)
             block = w[kt * self.lanes:(kt + 1) * self.lanes, nt * self.lanes:(nt + 1) * self.lanes]
             if not block.any():
                 self.weight_tiles[key] = None
                 return None
             k_valid = int(np.max(np.nonzero(block.any(axis=1))[0])) + 1  # trailing zero rows need no load
-            issues = math.ceil(k_valid / WEIGHT_SLOTS)
-            padded = np.zeros((issues * WEIGHT_SLOTS, block.shape[1]), dtype=np.float32)
+            issues = math.ceil(k_valid / nslots)
+            padded = np.zeros((issues * nslots, block.shape[1]), dtype=np.float32)
             padded[:k_valid] = block[:k_valid]
             used: set[int] = set()
             slots = []
-            for j in range(WEIGHT_SLOTS):
+            for j in range(nslots):
                 # weight slots may share the slices kept for SXM tables: no job reads both at once
-                s, a = self.sram.alloc(2, issues, hemisphere, 0, avoid=used, use_reserved=True)
-                used.update((s, s + 1))
-                for b, planeb in enumerate(byte_planes(padded[j::WEIGHT_SLOTS], "f16", self.lanes)):
+                s, a = self.sram.alloc(width, issues, hemisphere, 0, avoid=used, use_reserved=True)
+                used.update(range(s, s + width))
+                for b, planeb in enumerate(byte_planes(padded[j::nslots], wtype, self.lanes)):
                     self.static_init.append((s + b, a, planeb))
                 slots.append(Segment(0, issues, s, a))
             self.weight_tiles[key] = (slots, issues)
@@ -348,18 +359,20 @@ class Scheduler(SxmJobs):
         pos = self.chip.plane_position(plane)
         direction = "W" if self.chip.plane_hemisphere(plane) == "W" else "E"
         runs = [[MemRun(0, sg.slice, sg.addr, issues, 1)] for sg in slots]
+        wtype = "i8" if self.graph.tensors[key[0]].dtype == "i8" else "f16"
+        width = weight_slots(wtype)[1]
 
         def build(t):
             self.res.take_queue(f"MXM.{plane}.LW", t, t + issues - 1, 0)
             for r in runs:
-                for b in range(2):
+                for b in range(width):
                     self.check_mem_runs("READ", r, b, t, 1, pos, t)
-            per_stream = [self.transfers(r, b, t, 1, pos, True) for r in runs for b in range(2)]
+            per_stream = [self.transfers(r, b, t, 1, pos, True) for r in runs for b in range(width)]
             base = self.take_group(direction, per_stream, t)
             for j, r in enumerate(runs):
-                for b in range(2):
-                    self.mem_runs("READ", r, b, t, 1, pos, stream_name(direction, base + 2 * j + b), t)
-            self.res.add_issue(Issue(f"MXM.{plane}.LW", t, f"LW.f16 {stream_name(direction, base)}, {len(slots)}",
+                for b in range(width):
+                    self.mem_runs("READ", r, b, t, 1, pos, stream_name(direction, base + width * j + b), t)
+            self.res.add_issue(Issue(f"MXM.{plane}.LW", t, f"LW.{wtype} {stream_name(direction, base)}, {len(slots)}",
                                      issues, 1, 0, t + issues - 1))
             return t
 
@@ -385,7 +398,7 @@ class Scheduler(SxmJobs):
                            r1: int, acc_base: int, accumulate: bool, acc_free: int) -> int:
         st = self.planes[plane]
         pos = self.chip.plane_position(plane)
-        cpv = self.chip.cycles_per_vector("f16")
+        cpv = self.chip.cycles_per_vector(store.fmt)  # the activations' store: f16, or i8 (one vector a cycle)
         runs = segment_runs(store, kt, view_runs(view, store, geom, rows, r0, r1))
         # first overwrite of the accumulator block only after its previous reader is done
         lower = max(st.installed_at, st.busy_until, acc_free - self.chip.mxm_latency + 1)
@@ -397,7 +410,7 @@ class Scheduler(SxmJobs):
             stream = self.read_view(store, kt, runs, pos, t, cpv, t)
             for run in runs:  # one ABC burst per run (the accumulator rows follow the output rows)
                 start = t + run.out_start * cpv
-                self.res.add_issue(Issue(f"MXM.{plane}.ABC", start, f"ABC.f16 {stream}, {acc_base + run.out_start}"
+                self.res.add_issue(Issue(f"MXM.{plane}.ABC", start, f"ABC.{store.fmt} {stream}, {acc_base + run.out_start}"
                                          f"{plus}", run.count, cpv, 1,
                                          start + (run.count - 1) * cpv + self.chip.mxm_latency))
             return t
@@ -413,7 +426,8 @@ class Scheduler(SxmJobs):
 
         A source used more than once is first copied into a register, so each MEM view or accumulator is streamed
         exactly once per row. Returns (steps, times, dest step per sink format, latency function)."""
-        steps = [Step(s.op, list(s.args)) for s in node.steps] or [Step("COPY", [("acc",)])]
+        acc_t = "i32" if is_int8(self.graph, node) else "f32"  # ACC.i32 of an int8 matmul
+        steps = [Step(s.op, list(s.args), s.t) for s in node.steps] or [Step("COPY", [("acc",)], acc_t)]
         refs: dict[tuple, int] = {}
         for s in steps:
             for a in s.args:
@@ -421,7 +435,8 @@ class Scheduler(SxmJobs):
                     refs[a] = refs.get(a, 0) + 1
         multi = [a for a, n in refs.items() if n > 1]
         if multi:
-            pre = [Step("COPY", [a]) for a in multi]
+            pre = [Step("COPY", [a], acc_t if a[0] == "acc" else
+                        vxm_format(self.graph.tensors[node.sources[a[1]].tensor])) for a in multi]
             remapped = []
             for s in steps:
                 args = []
@@ -432,27 +447,29 @@ class Scheduler(SxmJobs):
                         args.append(("step", a[1] + len(pre)))
                     else:
                         args.append(a)
-                remapped.append(Step(s.op, args))
+                remapped.append(Step(s.op, args, s.t))
             steps = pre + remapped
         last = len(steps) - 1
         out = self.graph.tensors[node.output]
-        if (out.f16_exp or out.f16_saturate) and "f16" in sinks:
+        ot = step_out_type(steps[last])  # f32, or i32 (integer chains, lower_quant.py)
+        if ot == "f32" and (out.f16_exp or out.f16_saturate) and "f16" in sinks:
             dest = {"f32": last} if "f32" in sinks else {}
             if out.f16_exp:  # the f16 copy holds value * 2^-exp (passes.scale_fp16)
                 steps.append(Step("MUL", [("step", len(steps) - 1), ("imm", float(2.0 ** -out.f16_exp))]))
             if out.f16_saturate:
                 steps.append(Step("MAX", [("step", len(steps) - 1), ("imm", -65504.0)]))
                 steps.append(Step("MIN", [("step", len(steps) - 1), ("imm", 65504.0)]))
-            steps.append(Step("CVT", [("step", len(steps) - 1)]))
+            steps.append(Step("CVT", [("step", len(steps) - 1)], "f32.f16"))
             dest["f16"] = len(steps) - 1
-        elif sinks == {"f16"} and steps[last].op == "COPY":
-            steps[last] = Step("CVT", steps[last].args)
-            dest = {"f16": last}
+        elif len(sinks) == 1 and ot not in sinks and steps[last].op == "COPY":
+            (fmt,) = sinks
+            steps[last] = Step("CVT", steps[last].args, f"{steps[last].t}.{fmt}")
+            dest = {fmt: last}
         else:
-            dest = {"f32": last} if "f32" in sinks else {}
-            if "f16" in sinks:
-                steps.append(Step("CVT", [("step", last)]))
-                dest["f16"] = len(steps) - 1
+            dest = {ot: last} if ot in sinks else {}
+            for fmt in sorted(sinks - {ot}):  # f16 (or i8) copies for the MXM, an f32 copy of an i32 value
+                steps.append(Step("CVT", [("step", last)], f"{ot}.{fmt}"))
+                dest[fmt] = len(steps) - 1
 
         def lat(op):
             return self.chip.vxm_alu_latency if op == "CVT" else self.chip.vxm_latency(op)
@@ -472,12 +489,13 @@ class Scheduler(SxmJobs):
                     continue
                 k = index_map[a[1]]
                 for op in reachable[t - times[k] - lat(out[k].op)]:  # a delay line of COPY / MUL-by-1 steps
-                    out.append(Step(op, [("step", k)] + ([("imm", 1.0)] if op == "MUL" else [])))
+                    out.append(Step(op, [("step", k)] + ([("imm", 1.0)] if op == "MUL" else []),
+                                    step_out_type(out[k])))
                     times.append(times[k] + lat(out[k].op))
                     k = len(out) - 1
                 args.append(("step", k))
             index_map[j] = len(out)
-            out.append(Step(s.op, args))
+            out.append(Step(s.op, args, s.t))
             times.append(t)
         dest = {fmt: index_map[j] for fmt, j in dest.items()}
         if len(out) > self.chip.vxm_alus:
@@ -505,7 +523,7 @@ class Scheduler(SxmJobs):
         rows = r1 - r0
         src = []
         for view in node.sources:
-            store = self.stores[(view.tensor, "f32")]
+            store = self.stores[(view.tensor, vxm_format(g.tensors[view.tensor]))]
             runs = segment_runs(store, nt, view_runs(view, store, geom, out_t.rows, r0, r1))
             src.append((store, runs))
         sink_runs = {fmt: segment_runs(st, nt, view_runs(View(node.output), st, geom, out_t.rows, r0, r1))
@@ -538,14 +556,15 @@ class Scheduler(SxmJobs):
                 operands = []
                 for a in s.args:
                     if a[0] == "imm":
-                        operands.append(_imm(a[1]))
+                        operands.append(_imm(a[1], s.t))
                     elif a[0] == "step":
                         operands.append(f"R{alus[a[1]]}")
                     elif a[0] == "src":
                         store, runs = src[a[1]]
                         operands.append(self.read_view(store, nt, runs, vpos, t, 1, base))
                     else:  # the accumulator of `plane`
-                        operands.append(self.read_accumulators(plane, acc_base, rows, t, base))
+                        operands.append(self.read_accumulators(plane, acc_base, rows, t, base,
+                                                               "i32" if is_int8(g, node) else "f32"))
                 operands_of[j] = operands
             for j, s in enumerate(steps):
                 t = base + times[j]
@@ -554,7 +573,7 @@ class Scheduler(SxmJobs):
                     if k == j:
                         dst, last_commit = self.write_view(sinks[fmt], sink_runs[fmt], vpos, t + lat(s.op), base)
                         commits.append((sinks[fmt], last_commit))
-                mnemonic = "CVT.f32.f16" if s.op == "CVT" else f"{s.op}.f32"
+                mnemonic = f"{s.op}.{s.t}"
                 self.res.add_issue(Issue(f"VXM.{alus[j]}", t, f"{mnemonic} {dst}, {', '.join(operands_of[j])}",
                                          rows, 1, 0, t + rows - 1 + lat(s.op)))
             return base
@@ -564,7 +583,8 @@ class Scheduler(SxmJobs):
             store.ready[nt] = max(store.ready[nt], last_commit + 1)
         return base
 
-    def read_accumulators(self, plane: str, acc_base: int, rows: int, arrive: int, base: int) -> str:
+    def read_accumulators(self, plane: str, acc_base: int, rows: int, arrive: int, base: int,
+                          acc_t: str = "f32") -> str:
         ppos = self.chip.plane_position(plane)
         direction = "E" if self.vxm_pos > ppos else "W"
         issue = arrive - self.chip.mxm_acc_latency - abs(self.vxm_pos - ppos)
@@ -572,7 +592,7 @@ class Scheduler(SxmJobs):
         self.res.take_queue(queue, issue, issue + rows - 1, issue - base)
         emit = issue + self.chip.mxm_acc_latency
         g = self.take_group(direction, [[(ppos, emit, 1, rows, self.vxm_pos)]] * 4, base)
-        self.res.add_issue(Issue(queue, issue, f"ACC.f32 {acc_base}, {stream_name(direction, g)}", rows, 1, 1,
+        self.res.add_issue(Issue(queue, issue, f"ACC.{acc_t} {acc_base}, {stream_name(direction, g)}", rows, 1, 1,
                                  emit + rows - 1))
         self.acc_issued = issue + rows - 1
         return stream_name(direction, g)
@@ -600,9 +620,9 @@ class Scheduler(SxmJobs):
             streamed = {v.tensor for v in node.sources}  # what the VXM job streams together, tile by tile
             for v in node.sources:  # constants are placed where this node's other views are not
                 t = g.tensors[v.tensor]
-                if t.kind == "const" and (v.tensor, "f32") not in self.stores:
+                if t.kind == "const" and (v.tensor, vxm_format(t)) not in self.stores:
                     others = streamed - {v.tensor}
-                    store = self.alloc_store(v.tensor, "f32", bank=0,
+                    store = self.alloc_store(v.tensor, vxm_format(t), bank=0,
                                              avoid_tile=lambda nt, o=others: self.slices_of(o, nt))
                     self.init_store(store, t.data)
             for _ in range(len(node.sources)):  # two views one VXM job streams may not share a slice: move one
@@ -628,7 +648,7 @@ class Scheduler(SxmJobs):
                     self.vector_pipeline(node, nt, 0, out.rows, sinks, None, 0, 0)
             for name in sorted(reads):  # free what no later node reads (in one order: set order varies by run)
                 if last_use.get(name) == i and name not in g.outputs:
-                    for fmt in ("f32", "f16"):
+                    for fmt in ("f32", "f16", "i8", "i32"):
                         if (name, fmt) in self.stores:
                             self.release(self.stores[(name, fmt)])
         issues = self.res.issues
@@ -668,7 +688,7 @@ class Scheduler(SxmJobs):
         g = self.graph
         out = g.tensors[node.output]
         geom = out_geom(out)
-        x_store = self.stores[(node.x, "f16")]
+        x_store = self.stores[(node.x, "i8" if is_int8(g, node) else "f16")]
         k_tiles = self.ntiles(g.tensors[node.x].cols)
         acc_rows = self.chip.mxm_acc_rows
         chunk = min(out.rows, acc_rows // 2) if out.rows > 1 else 1  # two blocks: one fills while one drains
@@ -696,12 +716,12 @@ class Scheduler(SxmJobs):
                                                         not first, acc_free)
                         first = False
                 if t_abc is None:  # all weights of this output tile are zero: the epilogue reads 0.0 for acc
-                    zero = [Step(s.op, [("imm", 0.0) if a == ("acc",) else a for a in s.args])
+                    zero = [Step(s.op, [("imm", 0.0) if a == ("acc",) else a for a in s.args], s.t)
                             for s in (node.steps or [Step("COPY", [("acc",)])])]
                     self.vector_pipeline(Node("vector", node.name, node.onnx_op, node.output, node.sources, zero),
                                          nt, r0, r1, sinks, None, 0, 0)
                     continue
-                cpv = self.chip.cycles_per_vector("f16")
+                cpv = self.chip.cycles_per_vector(x_store.fmt)
                 acc_ready = t_abc + self.chip.mxm_latency + (r1 - r0 - 1) * (cpv - 1)
                 self.vector_pipeline(node, nt, r0, r1, sinks, plane, acc_base, acc_ready)
                 st.acc_free[acc_base:acc_base + chunk] = self.acc_issued + 1  # its last row has been read
