@@ -56,3 +56,26 @@ def test_softmax_of_close_large_logits():
     x = {"x": np.array([[10000, 10001, 10002, 10003]], np.float32)}
     for op in ("Softmax", "LogSoftmax"):
         assert_matches_onnxruntime(one(op, [1, 4]), inputs=x)
+
+
+def test_decomposed_layernorm_as_older_exporters_write_it():
+    # opset 13: ReduceMean keeps a (..., 1) column that Sub/Div broadcast across the lanes
+    g = RNG.standard_normal(48).astype(np.float32)
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]), helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "g"], ["y"])]
+    m = make_model(nodes, {"two": np.float32(2.0), "eps": np.float32(1e-5), "g": g}, {"x": [2, 5, 48]}, opset=13)
+    assert_matches_onnxruntime(m)
+
+
+def test_decomposed_softmax():
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], axes=[1]), helper.make_node("Sub", ["x", "m"], ["d"]),
+             helper.make_node("Exp", ["d"], ["e"]), helper.make_node("ReduceSum", ["e", "ax"], ["s"]),
+             helper.make_node("Div", ["e", "s"], ["y"])]
+    assert_matches_onnxruntime(make_model(nodes, {"ax": np.array([1])}, {"x": [3, 20]}, opset=13))
+
+
+def test_output_that_is_a_view_of_an_input_is_copied():
+    m = make_model([helper.make_node("Reshape", ["x", "s"], ["y"])], {"s": np.array([4, 6])}, {"x": [2, 2, 6]})
+    assert_matches_onnxruntime(m)

@@ -15,6 +15,7 @@ from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
 from lpusim.compiler.lower_heads import HeadsLowering
 from lpusim.compiler.lower_lanes import LaneLowering
 from lpusim.compiler.lower_moves import MoveLowering
+from lpusim.compiler.lower_quant import QuantLowering
 from lpusim.errors import CompileError, ModelError
 
 def _gelu(a) -> list:
@@ -188,7 +189,7 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
     return matrix.reshape(shape)
 
 
-class _Lowering(LaneLowering, MoveLowering, HeadsLowering):
+class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -270,6 +271,8 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering):
         raise CompileError(f"{self.where(node)}: input '{name}' is not produced by any earlier node")
 
     def lower(self, node) -> None:
+        if self.lower_quant(node):  # int8: QDQ and QOperator forms (lower_quant.py)
+            return
         op, a = node.op_type, _attrs(node)
         args = [self.get(node, i) for i in range(len(node.input))]
         out = node.output[0]
@@ -645,6 +648,13 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering):
         orows, ocols = _as_matrix(out_shape)
         if cols == ocols and rows == 1 and (len(shape) == len(out_shape) or len(out_shape) != 4):
             return ("src", name)
+        if cols == 1 and ocols > 1 and (rows == orows or rows == 1) and (len(shape) == 4) == (len(out_shape) == 4):
+            # (..., 1) across the lanes (x - ReduceMean(x) in an exported LayerNorm): lane 0 copied to every
+            # lane on the MXM
+            y, _ = self.select_lanes(node, name, tuple(shape), np.zeros(ocols, dtype=np.int64), self.fresh("bcast"))
+            self.derived[y] = self.magnitudes.get(next((i for i in node.input if self.values.get(i, (None,))[0]
+                                                        == name), ""), 0.0)
+            return ("src", y)
         raise CompileError(f"{self.where(node)}: broadcasting {tuple(shape)} to {tuple(out_shape)} "
                            f"is not supported yet")
 
@@ -775,8 +785,11 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering):
             if o.name not in self.values:
                 raise CompileError(f"output '{o.name}' is not produced by any node")
             ir_name, shape = self.values[o.name]
-            if self.tensors[ir_name].kind == "input":
-                raise CompileError(f"output '{o.name}' is a graph input passed through; nothing to run on the chip")
+            if self.tensors[ir_name].kind == "input":  # a view of an input: the chip copies it
+                copy = self.add_tensor(self.fresh(o.name), shape, "value")
+                self.nodes.append(Node("vector", o.name, "Identity", copy, sources=[View(ir_name)],
+                                       steps=[Step("COPY", [("src", 0)])]))
+                ir_name = copy
             self.tensors[ir_name].shape = tuple(shape)
             outputs.append(ir_name)
             names.append(o.name)
