@@ -1,0 +1,425 @@
+"""Quantised models on the int8 MXM path: onnxruntime's QDQ and QOperator formats.
+
+Integer tensors are IR tensors holding *codes*: an int8 tensor holds q, a uint8 tensor holds q - 128 (exact), so
+every code fits the MXM's int8 operands (`ABC.i8`) and one zero point per tensor, shifted the same way, describes
+it. Codes are stored as f32 where the VXM reads them and as i8 where the MXM reads them (`passes.assign_formats`).
+
+A contraction `y = sum_k (x_q - zx)(w_q - zw)` (QLinearConv, QLinearMatMul, QGemm, MatMulInteger, ConvInteger, and
+Conv/MatMul/Gemm between DequantizeLinear inputs and one QuantizeLinear output, the QDQ form onnxruntime fuses the
+same way) becomes an int8 matmul of the codes x_c with weights w_q - zw (which must fit int8), accumulated exactly,
+read with `ACC.i32`, and an epilogue on the VXM:
+    acc + corr               ADD.i32, corr[n] = bias[n] - zx_c * sum_k w[k, n]   (zero-point correction, exact)
+    float(.)                 CVT.i32.f32 (round to nearest even, as onnxruntime's int32 -> float)
+    * M                      MUL.f32, M = (sx * sw[n]) / sy in float32, onnxruntime's order
+    clamp, round, + zy       MAX/MIN to [-128 - zy_c, 127 - zy_c], ADD/SUB 1.5*2^23 (round half to even), ADD zy_c
+which is MLAS's requantisation step for step. Convolution borders hold the zero point's code (`Tensor.conv_pad`),
+so the correction holds at padded taps too, as onnxruntime pads with the zero point.
+
+QuantizeLinear of a float tensor is DIV by the scale, the same clamp, round and add; DequantizeLinear is
+`(code - zp_c) * scale` (SUB then MUL; the subtraction is exact). A DequantizeLinear of a computed tensor is lowered
+lazily: Reshape/Flatten/Squeeze/Unsqueeze/Identity/MaxPool commute with it and run on the codes, a QuantizeLinear
+with the same scale and zero point gives the codes back, and only a float consumer makes it compute floats.
+DequantizeLinear of a constant folds (and is remembered, so a QDQ contraction finds the integer weights).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from lpusim.compiler.ir import Node, Step, View
+from lpusim.errors import CompileError
+
+MAGIC = 12582912.0  # 1.5 * 2^23: x + MAGIC - MAGIC rounds an f32 |x| < 2^22 to an integer, half to even
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger",
+             "ConvInteger")
+CODE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "MaxPool", "GlobalMaxPool"}
+_TYPES = {onnx.TensorProto.UINT8: "u8", onnx.TensorProto.INT8: "i8", onnx.TensorProto.INT32: "i32"}
+_NP_TYPES = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8", np.dtype(np.int32): "i32"}
+
+
+def _code(zp, kind: str):
+    """A zero point (or any integer) as the code the IR holds: uint8 values move down by 128."""
+    return np.asarray(zp, dtype=np.int64) - (128 if kind == "u8" else 0)
+
+
+class QuantLowering:
+    """Mixed into the importer's `_Lowering`; `lower_quant(node)` runs first for every node."""
+
+    @property
+    def q_state(self) -> dict:
+        return self.__dict__.setdefault("_q_state", {
+            "code": {},  # ONNX name of an integer tensor on the chip -> "u8" | "i8"
+            "pending": {},  # float ONNX name -> (integer ONNX name, scale, zero point code): a lazy DequantizeLinear
+            "consts": {},  # ONNX name of a dequantized constant -> (integer array, scale, zero point, axis)
+            "bypass": None,
+        })
+
+    # ----- entry ----------------------------------------------------------------------------------------
+    def lower_quant(self, node) -> bool:
+        """Lower `node` if it is a quantisation op or a quantised pattern; else make its inputs plain floats."""
+        st = self.q_state
+        if node is st["bypass"]:
+            return False
+        op = node.op_type
+        handled = False
+        if op == "DequantizeLinear":
+            handled = self.q_dequantize(node)
+        elif op == "QuantizeLinear":
+            handled = self.q_quantize(node)
+        elif op in ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger"):
+            handled = self.q_operator(node)
+        elif op in ("Conv", "MatMul", "Gemm"):
+            handled = self.q_qdq_contraction(node)
+        elif op in CODE_OPS and node.input and (node.input[0] in st["pending"] or node.input[0] in st["code"]):
+            handled = self.q_code_op(node)
+        elif op == "Cast" and node.input[0] in self.values:
+            handled = self.q_cast(node)
+        if handled:
+            outputs = {o.name for o in self.model.graph.output}
+            for o in node.output:
+                if o in outputs and o in st["code"]:
+                    raise CompileError(f"{self.where(node)}: an int8/uint8 graph output is not supported (the chip "
+                                       f"returns float32)")
+            return True
+        for name in node.input:  # a float consumer of a lazily dequantized tensor: compute the floats now
+            if name in st["pending"] and name not in self.values and name not in self.flat:
+                self.q_materialize(name)
+        return False
+
+    def lower_plain(self, node) -> None:
+        """The importer's own lowering of `node`, skipping `lower_quant`."""
+        self.q_state["bypass"] = node
+        try:
+            self.lower(node)
+        finally:
+            self.q_state["bypass"] = None
+
+    # ----- helpers --------------------------------------------------------------------------------------
+    def q_const(self, node, i, what: str, required: bool = True):
+        if i >= len(node.input) or not node.input[i]:
+            if required:
+                raise CompileError(f"{self.where(node)}: {what} is missing")
+            return None
+        if node.input[i] not in self.consts:
+            raise CompileError(f"{self.where(node)}: {what} must be a constant")
+        return np.asarray(self.consts[node.input[i]])
+
+    def q_scalar_scale(self, node, i, what: str) -> np.float32:
+        s = self.q_const(node, i, what)
+        if s.size != 1:
+            raise CompileError(f"{self.where(node)}: a per-axis {what} of a computed tensor is not supported "
+                               f"(per-tensor only; per-channel scales are supported for constant weights)")
+        return np.float32(s.reshape(()))
+
+    def q_kind(self, node, name: str) -> str:
+        kind = self.q_state["code"].get(name)
+        if kind is None:
+            raise CompileError(f"{self.where(node)}: input '{name}' is not an int8/uint8 tensor lpusim produced "
+                               f"(QuantizeLinear, a QLinear op, or a view or max pool of one)")
+        return kind
+
+    def q_zero(self, node, i, kind: str, what: str) -> int:
+        """A scalar zero point input as a code of `kind` (absent: 0)."""
+        zp = self.q_const(node, i, what, required=False)
+        if zp is None:
+            return int(_code(0, kind))
+        if zp.size != 1:
+            raise CompileError(f"{self.where(node)}: a per-axis {what} of a computed tensor is not supported")
+        if _NP_TYPES.get(zp.dtype, kind) != kind:
+            raise CompileError(f"{self.where(node)}: {what} is {zp.dtype}, its tensor is {kind}")
+        return int(_code(zp.reshape(()), kind))
+
+    def q_vector(self, node, src: str, shape: tuple, steps: list, hint: str) -> str:
+        out = self.add_tensor(self.fresh(hint), shape, "value")
+        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[View(src)],
+                               steps=steps))
+        return out
+
+    @staticmethod
+    def q_round_steps(first: int, lo: float, hi: float, zp: int) -> list:
+        """Steps after step `first - 1`: clamp to [lo, hi], round half to even, add the zero point code."""
+        steps = [Step("MAX", [("step", first - 1), ("imm", lo)]), Step("MIN", [("step", first), ("imm", hi)]),
+                 Step("ADD", [("step", first + 1), ("imm", MAGIC)]), Step("SUB", [("step", first + 2), ("imm", MAGIC)])]
+        if zp:
+            steps.append(Step("ADD", [("step", first + 3), ("imm", float(zp))]))
+        return steps
+
+    # ----- QuantizeLinear / DequantizeLinear --------------------------------------------------------------
+    def q_dequantize(self, node) -> bool:
+        st = self.q_state
+        x, out = node.input[0], node.output[0]
+        if x in self.consts:
+            q = np.asarray(self.consts[x])
+            s = np.asarray(self.q_const(node, 1, "the scale"), dtype=np.float32)
+            zp = self.q_const(node, 2, "the zero point", required=False)
+            zp = np.zeros_like(s, dtype=np.int64) if zp is None else np.asarray(zp, dtype=np.int64)
+            axis = {a.name: helper.get_attribute_value(a) for a in node.attribute}.get("axis", 1)
+            if q.dtype.kind not in "iu":
+                return False
+            axis = axis % max(q.ndim, 1)
+            shape = [1] * q.ndim
+            if s.size > 1:
+                shape[axis] = s.size
+            sb = s.reshape(shape) if s.size > 1 else s.reshape(())
+            zb = zp.reshape(shape) if zp.size > 1 else zp.reshape(())
+            self.consts[out] = ((q.astype(np.int64) - zb).astype(np.float32) * sb).astype(np.float32)
+            st["consts"][out] = (q, s, zp, axis)
+            return True
+        kind = self.q_kind(node, x)
+        scale = self.q_scalar_scale(node, 1, "scale")
+        zp = self.q_zero(node, 2, kind, "zero point")
+        st["pending"][out] = (x, scale, zp)
+        if out in {o.name for o in self.model.graph.output}:
+            self.q_materialize(out)
+        return True
+
+    def q_materialize(self, name: str) -> None:
+        """Compute the floats of a lazy DequantizeLinear: (code - zp) * scale."""
+        q, scale, zp = self.q_state["pending"][name]
+        steps = ([Step("SUB", [("src", 0), ("imm", float(zp))])] if zp else []) + \
+            [Step("MUL", [("step", 0) if zp else ("src", 0), ("imm", float(scale))])]
+        fake = helper.make_node("DequantizeLinear", [q], [name], name=name)
+        if q in self.flat:
+            img, shape = self.flat[q]
+            self.flat[name] = (self.q_vector(fake, img, shape, steps, name), shape)
+        else:
+            ir, shape = self.values[q]
+            self.values[name] = (self.q_vector(fake, ir, shape, steps, name), shape)
+
+    def q_quantize(self, node) -> bool:
+        st = self.q_state
+        x, out = node.input[0], node.output[0]
+        if out in self.values:  # already produced by the contraction it follows (q_qdq_contraction)
+            return True
+        zp_arr = self.q_const(node, 2, "the zero point", required=False)
+        kind = _NP_TYPES.get(zp_arr.dtype) if zp_arr is not None else "u8"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if zp_arr is None and attrs.get("output_dtype"):
+            kind = _TYPES.get(attrs["output_dtype"])
+        if kind not in ("u8", "i8"):
+            raise CompileError(f"{self.where(node)}: QuantizeLinear to {zp_arr.dtype if zp_arr is not None else '?'}"
+                               f" is not supported (int8 and uint8)")
+        scale = self.q_scalar_scale(node, 1, "scale")
+        zp = self.q_zero(node, 2, kind, "zero point")
+        if x in st["pending"] and st["pending"][x][1:] == (scale, zp) and \
+                st["code"].get(st["pending"][x][0]) == kind:
+            src = st["pending"][x][0]  # Q(DQ(q)) with the same parameters is q
+            if src in self.flat:
+                self.flat[out] = self.flat[src]
+            else:
+                self.values[out] = self.values[src]
+            st["code"][out] = kind
+            return True
+        if x in st["pending"] and x not in self.values and x not in self.flat:
+            self.q_materialize(x)
+        arg = self.get(node, 0)
+        if arg[0] != "value":
+            return False  # a constant: folded by the importer
+        _, ir, shape = arg
+        steps = [Step("DIV", [("src", 0), ("imm", float(scale))])] + \
+            self.q_round_steps(1, float(-128 - zp), float(127 - zp), zp)
+        self.values[out] = (self.q_vector(node, ir, shape, steps, out), shape)
+        st["code"][out] = kind
+        return True
+
+    # ----- views and max pools of codes -----------------------------------------------------------------
+    def q_code_op(self, node) -> bool:
+        st = self.q_state
+        src = node.input[0]
+        if src in st["pending"]:  # run the op on the codes; the result is dequantized lazily with the same params
+            q, scale, zp = st["pending"][src]
+            outs = [o + "#q" if o else "" for o in node.output]
+            renamed = helper.make_node(node.op_type, [q] + list(node.input[1:]), outs, name=node.name or outs[0],
+                                       domain=node.domain)
+            renamed.attribute.extend(node.attribute)
+            self.lower_plain(renamed)
+            graph_outputs = {o.name for o in self.model.graph.output}
+            for o, ro in zip(node.output, outs):
+                if o:
+                    st["pending"][o] = (ro, scale, zp)
+                    st["code"][ro] = st["code"][q]
+                    if o in graph_outputs:
+                        self.q_materialize(o)
+            return True
+        self.lower_plain(node)
+        for o in node.output:
+            if o:
+                st["code"][o] = st["code"][src]
+        return True
+
+    def q_cast(self, node) -> bool:
+        """Cast to float of an integer accumulation (i32) or of codes."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        ir, shape = self.values[node.input[0]]
+        kind = self.q_state["code"].get(node.input[0])
+        if attrs.get("to") != onnx.TensorProto.FLOAT or (self.tensors[ir].dtype != "i32" and kind is None):
+            return False
+        if self.tensors[ir].dtype == "i32":
+            steps = [Step("CVT", [("src", 0)], "i32.f32")]
+        else:
+            steps = [Step("ADD", [("src", 0), ("imm", 128.0)])] if kind == "u8" else [Step("COPY", [("src", 0)])]
+        self.values[node.output[0]] = (self.q_vector(node, ir, shape, steps, node.output[0]), shape)
+        return True
+
+    # ----- contractions -----------------------------------------------------------------------------------
+    def q_qdq_contraction(self, node) -> bool:
+        """DequantizeLinear -> Conv/MatMul/Gemm -> QuantizeLinear (the QDQ form) as one int8 contraction."""
+        st = self.q_state
+        op, out = node.op_type, node.output[0]
+        if node.input[0] not in st["pending"] or len(node.input) < 2 or node.input[1] not in st["consts"]:
+            return False
+        users = [n for n in self.model.graph.node if out in n.input]
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear" or \
+                out in {o.name for o in self.model.graph.output}:
+            return False  # a float result: onnxruntime computes it in float too
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if op == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or
+                             attrs.get("beta", 1.0) != 1.0):
+            return False
+        x, sx, zx = st["pending"][node.input[0]]
+        wq, sw, zw, axis = st["consts"][node.input[1]]
+        if wq.dtype not in (np.int8, np.uint8):
+            return False
+        out_axis = 0 if op == "Conv" or (op == "Gemm" and attrs.get("transB", 0)) else wq.ndim - 1
+        if sw.size > 1 and axis != out_axis:
+            return False
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            if node.input[2] not in st["consts"]:
+                return False
+            bq, sb, zb, _ = st["consts"][node.input[2]]
+            if bq.dtype != np.int32 or np.any(zb != 0):
+                return False
+            bias = bq
+        qn = users[0]
+        y_zp = self.q_const(qn, 2, "the zero point", required=False)
+        y_kind = _NP_TYPES.get(y_zp.dtype, "u8") if y_zp is not None else "u8"
+        sy = self.q_scalar_scale(qn, 1, "scale")
+        zy = self.q_zero(qn, 2, y_kind, "zero point")
+        mult = (sx * sw.astype(np.float32)).astype(np.float32) / sy
+        self.q_contraction(node, "conv" if op == "Conv" else "gemm", x, zx, wq, zw, bias, mult,
+                           ("q", zy, y_kind), qn.output[0], attrs, out_axis)
+        return True
+
+    def q_operator(self, node) -> bool:
+        """QLinearConv, QLinearMatMul, QGemm (com.microsoft), MatMulInteger, ConvInteger."""
+        op = node.op_type
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        x = node.input[0]
+        kind = self.q_kind(node, x)
+        if op in ("MatMulInteger", "ConvInteger"):
+            w = self.q_const(node, 1, "the weights")
+            zx = self.q_zero(node, 2, kind, "the input zero point")
+            zw = self.q_const(node, 3, "the weight zero point", required=False)
+            zw = np.zeros(1, np.int64) if zw is None else zw
+            mode, mult = ("i32",), None
+        else:
+            sx = self.q_scalar_scale(node, 1, "input scale")
+            zx = self.q_zero(node, 2, kind, "input zero point")
+            w = self.q_const(node, 3, "the weights")
+            sw = np.asarray(self.q_const(node, 4, "the weight scale"), dtype=np.float32)
+            zw = self.q_const(node, 5, "the weight zero point", required=False)
+            zw = np.zeros(1, np.int64) if zw is None else zw
+            yi = {"QLinearConv": 6, "QLinearMatMul": 6, "QGemm": 7}[op]
+            alpha = np.float32(attrs.get("alpha", 1.0))
+            if op == "QGemm" and (len(node.input) <= yi or not node.input[yi]):
+                mode = ("f32",)
+                mult = (alpha * sx * sw).astype(np.float32)
+            else:
+                sy = self.q_scalar_scale(node, yi, "output scale")
+                y_zp = self.q_const(node, yi + 1, "output zero point", required=False)
+                y_kind = _NP_TYPES.get(y_zp.dtype, "u8") if y_zp is not None else "u8"
+                mode = ("q", self.q_zero(node, yi + 1, y_kind, "output zero point"), y_kind)
+                mult = (alpha * sx * sw).astype(np.float32) / sy
+        if w.dtype not in (np.int8, np.uint8):
+            raise CompileError(f"{self.where(node)}: weights of type {w.dtype} are not supported (int8/uint8)")
+        bias = None
+        if op == "QLinearConv" and len(node.input) > 8 and node.input[8]:
+            bias = self.q_const(node, 8, "the bias")
+        if op == "QGemm":
+            if attrs.get("transA", 0):
+                raise CompileError(f"{self.where(node)}: QGemm with transA=1 is not supported")
+            if len(node.input) > 6 and node.input[6]:
+                bias = self.q_const(node, 6, "the bias C")
+                if bias.ndim == 2 and bias.shape[0] != 1:
+                    raise CompileError(f"{self.where(node)}: a QGemm bias C of shape {bias.shape} is not supported")
+        conv = op in ("QLinearConv", "ConvInteger")
+        out_axis = 0 if conv or (op == "QGemm" and attrs.get("transB", 0)) else w.ndim - 1
+        self.q_contraction(node, "conv" if conv else "gemm", x, zx, w, zw, bias, mult, mode, node.output[0],
+                           attrs, out_axis)
+        return True
+
+    def q_contraction(self, node, form: str, x: str, zx: int, w: np.ndarray, zw, bias, mult, mode: tuple,
+                      out_name: str, attrs: dict, out_axis: int) -> None:
+        """x's codes (zero point code zx) contracted with integer weights w - zw on the int8 MXM, then the
+        epilogue of `mode`: ("q", zy_code, kind) requantised codes, ("f32",) floats acc * mult, ("i32",) acc."""
+        where = self.where(node)
+        n_out = w.shape[out_axis]
+        shape = [1] * w.ndim
+        shape[out_axis] = n_out
+        zw = np.asarray(zw, dtype=np.int64)
+        w_eff = w.astype(np.int64) - (zw.reshape(shape) if zw.size > 1 else zw.reshape(()))
+        if w_eff.min(initial=0) < -128 or w_eff.max(initial=0) > 127:
+            raise CompileError(f"{where}: weights minus their zero point leave int8's range (asymmetric uint8 "
+                               f"weights are not supported; quantise weights as int8)")
+        colsum = w_eff.sum(axis=tuple(a for a in range(w.ndim) if a != out_axis))
+        corr = -np.int64(zx) * colsum
+        if bias is not None:
+            corr = corr + np.broadcast_to(np.asarray(bias, dtype=np.int64).reshape(-1), (n_out,))
+        if np.abs(corr).max(initial=0) >= 2 ** 24:
+            raise CompileError(f"{where}: a bias or zero-point correction of {np.abs(corr).max()} is too large "
+                               f"(at most 2^24)")
+        tmp = self.fresh(out_name + "#acc")
+        wf = w_eff.astype(np.float32)
+        if form == "conv":
+            ir, xshape = self.values[x]
+            t = self.tensors[ir]
+            if t.conv_pad not in (0.0, float(zx)) and zx:
+                raise CompileError(f"{where}: '{x}' is read with two zero points")
+            t.conv_pad = float(zx) if zx else t.conv_pad
+            keep = {k: v for k, v in attrs.items() if k in ("strides", "pads", "dilations", "group", "auto_pad",
+                                                            "kernel_shape")}
+            fake = helper.make_node("Conv", [x, "w"], [tmp], name=node.name or out_name, **keep)
+            self.lower_spatial(fake, "Conv", keep, [("value", ir, xshape), ("const", wf)])
+        else:
+            keep = {"transB": attrs.get("transB", 0)}
+            fake = helper.make_node("Gemm", [x, "w"], [tmp], name=node.name or out_name, **keep)
+            xarg = ("value",) + (self.flat[x] if x in self.flat else self.values[x])
+            if wf.ndim != 2:
+                raise CompileError(f"{where}: weights of rank {wf.ndim} are not supported (rank 2)")
+            self.lower_matmul(fake, "Gemm", keep, [xarg, ("const", wf)])
+        mm = self.nodes[-1]
+        out_ir, out_shape = self.values.pop(tmp)
+        if mm.kind != "matmul" or mm.output != out_ir:
+            raise CompileError(f"{where}: internal: the int8 contraction did not lower to one matmul")
+        mm.onnx_op = node.op_type
+        for _, wname in mm.terms:
+            self.tensors[wname].dtype = "i8"
+        steps, sources = [], []
+        cur = ("acc",)
+        if corr.any():
+            c = self.const_tensor(corr.reshape(1, n_out).astype(np.float32), "qcorr")
+            self.tensors[c].dtype = "i32"
+            sources.append(View(c))
+            steps.append(Step("ADD", [("acc",), ("src", 0)], "i32"))
+            cur = ("step", 0)
+        if mode[0] == "i32":
+            if not steps:
+                steps = [Step("COPY", [("acc",)], "i32")]
+            self.tensors[out_ir].dtype = "i32"
+        else:
+            steps.append(Step("CVT", [cur], "i32.f32"))
+            m = np.asarray(mult, dtype=np.float32).reshape(-1)
+            if m.size > 1:
+                mrow = self.const_tensor(np.broadcast_to(m, (n_out,)).reshape(1, n_out).copy(), "qscale")
+                sources.append(View(mrow))
+                steps.append(Step("MUL", [("step", len(steps) - 1), ("src", len(sources) - 1)]))
+            else:
+                steps.append(Step("MUL", [("step", len(steps) - 1), ("imm", float(m[0]))]))
+            if mode[0] == "q":
+                zy = mode[1]
+                steps += self.q_round_steps(len(steps), float(-128 - zy), float(127 - zy), zy)
+                self.q_state["code"][out_name] = mode[2]
+        mm.steps, mm.sources = steps, sources
+        self.values[out_name] = (out_ir, out_shape)
