@@ -35,6 +35,13 @@ def _parse_shapes(items) -> dict:
     return shapes
 
 
+def _int_arg(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise LpusimError(f"{flag} {value}: expected a number of chips or 'auto'") from None
+
+
 def _load_inputs(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -109,13 +116,26 @@ def _print_report(r: dict) -> None:
                                      f"max rel error {r['max_rel_error']:.3g})"),
         "wall time      " + "  ".join(f"{k} {v:.3f}s" for k, v in r["wall_s"].items()),
     ]
+    if "link_summary" in r:  # several chips (multichip.run_report)
+        ls = r["link_summary"]
+        lines[3:3] = [f"per chip       cycles {r['chip_cycles']}, sync stalls {r['chip_sync_cycles']}",
+                      f"links          {ls['vectors']:,} vectors, {ls['bytes']:,} bytes over {ls['links_used']} "
+                      f"link(s), busiest {100 * ls['max_busy_fraction']:.1f}% busy",
+                      f"partition      {r['partition']['reason']}"]
     print("\n".join(lines))
 
 
 def cmd_run(args) -> int:
-    report = run_and_check(args.model, inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
-                           shapes=_parse_shapes(args.shape), timing_only=args.timing_only,
-                           progress=not args.json and sys.stderr.isatty(), trace=args.trace, plot=args.plot)
+    if args.chips != "1" or args.system:  # several chips: lpusim/multichip.py
+        from lpusim.multichip import run_report
+        chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
+        report = run_report(args.model, chips=chips, parallel=args.parallel, system=args.system,
+                            inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
+                            shapes=_parse_shapes(args.shape), timing_only=args.timing_only)
+    else:
+        report = run_and_check(args.model, inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
+                               shapes=_parse_shapes(args.shape), timing_only=args.timing_only,
+                               progress=not args.json and sys.stderr.isatty(), trace=args.trace, plot=args.plot)
     if args.json:
         print(json.dumps(report))
     else:
@@ -216,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timing-only", action="store_true", help="execute the schedule without computing values")
     r.add_argument("--trace", metavar="FILE.json", help="write a Perfetto/Chrome trace of the schedule")
     r.add_argument("--plot", metavar="FILE.png", help="plot unit utilisation over time (needs matplotlib)")
+    r.add_argument("--chips", default="1", help="chips in a pipeline (a number, or 'auto': the fewest that hold "
+                   "the model)")
+    r.add_argument("--parallel", default="auto", choices=["auto", "pipeline", "tensor"])
+    r.add_argument("--system", default=None, help="system configuration JSON (docs/system.md): drift, seed, ...")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 

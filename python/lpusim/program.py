@@ -130,16 +130,20 @@ def utilization(chip: Chip, busy: dict[str, int], cycles: int) -> dict[str, floa
     return {k: busy.get(k, 0) / (units[k] * cycles) for k in units}
 
 
-def compile(model, chips: int = 1, chip=None, precision: str = "fp16", shapes: dict | None = None,
-            dump=None, progress: bool = False, calibration: dict | None = None) -> Program:
+def compile(model, chips: int | str = 1, chip=None, precision: str = "fp16", shapes: dict | None = None,
+            dump=None, progress: bool = False, calibration: dict | None = None, parallel: str = "auto",
+            system=None):
     """Compile an ONNX model (path or ModelProto) to a static schedule for `chips` simulated chips.
 
     `chip` is a configuration name (`"tsp_v1"`), a JSON file path or dict; `precision="fp16"` runs float models
     through the fp16 MXM path with f32 accumulation (Groq's flow); `shapes` fixes dynamic input dimensions;
     `dump(name, text)` receives the IR after every pass; `calibration` (inputs by name; default: seeded random
-    inputs) sets the power-of-two scales that keep large tensors inside fp16's range (compiler/calibrate.py)."""
-    if chips != 1:
-        raise CompileError(f"chips={chips}: multi-chip systems are not supported yet (one chip only)")
+    inputs) sets the power-of-two scales that keep large tensors inside fp16's range (compiler/calibrate.py).
+    `chips=N` (or "auto": the fewest chips whose SRAM holds the model) with `parallel="pipeline"|"auto"` and an
+    optional `system` configuration gives a `multichip.MultiProgram` (docs/multichip.md)."""
+    if chips != 1 or system is not None:  # several chips (or "auto"): lpusim/multichip.py
+        from lpusim.multichip import compile_pipeline
+        return compile_pipeline(model, chips, chip, precision, shapes, dump, calibration, parallel, system)
     cfg = Chip.load(chip)
     bar = None
     if progress:

@@ -1,0 +1,225 @@
+"""Scheduler jobs for chip-to-chip transfers and the runtime deskew barriers of a pipeline stage.
+
+A stage's program has three phases on its chip's program clock (cycle 0 = the common start of every chip):
+1. receive (chip k > 0): a `RUNTIME_DESKEW d` barrier in every queue the stage uses, then for every vector the
+   previous chip sends, `RECV` on the link at its send cycle plus the transfer lag, the vector streamed from the
+   link's position to its MEM slice and written (`RECV -> stream -> WRITE`), bursts of one row per send interval;
+2. compute: the stage's nodes, placed by the ordinary scheduler, never before the barrier's end;
+3. send (all but the last chip): once every effect of the compute phase is over, another barrier, then per live
+   tensor, format, column tile and byte plane a burst `READ -> stream -> SEND` on the link toward chip k+1.
+
+A barrier is a cycle B at which the chip is quiescent (every earlier instruction's last effect is before B) and no
+queue issues in [B, B + d): every queue with later work issues `RUNTIME_DESKEW d` at B, and the scheduler places
+nothing before B + d (`FloorReservations`). The stall is d minus the drift the chip accumulated since its last
+realignment, so after it the chip's program cycle again counts the root chip's cycles (docs/system.md section 3).
+Nothing is in flight across a barrier, so a stall of any length changes no value.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from lpusim.compiler.ir import View, out_geom
+from lpusim.compiler.layout import segment_runs, view_runs
+from lpusim.compiler.resources import Clash, Issue, Reservations
+from lpusim.compiler.schedule import Scheduler
+from lpusim.errors import CompileError
+
+
+class FloorReservations(Reservations):
+    """Reservations that refuse any queue slot before `floor` (the end of the latest barrier)."""
+
+    floor = 0
+
+    def take_queue(self, queue, start, end, offset=0):
+        if start < self.floor:
+            raise Clash(self.floor - offset)
+        return super().take_queue(queue, start, end, offset)
+
+    def check_queue(self, queue, start, end, offset=0):
+        if start < self.floor:
+            raise Clash(self.floor - offset)
+        return super().check_queue(queue, start, end, offset)
+
+    def queue_free_from(self, queue, start, end):
+        return start >= self.floor and super().queue_free_from(queue, start, end)
+
+
+class C2cJobs:
+    """Mixed into a Scheduler: barriers, link receives and link sends."""
+
+    barriers: list
+
+    def link_position(self, link: int) -> int:
+        """C2C links 0..7 sit with the west SXM, 8..15 with the east one (docs/isa.md section 1)."""
+        half = self.chip.c2c_links // 2
+        return self.sxm_position("W" if link < half else "E")
+
+    def frontier(self) -> int:
+        """One past the last effect of everything scheduled so far (the issues list only grows between jobs)."""
+        seen, last = self.__dict__.get("_frontier", (0, -1))
+        issues = self.res.issues
+        if seen > len(issues):
+            seen, last = 0, -1
+        for iss in issues[seen:]:
+            last = max(last, iss.last_effect)
+        self._frontier = (len(issues), last)
+        return last + 1
+
+    def resumed(self) -> int:
+        """The program cycle of the latest realignment (0: the common start)."""
+        return self.barriers[-1][0] + self.barriers[-1][1] if self.barriers else 0
+
+    def deskew_delay(self, at: int, rel: float) -> int:
+        """d for a barrier at `at`: above the largest drift since the last realignment (2 cycles of rounding)."""
+        d = math.ceil(rel * (at - self.resumed())) + 3
+        if d + 1 >= self.chip.hac_period // 2:
+            raise CompileError(f"internal: a barrier at cycle {at} would need RUNTIME_DESKEW {d}, beyond what the "
+                               f"HAC comparison can measure")
+        return d
+
+    def barrier(self, at: int, d: int) -> int:
+        """A RUNTIME_DESKEW d barrier at cycle `at` (at least the frontier); returns where work may resume."""
+        at = max(at, self.frontier(), self.res.floor)
+        self.barriers.append((at, d))
+        self.res.floor = at + d
+        return at + d
+
+    def _transfer_runs(self, store, name: str, tile: int):
+        t = self.graph.tensors[name]
+        return segment_runs(store, tile, view_runs(View(name), store, out_geom(t), t.rows, 0, t.rows))
+
+    def transfer_bursts(self, items: dict[str, list[str]]):
+        """(tensor, format, tile, byte plane, rows) for every burst of a transfer, in link order."""
+        out = []
+        for name, fmts in sorted(items.items()):
+            t = self.graph.tensors[name]
+            for fmt in fmts:
+                width = {"f32": 4, "f16": 2}[fmt]
+                for nt in range(self.ntiles(t.cols)):
+                    for b in range(width):
+                        out.append((name, fmt, nt, b, t.rows))
+        return out
+
+    def schedule_sends(self, items: dict[str, list[str]], link: int, interval: int, lower: int) -> list[tuple]:
+        """READ -> stream -> SEND bursts of every live tensor, one vector per `interval` cycles on `link`.
+        Returns per burst (tensor, format, tile, plane, rows, first send cycle)."""
+        pos = self.link_position(link)
+        queue = f"C2C.{link}"
+        plan = []
+        nxt = lower
+        for name, fmt, nt, b, rows in self.transfer_bursts(items):
+            store = self.stores[(name, fmt)]
+            runs = self._transfer_runs(store, name, nt)
+
+            def build(t, store=store, runs=runs, b=b, nt=nt, rows=rows):
+                self.res.take_queue(queue, t, t + (rows - 1) * interval, 0)
+                stream = self.read_view(store, nt, runs, pos, t, interval, t, planes=[b])
+                self.res.add_issue(Issue(queue, t, f"SEND {stream}", rows, interval, 0,
+                                         t + (rows - 1) * interval))
+                return t
+
+            first = self.place(nxt, build, f"the link send of '{name}' ({fmt}, plane {b})")
+            plan.append((name, fmt, nt, b, rows, first))
+            nxt = first + rows * interval
+        return plan
+
+    def schedule_receives(self, plan: list[tuple], link: int, interval: int, lag: int) -> None:
+        """RECV -> stream -> WRITE of every burst the previous chip sends, at its send cycles plus `lag`; the
+        stores for the received tensors are allocated here."""
+        pos = self.link_position(link)
+        queue = f"C2C.{link}"
+        rl = self.chip.c2c_recv_latency
+        for name, fmt, nt, b, rows, first in plan:
+            if (name, fmt) not in self.stores:
+                self.alloc_store(name, fmt)
+            store = self.stores[(name, fmt)]
+            runs = self._transfer_runs(store, name, nt)
+            r0 = first + lag
+            self.res.begin()
+            self.accesses = []
+            try:
+                self.res.take_queue(queue, r0, r0 + (rows - 1) * interval, 0)
+                stream, last = self.write_view(store, runs, pos, r0 + rl, r0, planes=[b], d=interval)
+                self.res.add_issue(Issue(queue, r0, f"RECV {stream}", rows, interval, 0,
+                                         r0 + rl + (rows - 1) * interval))
+            except Clash:
+                self.res.rollback()
+                raise CompileError(f"internal: the receive of '{name}' ({fmt}, plane {b}) at cycle {r0} "
+                                   f"clashes") from None
+            self.res.commit()
+            for st, lst in self.accesses:
+                st.last_access = max(st.last_access, lst)
+            store.ready[nt] = max(store.ready[nt], last + 1)
+
+
+class StageScheduler(C2cJobs, Scheduler):
+    """The ordinary scheduler with a floor for barriers; stores in `keep` are never released (they are sent)."""
+
+    def __init__(self, chip, graph, keep=(), rel_drift: float = 0.0, max_free: int | None = None):
+        super().__init__(chip, graph, self._between_nodes)
+        self.res = FloorReservations(chip)
+        self.keep = set(keep)
+        self.barriers = []
+        self.rel = rel_drift
+        self.max_free = max_free
+
+    def _between_nodes(self, i, n, node):
+        """Before each node: a barrier if the chip has run free longer than `max_free` cycles (so its drift stays
+        measurable and within the RUNTIME_DESKEW delay)."""
+        if self.max_free is None or i == 0:
+            return
+        at = self.frontier()
+        if at - self.resumed() > self.max_free:
+            self.barrier(at, self.deskew_delay(at, self.rel))
+
+    def place(self, lower, build, what):
+        return super().place(max(lower, self.res.floor - 2 * self.chip.num_positions), build, what)
+
+    def release(self, store):
+        if store.tensor in self.keep:
+            return
+        super().release(store)
+
+
+def emit_stage(issues: list[Issue], barriers: list[tuple[int, int]], header: str = "") -> str:
+    """Assembly text like emit.emit_assembly, with `RUNTIME_DESKEW d` at every barrier (B, d) in each queue that
+    issues anything after it; the instruction after it issues at program cycle B + d."""
+    by_queue: dict[str, list[Issue]] = defaultdict(list)
+    for issue in issues:
+        by_queue[issue.queue].append(issue)
+    lines = [f"; {line}" for line in header.splitlines()]
+    for queue in sorted(by_queue):
+        lines.append(f".queue {queue}")
+        cycle = 0
+        todo = sorted(barriers)
+        for issue in sorted(by_queue[queue], key=lambda i: i.cycle):
+            while todo and todo[0][0] + todo[0][1] <= issue.cycle:
+                at, d = todo.pop(0)
+                if at < cycle:
+                    raise CompileError(f"internal: {queue} is busy at the barrier at cycle {at}")
+                if at > cycle:
+                    lines.append(f"    NOP {at - cycle}")
+                lines.append(f"    RUNTIME_DESKEW {d}")
+                cycle = at + d
+            if issue.cycle < cycle:
+                raise CompileError(f"internal scheduling error: {queue} issues '{issue.text}' at cycle "
+                                   f"{issue.cycle} while busy until {cycle}")
+            if issue.cycle > cycle:
+                lines.append(f"    NOP {issue.cycle - cycle}")
+            lines.append(f"    {issue.text}")
+            if issue.n > 1:
+                lines.append(f"    REPEAT {issue.n - 1}, {issue.d}, {issue.stride}")
+            cycle = issue.cycle + (issue.n - 1) * issue.d + 1
+    return "\n".join(lines) + "\n"
+
+
+def barrier_issues(issues: list[Issue], barriers: list[tuple[int, int]]) -> int:
+    """RUNTIME_DESKEW instructions the emitted program issues (one per barrier per queue with later work)."""
+    last = defaultdict(int)
+    for iss in issues:
+        last[iss.queue] = max(last[iss.queue], iss.cycle)
+    return sum(1 for at, d in barriers for q, c in last.items() if c >= at + d)
+
+
+__all__ = ["C2cJobs", "FloorReservations", "StageScheduler", "emit_stage", "barrier_issues"]

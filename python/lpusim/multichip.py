@@ -1,0 +1,462 @@
+"""Pipeline parallelism over N chips: `lpusim.compile(model, chips=N, parallel="pipeline")`.
+
+Design (docs/multichip.md has the long form):
+* **Stages** (`compiler/partition.py`): the IR node list cut into N consecutive stages balanced by predicted
+  cycles (the single-chip schedule's per-node frontier), every stage fitting one chip's SRAM; a model too large for
+  one chip goes to the fewest chips that hold it (`chips="auto"`). Stage k runs on chip k of an 8-chip node
+  (fully connected, so chip k talks to chip k+1 over their direct link).
+* **Transfers** (`compiler/schedule_c2c.py`): each tensor live across cut k travels chip k -> chip k+1 (a chain:
+  tensors needed further on are forwarded), in the formats later stages read, one vector per row per byte plane,
+  one SEND per `min_send_interval_cycles`. The receiver's RECV of vector j is at the sender's send cycle plus a
+  constant lag: the link's worst latency (mean + spread), the clock-domain crossing, and the worst timing error
+  both chips may have accumulated (below). Buffer occupancy is checked against `c2c_rx_buffer_vectors`.
+* **Time and sync.** All chips start at global time 0 (docs/system.md section 2) and every chip's program counts
+  cycles from there; the SAC starts equal to the HAC, so `RUNTIME_DESKEW d` realigns a chip to the root chip's
+  time measured from that common start. Each stage has a barrier (every queue issues `RUNTIME_DESKEW d` while the
+  chip is quiescent) just before its first RECV and just before its first SEND, so at a transfer each chip's
+  error is at most 2 cycles (realignment rounding) plus `2 * drift_ppm` of the cycles since its barrier; `d` is
+  the worst drift the chip can have accumulated since its previous alignment plus 3 (the stall is `d - delta`,
+  always >= 1). No leading DESKEW: it would add the HAC alignment error, and with the root's HAC phase within that
+  error of an epoch boundary two chips would wait for different epochs and start 252 cycles apart.
+* **Cycles.** A chip's program cycles are exact on the root's time line; its own cycle count is predicted by
+  replaying its barriers through the HAC/SAC rules with the system's drawn drifts and HAC offsets
+  (`predict_chip`). `cycles` of a run is the system's: the latest chip's end in nominal cycles, rounded up (the
+  last stage's last write is normally that end). Both it and every chip's own count must equal the prediction.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lpusim import _lpusim
+from lpusim.chip import Chip
+from lpusim.compiler import calibrate, emit, importer, ir
+from lpusim.compiler import PASSES, sram_needed
+from lpusim.compiler.partition import Partitioner, node_costs, static_cost, vectors
+from lpusim.compiler.schedule_c2c import StageScheduler, barrier_issues, emit_stage
+from lpusim.errors import CompileError, ModelError, SimulationError
+from lpusim.program import Program, utilization
+from lpusim.system import System, SystemResult
+
+TICKS = 10 ** 12
+PARALLEL = ("auto", "pipeline", "tensor")
+
+
+# ----- the clocks (docs/system.md sections 2 and 3), for the exact cycle prediction -----------------------
+@dataclass
+class ChipClock:
+    period: int
+    root_period: int
+    hac_offset: int
+
+    def hac(self, k: int) -> int:
+        return k * self.period // self.root_period + self.hac_offset
+
+    def first_hac_at_least(self, x: int) -> int:
+        if x <= self.hac_offset:
+            return 0
+        return -(-(x - self.hac_offset) * self.root_period // self.period)
+
+
+def clocks(info: dict) -> list[ChipClock]:
+    periods = [TICKS - round(c["drift_ppm"] * 1e6) for c in info["chip_info"]]
+    root = info["root_chip"]
+    out = []
+    for i, c in enumerate(info["chip_info"]):
+        reached = c["tree_depth"] is not None
+        out.append(ChipClock(periods[i], periods[root] if reached else periods[i], int(c["hac_offset"])))
+    return out
+
+
+def predict_chip(clock: ChipClock, barriers: list[tuple[int, int]], last_effect: int, superlanes: int,
+                 hac_period: int) -> int:
+    """The chip's own cycle count: its program's last effect (program cycle) mapped through every barrier."""
+    k_a, u_a, prog_a = 0, clock.hac(0), 0
+    for at, d in barriers:
+        t = k_a + (at - prog_a)
+        sac = u_a + (t - k_a)
+        delta = clock.hac(t) - sac
+        if 2 * abs(delta) >= hac_period or delta >= d:
+            raise SimulationError(f"predicted DriftOverrun: the chip has drifted {delta} cycles by its "
+                                  f"RUNTIME_DESKEW {d} at program cycle {at}")
+        k = clock.first_hac_at_least(sac + d)
+        k_a, u_a, prog_a = k, clock.hac(k), at + d
+    return k_a + (last_effect - prog_a) + 1 + superlanes - 1
+
+
+# ----- results ---------------------------------------------------------------------------------------------
+@dataclass
+class MultiRunResult:
+    outputs: dict[str, np.ndarray]
+    cycles: int                      # the system's: the latest chip's end in nominal cycles (rounded up)
+    predicted_cycles: int
+    chip_cycles: list[int]           # every chip on its own clock
+    predicted_chip_cycles: list[int]
+    latency_us: float
+    instructions: int
+    sync_cycles: int                 # the largest per-chip RUNTIME_DESKEW stall
+    chip_sync_cycles: list[int]
+    links: list[dict[str, Any]]      # link directions that carried vectors
+    link_summary: dict[str, Any]
+    utilization: list[dict[str, float]]  # per chip
+    busy: list[dict[str, int]]
+    wall_simulate_s: float
+    timing_only: bool = False
+    system: SystemResult | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cycles": self.cycles, "predicted_cycles": self.predicted_cycles, "chip_cycles": self.chip_cycles,
+                "predicted_chip_cycles": self.predicted_chip_cycles, "latency_us": self.latency_us,
+                "instructions": self.instructions, "sync_cycles": self.sync_cycles,
+                "chip_sync_cycles": self.chip_sync_cycles, "links": self.links, "link_summary": self.link_summary,
+                "utilization_per_chip": self.utilization}
+
+
+@dataclass
+class MultiProgram:
+    """A model compiled for a pipeline of chips: one single-chip `Program` per stage plus the sync plan."""
+
+    chip: Chip
+    chips: int
+    parallel: str
+    system: System
+    stages: list[Program]
+    barriers: list[list[tuple[int, int]]]  # per chip: (program cycle, d) of each RUNTIME_DESKEW barrier
+    last_effects: list[int]                # per chip: program cycle of its last effect
+    drift_tolerance_ppm: float
+    transfers: list[dict[str, Any]]        # per cut: vectors, link, lag, first/last send cycle
+    partition: dict[str, Any]
+    input_shapes: dict[str, tuple]
+    output_names: list[str]
+    compile_s: float
+    binaries: list[bytes] = field(repr=False, default_factory=list)
+
+    @property
+    def assembly(self) -> list[str]:
+        return [p.assembly for p in self.stages]
+
+    @property
+    def instructions(self) -> int:
+        return sum(p.instructions for p in self.stages)
+
+    @property
+    def sram_bytes(self) -> int:
+        return max(p.sram_bytes for p in self.stages)
+
+    def predict(self, system: System | None = None) -> tuple[int, list[int]]:
+        """(system cycles, per-chip cycles) this program takes on `system` (its drifts and HAC offsets)."""
+        system = system or self.system
+        cl = clocks(system.info)
+        per_chip = [predict_chip(cl[i], self.barriers[i], self.last_effects[i], self.chip.superlanes,
+                                 system.hac_period) for i in range(self.chips)]
+        end = max(c * cl[i].period for i, c in enumerate(per_chip))
+        return -(-end // TICKS), per_chip
+
+    @property
+    def predicted_cycles(self) -> int:
+        return self.predict()[0]
+
+    @property
+    def latency_us(self) -> float:
+        return self.chip.seconds(self.predicted_cycles) * 1e6
+
+    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in self.input_shapes.items()}
+
+    def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0, timing_only: bool = False,
+            system: System | dict | None = None, threads: int = 0) -> MultiRunResult:
+        """Simulate every chip (`simulate_system`); `system` overrides the drift seed/magnitude of the compile's."""
+        if isinstance(system, dict):
+            system = System.load(system)
+        system = system or self.system
+        if system.chips < self.chips:
+            raise ModelError(f"the program needs {self.chips} chips, the system has {system.chips}")
+        if inputs is None:
+            inputs = self.random_inputs(seed)
+        missing = [n for n in self.input_shapes if n not in inputs]
+        if missing:
+            raise ModelError(f"missing input(s): {', '.join(missing)}")
+        extra = [n for n in inputs if n not in self.input_shapes]
+        if extra:
+            raise ModelError(f"unknown input(s): {', '.join(extra)}")
+        mems, dumps = [], []
+        for p in self.stages:
+            mem, dump = p._mem_image({n: inputs[n] for n in p.input_shapes})
+            mems.append(mem)
+            dumps.append(dump)
+        start = time.perf_counter()
+        res = system.run(self.binaries, mems, dumps, timing_only=timing_only, threads=threads)
+        wall = time.perf_counter() - start
+        outputs: dict[str, np.ndarray] = {}
+        if not timing_only:
+            for i, p in enumerate(self.stages):
+                if p.output_names:
+                    outputs.update(p._decode_outputs(res.dumps[i]))
+            outputs = {n: outputs[n] for n in self.output_names}
+        predicted, per_chip = self.predict(system)
+        chips = res.chips[:self.chips]
+        busy = [{k: int(v) for k, v in c["busy"].items()} for c in chips]
+        util = [utilization(self.chip, b, int(c["cycles"])) for b, c in zip(busy, chips)]
+        return MultiRunResult(outputs, res.cycles, predicted, [int(c["cycles"]) for c in chips], per_chip,
+                              res.latency_us, sum(int(c["instructions"]) for c in chips), res.sync_cycles,
+                              [int(c["sync_cycles"]) for c in chips], [lk for lk in res.links if lk["vectors"]],
+                              res.link_summary(), util, busy, wall, timing_only, res)
+
+
+# ----- compile ---------------------------------------------------------------------------------------------
+def build_graph(model, chip: Chip, precision: str, shapes, dump, calibration):
+    """Import and run every pass (compiler.compile_graph without the single-chip SRAM check and schedule)."""
+    proto = importer.load_model(model)
+    input_shapes = importer.resolve_input_shapes(proto, shapes)
+    if calibration is None:
+        rng = np.random.default_rng(0)
+        calibration = {n: rng.standard_normal(s).astype(np.float32) for n, s in input_shapes.items()}
+    graph = importer.import_onnx(proto, input_shapes, calibrate.tensor_magnitudes(proto, calibration))
+    if dump:
+        dump("import", graph.dump())
+    for name, run in PASSES:
+        graph = run(graph)
+        ir.validate(graph)
+        if dump:
+            dump(name, graph.dump())
+    return proto, graph
+
+
+def _tolerance_ppm(config: dict) -> float:
+    if config.get("chip_drift_ppm"):
+        return max(abs(float(v)) for v in config["chip_drift_ppm"])
+    return float(config.get("drift_ppm", 25.0))
+
+
+def _latency_bound(config: dict, link: dict) -> float:
+    """The largest latency the link can have under any seed: its kind's mean (or its own) plus the spread."""
+    kind = link.get("kind", "local")
+    mean = float(config.get(f"{kind}_latency_cycles", 217.0 if kind == "local" else 650.0))
+    spread = float(config.get("latency_spread_cycles", 3.0))
+    for lk in config.get("links") or []:
+        if {(lk["chip_a"], lk["link_a"]), (lk["chip_b"], lk["link_b"])} == \
+                {(link["chip_a"], link["link_a"]), (link["chip_b"], link["link_b"])}:
+            mean = float(lk.get("latency_cycles") or mean)
+            spread = float(lk.get("spread_cycles") if lk.get("spread_cycles") is not None else spread)
+    return max(mean + spread, float(link["latency_cycles"]))
+
+
+def _system_for(chips: int, chip: Chip, system) -> System:
+    if isinstance(system, System):
+        return system
+    config: dict[str, Any] = {"topology": "node", "chips": chips, "chip": chip.config}
+    if isinstance(system, dict):
+        config.update(system)
+    elif system is not None:
+        config.update(System.load(system).config)
+    return System.load(config)
+
+
+def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=None, dump=None,
+                     calibration=None, parallel: str = "pipeline", system=None, costs: str = "schedule",
+                     max_free_cycles: int | None = None):
+    """A pipeline-parallel MultiProgram (or a single-chip Program when one chip is chosen).
+
+    `chips`: a number, or "auto" for the fewest chips whose SRAM holds the model; `system`: a system configuration
+    (dict, JSON file, or System; default an N-chip node with the default drift); its `drift_ppm` is the tolerance the
+    program is built for. `costs="schedule"` balances stages by a single-chip schedule's per-node cycles (when the
+    model fits one chip), `"static"` by an estimate. `max_free_cycles`: the longest a chip runs between
+    realignments (default: the longest whose drift RUNTIME_DESKEW can still measure)."""
+    from lpusim.compiler import PRECISIONS
+    from lpusim.program import compile as compile_one
+
+    if parallel not in PARALLEL:
+        raise CompileError(f"parallel='{parallel}': choose one of {', '.join(PARALLEL)}")
+    if parallel == "tensor":
+        raise CompileError("parallel='tensor' (matmul columns split over chips) is not supported yet; "
+                           "use 'pipeline' or 'auto'")
+    if precision not in PRECISIONS:
+        raise CompileError(f"precision '{precision}' is not supported yet (supported: {', '.join(PRECISIONS)})")
+    start = time.perf_counter()
+    cfg = Chip.load(chip)
+    proto, graph = build_graph(model, cfg, precision, shapes, dump, calibration)
+    one_chip = sram_needed(graph, cfg)
+    probe = _system_for(2, cfg, system if not isinstance(system, System) else None)
+    interval = probe.min_send_interval_cycles
+    part = Partitioner(graph, cfg, interval)
+    fewest = 1 if one_chip <= cfg.sram_bytes else part.fewest_chips()
+    if fewest is None:
+        raise CompileError(f"one IR node alone needs more SRAM than one {cfg.name} chip has "
+                           f"({cfg.sram_bytes:,} bytes): pipeline stages cannot split it")
+    if chips in ("auto", None, 0):
+        n = fewest
+        reason = (f"the model needs {one_chip:,} bytes of SRAM; one {cfg.name} chip has {cfg.sram_bytes:,}"
+                  + (f": {n} chips are the fewest whose stages each fit" if n > 1 else ": one chip holds it"))
+    else:
+        n = int(chips)
+        if n < 1:
+            raise CompileError(f"chips={chips}: at least one chip is needed")
+        if n < fewest:
+            raise CompileError(f"the model needs {one_chip:,} bytes of SRAM and one {cfg.name} chip has "
+                               f"{cfg.sram_bytes:,}: it takes at least {fewest} chips (asked for {n})")
+        reason = f"{n} chips requested"
+    if n == 1:
+        program = compile_one(proto, chips=1, chip=cfg, precision=precision, shapes=shapes, dump=None,
+                              calibration=calibration)
+        program.partition = {"chips": 1, "parallel": "none", "reason": reason, "sram_needed": one_chip}
+        return program
+    if n > 8:
+        raise CompileError(f"chips={n}: pipelines span one 8-chip node for now (at most 8 chips)")
+    if n > len(graph.nodes):
+        raise CompileError(f"chips={n}: the model has only {len(graph.nodes)} IR nodes to split into stages")
+    sysm = _system_for(n, cfg, system)
+    if sysm.chips < n:
+        raise CompileError(f"the system has {sysm.chips} chips, the pipeline needs {n}")
+    cfg = Chip.load(json.loads(sysm.info["chip_config"]))
+    node_cost = node_costs(graph, cfg) if costs == "schedule" and one_chip <= cfg.sram_bytes else None
+    balance = "single-chip schedule" if node_cost else "static estimate"
+    if node_cost is None:
+        node_cost = [static_cost(graph, node, cfg) for node in graph.nodes]
+    bounds = part.split(n, node_cost)
+    if not bounds:
+        raise CompileError(f"no split of the model into {n} stages fits each stage in one chip's SRAM")
+    stages = part.stages(bounds, node_cost)
+    programs, barriers, last_effects, transfers = _schedule_stages(graph, stages, cfg, sysm, interval,
+                                                                   max_free_cycles)
+    binaries = [_lpusim.assemble(p.assembly) for p in programs]
+    partition = {
+        "chips": n, "parallel": "pipeline", "reason": reason, "sram_needed": one_chip, "balance": balance,
+        "stages": [{"chip": s.index, "nodes": [bounds[s.index][0], bounds[s.index][1]],
+                    "first": s.nodes[0].name, "last": s.nodes[-1].name, "predicted_node_cycles": s.cost,
+                    "sram_bytes": programs[s.index].sram_bytes, "sram_estimate": s.sram_bytes,
+                    "receives": s.receives, "sends": s.sends,
+                    "program_cycles": programs[s.index].predicted_cycles} for s in stages],
+        "transfers": transfers,
+    }
+    mp = MultiProgram(cfg, n, "pipeline", sysm, programs, barriers, last_effects, _tolerance_ppm(sysm.config),
+                      transfers, partition, dict(graph.onnx_inputs), list(graph.output_names),
+                      time.perf_counter() - start, binaries)
+    return mp
+
+
+def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interval: int,
+                     max_free: int | None = None):
+    config = json.loads(system.info["config"])
+    tol = _tolerance_ppm(config) * 1e-6
+    rel = 2 * tol / (1 - tol)  # the largest |period_i / period_root - 1|
+    if max_free is None:  # the longest free run whose drift RUNTIME_DESKEW can still measure (< hac_period / 2)
+        max_free = int((chip.hac_period // 2 - 8) / rel) if rel > 0 else 10 ** 12
+    if interval * (1 - rel) < float(system.info["send_interval_cycles"]):
+        raise CompileError("the drift tolerance leaves no whole-cycle send interval that keeps links from LinkBusy")
+    depth = chip.c2c_rx_buffer_vectors
+    superlanes = chip.superlanes
+    programs, barriers, last_effects, transfers = [], [], [], []
+    incoming = None  # (plan, receiver link, lag)
+    for st in stages:
+        k = st.index
+        sub = ir.Graph(graph.tensors, st.nodes, st.inputs, st.outputs,
+                       [graph.output_names[graph.outputs.index(o)] for o in st.outputs],
+                       {n: s for n, s in graph.onnx_inputs.items()
+                        if any(graph.tensors[i].onnx_input == n for i in st.inputs)},
+                       graph.origin, graph.magnitudes, graph.derived)
+        sched = StageScheduler(chip, sub, keep=set(st.sends), rel_drift=rel, max_free=max_free)
+        if any(node.kind == "transpose" for node in st.nodes):
+            sched.reserve_sxm_slices()
+        if incoming is not None:
+            plan, link, lag = incoming
+            r0 = plan[0][5] + lag
+            while r0 - sched.resumed() > max_free:  # a long idle wait: realign on the way
+                at = sched.resumed() + max_free // 2
+                sched.barrier(at, sched.deskew_delay(at, rel))
+            d = sched.deskew_delay(r0, rel)
+            sched.barrier(r0 - d, d)
+            sched.schedule_receives(plan, link, interval, lag)
+        result = sched.run()
+        incoming = None
+        if k + 1 < len(stages):
+            out_link, in_link, _ = system.link(k, k + 1)
+            link_info = next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {k, k + 1})
+            at = sched.frontier()
+            resume = sched.barrier(at, sched.deskew_delay(at, rel))
+            plan = sched.schedule_sends(st.sends, out_link, interval, resume)
+            first, last = plan[0][5], plan[-1][5] + (plan[-1][4] - 1) * interval
+            bound = _latency_bound(config, link_info)
+            span = last - resume
+            lag = math.ceil(bound * (1 + tol) + 3 + rel * (span + (last - first)))
+            # vectors waiting in the receive buffer when a RECV takes one: arrivals up to this much after its own
+            spread = float(config.get("latency_spread_cycles", 3.0))
+            early = lag + 2 + rel * (span + (last - first)) - (bound - 2 * spread) * (1 - tol)
+            waiting = int(early // interval) + 1
+            if waiting > depth:
+                raise CompileError(f"the transfer chip {k} -> {k + 1} could hold {waiting} vectors in a receive "
+                                   f"buffer of {depth}")
+            nvec = vectors(graph, st.sends, chip.lanes)
+            transfers.append({"from_chip": k, "to_chip": k + 1, "link": out_link, "peer_link": in_link,
+                              "tensors": st.sends, "vectors": nvec, "bytes": nvec * chip.lanes,
+                              "first_send": first, "last_send": last, "lag": lag, "latency_bound": bound})
+            incoming = (plan, in_link, lag)
+        issues = sched.res.issues
+        last_effect = max((iss.last_effect for iss in issues), default=-1)
+        predicted = last_effect + 1 + superlanes - 1
+        text = emit_stage(issues, sched.barriers, header=f"lpusim pipeline stage {k} of {len(stages)} for "
+                          f"{chip.name}; program cycles {predicted}; barriers {sched.barriers}")
+        result.predicted_cycles = predicted
+        prog = Program(chip, text, predicted, emit.count_instructions(issues) +
+                       barrier_issues(issues, sched.barriers), sched.sram.bytes_used, dict(sub.onnx_inputs),
+                       list(sub.output_names), 0.0, sub, result)
+        programs.append(prog)
+        barriers.append(list(sched.barriers))
+        last_effects.append(last_effect)
+    return programs, barriers, last_effects, transfers
+
+
+__all__ = ["MultiProgram", "MultiRunResult", "compile_pipeline", "predict_chip", "clocks"]
+
+
+def run_report(model, *, chips, parallel="auto", system=None, inputs=None, seed=0, chip=None, shapes=None,
+               timing_only=False) -> dict[str, Any]:
+    """Compile for several chips, simulate, compare with onnxruntime: the report `lpusim run --chips N --json`
+    prints (the single-chip keys, with per-chip and per-link detail added)."""
+    from lpusim.check import compare, run_onnxruntime
+    from lpusim.cli import run_and_check
+
+    proto = importer.load_model(model)
+    program = compile_pipeline(proto, chips, chip, shapes=shapes, parallel=parallel, system=system)
+    if not isinstance(program, MultiProgram):  # one chip was chosen
+        report = run_and_check(proto, inputs=inputs, seed=seed, chip=program.chip, shapes=shapes,
+                               timing_only=timing_only)
+        report["partition"] = program.partition
+        report["model"] = model if isinstance(model, str) else "<ModelProto>"
+        return report
+    if inputs is None:
+        inputs = program.random_inputs(seed)
+    result = program.run(inputs, timing_only=timing_only)
+    if result.cycles != result.predicted_cycles or result.chip_cycles != result.predicted_chip_cycles:
+        raise SimulationError(f"simulated {result.cycles} cycles (chips {result.chip_cycles}) but the compiler "
+                              f"predicted {result.predicted_cycles} ({result.predicted_chip_cycles})")
+    ref, ort_wall = run_onnxruntime(proto, inputs)
+    kinds = result.utilization[0].keys()
+    report = {
+        "model": model if isinstance(model, str) else "<ModelProto>",
+        "chip": program.chip.name, "chips": program.chips, "parallel": program.parallel, "precision": "fp16",
+        "outputs_match": None, "max_abs_error": None, "max_rel_error": None,
+        "cycles": result.cycles, "predicted_cycles": result.predicted_cycles,
+        "chip_cycles": result.chip_cycles, "predicted_chip_cycles": result.predicted_chip_cycles,
+        "latency_us": result.latency_us,
+        "throughput_per_s": 1e6 / result.latency_us if result.latency_us else None,
+        "instructions": result.instructions, "sram_bytes": program.sram_bytes,
+        "utilization": {k: sum(u[k] for u in result.utilization) / len(result.utilization) for k in kinds},
+        "utilization_per_chip": result.utilization,
+        "sync_cycles": result.sync_cycles, "chip_sync_cycles": result.chip_sync_cycles,
+        "links": result.links, "link_summary": result.link_summary,
+        "drift_tolerance_ppm": program.drift_tolerance_ppm,
+        "partition": program.partition,
+        "timing_only": timing_only,
+        "wall_s": {"compile": program.compile_s, "simulate": result.wall_simulate_s, "onnxruntime": ort_wall},
+    }
+    if not timing_only:
+        cmp = compare(result.outputs, ref)
+        report.update(outputs_match=cmp["outputs_match"], max_abs_error=cmp["max_abs_error"],
+                      max_rel_error=cmp["max_rel_error"], per_output=cmp["per_output"], tolerance=cmp["tolerance"])
+    return report

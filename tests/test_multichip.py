@@ -1,0 +1,179 @@
+"""Pipeline parallelism (lpusim/multichip.py): models split over 1, 2, 4 (8) chips of a simulated node.
+
+Pipeline parallelism does not change arithmetic, so outputs must be bit-identical to the single-chip run; the
+simulated cycles (the system's, and every chip's own) must equal the compiler's prediction; drift within the
+tolerance the program was built for never breaks a run, and drift beyond it is an error.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import lpusim
+from lpusim import CompileError, SimulationError
+from lpusim.chip import Chip
+from lpusim.cli import main
+from lpusim.models import mini_resnet, mlp
+from lpusim.multichip import MultiProgram, compile_pipeline
+from lpusim.system import System
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model = mlp((784, 300, 10), batch=1, seed=0)
+    single = lpusim.compile(model)
+    return model, single, single.run(seed=0)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = mini_resnet()
+    single = lpusim.compile(model)
+    return model, single, single.run(seed=0)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _check(program, reference, **run):
+    result = program.run(seed=0, **run)
+    assert result.cycles == result.predicted_cycles
+    assert result.chip_cycles == result.predicted_chip_cycles
+    assert _same(result.outputs, reference.outputs), "pipeline parallelism must not change a single bit"
+    return result
+
+
+@pytest.mark.parametrize("chips", [1, 2, 3])
+def test_demo_mlp(demo, chips):
+    model, single, ref = demo
+    program = lpusim.compile(model, chips=chips, parallel="pipeline")
+    if chips == 1:
+        assert not isinstance(program, MultiProgram) and program.predicted_cycles == single.predicted_cycles
+        return
+    assert isinstance(program, MultiProgram) and program.chips == chips
+    result = _check(program, ref)
+    assert result.link_summary["links_used"] == chips - 1
+    assert result.sync_cycles > 0 and len(result.utilization) == chips
+
+
+def test_demo_mlp_has_three_nodes_for_at_most_three_chips(demo):
+    with pytest.raises(CompileError, match="only 3 IR nodes"):
+        lpusim.compile(demo[0], chips=4)
+
+
+def test_deeper_mlp_on_four_chips():
+    model = mlp((784, 300, 200, 100, 10), batch=2, seed=5)
+    ref = lpusim.compile(model).run(seed=0)
+    program = lpusim.compile(model, chips=4, parallel="auto")
+    _check(program, ref)
+    assert [t["to_chip"] for t in program.transfers] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("chips", [1, 2, 4, 8])
+def test_mini_resnet(resnet, chips):
+    model, single, ref = resnet
+    program = lpusim.compile(model, chips=chips)
+    if chips == 1:
+        assert _same(program.run(seed=0).outputs, ref.outputs)
+        return
+    result = _check(program, ref)
+    stages = program.partition["stages"]
+    assert [s["chip"] for s in stages] == list(range(chips))
+    assert stages[0]["nodes"][0] == 0 and stages[-1]["nodes"][1] == len(single._graph.nodes)
+    # every vector the transfers plan goes over the links, 328 bytes a flit
+    planned = sum(t["vectors"] for t in program.transfers)
+    assert result.link_summary["vectors"] == planned and result.link_summary["bytes"] == 328 * planned
+    assert all(0 < lk["busy_fraction"] < 1 for lk in result.links)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("magnitude", [0.0, 12.5, 25.0])
+def test_drift_within_tolerance_never_breaks_a_run(resnet, seed, magnitude):
+    model, _, ref = resnet
+    program = _resnet4(model)
+    system = System.load({"chips": 4, "seed": seed, "drift_ppm": magnitude})
+    result = _check(program, ref, system=system)
+    assert all(abs(c["drift_ppm"]) <= magnitude for c in result.system.chips)
+
+
+_CACHE: dict = {}
+
+
+def _resnet4(model, **kw):
+    key = json.dumps(kw, sort_keys=True)
+    if key not in _CACHE:
+        _CACHE[key] = compile_pipeline(model, 4, **kw)
+    return _CACHE[key]
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_large_drift_tolerance_inserts_more_deskews(resnet, seed):
+    """Built for 1000 ppm with a barrier once 2000 cycles have run free: barriers inside the compute (and the
+    idle wait), longer RUNTIME_DESKEW delays; any drift up to 1000 ppm runs, exactly as predicted."""
+    model, _, ref = resnet
+    program = _resnet4(model, system={"drift_ppm": 1000.0}, max_free_cycles=2000)
+    default = _resnet4(model)
+    assert sum(map(len, program.barriers)) > sum(map(len, default.barriers))
+    # a barrier comes between nodes once a chip has run free 2000 cycles (a node itself is never cut)
+    assert max(d for bars in program.barriers for _, d in bars) > max(d for bars in default.barriers for _, d in bars)
+    assert len(program.barriers[0]) > len(default.barriers[0])
+    for magnitude in (400.0, 1000.0):
+        system = System.load({"chips": 4, "seed": seed, "drift_ppm": magnitude, "chip": program.chip.config})
+        result = _check(program, ref, system=system)
+        assert result.sync_cycles >= 4
+
+
+def test_drift_beyond_tolerance_is_an_error(resnet):
+    model = resnet[0]
+    program = lpusim.compile(model, chips=2)  # built for the default 25 ppm
+    assert program.drift_tolerance_ppm == 25.0
+    with pytest.raises(SimulationError) as ei:
+        program.run(seed=0, system=System.load({"chips": 2, "chip_drift_ppm": [0, -3000]}))
+    assert ei.value.kind == "DriftOverrun" and ei.value.chip == 1
+    with pytest.raises(SimulationError) as ei:  # too far for the HAC alignment itself
+        program.run(seed=0, system={"chips": 2, "chip_drift_ppm": [0, 5000]})
+    assert ei.value.kind == "DriftOverrun"
+
+
+def test_too_large_for_one_chip_goes_to_the_fewest_chips():
+    cfg = dict(Chip.load().config)
+    cfg["mem_words"] = 256
+    cfg["sram_bytes"] = cfg["mem_slices"] * cfg["mem_words"] * cfg["lanes"]
+    small = Chip.load(cfg)
+    model = mlp((1024, 1024, 1024, 1024, 1024), seed=1)
+    with pytest.raises(CompileError, match="2 chips"):
+        lpusim.compile(model, chip=small)
+    with pytest.raises(CompileError, match="at least 2 chips"):
+        lpusim.compile(model, chips=1, chip=small, system={"chips": 1})
+    program = lpusim.compile(model, chips="auto", chip=small)
+    assert program.chips == 2 and "fewest" in program.partition["reason"]
+    assert all(s["sram_bytes"] <= small.sram_bytes for s in program.partition["stages"])
+    ref = lpusim.compile(model).run(seed=0)
+    _check(program, ref)
+
+
+def test_auto_on_a_model_that_fits_is_one_chip(demo):
+    program = lpusim.compile(demo[0], chips="auto")
+    assert program.partition["chips"] == 1 and "one chip holds it" in program.partition["reason"]
+
+
+def test_tensor_parallel_is_refused_clearly(demo):
+    with pytest.raises(CompileError, match="tensor"):
+        lpusim.compile(demo[0], chips=2, parallel="tensor")
+
+
+def test_cli_json(tmp_path, capsys):
+    import onnx
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp((64, 48, 32, 10), seed=2), str(path))
+    assert main(["run", str(path), "--chips", "2", "--parallel", "pipeline", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["chips"] == 2 and report["outputs_match"] is True
+    assert report["cycles"] == report["predicted_cycles"]
+    assert report["link_summary"]["vectors"] > 0 and report["sync_cycles"] > 0
+    assert len(report["utilization_per_chip"]) == 2 and report["partition"]["stages"][1]["receives"]
+    assert main(["run", str(path), "--chips", "two"]) == 2
