@@ -1,0 +1,220 @@
+"""The int8 path: models quantised by onnxruntime's own `quantize_static` (QDQ and QOperator formats, uint8 and int8
+activations, per-tensor and per-channel weights) and hand-built integer ops, compiled onto the int8 MXM path and
+compared with onnxruntime element by element.
+
+Every comparison counts the elements that match exactly and the largest difference in quantisation steps of the
+output (the scale of its last DequantizeLinear). The requirement (README, "Precision and tolerance") is exact, or
+within one step on a small fraction of elements; `EXACT_FRACTION` is the floor the tests hold, and the measured
+fractions (all 1.0 so far) are printed with `pytest -s`.
+"""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lpusim
+from lpusim.check import run_onnxruntime
+from lpusim.models import mlp
+
+ort_quant = pytest.importorskip("onnxruntime.quantization")
+
+EXACT_FRACTION = 0.99  # at least this fraction of output elements equal onnxruntime's bit for bit
+MAX_STEPS = 1  # and none more than one quantisation step away
+
+
+class _Reader(ort_quant.CalibrationDataReader):
+    """Random standard-normal calibration batches."""
+
+    def __init__(self, name, shape, n=8, seed=0):
+        rng = np.random.default_rng(seed)
+        self.batches = iter([{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def small_cnn(batch=2, classes=64, seed=0):
+    """Conv(3->8, 3x3 pad 1) + Relu + MaxPool 2, Conv(8->16) + Relu + MaxPool 2, Flatten, Gemm: 16x16 inputs."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, shape, scale):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+    inits = [init("w1", (8, 3, 3, 3), 0.3), init("b1", (8,), 0.1), init("w2", (16, 8, 3, 3), 0.15),
+             init("b2", (16,), 0.1), init("wf", (16 * 4 * 4, classes), 0.1), init("bf", (classes,), 0.1)]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p2"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["out"])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           [batch, 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def quantized(tmp_path, model, shape, fmt, act, per_channel, **kwargs):
+    src, dst = tmp_path / "float.onnx", tmp_path / f"q_{fmt}_{act}_{per_channel}.onnx"
+    onnx.save(model, src)
+    ort_quant.quantize_static(str(src), str(dst), _Reader("input", shape), quant_format=getattr(ort_quant.QuantFormat, fmt),
+                              activation_type=getattr(ort_quant.QuantType, act),
+                              weight_type=ort_quant.QuantType.QInt8, per_channel=per_channel, **kwargs)
+    return onnx.load(dst)
+
+
+def output_step(model, name) -> float:
+    """The quantisation step of a graph output: the scale of the DequantizeLinear producing it (else 0)."""
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] == name:
+            return float(consts[node.input[1]])
+    return 0.0
+
+
+def check_int8(model, inputs, label=""):
+    """Compile, simulate, compare with onnxruntime; returns (program, result, exact fraction)."""
+    program = lpusim.compile(model)
+    assert "ABC.i8" in program.assembly and "ABC.f16" not in program.assembly, "must run on the int8 MXM path"
+    result = program.run(inputs)
+    assert result.cycles == program.predicted_cycles
+    ref, _ = run_onnxruntime(model, inputs)
+    exact, total = 0, 0
+    for name, r in ref.items():
+        s = result.outputs[name]
+        assert s.shape == r.shape
+        step = output_step(model, name)
+        diff = np.abs(s.astype(np.float64) - r.astype(np.float64))
+        if step:
+            assert diff.max(initial=0) <= MAX_STEPS * step * (1 + 1e-6), (name, diff.max() / step)
+        else:  # a float output after integer work (e.g. Cast + Mul): exact arithmetic, no step to allow
+            assert diff.max(initial=0) == 0, (name, diff.max())
+        exact += int((diff == 0).sum())
+        total += r.size
+    fraction = exact / total
+    print(f"\n{label}: {fraction:.4f} of {total} output elements exact, {result.cycles} cycles")
+    assert fraction >= EXACT_FRACTION
+    return program, result, fraction
+
+
+CASES = [(fmt, act, pc) for fmt in ("QDQ", "QOperator") for act in ("QUInt8", "QInt8") for pc in (False, True)]
+
+
+def _ids(case):
+    fmt, act, pc = case
+    return f"{fmt}-{act}-{'per_channel' if pc else 'per_tensor'}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_quantized_mlp(tmp_path, case):
+    """Gemm layers with Relu: QDQ Q/DQ around Gemm, or QOperator QGemm (com.microsoft)."""
+    fmt, act, pc = case
+    model = quantized(tmp_path, mlp((64, 96, 200), batch=4, seed=1), (4, 64), fmt, act, pc)
+    x = np.random.default_rng(5).standard_normal((4, 64)).astype(np.float32)
+    check_int8(model, {"input": x}, f"mlp {_ids(case)}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_quantized_cnn(tmp_path, case):
+    """Conv+Relu+MaxPool twice, Flatten, Gemm: QLinearConv, MaxPool on the codes, QGemm over flattened pixels."""
+    fmt, act, pc = case
+    model = quantized(tmp_path, small_cnn(), (2, 3, 16, 16), fmt, act, pc)
+    x = np.random.default_rng(6).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    check_int8(model, {"input": x}, f"cnn {_ids(case)}")
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+@pytest.mark.parametrize("act", ["QUInt8", "QInt8"])
+def test_quantized_matmuls_with_float_ops_between(tmp_path, fmt, act):
+    """Only the MatMuls quantised (QLinearMatMul, or Q/DQ around MatMul): the bias Add and Relu stay float, so
+    DequantizeLinear and QuantizeLinear run standalone on the VXM between them."""
+    model = quantized(tmp_path, mlp((64, 96, 200), batch=4, seed=2, use_gemm=False), (4, 64), fmt, act, False,
+                      op_types_to_quantize=["MatMul"])
+    ops = {n.op_type for n in model.graph.node}
+    assert "Add" in ops and "QuantizeLinear" in ops
+    x = np.random.default_rng(7).standard_normal((4, 64)).astype(np.float32)
+    check_int8(model, {"input": x}, f"matmul-mlp {fmt}-{act}")
+
+
+def _model(nodes, inits, shape, out_shape, opset=17):
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def test_matmul_integer_cast_mul():
+    """QuantizeLinear (uint8, odd zero point), MatMulInteger (int8 weights, per-column zero points), Cast, Mul."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-100, 100, size=(40, 24)).astype(np.int8)
+    inits = {"s": np.float32(0.02), "z": np.uint8(131), "w": w, "wz": rng.integers(-20, 20, 24).astype(np.int8),
+             "scale": np.float32(0.0007)}
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]),
+             helper.make_node("MatMulInteger", ["xq", "w", "z", "wz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["accf", "scale"], ["out"])]
+    model = _model(nodes, inits, [3, 40], [3, 24])
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    check_int8(model, {"input": x}, "MatMulInteger")
+
+
+def test_conv_integer_pads_with_the_zero_point():
+    """ConvInteger with padding: onnxruntime pads with the input zero point; uint8 weights with a zero point."""
+    rng = np.random.default_rng(1)
+    inits = {"s": np.float32(0.05), "z": np.uint8(7), "w": rng.integers(20, 180, (6, 4, 3, 3)).astype(np.uint8),
+             "wz": np.uint8(100), "scale": np.float32(0.001)}
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]),
+             helper.make_node("ConvInteger", ["xq", "w", "z", "wz"], ["acc"], pads=[1, 1, 1, 1]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["accf", "scale"], ["out"])]
+    model = _model(nodes, inits, [1, 4, 6, 6], [1, 6, 6, 6])
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    check_int8(model, {"input": x}, "ConvInteger")
+
+
+def test_qlinearconv_saturates_and_rounds_like_onnxruntime():
+    """QLinearConv with odd zero points, per-channel weight scales, an int32 bias and outputs that saturate."""
+    rng = np.random.default_rng(2)
+    inits = {"s": np.float32(0.03), "z": np.uint8(121), "w": rng.integers(-127, 127, (8, 5, 3, 3)).astype(np.int8),
+             "ws": (rng.random(8) * 0.01 + 0.002).astype(np.float32), "wz": np.zeros(8, np.int8),
+             "ys": np.float32(0.05), "yz": np.uint8(3), "b": rng.integers(-5000, 5000, 8).astype(np.int32)}
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]),
+             helper.make_node("QLinearConv", ["xq", "s", "z", "w", "ws", "wz", "ys", "yz", "b"], ["yq"],
+                              pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"])]
+    model = _model(nodes, inits, [1, 5, 9, 9], [1, 8, 5, 5])
+    x = (rng.standard_normal((1, 5, 9, 9)) * 2).astype(np.float32)
+    _, result, _ = check_int8(model, {"input": x}, "QLinearConv")
+    codes = np.round(result.outputs["out"] / 0.05).astype(int) + 3
+    assert codes.min() == 0 and codes.max() == 255, "the test should saturate at both ends"
+
+
+def test_quantize_linear_ties_round_half_to_even():
+    """x / scale exactly halfway between integers with an odd zero point: round(x/s) + zp, not round(x/s + zp)."""
+    ties = (np.arange(-40, 40, dtype=np.float32) + 0.5) * np.float32(0.25)
+    inits = {"s": np.float32(0.25), "z": np.uint8(3), "s8": np.float32(0.25), "z8": np.int8(-5),
+             "w": np.eye(80, dtype=np.int8), "ws": np.float32(1.0), "wz": np.int8(0)}
+    # Q to uint8 and DQ back; and int8 through a QLinearMatMul with identity weights
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["a"]),
+             helper.make_node("QuantizeLinear", ["a", "s8", "z8"], ["q8"]),
+             helper.make_node("QLinearMatMul", ["q8", "s8", "z8", "w", "ws", "wz", "s8", "z8"], ["y8"]),
+             helper.make_node("DequantizeLinear", ["y8", "s8", "z8"], ["out"])]
+    model = _model(nodes, inits, [1, 80], [1, 80])
+    check_int8(model, {"input": ties.reshape(1, 80)}, "QuantizeLinear ties")
+
+
+def test_int8_runs_fewer_cycles_than_fp16(tmp_path):
+    """The same MLP: int8 streams one activation vector a cycle (fp16 four) and loads 16 weight rows per LW."""
+    model = mlp((640, 640, 640), batch=64, seed=3)
+    q = quantized(tmp_path, model, (64, 640), "QDQ", "QInt8", False)
+    x = np.random.default_rng(8).standard_normal((64, 640)).astype(np.float32)
+    program, result, _ = check_int8(q, {"input": x}, "mlp 640-640-640 batch 64 int8")
+    fp16 = lpusim.compile(model)
+    print(f"fp16 version: {fp16.predicted_cycles} cycles")
+    assert result.cycles < fp16.predicted_cycles
