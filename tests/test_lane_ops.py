@@ -79,3 +79,11 @@ def test_decomposed_softmax():
 def test_output_that_is_a_view_of_an_input_is_copied():
     m = make_model([helper.make_node("Reshape", ["x", "s"], ["y"])], {"s": np.array([4, 6])}, {"x": [2, 2, 6]})
     assert_matches_onnxruntime(m)
+
+
+def test_expanded_logsoftmax_leaves_no_nan_in_padding_lanes():
+    # log of a (.., 1) sum is -inf in the padding lanes; broadcasting it on the MXM must not make NaN
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], axes=[1]), helper.make_node("Sub", ["x", "m"], ["d"]),
+             helper.make_node("Exp", ["d"], ["e"]), helper.make_node("ReduceSum", ["e", "ax"], ["s"]),
+             helper.make_node("Log", ["s"], ["l"]), helper.make_node("Sub", ["d", "l"], ["y"])]
+    assert_matches_onnxruntime(make_model(nodes, {"ax": np.array([1])}, {"x": [1, 3]}, opset=13))

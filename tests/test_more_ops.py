@@ -130,3 +130,12 @@ def test_clip_computed_bounds_and_training_dropout_are_compile_errors():
                    {"ratio": np.float32(0.5), "t": np.array(True)}, {"x": [3, 4]})
     with pytest.raises(lpusim.CompileError, match="Dropout node 'd'.*training"):
         lpusim.compile(m)
+
+
+def test_clip_expanded_with_scalar_input_bounds():
+    # Clip as onnx's function body writes it: Less/Where with () bounds that are graph inputs
+    nodes = [helper.make_node("Less", ["x", "lo"], ["a"]), helper.make_node("Where", ["a", "lo", "x"], ["t"]),
+             helper.make_node("Less", ["hi", "t"], ["b"]), helper.make_node("Where", ["b", "hi", "t"], ["y"])]
+    m = make_model(nodes, {}, {"x": [5], "lo": [], "hi": []})
+    assert_matches_onnxruntime(m, inputs={"x": np.array([-3, -1, 0, 1, 3], np.float32),
+                                          "lo": np.array(-1.5, np.float32), "hi": np.array(2.0, np.float32)})

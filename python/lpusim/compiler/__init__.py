@@ -22,6 +22,7 @@ PASSES = [
     ("fuse_chains", passes.fuse_chains),
     ("assign_formats", passes.assign_formats),
     ("scale_fp16", passes.scale_fp16),
+    ("mask_padding_lanes", passes.mask_padding_lanes),
     ("assign_borders", passes.assign_borders),
 ]
 
@@ -83,7 +84,7 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     if need > chip.sram_bytes:
         raise CompileError(f"the model needs {need:,} bytes of SRAM and one {chip.name} chip has "
                            f"{chip.sram_bytes:,}: it would take {math.ceil(need / chip.sram_bytes)} chips "
-                           f"(multi-chip partitioning is not supported yet)")
+                           f"(lpusim.compile(model, chips='auto') splits it into a pipeline over that many)")
     try:
         sched = schedule.Scheduler(chip, graph, progress).run()
     except CompileError as e:

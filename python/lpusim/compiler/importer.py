@@ -648,10 +648,11 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering):
         orows, ocols = _as_matrix(out_shape)
         if cols == ocols and rows == 1 and (len(shape) == len(out_shape) or len(out_shape) != 4):
             return ("src", name)
-        if cols == 1 and ocols > 1 and (rows == orows or rows == 1) and (len(shape) == 4) == (len(out_shape) == 4):
+        if cols == 1 and ocols > 1 and (rows == orows or rows == 1) and (len(shape) == 4) <= (len(out_shape) == 4):
             # (..., 1) across the lanes (x - ReduceMean(x) in an exported LayerNorm): lane 0 copied to every
             # lane on the MXM
-            y, _ = self.select_lanes(node, name, tuple(shape), np.zeros(ocols, dtype=np.int64), self.fresh("bcast"))
+            y, _ = self.select_lanes(node, name, tuple(shape) or (1,), np.zeros(ocols, dtype=np.int64),
+                                     self.fresh("bcast"))
             self.derived[y] = self.magnitudes.get(next((i for i in node.input if self.values.get(i, (None,))[0]
                                                         == name), ""), 0.0)
             return ("src", y)

@@ -266,3 +266,41 @@ def _prepend_scale(steps: list[Step], factor: float) -> list[Step]:
         out.append(Step(s.op, [("step", 0) if a[0] == "acc" else ("step", a[1] + 1) if a[0] == "step" else a
                                for a in s.args], s.t))
     return out
+
+
+# VXM operations that turn the zeros of a tensor's padding lanes (past its last column, up to the 320-lane tile)
+# into inf or NaN: log(0), 1/0, 0/0, 1/sqrt(0).
+_UNSAFE_ON_ZERO = {"LOG", "RCP", "DIV", "RSQRT"}
+LANES = 320
+
+
+def mask_padding_lanes(graph: Graph) -> Graph:
+    """Clear the padding lanes of f16 copies that may hold inf or NaN there.
+
+    The MXM multiplies all 320 lanes of an activation by the weight rows, the rows past the tensor's columns
+    being zero; an inf or NaN in a padding lane makes the whole result NaN (inf * 0). A tensor whose chain (or a
+    source) may leave inf/NaN in its padding lanes gets a last step `AND.i32` with a constant whose valid lanes
+    are all ones and whose padding lanes are zero, which clears any bit pattern."""
+    bad: set[str] = set()
+    masks: dict[int, str] = {}
+    for node in graph.nodes:
+        out = graph.tensors[node.output]
+        if node.kind == "transpose":
+            continue
+        if any(s.op in _UNSAFE_ON_ZERO for s in node.steps) or any(v.tensor in bad for v in node.sources):
+            bad.add(node.output)
+        if node.output not in bad or "f16" not in out.formats or out.cols % LANES == 0 or out.dtype != "f32":
+            continue
+        if out.cols not in masks:
+            name = f"lanes{out.cols}"
+            graph.tensors[name] = Tensor(name, 1, out.cols, "const", (1, out.cols),
+                                         data=np.full((1, out.cols), -1.0, dtype=np.float32), formats={"i32"},
+                                         dtype="i32")
+            masks[out.cols] = name
+        node.sources.append(View(masks[out.cols]))
+        steps = node.steps or [Step("COPY", [("acc",)])]
+        steps.append(Step("AND", [("step", len(steps) - 1), ("src", len(node.sources) - 1)], t="i32"))
+        steps.append(Step("COPY", [("step", len(steps) - 1)]))  # the bits are an f32 again (not an integer)
+        node.steps = steps
+        bad.discard(node.output)
+    return graph
