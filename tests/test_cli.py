@@ -125,7 +125,7 @@ def test_model_too_large(tmp_path):
     path = _bad(tmp_path, "big.onnx", helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     line = _single_line_error(*lpusim_cli("run", path))
     assert line == ("lpusim: error: the model needs 671,088,640 bytes of SRAM and one tsp_v1 chip has 230,686,720: "
-                    "it would take 3 chips (multi-chip partitioning is not supported yet)")
+                    "it would take 3 chips (chips='auto' or --chips auto splits a model into a pipeline)")
 
 
 def test_bad_inputs_file(tmp_path, mlp_file):

@@ -139,3 +139,31 @@ def test_clip_expanded_with_scalar_input_bounds():
     m = make_model(nodes, {}, {"x": [5], "lo": [], "hi": []})
     assert_matches_onnxruntime(m, inputs={"x": np.array([-3, -1, 0, 1, 3], np.float32),
                                           "lo": np.array(-1.5, np.float32), "hi": np.array(2.0, np.float32)})
+
+
+MISC = {
+    "pad_image": image_model([helper.make_node("Relu", ["x"], ["r"]),
+                              helper.make_node("Pad", ["r", "p"], ["y"])],
+                             {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1])}, [1, 3, 4, 5]),
+    "expand_row": make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Expand", ["r", "s"], ["y"])],
+                             {"s": np.array([4, 7])}, {"x": [1, 7]}),
+    "expand_column": make_model([helper.make_node("Relu", ["x"], ["r"]),
+                                 helper.make_node("Expand", ["r", "s"], ["y"])], {"s": np.array([3, 9])},
+                                {"x": [3, 1]}),
+    "tile_lanes": make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Tile", ["r", "t"], ["y"])],
+                             {"t": np.array([1, 3])}, {"x": [2, 5]}),
+    "gather_lanes": make_model([helper.make_node("Relu", ["x"], ["r"]),
+                                helper.make_node("Gather", ["r", "i"], ["y"], axis=1)],
+                               {"i": np.array([4, 0, 0, 2])}, {"x": [3, 6]}),
+    "gather_token0": make_model([helper.make_node("Relu", ["x"], ["r"]),
+                                 helper.make_node("Gather", ["r", "i"], ["y"], axis=1)],
+                                {"i": np.array(0)}, {"x": [1, 5, 8]}),
+    "einsum_qkt": make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["x"], ["n"]),
+                              helper.make_node("Einsum", ["r", "n"], ["y"], equation="qd,kd->qk")], {},
+                             {"x": [6, 4]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISC))
+def test_misc_op_matches_onnxruntime(name):
+    assert_matches_onnxruntime(MISC[name])

@@ -278,6 +278,8 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
                            "use 'pipeline' or 'auto'")
     if precision not in PRECISIONS:
         raise CompileError(f"precision '{precision}' is not supported yet (supported: {', '.join(PRECISIONS)})")
+    if precision != "fp16" and chips != 1:
+        raise CompileError(f"precision '{precision}' on several chips is not supported yet (fp16 only)")
     start = time.perf_counter()
     cfg = Chip.load(chip)
     proto, graph = build_graph(model, cfg, precision, shapes, dump, calibration)
@@ -318,7 +320,7 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     balance = "single-chip schedule" if node_cost else "static estimate"
     if node_cost is None:
         node_cost = [static_cost(graph, node, cfg) for node in graph.nodes]
-    bounds = part.split(n, node_cost)
+    bounds = part.split(n, node_cost, check_sram=one_chip > cfg.sram_bytes)
     if not bounds:
         raise CompileError(f"no split of the model into {n} stages fits each stage in one chip's SRAM")
     stages = part.stages(bounds, node_cost)

@@ -84,7 +84,7 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     if need > chip.sram_bytes:
         raise CompileError(f"the model needs {need:,} bytes of SRAM and one {chip.name} chip has "
                            f"{chip.sram_bytes:,}: it would take {math.ceil(need / chip.sram_bytes)} chips "
-                           f"(lpusim.compile(model, chips='auto') splits it into a pipeline over that many)")
+                           f"(chips='auto' or --chips auto splits a model into a pipeline)")
     try:
         sched = schedule.Scheduler(chip, graph, progress).run()
     except CompileError as e:

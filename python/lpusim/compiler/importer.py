@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
 from lpusim.compiler.lower_heads import HeadsLowering
 from lpusim.compiler.lower_lanes import LaneLowering
+from lpusim.compiler.lower_misc import MiscLowering
 from lpusim.compiler.lower_moves import MoveLowering
 from lpusim.compiler.lower_quant import QuantLowering
 from lpusim.errors import CompileError, ModelError
@@ -76,6 +77,7 @@ _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 _REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
 SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _SPATIAL | _REDUCE |
+                       {"Pad", "Expand", "Tile", "Gather", "Einsum", "Range", "ConstantOfShape"} |
                        {"Softmax", "LogSoftmax", "LayerNormalization", "Concat", "Slice", "Split", "LRN",
                         "Transpose", "Pow", "Where", "Shape", "Size", "Cast"} |
                        {"MatMul", "Gemm", "Clip", "Constant", "BatchNormalization", "Sum"})
@@ -189,7 +191,7 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
     return matrix.reshape(shape)
 
 
-class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering):
+class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -326,6 +328,16 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering):
             return self.finish_grouped(node, new)
         if op == "Concat":
             return self.lower_concat(node, a, args)
+        if op == "Pad":
+            return self.lower_pad(node, a, args)
+        if op == "Expand":
+            return self.lower_expand(node, args)
+        if op == "Tile":
+            return self.lower_tile(node, args)
+        if op == "Gather":
+            return self.lower_gather(node, a, args)
+        if op == "Einsum":
+            return self.lower_einsum(node, a, args)
         if op == "Slice":
             return self.lower_slice(node, a, args)
         if op == "Split":

@@ -179,8 +179,9 @@ class Partitioner:
             i = j
         return max(count, 1)
 
-    def split(self, stages: int, costs: list[int]) -> list[tuple[int, int]]:
-        """Cuts into `stages` nonempty runs minimising the longest (cost + outgoing transfer), all fitting SRAM."""
+    def split(self, stages: int, costs: list[int], check_sram: bool = True) -> list[tuple[int, int]]:
+        """Cuts into `stages` nonempty runs minimising the longest (cost + outgoing transfer), all fitting SRAM
+        (`check_sram=False` when the whole model fits one chip, so every run of its nodes does)."""
         n = self.n
         prefix = [0]
         for c in costs:
@@ -200,7 +201,7 @@ class Partitioner:
                         continue
                     stage = prefix[j] - prefix[i] + xfer[j]
                     cand = (max(prev[0], stage), prev[1] + xfer[j])
-                    if cand < best[s][j] and self.fits(i, j):
+                    if cand < best[s][j] and (not check_sram or self.fits(i, j)):
                         best[s][j] = cand
                         choice[s][j] = i
         if best[stages][n][0] == INF:

@@ -1,0 +1,153 @@
+"""Pad, Expand, Tile, Gather (constant indices) and the Einsum forms attention uses, built from the other lowerings.
+
+* Pad (constant 0, the two spatial axes of an image): a copy through a view whose taps start before the image, so
+  the zero border of the input's store fills the new edge (like a convolution's padding).
+* Expand: a row broadcast is a view that reads one row for every row; a (..., 1) column goes across the lanes on
+  the MXM (importer.operand).
+* Tile along the lanes and Gather with constant indices along the lanes: MXM selections (lower_moves.py); Gather of
+  one index along the rows of a matrix: a row view.
+* Einsum "...qd,...kd->...qk" (Q K^T) and "...qk,...kd->...qd" (P V): a Transpose and/or a MatMul.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.lower_lanes import lane_axis
+from lpusim.errors import CompileError
+
+
+class MiscLowering:
+    """Mixed into the importer's `_Lowering`."""
+
+    def lower_pad(self, node, a, args):
+        _, x, shape = args[0]
+        pads = a.get("pads")
+        if pads is None and len(args) > 1 and args[1] is not None:
+            if args[1][0] != "const":
+                raise CompileError(f"{self.where(node)}: Pad needs constant pads")
+            pads = [int(v) for v in np.asarray(args[1][1]).ravel()]
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        value = 0.0
+        if len(args) > 2 and args[2] is not None:
+            value = float(np.asarray(args[2][1]).reshape(())) if args[2][0] == "const" else None
+        if len(args) > 3 and args[3] is not None:
+            raise CompileError(f"{self.where(node)}: Pad with an axes input is not supported yet")
+        nd = len(shape)
+        begin, end = pads[:nd], pads[nd:]
+        if mode != "constant" or value != 0.0:
+            raise CompileError(f"{self.where(node)}: Pad mode={mode} value={value} is not supported (constant 0)")
+        if nd != 4 or any(begin[:2]) or any(end[:2]) or min(pads) < 0:
+            raise CompileError(f"{self.where(node)}: Pad of {tuple(shape)} with pads {pads} is not supported yet "
+                               f"(only the two spatial axes of an NCHW image, growing)")
+        n, c, h, w = shape
+        out_shape = (n, c, h + begin[2] + end[2], w + begin[3] + end[3])
+        out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+        view = View(x, stride=1, pad_top=begin[2], pad_left=begin[3], spatial=True)
+        self.nodes.append(Node("vector", node.name or node.output[0], "Pad", out, sources=[view],
+                               steps=[Step("COPY", [("src", 0)])]))
+        self.values[node.output[0]] = (out, out_shape)
+
+    def lower_expand(self, node, args):
+        x, target = args[0], args[1]
+        if target[0] != "const":
+            raise CompileError(f"{self.where(node)}: Expand needs a constant shape")
+        shape = tuple(x[1].shape) if x[0] == "const" else tuple(x[2])
+        out_shape = tuple(np.broadcast_shapes(shape, tuple(int(v) for v in np.asarray(target[1]).ravel())))
+        if out_shape == shape and x[0] == "value":
+            self.values[node.output[0]] = (x[1], shape)
+            return
+        # x * 1 at the output shape: the operand rules do the row and lane broadcasts
+        self.emit_binary(node, "MUL", x, ("const", np.ones(out_shape, np.float32)), node.output[0])
+
+    def lower_tile(self, node, args):
+        _, x, shape = args[0]
+        if args[1][0] != "const":
+            raise CompileError(f"{self.where(node)}: Tile needs constant repeats")
+        reps = [int(v) for v in np.asarray(args[1][1]).ravel()]
+        lane = lane_axis(shape)
+        if any(r != 1 for i, r in enumerate(reps) if i != lane):
+            raise CompileError(f"{self.where(node)}: Tile {reps} of {tuple(shape)} repeats rows, not supported yet "
+                               f"(only the lane axis)")
+        c = shape[lane]
+        y, y_shape = self.select_lanes(node, x, tuple(shape), np.tile(np.arange(c), reps[lane]), node.output[0])
+        self.values[node.output[0]] = (y, y_shape)
+
+    def lower_gather(self, node, a, args):
+        data, idx = args[0], args[1]
+        if idx[0] != "const":
+            raise CompileError(f"{self.where(node)}: Gather with computed indices is not supported yet (an "
+                               f"embedding lookup needs integer inputs, which the chip path does not take)")
+        _, x, shape = data
+        nd = len(shape)
+        axis = a.get("axis", 0) % nd
+        ind = np.asarray(idx[1]).astype(np.int64)
+        ind = np.where(ind < 0, ind + shape[axis], ind)
+        if axis == lane_axis(shape):
+            out_shape = tuple(shape[:axis]) + tuple(ind.shape) + tuple(shape[axis + 1:])
+            if ind.ndim > 1 or nd == 4:
+                raise CompileError(f"{self.where(node)}: Gather of {ind.ndim}-D indices along the lanes of "
+                                   f"{tuple(shape)} is not supported yet")
+            y, _ = self.select_lanes(node, x, tuple(shape), ind.ravel(), node.output[0])
+            if ind.ndim == 0:
+                out_shape = tuple(shape[:axis]) + tuple(shape[axis + 1:])
+                if _matrix_rows(out_shape) != self.tensors[y].rows:
+                    raise CompileError(f"{self.where(node)}: a scalar Gather along the lanes of {tuple(shape)} "
+                                       f"moves a column to rows, which needs the SXM")
+            self.tensors[y].shape = out_shape
+            self.values[node.output[0]] = (y, out_shape)
+            return
+        if ind.ndim == 0:  # one index along a row axis: a row selection, then drop the axis
+            self.emit_selection(node, x, tuple(shape), {axis: range(int(ind), int(ind) + 1)})
+            y, sel_shape = self.values[node.output[0]]
+            out_shape = tuple(d for i, d in enumerate(sel_shape) if i != axis)
+            if _matrix_rows(out_shape) != self.tensors[y].rows or nd == 4:
+                raise CompileError(f"{self.where(node)}: Gather along axis {axis} of {tuple(shape)} changes the "
+                                   f"row layout, not supported yet")
+            self.tensors[y].shape = out_shape
+            self.values[node.output[0]] = (y, out_shape)
+            return
+        if ind.ndim == 1 and len(ind) and np.all(np.diff(ind) == (ind[1] - ind[0] if len(ind) > 1 else 1)) \
+                and (len(ind) == 1 or ind[1] > ind[0]):
+            step = int(ind[1] - ind[0]) if len(ind) > 1 else 1
+            self.emit_selection(node, x, tuple(shape), {axis: range(int(ind[0]), int(ind[-1]) + 1, step)})
+            return
+        raise CompileError(f"{self.where(node)}: Gather of indices {ind.tolist()[:8]} along a row axis is not "
+                           f"supported yet (a single index or an evenly spaced rising run)")
+
+    def lower_einsum(self, node, a, args):
+        eq = a["equation"].decode() if isinstance(a["equation"], bytes) else a["equation"]
+        eq = eq.replace(" ", "")
+        lhs, rhs = eq.split("->")
+        ins = lhs.split(",")
+        if len(ins) != 2 or len({len(s) for s in ins + [rhs]}) != 1:
+            raise CompileError(f"{self.where(node)}: Einsum '{eq}' is not supported yet (two operands, the "
+                               f"attention forms ...qd,...kd->...qk and ...qk,...kd->...qd)")
+        p, q = ins
+        batch = p[:-2]
+        if q[:-2] != batch or rhs[:-2] != batch:
+            raise CompileError(f"{self.where(node)}: Einsum '{eq}' with different batch letters is not supported")
+        i, k = p[-2:]
+        if q[-2:] == (rhs[-1] + k) and rhs[-2:] == i + rhs[-1]:  # x @ y^T
+            transposed = True
+        elif q[-2:] == (k + rhs[-1]) and rhs[-2:] == i + rhs[-1]:  # x @ y
+            transposed = False
+        else:
+            raise CompileError(f"{self.where(node)}: Einsum '{eq}' is not a matrix product of the supported forms")
+        import onnx
+        second = node.input[1]
+        nodes = []
+        if transposed:
+            nd = len(q)
+            perm = list(range(nd - 2)) + [nd - 1, nd - 2]
+            second = f"{node.output[0]}@einsum.T"
+            nodes.append(onnx.helper.make_node("Transpose", [node.input[1]], [second], perm=perm, name=node.name))
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], second], list(node.output), name=node.name))
+        for sub in nodes:
+            self.lower(sub)
+
+
+def _matrix_rows(shape) -> int:
+    from lpusim.compiler.importer import _as_matrix
+    return _as_matrix(tuple(shape))[0]
