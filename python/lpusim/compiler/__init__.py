@@ -12,9 +12,11 @@ import numpy as np
 from lpusim.chip import Chip
 from lpusim.compiler import calibrate, emit, importer, ir, passes, schedule
 from lpusim.compiler.layout import WIDTH, Store
+from lpusim.compiler.lower_quant import QUANT_OPS
+from lpusim.compiler.quantize import quantize_model
 from lpusim.errors import CompileError
 
-PRECISIONS = ("fp16",)
+PRECISIONS = ("fp16", "int8")  # int8: quantised with onnxruntime's quantize_static first (quantize.py)
 
 # (name, function Graph -> Graph) in order; import runs before them and scheduling after.
 PASSES = [
@@ -71,6 +73,8 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     if calibration is None:
         rng = np.random.default_rng(0)  # what Program.random_inputs(seed=0) gives
         calibration = {n: rng.standard_normal(s).astype(np.float32) for n, s in input_shapes.items()}
+    if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
+        proto = quantize_model(proto, {n: calibration[n] for n in input_shapes})
     magnitudes = calibrate.tensor_magnitudes(proto, calibration)
     graph = importer.import_onnx(proto, input_shapes, magnitudes)
     if dump:

@@ -75,7 +75,8 @@ class Tensor:
     f16_exp: int = 0  # the f16 copy holds value * 2^-f16_exp (calibrate.py): keeps large tensors in fp16's range
     f16_saturate: bool = False  # the f16 copy clamps to +-65504 (never inf: inf times a 0 weight is NaN)
     # Element type of the values (lower_quant.py): "f32"; "i8" for int8 weights (LW.i8; activations the MXM reads
-    # with them are stored as "i8"); "i32" for integer accumulations kept as i32 on the VXM and in MEM.
+    # with them are stored as "i8"); "i32" for integer accumulations kept as i32 on the VXM and in MEM (an i32
+    # constant's `data` is int32, exact beyond float32's 2^24).
     dtype: str = "f32"
     conv_pad: float = 0.0  # what a convolution's zero padding reads as: the zero point's code for int8 values
 

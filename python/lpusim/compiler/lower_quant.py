@@ -367,9 +367,8 @@ class QuantLowering:
         corr = -np.int64(zx) * colsum
         if bias is not None:
             corr = corr + np.broadcast_to(np.asarray(bias, dtype=np.int64).reshape(-1), (n_out,))
-        if np.abs(corr).max(initial=0) >= 2 ** 24:
-            raise CompileError(f"{where}: a bias or zero-point correction of {np.abs(corr).max()} is too large "
-                               f"(at most 2^24)")
+        if np.abs(corr).max(initial=0) >= 2 ** 31:
+            raise CompileError(f"{where}: a bias or zero-point correction of {np.abs(corr).max()} leaves int32")
         tmp = self.fresh(out_name + "#acc")
         wf = w_eff.astype(np.float32)
         if form == "conv":
@@ -401,6 +400,7 @@ class QuantLowering:
         if corr.any():
             c = self.const_tensor(corr.reshape(1, n_out).astype(np.float32), "qcorr")
             self.tensors[c].dtype = "i32"
+            self.tensors[c].data = corr.reshape(1, n_out).astype(np.int32)  # exact (float32 is not above 2^24)
             sources.append(View(c))
             steps.append(Step("ADD", [("acc",), ("src", 0)], "i32"))
             cur = ("step", 0)

@@ -1,0 +1,70 @@
+"""`precision="int8"` for float models: quantise with onnxruntime's own tools, then compile the QDQ model.
+
+Groq's published ResNet-50 number is int8; lpusim reaches that path the way a user would: onnxruntime's
+`quant_pre_process` (constant folding, BatchNormalization folded into Conv, shape inference), then `quantize_static`
+in the QDQ format with int8 activations and int8 per-channel weights, MinMax calibration on the compile's
+calibration inputs. `lower_quant.py` then puts every quantised Conv/MatMul/Gemm on the int8 MXM path; ops the
+quantiser leaves in float (Softmax, pooling averages, residual Sums) run between DequantizeLinear and
+QuantizeLinear as usual. The result matches onnxruntime running the same quantised model (`quantize_model` gives
+it), not the float model: quantisation error is the model's, not the chip's.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import numpy as np
+import onnx
+
+from lpusim.errors import CompileError
+
+# QDQ needs opset 13 for per-channel weights (the quantiser refuses older models)
+MIN_OPSET = 13
+
+
+def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
+                   per_channel: bool = True) -> onnx.ModelProto:
+    """The QDQ int8 model onnxruntime's quantiser makes of `model`, calibrated on the one batch `calibration`."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Once(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{k: np.asarray(v, dtype=np.float32) for k, v in calibration.items()}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    inits = {i.name for i in model.graph.initializer}
+    if any(i.name in inits for i in model.graph.input):  # old IR: weights listed as inputs; the quantiser would
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # drop some and then ask for them
+        keep = [i for i in model.graph.input if i.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.ir_version = max(model.ir_version, 4)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    if opset < MIN_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, MIN_OPSET)
+        except Exception as e:
+            raise CompileError(f"precision='int8': converting the opset-{opset} model to opset {MIN_OPSET} for "
+                               f"onnxruntime's quantiser failed: {e}") from None
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs advice through the root logger
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            src, pre, out = (os.path.join(d, n) for n in ("float.onnx", "pre.onnx", "int8.onnx"))
+            onnx.save(model, src)
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            quantize_static(pre, out, _Once(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, per_channel=per_channel)
+            return onnx.load(out)
+    except CompileError:
+        raise
+    except Exception as e:
+        raise CompileError(f"precision='int8': onnxruntime's quantiser failed on this model: "
+                           f"{type(e).__name__}: {e}") from None
+    finally:
+        root.setLevel(level)
