@@ -77,7 +77,7 @@ _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 _REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
 SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _SPATIAL | _REDUCE |
-                       {"Pad", "Expand", "Tile", "Gather", "Einsum", "Range", "ConstantOfShape"} |
+                       {"Pad", "Expand", "Tile", "Gather", "Einsum", "ConstantOfShape"} |
                        {"Softmax", "LogSoftmax", "LayerNormalization", "Concat", "Slice", "Split", "LRN",
                         "Transpose", "Pow", "Where", "Shape", "Size", "Cast"} |
                        {"MatMul", "Gemm", "Clip", "Constant", "BatchNormalization", "Sum"})
@@ -683,8 +683,9 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             if kind == "imm":
                 args.append(("imm", v))
             else:
-                sources.append(View(v))
-                args.append(("src", len(sources) - 1))
+                if View(v) not in sources:  # x * x reads x once
+                    sources.append(View(v))
+                args.append(("src", sources.index(View(v))))
         out = self.add_tensor(self.fresh(out_name), out_shape, "value")
         self.nodes.append(Node("vector", node.name or out_name, node.op_type, out, sources=sources,
                                steps=[Step(vop, args)]))

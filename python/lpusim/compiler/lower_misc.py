@@ -29,7 +29,7 @@ class MiscLowering:
             pads = [int(v) for v in np.asarray(args[1][1]).ravel()]
         mode = a.get("mode", b"constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
-        value = 0.0
+        value = float(a.get("value", 0.0))  # opset < 11: an attribute
         if len(args) > 2 and args[2] is not None:
             value = float(np.asarray(args[2][1]).reshape(())) if args[2][0] == "const" else None
         if len(args) > 3 and args[3] is not None:
