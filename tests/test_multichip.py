@@ -160,9 +160,35 @@ def test_auto_on_a_model_that_fits_is_one_chip(demo):
     assert program.partition["chips"] == 1 and "one chip holds it" in program.partition["reason"]
 
 
-def test_tensor_parallel_is_refused_clearly(demo):
-    with pytest.raises(CompileError, match="tensor"):
+def test_tensor_parallel_needs_a_matmul_to_split(demo):
+    with pytest.raises(CompileError, match="no matmul has 2 or more output column tiles"):
         lpusim.compile(demo[0], chips=2, parallel="tensor")
+
+
+@pytest.fixture(scope="module")
+def wide():
+    model = mlp((700, 1300, 1280, 10), batch=3, seed=7)
+    return model, lpusim.compile(model).run(seed=0)
+
+
+@pytest.mark.parametrize("chips", [2, 4])
+def test_tensor_parallel_columns(wide, chips):
+    """Matmul output tiles split over the chips, all-gathered after each split node: bit-identical, exact."""
+    model, ref = wide
+    program = lpusim.compile(model, chips=chips, parallel="tensor")
+    assert program.parallel == "tensor" and len(program.partition["splits"]) == 2
+    result = _check(program, ref)
+    assert result.link_summary["links_used"] == chips * (chips - 1)  # every chip to every other, both splits
+    for seed in (1, 2):
+        _check(program, ref, system=System.load({"chips": chips, "seed": seed, "chip": program.chip.config}))
+
+
+def test_auto_picks_the_faster_split(wide):
+    model, ref = wide
+    program = lpusim.compile(model, chips=4)  # parallel="auto"
+    cycles = program.partition["auto"]["predicted_cycles"]
+    assert program.parallel == min(cycles, key=cycles.get) and program.predicted_cycles == min(cycles.values())
+    _check(program, ref)
 
 
 def test_cli_json(tmp_path, capsys):

@@ -273,9 +273,6 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
 
     if parallel not in PARALLEL:
         raise CompileError(f"parallel='{parallel}': choose one of {', '.join(PARALLEL)}")
-    if parallel == "tensor":
-        raise CompileError("parallel='tensor' (matmul columns split over chips) is not supported yet; "
-                           "use 'pipeline' or 'auto'")
     if precision not in PRECISIONS:
         raise CompileError(f"precision '{precision}' is not supported yet (supported: {', '.join(PRECISIONS)})")
     if precision != "fp16" and chips != 1:
@@ -310,16 +307,28 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
         return program
     if n > 8:
         raise CompileError(f"chips={n}: pipelines span one 8-chip node for now (at most 8 chips)")
-    if n > len(graph.nodes):
-        raise CompileError(f"chips={n}: the model has only {len(graph.nodes)} IR nodes to split into stages")
     sysm = _system_for(n, cfg, system)
     if sysm.chips < n:
         raise CompileError(f"the system has {sysm.chips} chips, the pipeline needs {n}")
     cfg = Chip.load(json.loads(sysm.info["chip_config"]))
+    if parallel == "tensor":
+        if one_chip > cfg.sram_bytes:
+            raise CompileError("parallel='tensor' replicates everything but the split matmuls: the model must fit "
+                               "one chip (use 'pipeline')")
+        return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
+    tensor = None
+    if parallel == "auto" and one_chip <= cfg.sram_bytes and n <= len(graph.nodes):
+        from lpusim.tensorpar import split_nodes
+        if split_nodes(graph, n, cfg.lanes):  # both are possible: compile both, keep the faster
+            tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
     node_cost = node_costs(graph, cfg) if costs == "schedule" and one_chip <= cfg.sram_bytes else None
     balance = "single-chip schedule" if node_cost else "static estimate"
     if node_cost is None:
         node_cost = [static_cost(graph, node, cfg) for node in graph.nodes]
+    if n > len(graph.nodes):
+        if tensor is not None:
+            return tensor
+        raise CompileError(f"chips={n}: the model has only {len(graph.nodes)} IR nodes to split into stages")
     bounds = part.split(n, node_cost, check_sram=one_chip > cfg.sram_bytes)
     if not bounds:
         raise CompileError(f"no split of the model into {n} stages fits each stage in one chip's SRAM")
@@ -339,7 +348,55 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     mp = MultiProgram(cfg, n, "pipeline", sysm, programs, barriers, last_effects, _tolerance_ppm(sysm.config),
                       transfers, partition, dict(graph.onnx_inputs), list(graph.output_names),
                       time.perf_counter() - start, binaries)
+    if tensor is not None:
+        cycles = {"pipeline": mp.predicted_cycles, "tensor": tensor.predicted_cycles}
+        best = tensor if cycles["tensor"] < cycles["pipeline"] else mp
+        best.partition["auto"] = {"predicted_cycles": cycles, "chosen": best.parallel}
+        best.compile_s = time.perf_counter() - start
+        return best
     return mp
+
+
+def _timing(system: System, chip: Chip, interval: int, max_free: int | None) -> dict[str, Any]:
+    """The drift bounds and the lag and buffer rules every transfer uses (docs/multichip.md, Transfers)."""
+    config = json.loads(system.info["config"])
+    tol = _tolerance_ppm(config) * 1e-6
+    rel = 2 * tol / (1 - tol)
+    if interval * (1 - rel) < float(system.info["send_interval_cycles"]):
+        raise CompileError("the drift tolerance leaves no whole-cycle send interval that keeps links from LinkBusy")
+    if max_free is None:
+        max_free = int((chip.hac_period // 2 - 8) / rel) if rel > 0 else 10 ** 12
+    spread = float(config.get("latency_spread_cycles", 3.0))
+
+    def lag(info, f_send: int, f_recv: int) -> int:
+        """Smallest lag for a transfer whose sender ran f_send cycles since its realignment at its last send and
+        whose receiver runs f_recv + lag (+ one interval of slack) at its last receive."""
+        bound = _latency_bound(config, info)
+        return math.ceil((bound * (1 + tol) + 3 + rel * (f_send + f_recv + interval)) / (1 - rel))
+
+    def check_buffer(info, lag_used: int, f_send: int, f_recv: int) -> None:
+        bound = _latency_bound(config, info)
+        early = lag_used + 2 + rel * (f_send + f_recv) - (bound - 2 * spread) * (1 - tol)
+        waiting = int(early // interval) + 1
+        if waiting > chip.c2c_rx_buffer_vectors:
+            raise CompileError(f"a transfer over link {info['link_a']} of chip {info['chip_a']} could hold "
+                               f"{waiting} vectors in a receive buffer of {chip.c2c_rx_buffer_vectors}")
+
+    return {"config": config, "tol": tol, "rel": rel, "max_free": max_free, "lag": lag,
+            "check_buffer": check_buffer}
+
+
+def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free):
+    from lpusim.tensorpar import compile_tensor
+
+    ctx = _timing(sysm, cfg, interval, max_free)
+    programs, barriers, last_effects, splits, log = compile_tensor(graph, n, cfg, sysm, interval, ctx)
+    binaries = [_lpusim.assemble(p.assembly) for p in programs]
+    partition = {"chips": n, "parallel": "tensor", "reason": reason, "sram_needed": one_chip, "splits": splits,
+                 "exchanges": log, "program_cycles": [p.predicted_cycles for p in programs]}
+    return MultiProgram(cfg, n, "tensor", sysm, programs, barriers, last_effects, ctx["tol"] * 1e6, log,
+                        partition, dict(graph.onnx_inputs), list(graph.output_names), time.perf_counter() - start,
+                        binaries)
 
 
 def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interval: int,

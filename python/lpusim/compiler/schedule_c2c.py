@@ -101,22 +101,42 @@ class C2cJobs:
                         out.append((name, fmt, nt, b, t.rows))
         return out
 
-    def schedule_sends(self, items: dict[str, list[str]], link: int, interval: int, lower: int) -> list[tuple]:
-        """READ -> stream -> SEND bursts of every live tensor, one vector per `interval` cycles on `link`.
+    def _link_issues(self, queue: str, t: int, text: str, rows: int, interval: int, tail: int,
+                     single: bool) -> None:
+        """The link queue's instructions of one burst: one REPEATed instruction, or (`single`) one instruction
+        per vector, so another burst (the other direction on the same link) can issue between them."""
+        if not single:
+            self.res.take_queue(queue, t, t + (rows - 1) * interval, 0)
+            self.res.add_issue(Issue(queue, t, text, rows, interval, 0, t + tail + (rows - 1) * interval))
+            return
+        for k in range(rows):
+            c = t + k * interval
+            self.res.take_queue(queue, c, c, c - t)
+            self.res.add_issue(Issue(queue, c, text, 1, 1, 0, c + tail))
+
+    def schedule_sends(self, items: dict[str, list[str]], link: int, interval: int, lower: int,
+                       rotate: int = 0, single: bool = False) -> list[tuple]:
+        """READ -> stream -> SEND bursts of every live tensor, one vector per `interval` cycles on `link`
+        (`rotate`: start this many bursts into the list, so links sending one tensor at once read other slices).
         Returns per burst (tensor, format, tile, plane, rows, first send cycle)."""
         pos = self.link_position(link)
         queue = f"C2C.{link}"
         plan = []
         nxt = lower
-        for name, fmt, nt, b, rows in self.transfer_bursts(items):
+        bursts = self.transfer_bursts(items)
+        if bursts:
+            rotate %= len(bursts)
+            bursts = bursts[rotate:] + bursts[:rotate]
+        for name, fmt, nt, b, rows in bursts:
             store = self.stores[(name, fmt)]
             runs = self._transfer_runs(store, name, nt)
 
             def build(t, store=store, runs=runs, b=b, nt=nt, rows=rows):
-                self.res.take_queue(queue, t, t + (rows - 1) * interval, 0)
+                if single:  # the link queue first: its clashes are cheap to find
+                    for k in range(rows):
+                        self.res.check_queue(queue, t + k * interval, t + k * interval, k * interval)
                 stream = self.read_view(store, nt, runs, pos, t, interval, t, planes=[b])
-                self.res.add_issue(Issue(queue, t, f"SEND {stream}", rows, interval, 0,
-                                         t + (rows - 1) * interval))
+                self._link_issues(queue, t, f"SEND {stream}", rows, interval, 0, single)
                 return t
 
             first = self.place(nxt, build, f"the link send of '{name}' ({fmt}, plane {b})")
@@ -124,33 +144,46 @@ class C2cJobs:
             nxt = first + rows * interval
         return plan
 
-    def schedule_receives(self, plan: list[tuple], link: int, interval: int, lag: int) -> None:
-        """RECV -> stream -> WRITE of every burst the previous chip sends, at its send cycles plus `lag`; the
-        stores for the received tensors are allocated here."""
+    def schedule_receives(self, plan: list[tuple], link: int, interval: int, lag: int,
+                          avoid: set | None = None, single: bool = False, slack: int = 0) -> int:
+        """RECV -> stream -> WRITE of every burst another chip sends, at its send cycles plus `lag` (or up to
+        `slack` cycles more, the first lag at which everything fits); the stores for the received tensors are
+        allocated here (away from the slices in `avoid`, which grows). Returns the lag used."""
         pos = self.link_position(link)
         queue = f"C2C.{link}"
         rl = self.chip.c2c_recv_latency
         for name, fmt, nt, b, rows, first in plan:
             if (name, fmt) not in self.stores:
-                self.alloc_store(name, fmt)
-            store = self.stores[(name, fmt)]
-            runs = self._transfer_runs(store, name, nt)
-            r0 = first + lag
+                if avoid is None:
+                    self.alloc_store(name, fmt)
+                else:
+                    store = self.alloc_store(name, fmt, avoid_tile=lambda _nt: avoid)
+                    for segs in store.tiles:
+                        for sg in segs:
+                            avoid.update(range(sg.slice, sg.slice + store.width))
+        for extra in range(slack + 1):
             self.res.begin()
             self.accesses = []
+            ready = []
             try:
-                self.res.take_queue(queue, r0, r0 + (rows - 1) * interval, 0)
-                stream, last = self.write_view(store, runs, pos, r0 + rl, r0, planes=[b], d=interval)
-                self.res.add_issue(Issue(queue, r0, f"RECV {stream}", rows, interval, 0,
-                                         r0 + rl + (rows - 1) * interval))
+                for name, fmt, nt, b, rows, first in plan:
+                    store = self.stores[(name, fmt)]
+                    runs = self._transfer_runs(store, name, nt)
+                    r0 = first + lag + extra
+                    stream, last = self.write_view(store, runs, pos, r0 + rl, r0, planes=[b], d=interval)
+                    self._link_issues(queue, r0, f"RECV {stream}", rows, interval, rl, single)
+                    ready.append((store, nt, last))
             except Clash:
                 self.res.rollback()
-                raise CompileError(f"internal: the receive of '{name}' ({fmt}, plane {b}) at cycle {r0} "
-                                   f"clashes") from None
+                continue
             self.res.commit()
             for st, lst in self.accesses:
                 st.last_access = max(st.last_access, lst)
-            store.ready[nt] = max(store.ready[nt], last + 1)
+            for store, nt, last in ready:
+                store.ready[nt] = max(store.ready[nt], last + 1)
+            return lag + extra
+        raise CompileError(f"internal: the receives on link {link} clash at every lag from {lag} to "
+                           f"{lag + slack}")
 
 
 class StageScheduler(C2cJobs, Scheduler):

@@ -1,0 +1,220 @@
+"""Tensor parallelism over N chips: `lpusim.compile(model, chips=N, parallel="tensor")`.
+
+Every chip runs the whole graph, except that each *split* matmul (constant weights, at least N column tiles of
+320, epilogue sources all constants, not a graph output) is computed column-tile block by column-tile block: chip c
+computes tiles [c*T/N, (c+1)*T/N) of the output (its own slice of the weights and epilogue constants: no
+reduction, so the arithmetic is unchanged and outputs are bit-identical to one chip). Right after a split node the
+chips all-gather: each sends its block to every other chip over their direct link and receives the others' blocks;
+the full tensor's store is then the blocks' stores side by side (a column tile is a column tile wherever it came
+from). Everything else runs replicated.
+
+The all-gather is a common barrier: the chips are scheduled in lockstep (one thread per chip, meeting in the
+scheduler's between-node hook), all stop at B = the latest chip's frontier, realign with `RUNTIME_DESKEW`, send
+(one vector per `min_send_interval_cycles` per link, all links at once), and receive at each send cycle plus a
+lag covering the link's worst latency and both chips' drift since B (plus up to one send interval, so the RECVs
+fall between the same link's SENDs: the link queue issues them one by one). Cycle prediction, results and the
+drift rules are those of the pipeline (multichip.py, docs/multichip.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+from lpusim.compiler import ir
+from lpusim.compiler.layout import Store
+from lpusim.compiler.partition import needed_formats
+from lpusim.compiler.schedule_c2c import StageScheduler, barrier_issues, emit_stage
+from lpusim.compiler import emit
+from lpusim.errors import CompileError
+from lpusim.program import Program
+
+
+def split_nodes(graph: ir.Graph, n: int, lanes: int) -> dict[int, list[tuple[int, int]]]:
+    """Node index -> per chip its [first, last) column tiles, for every matmul that can be split n ways."""
+    out = {}
+    for i, node in enumerate(graph.nodes):
+        if node.kind != "matmul" or node.output in graph.outputs:
+            continue
+        if any(graph.tensors[w].kind != "const" for _, w in node.terms):
+            continue
+        if any(graph.tensors[v.tensor].kind != "const" for v in node.sources):
+            continue
+        tiles = math.ceil(graph.tensors[node.output].cols / lanes)
+        if tiles < n:
+            continue
+        out[i] = [(c * tiles // n, (c + 1) * tiles // n) for c in range(n)]
+    return out
+
+
+def _part(graph: ir.Graph, tensors: dict, node: ir.Node, c: int, t0: int, t1: int, lanes: int) -> ir.Node:
+    """Node computing column tiles t0..t1 of `node` (new tensors added to `tensors`)."""
+    lo = t0 * lanes
+
+    def sliced(name: str) -> str:
+        t = graph.tensors[name]
+        new = f"{name}#tp{c}"
+        if new not in tensors:
+            data = t.data[:, lo:t1 * lanes]
+            tensors[new] = dataclasses.replace(t, name=new, cols=data.shape[1], data=data,
+                                               formats=set(t.formats))
+        return new
+
+    out = graph.tensors[node.output]
+    name = f"{node.output}#tp{c}"
+    tensors[name] = dataclasses.replace(out, name=name, cols=min(out.cols, t1 * lanes) - lo,
+                                        formats=set(out.formats))
+    terms = [(v, sliced(w)) for v, w in node.terms]
+    sources = [dataclasses.replace(v, tensor=sliced(v.tensor)) if graph.tensors[v.tensor].cols == out.cols else v
+               for v in node.sources]
+    return dataclasses.replace(node, output=name, terms=terms, sources=sources)
+
+
+class _Lockstep:
+    def __init__(self, n: int):
+        self.barrier = threading.Barrier(n)
+        self.front = [0] * n
+        self.plans: dict = {}
+
+    def wait(self):
+        self.barrier.wait()
+
+
+class TensorScheduler(StageScheduler):
+    """One chip's scheduler; between nodes it joins the all-gather after each split node."""
+
+    def __init__(self, chip, graph, c: int, n: int, parts: dict, ctx: dict, sync: _Lockstep):
+        super().__init__(chip, graph, keep=set(parts), rel_drift=ctx["rel"], max_free=ctx["max_free"])
+        self.c, self.n, self.parts, self.ctx, self.sync = c, n, parts, ctx, sync
+        self.exchanges = 0
+
+    def _between_nodes(self, i, n, node):
+        if i > 0 and self.graph.nodes[i - 1].output in self.parts:
+            self.exchange(self.graph.nodes[i - 1].output)
+        super()._between_nodes(i, n, node)
+
+    def exchange(self, part: str) -> None:
+        full, fmts, blocks = self.parts[part]
+        ctx, sync, c, n = self.ctx, self.sync, self.c, self.n
+        interval, system = ctx["interval"], ctx["system"]
+        ex = self.exchanges
+        self.exchanges += 1
+        sync.front[c] = self.frontier()
+        sync.wait()
+        at = max(sync.front)
+        resume = self.barrier(at, self.deskew_delay(at, ctx["rel"]))
+        peers = [q for q in range(n) if q != c]
+        for idx, p in enumerate(peers):
+            plan = self.schedule_sends({part: fmts}, system.link(c, p)[0], interval, resume, rotate=idx,
+                                       single=True)
+            sync.plans[(ex, c, p)] = (plan, resume)
+        sync.wait()
+        avoid = set()  # the slices the sends read while the receives write
+        for f in fmts:
+            st = self.stores[(part, f)]
+            for segs in st.tiles:
+                for sg in segs:
+                    avoid.update(range(sg.slice, sg.slice + st.width))
+        lags = {}
+        for q in peers:
+            plan, resume_q = sync.plans[(ex, q, c)]
+            link, _, _ = system.link(c, q)
+            info = next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {c, q})
+            last = plan[-1][5] + (plan[-1][4] - 1) * interval
+            lag = ctx["lag"](info, last - resume_q, last - resume)
+            lags[q] = self.schedule_receives(plan, link, interval, lag, avoid, single=True, slack=interval)
+            ctx["check_buffer"](info, lags[q], last - resume_q, last + lags[q] - resume)
+        for f in fmts:  # the full tensor: the blocks' stores side by side
+            stores = [self.stores[(f"{full}#tp{q}", f)] for q in range(n)]
+            t = self.graph.tensors[full]
+            st = Store.for_tensor(t, f)
+            for s in stores:
+                st.tiles += s.tiles
+                st.ready += s.ready
+                st.last_access = max(st.last_access, s.last_access)
+            self.stores[(full, f)] = st
+        self.transfer_log.append({"after": full, "chip": c, "barrier": at, "lags": lags,
+                                  "vectors_per_link": sum(p[4] for p in sync.plans[(ex, c, peers[0])][0])
+                                  if peers else 0})
+
+    transfer_log: list
+
+
+def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_base: dict):
+    """Per chip: (Program, barriers, last effect), plus the exchanges' log. `graph` is the fp16 IR after every
+    pass; `ctx_base` holds rel, max_free, lag(info, f_send, f_recv_before_lag) and check_buffer(...)."""
+    lanes = chip.lanes
+    split = split_nodes(graph, n, lanes)
+    if not split:
+        raise CompileError(f"parallel='tensor': no matmul has {n} or more output column tiles of {lanes} to split "
+                           f"(and is not a graph output); use parallel='pipeline'")
+    tensors = dict(graph.tensors)
+    graphs, parts = [], [dict() for _ in range(n)]
+    later_needs = {}
+    for i in split:
+        full = graph.nodes[i].output
+        need = set()
+        for node in graph.nodes[i + 1:]:
+            need |= needed_formats(graph, node).get(full, set())
+        later_needs[i] = sorted(need)
+    for c in range(n):
+        nodes = []
+        for i, node in enumerate(graph.nodes):
+            if i in split:
+                t0, t1 = split[i][c]
+                part = _part(graph, tensors, node, c, t0, t1, lanes)
+                nodes.append(part)
+                parts[c][part.output] = (node.output, later_needs[i], split[i])
+            else:
+                nodes.append(node)
+        graphs.append(ir.Graph(tensors, nodes, graph.inputs, graph.outputs, graph.output_names, graph.onnx_inputs,
+                               graph.origin, graph.magnitudes, graph.derived))
+    sync = _Lockstep(n)
+    ctx = dict(ctx_base, interval=interval, system=system)
+    results: list = [None] * n
+    errors: list = []
+    log: list = []
+
+    def work(c):
+        try:
+            sched = TensorScheduler(chip, graphs[c], c, n, parts[c], ctx, sync)
+            sched.transfer_log = log
+            if any(node.kind == "transpose" for node in graphs[c].nodes):
+                sched.reserve_sxm_slices()
+            result = sched.run()
+            results[c] = (sched, result)
+        except threading.BrokenBarrierError:
+            pass
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            errors.append(e)
+            sync.barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    programs, barriers, last_effects = [], [], []
+    superlanes = chip.superlanes
+    for c, (sched, result) in enumerate(results):
+        issues = sched.res.issues
+        last_effect = max((iss.last_effect for iss in issues), default=-1)
+        predicted = last_effect + 1 + superlanes - 1
+        text = emit_stage(issues, sched.barriers, header=f"lpusim tensor-parallel chip {c} of {n} for "
+                          f"{chip.name}; program cycles {predicted}; barriers {sched.barriers}")
+        result.predicted_cycles = predicted
+        prog = Program(chip, text, predicted, emit.count_instructions(issues) + barrier_issues(issues, sched.barriers),
+                       sched.sram.bytes_used, dict(graph.onnx_inputs), list(graph.output_names) if c == 0 else [],
+                       0.0, graphs[c], result)
+        programs.append(prog)
+        barriers.append(list(sched.barriers))
+        last_effects.append(last_effect)
+    splits = [{"node": graph.nodes[i].name, "tensor": graph.nodes[i].output, "tiles": split[i]} for i in split]
+    order = {graph.nodes[i].output: k for k, i in enumerate(split)}
+    log.sort(key=lambda e: (order[e["after"]], e["chip"]))
+    return programs, barriers, last_effects, splits, log
+
+
+__all__ = ["compile_tensor", "split_nodes", "TensorScheduler"]
