@@ -218,3 +218,70 @@ def test_int8_runs_fewer_cycles_than_fp16(tmp_path):
     fp16 = lpusim.compile(model)
     print(f"fp16 version: {fp16.predicted_cycles} cycles")
     assert result.cycles < fp16.predicted_cycles
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_precision_int8_mini_resnet(batch):
+    """`lpusim.compile(float_model, precision="int8")`: onnxruntime's quantiser inside the compile; residual Sums
+    and Relus run in float between DequantizeLinear and QuantizeLinear, the stem convolution reads quantised host
+    patches, GlobalAveragePool sums codes on the MXM (as QLinearGlobalAveragePool). Compared with onnxruntime
+    running the same quantised model (`quantize_model`), and faster than the fp16 compile of the float model."""
+    from lpusim.compiler.quantize import quantize_model
+    from lpusim.models import mini_resnet
+
+    model = mini_resnet(batch=batch)
+    name = model.graph.input[0].name
+    shape = (batch, 3, 32, 32)
+    program = lpusim.compile(model, precision="int8")
+    quant = quantize_model(model, {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)})
+    x = np.random.default_rng(10).standard_normal(shape).astype(np.float32)
+    result = program.run({name: x})
+    assert result.cycles == program.predicted_cycles
+    ref, _ = run_onnxruntime(quant, {name: x})
+    for out, r in ref.items():
+        step = output_step(quant, out)
+        diff = np.abs(result.outputs[out] - r)
+        assert diff.max() <= step * (1 + 1e-6)
+        print(f"\nmini_resnet batch {batch} int8: {np.mean(diff == 0):.4f} of {r.size} exact, {result.cycles} cycles, "
+              f"fp16 {lpusim.compile(model).predicted_cycles} cycles")
+        assert np.mean(diff == 0) >= EXACT_FRACTION
+    assert "ABC.i8" in program.assembly
+
+
+def test_qlinear_global_average_pool():
+    """QLinearGlobalAveragePool (com.microsoft): int32 sum of the codes, requantised with sx / (sy * H*W)."""
+    rng = np.random.default_rng(4)
+    inits = {"s": np.float32(0.04), "z": np.uint8(77), "ys": np.float32(0.01), "yz": np.uint8(120)}
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]),
+             helper.make_node("QLinearGlobalAveragePool", ["xq", "s", "z", "ys", "yz"], ["yq"], domain="com.microsoft"),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"])]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 24, 5, 7])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 24, 1, 1])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    x = rng.standard_normal((2, 24, 5, 7)).astype(np.float32) * 2
+    check_int8(model, {"input": x}, "QLinearGlobalAveragePool")
+
+
+@pytest.mark.slow
+def test_precision_int8_light_resnet50():
+    """onnx's light ResNet-50 (constant weights) at precision="int8" against onnxruntime on the same quantised
+    model; its cycles are the int8 row of the README's published-results table."""
+    import os
+
+    from lpusim.compiler.quantize import quantize_model
+
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_resnet50.onnx")
+    model = onnx.load(path)
+    name = model.graph.input[0].name
+    program = lpusim.compile(model, precision="int8")
+    x = program.random_inputs(0)
+    quant = quantize_model(model, x)  # random_inputs(0) are the compile's default calibration inputs
+    result = program.run(x)
+    assert result.cycles == program.predicted_cycles
+    ref, _ = run_onnxruntime(quant, x)
+    for out, r in ref.items():
+        np.testing.assert_array_equal(result.outputs[out], r)
+    print(f"\nlight_resnet50 int8: {result.cycles} cycles, {result.latency_us:.1f} us")
+    assert name

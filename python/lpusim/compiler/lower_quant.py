@@ -71,6 +71,10 @@ class QuantLowering:
             handled = self.q_operator(node)
         elif op in ("Conv", "MatMul", "Gemm"):
             handled = self.q_qdq_contraction(node)
+        elif op == "GlobalAveragePool" and node.input[0] in st["pending"]:
+            handled = self.q_global_average(node)
+        elif op == "QLinearGlobalAveragePool":
+            handled = self.q_global_average(node)
         elif op in CODE_OPS and node.input and (node.input[0] in st["pending"] or node.input[0] in st["code"]):
             handled = self.q_code_op(node)
         elif op == "Cast" and node.input[0] in self.values:
@@ -217,10 +221,36 @@ class QuantLowering:
         if arg[0] != "value":
             return False  # a constant: folded by the importer
         _, ir, shape = arg
-        steps = [Step("DIV", [("src", 0), ("imm", float(scale))])] + \
-            self.q_round_steps(1, float(-128 - zp), float(127 - zp), zp)
-        self.values[out] = (self.q_vector(node, ir, shape, steps, out), shape)
+        self.values[out] = (self.q_vector(node, ir, shape, self.q_quantize_steps(scale, zp), out), shape)
         st["code"][out] = kind
+        if self.tensors[ir].kind == "input":  # a stem convolution may read host patches instead (q_contraction)
+            st.setdefault("of_input", {})[out] = (ir, scale, zp)
+        return True
+
+    def q_quantize_steps(self, scale, zp: int) -> list:
+        """QuantizeLinear of src0 to codes: x / scale, clamped, rounded half to even, plus the zero point code."""
+        return [Step("DIV", [("src", 0), ("imm", float(scale))])] + \
+            self.q_round_steps(1, float(-128 - zp), float(127 - zp), zp)
+
+    def q_users(self, name: str) -> list:
+        users = self.q_state.setdefault("users", {})
+        if not users:
+            for n in self.model.graph.node:
+                for i in n.input:
+                    users.setdefault(i, []).append(n)
+        return users.get(name, [])
+
+    def q_only_feeds(self, q: str, node) -> bool:
+        """`q` is read by `node` alone (directly, or through DequantizeLinears only `node` reads)."""
+        outputs = {o.name for o in self.model.graph.output}
+        if q in outputs:
+            return False
+        for u in self.q_users(q):
+            if u is node:
+                continue
+            if u.op_type != "DequantizeLinear" or u.output[0] in outputs or \
+                    any(c is not node for c in self.q_users(u.output[0])):
+                return False
         return True
 
     # ----- views and max pools of codes -----------------------------------------------------------------
@@ -260,6 +290,53 @@ class QuantLowering:
         else:
             steps = [Step("ADD", [("src", 0), ("imm", 128.0)])] if kind == "u8" else [Step("COPY", [("src", 0)])]
         self.values[node.output[0]] = (self.q_vector(node, ir, shape, steps, node.output[0]), shape)
+        return True
+
+    # ----- global average pool ------------------------------------------------------------------------------
+    def q_global_average(self, node) -> bool:
+        """DequantizeLinear -> GlobalAveragePool -> QuantizeLinear, or QLinearGlobalAveragePool: onnxruntime sums
+        the codes in int32 (minus zx * H*W) and requantises with sx / (sy * H*W); here identity int8 weights sum the
+        taps on the MXM exactly and the same epilogue requantises."""
+        st = self.q_state
+        if node.op_type == "QLinearGlobalAveragePool":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("channels_last", 0):
+                raise CompileError(f"{self.where(node)}: channels_last=1 is not supported")
+            x = node.input[0]
+            kind = self.q_kind(node, x)
+            sx = self.q_scalar_scale(node, 1, "input scale")
+            zx = self.q_zero(node, 2, kind, "input zero point")
+            sy = self.q_scalar_scale(node, 3, "output scale")
+            y_zp = self.q_const(node, 4, "output zero point", required=False)
+            y_kind = _NP_TYPES.get(y_zp.dtype, "u8") if y_zp is not None else "u8"
+            zy = self.q_zero(node, 4, y_kind, "output zero point")
+            out_name = node.output[0]
+        else:
+            users = self.q_users(node.output[0])
+            if len(users) != 1 or users[0].op_type != "QuantizeLinear" or \
+                    node.output[0] in {o.name for o in self.model.graph.output}:
+                return False
+            x, sx, zx = st["pending"][node.input[0]]
+            qn = users[0]
+            y_zp = self.q_const(qn, 2, "the zero point", required=False)
+            y_kind = _NP_TYPES.get(y_zp.dtype, "u8") if y_zp is not None else "u8"
+            sy = self.q_scalar_scale(qn, 1, "scale")
+            zy = self.q_zero(qn, 2, y_kind, "zero point")
+            out_name = qn.output[0]
+        if x not in self.values or len(self.values[x][1]) != 4:
+            return False
+        ir, shape = self.values[x]
+        taps = int(shape[2] * shape[3])
+        tmp = self.fresh(out_name + "#acc")
+        fake = helper.make_node("GlobalAveragePool", [x], [tmp], name=node.name or out_name)
+        self.lower_spatial(fake, "GlobalAveragePool", {}, [("value", ir, shape)])
+        mm = self.nodes[-1]
+        out_ir, out_shape = self.values.pop(tmp)
+        if mm.kind != "matmul" or mm.output != out_ir or len(mm.terms) != taps:
+            raise CompileError(f"{self.where(node)}: internal: the int8 average did not lower to one matmul")
+        corr = np.full(int(shape[1]), -np.int64(zx) * taps, dtype=np.int64)
+        mult = np.float32(sx / np.float32(sy * np.float32(taps)))
+        self.q_epilogue(node, mm, out_ir, out_shape, corr, mult, ("q", zy, y_kind), out_name)
         return True
 
     # ----- contractions -----------------------------------------------------------------------------------
@@ -380,7 +457,8 @@ class QuantLowering:
             keep = {k: v for k, v in attrs.items() if k in ("strides", "pads", "dilations", "group", "auto_pad",
                                                             "kernel_shape")}
             fake = helper.make_node("Conv", [x, "w"], [tmp], name=node.name or out_name, **keep)
-            self.lower_spatial(fake, "Conv", keep, [("value", ir, xshape), ("const", wf)])
+            if not self.q_stem(node, fake, x, keep, wf):
+                self.lower_spatial(fake, "Conv", keep, [("value", ir, xshape), ("const", wf)])
         else:
             keep = {"transB": attrs.get("transB", 0)}
             fake = helper.make_node("Gemm", [x, "w"], [tmp], name=node.name or out_name, **keep)
@@ -392,6 +470,40 @@ class QuantLowering:
         out_ir, out_shape = self.values.pop(tmp)
         if mm.kind != "matmul" or mm.output != out_ir:
             raise CompileError(f"{where}: internal: the int8 contraction did not lower to one matmul")
+        self.q_epilogue(node, mm, out_ir, out_shape, corr, mult, mode, out_name)
+
+    def q_stem(self, node, fake, x: str, attrs: dict, wf: np.ndarray) -> bool:
+        """A convolution of QuantizeLinear(graph input): the host lays the float input out as patches (as the fp16
+        path does for a stem convolution) and the chip quantises the patches, so one matmul of K = C*kh*kw replaces
+        kh*kw taps of K = C. Padding is exact: a zero-padded patch quantises to the zero point, which is what
+        onnxruntime pads the codes with. False when the input is not such a stem."""
+        src = self.q_state.get("of_input", {}).get(x)
+        if src is None:
+            return False
+        ir, scale, zp = src
+        n0, inputs0 = len(self.nodes), list(self.inputs)
+        t = self.tensors[ir]
+        self.lower_spatial(fake, "Conv", attrs, [("value", ir, t.shape), ("const", wf)])
+        mm = self.nodes[-1]
+        patches = self.tensors[mm.terms[0][0].tensor] if mm.kind == "matmul" and len(mm.terms) == 1 else None
+        if patches is None or patches.im2col is None:  # not the stem path: undo it
+            del self.nodes[n0:]
+            self.inputs[:] = inputs0
+            self.values.pop(fake.output[0], None)
+            return False
+        qp = self.add_tensor(self.fresh(patches.name + ".q"), patches.shape, "value")
+        self.nodes.insert(len(self.nodes) - 1, Node("vector", node.name or node.output[0], "QuantizeLinear(patches)",
+                                                    qp, sources=[View(patches.name)],
+                                                    steps=self.q_quantize_steps(scale, zp)))
+        mm.terms = [(View(qp), mm.terms[0][1])]
+        if self.q_only_feeds(x, node):  # the quantised image itself is now unused
+            q_ir = self.values[x][0]
+            self.nodes = [n for n in self.nodes if n.output != q_ir]
+        return True
+
+    def q_epilogue(self, node, mm, out_ir: str, out_shape: tuple, corr, mult, mode: tuple, out_name: str) -> None:
+        """Make `mm` an int8 matmul (its weights int8) with the zero-point correction and `mode`'s epilogue."""
+        n_out = self.tensors[out_ir].cols
         mm.onnx_op = node.op_type
         for _, wname in mm.terms:
             self.tensors[wname].dtype = "i8"

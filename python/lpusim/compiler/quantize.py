@@ -3,7 +3,9 @@
 Groq's published ResNet-50 number is int8; lpusim reaches that path the way a user would: onnxruntime's
 `quant_pre_process` (constant folding, BatchNormalization folded into Conv, shape inference), then `quantize_static`
 in the QDQ format with int8 activations and int8 per-channel weights, MinMax calibration on the compile's
-calibration inputs. `lower_quant.py` then puts every quantised Conv/MatMul/Gemm on the int8 MXM path; ops the
+calibration inputs, one DequantizeLinear per consumer (`DedicatedQDQPair`: onnxruntime only fuses a QDQ Conv into
+its integer kernel when the DequantizeLinear feeding it has no other consumer; shared ones leave the Conv in float,
+where onnxruntime's float rounding can move an output across a rounding boundary). `lower_quant.py` then puts every quantised Conv/MatMul/Gemm on the int8 MXM path; ops the
 quantiser leaves in float (Softmax, pooling averages, residual Sums) run between DequantizeLinear and
 QuantizeLinear as usual. The result matches onnxruntime running the same quantised model (`quantize_model` gives
 it), not the float model: quantisation error is the model's, not the chip's.
@@ -58,8 +60,9 @@ def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
             src, pre, out = (os.path.join(d, n) for n in ("float.onnx", "pre.onnx", "int8.onnx"))
             onnx.save(model, src)
             quant_pre_process(src, pre, skip_symbolic_shape=True)
-            quantize_static(pre, out, _Once(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, per_channel=per_channel)
+            quantize_static(pre, out, _Once(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, per_channel=per_channel,
+                            extra_options={"DedicatedQDQPair": True})
             return onnx.load(out)
     except CompileError:
         raise
