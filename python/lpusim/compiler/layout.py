@@ -135,3 +135,46 @@ def segment_runs(store: Store, tile: int, runs) -> list[MemRun]:
             out.append(MemRun(out_start + i, seg.slice, seg.addr + (r - seg.lo), n, stride, seg.not_before))
             i += n
     return out
+
+
+class StoreTable(dict):
+    """(tensor, format) -> Store, with the formats stored per tensor, so the stores of a few tensors are found
+    without scanning every store of the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.formats: dict[str, list[str]] = {}
+
+    def __setitem__(self, key, value):
+        if key not in self:
+            self.formats.setdefault(key[0], []).append(key[1])
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self.formats[key[0]].remove(key[1])
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def pop(self, key, *default):
+        if key in self:
+            value = self[key]
+            del self[key]
+            return value
+        return dict.pop(self, key, *default)
+
+    def popitem(self):
+        key, value = dict.popitem(self)
+        self.formats[key[0]].remove(key[1])
+        return key, value
+
+    def clear(self):
+        super().clear()
+        self.formats.clear()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
-from lpusim.compiler.layout import MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, segment_runs, view_runs
+from lpusim.compiler.layout import (MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, StoreTable, segment_runs,
+                                  view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.resources import Clash, Issue, Reservations, SramAllocator
 from lpusim.compiler.schedule_sxm import SxmJobs
@@ -89,7 +90,7 @@ class Scheduler(SxmJobs):
         self.graph = graph
         self.res = Reservations(chip)
         self.sram = SramAllocator(chip)
-        self.stores: dict[tuple[str, str], Store] = {}
+        self.stores: dict[tuple[str, str], Store] = StoreTable()
         self.weight_tiles: dict[tuple, tuple[list[Segment], int]] = {}
         self.static_init: list = []
         self.planes = {p: PlaneState(p) for p in chip.plane_names}
@@ -290,8 +291,11 @@ class Scheduler(SxmJobs):
     def slices_of(self, tensors, tile: int | None = None, fmt: str | None = None) -> set[int]:
         """Slices holding (column tile `tile` of) the live stores (of format `fmt`) of `tensors`."""
         used = set()
-        for (name, f), store in self.stores.items():
-            if name in tensors and not store.released and (fmt is None or f == fmt):
+        for name in tensors:
+            for f in self.stores.formats.get(name, ()):
+                store = self.stores[(name, f)]
+                if store.released or (fmt is not None and f != fmt):
+                    continue
                 for nt, segs in enumerate(store.tiles):
                     if tile is None or nt == tile or len(store.tiles) == 1:
                         for sg in segs:
