@@ -2,13 +2,16 @@
 
 Groq's published ResNet-50 number is int8; lpusim reaches that path the way a user would: onnxruntime's
 `quant_pre_process` (constant folding, BatchNormalization folded into Conv, shape inference), then `quantize_static`
-in the QDQ format with int8 activations and int8 per-channel weights, MinMax calibration on the compile's
-calibration inputs, one DequantizeLinear per consumer (`DedicatedQDQPair`: onnxruntime only fuses a QDQ Conv into
-its integer kernel when the DequantizeLinear feeding it has no other consumer; shared ones leave the Conv in float,
-where onnxruntime's float rounding can move an output across a rounding boundary). `lower_quant.py` then puts every quantised Conv/MatMul/Gemm on the int8 MXM path; ops the
-quantiser leaves in float (Softmax, pooling averages, residual Sums) run between DequantizeLinear and
-QuantizeLinear as usual. The result matches onnxruntime running the same quantised model (`quantize_model` gives
-it), not the float model: quantisation error is the model's, not the chip's.
+in the QDQ format with uint8 activations and int8 per-channel weights, MinMax calibration on the compile's
+calibration inputs, and one DequantizeLinear per consumer (`DedicatedQDQPair`). uint8 activations (U8S8) because
+onnxruntime's x86 graph optimiser then fuses every QDQ Conv into its integer QLinearConv, so the reference is integer
+arithmetic throughout; with int8 activations it leaves the 1x1 Convs of a small ResNet in float (they still matched
+on the inputs tried, but a float convolution's rounding is not guaranteed to land on the same code).
+
+`lower_quant.py` then puts every quantised Conv/MatMul/Gemm on the int8 MXM path; ops the quantiser leaves in float
+(Softmax, AveragePool, residual Sums) run between DequantizeLinear and QuantizeLinear as usual. The result matches
+onnxruntime running the same quantised model (`quantize_model` gives it), not the float model: quantisation error
+is the model's, not the chip's.
 """
 from __future__ import annotations
 
