@@ -143,6 +143,11 @@ def stage_sram(graph: ir.Graph, nodes: list[ir.Node], received: dict[str, list[s
 
 
 class Partitioner:
+    """Cut search. Large graphs (more than `MAX_CUTS` nodes) consider only the `MAX_CUTS` cuts with the least
+    traffic; `max_end(i)` scans forward once per start, so SRAM checks cost O(nodes) per candidate start."""
+
+    MAX_CUTS = 400
+
     def __init__(self, graph: ir.Graph, chip, interval: int):
         self.graph = graph
         self.chip = chip
@@ -150,6 +155,54 @@ class Partitioner:
         self.n = len(graph.nodes)
         self._fits: dict[tuple[int, int], int] = {}
         self._live: dict[int, dict[str, list[str]]] = {}
+        self._end: dict[int, int] = {}
+        lanes = chip.lanes
+        g = graph
+        self.producer = {node.output: k for k, node in enumerate(g.nodes)}
+        self.last_use: dict[str, int] = {}
+        for k, node in enumerate(g.nodes):
+            for name in ir.node_inputs(node):
+                self.last_use[name] = k
+        self._size: dict[str, int] = {}
+        self.wbytes: dict[str, int] = {}
+        for node in g.nodes:
+            for _, w in node.terms:
+                t = g.tensors[w]
+                if t.kind == "const" and w not in self.wbytes:
+                    k, n = t.data.shape
+                    total = 0
+                    for kt in range(math.ceil(k / lanes)):
+                        for nt in range(math.ceil(n / lanes)):
+                            if t.data[kt * lanes:(kt + 1) * lanes, nt * lanes:(nt + 1) * lanes].any():
+                                rows = min(k - kt * lanes, lanes)
+                                total += schedule.WEIGHT_SLOTS * math.ceil(rows / schedule.WEIGHT_SLOTS) * 2 * lanes
+                    self.wbytes[w] = total
+        # link vectors across every cut (formats: what any reader reads; exact live sets for the chosen cuts)
+        diff = [0] * (self.n + 2)
+        fmts: dict[str, set[str]] = {}
+        for node in g.nodes:
+            for name, f in needed_formats(g, node).items():
+                fmts.setdefault(name, set()).update(f)
+        for name, f in fmts.items():
+            if name in self.producer:
+                t = g.tensors[name]
+                v = t.rows * max(1, math.ceil(t.cols / lanes)) * sum(WIDTH[x] for x in f)
+                diff[self.producer[name] + 1] += v
+                diff[self.last_use[name] + 1] -= v
+        self.cut_vectors = [0] * (self.n + 1)
+        acc = 0
+        for c in range(self.n + 1):
+            acc += diff[c]
+            self.cut_vectors[c] = acc
+
+    def size(self, name: str) -> int:
+        if name not in self._size:
+            t = self.graph.tensors[name]
+            lanes = self.chip.lanes
+            tiles = max(1, math.ceil(t.cols / lanes))
+            self._size[name] = sum(tiles * Store.for_tensor(t, f).storage_rows * WIDTH[f] * lanes
+                                   for f in t.formats)
+        return self._size[name]
 
     def live(self, cut: int) -> dict[str, list[str]]:
         if cut not in self._live:
@@ -162,22 +215,56 @@ class Partitioner:
             self._fits[(i, j)] = stage_sram(self.graph, self.graph.nodes[i:j], self.live(i), self.chip)
         return self._fits[(i, j)]
 
+    def max_end(self, i: int) -> int:
+        """The largest j such that nodes[i:j] fit one chip (i if not even nodes[i] does)."""
+        if i in self._end:
+            return self._end[i]
+        g, cap = self.graph, self.chip.sram_bytes
+        static = stage_sram(g, [], self.live(i), self.chip)
+        seen: set[str] = set()
+        live = peak = 0
+        end = self.n
+        for k in range(i, self.n):
+            node = g.nodes[k]
+            for name in ir.node_inputs(node):
+                t = g.tensors[name]
+                if t.kind in ("const", "input") and name not in seen:
+                    seen.add(name)
+                    static += self.size(name) + self.wbytes.get(name, 0)
+            live += self.size(node.output)
+            peak = max(peak, live)
+            if static + peak > cap:
+                end = k
+                break
+            for name in set(ir.node_inputs(node)):
+                t = g.tensors[name]
+                if self.last_use[name] == k and t.kind == "value" and name not in g.outputs \
+                        and self.producer.get(name, -1) >= i:
+                    live -= self.size(name)
+        self._end[i] = end
+        return end
+
     def fits(self, i: int, j: int) -> bool:
-        return self.sram(i, j) <= self.chip.sram_bytes
+        return j <= self.max_end(i)
 
     def fewest_chips(self) -> int | None:
         """The fewest consecutive stages that each fit one chip (greedy packing is optimal here); None if one
         node alone does not fit."""
         count, i = 0, 0
         while i < self.n:
-            j = i + 1
-            if not self.fits(i, j):
+            j = self.max_end(i)
+            if j <= i:
                 return None
-            while j < self.n and self.fits(i, j + 1):
-                j += 1
             count += 1
             i = j
         return max(count, 1)
+
+    def candidates(self) -> list[int]:
+        """Cut positions the split considers (0 and n included)."""
+        inner = list(range(1, self.n))
+        if len(inner) > self.MAX_CUTS:
+            inner = sorted(sorted(inner, key=lambda c: (self.cut_vectors[c], c))[:self.MAX_CUTS])
+        return [0] + inner + [self.n]
 
     def split(self, stages: int, costs: list[int], check_sram: bool = True) -> list[tuple[int, int]]:
         """Cuts into `stages` nonempty runs minimising the longest (cost + outgoing transfer), all fitting SRAM
@@ -186,31 +273,40 @@ class Partitioner:
         prefix = [0]
         for c in costs:
             prefix.append(prefix[-1] + c)
-        lanes = self.chip.lanes
-        xfer = [vectors(self.graph, self.live(c), lanes) * self.interval if 0 < c < n else 0 for c in range(n + 1)]
+        pos = self.candidates()
+        if check_sram:  # a greedy packing's cuts are always feasible: keep them among the candidates
+            i = 0
+            while i < n and self.max_end(i) > i:
+                i = self.max_end(i)
+                pos.append(i)
+            pos = sorted(set(pos))
+        m = len(pos)
+        xfer = [self.cut_vectors[c] * self.interval if 0 < c < n else 0 for c in pos]
         INF = float("inf")
-        # best[s][j]: (longest stage, total transfer) for nodes[:j] in s stages; choice[s][j]: start of the last
-        best = [[(INF, INF)] * (n + 1) for _ in range(stages + 1)]
-        choice = [[0] * (n + 1) for _ in range(stages + 1)]
+        # best[s][b]: (longest stage, total transfer) for nodes[:pos[b]] in s stages; choice: the last start
+        best = [[(INF, INF)] * m for _ in range(stages + 1)]
+        choice = [[0] * m for _ in range(stages + 1)]
         best[0][0] = (0, 0)
         for s in range(1, stages + 1):
-            for j in range(s, n - (stages - s) + 1):
-                for i in range(s - 1, j):
-                    prev = best[s - 1][i]
+            for b in range(1, m):
+                j = pos[b]
+                for a in range(b):
+                    prev = best[s - 1][a]
                     if prev[0] == INF:
                         continue
-                    stage = prefix[j] - prefix[i] + xfer[j]
-                    cand = (max(prev[0], stage), prev[1] + xfer[j])
-                    if cand < best[s][j] and (not check_sram or self.fits(i, j)):
-                        best[s][j] = cand
-                        choice[s][j] = i
-        if best[stages][n][0] == INF:
+                    i = pos[a]
+                    stage = prefix[j] - prefix[i] + xfer[b]
+                    cand = (max(prev[0], stage), prev[1] + xfer[b])
+                    if cand < best[s][b] and (not check_sram or self.fits(i, j)):
+                        best[s][b] = cand
+                        choice[s][b] = a
+        if best[stages][m - 1][0] == INF:
             return []
-        bounds, j = [], n
+        bounds, b = [], m - 1
         for s in range(stages, 0, -1):
-            i = choice[s][j]
-            bounds.append((i, j))
-            j = i
+            a = choice[s][b]
+            bounds.append((pos[a], pos[b]))
+            b = a
         return bounds[::-1]
 
     def stages(self, bounds: list[tuple[int, int]], costs: list[int]) -> list[Stage]:
