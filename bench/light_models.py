@@ -23,12 +23,14 @@ def light_path(name: str) -> str:
     return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"light_{name}.onnx")
 
 
-def measure(name: str) -> dict:
+def measure(name: str, precision: str = "fp16") -> dict:
+    """precision="int8": compiled through onnxruntime's quantiser and compared with onnxruntime running the same
+    quantised model (compiler/quantize.py)."""
     model = onnx.load(light_path(name))
-    row = {"model": name}
+    row = {"model": name, "precision": precision}
     t = time.perf_counter()
     try:
-        program = lpusim.compile(model)
+        program = lpusim.compile(model, precision=precision)
     except lpusim.LpusimError as e:
         row.update(status="compile error", error=str(e))
         return row
@@ -40,6 +42,9 @@ def measure(name: str) -> dict:
     t = time.perf_counter()
     timing = program.run(x, timing_only=True)
     row["timing_only_s"] = time.perf_counter() - t
+    if precision == "int8":
+        from lpusim.compiler.quantize import quantize_model
+        model = quantize_model(model, x)  # x = random_inputs(0): the compile's default calibration inputs
     ref, ort_s = run_onnxruntime(model, x)
     cmp = compare(result.outputs, ref)
     row.update(status="matched" if cmp["outputs_match"] else "MISMATCH", max_abs_error=cmp["max_abs_error"],
