@@ -285,3 +285,27 @@ def test_precision_int8_light_resnet50():
         np.testing.assert_array_equal(result.outputs[out], r)
     print(f"\nlight_resnet50 int8: {result.cycles} cycles, {result.latency_us:.1f} us")
     assert name
+
+
+def residual_mlp(batch=16, k=64, n=300, seed=0):
+    """out = (x @ W1 + b1) + Relu(x @ W2 + b2): an Add of two computed tensors (QLinearAdd in QOperator format)."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32),
+             "w2": (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32),
+             "b1": (rng.standard_normal(n) * 0.1).astype(np.float32), "b2": (rng.standard_normal(n) * 0.1).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("MatMul", ["input", "w2"], ["m2"]), helper.make_node("Add", ["m2", "b2"], ["a2"]),
+             helper.make_node("Relu", ["a2"], ["r2"]), helper.make_node("Add", ["a1", "r2"], ["out"])]
+    return _model(nodes, inits, [batch, k], [batch, n])
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+@pytest.mark.parametrize("act", ["QUInt8", "QInt8"])
+def test_quantized_residual_add(tmp_path, fmt, act):
+    """Adds of quantised tensors: QLinearAdd (QOperator; onnxruntime's fused kernel in QDQ) computed as MLAS's
+    scalar kernel does, in float32 on the VXM."""
+    model = quantized(tmp_path, residual_mlp(), (16, 64), fmt, act, False)
+    if fmt == "QOperator":
+        assert "QLinearAdd" in {n.op_type for n in model.graph.node}
+    x = np.random.default_rng(9).standard_normal((16, 64)).astype(np.float32)
+    check_int8(model, {"input": x}, f"residual-add {fmt}-{act}")
