@@ -7,6 +7,8 @@ output (the scale of its last DequantizeLinear). The requirement (README, "Preci
 within one step on a small fraction of elements; `EXACT_FRACTION` is the floor the tests hold, and the measured
 fractions (all 1.0 so far) are printed with `pytest -s`.
 """
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -60,7 +62,8 @@ def small_cnn(batch=2, classes=64, seed=0):
 def quantized(tmp_path, model, shape, fmt, act, per_channel, **kwargs):
     src, dst = tmp_path / "float.onnx", tmp_path / f"q_{fmt}_{act}_{per_channel}.onnx"
     onnx.save(model, src)
-    ort_quant.quantize_static(str(src), str(dst), _Reader("input", shape), quant_format=getattr(ort_quant.QuantFormat, fmt),
+    ort_quant.quantize_static(str(src), str(dst), _Reader("input", shape),
+                              quant_format=getattr(ort_quant.QuantFormat, fmt),
                               activation_type=getattr(ort_quant.QuantType, act),
                               weight_type=ort_quant.QuantType.QInt8, per_channel=per_channel, **kwargs)
     return onnx.load(dst)
@@ -258,7 +261,8 @@ def test_qlinear_global_average_pool():
     graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 24, 5, 7])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 24, 1, 1])],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     x = rng.standard_normal((2, 24, 5, 7)).astype(np.float32) * 2
     check_int8(model, {"input": x}, "QLinearGlobalAveragePool")
@@ -292,7 +296,8 @@ def residual_mlp(batch=16, k=64, n=300, seed=0):
     rng = np.random.default_rng(seed)
     inits = {"w1": (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32),
              "w2": (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32),
-             "b1": (rng.standard_normal(n) * 0.1).astype(np.float32), "b2": (rng.standard_normal(n) * 0.1).astype(np.float32)}
+             "b1": (rng.standard_normal(n) * 0.1).astype(np.float32),
+             "b2": (rng.standard_normal(n) * 0.1).astype(np.float32)}
     nodes = [helper.make_node("MatMul", ["input", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
              helper.make_node("MatMul", ["input", "w2"], ["m2"]), helper.make_node("Add", ["m2", "b2"], ["a2"]),
              helper.make_node("Relu", ["a2"], ["r2"]), helper.make_node("Add", ["a1", "r2"], ["out"])]
@@ -309,3 +314,29 @@ def test_quantized_residual_add(tmp_path, fmt, act):
         assert "QLinearAdd" in {n.op_type for n in model.graph.node}
     x = np.random.default_rng(9).standard_normal((16, 64)).astype(np.float32)
     check_int8(model, {"input": x}, f"residual-add {fmt}-{act}")
+
+
+def test_int8_program_agrees_with_the_reference_interpreter():
+    """A compiled int8 program (LW.i8, ABC.i8, ACC.i32, ADD.i32 / CVT.i32.f32 / CVT.f32.i8 epilogues) gives the same
+    cycles and bytes on the Rust core and on the Python reference interpreter (docs/isa.md is the contract)."""
+    from lpusim import _lpusim
+    from lpusim.reference import run as reference_run
+
+    rng = np.random.default_rng(3)
+    inits = {"s": np.float32(0.03), "z": np.uint8(121), "w": rng.integers(-127, 127, (4, 3, 3, 3)).astype(np.int8),
+             "ws": np.float32(0.004), "wz": np.int8(0), "ys": np.float32(0.05), "yz": np.uint8(3),
+             "b": rng.integers(-500, 500, 4).astype(np.int32)}
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]),
+             helper.make_node("QLinearConv", ["xq", "s", "z", "w", "ws", "wz", "ys", "yz", "b"], ["yq"],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"])]
+    model = _model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4])
+    program, result, _ = check_int8(model, {"input": rng.standard_normal((1, 3, 4, 4)).astype(np.float32)}, "ref")
+    assert "ACC.i32" in program.assembly and "CVT.i32.f32" in program.assembly
+    x = {"input": rng.standard_normal((1, 3, 4, 4)).astype(np.float32)}
+    mem, dumps = program._mem_image(x)
+    stats, rust = _lpusim.simulate(program.chip.to_json(), program.assembly, mem, dumps, False)
+    ref_stats, ref = reference_run(program.assembly, json.loads(program.chip.to_json()), mem, dumps)
+    assert ref_stats["cycles"] == stats["cycles"] == program.predicted_cycles
+    for a, b in zip(rust, ref):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

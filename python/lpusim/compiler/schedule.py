@@ -414,8 +414,8 @@ class Scheduler(SxmJobs):
             stream = self.read_view(store, kt, runs, pos, t, cpv, t)
             for run in runs:  # one ABC burst per run (the accumulator rows follow the output rows)
                 start = t + run.out_start * cpv
-                self.res.add_issue(Issue(f"MXM.{plane}.ABC", start, f"ABC.{store.fmt} {stream}, {acc_base + run.out_start}"
-                                         f"{plus}", run.count, cpv, 1,
+                text = f"ABC.{store.fmt} {stream}, {acc_base + run.out_start}{plus}"
+                self.res.add_issue(Issue(f"MXM.{plane}.ABC", start, text, run.count, cpv, 1,
                                          start + (run.count - 1) * cpv + self.chip.mxm_latency))
             return t
 
