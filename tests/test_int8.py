@@ -340,3 +340,22 @@ def test_int8_program_agrees_with_the_reference_interpreter():
     assert ref_stats["cycles"] == stats["cycles"] == program.predicted_cycles
     for a, b in zip(rust, ref):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_precision_int8_bert_encoder_is_mixed_precision():
+    """A transformer at precision="int8": the projections with constant weights run int8 (exactly onnxruntime's
+    codes), attention (two computed operands), Softmax and LayerNorm stay on the fp16 path, so the output is judged
+    by the fp16 rule against onnxruntime on the same quantised model (a one-step difference after a float op
+    travels on through the layer)."""
+    from lpusim.check import compare
+    from lpusim.compiler.quantize import quantize_model
+    from lpusim.models import bert_encoder
+
+    model = bert_encoder(layers=1, hidden=64, heads=4, seq=16)
+    program = lpusim.compile(model, precision="int8")
+    assert "ABC.i8" in program.assembly and "ABC.f16" in program.assembly
+    x = program.random_inputs(0)
+    result = program.run(x)
+    ref, _ = run_onnxruntime(quantize_model(model, x), x)
+    cmp = compare(result.outputs, ref, "fp16")
+    assert cmp["outputs_match"], cmp

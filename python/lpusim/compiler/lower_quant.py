@@ -77,7 +77,8 @@ class QuantLowering:
             handled = self.q_global_average(node)
         elif op == "QLinearAdd":
             handled = self.q_linear_add(node)
-        elif op in CODE_OPS and node.input and (node.input[0] in st["pending"] or node.input[0] in st["code"]):
+        elif op in CODE_OPS and node.input and (node.input[0] in st["pending"] or node.input[0] in st["code"]) \
+                and self.q_is_view(node):
             handled = self.q_code_op(node)
         elif op == "Cast" and node.input[0] in self.values:
             handled = self.q_cast(node)
@@ -279,6 +280,27 @@ class QuantLowering:
             if o:
                 st["code"][o] = st["code"][src]
         return True
+
+    def q_is_view(self, node) -> bool:
+        """A reshape-like op that keeps rows and lanes (or flattens an image for a Gemm), or a max pool: it runs on
+        the codes. Other reshapes (attention heads) see the dequantized floats."""
+        if node.op_type not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            return True
+        st = self.q_state
+        q = st["pending"][node.input[0]][0] if node.input[0] in st["pending"] else node.input[0]
+        if q not in self.values:
+            return False
+        ir, shape = self.values[q]
+        t = self.tensors[ir]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        args = [None] + [self.get(node, i) for i in range(1, len(node.input))]
+        try:
+            new = self.reshape_target(node, attrs, args, shape)
+        except (CompileError, ValueError):
+            return False
+        rows, cols = (int(np.prod(new[:-1], dtype=np.int64)), int(new[-1])) if len(new) not in (0, 4) else \
+            ((int(new[0] * new[2] * new[3]), int(new[1])) if len(new) == 4 else (1, 1))
+        return (rows, cols) == (t.rows, t.cols) or (t.geom is not None and len(new) == 2 and new[0] == t.geom[0])
 
     def q_cast(self, node) -> bool:
         """Cast to float of an integer accumulation (i32) or of codes."""

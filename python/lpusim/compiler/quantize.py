@@ -26,6 +26,20 @@ from lpusim.errors import CompileError
 
 # QDQ needs opset 13 for per-channel weights (the quantiser refuses older models)
 MIN_OPSET = 13
+# The ops quantised: contractions, the global average, max pools, Relu/Clip (folded into the quantisation range)
+# and Add; everything else stays float between DequantizeLinear and QuantizeLinear. (onnxruntime's default list
+# also quantises Reshape/Transpose, which puts Q/DQ between an attention Reshape and its Transpose, which the heads
+# lowering does not look through.)
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm", "GlobalAveragePool", "MaxPool", "Relu", "Clip", "Add"]
+
+
+def computed_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls of two computed tensors (attention): they stay float (fp16 MXM), as lpusim's int8 path takes constant
+    weights."""
+    consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                          for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name and
+            not any(i in consts for i in n.input[:2])]
 
 
 def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
@@ -62,9 +76,14 @@ def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
         with tempfile.TemporaryDirectory() as d:
             src, pre, out = (os.path.join(d, n) for n in ("float.onnx", "pre.onnx", "int8.onnx"))
             onnx.save(model, src)
-            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            # onnxruntime's optimiser folds constants and BatchNormalization into Conv, which the quantiser needs;
+            # it also rewrites MatMul+Add into Reshape+Gemm+Reshape, which the attention lowering does not follow,
+            # so it runs only for models that need it
+            fold = any(n.op_type in ("BatchNormalization", "ConstantOfShape", "Constant") for n in model.graph.node)
+            quant_pre_process(src, pre, skip_optimization=not fold, skip_symbolic_shape=True)
             quantize_static(pre, out, _Once(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, per_channel=per_channel,
+                            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=computed_matmuls(onnx.load(pre)),
                             extra_options={"DedicatedQDQPair": True})
             return onnx.load(out)
     except CompileError:
