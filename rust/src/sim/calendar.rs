@@ -29,6 +29,8 @@ pub enum Payload {
     Reg { alu: u32, f32_tag: bool, buf: u32 },
     /// `origin`: index into `Chip::origins` for a vector from another chip, `NONE` for a local one.
     Arrive { link: u32, buf: u32, origin: u32 },
+    /// A READ's emit of one stream, copied from memory at the emit (no commit to the slice can land before it).
+    EmitMem { dir: Dir, stream: u16, pos: u32, slice: u32, addr: u32 },
     /// `width` consecutive streams from `start`; `buf` holds `width` planes of lanes bytes.
     Emit { dir: Dir, start: u16, width: u16, pos: u32, buf: u32 },
 }

@@ -79,6 +79,18 @@ pub fn check_config(ins: &Instr, c: &ChipConfig) -> Result<(), String> {
     }
 }
 
+/// u32 per lane -> `w` byte planes (little endian).
+#[inline]
+fn elems_to_planes(src: &[u32], lanes: usize, w: usize, dst: &mut [u8]) {
+    let src = &src[..lanes];
+    for bb in 0..w {
+        let plane = &mut dst[bb * lanes..(bb + 1) * lanes];
+        for (d, &v) in plane.iter_mut().zip(src) {
+            *d = (v >> (8 * bb)) as u8;
+        }
+    }
+}
+
 fn stream_name(dir: Dir, index: usize) -> String {
     format!("{}{index}", if dir == Dir::East { 'E' } else { 'W' })
 }
@@ -87,11 +99,58 @@ fn stream_name(dir: Dir, index: usize) -> String {
 #[derive(Clone, Copy)]
 enum Scratch {
     A,
-    B,
     M,
 }
 
+/// Elements of a `w`-plane group straight from the belt slots holding its planes.
+#[inline]
+fn belt_to_elems(belt: &super::streams::StreamBelt, slots: &[u32], lanes: usize, dst: &mut [u32]) {
+    let dst = &mut dst[..lanes];
+    let p = |b: usize| &belt.bytes(slots[b] as usize)[..lanes];
+    match slots.len() {
+        1 => {
+            for (d, &b) in dst.iter_mut().zip(p(0)) {
+                *d = b as u32;
+            }
+        }
+        2 => {
+            let (p0, p1) = (p(0), p(1));
+            for l in 0..lanes {
+                dst[l] = p0[l] as u32 | (p1[l] as u32) << 8;
+            }
+        }
+        _ => {
+            let (p0, p1, p2, p3) = (p(0), p(1), p(2), p(3));
+            for l in 0..lanes {
+                dst[l] = p0[l] as u32 | (p1[l] as u32) << 8 | (p2[l] as u32) << 16 | (p3[l] as u32) << 24;
+            }
+        }
+    }
+}
+
 impl Chip {
+    /// Check that the `w <= 4` streams of a group all carry a value at (pos, t) (StreamEmpty otherwise, first
+    /// stream first); return the belt slots holding them, without copying anything.
+    fn find_group(&self, s: Stream, w: usize, pos: usize, t: u64, q: usize, idx: usize) -> Result<[u32; 4], SimError> {
+        let mut slots = [0u32; 4];
+        for b in 0..w {
+            let si = s.index as usize + b;
+            match self.belt.find(s.dir, si, pos, t) {
+                Some(slot) => slots[b] = slot as u32,
+                None => {
+                    return Err(self.err(
+                        ErrorKind::StreamEmpty,
+                        t,
+                        q,
+                        idx,
+                        format!("no value on stream {} at position {pos}", stream_name(s.dir, si)),
+                    ))
+                }
+            }
+        }
+        Ok(slots)
+    }
+
     /// Check that the `w` streams of a group all carry a value at (pos, t); copy them (planes) into a scratch buffer.
     fn read_group(&mut self, into: Scratch, s: Stream, w: usize, pos: usize, t: u64, q: usize, idx: usize) -> Result<(), SimError> {
         let lanes = self.cfg.lanes;
@@ -102,7 +161,6 @@ impl Chip {
                     if !self.timing_only {
                         let buf = match into {
                             Scratch::A => &mut self.sa,
-                            Scratch::B => &mut self.sb,
                             Scratch::M => &mut self.sm,
                         };
                         buf[b * lanes..(b + 1) * lanes].copy_from_slice(self.belt.bytes(slot));
@@ -131,7 +189,6 @@ impl Chip {
         let h = self.bytes.alloc(n);
         let src = match from {
             Scratch::A => &self.sa,
-            Scratch::B => &self.sb,
             Scratch::M => &self.sm,
         };
         self.bytes.get_mut(h).copy_from_slice(&src[..n]);
@@ -182,13 +239,10 @@ impl Chip {
         match o {
             Operand::Stream(s) => {
                 let w = t.width();
-                let sc = if second { Scratch::B } else { Scratch::A };
-                self.read_group(sc, s, w, pos, now, q, idx)?;
+                let slots = self.find_group(s, w, pos, now, q, idx)?;
                 if !self.timing_only {
-                    let (src, dst) = if second { (&self.sb, &mut self.ub) } else { (&self.sa, &mut self.ua) };
-                    for l in 0..lanes {
-                        dst[l] = super::mxm::element(src, lanes, w, l);
-                    }
+                    let dst = if second { &mut self.ub } else { &mut self.ua };
+                    belt_to_elems(&self.belt, &slots[..w], lanes, dst);
                 }
             }
             Operand::Reg(r) => {
@@ -243,20 +297,36 @@ impl Chip {
                 let bank = self.mem[unit].bank(a);
                 self.use_port(unit, bank, t, q, idx)?;
                 self.stats.busy.mem += 1;
+                if self.has_data() && self.mem_commit_at[unit] <= t && wl >= rl {
+                    // No commit to this slice is in flight, and none issued later can land before the emit: the
+                    // emit may copy the vector straight from memory then.
+                    let p = self.qinfo[q].pos as u32;
+                    let payload = Payload::EmitMem { dir: s.dir, stream: s.index as u16, pos: p, slice: unit as u32, addr: a as u32 };
+                    self.schedule(t + rl, calendar::EMIT, q, idx, payload);
+                } else {
+                    let buf = if self.has_data() {
+                        let h = self.bytes.alloc(lanes);
+                        self.mem[unit].read(a, self.bytes.get_mut(h));
+                        h
+                    } else {
+                        NONE
+                    };
+                    self.emit_at(t + rl, q, idx, s, 1, buf);
+                }
+            }
+            Instr::Write { addr, s } => {
+                let a = self.check_addr(addr as i64 + delta, q, idx, t)?;
+                let slot = self.find_group(s, 1, pos, t, q, idx)?[0] as usize;
+                self.stats.busy.mem += 1;
                 let buf = if self.has_data() {
                     let h = self.bytes.alloc(lanes);
-                    self.mem[unit].read(a, self.bytes.get_mut(h));
+                    let (bytes, belt) = (&mut self.bytes, &self.belt);
+                    bytes.get_mut(h).copy_from_slice(&belt.bytes(slot)[..lanes]);
                     h
                 } else {
                     NONE
                 };
-                self.emit_at(t + rl, q, idx, s, 1, buf);
-            }
-            Instr::Write { addr, s } => {
-                let a = self.check_addr(addr as i64 + delta, q, idx, t)?;
-                self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
-                self.stats.busy.mem += 1;
-                let buf = self.planes_buf(Scratch::A, 1);
+                self.mem_commit_at[unit] = self.mem_commit_at[unit].max(t + wl);
                 self.schedule(t + wl, calendar::MEM_COMMIT, q, idx, Payload::MemWrite { slice: unit as u32, addr: a as u32, buf });
             }
             Instr::Gather { s, map } => {
@@ -287,6 +357,7 @@ impl Chip {
                 } else {
                     NONE
                 };
+                self.mem_commit_at[unit] = self.mem_commit_at[unit].max(t + wl);
                 self.schedule(t + wl, calendar::MEM_COMMIT, q, idx, Payload::MemScatter { slice: unit as u32, buf });
             }
             Instr::Alu { op, t: ty, out, dst, a, b } => {
@@ -300,19 +371,11 @@ impl Chip {
                 let (reg, ebuf) = if self.has_data() {
                     vxm::compute(op, ty, out, &self.ua, &self.ub, &mut self.uo);
                     let r = self.words.alloc(lanes);
-                    let rv = self.words.get_mut(r);
-                    for l in 0..lanes {
-                        rv[l] = vxm::widen(out, self.uo[l]);
-                    }
+                    vxm::widen_slice(out, &self.uo, self.words.get_mut(r));
                     let e = if dst.is_some() {
                         let w = out.width();
                         let h = self.bytes.alloc(w * lanes);
-                        let eb = self.bytes.get_mut(h);
-                        for bb in 0..w {
-                            for l in 0..lanes {
-                                eb[bb * lanes + l] = (self.uo[l] >> (8 * bb)) as u8;
-                            }
-                        }
+                        elems_to_planes(&self.uo, lanes, w, self.bytes.get_mut(h));
                         h
                     } else {
                         NONE
@@ -351,9 +414,10 @@ impl Chip {
                 }
                 for g in 0..n {
                     let gs = Stream { dir: s.dir, index: s.index + (g * w) as u8 };
-                    self.read_group(Scratch::A, gs, w, pos, t, q, idx)?;
-                    let (planes, sa) = (&mut self.planes, &self.sa);
-                    planes[unit].load_row(ty, sa);
+                    let slots = self.find_group(gs, w, pos, t, q, idx)?;
+                    let (planes, belt) = (&mut self.planes, &self.belt);
+                    let hi = if w > 1 { belt.bytes(slots[1] as usize) } else { &[] };
+                    planes[unit].load_row(ty, belt.bytes(slots[0] as usize), hi);
                 }
             }
             Instr::Iw => {
@@ -363,7 +427,7 @@ impl Chip {
             Instr::Abc { t: ty, s, row, add } => {
                 let mxm_latency = c.mxm_latency();
                 let busy = if ty == DType::F16 { c.mxm_fp16_cycles_per_vector } else { 1 };
-                self.read_group(Scratch::A, s, ty.width(), pos, t, q, idx)?;
+                let slots = self.find_group(s, ty.width(), pos, t, q, idx)?;
                 let r = self.check_row(row as i64 + delta, q, idx, t)?;
                 let plane = &self.planes[unit];
                 if t < plane.busy_until {
@@ -377,11 +441,15 @@ impl Chip {
                 }
                 self.planes[unit].busy_until = t + busy;
                 self.stats.busy.mxm += busy;
-                let (y, flags) = if self.has_data() {
+                let (y, flags) = if self.has_data() && ty == DType::F16 {
+                    // The plane keeps the product (computed now or batched later); `y` is its slot.
+                    let (planes, belt) = (&mut self.planes, &self.belt);
+                    (planes[unit].abc_f16(belt.bytes(slots[0] as usize), belt.bytes(slots[1] as usize)), NONE)
+                } else if self.has_data() {
                     let y = self.wides.alloc(lanes);
                     let f = self.bytes.alloc(lanes);
-                    let (planes, wides, bytes, sa) = (&mut self.planes, &mut self.wides, &mut self.bytes, &self.sa);
-                    planes[unit].multiply(ty, sa, wides.get_mut(y), bytes.get_mut(f));
+                    let (planes, wides, bytes, belt) = (&mut self.planes, &mut self.wides, &mut self.bytes, &self.belt);
+                    planes[unit].multiply(ty, belt.bytes(slots[0] as usize), wides.get_mut(y), bytes.get_mut(f));
                     (y, f)
                 } else {
                     (NONE, NONE)
@@ -397,12 +465,7 @@ impl Chip {
                 let buf = if self.has_data() {
                     self.planes[unit].read_row(r, ty, &mut self.uo);
                     let h = self.bytes.alloc(4 * lanes);
-                    let eb = self.bytes.get_mut(h);
-                    for bb in 0..4 {
-                        for l in 0..lanes {
-                            eb[bb * lanes + l] = (self.uo[l] >> (8 * bb)) as u8;
-                        }
-                    }
+                    elems_to_planes(&self.uo, lanes, 4, self.bytes.get_mut(h));
                     h
                 } else {
                     NONE
@@ -531,8 +594,13 @@ impl Chip {
             Payload::Acc { plane, row, add, f16, y, flags } => {
                 let kind = if f16 { RowKind::F16 } else { RowKind::Int };
                 let (planes, wides, bytes) = (&mut self.planes, &self.wides, &self.bytes);
-                let (ys, fs): (&[i128], &[u8]) = if y != NONE { (wides.get(y), bytes.get(flags)) } else { (&[], &[]) };
-                if !planes[plane as usize].update(row as usize, add, kind, ys, fs) {
+                let ok = if f16 && y != NONE {
+                    planes[plane as usize].update_slot(row as usize, add, y)
+                } else {
+                    let (ys, fs): (&[i128], &[u8]) = if y != NONE { (wides.get(y), bytes.get(flags)) } else { (&[], &[]) };
+                    planes[plane as usize].update(row as usize, add, kind, ys, fs)
+                };
+                if !ok {
                     let other = if f16 { "integer" } else { "f16" };
                     return Err(self.err(ErrorKind::TypeMismatch, t, q, idx, format!("ABC + onto row {row}, which holds {other} sums")));
                 }
@@ -562,6 +630,14 @@ impl Chip {
                 };
                 self.links[l].rx.push_back(super::c2c::Arrived { buf, queue, instr, cycle: t, origin });
                 return Ok(()); // the buffer now belongs to the receive queue
+            }
+            Payload::EmitMem { dir, stream, pos, slice, addr } => {
+                let (mem, belt, zeros) = (&self.mem, &mut self.belt, &self.zeros);
+                let data = mem[slice as usize].word(addr as usize).unwrap_or(zeros);
+                if !belt.emit(dir, stream as usize, pos as usize, t, data) {
+                    let m = format!("stream {} at position {pos} already has a value emitted in cycle {t}", stream_name(dir, stream as usize));
+                    return Err(self.err(ErrorKind::StreamConflict, t, q, idx, m));
+                }
             }
             Payload::Emit { dir, start, width, pos, buf } => {
                 for b in 0..width as usize {

@@ -160,11 +160,14 @@ pub struct Chip {
     wides: Pool<i128>,
     // Scratch buffers (reused every issue).
     sa: Vec<u8>,
-    sb: Vec<u8>,
     sm: Vec<u8>,
     ua: Vec<u32>,
     ub: Vec<u32>,
     uo: Vec<u32>,
+    /// A vector of zeros (a never-written memory word).
+    zeros: Vec<u8>,
+    /// Per MEM slice: the latest cycle a scheduled WRITE/SCATTER commits at.
+    mem_commit_at: Vec<u64>,
     dumps: Vec<crate::isa::Dump>,
     stats: Stats,
     last_activity: Option<u64>,
@@ -222,11 +225,12 @@ impl Chip {
             words: Pool::default(),
             wides: Pool::default(),
             sa: vec![0; 16 * lanes],
-            sb: vec![0; 16 * lanes],
             sm: vec![0; 16 * lanes],
             ua: vec![0; lanes],
             ub: vec![0; lanes],
             uo: vec![0; lanes],
+            zeros: vec![0; lanes],
+            mem_commit_at: vec![0; cfg.mem_slices],
             dumps: Vec::new(),
             stats: Stats {
                 cycles: 0,
@@ -773,11 +777,14 @@ impl Chip {
             }
             Payload::Emit { buf, .. } => self.bytes.release(buf),
             Payload::Reg { buf, .. } => self.words.release(buf),
-            Payload::Acc { y, flags, .. } => {
-                self.wides.release(y);
-                self.bytes.release(flags);
+            Payload::Acc { y, flags, f16, .. } => {
+                // An f16 product lives in its plane's slot (freed when the plane applies it).
+                if !f16 {
+                    self.wides.release(y);
+                    self.bytes.release(flags);
+                }
             }
-            Payload::Install { .. } => {}
+            Payload::Install { .. } | Payload::EmitMem { .. } => {}
         }
     }
 

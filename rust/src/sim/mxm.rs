@@ -40,11 +40,140 @@ struct Weights {
     int: Vec<i32>,
     /// f16: does row k hold an infinity or NaN? Such rows go one product at a time.
     special: Vec<bool>,
+    /// The exact-GEMM image (f16 only, built on first use): see `FastW`.
+    fast: FastW,
+}
+
+/// An f16 weight set as f64 for the exact GEMM fast path: `w[k][n] = pre[k][n] >> tz` (exact: `tz` is the
+/// smallest trailing-zero count of any nonzero `pre`), rows of `stride` (a multiple of `GEMM_COLS`, zero past
+/// `ncols`), and `wmax[k] = max_n |w[k][n]|` for the per-vector exactness bound.
+#[derive(Default)]
+struct FastW {
+    /// 0: not built for this weight set; 1: built; 2: unusable (a weight is infinite or NaN).
+    state: u8,
+    tz: u32,
+    stride: usize,
+    w: Vec<f64>,
+    wmax: Vec<f64>,
 }
 
 impl Weights {
     fn empty() -> Weights {
-        Weights { ty: None, rows: 0, ncols: 0, raw: Vec::new(), pre: Vec::new(), int: Vec::new(), special: Vec::new() }
+        Weights {
+            ty: None,
+            rows: 0,
+            ncols: 0,
+            raw: Vec::new(),
+            pre: Vec::new(),
+            int: Vec::new(),
+            special: Vec::new(),
+            fast: FastW::default(),
+        }
+    }
+
+    /// Build the f64 image (once per weight set).
+    fn ensure_fast(&mut self, dim: usize) {
+        if self.fast.state != 0 {
+            return;
+        }
+        let rows = self.rows;
+        if self.special[..rows.min(self.special.len())].iter().any(|&s| s) {
+            self.fast.state = 2;
+            return;
+        }
+        let ncols = self.ncols;
+        let stride = ncols.div_ceil(GEMM_COLS) * GEMM_COLS;
+        let pre = &self.pre;
+        let mut tz = 64u32;
+        for k in 0..rows {
+            for &v in &pre[k * dim..k * dim + ncols] {
+                if v != 0 {
+                    tz = tz.min(v.trailing_zeros());
+                }
+            }
+        }
+        let tz = if tz == 64 { 0 } else { tz };
+        let f = &mut self.fast;
+        f.tz = tz;
+        f.stride = stride;
+        f.w.clear();
+        f.w.resize(rows * stride, 0.0);
+        f.wmax.clear();
+        f.wmax.resize(rows, 0.0);
+        for k in 0..rows {
+            let src = &pre[k * dim..k * dim + ncols];
+            let dst = &mut f.w[k * stride..k * stride + ncols];
+            let mut m = 0i64;
+            for (d, &v) in dst.iter_mut().zip(src) {
+                let v = v >> tz; // exact: every nonzero v has at least tz trailing zeros
+                *d = v as f64; // exact: |v| < 2^40
+                m = m.max(v.abs());
+            }
+            f.wmax[k] = m as f64;
+        }
+        f.state = 1;
+    }
+}
+
+/// Columns per GEMM micro-kernel block (4 registers of 8 f64).
+const GEMM_COLS: usize = 32;
+/// Vectors per GEMM micro-kernel block.
+const GEMM_ROWS: usize = 4;
+/// The bound under which an f64 dot product of integers is exact: every product and partial sum is an integer of
+/// magnitude at most `sum_k |x_k| * wmax_k`; below 2^53 all of them are representable. 2^52 leaves room for the
+/// rounding of the bound's own f64 evaluation (at most 320 terms, relative error < 2^-44).
+const EXACT_BOUND: f64 = 4503599627370496.0; // 2^52
+
+/// `y[j][n] = sum_{k < rows} x[j][k] * w[k][n]` for `j < nvec` (a multiple of GEMM_ROWS) and `n < cols` (a
+/// multiple of GEMM_COLS). `x` rows have `xs` elements, `w` and `y` rows `ws`. Every product and partial sum is an
+/// integer below 2^53 in magnitude (the caller checked), so the result is exact whatever the order.
+fn gemm_f64(x: &[f64], xs: usize, nvec: usize, w: &[f64], ws: usize, rows: usize, cols: usize, y: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features.
+            return unsafe { gemm_f64_avx512(x, xs, nvec, w, ws, rows, cols, y) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features.
+            return unsafe { gemm_f64_avx2(x, xs, nvec, w, ws, rows, cols, y) };
+        }
+    }
+    gemm_f64_generic(x, xs, nvec, w, ws, rows, cols, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gemm_f64_avx512(x: &[f64], xs: usize, nvec: usize, w: &[f64], ws: usize, rows: usize, cols: usize, y: &mut [f64]) {
+    gemm_f64_generic(x, xs, nvec, w, ws, rows, cols, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_f64_avx2(x: &[f64], xs: usize, nvec: usize, w: &[f64], ws: usize, rows: usize, cols: usize, y: &mut [f64]) {
+    gemm_f64_generic(x, xs, nvec, w, ws, rows, cols, y)
+}
+
+#[inline(always)]
+fn gemm_f64_generic(x: &[f64], xs: usize, nvec: usize, w: &[f64], ws: usize, rows: usize, cols: usize, y: &mut [f64]) {
+    for n0 in (0..cols).step_by(GEMM_COLS) {
+        for j0 in (0..nvec).step_by(GEMM_ROWS) {
+            let mut acc = [[0f64; GEMM_COLS]; GEMM_ROWS];
+            let xr: [&[f64]; GEMM_ROWS] = std::array::from_fn(|jj| &x[(j0 + jj) * xs..(j0 + jj) * xs + rows]);
+            for k in 0..rows {
+                let wr: &[f64; GEMM_COLS] = w[k * ws + n0..k * ws + n0 + GEMM_COLS].try_into().unwrap();
+                for jj in 0..GEMM_ROWS {
+                    let xv = xr[jj][k];
+                    for c in 0..GEMM_COLS {
+                        // Exact either way (no rounding happens); a fused multiply-add where the target has one.
+                        acc[jj][c] = xv.mul_add(wr[c], acc[jj][c]);
+                    }
+                }
+            }
+            for jj in 0..GEMM_ROWS {
+                y[(j0 + jj) * ws + n0..(j0 + jj) * ws + n0 + GEMM_COLS].copy_from_slice(&acc[jj]);
+            }
+        }
     }
 }
 
@@ -66,11 +195,46 @@ pub struct MxmPlane {
     row_slot: Vec<u32>,
     rows: Vec<i128>,
     flags: Vec<u8>,
+    /// Per storage slot: columns `>= rcols` of the row are zero with no flags.
+    rcols: Vec<u32>,
     pub row_kind: Vec<RowKind>,
     scratch: Vec<i32>,
     /// f16 partial sums per activation shift (30 x dim): each is a sum of < 2^51 terms, at most 320 of them.
     buckets: Vec<i64>,
+    /// Deferred f16 products (functional mode): each f16 ABC gets a slot `j` of `ys`/`yflags` (dim each). Vectors
+    /// that pass the exactness bound wait in `pend_x` (rows of dim f64, `x >> tz`) and are computed together, as a
+    /// GEMM with the weights installed at their issue, before the next install or when a row update needs them;
+    /// the others are computed at issue by the exact i128 path.
+    ys: Vec<i128>,
+    yflags: Vec<u8>,
+    /// GEMM results per slot (`ystride` f64 each, the first `meta.ncols` meaningful): exact integers, to be
+    /// shifted left by `meta.shift` into counts of 2^-48.
+    sy: Vec<f64>,
+    meta: Vec<SlotMeta>,
+    free_slots: Vec<u32>,
+    nslots: usize,
+    /// Pending vectors, rows of `pend_rows` (the installed weights' row count) f64.
+    pend_x: Vec<f64>,
+    pend_rows: usize,
+    /// Per pending vector: its slot and its shift `tz`.
+    pend: Vec<(u32, u32)>,
+    pend_y: Vec<f64>,
+    /// Row updates that have landed (in order) but whose values are not applied yet: (row, add, slot).
+    log: Vec<(u32, bool, u32)>,
+    /// Scratch: an activation's two planes side by side (for the i128 path).
+    xcat: Vec<u8>,
 }
+
+#[derive(Clone, Copy, Default)]
+struct SlotMeta {
+    /// The product is in `sy` (GEMM) rather than `ys`/`yflags` (i128 path).
+    fast: bool,
+    ncols: u32,
+    shift: u32,
+}
+
+/// Apply logged updates once this many are waiting (bounds the memory of a program that never reads its rows).
+const MAX_LOG: usize = 2048;
 
 const NO_SLOT: u32 = u32::MAX;
 
@@ -185,13 +349,189 @@ impl MxmPlane {
             row_slot: Vec::new(),
             rows: Vec::new(),
             flags: Vec::new(),
+            rcols: Vec::new(),
             row_kind: vec![RowKind::Int; acc_rows],
             scratch: Vec::new(),
+            ys: Vec::new(),
+            yflags: Vec::new(),
+            sy: Vec::new(),
+            meta: Vec::new(),
+            free_slots: Vec::new(),
+            nslots: 0,
+            pend_x: Vec::new(),
+            pend_rows: 0,
+            pend: Vec::new(),
+            pend_y: Vec::new(),
+            log: Vec::new(),
+            xcat: Vec::new(),
         }
     }
 
+    /// An f16 ABC at issue (functional mode): take a slot for its product `x . Wt`, computed now (the exact i128
+    /// path) or later in a batch (the exact f64 GEMM path) with the weights installed now. Returns the slot.
+    pub fn abc_f16(&mut self, lo: &[u8], hi: &[u8]) -> u32 {
+        let dim = self.dim;
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.nslots += 1;
+                self.ys.resize(self.nslots * dim, 0);
+                self.yflags.resize(self.nslots * dim, 0);
+                self.sy.resize(self.nslots * dim.div_ceil(GEMM_COLS) * GEMM_COLS, 0.0);
+                self.meta.push(SlotMeta::default());
+                (self.nslots - 1) as u32
+            }
+        };
+        if !self.try_defer(lo, hi, slot) {
+            self.meta[slot as usize].fast = false;
+            let s = slot as usize;
+            let mut x = std::mem::take(&mut self.xcat);
+            x.clear();
+            x.extend_from_slice(&lo[..dim]);
+            x.extend_from_slice(&hi[..dim]);
+            let mut y = std::mem::take(&mut self.ys);
+            let mut f = std::mem::take(&mut self.yflags);
+            self.multiply(DType::F16, &x, &mut y[s * dim..(s + 1) * dim], &mut f[s * dim..(s + 1) * dim]);
+            self.ys = y;
+            self.yflags = f;
+            self.xcat = x;
+        }
+        slot
+    }
+
+    /// Queue `x` for the GEMM if its products are provably exact in f64; false if it must take the i128 path
+    /// (an infinite or NaN activation or weight, or a bound of 2^52 or more).
+    fn try_defer(&mut self, lo: &[u8], hi: &[u8], slot: u32) -> bool {
+        let dim = self.dim;
+        if dim > 1024 {
+            return false;
+        }
+        // Specials anywhere (also in the zero rows past `rows`, where they make NaN) go the slow way.
+        if hi[..dim].iter().fold(0u8, |a, &h| a | ((h & 0x7c == 0x7c) as u8)) != 0 {
+            return false;
+        }
+        let w = &mut self.w;
+        if w.raw.len() == dim * dim {
+            w.ensure_fast(dim);
+            if w.fast.state != 1 {
+                return false;
+            }
+        }
+        let rows = w.rows;
+        let mut xi = [0i64; 1024];
+        let xi = &mut xi[..rows];
+        let mut nz = 0i64;
+        for k in 0..rows {
+            let xb = lo[k] as u16 | (hi[k] as u16) << 8;
+            let e = ((xb >> 10) & 0x1f) as i64;
+            let f = (xb & 0x3ff) as i64;
+            let normal = (e != 0) as i64;
+            let mag = (f | (normal << 10)) << (e - normal);
+            let neg = -((xb >> 15) as i64);
+            xi[k] = (mag ^ neg) - neg;
+            nz |= mag;
+        }
+        // The common trailing zeros of the nonzero values: a factor 2^tz taken out of every product.
+        let tz = if nz == 0 { 0 } else { nz.trailing_zeros() };
+        let base = self.pend.len() * rows;
+        if self.pend.is_empty() {
+            self.pend_rows = rows;
+        }
+        debug_assert_eq!(self.pend_rows, rows);
+        self.pend_x.resize(base + rows, 0.0);
+        let xr = &mut self.pend_x[base..base + rows];
+        // The bound in 8 partial sums (any order will do: it is compared with half the exact limit).
+        let mut part = [0f64; 8];
+        let wmax = &w.fast.wmax[..rows];
+        for ((xc, rc), wc) in xi.chunks(8).zip(xr.chunks_mut(8)).zip(wmax.chunks(8)) {
+            for i in 0..xc.len() {
+                let v = (xc[i] >> tz) as f64; // exact: |v| < 2^40
+                rc[i] = v;
+                part[i] += v.abs() * wc[i];
+            }
+        }
+        let bound: f64 = part.iter().sum();
+        if bound >= EXACT_BOUND {
+            self.pend_x.truncate(base);
+            return false;
+        }
+        self.pend.push((slot, tz));
+        true
+    }
+
+    /// Compute every pending vector's product with the installed weights (the GEMM) into its slot.
+    fn compute_pending(&mut self) {
+        if self.pend.is_empty() {
+            return;
+        }
+        let nvec = self.pend.len();
+        let padded = nvec.div_ceil(GEMM_ROWS) * GEMM_ROWS;
+        let rows = self.pend_rows;
+        self.pend_x.resize(padded * rows, 0.0);
+        let w = &self.w;
+        let ncols = if rows == 0 { 0 } else { w.ncols };
+        let (stride, wtz) = (w.fast.stride, w.fast.tz);
+        let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
+        if ncols > 0 {
+            if self.pend_y.len() < padded * stride {
+                self.pend_y.resize(padded * stride, 0.0);
+            }
+            gemm_f64(&self.pend_x, rows, padded, &w.fast.w, stride, rows, stride, &mut self.pend_y);
+        }
+        for (j, &(slot, tz)) in self.pend.iter().enumerate() {
+            let s = slot as usize;
+            self.meta[s] = SlotMeta { fast: true, ncols: ncols as u32, shift: tz + wtz };
+            self.sy[s * ystride..s * ystride + ncols].copy_from_slice(&self.pend_y[j * stride..j * stride + ncols]);
+        }
+        self.pend.clear();
+        self.pend_x.clear();
+    }
+
+    /// Apply every logged row update (computing pending products first).
+    fn flush(&mut self) {
+        if self.log.is_empty() {
+            return;
+        }
+        self.compute_pending();
+        let dim = self.dim;
+        let log = std::mem::take(&mut self.log);
+        let ys = std::mem::take(&mut self.ys);
+        let yf = std::mem::take(&mut self.yflags);
+        let ystride = dim.div_ceil(GEMM_COLS) * GEMM_COLS;
+        let sy = std::mem::take(&mut self.sy);
+        for &(row, add, slot) in &log {
+            let s = slot as usize;
+            let m = self.meta[s];
+            if m.fast {
+                self.apply_fast(row as usize, add, &sy[s * ystride..s * ystride + m.ncols as usize], m.shift);
+            } else {
+                self.apply_values(row as usize, add, RowKind::F16, &ys[s * dim..(s + 1) * dim], &yf[s * dim..(s + 1) * dim]);
+            }
+            self.free_slots.push(slot);
+        }
+        self.sy = sy;
+        self.ys = ys;
+        self.yflags = yf;
+        self.log = log;
+        self.log.clear();
+    }
+
+    /// The update effect of an f16 ABC whose product is in `slot`: the kind check now (TypeMismatch is decided
+    /// at the update cycle), the values when a reader needs them. Returns false on a kind mismatch for `+`.
+    pub fn update_slot(&mut self, row: usize, add: bool, slot: u32) -> bool {
+        if add && self.row_kind[row] != RowKind::F16 {
+            return false;
+        }
+        self.row_kind[row] = RowKind::F16;
+        self.log.push((row as u32, add, slot));
+        if self.log.len() >= MAX_LOG {
+            self.flush();
+        }
+        true
+    }
+
     /// Append one row to the buffer (the caller checked type and overflow). `group` is `width(t)` byte planes.
-    pub fn load_row(&mut self, t: DType, group: &[u8]) {
+    pub fn load_row(&mut self, t: DType, lo: &[u8], hi: &[u8]) {
         let k = self.buf_rows;
         self.buf_rows += 1;
         self.buf_type = Some(t);
@@ -205,6 +545,7 @@ impl MxmPlane {
             b.raw.resize(dim * dim, 0);
             b.special.resize(dim, false);
             b.ncols = 0;
+            b.fast.state = 0;
         }
         b.rows = k + 1;
         let raw = &mut b.raw[k * dim..(k + 1) * dim];
@@ -216,7 +557,7 @@ impl MxmPlane {
                     b.pre.resize((k + 1) * dim, 0);
                 }
                 let pre = &mut b.pre[k * dim..(k + 1) * dim];
-                let (special, l) = decode_f16_row(&group[..dim], &group[dim..2 * dim], raw, pre);
+                let (special, l) = decode_f16_row(&lo[..dim], &hi[..dim], raw, pre);
                 last = l;
                 b.special[k] = special;
             }
@@ -227,8 +568,8 @@ impl MxmPlane {
                 }
                 let int = &mut b.int[k * dim..(k + 1) * dim];
                 for n in 0..dim {
-                    raw[n] = group[n] as u16;
-                    let v = if t == DType::I8 { group[n] as i8 as i32 } else { group[n] as i32 };
+                    raw[n] = lo[n] as u16;
+                    let v = if t == DType::I8 { lo[n] as i8 as i32 } else { lo[n] as i32 };
                     int[n] = v;
                     if v != 0 {
                         last = n + 1;
@@ -257,6 +598,8 @@ impl MxmPlane {
         if self.timing_only {
             return;
         }
+        // Vectors issued before this install meet the old weights.
+        self.compute_pending();
         let old = std::mem::replace(&mut self.w, ws);
         if old.raw.len() == self.dim * self.dim {
             self.spare.push(old);
@@ -374,8 +717,34 @@ impl MxmPlane {
             self.row_slot[row] = (self.rows.len() / self.dim) as u32;
             self.rows.resize(self.rows.len() + self.dim, 0);
             self.flags.resize(self.flags.len() + self.dim, 0);
+            self.rcols.push(0);
         }
         self.row_slot[row] as usize
+    }
+
+    /// row := y or row += y for a GEMM product: `v` (exact integers) shifted left by `shift`, zero past `v.len()`,
+    /// no flags.
+    fn apply_fast(&mut self, row: usize, add: bool, v: &[f64], shift: u32) {
+        let s = self.slot(row);
+        let dim = self.dim;
+        let c = v.len();
+        let rc = self.rcols[s] as usize;
+        let r = &mut self.rows[s * dim..(s + 1) * dim];
+        if !add {
+            for (d, &x) in r[..c].iter_mut().zip(v) {
+                *d = ((x as i64) as i128) << shift;
+            }
+            if rc > c {
+                r[c..rc].fill(0);
+            }
+            self.flags[s * dim..s * dim + rc.max(c)].fill(0);
+            self.rcols[s] = c as u32;
+        } else {
+            for (d, &x) in r[..c].iter_mut().zip(v) {
+                *d = d.wrapping_add(((x as i64) as i128) << shift);
+            }
+            self.rcols[s] = rc.max(c) as u32;
+        }
     }
 
     /// The ABC effect: row := y or row += y. Returns false on a kind mismatch for `+` (TypeMismatch).
@@ -387,7 +756,15 @@ impl MxmPlane {
         if self.timing_only {
             return true;
         }
+        // Logged f16 updates come first (an integer update may overwrite one of their rows).
+        self.flush();
+        self.apply_values(row, add, kind, y, yflags);
+        true
+    }
+
+    fn apply_values(&mut self, row: usize, add: bool, kind: RowKind, y: &[i128], yflags: &[u8]) {
         let s = self.slot(row);
+        self.rcols[s] = self.dim as u32;
         let dim = self.dim;
         let r = &mut self.rows[s * dim..(s + 1) * dim];
         let f = &mut self.flags[s * dim..(s + 1) * dim];
@@ -405,11 +782,11 @@ impl MxmPlane {
                 f[n] |= yflags[n];
             }
         }
-        true
     }
 
     /// ACC: row `row` as `t` (i32 or f32) bits per lane.
-    pub fn read_row(&self, row: usize, t: DType, out: &mut [u32]) {
+    pub fn read_row(&mut self, row: usize, t: DType, out: &mut [u32]) {
+        self.flush();
         let dim = self.dim;
         let s = self.row_slot.get(row).copied().unwrap_or(NO_SLOT);
         if s == NO_SLOT {
@@ -420,7 +797,9 @@ impl MxmPlane {
         let r = &self.rows[s * dim..(s + 1) * dim];
         let f = &self.flags[s * dim..(s + 1) * dim];
         let f16 = self.row_kind[row] == RowKind::F16;
-        for n in 0..dim {
+        let rc = self.rcols[s] as usize;
+        out[rc..dim].fill(0); // zero counts, no flags: +0 (f32) or 0 (i32)
+        for n in 0..rc {
             out[n] = if t == DType::I32 {
                 r[n] as i64 as i32 as u32
             } else if f16 {
@@ -432,7 +811,12 @@ impl MxmPlane {
                 } else if fl & FLAG_NINF != 0 {
                     f32::NEG_INFINITY.to_bits()
                 } else {
-                    canon_f32((r[n] as f32) * TWO_POW_M48)
+                    // One rounding either way: i64 -> f32 and i128 -> f32 both round to nearest even.
+                    let v = r[n];
+                    let lo = v as i64;
+                    // (black_box keeps LLVM from folding the i64 branch back into the slow i128 conversion.)
+                    let f = if lo as i128 == v { std::hint::black_box(lo) as f32 } else { v as f32 };
+                    canon_f32(f * TWO_POW_M48)
                 }
             } else {
                 canon_f32(r[n] as i64 as f32)
@@ -473,7 +857,7 @@ mod tests {
                     g[n] = row[n] as u8;
                     g[dim + n] = (row[n] >> 8) as u8;
                 }
-                p.load_row(DType::F16, &g);
+                p.load_row(DType::F16, &g[..dim], &g[dim..]);
             }
             p.start_install();
             p.finish_install();
@@ -503,6 +887,117 @@ mod tests {
         let wr: Vec<Vec<u16>> = w.iter().rev().cloned().collect();
         let xr: Vec<u16> = x.iter().rev().cloned().collect();
         assert_eq!(run(&wr, &xr).1, out);
+    }
+
+    /// The batched f64 GEMM path against the exact i128 path, one vector at a time, on random data: narrow and
+    /// full exponent ranges, subnormals, zeros, infinities and NaN in weights and activations, partial row counts,
+    /// `=` and `+` updates, weights changing between batches.
+    #[test]
+    fn deferred_gemm_matches_exact_path() {
+        let dim = 320;
+        let mut seed = 12345u64;
+        // A random f16 of a given class.
+        let gen = |seed: &mut u64, class: u64| -> u16 {
+            let r = rng(seed);
+            let sign = ((r >> 40) as u16 & 1) << 15;
+            match class {
+                // typical: exponents near 1 (|x| in ~[2^-6, 2^3])
+                0 => sign | ((((r % 10) + 9) as u16) << 10) | (r >> 20) as u16 & 0x3ff,
+                // full finite range, subnormals included
+                1 => loop {
+                    let b = rng(seed) as u16;
+                    if b & 0x7c00 != 0x7c00 {
+                        return b;
+                    }
+                },
+                // huge values (exponent 25..30)
+                2 => sign | ((((r % 6) + 25) as u16) << 10) | (r >> 20) as u16 & 0x3ff,
+                // tiny: subnormals and the smallest normals
+                3 => sign | ((((r % 2)) as u16) << 10) | (r >> 20) as u16 & 0x3ff,
+                // zero (both signs)
+                4 => sign,
+                // specials
+                _ => [0x7c00u16, 0xfc00, 0x7e00, 0x7c01][(r % 4) as usize],
+            }
+        };
+        let pick = |seed: &mut u64, mix: &[(u64, u64)]| -> u64 {
+            let total: u64 = mix.iter().map(|m| m.1).sum();
+            let mut r = rng(seed) % total;
+            for &(c, w) in mix {
+                if r < w {
+                    return c;
+                }
+                r -= w;
+            }
+            0
+        };
+        let mixes: [&[(u64, u64)]; 6] = [
+            &[(0, 100)],
+            &[(0, 90), (3, 5), (4, 5)],
+            &[(1, 100)],
+            &[(0, 50), (2, 50)],
+            &[(0, 98), (4, 1), (5, 1)],
+            &[(3, 60), (2, 40)],
+        ];
+        let mut used_fast = 0usize;
+        for case in 0..24 {
+            let wmix = mixes[case % 6];
+            let rows = [320usize, 1, 17, 300][case % 4];
+            let mut fast = MxmPlane::new(dim, 64, false);
+            let mut slow = MxmPlane::new(dim, 64, false);
+            for set in 0..3 {
+                let cols = [320usize, 5, 64, 319][(case / 4 + set) % 4];
+                for _k in 0..rows {
+                    let mut g = vec![0u8; 2 * dim];
+                    for n in 0..cols {
+                        let c = pick(&mut seed, wmix);
+                        let b = gen(&mut seed, c);
+                        g[n] = b as u8;
+                        g[dim + n] = (b >> 8) as u8;
+                    }
+                    fast.load_row(DType::F16, &g[..dim], &g[dim..]);
+                    slow.load_row(DType::F16, &g[..dim], &g[dim..]);
+                }
+                for p in [&mut fast, &mut slow] {
+                    p.start_install();
+                    p.finish_install();
+                }
+                for v in 0..40 {
+                    let xmix = mixes[(case + v) % 6];
+                    let mut xg = vec![0u8; 2 * dim];
+                    for k in 0..dim {
+                        let c = pick(&mut seed, xmix);
+                        let b = gen(&mut seed, c);
+                        xg[k] = b as u8;
+                        xg[dim + k] = (b >> 8) as u8;
+                    }
+                    let row = (rng(&mut seed) % 8) as usize;
+                    let add = rng(&mut seed) % 3 != 0;
+                    let before = fast.pend.len();
+                    let slot = fast.abc_f16(&xg[..dim], &xg[dim..]);
+                    used_fast += (fast.pend.len() > before) as usize;
+                    let mut y = vec![0i128; dim];
+                    let mut f = vec![0u8; dim];
+                    slow.multiply(DType::F16, &xg, &mut y, &mut f);
+                    let ok_fast = fast.update_slot(row, add, slot);
+                    let ok_slow = slow.update(row, add, RowKind::F16, &y, &f);
+                    assert_eq!(ok_fast, ok_slow);
+                }
+            }
+            for row in 0..8 {
+                let (mut a, mut b) = (vec![0u32; dim], vec![0u32; dim]);
+                fast.read_row(row, DType::F32, &mut a);
+                slow.read_row(row, DType::F32, &mut b);
+                assert_eq!(a, b, "case {case} row {row}");
+                let (sa, sb) = (fast.row_slot[row], slow.row_slot[row]);
+                if sa != NO_SLOT {
+                    let (sa, sb) = (sa as usize, sb as usize);
+                    assert_eq!(fast.rows[sa * dim..(sa + 1) * dim], slow.rows[sb * dim..(sb + 1) * dim], "case {case} row {row}");
+                    assert_eq!(fast.flags[sa * dim..(sa + 1) * dim], slow.flags[sb * dim..(sb + 1) * dim], "case {case} row {row}");
+                }
+            }
+        }
+        assert!(used_fast > 200, "the fast path took only {used_fast} vectors");
     }
 
     #[test]

@@ -191,9 +191,82 @@ fn i32_op(op: AluOp, a: i32, b: i32) -> i32 {
     }
 }
 
+/// f32 bits -> f16 bits for a whole vector (IEEE RNE, overflow to infinity, NaN -> `F16_NAN`): the hardware
+/// conversion (F16C where the CPU has it) rounds the f32 once, exactly like `f64_to_f16` of the (exact) f64 value.
+fn f32_to_f16_slice(a: &[u32], out: &mut [u32]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut fs = [0f32; 64];
+    let mut hs = [half::f16::ZERO; 64];
+    for (ac, oc) in a.chunks(64).zip(out.chunks_mut(64)) {
+        let m = ac.len();
+        for (f, &b) in fs[..m].iter_mut().zip(ac) {
+            *f = f32::from_bits(b);
+        }
+        hs[..m].convert_from_f32_slice(&fs[..m]);
+        for ((o, h), &b) in oc.iter_mut().zip(&hs[..m]).zip(ac) {
+            let nan = b & 0x7fff_ffff > 0x7f80_0000;
+            *o = if nan { crate::numerics::F16_NAN as u32 } else { h.to_bits() as u32 };
+        }
+    }
+}
+
+/// f16 bits -> f32 bits for a whole vector (exact; NaN -> the canonical f32 NaN).
+pub fn f16_to_f32_slice(a: &[u32], out: &mut [u32]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut fs = [0f32; 64];
+    let mut hs = [half::f16::ZERO; 64];
+    for (ac, oc) in a.chunks(64).zip(out.chunks_mut(64)) {
+        let m = ac.len();
+        for (h, &b) in hs[..m].iter_mut().zip(ac) {
+            *h = half::f16::from_bits(b as u16);
+        }
+        hs[..m].convert_to_f32_slice(&mut fs[..m]);
+        for (o, f) in oc.iter_mut().zip(&fs[..m]) {
+            *o = canon_f32(*f);
+        }
+    }
+}
+
+/// `out = widen(t, v)` for a whole vector.
+pub fn widen_slice(t: DType, v: &[u32], out: &mut [u32]) {
+    match t {
+        DType::F16 => f16_to_f32_slice(v, out),
+        DType::I32 | DType::F32 => out.copy_from_slice(v),
+        _ => {
+            for (o, &b) in out.iter_mut().zip(v) {
+                *o = widen(t, b);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn map_f32(a: &[u32], b: &[u32], out: &mut [u32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = canon_f32(f(f32::from_bits(x), f32::from_bits(y)));
+    }
+}
+
 /// Compute `out[l] = op(a[l], b[l])`. `b` is ignored by unary ops. Types were validated at assembly.
 pub fn compute(op: AluOp, t: DType, out_t: DType, a: &[u32], b: &[u32], out: &mut [u32]) {
     let n = out.len();
+    // Fast paths: the same results lane by lane, in loops the compiler can vectorise.
+    match (op, t, out_t) {
+        (AluOp::Cvt, DType::F32, DType::F16) => return f32_to_f16_slice(&a[..n], out),
+        (AluOp::Cvt, DType::F16, DType::F32) => return f16_to_f32_slice(&a[..n], out),
+        (AluOp::Cvt, DType::F32, DType::F32) => return map_f32(a, a, out, |x, _| x),
+        (AluOp::Add, DType::F32, _) => return map_f32(a, b, out, |x, y| x + y),
+        (AluOp::Sub, DType::F32, _) => return map_f32(a, b, out, |x, y| x - y),
+        (AluOp::Mul, DType::F32, _) => return map_f32(a, b, out, |x, y| x * y),
+        (AluOp::Div, DType::F32, _) => return map_f32(a, b, out, |x, y| x / y),
+        (AluOp::Max, DType::F32, _) => return map_f32(a, b, out, fmax),
+        (AluOp::Min, DType::F32, _) => return map_f32(a, b, out, fmin),
+        (AluOp::Copy, DType::F32, _) => return map_f32(a, a, out, |x, _| x),
+        (AluOp::Relu, DType::F32, _) => {
+            return map_f32(a, a, out, |x, _| if x > 0.0 || x.is_nan() { x } else { 0.0 })
+        }
+        _ => {}
+    }
     match (op, t) {
         (AluOp::Cvt, _) => {
             for l in 0..n {
@@ -243,6 +316,63 @@ mod tests {
         assert_eq!(one(AluOp::Exp, DType::F32, DType::F32, f(0.0), 0), f(1.0));
         assert_eq!(widen(DType::I8, 0xff), u32::MAX);
         assert_eq!(widen(DType::F16, 0x3C00), f(1.0));
+    }
+
+    /// The vector fast paths against the lane-by-lane definitions, on random bits and edge values.
+    #[test]
+    fn fast_paths_match_lane_by_lane() {
+        let mut x: u32 = 0x9e37_79b9;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let edges = [
+            0u32, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 0x7f80_0001, 0xffc1_2345, 0x477f_f000,
+            0x477f_efff, 0x477f_e000, 0x3380_0000, 0x3300_0000, 0x3300_0001, 0x0000_0001, 0x387f_f000, 0x3880_0000,
+        ];
+        for round in 0..400 {
+            let a: Vec<u32> = (0..320)
+                .map(|l| if round == 0 && l < edges.len() { edges[l] } else if round % 3 == 1 { next() & 0x0000_ffff } else { next() })
+                .collect();
+            let b: Vec<u32> = (0..320).map(|_| next()).collect();
+            let ops: [(AluOp, DType, DType); 13] = [
+                (AluOp::Cvt, DType::F32, DType::F16),
+                (AluOp::Cvt, DType::F16, DType::F32),
+                (AluOp::Cvt, DType::F32, DType::F32),
+                (AluOp::Add, DType::F32, DType::F32),
+                (AluOp::Sub, DType::F32, DType::F32),
+                (AluOp::Mul, DType::F32, DType::F32),
+                (AluOp::Div, DType::F32, DType::F32),
+                (AluOp::Max, DType::F32, DType::F32),
+                (AluOp::Min, DType::F32, DType::F32),
+                (AluOp::Copy, DType::F32, DType::F32),
+                (AluOp::Relu, DType::F32, DType::F32),
+                (AluOp::Max, DType::F32, DType::F32),
+                (AluOp::Add, DType::I32, DType::I32),
+            ];
+            for (op, t, o) in ops {
+                let mut fast = vec![0u32; 320];
+                compute(op, t, o, &a, &b, &mut fast);
+                for l in 0..320 {
+                    let want = match (op, t) {
+                        (AluOp::Cvt, _) => from_f64(o, to_f64(t, a[l])),
+                        (_, DType::F32) => canon_f32(f32_op(op, f32::from_bits(a[l]), f32::from_bits(b[l]))),
+                        _ => i32_op(op, a[l] as i32, b[l] as i32) as u32,
+                    };
+                    assert_eq!(fast[l], want, "{op:?} {t:?}->{o:?} a={:#x} b={:#x}", a[l], b[l]);
+                }
+            }
+            for t in [DType::F16, DType::I8, DType::U8, DType::F32] {
+                let mut fast = vec![0u32; 320];
+                let v: Vec<u32> = a.iter().map(|&v| if t == DType::F32 { v } else { v & 0xffff }).collect();
+                widen_slice(t, &v, &mut fast);
+                for l in 0..320 {
+                    assert_eq!(fast[l], widen(t, v[l]), "widen {t:?} {:#x}", v[l]);
+                }
+            }
+        }
     }
 
     #[test]
