@@ -291,7 +291,8 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     if chips in ("auto", None, 0):
         n = fewest
         reason = (f"the model needs {one_chip:,} bytes of SRAM; one {cfg.name} chip has {cfg.sram_bytes:,}"
-                  + (f": {n} chips are the fewest whose stages each fit" if n > 1 else ": one chip holds it"))
+                  + (f": {n} chips are the fewest whose stages each fit (a stage filled to at most "
+                     f"{Partitioner.HEADROOM:.0%} of a chip's SRAM)" if n > 1 else ": one chip holds it"))
     else:
         n = int(chips)
         if n < 1:

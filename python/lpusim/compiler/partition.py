@@ -147,6 +147,9 @@ class Partitioner:
     traffic; `max_end(i)` scans forward once per start, so SRAM checks cost O(nodes) per candidate start."""
 
     MAX_CUTS = 400
+    # A stage is filled to this share of the SRAM estimate: the allocator's placement constraints (slice groups,
+    # banks, views kept apart) need room the byte count does not show.
+    HEADROOM = 0.9
 
     def __init__(self, graph: ir.Graph, chip, interval: int):
         self.graph = graph
@@ -219,7 +222,7 @@ class Partitioner:
         """The largest j such that nodes[i:j] fit one chip (i if not even nodes[i] does)."""
         if i in self._end:
             return self._end[i]
-        g, cap = self.graph, self.chip.sram_bytes
+        g, cap = self.graph, int(self.chip.sram_bytes * self.HEADROOM)
         static = stage_sram(g, [], self.live(i), self.chip)
         seen: set[str] = set()
         live = peak = 0
