@@ -1,13 +1,10 @@
-"""asv benchmarks: ResNet-50 and large matmuls against onnxruntime (see _common.py for what each measures).
+"""asv benchmarks: ResNet-50, BERT-base and large matmuls against onnxruntime (what each measures: _common.py).
 
 Run against the current checkout (after `pip install '.[bench]'`):
     asv machine --yes && asv run --python=same --set-commit-hash=HEAD
 """
 from ._common import _ModelBench
-from .workloads import matmul, resnet50
-
-# BERT-base (random weights, sequence 128) joins here once the transformer ops compile: a `BertBase` class like
-# the two below over a `bert_base()` model in workloads.py. Not yet: no placeholder benchmark until then.
+from .workloads import bert_base, matmul, resnet50
 
 
 class ResNet50(_ModelBench):
@@ -28,6 +25,20 @@ class MatMul(_ModelBench):
     models = {"matmul_256x2048x2048": lambda: matmul(256, 2048, 2048),
               "matmul_2048x2048x2048": lambda: matmul(2048, 2048, 2048)}
     params = list(models)
+
+    def setup_cache(self):
+        return _ModelBench.setup_cache(self)
+
+    setup_cache.timeout = 1800
+
+
+class BertBase(_ModelBench):
+    """A BERT-base encoder: 12 layers, hidden 768, 12 heads, sequence 128, batch 1, random weights."""
+
+    models = {"bert_base_seq128": bert_base}
+    params = list(models)
+    ratio_repeat = 2  # a functional run takes tens of seconds
+    repeat = (1, 2, 60.0)
 
     def setup_cache(self):
         return _ModelBench.setup_cache(self)

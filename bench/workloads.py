@@ -53,7 +53,15 @@ def matmul(batch: int = 256, k: int = 2048, n: int = 2048, seed: int = 0) -> onn
     return model
 
 
-MODELS = {"resnet50": resnet50, "matmul": matmul}
+def bert_base() -> onnx.ModelProto:
+    """A BERT-base encoder (12 layers, hidden 768, 12 heads, sequence 128, batch 1), random weights
+    (lpusim.models.bert_encoder: input embeddings in, no attention mask)."""
+    from lpusim.models import bert_encoder
+
+    return bert_encoder(layers=12, hidden=768, heads=12, seq=128)
+
+
+MODELS = {"resnet50": resnet50, "matmul": matmul, "bert_base": bert_base}
 
 
 if __name__ == "__main__":
