@@ -359,3 +359,18 @@ def test_precision_int8_bert_encoder_is_mixed_precision():
     ref, _ = run_onnxruntime(quantize_model(model, x), x)
     cmp = compare(result.outputs, ref, "fp16")
     assert cmp["outputs_match"], cmp
+
+
+def test_cli_run_precision_int8(tmp_path):
+    """`lpusim run model.onnx --precision int8`: quantised inside, checked against onnxruntime on the same
+    quantised model, exit status 0; an already-quantised model reports precision int8 by itself."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp((64, 96, 10), batch=2, seed=4), path)
+    proc = subprocess.run([sys.executable, "-m", "lpusim.cli", "run", str(path), "--precision", "int8", "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["precision"] == "int8" and report["outputs_match"] and report["max_abs_error"] == 0.0

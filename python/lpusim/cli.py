@@ -55,16 +55,22 @@ def _load_inputs(path: str | None) -> dict | None:
 
 
 def run_and_check(model, *, inputs=None, seed=0, chip=None, shapes=None, timing_only=False, progress=False,
-                  trace=None, plot=None):
-    """Compile, simulate and cross-check; the report dict that `lpusim run --json` prints."""
+                  trace=None, plot=None, precision="fp16"):
+    """Compile, simulate and cross-check; the report dict that `lpusim run --json` prints. precision="int8" is
+    checked against onnxruntime running the model onnxruntime's quantiser makes of it (compiler/quantize.py)."""
     import lpusim
     from lpusim.check import compare, run_onnxruntime
     from lpusim.compiler.importer import load_model
 
     proto = load_model(model)
-    program = lpusim.compile(proto, chip=chip, shapes=shapes, progress=progress)
+    program = lpusim.compile(proto, chip=chip, shapes=shapes, progress=progress, precision=precision)
     if inputs is None:
         inputs = program.random_inputs(seed)
+    from lpusim.compiler.lower_quant import QUANT_OPS
+    quantised = any(n.op_type in QUANT_OPS for n in proto.graph.node)
+    if precision == "int8" and not quantised:
+        from lpusim.compiler.quantize import quantize_model
+        proto = quantize_model(proto, program.random_inputs(0))  # calibrated as the compile was
     result = program.run(inputs, timing_only=timing_only)
     if trace:
         from lpusim.trace import write_chrome_trace
@@ -80,7 +86,7 @@ def run_and_check(model, *, inputs=None, seed=0, chip=None, shapes=None, timing_
         "model": model if isinstance(model, str) else "<ModelProto>",
         "chip": program.chip.name,
         "chips": 1,
-        "precision": "fp16",
+        "precision": "int8" if precision == "int8" or quantised else precision,
         "outputs_match": None, "max_abs_error": None, "max_rel_error": None,
         "cycles": result.cycles,
         "predicted_cycles": result.predicted_cycles,
@@ -126,6 +132,8 @@ def _print_report(r: dict) -> None:
 
 
 def cmd_run(args) -> int:
+    if (args.chips != "1" or args.system) and args.precision != "fp16":
+        raise LpusimError("--precision int8 runs on one chip only (not with --chips or --system yet)")
     if args.chips != "1" or args.system:  # several chips: lpusim/multichip.py
         from lpusim.multichip import run_report
         chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
@@ -135,7 +143,8 @@ def cmd_run(args) -> int:
     else:
         report = run_and_check(args.model, inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
                                shapes=_parse_shapes(args.shape), timing_only=args.timing_only,
-                               progress=not args.json and sys.stderr.isatty(), trace=args.trace, plot=args.plot)
+                               progress=not args.json and sys.stderr.isatty(), trace=args.trace, plot=args.plot,
+                               precision=args.precision)
     if args.json:
         print(json.dumps(report))
     else:
@@ -239,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--chips", default="1", help="chips in a pipeline (a number, or 'auto': the fewest that hold "
                    "the model)")
     r.add_argument("--parallel", default="auto", choices=["auto", "pipeline", "tensor"])
+    r.add_argument("--precision", default="fp16", choices=["fp16", "int8"],
+                   help="int8: quantise a float model with onnxruntime's quantize_static, run the int8 MXM path")
     r.add_argument("--system", default=None, help="system configuration JSON (docs/system.md): drift, seed, ...")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
