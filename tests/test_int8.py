@@ -374,3 +374,30 @@ def test_cli_run_precision_int8(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["precision"] == "int8" and report["outputs_match"] and report["max_abs_error"] == 0.0
+
+
+def mobile_block(batch=2, seed=0):
+    """Conv 1x1 + Relu, depthwise Conv 3x3 stride 2 (group = channels) + Relu, Conv 1x1, GlobalAveragePool,
+    Flatten, Gemm: the MobileNet pattern (a block-diagonal int8 weight tile per tap)."""
+    rng = np.random.default_rng(seed)
+
+    def init(shape, scale):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+    inits = {"w1": init((16, 3, 1, 1), 0.5), "b1": init((16,), 0.1), "wd": init((16, 1, 3, 3), 0.3),
+             "bd": init((16,), 0.1), "w2": init((32, 16, 1, 1), 0.25), "b2": init((32,), 0.1),
+             "wf": init((32, 10), 0.2), "bf": init((10,), 0.1)}
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "wd", "bd"], ["cd"], group=16, pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["cd"], ["rd"]), helper.make_node("Conv", ["rd", "w2", "b2"], ["c2"]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["out"])]
+    return _model(nodes, inits, [batch, 3, 16, 16], [batch, 10])
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_quantized_depthwise_block(tmp_path, case):
+    """Depthwise convolution and GlobalAveragePool (QLinearGlobalAveragePool in QOperator format) on int8."""
+    fmt, act, pc = case
+    model = quantized(tmp_path, mobile_block(), (2, 3, 16, 16), fmt, act, pc)
+    x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    check_int8(model, {"input": x}, f"mobile block {_ids(case)}")
