@@ -317,11 +317,14 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
             raise CompileError("parallel='tensor' replicates everything but the split matmuls: the model must fit "
                                "one chip (use 'pipeline')")
         return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
-    tensor = None
+    tensor, tensor_error = None, None
     if parallel == "auto" and one_chip <= cfg.sram_bytes and n <= len(graph.nodes):
         from lpusim.tensorpar import split_nodes
         if split_nodes(graph, n, cfg.lanes):  # both are possible: compile both, keep the faster
-            tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
+            try:
+                tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
+            except CompileError as e:  # the pipeline may still work
+                tensor_error = str(e)
     node_cost = node_costs(graph, cfg) if costs == "schedule" and one_chip <= cfg.sram_bytes else None
     balance = "single-chip schedule" if node_cost else "static estimate"
     if node_cost is None:
@@ -349,6 +352,8 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     mp = MultiProgram(cfg, n, "pipeline", sysm, programs, barriers, last_effects, _tolerance_ppm(sysm.config),
                       transfers, partition, dict(graph.onnx_inputs), list(graph.output_names),
                       time.perf_counter() - start, binaries)
+    if tensor_error is not None:
+        mp.partition["auto"] = {"chosen": "pipeline", "tensor_error": tensor_error}
     if tensor is not None:
         cycles = {"pipeline": mp.predicted_cycles, "tensor": tensor.predicted_cycles}
         best = tensor if cycles["tensor"] < cycles["pipeline"] else mp
