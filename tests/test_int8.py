@@ -401,3 +401,15 @@ def test_quantized_depthwise_block(tmp_path, case):
     model = quantized(tmp_path, mobile_block(), (2, 3, 16, 16), fmt, act, pc)
     x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
     check_int8(model, {"input": x}, f"mobile block {_ids(case)}")
+
+
+@pytest.mark.parametrize("parallel", ["pipeline", "tensor"])
+def test_int8_on_two_chips(tmp_path, parallel):
+    """A quantised model split over two chips sends its codes in their i8/f32 formats: same outputs as onnxruntime."""
+    model = quantized(tmp_path, mlp((640, 960, 640), batch=8, seed=3), (8, 640), "QDQ", "QUInt8", True)
+    x = {"input": np.random.default_rng(8).standard_normal((8, 640)).astype(np.float32)}
+    program = lpusim.compile(model, chips=2, parallel=parallel)
+    result = program.run(x)
+    ref, _ = run_onnxruntime(model, x)
+    for name, r in ref.items():
+        np.testing.assert_array_equal(result.outputs[name], r)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lpusim.compiler import ir, schedule
+from lpusim.compiler import ir, passes, schedule
 from lpusim.compiler.layout import WIDTH, Store
 
 
@@ -40,11 +40,11 @@ def needed_formats(graph: ir.Graph, node: ir.Node) -> dict[str, set[str]]:
         need.setdefault(node.sources[0].tensor, set()).update(graph.tensors[node.output].formats)
         return need
     for v, w in node.terms:
-        need.setdefault(v.tensor, set()).add("f16")
+        need.setdefault(v.tensor, set()).add("i8" if passes.is_int8(graph, node) else "f16")
         if graph.tensors[w].kind == "value":
             need.setdefault(w, set()).add("f16")
     for v in node.sources:
-        need.setdefault(v.tensor, set()).add("f32")
+        need.setdefault(v.tensor, set()).add(passes.vxm_format(graph.tensors[v.tensor]))  # f32, or i32
     return need
 
 
@@ -75,7 +75,8 @@ def static_cost(graph: ir.Graph, node: ir.Node, chip) -> int:
     tiles = max(1, math.ceil(out.cols / lanes))
     if node.kind == "matmul":
         k_tiles = max(1, math.ceil(graph.tensors[node.x].cols / lanes))
-        work = len(node.terms) * k_tiles * tiles * out.rows * chip.cycles_per_vector("f16")
+        work = len(node.terms) * k_tiles * tiles * out.rows * chip.cycles_per_vector(
+            "i8" if passes.is_int8(graph, node) else "f16")
         return max(1, work // max(1, chip.mxm_planes)) + 60
     return out.rows * tiles + 30
 

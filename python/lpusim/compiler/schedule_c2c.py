@@ -20,7 +20,7 @@ import math
 from collections import defaultdict
 
 from lpusim.compiler.ir import View, out_geom
-from lpusim.compiler.layout import segment_runs, view_runs
+from lpusim.compiler.layout import WIDTH, segment_runs, view_runs
 from lpusim.compiler.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule import Scheduler
 from lpusim.errors import CompileError
@@ -95,7 +95,7 @@ class C2cJobs:
         for name, fmts in sorted(items.items()):
             t = self.graph.tensors[name]
             for fmt in fmts:
-                width = {"f32": 4, "f16": 2}[fmt]
+                width = WIDTH[fmt]
                 for nt in range(self.ntiles(t.cols)):
                     for b in range(width):
                         out.append((name, fmt, nt, b, t.rows))
