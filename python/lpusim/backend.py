@@ -13,7 +13,8 @@ to the device string "CPU" (also "CPU:0"); that is the default and the only devi
 "CUDA" and every other string are refused: there is no GPU path and no second chip.
 
 Options (keyword arguments of `prepare`, `run_model`, `run_node`):
-- `chip`: a chip configuration name, JSON path or dict (`lpusim.compile(chip=...)`); `precision`: "fp16".
+- `chip`: a chip configuration name, JSON path or dict (`lpusim.compile(chip=...)`); `precision`: "fp16" or "int8"
+  (quantised with onnxruntime's quantize_static inside the compile).
 - `shapes`: {input name: shape} fixing dynamic dimensions; without it a dynamic input is compiled for the shape of
   the first array given to `run` (one program per distinct input shapes, each compiled once).
 - `constant_inputs`: names of graph inputs whose values are compiled into the program, as a TSP program holds its

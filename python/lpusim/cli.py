@@ -174,7 +174,7 @@ def cmd_compile(args) -> int:
         print(f"===== after {name} =====\n{text}")
 
     program = lpusim.compile(args.model, chip=args.chip, shapes=_parse_shapes(args.shape),
-                             dump=dump if args.dump else None)
+                             dump=dump if args.dump else None, precision=args.precision)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(program.assembly)
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dump", action="store_true", help="print the IR after every pass")
     c.add_argument("--shape", action="append", metavar="NAME=D0,D1,...")
     c.add_argument("--chip", default=None)
+    c.add_argument("--precision", default="fp16", choices=["fp16", "int8"])
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compile)
 
