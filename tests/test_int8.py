@@ -413,3 +413,13 @@ def test_int8_on_two_chips(tmp_path, parallel):
     ref, _ = run_onnxruntime(model, x)
     for name, r in ref.items():
         np.testing.assert_array_equal(result.outputs[name], r)
+
+
+def test_asymmetric_uint8_weights_are_a_clear_error(tmp_path):
+    """uint8 weights whose w - zw leaves int8 cannot be int8 MXM weights: a CompileError says so."""
+    src, dst = tmp_path / "f.onnx", tmp_path / "u8w.onnx"
+    onnx.save(mlp((64, 32), batch=1, seed=5), src)
+    ort_quant.quantize_static(str(src), str(dst), _Reader("input", (1, 64)), quant_format=ort_quant.QuantFormat.QDQ,
+                              activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QUInt8)
+    with pytest.raises(lpusim.CompileError, match="leave int8's range"):
+        lpusim.compile(onnx.load(dst))
