@@ -664,7 +664,7 @@ class Scheduler(SxmJobs):
     def relocate(self, node: Node, clash: tuple) -> None:
         """Copy one of two clashing sources (a tensor without a border) to slices apart from the node's other
         sources; later readers use the copy."""
-        name = next((n for n in clash if not self.stores[(n, "f32")].pad), None)
+        name = next((n for n in clash if (n, "f32") in self.stores and not self.stores[(n, "f32")].pad), None)
         if name is None:
             return
         old = self.stores[(name, "f32")]
@@ -684,7 +684,8 @@ class Scheduler(SxmJobs):
         tiles = self.ntiles(self.graph.tensors[node.output].cols)
         for i, a in enumerate(tensors):
             for b in tensors[i + 1:]:
-                if any(self.slices_of({a}, nt, "f32") & self.slices_of({b}, nt, "f32") for nt in range(tiles)):
+                fa, fb = vxm_format(self.graph.tensors[a]), vxm_format(self.graph.tensors[b])  # as streamed
+                if any(self.slices_of({a}, nt, fa) & self.slices_of({b}, nt, fb) for nt in range(tiles)):
                     return (a, b)
         return None
 
