@@ -80,9 +80,10 @@ pub struct Calendar {
     slots: Vec<Vec<Event>>,
     in_wheel: usize,
     far: BinaryHeap<Event>,
-    /// The cycle `cur` belongs to; `cur` is sorted with the earliest key last.
+    /// The cycle `cur` belongs to; `cur[head..]` are its events not yet popped, earliest key first.
     cur_t: u64,
     cur: Vec<Event>,
+    head: usize,
     /// Events for `cur_t` pushed into its slot since `cur` was sorted.
     dirty: bool,
     seq: u64,
@@ -96,6 +97,7 @@ impl Default for Calendar {
             far: BinaryHeap::new(),
             cur_t: 0,
             cur: Vec::new(),
+            head: 0,
             dirty: false,
             seq: 0,
         }
@@ -119,7 +121,7 @@ impl Calendar {
 
     pub fn next_cycle(&self) -> Option<u64> {
         let mut best = self.far.peek().map(|e| e.cycle);
-        if !self.cur.is_empty() {
+        if self.head < self.cur.len() {
             return Some(self.cur_t);
         }
         if self.in_wheel > 0 {
@@ -140,8 +142,10 @@ impl Calendar {
     /// Make `cur` hold every event due at `t` (t >= every cycle popped so far), sorted.
     fn load(&mut self, t: u64) {
         if t != self.cur_t {
-            debug_assert!(self.cur.is_empty() && t > self.cur_t);
+            debug_assert!(self.head == self.cur.len() && t > self.cur_t);
             // Slots of the cycles in between are empty (they were the next cycles with work or had none).
+            self.cur.clear();
+            self.head = 0;
             self.cur_t = t;
             self.dirty = true;
         }
@@ -149,14 +153,18 @@ impl Calendar {
             return;
         }
         self.dirty = false;
+        if self.head > 0 {
+            self.cur.drain(..self.head);
+            self.head = 0;
+        }
         let slot = &mut self.slots[t as usize % WHEEL];
         self.in_wheel -= slot.len();
         self.cur.append(slot);
         while self.far.peek().is_some_and(|e| e.cycle == t) {
             self.cur.push(self.far.pop().unwrap());
         }
-        // Earliest key last (Event's Ord is reversed, so ascending Ord order puts the latest key first).
-        self.cur.sort_unstable();
+        // Earliest key first (events mostly arrive in key order, which insertion sort handles in one pass).
+        self.cur.sort_unstable_by_key(|e| e.key());
     }
 
     /// Pop the next event if it is due at `t` with a kind `< below`.
@@ -165,8 +173,11 @@ impl Calendar {
             return None;
         }
         self.load(t);
-        match self.cur.last() {
-            Some(e) if e.kind < below => self.cur.pop(),
+        match self.cur.get(self.head) {
+            Some(e) if e.kind < below => {
+                self.head += 1;
+                Some(*e)
+            }
             _ => None,
         }
     }
@@ -207,5 +218,66 @@ impl<T: Copy + Default> Pool<T> {
         if h != NONE {
             self.free.push(h);
         }
+    }
+}
+
+/// Which queues issue at which cycle: a wheel of per-cycle lists for the next `WHEEL` cycles and a heap beyond,
+/// so a cycle costs work in proportion to the queues that issue in it, not to the number of queues. A queue is in
+/// here at most once (its next issue cycle; it is put back after it issues).
+pub struct ReadyWheel {
+    slots: Vec<Vec<u16>>,
+    in_wheel: usize,
+    far: BinaryHeap<std::cmp::Reverse<(u64, u16)>>,
+    /// No entry is earlier than `cur` (the cycle being run or the last one run).
+    cur: u64,
+}
+
+impl Default for ReadyWheel {
+    fn default() -> Self {
+        ReadyWheel { slots: (0..WHEEL).map(|_| Vec::new()).collect(), in_wheel: 0, far: BinaryHeap::new(), cur: 0 }
+    }
+}
+
+impl ReadyWheel {
+    /// Queue `q` issues next at `cycle` (>= the current cycle).
+    pub fn push(&mut self, cycle: u64, q: usize) {
+        debug_assert!(cycle >= self.cur);
+        if cycle - self.cur < WHEEL as u64 {
+            self.slots[cycle as usize % WHEEL].push(q as u16);
+            self.in_wheel += 1;
+        } else {
+            self.far.push(std::cmp::Reverse((cycle, q as u16)));
+        }
+    }
+
+    /// The earliest cycle a queue issues at.
+    pub fn next_cycle(&self) -> Option<u64> {
+        let far = self.far.peek().map(|r| r.0 .0);
+        if self.in_wheel > 0 {
+            for d in 0..WHEEL as u64 {
+                let c = self.cur + d;
+                if far.is_some_and(|f| f <= c) {
+                    return far;
+                }
+                if !self.slots[c as usize % WHEEL].is_empty() {
+                    return Some(c);
+                }
+            }
+        }
+        far
+    }
+
+    /// Move to cycle `t` (no entry is earlier) and put the queues issuing at `t` into `out`, in queue order.
+    pub fn take(&mut self, t: u64, out: &mut Vec<u16>) {
+        debug_assert!(t >= self.cur);
+        self.cur = t;
+        out.clear();
+        let slot = &mut self.slots[t as usize % WHEEL];
+        self.in_wheel -= slot.len();
+        out.append(slot);
+        while self.far.peek().is_some_and(|r| r.0 .0 == t) {
+            out.push(self.far.pop().unwrap().0 .1);
+        }
+        out.sort_unstable();
     }
 }

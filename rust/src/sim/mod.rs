@@ -19,7 +19,7 @@ pub mod vxm;
 use crate::config::ChipConfig;
 use crate::error::{ErrorKind, SimError};
 use crate::isa::{DType, Instr, InitValues, Program, QueueName};
-use calendar::{Calendar, Payload, Pool};
+use calendar::{Calendar, Payload, Pool, ReadyWheel};
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
@@ -153,6 +153,10 @@ pub struct Chip {
     cal: Calendar,
     /// Per queue: the cycle of its next issue (`u64::MAX`: none). At most 144 queues, so a scan beats a heap.
     ready: Vec<u64>,
+    /// The same next issue cycles, by cycle.
+    wheel: ReadyWheel,
+    /// Scratch: the queues issuing in the current cycle.
+    issuing: Vec<u16>,
     parked: Vec<usize>,
     notify: Option<u64>,
     bytes: Pool<u8>,
@@ -219,6 +223,8 @@ impl Chip {
             links: (0..cfg.c2c_links).map(|_| c2c::LinkState::default()).collect(),
             cal: Calendar::default(),
             ready: vec![u64::MAX; nq],
+            wheel: ReadyWheel::default(),
+            issuing: Vec::new(),
             parked: Vec::new(),
             notify: None,
             bytes: Pool::default(),
@@ -328,6 +334,8 @@ impl Chip {
             }
             self.links[l.from as usize].peer = Some(c2c::Peer::Local { to: l.to as usize, latency: l.latency });
         }
+        self.ready.fill(u64::MAX);
+        self.wheel = ReadyWheel::default();
         for q in 0..self.qs.len() {
             self.qs[q] = QState::default();
             self.resolve(q);
@@ -443,6 +451,7 @@ impl Chip {
         }
         if st.pc < prog.len() {
             self.ready[q] = st.next;
+            self.wheel.push(st.next, q);
         }
     }
 
@@ -456,6 +465,7 @@ impl Chip {
             if r.i <= r.n {
                 st.next = r.c0 + r.i as u64 * r.d;
                 self.ready[q] = st.next;
+                self.wheel.push(st.next, q);
                 return;
             }
             st.next = r.c0 + r.n as u64 * r.d + 1;
@@ -489,7 +499,7 @@ impl Chip {
     /// The next cycle at which this chip has anything to do (`None`: finished or deadlocked).
     pub fn next_cycle(&self) -> Option<u64> {
         let a = self.cal.next_cycle();
-        let b = self.ready.iter().copied().min().filter(|&c| c != u64::MAX);
+        let b = self.wheel.next_cycle();
         match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -504,12 +514,18 @@ impl Chip {
             self.apply(ev)?;
         }
         // 2. Issue, in queue index order.
-        for q in 0..self.ready.len() {
-            if self.ready[q] == t {
-                self.ready[q] = u64::MAX;
-                self.issue(q, t)?;
+        let mut issuing = std::mem::take(&mut self.issuing);
+        self.wheel.take(t, &mut issuing);
+        for &q in &issuing {
+            let q = q as usize;
+            debug_assert_eq!(self.ready[q], t);
+            self.ready[q] = u64::MAX;
+            if let Err(e) = self.issue(q, t) {
+                self.issuing = issuing;
+                return Err(e);
             }
         }
+        self.issuing = issuing;
         if let Some(n) = self.notify.take() {
             self.release_parked(n);
         }

@@ -53,7 +53,8 @@ struct FastW {
     state: u8,
     tz: u32,
     stride: usize,
-    w: Vec<f64>,
+    /// Shared with GEMM jobs in flight on the worker thread.
+    w: std::sync::Arc<Vec<f64>>,
     wmax: Vec<f64>,
 }
 
@@ -84,35 +85,194 @@ impl Weights {
         let ncols = self.ncols;
         let stride = ncols.div_ceil(GEMM_COLS) * GEMM_COLS;
         let pre = &self.pre;
-        let mut tz = 64u32;
+        // The lowest set bit of the OR of all values is the smallest trailing-zero count of a nonzero value.
+        let mut or = 0i64;
         for k in 0..rows {
-            for &v in &pre[k * dim..k * dim + ncols] {
-                if v != 0 {
-                    tz = tz.min(v.trailing_zeros());
-                }
-            }
+            or |= or_all(&pre[k * dim..k * dim + ncols]);
         }
-        let tz = if tz == 64 { 0 } else { tz };
+        let tz = if or == 0 { 0 } else { or.trailing_zeros() };
         let f = &mut self.fast;
         f.tz = tz;
         f.stride = stride;
-        f.w.clear();
-        f.w.resize(rows * stride, 0.0);
+        // Reuse the image's memory unless a GEMM job in flight still reads it.
+        if std::sync::Arc::get_mut(&mut f.w).is_none() {
+            f.w = std::sync::Arc::new(Vec::new());
+        }
+        let fw = std::sync::Arc::get_mut(&mut f.w).expect("unshared");
+        fw.clear();
+        fw.resize(rows * stride, 0.0);
         f.wmax.clear();
         f.wmax.resize(rows, 0.0);
         for k in 0..rows {
             let src = &pre[k * dim..k * dim + ncols];
-            let dst = &mut f.w[k * stride..k * stride + ncols];
-            let mut m = 0i64;
-            for (d, &v) in dst.iter_mut().zip(src) {
-                let v = v >> tz; // exact: every nonzero v has at least tz trailing zeros
-                *d = v as f64; // exact: |v| < 2^40
-                m = m.max(v.abs());
-            }
-            f.wmax[k] = m as f64;
+            let dst = &mut fw[k * stride..k * stride + ncols];
+            f.wmax[k] = shift_to_f64(src, tz, dst);
         }
         f.state = 1;
     }
+}
+
+/// Vectorised helpers (dispatched on AVX-512 / AVX2 like `decode_f16_row`).
+macro_rules! dispatch {
+    ($name:ident, $generic:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+        #[inline]
+        fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw")]
+                unsafe fn v512($($a: $t),*) -> $r {
+                    $generic($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn v256($($a: $t),*) -> $r {
+                    $generic($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512bw")
+                {
+                    // SAFETY: the CPU has the features.
+                    return unsafe { v512($($a),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has the features.
+                    return unsafe { v256($($a),*) };
+                }
+            }
+            $generic($($a),*)
+        }
+    };
+}
+
+#[inline(always)]
+fn or_all_generic(v: &[i64]) -> i64 {
+    v.iter().fold(0, |a, &x| a | x)
+}
+dispatch!(or_all, or_all_generic, (v: &[i64]) -> i64);
+
+/// `dst = src >> tz` as f64 (exact: every nonzero value has `tz` trailing zeros, and `|v| < 2^40`); returns the
+/// largest magnitude.
+#[inline(always)]
+fn shift_to_f64_generic(src: &[i64], tz: u32, dst: &mut [f64]) -> f64 {
+    let mut m = 0i64;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let v = v >> tz;
+        *d = v as f64;
+        m = m.max(v.abs());
+    }
+    m as f64
+}
+dispatch!(shift_to_f64, shift_to_f64_generic, (src: &[i64], tz: u32, dst: &mut [f64]) -> f64);
+
+/// An f16 activation's first `xi.len()` elements (two byte planes) as `m << s` with sign; returns the OR of the
+/// magnitudes and whether any element of `hi` (all `dim` of them) is infinite or NaN.
+#[inline(always)]
+fn decode_x_generic(lo: &[u8], hi: &[u8], xi: &mut [i64]) -> i64 {
+    let n = xi.len();
+    let (lo, hi8) = (&lo[..n], &hi[..n]);
+    let mut nz = 0i64;
+    for k in 0..n {
+        let xb = lo[k] as u16 | (hi8[k] as u16) << 8;
+        let e = ((xb >> 10) & 0x1f) as i64;
+        let f = (xb & 0x3ff) as i64;
+        let normal = (e != 0) as i64;
+        let mag = (f | (normal << 10)) << (e - normal);
+        let neg = -((xb >> 15) as i64);
+        xi[k] = (mag ^ neg) - neg;
+        nz |= mag;
+    }
+    nz
+}
+dispatch!(decode_x, decode_x_generic, (lo: &[u8], hi: &[u8], xi: &mut [i64]) -> i64);
+
+#[inline(always)]
+fn any_special_generic(hi: &[u8]) -> bool {
+    hi.iter().fold(0u8, |a, &h| a | ((h & 0x7c == 0x7c) as u8)) != 0
+}
+dispatch!(any_special, any_special_generic, (hi: &[u8]) -> bool);
+
+/// `xr = xi >> tz` as f64 (exact); returns `sum_k |xr[k]| * wmax[k]` (summed in 8 partial sums: any order will do,
+/// the result is compared with half the exact limit).
+#[inline(always)]
+fn scale_bound_generic(xi: &[i64], tz: u32, wmax: &[f64], xr: &mut [f64]) -> f64 {
+    let mut part = [0f64; 8];
+    for ((xc, rc), wc) in xi.chunks(8).zip(xr.chunks_mut(8)).zip(wmax.chunks(8)) {
+        for i in 0..xc.len() {
+            let v = (xc[i] >> tz) as f64;
+            rc[i] = v;
+            part[i] += v.abs() * wc[i];
+        }
+    }
+    part.iter().sum()
+}
+dispatch!(scale_bound, scale_bound_generic, (xi: &[i64], tz: u32, wmax: &[f64], xr: &mut [f64]) -> f64);
+
+/// A GEMM for the worker thread: `y = x w` (see `gemm_f64`); `x` and `y` come back for reuse.
+struct Job {
+    x: Vec<f64>,
+    rows: usize,
+    nvec: usize,
+    w: std::sync::Arc<Vec<f64>>,
+    stride: usize,
+    y: Vec<f64>,
+}
+
+/// A plane's helper thread: runs its GEMMs in submission order while the cycle loop goes on (the results do not
+/// depend on when or where they are computed, so runs stay deterministic).
+struct Worker {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    rx: std::sync::mpsc::Receiver<(Vec<f64>, Vec<f64>)>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn() -> Option<Worker> {
+        let (tx, jobs) = std::sync::mpsc::channel::<Job>();
+        let (done, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("lpusim-gemm".into())
+            .spawn(move || {
+                for mut j in jobs {
+                    if j.y.len() < j.nvec * j.stride {
+                        j.y.resize(j.nvec * j.stride, 0.0);
+                    }
+                    gemm_f64(&j.x, j.rows, j.nvec, &j.w, j.stride, j.rows, j.stride, &mut j.y);
+                    drop(j.w);
+                    if done.send((j.x, j.y)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Worker { tx: Some(tx), rx, handle: Some(handle) })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.tx = None; // the thread's loop ends
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// GEMMs smaller than this many multiply-adds run inline (a hand-off costs more).
+const WORKER_MIN_MACS: usize = 1 << 18;
+
+/// Whether planes may use a helper thread (`LPUSIM_SIM_THREADS=1` turns it off).
+fn worker_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        std::env::var("LPUSIM_SIM_THREADS").map_or(true, |v| v.trim() != "1")
+            && std::thread::available_parallelism().map_or(false, |n| n.get() > 1)
+    })
+}
+
+/// A GEMM in flight: where its rows go.
+struct InFlight {
+    slots: Vec<(u32, u32)>,
+    ncols: usize,
+    stride: usize,
 }
 
 /// Columns per GEMM micro-kernel block (4 registers of 8 f64).
@@ -223,6 +383,10 @@ pub struct MxmPlane {
     log: Vec<(u32, bool, u32)>,
     /// Scratch: an activation's two planes side by side (for the i128 path).
     xcat: Vec<u8>,
+    worker: Option<Worker>,
+    inflight: std::collections::VecDeque<InFlight>,
+    /// Buffers back from the worker, for reuse.
+    spare_f64: Vec<Vec<f64>>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -364,6 +528,9 @@ impl MxmPlane {
             pend_y: Vec::new(),
             log: Vec::new(),
             xcat: Vec::new(),
+            worker: None,
+            inflight: std::collections::VecDeque::new(),
+            spare_f64: Vec::new(),
         }
     }
 
@@ -407,7 +574,7 @@ impl MxmPlane {
             return false;
         }
         // Specials anywhere (also in the zero rows past `rows`, where they make NaN) go the slow way.
-        if hi[..dim].iter().fold(0u8, |a, &h| a | ((h & 0x7c == 0x7c) as u8)) != 0 {
+        if any_special(&hi[..dim]) {
             return false;
         }
         let w = &mut self.w;
@@ -420,17 +587,7 @@ impl MxmPlane {
         let rows = w.rows;
         let mut xi = [0i64; 1024];
         let xi = &mut xi[..rows];
-        let mut nz = 0i64;
-        for k in 0..rows {
-            let xb = lo[k] as u16 | (hi[k] as u16) << 8;
-            let e = ((xb >> 10) & 0x1f) as i64;
-            let f = (xb & 0x3ff) as i64;
-            let normal = (e != 0) as i64;
-            let mag = (f | (normal << 10)) << (e - normal);
-            let neg = -((xb >> 15) as i64);
-            xi[k] = (mag ^ neg) - neg;
-            nz |= mag;
-        }
+        let nz = decode_x(lo, hi, xi);
         // The common trailing zeros of the nonzero values: a factor 2^tz taken out of every product.
         let tz = if nz == 0 { 0 } else { nz.trailing_zeros() };
         let base = self.pend.len() * rows;
@@ -440,17 +597,7 @@ impl MxmPlane {
         debug_assert_eq!(self.pend_rows, rows);
         self.pend_x.resize(base + rows, 0.0);
         let xr = &mut self.pend_x[base..base + rows];
-        // The bound in 8 partial sums (any order will do: it is compared with half the exact limit).
-        let mut part = [0f64; 8];
-        let wmax = &w.fast.wmax[..rows];
-        for ((xc, rc), wc) in xi.chunks(8).zip(xr.chunks_mut(8)).zip(wmax.chunks(8)) {
-            for i in 0..xc.len() {
-                let v = (xc[i] >> tz) as f64; // exact: |v| < 2^40
-                rc[i] = v;
-                part[i] += v.abs() * wc[i];
-            }
-        }
-        let bound: f64 = part.iter().sum();
+        let bound = scale_bound(xi, tz, &w.fast.wmax[..rows], xr);
         if bound >= EXACT_BOUND {
             self.pend_x.truncate(base);
             return false;
@@ -459,7 +606,8 @@ impl MxmPlane {
         true
     }
 
-    /// Compute every pending vector's product with the installed weights (the GEMM) into its slot.
+    /// Start the GEMM of every pending vector with the installed weights: on the worker thread for a large one
+    /// (collected by `collect`), else now. Either way the products land in their slots before any is applied.
     fn compute_pending(&mut self) {
         if self.pend.is_empty() {
             return;
@@ -471,20 +619,65 @@ impl MxmPlane {
         let w = &self.w;
         let ncols = if rows == 0 { 0 } else { w.ncols };
         let (stride, wtz) = (w.fast.stride, w.fast.tz);
-        let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
-        if ncols > 0 {
-            if self.pend_y.len() < padded * stride {
-                self.pend_y.resize(padded * stride, 0.0);
-            }
-            gemm_f64(&self.pend_x, rows, padded, &w.fast.w, stride, rows, stride, &mut self.pend_y);
+        for &(slot, tz) in &self.pend {
+            self.meta[slot as usize] = SlotMeta { fast: true, ncols: ncols as u32, shift: tz + wtz };
         }
-        for (j, &(slot, tz)) in self.pend.iter().enumerate() {
+        if ncols == 0 {
+            self.pend.clear();
+            self.pend_x.clear();
+            return;
+        }
+        if padded * rows * stride >= WORKER_MIN_MACS && worker_allowed() {
+            if self.worker.is_none() {
+                self.worker = Worker::spawn();
+            }
+            if let Some(wk) = &self.worker {
+                let x = std::mem::replace(&mut self.pend_x, self.spare_f64.pop().unwrap_or_default());
+                let y = self.spare_f64.pop().unwrap_or_default();
+                let job = Job { x, rows, nvec: padded, w: w.fast.w.clone(), stride, y };
+                if let Some(tx) = &wk.tx {
+                    if tx.send(job).is_ok() {
+                        let slots = std::mem::take(&mut self.pend);
+                        self.inflight.push_back(InFlight { slots, ncols, stride });
+                        self.pend_x.clear();
+                        return;
+                    }
+                }
+                panic!("the GEMM worker thread has stopped");
+            }
+        }
+        // Inline (jobs in flight fill other slots).
+        if self.pend_y.len() < padded * stride {
+            self.pend_y.resize(padded * stride, 0.0);
+        }
+        gemm_f64(&self.pend_x, rows, padded, &self.w.fast.w, stride, rows, stride, &mut self.pend_y);
+        let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
+        for (j, &(slot, _)) in self.pend.iter().enumerate() {
             let s = slot as usize;
-            self.meta[s] = SlotMeta { fast: true, ncols: ncols as u32, shift: tz + wtz };
             self.sy[s * ystride..s * ystride + ncols].copy_from_slice(&self.pend_y[j * stride..j * stride + ncols]);
         }
         self.pend.clear();
         self.pend_x.clear();
+    }
+
+    /// Wait for every GEMM in flight and copy its products into their slots.
+    fn collect(&mut self) {
+        let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
+        while let Some(f) = self.inflight.pop_front() {
+            let wk = self.worker.as_ref().expect("a worker for jobs in flight");
+            let (x, y) = wk.rx.recv().expect("the GEMM worker thread failed");
+            for (j, &(slot, _)) in f.slots.iter().enumerate() {
+                let s = slot as usize;
+                self.sy[s * ystride..s * ystride + f.ncols].copy_from_slice(&y[j * f.stride..j * f.stride + f.ncols]);
+            }
+            self.spare_f64.push(x);
+            self.spare_f64.push(y);
+            let mut slots = f.slots;
+            slots.clear();
+            if self.pend.capacity() == 0 {
+                self.pend = slots;
+            }
+        }
     }
 
     /// Apply every logged row update (computing pending products first).
@@ -493,6 +686,7 @@ impl MxmPlane {
             return;
         }
         self.compute_pending();
+        self.collect();
         let dim = self.dim;
         let log = std::mem::take(&mut self.log);
         let ys = std::mem::take(&mut self.ys);
