@@ -78,7 +78,7 @@ def output_step(model, name) -> float:
     return 0.0
 
 
-def check_int8(model, inputs, label=""):
+def check_int8(model, inputs, label="", min_fraction=EXACT_FRACTION):
     """Compile, simulate, compare with onnxruntime; returns (program, result, exact fraction)."""
     program = lpusim.compile(model)
     assert "ABC.i8" in program.assembly and "ABC.f16" not in program.assembly, "must run on the int8 MXM path"
@@ -92,14 +92,14 @@ def check_int8(model, inputs, label=""):
         step = output_step(model, name)
         diff = np.abs(s.astype(np.float64) - r.astype(np.float64))
         if step:
-            assert diff.max(initial=0) <= MAX_STEPS * step * (1 + 1e-6), (name, diff.max() / step)
+            assert diff.max(initial=0) <= MAX_STEPS * step * (1 + 1e-5), (name, diff.max() / step)  # f32 rounding
         else:  # a float output after integer work (e.g. Cast + Mul): exact arithmetic, no step to allow
             assert diff.max(initial=0) == 0, (name, diff.max())
         exact += int((diff == 0).sum())
         total += r.size
     fraction = exact / total
     print(f"\n{label}: {fraction:.4f} of {total} output elements exact, {result.cycles} cycles")
-    assert fraction >= EXACT_FRACTION
+    assert fraction >= min_fraction
     return program, result, fraction
 
 
@@ -423,3 +423,28 @@ def test_asymmetric_uint8_weights_are_a_clear_error(tmp_path):
                               activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QUInt8)
     with pytest.raises(lpusim.CompileError, match="leave int8's range"):
         lpusim.compile(onnx.load(dst))
+
+
+def pooled_cnn(batch=2, seed=0):
+    """Conv 3x3 + Relu, AveragePool 2x2 stride 2, Flatten, Gemm."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32), "b1": np.zeros(16, np.float32),
+             "wf": (rng.standard_normal((16 * 4 * 4, 10)) * 0.2).astype(np.float32), "bf": np.zeros(10, np.float32)}
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("AveragePool", ["r1"], ["a1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["a1"], ["f"]), helper.make_node("Gemm", ["f", "wf", "bf"], ["out"])]
+    return _model(nodes, inits, [batch, 3, 8, 8], [batch, 10])
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+@pytest.mark.parametrize("act", ["QUInt8", "QInt8"])
+def test_quantized_average_pool(tmp_path, fmt, act):
+    """AveragePool of codes as onnxruntime's QLinearAveragePool computes it (taps dequantized and added in float32
+    in window order, divided by the count, round(y / sy + zy)): exact for uint8 activations and for QLinearAveragePool
+    itself; with int8 activations in QDQ form onnxruntime's fused int8 kernel differs slightly (measured: 18 of 20
+    outputs exact, the other two one step away), so that case holds the one-step rule only."""
+    model = quantized(tmp_path, pooled_cnn(), (2, 3, 8, 8), fmt, act, False)
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    floor = 0.0 if (fmt, act) == ("QDQ", "QInt8") else EXACT_FRACTION
+    check_int8(model, {"input": x}, f"average pool {fmt}-{act}", min_fraction=floor)

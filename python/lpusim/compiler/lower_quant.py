@@ -32,7 +32,7 @@ from lpusim.errors import CompileError
 
 MAGIC = 12582912.0  # 1.5 * 2^23: x + MAGIC - MAGIC rounds an f32 |x| < 2^22 to an integer, half to even
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger",
-             "ConvInteger", "QLinearAdd", "QLinearGlobalAveragePool")
+             "ConvInteger", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool")
 CODE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "MaxPool", "GlobalMaxPool"}
 _TYPES = {onnx.TensorProto.UINT8: "u8", onnx.TensorProto.INT8: "i8", onnx.TensorProto.INT32: "i32"}
 _NP_TYPES = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8", np.dtype(np.int32): "i32"}
@@ -77,6 +77,8 @@ class QuantLowering:
             handled = self.q_global_average(node)
         elif op == "QLinearAdd":
             handled = self.q_linear_add(node)
+        elif op in ("AveragePool", "QLinearAveragePool"):
+            handled = self.q_average_pool(node)
         elif op in CODE_OPS and node.input and (node.input[0] in st["pending"] or node.input[0] in st["code"]) \
                 and self.q_is_view(node):
             handled = self.q_code_op(node)
@@ -365,6 +367,94 @@ class QuantLowering:
                                steps=steps))
         self.values[node.output[0]] = (out, shape)
         self.q_state["code"][node.output[0]] = c_kind
+        return True
+
+    # ----- average pool -----------------------------------------------------------------------------------
+    def q_average_pool(self, node) -> bool:
+        """DequantizeLinear -> AveragePool -> QuantizeLinear, or QLinearAveragePool (com.microsoft), as onnxruntime's
+        QLinearAveragePool kernel computes it: each tap dequantized (sx * (x - zx)) and added in float32 in window
+        order (h, then w), divided by the count, then round(y / sy + zy) clamped. One VXM pass per tap (a MEM slice
+        streams one view at a time); taps in the border read the zero point's code, which adds +0."""
+        st = self.q_state
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "QLinearAveragePool":
+            if attrs.get("channels_last", 0):
+                raise CompileError(f"{self.where(node)}: channels_last=1 is not supported")
+            x = node.input[0]
+            kind = self.q_kind(node, x)
+            sx = self.q_scalar_scale(node, 1, "input scale")
+            zx = self.q_zero(node, 2, kind, "input zero point")
+            sy = self.q_scalar_scale(node, 3, "output scale")
+            y_zp = self.q_const(node, 4, "output zero point", required=False)
+            out_name = node.output[0]
+        else:
+            if node.input[0] not in st["pending"]:
+                return False
+            users = self.q_users(node.output[0])
+            if len(users) != 1 or users[0].op_type != "QuantizeLinear" or \
+                    node.output[0] in {o.name for o in self.model.graph.output}:
+                return False
+            x, sx, zx = st["pending"][node.input[0]]
+            qn = users[0]
+            sy = self.q_scalar_scale(qn, 1, "scale")
+            y_zp = self.q_const(qn, 2, "the zero point", required=False)
+            out_name = qn.output[0]
+        y_kind = _NP_TYPES.get(y_zp.dtype, "u8") if y_zp is not None else "u8"
+        zy_raw = int(np.asarray(y_zp).reshape(())) if y_zp is not None else 0
+        if x not in self.values or len(self.values[x][1]) != 4 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            return False
+        ir, shape = self.values[x]
+        n, c, h, w = shape
+        kernel = tuple(attrs["kernel_shape"])
+        strides, _, pads, (ho, wo) = self._window(node, attrs, shape, kernel)
+        if strides[0] != strides[1]:
+            return False
+        t = self.tensors[ir]
+        if t.conv_pad not in (0.0, float(zx)) and zx:
+            raise CompileError(f"{self.where(node)}: '{x}' is read with two zero points")
+        t.conv_pad = float(zx) if zx else t.conv_pad
+        # the count: the kernel size (count_include_pad), else the taps inside the image, per output pixel
+        if attrs.get("count_include_pad", 0):
+            counts = np.full((n, ho, wo), kernel[0] * kernel[1], dtype=np.float32)
+        else:
+            hs = np.arange(ho) * strides[0] - pads[0]
+            ws = np.arange(wo) * strides[1] - pads[1]
+            ch = np.minimum(hs + kernel[0], h) - np.maximum(hs, 0)
+            cw = np.minimum(ws + kernel[1], w) - np.maximum(ws, 0)
+            counts = np.broadcast_to((ch[:, None] * cw[None, :]).astype(np.float32), (n, ho, wo))
+        out_shape = (n, c, ho, wo)
+        name = node.name or out_name
+        prev = None
+        taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+        for k, (i, j) in enumerate(taps):
+            view = View(ir, dh=i, dw=j, stride=strides[0], dilation=1, pad_top=pads[0], pad_left=pads[1], spatial=True)
+            dq = ([Step("SUB", [("src", 0), ("imm", float(zx))])] if zx else []) + \
+                [Step("MUL", [("step", 0) if zx else ("src", 0), ("imm", float(sx))])]
+            sources = [view] if prev is None else [view, View(prev)]
+            steps = dq if prev is None else dq + [Step("ADD", [("src", 1), ("step", len(dq) - 1)])]
+            if k == len(taps) - 1:
+                if np.all(counts == counts.flat[0]):
+                    steps.append(Step("DIV", [("step", len(steps) - 1), ("imm", float(counts.flat[0]))]))
+                else:
+                    rows = np.repeat(counts.reshape(-1, 1), c, axis=1)
+                    sources.append(View(self.const_tensor(rows, "count")))
+                    steps.append(Step("DIV", [("step", len(steps) - 1), ("src", len(sources) - 1)]))
+                steps.append(Step("DIV", [("step", len(steps) - 1), ("imm", float(sy))]))
+                steps.append(Step("ADD", [("step", len(steps) - 1), ("imm", float(zy_raw))]))
+                steps.append(Step("ADD", [("step", len(steps) - 1), ("imm", MAGIC)]))
+                steps.append(Step("SUB", [("step", len(steps) - 1), ("imm", MAGIC)]))
+                shift = 128 if y_kind == "u8" else 0
+                if shift:
+                    steps.append(Step("SUB", [("step", len(steps) - 1), ("imm", float(shift))]))
+                steps.append(Step("MAX", [("step", len(steps) - 1), ("imm", -128.0)]))
+                steps.append(Step("MIN", [("step", len(steps) - 1), ("imm", 127.0)]))
+            out = self.add_tensor(self.fresh(out_name if k == len(taps) - 1 else f"{out_name}.tap{k}"), out_shape,
+                                  "value")
+            self.nodes.append(Node("vector", name, f"{node.op_type}(tap {k})", out, sources=sources, steps=steps,
+                                   fusable=False))
+            prev = out
+        self.values[out_name] = (prev, out_shape)
+        st["code"][out_name] = y_kind
         return True
 
     # ----- global average pool ------------------------------------------------------------------------------
