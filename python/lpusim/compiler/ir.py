@@ -16,7 +16,9 @@ a convolution-like node the input pixel (ho*stride + dh*dilation - pad_top, wo*s
 
 A chain is a list of `Step`s, each one VXM operation whose arguments are a source (`("src", i)`: `sources[i]`, or
 `("acc",)`: the matmul's accumulator), an earlier step (`("step", j)`) or an immediate (`("imm", value)`). The
-node's result is the last step. `validate()` checks every invariant the later passes rely on.
+node's result is the last step. A step has a type `t`: "f32" (the default), "i32" (integer epilogues of int8
+matmuls, whose accumulators are read as i32), or "S.D" for a CVT from S to D (lower_quant.py); the scheduler emits
+`OP.t` and adds the conversions to each storage format (f16 or i8 copies for the MXM). `validate()` checks every invariant the later passes rely on.
 """
 from __future__ import annotations
 
