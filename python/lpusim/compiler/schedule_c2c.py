@@ -207,7 +207,27 @@ class StageScheduler(C2cJobs, Scheduler):
             self.barrier(at, self.deskew_delay(at, self.rel))
 
     def place(self, lower, build, what):
-        return super().place(max(lower, self.res.floor - 2 * self.chip.num_positions), build, what)
+        """As Scheduler.place, from the floor on. The base search gives up SEARCH_LIMIT cycles past its first
+        clash, and one retry hint (a reused block's previous owner, far ahead on a program that starts late) can
+        jump that far: then search again from the largest hint seen, which every start that fits is at or after."""
+        lower = max(lower, self.res.floor - 2 * self.chip.num_positions)
+        hints = [lower]
+
+        def watched(t):
+            try:
+                return build(t)
+            except Clash as clash:
+                if clash.retry_at is not None:
+                    hints[0] = max(hints[0], clash.retry_at)
+                raise
+
+        while True:
+            start = hints[0]
+            try:
+                return super().place(start, watched, what)
+            except CompileError:
+                if hints[0] <= start:
+                    raise
 
     def release(self, store):
         if store.tensor in self.keep:
