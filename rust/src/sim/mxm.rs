@@ -56,6 +56,11 @@ struct FastW {
     /// Shared with GEMM jobs in flight on the worker thread.
     w: std::sync::Arc<Vec<f64>>,
     wmax: Vec<f64>,
+    /// A sparse set (selection and permutation matrices: under 1/16 nonzero) also as rows of (column, value):
+    /// row k's nonzeros are `sp_col/sp_val[sp_ptr[k]..sp_ptr[k + 1]]`. Empty `sp_ptr`: dense.
+    sp_ptr: Vec<u32>,
+    sp_col: Vec<u32>,
+    sp_val: Vec<f64>,
 }
 
 impl Weights {
@@ -107,6 +112,22 @@ impl Weights {
             let src = &pre[k * dim..k * dim + ncols];
             let dst = &mut fw[k * stride..k * stride + ncols];
             f.wmax[k] = shift_to_f64(src, tz, dst);
+        }
+        f.sp_ptr.clear();
+        f.sp_col.clear();
+        f.sp_val.clear();
+        let nnz = fw.iter().filter(|&&v| v != 0.0).count();
+        if nnz * 16 < rows * stride {
+            f.sp_ptr.push(0);
+            for k in 0..rows {
+                for (n, &v) in fw[k * stride..k * stride + ncols].iter().enumerate() {
+                    if v != 0.0 {
+                        f.sp_col.push(n as u32);
+                        f.sp_val.push(v);
+                    }
+                }
+                f.sp_ptr.push(f.sp_col.len() as u32);
+            }
         }
         f.state = 1;
     }
@@ -627,6 +648,30 @@ impl MxmPlane {
             self.pend_x.clear();
             return;
         }
+        if !w.fast.sp_ptr.is_empty() {
+            // Sparse weights: only the nonzero products (exact in any order, like the dense GEMM).
+            let f = &w.fast;
+            let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
+            for (j, &(slot, _)) in self.pend.iter().enumerate() {
+                let s = slot as usize;
+                let y = &mut self.sy[s * ystride..s * ystride + ncols];
+                y.fill(0.0);
+                let x = &self.pend_x[j * rows..(j + 1) * rows];
+                for k in 0..rows {
+                    let xv = x[k];
+                    if xv == 0.0 {
+                        continue;
+                    }
+                    let (a, b) = (f.sp_ptr[k] as usize, f.sp_ptr[k + 1] as usize);
+                    for (&c, &v) in f.sp_col[a..b].iter().zip(&f.sp_val[a..b]) {
+                        y[c as usize] += xv * v; // exact: no rounding happens
+                    }
+                }
+            }
+            self.pend.clear();
+            self.pend_x.clear();
+            return;
+        }
         if padded * rows * stride >= WORKER_MIN_MACS && worker_allowed() {
             if self.worker.is_none() {
                 self.worker = Worker::spawn();
@@ -1125,17 +1170,19 @@ mod tests {
             }
             0
         };
-        let mixes: [&[(u64, u64)]; 6] = [
+        let mixes: [&[(u64, u64)]; 7] = [
             &[(0, 100)],
             &[(0, 90), (3, 5), (4, 5)],
             &[(1, 100)],
             &[(0, 50), (2, 50)],
             &[(0, 98), (4, 1), (5, 1)],
             &[(3, 60), (2, 40)],
+            // sparse (selection-like) weights
+            &[(4, 99), (0, 1)],
         ];
         let mut used_fast = 0usize;
-        for case in 0..24 {
-            let wmix = mixes[case % 6];
+        for case in 0..28 {
+            let wmix = mixes[case % 7];
             let rows = [320usize, 1, 17, 300][case % 4];
             let mut fast = MxmPlane::new(dim, 64, false);
             let mut slow = MxmPlane::new(dim, 64, false);
@@ -1157,7 +1204,7 @@ mod tests {
                     p.finish_install();
                 }
                 for v in 0..40 {
-                    let xmix = mixes[(case + v) % 6];
+                    let xmix = mixes[(case + v) % 7];
                     let mut xg = vec![0u8; 2 * dim];
                     for k in 0..dim {
                         let c = pick(&mut seed, xmix);
