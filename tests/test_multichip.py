@@ -203,3 +203,7 @@ def test_cli_json(tmp_path, capsys):
     assert report["link_summary"]["vectors"] > 0 and report["sync_cycles"] > 0
     assert len(report["utilization_per_chip"]) == 2 and report["partition"]["stages"][1]["receives"]
     assert main(["run", str(path), "--chips", "two"]) == 2
+    capsys.readouterr()
+    assert main(["run", str(path), "--chips", "3", "--parallel", "pipeline"]) == 0
+    text = capsys.readouterr().out
+    assert "x3" in text and "sync stalls" in text and "links" in text and "MATCH" in text

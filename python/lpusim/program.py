@@ -11,7 +11,7 @@ from lpusim.chip import Chip
 from lpusim.compiler import compile_graph, emit
 from lpusim.compiler.importer import from_rows, im2col, to_rows
 from lpusim.compiler.schedule import store_image
-from lpusim.errors import CompileError, ModelError
+from lpusim.errors import ModelError
 
 
 
