@@ -172,9 +172,11 @@ class MultiProgram:
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0, timing_only: bool = False,
             system: System | dict | None = None, threads: int = 0) -> MultiRunResult:
         """Simulate every chip (`simulate_system`); `system` overrides the drift seed/magnitude of the compile's."""
-        if isinstance(system, dict):
-            system = System.load(system)
+        if isinstance(system, dict):  # the program's chip unless the configuration names one
+            system = System.load({"chip": self.chip.config, **system})
         system = system or self.system
+        if json.loads(system.info["chip_config"]) != self.chip.config:
+            raise ModelError("the system's chips are not the chips the program was compiled for")
         if system.chips < self.chips:
             raise ModelError(f"the program needs {self.chips} chips, the system has {system.chips}")
         if inputs is None:
