@@ -320,6 +320,19 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
                 return self.lower_heads_matmul(node, args)
             if op == "Transpose":
                 return self.lower_heads_transpose(node, a)
+            if op in ("Shape", "Size"):  # shapes are static
+                shape4 = np.array(self.heads[node.input[0]][2], dtype=np.int64)
+                self.consts[out] = np.array(np.prod(shape4)) if op == "Size" else \
+                    shape4[a.get("start", 0):a.get("end", len(shape4))]
+                return
+            if op in _RESHAPES or op in _PASSTHROUGH:  # a reshape to the same [B, heads, S, D]: no data moves
+                shape4 = self.heads[node.input[0]][2]
+                new = shape4 if op in _PASSTHROUGH else self.reshape_target(node, a, args, shape4)
+                if tuple(new) != tuple(shape4):
+                    raise CompileError(f"{self.where(node)}: reshaping attention heads {shape4} to {tuple(new)} "
+                                       f"is not supported")
+                self.heads[node.output[0]] = self.heads[node.input[0]]
+                return
             return self.lower_per_head(node, args)
         if args and args[0] is not None and args[0][0] == "grouped":
             if op == "Transpose":
@@ -386,11 +399,26 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
             initializer=[numpy_helper.from_array(np.asarray(x), f"c{i}") for i, x in enumerate(xs) if x is not None])
         opset = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        model = onnx.helper.make_model(graph, opset_imports=opset)
         try:
-            evaluator = onnx.reference.ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opset))
+            evaluator = onnx.reference.ReferenceEvaluator(model)
             return np.asarray(evaluator.run(None, {})[0])
         except Exception as e:
-            raise CompileError(f"{self.where(node)}: folding constant {op} failed: {e}") from None
+            first = e
+        try:  # the reference evaluator has gaps (GatherElements with a longer data axis): onnxruntime
+            import onnxruntime as ort
+            feeds = {f"c{i}": np.asarray(x) for i, x in enumerate(xs) if x is not None}
+            inputs = [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                      for k, v in feeds.items()]
+            typed = onnx.helper.make_model(onnx.helper.make_graph([renamed], "fold", inputs, []),
+                                           opset_imports=opset)
+            typed.ir_version = min(typed.ir_version, 10)
+            typed = onnx.shape_inference.infer_shapes(typed, strict_mode=True)
+            typed.graph.output.extend(vi for vi in typed.graph.value_info if vi.name == node.output[0])
+            session = ort.InferenceSession(typed.SerializeToString(), providers=["CPUExecutionProvider"])
+            return np.asarray(session.run([node.output[0]], feeds)[0])
+        except Exception:
+            raise CompileError(f"{self.where(node)}: folding constant {op} failed: {first}") from None
 
     # ----- shapes ---------------------------------------------------------------------------------------
     def reshape_target(self, node, a, args, shape) -> tuple:

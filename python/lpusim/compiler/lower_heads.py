@@ -12,6 +12,7 @@ is the transpose of each part ([B, NH, D, S], the K^T of attention scores).
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from lpusim.compiler.ir import Node, View
@@ -43,7 +44,8 @@ class HeadsLowering:
                                      list(range(h * d, (h + 1) * d)), f"{node.output[0]}@h{h}")
             self.tensors[y].shape = (1, shape[1], d)
             parts.append(y)
-        self.heads[node.output[0]] = (parts, perm == [0, 2, 3, 1], (1, nh, shape[1], d))
+        transposed = perm == [0, 2, 3, 1]
+        self.heads[node.output[0]] = (parts, transposed, (1, nh, d, shape[1]) if transposed else (1, nh, shape[1], d))
 
     def lower_heads_transpose(self, node, a):
         parts, transposed, shape4 = self.heads[node.input[0]]
@@ -90,8 +92,12 @@ class HeadsLowering:
         """An elementwise op or a Softmax over the last axis, once per head."""
         heads = [x for x in args if x is not None and x[0] == "heads"]
         nh = len(heads[0][1])
-        if any(x[2] for x in heads):
-            raise CompileError(f"{self.where(node)}: {node.op_type} of transposed attention heads is not supported")
+        transposed = heads[0][2]
+        scalars_only = all(x is None or x[0] == "heads" or (x[0] == "const" and np.asarray(x[1]).size == 1)
+                           for x in args)
+        if any(x[2] != transposed for x in heads) or (transposed and not scalars_only):
+            raise CompileError(f"{self.where(node)}: {node.op_type} of transposed attention heads with a "
+                               f"non-scalar operand is not supported")
         shape4 = heads[0][3]
         out_parts = []
         for h in range(nh):
@@ -128,7 +134,8 @@ class HeadsLowering:
                     else:
                         self.values[name] = old
             out_parts.append(self.values.pop(sub.output[0])[0])
-        self.heads[node.output[0]] = (out_parts, False, shape4)
+        # an elementwise op with scalars commutes with the transpose: the parts stay untransposed
+        self.heads[node.output[0]] = (out_parts, transposed, shape4)
 
 
 class _Renamed:

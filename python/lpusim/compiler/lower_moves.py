@@ -55,6 +55,11 @@ class MoveLowering:
         shapes = [tuple(x[1].shape) if x[0] == "const" else tuple(x[2]) for x in values]
         nd = len(shapes[0])
         axis = a.get("axis") % nd
+        kept = [(x, s) for x, s in zip(values, shapes) if s[axis] != 0]  # an empty past (a KV cache) adds nothing
+        if len(kept) == 1 and kept[0][0][0] == "value":
+            self.values[node.output[0]] = (kept[0][0][1], kept[0][1])
+            return
+        values, shapes = [x for x, _ in kept], [s for _, s in kept]
         if axis != lane_axis(shapes[0]):
             raise CompileError(f"{self.where(node)}: Concat along axis {a.get('axis')} of {shapes[0]} moves rows, "
                                f"not supported yet (only the lane axis: channels of an image, or the last axis)")
