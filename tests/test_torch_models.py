@@ -42,3 +42,20 @@ def test_transformers_bert_encoder_matches_onnxruntime(tmp_path):
             return self.m(inputs_embeds=e).last_hidden_state
     m = export(Embeddings(bert), (torch.randn(1, 16, 128),), tmp_path / "bert.onnx", ["inputs_embeds"])
     assert_matches_onnxruntime(m)
+
+
+@pytest.mark.slow
+def test_transformers_gpt2_decoder_matches_onnxruntime(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_embd=128, n_layer=2, n_head=2, n_positions=64))
+
+    class Embeddings(torch.nn.Module):  # causal mask, KV-cache concat of an empty past, gelu_new (Pow, Tanh)
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, e):
+            return self.m(inputs_embeds=e).last_hidden_state
+    m = export(Embeddings(gpt2), (torch.randn(1, 16, 128),), tmp_path / "gpt2.onnx", ["inputs_embeds"])
+    assert_matches_onnxruntime(m)

@@ -55,8 +55,12 @@ def tensor_magnitudes(proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> 
     names = [o.name for o in session.get_outputs()]
     feed = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
     values = session.run(names, feed)
-    result = dict((name, float(np.max(np.abs(v))) if np.size(v) else 0.0) for name, v in zip(names, values)
-                  if np.asarray(v).dtype.kind == "f")
-    for name, v in inputs.items():
-        result[name] = float(np.max(np.abs(v))) if np.size(v) else 0.0
+    result: dict[str, float] = {}
+    for name, v in list(zip(names, values)) + list(inputs.items()):
+        v = np.asarray(v)
+        if v.dtype.kind != "f":
+            continue
+        finite = v[np.isfinite(v)]  # an inf (a -inf attention mask) says nothing about the scale
+        result[name] = float(np.max(np.abs(finite))) if finite.size else 0.0
+        result[name + "#max"] = float(np.max(finite)) if finite.size else 0.0  # the largest value, signed
     return result

@@ -128,7 +128,13 @@ class LaneLowering:
         # maximum of fp16-rounded values, within 2^-11 of the largest magnitude r: while that error could push
         # exp(x - m) past fp16 (r > 2^12), shift by that estimate and search again, the error shrinking 2^10-fold
         # per pass (onnx's light_* models have logits near 1e19: six passes).
-        r = 2.0 * self.magnitudes.get(node.input[0], 0.0)
+        # r: the scale of the row maxima (the largest value, not the largest magnitude: a -1e38 attention mask
+        # never wins the maximum)
+        top = self.magnitudes.get(node.input[0] + "#max")
+        r = 2.0 * (abs(top) if top is not None else self.magnitudes.get(node.input[0], 0.0))
+        r = min(r, 2.0 ** 128)
+        if x in self.derived:  # a per-head part only the maximum search reads in fp16: scale its copy by r
+            self.derived[x] = r
         m = self.lane_extreme(node, x, shape, "MAX", magnitude=r)
         while r > 2.0 ** 12:
             x = self.vector(node, [x, m], [Step("SUB", [("src", 0), ("src", 1)])], shape, "shifted")

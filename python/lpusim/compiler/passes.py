@@ -47,6 +47,31 @@ def _merge(producer: Node, consumer: Node, tensor: str) -> Node:
                 sources=sources, steps=steps, terms=list(producer.terms))
 
 
+# ALUs a fused chain may be estimated to need (the VXM has 16; the scheduler's exact count adds delay lines).
+MAX_FUSED_ALUS = 14
+
+
+def _alu_estimate(steps: list[Step]) -> int:
+    """A chain's ALUs: one per step, plus the delay-line ALUs that hold a result until a later step reads it (at
+    tsp_v1's latencies, 2 cycles a delay ALU), plus a copy for each source or accumulator read twice
+    (schedule.timed_chain does the exact count with the chip's latencies)."""
+    slow = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT"}
+    lat = [8 if s.op in slow else 3 if s.op == "MUL" else 2 for s in steps]
+    done: list[int] = []
+    delays = 0
+    for k, s in enumerate(steps):
+        refs = [a[1] for a in s.args if a[0] == "step"]
+        start = max([done[j] for j in refs], default=0)
+        delays += sum(-(-(start - done[j]) // 2) for j in refs)
+        done.append(start + lat[k])
+    reads: dict = {}
+    for s in steps:
+        for a in s.args:
+            if a[0] in ("src", "acc"):
+                reads[a] = reads.get(a, 0) + 1
+    return len(steps) + delays + sum(1 for n in reads.values() if n > 1)
+
+
 def fuse_chains(graph: Graph) -> Graph:
     changed = True
     while changed:
@@ -69,6 +94,8 @@ def fuse_chains(graph: Graph) -> Graph:
                 if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
                     continue
                 merged = _merge(producer, consumer, name)
+                if _alu_estimate(merged.steps) > MAX_FUSED_ALUS:
+                    continue  # the delay lines of a long chain would need more ALUs than the VXM has
                 read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
                 if len(read) != len(set(read)):
                     continue  # one slice queue cannot stream two views of one tensor at once
@@ -219,7 +246,7 @@ def scale_fp16(graph: Graph) -> Graph:
             conv = next((n for n in graph.nodes if n.output == name and n.onnx_op == "Cast(f16)"), None)
             if conv is not None:
                 onnx_name = graph.origin.get(conv.sources[0].tensor)
-        if onnx_name is None and name in graph.derived:  # e.g. a running maximum: as large as what it scans
+        if name in graph.derived:  # e.g. a running maximum: as large as what it scans
             return graph.derived[name]
         if onnx_name is None:
             return 0.0
