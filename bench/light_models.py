@@ -26,11 +26,15 @@ def light_path(name: str) -> str:
 def measure(name: str, precision: str = "fp16") -> dict:
     """precision="int8": compiled through onnxruntime's quantiser and compared with onnxruntime running the same
     quantised model (compiler/quantize.py)."""
-    model = onnx.load(light_path(name))
+    return measure_model(onnx.load(light_path(name)), name, precision)
+
+
+def measure_model(model, name: str, precision: str = "fp16", progress: bool = False) -> dict:
+    """Compile, simulate (functional and timing-only) and compare one model; times from this process."""
     row = {"model": name, "precision": precision}
     t = time.perf_counter()
     try:
-        program = lpusim.compile(model, precision=precision)
+        program = lpusim.compile(model, precision=precision, progress=progress)
     except lpusim.LpusimError as e:
         row.update(status="compile error", error=str(e))
         return row
@@ -51,7 +55,8 @@ def measure(name: str, precision: str = "fp16") -> dict:
                max_rel_error=cmp["max_rel_error"], cycles=result.cycles, predicted=program.predicted_cycles,
                timing_only_cycles=timing.cycles, latency_us=result.latency_us,
                images_per_s=1e6 / result.latency_us, sram_mib=program.sram_bytes / 2**20, ort_s=ort_s,
-               sim_over_ort=row["simulate_s"] / ort_s, timing_over_ort=row["timing_only_s"] / ort_s)
+               sim_over_ort=row["simulate_s"] / ort_s, timing_over_ort=row["timing_only_s"] / ort_s,
+               instructions=program.instructions, utilization=result.utilization)
     return row
 
 

@@ -41,14 +41,7 @@ def sram_needed(graph: ir.Graph, chip: Chip) -> int:
 
     static = sum(size(t) for t in graph.tensors.values() if t.kind in ("const", "input"))
     for w in {w for node in graph.nodes for _, w in node.terms if graph.tensors[w].kind == "const"}:
-        data = graph.tensors[w].data
-        k, n = data.shape
-        for kt in range(math.ceil(k / lanes)):
-            for nt in range(math.ceil(n / lanes)):
-                if data[kt * lanes:(kt + 1) * lanes, nt * lanes:(nt + 1) * lanes].any():
-                    rows = min(k - kt * lanes, lanes)
-                    slots, width = schedule.weight_slots(graph.tensors[w].dtype)
-                    static += slots * math.ceil(rows / slots) * width * lanes
+        static += schedule.weight_bytes(graph.tensors[w].data, graph.tensors[w].dtype, lanes)
     last_use = {}
     for i, node in enumerate(graph.nodes):
         for name in ir.node_inputs(node):

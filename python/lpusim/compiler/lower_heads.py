@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from lpusim.compiler.ir import Node, View
+from lpusim.compiler.lower_moves import _Renamed
 from lpusim.errors import CompileError
 
 
@@ -69,7 +70,7 @@ class HeadsLowering:
         if args[0][0] != "heads" or args[1][0] != "heads":
             raise CompileError(f"{self.where(node)}: a MatMul of attention heads with a non-head operand is not "
                                f"supported yet")
-        (a_parts, a_t, a_shape), (b_parts, b_t, b_shape) = args[0][1:], args[1][1:]
+        (a_parts, a_t, a_shape), (b_parts, b_t, _) = args[0][1:], args[1][1:]
         if a_t:
             raise CompileError(f"{self.where(node)}: the left operand of a heads MatMul must not be transposed")
         out_parts = []
@@ -136,13 +137,3 @@ class HeadsLowering:
             out_parts.append(self.values.pop(sub.output[0])[0])
         # an elementwise op with scalars commutes with the transpose: the parts stay untransposed
         self.heads[node.output[0]] = (out_parts, transposed, shape4)
-
-
-class _Renamed:
-    """A node seen through another output name."""
-
-    def __init__(self, node, output):
-        self._node, self.output = node, [output]
-
-    def __getattr__(self, name):
-        return getattr(self._node, name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
-from lpusim.compiler.lower_lanes import lane_axis, with_lanes
+from lpusim.compiler.lower_lanes import lane_axis
 from lpusim.errors import CompileError
 
 

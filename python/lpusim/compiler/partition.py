@@ -121,13 +121,7 @@ def stage_sram(graph: ir.Graph, nodes: list[ir.Node], received: dict[str, list[s
                  if graph.tensors[n].kind in ("const", "input"))
     static += sum(size(graph.tensors[n], f) for n, f in received.items())
     for w in {w for node in nodes for _, w in node.terms if graph.tensors[w].kind == "const"}:
-        data = graph.tensors[w].data
-        k, n = data.shape
-        for kt in range(math.ceil(k / lanes)):
-            for nt in range(math.ceil(n / lanes)):
-                if data[kt * lanes:(kt + 1) * lanes, nt * lanes:(nt + 1) * lanes].any():
-                    rows = min(k - kt * lanes, lanes)
-                    static += schedule.WEIGHT_SLOTS * math.ceil(rows / schedule.WEIGHT_SLOTS) * 2 * lanes
+        static += schedule.weight_bytes(graph.tensors[w].data, graph.tensors[w].dtype, lanes)
     last_use = {}
     for i, node in enumerate(nodes):
         for name in ir.node_inputs(node):

@@ -28,6 +28,20 @@ SEARCH_LIMIT = 200_000
 WEIGHT_SLOTS = 8
 
 
+def weight_bytes(data: np.ndarray, dtype: str, lanes: int) -> int:
+    """MEM bytes of constant weights [K, N] stored as weight tiles (all-zero tiles are not stored; a tile's rows
+    are padded to whole slots)."""
+    k, n = data.shape
+    slots, width = weight_slots(dtype)
+    total = 0
+    for kt in range(math.ceil(k / lanes)):
+        for nt in range(math.ceil(n / lanes)):
+            if data[kt * lanes:(kt + 1) * lanes, nt * lanes:(nt + 1) * lanes].any():
+                rows = min(k - kt * lanes, lanes)
+                total += slots * math.ceil(rows / slots) * width * lanes
+    return total
+
+
 def weight_slots(dtype: str) -> tuple[int, int]:
     """(rows per LW, bytes per row element) of a weight tile: f16 8 x 2 bytes, int8 16 x 1 byte (16 streams)."""
     return (WEIGHT_SLOTS * 2, 1) if dtype == "i8" else (WEIGHT_SLOTS, 2)
