@@ -7,7 +7,10 @@ from lpusim.compiler.resources import Issue
 from lpusim.errors import CompileError
 
 
-def emit_assembly(issues: list[Issue], header: str = "") -> str:
+def emit_assembly(issues: list[Issue], header: str = "", barriers: list[tuple[int, int]] = ()) -> str:
+    """Per queue, the issues in cycle order with NOPs between. `barriers` (B, d) of a multi-chip stage
+    (schedule_c2c.py) put `RUNTIME_DESKEW d` at cycle B in every queue that issues anything after it; the
+    instruction after it issues at program cycle B + d."""
     by_queue: dict[str, list[Issue]] = defaultdict(list)
     for issue in issues:
         by_queue[issue.queue].append(issue)
@@ -15,7 +18,16 @@ def emit_assembly(issues: list[Issue], header: str = "") -> str:
     for queue in sorted(by_queue):
         lines.append(f".queue {queue}")
         cycle = 0
+        todo = sorted(barriers)
         for issue in sorted(by_queue[queue], key=lambda i: i.cycle):
+            while todo and todo[0][0] + todo[0][1] <= issue.cycle:
+                at, d = todo.pop(0)
+                if at < cycle:
+                    raise CompileError(f"internal: {queue} is busy at the barrier at cycle {at}")
+                if at > cycle:
+                    lines.append(f"    NOP {at - cycle}")
+                lines.append(f"    RUNTIME_DESKEW {d}")
+                cycle = at + d
             if issue.cycle < cycle:
                 raise CompileError(f"internal scheduling error: {queue} issues '{issue.text}' at cycle "
                                    f"{issue.cycle} while busy until {cycle}")

@@ -236,35 +236,9 @@ class StageScheduler(C2cJobs, Scheduler):
 
 
 def emit_stage(issues: list[Issue], barriers: list[tuple[int, int]], header: str = "") -> str:
-    """Assembly text like emit.emit_assembly, with `RUNTIME_DESKEW d` at every barrier (B, d) in each queue that
-    issues anything after it; the instruction after it issues at program cycle B + d."""
-    by_queue: dict[str, list[Issue]] = defaultdict(list)
-    for issue in issues:
-        by_queue[issue.queue].append(issue)
-    lines = [f"; {line}" for line in header.splitlines()]
-    for queue in sorted(by_queue):
-        lines.append(f".queue {queue}")
-        cycle = 0
-        todo = sorted(barriers)
-        for issue in sorted(by_queue[queue], key=lambda i: i.cycle):
-            while todo and todo[0][0] + todo[0][1] <= issue.cycle:
-                at, d = todo.pop(0)
-                if at < cycle:
-                    raise CompileError(f"internal: {queue} is busy at the barrier at cycle {at}")
-                if at > cycle:
-                    lines.append(f"    NOP {at - cycle}")
-                lines.append(f"    RUNTIME_DESKEW {d}")
-                cycle = at + d
-            if issue.cycle < cycle:
-                raise CompileError(f"internal scheduling error: {queue} issues '{issue.text}' at cycle "
-                                   f"{issue.cycle} while busy until {cycle}")
-            if issue.cycle > cycle:
-                lines.append(f"    NOP {issue.cycle - cycle}")
-            lines.append(f"    {issue.text}")
-            if issue.n > 1:
-                lines.append(f"    REPEAT {issue.n - 1}, {issue.d}, {issue.stride}")
-            cycle = issue.cycle + (issue.n - 1) * issue.d + 1
-    return "\n".join(lines) + "\n"
+    """Assembly text of one stage: emit.emit_assembly with its RUNTIME_DESKEW barriers."""
+    from lpusim.compiler.emit import emit_assembly
+    return emit_assembly(issues, header, barriers)
 
 
 def barrier_issues(issues: list[Issue], barriers: list[tuple[int, int]]) -> int:
