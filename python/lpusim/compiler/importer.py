@@ -138,10 +138,6 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
     return out
 
 
-def op_name(node) -> str:
-    return node.op_type
-
-
 def _as_matrix(shape: tuple) -> tuple[int, int]:
     """An ONNX shape as (rows, cols): an NCHW image has channels on the lanes and a row per pixel; any other
     shape has its last dimension on the lanes and everything before it batched."""
@@ -693,11 +689,15 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             # lane on the MXM
             y, _ = self.select_lanes(node, name, tuple(shape) or (1,), np.zeros(ocols, dtype=np.int64),
                                      self.fresh("bcast"))
-            self.derived[y] = self.magnitudes.get(next((i for i in node.input if self.values.get(i, (None,))[0]
-                                                        == name), ""), 0.0)
+            self.derived[y] = self.tensor_magnitude(node, name)
             return ("src", y)
         raise CompileError(f"{self.where(node)}: broadcasting {tuple(shape)} to {tuple(out_shape)} "
                            f"is not supported yet")
+
+    def tensor_magnitude(self, node, ir_name: str) -> float:
+        """The calibrated magnitude of the ONNX input of `node` that holds `ir_name` (0 when unknown)."""
+        onnx_name = next((i for i in node.input if i in self.values and self.values[i][0] == ir_name), None)
+        return self.magnitudes.get(onnx_name, 0.0) if onnx_name else self.derived.get(ir_name, 0.0)
 
     def emit_binary(self, node, vop, x, y, out_name):
         shapes = [x[1].shape if x[0] == "const" else x[2] for x in (x, y)]
@@ -761,7 +761,7 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
                 all(shape[i] == 1 for i in range(nd - 2)) and big:
             # a matrix transpose (rows <-> lanes): skew, gather, unskew on the SXM and MEM (schedule_sxm.py)
             out = self.add_tensor(self.fresh(node.output[0]), new, "value")
-            self.nodes.append(Node("transpose", node.name or node.output[0], op_name(node), out,
+            self.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, out,
                                    sources=[View(x)], fusable=False))
             self.derived[out] = self.magnitudes.get(node.input[0], 0.0)
             self.values[node.output[0]] = (out, new)

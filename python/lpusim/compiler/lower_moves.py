@@ -27,11 +27,6 @@ def placement(c_in: int, c_out: int, offset: int, step: int = 1, count: int | No
     return p
 
 
-def _rows_cols(shape) -> tuple[int, int]:
-    from lpusim.compiler.importer import _as_matrix
-    return _as_matrix(shape)
-
-
 class MoveLowering:
     """Mixed into the importer's `_Lowering` after LaneLowering."""
 
@@ -65,8 +60,8 @@ class MoveLowering:
                                f"not supported yet (only the lane axis: channels of an image, or the last axis)")
         total = sum(s[axis] for s in shapes)
         out_shape = tuple(total if i == axis else d for i, d in enumerate(shapes[0]))
-        from lpusim.compiler.importer import to_rows
-        consts = np.zeros(_rows_cols(out_shape), dtype=np.float32)  # constant inputs, placed, added exactly
+        from lpusim.compiler.importer import _as_matrix, to_rows
+        consts = np.zeros(_as_matrix(out_shape), dtype=np.float32)  # constant inputs, placed, added exactly
         parts, offset = [], 0
         for x, s in zip(values, shapes):
             if x[0] == "const":
