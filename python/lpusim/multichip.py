@@ -35,8 +35,8 @@ import numpy as np
 
 from lpusim import _lpusim
 from lpusim.chip import Chip
-from lpusim.compiler import calibrate, emit, importer, ir
-from lpusim.compiler import PASSES, sram_needed
+from lpusim.compiler import emit, importer, ir
+from lpusim.compiler import build_graph, random_inputs, sram_needed
 from lpusim.compiler.partition import Partitioner, node_costs, static_cost, vectors
 from lpusim.compiler.schedule_c2c import StageScheduler, barrier_issues, emit_stage
 from lpusim.errors import CompileError, ModelError, SimulationError
@@ -166,8 +166,7 @@ class MultiProgram:
         return self.chip.seconds(self.predicted_cycles) * 1e6
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in self.input_shapes.items()}
+        return random_inputs(self.input_shapes, seed)
 
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0, timing_only: bool = False,
             system: System | dict | None = None, threads: int = 0) -> MultiRunResult:
@@ -212,24 +211,6 @@ class MultiProgram:
 
 
 # ----- compile ---------------------------------------------------------------------------------------------
-def build_graph(model, chip: Chip, precision: str, shapes, dump, calibration):
-    """Import and run every pass (compiler.compile_graph without the single-chip SRAM check and schedule)."""
-    proto = importer.load_model(model)
-    input_shapes = importer.resolve_input_shapes(proto, shapes)
-    if calibration is None:
-        rng = np.random.default_rng(0)
-        calibration = {n: rng.standard_normal(s).astype(np.float32) for n, s in input_shapes.items()}
-    graph = importer.import_onnx(proto, input_shapes, calibrate.tensor_magnitudes(proto, calibration))
-    if dump:
-        dump("import", graph.dump())
-    for name, run in PASSES:
-        graph = run(graph)
-        ir.validate(graph)
-        if dump:
-            dump(name, graph.dump())
-    return proto, graph
-
-
 def _tolerance_ppm(config: dict) -> float:
     if config.get("chip_drift_ppm"):
         return max(abs(float(v)) for v in config["chip_drift_ppm"])
@@ -281,7 +262,7 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
         raise CompileError(f"precision '{precision}' on several chips is not supported yet (fp16 only)")
     start = time.perf_counter()
     cfg = Chip.load(chip)
-    proto, graph = build_graph(model, cfg, precision, shapes, dump, calibration)
+    proto, graph = build_graph(model, precision, shapes, dump, calibration)
     one_chip = sram_needed(graph, cfg)
     probe = _system_for(2, cfg, system if not isinstance(system, System) else None)
     interval = probe.min_send_interval_cycles
@@ -523,7 +504,5 @@ def run_report(model, *, chips, parallel="auto", system=None, inputs=None, seed=
         "wall_s": {"compile": program.compile_s, "simulate": result.wall_simulate_s, "onnxruntime": ort_wall},
     }
     if not timing_only:
-        cmp = compare(result.outputs, ref)
-        report.update(outputs_match=cmp["outputs_match"], max_abs_error=cmp["max_abs_error"],
-                      max_rel_error=cmp["max_rel_error"], per_output=cmp["per_output"], tolerance=cmp["tolerance"])
+        report.update(compare(result.outputs, ref))  # outputs_match, max errors, per output, tolerance
     return report

@@ -8,7 +8,7 @@ import numpy as np
 
 from lpusim import _lpusim
 from lpusim.chip import Chip
-from lpusim.compiler import compile_graph, emit
+from lpusim.compiler import compile_graph, emit, random_inputs
 from lpusim.compiler.importer import from_rows, im2col, to_rows
 from lpusim.compiler.schedule import store_image
 from lpusim.errors import ModelError
@@ -49,8 +49,7 @@ class Program:
         return self.chip.seconds(self.predicted_cycles) * 1e6
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in self.input_shapes.items()}
+        return random_inputs(self.input_shapes, seed)
 
     def _mem_image(self, inputs: dict[str, np.ndarray]):
         graph, sched = self._graph, self._schedule

@@ -57,15 +57,15 @@ def sram_needed(graph: ir.Graph, chip: Chip) -> int:
     return static + peak
 
 
-def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=None, progress=None,
-                  calibration=None):
+def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibration=None):
+    """Load, quantise if asked (precision="int8"), calibrate, import and run PASSES: (proto, graph). Shared by the
+    single-chip compile below and the multi-chip partitioner (multichip.py)."""
     if precision not in PRECISIONS:
         raise CompileError(f"precision '{precision}' is not supported yet (supported: {', '.join(PRECISIONS)})")
     proto = importer.load_model(model)
     input_shapes = importer.resolve_input_shapes(proto, shapes)
     if calibration is None:
-        rng = np.random.default_rng(0)  # what Program.random_inputs(seed=0) gives
-        calibration = {n: rng.standard_normal(s).astype(np.float32) for n, s in input_shapes.items()}
+        calibration = random_inputs(input_shapes, 0)
     if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
         proto = quantize_model(proto, {n: calibration[n] for n in input_shapes})
     magnitudes = calibrate.tensor_magnitudes(proto, calibration)
@@ -77,6 +77,18 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
         ir.validate(graph)
         if dump:
             dump(name, graph.dump())
+    return proto, graph
+
+
+def random_inputs(input_shapes: dict, seed: int = 0) -> dict:
+    """Seeded standard-normal float32 inputs: the default calibration and `Program.random_inputs`."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in input_shapes.items()}
+
+
+def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=None, progress=None,
+                  calibration=None):
+    proto, graph = build_graph(model, precision, shapes, dump, calibration)
     need = sram_needed(graph, chip)
     if need > chip.sram_bytes:
         raise CompileError(f"the model needs {need:,} bytes of SRAM and one {chip.name} chip has "
