@@ -370,6 +370,16 @@ class QuantLowering:
         return True
 
     # ----- average pool -----------------------------------------------------------------------------------
+    def q_pool_operands(self, node, attrs):
+        """(x, its kind, sx, zx, sy, output zero point) of a QLinear(Global)AveragePool (com.microsoft)."""
+        if attrs.get("channels_last", 0):
+            raise CompileError(f"{self.where(node)}: channels_last=1 is not supported")
+        x = node.input[0]
+        kind = self.q_kind(node, x)
+        return (x, kind, self.q_scalar_scale(node, 1, "input scale"), self.q_zero(node, 2, kind, "input zero point"),
+                self.q_scalar_scale(node, 3, "output scale"),
+                self.q_const(node, 4, "output zero point", required=False))
+
     def q_average_pool(self, node) -> bool:
         """DequantizeLinear -> AveragePool -> QuantizeLinear, or QLinearAveragePool (com.microsoft), as onnxruntime's
         QLinearAveragePool kernel computes it: each tap dequantized (sx * (x - zx)) and added in float32 in window
@@ -378,14 +388,7 @@ class QuantLowering:
         st = self.q_state
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "QLinearAveragePool":
-            if attrs.get("channels_last", 0):
-                raise CompileError(f"{self.where(node)}: channels_last=1 is not supported")
-            x = node.input[0]
-            kind = self.q_kind(node, x)
-            sx = self.q_scalar_scale(node, 1, "input scale")
-            zx = self.q_zero(node, 2, kind, "input zero point")
-            sy = self.q_scalar_scale(node, 3, "output scale")
-            y_zp = self.q_const(node, 4, "output zero point", required=False)
+            x, kind, sx, zx, sy, y_zp = self.q_pool_operands(node, attrs)
             out_name = node.output[0]
         else:
             if node.input[0] not in st["pending"]:
@@ -465,14 +468,7 @@ class QuantLowering:
         st = self.q_state
         if node.op_type == "QLinearGlobalAveragePool":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            if attrs.get("channels_last", 0):
-                raise CompileError(f"{self.where(node)}: channels_last=1 is not supported")
-            x = node.input[0]
-            kind = self.q_kind(node, x)
-            sx = self.q_scalar_scale(node, 1, "input scale")
-            zx = self.q_zero(node, 2, kind, "input zero point")
-            sy = self.q_scalar_scale(node, 3, "output scale")
-            y_zp = self.q_const(node, 4, "output zero point", required=False)
+            x, kind, sx, zx, sy, y_zp = self.q_pool_operands(node, attrs)
             y_kind = _NP_TYPES.get(y_zp.dtype, "u8") if y_zp is not None else "u8"
             zy = self.q_zero(node, 4, y_kind, "output zero point")
             out_name = node.output[0]
