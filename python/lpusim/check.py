@@ -25,7 +25,8 @@ def run_onnxruntime(model, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.
     opts.log_severity_level = 3
     payload = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     session = ort.InferenceSession(payload, opts, providers=["CPUExecutionProvider"])
-    feeds = {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
+    feeds = {k: np.asarray(v) if np.asarray(v).dtype.kind in "biu" else np.asarray(v, dtype=np.float32)
+             for k, v in inputs.items()}  # bool/integer inputs (token ids, masks) as given
     session.run(None, feeds)  # warm-up: the first run includes one-off allocation
     start = time.perf_counter()
     values = session.run(None, feeds)

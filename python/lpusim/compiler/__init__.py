@@ -65,7 +65,7 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
     proto = importer.load_model(model)
     input_shapes = importer.resolve_input_shapes(proto, shapes)
     if calibration is None:
-        calibration = random_inputs(input_shapes, 0)
+        calibration = random_inputs(input_shapes, 0, importer.input_kinds(proto))
     if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
         proto = quantize_model(proto, {n: calibration[n] for n in input_shapes})
     magnitudes = calibrate.tensor_magnitudes(proto, calibration)
@@ -80,10 +80,19 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
     return proto, graph
 
 
-def random_inputs(input_shapes: dict, seed: int = 0) -> dict:
-    """Seeded standard-normal float32 inputs: the default calibration and `Program.random_inputs`."""
+def random_inputs(input_shapes: dict, seed: int = 0, kinds: dict | None = None) -> dict:
+    """Seeded standard-normal float32 inputs: the default calibration and `Program.random_inputs`. `kinds`
+    (importer.input_kinds): bool and integer inputs, drawn uniformly in [0, bound) (token ids below the table's
+    length, masks in {0, 1})."""
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in input_shapes.items()}
+    out = {}
+    for name, shape in input_shapes.items():
+        if kinds and name in kinds:
+            dtype, high = kinds[name]
+            out[name] = rng.integers(0, high, size=shape).astype(dtype)
+        else:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+    return out
 
 
 def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=None, progress=None,

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
 from lpusim.compiler.lower_heads import HeadsLowering
+from lpusim.compiler.lower_index import IndexLowering
 from lpusim.compiler.lower_lanes import LaneLowering
 from lpusim.compiler.lower_misc import MiscLowering
 from lpusim.compiler.lower_moves import MoveLowering
@@ -73,11 +74,18 @@ _POW = {1.0: [("COPY", [("in",)])], 2.0: [("MUL", [("in",), ("in",)])],
         4.0: [("MUL", [("in",), ("in",)]), ("MUL", [("step", 0), ("step", 0)])],
         0.5: [("SQRT", [("in",)])], -1.0: [("RCP", [("in",)])], -0.5: [("RSQRT", [("in",)])]}
 _PASSTHROUGH = {"Identity", "Dropout"}
+# Which results hold whole numbers (lower_index.py: a Cast to an integer type of such a value moves nothing):
+_KEEP_INTEGRAL = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Slice", "Transpose",
+                  "Tile", "Neg", "Abs", "Relu", "Floor", "Ceil", "Cast"}  # when the first input does
+_WHOLE_ARITH = {"Add", "Sub", "Mul", "Max", "Min", "Where", "Concat"}  # when every input does
+_BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "ArgMax",
+            "ArgMin"}
 _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 _REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
 SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _SPATIAL | _REDUCE |
                        {"Pad", "Expand", "Tile", "Gather", "Einsum", "ConstantOfShape"} |
+                       {"ArgMax", "ArgMin", "GatherElements", "Resize", "Range"} |
                        {"Softmax", "LogSoftmax", "LayerNormalization", "Concat", "Slice", "Split", "LRN",
                         "Transpose", "Pow", "Where", "Shape", "Size", "Cast"} |
                        {"MatMul", "Gemm", "Clip", "Constant", "BatchNormalization", "Sum"})
@@ -129,13 +137,82 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
                 raise CompileError(f"input '{inp.name}': dimension '{name}' is not fixed; give it with "
                                    f"--shape {inp.name}=D0,D1,... (or shapes={{'{inp.name}': (...)}})")
         out[inp.name] = tuple(dims)
+    for inp in model.graph.input:
         elem = inp.type.tensor_type.elem_type
-        if elem != onnx.TensorProto.FLOAT:
+        if inp.name in out and elem not in HOST_TYPES:
             raise CompileError(f"input '{inp.name}': element type {onnx.TensorProto.DataType.Name(elem)} "
-                               f"is not supported yet (float32 only)")
+                               f"is not supported yet (float32, bool and integer inputs)")
     if shapes:
         raise CompileError(f"--shape names unknown input(s): {', '.join(sorted(shapes))}")
     return out
+
+
+# Graph input element types the host converts to the chip's float32 (integers exactly when |v| <= 2^24).
+HOST_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.BOOL: np.bool_,
+              onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT16: np.int16,
+              onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.UINT16: np.uint16,
+              onnx.TensorProto.UINT32: np.uint32, onnx.TensorProto.UINT64: np.uint64}
+_INDEX_OPERANDS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}  # op -> its indices operand
+_VALUE_PRESERVING = {"Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+
+def input_kinds(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
+    """{input: (numpy dtype name, exclusive upper bound)} for every bool or integer graph input: the values
+    `random_inputs` draws. An input that indexes a constant (a Gather's token ids, through Cast/Reshape/...) is
+    drawn in [0, that axis's length); any other integer input (an attention mask) in {0, 1}."""
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    kinds, origin = {}, {}
+    for inp in model.graph.input:
+        elem = inp.type.tensor_type.elem_type
+        if inp.name not in inits and elem in HOST_TYPES and elem != onnx.TensorProto.FLOAT:
+            kinds[inp.name] = (np.dtype(HOST_TYPES[elem]).name, 2)
+            origin[inp.name] = inp.name
+    for node in model.graph.node:
+        if node.op_type in _VALUE_PRESERVING and node.input and node.input[0] in origin:
+            origin[node.output[0]] = origin[node.input[0]]
+        pos = _INDEX_OPERANDS.get(node.op_type)
+        if pos is None or len(node.input) <= pos or node.input[pos] not in origin:
+            continue
+        data = node.input[0]
+        dims = list(inits[data].dims) if data in inits else list(numpy_helper.to_array(
+            consts[data].attribute[0].t).shape) if data in consts and consts[data].attribute[0].name == "value" else None
+        if not dims:
+            continue
+        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        name = origin[node.input[pos]]
+        high = int(dims[axis % len(dims)])
+        kinds[name] = (kinds[name][0], high if kinds[name][1] == 2 else min(high, kinds[name][1]))
+    return kinds
+
+
+def host_input(name: str, array, kind: tuple | None) -> np.ndarray:
+    """A graph input as the chip's float32: bool -> 1.0/0.0, integers exactly (ModelError naming the input when a
+    value has no exact float32 form, |v| > 2^24); float inputs as before."""
+    array = np.asarray(array)
+    if kind is None:
+        return array.astype(np.float32)
+    if array.dtype.kind not in "biu":
+        raise ModelError(f"input '{name}' is declared {kind[0]} and was given a {array.dtype} array")
+    converted = array.astype(np.float32)
+    if array.dtype.kind != "b" and np.any(converted.astype(np.float64) != array.astype(np.float64)):
+        bad = array[converted.astype(np.float64) != array.astype(np.float64)].ravel()[0]
+        raise ModelError(f"input '{name}': the value {int(bad)} has no exact float32 form (the chip computes in "
+                         f"float32: integers up to 2^24 in magnitude)")
+    return converted
+
+
+def decode_output(name: str, array: np.ndarray, dtype) -> np.ndarray:
+    """An output the chip computed as float32, returned as its ONNX integer type (ArgMax's int64, Cast to int):
+    the values must be whole numbers (LpusimError otherwise: a compiler bug, not a rounding)."""
+    if dtype is None:
+        return array
+    from lpusim.errors import LpusimError
+    bad = ~np.isfinite(array) | (np.floor(array) != array)
+    if bad.any():
+        raise LpusimError(f"output '{name}' is {np.dtype(dtype).name}, but the chip produced {int(bad.sum())} "
+                          f"value(s) that are not whole numbers (e.g. {array[bad].ravel()[0]!r})")
+    return array.astype(dtype)
 
 
 def _as_matrix(shape: tuple) -> tuple[int, int]:
@@ -187,7 +264,7 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
     return matrix.reshape(shape)
 
 
-class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering):
+class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering, IndexLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -206,6 +283,8 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
         self.heads: dict[str, tuple] = {}
         self.heads_hidden: dict[str, tuple] = {}
         self.merges: dict[str, tuple] = {}
+        self.kinds = input_kinds(model)  # bool/integer graph inputs (host-converted to float32)
+        self.integral: set[str] = set(self.kinds)  # ONNX values known to hold whole numbers (lower_index.py)
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -269,6 +348,15 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
         raise CompileError(f"{self.where(node)}: input '{name}' is not produced by any earlier node")
 
     def lower(self, node) -> None:
+        self.lower_node(node)
+        ins = [i for i in node.input if i]
+        whole = lambda i: i in self.integral or (i in self.consts and np.all(  # noqa: E731
+            np.mod(np.asarray(self.consts[i], dtype=np.float64), 1) == 0))
+        if node.op_type in _KEEP_INTEGRAL and ins and whole(ins[0]) or \
+                node.op_type in _WHOLE_ARITH and ins and all(whole(i) for i in ins) or node.op_type in _BOOLEAN:
+            self.integral.update(o for o in node.output if o and o in self.values)
+
+    def lower_node(self, node) -> None:
         if self.lower_quant(node):  # int8: QDQ and QOperator forms (lower_quant.py)
             return
         op, a = node.op_type, _attrs(node)
@@ -294,10 +382,11 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
                 args[2][0] != "const" or bool(np.asarray(args[2][1]))):
             raise CompileError(f"{self.where(node)}: Dropout in training mode (random masks) is not supported; "
                                f"inference Dropout is the identity")
-        if op in _PASSTHROUGH or (op == "Cast" and a.get("to") == onnx.TensorProto.FLOAT
-                                  and args[0][0] == "value"):
+        if op in _PASSTHROUGH:
             self.values[out] = self.values[node.input[0]]
             return
+        if op == "Cast" and args[0][0] == "value":
+            return self.lower_cast(node, a, args)
         if op == "Cast":
             raise CompileError(f"{self.where(node)}: Cast to {onnx.TensorProto.DataType.Name(a.get('to', 0))} of a "
                                f"computed tensor is not supported (the chip path carries float32 values)")
@@ -345,6 +434,14 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             return self.lower_tile(node, args)
         if op == "Gather":
             return self.lower_gather(node, a, args)
+        if op == "GatherElements":
+            return self.lower_gather_elements(node, a, args)
+        if op in ("ArgMax", "ArgMin"):
+            return self.lower_argmax(node, op, a, args)
+        if op == "Resize":
+            return self.lower_resize(node, a, args)
+        if op == "Range":
+            return self.lower_range(node, args)
         if op == "Einsum":
             return self.lower_einsum(node, a, args)
         if op == "Slice":
@@ -848,4 +945,11 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None, magnitudes: 
     lowering.run()
     graph = lowering.finish()
     graph.magnitudes = dict(magnitudes or {})
+    # bool/integer inputs (converted on the host, `host_input`) and integer outputs (`decode_output`)
+    graph.input_kinds = {k: v for k, v in lowering.kinds.items() if k in graph.onnx_inputs}
+    graph.output_types = {}
+    for o in model.graph.output:
+        elem = o.type.tensor_type.elem_type
+        if elem in HOST_TYPES and elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL):
+            graph.output_types[o.name] = np.dtype(HOST_TYPES[elem])
     return graph

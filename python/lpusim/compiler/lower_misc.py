@@ -5,7 +5,7 @@
 * Expand: a row broadcast is a view that reads one row for every row; a (..., 1) column goes across the lanes on
   the MXM (importer.operand).
 * Tile along the lanes and Gather with constant indices along the lanes: MXM selections (lower_moves.py); Gather of
-  one index along the rows of a matrix: a row view.
+  one index along the rows of a matrix: a row view; Gather with computed indices: lower_index.py.
 * Einsum "...qd,...kd->...qk" (Q K^T) and "...qk,...kd->...qd" (P V): a Transpose and/or a MatMul.
 """
 from __future__ import annotations
@@ -77,8 +77,7 @@ class MiscLowering:
     def lower_gather(self, node, a, args):
         data, idx = args[0], args[1]
         if idx[0] != "const":
-            raise CompileError(f"{self.where(node)}: Gather with computed indices is not supported yet (an "
-                               f"embedding lookup needs integer inputs, which the chip path does not take)")
+            return self.lower_gather_computed(node, a, args)  # one-hot rows @ table (lower_index.py)
         _, x, shape = data
         nd = len(shape)
         axis = a.get("axis", 0) % nd

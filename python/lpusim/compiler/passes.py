@@ -91,6 +91,9 @@ def fuse_chains(graph: Graph) -> Graph:
                     continue
                 if graph.tensors[name].rows != graph.tensors[consumer.output].rows:
                     continue  # a broadcast row: computing it once is cheaper than once per consumer row
+                if graph.tensors[name].geom != graph.tensors[consumer.output].geom and any(
+                        v.spatial for v in list(producer.sources) + [v for v, _ in producer.terms]):
+                    continue  # the producer's taps count pixels of its own output's geometry (Resize's strips)
                 if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
                     continue
                 merged = _merge(producer, consumer, name)

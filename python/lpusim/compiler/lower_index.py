@@ -1,0 +1,330 @@
+"""Index-valued ops: ArgMax/ArgMin, Gather with computed indices (embedding lookups), GatherElements with constant
+indices, Resize (nearest, integer upsampling), Cast of computed values, Range.
+
+The chip computes in float32; integer values (token ids, masks, argmax indices) are float32 whole numbers, exact up
+to 2^24. Integer and bool graph inputs are converted on the host (importer.host_input); integer outputs are turned
+back into their ONNX type when the program decodes them (importer.decode_output).
+
+* ArgMax/ArgMin over the lane axis: the row maximum by the rotation tree of lower_lanes.py (on the fp16 values the
+  MXM moves), `EQ` of each lane's fp16 value with it on the VXM gives the candidates, each candidate lane holds its
+  index (a constant row), the others `C`; a MIN tree finds the first (`select_last_index`: a MAX tree, the last);
+  lane 0 is kept through a [C, 1] selection. Ties after fp16 rounding resolve to the first (last) index, so the
+  result is onnxruntime's whenever the row's largest value differs from the others by more than fp16's rounding.
+* Gather(table [V, H] constant, ids computed): a one-hot matrix built on the VXM and MXM, then `onehot @ table` on
+  the MXM. The ids arrive as a column (one id per row: the host lays out an integer graph input that way, as it lays
+  out any input; a computed [1, S] row is transposed on the SXM). Ids enter the MXM as fp16, exact below 2048: a
+  larger V splits each id into base-256 digits on the VXM (FLOOR), each digit is copied across V lanes by a [1, V]
+  matmul whose epilogue compares it (`EQ`) with the matching digit of the lane index; the product of the digit
+  matches is the one-hot row. Out-of-range ids (>= V or < -V) give a zero row; negative ids count from the end.
+* GatherElements with constant indices along the lanes: one MXM selection per distinct row pattern of indices,
+  masked to its rows and accumulated (at most 8 patterns); along a row axis: an evenly spaced run of whole rows.
+* Resize (mode nearest): the index map (which input pixel each output pixel takes) is computed on the host by the
+  ONNX reference Resize on an index grid, so every coordinate_transformation_mode and nearest_mode is honoured
+  exactly; lpusim lowers the maps that are integer upsamplings out[h, w] = in[h // sh, w // sw] (and the identity).
+  Each axis is row copies: the image seen as one-pixel-high strips, `sh` taps each reading the strip at a different
+  row offset (outside the strip: the zero border) summed on the VXM. No MXM: values are exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.lower_lanes import lane_axis, rotation
+from lpusim.errors import CompileError
+
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+              onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+FP16_EXACT = 2048  # whole numbers fp16 holds exactly
+DIGIT = 256  # base of the digits a large id is split into
+
+
+class IndexLowering:
+    """Mixed into the importer's `_Lowering`."""
+
+    # ----- Cast of a computed value -------------------------------------------------------------------------
+    def lower_cast(self, node, a, args) -> None:
+        to = a.get("to", 0)
+        _, x, shape = args[0]
+        src, out = node.input[0], node.output[0]
+        if to == onnx.TensorProto.FLOAT or (to in _INT_TYPES and src in self.integral):
+            self.values[out] = self.values[src]
+            if src in self.integral:
+                self.integral.add(out)
+            return
+        if to in _INT_TYPES:  # truncation toward zero: x >= 0 ? floor(x) : ceil(x)
+            chain = [("FLOOR", [("in",)]), ("CEIL", [("in",)]), ("GE", [("in",), ("imm", 0.0)]),
+                     ("SUB", [("step", 0), ("step", 1)]), ("MUL", [("step", 2), ("step", 3)]),
+                     ("ADD", [("step", 4), ("step", 1)])]
+        elif to == onnx.TensorProto.BOOL:
+            chain = [("NE", [("in",), ("imm", 0.0)])]
+        else:
+            raise CompileError(f"{self.where(node)}: Cast to {onnx.TensorProto.DataType.Name(to)} of a computed "
+                               f"tensor is not supported (the chip path carries float32 values; casts to float, "
+                               f"bool and integer types are)")
+        self.emit_chain(node, args[0], chain)
+        self.integral.add(out)
+
+    # ----- ArgMax / ArgMin ----------------------------------------------------------------------------------
+    def lower_argmax(self, node, op, a, args) -> None:
+        _, x, shape = args[0]
+        shape = tuple(shape)
+        axis = a.get("axis", 0)
+        self._check_lane_axis(node, shape, axis)
+        keep, last = a.get("keepdims", 1), a.get("select_last_index", 0)
+        lane = lane_axis(shape)
+        c = shape[lane]
+        if c > FP16_EXACT:
+            raise CompileError(f"{self.where(node)}: {op} over {c} lanes: the indices pass the MXM as fp16, exact "
+                               f"only below {FP16_EXACT} (not supported yet)")
+        out_shape = tuple(1 if i == lane else d for i, d in enumerate(shape)) if keep else \
+            tuple(d for i, d in enumerate(shape) if i != lane)
+        if not keep and self.feeds_other_nodes(node.output[0]):
+            raise CompileError(f"{self.where(node)}: keepdims=0 feeding another node moves the result from rows to "
+                               f"lanes, which needs the SXM (not supported yet)")
+        extreme = "MAX" if op == "ArgMax" else "MIN"
+        mag = self.magnitudes.get(node.input[0], 0.0)
+        # every lane's fp16 value (what the rotations compare), then the row's extreme in every lane
+        self.tensors[x].f16_saturate = True
+        m0, _ = self.lane_matmul(node, x, shape, ("eye", c), lambda: np.eye(c, dtype=np.float32), "argx")
+        self.derived[m0] = mag
+        self.tensors[m0].f16_saturate = True
+        m, s = m0, 1
+        while s < c:
+            m, _ = self.lane_matmul(node, m, shape, (f"rot{s}", c), lambda s=s: rotation(c, s), f"arg{s}",
+                                    [Step(extreme, [("acc",), ("src", 0)])], [m])
+            self.derived[m] = mag
+            self.tensors[m].f16_saturate = True
+            s *= 2
+        # candidates: a lane equal to the extreme holds its index (last: index + 1), the others c (last: 0)
+        j = np.arange(c, dtype=np.float32)
+        iota = self.const_tensor((j + 1.0 if last else j - c)[None, :], "iota")
+        steps = [Step("EQ", [("src", 0), ("src", 1)]), Step("MUL", [("step", 0), ("src", 2)])]
+        if not last:
+            steps.append(Step("ADD", [("step", 1), ("imm", float(c))]))
+        cand = self.vector(node, [m0, m, iota], steps, shape, "argcand")
+        pick = self.lane_extreme(node, cand, shape, "MAX" if last else "MIN", hint="argpick", magnitude=float(c))
+        y, _ = self.lane_matmul(node, pick, shape, ("lane0", c), lambda: np.eye(c, 1, dtype=np.float32),
+                                node.output[0], [Step("ADD", [("acc",), ("imm", -1.0)])] if last else [])
+        self.derived[y] = float(c)
+        self.tensors[y].shape = out_shape
+        self.values[node.output[0]] = (y, out_shape)
+        self.integral.add(node.output[0])
+
+    # ----- Gather with computed indices: one-hot rows times the table -----------------------------------------
+    def lower_gather_computed(self, node, a, args) -> None:
+        data, idx = args[0], args[1]
+        if data[0] != "const" or np.asarray(data[1]).ndim != 2 or a.get("axis", 0) % 2 != 0:
+            raise CompileError(f"{self.where(node)}: Gather with computed indices is supported for rows (axis 0) of "
+                               f"a constant [V, H] table (an embedding lookup), not for "
+                               f"{'a computed' if data[0] != 'const' else 'this'} data operand")
+        table = np.asarray(data[1], dtype=np.float32)
+        v, h = table.shape
+        _, ids, ishape = idx
+        ishape = tuple(ishape)
+        n = int(np.prod(ishape, dtype=np.int64))
+        out_shape = ishape + (h,)
+        if len(out_shape) == 4 or n == 0:
+            raise CompileError(f"{self.where(node)}: Gather of {ishape} ids from a [{v}, {h}] table gives a "
+                               f"{len(out_shape)}-D result, not supported yet")
+        digits = self.index_digits(node, ids, ishape, v)
+        col_shape = (n, 1)
+        onehot, prev = None, None
+        for k, (col, iota) in enumerate(digits):
+            row = self.const_tensor(iota[None, :], "iota")
+            steps = [Step("EQ", [("acc",), ("src", 0)])]
+            sources = [row]
+            if prev is not None:
+                steps.append(Step("MUL", [("step", 0), ("src", 1)]))
+                sources.append(prev)
+            last = k == len(digits) - 1
+            onehot, _ = self.select_lanes(node, col, col_shape, np.zeros(v, dtype=np.int64),
+                                          "onehot" if last else "digitmatch", steps, sources)
+            self.derived[onehot] = 1.0
+            prev = onehot
+        out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+        self.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
+                               terms=[(View(onehot), self.const_tensor(table, "w"))]))
+        self.values[node.output[0]] = (out, out_shape)
+
+    def index_digits(self, node, ids, ishape, v) -> list:
+        """[(column [n, 1] of one digit of each id, that digit of every lane index [V])], least significant
+        last; negative ids are counted from the end."""
+        n = int(np.prod(ishape, dtype=np.int64))
+        t = self.tensors[ids]
+        if t.kind == "input" and t.im2col is None:  # the host lays the ids out one per row
+            col = self.add_tensor(self.fresh(ids + ".col"), ishape + (1,), "input", onnx_input=t.onnx_input)
+            self.inputs.append(col)
+            layout = "col"
+        elif t.cols == 1 and t.rows == n:
+            col, layout = ids, "col"
+        elif t.rows == 1 and t.cols == n:
+            if n > 320:
+                raise CompileError(f"{self.where(node)}: {n} computed ids in one row: turning them into a column "
+                                   f"(an SXM transpose) takes at most 320")
+            col, layout = ids, "row"
+        else:
+            raise CompileError(f"{self.where(node)}: computed ids of shape {ishape} lie in {t.rows} rows of "
+                               f"{t.cols} lanes; the one-hot lookup needs one id per row (a graph input, a "
+                               f"[..., 1] column or a single [1, S] row)")
+        pos = [("LT", [("in",), ("imm", 0.0)]), ("MUL", [("step", 0), ("imm", float(v))]),
+               ("ADD", [("in",), ("step", 1)])]
+        lanes = np.arange(v)
+        if v <= FP16_EXACT:
+            chains = [(pos, lanes, float(v))]
+        else:
+            hi = pos + [("MUL", [("step", 2), ("imm", 1.0 / DIGIT)]), ("FLOOR", [("step", 3)])]
+            lo = hi + [("MUL", [("step", 4), ("imm", float(DIGIT))]), ("SUB", [("step", 2), ("step", 5)])]
+            chains = [(hi, lanes // DIGIT, float(v // DIGIT + 1)), (lo, lanes % DIGIT, float(DIGIT))]
+        src_shape = ishape + (1,) if layout == "col" else (1, n)
+        digits = []
+        for chain, iota, mag in chains:
+            steps = [Step(op, [("src", 0) if arg == ("in",) else arg for arg in vargs]) for op, vargs in chain]
+            d = self.vector(node, [col], steps, src_shape, "digit")
+            self.derived[d] = mag
+            if layout == "row":  # [1, n] -> [n, 1] on the SXM (whole numbers below 2048: exact in fp16)
+                dt = self.add_tensor(self.fresh("digitT"), (n, 1), "value")
+                self.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, dt,
+                                       sources=[View(d)], fusable=False))
+                self.derived[dt] = mag
+                d = dt
+            digits.append((d, iota.astype(np.float32)))
+        return digits
+
+    # ----- GatherElements with constant indices ----------------------------------------------------------------
+    def lower_gather_elements(self, node, a, args) -> None:
+        data, idx = args[0], args[1]
+        if idx[0] != "const":
+            raise CompileError(f"{self.where(node)}: GatherElements with computed indices is not supported yet "
+                               f"(constant indices)")
+        _, x, shape = data
+        shape = tuple(shape)
+        nd = len(shape)
+        axis = a.get("axis", 0) % nd
+        ind = np.asarray(idx[1]).astype(np.int64)
+        ind = np.where(ind < 0, ind + shape[axis], ind)
+        if ind.ndim != nd or any(ind.shape[i] != shape[i] for i in range(nd) if i != axis):
+            raise CompileError(f"{self.where(node)}: GatherElements indices of shape {ind.shape} on data "
+                               f"{shape}: only indices as large as the data off the gather axis are supported")
+        if np.any((ind < 0) | (ind >= shape[axis])):
+            raise CompileError(f"{self.where(node)}: GatherElements index out of range for axis {axis} of {shape}")
+        from lpusim.compiler.importer import to_rows
+        out_shape = tuple(ind.shape)
+        lane = lane_axis(shape)
+        if axis == lane:
+            rows = to_rows(ind, out_shape)  # [R, J] lane indices per output row
+            patterns, where = np.unique(rows, axis=0, return_inverse=True)
+            where = np.asarray(where).ravel()
+            if len(patterns) > 8:
+                raise CompileError(f"{self.where(node)}: GatherElements along the lanes with {len(patterns)} "
+                                   f"different index rows (at most 8: one MXM selection each)")
+            prev = None
+            for p, cols in enumerate(patterns):
+                last = p == len(patterns) - 1
+                if len(patterns) == 1:
+                    steps, sources = [], []
+                else:
+                    mask = np.repeat((where == p).astype(np.float32)[:, None], rows.shape[1], axis=1)
+                    sources = [self.const_tensor(mask, "rowmask")]
+                    steps = [Step("MUL", [("acc",), ("src", 0)])]
+                    if prev is not None:
+                        sources.append(prev)
+                        steps.append(Step("ADD", [("step", 0), ("src", 1)]))
+                y, _ = self.select_lanes(node, x, shape, cols, node.output[0] if last else "gathered", steps,
+                                         sources)
+                self.tensors[y].shape = out_shape
+                prev = y
+            self.values[node.output[0]] = (prev, out_shape)
+            return
+        # along a row axis: every output row must take one whole input row, in an evenly spaced rising run
+        moved = np.moveaxis(ind, axis, 0).reshape(ind.shape[axis], -1)
+        if not np.all(moved == moved[:, :1]) or any(d != 1 for i, d in enumerate(shape) if i not in (axis, lane)):
+            raise CompileError(f"{self.where(node)}: GatherElements along row axis {axis} of {shape} with indices "
+                               f"that differ across the lanes is not supported yet")
+        picks = moved[:, 0]
+        step = int(picks[1] - picks[0]) if len(picks) > 1 else 1
+        if step < 1 or np.any(picks != picks[0] + step * np.arange(len(picks))):
+            raise CompileError(f"{self.where(node)}: GatherElements row indices {picks.tolist()[:8]} are not an "
+                               f"evenly spaced rising run (not supported yet)")
+        self.emit_selection(node, x, shape, {axis: range(int(picks[0]), int(picks[-1]) + 1, step)})
+
+    # ----- Resize (nearest) --------------------------------------------------------------------------------------
+    def lower_resize(self, node, a, args) -> None:
+        _, x, shape = args[0]
+        shape = tuple(shape)
+        mode = a.get("mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "nearest":
+            raise CompileError(f"{self.where(node)}: Resize mode '{mode}' is not supported yet (nearest)")
+        if any(v is not None and v[0] != "const" for v in args[1:]):
+            raise CompileError(f"{self.where(node)}: Resize needs constant roi/scales/sizes")
+        if len(shape) != 4:
+            raise CompileError(f"{self.where(node)}: Resize of a {len(shape)}-D tensor is not supported yet "
+                               f"(NCHW images)")
+        n, c, h, w = shape
+        # the index map: the ONNX reference Resize of a grid holding each pixel's number
+        grid = np.broadcast_to(np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w), shape).copy()
+        moved = self.fold(node, "Resize", a, [grid] + [None if v is None else v[1] for v in args[1:]])
+        if moved.ndim != 4 or moved.shape[:2] != (n, c):
+            raise CompileError(f"{self.where(node)}: Resize changes the batch or channel axes ({shape} -> "
+                               f"{moved.shape}), not supported")
+        ho, wo = moved.shape[2:]
+        sh, sw = ho // h, wo // w
+        want = (np.arange(ho)[:, None] // max(sh, 1)) * w + np.arange(wo)[None, :] // max(sw, 1)
+        if ho % h or wo % w or not np.array_equal(moved, np.broadcast_to(want, moved.shape)):
+            ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+            nm = a.get("nearest_mode", b"round_prefer_floor")
+            raise CompileError(f"{self.where(node)}: Resize {h}x{w} -> {ho}x{wo} with coordinate_transformation_mode="
+                               f"{ctm.decode() if isinstance(ctm, bytes) else ctm}, nearest_mode="
+                               f"{nm.decode() if isinstance(nm, bytes) else nm} is not an integer upsampling "
+                               f"out[h, w] = in[h // s, w // s] (the supported form)")
+        out_shape = (n, c, ho, wo)
+        if (sh, sw) == (1, 1):
+            self.values[node.output[0]] = (x, out_shape)
+            return
+        cur, strips = x, None  # strips: the current tensor's rows as (images, height, width)
+        if sh > 1:  # rows (n, h, w) -> (n, h, a, w): strips of one row of w pixels, copied sh times
+            cur = self._rows_copy(node, cur, (n * h, 1, w), c)
+            cur = self._duplicate(node, cur, (n * h, 1, w), (n * h, sh, w), c, vertical=True)
+        if sw > 1:  # rows (n, ho, w) -> (n, ho, w, b): strips of one pixel, copied sw times
+            cur = self._rows_copy(node, cur, (n * ho, w, 1), c)
+            cur = self._duplicate(node, cur, (n * ho, w, 1), (n * ho, w, sw), c, vertical=False)
+        out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[View(cur)],
+                               steps=[Step("COPY", [("src", 0)])], fusable=False))
+        self.derived[out] = self.magnitudes.get(node.input[0], 0.0)
+        self.values[node.output[0]] = (out, out_shape)
+
+    def _rows_copy(self, node, x, geom, c) -> str:
+        """The same rows as a tensor whose taps see them as `geom` (images, height, width)."""
+        y = self.add_tensor(self.fresh("strips"), (geom[0] * geom[1] * geom[2], c), "value")
+        self.tensors[y].geom = geom
+        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)],
+                               steps=[Step("COPY", [("src", 0)])], fusable=False))
+        self.derived[y] = self.magnitudes.get(node.input[0], 0.0)
+        return y
+
+    def _duplicate(self, node, x, geom, out_geom, c, vertical: bool) -> str:
+        """Each strip of `x` copied s times along one axis: tap k reads the strip shifted by k (the zero border
+        elsewhere); the taps are summed one pass each (a MEM slice streams one view of a tensor at a time)."""
+        s = out_geom[1] // geom[1] if vertical else out_geom[2] // geom[2]
+        prev = None
+        for k in range(s):
+            view = View(x, pad_top=k if vertical else 0, pad_left=0 if vertical else k, spatial=True)
+            y = self.add_tensor(self.fresh("copies"), (out_geom[0] * out_geom[1] * out_geom[2], c), "value")
+            self.tensors[y].geom = out_geom
+            if prev is None:
+                sources, steps = [view], [Step("COPY", [("src", 0)])]
+            else:
+                sources, steps = [view, View(prev)], [Step("ADD", [("src", 0), ("src", 1)])]
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
+                                   steps=steps, fusable=False))
+            self.derived[y] = self.magnitudes.get(node.input[0], 0.0)
+            prev = y
+        return prev
+
+    def lower_range(self, node, args) -> None:
+        computed = [node.input[i] for i, v in enumerate(args) if v is not None and v[0] != "const"]
+        raise CompileError(f"{self.where(node)}: Range with computed input(s) {', '.join(computed)}: lpusim folds "
+                           f"Range on the host when start, limit and delta are constants or come from shapes; a "
+                           f"data-dependent length has no static schedule")

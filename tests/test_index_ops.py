@@ -1,0 +1,225 @@
+"""Index-valued ops (lower_index.py): ArgMax/ArgMin, Gather with computed ids, GatherElements, Resize (nearest),
+Range, Cast to integers, bool/integer graph inputs: compiled, simulated, compared with onnxruntime."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lpusim
+from lpusim.check import run_onnxruntime
+from onnx_cases import assert_matches_onnxruntime, make_model
+
+F, I64, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+RNG = np.random.default_rng(5)
+
+
+def typed_model(nodes, inits, inputs, outputs, opset=17):
+    """`inputs`/`outputs`: {name: (elem type, shape)}."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
+                          [helper.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def exact(m, inputs=None):
+    """Simulate and require onnxruntime's values and dtypes exactly (indices, copies)."""
+    program, result, _ = assert_matches_onnxruntime(m, inputs)
+    ref, _ = run_onnxruntime(m, inputs if inputs is not None else program.random_inputs(0))
+    for name, r in ref.items():
+        assert result.outputs[name].dtype == r.dtype, name
+        np.testing.assert_array_equal(result.outputs[name], r)
+    return program, result
+
+
+# ----- ArgMax / ArgMin ---------------------------------------------------------------------------------------------
+def argmax_model(op, shape, out_shape, **attrs):
+    return typed_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node(op, ["r"], ["y"], **attrs)], {},
+                       {"x": (F, list(shape))}, {"y": (I64, list(out_shape))})
+
+
+@pytest.mark.parametrize("op,last", [("ArgMax", 0), ("ArgMax", 1), ("ArgMin", 0), ("ArgMin", 1)])
+def test_argmax_lanes_keepdims_ties(op, last):
+    x = RNG.standard_normal((6, 40)).astype(np.float16).astype(np.float32)  # fp16 values: the MXM moves them exactly
+    x[0] = 0.0  # Relu: a row of ties, the first (or last) index wins
+    x[1, [3, 17, 30]] = 9.0  # a tie of maxima
+    x[2, [5, 21]] = -9.0  # a tie of minima (Relu: all zeros there too)
+    exact(argmax_model(op, (6, 40), (6, 1), axis=-1, keepdims=1, select_last_index=last), {"x": x})
+
+
+def test_argmax_keepdims0_output_and_3d():
+    x = RNG.standard_normal((2, 5, 33)).astype(np.float16).astype(np.float32)
+    exact(argmax_model("ArgMax", (2, 5, 33), (2, 5), axis=2, keepdims=0), {"x": x})
+
+
+def test_argmax_image_channels():
+    x = RNG.standard_normal((1, 7, 3, 4)).astype(np.float16).astype(np.float32)
+    exact(argmax_model("ArgMax", (1, 7, 3, 4), (1, 1, 3, 4), axis=1), {"x": x})
+
+
+def test_argmax_rows_axis_is_a_clear_error():
+    with pytest.raises(lpusim.CompileError, match="ArgMax node 'y'.*axis 0"):
+        lpusim.compile(argmax_model("ArgMax", (6, 40), (1, 40), axis=0))
+
+
+def test_argmax_feeds_a_gather_of_a_table():
+    # a computed index column (ArgMax, keepdims) selects rows of a constant table: classifier -> label embedding
+    table = RNG.standard_normal((30, 16)).astype(np.float32)
+    m = typed_model([helper.make_node("ArgMax", ["x"], ["i"], axis=-1), helper.make_node("Gather", ["t", "i"], ["g"]),
+                     helper.make_node("Squeeze", ["g", "ax"], ["y"])],
+                    {"t": table, "ax": np.array([1])}, {"x": (F, [4, 30])}, {"y": (F, [4, 16])})
+    x = RNG.standard_normal((4, 30)).astype(np.float16).astype(np.float32)
+    program, result, _ = assert_matches_onnxruntime(m, {"x": x})
+    ref, _ = run_onnxruntime(m, {"x": x})
+    np.testing.assert_allclose(result.outputs["y"], ref["y"], rtol=1e-3)  # whole rows of the fp16 table
+
+
+# ----- Gather with computed ids (embeddings) -------------------------------------------------------------------------
+def embedding_model(v, h, ids_shape):
+    table = RNG.standard_normal((v, h)).astype(np.float32)
+    return typed_model([helper.make_node("Gather", ["t", "ids"], ["e"]), helper.make_node("Relu", ["e"], ["y"])],
+                       {"t": table}, {"ids": (I64, list(ids_shape))}, {"y": (F, list(ids_shape) + [h])})
+
+
+@pytest.mark.parametrize("v", [50, 3000])  # one fp16-exact digit; base-256 digits beyond 2048
+def test_gather_token_ids(v):
+    m = embedding_model(v, 24, (2, 7))
+    program, result, cmp = assert_matches_onnxruntime(m)  # random ids in [0, v)
+    assert program.random_inputs(0)["ids"].dtype == np.int64
+    ids = RNG.integers(-v, v, (2, 7))  # negative ids count from the end
+    ids[0, :3] = [0, v - 1, -v]
+    program, result, cmp = assert_matches_onnxruntime(m, {"ids": ids})
+    assert result.busy["mxm"] > 0 and cmp["max_rel_error"] < 2e-3
+
+
+def test_gather_ids_from_a_computed_row():
+    # float -> Cast(int64) truncates on the VXM; the [1, S] row of ids goes to a column through an SXM transpose
+    v = 2500
+    table = RNG.standard_normal((v, 8)).astype(np.float32)
+    m = typed_model([helper.make_node("Cast", ["x"], ["ids"], to=I64), helper.make_node("Gather", ["t", "ids"], ["y"])],
+                    {"t": table}, {"x": (F, [1, 12])}, {"y": (F, [1, 12, 8])})
+    x = (RNG.uniform(-v, v, (1, 12))).astype(np.float32)
+    program, result, cmp = assert_matches_onnxruntime(m, {"x": x})
+    assert cmp["max_rel_error"] < 2e-3
+
+
+def test_cast_to_int64_truncates():
+    m = typed_model([helper.make_node("Mul", ["x", "k"], ["s"]), helper.make_node("Cast", ["s"], ["y"], to=I64)],
+                    {"k": np.float32(7.0)}, {"x": (F, [3, 20])}, {"y": (I64, [3, 20])})
+    exact(m)
+
+
+def test_integer_and_bool_inputs():
+    m = typed_model([helper.make_node("Cast", ["mask"], ["mf"], to=F), helper.make_node("Mul", ["x", "mf"], ["a"]),
+                     helper.make_node("Where", ["keep", "a", "c"], ["y"])],
+                    {"c": np.float32(-1.0)}, {"x": (F, [4, 9]), "mask": (TensorProto.INT32, [4, 9]), "keep": (B, [4, 9])},
+                    {"y": (F, [4, 9])})
+    program = lpusim.compile(m)
+    inputs = program.random_inputs(3)
+    assert inputs["mask"].dtype == np.int32 and inputs["keep"].dtype == np.bool_
+    assert set(np.unique(inputs["mask"])) <= {0, 1}
+    exact(m, inputs)
+    with pytest.raises(lpusim.ModelError, match="input 'mask'.*16777217"):
+        program.run(dict(inputs, mask=np.full((4, 9), 2 ** 24 + 1, np.int32)))
+    with pytest.raises(lpusim.ModelError, match="input 'keep' is declared bool"):
+        program.run(dict(inputs, keep=np.zeros((4, 9), np.float32)))
+
+
+def test_unsupported_element_type_and_gather_forms():
+    m = typed_model([helper.make_node("Cast", ["x"], ["y"], to=F)], {}, {"x": (TensorProto.STRING, [2])},
+                    {"y": (F, [2])})
+    with pytest.raises(lpusim.CompileError, match="input 'x': element type STRING"):
+        lpusim.compile(m)
+    m = typed_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gather", ["r", "ids"], ["y"], axis=1)],
+                    {}, {"x": (F, [4, 9]), "ids": (I64, [3])}, {"y": (F, [4, 3])})
+    with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*computed indices"):
+        lpusim.compile(m)
+
+
+# ----- GatherElements -------------------------------------------------------------------------------------------------
+def test_gather_elements_lanes_row_patterns():
+    ind = np.array([[3, 0, 0, 7], [1, 1, 2, 2], [3, 0, 0, 7], [-1, 5, 4, 6]])
+    m = make_model([helper.make_node("Neg", ["x"], ["n"]), helper.make_node("GatherElements", ["n", "i"], ["y"], axis=1)],
+                   {"i": ind}, {"x": [4, 8]})
+    exact(m, {"x": RNG.standard_normal((4, 8)).astype(np.float16).astype(np.float32)})
+
+
+def test_gather_elements_rows_and_errors():
+    ind = np.repeat(np.array([[0], [2], [4]]), 6, axis=1)
+    m = make_model([helper.make_node("Neg", ["x"], ["n"]), helper.make_node("GatherElements", ["n", "i"], ["y"], axis=0)],
+                   {"i": ind}, {"x": [5, 6]})
+    exact(m)
+    bad = make_model([helper.make_node("Neg", ["x"], ["n"]),
+                      helper.make_node("GatherElements", ["n", "i"], ["y"], axis=0)],
+                     {"i": np.array([[0, 1], [1, 0]])}, {"x": [2, 2]})
+    with pytest.raises(lpusim.CompileError, match="GatherElements node 'y'"):
+        lpusim.compile(bad)
+
+
+# ----- Resize -----------------------------------------------------------------------------------------------------------
+def resize_model(shape, scales, then_conv=False, **attrs):
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Resize", ["r", "", "s"], ["q" if then_conv else "y"],
+                                                                        mode="nearest", **attrs)]
+    inits = {"s": np.array(scales, np.float32)}
+    if then_conv:
+        nodes.append(helper.make_node("Conv", ["q", "w"], ["y"], pads=[1, 1, 1, 1]))
+        inits["w"] = RNG.standard_normal((4, shape[1], 3, 3)).astype(np.float32)
+    return make_model(nodes, inits, {"x": list(shape)})
+
+
+@pytest.mark.parametrize("shape,scales,attrs", [
+    ((1, 3, 4, 5), [1, 1, 2, 2], {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}),
+    ((2, 5, 3, 4), [1, 1, 3, 2], {}),  # half_pixel, round_prefer_floor (the defaults)
+    ((1, 4, 3, 6), [1, 1, 2, 1], {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}),
+])
+def test_resize_nearest_upsampling_is_exact(shape, scales, attrs):
+    exact(resize_model(shape, scales, **attrs))
+
+
+def test_resize_then_conv():
+    program, result, cmp = assert_matches_onnxruntime(resize_model((1, 3, 4, 4), [1, 1, 2, 2], then_conv=True,
+                                                                   coordinate_transformation_mode="asymmetric",
+                                                                   nearest_mode="floor"))
+    assert cmp["max_rel_error"] < 1e-2
+
+
+def test_resize_sizes_input():
+    m = make_model([helper.make_node("Relu", ["x"], ["r"]),
+                    helper.make_node("Resize", ["r", "", "", "sz"], ["y"], mode="nearest")],
+                   {"sz": np.array([1, 2, 6, 8], np.int64)}, {"x": [1, 2, 3, 4]})
+    exact(m)
+
+
+@pytest.mark.parametrize("scales,attrs,match", [
+    ([1, 1, 2, 2], {"coordinate_transformation_mode": "half_pixel", "nearest_mode": "floor"}, "nearest_mode=floor"),
+    ([1, 1, 1.5, 1.5], {}, "not an integer upsampling"),
+])
+def test_resize_unsupported_maps_are_clear_errors(scales, attrs, match):
+    with pytest.raises(lpusim.CompileError, match=f"Resize node 'y'.*{match}"):
+        lpusim.compile(resize_model((1, 2, 4, 4), scales, **attrs))
+
+
+def test_resize_linear_is_a_clear_error():
+    m = make_model([helper.make_node("Relu", ["x"], ["r"]),
+                    helper.make_node("Resize", ["r", "", "s"], ["y"], mode="linear")],
+                   {"s": np.array([1, 1, 2, 2], np.float32)}, {"x": [1, 2, 4, 4]})
+    with pytest.raises(lpusim.CompileError, match="Resize node 'y'.*mode 'linear'"):
+        lpusim.compile(m)
+
+
+# ----- Range --------------------------------------------------------------------------------------------------------------
+def test_range_from_a_shape_folds():
+    # positions 0..S-1 from Shape(x): folded on the host, added on the chip
+    m = make_model([helper.make_node("Shape", ["x"], ["sh"]), helper.make_node("Gather", ["sh", "one"], ["n"]),
+                    helper.make_node("Range", ["zero", "n", "step"], ["pos"]),
+                    helper.make_node("Cast", ["pos"], ["pf"], to=F), helper.make_node("Add", ["x", "pf"], ["y"])],
+                   {"one": np.array(1), "zero": np.array(0), "step": np.array(1)}, {"x": [3, 11]})
+    exact(m, {"x": RNG.standard_normal((3, 11)).astype(np.float32)})
+
+
+def test_range_of_computed_values_is_a_clear_error():
+    m = typed_model([helper.make_node("Relu", ["x"], ["n"]), helper.make_node("Range", ["z", "n", "o"], ["y"])],
+                    {"z": np.float32(0), "o": np.float32(1)}, {"x": (F, [])}, {"y": (F, [None])})
+    with pytest.raises(lpusim.CompileError, match="Range node 'y'.*computed input.* n"):
+        lpusim.compile(m)
