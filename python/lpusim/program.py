@@ -9,7 +9,7 @@ import numpy as np
 from lpusim import _lpusim
 from lpusim.chip import Chip
 from lpusim.compiler import compile_graph, emit, random_inputs
-from lpusim.compiler.importer import from_rows, im2col, to_rows
+from lpusim.compiler.importer import decode_output, from_rows, host_input, im2col, to_rows
 from lpusim.compiler.schedule import store_image
 from lpusim.errors import ModelError
 
@@ -49,7 +49,7 @@ class Program:
         return self.chip.seconds(self.predicted_cycles) * 1e6
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        return random_inputs(self.input_shapes, seed)
+        return random_inputs(self.input_shapes, seed, getattr(self._graph, "input_kinds", None))
 
     def _mem_image(self, inputs: dict[str, np.ndarray]):
         graph, sched = self._graph, self._schedule
@@ -67,7 +67,7 @@ class Program:
             if tuple(array.shape) != tuple(self.input_shapes[t.onnx_input]):
                 raise ModelError(f"input '{t.onnx_input}' has shape {tuple(array.shape)}, the program was "
                                  f"compiled for {tuple(self.input_shapes[t.onnx_input])}")
-            array = array.astype(np.float32)
+            array = host_input(t.onnx_input, array, getattr(graph, "input_kinds", {}).get(t.onnx_input))
             if t.im2col is not None:
                 kernel, strides, pads, dil, shape = t.im2col
                 matrix = im2col(array.reshape(shape), kernel, strides, pads, dil)
@@ -100,7 +100,8 @@ class Program:
                     storage[seg.lo:seg.hi] = np.ascontiguousarray(planes).view("<f4").reshape(seg.hi - seg.lo, lanes)
                 tiles.append(storage[store.interior_rows()])
             matrix = np.concatenate(tiles, axis=1)[:, :t.cols]
-            out[onnx_name] = from_rows(matrix, t.shape).astype(np.float32)
+            out[onnx_name] = decode_output(onnx_name, from_rows(matrix, t.shape).astype(np.float32),
+                                           getattr(graph, "output_types", {}).get(onnx_name))
         return out
 
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0,
