@@ -223,3 +223,14 @@ def test_range_of_computed_values_is_a_clear_error():
                     {"z": np.float32(0), "o": np.float32(1)}, {"x": (F, [])}, {"y": (F, [None])})
     with pytest.raises(lpusim.CompileError, match="Range node 'y'.*computed input.* n"):
         lpusim.compile(m)
+
+
+def test_flatten_to_a_column_and_back_is_an_sxm_transpose():
+    # an exported attention mask's path: Flatten(axis=rank) of a [1, S] row, a full Gather of its rows, back to a row
+    m = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Flatten", ["r"], ["c"], axis=2),
+                    helper.make_node("Gather", ["c", "pos"], ["g"], axis=0),
+                    helper.make_node("Reshape", ["g", "row"], ["t"]), helper.make_node("Mul", ["t", "k"], ["y"])],
+                   {"pos": np.arange(12).reshape(1, 12), "row": np.array([1, 12]),
+                    "k": RNG.standard_normal((1, 12)).astype(np.float32)}, {"x": [1, 12]})
+    program, result, cmp = assert_matches_onnxruntime(m)
+    assert cmp["max_rel_error"] < 2e-3

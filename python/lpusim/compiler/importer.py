@@ -518,7 +518,8 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
         """The output shape of a Reshape/Flatten/Squeeze/Unsqueeze of a tensor of `shape`."""
         op = node.op_type
         if op == "Flatten":
-            axis = a.get("axis", 1) % max(len(shape), 1) if shape else 0
+            axis = a.get("axis", 1)
+            axis = axis + len(shape) if axis < 0 else axis  # axis == rank is valid: (all, 1)
             new = (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
         elif op == "Reshape":
             if args[1] is None or args[1][0] != "const":
@@ -554,6 +555,14 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             self.values[node.output[0]] = (name, new)
         elif t.geom is not None and len(shape) == 4 and self.grouped_reshape(node, ir_name, shape, new):
             return  # a 5-D view for a channel shuffle (lower_moves.py)
+        elif (new_rows, new_cols) == (t.cols, t.rows) and 1 in (t.rows, t.cols) and max(t.rows, t.cols) <= 320 \
+                and len(new) != 4 and len(shape) != 4:
+            # a column to a row or back (an exported attention mask's Flatten): an SXM transpose of one vector
+            out = self.add_tensor(self.fresh(node.output[0]), new, "value")
+            self.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, out,
+                                   sources=[View(ir_name)], fusable=False))
+            self.derived[out] = self.tensor_magnitude(node, ir_name)
+            self.values[node.output[0]] = (out, new)
         else:
             raise CompileError(f"{self.where(node)}: reshaping a computed {t.rows}x{t.cols} tensor to "
                                f"{new_rows}x{new_cols} moves data between lanes, which needs the SXM "

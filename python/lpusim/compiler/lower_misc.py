@@ -107,10 +107,22 @@ class MiscLowering:
             self.tensors[y].shape = out_shape
             self.values[node.output[0]] = (y, out_shape)
             return
-        if ind.ndim == 1 and len(ind) and np.all(np.diff(ind) == (ind[1] - ind[0] if len(ind) > 1 else 1)) \
-                and (len(ind) == 1 or ind[1] > ind[0]):
-            step = int(ind[1] - ind[0]) if len(ind) > 1 else 1
-            self.emit_selection(node, x, tuple(shape), {axis: range(int(ind[0]), int(ind[-1]) + 1, step)})
+        flat = ind.ravel()
+        if len(flat) and np.all(np.diff(flat) == (flat[1] - flat[0] if len(flat) > 1 else 1)) \
+                and (len(flat) == 1 or flat[1] > flat[0]):
+            # an evenly spaced rising run (of any index shape, e.g. the positions [1, 1, 1, S] of an exported
+            # attention mask): a strided row view, the index axes replacing the gathered one
+            step = int(flat[1] - flat[0]) if len(flat) > 1 else 1
+            run = range(int(flat[0]), int(flat[-1]) + 1, step)
+            self.emit_selection(node, x, tuple(shape), {axis: run} if len(run) != shape[axis] else {})
+            y, sel_shape = self.values[node.output[0]]
+            out_shape = tuple(shape[:axis]) + tuple(ind.shape) + tuple(shape[axis + 1:])
+            if ind.ndim != 1:
+                from lpusim.compiler.importer import _as_matrix
+                if _as_matrix(out_shape) != _as_matrix(tuple(sel_shape)) or (len(out_shape) == 4) != (nd == 4):
+                    raise CompileError(f"{self.where(node)}: Gather of {ind.shape} indices along axis {axis} of "
+                                       f"{tuple(shape)} changes the row layout, not supported yet")
+                self.values[node.output[0]] = (y, out_shape)
             return
         raise CompileError(f"{self.where(node)}: Gather of indices {ind.tolist()[:8]} along a row axis is not "
                            f"supported yet (a single index or an evenly spaced rising run)")
