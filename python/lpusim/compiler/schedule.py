@@ -334,8 +334,9 @@ class Scheduler(SxmJobs):
             store.ready.append(0)
         self.stores[(tensor, fmt)] = store
         if store.pad and t.pad_value != 0.0:  # the border must read as pad_value (e.g. -inf for max pools)
+            # in every column tile: channels past the first 320 lanes too
             fill = np.full((store.storage_rows, 1), t.pad_value, dtype=np.float32)
-            self.init_store(store, np.broadcast_to(fill, (store.storage_rows, self.lanes)))
+            self.init_store(store, np.broadcast_to(fill, (store.storage_rows, len(store.tiles) * self.lanes)))
         return store
 
     def init_store(self, store: Store, matrix: np.ndarray) -> None:
