@@ -448,3 +448,60 @@ def test_quantized_average_pool(tmp_path, fmt, act):
     x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
     floor = 0.0 if (fmt, act) == ("QDQ", "QInt8") else EXACT_FRACTION
     check_int8(model, {"input": x}, f"average pool {fmt}-{act}", min_fraction=floor)
+
+
+def wide_depthwise(channels=384, hw=8, stride=1, seed=0):
+    """Conv 1x1 (8 -> channels) + Relu, depthwise Conv 3x3 pad 1 + Relu: more channels than one 320-lane tile."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": (rng.standard_normal((channels, 8, 1, 1)) * 0.5).astype(np.float32),
+             "b1": (rng.standard_normal(channels) * 0.1).astype(np.float32),
+             "wd": (rng.standard_normal((channels, 1, 3, 3)) * 0.3).astype(np.float32),
+             "bd": (rng.standard_normal(channels) * 0.1).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "wd", "bd"], ["cd"], group=channels, pads=[1, 1, 1, 1],
+                              strides=[stride, stride]),
+             helper.make_node("Relu", ["cd"], ["out"])]
+    ho = (hw - 1) // stride + 1
+    return _model(nodes, inits, [1, 8, hw, hw], [1, channels, ho, ho])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_int8_depthwise_past_one_lane_tile(stride):
+    """A padded int8 convolution of 384 channels: every column tile's border holds the zero point's code (it was
+    written to the first 320 lanes only, so MobileNetV2's 384-channel depthwise convs read 0 at the border)."""
+    from lpusim.compiler.quantize import quantize_model
+
+    model = wide_depthwise(stride=stride)
+    x = {"input": np.random.default_rng(4).standard_normal((1, 8, 8, 8)).astype(np.float32)}
+    q = quantize_model(model, x)
+    assert next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r1") is not None
+    check_int8(q, x, f"depthwise 384 channels stride {stride}", min_fraction=1.0)
+
+
+def linear_bottleneck(seed=0):
+    """MobileNetV2's residual block: Conv 1x1 (no activation) read by the next block's Conv and by the residual
+    Add. onnxruntime's quantiser (DedicatedQDQPair) gives that Conv's output two identical QuantizeLinears."""
+    rng = np.random.default_rng(seed)
+
+    def init(shape, scale):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+    inits = {"w1": init((16, 8, 1, 1), 0.4), "b1": init((16,), 0.1), "w2": init((16, 16, 3, 3), 0.1),
+             "b2": init((16,), 0.1), "w3": init((16, 16, 1, 1), 0.25), "b3": init((16,), 0.1)}
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"]),
+             helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]), helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"]),
+             helper.make_node("Add", ["c1", "c3"], ["out"])]
+    return _model(nodes, inits, [1, 8, 8, 8], [1, 16, 8, 8])
+
+
+def test_int8_conv_read_through_two_quantize_linears():
+    """A Conv whose output has two QuantizeLinears with the same scale and zero point is still one int8 contraction
+    (onnxruntime fuses it into QLinearConv too); it fell back to a float Conv + QuantizeLinear, one step off."""
+    from lpusim.compiler.quantize import quantize_model
+
+    model = linear_bottleneck()
+    x = {"input": np.random.default_rng(5).standard_normal((1, 8, 8, 8)).astype(np.float32)}
+    q = quantize_model(model, x)
+    assert sum(n.op_type == "QuantizeLinear" and n.input[0] == "c1" for n in q.graph.node) == 2
+    program, _, _ = check_int8(q, x, "linear bottleneck", min_fraction=1.0)
+    assert program.assembly.count("ABC.i8") > 0

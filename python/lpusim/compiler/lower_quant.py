@@ -245,6 +245,33 @@ class QuantLowering:
                     users.setdefault(i, []).append(n)
         return users.get(name, [])
 
+    def q_requantizer(self, name: str):
+        """The QuantizeLinear reading float `name`, when only QuantizeLinears read it and all with one scale and zero
+        point (else None). The quantiser's DedicatedQDQPair gives a tensor with two consumers two identical
+        QuantizeLinears (MobileNetV2's linear bottleneck feeds the next block and the residual Add); onnxruntime
+        still fuses the producer into one integer kernel, so the producer is fused here too and the other
+        QuantizeLinears' outputs alias its codes (`q_alias_requantized`)."""
+        users = self.q_users(name)
+        if not users or name in {o.name for o in self.model.graph.output} or \
+                any(u.op_type != "QuantizeLinear" for u in users):
+            return None
+
+        def params(u):
+            zp = self.q_const(u, 2, "the zero point", required=False)
+            return (np.asarray(self.q_const(u, 1, "the scale")).tobytes(),
+                    None if zp is None else (zp.dtype.str, zp.tobytes()),
+                    tuple(sorted((a.name, str(helper.get_attribute_value(a))) for a in u.attribute)))
+        first = params(users[0])
+        return users[0] if all(params(u) == first for u in users[1:]) else None
+
+    def q_alias_requantized(self, name: str, out_name: str) -> None:
+        """The other QuantizeLinears of `name` (see `q_requantizer`) give the codes `out_name` holds."""
+        for u in self.q_users(name):
+            o = u.output[0]
+            if o != out_name:
+                self.values[o] = self.values[out_name]
+                self.q_state["code"][o] = self.q_state["code"][out_name]
+
     def q_only_feeds(self, q: str, node) -> bool:
         """`q` is read by `node` alone (directly, or through DequantizeLinears only `node` reads)."""
         outputs = {o.name for o in self.model.graph.output}
@@ -393,12 +420,10 @@ class QuantLowering:
         else:
             if node.input[0] not in st["pending"]:
                 return False
-            users = self.q_users(node.output[0])
-            if len(users) != 1 or users[0].op_type != "QuantizeLinear" or \
-                    node.output[0] in {o.name for o in self.model.graph.output}:
+            qn = self.q_requantizer(node.output[0])
+            if qn is None:
                 return False
             x, sx, zx = st["pending"][node.input[0]]
-            qn = users[0]
             sy = self.q_scalar_scale(qn, 1, "scale")
             y_zp = self.q_const(qn, 2, "the zero point", required=False)
             out_name = qn.output[0]
@@ -458,6 +483,8 @@ class QuantLowering:
             prev = out
         self.values[out_name] = (prev, out_shape)
         st["code"][out_name] = y_kind
+        if node.op_type == "AveragePool":
+            self.q_alias_requantized(node.output[0], out_name)
         return True
 
     # ----- global average pool ------------------------------------------------------------------------------
@@ -473,12 +500,10 @@ class QuantLowering:
             zy = self.q_zero(node, 4, y_kind, "output zero point")
             out_name = node.output[0]
         else:
-            users = self.q_users(node.output[0])
-            if len(users) != 1 or users[0].op_type != "QuantizeLinear" or \
-                    node.output[0] in {o.name for o in self.model.graph.output}:
+            qn = self.q_requantizer(node.output[0])
+            if qn is None:
                 return False
             x, sx, zx = st["pending"][node.input[0]]
-            qn = users[0]
             y_zp = self.q_const(qn, 2, "the zero point", required=False)
             y_kind = _NP_TYPES.get(y_zp.dtype, "u8") if y_zp is not None else "u8"
             sy = self.q_scalar_scale(qn, 1, "scale")
@@ -498,6 +523,8 @@ class QuantLowering:
         corr = np.full(int(shape[1]), -np.int64(zx) * taps, dtype=np.int64)
         mult = np.float32(sx / np.float32(sy * np.float32(taps)))
         self.q_epilogue(node, mm, out_ir, out_shape, corr, mult, ("q", zy, y_kind), out_name)
+        if node.op_type == "GlobalAveragePool":
+            self.q_alias_requantized(node.output[0], out_name)
         return True
 
     # ----- contractions -----------------------------------------------------------------------------------
@@ -507,9 +534,8 @@ class QuantLowering:
         op, out = node.op_type, node.output[0]
         if node.input[0] not in st["pending"] or len(node.input) < 2 or node.input[1] not in st["consts"]:
             return False
-        users = [n for n in self.model.graph.node if out in n.input]
-        if len(users) != 1 or users[0].op_type != "QuantizeLinear" or \
-                out in {o.name for o in self.model.graph.output}:
+        qn = self.q_requantizer(out)
+        if qn is None:
             return False  # a float result: onnxruntime computes it in float too
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if op == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or
@@ -530,7 +556,6 @@ class QuantLowering:
             if bq.dtype != np.int32 or np.any(zb != 0):
                 return False
             bias = bq
-        qn = users[0]
         y_zp = self.q_const(qn, 2, "the zero point", required=False)
         y_kind = _NP_TYPES.get(y_zp.dtype, "u8") if y_zp is not None else "u8"
         sy = self.q_scalar_scale(qn, 1, "scale")
@@ -538,6 +563,7 @@ class QuantLowering:
         mult = (sx * sw.astype(np.float32)).astype(np.float32) / sy
         self.q_contraction(node, "conv" if op == "Conv" else "gemm", x, zx, wq, zw, bias, mult,
                            ("q", zy, y_kind), qn.output[0], attrs, out_axis)
+        self.q_alias_requantized(out, qn.output[0])
         return True
 
     def q_operator(self, node) -> bool:
