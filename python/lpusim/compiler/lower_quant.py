@@ -178,6 +178,13 @@ class QuantLowering:
         kind = self.q_kind(node, x)
         scale = self.q_scalar_scale(node, 1, "scale")
         zp = self.q_zero(node, 2, kind, "zero point")
+        if x in self.heads:  # attention heads (lower_heads.py): the floats of every part now
+            parts, transposed, shape4 = self.heads[x]
+            steps = ([Step("SUB", [("src", 0), ("imm", float(zp))])] if zp else []) + \
+                [Step("MUL", [("step", 0) if zp else ("src", 0), ("imm", float(scale))])]
+            self.heads[out] = ([self.q_vector(node, p, self.tensors[p].shape, steps, f"{out}@h{h}")
+                                for h, p in enumerate(parts)], transposed, shape4)
+            return True
         st["pending"][out] = (x, scale, zp)
         if out in {o.name for o in self.model.graph.output}:
             self.q_materialize(out)
@@ -222,6 +229,13 @@ class QuantLowering:
             return True
         if x in st["pending"] and x not in self.values and x not in self.flat:
             self.q_materialize(x)
+        if x in self.heads:  # attention heads (lower_heads.py): every part quantised
+            parts, transposed, shape4 = self.heads[x]
+            steps = self.q_quantize_steps(scale, zp)
+            self.heads[out] = ([self.q_vector(node, p, self.tensors[p].shape, steps, f"{out}@h{h}")
+                                for h, p in enumerate(parts)], transposed, shape4)
+            st["code"][out] = kind
+            return True
         arg = self.get(node, 0)
         if arg[0] != "value":
             return False  # a constant: folded by the importer

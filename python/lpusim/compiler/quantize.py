@@ -42,6 +42,52 @@ def computed_matmuls(model: onnx.ModelProto) -> list[str]:
             not any(i in consts for i in n.input[:2])]
 
 
+def attention_score_adds(model: onnx.ModelProto) -> list[str]:
+    """Adds between an attention-score MatMul (`computed_matmuls`) and its Softmax (the mask): they stay float with
+    the scores. GPT-2's causal mask holds -3.4e38, so a quantised mask Add gets an infinite scale."""
+    names = set(computed_matmuls(model))
+    users: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    found, todo = [], [o for n in model.graph.node if n.name in names for o in n.output]
+    while todo:
+        for u in users.get(todo.pop(), []):
+            if u.op_type in ("Add", "Sub", "Mul", "Div", "Where") and u.name not in found:
+                found.append(u.name)
+                todo.extend(u.output)
+    return [n for n in found if n]
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every Constant node holding a tensor (`value`), and every Identity of an initializer, made an
+    initializer: a torch export's Gemm biases (GPT-2's equal zero biases are one initializer behind Identities),
+    which the quantiser quantises to int32 only when it sees them as initializers."""
+    if not any(n.op_type in ("Constant", "Identity") for n in model.graph.node):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {i.name: i for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    keep = []
+    for n in model.graph.node:
+        value = None
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            value = onnx.TensorProto()
+            value.CopyFrom(n.attribute[0].t)
+        elif n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs:
+            value = onnx.TensorProto()
+            value.CopyFrom(inits[n.input[0]])
+        if value is None:
+            keep.append(n)
+            continue
+        value.name = n.output[0]
+        model.graph.initializer.append(value)
+        inits[value.name] = value
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
 def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
                    per_channel: bool = True) -> onnx.ModelProto:
     """The QDQ int8 model onnxruntime's quantiser makes of `model`, calibrated on the one batch `calibration`."""
@@ -75,15 +121,18 @@ def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
     try:
         with tempfile.TemporaryDirectory() as d:
             src, pre, out = (os.path.join(d, n) for n in ("float.onnx", "pre.onnx", "int8.onnx"))
-            onnx.save(model, src)
-            # onnxruntime's optimiser folds constants and BatchNormalization into Conv, which the quantiser needs;
-            # it also rewrites MatMul+Add into Reshape+Gemm+Reshape, which the attention lowering does not follow,
-            # so it runs only for models that need it
-            fold = any(n.op_type in ("BatchNormalization", "ConstantOfShape", "Constant") for n in model.graph.node)
+            # onnxruntime's optimiser folds BatchNormalization into Conv, which the quantiser needs; it also
+            # rewrites MatMul+Add into Reshape+Gemm+Reshape and merges an attention Transpose across GPT-2's
+            # KV-cache Concat, which the attention lowering does not follow, so it runs only for models with a
+            # BatchNormalization; Constant nodes (a torch export's Gemm biases) become initializers instead
+            fold = any(n.op_type == "BatchNormalization" for n in model.graph.node)
+            onnx.save(model if fold else constants_to_initializers(model), src)
             quant_pre_process(src, pre, skip_optimization=not fold, skip_symbolic_shape=True)
+            pm = onnx.load(pre)
+            exclude = computed_matmuls(pm) + attention_score_adds(pm)
             quantize_static(pre, out, _Once(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, per_channel=per_channel,
-                            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=computed_matmuls(onnx.load(pre)),
+                            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude,
                             extra_options={"DedicatedQDQPair": True})
             return onnx.load(out)
     except CompileError:
