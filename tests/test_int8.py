@@ -441,13 +441,40 @@ def pooled_cnn(batch=2, seed=0):
 @pytest.mark.parametrize("act", ["QUInt8", "QInt8"])
 def test_quantized_average_pool(tmp_path, fmt, act):
     """AveragePool of codes as onnxruntime's QLinearAveragePool computes it (taps dequantized and added in float32
-    in window order, divided by the count, round(y / sy + zy)): exact for uint8 activations and for QLinearAveragePool
-    itself; with int8 activations in QDQ form onnxruntime's fused int8 kernel differs slightly (measured: 18 of 20
-    outputs exact, the other two one step away), so that case holds the one-step rule only."""
+    in window order, divided by the count, round(y / sy + zy)): exact for uint8 activations and for the QOperator
+    int8 model. With int8 activations in QDQ form onnxruntime's kernel computes something not identified yet
+    (measured: 18 of these 20 outputs exact, 2 one step away; test_quantized_average_pool_zero_points has more
+    int8 measurements), so that case holds the one-step rule only."""
     model = quantized(tmp_path, pooled_cnn(), (2, 3, 8, 8), fmt, act, False)
     x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    floor = 0.0 if (fmt, act) == ("QDQ", "QInt8") else EXACT_FRACTION
+    floor = 0.0 if (fmt, act) == ("QDQ", "QInt8") else 1.0
     check_int8(model, {"input": x}, f"average pool {fmt}-{act}", min_fraction=floor)
+
+
+def padded_pool(seed):
+    """Conv 3x3 (no Relu: nonzero output zero points), AveragePool 3x3 stride 1 pad 1 (border counts differ)."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32),
+             "b1": (rng.standard_normal(16) * 0.3).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["c1"], ["out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    return _model(nodes, inits, [2, 3, 8, 8], [2, 16, 8, 8])
+
+
+@pytest.mark.parametrize("act", ["QUInt8", "QInt8"])
+@pytest.mark.parametrize("seed", [0, 2])
+def test_quantized_average_pool_zero_points(tmp_path, act, seed):
+    """A padded 3x3 pool (border counts of 4 and 6) with output zero points that are not 0: exact for uint8. For int8,
+    onnxruntime 1.32's fused kernel matched none of the float orders on every model (measured, against codes
+    emulated from the exact Conv codes: round(y / sy + zy) is one step off on 39 and 30 of these 2048 outputs;
+    round(y / sy) + zy on 42 and 135, but exact on pooled_cnn, where the former is off on 16 of 512; the integer
+    form round(sum(x - zx) * (sx / (count * sy)) + zy) is exact here and off on 16 of 512 on pooled_cnn), so int8
+    holds the one-step rule only."""
+    model = quantized(tmp_path, padded_pool(seed), (2, 3, 8, 8), "QDQ", act, False,
+                      op_types_to_quantize=["Conv", "AveragePool"])
+    x = np.random.default_rng(3 + seed).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    floor = 0.95 if act == "QInt8" else 1.0
+    check_int8(model, {"input": x}, f"padded average pool {act} seed {seed}", min_fraction=floor)
 
 
 def wide_depthwise(channels=384, hw=8, stride=1, seed=0):
