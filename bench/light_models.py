@@ -1,9 +1,11 @@
 """Compile, simulate and check onnx's light_* models (full-size architectures, constant weights) against onnxruntime.
 
-    python bench/light_models.py [name ...] [--json out.json]
+    python bench/light_models.py [name ...] [--chips N|auto] [--json out.json]
 
 Prints one line per model: matched, max errors, cycles, latency, images/s, SRAM, compile time, and the
-simulate-time / onnxruntime-time ratio measured in the same process.
+simulate-time / onnxruntime-time ratio measured in the same process. `--chips auto` (or N) compiles for several
+chips (lpusim/multichip.py: the fewest chips whose SRAM holds the model) and adds per-chip cycles, SRAM and the
+partition; a model that fits one chip is then compiled for one.
 """
 import json
 import os
@@ -23,18 +25,20 @@ def light_path(name: str) -> str:
     return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"light_{name}.onnx")
 
 
-def measure(name: str, precision: str = "fp16") -> dict:
+def measure(name: str, precision: str = "fp16", chips=1) -> dict:
     """precision="int8": compiled through onnxruntime's quantiser and compared with onnxruntime running the same
     quantised model (compiler/quantize.py)."""
-    return measure_model(onnx.load(light_path(name)), name, precision)
+    return measure_model(onnx.load(light_path(name)), name, precision, chips=chips)
 
 
-def measure_model(model, name: str, precision: str = "fp16", progress: bool = False) -> dict:
+def measure_model(model, name: str, precision: str = "fp16", progress: bool = False, chips=1) -> dict:
     """Compile, simulate (functional and timing-only) and compare one model; times from this process."""
+    from lpusim.multichip import MultiProgram
+
     row = {"model": name, "precision": precision}
     t = time.perf_counter()
     try:
-        program = lpusim.compile(model, precision=precision, progress=progress)
+        program = lpusim.compile(model, chips=chips, precision=precision, progress=progress)
     except lpusim.LpusimError as e:
         row.update(status="compile error", error=str(e))
         return row
@@ -57,17 +61,29 @@ def measure_model(model, name: str, precision: str = "fp16", progress: bool = Fa
                images_per_s=1e6 / result.latency_us, sram_mib=program.sram_bytes / 2**20, ort_s=ort_s,
                sim_over_ort=row["simulate_s"] / ort_s, timing_over_ort=row["timing_only_s"] / ort_s,
                instructions=program.instructions, utilization=result.utilization)
+    if isinstance(program, MultiProgram):
+        part = program.partition
+        row.update(chips=program.chips, chip_cycles=result.chip_cycles,
+                   predicted_chip_cycles=result.predicted_chip_cycles,
+                   sram_mib_per_chip=[p.sram_bytes / 2**20 for p in program.stages],
+                   stages=[[s["nodes"], s["first"], s["last"]] for s in part["stages"]],
+                   column_splits=part.get("column_splits", []), link_vectors=result.link_summary["vectors"],
+                   sync_cycles=result.sync_cycles, reason=part["reason"])
     return row
 
 
 def main(argv):
-    out = None
+    out, chips = None, 1
     if "--json" in argv:
         out = argv[argv.index("--json") + 1]
         argv = argv[:argv.index("--json")] + argv[argv.index("--json") + 2:]
+    if "--chips" in argv:
+        chips = argv[argv.index("--chips") + 1]
+        chips = chips if chips == "auto" else int(chips)
+        argv = argv[:argv.index("--chips")] + argv[argv.index("--chips") + 2:]
     rows = []
     for name in argv or NAMES:
-        row = measure(name)
+        row = measure(name, chips=chips)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if out:

@@ -207,3 +207,71 @@ def test_cli_json(tmp_path, capsys):
     assert main(["run", str(path), "--chips", "3", "--parallel", "pipeline"]) == 0
     text = capsys.readouterr().out
     assert "x3" in text and "sync stalls" in text and "links" in text and "MATCH" in text
+
+
+def _small_chip(mem_words: int = 256) -> Chip:
+    cfg = dict(Chip.load().config)
+    cfg["mem_words"] = mem_words
+    cfg["sram_bytes"] = cfg["mem_slices"] * cfg["mem_words"] * cfg["lanes"]
+    return Chip.load(cfg)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3e5])
+def test_node_larger_than_a_chip_is_split_by_columns(scale):
+    """A 7.2 MB chip and a 1024 x 4096 Gemm (8.5 MB of weight tiles): the Gemm is split into column blocks, the
+    next Gemm by rows with an f32 partial sum carried down the pipeline; outputs match onnxruntime and cycles the
+    prediction. scale=3e5 puts the hidden layer out of fp16's range, so the reader's chain starts with the exact
+    power-of-two rescale (scale_fp16), which every row part applies to its own accumulator."""
+    from onnx import numpy_helper
+
+    from lpusim.check import compare, run_onnxruntime
+
+    small = _small_chip()
+    model = mlp((1024, 4096, 640, 10), batch=2, seed=3)
+    for init in model.graph.initializer:
+        if init.name == "fc0.weight":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(scale), init.name))
+    with pytest.raises(CompileError, match="it would take 2 chips"):
+        lpusim.compile(model, chip=small)
+    with pytest.raises(CompileError, match="must fit one chip"):
+        lpusim.compile(model, chips=4, chip=small, parallel="tensor")
+    program = lpusim.compile(model, chips="auto", chip=small)
+    split, = program.partition["column_splits"]
+    assert split["parts"] == 2 and split["column_tiles"] == [[0, 6], [6, 13]]
+    assert split["weight_bytes"] > small.sram_bytes and "column blocks" in program.partition["reason"]
+    assert all(p.sram_bytes <= small.sram_bytes for p in program.stages)
+    nodes = [n for p in program.stages for n in p._graph.nodes]
+    ops = [n.onnx_op for n in nodes]
+    assert [o.split("(")[-1] for o in ops if "/2)" in o] == ["cols 1/2)", "rows 1/2)", "cols 2/2)", "rows 2/2)"]
+    last = next(n for n in nodes if n.onnx_op.endswith("(rows 2/2)"))
+    assert (last.steps[0].op == "MUL") == (scale != 1.0)
+    # the partial sum travels down the pipeline with the input the second column block reads
+    assert any(name.endswith("#ps0") for t in program.transfers for name in t["tensors"])
+    x = program.random_inputs(0)
+    result = program.run(x)
+    assert result.cycles == result.predicted_cycles and result.chip_cycles == result.predicted_chip_cycles
+    ref, _ = run_onnxruntime(model, x)
+    assert compare(result.outputs, ref)["outputs_match"]
+
+
+def test_node_larger_than_a_chip_that_cannot_be_split():
+    """An oversized Gemm whose output is the graph output has no reader to carry a partial sum: a clear error."""
+    with pytest.raises(CompileError, match="cannot be split by output columns: its output is a graph output"):
+        lpusim.compile(mlp((1024, 4096), seed=3), chips="auto", chip=_small_chip())
+
+
+@pytest.mark.slow
+def test_vgg19_on_several_chips():
+    """onnx's light VGG-19 (482 MB at fp16; FC6 alone 209 MB of weight tiles) on the fewest tsp_v1 chips."""
+    import os
+
+    import onnx
+
+    from lpusim.multichip import run_report
+
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/light_vgg19.onnx")
+    report = run_report(path, chips="auto")
+    assert report["chips"] == 3 and report["outputs_match"] is True
+    assert report["cycles"] == report["predicted_cycles"]
+    assert report["chip_cycles"] == report["predicted_chip_cycles"]
+    assert report["partition"]["column_splits"][0]["parts"] == 2

@@ -37,7 +37,7 @@ from lpusim import _lpusim
 from lpusim.chip import Chip
 from lpusim.compiler import emit, importer, ir
 from lpusim.compiler import build_graph, random_inputs, sram_needed
-from lpusim.compiler.partition import Partitioner, node_costs, static_cost, vectors
+from lpusim.compiler.partition import Partitioner, node_costs, split_oversized, static_cost, vectors
 from lpusim.compiler.schedule_c2c import StageScheduler, barrier_issues, emit_stage
 from lpusim.errors import CompileError, ModelError, SimulationError
 from lpusim.program import Program, utilization
@@ -45,6 +45,9 @@ from lpusim.system import System, SystemResult
 
 TICKS = 10 ** 12
 PARALLEL = ("auto", "pipeline", "tensor")
+MAX_PLACEMENT_RETRIES = 24  # stages shortened after the allocator failed to place them, per compile
+TENSOR_FITS = ("parallel='tensor' replicates everything but the split matmuls: the model must fit one chip (use "
+               "'pipeline', which also splits a node larger than a chip by columns)")
 
 
 # ----- the clocks (docs/system.md sections 2 and 3), for the exact cycle prediction -----------------------
@@ -268,14 +271,25 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     interval = probe.min_send_interval_cycles
     part = Partitioner(graph, cfg, interval)
     fewest = 1 if one_chip <= cfg.sram_bytes else part.fewest_chips()
+    column_splits: list[dict] = []
+    if fewest is None:  # a node larger than a chip: split it by output columns, its readers by rows
+        if parallel == "tensor":
+            raise CompileError(TENSOR_FITS)
+        graph, column_splits = split_oversized(graph, cfg, interval)
+        part = Partitioner(graph, cfg, interval)
+        fewest = part.fewest_chips()
     if fewest is None:
         raise CompileError(f"one IR node alone needs more SRAM than one {cfg.name} chip has "
                            f"({cfg.sram_bytes:,} bytes): pipeline stages cannot split it")
-    if chips in ("auto", None, 0):
+    auto = chips in ("auto", None, 0)
+    if auto:
         n = fewest
         reason = (f"the model needs {one_chip:,} bytes of SRAM; one {cfg.name} chip has {cfg.sram_bytes:,}"
                   + (f": {n} chips are the fewest whose stages each fit (a stage filled to at most "
                      f"{Partitioner.HEADROOM:.0%} of a chip's SRAM)" if n > 1 else ": one chip holds it"))
+        for sp in column_splits:
+            reason += (f"; {sp['onnx_op']} node '{sp['node']}' alone is larger than a chip: split into "
+                       f"{sp['parts']} column blocks")
     else:
         n = int(chips)
         if n < 1:
@@ -297,8 +311,7 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     cfg = Chip.load(json.loads(sysm.info["chip_config"]))
     if parallel == "tensor":
         if one_chip > cfg.sram_bytes:
-            raise CompileError("parallel='tensor' replicates everything but the split matmuls: the model must fit "
-                               "one chip (use 'pipeline')")
+            raise CompileError(TENSOR_FITS)
         return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
     tensor, tensor_error = None, None
     if parallel == "auto" and one_chip <= cfg.sram_bytes and n <= len(graph.nodes):
@@ -316,12 +329,32 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
         if tensor is not None:
             return tensor
         raise CompileError(f"chips={n}: the model has only {len(graph.nodes)} IR nodes to split into stages")
-    bounds = part.split(n, node_cost, check_sram=one_chip > cfg.sram_bytes)
-    if not bounds:
-        raise CompileError(f"no split of the model into {n} stages fits each stage in one chip's SRAM")
-    stages = part.stages(bounds, node_cost)
-    programs, barriers, last_effects, transfers = _schedule_stages(graph, stages, cfg, sysm, interval,
-                                                                   max_free_cycles)
+    check_sram = one_chip > cfg.sram_bytes
+    repairs: list[dict] = []
+    while True:  # cut, schedule; a stage the allocator cannot place is shortened and the cuts searched again
+        bounds = part.split(n, node_cost, check_sram=check_sram)
+        if not bounds and auto and repairs and n < min(8, len(graph.nodes)):
+            n += 1  # the placement limits leave no split into n stages: one more chip
+            sysm = _system_for(n, cfg, system)
+            if sysm.chips < n:
+                raise CompileError(f"the system has {sysm.chips} chips, the pipeline needs {n}")
+            continue
+        if not bounds:
+            raise CompileError(f"no split of the model into {n} stages fits each stage in one chip's SRAM"
+                               + (f" (after {len(repairs)} placement retries)" if repairs else ""))
+        stages = part.stages(bounds, node_cost)
+        try:
+            programs, barriers, last_effects, transfers = _schedule_stages(graph, stages, cfg, sysm, interval,
+                                                                           max_free_cycles)
+            break
+        except StageOutOfSram as e:
+            i, j = bounds[e.stage]
+            if len(repairs) >= MAX_PLACEMENT_RETRIES:
+                raise CompileError(f"stage {e.stage} (IR nodes {i}..{j}) does not place in SRAM after "
+                                   f"{len(repairs)} retries: {e.cause}") from None
+            part.limit(i, i + max(e.node, 0))
+            check_sram = True
+            repairs.append({"stage": e.stage, "nodes": [i, j], "failed_at_node": i + e.node, "error": e.cause})
     binaries = [_lpusim.assemble(p.assembly) for p in programs]
     partition = {
         "chips": n, "parallel": "pipeline", "reason": reason, "sram_needed": one_chip, "balance": balance,
@@ -332,6 +365,13 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
                     "program_cycles": programs[s.index].predicted_cycles} for s in stages],
         "transfers": transfers,
     }
+    if repairs:
+        partition["placement_retries"] = repairs
+        if auto and n > fewest:
+            partition["reason"] += (f"; {n} chips, not {fewest}: the allocator could not place a stage the SRAM "
+                                    f"estimate fits (placement_retries)")
+    if column_splits:
+        partition["column_splits"] = column_splits
     mp = MultiProgram(cfg, n, "pipeline", sysm, programs, barriers, last_effects, _tolerance_ppm(sysm.config),
                       transfers, partition, dict(graph.onnx_inputs), list(graph.output_names),
                       time.perf_counter() - start, binaries)
@@ -344,6 +384,15 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
         best.compile_s = time.perf_counter() - start
         return best
     return mp
+
+
+class StageOutOfSram(CompileError):
+    """The allocator found no room in stage `stage` while placing its node `node` (its index in the stage; -1:
+    the tensors it receives); the partitioner then limits that stage to the nodes before it."""
+
+    def __init__(self, stage: int, node: int, cause: str):
+        super().__init__(f"stage {stage}, node {node}: {cause}")
+        self.stage, self.node, self.cause = stage, node, cause
 
 
 def _timing(system: System, chip: Chip, interval: int, max_free: int | None) -> dict[str, Any]:
@@ -411,30 +460,53 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
         sched = StageScheduler(chip, sub, keep=set(st.sends), rel_drift=rel, max_free=max_free)
         if any(node.kind == "transpose" for node in st.nodes):
             sched.reserve_sxm_slices()
-        if incoming is not None:
-            plan, link, lag = incoming
-            r0 = plan[0][5] + lag
-            while r0 - sched.resumed() > max_free:  # a long idle wait: realign on the way
-                at = sched.resumed() + max_free // 2
-                sched.barrier(at, sched.deskew_delay(at, rel))
-            d = sched.deskew_delay(r0, rel)
-            sched.barrier(r0 - d, d)
-            sched.schedule_receives(plan, link, interval, lag)
-        result = sched.run()
+        try:
+            if incoming is not None:
+                plans, link, lag = incoming
+                for plan in plans:  # one barrier before each chunk's first RECV
+                    r0 = plan[0][5] + lag
+                    while r0 - sched.resumed() > max_free:  # a long idle wait: realign on the way
+                        at = sched.resumed() + max_free // 2
+                        sched.barrier(at, sched.deskew_delay(at, rel))
+                    d = sched.deskew_delay(r0, rel)
+                    sched.barrier(r0 - d, d)
+                    if sched.barriers[-1][0] != r0 - d:
+                        raise CompileError(f"internal: stage {k}'s receive barrier at {r0 - d} falls before the "
+                                           f"previous chunk's last write ({sched.barriers[-1][0]})")
+                    sched.schedule_receives(plan, link, interval, lag)
+            result = sched.run()
+        except CompileError as e:
+            if not str(e).startswith("out of SRAM"):
+                raise
+            raise StageOutOfSram(k, sched.node_index, str(e)) from None
         incoming = None
         if k + 1 < len(stages):
             out_link, in_link, _ = system.link(k, k + 1)
             link_info = next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {k, k + 1})
-            at = sched.frontier()
-            resume = sched.barrier(at, sched.deskew_delay(at, rel))
-            plan = sched.schedule_sends(st.sends, out_link, interval, resume)
-            first, last = plan[0][5], plan[-1][5] + (plan[-1][4] - 1) * interval
             bound = _latency_bound(config, link_info)
-            span = last - resume
-            lag = math.ceil(bound * (1 + tol) + 3 + rel * (span + (last - first)))
-            # vectors waiting in the receive buffer when a RECV takes one: arrivals up to this much after its own
             spread = float(config.get("latency_spread_cycles", 3.0))
-            early = lag + 2 + rel * (span + (last - first)) - (bound - 2 * spread) * (1 - tol)
+            # A chunk is sent and received between realignments of both chips: its free run F (the sender's since
+            # its barrier plus the receiver's, about twice the chunk) must keep the early arrivals within the
+            # receive buffer and the drift measurable; the longest chunk sets one lag for all of them.
+            fixed = bound * 2 * tol + 2 * spread * (1 - tol) + 7
+            f_max = (depth * interval - fixed) / (2 * rel) if rel > 0 else float("inf")
+            chunk = max(1, int(min(f_max / 2 * 0.8, max_free / 2) // interval))
+            plans, free, lower = [], 0, 0
+            gap = chip.c2c_recv_latency + chip.num_positions + chip.mem_write_latency + 8
+            for bursts in sched.transfer_chunks(st.sends, chunk):
+                at = max(sched.frontier(), lower)
+                resume = sched.barrier(at, sched.deskew_delay(at, rel))
+                plan = sched.schedule_sends(st.sends, out_link, interval, resume, bursts=bursts)
+                first, last = plan[0][5], plan[-1][5] + (plan[-1][4] - 1) * interval
+                free = max(free, (last - resume) + (last - first))
+                plans.append(plan)
+                # the next chunk starts once the receiver has written this one and realigned (its barrier delay
+                # grows with the cycles since its previous one: rel * (chunk + gap))
+                lower = last + gap + math.ceil(rel * (last - first + gap + 2 * interval)) + 4
+            first = plans[0][0][5]
+            lag = math.ceil(bound * (1 + tol) + 3 + rel * free)
+            # vectors waiting in the receive buffer when a RECV takes one: arrivals up to this much after its own
+            early = lag + 2 + rel * free - (bound - 2 * spread) * (1 - tol)
             waiting = int(early // interval) + 1
             if waiting > depth:
                 raise CompileError(f"the transfer chip {k} -> {k + 1} could hold {waiting} vectors in a receive "
@@ -442,8 +514,9 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
             nvec = vectors(graph, st.sends, chip.lanes)
             transfers.append({"from_chip": k, "to_chip": k + 1, "link": out_link, "peer_link": in_link,
                               "tensors": st.sends, "vectors": nvec, "bytes": nvec * chip.lanes,
-                              "first_send": first, "last_send": last, "lag": lag, "latency_bound": bound})
-            incoming = (plan, in_link, lag)
+                              "first_send": first, "last_send": last, "lag": lag, "latency_bound": bound,
+                              "chunks": len(plans)})
+            incoming = (plans, in_link, lag)
         issues = sched.res.issues
         last_effect = max((iss.last_effect for iss in issues), default=-1)
         predicted = last_effect + 1 + superlanes - 1

@@ -11,14 +11,25 @@ Stages are balanced by predicted cycles: each node's cost is how far it moves th
 (`node_costs`, from a real single-chip schedule), or, when the model does not fit one chip, a static estimate. The
 cut positions minimise the longest stage (its nodes plus its outgoing transfer), subject to every stage fitting one
 chip's SRAM; `fewest_chips` is the smallest number of stages that fit at all.
+
+A node too large for one chip on its own (VGG-19's first fully connected layer: 25088 x 4096 fp16 weights) is
+split first (`split_oversized`): a matmul with constant weights and constant epilogue sources becomes `p` nodes,
+part q computing a block of the output's column tiles from the same input (its slice of the weight columns and of
+the epilogue constants); every consumer of that output (a matmul reading it as its activation) becomes `p` nodes
+too, part q multiplying block q by its slice of the weight rows and adding the running partial sum (f32) of the
+parts before it, the last part running the consumer's epilogue. The parts are ordinary IR nodes, interleaved
+(block q, then its partial sum), so the stage cuts can fall between them: the input and the partial sum travel
+down the pipeline like any other live tensor.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from lpusim.compiler import ir, passes, schedule
 from lpusim.compiler.layout import WIDTH, Store
+from lpusim.errors import CompileError
 
 
 @dataclass
@@ -154,6 +165,7 @@ class Partitioner:
         self._fits: dict[tuple[int, int], int] = {}
         self._live: dict[int, dict[str, list[str]]] = {}
         self._end: dict[int, int] = {}
+        self.limits: dict[int, int] = {}  # start -> end the allocator is known to place (placement feedback)
         lanes = chip.lanes
         g = graph
         self.producer = {node.output: k for k, node in enumerate(g.nodes)}
@@ -239,8 +251,15 @@ class Partitioner:
                 if self.last_use[name] == k and t.kind == "value" and name not in g.outputs \
                         and self.producer.get(name, -1) >= i:
                     live -= self.size(name)
+        end = min(end, self.limits.get(i, end))
         self._end[i] = end
         return end
+
+    def limit(self, i: int, end: int) -> None:
+        """The allocator could not place a stage starting at node i beyond node `end` (exclusive): stages from i
+        end there at the latest (the byte estimate misses fragmentation: slice groups, banks, borders)."""
+        self.limits[i] = min(end, self.limits.get(i, end))
+        self._end.pop(i, None)
 
     def fits(self, i: int, j: int) -> bool:
         return j <= self.max_end(i)
@@ -324,4 +343,172 @@ class Partitioner:
         return out
 
 
-__all__ = ["Stage", "Partitioner", "live_after", "needed_formats", "node_costs", "static_cost", "vectors"]
+# ----- splitting one node larger than a chip ----------------------------------------------------------------
+def _why_not_splittable(graph: ir.Graph, node: ir.Node) -> str | None:
+    """Why `node` cannot be split by output columns (None if it can)."""
+    if node.kind != "matmul":
+        return f"it is a {node.kind} node, not a matmul"
+    if passes.is_int8(graph, node):
+        return "it is an int8 matmul"
+    if any(graph.tensors[w].kind != "const" for _, w in node.terms):
+        return "its weights are computed"
+    if any(graph.tensors[v.tensor].kind != "const" for v in node.sources):
+        return "its epilogue reads a computed tensor"
+    if node.output in graph.outputs:
+        return "its output is a graph output"
+    for c in graph.nodes:
+        if node.output not in ir.node_inputs(c):
+            continue
+        if c.kind != "matmul" or any(v.spatial for v, _ in c.terms) or c.x != node.output \
+                or any(v.tensor == node.output for v in c.sources):
+            return f"{c.onnx_op} node '{c.name}' reads its output other than as a matmul's activation"
+        if any(graph.tensors[w].kind != "const" for _, w in c.terms) or passes.is_int8(graph, c):
+            return f"{c.onnx_op} node '{c.name}' (its reader) has computed or int8 weights"
+    return None
+
+
+def _row_parts(graph: ir.Graph, tensors: dict, c: ir.Node, blocks: list[tuple[int, int]], part_names: list[str],
+               lanes: int) -> list[ir.Node]:
+    """`c` (a matmul reading the split tensor) as one node per column block of its activation: part q multiplies
+    block q by weight rows [lo, hi) and adds the partial sum of the parts before it; the last runs c's epilogue.
+
+    A leading `MUL(acc, imm)` (scale_fp16's exact power-of-two rescale) applies to every part's accumulator; the
+    rest of the chain runs once, on the whole sum."""
+    (view, w), = c.terms
+    wt = graph.tensors[w]
+    out = graph.tensors[c.output]
+    steps = c.steps
+    head: list[ir.Step] = []
+    if steps and steps[0].op == "MUL" and steps[0].t == "f32" and steps[0].args[0] == ("acc",) \
+            and steps[0].args[1][0] == "imm" and all(a != ("acc",) for s in steps[1:] for a in s.args):
+        head = [ir.Step("MUL", list(steps[0].args))]
+    rest = steps[len(head):]
+    res = ("step", 0) if head else ("acc",)
+    nodes, prev = [], None
+    p = len(blocks)
+    for q, (t0, t1) in enumerate(blocks):
+        lo, hi = t0 * lanes, min(wt.rows, t1 * lanes)
+        wname = f"{w}#rows{q}"
+        tensors[wname] = dataclasses.replace(wt, name=wname, rows=hi - lo, shape=(hi - lo, wt.cols),
+                                             data=wt.data[lo:hi], formats=set(wt.formats))
+        terms = [(dataclasses.replace(view, tensor=part_names[q]), wname)]
+        op = f"{c.onnx_op}(rows {q + 1}/{p})"
+        if q < p - 1:
+            name = f"{c.output}#ps{q}"
+            tensors[name] = dataclasses.replace(out, name=name, formats={"f32"}, pad=0, pad_value=0.0, f16_exp=0,
+                                                f16_saturate=False, kind="value")
+            sources = [ir.View(prev)] if prev else []
+            chain = [ir.Step(s.op, list(s.args), s.t) for s in head]
+            if prev:
+                chain.append(ir.Step("ADD", [res, ("src", 0)]))
+            nodes.append(ir.Node("matmul", c.name, op, name, sources=sources, steps=chain, terms=terms,
+                                 fusable=False))
+            prev = name
+            continue
+        sources = list(c.sources) + [ir.View(prev)]
+        chain = [ir.Step(s.op, list(s.args), s.t) for s in head] + [ir.Step("ADD", [res, ("src", len(sources) - 1)])]
+        for s in rest:  # original step j is now step j + 1 (the ADD stands for the scaled accumulator)
+            chain.append(ir.Step(s.op, [("step", a[1] + 1) if a[0] == "step" else ("step", len(head))
+                                        if a[0] == "acc" else a for a in s.args], s.t))
+        nodes.append(ir.Node("matmul", c.name, op, c.output, sources=sources, steps=chain, terms=terms,
+                             fusable=c.fusable))
+    return nodes
+
+
+def split_columns(graph: ir.Graph, index: int, parts: int, lanes: int) -> ir.Graph:
+    """A new graph with node `index` split into `parts` column blocks (whole 320-lane tiles) and every reader of
+    its output split by rows with a running partial sum (module docstring). The input graph is unchanged."""
+    node = graph.nodes[index]
+    why = _why_not_splittable(graph, node)
+    if why:
+        raise CompileError(f"{node.onnx_op} node '{node.name}' needs more SRAM than one chip has and cannot be "
+                           f"split by output columns: {why}")
+    out = graph.tensors[node.output]
+    tiles = math.ceil(out.cols / lanes)
+    if not 2 <= parts <= tiles:
+        raise CompileError(f"{node.onnx_op} node '{node.name}': {parts} column blocks of a {tiles}-tile output")
+    blocks = [(q * tiles // parts, (q + 1) * tiles // parts) for q in range(parts)]
+    tensors = dict(graph.tensors)
+    names, split = [], []
+    for q, (t0, t1) in enumerate(blocks):
+        lo, hi = t0 * lanes, min(out.cols, t1 * lanes)
+
+        def sliced(name: str) -> str:
+            t = graph.tensors[name]
+            new = f"{name}#cols{q}"
+            if new not in tensors:
+                data = t.data[:, lo:min(t.cols, t1 * lanes)]
+                tensors[new] = dataclasses.replace(t, name=new, cols=data.shape[1], shape=data.shape, data=data,
+                                                   formats=set(t.formats))
+            return new
+
+        name = f"{node.output}#cols{q}"
+        tensors[name] = dataclasses.replace(out, name=name, cols=hi - lo, shape=(out.rows, hi - lo),
+                                            formats=set(out.formats))
+        names.append(name)
+        split.append(dataclasses.replace(
+            node, output=name, onnx_op=f"{node.onnx_op}(cols {q + 1}/{parts})", fusable=False,
+            terms=[(v, sliced(w)) for v, w in node.terms], sources=[dataclasses.replace(v, tensor=sliced(v.tensor))
+                                                                   for v in node.sources]))
+    readers = [c for c in graph.nodes if node.output in ir.node_inputs(c)]
+    rows = {c.output: _row_parts(graph, tensors, c, blocks, names, lanes) for c in readers}
+    before = {n.output for n in graph.nodes[:index]} | set(graph.inputs)
+    interleave = all(graph.tensors[t].kind == "const" or t in before
+                     for c in readers for t in ir.node_inputs(c) if t != node.output)
+    nodes = []
+    for i, n in enumerate(graph.nodes):
+        if i == index:
+            for q in range(parts):
+                nodes.append(split[q])
+                if interleave:
+                    nodes += [rows[c.output][q] for c in readers]
+        elif n.output in rows:
+            if not interleave:
+                nodes += rows[n.output]
+        else:
+            nodes.append(n)
+    used = {name for n in nodes for name in ir.node_inputs(n)} | {n.output for n in nodes} | set(graph.inputs)
+    tensors = {k: t for k, t in tensors.items() if k in used}
+    new = ir.Graph(tensors, nodes, list(graph.inputs), list(graph.outputs), list(graph.output_names),
+                   dict(graph.onnx_inputs), graph.origin, graph.magnitudes, graph.derived)
+    ir.validate(new)
+    return new
+
+
+def split_oversized(graph: ir.Graph, chip, interval: int) -> tuple[ir.Graph, list[dict]]:
+    """Split every node that no chip can hold alone (`split_columns`) into the fewest column blocks that each fit
+    (with their partial sums): the graph the pipeline is cut from, and what was split."""
+    lanes = chip.lanes
+    done: list[dict] = []
+    while True:
+        part = Partitioner(graph, chip, interval)
+        big = next((i for i in range(part.n) if part.max_end(i) <= i), None)
+        if big is None:
+            return graph, done
+        node = graph.nodes[big]
+        why = _why_not_splittable(graph, node)
+        if why:
+            raise CompileError(f"{node.onnx_op} node '{node.name}' alone needs more SRAM than one {chip.name} chip "
+                               f"has ({chip.sram_bytes:,} bytes) and cannot be split by output columns: {why}")
+        tiles = math.ceil(graph.tensors[node.output].cols / lanes)
+        cap = int(chip.sram_bytes * Partitioner.HEADROOM)
+        weights = sum(part.wbytes.get(w, 0) for _, w in node.terms)
+        first = max(2, math.ceil(weights / cap))
+        for parts in range(first, tiles + 1):
+            new = split_columns(graph, big, parts, lanes)
+            trial = Partitioner(new, chip, interval)
+            old = {id(n) for n in graph.nodes}
+            if all(trial.max_end(i) > i for i, n in enumerate(new.nodes) if id(n) not in old):
+                break
+        else:
+            raise CompileError(f"{node.onnx_op} node '{node.name}' does not fit one {chip.name} chip even split "
+                               f"into {tiles} column blocks of {lanes}")
+        done.append({"node": node.name, "onnx_op": node.onnx_op, "tensor": node.output, "parts": parts,
+                     "column_tiles": [[q * tiles // parts, (q + 1) * tiles // parts] for q in range(parts)],
+                     "weight_bytes": weights,
+                     "row_split_readers": [c.output for c in graph.nodes if node.output in ir.node_inputs(c)]})
+        graph = new
+
+
+__all__ = ["Stage", "Partitioner", "split_columns", "split_oversized", "live_after", "needed_formats", "node_costs",
+           "static_cost", "vectors"]

@@ -21,6 +21,7 @@ from collections import defaultdict
 
 from lpusim.compiler.ir import View, out_geom
 from lpusim.compiler.layout import WIDTH, segment_runs, view_runs
+from lpusim.compiler.partition import static_cost
 from lpusim.compiler.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule import Scheduler
 from lpusim.errors import CompileError
@@ -74,8 +75,10 @@ class C2cJobs:
         """d for a barrier at `at`: above the largest drift since the last realignment (2 cycles of rounding)."""
         d = math.ceil(rel * (at - self.resumed())) + 3
         if d + 1 >= self.chip.hac_period // 2:
-            raise CompileError(f"internal: a barrier at cycle {at} would need RUNTIME_DESKEW {d}, beyond what the "
-                               f"HAC comparison can measure")
+            raise CompileError(f"a barrier at cycle {at} would need RUNTIME_DESKEW {d}, beyond what the HAC "
+                               f"comparison can measure: the chip ran {at - self.resumed():,} cycles since its last "
+                               f"realignment (at {self.resumed():,}), longer than the drift tolerance allows; a "
+                               f"node that long cannot be cut (a smaller system drift_ppm allows longer runs)")
         return d
 
     def barrier(self, at: int, d: int) -> int:
@@ -85,12 +88,13 @@ class C2cJobs:
         self.res.floor = at + d
         return at + d
 
-    def _transfer_runs(self, store, name: str, tile: int):
+    def _transfer_runs(self, store, name: str, tile: int, row0: int = 0, rows: int | None = None):
         t = self.graph.tensors[name]
-        return segment_runs(store, tile, view_runs(View(name), store, out_geom(t), t.rows, 0, t.rows))
+        rows = t.rows - row0 if rows is None else rows
+        return segment_runs(store, tile, view_runs(View(name), store, out_geom(t), t.rows, row0, row0 + rows))
 
     def transfer_bursts(self, items: dict[str, list[str]]):
-        """(tensor, format, tile, byte plane, rows) for every burst of a transfer, in link order."""
+        """(tensor, format, tile, byte plane, rows, first row) for every burst of a transfer, in link order."""
         out = []
         for name, fmts in sorted(items.items()):
             t = self.graph.tensors[name]
@@ -98,8 +102,23 @@ class C2cJobs:
                 width = WIDTH[fmt]
                 for nt in range(self.ntiles(t.cols)):
                     for b in range(width):
-                        out.append((name, fmt, nt, b, t.rows))
+                        out.append((name, fmt, nt, b, t.rows, 0))
         return out
+
+    def transfer_chunks(self, items: dict[str, list[str]], max_vectors: int) -> list[list[tuple]]:
+        """The bursts of a transfer cut into chunks of at most `max_vectors` vectors (a burst split by rows where
+        needed), so each chunk is sent and received between realignments (docs/multichip.md, Transfers)."""
+        chunks: list[list[tuple]] = [[]]
+        room = max_vectors
+        for name, fmt, nt, b, rows, row0 in self.transfer_bursts(items):
+            while rows:
+                if room == 0:
+                    chunks.append([])
+                    room = max_vectors
+                take = min(rows, room)
+                chunks[-1].append((name, fmt, nt, b, take, row0))
+                row0, rows, room = row0 + take, rows - take, room - take
+        return [c for c in chunks if c]
 
     def _link_issues(self, queue: str, t: int, text: str, rows: int, interval: int, tail: int,
                      single: bool) -> None:
@@ -115,21 +134,22 @@ class C2cJobs:
             self.res.add_issue(Issue(queue, c, text, 1, 1, 0, c + tail))
 
     def schedule_sends(self, items: dict[str, list[str]], link: int, interval: int, lower: int,
-                       rotate: int = 0, single: bool = False) -> list[tuple]:
-        """READ -> stream -> SEND bursts of every live tensor, one vector per `interval` cycles on `link`
-        (`rotate`: start this many bursts into the list, so links sending one tensor at once read other slices).
-        Returns per burst (tensor, format, tile, plane, rows, first send cycle)."""
+                       rotate: int = 0, single: bool = False, bursts: list[tuple] | None = None) -> list[tuple]:
+        """READ -> stream -> SEND bursts of every live tensor (or of `bursts`, one chunk), one vector per
+        `interval` cycles on `link` (`rotate`: start this many bursts into the list, so links sending one tensor at
+        once read other slices). Returns per burst (tensor, format, tile, plane, rows, first send cycle, first
+        row)."""
         pos = self.link_position(link)
         queue = f"C2C.{link}"
         plan = []
         nxt = lower
-        bursts = self.transfer_bursts(items)
+        bursts = self.transfer_bursts(items) if bursts is None else bursts
         if bursts:
             rotate %= len(bursts)
             bursts = bursts[rotate:] + bursts[:rotate]
-        for name, fmt, nt, b, rows in bursts:
+        for name, fmt, nt, b, rows, row0 in bursts:
             store = self.stores[(name, fmt)]
-            runs = self._transfer_runs(store, name, nt)
+            runs = self._transfer_runs(store, name, nt, row0, rows)
 
             def build(t, store=store, runs=runs, b=b, nt=nt, rows=rows):
                 if single:  # the link queue first: its clashes are cheap to find
@@ -140,7 +160,7 @@ class C2cJobs:
                 return t
 
             first = self.place(nxt, build, f"the link send of '{name}' ({fmt}, plane {b})")
-            plan.append((name, fmt, nt, b, rows, first))
+            plan.append((name, fmt, nt, b, rows, first, row0))
             nxt = first + rows * interval
         return plan
 
@@ -152,7 +172,7 @@ class C2cJobs:
         pos = self.link_position(link)
         queue = f"C2C.{link}"
         rl = self.chip.c2c_recv_latency
-        for name, fmt, nt, b, rows, first in plan:
+        for name, fmt, nt, b, rows, first, _ in plan:
             if (name, fmt) not in self.stores:
                 if avoid is None:
                     self.alloc_store(name, fmt)
@@ -166,9 +186,9 @@ class C2cJobs:
             self.accesses = []
             ready = []
             try:
-                for name, fmt, nt, b, rows, first in plan:
+                for name, fmt, nt, b, rows, first, row0 in plan:
                     store = self.stores[(name, fmt)]
-                    runs = self._transfer_runs(store, name, nt)
+                    runs = self._transfer_runs(store, name, nt, row0, rows)
                     r0 = first + lag + extra
                     stream, last = self.write_view(store, runs, pos, r0 + rl, r0, planes=[b], d=interval)
                     self._link_issues(queue, r0, f"RECV {stream}", rows, interval, rl, single)
@@ -189,6 +209,11 @@ class C2cJobs:
 class StageScheduler(C2cJobs, Scheduler):
     """The ordinary scheduler with a floor for barriers; stores in `keep` are never released (they are sent)."""
 
+    # A barrier comes before a node when the cycles since the last realignment plus this many times the node's
+    # static estimate (partition.static_cost; measured 2.5-4x low on VGG-19's 224x224 convolutions) would pass
+    # max_free: the barrier after a node that ran past it could not measure the drift any more.
+    LOOKAHEAD = 4
+
     def __init__(self, chip, graph, keep=(), rel_drift: float = 0.0, max_free: int | None = None):
         super().__init__(chip, graph, self._between_nodes)
         self.res = FloorReservations(chip)
@@ -196,14 +221,17 @@ class StageScheduler(C2cJobs, Scheduler):
         self.barriers = []
         self.rel = rel_drift
         self.max_free = max_free
+        self.node_index = -1  # the node being placed (-1: none yet), for placement-failure feedback
 
     def _between_nodes(self, i, n, node):
         """Before each node: a barrier if the chip has run free longer than `max_free` cycles (so its drift stays
         measurable and within the RUNTIME_DESKEW delay)."""
+        self.node_index = i
         if self.max_free is None or i == 0:
             return
         at = self.frontier()
-        if at - self.resumed() > self.max_free:
+        ahead = self.LOOKAHEAD * static_cost(self.graph, node, self.chip)  # the node cannot be cut: room for it
+        if at > self.resumed() and at - self.resumed() + ahead > self.max_free:
             self.barrier(at, self.deskew_delay(at, self.rel))
 
     def place(self, lower, build, what):
