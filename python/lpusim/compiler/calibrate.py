@@ -30,12 +30,43 @@ def scale_exponent(magnitude: float) -> int:
     return e - TARGET
 
 
+# Initializers with at least this many elements go to onnxruntime as in-memory external data, and to shape
+# inference as bare declarations: neither needs their bytes copied through a serialised model. Smaller ones (shape
+# operands, whose values shape inference reads) stay in the model.
+EXTERNAL_MIN_ELEMENTS = 1024
+_NUMPY_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+                onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
+                onnx.TensorProto.INT64}
+
+
+def _without_large_initializers(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of `proto` whose large initializers are declared as external data (name, type and dims, no bytes),
+    and their values by name."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)  # a memory copy: cheap next to serialising
+    model.graph.ClearField("initializer")
+    values: dict[str, np.ndarray] = {}
+    for init in proto.graph.initializer:
+        size = int(np.prod(init.dims, dtype=np.int64))
+        if init.data_type not in _NUMPY_TYPES or size < EXTERNAL_MIN_ELEMENTS \
+                or init.data_location == onnx.TensorProto.EXTERNAL or init.name in values:
+            model.graph.initializer.append(init)
+            continue
+        values[init.name] = onnx.numpy_helper.to_array(init)
+        stub = model.graph.initializer.add()
+        stub.name = init.name
+        stub.data_type = init.data_type
+        stub.dims.extend(init.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="lpusim-calibration")
+    return model, values
+
+
 def tensor_magnitudes(proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, float]:
     """max |value| of every float tensor the model computes, from one onnxruntime run on `inputs`."""
     import onnxruntime as ort
 
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
+    model, weights = _without_large_initializers(proto)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:
@@ -51,6 +82,9 @@ def tensor_magnitudes(proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     options.log_severity_level = 3
+    if weights:
+        options.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(v)
+                                                          for v in weights.values()])
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     feed = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
@@ -60,7 +94,10 @@ def tensor_magnitudes(proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> 
         v = np.asarray(v)
         if v.dtype.kind != "f":
             continue
-        finite = v[np.isfinite(v)]  # an inf (a -inf attention mask) says nothing about the scale
-        result[name] = float(np.max(np.abs(finite))) if finite.size else 0.0
-        result[name + "#max"] = float(np.max(finite)) if finite.size else 0.0  # the largest value, signed
+        hi, lo = (float(v.max()), float(v.min())) if v.size else (0.0, 0.0)
+        if not (np.isfinite(hi) and np.isfinite(lo)):  # (a NaN makes both NaN)
+            v = v[np.isfinite(v)]  # an inf (a -inf attention mask) says nothing about the scale
+            hi, lo = (float(v.max()), float(v.min())) if v.size else (0.0, 0.0)
+        result[name] = max(abs(hi), abs(lo))
+        result[name + "#max"] = hi  # the largest value, signed
     return result

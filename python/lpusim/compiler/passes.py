@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, out_geom
+from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs, out_geom
 from lpusim.errors import CompileError
 
 # A chain may use at most this many ALUs before scheduling adds delays and conversions (the VXM has 16).
@@ -73,44 +73,70 @@ def _alu_estimate(steps: list[Step]) -> int:
 
 
 def fuse_chains(graph: Graph) -> Graph:
-    changed = True
-    while changed:
-        changed = False
-        producers = {n.output: n for n in graph.nodes}
-        uses = graph.consumers()
-        for consumer in graph.nodes:
-            if consumer.kind != "vector":
-                continue
+    """Merge each vector node into the producer of one of its identity sources, in graph order, until none fits.
+
+    One scan in graph order: after a merge the merged node (at the consumer's place) is examined again from its
+    first source. That is the same as rescanning from the first node, since a merge changes nothing an earlier
+    node's fusion depends on: the graph is in topological order, the removed producer's output had the consumer
+    as its only reader, and a tensor whose read count the merge lowers is still read by the merged node."""
+    producers = {n.output: n for n in graph.nodes}
+    uses: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in node_inputs(node):
+            uses[name] = uses.get(name, 0) + 1
+    outputs = set(graph.outputs)
+    nodes = list(graph.nodes)
+    position = {n.output: i for i, n in enumerate(nodes)}
+    removed: set[int] = set()  # positions of producers merged into a later node
+    i = 0
+    while i < len(nodes):
+        consumer = nodes[i]
+        merged = None
+        if consumer.kind == "vector":
             for view in consumer.sources:
-                name = view.tensor
-                producer = producers.get(name)
-                if producer is None or not producer.fusable or view.spatial or name in graph.outputs \
-                        or len(uses[name]) != 1:
+                producer = producers.get(view.tensor)
+                if producer is None or not producer.fusable or view.spatial or view.tensor in outputs \
+                        or uses[view.tensor] != 1:
                     continue
-                if [v.tensor for v in consumer.sources].count(name) != 1:
-                    continue
-                if graph.tensors[name].rows != graph.tensors[consumer.output].rows:
-                    continue  # a broadcast row: computing it once is cheaper than once per consumer row
-                if graph.tensors[name].geom != graph.tensors[consumer.output].geom and any(
-                        v.spatial for v in list(producer.sources) + [v for v, _ in producer.terms]):
-                    continue  # the producer's taps count pixels of its own output's geometry (Resize's strips)
-                if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
-                    continue
-                merged = _merge(producer, consumer, name)
-                if _alu_estimate(merged.steps) > MAX_FUSED_ALUS:
-                    continue  # the delay lines of a long chain would need more ALUs than the VXM has
-                read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
-                if len(read) != len(set(read)):
-                    continue  # one slice queue cannot stream two views of one tensor at once
-                nodes = [n for n in graph.nodes if n is not producer]
-                nodes[nodes.index(consumer)] = merged
-                graph.nodes = nodes
-                del graph.tensors[name]
-                changed = True
-                break
-            if changed:
-                break
+                merged = _fuse(graph, producer, consumer, view.tensor)
+                if merged is not None:
+                    break
+        if merged is None:
+            i += 1
+            continue
+        name = view.tensor
+        producer = producers.pop(name)
+        for n in node_inputs(producer) + node_inputs(consumer):
+            uses[n] -= 1
+        for n in node_inputs(merged):
+            uses[n] = uses.get(n, 0) + 1
+        del uses[name]
+        producers[merged.output] = merged  # the consumer's output, now computed by the merged node
+        removed.add(position.pop(name))
+        nodes[i] = merged
+        del graph.tensors[name]
+    graph.nodes = [n for j, n in enumerate(nodes) if j not in removed]
     return graph
+
+
+def _fuse(graph: Graph, producer: Node, consumer: Node, name: str) -> Node | None:
+    """The merged node if `producer` (of `name`, read by `consumer` alone) may take `consumer`'s chain."""
+    if [v.tensor for v in consumer.sources].count(name) != 1:
+        return None
+    if graph.tensors[name].rows != graph.tensors[consumer.output].rows:
+        return None  # a broadcast row: computing it once is cheaper than once per consumer row
+    if graph.tensors[name].geom != graph.tensors[consumer.output].geom and any(
+            v.spatial for v in list(producer.sources) + [v for v, _ in producer.terms]):
+        return None  # the producer's taps count pixels of its own output's geometry (Resize's strips)
+    if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
+        return None
+    merged = _merge(producer, consumer, name)
+    if _alu_estimate(merged.steps) > MAX_FUSED_ALUS:
+        return None  # the delay lines of a long chain would need more ALUs than the VXM has
+    read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
+    if len(read) != len(set(read)):
+        return None  # one slice queue cannot stream two views of one tensor at once
+    return merged
 
 
 def split_tap_chains(graph: Graph) -> Graph:
