@@ -278,7 +278,7 @@ def test_vgg19_on_several_chips():
     assert report["cycles"] == report["predicted_cycles"]
     assert report["chip_cycles"] == report["predicted_chip_cycles"]
     split, = report["partition"]["column_splits"]
-    assert split["parts"] == 2 and split["weight_bytes"] > Chip.load().sram_bytes
+    assert split["parts"] == 2 and split["weight_bytes"] > 0.9 * Chip.load().sram_bytes  # past a stage's fill
     assert all(s["sram_bytes"] <= Chip.load().sram_bytes for s in report["partition"]["stages"])
     # the 224 x 224 x 64 activation after the first stage is sent in chunks between realignments
     assert report["partition"]["transfers"][0]["chunks"] > 1
