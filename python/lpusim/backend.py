@@ -25,11 +25,14 @@ Options (keyword arguments of `prepare`, `run_model`, `run_node`):
   seeded random inputs when absent.
 - `rtol`, `atol`: accepted and ignored (the ONNX test runner forwards its comparison settings to `prepare`).
 
-The chip takes float32 tensors and computes in float: a graph input of any other element type, an output other than
-float32 or bool, or a value that is not a tensor, is a CompileError at `prepare` naming it (inputs named in
-`constant_inputs` may have any type: they are folded on the host). A bool output (a comparison, Not, And, ...) comes
-off the chip as 1.0/0.0 and is returned as a bool array; any other value there is an LpusimError. A run-time array
-whose dtype is not float32, or whose shape is not the compiled one, is a ModelError naming the input. Unsupported
+The chip computes in float32. Graph inputs may be float32, bool or integer tensors (int8..int64, uint8..uint64): the
+host converts bool to 1.0/0.0 and integers to float32 exactly, and a value beyond 2^24 in magnitude (no exact float32
+form) is a ModelError naming the input. Outputs may be float32, bool or integer tensors: a bool output (a comparison,
+Not, And, ...) comes off the chip as 1.0/0.0 and is returned as a bool array, an integer output (ArgMax, a Cast to
+int64) as whole float32 numbers returned in its integer type; any other value there is an LpusimError. Any other
+element type (float16, double, string), or a value that is not a tensor, is a CompileError at `prepare` naming it
+(inputs named in `constant_inputs` may have any type: they are folded on the host). A run-time array whose dtype is
+not the declared one, or whose shape is not the compiled one, is a ModelError naming the input. Unsupported
 ops and attributes are the compiler's CompileError naming node and op.
 """
 from __future__ import annotations
@@ -50,8 +53,10 @@ from lpusim.program import compile as _compile
 DEVICES = ("CPU", "CPU:0")
 _OPTIONS = {"chip", "precision", "shapes", "constant_inputs", "calibration"}
 _RUNNER_OPTIONS = {"rtol", "atol"}  # the ONNX test runner forwards these to prepare(); they are not ours
-# Output element types the backend returns: float32 as computed, bool from the chip's 1.0/0.0.
-_OUTPUT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.BOOL: np.bool_}
+# Element types with a chip path (importer.HOST_TYPES): float32 as computed; bool from and to the chip's 1.0/0.0;
+# integers as float32 whole numbers (exact up to 2^24), converted by the host both ways.
+_IO_TYPES = (TensorProto.FLOAT, TensorProto.BOOL, TensorProto.INT64, TensorProto.INT32, TensorProto.INT16,
+             TensorProto.INT8, TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64)
 
 
 def _type_name(elem: int) -> str:
@@ -92,13 +97,13 @@ def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def type_problems(model: onnx.ModelProto, constant_inputs=()) -> list[str]:
-    """Why the chip path cannot take this model's run-time inputs or outputs, one phrase per input that is not a
-    float32 tensor or output that is not a float32 or bool tensor (empty when it can). Inputs named in
-    `constant_inputs` are folded on the host: any type."""
+    """Why the chip path cannot take this model's run-time inputs or outputs, one phrase per input or output that
+    is not a float32, bool or integer tensor (empty when it can). Inputs named in `constant_inputs` are folded on
+    the host: any type."""
     problems = []
     for kind, values, types in (
-            ("input", [i for i in _runtime_inputs(model) if i.name not in constant_inputs], (TensorProto.FLOAT,)),
-            ("output", list(model.graph.output), tuple(_OUTPUT_TYPES))):
+            ("input", [i for i in _runtime_inputs(model) if i.name not in constant_inputs], _IO_TYPES),
+            ("output", list(model.graph.output), _IO_TYPES)):
         for v in values:
             if not v.type.HasField("tensor_type"):
                 problems.append(f"{kind} '{v.name}' is a {v.type.WhichOneof('value') or 'value of no type'}, "
@@ -139,9 +144,9 @@ class LpusimBackendRep(BackendRep):
                              f"(inputs: {', '.join(self.input_names)})")
         problems = type_problems(model, self.constant_inputs)
         if problems:
-            raise CompileError("; ".join(problems) + ": the simulated chip takes float32 tensors (the fp16 MXM "
-                               "path with fp32 on the VXM) and returns float32 or bool; no other element type has "
-                               "a chip path yet")
+            raise CompileError("; ".join(problems) + ": the simulated chip computes in float32 (the fp16 MXM "
+                               "path with fp32 on the VXM) and takes and returns float32, bool and integer "
+                               "tensors; no other element type has a chip path yet")
         self.programs: dict[Any, Program] = {}
         self.last_result: RunResult | None = None
         fixed = {i.name: self.shapes.get(i.name, _fixed_shape(i)) for i in self.inputs}
@@ -189,7 +194,7 @@ class LpusimBackendRep(BackendRep):
 
     def run(self, inputs, **kwargs) -> list[np.ndarray]:
         """Simulate on `inputs` (a list in graph input order, a dict by name, or one array for a one-input model);
-        returns the outputs in graph output order, float32. `timing_only=True` skips computing values."""
+        returns the outputs in graph output order, in their declared types. `timing_only=True` skips computing values."""
         timing_only = bool(kwargs.pop("timing_only", False))
         if kwargs:
             raise TypeError(f"LpusimBackendRep.run: unknown option(s) {', '.join(sorted(kwargs))} (timing_only)")
@@ -200,11 +205,12 @@ class LpusimBackendRep(BackendRep):
             if v.name in constants:
                 continue
             a = feeds[v.name]
+            want = np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
             if not isinstance(a, np.ndarray):
-                raise ModelError(f"input '{v.name}' is a {type(a).__name__}; the chip takes a float32 array")
-            if a.dtype != np.float32:
-                raise ModelError(f"input '{v.name}' is a {a.dtype} array; the model declares float32 and the chip "
-                                 f"takes float32 only (convert it with .astype(np.float32))")
+                raise ModelError(f"input '{v.name}' is a {type(a).__name__}; the chip takes a {want} array")
+            if a.dtype != want:
+                raise ModelError(f"input '{v.name}' is a {a.dtype} array; the model declares {want} (convert it "
+                                 f"with .astype(np.{want}))")
             declared = self.shapes.get(v.name, _fixed_shape(v))
             shapes[v.name] = declared if declared is not None else tuple(a.shape)
         program = self._program(shapes, constants)
@@ -235,8 +241,9 @@ class LpusimBackend(Backend):
     @classmethod
     def is_compatible(cls, model, device: str | None = "CPU", **kwargs) -> bool:
         """A quick static check, necessary but not sufficient: the device is supported, every node's op is one the
-        compiler lowers (`SUPPORTED_OPS`), and every run-time input and every output is a float32 tensor. A model
-        that passes can still be refused at compile time for an attribute or operand form not supported yet."""
+        compiler lowers (`SUPPORTED_OPS`), and every run-time input and every output is a float32, bool or integer
+        tensor. A model that passes can still be refused at compile time for an attribute or operand form not
+        supported yet."""
         from lpusim.compiler.importer import SUPPORTED_OPS
 
         if device is not None and not cls.supports_device(device):

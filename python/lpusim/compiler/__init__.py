@@ -82,14 +82,14 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
 
 def random_inputs(input_shapes: dict, seed: int = 0, kinds: dict | None = None) -> dict:
     """Seeded standard-normal float32 inputs: the default calibration and `Program.random_inputs`. `kinds`
-    (importer.input_kinds): bool and integer inputs, drawn uniformly in [0, bound) (token ids below the table's
-    length, masks in {0, 1})."""
+    (importer.input_kinds): bool and integer inputs, drawn uniformly in [low, high) (token ids below the table's
+    length, bools in {0, 1}, other integers in {1, 2})."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in input_shapes.items():
         if kinds and name in kinds:
-            dtype, high = kinds[name]
-            out[name] = rng.integers(0, high, size=shape).astype(dtype)
+            dtype, low, high = kinds[name]
+            out[name] = rng.integers(low, high, size=shape).astype(dtype)
         else:
             out[name] = rng.standard_normal(shape).astype(np.float32)
     return out

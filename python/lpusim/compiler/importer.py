@@ -16,7 +16,7 @@ from lpusim.compiler.lower_heads import HeadsLowering
 from lpusim.compiler.lower_index import IndexLowering
 from lpusim.compiler.lower_lanes import LaneLowering
 from lpusim.compiler.lower_misc import MiscLowering
-from lpusim.compiler.lower_moves import MoveLowering
+from lpusim.compiler.lower_moves import MoveLowering, _Renamed
 from lpusim.compiler.lower_quant import QuantLowering
 from lpusim.errors import CompileError, ModelError
 
@@ -156,17 +156,18 @@ _INDEX_OPERANDS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}  # op -> its
 _VALUE_PRESERVING = {"Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
 
-def input_kinds(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
-    """{input: (numpy dtype name, exclusive upper bound)} for every bool or integer graph input: the values
+def input_kinds(model: onnx.ModelProto) -> dict[str, tuple[str, int, int]]:
+    """{input: (numpy dtype name, low, exclusive high)} for every bool or integer graph input: the values
     `random_inputs` draws. An input that indexes a constant (a Gather's token ids, through Cast/Reshape/...) is
-    drawn in [0, that axis's length); any other integer input (an attention mask) in {0, 1}."""
+    drawn in [0, that axis's length); a bool in {0, 1}; any other integer input in {1, 2} (never a zero divisor
+    in the calibration run)."""
     inits = {i.name: i for i in model.graph.initializer}
     consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     kinds, origin = {}, {}
     for inp in model.graph.input:
         elem = inp.type.tensor_type.elem_type
         if inp.name not in inits and elem in HOST_TYPES and elem != onnx.TensorProto.FLOAT:
-            kinds[inp.name] = (np.dtype(HOST_TYPES[elem]).name, 2)
+            kinds[inp.name] = (np.dtype(HOST_TYPES[elem]).name, 0 if elem == onnx.TensorProto.BOOL else 1, None)
             origin[inp.name] = inp.name
     for node in model.graph.node:
         if node.op_type in _VALUE_PRESERVING and node.input and node.input[0] in origin:
@@ -182,8 +183,8 @@ def input_kinds(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
         axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
         name = origin[node.input[pos]]
         high = int(dims[axis % len(dims)])
-        kinds[name] = (kinds[name][0], high if kinds[name][1] == 2 else min(high, kinds[name][1]))
-    return kinds
+        kinds[name] = (kinds[name][0], 0, high if kinds[name][2] is None else min(high, kinds[name][2]))
+    return {k: (d, lo, hi if hi is not None else lo + 2) for k, (d, lo, hi) in kinds.items()}
 
 
 def host_input(name: str, array, kind: tuple | None) -> np.ndarray:
@@ -442,6 +443,10 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             return self.lower_resize(node, a, args)
         if op == "Range":
             return self.lower_range(node, args)
+        if op == "ConstantOfShape":
+            raise CompileError(f"{self.where(node)}: ConstantOfShape of a computed shape: the output's size would "
+                               f"depend on data, which a static schedule cannot have (a constant or Shape-derived "
+                               f"shape is folded on the host)")
         if op == "Einsum":
             return self.lower_einsum(node, a, args)
         if op == "Slice":
@@ -833,6 +838,21 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             name = node.output[0] if i == len(args) - 2 else self.fresh(node.output[0])
             self.emit_binary(node, _BINARY[op], acc, x, name)
             acc = ("value",) + self.values[name]
+        if op == "Div" and self.integer_typed(node.output[0]):  # integer division truncates toward zero
+            self.lower_cast(_Renamed(node, node.output[0]), {"to": onnx.TensorProto.INT64},
+                            [("value",) + self.values[node.output[0]]], force=True)
+
+    def integer_typed(self, name: str) -> bool:
+        """Whether ONNX types the value `name` as an integer (onnx shape inference, computed once)."""
+        if not hasattr(self, "_elem_types"):
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model)
+                infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+            except Exception:
+                infos = list(self.model.graph.input) + list(self.model.graph.output)
+            self._elem_types = {v.name: v.type.tensor_type.elem_type for v in infos}
+        elem = self._elem_types.get(name)
+        return elem in HOST_TYPES and elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL)
 
     def lower_pow(self, node, args):
         x, p = args

@@ -43,11 +43,12 @@ class IndexLowering:
     """Mixed into the importer's `_Lowering`."""
 
     # ----- Cast of a computed value -------------------------------------------------------------------------
-    def lower_cast(self, node, a, args) -> None:
+    def lower_cast(self, node, a, args, force: bool = False) -> None:
+        """`force`: truncate `node`'s own output in place (integer Div)."""
         to = a.get("to", 0)
         _, x, shape = args[0]
         src, out = node.input[0], node.output[0]
-        if to == onnx.TensorProto.FLOAT or (to in _INT_TYPES and src in self.integral):
+        if not force and (to == onnx.TensorProto.FLOAT or (to in _INT_TYPES and src in self.integral)):
             self.values[out] = self.values[src]
             if src in self.integral:
                 self.integral.add(out)
