@@ -532,3 +532,43 @@ def test_int8_conv_read_through_two_quantize_linears():
     assert sum(n.op_type == "QuantizeLinear" and n.input[0] == "c1" for n in q.graph.node) == 2
     program, _, _ = check_int8(q, x, "linear bottleneck", min_fraction=1.0)
     assert program.assembly.count("ABC.i8") > 0
+
+
+# (sa, za, sb, zb, sc, zc) of residual Adds of onnxruntime's ResNet-18 quantisation (torchvision, seed 0), where
+# the float form (sa (A - za) + sb (B - zb)) / sc differs from onnxruntime's on 1, 1 and 2 of the 65,536 code pairs
+QLINEAR_ADD_PARAMS = [(0.016709890216588974, 127, 0.005848392378538847, 0, 0.010209806263446808, 0),
+                      (0.028927462175488472, 118, 0.03161972761154175, 122, 0.022752024233341217, 0),
+                      (0.06535609066486359, 131, 0.07133884727954865, 133, 0.049595437943935394, 0)]
+
+
+@pytest.mark.parametrize("kind", ["u8", "i8"])
+@pytest.mark.parametrize("params", QLINEAR_ADD_PARAMS, ids=["layer1.0", "layer2.0", "layer4.0"])
+def test_qlinear_add_every_code_pair(kind, params):
+    """QLinearAdd of every pair of 8-bit codes (a 256 x 256 grid) equals onnxruntime's, whose AVX2 kernel computes
+    fmaf(A, sa/sc, fmaf(B, sb/sc, fixed)) on the raw values (emulated on the VXM, lower_quant.fma_steps). The
+    float form is one step off on 1 of 100,352 outputs of ResNet-18's layer2.0 residual Add (and on 1-2 of these
+    pairs for uint8). int8: the same scales, zero points moved down by 128."""
+    dtype, lo = (np.uint8, 0) if kind == "u8" else (np.int8, -128)
+    sa, za, sb, zb, sc, zc = params
+    sa, sb, sc = np.float32(sa), np.float32(sb), np.float32(sc)
+    za, zb, zc = dtype(za + lo), dtype(zb + lo), dtype(zc + lo)
+    codes = np.arange(256) + lo
+    qa, qb = np.meshgrid(codes, codes, indexing="ij")
+    x = {"a": ((qa - int(za)) * sa).astype(np.float32), "b": ((qb - int(zb)) * sb).astype(np.float32)}
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in
+             {"sa": sa, "za": za, "sb": sb, "zb": zb, "sc": sc, "zc": zc}.items()]
+    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["qa"]),
+             helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["qb"]),
+             helper.make_node("QLinearAdd", ["qa", "sa", "za", "qb", "sb", "zb", "sc", "zc"], ["qc"],
+                              domain="com.microsoft"),
+             helper.make_node("DequantizeLinear", ["qc", "sc", "zc"], ["out"])]
+    graph = helper.make_graph(nodes, "qladd", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [256, 256])
+                                               for n in ("a", "b")],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [256, 256])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    program = lpusim.compile(model)
+    result = program.run(x)
+    ref, _ = run_onnxruntime(model, x)
+    np.testing.assert_array_equal(result.outputs["out"], ref["out"])
