@@ -4,12 +4,15 @@ Design (docs/multichip.md has the long form):
 * **Stages** (`compiler/partition.py`): the IR node list cut into N consecutive stages balanced by predicted
   cycles (the single-chip schedule's per-node frontier), every stage fitting one chip's SRAM; a model too large for
   one chip goes to the fewest chips that hold it (`chips="auto"`). Stage k runs on chip k of an 8-chip node
-  (fully connected, so chip k talks to chip k+1 over their direct link).
+  (fully connected, so chip k talks to chip k+1 over their direct link). A matmul larger than a chip is first split
+  into column blocks, its reader into row blocks with an f32 partial sum (`partition.split_oversized`); a stage the
+  allocator cannot place is cut short where it failed and the cuts are searched again (`StageOutOfSram`).
 * **Transfers** (`compiler/schedule_c2c.py`): each tensor live across cut k travels chip k -> chip k+1 (a chain:
   tensors needed further on are forwarded), in the formats later stages read, one vector per row per byte plane,
   one SEND per `min_send_interval_cycles`. The receiver's RECV of vector j is at the sender's send cycle plus a
   constant lag: the link's worst latency (mean + spread), the clock-domain crossing, and the worst timing error
-  both chips may have accumulated (below). Buffer occupancy is checked against `c2c_rx_buffer_vectors`.
+  both chips may have accumulated (below). Buffer occupancy is checked against `c2c_rx_buffer_vectors`; a transfer
+  too long for that (or for the drift to stay measurable) goes in chunks, both chips realigning before each.
 * **Time and sync.** All chips start at global time 0 (docs/system.md section 2) and every chip's program counts
   cycles from there; the SAC starts equal to the HAC, so `RUNTIME_DESKEW d` realigns a chip to the root chip's
   time measured from that common start. Each stage has a barrier (every queue issues `RUNTIME_DESKEW d` while the
