@@ -1,0 +1,107 @@
+"""int8 whole models: torchvision ResNet-18 and MobileNetV2, a BERT-base encoder and a GPT-2 small decoder
+(transformers, from their default configs), random weights, exported with torch.onnx.export, compiled with
+`precision="int8"` (onnxruntime's quantiser inside the compile) and compared with onnxruntime on the same quantised
+model. Needs torch, torchvision, transformers.
+
+    python bench/torch_int8.py [resnet18 mobilenet_v2 bert_base gpt2_small] [--json out.json]
+
+One line per model: bench/light_models.measure_model's row plus `exact_fraction` (output elements equal to
+onnxruntime's bit for bit), `step` (the output's quantisation step, when a DequantizeLinear makes it),
+`within_one_step` and `max_steps`.
+"""
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, os.path.dirname(__file__))
+from light_models import measure_model  # noqa: E402
+
+NAMES = ["resnet18", "mobilenet_v2", "bert_base", "gpt2_small"]
+
+
+def export(name: str, path: str) -> onnx.ModelProto:
+    import torch
+
+    class Embeddings(torch.nn.Module):  # the chip path takes embeddings, not token ids
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, e):
+            return self.m(inputs_embeds=e).last_hidden_state
+
+    torch.manual_seed(0)
+    if name in ("resnet18", "mobilenet_v2"):
+        import torchvision
+        module, args, inputs = getattr(torchvision.models, name)(weights=None), (torch.randn(1, 3, 224, 224),), \
+            ["input"]
+    else:
+        import transformers
+        model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False) if name == "bert_base" \
+            else transformers.GPT2Model(transformers.GPT2Config())
+        module, args, inputs = Embeddings(model), (torch.randn(1, 128, 768),), ["inputs_embeds"]
+    torch.onnx.export(module.eval(), args, path, dynamo=False, opset_version=17, input_names=inputs)
+    return onnx.load(path)
+
+
+def output_steps(model: onnx.ModelProto) -> dict:
+    """Graph output -> the scale of the DequantizeLinear producing it."""
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    return {n.output[0]: float(consts[n.input[1]].reshape(())) for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.output[0] in outputs and n.input[1] in consts}
+
+
+def measure(name: str) -> dict:
+    import lpusim
+    from lpusim.check import run_onnxruntime
+    from lpusim.compiler.quantize import quantize_model
+
+    with tempfile.TemporaryDirectory() as d:
+        model = export(name, os.path.join(d, f"{name}.onnx"))
+    row = measure_model(model, name, precision="int8")
+    if "cycles" not in row:
+        return row
+    program = lpusim.compile(model, precision="int8")  # the outputs themselves (measure_model keeps only errors)
+    x = program.random_inputs(0)
+    sim = program.run(x).outputs
+    q = quantize_model(model, x)
+    ref, _ = run_onnxruntime(q, x)
+    steps = output_steps(q)
+    exact = total = within = 0
+    max_steps = 0.0
+    for k, r in ref.items():
+        diff = np.abs(sim[k].astype(np.float64) - r)
+        exact += int((diff == 0).sum())
+        total += r.size
+        if k in steps:
+            n = diff / steps[k]
+            within += int((n <= 1 + 1e-5).sum())
+            max_steps = max(max_steps, float(n.max()))
+    row.update(exact_fraction=exact / total, step=steps.get(next(iter(ref))),
+               within_one_step=within / total if within else None, max_steps=max_steps if within else None)
+    row.pop("utilization", None)
+    return row
+
+
+def main(argv):
+    out = None
+    if "--json" in argv:
+        out = argv[argv.index("--json") + 1]
+        argv = argv[:argv.index("--json")] + argv[argv.index("--json") + 2:]
+    rows = []
+    for name in argv or NAMES:
+        row = measure(name)
+        rows.append(row)
+        print(json.dumps(row, default=str), flush=True)
+    if out:
+        with open(out, "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
