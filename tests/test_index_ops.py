@@ -58,9 +58,29 @@ def test_argmax_image_channels():
     exact(argmax_model("ArgMax", (1, 7, 3, 4), (1, 1, 3, 4), axis=1), {"x": x})
 
 
-def test_argmax_rows_axis_is_a_clear_error():
-    with pytest.raises(lpusim.CompileError, match="ArgMax node 'y'.*axis 0"):
-        lpusim.compile(argmax_model("ArgMax", (6, 40), (1, 40), axis=0))
+@pytest.mark.parametrize("op,shape,axis,keep,last", [
+    ("ArgMax", (7, 40), 0, 1, 0), ("ArgMin", (7, 40), 0, 0, 1), ("ArgMax", (3, 5, 6), 1, 0, 0),
+    ("ArgMax", (4, 3, 6), 0, 1, 1), ("ArgMin", (2, 9, 5), -2, 1, 0), ("ArgMax", (1, 5), 0, 1, 0),
+])
+def test_argmax_along_rows_is_exact(op, shape, axis, keep, last):
+    # a halving tree on the VXM in float32: exact, ties included (no fp16 rounding on this path)
+    x = RNG.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1, shape[-1])
+    flat[:2, :3] = 2.5  # ties along the axis
+    flat[:, 4] = 0.0  # a column of ties (Relu keeps 0)
+    out_shape = tuple(1 if i == axis % len(shape) else d for i, d in enumerate(shape)) if keep else \
+        tuple(d for i, d in enumerate(shape) if i != axis % len(shape))
+    exact(argmax_model(op, shape, out_shape, axis=axis, keepdims=keep, select_last_index=last), {"x": x})
+
+
+def test_argmax_of_a_graph_input_along_rows():
+    m = typed_model([helper.make_node("ArgMax", ["x"], ["y"], axis=0)], {}, {"x": (F, [5, 8])}, {"y": (I64, [1, 8])})
+    exact(m)
+
+
+def test_argmax_image_spatial_axis_is_a_clear_error():
+    with pytest.raises(lpusim.CompileError, match="ArgMax node 'y'.*axis 2"):
+        lpusim.compile(argmax_model("ArgMax", (1, 3, 4, 4), (1, 3, 1, 4), axis=2))
 
 
 def test_argmax_feeds_a_gather_of_a_table():

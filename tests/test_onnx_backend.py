@@ -116,14 +116,6 @@ CRASH_EMPTY = ("crash: a tensor with a zero-size dimension crashes the scheduler
 EXCLUDED_BY_REASON = {
     TOO_LARGE: ["test_bvlc_alexnet", "test_vgg19", "test_zfnet512"],
     REDUCE_AXIS: [
-        "test_argmax_default_axis_example", "test_argmax_default_axis_example_select_last_index",
-        "test_argmax_default_axis_random", "test_argmax_default_axis_random_select_last_index",
-        "test_argmax_keepdims_random", "test_argmax_keepdims_random_select_last_index",
-        "test_argmax_no_keepdims_random", "test_argmax_no_keepdims_random_select_last_index",
-        "test_argmin_default_axis_example", "test_argmin_default_axis_example_select_last_index",
-        "test_argmin_default_axis_random", "test_argmin_default_axis_random_select_last_index",
-        "test_argmin_keepdims_random", "test_argmin_keepdims_random_select_last_index",
-        "test_argmin_no_keepdims_random", "test_argmin_no_keepdims_random_select_last_index",
         "test_layer_normalization_2d_axis0", "test_layer_normalization_2d_axis_negative_2",
         "test_layer_normalization_3d_axis0_epsilon", "test_layer_normalization_3d_axis1_epsilon",
         "test_layer_normalization_3d_axis_negative_2_epsilon", "test_layer_normalization_3d_axis_negative_3_epsilon",

@@ -10,6 +10,8 @@ back into their ONNX type when the program decodes them (importer.decode_output)
   index (a constant row), the others `C`; a MIN tree finds the first (`select_last_index`: a MAX tree, the last);
   lane 0 is kept through a [C, 1] selection. Ties after fp16 rounding resolve to the first (last) index, so the
   result is onnxruntime's whenever the row's largest value differs from the others by more than fp16's rounding.
+* ArgMax/ArgMin along a row axis: a halving tree on the VXM in float32 (exact, ties included): each stage compares
+  the first and the last ceil(n/2) rows along the axis (strided row views) and keeps the better (value, index).
 * Gather(table [V, H] constant, ids computed): a one-hot matrix built on the VXM and MXM, then `onehot @ table` on
   the MXM. The ids arrive as a column (one id per row: the host lays out an integer graph input that way, as it lays
   out any input; a computed [1, S] row is transposed on the SXM). Ids enter the MXM as fp16, exact below 2048: a
@@ -71,6 +73,8 @@ class IndexLowering:
         _, x, shape = args[0]
         shape = tuple(shape)
         axis = a.get("axis", 0)
+        if len(shape) not in (0, 4) and -len(shape) <= axis < len(shape) - 1 and axis % len(shape) != len(shape) - 1:
+            return self.lower_argmax_rows(node, op, a, x, shape, axis % len(shape))
         self._check_lane_axis(node, shape, axis)
         keep, last = a.get("keepdims", 1), a.get("select_last_index", 0)
         lane = lane_axis(shape)
@@ -86,8 +90,8 @@ class IndexLowering:
         extreme = "MAX" if op == "ArgMax" else "MIN"
         mag = self.magnitudes.get(node.input[0], 0.0)
         # every lane's fp16 value (what the rotations compare), then the row's extreme in every lane
-        self.tensors[x].f16_saturate = True
         m0, _ = self.lane_matmul(node, x, shape, ("eye", c), lambda: np.eye(c, dtype=np.float32), "argx")
+        self.tensors[x].f16_saturate = True
         self.derived[m0] = mag
         self.tensors[m0].f16_saturate = True
         m, s = m0, 1
@@ -110,6 +114,82 @@ class IndexLowering:
         self.derived[y] = float(c)
         self.tensors[y].shape = out_shape
         self.values[node.output[0]] = (y, out_shape)
+        self.integral.add(node.output[0])
+
+    def lower_argmax_rows(self, node, op, a, x, shape, axis) -> None:
+        """ArgMax/ArgMin along a row axis: a halving tree on the VXM in float32 (exact). The n rows along the axis
+        are seen as an image (outer, n, inner); each stage compares the first ceil(n/2) rows with the last
+        ceil(n/2) (overlapping when n is odd: a row compared with itself) and keeps the better (value, index)
+        pair: the larger (smaller) value, on a tie the smaller (larger, select_last_index) index."""
+        keep, last = a.get("keepdims", 1), a.get("select_last_index", 0)
+        n = shape[axis]
+        outer = int(np.prod(shape[:axis], dtype=np.int64))
+        inner = int(np.prod(shape[axis + 1:-1], dtype=np.int64))
+        c = shape[-1]
+        out_shape = tuple(1 if i == axis else d for i, d in enumerate(shape)) if keep else \
+            tuple(d for i, d in enumerate(shape) if i != axis)
+        t = self.tensors[x]
+        geom = (outer, n, inner)
+        if t.geom is None and t.kind != "input":
+            t.geom = geom
+        if t.geom != geom:  # an input's rows are laid out by the host: copy them into a tensor of this geometry
+            y = self.add_tensor(self.fresh("argrows"), (outer * n * inner, c), "value")
+            self.tensors[y].geom = geom
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)],
+                                   steps=[Step("COPY", [("src", 0)])], fusable=False))
+            x = y
+        pos = np.broadcast_to(np.arange(n, dtype=np.float32)[None, :, None, None], (outer, n, inner, c))
+        val, idx = x, self.const_tensor(pos.reshape(outer * n * inner, c).copy(), "argpos")
+        self.tensors[idx].geom = geom
+        better = "GT" if op == "ArgMax" else "LT"
+        tie = "GE" if last else "LE"
+        while n > 1:
+            h = (n + 1) // 2
+            out_geom = (outer, h, inner)
+
+            def half(tensor, start):
+                return View(tensor, dh=start, spatial=True)
+
+            def new(hint):
+                y = self.add_tensor(self.fresh(hint), (outer * h * inner, c), "value")
+                self.tensors[y].geom = out_geom
+                return y
+            # the second half as tensors of their own (a MEM slice streams one view of a tensor at a time)
+            bv, bi = new("argbv"), new("argbi")
+            for src, dst in ((val, bv), (idx, bi)):
+                self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, dst,
+                                       sources=[half(src, n - h)], steps=[Step("COPY", [("src", 0)])],
+                                       fusable=False))
+            # keep A when it is better, or equal with the preferred index
+            keep_a = [Step(better, [("src", 0), ("src", 1)]), Step("EQ", [("src", 0), ("src", 1)]),
+                      Step(tie, [("src", 2), ("src", 3)]), Step("MUL", [("step", 1), ("step", 2)]),
+                      Step("MAX", [("step", 0), ("step", 3)])]
+            ka = new("argkeep")
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, ka,
+                                   sources=[half(val, 0), View(bv), half(idx, 0), View(bi)], steps=keep_a,
+                                   fusable=False))
+            ni = new("argidx")  # B's index + keep * (A's - B's)
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, ni,
+                                   sources=[half(idx, 0), View(bi), View(ka)],
+                                   steps=[Step("SUB", [("src", 0), ("src", 1)]), Step("MUL", [("src", 2), ("step", 0)]),
+                                          Step("ADD", [("src", 1), ("step", 1)])], fusable=False))
+            nv = new("argval")
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, nv,
+                                   sources=[half(val, 0), View(bv)],
+                                   steps=[Step("MAX" if op == "ArgMax" else "MIN", [("src", 0), ("src", 1)])],
+                                   fusable=False))
+            val, idx, n = nv, ni, h
+        if idx == self.values.get(node.input[0], (None,))[0] or self.tensors[idx].kind == "const":
+            y = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(idx)],
+                                   steps=[Step("COPY", [("src", 0)])]))
+            idx = y
+        from lpusim.compiler.importer import _as_matrix
+        if _as_matrix(out_shape) != (self.tensors[idx].rows, c) or len(out_shape) == 4:
+            raise CompileError(f"{self.where(node)}: {op} over axis {axis} of {shape} gives {out_shape}, whose "
+                               f"rows are laid out differently (not supported yet)")
+        self.tensors[idx].shape = out_shape
+        self.values[node.output[0]] = (idx, out_shape)
         self.integral.add(node.output[0])
 
     # ----- Gather with computed indices: one-hot rows times the table -----------------------------------------
