@@ -49,6 +49,23 @@ def simulate(
     timing_only: bool = False,
     max_cycles: int | None = None,
 ) -> tuple[dict[str, Any], list[npt.NDArray[np.uint8] | None]]: ...
+class LoadedProgram:
+    """A program loaded once (decoded, checked, its static memory image referenced); `run` only writes the inputs,
+    resets the chip and runs. Errors as `simulate`'s (the constructor raises the load errors)."""
+    def __init__(
+        self,
+        config_json: str,
+        program: str | bytes,
+        static_init: Sequence[tuple[int, int, npt.NDArray[np.uint8]]] = ...,
+    ) -> None: ...
+    def run(
+        self,
+        mem_init: Sequence[tuple[int, int, npt.NDArray[np.uint8]]] = ...,
+        dumps: Sequence[tuple[int, int, int]] = ...,
+        timing_only: bool = False,
+        max_cycles: int | None = None,
+    ) -> tuple[dict[str, Any], list[npt.NDArray[np.uint8] | None]]: ...
+
 def describe_system(system_json: str) -> dict[str, Any]: ...
 def simulate_system(
     system_json: str,

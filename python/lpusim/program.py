@@ -52,6 +52,27 @@ class Program:
         return random_inputs(self.input_shapes, seed, getattr(self._graph, "input_kinds", None))
 
     def _mem_image(self, inputs: dict[str, np.ndarray]):
+        """The whole memory image (constants, then inputs) and the output dumps, as `_lpusim.simulate` takes them."""
+        mem, dumps = self._input_image(inputs)
+        return list(self._schedule.static_init) + mem, dumps
+
+    def _loaded(self):
+        """The program loaded into the simulator once (decoded, checked, its constant image referenced): every
+        run reuses it, as an onnxruntime session is reused. Made on first use; not pickled."""
+        handle = self.__dict__.get("_handle")
+        if handle is None:
+            handle = _lpusim.LoadedProgram(self.chip.to_json(), self._binary or self.assembly,
+                                           list(self._schedule.static_init))
+            self.__dict__["_handle"] = handle
+        return handle
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_handle", None)
+        return state
+
+    def _input_image(self, inputs: dict[str, np.ndarray]):
+        """The inputs' memory image and the output dumps."""
         graph, sched = self._graph, self._schedule
         missing = [n for n in self.input_shapes if n not in inputs]
         if missing:
@@ -60,7 +81,7 @@ class Program:
         extra = [n for n in inputs if n not in self.input_shapes]
         if extra:
             raise ModelError(f"unknown input(s): {', '.join(extra)}")
-        mem = list(sched.static_init)
+        mem = []
         for ir_name, store in sched.inputs.items():
             t = graph.tensors[ir_name]
             array = np.asarray(inputs[t.onnx_input])
@@ -109,10 +130,10 @@ class Program:
         """Simulate the program cycle by cycle on `inputs` (seeded random inputs when None)."""
         if inputs is None:
             inputs = self.random_inputs(seed)
-        mem, dumps = self._mem_image(inputs)
+        mem, dumps = self._input_image(inputs)
+        handle = self._loaded()
         start = time.perf_counter()
-        stats, arrays = _lpusim.simulate(self.chip.to_json(), self._binary or self.assembly, mem, dumps,
-                                         timing_only)
+        stats, arrays = handle.run(mem, dumps, timing_only)
         wall = time.perf_counter() - start
         outputs = {} if timing_only else self._decode_outputs(arrays)
         cycles = int(stats["cycles"])

@@ -7,7 +7,7 @@ use crate::config::ChipConfig;
 use crate::error::{AsmError, ConfigError as RsConfigError, SimError};
 use crate::isa::{self, QueueName};
 use crate::sim::{self, Num, RunOptions, Stats};
-use numpy::{PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -188,30 +188,12 @@ fn simulate<'py>(
     max_cycles: Option<u64>,
 ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
     let cfg = config_from(py, Some(config_json))?;
-    let lanes = cfg.lanes;
-    let prog = if let Ok(s) = program.cast::<PyString>() {
-        isa::text::parse(s.to_str()?).map_err(|e| asm_err(py, e))?
-    } else if let Ok(b) = program.cast::<PyBytes>() {
-        crate::parse_program(b.as_bytes()).map_err(|e| asm_err(py, e))?
-    } else {
-        return Err(PyValueError::new_err("program: expected str (assembly text) or bytes (program binary)"));
-    };
+    let prog = single_program(py, program)?;
     // Borrow the arrays' bytes (no copy) when they are C-contiguous; copy the others.
     let mut guards = Vec::with_capacity(mem_init.len());
     let mut copies: Vec<Option<Vec<u8>>> = Vec::with_capacity(mem_init.len());
     for (k, (slice, addr, arr)) in mem_init.iter().enumerate() {
-        let bad = || PyValueError::new_err(format!("mem_init[{k}]: expected a uint8 numpy array of shape (n, {lanes})"));
-        let a = arr.cast::<PyArray2<u8>>().map_err(|_| bad())?;
-        if a.shape()[1] != lanes {
-            return Err(bad());
-        }
-        let n = a.shape()[0];
-        if *slice >= cfg.mem_slices {
-            return Err(PyValueError::new_err(format!("mem_init[{k}]: slice {slice} is outside 0..{}", cfg.mem_slices - 1)));
-        }
-        if addr + n > cfg.mem_words {
-            return Err(PyValueError::new_err(format!("mem_init[{k}]: addresses run past {}", cfg.mem_words - 1)));
-        }
+        let a = mem_array(&cfg, "mem_init", k, *slice, *addr, arr)?;
         let ro = a.readonly();
         copies.push(if timing_only || ro.as_slice().is_ok() { None } else { Some(ro.as_array().iter().copied().collect()) });
         guards.push(ro);
@@ -228,6 +210,48 @@ fn simulate<'py>(
             (*slice, *addr, data)
         })
         .collect();
+    check_dumps(&cfg, &dumps)?;
+    let opts = RunOptions { timing_only, max_cycles };
+    let result = py.detach(|| sim::simulate(&cfg, &prog, &images, &dumps, &opts));
+    run_result(py, result, &cfg, timing_only)
+}
+
+fn single_program<'py>(py: Python<'py>, program: &Bound<'py, PyAny>) -> PyResult<isa::Program> {
+    if let Ok(s) = program.cast::<PyString>() {
+        isa::text::parse(s.to_str()?).map_err(|e| asm_err(py, e))
+    } else if let Ok(b) = program.cast::<PyBytes>() {
+        crate::parse_program(b.as_bytes()).map_err(|e| asm_err(py, e))
+    } else {
+        Err(PyValueError::new_err("program: expected str (assembly text) or bytes (program binary)"))
+    }
+}
+
+/// `what[k]`: a uint8 array of shape (n, lanes) to write at `slice`, `addr`.
+fn mem_array<'a, 'py>(
+    cfg: &ChipConfig,
+    what: &str,
+    k: usize,
+    slice: usize,
+    addr: usize,
+    arr: &'a Bound<'py, PyAny>,
+) -> PyResult<&'a Bound<'py, PyArray2<u8>>> {
+    let lanes = cfg.lanes;
+    let bad = || PyValueError::new_err(format!("{what}[{k}]: expected a uint8 numpy array of shape (n, {lanes})"));
+    let a = arr.cast::<PyArray2<u8>>().map_err(|_| bad())?;
+    if a.shape()[1] != lanes {
+        return Err(bad());
+    }
+    let n = a.shape()[0];
+    if slice >= cfg.mem_slices {
+        return Err(PyValueError::new_err(format!("{what}[{k}]: slice {slice} is outside 0..{}", cfg.mem_slices - 1)));
+    }
+    if addr + n > cfg.mem_words {
+        return Err(PyValueError::new_err(format!("{what}[{k}]: addresses run past {}", cfg.mem_words - 1)));
+    }
+    Ok(a)
+}
+
+fn check_dumps(cfg: &ChipConfig, dumps: &[(usize, usize, usize)]) -> PyResult<()> {
     for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
         if slice >= cfg.mem_slices || addr + n > cfg.mem_words {
             return Err(PyValueError::new_err(format!(
@@ -236,10 +260,16 @@ fn simulate<'py>(
             )));
         }
     }
-    let opts = RunOptions { timing_only, max_cycles };
-    let result = py.detach(|| sim::simulate(&cfg, &prog, &images, &dumps, &opts));
+    Ok(())
+}
+
+type RunOutput = Result<(Stats, Vec<Option<Vec<u8>>>), SimError>;
+
+/// (stats dict, dump arrays) of a single-chip run.
+fn run_result<'py>(py: Python<'py>, result: RunOutput, cfg: &ChipConfig, timing_only: bool) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+    let lanes = cfg.lanes;
     let (stats, outs) = result.map_err(|e| sim_err(py, e))?;
-    let d = stats_dict(py, &stats, &cfg, timing_only)?;
+    let d = stats_dict(py, &stats, cfg, timing_only)?;
     let arrays = PyList::empty(py);
     for o in outs {
         match o {
@@ -252,6 +282,83 @@ fn simulate<'py>(
         }
     }
     Ok((d, arrays))
+}
+
+/// A program loaded once: decoded, checked and its chip built, its static memory image kept (references to the
+/// caller's arrays, not copies). `run` writes only the inputs and runs a fresh copy of the chip, so repeated runs
+/// pay neither decoding, nor loading, nor (timing-only) any memory image: the analogue of an onnxruntime session.
+#[pyclass(module = "lpusim._lpusim", frozen)]
+struct LoadedProgram {
+    cfg: ChipConfig,
+    loaded: sim::Loaded,
+    /// (global slice, first address, uint8 array (n, lanes)), C-contiguous (copied once if they were not).
+    static_init: Vec<(usize, usize, Py<PyArray2<u8>>)>,
+}
+
+#[pymethods]
+impl LoadedProgram {
+    /// config_json, program (assembly text or binary) and static_init (like `simulate`'s mem_init): checked now,
+    /// with the errors `simulate` raises.
+    #[new]
+    #[pyo3(signature = (config_json, program, static_init = Vec::new()))]
+    fn new<'py>(
+        py: Python<'py>,
+        config_json: &str,
+        program: &Bound<'py, PyAny>,
+        static_init: Vec<(usize, usize, Bound<'py, PyAny>)>,
+    ) -> PyResult<Self> {
+        let cfg = config_from(py, Some(config_json))?;
+        let prog = single_program(py, program)?;
+        let mut kept = Vec::with_capacity(static_init.len());
+        for (k, (slice, addr, arr)) in static_init.iter().enumerate() {
+            let a = mem_array(&cfg, "static_init", k, *slice, *addr, arr)?;
+            let a = if a.readonly().as_slice().is_ok() { a.clone().unbind() } else { a.to_owned_array().into_pyarray(py).unbind() };
+            kept.push((*slice, *addr, a));
+        }
+        let loaded = py.detach(|| sim::load_program(&cfg, &prog)).map_err(|e| sim_err(py, e))?;
+        Ok(LoadedProgram { cfg, loaded, static_init: kept })
+    }
+
+    /// One run: mem_init (the inputs, written after the static image), dumps, timing_only and max_cycles as for
+    /// `simulate`, with its results and errors. A timing-only run reads no memory image.
+    #[pyo3(signature = (mem_init = Vec::new(), dumps = Vec::new(), timing_only = false, max_cycles = None))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        mem_init: Vec<(usize, usize, Bound<'py, PyAny>)>,
+        dumps: Vec<(usize, usize, usize)>,
+        timing_only: bool,
+        max_cycles: Option<u64>,
+    ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+        let cfg = &self.cfg;
+        let mut inputs = Vec::with_capacity(mem_init.len());
+        for (k, (slice, addr, arr)) in mem_init.iter().enumerate() {
+            inputs.push((*slice, *addr, mem_array(cfg, "mem_init", k, *slice, *addr, arr)?.readonly()));
+        }
+        check_dumps(cfg, &dumps)?;
+        let statics: Vec<_> = if timing_only {
+            Vec::new()
+        } else {
+            self.static_init.iter().map(|(s, a, arr)| (*s, *a, arr.bind(py).readonly())).collect()
+        };
+        let copies: Vec<Option<Vec<u8>>> = inputs
+            .iter()
+            .map(|(_, _, ro)| if timing_only || ro.as_slice().is_ok() { None } else { Some(ro.as_array().iter().copied().collect()) })
+            .collect();
+        let mut images: Vec<sim::MemInit> = statics.iter().map(|(s, a, ro)| (*s, *a, ro.as_slice().unwrap_or(&[]))).collect();
+        for ((s, a, ro), copy) in inputs.iter().zip(&copies) {
+            let data: &[u8] = match copy {
+                Some(v) => v.as_slice(),
+                None if timing_only => &[],
+                None => ro.as_slice().unwrap_or(&[]),
+            };
+            images.push((*s, *a, data));
+        }
+        let opts = RunOptions { timing_only, max_cycles };
+        let loaded = &self.loaded;
+        let result = py.detach(|| sim::run_loaded(loaded, &images, &dumps, &opts));
+        run_result(py, result, cfg, timing_only)
+    }
 }
 
 // ---- many chips (docs/system.md) ----
@@ -479,6 +586,7 @@ fn _lpusim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(queue_names, m)?)?;
     m.add_function(wrap_pyfunction!(positions, m)?)?;
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
+    m.add_class::<LoadedProgram>()?;
     m.add_function(wrap_pyfunction!(describe_system, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_system, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

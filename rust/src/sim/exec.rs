@@ -91,7 +91,7 @@ fn elems_to_planes(src: &[u32], lanes: usize, w: usize, dst: &mut [u8]) {
     }
 }
 
-fn stream_name(dir: Dir, index: usize) -> String {
+pub(super) fn stream_name(dir: Dir, index: usize) -> String {
     format!("{}{index}", if dir == Dir::East { 'E' } else { 'W' })
 }
 
@@ -195,12 +195,27 @@ impl Chip {
         h
     }
 
-    fn emit_at(&mut self, cycle: u64, q: usize, idx: usize, d: Stream, width: usize, buf: u32) {
-        let pos = self.qinfo[q].pos as u32;
+    /// Schedule the emit of `width` streams from `d` at `cycle`; the fast form records it on its order-free belt
+    /// now instead (a conflict is found now, at the emit's cycle).
+    pub(super) fn emit_at(&mut self, cycle: u64, q: usize, idx: usize, d: Stream, width: usize, buf: u32) -> Result<(), SimError> {
+        let pos = self.qinfo[q].pos;
+        if self.fast {
+            for b in 0..width {
+                let si = d.index as usize + b;
+                if !self.belt.emit(d.dir, si, pos, cycle, &[]) {
+                    let m = format!("stream {} at position {pos} already has a value emitted in cycle {cycle}", stream_name(d.dir, si));
+                    return Err(self.err(ErrorKind::StreamConflict, cycle, q, idx, m));
+                }
+            }
+            self.activity(cycle);
+            return Ok(());
+        }
+        let pos = pos as u32;
         self.schedule(cycle, calendar::EMIT, q, idx, Payload::Emit { dir: d.dir, start: d.index as u16, width: width as u16, pos, buf });
+        Ok(())
     }
 
-    fn check_addr(&self, a: i64, q: usize, idx: usize, t: u64) -> Result<usize, SimError> {
+    pub(super) fn check_addr(&self, a: i64, q: usize, idx: usize, t: u64) -> Result<usize, SimError> {
         let words = self.cfg.mem_words as i64;
         if a < 0 || a >= words {
             return Err(self.err(ErrorKind::AddressOutOfRange, t, q, idx, format!("address {a} is outside 0..{}", words - 1)));
@@ -216,7 +231,7 @@ impl Chip {
         Ok(a as usize)
     }
 
-    fn use_port(&mut self, slice: usize, bank: usize, t: u64, q: usize, idx: usize) -> Result<(), SimError> {
+    pub(super) fn use_port(&mut self, slice: usize, bank: usize, t: u64, q: usize, idx: usize) -> Result<(), SimError> {
         if !self.mem[slice].use_port(bank, t) {
             let name = self.qinfo[slice].name;
             return Err(self.err(ErrorKind::BankConflict, t, q, idx, format!("bank {bank} of {name} is already used in cycle {t}")));
@@ -311,7 +326,7 @@ impl Chip {
                     } else {
                         NONE
                     };
-                    self.emit_at(t + rl, q, idx, s, 1, buf);
+                    self.emit_at(t + rl, q, idx, s, 1, buf)?;
                 }
             }
             Instr::Write { addr, s } => {
@@ -342,7 +357,7 @@ impl Chip {
                 } else {
                     NONE
                 };
-                self.emit_at(t + rl, q, idx, s, 1, buf);
+                self.emit_at(t + rl, q, idx, s, 1, buf)?;
             }
             Instr::Scatter { s, map } => {
                 self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
@@ -386,7 +401,7 @@ impl Chip {
                 };
                 self.schedule(t + lat, calendar::REG_UPDATE, q, idx, Payload::Reg { alu: unit as u32, f32_tag, buf: reg });
                 if let Some(d) = dst {
-                    self.emit_at(t + lat, q, idx, d, out.width(), ebuf);
+                    self.emit_at(t + lat, q, idx, d, out.width(), ebuf)?;
                 }
             }
             Instr::Lw { t: ty, s, n } => {
@@ -470,14 +485,14 @@ impl Chip {
                 } else {
                     NONE
                 };
-                self.emit_at(t + c.mxm_acc_latency, q, idx, s, 4, buf);
+                self.emit_at(t + c.mxm_acc_latency, q, idx, s, 4, buf)?;
             }
             Instr::Shift { d, s, n } => {
                 let lat = c.sxm_latency + c.superlanes as u64 - 1;
                 self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
                 self.stats.busy.sxm += 1;
                 let buf = self.sxm_out(1, |sa, _, out| sxm::shift(&sa[..out.len()], n, out));
-                self.emit_at(t + lat, q, idx, d, 1, buf);
+                self.emit_at(t + lat, q, idx, d, 1, buf)?;
             }
             Instr::Permute { d, s, map } => {
                 let lat = c.sxm_latency + c.superlanes as u64 - 1;
@@ -485,14 +500,14 @@ impl Chip {
                 self.read_group(Scratch::M, map, 2, pos, t, q, idx)?;
                 self.stats.busy.sxm += 1;
                 let buf = self.sxm_out(1, |sa, sm, out| sxm::permute(&sa[..out.len()], &sm[..2 * out.len()], out));
-                self.emit_at(t + lat, q, idx, d, 1, buf);
+                self.emit_at(t + lat, q, idx, d, 1, buf)?;
             }
             Instr::Distribute { d, s, map } => {
                 let lat = c.sxm_latency;
                 self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
                 self.stats.busy.sxm += 1;
                 let buf = self.sxm_out(1, |sa, _, out| sxm::distribute(&sa[..out.len()], &map, out));
-                self.emit_at(t + lat, q, idx, d, 1, buf);
+                self.emit_at(t + lat, q, idx, d, 1, buf)?;
             }
             Instr::Transpose { d, s } => {
                 let lat = c.sxm_latency;
@@ -500,7 +515,7 @@ impl Chip {
                 self.stats.busy.sxm += 1;
                 let lanes = self.cfg.lanes;
                 let buf = self.sxm_out(16, |sa, _, out| sxm::transpose(&sa[..16 * lanes], lanes, out));
-                self.emit_at(t + lat, q, idx, d, 16, buf);
+                self.emit_at(t + lat, q, idx, d, 16, buf)?;
             }
             Instr::Send { s } => {
                 self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
@@ -542,7 +557,7 @@ impl Chip {
                 let lat = c.c2c_recv_latency;
                 self.free_origin(a.origin);
                 self.stats.busy.c2c += 1;
-                self.emit_at(t + lat, q, idx, s, 1, a.buf);
+                self.emit_at(t + lat, q, idx, s, 1, a.buf)?;
             }
         }
         Ok(())

@@ -5,11 +5,17 @@
 //! in queue-index order, then the stream emits due at `t`. `Chip::next_cycle()` says which cycle has work next, so
 //! `run` (and later a multi-chip `System`, each chip on its own clock) skips idle cycles. In timing-only mode every
 //! check, stamp and counter is kept but no value is computed or copied: same cycles, same errors.
+//!
+//! A lone timing-only run (`simulate`, `run_loaded`) first tries the *fast* form (`fast.rs`): emits recorded at
+//! issue on an order-free belt, no emit events, and REPEATed READs and ALU operations taken a chunk at a time. It
+//! performs every check, so it fails iff the exact run fails; when it fails, the exact run is made to report the
+//! very error (instruction, cycle, message) the exact order finds first.
 
 pub mod c2c;
 mod calendar;
 pub mod clock;
 mod exec;
+mod fast;
 pub mod mem;
 pub mod mxm;
 pub mod streams;
@@ -19,6 +25,7 @@ pub mod vxm;
 use crate::config::ChipConfig;
 use crate::error::{ErrorKind, SimError};
 use crate::isa::{DType, Instr, InitValues, Program, QueueName};
+use std::sync::Arc;
 use calendar::{Calendar, Payload, Pool, ReadyWheel};
 
 /// How to run.
@@ -124,6 +131,12 @@ struct QState {
 pub struct Chip {
     cfg: ChipConfig,
     timing_only: bool,
+    /// The fast timing-only form (module doc; `fast.rs`).
+    fast: bool,
+    /// Stream reads of chunks of repetitions taken ahead (fast form), checked once the main loop passes them.
+    pending: Vec<fast::PendingRead>,
+    /// The earliest cycle a pending read becomes checkable (`u64::MAX`: none).
+    pending_due: u64,
     /// Oscillator and hardware-aligned counter: HAC = clock.hac(cycle) mod hac_period (on a lone chip
     /// `cycle + hac_offset`, offset 0 unless set).
     pub clock: clock::Clock,
@@ -142,7 +155,10 @@ pub struct Chip {
     /// Set with an error about a vector from another chip (LinkOverflow, LinkUnreceived): its sending end.
     pub fault_origin: Option<c2c::Origin>,
     qinfo: Vec<QInfo>,
-    progs: Vec<Vec<Instr>>,
+    /// Per queue its instructions, checked at load; shared by the copies `reloaded` makes.
+    progs: Arc<Vec<Vec<Instr>>>,
+    /// The `.init` directives (applied again by `reloaded`).
+    inits: Vec<crate::isa::Init>,
     qs: Vec<QState>,
     belt: streams::StreamBelt,
     mem: Vec<mem::MemSlice>,
@@ -184,6 +200,10 @@ fn load_err(queue: String, index: usize, instruction: String, message: String) -
 impl Chip {
     /// A chip in its reset state (no program). The configuration must be valid.
     pub fn new(cfg: &ChipConfig, timing_only: bool) -> Chip {
+        Chip::with_mode(cfg, timing_only, false)
+    }
+
+    fn with_mode(cfg: &ChipConfig, timing_only: bool, fast: bool) -> Chip {
         let lanes = cfg.lanes;
         let qinfo = QueueName::all(cfg)
             .into_iter()
@@ -201,9 +221,17 @@ impl Chip {
             })
             .collect::<Vec<_>>();
         let nq = qinfo.len();
+        let belt = if fast {
+            streams::StreamBelt::new_order_free(cfg.streams_per_direction, cfg.positions(), fast::horizon(cfg))
+        } else {
+            streams::StreamBelt::new(cfg.streams_per_direction, lanes, cfg.positions(), timing_only)
+        };
         Chip {
             cfg: cfg.clone(),
             timing_only,
+            fast,
+            pending: Vec::new(),
+            pending_due: u64::MAX,
             clock: clock::Clock::default(),
             sac: std::collections::BTreeMap::new(),
             resume_at: 0,
@@ -212,10 +240,11 @@ impl Chip {
             origins: Vec::new(),
             origin_free: Vec::new(),
             fault_origin: None,
-            progs: vec![Vec::new(); nq],
+            progs: Arc::new(vec![Vec::new(); nq]),
+            inits: Vec::new(),
             qs: vec![QState::default(); nq],
             qinfo,
-            belt: streams::StreamBelt::new(cfg.streams_per_direction, lanes, cfg.positions(), timing_only),
+            belt,
             mem: (0..cfg.mem_slices).map(|_| mem::MemSlice::new(cfg.mem_words, lanes)).collect(),
             planes: (0..cfg.mxm_planes).map(|_| mxm::MxmPlane::new(cfg.mxm_dim, cfg.mxm_acc_rows, timing_only)).collect(),
             reg_vals: if timing_only { Vec::new() } else { vec![0; cfg.vxm_alus_per_lane * lanes] },
@@ -260,6 +289,7 @@ impl Chip {
     /// at cycle 0, then `.init`, `.link`, and start every queue at cycle 0.
     pub fn load(&mut self, p: &Program) -> Result<(), SimError> {
         let c = self.cfg.clone();
+        let mut progs = vec![Vec::new(); self.qs.len()];
         for qp in &p.queues {
             let Some(q) = qp.name.index(&c) else {
                 let first = qp.instrs.first().map(|i| i.to_string()).unwrap_or_default();
@@ -287,8 +317,9 @@ impl Chip {
             if let Err((_, k, m)) = (Program { queues: vec![qp.clone()], ..Default::default() }).check() {
                 return Err(load_err(qp.name.to_string(), k, qp.instrs[k].to_string(), m));
             }
-            self.progs[q] = qp.instrs.clone();
+            progs[q] = qp.instrs.clone();
         }
+        self.progs = Arc::new(progs);
         let half = c.mem_per_side();
         let plane_ok = |slice: &QueueName, w: usize| match slice {
             QueueName::Mem { i, .. } => (*i as usize) + w <= half,
@@ -323,6 +354,7 @@ impl Chip {
             }
         }
         self.dumps = p.dumps.clone();
+        self.inits = p.inits.clone();
         for (k, l) in p.links.iter().enumerate() {
             if l.from as usize >= c.c2c_links || l.to as usize >= c.c2c_links {
                 return Err(load_err(
@@ -334,13 +366,29 @@ impl Chip {
             }
             self.links[l.from as usize].peer = Some(c2c::Peer::Local { to: l.to as usize, latency: l.latency });
         }
+        self.start();
+        Ok(())
+    }
+
+    /// What this chip's `load` left, for `Loaded::chip` to start fresh runs from.
+    pub fn loaded(&self) -> Loaded {
+        Loaded {
+            cfg: self.cfg.clone(),
+            progs: self.progs.clone(),
+            inits: self.inits.clone(),
+            dumps: self.dumps.clone(),
+            peers: self.links.iter().map(|l| l.peer).collect(),
+        }
+    }
+
+    /// Start every queue at cycle 0.
+    fn start(&mut self) {
         self.ready.fill(u64::MAX);
         self.wheel = ReadyWheel::default();
         for q in 0..self.qs.len() {
             self.qs[q] = QState::default();
             self.resolve(q);
         }
-        Ok(())
     }
 
     fn apply_init(&mut self, init: &crate::isa::Init) {
@@ -399,14 +447,7 @@ impl Chip {
 
     /// The checks of `write_mem`.
     fn check_mem(&self, slice: usize, addr: usize, data: &[u8]) -> Result<(), String> {
-        let lanes = self.cfg.lanes;
-        if slice >= self.mem.len() {
-            return Err(format!("slice {slice} is outside 0..{}", self.mem.len() - 1));
-        }
-        if data.len() % lanes != 0 || addr + data.len() / lanes > self.cfg.mem_words {
-            return Err(format!("{} vectors at address {addr} do not fit in {} words", data.len() / lanes, self.cfg.mem_words));
-        }
-        Ok(())
+        check_mem(&self.cfg, slice, addr, data)
     }
 
     /// Read `n` raw vectors from a MEM slice (global index); `None` in timing-only mode.
@@ -493,7 +534,8 @@ impl Chip {
     }
 
     fn activity(&mut self, t: u64) {
-        self.last_activity = Some(t);
+        // The exact order sees activity in time order; the fast form also at emit cycles ahead of the loop.
+        self.last_activity = Some(self.last_activity.map_or(t, |a| a.max(t)));
     }
 
     /// The next cycle at which this chip has anything to do (`None`: finished or deadlocked).
@@ -508,6 +550,9 @@ impl Chip {
 
     /// Run cycle `t` (which must be `next_cycle()`; earlier cycles have nothing to do).
     pub fn step(&mut self, t: u64) -> Result<(), SimError> {
+        if t >= self.pending_due {
+            self.check_pending(Some(t))?;
+        }
         // 1. Effects due at t, in kind / queue / issue order.
         while let Some(ev) = self.cal.pop_due(t, calendar::EMIT) {
             self.activity(t);
@@ -569,7 +614,8 @@ impl Chip {
         self.stats.instructions += 1;
         self.stats.per_queue_issues[q] += 1;
         self.exec(q, idx, &ins, delta, t)?;
-        self.advance(q, t, &ins);
+        let last = if self.fast { self.take_ahead(q, t, &ins)? } else { t };
+        self.advance(q, last, &ins);
         Ok(())
     }
 
@@ -594,6 +640,7 @@ impl Chip {
 
     /// End-of-run checks (Deadlock, then LinkUnreceived) and the `.dump` results.
     pub fn finish(&mut self) -> Result<(), SimError> {
+        self.check_pending(None)?;
         if let Some(&q) = self.parked.iter().min() {
             let st = &self.qs[q];
             return Err(SimError {
@@ -809,8 +856,56 @@ impl Chip {
     }
 }
 
+/// A program checked and loaded once (`load_program`): the chip configuration, the instructions (shared), the
+/// directives. Plain data, so it can be kept (by a Python `LoadedProgram`) and shared between threads.
+#[derive(Clone)]
+pub struct Loaded {
+    cfg: ChipConfig,
+    progs: Arc<Vec<Vec<Instr>>>,
+    inits: Vec<crate::isa::Init>,
+    dumps: Vec<crate::isa::Dump>,
+    peers: Vec<Option<c2c::Peer>>,
+}
+
+impl Loaded {
+    pub fn config(&self) -> &ChipConfig {
+        &self.cfg
+    }
+
+    /// A chip in its reset state holding the program (not checked again), its `.init`s applied and every queue
+    /// started. `fast`: the fast timing-only form (module doc; only with `timing_only`).
+    pub fn chip(&self, timing_only: bool, fast: bool) -> Chip {
+        let mut c = Chip::with_mode(&self.cfg, timing_only, fast && timing_only);
+        c.progs = self.progs.clone();
+        c.dumps = self.dumps.clone();
+        c.inits = self.inits.clone();
+        for (l, p) in c.links.iter_mut().zip(&self.peers) {
+            l.peer = *p;
+        }
+        if !timing_only {
+            for init in &self.inits {
+                c.apply_init(init);
+            }
+        }
+        c.start();
+        c
+    }
+}
+
 /// A memory image for `simulate`: (global slice, first address, n * lanes bytes).
 pub type MemInit<'a> = (usize, usize, &'a [u8]);
+
+/// The checks of `write_mem`.
+fn check_mem(cfg: &ChipConfig, slice: usize, addr: usize, data: &[u8]) -> Result<(), String> {
+    let lanes = cfg.lanes;
+    if slice >= cfg.mem_slices {
+        return Err(format!("slice {slice} is outside 0..{}", cfg.mem_slices - 1));
+    }
+    if data.len() % lanes != 0 || addr + data.len() / lanes > cfg.mem_words {
+        return Err(format!("{} vectors at address {addr} do not fit in {} words", data.len() / lanes, cfg.mem_words));
+    }
+    Ok(())
+}
 
 /// Load, initialise, run, and read back: the whole single-chip flow used by the bindings.
 pub fn simulate(
@@ -820,25 +915,57 @@ pub fn simulate(
     dumps: &[(usize, usize, usize)],
     opts: &RunOptions,
 ) -> Result<(Stats, Vec<Option<Vec<u8>>>), SimError> {
-    let mut chip = Chip::new(cfg, opts.timing_only);
+    run_loaded(&load_program(cfg, program)?, mem_init, dumps, opts)
+}
+
+/// Check and load a program once, for any number of `run_loaded` runs (a timing-only chip: `.init`s are applied
+/// by each run's copy).
+pub fn load_program(cfg: &ChipConfig, program: &Program) -> Result<Loaded, SimError> {
+    let mut chip = Chip::new(cfg, true);
     chip.load(program)?;
+    Ok(chip.loaded())
+}
+
+/// One run of a loaded program (`load_program`): initialise, run, read back. `loaded` itself is not changed.
+/// A timing-only run without a cycle limit reads no memory image and runs the fast form first; only if that fails
+/// does the exact run reproduce the error.
+pub fn run_loaded(
+    loaded: &Loaded,
+    mem_init: &[MemInit],
+    dumps: &[(usize, usize, usize)],
+    opts: &RunOptions,
+) -> Result<(Stats, Vec<Option<Vec<u8>>>), SimError> {
     for (k, &(slice, addr, data)) in mem_init.iter().enumerate() {
-        chip.check_mem(slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
+        check_mem(&loaded.cfg, slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
     }
-    if !opts.timing_only {
-        // The images outlive `chip` (dropped at the end of this function), so the slices may borrow them.
-        let mut per_slice: Vec<Vec<(usize, &[u8])>> = vec![Vec::new(); chip.mem.len()];
-        for &(slice, addr, data) in mem_init {
-            per_slice[slice].push((addr, data));
+    let mut fast_ok = None;
+    if opts.timing_only && opts.max_cycles.is_none() {
+        let mut chip = loaded.chip(true, true);
+        if chip.run(None).is_ok() {
+            fast_ok = Some(chip);
         }
-        for (s, images) in per_slice.iter().enumerate() {
-            if !images.is_empty() {
-                // SAFETY: `mem_init` is borrowed for the whole call and `chip` does not escape it.
-                unsafe { chip.mem[s].borrow_images(images) };
+    }
+    let chip = match fast_ok {
+        Some(chip) => chip,
+        None => {
+            let mut chip = loaded.chip(opts.timing_only, false);
+            if !opts.timing_only {
+                // The images outlive `chip` (dropped at the end of this function), so the slices may borrow them.
+                let mut per_slice: Vec<Vec<(usize, &[u8])>> = vec![Vec::new(); chip.mem.len()];
+                for &(slice, addr, data) in mem_init {
+                    per_slice[slice].push((addr, data));
+                }
+                for (s, images) in per_slice.iter().enumerate() {
+                    if !images.is_empty() {
+                        // SAFETY: `mem_init` is borrowed for the whole call and `chip` does not escape it.
+                        unsafe { chip.mem[s].borrow_images(images) };
+                    }
+                }
             }
+            chip.run(opts.max_cycles)?;
+            chip
         }
-    }
-    chip.run(opts.max_cycles)?;
+    };
     let mut out = Vec::with_capacity(dumps.len());
     for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
         out.push(chip.read_mem(slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))?);

@@ -6,6 +6,15 @@
 //! of R slots indexed by `k mod R`. A slot stores the vector and the (position, cycle) stamp of its emit; a read at
 //! (q, t') is valid iff the slot holds the same diagonal and was emitted strictly upstream of q. Writes happen at the
 //! emit cycle (section 3, step 3), after that cycle's reads, so "as after cycle t-1's emits" holds by construction.
+//!
+//! Timing-only runs can use an order-free form (`new_order_free`). On a diagonal, an emit upstream of position q
+//! happened before the cycle the diagonal passes q, and one at or downstream of q happens at or after it. So a read at
+//! (q, t') is valid iff *some* emit on its diagonal, past or future, is strictly upstream of q, and two emits conflict
+//! iff they share diagonal and position. Neither depends on when the emit is recorded, so the caller may record
+//! emits as soon as it knows them (at issue) and check reads later, in any order. Each stream keeps, per diagonal
+//! (a ring of `ring` slots tagged with the diagonal), the most upstream emit position and a bitset of emit
+//! positions. A slot is reused by another diagonal only once the old one is off the chip and no pending check
+//! needs it: the caller sizes `ring` above its horizon (how far ahead emits are recorded and checks deferred).
 
 use crate::isa::Dir;
 
@@ -20,6 +29,19 @@ pub struct StreamBelt {
     data: Vec<u8>,
     stamp_pos: Vec<i64>,
     stamp_cycle: Vec<u64>,
+    /// The order-free form, if chosen (then `stamp_*` and `data` are unused).
+    free: Option<OrderFree>,
+}
+
+/// Per stream and diagonal slot, packed in one run of u64 (one cache line for the usual <= 128 positions): the
+/// diagonal it holds (sign bit flipped, so zeroed memory is an empty slot), its most upstream emit position, and a
+/// bitset of its emit positions.
+struct OrderFree {
+    mask: u64,
+    ring: usize,
+    /// u64 per slot: tag, upstream, then the bitset words.
+    stride: usize,
+    slots: Vec<u64>,
 }
 
 impl StreamBelt {
@@ -34,6 +56,24 @@ impl StreamBelt {
             data: if timing_only { Vec::new() } else { vec![0; slots * lanes] },
             stamp_pos: vec![0; slots],
             stamp_cycle: vec![NO_CYCLE; slots],
+            free: None,
+        }
+    }
+
+    /// The order-free form for timing-only runs (module doc). `horizon` bounds how far apart (in diagonals) two
+    /// emits or an emit and a check recorded while a slot is in use can be; the ring is larger.
+    pub fn new_order_free(streams_per_direction: usize, positions: usize, horizon: usize) -> StreamBelt {
+        let ring = (horizon + 1).next_power_of_two();
+        let stride = 2 + positions.div_ceil(64).max(1);
+        StreamBelt {
+            streams_per_direction,
+            lanes: 0,
+            ring,
+            mask: ring as u64 - 1,
+            data: Vec::new(),
+            stamp_pos: Vec::new(),
+            stamp_cycle: Vec::new(),
+            free: Some(OrderFree { mask: ring as u64 - 1, ring, stride, slots: vec![0; 2 * streams_per_direction * ring * stride] }),
         }
     }
 
@@ -55,6 +95,12 @@ impl StreamBelt {
     #[inline]
     pub fn find(&self, dir: Dir, index: usize, pos: usize, t: u64) -> Option<usize> {
         let diag = Self::diagonal(dir, pos, t);
+        if let Some(f) = &self.free {
+            let s = f.slot(self.streams_per_direction, dir, index, diag);
+            let up = f.slots[s + 1] as i64;
+            let ok = f.slots[s] == OrderFree::tag(diag) && if dir == Dir::East { up < pos as i64 } else { up > pos as i64 };
+            return ok.then_some(s);
+        }
         let s = self.slot(dir, index, diag);
         let c = self.stamp_cycle[s];
         if c == NO_CYCLE {
@@ -84,6 +130,9 @@ impl StreamBelt {
     #[inline]
     pub fn emit(&mut self, dir: Dir, index: usize, pos: usize, t: u64, bytes: &[u8]) -> bool {
         let diag = Self::diagonal(dir, pos, t);
+        if let Some(f) = &mut self.free {
+            return f.emit(self.streams_per_direction, dir, index, diag, pos);
+        }
         let s = self.slot(dir, index, diag);
         if self.stamp_cycle[s] == t && self.stamp_pos[s] == pos as i64 {
             return false;
@@ -93,6 +142,41 @@ impl StreamBelt {
         if !self.data.is_empty() {
             self.data[s * self.lanes..(s + 1) * self.lanes].copy_from_slice(&bytes[..self.lanes]);
         }
+        true
+    }
+}
+
+impl OrderFree {
+    #[inline]
+    fn tag(diag: i64) -> u64 {
+        (diag ^ i64::MIN) as u64
+    }
+
+    /// Index of the slot's first u64.
+    #[inline]
+    fn slot(&self, spd: usize, dir: Dir, index: usize, diag: i64) -> usize {
+        let sid = if dir == Dir::East { index } else { spd + index };
+        (sid * self.ring + (diag as u64 & self.mask) as usize) * self.stride
+    }
+
+    #[inline]
+    fn emit(&mut self, spd: usize, dir: Dir, index: usize, diag: i64, pos: usize) -> bool {
+        let s = self.slot(spd, dir, index, diag);
+        let slot = &mut self.slots[s..s + self.stride];
+        let p = pos as i64;
+        if slot[0] != Self::tag(diag) {
+            // The slot's old diagonal is off the chip and checked (the ring exceeds the horizon): reuse it.
+            slot.fill(0);
+            slot[0] = Self::tag(diag);
+            slot[1] = p as u64;
+        } else if (dir == Dir::East) == (p < slot[1] as i64) {
+            slot[1] = p as u64;
+        }
+        let (w, b) = (2 + pos / 64, 1u64 << (pos % 64));
+        if slot[w] & b != 0 {
+            return false;
+        }
+        slot[w] |= b;
         true
     }
 }
@@ -122,5 +206,49 @@ mod tests {
         assert!(b.find(Dir::West, 0, 40, 11).is_none());
         // Ring aliasing: a diagonal 128 away must not be mistaken.
         assert!(b.find(Dir::West, 0, 40, 138).is_none());
+    }
+
+    #[test]
+    fn order_free_agrees_with_the_belt() {
+        // Emits and reads in random order give the answers the time-ordered belt gives in time order.
+        let mut seed = 12345u64;
+        let mut rnd = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let mut emits = Vec::new();
+        for _ in 0..400 {
+            emits.push((if rnd(2) == 0 { Dir::East } else { Dir::West }, rnd(3) as usize, rnd(20) as usize, rnd(60)));
+        }
+        let mut belt = StreamBelt::new(4, 1, 20, true);
+        let mut free = StreamBelt::new_order_free(4, 20, 200);
+        let mut sorted = emits.clone();
+        sorted.sort_by_key(|e| e.3);
+        let (mut conflicts, mut free_conflicts) = (0, 0);
+        let mut reads = Vec::new();
+        let mut k = 0;
+        for t in 0..70u64 {
+            for dir in [Dir::East, Dir::West] {
+                for i in 0..3 {
+                    for p in 0..20 {
+                        reads.push(((dir, i, p, t), belt.find(dir, i, p, t).is_some()));
+                    }
+                }
+            }
+            while k < sorted.len() && sorted[k].3 == t {
+                let (d, i, p, t) = sorted[k];
+                conflicts += !belt.emit(d, i, p, t, &[]) as u32;
+                k += 1;
+            }
+        }
+        for (d, i, p, t) in emits.iter().rev() {
+            free_conflicts += !free.emit(*d, *i, *p, *t, &[]) as u32;
+        }
+        assert_eq!(conflicts, free_conflicts);
+        for ((d, i, p, t), ok) in reads {
+            assert_eq!(free.find(d, i, p, t).is_some(), ok, "read {d:?} {i} {p} {t}");
+        }
     }
 }

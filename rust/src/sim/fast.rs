@@ -1,0 +1,274 @@
+//! The fast timing-only form: repetitions taken a chunk at a time.
+//!
+//! On the order-free belt (streams.rs) an emit can be recorded as soon as it is known and a stream read checked any
+//! time after the loop has passed the read's cycle. So when a queue issues a repetition of a READ or an ALU
+//! operation, the next repetitions (up to `CHUNK` cycles of them) are done at once, provided nothing else they
+//! touch can change meanwhile:
+//! - READ: its bank ports belong to its slice, which only its own queue uses; it must have no WRITE/SCATTER commit
+//!   still to land (the queue issues nothing else until the REPEAT ends). Addresses and ports are checked and the
+//!   emits recorded now.
+//! - WRITE: its stream operand is checked once the main loop is past the chunk. The commits' port uses are made
+//!   now for the commits landing before the queue's next issue: nothing else uses the slice's ports until then, and
+//!   every later use is at a later cycle, so only the order-insensitive "same cycle twice" matters. Later commits
+//!   stay events.
+//! - ALU: a register operand must already hold a value (registers never become empty again); its stream operands
+//!   are checked once the main loop is past the chunk (`PendingRead`); the result emits are recorded now. Its
+//!   register update is the same as the issue's own, which lands first, so the repetitions' updates change nothing.
+//!
+//! Every check of the exact order is made, just not in its order, so the fast form fails iff the exact run does
+//! (and then `run_loaded` reruns in the exact order for the error it reports).
+
+use super::calendar::{self, Payload, NONE};
+use super::exec::stream_name;
+use super::{vxm, Chip};
+use crate::config::ChipConfig;
+use crate::error::{ErrorKind, SimError};
+use crate::isa::{AluOp, Instr, Operand, Stream};
+
+/// Cycles of repetitions taken at once: bounds how far ahead emits are recorded and how late reads are checked.
+pub const CHUNK: u64 = 256;
+
+/// The largest delay from an issue to its emit.
+fn max_emit_latency(c: &ChipConfig) -> u64 {
+    let sxm = c.sxm_latency + c.superlanes as u64 - 1;
+    let alu = AluOp::ALL.iter().map(|&op| vxm::latency(op, c)).max().unwrap_or(0);
+    [c.mem_read_latency, c.mxm_acc_latency, sxm, c.c2c_recv_latency, alu].into_iter().max().unwrap_or(0)
+}
+
+/// How far apart (in diagonals) two things the order-free belt must keep apart can be. An emit is recorded at most
+/// `CHUNK + max latency` cycles before its cycle; a read is checked at most `CHUNK` cycles after it. So between an
+/// emit's recording and a conflict with it or a check of it, every diagonal written lies within
+/// `2 * positions + 2 * (CHUNK + max latency)` of it (positions apart plus cycles apart), with slack.
+pub fn horizon(c: &ChipConfig) -> usize {
+    (2 * c.positions() as u64 + 2 * (CHUNK + max_emit_latency(c)) + 16) as usize
+}
+
+/// Stream reads of `k` repetitions (cycles `t0 + j d`) taken ahead, checked at cycle `due` or later.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingRead {
+    q: u32,
+    idx: u32,
+    s: Stream,
+    width: u8,
+    pos: u32,
+    t0: u64,
+    d: u64,
+    k: u32,
+}
+
+impl PendingRead {
+    fn due(&self) -> u64 {
+        self.t0 + (self.k as u64 - 1) * self.d + 1
+    }
+}
+
+impl Chip {
+    /// After queue `q` issued repetition `i` of `ins` at `t`: take the next repetitions that can be taken now (module
+    /// doc), counting and checking them as their issues would. Returns the cycle of the last repetition done.
+    pub(super) fn take_ahead(&mut self, q: usize, t: u64, ins: &Instr) -> Result<u64, SimError> {
+        let Some(r) = self.qs[q].repeat.as_ref() else { return Ok(t) };
+        let (i0, n, d, stride, c0, idx) = (r.i, r.n, r.d, r.s, r.c0, r.instr);
+        if i0 >= n || d == 0 {
+            return Ok(t);
+        }
+        let k = (n - i0).min((CHUNK / d).min(u32::MAX as u64) as u32);
+        if k < 2 {
+            return Ok(t);
+        }
+        let (unit, pos) = (self.qinfo[q].unit_index, self.qinfo[q].pos);
+        let time = |j: u32| c0 + (i0 + j) as u64 * d;
+        match *ins {
+            Instr::Read { addr, s } => {
+                if self.mem_commit_at[unit] > t {
+                    return Ok(t);
+                }
+                let rl = self.cfg.mem_read_latency;
+                for j in 1..=k {
+                    let tj = time(j);
+                    let a = self.check_addr(addr as i64 + (i0 + j) as i64 * stride, q, idx, tj)?;
+                    let bank = self.mem[unit].bank(a);
+                    self.use_port(unit, bank, tj, q, idx)?;
+                    self.emit_at(tj + rl, q, idx, s, 1, NONE)?;
+                }
+                self.stats.busy.mem += k as u64;
+            }
+            Instr::Write { addr, s } => {
+                let wl = self.cfg.mem_write_latency;
+                self.defer_reads(PendingRead { q: q as u32, idx: idx as u32, s, width: 1, pos: pos as u32, t0: time(1), d, k });
+                // The queue issues again at time(k) + 1 at the earliest.
+                let next_issue = time(k) + 1;
+                for j in 1..=k {
+                    let tj = time(j);
+                    let a = self.check_addr(addr as i64 + (i0 + j) as i64 * stride, q, idx, tj)?;
+                    if tj + wl < next_issue {
+                        let bank = self.mem[unit].bank(a);
+                        self.use_port(unit, bank, tj + wl, q, idx)?;
+                        self.activity(tj + wl);
+                    } else {
+                        let payload = Payload::MemWrite { slice: unit as u32, addr: a as u32, buf: NONE };
+                        self.schedule(tj + wl, calendar::MEM_COMMIT, q, idx, payload);
+                    }
+                }
+                self.mem_commit_at[unit] = self.mem_commit_at[unit].max(time(k) + wl);
+                self.stats.busy.mem += k as u64;
+            }
+            Instr::Alu { op, t: ty, out, dst, a, b } => {
+                let operands = [Some(a), b];
+                let empty_reg = operands.iter().flatten().any(|o| matches!(o, Operand::Reg(r) if self.reg_tag[*r as usize].is_none()));
+                if empty_reg {
+                    return Ok(t);
+                }
+                let lat = vxm::latency(op, &self.cfg);
+                for o in operands.into_iter().flatten() {
+                    if let Operand::Stream(s) = o {
+                        self.defer_reads(PendingRead { q: q as u32, idx: idx as u32, s, width: ty.width() as u8, pos: pos as u32, t0: time(1), d, k });
+                    }
+                }
+                if let Some(dst) = dst {
+                    for j in 1..=k {
+                        self.emit_at(time(j) + lat, q, idx, dst, out.width(), NONE)?;
+                    }
+                }
+                self.stats.busy.vxm += k as u64;
+                self.activity(time(k) + lat); // the last register update
+            }
+            _ => return Ok(t),
+        }
+        let last = time(k);
+        self.activity(last);
+        self.stats.instructions += k as u64;
+        self.stats.per_queue_issues[q] += k as u64;
+        if let Some(r) = self.qs[q].repeat.as_mut() {
+            r.i += k;
+        }
+        Ok(last)
+    }
+
+    fn defer_reads(&mut self, p: PendingRead) {
+        self.pending_due = self.pending_due.min(p.due());
+        self.pending.push(p);
+    }
+
+    /// Check the pending reads due by cycle `now` (all of them if `None`): StreamEmpty as their issues would.
+    pub(super) fn check_pending(&mut self, now: Option<u64>) -> Result<(), SimError> {
+        let limit = now.unwrap_or(u64::MAX);
+        let mut next_due = u64::MAX;
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = self.pending[i];
+            if p.due() > limit {
+                next_due = next_due.min(p.due());
+                i += 1;
+                continue;
+            }
+            self.pending.swap_remove(i);
+            for j in 0..p.k as u64 {
+                let t = p.t0 + j * p.d;
+                for b in 0..p.width as usize {
+                    let si = p.s.index as usize + b;
+                    if self.belt.find(p.s.dir, si, p.pos as usize, t).is_none() {
+                        let m = format!("no value on stream {} at position {}", stream_name(p.s.dir, si), p.pos);
+                        return Err(self.err(ErrorKind::StreamEmpty, t, p.q as usize, p.idx as usize, m));
+                    }
+                }
+            }
+        }
+        self.pending_due = next_due;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::isa::text;
+    use crate::sim::load_program;
+    use crate::ChipConfig;
+
+    /// READs feeding an ALU feeding WRITEs, all REPEATed (what the fast form takes ahead), plus register reads and
+    /// READs right after WRITEs on the same slice (bank ports shared with the commits).
+    const SEED_PROGRAM: &str = "
+.queue MEM.W3
+ NOP 2
+ READ 16, E2
+ REPEAT 100, 1, 1
+ READ 0, E3
+ REPEAT 50, 2, 1
+.queue MEM.W5
+ READ 0, E4
+ REPEAT 200, 1, 1
+.queue VXM.0
+ NOP 7
+ CVT.i8.u8 W6, E2
+ REPEAT 100, 1, 0
+ MUL.i32 -, R0, #3
+ REPEAT 20, 3, 0
+.queue VXM.1
+ NOP 7
+ CVT.u8.i8 W7, E4
+ REPEAT 150, 1, 0
+ ADD.i32 -, R0, #1
+ REPEAT 40, 1, 0
+.queue MEM.W7
+ NOP 17
+ WRITE 100, W6
+ REPEAT 100, 1, 1
+ NOP 1
+ READ 98, E5
+ REPEAT 10, 1, 1
+.queue MEM.W9
+ NOP 19
+ WRITE 0, W7
+ REPEAT 150, 1, 1
+";
+
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    #[test]
+    fn fast_form_agrees_with_the_exact_order() {
+        let mut slow_mem = ChipConfig::tsp_v1();
+        (slow_mem.mem_read_latency, slow_mem.mem_write_latency) = (2, 3);
+        let lines: Vec<&str> = SEED_PROGRAM.lines().collect();
+        let ints = ["0", "1", "2", "3", "7", "17", "100", "300", "1023", "4096", "8191"];
+        let streams = ["E2", "E3", "E4", "W6", "W8", "W7", "R0", "R1", "#2", "-"];
+        let (mut ok, mut failed) = (0, 0);
+        let mut seed = 77u64;
+        for round in 0..2000 {
+            let mut ls: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            for _ in 0..(round > 0) as u64 * (1 + rng(&mut seed) % 3) {
+                let i = (rng(&mut seed) % ls.len() as u64) as usize;
+                let words: Vec<String> = ls[i].split(' ').map(|w| w.to_string()).collect();
+                let first = if words[0].is_empty() { 2 } else { 1 };
+                if words.len() > first {
+                    let j = first + (rng(&mut seed) % (words.len() - first) as u64) as usize;
+                    let mut w = words.clone();
+                    let bare = w[j].trim_end_matches(',');
+                    let set: &[&str] = if bare.chars().all(|c| c.is_ascii_digit()) { &ints } else { &streams };
+                    let p = set[(rng(&mut seed) % set.len() as u64) as usize];
+                    w[j] = if w[j].ends_with(',') { format!("{p},") } else { p.to_string() };
+                    ls[i] = w.join(" ");
+                }
+            }
+            let src = ls.join("\n");
+            let Ok(p) = text::parse(&src) else { continue };
+            for cfg in [ChipConfig::tsp_v1(), slow_mem.clone()] {
+                let Ok(loaded) = load_program(&cfg, &p) else { continue };
+                let mut exact = loaded.chip(true, false);
+                let mut fast = loaded.chip(true, true);
+                let (a, b) = (exact.run(None), fast.run(None));
+                assert_eq!(a.is_ok(), b.is_ok(), "{src}\nexact: {a:?}\nfast: {b:?}");
+                if a.is_ok() {
+                    assert_eq!(exact.stats, fast.stats, "{src}");
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+        assert!(ok > 50 && failed > 50, "{ok} mutants ran, {failed} failed");
+    }
+}
