@@ -71,8 +71,9 @@ class Program:
         state.pop("_handle", None)
         return state
 
-    def _input_image(self, inputs: dict[str, np.ndarray]):
-        """The inputs' memory image and the output dumps."""
+    def _input_image(self, inputs: dict[str, np.ndarray], images: bool = True):
+        """The inputs' memory image (inputs checked but no image made when not `images`: a timing-only run reads
+        none) and the output dumps."""
         graph, sched = self._graph, self._schedule
         missing = [n for n in self.input_shapes if n not in inputs]
         if missing:
@@ -89,6 +90,8 @@ class Program:
                 raise ModelError(f"input '{t.onnx_input}' has shape {tuple(array.shape)}, the program was "
                                  f"compiled for {tuple(self.input_shapes[t.onnx_input])}")
             array = host_input(t.onnx_input, array, getattr(graph, "input_kinds", {}).get(t.onnx_input))
+            if not images:
+                continue
             if t.im2col is not None:
                 kernel, strides, pads, dil, shape = t.im2col
                 matrix = im2col(array.reshape(shape), kernel, strides, pads, dil)
@@ -130,7 +133,7 @@ class Program:
         """Simulate the program cycle by cycle on `inputs` (seeded random inputs when None)."""
         if inputs is None:
             inputs = self.random_inputs(seed)
-        mem, dumps = self._input_image(inputs)
+        mem, dumps = self._input_image(inputs, images=not timing_only)
         handle = self._loaded()
         start = time.perf_counter()
         stats, arrays = handle.run(mem, dumps, timing_only)
