@@ -170,11 +170,19 @@ def test_gather_elements_rows_and_errors():
     m = make_model([helper.make_node("Neg", ["x"], ["n"]), helper.make_node("GatherElements", ["n", "i"], ["y"], axis=0)],
                    {"i": ind}, {"x": [5, 6]})
     exact(m)
+    mixed = make_model([helper.make_node("Neg", ["x"], ["n"]),
+                        helper.make_node("GatherElements", ["n", "i"], ["y"], axis=0)],
+                       {"i": np.array([[0, 1, 2], [1, 0, -1], [2, 2, 0], [0, 0, 0]])}, {"x": [3, 3]})
+    exact(mixed)  # onnx's test_gather_elements_1 form: each lane its own row
     bad = make_model([helper.make_node("Neg", ["x"], ["n"]),
-                      helper.make_node("GatherElements", ["n", "i"], ["y"], axis=0)],
-                     {"i": np.array([[0, 1], [1, 0]])}, {"x": [2, 2]})
-    with pytest.raises(lpusim.CompileError, match="GatherElements node 'y'"):
+                      helper.make_node("GatherElements", ["n", "i"], ["y"], axis=1)],
+                     {"i": np.array([[[0, 1], [1, 0]], [[1, 1], [0, 0]]])}, {"x": [2, 2, 2]})
+    with pytest.raises(lpusim.CompileError, match="GatherElements node 'y'.*one matrix"):
         lpusim.compile(bad)
+    computed = typed_model([helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)], {},
+                           {"x": (F, [2, 3]), "i": (I64, [2, 1])}, {"y": (F, [2, 1])})
+    with pytest.raises(lpusim.CompileError, match="GatherElements node 'y'.*computed indices"):
+        lpusim.compile(computed)
 
 
 # ----- Resize -----------------------------------------------------------------------------------------------------------
@@ -197,6 +205,15 @@ def test_resize_nearest_upsampling_is_exact(shape, scales, attrs):
     exact(resize_model(shape, scales, **attrs))
 
 
+@pytest.mark.parametrize("shape,scales,attrs", [
+    ((1, 3, 4, 6), [1, 1, 0.5, 0.5], {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}),
+    ((2, 2, 6, 9), [1, 1, 1 / 3, 1 / 3], {}),  # half_pixel: the middle pixel of each 3x3 block
+    ((1, 2, 2, 4), [1, 1, 0.6, 0.6], {}),  # onnx's test_resize_downsample_scales_nearest: 1x2 of 2x4
+])
+def test_resize_nearest_downsampling_is_a_strided_view(shape, scales, attrs):
+    exact(resize_model(shape, scales, **attrs))
+
+
 def test_resize_then_conv():
     program, result, cmp = assert_matches_onnxruntime(resize_model((1, 3, 4, 4), [1, 1, 2, 2], then_conv=True,
                                                                    coordinate_transformation_mode="asymmetric",
@@ -214,6 +231,7 @@ def test_resize_sizes_input():
 @pytest.mark.parametrize("scales,attrs,match", [
     ([1, 1, 2, 2], {"coordinate_transformation_mode": "half_pixel", "nearest_mode": "floor"}, "nearest_mode=floor"),
     ([1, 1, 1.5, 1.5], {}, "not an integer upsampling"),
+    ([1, 1, 0.75, 0.75], {}, "or a strided downsampling"),
 ])
 def test_resize_unsupported_maps_are_clear_errors(scales, attrs, match):
     with pytest.raises(lpusim.CompileError, match=f"Resize node 'y'.*{match}"):

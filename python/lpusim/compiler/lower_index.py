@@ -19,10 +19,12 @@ back into their ONNX type when the program decodes them (importer.decode_output)
   matmul whose epilogue compares it (`EQ`) with the matching digit of the lane index; the product of the digit
   matches is the one-hot row. Out-of-range ids (>= V or < -V) give a zero row; negative ids count from the end.
 * GatherElements with constant indices along the lanes: one MXM selection per distinct row pattern of indices,
-  masked to its rows and accumulated (at most 8 patterns); along a row axis: an evenly spaced run of whole rows.
+  masked to its rows and accumulated (at most 8 patterns); along a row axis: an evenly spaced run of whole rows is a
+  strided view, any other pattern of one matrix a sum of row views times constant 0/1 masks (VXM).
 * Resize (mode nearest): the index map (which input pixel each output pixel takes) is computed on the host by the
   ONNX reference Resize on an index grid, so every coordinate_transformation_mode and nearest_mode is honoured
-  exactly; lpusim lowers the maps that are integer upsamplings out[h, w] = in[h // sh, w // sw] (and the identity).
+  exactly; lpusim lowers the maps that are integer upsamplings out[h, w] = in[h // sh, w // sw] (and the identity),
+  and downsamplings out[h, w] = in[oh + s*h, ow + s*w] (one strided view, like a convolution tap).
   Each axis is row copies: the image seen as one-pixel-high strips, `sh` taps each reading the strip at a different
   row offset (outside the strip: the zero border) summed on the VXM. No MXM: values are exact.
 """
@@ -319,15 +321,56 @@ class IndexLowering:
             return
         # along a row axis: every output row must take one whole input row, in an evenly spaced rising run
         moved = np.moveaxis(ind, axis, 0).reshape(ind.shape[axis], -1)
-        if not np.all(moved == moved[:, :1]) or any(d != 1 for i, d in enumerate(shape) if i not in (axis, lane)):
-            raise CompileError(f"{self.where(node)}: GatherElements along row axis {axis} of {shape} with indices "
-                               f"that differ across the lanes is not supported yet")
+        if any(d != 1 for i, d in enumerate(shape) if i not in (axis, lane)):
+            raise CompileError(f"{self.where(node)}: GatherElements along row axis {axis} of {shape} is supported "
+                               f"for one matrix (every other axis of size 1)")
+        if not np.all(moved == moved[:, :1]):
+            return self._gather_elements_rows(node, x, shape, axis, ind, out_shape)
         picks = moved[:, 0]
         step = int(picks[1] - picks[0]) if len(picks) > 1 else 1
         if step < 1 or np.any(picks != picks[0] + step * np.arange(len(picks))):
             raise CompileError(f"{self.where(node)}: GatherElements row indices {picks.tolist()[:8]} are not an "
                                f"evenly spaced rising run (not supported yet)")
         self.emit_selection(node, x, shape, {axis: range(int(picks[0]), int(picks[-1]) + 1, step)})
+
+    def _gather_elements_rows(self, node, x, shape, axis, ind, out_shape) -> None:
+        """out[i, j] = x[ind[i, j], j] of one matrix: each source row k that is used, as a one-row tensor (a row
+        view), times the constant 0/1 mask of where it goes, accumulated on the VXM (exact while the unselected
+        values are finite: 0 * inf is NaN, as in Where)."""
+        rows_used = np.unique(ind)
+        if len(rows_used) > 64:
+            raise CompileError(f"{self.where(node)}: GatherElements along the rows from {len(rows_used)} different "
+                               f"rows (at most 64: two VXM passes each)")
+        r, c = shape[axis], shape[-1]
+        t = self.tensors[x]
+        if t.geom is None and t.kind != "input":
+            t.geom = (1, r, 1)
+        if t.geom != (1, r, 1):
+            y = self.add_tensor(self.fresh("gerows"), (r, c), "value")
+            self.tensors[y].geom = (1, r, 1)
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)],
+                                   steps=[Step("COPY", [("src", 0)])], fusable=False))
+            x = y
+        idx2 = ind.reshape(-1, c)
+        prev = None
+        for n, k in enumerate(rows_used):
+            row = self.add_tensor(self.fresh("gerow"), (1, c), "value")
+            self.tensors[row].geom = (1, 1, 1)
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, row,
+                                   sources=[View(x, dh=int(k), spatial=True)], steps=[Step("COPY", [("src", 0)])],
+                                   fusable=False))
+            mask = self.const_tensor((idx2 == k).astype(np.float32), "gemask")
+            last = n == len(rows_used) - 1
+            y = self.add_tensor(self.fresh(node.output[0] if last else "gesum"), out_shape, "value")
+            sources = [View(row), View(mask)] + ([View(prev)] if prev is not None else [])
+            steps = [Step("MUL", [("src", 0), ("src", 1)])]
+            if prev is not None:
+                steps.append(Step("ADD", [("step", 0), ("src", 2)]))
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
+                                   steps=steps))
+            self.derived[y] = self.magnitudes.get(node.input[0], 0.0)
+            prev = y
+        self.values[node.output[0]] = (prev, out_shape)
 
     # ----- Resize (nearest) --------------------------------------------------------------------------------------
     def lower_resize(self, node, a, args) -> None:
@@ -350,6 +393,23 @@ class IndexLowering:
             raise CompileError(f"{self.where(node)}: Resize changes the batch or channel axes ({shape} -> "
                                f"{moved.shape}), not supported")
         ho, wo = moved.shape[2:]
+        out_shape = (n, c, ho, wo)
+        if np.array_equal(moved, np.broadcast_to(moved[:1, :1], moved.shape)):
+            rows, cols = moved[0, 0] // w, moved[0, 0] % w
+            oh, ow = int(rows[0, 0]), int(cols[0, 0])
+            sh = int(rows[1, 0] - rows[0, 0]) if ho > 1 else None
+            sw = int(cols[0, 1] - cols[0, 0]) if wo > 1 else None
+            step = sh or sw or 1
+            if (sh is None or sw is None or sh == sw) and step >= 1 and np.array_equal(
+                    rows, oh + step * np.arange(ho)[:, None] + 0 * cols) and \
+                    np.array_equal(cols, ow + step * np.arange(wo)[None, :] + 0 * rows) and (ho, wo) != (h, w):
+                # nearest downsampling by an integer step: one strided view (a convolution-like tap), copied
+                out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
+                view = View(x, dh=oh, dw=ow, stride=step, spatial=True)
+                self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[view],
+                                       steps=[Step("COPY", [("src", 0)])]))
+                self.values[node.output[0]] = (out, out_shape)
+                return
         sh, sw = ho // h, wo // w
         want = (np.arange(ho)[:, None] // max(sh, 1)) * w + np.arange(wo)[None, :] // max(sw, 1)
         if ho % h or wo % w or not np.array_equal(moved, np.broadcast_to(want, moved.shape)):
@@ -358,8 +418,7 @@ class IndexLowering:
             raise CompileError(f"{self.where(node)}: Resize {h}x{w} -> {ho}x{wo} with coordinate_transformation_mode="
                                f"{ctm.decode() if isinstance(ctm, bytes) else ctm}, nearest_mode="
                                f"{nm.decode() if isinstance(nm, bytes) else nm} is not an integer upsampling "
-                               f"out[h, w] = in[h // s, w // s] (the supported form)")
-        out_shape = (n, c, ho, wo)
+                               f"out[h, w] = in[h // s, w // s] or a strided downsampling (the supported forms)")
         if (sh, sw) == (1, 1):
             self.values[node.output[0]] = (x, out_shape)
             return
