@@ -268,11 +268,13 @@ def scale_fp16(graph: Graph) -> Graph:
     overflowed before."""
     from lpusim.compiler.calibrate import scale_exponent
 
+    casts = {n.output: n for n in graph.nodes if n.onnx_op == "Cast(f16)"}
+
     def magnitude(name):
         t = graph.tensors[name]
         onnx_name = graph.origin.get(name)
         if onnx_name is None and graph.nodes:  # an input's on-chip f16 conversion holds the input itself
-            conv = next((n for n in graph.nodes if n.output == name and n.onnx_op == "Cast(f16)"), None)
+            conv = casts.get(name)
             if conv is not None:
                 onnx_name = graph.origin.get(conv.sources[0].tensor)
         if name in graph.derived:  # e.g. a running maximum: as large as what it scans
@@ -297,7 +299,7 @@ def scale_fp16(graph: Graph) -> Graph:
                 node.steps = _prepend_scale(node.steps, float(2.0 ** k))
             continue
         weights = {w for _, w in node.terms}
-        j = scale_exponent(max(float(abs(graph.tensors[w].data).max(initial=0.0)) for w in weights))
+        j = scale_exponent(max(_largest_magnitude(graph.tensors[w].data) for w in weights))
         if j:
             renamed = {}
             for w in weights:  # a scaled copy per matmul: weights may be shared by matmuls of other scales
@@ -313,6 +315,16 @@ def scale_fp16(graph: Graph) -> Graph:
     for name in [n for n, t in graph.tensors.items() if t.kind == "const" and ".x2^" in n and n not in used]:
         del graph.tensors[name]
     return graph
+
+
+def _largest_magnitude(data: np.ndarray) -> float:
+    """max |x| over `data` (0.0 if empty), without an array of absolute values."""
+    if data.dtype.kind != "f" or not data.size:
+        return float(abs(data).max(initial=0.0))
+    hi, lo = float(data.max()), float(data.min())
+    if not (np.isfinite(hi) and np.isfinite(lo)):  # (a NaN makes both NaN)
+        return float(abs(data).max(initial=0.0))
+    return max(abs(hi), abs(lo))
 
 
 def _prepend_scale(steps: list[Step], factor: float) -> list[Step]:

@@ -13,6 +13,59 @@ from dataclasses import dataclass
 from lpusim.errors import CompileError
 
 
+# Port cycles and stream diagonals taken are kept as arithmetic progressions (one per burst or run), each with a
+# bit mask (stream positions; 1 for ports), in an index: a dict from value // 2^BLOCK to the progressions reaching
+# into that block. A job's runs meet few others, so a check looks at a handful of entries whatever a run's length.
+BLOCK = 8
+
+
+def insert(index: dict, entry: tuple) -> list[list]:
+    """Add (lo, hi, step, mask) to every block it reaches; returns those blocks (the entry is last in each)."""
+    blocks = []
+    for k in range(entry[0] >> BLOCK, (entry[1] >> BLOCK) + 1):
+        block = index.get(k)
+        if block is None:
+            block = index[k] = []
+        block.append(entry)
+        blocks.append(block)
+    return blocks
+
+
+def meets(index: dict, lo: int, hi: int, step: int, mask: int) -> bool:
+    """Whether an entry of `index` shares a value of lo, lo + step, ..., hi and a bit of `mask`."""
+    for k in range(lo >> BLOCK, (hi >> BLOCK) + 1):
+        for e in index.get(k, ()):
+            if e[3] & mask and common_terms(lo, hi, step, e[0], e[1], e[2]) is not None:
+                return True
+    return False
+
+
+def common_terms(lo: int, hi: int, step: int, lo2: int, hi2: int, step2: int) -> tuple[int, int] | None:
+    """(lowest, highest) value the progressions lo, lo + step, ..., hi and lo2, lo2 + step2, ..., hi2 (steps
+    positive, each ending on its last term) share, or None."""
+    low, high = max(lo, lo2), min(hi, hi2)
+    if low > high:
+        return None
+    if step == 1 and step2 == 1:
+        return low, high
+    if step == 1 or step2 == 1 or step == step2:
+        if step == 1:
+            lo, step = lo2, step2  # the terms of the other one inside [low, high]
+        elif step == step2 and (lo - lo2) % step:
+            return None
+        first = low + (lo - low) % step
+        if first > high:
+            return None
+        return first, high - (high - lo) % step
+    if step < step2:  # walk the sparser one, testing membership in the other
+        lo, step, lo2, step2 = lo2, step2, lo, step
+    first = next((x for x in range(low + (lo - low) % step, high + 1, step) if (x - lo2) % step2 == 0), None)
+    if first is None:
+        return None
+    last = next(x for x in range(high - (high - lo) % step, first - 1, -step) if (x - lo2) % step2 == 0)
+    return first, last
+
+
 class Clash(Exception):
     """A resource is taken; `retry_at` is the earliest later start worth trying (None: the next cycle)."""
 
@@ -36,17 +89,19 @@ class Issue:
 class Reservations:
     """Queue intervals, MEM bank ports and stream diagonals taken so far, with a journal to undo one attempt.
 
-    Ports are kept per (slice, bank) as a set of cycles; streams per (direction, stream) as a map from diagonal to
-    a bit mask of the positions taken on it. A job reserves whole runs at once (a burst of `n` vectors `d` cycles
-    apart is one range of cycles, one range of diagonals with one mask), so the cost of a reservation grows with the
-    number of runs, and the per-vector work is done by set and dict operations."""
+    Ports are kept per (slice, bank) as the cycles they are used; streams per (direction, stream) as the diagonals
+    taken, each with a bit mask of the positions taken on it. A job reserves whole runs at once (a burst of `n`
+    vectors `d` cycles apart is one progression of cycles, one progression of diagonals with one mask), kept as
+    such (`insert`), so the cost of a reservation or a check grows with the number of runs, not vectors."""
 
     def __init__(self, chip):
         self.chip = chip
         self.queue_starts: dict[str, list[int]] = {}
         self.queue_ends: dict[str, list[int]] = {}
-        self.ports: dict[tuple[int, int], set[int]] = {}  # (slice, bank) -> cycles its port is used
-        self.streams: dict[tuple[str, int], dict[int, int]] = {}  # (direction, stream) -> diagonal -> positions
+        # indexes (see `insert`) of the cycles each (slice, bank) port is used (mask 1), and of the diagonals and
+        # positions taken on each (direction, stream)
+        self.ports: dict[tuple[int, int], dict[int, list[tuple]]] = {}
+        self.streams: dict[tuple[str, int], dict[int, list[tuple]]] = {}
         self.issues: list[Issue] = []
         self._journal: list[tuple] = []
         self.bank_split = chip.mem_words // 2
@@ -66,13 +121,9 @@ class Reservations:
                 _, starts, ends, i = entry
                 del starts[i]
                 del ends[i]
-            elif kind == "p":
-                entry[1].difference_update(entry[2])
-            else:
-                _, occ, diags, old = entry
-                for diag in diags:
-                    del occ[diag]
-                occ.update(old)
+            else:  # an entry inserted in the blocks of an index (ports, streams): the last one in each
+                for block in entry[1]:
+                    block.pop()
         del self.issues[self._issue_mark:]
         self._journal = []
 
@@ -118,14 +169,16 @@ class Reservations:
         """The bank port of address addr + i*stride at cycle first + i*d, for i < n; a port already used in its
         cycle is a clash (and nothing is taken)."""
         split = self.bank_split
+        ports = self.ports
+        parts = []  # (key, first cycle, last cycle, cycles apart)
         if d <= 0 or stride < 0:  # not a burst of distinct cycles with rising addresses: one port at a time
-            parts = []
             for i in range(n):
                 key = (slice_index, int(addr + i * stride >= split))
                 cycle = first + i * d
-                if cycle in self.ports.get(key, ()) or any(k == key and cycle in r for k, r in parts):
+                if (key in ports and meets(ports[key], cycle, cycle, 1, 1)) \
+                        or any(k == key and c == cycle for k, c, _, _ in parts):
                     raise Clash(None)
-                parts.append((key, range(cycle, cycle + 1)))
+                parts.append((key, cycle, cycle, 1))
         else:
             if addr >= split:
                 low = 0
@@ -133,30 +186,26 @@ class Reservations:
                 low = n
             else:
                 low = min(n, (split - addr + stride - 1) // stride)  # addresses below the split: bank 0
-            end = first + n * d
-            parts = []
             if low:
-                parts.append(((slice_index, 0), range(first, first + low * d, d)))
+                parts.append(((slice_index, 0), first, first + (low - 1) * d, d if low > 1 else 1))
             if low < n:
-                parts.append(((slice_index, 1), range(first + low * d, end, d)))
-            ports = self.ports
-            for key, cycles in parts:
-                used = ports.get(key)
-                if used and not used.isdisjoint(cycles):
+                parts.append(((slice_index, 1), first + low * d, first + (n - 1) * d, d if n - low > 1 else 1))
+            for key, lo, hi, step in parts:
+                if key in ports and meets(ports[key], lo, hi, step, 1):
                     raise Clash(None)
-        for key, cycles in parts:
-            used = self.ports.get(key)
-            if used is None:
-                used = self.ports[key] = set()
-            used.update(cycles)
-            self._journal.append(("p", used, cycles))
+        for key, lo, hi, step in parts:
+            index = ports.get(key)
+            if index is None:
+                index = ports[key] = {}
+            self._journal.append(("i", insert(index, (lo, hi, step, 1))))
 
     # ----- streams --------------------------------------------------------------------------------------
     @staticmethod
-    def stream_paths(direction: str, transfers) -> list[tuple[range, int]]:
+    def stream_paths(direction: str, transfers) -> list[tuple[int, int, int, int, int]]:
         """Runs of transfers (emit position, first emit cycle, cycles between vectors, count, read position) as
-        (range of diagonals, mask of the positions from emitter to reader). A vector emitted at p at cycle t on
-        an eastward stream lies on diagonal p - t (westward: p + t)."""
+        paths (lowest diagonal, highest, step, mask of the positions from emitter to reader, first diagonal): a
+        vector emitted at p at cycle t on an eastward stream lies on diagonal p - t (westward: p + t), so a run
+        takes the diagonals lowest, lowest + step, ..., highest."""
         paths = []
         for emit_pos, cycle, step, count, read_pos in transfers:
             lo, hi = (emit_pos, read_pos) if emit_pos <= read_pos else (read_pos, emit_pos)
@@ -167,22 +216,22 @@ class Reservations:
             else:
                 d0 = emit_pos + cycle
                 diags = range(d0, d0 + count * step, step) if step and count > 1 else range(d0, d0 + 1)
-            paths.append((diags, mask))
+            first, last = diags[0], diags[-1]
+            low, high = (first, last) if first <= last else (last, first)
+            paths.append((low, high, abs(diags.step) if low != high else 1, mask, first))
         return paths
 
-    def stream_free(self, direction: str, stream: int, paths: list[tuple[range, int]]) -> bool:
+    def stream_free(self, direction: str, stream: int, paths: list[tuple]) -> bool:
         """Whether none of `paths` (from `stream_paths`) meets a vector already on the stream."""
         occ = self.streams.get((direction, stream))
         if not occ:
             return True
-        keys = occ.keys()
-        for diags, mask in paths:
-            for diag in (keys & diags if len(diags) > 4 else diags):
-                if occ.get(diag, 0) & mask:
-                    return False
+        for lo, hi, step, mask, _ in paths:
+            if meets(occ, lo, hi, step, mask):
+                return False
         return True
 
-    def stream_conflict_span(self, direction: str, stream: int, paths: list[tuple[range, int]]) -> int:
+    def stream_conflict_span(self, direction: str, stream: int, paths: list[tuple]) -> int:
         """-1 if `paths` are free on the stream; else the largest k such that the same paths emitted 0..k cycles
         later all still meet a vector already on it.
 
@@ -193,30 +242,33 @@ class Reservations:
         if not occ:
             return -1
         span = -1
-        for diags, mask in paths:
-            hits = [x for x in (occ.keys() & diags) if occ[x] & mask]
-            if not hits:
+        for lo, hi, step, mask, first in paths:
+            low_hit = high_hit = None
+            for k in range(lo >> BLOCK, (hi >> BLOCK) + 1):
+                for e in occ.get(k, ()):
+                    if e[3] & mask:
+                        both = common_terms(lo, hi, step, e[0], e[1], e[2])
+                        if both is not None:
+                            low_hit = both[0] if low_hit is None else min(low_hit, both[0])
+                            high_hit = both[1] if high_hit is None else max(high_hit, both[1])
+            if low_hit is None:
                 continue
-            if len(diags) == 1 or abs(diags.step) != 1:
+            if lo == hi or step != 1:
                 span = max(span, 0)
-            elif direction == "E":  # diags descend from diags[0]; later, all are lower
-                span = max(span, diags[0] - min(hits))
+            elif direction == "E":  # the diagonals descend from the first; later, all are lower
+                span = max(span, first - low_hit)
             else:
-                span = max(span, max(hits) - diags[0])
+                span = max(span, high_hit - first)
         return span
 
-    def take_stream(self, direction: str, stream: int, paths: list[tuple[range, int]]) -> None:
+    def take_stream(self, direction: str, stream: int, paths: list[tuple]) -> None:
         """Reserve one stream along `paths` (from `stream_paths`); the caller checked it free."""
         self.streams_taken += 1
         occ = self.streams.get((direction, stream))
         if occ is None:
             occ = self.streams[(direction, stream)] = {}
-        for diags, mask in paths:
-            old = {diag: occ[diag] for diag in occ.keys() & diags}
-            occ.update(dict.fromkeys(diags, mask))
-            for diag, m in old.items():
-                occ[diag] = m | mask
-            self._journal.append(("s", occ, diags, old))
+        for lo, hi, step, mask, _ in paths:
+            self._journal.append(("i", insert(occ, (lo, hi, step, mask))))
 
     def add_issue(self, issue: Issue) -> Issue:
         self.issues.append(issue)
@@ -234,9 +286,10 @@ class SramAllocator:
         self.limit = [split, chip.mem_words]
         self.cursor = {}  # (hemisphere, bank) -> next group start inside the hemisphere
         self.bytes_used = 0  # the footprint: every address ever handed out once
-        # Released blocks: [first slice, width, bank, addr, count, not_before]. A block is reused only by a
-        # store whose writes all commit after `not_before` (the old owner's last access).
-        self.free: list[list[int]] = []
+        # Released blocks: [first slice, width, bank, addr, count, not_before], by (width, hemisphere), in release
+        # order. A block is reused only by a store whose writes all commit after `not_before` (the old owner's
+        # last access).
+        self.free: dict[tuple[int, str], list[list[int]]] = {}
         self.reserved: set[int] = set()  # slices kept for the SXM jobs' tables and scratch (alloc_at only)
 
     def alloc_at(self, first: int, width: int, count: int, bank: int) -> int:
@@ -252,19 +305,20 @@ class SramAllocator:
 
     def release(self, slice_index: int, width: int, addr: int, count: int, not_before: int) -> None:
         bank = int(addr >= self.limit[0])
-        self.free.append([slice_index, width, bank, addr, count, not_before])
+        key = (width, "W" if slice_index < self.half else "E")
+        self.free.setdefault(key, []).append([slice_index, width, bank, addr, count, not_before])
 
     def alloc_reusable(self, width: int, count: int, hemisphere: str, bank: int, avoid: set) -> tuple[int, int, int]:
         """Like `alloc` (same hemisphere), preferring released blocks: (first slice, address, not_before)."""
-        half = self.half
-        for block in self.free:
+        blocks = self.free.get((width, hemisphere), ())
+        for i, block in enumerate(blocks):
             s, w, b, addr, n, not_before = block
-            if w != width or n < count or ("W" if s < half else "E") != hemisphere:
+            if n < count:
                 continue
             if any(x in avoid or x in self.reserved for x in range(s, s + w)):
                 continue
             if n == count:
-                self.free.remove(block)
+                del blocks[i]
             else:
                 block[3] += count
                 block[4] -= count

@@ -68,12 +68,15 @@ class Schedule:
     sram_bytes: int
 
 
+BYTE_ORDER = {"f32": "<f4", "f16": "<f2", "i32": "<i4", "i8": "i1", "u8": "u1"}  # numpy types of the formats
+
+
 def byte_planes(values: np.ndarray, dtype: str, lanes: int) -> list[np.ndarray]:
     """A [rows, <=lanes] array as `width` uint8 [rows, lanes] byte planes (little endian), zero padded."""
-    np_type = {"f32": "<f4", "f16": "<f2", "i32": "<i4", "i8": "i1", "u8": "u1"}[dtype]
+    np_type = BYTE_ORDER[dtype]
     rows = values.shape[0]
     padded = np.zeros((rows, lanes), dtype=np_type)
-    padded[:, :values.shape[1]] = values.astype(np_type)
+    padded[:, :values.shape[1]] = values.astype(np_type, copy=False)
     raw = padded.view(np.uint8).reshape(rows, lanes, WIDTH[dtype])
     return [np.ascontiguousarray(raw[:, :, b]) for b in range(WIDTH[dtype])]
 
@@ -113,6 +116,9 @@ class Scheduler(SxmJobs):
         self.progress = progress
         self.hemi_turn = 0
         self.accesses: list[tuple[Store, int]] = []  # (store, last bank access) of the job being placed
+        # per MEM slice: stream position and queue name (looked up for every run of every try)
+        self.mem_pos = [chip.mem_position(s) for s in range(chip.mem_slices)]
+        self.mem_queue = [chip.mem_name(s) for s in range(chip.mem_slices)]
 
     # ----- helpers --------------------------------------------------------------------------------------
     def ntiles(self, cols: int) -> int:
@@ -145,27 +151,30 @@ class Scheduler(SxmJobs):
         """READ (toward dest_pos) or WRITE (from dest_pos) bursts on byte plane b of each run; row i of the
         view meets `dest_pos` at `first + i*d`. Returns the last effect cycle."""
         last = 0
+        res = self.res
+        reading = op == "READ"
+        latency = self.chip.mem_read_latency if reading else self.chip.mem_write_latency
         for run in runs:
             s = run.slice + plane_b
-            pos = self.chip.mem_position(s)
-            queue = self.chip.mem_name(s)
+            queue = self.mem_queue[s]
             meet = first + run.out_start * d
-            if op == "READ":
-                issue = meet - self.chip.mem_read_latency - abs(dest_pos - pos)
+            if reading:
+                issue = meet - latency - abs(dest_pos - self.mem_pos[s])
                 port = issue
-                effect = issue + self.chip.mem_read_latency
+                effect = issue + latency
             else:
-                issue = meet + abs(dest_pos - pos)
-                port = issue + self.chip.mem_write_latency
+                issue = meet + abs(dest_pos - self.mem_pos[s])
+                port = issue + latency
                 effect = port
                 if port <= run.not_before:  # reused space still in use by its previous owner
                     raise Clash(base + run.not_before + 1 - port)
             end = issue + (run.count - 1) * d
-            self.res.take_queue(queue, issue, end, issue - base)
-            self.res.take_ports(s, run.addr, port, run.count, d, run.stride)
-            self.res.add_issue(Issue(queue, issue, f"{op} {run.addr}, {stream}", run.count, d, run.stride,
-                                     effect + (run.count - 1) * d))
-            last = max(last, effect + (run.count - 1) * d)
+            res.take_queue(queue, issue, end, issue - base)
+            res.take_ports(s, run.addr, port, run.count, d, run.stride)
+            effect += (run.count - 1) * d
+            res.issues.append(Issue(queue, issue, f"{op} {run.addr}, {stream}", run.count, d, run.stride, effect))
+            if effect > last:
+                last = effect
         return last
 
     def check_mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
@@ -174,26 +183,27 @@ class Scheduler(SxmJobs):
         stream search. Any clash of a job with what is already reserved fails its try whichever check finds it
         first, and every retry hint is a lower bound of the next start that fits, so the start `place` settles
         on, and everything built there, stay the same."""
-        chip = self.chip
+        reading = op == "READ"
+        latency = self.chip.mem_read_latency if reading else self.chip.mem_write_latency
+        check_queue = self.res.check_queue
         for run in runs:
             s = run.slice + plane_b
-            pos = chip.mem_position(s)
             meet = first + run.out_start * d
-            if op == "READ":
-                issue = meet - chip.mem_read_latency - abs(dest_pos - pos)
+            if reading:
+                issue = meet - latency - abs(dest_pos - self.mem_pos[s])
             else:
-                issue = meet + abs(dest_pos - pos)
-                port = issue + chip.mem_write_latency
+                issue = meet + abs(dest_pos - self.mem_pos[s])
+                port = issue + latency
                 if port <= run.not_before:
                     raise Clash(base + run.not_before + 1 - port)
-            self.res.check_queue(chip.mem_name(s), issue, issue + (run.count - 1) * d, issue - base)
+            check_queue(self.mem_queue[s], issue, issue + (run.count - 1) * d, issue - base)
 
     def transfers(self, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int, reading: bool):
         """Per run, the stream transfers of its rows: (emit position, first emit cycle, cycles apart, count, read
         position)."""
         out = []
         for run in runs:
-            pos = self.chip.mem_position(run.slice + plane_b)
+            pos = self.mem_pos[run.slice + plane_b]
             meet = first + run.out_start * d
             if reading:
                 out.append((pos, meet - abs(dest_pos - pos), d, run.count, dest_pos))
@@ -233,7 +243,7 @@ class Scheduler(SxmJobs):
         raise Clash(base + soonest + 1)
 
     def _direction(self, runs: list[MemRun], width: int, pos: int, reading: bool) -> str:
-        sides = {self.chip.mem_position(r.slice + b) > pos for r in runs for b in range(width)}
+        sides = {self.mem_pos[r.slice + b] > pos for r in runs for b in range(width)}
         if len(sides) != 1:
             raise CompileError("internal: the slices of one view lie on both sides of its reader")
         east_of_reader = sides.pop()
@@ -249,7 +259,7 @@ class Scheduler(SxmJobs):
         planes = list(range(store.width)) if planes is None else planes
         for run in runs:
             for b in planes:
-                issue = first + run.out_start * d - lat - abs(dest_pos - self.chip.mem_position(run.slice + b))
+                issue = first + run.out_start * d - lat - abs(dest_pos - self.mem_pos[run.slice + b])
                 if issue < store.ready[tile]:  # not written yet: try again once it is
                     raise Clash(base + store.ready[tile] - issue)
         for b in planes:
@@ -359,6 +369,7 @@ class Scheduler(SxmJobs):
             issues = math.ceil(k_valid / nslots)
             padded = np.zeros((issues * nslots, block.shape[1]), dtype=np.float32)
             padded[:k_valid] = block[:k_valid]
+            padded = padded.astype(BYTE_ORDER[wtype])  # converted once for all slots (byte_planes keeps it)
             used: set[int] = set()
             slots = []
             for j in range(nslots):
@@ -492,7 +503,9 @@ class Scheduler(SxmJobs):
 
         def lat(op):
             return self.chip.vxm_alu_latency if op == "CVT" else self.chip.vxm_latency(op)
-        reachable = self._delay_table(lat)
+        reachable = self.__dict__.get("_delays")  # the same for every chain of this chip
+        if reachable is None:
+            reachable = self._delays = self._delay_table(lat)
         times: list[int] = []
         out: list[Step] = []
         index_map = {}
@@ -552,7 +565,7 @@ class Scheduler(SxmJobs):
             for a in s.args:
                 if a[0] == "src":
                     store, runs = src[a[1]]
-                    far = max(abs(vpos - self.chip.mem_position(r.slice + b)) for r in runs for b in range(store.width))
+                    far = max(abs(vpos - self.mem_pos[r.slice + b]) for r in runs for b in range(store.width))
                     lower = max(lower, store.ready[nt] + self.chip.mem_read_latency + far - times[j])
                 elif a[0] == "acc":
                     dist = abs(vpos - self.chip.plane_position(plane))
