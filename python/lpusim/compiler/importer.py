@@ -49,6 +49,7 @@ _UNARY = {
     "Floor": lambda a: [("FLOOR", [("in",)])],
     "Ceil": lambda a: [("CEIL", [("in",)])],
     "Not": lambda a: [("SUB", [("imm", 1.0), ("in",)])],  # booleans are 1.0 / 0.0
+    "IsNaN": lambda a: [("NE", [("in",), ("in",)])],  # only NaN differs from itself
     # Softplus: max(x, 0) + log(1 + exp(-|x|)), which never overflows
     "Softplus": lambda a: [("ABS", [("in",)]), ("NEG", [("step", 0)]), ("EXP", [("step", 1)]),
                            ("ADD", [("step", 2), ("imm", 1.0)]), ("LOG", [("step", 3)]), ("RELU", [("in",)]),
@@ -78,8 +79,8 @@ _PASSTHROUGH = {"Identity", "Dropout"}
 _KEEP_INTEGRAL = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Slice", "Transpose",
                   "Tile", "Neg", "Abs", "Relu", "Floor", "Ceil", "Cast"}  # when the first input does
 _WHOLE_ARITH = {"Add", "Sub", "Mul", "Max", "Min", "Where", "Concat"}  # when every input does
-_BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "ArgMax",
-            "ArgMin"}
+_BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN",
+            "ArgMax", "ArgMin"}
 _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 _REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
@@ -286,6 +287,7 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
         self.merges: dict[str, tuple] = {}
         self.kinds = input_kinds(model)  # bool/integer graph inputs (host-converted to float32)
         self.integral: set[str] = set(self.kinds)  # ONNX values known to hold whole numbers (lower_index.py)
+        self.maskrows: dict[str, tuple] = {}  # ONNX name -> (IR [1, K] row, ONNX shape [1, 1, Q|1, K]) (lower_index.py)
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -330,6 +332,8 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             return ("value",) + self.values[name]
         if name in self.heads:
             return ("heads",) + self.heads[name]
+        if name in self.maskrows:
+            return ("maskrow", name)
         if name in self.splits:
             return ("split", name)
         if name in self.merges:
@@ -383,6 +387,9 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
                 args[2][0] != "const" or bool(np.asarray(args[2][1]))):
             raise CompileError(f"{self.where(node)}: Dropout in training mode (random masks) is not supported; "
                                f"inference Dropout is the identity")
+        if any(x is not None and x[0] == "maskrow" for x in args) and not any(
+                x is not None and x[0] == "heads" for x in args):
+            return self.lower_maskrow(node, op, a, args)
         if op in _PASSTHROUGH:
             self.values[out] = self.values[node.input[0]]
             return
@@ -560,6 +567,8 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             self.values[node.output[0]] = (name, new)
         elif t.geom is not None and len(shape) == 4 and self.grouped_reshape(node, ir_name, shape, new):
             return  # a 5-D view for a channel shuffle (lower_moves.py)
+        elif len(new) == 4 and new[:3] == (1, 1, 1) and (t.rows, t.cols) == (1, new[3]):
+            self.maskrows[node.output[0]] = (ir_name, new)  # [K] -> [1, 1, 1, K]: an attention mask's row
         elif (new_rows, new_cols) == (t.cols, t.rows) and 1 in (t.rows, t.cols) and max(t.rows, t.cols) <= 320 \
                 and len(new) != 4 and len(shape) != 4:
             # a column to a row or back (an exported attention mask's Flatten): an SXM transpose of one vector
@@ -865,6 +874,22 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
     def lower_where(self, node, args):
         # c * a + (1 - c) * b with c in {1.0, 0.0}: exact whenever the unselected value is finite
         c, x, y = args
+        inf = [v[0] == "const" and np.asarray(v[1]).size == 1 and np.isinf(np.asarray(v[1], np.float64)).all()
+               for v in (x, y)]
+        if inf[0] != inf[1] and c[0] == "value":
+            # an infinite branch (an attention mask's -inf): finite + log(c) (log 1 = 0, log 0 = -inf), never 0 * inf
+            finite, infinite = (y, x) if inf[0] else (x, y)
+            sign = float(np.sign(np.asarray(infinite[1]).reshape(())))
+            cond = c
+            if inf[0]:  # the infinity is taken where c is 1: log(1 - c)
+                t = self.fresh(node.output[0])
+                self.emit_binary(node, "SUB", ("const", np.float32(1.0)), c, t)
+                cond = ("value",) + self.values[t]
+            logc = self.fresh(node.output[0])
+            self.emit_chain(node, cond, [("LOG", [("in",)])], out_name=logc)
+            self.emit_binary(node, "SUB" if sign > 0 else "ADD", finite, ("value",) + self.values[logc],
+                             node.output[0])
+            return
         t1 = self.fresh(node.output[0])
         self.emit_binary(node, "MUL", c, x, t1)
         c_name = self.fresh(node.output[0])

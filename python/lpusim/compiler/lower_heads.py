@@ -118,6 +118,11 @@ class HeadsLowering:
                     cname = f"{name}@h{h}"
                     self.consts[cname] = arr
                     inputs[i] = cname
+                elif x[0] == "maskrow":  # an attention mask [B, 1, Q|1, K]: its one row, for every head
+                    row = self.maskrows[name][0]
+                    cname = f"{name}@row"
+                    self.values[cname] = (row, (1, 1, self.tensors[row].cols))
+                    inputs[i] = cname
                 elif x[0] == "value":
                     raise CompileError(f"{self.where(node)}: mixing attention heads with a computed non-head "
                                        f"operand is not supported yet")
