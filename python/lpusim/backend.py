@@ -194,7 +194,8 @@ class LpusimBackendRep(BackendRep):
 
     def run(self, inputs, **kwargs) -> list[np.ndarray]:
         """Simulate on `inputs` (a list in graph input order, a dict by name, or one array for a one-input model);
-        returns the outputs in graph output order, in their declared types. `timing_only=True` skips computing values."""
+        returns the outputs in graph output order, in their declared types. `timing_only=True` skips computing
+        values."""
         timing_only = bool(kwargs.pop("timing_only", False))
         if kwargs:
             raise TypeError(f"LpusimBackendRep.run: unknown option(s) {', '.join(sorted(kwargs))} (timing_only)")

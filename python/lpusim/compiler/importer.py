@@ -177,8 +177,12 @@ def input_kinds(model: onnx.ModelProto) -> dict[str, tuple[str, int, int]]:
         if pos is None or len(node.input) <= pos or node.input[pos] not in origin:
             continue
         data = node.input[0]
-        dims = list(inits[data].dims) if data in inits else list(numpy_helper.to_array(
-            consts[data].attribute[0].t).shape) if data in consts and consts[data].attribute[0].name == "value" else None
+        if data in inits:
+            dims = list(inits[data].dims)
+        elif data in consts and consts[data].attribute[0].name == "value":
+            dims = list(numpy_helper.to_array(consts[data].attribute[0].t).shape)
+        else:
+            dims = None
         if not dims:
             continue
         axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)

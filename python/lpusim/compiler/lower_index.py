@@ -494,7 +494,8 @@ class IndexLowering:
         out_shape = tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
         k = out_shape[-1] if out_shape else 0
         if len(out_shape) != 4 or out_shape[:2] != (1, 1):
-            raise CompileError(f"{self.where(node)}: an attention mask row broadcast to {out_shape} (only [1, 1, Q, K])")
+            raise CompileError(f"{self.where(node)}: an attention mask row broadcast to {out_shape} "
+                               f"(only [1, 1, Q, K])")
         inputs = []
         for i, x in enumerate(args):
             if x is None:
