@@ -38,33 +38,40 @@ pub enum RowKind {
 }
 
 /// A weight set: the buffer being loaded, an IW in flight, or the installed array. Rows `k >= rows` are zero.
-/// Each loaded row is kept raw (for products with specials) and pre-converted for the fast exact paths.
+/// Each loaded row is kept raw (for products with specials) and, for f16, converted at load time into the f64
+/// image of the exact GEMM fast path (one pass over the row; the i128 path's integers are derived only if needed).
 struct Weights {
     ty: Option<DType>,
     rows: usize,
     /// Columns `n >= ncols` are zero in every loaded row.
     ncols: usize,
     raw: Vec<u16>,
-    /// f16: `m << s` (< 2^40; 0 for an infinity/NaN), so a product with an activation mantissa fits an i64.
+    /// f16: `m << s` (< 2^40; 0 for an infinity/NaN), so a product with an activation mantissa fits an i64. Built
+    /// from `raw` on the first product that takes the exact i128 path; rows `< pre_rows` are valid.
     pre: Vec<i64>,
+    pre_rows: usize,
     /// i8/u8 weights as integers.
     int: Vec<i32>,
     /// f16: does row k hold an infinity or NaN? Such rows go one product at a time.
     special: Vec<bool>,
-    /// The exact-GEMM image (f16 only, built on first use): see `FastW`.
+    /// The exact-GEMM image (f16 only, filled row by row at load): see `FastW`.
     fast: FastW,
 }
 
-/// An f16 weight set as f64 for the exact GEMM fast path: `w[k][n] = pre[k][n] >> tz` (exact: `tz` is the
-/// smallest trailing-zero count of any nonzero `pre`), rows of `stride` (a multiple of `GEMM_COLS`, zero past
-/// `ncols`), and `wmax[k] = max_n |w[k][n]|` for the per-vector exactness bound.
+/// An f16 weight set as f64 for the exact GEMM fast path: `w[k][n] = m << s` of weight (k, n) as an f64 (exact:
+/// below 2^40), rows of `stride` (`dim` rounded up to `GEMM_COLS`, zero past `dim`), `wmax[k] = max_n |w[k][n]|`
+/// for the per-vector exactness bound, and `tz`, the smallest trailing-zero count of any nonzero weight: every
+/// weight is a multiple of 2^tz, which the bound uses.
 #[derive(Default)]
 struct FastW {
-    /// 0: not built for this weight set; 1: built; 2: unusable (a weight is infinite or NaN).
+    /// 0: loaded, not yet checked; 1: usable; 2: unusable (a weight is infinite or NaN).
     state: u8,
+    /// OR of every `|m << s|` loaded (its lowest set bit gives `tz`), and the count of nonzero weights.
+    or: i64,
+    nnz: usize,
     tz: u32,
     stride: usize,
-    /// Shared with GEMM jobs in flight on the worker thread.
+    /// Shared with GEMM jobs in flight on the helper threads.
     w: std::sync::Arc<Vec<f64>>,
     wmax: Vec<f64>,
     /// A sparse set (selection and permutation matrices: under 1/16 nonzero) also as rows of (column, value):
@@ -82,14 +89,15 @@ impl Weights {
             ncols: 0,
             raw: Vec::new(),
             pre: Vec::new(),
+            pre_rows: 0,
             int: Vec::new(),
             special: Vec::new(),
             fast: FastW::default(),
         }
     }
 
-    /// Build the f64 image (once per weight set).
-    fn ensure_fast(&mut self, dim: usize) {
+    /// Finish the f64 image (once per weight set, at its first f16 product): usable or not, `tz`, sparsity.
+    fn ensure_fast(&mut self) {
         if self.fast.state != 0 {
             return;
         }
@@ -98,40 +106,17 @@ impl Weights {
             self.fast.state = 2;
             return;
         }
-        let ncols = self.ncols;
-        let stride = ncols.div_ceil(GEMM_COLS) * GEMM_COLS;
-        let pre = &self.pre;
-        // The lowest set bit of the OR of all values is the smallest trailing-zero count of a nonzero value.
-        let mut or = 0i64;
-        for k in 0..rows {
-            or |= or_all(&pre[k * dim..k * dim + ncols]);
-        }
-        let tz = if or == 0 { 0 } else { or.trailing_zeros() };
         let f = &mut self.fast;
-        f.tz = tz;
-        f.stride = stride;
-        // Reuse the image's memory unless a GEMM job in flight still reads it.
-        if std::sync::Arc::get_mut(&mut f.w).is_none() {
-            f.w = std::sync::Arc::new(Vec::new());
-        }
-        let fw = std::sync::Arc::get_mut(&mut f.w).expect("unshared");
-        fw.clear();
-        fw.resize(rows * stride, 0.0);
-        f.wmax.clear();
-        f.wmax.resize(rows, 0.0);
-        for k in 0..rows {
-            let src = &pre[k * dim..k * dim + ncols];
-            let dst = &mut fw[k * stride..k * stride + ncols];
-            f.wmax[k] = shift_to_f64(src, tz, dst);
-        }
+        // The lowest set bit of the OR of all values is the smallest trailing-zero count of a nonzero value.
+        f.tz = if f.or == 0 { 0 } else { f.or.trailing_zeros() };
         f.sp_ptr.clear();
         f.sp_col.clear();
         f.sp_val.clear();
-        let nnz = fw.iter().filter(|&&v| v != 0.0).count();
-        if nnz * 16 < rows * stride {
+        let stride = f.stride;
+        if f.nnz * 16 < rows * stride {
             f.sp_ptr.push(0);
             for k in 0..rows {
-                for (n, &v) in fw[k * stride..k * stride + ncols].iter().enumerate() {
+                for (n, &v) in f.w[k * stride..k * stride + self.ncols].iter().enumerate() {
                     if v != 0.0 {
                         f.sp_col.push(n as u32);
                         f.sp_val.push(v);
@@ -142,9 +127,30 @@ impl Weights {
         }
         f.state = 1;
     }
+
+    /// Derive `pre` (the i128 path's integers) from `raw` for every loaded f16 row.
+    fn ensure_pre(&mut self, dim: usize) {
+        let rows = self.rows;
+        if self.pre_rows >= rows {
+            return;
+        }
+        if self.pre.len() < rows * dim {
+            self.pre.resize(rows * dim, 0);
+        }
+        for k in self.pre_rows..rows {
+            for n in 0..dim {
+                let b = self.raw[k * dim + n];
+                self.pre[k * dim + n] = match f16_mant_shift(b) {
+                    Some((m, sh)) => (m as i64) << sh,
+                    None => 0,
+                };
+            }
+        }
+        self.pre_rows = rows;
+    }
 }
 
-/// Vectorised helpers (dispatched on AVX-512 / AVX2 like `decode_f16_row`).
+/// Vectorised helpers: the same code compiled for AVX-512 and for AVX2, picked at run time.
 macro_rules! dispatch {
     ($name:ident, $generic:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         #[inline]
@@ -175,46 +181,46 @@ macro_rules! dispatch {
     };
 }
 
+/// `v` (an integer in 0..2^52) as an f64, exactly, with the sign of `neg` (0 or 1): the bits of 2^52 + v are
+/// `0x4330.. | v`, and subtracting 2^52 is exact. Unlike `v as f64` this vectorises without AVX-512 (AVX2 has no
+/// i64 -> f64 conversion).
 #[inline(always)]
-fn or_all_generic(v: &[i64]) -> i64 {
-    v.iter().fold(0, |a, &x| a | x)
+fn small_to_f64(v: i64, neg: u64) -> f64 {
+    const TWO52: f64 = 4503599627370496.0;
+    let a = f64::from_bits(v as u64 | 0x4330_0000_0000_0000) - TWO52;
+    f64::from_bits(a.to_bits() | (neg << 63))
 }
-dispatch!(or_all, or_all_generic, (v: &[i64]) -> i64);
 
-/// `dst = src >> tz` as f64 (exact: every nonzero value has `tz` trailing zeros, and `|v| < 2^40`); returns the
-/// largest magnitude.
+/// An f16 activation's first `xr.len()` elements (two byte planes) as `m << s` with sign, in f64 (exact: below
+/// 2^40); returns the OR of the magnitudes (for their common trailing zeros) and the exactness bound
+/// `sum_k |xr[k]| * wmax[k]` (summed in 8 partial sums: any order will do, it is compared with half the exact
+/// limit). One pass, branch-free so it vectorises.
 #[inline(always)]
-fn shift_to_f64_generic(src: &[i64], tz: u32, dst: &mut [f64]) -> f64 {
-    let mut m = 0i64;
-    for (d, &v) in dst.iter_mut().zip(src) {
-        let v = v >> tz;
-        *d = v as f64;
-        m = m.max(v.abs());
-    }
-    m as f64
-}
-dispatch!(shift_to_f64, shift_to_f64_generic, (src: &[i64], tz: u32, dst: &mut [f64]) -> f64);
-
-/// An f16 activation's first `xi.len()` elements (two byte planes) as `m << s` with sign; returns the OR of the
-/// magnitudes and whether any element of `hi` (all `dim` of them) is infinite or NaN.
-#[inline(always)]
-fn decode_x_generic(lo: &[u8], hi: &[u8], xi: &mut [i64]) -> i64 {
-    let n = xi.len();
-    let (lo, hi8) = (&lo[..n], &hi[..n]);
+fn decode_x_bound_generic(lo: &[u8], hi: &[u8], wmax: &[f64], xr: &mut [f64]) -> (i64, f64) {
+    let n = xr.len();
+    let (lo, hi8, wmax) = (&lo[..n], &hi[..n], &wmax[..n]);
     let mut nz = 0i64;
-    for k in 0..n {
-        let xb = lo[k] as u16 | (hi8[k] as u16) << 8;
-        let e = ((xb >> 10) & 0x1f) as i64;
-        let f = (xb & 0x3ff) as i64;
-        let normal = (e != 0) as i64;
-        let mag = (f | (normal << 10)) << (e - normal);
-        let neg = -((xb >> 15) as i64);
-        xi[k] = (mag ^ neg) - neg;
-        nz |= mag;
+    let mut part = [0f64; 8];
+    let mut k0 = 0;
+    while k0 < n {
+        let m = (n - k0).min(8);
+        for i in 0..m {
+            let k = k0 + i;
+            let xb = lo[k] as u16 | (hi8[k] as u16) << 8;
+            let e = ((xb >> 10) & 0x1f) as i64;
+            let f = (xb & 0x3ff) as i64;
+            let normal = (e != 0) as i64;
+            let mag = (f | (normal << 10)) << (e - normal);
+            nz |= mag;
+            let v = small_to_f64(mag, (xb >> 15) as u64);
+            xr[k] = v;
+            part[i] += v.abs() * wmax[k];
+        }
+        k0 += 8;
     }
-    nz
+    (nz, part.iter().sum())
 }
-dispatch!(decode_x, decode_x_generic, (lo: &[u8], hi: &[u8], xi: &mut [i64]) -> i64);
+dispatch!(decode_x_bound, decode_x_bound_generic, (lo: &[u8], hi: &[u8], wmax: &[f64], xr: &mut [f64]) -> (i64, f64));
 
 #[inline(always)]
 fn any_special_generic(hi: &[u8]) -> bool {
@@ -222,150 +228,407 @@ fn any_special_generic(hi: &[u8]) -> bool {
 }
 dispatch!(any_special, any_special_generic, (hi: &[u8]) -> bool);
 
-/// `xr = xi >> tz` as f64 (exact); returns `sum_k |xr[k]| * wmax[k]` (summed in 8 partial sums: any order will do,
-/// the result is compared with half the exact limit).
+/// One f16 weight row from its two byte planes: raw bits to `raw`, `m << s` as f64 to `fw` (0 for an infinity or
+/// NaN; the set is then unusable for the GEMM anyway). Returns whether any element is infinite or NaN, 1 + the
+/// last column with a nonzero finite weight (0 if none), the OR and the largest of the magnitudes, and the count of
+/// nonzero weights. Branch-free so it vectorises.
 #[inline(always)]
-fn scale_bound_generic(xi: &[i64], tz: u32, wmax: &[f64], xr: &mut [f64]) -> f64 {
-    let mut part = [0f64; 8];
-    for ((xc, rc), wc) in xi.chunks(8).zip(xr.chunks_mut(8)).zip(wmax.chunks(8)) {
-        for i in 0..xc.len() {
-            let v = (xc[i] >> tz) as f64;
-            rc[i] = v;
-            part[i] += v.abs() * wc[i];
-        }
+fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f64]) -> (bool, usize, i64, f64, usize) {
+    let n = raw.len();
+    let (lo, hi, fw) = (&lo[..n], &hi[..n], &mut fw[..n]);
+    let mut special = 0u32;
+    let mut or = 0i64;
+    let mut max = 0i64;
+    let mut nnz = 0usize;
+    let mut last = 0usize;
+    for i in 0..n {
+        let b = lo[i] as u16 | (hi[i] as u16) << 8;
+        raw[i] = b;
+        let e = ((b >> 10) & 0x1f) as i64;
+        let f = (b & 0x3ff) as i64;
+        let normal = (e != 0) as i64;
+        let m = f | (normal << 10);
+        let s = e - normal; // e - 1 for normals, 0 for subnormals
+        let is_special = (e == 31) as i64;
+        let mag = (m << s) & (is_special - 1);
+        fw[i] = small_to_f64(mag, (b >> 15) as u64);
+        special |= is_special as u32;
+        or |= mag;
+        max = max.max(mag);
+        nnz += (mag != 0) as usize;
+        last = if mag != 0 { i + 1 } else { last };
     }
-    part.iter().sum()
+    (special != 0, last, or, small_to_f64(max, 0), nnz)
 }
-dispatch!(scale_bound, scale_bound_generic, (xi: &[i64], tz: u32, wmax: &[f64], xr: &mut [f64]) -> f64);
+dispatch!(decode_f16_row, decode_f16_row_generic,
+    (lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f64]) -> (bool, usize, i64, f64, usize));
 
-/// A GEMM for the worker thread: `y = x w` (see `gemm_f64`); `x` and `y` come back for reuse.
+/// A GEMM handed to the helper threads: `y = x w` (see `gemm_f64`; vector j's product at `y[j * cols..]`) for
+/// the vectors of `slots`; `x` and `y` come back for reuse.
 struct Job {
     x: Vec<f64>,
     rows: usize,
     nvec: usize,
     w: std::sync::Arc<Vec<f64>>,
     stride: usize,
+    cols: usize,
     y: Vec<f64>,
+    slots: Vec<(u32, u32)>,
+    ncols: usize,
 }
 
-/// A plane's helper thread: runs its GEMMs in submission order while the cycle loop goes on (the results do not
-/// depend on when or where they are computed, so runs stay deterministic).
-struct Worker {
-    tx: Option<std::sync::mpsc::Sender<Job>>,
-    rx: std::sync::mpsc::Receiver<(Vec<f64>, Vec<f64>)>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Worker {
-    fn spawn() -> Option<Worker> {
-        let (tx, jobs) = std::sync::mpsc::channel::<Job>();
-        let (done, rx) = std::sync::mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("lpusim-gemm".into())
-            .spawn(move || {
-                for mut j in jobs {
-                    if j.y.len() < j.nvec * j.stride {
-                        j.y.resize(j.nvec * j.stride, 0.0);
-                    }
-                    gemm_f64(&j.x, j.rows, j.nvec, &j.w, j.stride, j.rows, j.stride, &mut j.y);
-                    drop(j.w);
-                    if done.send((j.x, j.y)).is_err() {
-                        break;
-                    }
-                }
-            })
-            .ok()?;
-        Some(Worker { tx: Some(tx), rx, handle: Some(handle) })
+impl Job {
+    fn run(&mut self, yoff: &mut Vec<usize>) {
+        if self.y.len() < self.nvec * self.cols {
+            self.y.resize(self.nvec * self.cols, 0.0);
+        }
+        yoff.clear();
+        yoff.extend((0..self.nvec).map(|v| v * self.cols));
+        gemm_f64(&self.x, self.rows, self.rows, &self.w, self.stride, self.cols, &mut self.y, yoff);
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.tx = None; // the thread's loop ends
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+/// A job's place in the pool: queued, taken (by a helper, or back by its plane), or done.
+struct JobCell {
+    state: std::sync::atomic::AtomicU8,
+    job: std::sync::Mutex<Option<Job>>,
+}
+
+const JOB_QUEUED: u8 = 0;
+const JOB_TAKEN: u8 = 1;
+const JOB_DONE: u8 = 2;
+
+/// The helper threads shared by every plane of the process (one fewer than the cores, at most 4): they run GEMMs
+/// while the cycle loop goes on. A plane that needs a product waits for its job, or runs it itself if no helper
+/// has started it (so a busy machine or a multi-chip run with every core taken never stalls on a helper). Where
+/// a product is computed does not change it, so runs stay deterministic.
+struct Pool {
+    queue: std::sync::Mutex<VecDeque<std::sync::Arc<JobCell>>>,
+    wake: std::sync::Condvar,
+    /// Jobs in `queue` (read without the lock by spinning helpers).
+    queued: std::sync::atomic::AtomicUsize,
+    /// Helpers parked on `wake`.
+    sleeping: std::sync::atomic::AtomicUsize,
+}
+
+/// How long an idle helper keeps polling for work before it parks (jobs come every few microseconds while a
+/// model runs; waking a parked thread costs about as much as a small job).
+const HELPER_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+impl Pool {
+    /// The process's pool, or None when helpers are off (`LPUSIM_SIM_THREADS=1`, or a single core).
+    fn get() -> Option<&'static Pool> {
+        static POOL: std::sync::OnceLock<Option<&'static Pool>> = std::sync::OnceLock::new();
+        *POOL.get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let helpers = match std::env::var("LPUSIM_SIM_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+                Some(n) => n.saturating_sub(1),
+                None => cores.saturating_sub(1).min(4),
+            };
+            if helpers == 0 {
+                return None;
+            }
+            let pool: &'static Pool = Box::leak(Box::new(Pool {
+                queue: std::sync::Mutex::new(VecDeque::new()),
+                wake: std::sync::Condvar::new(),
+                queued: std::sync::atomic::AtomicUsize::new(0),
+                sleeping: std::sync::atomic::AtomicUsize::new(0),
+            }));
+            let mut started = 0;
+            for i in 0..helpers {
+                let ok = std::thread::Builder::new().name(format!("lpusim-gemm-{i}")).spawn(move || pool.helper()).is_ok();
+                started += ok as usize;
+            }
+            (started > 0).then_some(pool)
+        })
+    }
+
+    fn submit(&self, job: Job) -> std::sync::Arc<JobCell> {
+        let cell = std::sync::Arc::new(JobCell {
+            state: std::sync::atomic::AtomicU8::new(JOB_QUEUED),
+            job: std::sync::Mutex::new(Some(job)),
+        });
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(cell.clone());
+        self.queued.store(q.len(), std::sync::atomic::Ordering::Release);
+        drop(q);
+        if self.sleeping.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            self.wake.notify_one();
+        }
+        cell
+    }
+
+    fn helper(&self) {
+        use std::sync::atomic::Ordering::*;
+        let mut yoff = Vec::new();
+        loop {
+            let cell = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let c = q.pop_front();
+                self.queued.store(q.len(), Release);
+                c
+            };
+            if let Some(cell) = cell {
+                if cell.state.compare_exchange(JOB_QUEUED, JOB_TAKEN, AcqRel, Acquire).is_ok() {
+                    let mut g = cell.job.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(j) = g.as_mut() {
+                        j.run(&mut yoff);
+                    }
+                    drop(g);
+                    cell.state.store(JOB_DONE, Release);
+                }
+                continue;
+            }
+            // Idle: poll a while, then park.
+            let start = std::time::Instant::now();
+            while self.queued.load(Acquire) == 0 && start.elapsed() < HELPER_SPIN {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
+            }
+            if self.queued.load(Acquire) == 0 {
+                let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                self.sleeping.fetch_add(1, AcqRel);
+                // Re-checked under the lock, so a job pushed after the check above is not missed.
+                let q = self.wake.wait_while(q, |q| q.is_empty()).unwrap_or_else(|e| e.into_inner());
+                self.sleeping.fetch_sub(1, AcqRel);
+                drop(q);
+            }
         }
     }
 }
 
-/// GEMMs smaller than this many multiply-adds run inline (a hand-off costs more).
-const WORKER_MIN_MACS: usize = 1 << 18;
-
-/// Whether planes may use a helper thread (`LPUSIM_SIM_THREADS=1` turns it off).
-fn worker_allowed() -> bool {
-    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ALLOWED.get_or_init(|| {
-        std::env::var("LPUSIM_SIM_THREADS").map_or(true, |v| v.trim() != "1")
-            && std::thread::available_parallelism().map_or(false, |n| n.get() > 1)
-    })
+/// Wait for a job to be done, running it here if no helper has taken it; returns it.
+fn finish_job(cell: &JobCell, yoff: &mut Vec<usize>) -> Job {
+    use std::sync::atomic::Ordering::*;
+    if cell.state.compare_exchange(JOB_QUEUED, JOB_TAKEN, AcqRel, Acquire).is_ok() {
+        let mut j = cell.job.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a queued job");
+        j.run(yoff);
+        return j;
+    }
+    // A helper is on it (a job is tens of microseconds): poll, yielding the core if it takes long (a busy host).
+    let start = std::time::Instant::now();
+    while cell.state.load(Acquire) != JOB_DONE {
+        if start.elapsed() < std::time::Duration::from_micros(500) {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    cell.job.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a finished job")
 }
 
-/// A GEMM in flight: where its rows go.
-struct InFlight {
-    slots: Vec<(u32, u32)>,
-    ncols: usize,
-    stride: usize,
-}
+/// A batch goes to the helpers once this many vectors wait (a few micro-kernel blocks: large enough to amortise
+/// the hand-off, small enough that the helpers start early) ...
+const SUBMIT_VECS: usize = 8;
+/// ... and only if it has this many multiply-adds (smaller GEMMs run inline: a hand-off costs more).
+const WORKER_MIN_MACS: usize = 1 << 16;
 
-/// Columns per GEMM micro-kernel block (4 registers of 8 f64).
+/// The image's rows are padded with zeros to a multiple of this many columns (the widest micro-kernel panel).
 const GEMM_COLS: usize = 32;
-/// Vectors per GEMM micro-kernel block.
-const GEMM_ROWS: usize = 4;
-/// The bound under which an f64 dot product of integers is exact: every product and partial sum is an integer of
-/// magnitude at most `sum_k |x_k| * wmax_k`; below 2^53 all of them are representable. 2^52 leaves room for the
-/// rounding of the bound's own f64 evaluation (at most 320 terms, relative error < 2^-44).
+/// The bound under which an f64 dot product of integers is exact: every product and partial sum is an integer
+/// multiple of the unit `2^(tz_x + tz_w)` of magnitude at most `sum_k |x_k| * wmax_k`; below 2^53 units all of
+/// them are representable, so no operation rounds, whatever the order of the sum and with or without fused
+/// multiply-adds. 2^52 leaves room for the rounding of the bound's own f64 evaluation (at most 1024 terms,
+/// relative error < 2^-42). Values are integers below 2^40 (products below 2^80 in magnitude, far from overflow),
+/// so the test is scale-free: the bound is compared with `2^52` units.
 const EXACT_BOUND: f64 = 4503599627370496.0; // 2^52
 
-/// `y[j][n] = sum_{k < rows} x[j][k] * w[k][n]` for `j < nvec` (a multiple of GEMM_ROWS) and `n < cols` (a
-/// multiple of GEMM_COLS). `x` rows have `xs` elements, `w` and `y` rows `ws`. Every product and partial sum is an
-/// integer below 2^53 in magnitude (the caller checked), so the result is exact whatever the order.
-fn gemm_f64(x: &[f64], xs: usize, nvec: usize, w: &[f64], ws: usize, rows: usize, cols: usize, y: &mut [f64]) {
+/// `y[yoff[j] + n] = sum_{k < rows} x[j * xs + k] * w[k * ws + n]` for `j < yoff.len()` and `n < cols` (a
+/// multiple of GEMM_COLS). Every product and partial sum is exact (the caller checked the bound), so the result
+/// is the exact dot product whatever the kernel's order, blocking or use of fused multiply-adds.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f64(x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+    gemm_f64_with(gemm_kernel(), x, xs, rows, w, ws, cols, y, yoff)
+}
+
+/// The micro-kernels this CPU can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GemmKernel {
+    /// 4 vectors x 32 columns: 16 zmm accumulators.
+    Avx512,
+    /// 6 vectors x 8 columns: 12 ymm accumulators, 2 for the weights, 1 for a broadcast (of 16 registers: LLVM's
+    /// own vectorisation of wider blocks spills).
+    Avx2,
+    Generic,
+}
+
+fn gemm_kernel() -> GemmKernel {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features.
-            return unsafe { gemm_f64_avx512(x, xs, nvec, w, ws, rows, cols, y) };
+            return GemmKernel::Avx512;
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features.
-            return unsafe { gemm_f64_avx2(x, xs, nvec, w, ws, rows, cols, y) };
+            return GemmKernel::Avx2;
         }
     }
-    gemm_f64_generic(x, xs, nvec, w, ws, rows, cols, y)
+    GemmKernel::Generic
 }
 
+#[allow(clippy::too_many_arguments)]
+fn gemm_f64_with(k: GemmKernel, x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+    assert!(cols % GEMM_COLS == 0 && ws >= cols && (rows == 0 || w.len() >= (rows - 1) * ws + cols));
+    assert!(x.len() >= yoff.len() * xs && xs >= rows);
+    assert!(yoff.iter().all(|&o| o + cols <= y.len()));
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: gemm_kernel() saw the features (tests pick only kernels it allows).
+        GemmKernel::Avx512 => unsafe { gemm_avx512(x, xs, rows, w, ws, cols, y, yoff) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        GemmKernel::Avx2 => unsafe { gemm_avx2(x, xs, rows, w, ws, cols, y, yoff) },
+        _ => gemm_blocked::<4, 8>(x, xs, rows, w, ws, cols, y, yoff),
+    }
+}
+
+/// Column panels of 32 outside, blocks of 4 vectors inside (a narrower last block rather than zero padding).
+/// SAFETY: AVX-512F and FMA; the bounds `gemm_f64_with` asserts.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn gemm_f64_avx512(x: &[f64], xs: usize, nvec: usize, w: &[f64], ws: usize, rows: usize, cols: usize, y: &mut [f64]) {
-    gemm_f64_generic(x, xs, nvec, w, ws, rows, cols, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_f64_avx2(x: &[f64], xs: usize, nvec: usize, w: &[f64], ws: usize, rows: usize, cols: usize, y: &mut [f64]) {
-    gemm_f64_generic(x, xs, nvec, w, ws, rows, cols, y)
-}
-
-#[inline(always)]
-fn gemm_f64_generic(x: &[f64], xs: usize, nvec: usize, w: &[f64], ws: usize, rows: usize, cols: usize, y: &mut [f64]) {
-    for n0 in (0..cols).step_by(GEMM_COLS) {
-        for j0 in (0..nvec).step_by(GEMM_ROWS) {
-            let mut acc = [[0f64; GEMM_COLS]; GEMM_ROWS];
-            let xr: [&[f64]; GEMM_ROWS] = std::array::from_fn(|jj| &x[(j0 + jj) * xs..(j0 + jj) * xs + rows]);
-            for k in 0..rows {
-                let wr: &[f64; GEMM_COLS] = w[k * ws + n0..k * ws + n0 + GEMM_COLS].try_into().unwrap();
-                for jj in 0..GEMM_ROWS {
-                    let xv = xr[jj][k];
-                    for c in 0..GEMM_COLS {
-                        // Exact either way (no rounding happens); a fused multiply-add where the target has one.
-                        acc[jj][c] = xv.mul_add(wr[c], acc[jj][c]);
-                    }
-                }
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx512(x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+    let nvec = yoff.len();
+    for n0 in (0..cols).step_by(32) {
+        let mut j0 = 0;
+        while j0 < nvec {
+            let r = (nvec - j0).min(4);
+            let (xp, wp, yp) = (x.as_ptr().add(j0 * xs), w.as_ptr().add(n0), y.as_mut_ptr().add(n0));
+            let yo = &yoff[j0..j0 + r];
+            match r {
+                4 => block512::<4>(xp, xs, rows, wp, ws, yp, yo),
+                3 => block512::<3>(xp, xs, rows, wp, ws, yp, yo),
+                2 => block512::<2>(xp, xs, rows, wp, ws, yp, yo),
+                _ => block512::<1>(xp, xs, rows, wp, ws, yp, yo),
             }
-            for jj in 0..GEMM_ROWS {
-                y[(j0 + jj) * ws + n0..(j0 + jj) * ws + n0 + GEMM_COLS].copy_from_slice(&acc[jj]);
+            j0 += r;
+        }
+    }
+}
+
+/// `R` vectors times 32 columns over all `rows`, accumulators in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+unsafe fn block512<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *const f64, ws: usize, y: *mut f64, yoff: &[usize]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_pd(); 4]; R];
+    let mut wp = w;
+    for k in 0..rows {
+        let wv = [_mm512_loadu_pd(wp), _mm512_loadu_pd(wp.add(8)), _mm512_loadu_pd(wp.add(16)), _mm512_loadu_pd(wp.add(24))];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let b = _mm512_set1_pd(*x.add(r * xs + k));
+            for c in 0..4 {
+                a[c] = _mm512_fmadd_pd(b, wv[c], a[c]);
             }
         }
+        wp = wp.add(ws);
+    }
+    for (r, a) in acc.iter().enumerate() {
+        let o = y.add(yoff[r]);
+        for c in 0..4 {
+            _mm512_storeu_pd(o.add(8 * c), a[c]);
+        }
+    }
+}
+
+/// Column panels of 8 outside, blocks of 6 vectors inside (a narrower last block rather than zero padding).
+/// SAFETY: AVX2 and FMA; the bounds `gemm_f64_with` asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx2(x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+    let nvec = yoff.len();
+    for n0 in (0..cols).step_by(8) {
+        let mut j0 = 0;
+        while j0 < nvec {
+            let r = (nvec - j0).min(6);
+            let (xp, wp, yp) = (x.as_ptr().add(j0 * xs), w.as_ptr().add(n0), y.as_mut_ptr().add(n0));
+            let yo = &yoff[j0..j0 + r];
+            match r {
+                6 => block256::<6>(xp, xs, rows, wp, ws, yp, yo),
+                5 => block256::<5>(xp, xs, rows, wp, ws, yp, yo),
+                4 => block256::<4>(xp, xs, rows, wp, ws, yp, yo),
+                3 => block256::<3>(xp, xs, rows, wp, ws, yp, yo),
+                2 => block256::<2>(xp, xs, rows, wp, ws, yp, yo),
+                _ => block256::<1>(xp, xs, rows, wp, ws, yp, yo),
+            }
+            j0 += r;
+        }
+    }
+}
+
+/// `R` vectors times 8 columns over all `rows`, accumulators in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn block256<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *const f64, ws: usize, y: *mut f64, yoff: &[usize]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_pd(); 2]; R];
+    let mut wp = w;
+    for k in 0..rows {
+        let wv = [_mm256_loadu_pd(wp), _mm256_loadu_pd(wp.add(4))];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let b = _mm256_broadcast_sd(&*x.add(r * xs + k));
+            a[0] = _mm256_fmadd_pd(b, wv[0], a[0]);
+            a[1] = _mm256_fmadd_pd(b, wv[1], a[1]);
+        }
+        wp = wp.add(ws);
+    }
+    for (r, a) in acc.iter().enumerate() {
+        let o = y.add(yoff[r]);
+        _mm256_storeu_pd(o, a[0]);
+        _mm256_storeu_pd(o.add(4), a[1]);
+    }
+}
+
+/// The portable kernel: column panels of `C` outside, blocks of `R` vectors inside (the last block narrower
+/// rather than padded with zero vectors: batches are small, so padding would waste up to a fifth of the work).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_blocked<const R: usize, const C: usize>(
+    x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize],
+) {
+    let nvec = yoff.len();
+    for n0 in (0..cols).step_by(C) {
+        let mut j0 = 0;
+        while j0 + R <= nvec {
+            gemm_block::<R, C>(x, xs, j0, rows, w, ws, n0, y, yoff);
+            j0 += R;
+        }
+        match nvec - j0 {
+            0 => {}
+            1 => gemm_block::<1, C>(x, xs, j0, rows, w, ws, n0, y, yoff),
+            2 => gemm_block::<2, C>(x, xs, j0, rows, w, ws, n0, y, yoff),
+            3 => gemm_block::<3, C>(x, xs, j0, rows, w, ws, n0, y, yoff),
+            _ => unreachable!("blocks are at most 4 vectors"),
+        }
+    }
+}
+
+/// One block: `R` vectors times `C` columns, accumulated over all `rows` (fixed-size loops LLVM unrolls).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_block<const R: usize, const C: usize>(
+    x: &[f64], xs: usize, j0: usize, rows: usize, w: &[f64], ws: usize, n0: usize, y: &mut [f64], yoff: &[usize],
+) {
+    let mut acc = [[0f64; C]; R];
+    let xr: [&[f64]; R] = std::array::from_fn(|jj| &x[(j0 + jj) * xs..(j0 + jj) * xs + rows]);
+    for k in 0..rows {
+        let wr: &[f64; C] = w[k * ws + n0..k * ws + n0 + C].try_into().unwrap();
+        for jj in 0..R {
+            let xv = xr[jj][k];
+            for c in 0..C {
+                // Exact (no rounding happens), so an unfused multiply-add gives the same as the kernels' FMAs.
+                acc[jj][c] = xv * wr[c] + acc[jj][c];
+            }
+        }
+    }
+    for jj in 0..R {
+        let o = yoff[j0 + jj] + n0;
+        y[o..o + C].copy_from_slice(&acc[jj]);
     }
 }
 
@@ -389,6 +652,10 @@ pub struct MxmPlane {
     flags: Vec<u8>,
     /// Per storage slot: columns `>= rcols` of the row are zero with no flags.
     rcols: Vec<u32>,
+    /// Per storage slot: the row as exact f64 counts (`ystride` each) while `fst.on`; `rows`/`flags` are then
+    /// stale. Rows written only by GEMM products live here (no i128 conversion on update or read); see `FRow`.
+    frows: Vec<f64>,
+    fst: Vec<FRow>,
     pub row_kind: Vec<RowKind>,
     scratch: Vec<i32>,
     /// f16 partial sums per activation shift (30 x dim): each is a sum of < 2^51 terms, at most 320 of them.
@@ -410,15 +677,30 @@ pub struct MxmPlane {
     pend_rows: usize,
     /// Per pending vector: its slot and its shift `tz`.
     pend: Vec<(u32, u32)>,
-    pend_y: Vec<f64>,
+    /// Scratch: where each vector of an inline GEMM writes its product (offsets into `sy`).
+    yoff: Vec<usize>,
     /// Row updates that have landed (in order) but whose values are not applied yet: (row, add, slot).
     log: Vec<(u32, bool, u32)>,
     /// Scratch: an activation's two planes side by side (for the i128 path).
     xcat: Vec<u8>,
-    worker: Option<Worker>,
-    inflight: std::collections::VecDeque<InFlight>,
-    /// Buffers back from the worker, for reuse.
+    /// GEMMs handed to the helper threads, oldest first.
+    inflight: VecDeque<std::sync::Arc<JobCell>>,
+    /// Buffers back from jobs, for reuse.
     spare_f64: Vec<Vec<f64>>,
+}
+
+impl Drop for MxmPlane {
+    fn drop(&mut self) {
+        // Jobs no helper has started are dropped rather than run (a run that stops early, e.g. on an error).
+        for c in &self.inflight {
+            let _ = c.state.compare_exchange(
+                JOB_QUEUED,
+                JOB_TAKEN,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            );
+        }
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -426,7 +708,27 @@ struct SlotMeta {
     /// The product is in `sy` (GEMM) rather than `ys`/`yflags` (i128 path).
     fast: bool,
     ncols: u32,
+    /// Every product is a multiple of 2^shift ...
     shift: u32,
+    /// ... and at most `bound` (the exactness bound of `try_defer`, relative error < 2^-42) in magnitude.
+    bound: f64,
+}
+
+/// An accumulator row held as f64 counts: every value is an integer multiple of `2^unit` and at most `max` in
+/// magnitude (`max` is a sum of rounded bounds, each within a relative 2^-42 of a true bound). The row stays in
+/// f64 while a `+` keeps `max` below 2^52 units (so the true maximum is below 2^53 units: every sum is exact);
+/// otherwise it goes back to i128 (exact conversion: each value / 2^unit is an integer below 2^53).
+#[derive(Clone, Copy, Default)]
+struct FRow {
+    on: bool,
+    unit: u32,
+    max: f64,
+}
+
+/// `2^e` as an f64 (`e` in -1022..=1023).
+#[inline]
+fn pow2(e: i32) -> f64 {
+    f64::from_bits(((1023 + e) as u64) << 52)
 }
 
 /// Apply logged updates once this many are waiting (bounds the memory of a program that never reads its rows).
@@ -442,49 +744,6 @@ pub fn element(group: &[u8], lanes: usize, w: usize, l: usize) -> u32 {
         v |= (group[b * lanes + l] as u32) << (8 * b);
     }
     v
-}
-
-/// Decode one f16 weight row from its two byte planes: raw bits, `m << s` (0 for inf/NaN), whether any element is
-/// inf/NaN, and 1 + the last column with a nonzero finite weight (0 if none).
-fn decode_f16_row(lo: &[u8], hi: &[u8], raw: &mut [u16], pre: &mut [i64]) -> (bool, usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { decode_f16_row_avx2(lo, hi, raw, pre) };
-        }
-    }
-    decode_f16_row_generic(lo, hi, raw, pre)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn decode_f16_row_avx2(lo: &[u8], hi: &[u8], raw: &mut [u16], pre: &mut [i64]) -> (bool, usize) {
-    decode_f16_row_generic(lo, hi, raw, pre)
-}
-
-/// Branch-free so it vectorises: `m << s` per element as in `numerics::f16_mant_shift`.
-#[inline(always)]
-fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], pre: &mut [i64]) -> (bool, usize) {
-    let n = raw.len();
-    let (lo, hi, pre) = (&lo[..n], &hi[..n], &mut pre[..n]);
-    let mut special = 0u32;
-    for i in 0..n {
-        let b = lo[i] as u16 | (hi[i] as u16) << 8;
-        raw[i] = b;
-        let e = ((b >> 10) & 0x1f) as i64;
-        let f = (b & 0x3ff) as i64;
-        let normal = (e != 0) as i64;
-        let m = f | (normal << 10);
-        let s = e - normal; // e - 1 for normals, 0 for subnormals
-        let is_special = (e == 31) as i64;
-        let mag = (m << s) & (is_special - 1);
-        let neg = -((b >> 15) as i64); // 0 or -1
-        pre[i] = (mag ^ neg) - neg;
-        special |= is_special as u32;
-    }
-    let last = pre.iter().rposition(|&v| v != 0).map_or(0, |p| p + 1);
-    (special != 0, last)
 }
 
 /// `acc[n] += x * w[n]` (exact: the caller keeps every sum below 2^63).
@@ -546,6 +805,8 @@ impl MxmPlane {
             rows: Vec::new(),
             flags: Vec::new(),
             rcols: Vec::new(),
+            frows: Vec::new(),
+            fst: Vec::new(),
             row_kind: vec![RowKind::Int; acc_rows],
             scratch: Vec::new(),
             ys: Vec::new(),
@@ -557,11 +818,10 @@ impl MxmPlane {
             pend_x: Vec::new(),
             pend_rows: 0,
             pend: Vec::new(),
-            pend_y: Vec::new(),
+            yoff: Vec::new(),
             log: Vec::new(),
             xcat: Vec::new(),
-            worker: None,
-            inflight: std::collections::VecDeque::new(),
+            inflight: VecDeque::new(),
             spare_f64: Vec::new(),
         }
     }
@@ -602,67 +862,72 @@ impl MxmPlane {
     /// (an infinite or NaN activation or weight, or a bound of 2^52 or more).
     fn try_defer(&mut self, lo: &[u8], hi: &[u8], slot: u32) -> bool {
         let dim = self.dim;
-        if dim > 1024 {
-            return false;
-        }
         // Specials anywhere (also in the zero rows past `rows`, where they make NaN) go the slow way.
         if any_special(&hi[..dim]) {
             return false;
         }
         let w = &mut self.w;
         if w.raw.len() == dim * dim {
-            w.ensure_fast(dim);
+            w.ensure_fast();
             if w.fast.state != 1 {
                 return false;
             }
         }
         let rows = w.rows;
-        let mut xi = [0i64; 1024];
-        let xi = &mut xi[..rows];
-        let nz = decode_x(lo, hi, xi);
-        // The common trailing zeros of the nonzero values: a factor 2^tz taken out of every product.
-        let tz = if nz == 0 { 0 } else { nz.trailing_zeros() };
         let base = self.pend.len() * rows;
         if self.pend.is_empty() {
             self.pend_rows = rows;
         }
         debug_assert_eq!(self.pend_rows, rows);
-        self.pend_x.resize(base + rows, 0.0);
+        // `pend_x` only grows (its tail is stale, never read): no clearing per vector.
+        if self.pend_x.len() < base + rows {
+            self.pend_x.resize(base + rows, 0.0);
+        }
         let xr = &mut self.pend_x[base..base + rows];
-        let bound = scale_bound(xi, tz, &w.fast.wmax[..rows], xr);
-        if bound >= EXACT_BOUND {
-            self.pend_x.truncate(base);
+        let (nz, bound) = decode_x_bound(lo, hi, &w.fast.wmax[..rows], xr);
+        // The common trailing zeros of the nonzero activations: every product is a multiple of 2^(tz + w.tz).
+        let tz = if nz == 0 { 0 } else { nz.trailing_zeros() };
+        // Exact if the bound, in units of 2^(tz + w.tz), is below 2^52 (both powers of two: an exact scaling).
+        let limit = EXACT_BOUND * f64::from_bits(((1023 + tz + w.fast.tz) as u64) << 52);
+        if !(bound < limit) {
             return false;
         }
+        let m = &mut self.meta[slot as usize];
+        (m.fast, m.bound) = (true, bound);
         self.pend.push((slot, tz));
+        // Hand a full batch to the helpers now, so it is done by the time a read needs it.
+        if self.pend.len() >= SUBMIT_VECS {
+            self.compute_pending(true);
+        }
         true
     }
 
-    /// Start the GEMM of every pending vector with the installed weights: on the worker thread for a large one
-    /// (collected by `collect`), else now. Either way the products land in their slots before any is applied.
-    fn compute_pending(&mut self) {
+    /// Start the GEMM of every pending vector with the installed weights: handed to the helper threads if
+    /// `hand_off` and it is large enough (collected by `collect`), else now. Either way the products land in their
+    /// slots before any is applied.
+    fn compute_pending(&mut self, hand_off: bool) {
         if self.pend.is_empty() {
             return;
         }
         let nvec = self.pend.len();
-        let padded = nvec.div_ceil(GEMM_ROWS) * GEMM_ROWS;
         let rows = self.pend_rows;
-        self.pend_x.resize(padded * rows, 0.0);
         let w = &self.w;
         let ncols = if rows == 0 { 0 } else { w.ncols };
+        // Only the column panels that hold a nonzero weight.
+        let cols = ncols.div_ceil(GEMM_COLS) * GEMM_COLS;
         let (stride, wtz) = (w.fast.stride, w.fast.tz);
         for &(slot, tz) in &self.pend {
-            self.meta[slot as usize] = SlotMeta { fast: true, ncols: ncols as u32, shift: tz + wtz };
+            let m = &mut self.meta[slot as usize];
+            (m.fast, m.ncols, m.shift) = (true, ncols as u32, tz + wtz);
         }
         if ncols == 0 {
             self.pend.clear();
-            self.pend_x.clear();
             return;
         }
+        let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
         if !w.fast.sp_ptr.is_empty() {
             // Sparse weights: only the nonzero products (exact in any order, like the dense GEMM).
             let f = &w.fast;
-            let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
             for (j, &(slot, _)) in self.pend.iter().enumerate() {
                 let s = slot as usize;
                 let y = &mut self.sy[s * ystride..s * ystride + ncols];
@@ -680,57 +945,44 @@ impl MxmPlane {
                 }
             }
             self.pend.clear();
-            self.pend_x.clear();
             return;
         }
-        if padded * rows * stride >= WORKER_MIN_MACS && worker_allowed() {
-            if self.worker.is_none() {
-                self.worker = Worker::spawn();
-            }
-            if let Some(wk) = &self.worker {
+        if hand_off && nvec * rows * cols >= WORKER_MIN_MACS {
+            if let Some(pool) = Pool::get() {
                 let x = std::mem::replace(&mut self.pend_x, self.spare_f64.pop().unwrap_or_default());
                 let y = self.spare_f64.pop().unwrap_or_default();
-                let job = Job { x, rows, nvec: padded, w: w.fast.w.clone(), stride, y };
-                if let Some(tx) = &wk.tx {
-                    if tx.send(job).is_ok() {
-                        let slots = std::mem::take(&mut self.pend);
-                        self.inflight.push_back(InFlight { slots, ncols, stride });
-                        self.pend_x.clear();
-                        return;
-                    }
-                }
-                panic!("the GEMM worker thread has stopped");
+                let slots = std::mem::take(&mut self.pend);
+                let job = Job { x, rows, nvec, w: w.fast.w.clone(), stride, cols, y, slots, ncols };
+                self.inflight.push_back(pool.submit(job));
+                return;
             }
         }
-        // Inline (jobs in flight fill other slots).
-        if self.pend_y.len() < padded * stride {
-            self.pend_y.resize(padded * stride, 0.0);
-        }
-        gemm_f64(&self.pend_x, rows, padded, &self.w.fast.w, stride, rows, stride, &mut self.pend_y);
-        let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
-        for (j, &(slot, _)) in self.pend.iter().enumerate() {
-            let s = slot as usize;
-            self.sy[s * ystride..s * ystride + ncols].copy_from_slice(&self.pend_y[j * stride..j * stride + ncols]);
-        }
+        // Inline, straight into the slots (jobs in flight fill other slots).
+        let mut yoff = std::mem::take(&mut self.yoff);
+        yoff.clear();
+        yoff.extend(self.pend.iter().map(|&(slot, _)| slot as usize * ystride));
+        gemm_f64(&self.pend_x, rows, rows, &self.w.fast.w, stride, cols, &mut self.sy, &yoff);
+        self.yoff = yoff;
         self.pend.clear();
-        self.pend_x.clear();
     }
 
-    /// Wait for every GEMM in flight and copy its products into their slots.
+    /// Finish every GEMM in flight (waiting for the helpers, or running a job no helper has started) and copy its
+    /// products into their slots.
     fn collect(&mut self) {
         let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
-        while let Some(f) = self.inflight.pop_front() {
-            let wk = self.worker.as_ref().expect("a worker for jobs in flight");
-            let (x, y) = wk.rx.recv().expect("the GEMM worker thread failed");
-            for (j, &(slot, _)) in f.slots.iter().enumerate() {
+        while let Some(cell) = self.inflight.pop_front() {
+            let mut yoff = std::mem::take(&mut self.yoff);
+            let j = finish_job(&cell, &mut yoff);
+            self.yoff = yoff;
+            for (v, &(slot, _)) in j.slots.iter().enumerate() {
                 let s = slot as usize;
-                self.sy[s * ystride..s * ystride + f.ncols].copy_from_slice(&y[j * f.stride..j * f.stride + f.ncols]);
+                self.sy[s * ystride..s * ystride + j.ncols].copy_from_slice(&j.y[v * j.cols..v * j.cols + j.ncols]);
             }
-            self.spare_f64.push(x);
-            self.spare_f64.push(y);
-            let mut slots = f.slots;
-            slots.clear();
+            self.spare_f64.push(j.x);
+            self.spare_f64.push(j.y);
             if self.pend.capacity() == 0 {
+                let mut slots = j.slots;
+                slots.clear();
                 self.pend = slots;
             }
         }
@@ -741,7 +993,8 @@ impl MxmPlane {
         if self.log.is_empty() {
             return;
         }
-        self.compute_pending();
+        // Vectors still waiting are computed here while the helpers finish theirs.
+        self.compute_pending(false);
         self.collect();
         let dim = self.dim;
         let log = std::mem::take(&mut self.log);
@@ -753,7 +1006,7 @@ impl MxmPlane {
             let s = slot as usize;
             let m = self.meta[s];
             if m.fast {
-                self.apply_fast(row as usize, add, &sy[s * ystride..s * ystride + m.ncols as usize], m.shift);
+                self.apply_fast(row as usize, add, &sy[s * ystride..s * ystride + m.ncols as usize], m.shift, m.bound);
             } else {
                 self.apply_values(row as usize, add, RowKind::F16, &ys[s * dim..(s + 1) * dim], &yf[s * dim..(s + 1) * dim]);
             }
@@ -791,23 +1044,43 @@ impl MxmPlane {
         let dim = self.dim;
         let b = &mut self.buf;
         if b.raw.len() != dim * dim {
-            *b = self.spare.pop().unwrap_or_else(Weights::empty);
+            // A spare set whose image no job still reads, if there is one (else a fresh image is allocated).
+            let free = self.spare.iter().rposition(|w| std::sync::Arc::strong_count(&w.fast.w) == 1);
+            *b = free.map_or_else(Weights::empty, |i| self.spare.swap_remove(i));
             b.raw.resize(dim * dim, 0);
             b.special.resize(dim, false);
             b.ncols = 0;
-            b.fast.state = 0;
+            b.pre_rows = 0;
+            let f = &mut b.fast;
+            f.state = 0;
+            f.or = 0;
+            f.nnz = 0;
+            f.stride = dim.div_ceil(GEMM_COLS) * GEMM_COLS;
+            f.wmax.clear();
+            // Reuse the image's memory unless a GEMM job in flight still reads it. Every loaded row is written
+            // whole (padding included) and rows past `rows` are never read, so no clearing is needed.
+            if std::sync::Arc::get_mut(&mut f.w).is_none() {
+                f.w = std::sync::Arc::new(Vec::new());
+            }
         }
         b.rows = k + 1;
         let raw = &mut b.raw[k * dim..(k + 1) * dim];
         let mut last = 0usize;
         match t {
             DType::F16 => {
-                if b.pre.len() < (k + 1) * dim {
-                    b.pre.reserve_exact(dim * dim - b.pre.len());
-                    b.pre.resize((k + 1) * dim, 0);
+                let f = &mut b.fast;
+                let stride = f.stride;
+                let fw = std::sync::Arc::get_mut(&mut f.w).expect("the buffer's image is not shared");
+                if fw.len() < (k + 1) * stride {
+                    fw.reserve_exact(dim * stride - fw.len());
+                    fw.resize((k + 1) * stride, 0.0);
                 }
-                let pre = &mut b.pre[k * dim..(k + 1) * dim];
-                let (special, l) = decode_f16_row(&lo[..dim], &hi[..dim], raw, pre);
+                let row = &mut fw[k * stride..(k + 1) * stride];
+                let (special, l, or, max, nnz) = decode_f16_row(&lo[..dim], &hi[..dim], raw, &mut row[..dim]);
+                row[dim..].fill(0.0);
+                f.or |= or;
+                f.nnz += nnz;
+                f.wmax.push(max);
                 last = l;
                 b.special[k] = special;
             }
@@ -848,10 +1121,10 @@ impl MxmPlane {
         if self.timing_only {
             return;
         }
-        // Vectors issued before this install meet the old weights.
-        self.compute_pending();
+        // Vectors issued before this install meet the old weights (a job keeps them alive).
+        self.compute_pending(true);
         let old = std::mem::replace(&mut self.w, ws);
-        if old.raw.len() == self.dim * self.dim {
+        if old.raw.len() == self.dim * self.dim && self.spare.len() < 4 {
             self.spare.push(old);
         }
     }
@@ -887,6 +1160,7 @@ impl MxmPlane {
                 self.scratch = acc;
             }
             _ => {
+                self.w.ensure_pre(dim);
                 // Fast path: group products by the activation's shift sx, sum `mx * (wm << ws)` exactly in i64,
                 // then add each group into the i128 counts shifted by sx. Rows with specials go one by one.
                 let mut buckets = std::mem::take(&mut self.buckets);
@@ -968,33 +1242,74 @@ impl MxmPlane {
             self.rows.resize(self.rows.len() + self.dim, 0);
             self.flags.resize(self.flags.len() + self.dim, 0);
             self.rcols.push(0);
+            self.frows.resize(self.frows.len() + self.dim.div_ceil(GEMM_COLS) * GEMM_COLS, 0.0);
+            self.fst.push(FRow::default());
         }
         self.row_slot[row] as usize
     }
 
-    /// row := y or row += y for a GEMM product: `v` (exact integers) shifted left by `shift`, zero past `v.len()`,
-    /// no flags.
-    fn apply_fast(&mut self, row: usize, add: bool, v: &[f64], shift: u32) {
+    /// Move storage slot `s` from f64 to i128 counts (exact: see `FRow`); columns past `rcols` are zero.
+    fn to_i128(&mut self, s: usize) {
+        let f = self.fst[s];
+        if !f.on {
+            return;
+        }
+        let (dim, ystride) = (self.dim, self.dim.div_ceil(GEMM_COLS) * GEMM_COLS);
+        let rc = self.rcols[s] as usize;
+        let scale = pow2(-(f.unit as i32));
+        let r = &mut self.rows[s * dim..(s + 1) * dim];
+        for (d, &x) in r[..rc].iter_mut().zip(&self.frows[s * ystride..s * ystride + rc]) {
+            *d = ((x * scale) as i64 as i128) << f.unit;
+        }
+        r[rc..].fill(0);
+        self.fst[s].on = false;
+    }
+
+    /// row := y or row += y for a GEMM product: `v` (exact integers, multiples of 2^shift, at most `bound` in
+    /// magnitude; see `SlotMeta`), zero past `v.len()`, no flags.
+    fn apply_fast(&mut self, row: usize, add: bool, v: &[f64], shift: u32, bound: f64) {
         let s = self.slot(row);
-        let dim = self.dim;
+        let (dim, ystride) = (self.dim, self.dim.div_ceil(GEMM_COLS) * GEMM_COLS);
         let c = v.len();
         let rc = self.rcols[s] as usize;
-        let r = &mut self.rows[s * dim..(s + 1) * dim];
+        let f = self.fst[s];
+        let fr = &mut self.frows[s * ystride..(s + 1) * ystride];
         if !add {
-            for (d, &x) in r[..c].iter_mut().zip(v) {
-                *d = ((x as i64) as i128) << shift;
-            }
+            fr[..c].copy_from_slice(v);
             if rc > c {
-                r[c..rc].fill(0);
+                fr[c..rc].fill(0.0);
             }
-            self.flags[s * dim..s * dim + rc.max(c)].fill(0);
+            if !f.on {
+                // The f64 row has no flags: clear the i128 row's (they would come back on a later `to_i128`).
+                self.flags[s * dim..s * dim + rc.max(c)].fill(0);
+            }
+            self.fst[s] = FRow { on: true, unit: shift, max: bound };
             self.rcols[s] = c as u32;
-        } else {
-            for (d, &x) in r[..c].iter_mut().zip(v) {
-                *d = d.wrapping_add(((x as i64) as i128) << shift);
-            }
-            self.rcols[s] = rc.max(c) as u32;
+            return;
         }
+        if f.on {
+            let unit = f.unit.min(shift);
+            let max = f.max + bound;
+            if max < EXACT_BOUND * pow2(unit as i32) {
+                if c > rc {
+                    fr[rc..c].fill(0.0);
+                }
+                for (d, &x) in fr[..c].iter_mut().zip(v) {
+                    *d += x; // exact: both are multiples of 2^unit and every sum is below 2^53 units
+                }
+                self.fst[s] = FRow { on: true, unit, max };
+                self.rcols[s] = rc.max(c) as u32;
+                return;
+            }
+            self.to_i128(s);
+        }
+        // v / 2^shift is an exact integer below 2^53: exact in i64, then shifted back in i128.
+        let scale = pow2(-(shift as i32));
+        let r = &mut self.rows[s * dim..(s + 1) * dim];
+        for (d, &x) in r[..c].iter_mut().zip(v) {
+            *d = d.wrapping_add(((x * scale) as i64 as i128) << shift);
+        }
+        self.rcols[s] = rc.max(c) as u32;
     }
 
     /// The ABC effect: row := y or row += y. Returns false on a kind mismatch for `+` (TypeMismatch).
@@ -1014,6 +1329,10 @@ impl MxmPlane {
 
     fn apply_values(&mut self, row: usize, add: bool, kind: RowKind, y: &[i128], yflags: &[u8]) {
         let s = self.slot(row);
+        if add {
+            self.to_i128(s);
+        }
+        self.fst[s].on = false;
         self.rcols[s] = self.dim as u32;
         let dim = self.dim;
         let r = &mut self.rows[s * dim..(s + 1) * dim];
@@ -1044,10 +1363,25 @@ impl MxmPlane {
             return;
         }
         let s = s as usize;
+        let rc = self.rcols[s] as usize;
+        if self.fst[s].on {
+            if t == DType::I32 {
+                self.to_i128(s);
+            } else {
+                // Exact f64 counts, no flags: one rounding to f32 (to nearest even), then an exact scaling (the
+                // result is never subnormal: a nonzero count is at least 1). `+ 0.0` makes a zero +0.
+                let ystride = dim.div_ceil(GEMM_COLS) * GEMM_COLS;
+                let fr = &self.frows[s * ystride..s * ystride + rc];
+                for (o, &x) in out[..rc].iter_mut().zip(fr) {
+                    *o = (((x + 0.0) as f32) * TWO_POW_M48).to_bits();
+                }
+                out[rc..dim].fill(0);
+                return;
+            }
+        }
         let r = &self.rows[s * dim..(s + 1) * dim];
         let f = &self.flags[s * dim..(s + 1) * dim];
         let f16 = self.row_kind[row] == RowKind::F16;
-        let rc = self.rcols[s] as usize;
         out[rc..dim].fill(0); // zero counts, no flags: +0 (f32) or 0 (i32)
         for n in 0..rc {
             out[n] = if t == DType::I32 {
@@ -1078,6 +1412,17 @@ impl MxmPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl MxmPlane {
+        /// Row `row` as exact i128 counts and flags (moved out of f64 if it is there), for comparisons.
+        fn row_counts(&mut self, row: usize) -> Option<(Vec<i128>, Vec<u8>)> {
+            self.flush();
+            let s = *self.row_slot.get(row).filter(|&&s| s != NO_SLOT)? as usize;
+            self.to_i128(s);
+            let dim = self.dim;
+            Some((self.rows[s * dim..(s + 1) * dim].to_vec(), self.flags[s * dim..(s + 1) * dim].to_vec()))
+        }
+    }
 
     fn rng(seed: &mut u64) -> u64 {
         *seed ^= *seed << 13;
@@ -1225,31 +1570,128 @@ mod tests {
                     }
                     let row = (rng(&mut seed) % 8) as usize;
                     let add = rng(&mut seed) % 3 != 0;
-                    let before = fast.pend.len();
                     let slot = fast.abc_f16(&xg[..dim], &xg[dim..]);
-                    used_fast += (fast.pend.len() > before) as usize;
+                    used_fast += fast.meta[slot as usize].fast as usize;
                     let mut y = vec![0i128; dim];
                     let mut f = vec![0u8; dim];
                     slow.multiply(DType::F16, &xg, &mut y, &mut f);
                     let ok_fast = fast.update_slot(row, add, slot);
                     let ok_slow = slow.update(row, add, RowKind::F16, &y, &f);
                     assert_eq!(ok_fast, ok_slow);
+                    // Now and then: a read mid-stream (a flush with a partial batch and jobs in flight), or an
+                    // integer update (a row leaves f64 storage).
+                    match rng(&mut seed) % 16 {
+                        0 | 1 => {
+                            let r = (rng(&mut seed) % 8) as usize;
+                            compare_rows(&mut fast, &mut slow, r, case);
+                        }
+                        2 => {
+                            let r = (rng(&mut seed) % 8) as usize;
+                            let yi: Vec<i128> = (0..dim).map(|_| rng(&mut seed) as i32 as i128).collect();
+                            let add = rng(&mut seed) % 2 == 0;
+                            let f0 = vec![0u8; dim];
+                            assert_eq!(fast.update(r, add, RowKind::Int, &yi, &f0), slow.update(r, add, RowKind::Int, &yi, &f0));
+                        }
+                        _ => {}
+                    }
                 }
             }
             for row in 0..8 {
-                let (mut a, mut b) = (vec![0u32; dim], vec![0u32; dim]);
-                fast.read_row(row, DType::F32, &mut a);
-                slow.read_row(row, DType::F32, &mut b);
-                assert_eq!(a, b, "case {case} row {row}");
-                let (sa, sb) = (fast.row_slot[row], slow.row_slot[row]);
-                if sa != NO_SLOT {
-                    let (sa, sb) = (sa as usize, sb as usize);
-                    assert_eq!(fast.rows[sa * dim..(sa + 1) * dim], slow.rows[sb * dim..(sb + 1) * dim], "case {case} row {row}");
-                    assert_eq!(fast.flags[sa * dim..(sa + 1) * dim], slow.flags[sb * dim..(sb + 1) * dim], "case {case} row {row}");
-                }
+                compare_rows(&mut fast, &mut slow, row, case);
             }
         }
         assert!(used_fast > 200, "the fast path took only {used_fast} vectors");
+    }
+
+    /// Row `row` of both planes: equal as read by ACC (in the row's kind) and as exact counts.
+    fn compare_rows(fast: &mut MxmPlane, slow: &mut MxmPlane, row: usize, case: usize) {
+        let dim = fast.dim;
+        let t = if slow.row_kind[row] == RowKind::Int { DType::I32 } else { DType::F32 };
+        let (mut a, mut b) = (vec![0u32; dim], vec![0u32; dim]);
+        fast.read_row(row, t, &mut a);
+        slow.read_row(row, t, &mut b);
+        assert_eq!(a, b, "case {case} row {row}");
+        assert_eq!(fast.row_counts(row), slow.row_counts(row), "case {case} row {row}");
+    }
+
+    /// `+` onto an f64 row until the sum of bounds passes 2^52 units: the row moves to i128 and stays exact.
+    #[test]
+    fn f64_rows_fall_back_to_i128() {
+        let dim = 320;
+        let mut fast = MxmPlane::new(dim, 4, false);
+        let mut slow = MxmPlane::new(dim, 4, false);
+        // All weights 1.0 (dense): 2^24 counts.
+        let one = [0x00u8; 320].iter().chain([0x3cu8; 320].iter()).copied().collect::<Vec<u8>>();
+        for p in [&mut fast, &mut slow] {
+            for _ in 0..dim {
+                p.load_row(DType::F16, &one[..dim], &one[dim..]);
+            }
+            p.start_install();
+            p.finish_install();
+        }
+        // 319 x 65504 (2047 << 29 counts) and one 2^-24 (1 count): a bound of about 2^48.3 units of 2^24 each,
+        // so one vector is exact in f64 but 16 summed in a row are not (by the bound).
+        let mut x = vec![0u8; 2 * dim];
+        for k in 0..dim {
+            let b: u16 = if k == 0 { 0x0001 } else if k % 2 == 0 { 0x7bff } else { 0xfbff };
+            x[k] = b as u8;
+            x[dim + k] = (b >> 8) as u8;
+        }
+        for i in 0..24 {
+            let slot = fast.abc_f16(&x[..dim], &x[dim..]);
+            assert!(fast.meta[slot as usize].fast, "vector {i} takes the GEMM");
+            let mut y = vec![0i128; dim];
+            let mut f = vec![0u8; dim];
+            slow.multiply(DType::F16, &x, &mut y, &mut f);
+            assert!(fast.update_slot(0, i > 0, slot));
+            assert!(slow.update(0, i > 0, RowKind::F16, &y, &f));
+            if i == 3 {
+                fast.flush();
+                assert!(fast.fst[fast.row_slot[0] as usize].on, "a few vectors stay in f64");
+            }
+        }
+        fast.flush();
+        assert!(!fast.fst[fast.row_slot[0] as usize].on, "24 vectors went to i128");
+        compare_rows(&mut fast, &mut slow, 0, 0);
+    }
+
+    /// Every micro-kernel this CPU has against a plain triple loop, on exact integer data: batch sizes that leave
+    /// each possible tail block, row counts from 0, scattered outputs.
+    #[test]
+    fn gemm_kernels_match_reference() {
+        let mut seed = 99u64;
+        let kernels = [gemm_kernel(), GemmKernel::Generic];
+        #[cfg(target_arch = "x86_64")]
+        let kernels: Vec<GemmKernel> = if gemm_kernel() == GemmKernel::Avx512 && std::is_x86_feature_detected!("avx2") {
+            vec![GemmKernel::Avx512, GemmKernel::Avx2, GemmKernel::Generic]
+        } else {
+            kernels.to_vec()
+        };
+        for &rows in &[0usize, 1, 7, 207, 320] {
+            for &cols in &[32usize, 96, 320] {
+                let ws = 320;
+                let xs = rows + 3;
+                let w: Vec<f64> = (0..rows * ws).map(|_| (rng(&mut seed) % 2001) as f64 - 1000.0).collect();
+                for nvec in 0..10usize {
+                    let x: Vec<f64> = (0..nvec * xs).map(|_| (rng(&mut seed) % 2001) as f64 - 1000.0).collect();
+                    let ys = 352;
+                    let yoff: Vec<usize> = (0..nvec).map(|j| (nvec - 1 - j) * ys).collect(); // reversed
+                    let mut want = vec![f64::NAN; nvec.max(1) * ys];
+                    for j in 0..nvec {
+                        for n in 0..cols {
+                            want[yoff[j] + n] = (0..rows).map(|k| x[j * xs + k] * w[k * ws + n]).sum();
+                        }
+                    }
+                    for &kern in &kernels {
+                        let mut y = vec![f64::NAN; nvec.max(1) * ys];
+                        gemm_f64_with(kern, &x, xs, rows, &w, ws, cols, &mut y, &yoff);
+                        for j in 0..nvec {
+                            assert_eq!(y[yoff[j]..yoff[j] + cols], want[yoff[j]..yoff[j] + cols], "{kern:?} rows {rows} cols {cols} nvec {nvec}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
