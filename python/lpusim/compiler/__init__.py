@@ -5,6 +5,7 @@ after each one.
 """
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -103,6 +104,8 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
         raise CompileError(f"the model needs {need:,} bytes of SRAM and one {chip.name} chip has "
                            f"{chip.sram_bytes:,}: it would take {math.ceil(need / chip.sram_bytes)} chips "
                            f"(chips='auto' or --chips auto splits a model into a pipeline)")
+    collecting = gc.isenabled()
+    gc.disable()  # the scheduler builds many long-lived objects and no garbage cycles to speak of: skip the scans
     try:
         sched = schedule.Scheduler(chip, graph, progress).run()
     except CompileError as e:
@@ -112,6 +115,9 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
         raise CompileError(f"the model does not fit one {chip.name} chip: estimated {need:,} bytes of "
                            f"{chip.sram_bytes:,}, but placement ran {e}; it would take at least "
                            f"{max(2, math.ceil(need / chip.sram_bytes))} chips") from None
+    finally:
+        if collecting:
+            gc.enable()
     text = emit.emit_assembly(sched.issues, header=f"lpusim program for {chip.name}; predicted cycles "
                               f"{sched.predicted_cycles}")
     if dump:

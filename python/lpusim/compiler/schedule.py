@@ -119,6 +119,7 @@ class Scheduler(SxmJobs):
         # per MEM slice: stream position and queue name (looked up for every run of every try)
         self.mem_pos = [chip.mem_position(s) for s in range(chip.mem_slices)]
         self.mem_queue = [chip.mem_name(s) for s in range(chip.mem_slices)]
+        self.alu_queues = [f"VXM.{a}" for a in range(chip.vxm_alus)]
 
     # ----- helpers --------------------------------------------------------------------------------------
     def ntiles(self, cols: int) -> int:
@@ -362,10 +363,11 @@ class Scheduler(SxmJobs):
             wtype = "i8" if self.graph.tensors[wname].dtype == "i8" else "f16"
             nslots, width = weight_slots(wtype)
             block = w[kt * self.lanes:(kt + 1) * self.lanes, nt * self.lanes:(nt + 1) * self.lanes]
-            if not block.any():
+            nonzero_rows = block.any(axis=1)
+            if not nonzero_rows.any():
                 self.weight_tiles[key] = None
                 return None
-            k_valid = int(np.max(np.nonzero(block.any(axis=1))[0])) + 1  # trailing zero rows need no load
+            k_valid = int(np.max(np.nonzero(nonzero_rows)[0])) + 1  # trailing zero rows need no load
             issues = math.ceil(k_valid / nslots)
             padded = np.zeros((issues * nslots, block.shape[1]), dtype=np.float32)
             padded[:k_valid] = block[:k_valid]
@@ -579,7 +581,7 @@ class Scheduler(SxmJobs):
             for j, s in enumerate(steps):
                 t = base + times[j]
                 span = (t, t + rows - 1 + lat(s.op))  # the register must hold each row until its reader took it
-                alu = next((a for a in range(self.chip.vxm_alus) if self.res.queue_free_from(f"VXM.{a}", *span)),
+                alu = next((a for a, q in enumerate(self.alu_queues) if self.res.queue_free_from(q, *span)),
                            None)
                 if alu is None:
                     raise Clash(None)
@@ -733,7 +735,8 @@ class Scheduler(SxmJobs):
                 st = self.planes[plane]
                 if st.acc_free is None:
                     st.acc_free = np.zeros(acc_rows, dtype=np.int64)
-                acc_base = min(range(0, blocks * chunk, chunk), key=lambda b: st.acc_free[b:b + chunk].max())
+                # the block free soonest (the first of equals): argmin of the block maxima
+                acc_base = chunk * int(np.argmin(st.acc_free[:blocks * chunk].reshape(blocks, chunk).max(axis=1)))
                 acc_free = int(st.acc_free[acc_base:acc_base + chunk].max())
                 first, t_abc = True, None
                 for view, wname in node.terms:
