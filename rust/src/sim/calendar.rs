@@ -72,12 +72,46 @@ impl Ord for Event {
 
 /// Cycles covered by the wheel; later effects wait in a heap.
 const WHEEL: usize = 256;
+const WORDS: usize = WHEEL / 64;
+
+/// Which wheel slots are non-empty, one bit each, so finding the next busy cycle costs a few word scans, not one
+/// probe per idle cycle (queues taken ahead by the fast form leave the wheels sparse).
+#[derive(Default, Clone, Copy)]
+struct Occupied([u64; WORDS]);
+
+impl Occupied {
+    fn set(&mut self, slot: usize) {
+        self.0[slot / 64] |= 1 << (slot % 64);
+    }
+    fn clear(&mut self, slot: usize) {
+        self.0[slot / 64] &= !(1 << (slot % 64));
+    }
+    /// The smallest `d < WHEEL` with slot `(start + d) % WHEEL` set.
+    fn next(&self, start: usize) -> Option<usize> {
+        let (w0, b0) = (start / 64, start % 64);
+        for i in 0..=WORDS {
+            let w = (w0 + i) % WORDS;
+            let mut bits = self.0[w];
+            if i == 0 {
+                bits &= !0u64 << b0;
+            } else if i == WORDS {
+                bits &= !(!0u64 << b0);
+            }
+            if bits != 0 {
+                let slot = w * 64 + bits.trailing_zeros() as usize;
+                return Some((slot + WHEEL - start) % WHEEL);
+            }
+        }
+        None
+    }
+}
 
 /// A timing wheel of effects: one bucket per cycle for the next `WHEEL` cycles, a heap beyond. The effects due
 /// at the current cycle are sorted by key when first needed (and again if more arrive for that cycle), so they
 /// come out in exactly the heap's order.
 pub struct Calendar {
     slots: Vec<Vec<Event>>,
+    occupied: Occupied,
     in_wheel: usize,
     far: BinaryHeap<Event>,
     /// The cycle `cur` belongs to; `cur[head..]` are its events not yet popped, earliest key first.
@@ -93,6 +127,7 @@ impl Default for Calendar {
     fn default() -> Self {
         Calendar {
             slots: (0..WHEEL).map(|_| Vec::new()).collect(),
+            occupied: Occupied::default(),
             in_wheel: 0,
             far: BinaryHeap::new(),
             cur_t: 0,
@@ -110,6 +145,7 @@ impl Calendar {
         let e = Event { cycle, kind, queue: queue as u32, seq: self.seq, instr: instr as u32, payload };
         if cycle >= self.cur_t && cycle - self.cur_t < WHEEL as u64 {
             self.slots[cycle as usize % WHEEL].push(e);
+            self.occupied.set(cycle as usize % WHEEL);
             self.in_wheel += 1;
             if cycle == self.cur_t {
                 self.dirty = true;
@@ -124,16 +160,10 @@ impl Calendar {
         if self.head < self.cur.len() {
             return Some(self.cur_t);
         }
-        if self.in_wheel > 0 {
-            for d in 0..WHEEL as u64 {
-                let c = self.cur_t + d;
-                if best.is_some_and(|b| b <= c) {
-                    break;
-                }
-                if !self.slots[c as usize % WHEEL].is_empty() {
-                    best = Some(c);
-                    break;
-                }
+        if let Some(d) = self.occupied.next(self.cur_t as usize % WHEEL) {
+            let c = self.cur_t + d as u64;
+            if best.is_none_or(|b| c < b) {
+                best = Some(c);
             }
         }
         best
@@ -160,6 +190,7 @@ impl Calendar {
         let slot = &mut self.slots[t as usize % WHEEL];
         self.in_wheel -= slot.len();
         self.cur.append(slot);
+        self.occupied.clear(t as usize % WHEEL);
         while self.far.peek().is_some_and(|e| e.cycle == t) {
             self.cur.push(self.far.pop().unwrap());
         }
@@ -226,6 +257,7 @@ impl<T: Copy + Default> Pool<T> {
 /// here at most once (its next issue cycle; it is put back after it issues).
 pub struct ReadyWheel {
     slots: Vec<Vec<u16>>,
+    occupied: Occupied,
     in_wheel: usize,
     far: BinaryHeap<std::cmp::Reverse<(u64, u16)>>,
     /// No entry is earlier than `cur` (the cycle being run or the last one run).
@@ -234,7 +266,13 @@ pub struct ReadyWheel {
 
 impl Default for ReadyWheel {
     fn default() -> Self {
-        ReadyWheel { slots: (0..WHEEL).map(|_| Vec::new()).collect(), in_wheel: 0, far: BinaryHeap::new(), cur: 0 }
+        ReadyWheel {
+            slots: (0..WHEEL).map(|_| Vec::new()).collect(),
+            occupied: Occupied::default(),
+            in_wheel: 0,
+            far: BinaryHeap::new(),
+            cur: 0,
+        }
     }
 }
 
@@ -244,6 +282,7 @@ impl ReadyWheel {
         debug_assert!(cycle >= self.cur);
         if cycle - self.cur < WHEEL as u64 {
             self.slots[cycle as usize % WHEEL].push(q as u16);
+            self.occupied.set(cycle as usize % WHEEL);
             self.in_wheel += 1;
         } else {
             self.far.push(std::cmp::Reverse((cycle, q as u16)));
@@ -253,18 +292,10 @@ impl ReadyWheel {
     /// The earliest cycle a queue issues at.
     pub fn next_cycle(&self) -> Option<u64> {
         let far = self.far.peek().map(|r| r.0 .0);
-        if self.in_wheel > 0 {
-            for d in 0..WHEEL as u64 {
-                let c = self.cur + d;
-                if far.is_some_and(|f| f <= c) {
-                    return far;
-                }
-                if !self.slots[c as usize % WHEEL].is_empty() {
-                    return Some(c);
-                }
-            }
+        match self.occupied.next(self.cur as usize % WHEEL) {
+            Some(d) if far.is_none_or(|f| self.cur + (d as u64) < f) => Some(self.cur + d as u64),
+            _ => far,
         }
-        far
     }
 
     /// Move to cycle `t` (no entry is earlier) and put the queues issuing at `t` into `out`, in queue order.
@@ -275,9 +306,30 @@ impl ReadyWheel {
         let slot = &mut self.slots[t as usize % WHEEL];
         self.in_wheel -= slot.len();
         out.append(slot);
+        self.occupied.clear(t as usize % WHEEL);
         while self.far.peek().is_some_and(|r| r.0 .0 == t) {
             out.push(self.far.pop().unwrap().0 .1);
         }
         out.sort_unstable();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occupied_finds_the_next_slot_cyclically() {
+        let mut o = Occupied::default();
+        assert_eq!(o.next(5), None);
+        o.set(3);
+        o.set(130);
+        assert_eq!(o.next(0), Some(3));
+        assert_eq!(o.next(3), Some(0));
+        assert_eq!(o.next(4), Some(126));
+        assert_eq!(o.next(131), Some(WHEEL - 131 + 3));
+        o.clear(3);
+        assert_eq!(o.next(131), Some(WHEEL - 1));
+        assert_eq!(o.next(64), Some(66));
     }
 }

@@ -223,7 +223,7 @@ impl Chip {
         Ok(a as usize)
     }
 
-    fn check_row(&self, a: i64, q: usize, idx: usize, t: u64) -> Result<usize, SimError> {
+    pub(super) fn check_row(&self, a: i64, q: usize, idx: usize, t: u64) -> Result<usize, SimError> {
         let rows = self.cfg.mxm_acc_rows as i64;
         if a < 0 || a >= rows {
             return Err(self.err(ErrorKind::AddressOutOfRange, t, q, idx, format!("accumulator row {a} is outside 0..{}", rows - 1)));
@@ -620,7 +620,12 @@ impl Chip {
                     return Err(self.err(ErrorKind::TypeMismatch, t, q, idx, format!("ABC + onto row {row}, which holds {other} sums")));
                 }
             }
-            Payload::Install { plane } => self.planes[plane as usize].finish_install(),
+            Payload::Install { plane } => {
+                self.planes[plane as usize].finish_install();
+                if self.fast {
+                    self.check_install(plane as usize, t)?;
+                }
+            }
             Payload::Reg { alu, f32_tag, buf } => {
                 let a = alu as usize;
                 self.reg_tag[a] = Some(if f32_tag { DType::F32 } else { DType::I32 });

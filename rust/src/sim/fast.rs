@@ -11,6 +11,12 @@
 //!   now for the commits landing before the queue's next issue: nothing else uses the slice's ports until then, and
 //!   every later use is at a later cycle, so only the order-insensitive "same cycle twice" matters. Later commits
 //!   stay events.
+//! - ABC: its plane's busy time belongs to its queue and is checked now; its stream operand is checked later; its
+//!   accumulator updates stay events (their order against ACC issues and other updates matters). The installed
+//!   weights' type must match now, and every install landing within the chunk is checked against it when it lands
+//!   (`abc_window`).
+//! - ACC other than ACC.i32 (which checks the row's sums, changed by updates meanwhile): rows checked, emits
+//!   recorded now.
 //! - ALU: a register operand must already hold a value (registers never become empty again); its stream operands
 //!   are checked once the main loop is past the chunk (`PendingRead`); the result emits are recorded now. Its
 //!   register update is the same as the issue's own, which lands first, so the repetitions' updates change nothing.
@@ -23,7 +29,7 @@ use super::exec::stream_name;
 use super::{vxm, Chip};
 use crate::config::ChipConfig;
 use crate::error::{ErrorKind, SimError};
-use crate::isa::{AluOp, Instr, Operand, Stream};
+use crate::isa::{AluOp, DType, Instr, MxmQueue, Operand, QueueName, Stream};
 
 /// Cycles of repetitions taken at once: bounds how far ahead emits are recorded and how late reads are checked.
 pub const CHUNK: u64 = 256;
@@ -112,6 +118,36 @@ impl Chip {
                 self.mem_commit_at[unit] = self.mem_commit_at[unit].max(time(k) + wl);
                 self.stats.busy.mem += k as u64;
             }
+            Instr::Abc { t: ty, s, row, add } => {
+                if self.planes[unit].installed_type.is_some_and(|it| it != ty) {
+                    return Ok(t);
+                }
+                let busy = if ty == DType::F16 { self.cfg.mxm_fp16_cycles_per_vector } else { 1 };
+                let lat = self.cfg.mxm_latency();
+                self.defer_reads(PendingRead { q: q as u32, idx: idx as u32, s, width: ty.width() as u8, pos: pos as u32, t0: time(1), d, k });
+                let mut until = self.planes[unit].busy_until;
+                for j in 1..=k {
+                    let tj = time(j);
+                    let r = self.check_row(row as i64 + (i0 + j) as i64 * stride, q, idx, tj)?;
+                    if tj < until {
+                        return Err(self.err(ErrorKind::UnitBusy, tj, q, idx, format!("the plane is busy until cycle {until}")));
+                    }
+                    until = tj + busy;
+                    let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y: NONE, flags: NONE };
+                    self.schedule(tj + lat, calendar::ACC_UPDATE, q, idx, payload);
+                }
+                self.planes[unit].busy_until = until;
+                self.stats.busy.mxm += busy * k as u64;
+                self.abc_window[unit] = Some((time(k), ty));
+            }
+            Instr::Acc { t: ty, row, s } if ty != DType::I32 => {
+                let lat = self.cfg.mxm_acc_latency;
+                for j in 1..=k {
+                    let tj = time(j);
+                    self.check_row(row as i64 + (i0 + j) as i64 * stride, q, idx, tj)?;
+                    self.emit_at(tj + lat, q, idx, s, 4, NONE)?;
+                }
+            }
             Instr::Alu { op, t: ty, out, dst, a, b } => {
                 let operands = [Some(a), b];
                 let empty_reg = operands.iter().flatten().any(|o| matches!(o, Operand::Reg(r) if self.reg_tag[*r as usize].is_none()));
@@ -142,6 +178,19 @@ impl Chip {
             r.i += k;
         }
         Ok(last)
+    }
+
+    /// An install landing on `plane` at `t` (fast form): the ABCs taken ahead up to `abc_window` must accept its type.
+    pub(super) fn check_install(&self, plane: usize, t: u64) -> Result<(), SimError> {
+        let Some((end, ty)) = self.abc_window[plane] else { return Ok(()) };
+        match self.planes[plane].installed_type {
+            Some(it) if t <= end && it != ty => {
+                let q = self.qinfo.iter().position(|i| i.unit_index == plane && matches!(i.name, QueueName::Mxm { kind: MxmQueue::Abc, .. }));
+                let m = format!("the installed weights are {}", it.name());
+                Err(self.err(ErrorKind::TypeMismatch, t, q.unwrap_or(0), 0, m))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn defer_reads(&mut self, p: PendingRead) {
@@ -219,6 +268,31 @@ mod tests {
  NOP 19
  WRITE 0, W7
  REPEAT 150, 1, 1
+.queue MEM.W11
+ READ 0, W2
+ REPEAT 60, 1, 1
+.queue MEM.W12
+ NOP 1
+ READ 0, W3
+ REPEAT 60, 1, 1
+.queue MXM.W0.LW
+ NOP 35
+ LW.i8 W2, 1
+ NOP 20
+ LW.f16 W2, 1
+.queue MXM.W0.IW
+ NOP 36
+ IW
+ NOP 100
+ IW
+.queue MXM.W0.ABC
+ NOP 37
+ ABC.i8 W2, 3
+ REPEAT 50, 1, 1
+.queue MXM.W0.ACC
+ NOP 80
+ ACC.f32 3, E0
+ REPEAT 40, 1, 1
 ";
 
     fn rng(seed: &mut u64) -> u64 {
@@ -233,11 +307,11 @@ mod tests {
         let mut slow_mem = ChipConfig::tsp_v1();
         (slow_mem.mem_read_latency, slow_mem.mem_write_latency) = (2, 3);
         let lines: Vec<&str> = SEED_PROGRAM.lines().collect();
-        let ints = ["0", "1", "2", "3", "7", "17", "100", "300", "1023", "4096", "8191"];
-        let streams = ["E2", "E3", "E4", "W6", "W8", "W7", "R0", "R1", "#2", "-"];
+        let ints = ["0", "1", "2", "3", "7", "17", "37", "100", "300", "1023", "4096", "8191"];
+        let streams = ["E0", "E2", "E3", "E4", "W2", "W3", "W6", "W7", "R0", "R1", "#2", "-"];
         let (mut ok, mut failed) = (0, 0);
         let mut seed = 77u64;
-        for round in 0..2000 {
+        for round in 0..3000 {
             let mut ls: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
             for _ in 0..(round > 0) as u64 * (1 + rng(&mut seed) % 3) {
                 let i = (rng(&mut seed) % ls.len() as u64) as usize;
@@ -270,5 +344,11 @@ mod tests {
             }
         }
         assert!(ok > 50 && failed > 50, "{ok} mutants ran, {failed} failed");
+        // An install of f16 weights landing among the i8 ABCs taken ahead: the fast form must fail too.
+        let p = text::parse(&SEED_PROGRAM.replace(" NOP 100\n IW", " NOP 30\n IW")).unwrap();
+        let loaded = load_program(&ChipConfig::tsp_v1(), &p).unwrap();
+        let e = loaded.chip(true, false).run(None).unwrap_err();
+        assert_eq!((e.kind, e.cycle), (crate::ErrorKind::TypeMismatch, 68));
+        assert!(loaded.chip(true, true).run(None).is_err());
     }
 }

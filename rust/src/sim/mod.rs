@@ -137,6 +137,9 @@ pub struct Chip {
     pending: Vec<fast::PendingRead>,
     /// The earliest cycle a pending read becomes checkable (`u64::MAX`: none).
     pending_due: u64,
+    /// Per MXM plane: the last cycle of ABCs taken ahead and their type (fast form; installs landing by then are
+    /// checked against it).
+    abc_window: Vec<Option<(u64, DType)>>,
     /// Oscillator and hardware-aligned counter: HAC = clock.hac(cycle) mod hac_period (on a lone chip
     /// `cycle + hac_offset`, offset 0 unless set).
     pub clock: clock::Clock,
@@ -232,6 +235,7 @@ impl Chip {
             fast,
             pending: Vec::new(),
             pending_due: u64::MAX,
+            abc_window: vec![None; cfg.mxm_planes],
             clock: clock::Clock::default(),
             sac: std::collections::BTreeMap::new(),
             resume_at: 0,

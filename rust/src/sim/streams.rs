@@ -164,15 +164,20 @@ impl OrderFree {
         let s = self.slot(spd, dir, index, diag);
         let slot = &mut self.slots[s..s + self.stride];
         let p = pos as i64;
+        let (w, b) = (2 + pos / 64, 1u64 << (pos % 64));
         if slot[0] != Self::tag(diag) {
-            // The slot's old diagonal is off the chip and checked (the ring exceeds the horizon): reuse it.
-            slot.fill(0);
+            // The slot's old diagonal is off the chip and checked (the ring exceeds the horizon): reuse it. (Stores
+            // only: the usual case, the first emit on a diagonal, reads nothing back.)
             slot[0] = Self::tag(diag);
             slot[1] = p as u64;
-        } else if (dir == Dir::East) == (p < slot[1] as i64) {
+            for (i, x) in slot[2..].iter_mut().enumerate() {
+                *x = if i + 2 == w { b } else { 0 };
+            }
+            return true;
+        }
+        if (dir == Dir::East) == (p < slot[1] as i64) {
             slot[1] = p as u64;
         }
-        let (w, b) = (2 + pos / 64, 1u64 << (pos % 64));
         if slot[w] & b != 0 {
             return false;
         }
