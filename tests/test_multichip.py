@@ -297,3 +297,22 @@ def test_placement_limit_shortens_stages(demo):
     assert part.split(2, [1, 1, 1]) == [(0, 1), (1, 3)]
     part.limit(1, 2)
     assert part.fewest_chips() == 3 and part.split(2, [1, 1, 1]) == []
+
+
+def test_token_id_inputs_on_two_chips():
+    # An int64 ids input (embedding Gather, then a MatMul): the two-chip program draws ids below the table's
+    # length like one chip does, and both give the same bits.
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(5)
+    table = numpy_helper.from_array(rng.standard_normal((40, 32)).astype(np.float32), "t")
+    w = numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["t", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])], "ids",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 16])], [table, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    single = lpusim.compile(model)
+    program = lpusim.compile(model, chips=2, parallel="pipeline")
+    inputs = program.random_inputs(0)
+    assert inputs["ids"].dtype == np.int64 and 0 <= inputs["ids"].min() and inputs["ids"].max() < 40
+    _check(program, single.run(inputs))

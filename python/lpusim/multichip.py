@@ -172,7 +172,11 @@ class MultiProgram:
         return self.chip.seconds(self.predicted_cycles) * 1e6
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        return random_inputs(self.input_shapes, seed)
+        # bool/integer inputs (token ids, masks) are drawn in their range, as on one chip (Program.random_inputs)
+        kinds = {}
+        for p in self.stages:
+            kinds.update(getattr(p._graph, "input_kinds", {}) or {})
+        return random_inputs(self.input_shapes, seed, kinds)
 
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0, timing_only: bool = False,
             system: System | dict | None = None, threads: int = 0) -> MultiRunResult:
@@ -460,6 +464,7 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
                        {n: s for n, s in graph.onnx_inputs.items()
                         if any(graph.tensors[i].onnx_input == n for i in st.inputs)},
                        graph.origin, graph.magnitudes, graph.derived)
+        sub.input_kinds = {n: k for n, k in getattr(graph, "input_kinds", {}).items() if n in sub.onnx_inputs}
         sched = StageScheduler(chip, sub, keep=set(st.sends), rel_drift=rel, max_free=max_free)
         if any(node.kind == "transpose" for node in st.nodes):
             sched.reserve_sxm_slices()

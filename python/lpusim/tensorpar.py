@@ -169,6 +169,7 @@ def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_bas
                 nodes.append(node)
         graphs.append(ir.Graph(tensors, nodes, graph.inputs, graph.outputs, graph.output_names, graph.onnx_inputs,
                                graph.origin, graph.magnitudes, graph.derived))
+        graphs[-1].input_kinds = getattr(graph, "input_kinds", {})  # bool/integer inputs, as on one chip
     sync = _Lockstep(n)
     ctx = dict(ctx_base, interval=interval, system=system)
     results: list = [None] * n
