@@ -32,7 +32,7 @@ use crate::error::{ErrorKind, SimError};
 use crate::isa::{AluOp, DType, Instr, MxmQueue, Operand, QueueName, Stream};
 
 /// Cycles of repetitions taken at once: bounds how far ahead emits are recorded and how late reads are checked.
-pub const CHUNK: u64 = 256;
+pub const CHUNK: u64 = 96;
 
 /// The largest delay from an issue to its emit.
 fn max_emit_latency(c: &ChipConfig) -> u64 {

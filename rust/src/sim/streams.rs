@@ -12,8 +12,7 @@
 //! (q, t') is valid iff *some* emit on its diagonal, past or future, is strictly upstream of q, and two emits conflict
 //! iff they share diagonal and position. Neither depends on when the emit is recorded, so the caller may record
 //! emits as soon as it knows them (at issue) and check reads later, in any order. Each stream keeps, per diagonal
-//! (a ring of `ring` slots tagged with the diagonal), the most upstream emit position and a bitset of emit
-//! positions. A slot is reused by another diagonal only once the old one is off the chip and no pending check
+//! (a ring of `ring` slots tagged with the diagonal) the bitset of its emit positions. A slot is reused by another diagonal only once the old one is off the chip and no pending check
 //! needs it: the caller sizes `ring` above its horizon (how far ahead emits are recorded and checks deferred).
 
 use crate::isa::Dir;
@@ -33,13 +32,12 @@ pub struct StreamBelt {
     free: Option<OrderFree>,
 }
 
-/// Per stream and diagonal slot, packed in one run of u64 (one cache line for the usual <= 128 positions): the
-/// diagonal it holds (sign bit flipped, so zeroed memory is an empty slot), its most upstream emit position, and a
-/// bitset of its emit positions.
+/// Per stream and diagonal slot, packed in one run of u64 (24 bytes for the usual <= 128 positions): the diagonal
+/// it holds (sign bit flipped, so zeroed memory is an empty slot) and the bitset of its emit positions.
 struct OrderFree {
     mask: u64,
     ring: usize,
-    /// u64 per slot: tag, upstream, then the bitset words.
+    /// u64 per slot: tag, then the bitset words.
     stride: usize,
     slots: Vec<u64>,
 }
@@ -64,7 +62,7 @@ impl StreamBelt {
     /// emits or an emit and a check recorded while a slot is in use can be; the ring is larger.
     pub fn new_order_free(streams_per_direction: usize, positions: usize, horizon: usize) -> StreamBelt {
         let ring = (horizon + 1).next_power_of_two();
-        let stride = 2 + positions.div_ceil(64).max(1);
+        let stride = 1 + positions.div_ceil(64).max(1);
         StreamBelt {
             streams_per_direction,
             lanes: 0,
@@ -97,8 +95,7 @@ impl StreamBelt {
         let diag = Self::diagonal(dir, pos, t);
         if let Some(f) = &self.free {
             let s = f.slot(self.streams_per_direction, dir, index, diag);
-            let up = f.slots[s + 1] as i64;
-            let ok = f.slots[s] == OrderFree::tag(diag) && if dir == Dir::East { up < pos as i64 } else { up > pos as i64 };
+            let ok = f.slots[s] == OrderFree::tag(diag) && f.any_upstream(&f.slots[s + 1..s + f.stride], dir, pos);
             return ok.then_some(s);
         }
         let s = self.slot(dir, index, diag);
@@ -159,24 +156,30 @@ impl OrderFree {
         (sid * self.ring + (diag as u64 & self.mask) as usize) * self.stride
     }
 
+    /// Whether a bitset of emit positions has one strictly upstream of `pos`.
+    #[inline]
+    fn any_upstream(&self, bits: &[u64], dir: Dir, pos: usize) -> bool {
+        let (w, b) = (pos / 64, pos % 64);
+        if dir == Dir::East {
+            bits[..w].iter().any(|&x| x != 0) || bits[w] & ((1u64 << b) - 1) != 0
+        } else {
+            bits[w] & (!1u64 << b) != 0 || bits[w + 1..].iter().any(|&x| x != 0)
+        }
+    }
+
     #[inline]
     fn emit(&mut self, spd: usize, dir: Dir, index: usize, diag: i64, pos: usize) -> bool {
         let s = self.slot(spd, dir, index, diag);
         let slot = &mut self.slots[s..s + self.stride];
-        let p = pos as i64;
-        let (w, b) = (2 + pos / 64, 1u64 << (pos % 64));
+        let (w, b) = (1 + pos / 64, 1u64 << (pos % 64));
         if slot[0] != Self::tag(diag) {
             // The slot's old diagonal is off the chip and checked (the ring exceeds the horizon): reuse it. (Stores
             // only: the usual case, the first emit on a diagonal, reads nothing back.)
             slot[0] = Self::tag(diag);
-            slot[1] = p as u64;
-            for (i, x) in slot[2..].iter_mut().enumerate() {
-                *x = if i + 2 == w { b } else { 0 };
+            for (i, x) in slot[1..].iter_mut().enumerate() {
+                *x = if i + 1 == w { b } else { 0 };
             }
             return true;
-        }
-        if (dir == Dir::East) == (p < slot[1] as i64) {
-            slot[1] = p as u64;
         }
         if slot[w] & b != 0 {
             return false;
