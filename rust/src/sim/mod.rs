@@ -7,9 +7,9 @@
 //! check, stamp and counter is kept but no value is computed or copied: same cycles, same errors.
 //!
 //! A lone timing-only run (`simulate`, `run_loaded`) first tries the *fast* form (`fast.rs`): emits recorded at
-//! issue on an order-free belt, no emit events, and REPEATed READs and ALU operations taken a chunk at a time. It
-//! performs every check, so it fails iff the exact run fails; when it fails, the exact run is made to report the
-//! very error (instruction, cycle, message) the exact order finds first.
+//! issue on an order-free belt, no emit events, and REPEATed READ, WRITE, ALU, ABC and ACC issues taken a chunk at a
+//! time. It makes every check, so it fails iff the exact run fails; when it fails, `run_loaded` reruns in the exact
+//! order, which reports the very error (instruction, cycle, message) the exact order finds first.
 
 pub mod c2c;
 mod calendar;
