@@ -345,17 +345,20 @@ class SramAllocator:
                            f"room ({self.bytes_used} of {self.chip.sram_bytes} bytes already placed)")
 
     def _alloc_in(self, width, count, hemi, bank, avoid, use_reserved=False):
-        base = 0 if hemi == "W" else self.half
+        half = self.half
+        base = 0 if hemi == "W" else half
         key = (hemi, bank)
         start = self.cursor.get(key, 0)
-        for step in range(self.half):
-            g = (start + step) % self.half
-            if g + width > self.half:
+        blocked = avoid if use_reserved else avoid | self.reserved
+        nxt = self.next
+        for step in range(half):
+            g = (start + step) % half
+            if g + width > half:
                 continue
             slices = range(base + g, base + g + width)
-            if any(s in avoid or (s in self.reserved and not use_reserved) for s in slices):
+            if blocked and not blocked.isdisjoint(slices):
                 continue
-            addr = max(self.next[s][bank] for s in slices)
+            addr = max([nxt[s][bank] for s in slices])
             if addr + count <= self.limit[bank]:
                 for s in slices:
                     self.next[s][bank] = addr + count

@@ -220,8 +220,15 @@ class Scheduler(SxmJobs):
         res = self.res
         paths = [res.stream_paths(direction, t) for t in transfers_per_plane]
         starts = range(0, limit - width + 1)
+        busy = -1  # a stream the last group tried could not take (most likely blocks the next groups too: first)
         for start in starts:
-            if all(res.stream_free(direction, start + b, paths[b]) for b in range(width)):
+            if start <= busy and not res.stream_free(direction, busy, paths[busy - start]):
+                continue
+            for b in range(width):
+                if start + b != busy and not res.stream_free(direction, start + b, paths[b]):
+                    busy = start + b
+                    break
+            else:
                 for b in range(width):
                     res.take_stream(direction, start + b, paths[b])
                 return start
