@@ -103,14 +103,19 @@ def test_transformers_gpt2_decoder_matches_onnxruntime(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("build", [bert_model, gpt2_model], ids=["bert", "gpt2"])
-def test_transformers_int8_is_mixed_precision(build, tmp_path):
+def test_transformers_int8_matches_onnxruntime(build, tmp_path):
     """BERT and GPT-2 at precision="int8": the projections and MLP (constant weights) run int8 and give onnxruntime's
-    codes; attention (two computed operands), Softmax, LayerNorm and GELU stay on the fp16 path (lane sums on the
-    fp16 MXM), so the float output is judged by the fp16 rule against onnxruntime on the same quantised model."""
+    codes; attention (two computed operands), Softmax, LayerNorm and GELU run in float as onnxruntime runs them,
+    at f32 accuracy (sums, head moves and attention products through the fp16 MXM as hi + lo), so every
+    QuantizeLinear lands on onnxruntime's code and the final LayerNorm output differs by f32 rounding only
+    (test_int8.F32_UNITS; measured 1.07 units of 2^-23 of the largest output, 74% (BERT) and 59% (GPT-2) of the
+    elements bit for bit). With one fp16 pass these were 0.007 relative, ~0% exact."""
+    from test_int8 import assert_f32_close
     program, result, ref = run_int8(build(tmp_path))
     assert "ABC.i8" in program.assembly and "ABC.f16" in program.assembly
-    cmp = compare(result.outputs, ref, "fp16")
-    assert cmp["outputs_match"], cmp
+    for k, r in ref.items():
+        _, exact = assert_f32_close(result.outputs[k], r)
+        assert exact >= 0.5
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from lpusim.compiler.ir import Node, View
+from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.lower_lanes import UP
 from lpusim.compiler.lower_moves import _Renamed
 from lpusim.errors import CompileError
 
@@ -40,9 +41,19 @@ class HeadsLowering:
             raise CompileError(f"{self.where(node)}: Transpose perm={perm} of a [B, S, heads, D] view is not "
                                f"supported (perm [0,2,1,3] or [0,2,3,1])")
         parts = []
+        # quantised models (precise_sums): the MXM selection moves fp16 values, so select x's fp16 copy and its
+        # residual (scaled up) and add them back in f32: each head part keeps ~22 significant bits
+        lo = self.fp16_residual(node, ir_name, shape, f"{node.output[0]}.lo", self.magnitudes.get(node.input[0]),
+                                up=True) if self.precise_sums() else None
         for h in range(nh):
-            y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), ir_name, shape,
-                                     list(range(h * d, (h + 1) * d)), f"{node.output[0]}@h{h}")
+            cols = list(range(h * d, (h + 1) * d))
+            y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), ir_name, shape, cols,
+                                     f"{node.output[0]}@h{h}")
+            if lo is not None:
+                y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), lo, shape, cols,
+                                         f"{node.output[0]}@h{h}",
+                                         [Step("MUL", [("acc",), ("imm", 1.0 / UP)]),
+                                          Step("ADD", [("step", 0), ("src", 0)])], [y])
             self.tensors[y].shape = (1, shape[1], d)
             parts.append(y)
         transposed = perm == [0, 2, 3, 1]
@@ -64,7 +75,21 @@ class HeadsLowering:
         if tuple(new) != (b, s, nh * d):
             raise CompileError(f"{self.where(node)}: merged heads must be reshaped to {(b, s, nh * d)}")
         args = [("value", p, (1, s, d)) for p in parts]
+        if not self.precise_sums():
+            self.lower_concat(node, {"axis": -1}, args)
+            return
+        # quantised models: concatenate the fp16 copies and the (scaled) residuals, add them in f32
+        los = [("value", self.fp16_residual(node, p, (1, s, d), f"{p}.lo", self.ir_magnitude(p), up=True), (1, s, d))
+               for p in parts]
+        lo_node = _Renamed(node, f"{node.output[0]}.lo")
+        self.lower_concat(lo_node, {"axis": -1}, los)
+        lo_cat, _ = self.values.pop(lo_node.output[0])
         self.lower_concat(node, {"axis": -1}, args)
+        hi_cat, shape = self.values[node.output[0]]
+        y = self.vector(node, [hi_cat, lo_cat], [Step("MUL", [("src", 1), ("imm", 1.0 / UP)]),
+                                                 Step("ADD", [("src", 0), ("step", 0)])], shape, node.output[0])
+        self.tensors[y].shape = shape
+        self.values[node.output[0]] = (y, shape)
 
     def lower_heads_matmul(self, node, args):
         if args[0][0] != "heads" or args[1][0] != "heads":
@@ -74,18 +99,37 @@ class HeadsLowering:
         if a_t:
             raise CompileError(f"{self.where(node)}: the left operand of a heads MatMul must not be transposed")
         out_parts = []
+        precise = self.precise_sums()
+        mx, mw = self.magnitudes.get(node.input[0], 0.0), self.magnitudes.get(node.input[1], 0.0)
         for h, (x, w) in enumerate(zip(a_parts, b_parts)):
             sub = _Renamed(node, f"{node.output[0]}@h{h}")
+            # f32-accurate products (quantised models, lower_lanes.precise_sums): x @ w = xh @ wh + xl @ wh +
+            # xh @ wl, h/l the fp16 copy and its residual; the dropped xl @ wl is 2^-22 of the product
+            wl = self.fp16_residual(sub, w, self.tensors[w].shape, f"{node.input[1]}@h{h}.lo", mw) if precise \
+                else None
             if b_t:  # K^T: transpose the part on the SXM first
-                k = self.tensors[w]
-                kt = self.add_tensor(self.fresh(f"{node.input[1]}@h{h}.T"), (1, k.cols, k.rows), "value")
-                self.nodes.append(Node("transpose", node.name or node.output[0], "Transpose", kt,
-                                       sources=[View(w)], fusable=False))
-                self.derived[kt] = self.magnitudes.get(node.input[1], 0.0)
-                w = kt
+                ws = []
+                for v in (w, wl) if precise else (w,):
+                    k = self.tensors[v]
+                    kt = self.add_tensor(self.fresh(f"{v}.T"), (1, k.cols, k.rows), "value")
+                    self.nodes.append(Node("transpose", node.name or node.output[0], "Transpose", kt,
+                                           sources=[View(v)], fusable=False))
+                    self.derived[kt] = self.derived[v] if v is wl else mw
+                    ws.append(kt)
+                w, wl = ws if precise else (ws[0], None)
             wt = self.tensors[w]
             self.lower_computed_matmul(sub, ("value", x, self.tensors[x].shape), ("value", w, (wt.rows, wt.cols)))
-            out_parts.append(self.values[sub.output[0]][0])
+            y = self.values[sub.output[0]][0]
+            if precise:
+                xl = self.fp16_residual(sub, x, self.tensors[x].shape, f"{node.input[0]}@h{h}.lo", mx)
+                for xv, wv in ((xl, w), (x, wl)):
+                    out = self.add_tensor(self.fresh(sub.output[0]), self.tensors[y].shape, "value")
+                    self.nodes.append(Node("matmul", node.name or node.output[0], "MatMul", out,
+                                           sources=[View(y)], steps=[Step("ADD", [("acc",), ("src", 0)])],
+                                           terms=[(View(xv), wv)]))
+                    y = out
+                self.values[sub.output[0]] = (y, self.values[sub.output[0]][1])
+            out_parts.append(y)
         b, nh = a_shape[:2]
         self.heads[node.output[0]] = (out_parts, False, (b, nh, a_shape[2], self.tensors[out_parts[0]].cols))
 

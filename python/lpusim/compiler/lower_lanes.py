@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from lpusim.compiler.calibrate import scale_exponent
 from lpusim.compiler.ir import Node, Step, View
 from lpusim.errors import CompileError
 
 LANES = 320  # tsp_v1's vector length: the tile the padding lanes of a sum fill up to
+UP = 2048.0  # fp16_residual(up=True): the residual scaled to its source's size
 
 
 def with_lanes(shape: tuple, n: int) -> tuple:
@@ -65,17 +67,69 @@ class LaneLowering:
                                sources=[View(s) for s in sources], steps=steps))
         return out
 
-    def lane_sum(self, node, x, shape, scale=1.0, hint="sum", steps=(), sources=()):
-        """Row sums (times `scale`) in every lane, then `steps` (whose step 0 is that sum) as the epilogue."""
+    # ----- f32-accurate sums through the fp16 MXM ------------------------------------------------------------
+    def precise_sums(self) -> bool:
+        """Whether sums and attention products split their fp16 operands into hi + lo (`fp16_residual`): for
+        quantised models (any QuantizeLinear/DequantizeLinear), whose reference (onnxruntime) keeps Softmax,
+        LayerNormalization and the attention matmuls in float32, so that the QuantizeLinear after them lands on
+        its codes. fp16 models keep one pass (the fp16 rule judges them)."""
+        if "_precise_sums" not in self.__dict__:
+            self._precise_sums = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                                     for n in self.model.graph.node)
+        return self._precise_sums
+
+    def ir_magnitude(self, ir_name: str) -> float:
+        """The expected max |value| of an IR tensor, as scale_fp16 will see it (derived, else calibrated)."""
+        if ir_name in self.derived:
+            return self.derived[ir_name]
+        onnx_name = next((k for k, v in self.values.items() if v and v[0] == ir_name), None)
+        return self.magnitudes.get(onnx_name, 0.0) if onnx_name else 0.0
+
+    def fp16_residual(self, node, x: str, shape: tuple, hint: str, magnitude: float | None = None,
+                      up: bool = False) -> str:
+        """lo = x - hi, hi being x's value as its fp16 copy holds it (fp16(x * 2^-k) * 2^k, k from x's magnitude
+        as scale_fp16 chooses it): |lo| <= 2^-11 |x|, and its own fp16 copy (scaled for magnitude * 2^-11) keeps
+        11 more bits, so hi @ W + lo @ W carries ~22 significant bits of x where x @ W carries 11."""
+        if magnitude is None:
+            magnitude = self.ir_magnitude(x)
+        k = scale_exponent(magnitude)
+        if k:
+            steps = [Step("MUL", [("src", 0), ("imm", float(2.0 ** -k))]), Step("CVT", [("step", 0)], "f32.f16"),
+                     Step("MUL", [("step", 1), ("imm", float(2.0 ** k))]), Step("SUB", [("src", 0), ("step", 2)])]
+        else:
+            steps = [Step("CVT", [("src", 0)], "f32.f16"), Step("SUB", [("src", 0), ("step", 0)])]
+        if up:  # lo * 2^11 (`UP`): as large as x, for moves that keep x's fp16 scale (selections, concats)
+            steps.append(Step("MUL", [("step", len(steps) - 1), ("imm", UP)]))
+        lo = self.vector(node, [x], steps, tuple(shape), hint)
+        self.tensors[lo].shape = self.tensors[x].shape
+        self.derived[lo] = magnitude * (1.0 if up else 2.0 ** -11)
+        return lo
+
+    def lane_sum(self, node, x, shape, scale=1.0, hint="sum", steps=(), sources=(), magnitude=None):
+        """Row sums (times `scale`) in every lane, then `steps` (whose step 0 is that sum) as the epilogue.
+        With `precise_sums`, two passes: hi's sums, then lo's (`fp16_residual`) added in the second's epilogue."""
         c = shape[lane_axis(shape)]
-        first = [Step("MUL", [("acc",), ("imm", float(scale))])] if scale != 1.0 else [Step("COPY", [("acc",)])]
-        rest = [Step(s.op, [("step", 0) if a == ("sum",) else ("step", a[1] + 1) if a[0] == "step" else a
-                            for a in s.args]) for s in steps]
+        padded = -(-c // LANES) * LANES
+        ones = lambda: np.ones((c, padded), np.float32)  # noqa: E731
+        acc, shift = ("acc",), 1
+        if self.precise_sums():
+            hi, _ = self.lane_matmul(node, x, shape, ("ones", c), ones, f"{hint}.hi", out_cols=c)
+            x = self.fp16_residual(node, x, shape, f"{hint}.lo", magnitude)
+            sources = list(sources) + [hi]
+            pre = [Step("ADD", [("acc",), ("src", len(sources) - 1)])]
+            acc, shift = ("step", 0), 2
+        else:
+            pre = []
+        first = [Step("MUL", [acc, ("imm", float(scale))])] if scale != 1.0 else [Step("COPY", [acc])]
+        rest = [Step(s.op, [("step", shift - 1) if a == ("sum",) else ("step", a[1] + shift) if a[0] == "step"
+                            else a for a in s.args]) for s in steps]
+        if pre:
+            return self.lane_matmul(node, x, shape, ("ones", c), ones, hint, pre + first + rest, sources,
+                                    out_cols=c)
         # The sum also fills the padding lanes up to the 320-lane tile boundary: padding lanes hold 0, and
         # what follows a sum (a division, a logarithm, a reciprocal square root) must not turn them into
         # inf or NaN, which a later matmul would multiply by its zero weight rows into NaN.
-        padded = -(-c // LANES) * LANES
-        return self.lane_matmul(node, x, shape, ("ones", c), lambda: np.ones((c, padded), np.float32), hint,
+        return self.lane_matmul(node, x, shape, ("ones", c), ones, hint,
                                 first + rest if (rest or scale != 1.0) else [], sources, out_cols=c)
 
     def lane_extreme(self, node, x, shape, op, hint="max", magnitude=None):
@@ -144,8 +198,9 @@ class LaneLowering:
         sub = [Step("SUB", [("src", 0), ("src", 1)])]
         if op == "Softmax":
             e = self.vector(node, [x, m], sub + [Step("EXP", [("step", 0)])], shape, "exp")
+            self.derived[e] = 1.0
             y, _ = self.lane_sum(node, e, shape, hint=node.output[0],
-                                 steps=[Step("DIV", [("src", 0), ("sum",)])], sources=[e])
+                                 steps=[Step("DIV", [("src", 0), ("sum",)])], sources=[e], magnitude=1.0)
         else:  # LogSoftmax: (x - m) - log(sum exp(x - m))
             d = self.vector(node, [x, m], sub, shape, "shifted")
             e = self.vector(node, [d], [Step("EXP", [("src", 0)])], shape, "exp")
@@ -161,7 +216,7 @@ class LaneLowering:
         if len(node.output) > 1 and any(node.output[1:]):
             raise CompileError(f"{self.where(node)}: the Mean and InvStdDev outputs are not supported")
         c = shape[lane_axis(shape)]
-        mean, _ = self.lane_sum(node, x, shape, 1.0 / c, "mean")
+        mean, _ = self.lane_sum(node, x, shape, 1.0 / c, "mean", magnitude=self.magnitudes.get(node.input[0]))
         d = self.vector(node, [x, mean], [Step("SUB", [("src", 0), ("src", 1)])], shape, "centred")
         sq = self.vector(node, [d], [Step("MUL", [("src", 0), ("src", 0)])], shape, "sq")
         self.derived[sq] = (2.0 * self.magnitudes.get(node.input[0], 0.0)) ** 2
@@ -178,7 +233,7 @@ class LaneLowering:
             else:
                 sources.append(v)
                 steps.append(Step("MUL" if i == 1 else "ADD", [last, ("src", len(sources) - 1)]))
-        y, _ = self.lane_sum(node, sq, shape, 1.0 / c, node.output[0], steps, sources)
+        y, _ = self.lane_sum(node, sq, shape, 1.0 / c, node.output[0], steps, sources, magnitude=self.derived[sq])
         self.values[node.output[0]] = (y, tuple(shape))
 
     def lower_reduce(self, node, op, a, args):
