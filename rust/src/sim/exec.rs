@@ -436,6 +436,9 @@ impl Chip {
                 }
             }
             Instr::Iw => {
+                if self.fast {
+                    self.check_iw(unit, t, q, idx)?;
+                }
                 self.planes[unit].start_install();
                 self.schedule(t + c.mxm_install_latency, calendar::INSTALL, q, idx, Payload::Install { plane: unit as u32 });
             }

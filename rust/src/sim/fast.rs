@@ -17,12 +17,16 @@
 //!   (`abc_window`).
 //! - ACC other than ACC.i32 (which checks the row's sums, changed by updates meanwhile): rows checked, emits
 //!   recorded now.
+//! - LW: its stream operands are checked later; the weight buffer's rows and type are changed and checked now,
+//!   which holds unless an IW of the same plane issues within the chunk (`lw_window`). Compiled programs install
+//!   after their LW runs, so an IW there only makes the fast form fail *spuriously* (the exact rerun then decides).
 //! - ALU: a register operand must already hold a value (registers never become empty again); its stream operands
 //!   are checked once the main loop is past the chunk (`PendingRead`); the result emits are recorded now. Its
 //!   register update is the same as the issue's own, which lands first, so the repetitions' updates change nothing.
 //!
-//! Every check of the exact order is made, just not in its order, so the fast form fails iff the exact run does
-//! (and then `run_loaded` reruns in the exact order for the error it reports).
+//! Every check of the exact order is made, just not in its order, so the fast form fails if the exact run does
+//! (and then `run_loaded` reruns in the exact order for the error it reports), and succeeds with the same counters
+//! whenever the exact run does, but for the one spurious case above.
 
 use super::calendar::{self, Payload, NONE};
 use super::exec::stream_name;
@@ -140,6 +144,27 @@ impl Chip {
                 self.stats.busy.mxm += busy * k as u64;
                 self.abc_window[unit] = Some((time(k), ty));
             }
+            Instr::Lw { t: ty, s, n } => {
+                let (w, n) = (ty.width(), n as usize);
+                let dim = self.cfg.mxm_dim;
+                self.defer_reads(PendingRead { q: q as u32, idx: idx as u32, s, width: (n * w) as u8, pos: pos as u32, t0: time(1), d, k });
+                for j in 1..=k {
+                    let tj = time(j);
+                    let plane = &self.planes[unit];
+                    if plane.buf_rows > 0 && plane.buf_type.is_some_and(|bt| bt != ty) {
+                        let m = format!("the weight buffer holds {} rows", plane.buf_type.map_or("", |bt| bt.name()));
+                        return Err(self.err(ErrorKind::TypeMismatch, tj, q, idx, m));
+                    }
+                    if plane.buf_rows + n > dim {
+                        let m = format!("the weight buffer would hold {} rows, more than {dim}", plane.buf_rows + n);
+                        return Err(self.err(ErrorKind::WeightOverflow, tj, q, idx, m));
+                    }
+                    for _ in 0..n {
+                        self.planes[unit].load_row(ty, &[], &[]);
+                    }
+                }
+                self.lw_window[unit] = Some((t, time(k)));
+            }
             Instr::Acc { t: ty, row, s } if ty != DType::I32 => {
                 let lat = self.cfg.mxm_acc_latency;
                 for j in 1..=k {
@@ -188,6 +213,17 @@ impl Chip {
                 let q = self.qinfo.iter().position(|i| i.unit_index == plane && matches!(i.name, QueueName::Mxm { kind: MxmQueue::Abc, .. }));
                 let m = format!("the installed weights are {}", it.name());
                 Err(self.err(ErrorKind::TypeMismatch, t, q.unwrap_or(0), 0, m))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An IW of `plane` issuing at `t` (fast form): no LW taken ahead may be due at or after it (module doc).
+    pub(super) fn check_iw(&self, plane: usize, t: u64, q: usize, idx: usize) -> Result<(), SimError> {
+        match self.lw_window[plane] {
+            Some((from, to)) if from <= t && t <= to => {
+                let m = "an IW among LWs taken ahead (the exact order decides)".to_string();
+                Err(self.err(ErrorKind::WeightOverflow, t, q, idx, m))
             }
             _ => Ok(()),
         }
@@ -280,6 +316,9 @@ mod tests {
  LW.i8 W2, 1
  NOP 20
  LW.f16 W2, 1
+ NOP 3
+ LW.f16 W2, 1
+ REPEAT 20, 1, 0
 .queue MXM.W0.IW
  NOP 36
  IW
@@ -309,7 +348,7 @@ mod tests {
         let lines: Vec<&str> = SEED_PROGRAM.lines().collect();
         let ints = ["0", "1", "2", "3", "7", "17", "37", "100", "300", "1023", "4096", "8191"];
         let streams = ["E0", "E2", "E3", "E4", "W2", "W3", "W6", "W7", "R0", "R1", "#2", "-"];
-        let (mut ok, mut failed) = (0, 0);
+        let (mut ok, mut failed, mut spurious) = (0, 0, 0);
         let mut seed = 77u64;
         for round in 0..3000 {
             let mut ls: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
@@ -333,17 +372,19 @@ mod tests {
                 let Ok(loaded) = load_program(&cfg, &p) else { continue };
                 let mut exact = loaded.chip(true, false);
                 let mut fast = loaded.chip(true, true);
-                let (a, b) = (exact.run(None), fast.run(None));
-                assert_eq!(a.is_ok(), b.is_ok(), "{src}\nexact: {a:?}\nfast: {b:?}");
-                if a.is_ok() {
-                    assert_eq!(exact.stats, fast.stats, "{src}");
-                    ok += 1;
-                } else {
-                    failed += 1;
+                match (exact.run(None), fast.run(None)) {
+                    (Ok(()), Ok(())) => {
+                        assert_eq!(exact.stats, fast.stats, "{src}");
+                        ok += 1;
+                    }
+                    (Err(_), Err(_)) => failed += 1,
+                    // The one spurious failure (module doc): the exact rerun decides.
+                    (Ok(()), Err(e)) if e.message.contains("IW among LWs") => spurious += 1,
+                    (a, b) => panic!("{src}\nexact: {a:?}\nfast: {b:?}"),
                 }
             }
         }
-        assert!(ok > 50 && failed > 50, "{ok} mutants ran, {failed} failed");
+        assert!(ok > 50 && failed > 50 && spurious < ok / 10, "{ok} mutants ran, {failed} failed, {spurious} spuriously");
         // An install of f16 weights landing among the i8 ABCs taken ahead: the fast form must fail too.
         let p = text::parse(&SEED_PROGRAM.replace(" NOP 100\n IW", " NOP 30\n IW")).unwrap();
         let loaded = load_program(&ChipConfig::tsp_v1(), &p).unwrap();

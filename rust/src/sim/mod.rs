@@ -140,6 +140,8 @@ pub struct Chip {
     /// Per MXM plane: the last cycle of ABCs taken ahead and their type (fast form; installs landing by then are
     /// checked against it).
     abc_window: Vec<Option<(u64, DType)>>,
+    /// Per MXM plane: the cycle LWs were taken ahead at and the last one's cycle (fast form; an IW then fails it).
+    lw_window: Vec<Option<(u64, u64)>>,
     /// Oscillator and hardware-aligned counter: HAC = clock.hac(cycle) mod hac_period (on a lone chip
     /// `cycle + hac_offset`, offset 0 unless set).
     pub clock: clock::Clock,
@@ -236,6 +238,7 @@ impl Chip {
             pending: Vec::new(),
             pending_due: u64::MAX,
             abc_window: vec![None; cfg.mxm_planes],
+            lw_window: vec![None; cfg.mxm_planes],
             clock: clock::Clock::default(),
             sac: std::collections::BTreeMap::new(),
             resume_at: 0,
