@@ -652,9 +652,9 @@ pub struct MxmPlane {
     flags: Vec<u8>,
     /// Per storage slot: columns `>= rcols` of the row are zero with no flags.
     rcols: Vec<u32>,
-    /// Per storage slot: the row as exact f64 counts (`ystride` each) while `fst.on`; `rows`/`flags` are then
-    /// stale. Rows written only by GEMM products live here (no i128 conversion on update or read); see `FRow`.
-    frows: Vec<f64>,
+    /// Per storage slot: while `fst.on`, the row as exact f64 counts in buffer `row_buf` of `sy`; `rows`/`flags`
+    /// are then stale. Rows written only by GEMM products live there (no i128 conversion on update or read).
+    row_buf: Vec<u32>,
     fst: Vec<FRow>,
     pub row_kind: Vec<RowKind>,
     scratch: Vec<i32>,
@@ -666,9 +666,10 @@ pub struct MxmPlane {
     /// the others are computed at issue by the exact i128 path.
     ys: Vec<i128>,
     yflags: Vec<u8>,
-    /// GEMM results per slot (`ystride` f64 each, the first `meta.ncols` meaningful): exact integers, to be
-    /// shifted left by `meta.shift` into counts of 2^-48.
+    /// Buffers of `ystride` f64: each slot's GEMM product (buffer `slot_buf`; the first `meta.ncols` meaningful,
+    /// exact counts of 2^-48) and each f64 row (`row_buf`). An `=` update swaps the two buffers instead of copying.
     sy: Vec<f64>,
+    slot_buf: Vec<u32>,
     meta: Vec<SlotMeta>,
     free_slots: Vec<u32>,
     nslots: usize,
@@ -805,13 +806,14 @@ impl MxmPlane {
             rows: Vec::new(),
             flags: Vec::new(),
             rcols: Vec::new(),
-            frows: Vec::new(),
+            row_buf: Vec::new(),
             fst: Vec::new(),
             row_kind: vec![RowKind::Int; acc_rows],
             scratch: Vec::new(),
             ys: Vec::new(),
             yflags: Vec::new(),
             sy: Vec::new(),
+            slot_buf: Vec::new(),
             meta: Vec::new(),
             free_slots: Vec::new(),
             nslots: 0,
@@ -836,7 +838,8 @@ impl MxmPlane {
                 self.nslots += 1;
                 self.ys.resize(self.nslots * dim, 0);
                 self.yflags.resize(self.nslots * dim, 0);
-                self.sy.resize(self.nslots * dim.div_ceil(GEMM_COLS) * GEMM_COLS, 0.0);
+                let b = self.new_buf();
+                self.slot_buf.push(b);
                 self.meta.push(SlotMeta::default());
                 (self.nslots - 1) as u32
             }
@@ -930,7 +933,8 @@ impl MxmPlane {
             let f = &w.fast;
             for (j, &(slot, _)) in self.pend.iter().enumerate() {
                 let s = slot as usize;
-                let y = &mut self.sy[s * ystride..s * ystride + ncols];
+                let b = self.slot_buf[s] as usize;
+                let y = &mut self.sy[b * ystride..b * ystride + ncols];
                 y.fill(0.0);
                 let x = &self.pend_x[j * rows..(j + 1) * rows];
                 for k in 0..rows {
@@ -960,7 +964,7 @@ impl MxmPlane {
         // Inline, straight into the slots (jobs in flight fill other slots).
         let mut yoff = std::mem::take(&mut self.yoff);
         yoff.clear();
-        yoff.extend(self.pend.iter().map(|&(slot, _)| slot as usize * ystride));
+        yoff.extend(self.pend.iter().map(|&(slot, _)| self.slot_buf[slot as usize] as usize * ystride));
         gemm_f64(&self.pend_x, rows, rows, &self.w.fast.w, stride, cols, &mut self.sy, &yoff);
         self.yoff = yoff;
         self.pend.clear();
@@ -976,7 +980,8 @@ impl MxmPlane {
             self.yoff = yoff;
             for (v, &(slot, _)) in j.slots.iter().enumerate() {
                 let s = slot as usize;
-                self.sy[s * ystride..s * ystride + j.ncols].copy_from_slice(&j.y[v * j.cols..v * j.cols + j.ncols]);
+                let b = self.slot_buf[s] as usize;
+                self.sy[b * ystride..b * ystride + j.ncols].copy_from_slice(&j.y[v * j.cols..v * j.cols + j.ncols]);
             }
             self.spare_f64.push(j.x);
             self.spare_f64.push(j.y);
@@ -1000,19 +1005,15 @@ impl MxmPlane {
         let log = std::mem::take(&mut self.log);
         let ys = std::mem::take(&mut self.ys);
         let yf = std::mem::take(&mut self.yflags);
-        let ystride = dim.div_ceil(GEMM_COLS) * GEMM_COLS;
-        let sy = std::mem::take(&mut self.sy);
         for &(row, add, slot) in &log {
             let s = slot as usize;
-            let m = self.meta[s];
-            if m.fast {
-                self.apply_fast(row as usize, add, &sy[s * ystride..s * ystride + m.ncols as usize], m.shift, m.bound);
+            if self.meta[s].fast {
+                self.apply_fast(row as usize, add, s);
             } else {
                 self.apply_values(row as usize, add, RowKind::F16, &ys[s * dim..(s + 1) * dim], &yf[s * dim..(s + 1) * dim]);
             }
             self.free_slots.push(slot);
         }
-        self.sy = sy;
         self.ys = ys;
         self.yflags = yf;
         self.log = log;
@@ -1242,7 +1243,8 @@ impl MxmPlane {
             self.rows.resize(self.rows.len() + self.dim, 0);
             self.flags.resize(self.flags.len() + self.dim, 0);
             self.rcols.push(0);
-            self.frows.resize(self.frows.len() + self.dim.div_ceil(GEMM_COLS) * GEMM_COLS, 0.0);
+            let b = self.new_buf();
+            self.row_buf.push(b);
             self.fst.push(FRow::default());
         }
         self.row_slot[row] as usize
@@ -1258,27 +1260,35 @@ impl MxmPlane {
         let rc = self.rcols[s] as usize;
         let scale = pow2(-(f.unit as i32));
         let r = &mut self.rows[s * dim..(s + 1) * dim];
-        for (d, &x) in r[..rc].iter_mut().zip(&self.frows[s * ystride..s * ystride + rc]) {
+        let b = self.row_buf[s] as usize;
+        for (d, &x) in r[..rc].iter_mut().zip(&self.sy[b * ystride..b * ystride + rc]) {
             *d = ((x * scale) as i64 as i128) << f.unit;
         }
         r[rc..].fill(0);
         self.fst[s].on = false;
     }
 
-    /// row := y or row += y for a GEMM product: `v` (exact integers, multiples of 2^shift, at most `bound` in
-    /// magnitude; see `SlotMeta`), zero past `v.len()`, no flags.
-    fn apply_fast(&mut self, row: usize, add: bool, v: &[f64], shift: u32, bound: f64) {
+    /// A new zero buffer of `sy`; returns its index.
+    fn new_buf(&mut self) -> u32 {
+        let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
+        let b = self.sy.len() / ystride;
+        self.sy.resize(self.sy.len() + ystride, 0.0);
+        b as u32
+    }
+
+    /// row := y or row += y for the GEMM product of `slot`: exact integers, multiples of 2^shift, at most `bound`
+    /// in magnitude (see `SlotMeta`), zero past `ncols`, no flags.
+    fn apply_fast(&mut self, row: usize, add: bool, slot: usize) {
+        let SlotMeta { ncols, shift, bound, .. } = self.meta[slot];
         let s = self.slot(row);
         let (dim, ystride) = (self.dim, self.dim.div_ceil(GEMM_COLS) * GEMM_COLS);
-        let c = v.len();
+        let c = ncols as usize;
         let rc = self.rcols[s] as usize;
         let f = self.fst[s];
-        let fr = &mut self.frows[s * ystride..(s + 1) * ystride];
         if !add {
-            fr[..c].copy_from_slice(v);
-            if rc > c {
-                fr[c..rc].fill(0.0);
-            }
+            // The product becomes the row: swap buffers (the row's old one goes back with the slot). Columns past
+            // `rcols` are never read, so nothing needs clearing.
+            std::mem::swap(&mut self.slot_buf[slot], &mut self.row_buf[s]);
             if !f.on {
                 // The f64 row has no flags: clear the i128 row's (they would come back on a later `to_i128`).
                 self.flags[s * dim..s * dim + rc.max(c)].fill(0);
@@ -1287,10 +1297,19 @@ impl MxmPlane {
             self.rcols[s] = c as u32;
             return;
         }
+        let (rb, sb) = (self.row_buf[s] as usize, self.slot_buf[slot] as usize);
         if f.on {
             let unit = f.unit.min(shift);
             let max = f.max + bound;
             if max < EXACT_BOUND * pow2(unit as i32) {
+                // Two distinct buffers of `sy`.
+                let (fr, v) = if rb < sb {
+                    let (a, b) = self.sy.split_at_mut(sb * ystride);
+                    (&mut a[rb * ystride..(rb + 1) * ystride], &b[..c])
+                } else {
+                    let (a, b) = self.sy.split_at_mut(rb * ystride);
+                    (&mut b[..ystride], &a[sb * ystride..sb * ystride + c])
+                };
                 if c > rc {
                     fr[rc..c].fill(0.0);
                 }
@@ -1306,7 +1325,7 @@ impl MxmPlane {
         // v / 2^shift is an exact integer below 2^53: exact in i64, then shifted back in i128.
         let scale = pow2(-(shift as i32));
         let r = &mut self.rows[s * dim..(s + 1) * dim];
-        for (d, &x) in r[..c].iter_mut().zip(v) {
+        for (d, &x) in r[..c].iter_mut().zip(&self.sy[sb * ystride..sb * ystride + c]) {
             *d = d.wrapping_add(((x * scale) as i64 as i128) << shift);
         }
         self.rcols[s] = rc.max(c) as u32;
@@ -1371,7 +1390,8 @@ impl MxmPlane {
                 // Exact f64 counts, no flags: one rounding to f32 (to nearest even), then an exact scaling (the
                 // result is never subnormal: a nonzero count is at least 1). `+ 0.0` makes a zero +0.
                 let ystride = dim.div_ceil(GEMM_COLS) * GEMM_COLS;
-                let fr = &self.frows[s * ystride..s * ystride + rc];
+                let b = self.row_buf[s] as usize;
+                let fr = &self.sy[b * ystride..b * ystride + rc];
                 for (o, &x) in out[..rc].iter_mut().zip(fr) {
                     *o = (((x + 0.0) as f32) * TWO_POW_M48).to_bits();
                 }
