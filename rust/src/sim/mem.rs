@@ -29,8 +29,6 @@ pub struct MemSlice {
 
 // The borrowed pointers are only read, and only while the images outlive the slice (see `borrow_images`).
 unsafe impl Send for MemSlice {}
-// Shared access only reads through them too (a loaded program's chip is shared by its runs, which copy it).
-unsafe impl Sync for MemSlice {}
 
 impl MemSlice {
     pub fn new(words: usize, lanes: usize) -> MemSlice {
