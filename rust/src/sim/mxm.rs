@@ -38,7 +38,7 @@ pub enum RowKind {
 }
 
 /// A weight set: the buffer being loaded, an IW in flight, or the installed array. Rows `k >= rows` are zero.
-/// Each loaded row is kept raw (for products with specials) and, for f16, converted at load time into the f64
+/// Each loaded row is kept raw (for products with specials) and, for f16, converted at load time into the
 /// image of the exact GEMM fast path (one pass over the row; the i128 path's integers are derived only if needed).
 struct Weights {
     ty: Option<DType>,
@@ -58,8 +58,9 @@ struct Weights {
     fast: FastW,
 }
 
-/// An f16 weight set as f64 for the exact GEMM fast path: `w[k][n] = m << s` of weight (k, n) as an f64 (exact:
-/// below 2^40), rows of `stride` (`dim` rounded up to `GEMM_COLS`, zero past `dim`), `wmax[k] = max_n |w[k][n]|`
+/// An f16 weight set for the exact GEMM fast path: `w[k][n] = m << s` of weight (k, n) as an f32 (exact: at most
+/// 11 significant bits, below 2^40; the kernels widen it to f64, also exactly, and half the bytes of an f64 image
+/// make loading and the GEMM's weight traffic cheaper), rows of `stride` (`dim` rounded up to `GEMM_COLS`, zero past `dim`), `wmax[k] = max_n |w[k][n]|`
 /// for the per-vector exactness bound, and `tz`, the smallest trailing-zero count of any nonzero weight: every
 /// weight is a multiple of 2^tz, which the bound uses.
 #[derive(Default)]
@@ -72,7 +73,7 @@ struct FastW {
     tz: u32,
     stride: usize,
     /// Shared with GEMM jobs in flight on the helper threads.
-    w: std::sync::Arc<Vec<f64>>,
+    w: std::sync::Arc<Vec<f32>>,
     wmax: Vec<f64>,
     /// A sparse set (selection and permutation matrices: under 1/16 nonzero) also as rows of (column, value):
     /// row k's nonzeros are `sp_col/sp_val[sp_ptr[k]..sp_ptr[k + 1]]`. Empty `sp_ptr`: dense.
@@ -119,7 +120,7 @@ impl Weights {
                 for (n, &v) in f.w[k * stride..k * stride + self.ncols].iter().enumerate() {
                     if v != 0.0 {
                         f.sp_col.push(n as u32);
-                        f.sp_val.push(v);
+                        f.sp_val.push(v as f64);
                     }
                 }
                 f.sp_ptr.push(f.sp_col.len() as u32);
@@ -233,7 +234,7 @@ dispatch!(any_special, any_special_generic, (hi: &[u8]) -> bool);
 /// last column with a nonzero finite weight (0 if none), the OR and the largest of the magnitudes, and the count of
 /// nonzero weights. Branch-free so it vectorises.
 #[inline(always)]
-fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f64]) -> (bool, usize, i64, f64, usize) {
+fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f32]) -> (bool, usize, i64, f64, usize) {
     let n = raw.len();
     let (lo, hi, fw) = (&lo[..n], &hi[..n], &mut fw[..n]);
     let mut special = 0u32;
@@ -251,7 +252,8 @@ fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f64])
         let s = e - normal; // e - 1 for normals, 0 for subnormals
         let is_special = (e == 31) as i64;
         let mag = (m << s) & (is_special - 1);
-        fw[i] = small_to_f64(mag, (b >> 15) as u64);
+        // Exact in f32 too: at most 11 significant bits.
+        fw[i] = small_to_f64(mag, (b >> 15) as u64) as f32;
         special |= is_special as u32;
         or |= mag;
         max = max.max(mag);
@@ -261,7 +263,7 @@ fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f64])
     (special != 0, last, or, small_to_f64(max, 0), nnz)
 }
 dispatch!(decode_f16_row, decode_f16_row_generic,
-    (lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f64]) -> (bool, usize, i64, f64, usize));
+    (lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f32]) -> (bool, usize, i64, f64, usize));
 
 /// A GEMM handed to the helper threads: `y = x w` (see `gemm_f64`; vector j's product at `y[j * cols..]`) for
 /// the vectors of `slots`; `x` and `y` come back for reuse.
@@ -269,7 +271,7 @@ struct Job {
     x: Vec<f64>,
     rows: usize,
     nvec: usize,
-    w: std::sync::Arc<Vec<f64>>,
+    w: std::sync::Arc<Vec<f32>>,
     stride: usize,
     cols: usize,
     y: Vec<f64>,
@@ -440,7 +442,7 @@ const EXACT_BOUND: f64 = 4503599627370496.0; // 2^52
 /// multiple of GEMM_COLS). Every product and partial sum is exact (the caller checked the bound), so the result
 /// is the exact dot product whatever the kernel's order, blocking or use of fused multiply-adds.
 #[allow(clippy::too_many_arguments)]
-fn gemm_f64(x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+fn gemm_f64(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
     gemm_f64_with(gemm_kernel(), x, xs, rows, w, ws, cols, y, yoff)
 }
 
@@ -469,7 +471,7 @@ fn gemm_kernel() -> GemmKernel {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_f64_with(k: GemmKernel, x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+fn gemm_f64_with(k: GemmKernel, x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
     assert!(cols % GEMM_COLS == 0 && ws >= cols && (rows == 0 || w.len() >= (rows - 1) * ws + cols));
     assert!(x.len() >= yoff.len() * xs && xs >= rows);
     assert!(yoff.iter().all(|&o| o + cols <= y.len()));
@@ -489,7 +491,7 @@ fn gemm_f64_with(k: GemmKernel, x: &[f64], xs: usize, rows: usize, w: &[f64], ws
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx512(x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+unsafe fn gemm_avx512(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
     let nvec = yoff.len();
     for n0 in (0..cols).step_by(32) {
         let mut j0 = 0;
@@ -512,12 +514,18 @@ unsafe fn gemm_avx512(x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, c
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
-unsafe fn block512<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *const f64, ws: usize, y: *mut f64, yoff: &[usize]) {
+unsafe fn block512<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *const f32, ws: usize, y: *mut f64, yoff: &[usize]) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_pd(); 4]; R];
     let mut wp = w;
     for k in 0..rows {
-        let wv = [_mm512_loadu_pd(wp), _mm512_loadu_pd(wp.add(8)), _mm512_loadu_pd(wp.add(16)), _mm512_loadu_pd(wp.add(24))];
+        // f32 weights widened on the fly (exact): half the memory traffic of an f64 image.
+        let wv = [
+            _mm512_cvtps_pd(_mm256_loadu_ps(wp)),
+            _mm512_cvtps_pd(_mm256_loadu_ps(wp.add(8))),
+            _mm512_cvtps_pd(_mm256_loadu_ps(wp.add(16))),
+            _mm512_cvtps_pd(_mm256_loadu_ps(wp.add(24))),
+        ];
         for (r, a) in acc.iter_mut().enumerate() {
             let b = _mm512_set1_pd(*x.add(r * xs + k));
             for c in 0..4 {
@@ -539,7 +547,7 @@ unsafe fn block512<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *co
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx2(x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+unsafe fn gemm_avx2(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
     let nvec = yoff.len();
     for n0 in (0..cols).step_by(8) {
         let mut j0 = 0;
@@ -564,12 +572,12 @@ unsafe fn gemm_avx2(x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, col
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn block256<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *const f64, ws: usize, y: *mut f64, yoff: &[usize]) {
+unsafe fn block256<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *const f32, ws: usize, y: *mut f64, yoff: &[usize]) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_pd(); 2]; R];
     let mut wp = w;
     for k in 0..rows {
-        let wv = [_mm256_loadu_pd(wp), _mm256_loadu_pd(wp.add(4))];
+        let wv = [_mm256_cvtps_pd(_mm_loadu_ps(wp)), _mm256_cvtps_pd(_mm_loadu_ps(wp.add(4)))];
         for (r, a) in acc.iter_mut().enumerate() {
             let b = _mm256_broadcast_sd(&*x.add(r * xs + k));
             a[0] = _mm256_fmadd_pd(b, wv[0], a[0]);
@@ -589,7 +597,7 @@ unsafe fn block256<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *co
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_blocked<const R: usize, const C: usize>(
-    x: &[f64], xs: usize, rows: usize, w: &[f64], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize],
+    x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize],
 ) {
     let nvec = yoff.len();
     for n0 in (0..cols).step_by(C) {
@@ -612,17 +620,17 @@ fn gemm_blocked<const R: usize, const C: usize>(
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_block<const R: usize, const C: usize>(
-    x: &[f64], xs: usize, j0: usize, rows: usize, w: &[f64], ws: usize, n0: usize, y: &mut [f64], yoff: &[usize],
+    x: &[f64], xs: usize, j0: usize, rows: usize, w: &[f32], ws: usize, n0: usize, y: &mut [f64], yoff: &[usize],
 ) {
     let mut acc = [[0f64; C]; R];
     let xr: [&[f64]; R] = std::array::from_fn(|jj| &x[(j0 + jj) * xs..(j0 + jj) * xs + rows]);
     for k in 0..rows {
-        let wr: &[f64; C] = w[k * ws + n0..k * ws + n0 + C].try_into().unwrap();
+        let wr: &[f32; C] = w[k * ws + n0..k * ws + n0 + C].try_into().unwrap();
         for jj in 0..R {
             let xv = xr[jj][k];
             for c in 0..C {
                 // Exact (no rounding happens), so an unfused multiply-add gives the same as the kernels' FMAs.
-                acc[jj][c] = xv * wr[c] + acc[jj][c];
+                acc[jj][c] = xv * wr[c] as f64 + acc[jj][c];
             }
         }
     }
@@ -1691,7 +1699,7 @@ mod tests {
             for &cols in &[32usize, 96, 320] {
                 let ws = 320;
                 let xs = rows + 3;
-                let w: Vec<f64> = (0..rows * ws).map(|_| (rng(&mut seed) % 2001) as f64 - 1000.0).collect();
+                let w: Vec<f32> = (0..rows * ws).map(|_| (rng(&mut seed) % 2001) as f32 - 1000.0).collect();
                 for nvec in 0..10usize {
                     let x: Vec<f64> = (0..nvec * xs).map(|_| (rng(&mut seed) % 2001) as f64 - 1000.0).collect();
                     let ys = 352;
@@ -1699,7 +1707,7 @@ mod tests {
                     let mut want = vec![f64::NAN; nvec.max(1) * ys];
                     for j in 0..nvec {
                         for n in 0..cols {
-                            want[yoff[j] + n] = (0..rows).map(|k| x[j * xs + k] * w[k * ws + n]).sum();
+                            want[yoff[j] + n] = (0..rows).map(|k| x[j * xs + k] * w[k * ws + n] as f64).sum();
                         }
                     }
                     for &kern in &kernels {
