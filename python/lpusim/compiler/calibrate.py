@@ -39,34 +39,37 @@ _NUMPY_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProt
                 onnx.TensorProto.INT64}
 
 
-def _without_large_initializers(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def without_large_initializers(proto: onnx.ModelProto, values: bool = True):
     """A copy of `proto` whose large initializers are declared as external data (name, type and dims, no bytes),
-    and their values by name."""
+    and (`values`) their values by name: what shape and type inference need, without serialising the weights."""
     model = onnx.ModelProto()
     model.CopyFrom(proto)  # a memory copy: cheap next to serialising
     model.graph.ClearField("initializer")
-    values: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {}
+    stubs: set[str] = set()
     for init in proto.graph.initializer:
         size = int(np.prod(init.dims, dtype=np.int64))
         if init.data_type not in _NUMPY_TYPES or size < EXTERNAL_MIN_ELEMENTS \
-                or init.data_location == onnx.TensorProto.EXTERNAL or init.name in values:
+                or init.data_location == onnx.TensorProto.EXTERNAL or init.name in stubs:
             model.graph.initializer.append(init)
             continue
-        values[init.name] = onnx.numpy_helper.to_array(init)
+        stubs.add(init.name)
+        if values:
+            arrays[init.name] = onnx.numpy_helper.to_array(init)
         stub = model.graph.initializer.add()
         stub.name = init.name
         stub.data_type = init.data_type
         stub.dims.extend(init.dims)
         stub.data_location = onnx.TensorProto.EXTERNAL
         stub.external_data.add(key="location", value="lpusim-calibration")
-    return model, values
+    return (model, arrays) if values else model
 
 
 def tensor_magnitudes(proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, float]:
     """max |value| of every float tensor the model computes, from one onnxruntime run on `inputs`."""
     import onnxruntime as ort
 
-    model, weights = _without_large_initializers(proto)
+    model, weights = without_large_initializers(proto)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from lpusim.compiler.calibrate import without_large_initializers
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
 from lpusim.compiler.lower_heads import HeadsLowering
 from lpusim.compiler.lower_index import IndexLowering
@@ -859,7 +860,7 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
         """Whether ONNX types the value `name` as an integer (onnx shape inference, computed once)."""
         if not hasattr(self, "_elem_types"):
             try:
-                inferred = onnx.shape_inference.infer_shapes(self.model)
+                inferred = onnx.shape_inference.infer_shapes(without_large_initializers(self.model, values=False))
                 infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
             except Exception:
                 infos = list(self.model.graph.input) + list(self.model.graph.output)
