@@ -7,7 +7,8 @@ model. Needs torch, torchvision, transformers.
 
 One line per model: bench/light_models.measure_model's row plus `exact_fraction` (output elements equal to
 onnxruntime's bit for bit), `step` (the output's quantisation step, when a DequantizeLinear makes it),
-`within_one_step` and `max_steps`.
+`within_one_step` and `max_steps`, and `f32_units`: the largest difference in units of 2^-23 of the output's largest
+magnitude (a float output, e.g. a transformer's last LayerNorm: test_int8.F32_UNITS is the bound the tests hold).
 """
 import json
 import os
@@ -73,9 +74,10 @@ def measure(name: str) -> dict:
     ref, _ = run_onnxruntime(q, x)
     steps = output_steps(q)
     exact = total = within = 0
-    max_steps = 0.0
+    max_steps = f32_units = 0.0
     for k, r in ref.items():
         diff = np.abs(sim[k].astype(np.float64) - r)
+        f32_units = max(f32_units, float(diff.max() / np.abs(r).max() / 2.0 ** -23))
         exact += int((diff == 0).sum())
         total += r.size
         if k in steps:
@@ -83,7 +85,8 @@ def measure(name: str) -> dict:
             within += int((n <= 1 + 1e-5).sum())
             max_steps = max(max_steps, float(n.max()))
     row.update(exact_fraction=exact / total, step=steps.get(next(iter(ref))),
-               within_one_step=within / total if within else None, max_steps=max_steps if within else None)
+               within_one_step=within / total if within else None, max_steps=max_steps if within else None,
+               f32_units=f32_units)
     row.pop("utilization", None)
     return row
 
