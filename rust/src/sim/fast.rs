@@ -392,4 +392,14 @@ mod tests {
         assert_eq!((e.kind, e.cycle), (crate::ErrorKind::TypeMismatch, 68));
         assert!(loaded.chip(true, true).run(None).is_err());
     }
+
+    #[test]
+    fn runs_past_the_order_free_range_fall_back_to_the_exact_order() {
+        let p = text::parse(".queue MEM.W0\n NOP 2000000000\n READ 0, E0\n").unwrap();
+        let loaded = load_program(&ChipConfig::tsp_v1(), &p).unwrap();
+        assert!(loaded.chip(true, true).run(None).is_err());
+        let opts = crate::RunOptions { timing_only: true, max_cycles: None };
+        let (stats, _) = crate::sim::run_loaded(&loaded, &[], &[], &opts).unwrap();
+        assert_eq!(stats.cycles, 2_000_000_000 + 1 + 20);
+    }
 }

@@ -560,6 +560,11 @@ impl Chip {
         if t >= self.pending_due {
             self.check_pending(Some(t))?;
         }
+        if self.fast && t >= streams::MAX_CYCLE {
+            // Past the order-free belt's range: give up, the exact rerun takes over.
+            let m = format!("the fast timing-only form stops at cycle {}", streams::MAX_CYCLE);
+            return Err(SimError { kind: ErrorKind::CycleLimit, cycle: t, queue: "-".into(), index: 0, instruction: String::new(), message: m });
+        }
         // 1. Effects due at t, in kind / queue / issue order.
         while let Some(ev) = self.cal.pop_due(t, calendar::EMIT) {
             self.activity(t);

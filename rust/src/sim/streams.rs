@@ -32,15 +32,20 @@ pub struct StreamBelt {
     free: Option<OrderFree>,
 }
 
-/// Per stream and diagonal slot, packed in one run of u64 (24 bytes for the usual <= 128 positions): the diagonal
-/// it holds (sign bit flipped, so zeroed memory is an empty slot) and the bitset of its emit positions.
+/// Per stream and diagonal slot, packed in one run of u32 (16 bytes, a quarter cache line, for up to 96
+/// positions): the diagonal it holds and the bitset of its emit positions. The tag is the diagonal as 32 bits with
+/// the sign bit flipped, so zeroed memory is an empty slot; the caller keeps every diagonal within +-2^31
+/// (`MAX_CYCLE`), so tags of distinct diagonals differ.
 struct OrderFree {
     mask: u64,
     ring: usize,
-    /// u64 per slot: tag, then the bitset words.
+    /// u32 per slot: tag, then the bitset words.
     stride: usize,
-    slots: Vec<u64>,
+    slots: Vec<u32>,
 }
+
+/// The order-free form holds for cycles below this (diagonals then fit its 32-bit tags with room to spare).
+pub const MAX_CYCLE: u64 = 1 << 30;
 
 impl StreamBelt {
     pub fn new(streams_per_direction: usize, lanes: usize, positions: usize, timing_only: bool) -> StreamBelt {
@@ -62,7 +67,7 @@ impl StreamBelt {
     /// emits or an emit and a check recorded while a slot is in use can be; the ring is larger.
     pub fn new_order_free(streams_per_direction: usize, positions: usize, horizon: usize) -> StreamBelt {
         let ring = (horizon + 1).next_power_of_two();
-        let stride = 1 + positions.div_ceil(64).max(1);
+        let stride = 1 + positions.div_ceil(32).max(1);
         StreamBelt {
             streams_per_direction,
             lanes: 0,
@@ -145,11 +150,11 @@ impl StreamBelt {
 
 impl OrderFree {
     #[inline]
-    fn tag(diag: i64) -> u64 {
-        (diag ^ i64::MIN) as u64
+    fn tag(diag: i64) -> u32 {
+        (diag as i32 as u32) ^ 0x8000_0000
     }
 
-    /// Index of the slot's first u64.
+    /// Index of the slot's first u32.
     #[inline]
     fn slot(&self, spd: usize, dir: Dir, index: usize, diag: i64) -> usize {
         let sid = if dir == Dir::East { index } else { spd + index };
@@ -158,12 +163,12 @@ impl OrderFree {
 
     /// Whether a bitset of emit positions has one strictly upstream of `pos`.
     #[inline]
-    fn any_upstream(&self, bits: &[u64], dir: Dir, pos: usize) -> bool {
-        let (w, b) = (pos / 64, pos % 64);
+    fn any_upstream(&self, bits: &[u32], dir: Dir, pos: usize) -> bool {
+        let (w, b) = (pos / 32, pos % 32);
         if dir == Dir::East {
-            bits[..w].iter().any(|&x| x != 0) || bits[w] & ((1u64 << b) - 1) != 0
+            bits[..w].iter().any(|&x| x != 0) || bits[w] & ((1u32 << b) - 1) != 0
         } else {
-            bits[w] & (!1u64 << b) != 0 || bits[w + 1..].iter().any(|&x| x != 0)
+            bits[w] & (!1u32 << b) != 0 || bits[w + 1..].iter().any(|&x| x != 0)
         }
     }
 
@@ -171,7 +176,7 @@ impl OrderFree {
     fn emit(&mut self, spd: usize, dir: Dir, index: usize, diag: i64, pos: usize) -> bool {
         let s = self.slot(spd, dir, index, diag);
         let slot = &mut self.slots[s..s + self.stride];
-        let (w, b) = (1 + pos / 64, 1u64 << (pos % 64));
+        let (w, b) = (1 + pos / 32, 1u32 << (pos % 32));
         if slot[0] != Self::tag(diag) {
             // The slot's old diagonal is off the chip and checked (the ring exceeds the horizon): reuse it. (Stores
             // only: the usual case, the first emit on a diagonal, reads nothing back.)
