@@ -890,9 +890,10 @@ impl MxmPlane {
             self.pend_rows = rows;
         }
         debug_assert_eq!(self.pend_rows, rows);
-        // `pend_x` only grows (its tail is stale, never read): no clearing per vector.
+        // `pend_x`'s tail is stale, never read: it grows (and is cleared) only when too short, then by room for
+        // two hand-off batches at once (a batch handed off takes the buffer and leaves a spare, maybe short).
         if self.pend_x.len() < base + rows {
-            self.pend_x.resize(base + rows, 0.0);
+            self.pend_x.resize((base + rows).max(2 * SUBMIT_VECS * rows), 0.0);
         }
         let xr = &mut self.pend_x[base..base + rows];
         let (nz, bound) = decode_x_bound(lo, hi, &w.fast.wmax[..rows], xr);
