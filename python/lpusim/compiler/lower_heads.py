@@ -21,6 +21,9 @@ from lpusim.compiler.lower_moves import _Renamed
 from lpusim.errors import CompileError
 
 
+CODE_MAGNITUDE = 256.0  # a head part of codes minus zero point (|v| <= 255): its fp16 copy needs no scaling
+
+
 class HeadsLowering:
     """Mixed into the importer's `_Lowering`."""
 
@@ -41,12 +44,25 @@ class HeadsLowering:
             raise CompileError(f"{self.where(node)}: Transpose perm={perm} of a [B, S, heads, D] view is not "
                                f"supported (perm [0,2,1,3] or [0,2,3,1])")
         parts = []
-        # quantised models (precise_sums): the MXM selection moves fp16 values, so select x's fp16 copy and its
-        # residual (scaled up) and add them back in f32: each head part keeps ~22 significant bits
+        # quantised models (precise_sums): the MXM selection moves fp16 values. Floats dequantized from codes:
+        # select the codes minus the zero point (integers, exact in fp16) and keep the scale aside (`head_scales`:
+        # a heads MatMul applies it in its epilogue, other readers multiply first, `head_float`). Other floats:
+        # select x's fp16 copy and its residual (scaled up) and add them back in f32 (~22 significant bits).
+        codes = self.q_state.get("dequantized", {}).get(ir_name) if self.precise_sums() else None
         lo = self.fp16_residual(node, ir_name, shape, f"{node.output[0]}.lo", self.magnitudes.get(node.input[0]),
-                                up=True) if self.precise_sums() else None
+                                up=True) if self.precise_sums() and codes is None else None
         for h in range(nh):
             cols = list(range(h * d, (h + 1) * d))
+            if codes is not None:
+                q, scale, zp = codes
+                y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), q, shape, cols,
+                                         f"{node.output[0]}@h{h}.codes",
+                                         [Step("SUB", [("acc",), ("imm", float(zp))])] if zp else [])
+                self.derived[y] = CODE_MAGNITUDE
+                self.tensors[y].shape = (1, shape[1], d)
+                self.head_scales[y] = scale
+                parts.append(y)
+                continue
             y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), ir_name, shape, cols,
                                      f"{node.output[0]}@h{h}")
             if lo is not None:
@@ -74,6 +90,7 @@ class HeadsLowering:
         parts, (b, nh, s, d) = self.merges[node.input[0]]
         if tuple(new) != (b, s, nh * d):
             raise CompileError(f"{self.where(node)}: merged heads must be reshaped to {(b, s, nh * d)}")
+        parts = [self.head_float(node, p) for p in parts]
         args = [("value", p, (1, s, d)) for p in parts]
         if not self.precise_sums():
             self.lower_concat(node, {"axis": -1}, args)
@@ -91,6 +108,23 @@ class HeadsLowering:
         self.tensors[y].shape = shape
         self.values[node.output[0]] = (y, shape)
 
+    @property
+    def head_scales(self) -> dict:
+        """Head parts holding integers (codes minus zero point) -> the scale that makes them the floats."""
+        return self.__dict__.setdefault("_head_scales", {})
+
+    def head_float(self, node, part: str) -> str:
+        """The floats of a head part (`head_scales`: code x scale, once per part)."""
+        if part not in self.head_scales:
+            return part
+        cache = self.__dict__.setdefault("_head_floats", {})
+        if part not in cache:
+            y = self.vector(node, [part], [Step("MUL", [("src", 0), ("imm", self.head_scales[part])])],
+                            self.tensors[part].shape, f"{part}.f")
+            self.tensors[y].shape = self.tensors[part].shape
+            cache[part] = y
+        return cache[part]
+
     def lower_heads_matmul(self, node, args):
         if args[0][0] != "heads" or args[1][0] != "heads":
             raise CompileError(f"{self.where(node)}: a MatMul of attention heads with a non-head operand is not "
@@ -104,30 +138,42 @@ class HeadsLowering:
         for h, (x, w) in enumerate(zip(a_parts, b_parts)):
             sub = _Renamed(node, f"{node.output[0]}@h{h}")
             # f32-accurate products (quantised models, lower_lanes.precise_sums): x @ w = xh @ wh + xl @ wh +
-            # xh @ wl, h/l the fp16 copy and its residual; the dropped xl @ wl is 2^-22 of the product
-            wl = self.fp16_residual(sub, w, self.tensors[w].shape, f"{node.input[1]}@h{h}.lo", mw) if precise \
-                else None
+            # xh @ wl, h/l the fp16 copy and its residual (the dropped xl @ wl is 2^-22 of the product); an operand
+            # of integer codes (`head_scales`) is exact in fp16 and needs no residual: its scale ends the epilogue
+            sx, sw = self.head_scales.get(x), self.head_scales.get(w)
+            if not precise:
+                x, w = self.head_float(sub, x), self.head_float(sub, w)
+            wl = self.fp16_residual(sub, w, self.tensors[w].shape, f"{node.input[1]}@h{h}.lo", mw) \
+                if precise and sw is None else None
             if b_t:  # K^T: transpose the part on the SXM first
                 ws = []
-                for v in (w, wl) if precise else (w,):
+                for v in (w, wl) if wl is not None else (w,):
                     k = self.tensors[v]
                     kt = self.add_tensor(self.fresh(f"{v}.T"), (1, k.cols, k.rows), "value")
                     self.nodes.append(Node("transpose", node.name or node.output[0], "Transpose", kt,
                                            sources=[View(v)], fusable=False))
-                    self.derived[kt] = self.derived[v] if v is wl else mw
+                    self.derived[kt] = self.derived[v] if v is wl or v in self.head_scales else mw
                     ws.append(kt)
-                w, wl = ws if precise else (ws[0], None)
+                w, wl = ws if wl is not None else (ws[0], None)
             wt = self.tensors[w]
             self.lower_computed_matmul(sub, ("value", x, self.tensors[x].shape), ("value", w, (wt.rows, wt.cols)))
             y = self.values[sub.output[0]][0]
             if precise:
-                xl = self.fp16_residual(sub, x, self.tensors[x].shape, f"{node.input[0]}@h{h}.lo", mx)
-                for xv, wv in ((xl, w), (x, wl)):
+                xl = self.fp16_residual(sub, x, self.tensors[x].shape, f"{node.input[0]}@h{h}.lo", mx) \
+                    if sx is None else None
+                extra = [(v, u) for v, u in ((xl, w), (x, wl)) if v is not None and u is not None]
+                scale = np.float32(sx if sx is not None else 1.0) * np.float32(sw if sw is not None else 1.0)
+                for i, (xv, wv) in enumerate(extra):
                     out = self.add_tensor(self.fresh(sub.output[0]), self.tensors[y].shape, "value")
                     self.nodes.append(Node("matmul", node.name or node.output[0], "MatMul", out,
                                            sources=[View(y)], steps=[Step("ADD", [("acc",), ("src", 0)])],
                                            terms=[(View(xv), wv)]))
                     y = out
+                if scale != 1.0:
+                    last = self.nodes[-1]
+                    assert last.kind == "matmul" and last.output == y
+                    last.steps = last.steps + [Step("MUL", [("step", len(last.steps) - 1) if last.steps else ("acc",),
+                                                            ("imm", float(scale))])]
                 self.values[sub.output[0]] = (y, self.values[sub.output[0]][1])
             out_parts.append(y)
         b, nh = a_shape[:2]
@@ -153,7 +199,7 @@ class HeadsLowering:
                     continue
                 name = node.input[i]
                 if x[0] == "heads":
-                    part = x[1][h]
+                    part = self.head_float(node, x[1][h])
                     saved[name] = self.values.get(name)
                     self.values[name] = (part, self.tensors[part].shape)
                     self.heads_hidden[name] = self.heads.pop(name)

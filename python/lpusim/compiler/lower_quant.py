@@ -33,7 +33,7 @@ from lpusim.errors import CompileError
 MAGIC = 12582912.0  # 1.5 * 2^23: x + MAGIC - MAGIC rounds an f32 |x| < 2^22 to an integer, half to even
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger",
              "ConvInteger", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool")
-CODE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "MaxPool", "GlobalMaxPool"}
+CODE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "MaxPool", "GlobalMaxPool", "Split"}
 _TYPES = {onnx.TensorProto.UINT8: "u8", onnx.TensorProto.INT8: "i8", onnx.TensorProto.INT32: "i32"}
 _NP_TYPES = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8", np.dtype(np.int32): "i32"}
 
@@ -204,6 +204,8 @@ class QuantLowering:
         else:
             ir, shape = self.values[q]
             self.values[name] = (self.q_vector(fake, ir, shape, steps, name), shape)
+            # the codes behind these floats: attention heads split from them move the exact codes (lower_heads.py)
+            self.q_state.setdefault("dequantized", {})[self.values[name][0]] = (ir, float(scale), zp)
 
     def q_quantize(self, node) -> bool:
         st = self.q_state
