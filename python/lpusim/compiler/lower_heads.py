@@ -90,6 +90,8 @@ class HeadsLowering:
         parts, (b, nh, s, d) = self.merges[node.input[0]]
         if tuple(new) != (b, s, nh * d):
             raise CompileError(f"{self.where(node)}: merged heads must be reshaped to {(b, s, nh * d)}")
+        if self.precise_sums() and self.merge_codes(node, parts, (b, s, nh * d)):
+            return
         parts = [self.head_float(node, p) for p in parts]
         args = [("value", p, (1, s, d)) for p in parts]
         if not self.precise_sums():
@@ -124,6 +126,32 @@ class HeadsLowering:
             self.tensors[y].shape = self.tensors[part].shape
             cache[part] = y
         return cache[part]
+
+    def merge_codes(self, node, parts: list, shape: tuple) -> bool:
+        """Merged heads read only by QuantizeLinears of one scale and zero point (an attention output before its
+        int8 projection): quantise each part, then place the codes (exact in fp16) in one MXM pass each; the
+        QuantizeLinears' outputs are those codes (elementwise, so the same as quantising the merged floats)."""
+        u = self.q_requantizer(node.output[0])
+        if u is None:
+            return False
+        zp_arr = self.q_const(u, 2, "the zero point", required=False)
+        kind = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8"}.get(zp_arr.dtype) if zp_arr is not None else None
+        if kind is None:
+            return False
+        scale = self.q_scalar_scale(u, 1, "scale")
+        zp = self.q_zero(u, 2, kind, "zero point")
+        steps = self.q_quantize_steps(scale, zp)
+        codes = []
+        for h, p in enumerate(parts):
+            c = self.q_vector(u, self.head_float(node, p), self.tensors[p].shape, steps, f"{u.output[0]}@h{h}")
+            self.tensors[c].shape = self.tensors[p].shape
+            self.derived[c] = CODE_MAGNITUDE
+            codes.append(("value", c, self.tensors[p].shape))
+        self.lower_concat(_Renamed(node, u.output[0]), {"axis": -1}, codes)
+        self.derived[self.values[u.output[0]][0]] = CODE_MAGNITUDE
+        self.q_state["code"][u.output[0]] = kind
+        self.q_alias_requantized(node.output[0], u.output[0])
+        return True
 
     def lower_heads_matmul(self, node, args):
         if args[0][0] != "heads" or args[1][0] != "heads":
