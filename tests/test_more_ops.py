@@ -167,3 +167,19 @@ MISC = {
 @pytest.mark.parametrize("name", sorted(MISC))
 def test_misc_op_matches_onnxruntime(name):
     assert_matches_onnxruntime(MISC[name])
+
+
+def test_long_where_chain_is_fused_only_as_far_as_the_vxm_holds_it():
+    # Greater, five Wheres reading the same condition, Sub and IsNaN: fusing it all took 20 ALUs of 16 (the fusion
+    # pass's estimate missed read copies and delay lines; it now counts them as the scheduler does).
+    nodes = [helper.make_node("Greater", ["x", "z"], ["c"])]
+    prev = "x"
+    for i in range(5):
+        nodes.append(helper.make_node("Where", ["c", prev, f"k{i}"], [f"w{i}"]))
+        prev = f"w{i}"
+    nodes += [helper.make_node("Sub", [prev, "x"], ["s"]), helper.make_node("IsNaN", ["s"], ["n"]),
+              helper.make_node("Cast", ["n"], ["y"], to=TensorProto.FLOAT)]
+    inits = {"z": np.float32(0.0), **{f"k{i}": np.float32(i + 1) for i in range(5)}}
+    assert_matches_onnxruntime(make_model(nodes, inits, {"x": [4, 9]}))
+    nodes[-1] = helper.make_node("Identity", ["s"], ["y"])
+    assert_matches_onnxruntime(make_model(nodes[:-2] + [nodes[-1]], inits, {"x": [4, 9]}))

@@ -12,7 +12,9 @@ import dataclasses
 
 import numpy as np
 
+from lpusim.chip import Chip
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs, out_geom
+from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
 
 # A chain may use at most this many ALUs before scheduling adds delays and conversions (the VXM has 16).
@@ -47,29 +49,29 @@ def _merge(producer: Node, consumer: Node, tensor: str) -> Node:
                 sources=sources, steps=steps, terms=list(producer.terms))
 
 
-# ALUs a fused chain may be estimated to need (the VXM has 16; the scheduler's exact count adds delay lines).
-MAX_FUSED_ALUS = 14
+# What timing may still append to a fused chain (schedule.timed_chain) once formats are known: for an f16 copy, a
+# power-of-two scale MUL, a saturating MAX and MIN, and the CVT (at most 4 steps, each reading the one before, so no
+# delay lines); otherwise one CVT per extra format.
+CHAIN_TAIL_ALUS = 4
 
 
-def _alu_estimate(steps: list[Step]) -> int:
-    """A chain's ALUs: one per step, plus the delay-line ALUs that hold a result until a later step reads it (at
-    tsp_v1's latencies, 2 cycles a delay ALU), plus a copy for each source or accumulator read twice
-    (schedule.timed_chain does the exact count with the chip's latencies)."""
-    slow = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT"}
-    lat = [8 if s.op in slow else 3 if s.op == "MUL" else 2 for s in steps]
-    done: list[int] = []
-    delays = 0
-    for k, s in enumerate(steps):
-        refs = [a[1] for a in s.args if a[0] == "step"]
-        start = max([done[j] for j in refs], default=0)
-        delays += sum(-(-(start - done[j]) // 2) for j in refs)
-        done.append(start + lat[k])
-    reads: dict = {}
-    for s in steps:
-        for a in s.args:
-            if a[0] in ("src", "acc"):
-                reads[a] = reads.get(a, 0) + 1
-    return len(steps) + delays + sum(1 for n in reads.values() if n > 1)
+def _fits_vxm(steps: list[Step]) -> bool:
+    """Whether the ALUs the scheduler will give this chain (vxm_chain: read copies and delay lines, at the default
+    chip's latencies) plus the tail it may append fit the VXM. A chip with other latencies is still checked exactly
+    by the scheduler, which names the node if its chain does not fit."""
+    global _DEFAULT_TIMING
+    if _DEFAULT_TIMING is None:
+        chip = Chip.load()
+
+        def lat(op):
+            return chip.vxm_alu_latency if op == "CVT" else chip.vxm_latency(op)
+        _DEFAULT_TIMING = (lat, delay_table(lat), chip.vxm_alus)
+    lat, table, alus = _DEFAULT_TIMING
+    placed, _, _ = place_delay_lines(with_read_copies(steps, lambda a: "f32"), lat, table)
+    return len(placed) + CHAIN_TAIL_ALUS <= alus
+
+
+_DEFAULT_TIMING = None
 
 
 def fuse_chains(graph: Graph) -> Graph:
@@ -131,7 +133,7 @@ def _fuse(graph: Graph, producer: Node, consumer: Node, name: str) -> Node | Non
     if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
         return None
     merged = _merge(producer, consumer, name)
-    if _alu_estimate(merged.steps) > MAX_FUSED_ALUS:
+    if not _fits_vxm(merged.steps):
         return None  # the delay lines of a long chain would need more ALUs than the VXM has
     read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
     if len(read) != len(set(read)):

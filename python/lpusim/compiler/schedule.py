@@ -20,6 +20,7 @@ from lpusim.compiler.layout import (MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, St
 from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.resources import Clash, Issue, Reservations, SramAllocator
 from lpusim.compiler.schedule_sxm import SxmJobs
+from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
 
 # How far past a job's lower bound the scheduler searches before declaring the schedule impossible.
@@ -467,27 +468,8 @@ class Scheduler(SxmJobs):
         exactly once per row. Returns (steps, times, dest step per sink format, latency function)."""
         acc_t = "i32" if is_int8(self.graph, node) else "f32"  # ACC.i32 of an int8 matmul
         steps = [Step(s.op, list(s.args), s.t) for s in node.steps] or [Step("COPY", [("acc",)], acc_t)]
-        refs: dict[tuple, int] = {}
-        for s in steps:
-            for a in s.args:
-                if a[0] in ("src", "acc"):
-                    refs[a] = refs.get(a, 0) + 1
-        multi = [a for a, n in refs.items() if n > 1]
-        if multi:
-            pre = [Step("COPY", [a], acc_t if a[0] == "acc" else
-                        vxm_format(self.graph.tensors[node.sources[a[1]].tensor])) for a in multi]
-            remapped = []
-            for s in steps:
-                args = []
-                for a in s.args:
-                    if a in multi:
-                        args.append(("step", multi.index(a)))
-                    elif a[0] == "step":
-                        args.append(("step", a[1] + len(pre)))
-                    else:
-                        args.append(a)
-                remapped.append(Step(s.op, args, s.t))
-            steps = pre + remapped
+        steps = with_read_copies(steps, lambda a: acc_t if a[0] == "acc" else
+                                 vxm_format(self.graph.tensors[node.sources[a[1]].tensor]))
         last = len(steps) - 1
         out = self.graph.tensors[node.output]
         ot = step_out_type(steps[last])  # f32, or i32 (integer chains, lower_quant.py)
@@ -514,45 +496,13 @@ class Scheduler(SxmJobs):
             return self.chip.vxm_alu_latency if op == "CVT" else self.chip.vxm_latency(op)
         reachable = self.__dict__.get("_delays")  # the same for every chain of this chip
         if reachable is None:
-            reachable = self._delays = self._delay_table(lat)
-        times: list[int] = []
-        out: list[Step] = []
-        index_map = {}
-        for j, s in enumerate(steps):
-            regs = [index_map[a[1]] for a in s.args if a[0] == "step"]
-            t = max([times[k] + lat(out[k].op) for k in regs], default=0)
-            while any((t - times[k] - lat(out[k].op)) not in reachable for k in regs):
-                t += 1
-            args = []
-            for a in s.args:
-                if a[0] != "step":
-                    args.append(a)
-                    continue
-                k = index_map[a[1]]
-                for op in reachable[t - times[k] - lat(out[k].op)]:  # a delay line of COPY / MUL-by-1 steps
-                    out.append(Step(op, [("step", k)] + ([("imm", 1.0)] if op == "MUL" else []),
-                                    step_out_type(out[k])))
-                    times.append(times[k] + lat(out[k].op))
-                    k = len(out) - 1
-                args.append(("step", k))
-            index_map[j] = len(out)
-            out.append(Step(s.op, args, s.t))
-            times.append(t)
+            reachable = self._delays = delay_table(lat)
+        out, times, index_map = place_delay_lines(steps, lat, reachable)
         dest = {fmt: index_map[j] for fmt, j in dest.items()}
         if len(out) > self.chip.vxm_alus:
             raise CompileError(f"{node.onnx_op} node '{node.name}': the fused chain needs {len(out)} VXM ALUs, "
                                f"the chip has {self.chip.vxm_alus}")
         return out, times, dest, lat
-
-    def _delay_table(self, lat) -> dict[int, list[str]]:
-        """Gaps a delay line can bridge exactly, with the ops that make them (0: none needed)."""
-        table = {0: []}
-        parts = [("COPY", lat("COPY")), ("MUL", lat("MUL"))]
-        for gap in range(1, 64):
-            for op, c in parts:
-                if gap - c in table and (gap not in table or len(table[gap - c]) + 1 < len(table[gap])):
-                    table[gap] = table[gap - c] + [op]
-        return table
 
     def vector_pipeline(self, node: Node, nt: int, r0: int, r1: int, sinks: dict[str, Store],
                         plane: str | None, acc_base: int, acc_ready: int) -> int:
