@@ -10,14 +10,16 @@
 //!
 //! Speed (functional mode), with the same values: an f16 ABC's product is not computed at issue. Each vector whose
 //! activations and the installed weights are finite is checked against a bound: with `x_k = m << s` (counts of
-//! 2^-48) divided by their common power of two 2^tx, and the weights likewise by 2^tw, every product and every
-//! partial sum of `sum_k x_k w_kn` is an integer of magnitude at most `B = sum_k |x_k| * max_n |w_kn|`. If
-//! `B < 2^52` (half of f64's exact-integer range, so the bound's own rounding cannot matter) the dot products are
-//! exact in f64 in any order; such vectors wait and are multiplied together, as one GEMM with the weights they
-//! met, before the next install (on a helper thread when large, or only over the nonzeros of a sparse weight
-//! set). The others (specials, or a larger spread) take the exact i128 path at issue. Row updates are logged at
-//! their cycle (TypeMismatch is decided there) and applied in order when a row is read or an integer update
-//! comes, so ACC sees exactly the rows the step-by-step definition gives.
+//! 2^-48), every product and every partial sum of `sum_k x_k w_kn` is an integer multiple of `2^(tx + tw)` (the
+//! common powers of two of the activations and of the weights) of magnitude at most `B = sum_k |x_k| * max_n |w_kn|`.
+//! If `B < 2^52` units (half of f64's exact-integer range, so the bound's own rounding cannot matter) the dot
+//! products are exact in f64 in any order and with or without fused multiply-adds; such vectors are multiplied
+//! together, as GEMMs with the weights they met (an f32 image built at load, exact), in batches handed to helper
+//! threads as they are issued, at the next install, or when a row is read (or only over the nonzeros of a sparse
+//! weight set). The others (specials, or a larger spread) take the exact i128 path at issue. Row updates are
+//! logged at their cycle (TypeMismatch is decided there) and applied in order when a row is read or an integer
+//! update comes, so ACC sees exactly the rows the step-by-step definition gives. A row written only by GEMM
+//! products stays in f64 while a bound on its sums keeps them exact (`FRow`), else it goes to i128.
 
 use crate::isa::DType;
 use crate::numerics::{canon_f32, f16_mant_shift, F32_NAN};
