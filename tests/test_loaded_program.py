@@ -87,3 +87,12 @@ def test_program_keeps_one_handle_outside_its_fields():
     second = dataclasses.replace(program).run(x)
     for name, value in first.outputs.items():
         assert np.array_equal(second.outputs[name], value)
+
+
+def test_load_before_the_first_run():
+    program = lpusim.compile(mlp((64, 32, 10), seed=0))
+    assert "_handle" not in program.__dict__
+    assert program.load() is program
+    handle = program._loaded()
+    x = program.random_inputs(0)
+    assert program.run(x).cycles == program.predicted_cycles and program._loaded() is handle

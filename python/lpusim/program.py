@@ -66,6 +66,12 @@ class Program:
             self.__dict__["_handle"] = handle
         return handle
 
+    def load(self) -> "Program":
+        """Load the program into the simulator now rather than in the first `run` (for timing runs apart from
+        loading, as an onnxruntime session is created before it runs)."""
+        self._loaded()
+        return self
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_handle", None)

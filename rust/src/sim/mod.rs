@@ -16,6 +16,7 @@ mod calendar;
 pub mod clock;
 mod exec;
 mod fast;
+mod gemm;
 pub mod mem;
 pub mod mxm;
 pub mod streams;
