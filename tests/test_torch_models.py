@@ -119,9 +119,27 @@ def test_transformers_int8_matches_onnxruntime(build, tmp_path):
 
 
 @pytest.mark.slow
+def test_bert_base_width_int8_four_layers_match_onnxruntime(tmp_path):
+    """BERT-base's width (hidden 768, 12 heads, sequence 128), 4 layers, at precision="int8": still every code
+    onnxruntime's and the output within F32_UNITS (measured 1.2 units). At 12 layers an f32 rounding-order tie
+    flips a few attention codes of layer 3 and random weights amplify it (README, Precision: 0.21 max abs, the size
+    of onnxruntime's own fused-vs-unfused difference), so the full model is measured by bench/torch_int8.py."""
+    transformers = pytest.importorskip("transformers")
+    from test_int8 import assert_f32_close
+    torch.manual_seed(0)
+    config = transformers.BertConfig(num_hidden_layers=4)
+    bert = transformers.BertModel(config, add_pooling_layer=False)
+    m = export(Embeddings(bert), (torch.randn(1, 128, 768),), tmp_path / "bert4.onnx", ["inputs_embeds"])
+    program, result, ref = run_int8(m)
+    for k, r in ref.items():
+        assert_f32_close(result.outputs[k], r)
+
+
+@pytest.mark.slow
 def test_gpt2_small_int8_fits_one_chip(tmp_path):
     """GPT-2 small (12 layers, hidden 768, sequence 128): at fp16 its weights need two chips; at int8 (int8 weight
-    tiles for every projection and MLP) it compiles for one (measured: 131 MiB, 1,217,556 cycles) and runs."""
+    tiles for every projection and MLP) it compiles for one (measured: 141 MiB, 1,682,624 cycles with the
+    f32-accurate float ops of int8 transformers; 131 MiB, 1,217,556 cycles before) and runs."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     gpt2 = transformers.GPT2Model(transformers.GPT2Config())
