@@ -3,7 +3,7 @@
 `precision="int8"` (onnxruntime's quantiser inside the compile) and compared with onnxruntime on the same quantised
 model. Needs torch, torchvision, transformers.
 
-    python bench/torch_int8.py [resnet18 mobilenet_v2 bert_base gpt2_small] [--json out.json]
+    python bench/torch_int8.py [resnet18 mobilenet_v2 bert_base gpt2_small bert_2layer gpt2_2layer] [--json out.json]
 
 One line per model: bench/light_models.measure_model's row plus `exact_fraction` (output elements equal to
 onnxruntime's bit for bit), `step` (the output's quantisation step, when a DequantizeLinear makes it),
@@ -42,9 +42,16 @@ def export(name: str, path: str) -> onnx.ModelProto:
             ["input"]
     else:
         import transformers
-        model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False) if name == "bert_base" \
-            else transformers.GPT2Model(transformers.GPT2Config())
-        module, args, inputs = Embeddings(model), (torch.randn(1, 128, 768),), ["inputs_embeds"]
+        if name.endswith("_2layer"):  # tests/test_torch_models.py's small ones: hidden 128, 2 heads, sequence 16
+            model = transformers.BertModel(transformers.BertConfig(
+                hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+                add_pooling_layer=False) if name == "bert_2layer" else \
+                transformers.GPT2Model(transformers.GPT2Config(n_embd=128, n_layer=2, n_head=2, n_positions=64))
+            module, args, inputs = Embeddings(model), (torch.randn(1, 16, 128),), ["inputs_embeds"]
+        else:
+            model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False) \
+                if name == "bert_base" else transformers.GPT2Model(transformers.GPT2Config())
+            module, args, inputs = Embeddings(model), (torch.randn(1, 128, 768),), ["inputs_embeds"]
     torch.onnx.export(module.eval(), args, path, dynamo=False, opset_version=17, input_names=inputs)
     return onnx.load(path)
 
