@@ -131,7 +131,13 @@ class HeadsLowering:
         """Merged heads read only by QuantizeLinears of one scale and zero point (an attention output before its
         int8 projection): quantise each part, then place the codes (exact in fp16) in one MXM pass each; the
         QuantizeLinears' outputs are those codes (elementwise, so the same as quantising the merged floats)."""
-        u = self.q_requantizer(node.output[0])
+        name, via = node.output[0], None
+        u = self.q_requantizer(name)
+        users = self.q_users(name)
+        if u is None and len(users) == 1 and users[0].op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") \
+                and name not in {o.name for o in self.model.graph.output}:
+            via = users[0]  # GPT-2: the merged heads reshaped to [S, H], then quantised
+            u = self.q_requantizer(via.output[0])
         if u is None:
             return False
         zp_arr = self.q_const(u, 2, "the zero point", required=False)
@@ -147,6 +153,13 @@ class HeadsLowering:
             self.tensors[c].shape = self.tensors[p].shape
             self.derived[c] = CODE_MAGNITUDE
             codes.append(("value", c, self.tensors[p].shape))
+        if via is not None:  # the merged codes, dequantized lazily: the reshape runs on them, its QuantizeLinear
+            out = f"{name}#q"  # (same scale and zero point) gives them back (lower_quant.q_code_op, q_quantize)
+            self.lower_concat(_Renamed(node, out), {"axis": -1}, codes)
+            self.derived[self.values[out][0]] = CODE_MAGNITUDE
+            self.q_state["code"][out] = kind
+            self.q_state["pending"][name] = (out, scale, zp)
+            return True
         self.lower_concat(_Renamed(node, u.output[0]), {"axis": -1}, codes)
         self.derived[self.values[u.output[0]][0]] = CODE_MAGNITUDE
         self.q_state["code"][u.output[0]] = kind
