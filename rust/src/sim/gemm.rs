@@ -3,28 +3,38 @@
 
 use std::collections::VecDeque;
 
-/// A GEMM handed to the helper threads: `y = x w` (see `gemm_f64`; vector j's product at `y[j * cols..]`) for
-/// the vectors of `slots`; `x` and `y` come back for reuse.
+/// A GEMM handed to the helper threads: `y = x w` (see `gemm_f64_raw`) for the vectors of `slots`, written straight
+/// into their plane's slot buffers (vector j's product at `y + yoff[j]`: no copy when the plane collects it);
+/// `x`, `yoff` and `slots` come back for reuse.
 pub(super) struct Job {
     pub(super) x: Vec<f64>,
     pub(super) rows: usize,
-    pub(super) nvec: usize,
     pub(super) w: std::sync::Arc<Vec<f32>>,
     pub(super) stride: usize,
     pub(super) cols: usize,
-    pub(super) y: Vec<f64>,
+    pub(super) y: OutPtr,
+    pub(super) yoff: Vec<usize>,
     pub(super) slots: Vec<(u32, u32)>,
-    pub(super) ncols: usize,
 }
 
+/// The plane's slot storage (`MxmPlane::sy`) as seen by a job: its base and length. The plane neither grows,
+/// frees nor touches the buffers a job writes (its vectors' slots) until the job is collected, and waits for a
+/// running job before it is dropped; its other accesses while jobs are in flight go through raw pointers too,
+/// to other buffers, so no reference ever overlaps a job's writes.
+pub(super) struct OutPtr {
+    pub(super) base: *mut f64,
+    pub(super) len: usize,
+}
+
+// SAFETY: see `OutPtr`: the buffers a job writes are exclusively its own until it is done.
+unsafe impl Send for OutPtr {}
+
 impl Job {
-    pub(super) fn run(&mut self, yoff: &mut Vec<usize>) {
-        if self.y.len() < self.nvec * self.cols {
-            self.y.resize(self.nvec * self.cols, 0.0);
+    pub(super) fn run(&mut self) {
+        // SAFETY: see `OutPtr`.
+        unsafe {
+            gemm_f64_raw(&self.x, self.rows, self.rows, &self.w, self.stride, self.cols, self.y.base, self.y.len, &self.yoff)
         }
-        yoff.clear();
-        yoff.extend((0..self.nvec).map(|v| v * self.cols));
-        gemm_f64(&self.x, self.rows, self.rows, &self.w, self.stride, self.cols, &mut self.y, yoff);
     }
 }
 
@@ -100,7 +110,6 @@ impl Pool {
 
     pub(super) fn helper(&self) {
         use std::sync::atomic::Ordering::*;
-        let mut yoff = Vec::new();
         loop {
             let cell = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -112,7 +121,7 @@ impl Pool {
                 if cell.state.compare_exchange(JOB_QUEUED, JOB_TAKEN, AcqRel, Acquire).is_ok() {
                     let mut g = cell.job.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(j) = g.as_mut() {
-                        j.run(&mut yoff);
+                        j.run();
                     }
                     drop(g);
                     cell.state.store(JOB_DONE, Release);
@@ -138,12 +147,20 @@ impl Pool {
     }
 }
 
+/// Wait for a job a helper has taken to be done (a plane being dropped must not free the buffers it writes).
+pub(super) fn wait_job(cell: &JobCell) {
+    use std::sync::atomic::Ordering::*;
+    while cell.state.load(Acquire) != JOB_DONE {
+        std::thread::yield_now();
+    }
+}
+
 /// Wait for a job to be done, running it here if no helper has taken it; returns it.
-pub(super) fn finish_job(cell: &JobCell, yoff: &mut Vec<usize>) -> Job {
+pub(super) fn finish_job(cell: &JobCell) -> Job {
     use std::sync::atomic::Ordering::*;
     if cell.state.compare_exchange(JOB_QUEUED, JOB_TAKEN, AcqRel, Acquire).is_ok() {
         let mut j = cell.job.lock().unwrap_or_else(|e| e.into_inner()).take().expect("a queued job");
-        j.run(yoff);
+        j.run();
         return j;
     }
     // A helper is on it (a job is tens of microseconds): poll, yielding the core if it takes long (a busy host).
@@ -179,9 +196,11 @@ pub(super) const EXACT_BOUND: f64 = 4503599627370496.0; // 2^52
 /// `y[yoff[j] + n] = sum_{k < rows} x[j * xs + k] * w[k * ws + n]` for `j < yoff.len()` and `n < cols` (a
 /// multiple of GEMM_COLS). Every product and partial sum is exact (the caller checked the bound), so the result
 /// is the exact dot product whatever the kernel's order, blocking or use of fused multiply-adds.
+/// ... into `ylen` f64 at `y`, of which only `y[yoff[j]..yoff[j] + cols]` are written (checked in range).
+/// SAFETY: those ranges are valid for writes and nothing else reads or writes them during the call.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_f64(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
-    gemm_f64_with(gemm_kernel(), x, xs, rows, w, ws, cols, y, yoff)
+pub(super) unsafe fn gemm_f64_raw(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: *mut f64, ylen: usize, yoff: &[usize]) {
+    gemm_f64_with(gemm_kernel(), x, xs, rows, w, ws, cols, y, ylen, yoff)
 }
 
 /// The micro-kernels this CPU can run.
@@ -209,10 +228,11 @@ pub(super) fn gemm_kernel() -> GemmKernel {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_f64_with(k: GemmKernel, x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+/// SAFETY: as `gemm_f64_raw`.
+pub(super) unsafe fn gemm_f64_with(k: GemmKernel, x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: *mut f64, ylen: usize, yoff: &[usize]) {
     assert!(cols % GEMM_COLS == 0 && ws >= cols && (rows == 0 || w.len() >= (rows - 1) * ws + cols));
     assert!(x.len() >= yoff.len() * xs && xs >= rows);
-    assert!(yoff.iter().all(|&o| o + cols <= y.len()));
+    assert!(yoff.iter().all(|&o| o + cols <= ylen));
     match k {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: gemm_kernel() saw the features (tests pick only kernels it allows).
@@ -229,13 +249,13 @@ pub(super) fn gemm_f64_with(k: GemmKernel, x: &[f64], xs: usize, rows: usize, w:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx512(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+unsafe fn gemm_avx512(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: *mut f64, yoff: &[usize]) {
     let nvec = yoff.len();
     for n0 in (0..cols).step_by(32) {
         let mut j0 = 0;
         while j0 < nvec {
             let r = (nvec - j0).min(4);
-            let (xp, wp, yp) = (x.as_ptr().add(j0 * xs), w.as_ptr().add(n0), y.as_mut_ptr().add(n0));
+            let (xp, wp, yp) = (x.as_ptr().add(j0 * xs), w.as_ptr().add(n0), y.add(n0));
             let yo = &yoff[j0..j0 + r];
             match r {
                 4 => block512::<4>(xp, xs, rows, wp, ws, yp, yo),
@@ -285,13 +305,13 @@ unsafe fn block512<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *co
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx2(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+unsafe fn gemm_avx2(x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: *mut f64, yoff: &[usize]) {
     let nvec = yoff.len();
     for n0 in (0..cols).step_by(8) {
         let mut j0 = 0;
         while j0 < nvec {
             let r = (nvec - j0).min(6);
-            let (xp, wp, yp) = (x.as_ptr().add(j0 * xs), w.as_ptr().add(n0), y.as_mut_ptr().add(n0));
+            let (xp, wp, yp) = (x.as_ptr().add(j0 * xs), w.as_ptr().add(n0), y.add(n0));
             let yo = &yoff[j0..j0 + r];
             match r {
                 6 => block256::<6>(xp, xs, rows, wp, ws, yp, yo),
@@ -334,8 +354,9 @@ unsafe fn block256<const R: usize>(x: *const f64, xs: usize, rows: usize, w: *co
 /// rather than padded with zero vectors: batches are small, so padding would waste up to a fifth of the work).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_blocked<const R: usize, const C: usize>(
-    x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize],
+/// SAFETY: as `gemm_f64_raw`, bounds checked by `gemm_f64_with`.
+pub(super) unsafe fn gemm_blocked<const R: usize, const C: usize>(
+    x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: *mut f64, yoff: &[usize],
 ) {
     let nvec = yoff.len();
     for n0 in (0..cols).step_by(C) {
@@ -357,8 +378,9 @@ pub(super) fn gemm_blocked<const R: usize, const C: usize>(
 /// One block: `R` vectors times `C` columns, accumulated over all `rows` (fixed-size loops LLVM unrolls).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_block<const R: usize, const C: usize>(
-    x: &[f64], xs: usize, j0: usize, rows: usize, w: &[f32], ws: usize, n0: usize, y: &mut [f64], yoff: &[usize],
+/// SAFETY: as `gemm_blocked`.
+pub(super) unsafe fn gemm_block<const R: usize, const C: usize>(
+    x: &[f64], xs: usize, j0: usize, rows: usize, w: &[f32], ws: usize, n0: usize, y: *mut f64, yoff: &[usize],
 ) {
     let mut acc = [[0f64; C]; R];
     let xr: [&[f64]; R] = std::array::from_fn(|jj| &x[(j0 + jj) * xs..(j0 + jj) * xs + rows]);
@@ -373,8 +395,7 @@ pub(super) fn gemm_block<const R: usize, const C: usize>(
         }
     }
     for jj in 0..R {
-        let o = yoff[j0 + jj] + n0;
-        y[o..o + C].copy_from_slice(&acc[jj]);
+        std::ptr::copy_nonoverlapping(acc[jj].as_ptr(), y.add(yoff[j0 + jj] + n0), C);
     }
 }
 
@@ -391,6 +412,11 @@ mod tests {
 
     /// Every micro-kernel this CPU has against a plain triple loop, on exact integer data: batch sizes that leave
     /// each possible tail block, row counts from 0, scattered outputs.
+    fn gemm_f64_with_checked(k: GemmKernel, x: &[f64], xs: usize, rows: usize, w: &[f32], ws: usize, cols: usize, y: &mut [f64], yoff: &[usize]) {
+        // SAFETY: `y` is ours; the callers pick only kernels this CPU has.
+        unsafe { gemm_f64_with(k, x, xs, rows, w, ws, cols, y.as_mut_ptr(), y.len(), yoff) }
+    }
+
     #[test]
     fn gemm_kernels_match_reference() {
         let mut seed = 99u64;
@@ -418,7 +444,7 @@ mod tests {
                     }
                     for &kern in &kernels {
                         let mut y = vec![f64::NAN; nvec.max(1) * ys];
-                        gemm_f64_with(kern, &x, xs, rows, &w, ws, cols, &mut y, &yoff);
+                        gemm_f64_with_checked(kern, &x, xs, rows, &w, ws, cols, &mut y, &yoff);
                         for j in 0..nvec {
                             assert_eq!(y[yoff[j]..yoff[j] + cols], want[yoff[j]..yoff[j] + cols], "{kern:?} rows {rows} cols {cols} nvec {nvec}");
                         }

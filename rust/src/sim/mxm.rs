@@ -27,7 +27,8 @@ use crate::numerics::{canon_f32, f16_mant_shift, F32_NAN};
 use std::collections::VecDeque;
 
 use super::gemm::{
-    finish_job, gemm_f64, Job, JobCell, Pool, EXACT_BOUND, GEMM_COLS, JOB_QUEUED, JOB_TAKEN, SUBMIT_VECS, WORKER_MIN_MACS,
+    finish_job, gemm_f64_raw, wait_job, Job, JobCell, OutPtr, Pool, EXACT_BOUND, GEMM_COLS, JOB_QUEUED, JOB_TAKEN, SUBMIT_VECS,
+    WORKER_MIN_MACS,
 };
 
 /// 2^-48 exactly (biased exponent 127 - 48).
@@ -308,6 +309,9 @@ pub struct MxmPlane {
     yflags: Vec<u8>,
     /// Buffers of `ystride` f64: each slot's GEMM product (buffer `slot_buf`; the first `meta.ncols` meaningful,
     /// exact counts of 2^-48) and each f64 row (`row_buf`). An `=` update swaps the two buffers instead of copying.
+    /// GEMM jobs in flight write their slots' buffers in place (see `gemm::OutPtr`): `sy` grows only with no job
+    /// in flight, and while one is, other buffers are written only through `sy.as_mut_ptr()` (no reference to
+    /// the whole vector).
     sy: Vec<f64>,
     slot_buf: Vec<u32>,
     meta: Vec<SlotMeta>,
@@ -328,18 +332,21 @@ pub struct MxmPlane {
     inflight: VecDeque<std::sync::Arc<JobCell>>,
     /// Buffers back from jobs, for reuse.
     spare_f64: Vec<Vec<f64>>,
+    spare_off: Vec<Vec<usize>>,
 }
 
 impl Drop for MxmPlane {
     fn drop(&mut self) {
-        // Jobs no helper has started are dropped rather than run (a run that stops early, e.g. on an error).
+        // Jobs no helper has started are dropped rather than run (a run that stops early, e.g. on an error); one
+        // a helper runs is waited for, since it writes into `sy`.
         for c in &self.inflight {
-            let _ = c.state.compare_exchange(
-                JOB_QUEUED,
-                JOB_TAKEN,
-                std::sync::atomic::Ordering::AcqRel,
-                std::sync::atomic::Ordering::Acquire,
-            );
+            let cancelled = c
+                .state
+                .compare_exchange(JOB_QUEUED, JOB_TAKEN, std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire)
+                .is_ok();
+            if !cancelled {
+                wait_job(c);
+            }
         }
     }
 }
@@ -465,6 +472,7 @@ impl MxmPlane {
             xcat: Vec::new(),
             inflight: VecDeque::new(),
             spare_f64: Vec::new(),
+            spare_off: Vec::new(),
         }
     }
 
@@ -575,7 +583,9 @@ impl MxmPlane {
             for (j, &(slot, _)) in self.pend.iter().enumerate() {
                 let s = slot as usize;
                 let b = self.slot_buf[s] as usize;
-                let y = &mut self.sy[b * ystride..b * ystride + ncols];
+                assert!((b + 1) * ystride <= self.sy.len());
+                // SAFETY: in range; this slot's buffer is no job's (jobs in flight write only their own slots').
+                let y = unsafe { std::slice::from_raw_parts_mut(self.sy.as_mut_ptr().add(b * ystride), ncols) };
                 y.fill(0.0);
                 let x = &self.pend_x[j * rows..(j + 1) * rows];
                 for k in 0..rows {
@@ -592,40 +602,35 @@ impl MxmPlane {
             self.pend.clear();
             return;
         }
-        if hand_off && nvec * rows * cols >= WORKER_MIN_MACS {
-            if let Some(pool) = Pool::get() {
-                let x = std::mem::replace(&mut self.pend_x, self.spare_f64.pop().unwrap_or_default());
-                let y = self.spare_f64.pop().unwrap_or_default();
-                let slots = std::mem::take(&mut self.pend);
-                let job = Job { x, rows, nvec, w: w.fast.w.clone(), stride, cols, y, slots, ncols };
-                self.inflight.push_back(pool.submit(job));
-                return;
-            }
-        }
-        // Inline, straight into the slots (jobs in flight fill other slots).
-        let mut yoff = std::mem::take(&mut self.yoff);
+        let pool = if hand_off && nvec * rows * cols >= WORKER_MIN_MACS { Pool::get() } else { None };
+        // Either way straight into the slots' buffers (jobs in flight fill other slots).
+        let mut yoff = match pool {
+            Some(_) => self.spare_off.pop().unwrap_or_default(),
+            None => std::mem::take(&mut self.yoff),
+        };
         yoff.clear();
         yoff.extend(self.pend.iter().map(|&(slot, _)| self.slot_buf[slot as usize] as usize * ystride));
-        gemm_f64(&self.pend_x, rows, rows, &self.w.fast.w, stride, cols, &mut self.sy, &yoff);
+        let y = OutPtr { base: self.sy.as_mut_ptr(), len: self.sy.len() };
+        if let Some(pool) = pool {
+            let x = std::mem::replace(&mut self.pend_x, self.spare_f64.pop().unwrap_or_default());
+            let slots = std::mem::take(&mut self.pend);
+            let job = Job { x, rows, w: w.fast.w.clone(), stride, cols, y, yoff, slots };
+            self.inflight.push_back(pool.submit(job));
+            return;
+        }
+        // SAFETY: see `sy`: these slots' buffers are no job's.
+        unsafe { gemm_f64_raw(&self.pend_x, rows, rows, &self.w.fast.w, stride, cols, y.base, y.len, &yoff) };
         self.yoff = yoff;
         self.pend.clear();
     }
 
-    /// Finish every GEMM in flight (waiting for the helpers, or running a job no helper has started) and copy its
-    /// products into their slots.
+    /// Finish every GEMM in flight (waiting for the helpers, or running a job no helper has started): its
+    /// products are then in their slots.
     fn collect(&mut self) {
-        let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
         while let Some(cell) = self.inflight.pop_front() {
-            let mut yoff = std::mem::take(&mut self.yoff);
-            let j = finish_job(&cell, &mut yoff);
-            self.yoff = yoff;
-            for (v, &(slot, _)) in j.slots.iter().enumerate() {
-                let s = slot as usize;
-                let b = self.slot_buf[s] as usize;
-                self.sy[b * ystride..b * ystride + j.ncols].copy_from_slice(&j.y[v * j.cols..v * j.cols + j.ncols]);
-            }
+            let j = finish_job(&cell);
             self.spare_f64.push(j.x);
-            self.spare_f64.push(j.y);
+            self.spare_off.push(j.yoff);
             if self.pend.capacity() == 0 {
                 let mut slots = j.slots;
                 slots.clear();
@@ -911,6 +916,8 @@ impl MxmPlane {
 
     /// A new zero buffer of `sy`; returns its index.
     fn new_buf(&mut self) -> u32 {
+        // Growing may move `sy`: no job may be writing into it (see `sy`).
+        self.collect();
         let ystride = self.dim.div_ceil(GEMM_COLS) * GEMM_COLS;
         let b = self.sy.len() / ystride;
         self.sy.resize(self.sy.len() + ystride, 0.0);
@@ -1262,6 +1269,44 @@ mod tests {
             }
         }
         assert!(used_fast > 200, "the fast path took only {used_fast} vectors");
+    }
+
+    /// Jobs write their products straight into the plane's slot buffers: a plane dropped with jobs queued or
+    /// running (a run stopped early) cancels or waits for them, and slots allocated while jobs are in flight (the
+    /// slot storage grows, after collecting them) keep every product.
+    #[test]
+    fn jobs_in_flight_survive_growth_and_drop() {
+        let dim = 320;
+        let mut seed = 4242u64;
+        for rounds in [0usize, 1] {
+            let mut fast = MxmPlane::new(dim, 64, false);
+            let mut slow = MxmPlane::new(dim, 64, false);
+            for _k in 0..dim {
+                let g: Vec<u8> = (0..2 * dim).map(|i| if i < dim { rng(&mut seed) as u8 } else { 0x38 | (rng(&mut seed) as u8 & 0x83) }).collect();
+                fast.load_row(DType::F16, &g[..dim], &g[dim..]);
+                slow.load_row(DType::F16, &g[..dim], &g[dim..]);
+            }
+            for p in [&mut fast, &mut slow] {
+                p.start_install();
+                p.finish_install();
+            }
+            for v in 0..8 * SUBMIT_VECS {
+                let xg: Vec<u8> = (0..2 * dim).map(|i| if i < dim { rng(&mut seed) as u8 } else { 0x3c | (rng(&mut seed) as u8 & 0x81) }).collect();
+                let slot = fast.abc_f16(&xg[..dim], &xg[dim..]);
+                assert!(fast.meta[slot as usize].fast);
+                let (mut y, mut f) = (vec![0i128; dim], vec![0u8; dim]);
+                slow.multiply(DType::F16, &xg, &mut y, &mut f);
+                let row = v % 48;
+                assert!(fast.update_slot(row, v >= 48, slot));
+                assert!(slow.update(row, v >= 48, RowKind::F16, &y, &f));
+            }
+            if rounds == 1 {
+                for row in 0..48 {
+                    compare_rows(&mut fast, &mut slow, row, 0);
+                }
+            }
+            drop(fast); // with jobs in flight when rounds == 0
+        }
     }
 
     /// Row `row` of both planes: equal as read by ACC (in the row's kind) and as exact counts.
