@@ -36,7 +36,7 @@ use crate::error::{ErrorKind, SimError};
 use crate::isa::{AluOp, DType, Instr, MxmQueue, Operand, QueueName, Stream};
 
 /// Cycles of repetitions taken at once: bounds how far ahead emits are recorded and how late reads are checked.
-pub const CHUNK: u64 = 96;
+pub const CHUNK: u64 = 128;
 
 /// The largest delay from an issue to its emit.
 fn max_emit_latency(c: &ChipConfig) -> u64 {
@@ -93,13 +93,27 @@ impl Chip {
                     return Ok(t);
                 }
                 let rl = self.cfg.mem_read_latency;
-                for j in 1..=k {
-                    let tj = time(j);
-                    let a = self.check_addr(addr as i64 + (i0 + j) as i64 * stride, q, idx, tj)?;
-                    let bank = self.mem[unit].bank(a);
-                    self.use_port(unit, bank, tj, q, idx)?;
-                    self.emit_at(tj + rl, q, idx, s, 1, NONE)?;
+                // The addresses are linear in j, so the ends bound them all; if one end is out, find the first bad one.
+                let addr_j = |j: u32| addr as i64 + (i0 + j) as i64 * stride;
+                let words = self.cfg.mem_words as i64;
+                if !(0..words).contains(&addr_j(1)) || !(0..words).contains(&addr_j(k)) {
+                    for j in 1..=k {
+                        self.check_addr(addr_j(j), q, idx, time(j))?;
+                    }
                 }
+                // Only this queue uses the slice's ports (no commit is in flight) and every port use so far was at or
+                // before `t`: the k uses, at distinct later cycles, cannot conflict. A port remembers its last use,
+                // so only each bank's last one is made.
+                let mut last = [None; 2];
+                for j in 1..=k {
+                    last[self.mem[unit].bank(addr_j(j) as usize)] = Some(time(j));
+                }
+                for (bank, tj) in last.into_iter().enumerate() {
+                    if let Some(tj) = tj {
+                        self.use_port(unit, bank, tj, q, idx)?;
+                    }
+                }
+                self.emit_run(q, idx, s, 1, time(1) + rl, d, k)?;
                 self.stats.busy.mem += k as u64;
             }
             Instr::Write { addr, s } => {
@@ -107,16 +121,24 @@ impl Chip {
                 self.defer_reads(PendingRead { q: q as u32, idx: idx as u32, s, width: 1, pos: pos as u32, t0: time(1), d, k });
                 // The queue issues again at time(k) + 1 at the earliest.
                 let next_issue = time(k) + 1;
+                // Commits made now land at distinct cycles after every port use so far but the issue's own commit
+                // (an event at t + wl, earlier than all of them): none can conflict, and a port remembers only its
+                // last use, so only each bank's last one is made.
+                let mut last = [None; 2];
                 for j in 1..=k {
                     let tj = time(j);
                     let a = self.check_addr(addr as i64 + (i0 + j) as i64 * stride, q, idx, tj)?;
                     if tj + wl < next_issue {
-                        let bank = self.mem[unit].bank(a);
-                        self.use_port(unit, bank, tj + wl, q, idx)?;
-                        self.activity(tj + wl);
+                        last[self.mem[unit].bank(a)] = Some(tj + wl);
                     } else {
                         let payload = Payload::MemWrite { slice: unit as u32, addr: a as u32, buf: NONE };
                         self.schedule(tj + wl, calendar::MEM_COMMIT, q, idx, payload);
+                    }
+                }
+                for (bank, tw) in last.into_iter().enumerate() {
+                    if let Some(tw) = tw {
+                        self.use_port(unit, bank, tw, q, idx)?;
+                        self.activity(tw);
                     }
                 }
                 self.mem_commit_at[unit] = self.mem_commit_at[unit].max(time(k) + wl);
@@ -167,11 +189,15 @@ impl Chip {
             }
             Instr::Acc { t: ty, row, s } if ty != DType::I32 => {
                 let lat = self.cfg.mxm_acc_latency;
-                for j in 1..=k {
-                    let tj = time(j);
-                    self.check_row(row as i64 + (i0 + j) as i64 * stride, q, idx, tj)?;
-                    self.emit_at(tj + lat, q, idx, s, 4, NONE)?;
+                // Rows are linear in j: the ends bound them all (if one is out, the first bad one is found).
+                let row_j = |j: u32| row as i64 + (i0 + j) as i64 * stride;
+                let rows = self.cfg.mxm_acc_rows as i64;
+                if !(0..rows).contains(&row_j(1)) || !(0..rows).contains(&row_j(k)) {
+                    for j in 1..=k {
+                        self.check_row(row_j(j), q, idx, time(j))?;
+                    }
                 }
+                self.emit_run(q, idx, s, 4, time(1) + lat, d, k)?;
             }
             Instr::Alu { op, t: ty, out, dst, a, b } => {
                 let operands = [Some(a), b];
@@ -186,9 +212,7 @@ impl Chip {
                     }
                 }
                 if let Some(dst) = dst {
-                    for j in 1..=k {
-                        self.emit_at(time(j) + lat, q, idx, dst, out.width(), NONE)?;
-                    }
+                    self.emit_run(q, idx, dst, out.width(), time(1) + lat, d, k)?;
                 }
                 self.stats.busy.vxm += k as u64;
                 self.activity(time(k) + lat); // the last register update
@@ -229,6 +253,21 @@ impl Chip {
         }
     }
 
+    /// The emits of `k` repetitions (cycles `t0 + j d`) on the `width` streams from `s`, recorded now (fast form).
+    fn emit_run(&mut self, q: usize, idx: usize, s: Stream, width: usize, t0: u64, d: u64, k: u32) -> Result<(), SimError> {
+        let pos = self.qinfo[q].pos;
+        for b in 0..width {
+            let si = s.index as usize + b;
+            if let Some(j) = self.belt.emit_run(s.dir, si, pos, t0, d, k) {
+                let cycle = t0 + j as u64 * d;
+                let m = format!("stream {} at position {pos} already has a value emitted in cycle {cycle}", stream_name(s.dir, si));
+                return Err(self.err(ErrorKind::StreamConflict, cycle, q, idx, m));
+            }
+        }
+        self.activity(t0 + (k as u64 - 1) * d);
+        Ok(())
+    }
+
     fn defer_reads(&mut self, p: PendingRead) {
         self.pending_due = self.pending_due.min(p.due());
         self.pending.push(p);
@@ -247,14 +286,12 @@ impl Chip {
                 continue;
             }
             self.pending.swap_remove(i);
-            for j in 0..p.k as u64 {
-                let t = p.t0 + j * p.d;
-                for b in 0..p.width as usize {
-                    let si = p.s.index as usize + b;
-                    if self.belt.find(p.s.dir, si, p.pos as usize, t).is_none() {
-                        let m = format!("no value on stream {} at position {}", stream_name(p.s.dir, si), p.pos);
-                        return Err(self.err(ErrorKind::StreamEmpty, t, p.q as usize, p.idx as usize, m));
-                    }
+            for b in 0..p.width as usize {
+                let si = p.s.index as usize + b;
+                if let Some(j) = self.belt.find_run(p.s.dir, si, p.pos as usize, p.t0, p.d, p.k) {
+                    let t = p.t0 + j as u64 * p.d;
+                    let m = format!("no value on stream {} at position {}", stream_name(p.s.dir, si), p.pos);
+                    return Err(self.err(ErrorKind::StreamEmpty, t, p.q as usize, p.idx as usize, m));
                 }
             }
         }
@@ -307,6 +344,12 @@ mod tests {
 .queue MEM.W11
  READ 0, W2
  REPEAT 60, 1, 1
+ READ 4050, E9
+ REPEAT 90, 1, 1
+.queue MEM.W10
+ NOP 63
+ WRITE 4060, E9
+ REPEAT 80, 1, 1
 .queue MEM.W12
  NOP 1
  READ 0, W3
@@ -346,7 +389,8 @@ mod tests {
         let mut slow_mem = ChipConfig::tsp_v1();
         (slow_mem.mem_read_latency, slow_mem.mem_write_latency) = (2, 3);
         let lines: Vec<&str> = SEED_PROGRAM.lines().collect();
-        let ints = ["0", "1", "2", "3", "7", "17", "37", "100", "300", "1023", "4096", "8191"];
+        // 4050, 4095, 8150: runs of addresses crossing the bank boundary (4096) or the end of memory.
+        let ints = ["0", "1", "2", "3", "7", "17", "37", "100", "300", "1023", "4050", "4095", "4096", "8150", "8191"];
         let streams = ["E0", "E2", "E3", "E4", "W2", "W3", "W6", "W7", "R0", "R1", "#2", "-"];
         let (mut ok, mut failed, mut spurious) = (0, 0, 0);
         let mut seed = 77u64;

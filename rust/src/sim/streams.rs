@@ -148,6 +148,65 @@ impl StreamBelt {
     }
 }
 
+impl StreamBelt {
+    /// Emits at (pos, t0 + j dt) for j < k on one stream (a run of repetitions taken ahead), recorded at once.
+    /// Returns the first j that conflicts (after recording the ones before it), as `emit` would find it.
+    pub fn emit_run(&mut self, dir: Dir, index: usize, pos: usize, t0: u64, dt: u64, k: u32) -> Option<u32> {
+        let Some(f) = &mut self.free else {
+            return (0..k).find(|&j| !self.emit(dir, index, pos, t0 + j as u64 * dt, &[]));
+        };
+        // Along a run the diagonal moves by dt per repetition (down eastward, up westward).
+        let step = if dir == Dir::East { (dt as i64).wrapping_neg() } else { dt as i64 };
+        let mut diag = Self::diagonal(dir, pos, t0);
+        for j in 0..k {
+            if !f.emit(self.streams_per_direction, dir, index, diag, pos) {
+                return Some(j);
+            }
+            diag = diag.wrapping_add(step);
+        }
+        None
+    }
+
+    /// Reads at (pos, t0 + j dt) for j < k on one stream: the first j that finds no value (StreamEmpty).
+    pub fn find_run(&self, dir: Dir, index: usize, pos: usize, t0: u64, dt: u64, k: u32) -> Option<u32> {
+        let Some(f) = &self.free else {
+            return (0..k).find(|&j| self.find(dir, index, pos, t0 + j as u64 * dt).is_none());
+        };
+        let words = f.stride - 1;
+        if words > MAX_WORDS {
+            return (0..k).find(|&j| self.find(dir, index, pos, t0 + j as u64 * dt).is_none());
+        }
+        // The bits of the positions strictly upstream of `pos`, once for the run.
+        let mut up = [0u32; MAX_WORDS];
+        for (i, m) in up[..words].iter_mut().enumerate() {
+            let lo = 32 * i;
+            *m = match dir {
+                Dir::East if pos >= lo + 32 => !0,
+                Dir::East if pos > lo => (1u32 << (pos - lo)) - 1,
+                Dir::East => 0,
+                Dir::West if pos < lo => !0,
+                Dir::West if pos < lo + 31 => !0u32 << (pos - lo + 1),
+                Dir::West => 0,
+            };
+        }
+        let step = if dir == Dir::East { (dt as i64).wrapping_neg() } else { dt as i64 };
+        let mut diag = Self::diagonal(dir, pos, t0);
+        for j in 0..k {
+            let s = f.slot(self.streams_per_direction, dir, index, diag);
+            let slot = &f.slots[s..s + f.stride];
+            let hit = slot[1..].iter().zip(&up[..words]).fold(0, |a, (&x, &m)| a | (x & m));
+            if slot[0] != OrderFree::tag(diag) || hit == 0 {
+                return Some(j);
+            }
+            diag = diag.wrapping_add(step);
+        }
+        None
+    }
+}
+
+/// Bitset words per slot `find_run` handles with precomputed masks (256 positions); more take the slow path.
+const MAX_WORDS: usize = 8;
+
 impl OrderFree {
     #[inline]
     fn tag(diag: i64) -> u32 {
@@ -219,6 +278,36 @@ mod tests {
         assert!(b.find(Dir::West, 0, 40, 11).is_none());
         // Ring aliasing: a diagonal 128 away must not be mistaken.
         assert!(b.find(Dir::West, 0, 40, 138).is_none());
+    }
+
+    #[test]
+    fn runs_agree_with_single_emits_and_reads() {
+        // emit_run / find_run (masks per bitset word, diagonal steps) against emit / find one at a time, on a chip
+        // of 95 positions (words 0..2) with runs at word edges, both directions, strides 1 to 5.
+        let mut seed = 99u64;
+        let mut rnd = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        for _ in 0..200 {
+            let mut one = StreamBelt::new_order_free(2, 95, 600);
+            let mut run = StreamBelt::new_order_free(2, 95, 600);
+            let pick_pos = |r: u64| [0, 1, 30, 31, 32, 33, 63, 64, 65, 94][r as usize];
+            for _ in 0..6 {
+                let (dir, i, pos) = (if rnd(2) == 0 { Dir::East } else { Dir::West }, rnd(2) as usize, pick_pos(rnd(10)));
+                let (t0, dt, k) = (100 + rnd(40), 1 + rnd(5), 1 + rnd(30) as u32);
+                let a = (0..k).find(|&j| !one.emit(dir, i, pos, t0 + j as u64 * dt, &[]));
+                assert_eq!(run.emit_run(dir, i, pos, t0, dt, k), a);
+            }
+            for _ in 0..40 {
+                let (dir, i, pos) = (if rnd(2) == 0 { Dir::East } else { Dir::West }, rnd(2) as usize, pick_pos(rnd(10)));
+                let (t0, dt, k) = (90 + rnd(100), 1 + rnd(5), 1 + rnd(30) as u32);
+                let a = (0..k).find(|&j| one.find(dir, i, pos, t0 + j as u64 * dt).is_none());
+                assert_eq!(run.find_run(dir, i, pos, t0, dt, k), a, "{dir:?} {i} {pos} {t0} {dt} {k}");
+            }
+        }
     }
 
     #[test]
