@@ -75,8 +75,9 @@ struct Weights {
 struct FastW {
     /// 0: loaded, not yet checked; 1: usable; 2: unusable (a weight is infinite or NaN).
     state: u8,
-    /// OR of every `|m << s|` loaded (its lowest set bit gives `tz`), and the count of nonzero weights.
-    or: i64,
+    /// The f32 bits of the smallest power of two dividing a nonzero `|m << s|` loaded (`u32::MAX` if none: its
+    /// exponent gives `tz`), and the count of nonzero weights.
+    lowbit: u32,
     nnz: usize,
     tz: u32,
     stride: usize,
@@ -116,8 +117,8 @@ impl Weights {
             return;
         }
         let f = &mut self.fast;
-        // The lowest set bit of the OR of all values is the smallest trailing-zero count of a nonzero value.
-        f.tz = if f.or == 0 { 0 } else { f.or.trailing_zeros() };
+        // The smallest power of two dividing a nonzero value is 2^tz.
+        f.tz = if f.nnz == 0 { 0 } else { (f.lowbit >> 23) - 127 };
         f.sp_ptr.clear();
         f.sp_col.clear();
         f.sp_val.clear();
@@ -237,41 +238,45 @@ fn any_special_generic(hi: &[u8]) -> bool {
 }
 dispatch!(any_special, any_special_generic, (hi: &[u8]) -> bool);
 
-/// One f16 weight row from its two byte planes: raw bits to `raw`, `m << s` as f64 to `fw` (0 for an infinity or
-/// NaN; the set is then unusable for the GEMM anyway). Returns whether any element is infinite or NaN, 1 + the
-/// last column with a nonzero finite weight (0 if none), the OR and the largest of the magnitudes, and the count of
-/// nonzero weights. Branch-free so it vectorises.
+/// One f16 weight row from its two byte planes: raw bits to `raw`, `m << s` as f32 to `fw` (exact: 11 significant
+/// bits; 0 for an infinity or NaN, the set is then unusable for the GEMM anyway). Returns whether any element is
+/// infinite or NaN, 1 + the last column with a nonzero finite weight (0 if none), the f32 bits of the smallest
+/// power of two dividing a nonzero magnitude (`u32::MAX` if none), the largest magnitude, and the count of nonzero
+/// weights. All in 32-bit lanes (`m << s` reaches 2^40, but `m as f32 * 2^s` is exact) and branch-free, so it
+/// vectorises 16 to an AVX-512 register.
 #[inline(always)]
-fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f32]) -> (bool, usize, i64, f64, usize) {
+fn decode_f16_row_generic(lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f32]) -> (bool, usize, u32, f64, usize) {
     let n = raw.len();
     let (lo, hi, fw) = (&lo[..n], &hi[..n], &mut fw[..n]);
     let mut special = 0u32;
-    let mut or = 0i64;
-    let mut max = 0i64;
-    let mut nnz = 0usize;
-    let mut last = 0usize;
+    let mut lowbit = u32::MAX;
+    let mut max = 0u32;
+    let mut nnz = 0u32;
+    let mut last = 0u32;
     for i in 0..n {
-        let b = lo[i] as u16 | (hi[i] as u16) << 8;
-        raw[i] = b;
-        let e = ((b >> 10) & 0x1f) as i64;
-        let f = (b & 0x3ff) as i64;
-        let normal = (e != 0) as i64;
-        let m = f | (normal << 10);
-        let s = e - normal; // e - 1 for normals, 0 for subnormals
-        let is_special = (e == 31) as i64;
-        let mag = (m << s) & (is_special - 1);
-        // Exact in f32 too: at most 11 significant bits.
-        fw[i] = small_to_f64(mag, (b >> 15) as u64) as f32;
-        special |= is_special as u32;
-        or |= mag;
-        max = max.max(mag);
-        nnz += (mag != 0) as usize;
-        last = if mag != 0 { i + 1 } else { last };
+        let b = lo[i] as u32 | (hi[i] as u32) << 8;
+        raw[i] = b as u16;
+        let e = (b >> 10) & 0x1f;
+        let normal = (e != 0) as u32;
+        let is_special = (e == 31) as u32;
+        let m = ((b & 0x3ff) | (normal << 10)) & is_special.wrapping_sub(1);
+        let s = e - normal; // e - 1 for normals, 0 for subnormals: 0..=30 (30 only for specials, whose m is 0)
+        let scale = f32::from_bits((127 + s) << 23);
+        let mag = (m as f32 * scale).to_bits(); // exact: m < 2^11, a power-of-two scale
+        fw[i] = f32::from_bits(mag | (b >> 15) << 31);
+        // m & -m is m's lowest set bit, 2^t; as an f32, adding s to its exponent makes 2^(t + s).
+        let low = ((m & m.wrapping_neg()) as f32).to_bits() + (s << 23);
+        let nz = m != 0;
+        lowbit = lowbit.min(if nz { low } else { u32::MAX });
+        special |= is_special;
+        max = max.max(mag); // non-negative f32 bits order like the values
+        nnz += nz as u32;
+        last = last.max(if nz { i as u32 + 1 } else { 0 });
     }
-    (special != 0, last, or, small_to_f64(max, 0), nnz)
+    (special != 0, last as usize, lowbit, f32::from_bits(max) as f64, nnz as usize)
 }
 dispatch!(decode_f16_row, decode_f16_row_generic,
-    (lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f32]) -> (bool, usize, i64, f64, usize));
+    (lo: &[u8], hi: &[u8], raw: &mut [u16], fw: &mut [f32]) -> (bool, usize, u32, f64, usize));
 
 pub struct MxmPlane {
     dim: usize,
@@ -700,7 +705,7 @@ impl MxmPlane {
             b.pre_rows = 0;
             let f = &mut b.fast;
             f.state = 0;
-            f.or = 0;
+            f.lowbit = u32::MAX;
             f.nnz = 0;
             f.stride = dim.div_ceil(GEMM_COLS) * GEMM_COLS;
             f.wmax.clear();
@@ -723,9 +728,9 @@ impl MxmPlane {
                     fw.resize((k + 1) * stride, 0.0);
                 }
                 let row = &mut fw[k * stride..(k + 1) * stride];
-                let (special, l, or, max, nnz) = decode_f16_row(&lo[..dim], &hi[..dim], raw, &mut row[..dim]);
+                let (special, l, lowbit, max, nnz) = decode_f16_row(&lo[..dim], &hi[..dim], raw, &mut row[..dim]);
                 row[dim..].fill(0.0);
-                f.or |= or;
+                f.lowbit = f.lowbit.min(lowbit);
                 f.nnz += nnz;
                 f.wmax.push(max);
                 last = l;
@@ -1306,6 +1311,47 @@ mod tests {
                 }
             }
             drop(fast); // with jobs in flight when rounds == 0
+        }
+    }
+
+    /// The 32-bit-lane weight-row decode against plain i64 arithmetic, over every f16 bit pattern (in rows, some
+    /// with every element zero or special) and through the vectorised dispatch.
+    #[test]
+    fn decode_f16_row_matches_reference() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let mut rows: Vec<Vec<u16>> = all.chunks(320).map(|c| c.to_vec()).collect();
+        rows.push(vec![0x8000; 37]);
+        rows.push(vec![0x7c00, 0, 0x0001, 0x8400]);
+        rows.push(vec![0x0400, 0x0200, 0x0000, 0x3c00, 0]);
+        for r in &rows {
+            let n = r.len();
+            let lo: Vec<u8> = r.iter().map(|&b| b as u8).collect();
+            let hi: Vec<u8> = r.iter().map(|&b| (b >> 8) as u8).collect();
+            let (mut raw, mut fw) = (vec![0u16; n], vec![f32::NAN; n]);
+            let (special, last, lowbit, max, nnz) = decode_f16_row(&lo, &hi, &mut raw, &mut fw);
+            assert_eq!(raw, *r);
+            let (mut w_or, mut w_max, mut w_nnz, mut w_last, mut w_special) = (0i64, 0i64, 0usize, 0usize, false);
+            for (i, &b) in r.iter().enumerate() {
+                let mag = match f16_mant_shift(b) {
+                    Some((m, sh)) if !is_f16_special(b) => (m.unsigned_abs() as i64) << sh,
+                    _ => 0,
+                };
+                w_special |= is_f16_special(b);
+                let want = if b & 0x8000 != 0 { -(mag as f32) } else { mag as f32 };
+                assert_eq!(fw[i].to_bits(), want.to_bits(), "bits {b:#06x}");
+                w_or |= mag;
+                w_max = w_max.max(mag);
+                w_nnz += (mag != 0) as usize;
+                if mag != 0 {
+                    w_last = i + 1;
+                }
+            }
+            assert_eq!((special, last, max, nnz), (w_special, w_last, w_max as f64, w_nnz));
+            if w_or != 0 {
+                assert_eq!(lowbit, ((1u64 << w_or.trailing_zeros()) as f32).to_bits());
+            } else {
+                assert_eq!(lowbit, u32::MAX);
+            }
         }
     }
 
