@@ -472,8 +472,12 @@ impl Chip {
                 } else {
                     (NONE, NONE)
                 };
-                let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y, flags };
-                self.schedule(t + mxm_latency, calendar::ACC_UPDATE, q, idx, payload);
+                if self.fast {
+                    self.acc_update(q, idx, r, add, ty, t + mxm_latency)?;
+                } else {
+                    let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y, flags };
+                    self.schedule(t + mxm_latency, calendar::ACC_UPDATE, q, idx, payload);
+                }
             }
             Instr::Acc { t: ty, row, s } => {
                 let r = self.check_row(row as i64 + delta, q, idx, t)?;

@@ -30,10 +30,27 @@
 
 use super::calendar::{self, Payload, NONE};
 use super::exec::stream_name;
+use super::mxm::RowKind;
 use super::{vxm, Chip};
 use crate::config::ChipConfig;
 use crate::error::{ErrorKind, SimError};
 use crate::isa::{AluOp, DType, Instr, MxmQueue, Operand, QueueName, Stream};
+
+/// Per MXM plane: whether its ABCs' accumulator updates may be made at issue rather than when they land. A
+/// plane's row kinds (integer or f16 sums) change only by its updates, which land in the order its ABC queue
+/// issues them, and are read by those updates and by ACC.i32 issues. With no ACC.i32 in the plane's ACC queue, only
+/// the updates read them, in the same order either way: so they fail (TypeMismatch) in one order iff in the other.
+pub(super) fn updates_at_issue(qinfo: &[super::QInfo], progs: &[Vec<Instr>], planes: usize) -> Vec<bool> {
+    let mut ok = vec![true; planes];
+    for (info, prog) in qinfo.iter().zip(progs) {
+        if matches!(info.name, QueueName::Mxm { kind: MxmQueue::Acc, .. })
+            && prog.iter().any(|i| matches!(i, Instr::Acc { t: DType::I32, .. }))
+        {
+            ok[info.unit_index] = false;
+        }
+    }
+    ok
+}
 
 /// Cycles of repetitions taken at once: bounds how far ahead emits are recorded and how late reads are checked.
 pub const CHUNK: u64 = 128;
@@ -159,8 +176,7 @@ impl Chip {
                         return Err(self.err(ErrorKind::UnitBusy, tj, q, idx, format!("the plane is busy until cycle {until}")));
                     }
                     until = tj + busy;
-                    let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y: NONE, flags: NONE };
-                    self.schedule(tj + lat, calendar::ACC_UPDATE, q, idx, payload);
+                    self.acc_update(q, idx, r, add, ty, tj + lat)?;
                 }
                 self.planes[unit].busy_until = until;
                 self.stats.busy.mxm += busy * k as u64;
@@ -227,6 +243,24 @@ impl Chip {
             r.i += k;
         }
         Ok(last)
+    }
+
+    /// The accumulator update of an ABC (row `r`) landing at `at`: an event, or (fast form, `updates_at_issue`)
+    /// made now.
+    pub(super) fn acc_update(&mut self, q: usize, idx: usize, r: usize, add: bool, ty: DType, at: u64) -> Result<(), SimError> {
+        let unit = self.qinfo[q].unit_index;
+        if !self.acc_at_issue[unit] {
+            let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y: NONE, flags: NONE };
+            self.schedule(at, calendar::ACC_UPDATE, q, idx, payload);
+            return Ok(());
+        }
+        let kind = if ty == DType::F16 { RowKind::F16 } else { RowKind::Int };
+        if !self.planes[unit].update(r, add, kind, &[], &[]) {
+            let other = if ty == DType::F16 { "integer" } else { "f16" };
+            return Err(self.err(ErrorKind::TypeMismatch, at, q, idx, format!("ABC + onto row {r}, which holds {other} sums")));
+        }
+        self.activity(at);
+        Ok(())
     }
 
     /// An install landing on `plane` at `t` (fast form): the ABCs taken ahead up to `abc_window` must accept its type.
@@ -435,6 +469,29 @@ mod tests {
         let e = loaded.chip(true, false).run(None).unwrap_err();
         assert_eq!((e.kind, e.cycle), (crate::ErrorKind::TypeMismatch, 68));
         assert!(loaded.chip(true, true).run(None).is_err());
+    }
+
+    #[test]
+    fn accumulator_updates_at_issue_agree_with_landing_order() {
+        // f16 ABCs (one taken ahead as a chunk), then an ABC + onto one of their rows: an integer one fails
+        // (TypeMismatch when it lands), an f16 one does not. With an ACC.i32 in the plane's ACC queue the updates
+        // stay events; without, the fast form makes them at issue. Either way it agrees with the exact order.
+        let feed = ".queue VXM.0\n COPY.i32 W0, #0\n REPEAT 80, 1\n";
+        for last in ["ABC.i8 W0, 9, +", "ABC.f16 W0, 9, +", "ABC.i8 W0, 40, +"] {
+            for acc in ["", ".queue MXM.W0.ACC\n NOP 200\n ACC.i32 500, E0\n"] {
+                let src = format!("{feed}.queue MXM.W0.ABC\n NOP 48\n ABC.f16 W0, 7\n REPEAT 5, 4, 1\n NOP 8\n {last}\n{acc}");
+                let loaded = load_program(&ChipConfig::tsp_v1(), &text::parse(&src).unwrap()).unwrap();
+                let mut exact = loaded.chip(true, false);
+                let mut fast = loaded.chip(true, true);
+                assert_eq!(fast.acc_at_issue[0], acc.is_empty());
+                match (exact.run(None), fast.run(None)) {
+                    (Ok(()), Ok(())) => assert_eq!(exact.stats, fast.stats, "{src}"),
+                    (Err(e), Err(_)) => assert_eq!(e.kind, crate::ErrorKind::TypeMismatch),
+                    (a, b) => panic!("{src}\nexact: {a:?}\nfast: {b:?}"),
+                }
+                assert_eq!(exact.stats.cycles > 0, !last.starts_with("ABC.i8 W0, 9"), "{src}");
+            }
+        }
     }
 
     #[test]

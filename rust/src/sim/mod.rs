@@ -143,6 +143,8 @@ pub struct Chip {
     abc_window: Vec<Option<(u64, DType)>>,
     /// Per MXM plane: the cycle LWs were taken ahead at and the last one's cycle (fast form; an IW then fails it).
     lw_window: Vec<Option<(u64, u64)>>,
+    /// Per MXM plane: its ABCs' accumulator updates are applied at issue (fast form; see `fast::updates_at_issue`).
+    acc_at_issue: Vec<bool>,
     /// Oscillator and hardware-aligned counter: HAC = clock.hac(cycle) mod hac_period (on a lone chip
     /// `cycle + hac_offset`, offset 0 unless set).
     pub clock: clock::Clock,
@@ -240,6 +242,7 @@ impl Chip {
             pending_due: u64::MAX,
             abc_window: vec![None; cfg.mxm_planes],
             lw_window: vec![None; cfg.mxm_planes],
+            acc_at_issue: vec![false; cfg.mxm_planes],
             clock: clock::Clock::default(),
             sac: std::collections::BTreeMap::new(),
             resume_at: 0,
@@ -890,6 +893,9 @@ impl Loaded {
     pub fn chip(&self, timing_only: bool, fast: bool) -> Chip {
         let mut c = Chip::with_mode(&self.cfg, timing_only, fast && timing_only);
         c.progs = self.progs.clone();
+        if c.fast {
+            c.acc_at_issue = fast::updates_at_issue(&c.qinfo, &c.progs, self.cfg.mxm_planes);
+        }
         c.dumps = self.dumps.clone();
         c.inits = self.inits.clone();
         for (l, p) in c.links.iter_mut().zip(&self.peers) {
