@@ -191,46 +191,39 @@ macro_rules! dispatch {
     };
 }
 
-/// `v` (an integer in 0..2^52) as an f64, exactly, with the sign of `neg` (0 or 1): the bits of 2^52 + v are
-/// `0x4330.. | v`, and subtracting 2^52 is exact. Unlike `v as f64` this vectorises without AVX-512 (AVX2 has no
-/// i64 -> f64 conversion).
-#[inline(always)]
-fn small_to_f64(v: i64, neg: u64) -> f64 {
-    const TWO52: f64 = 4503599627370496.0;
-    let a = f64::from_bits(v as u64 | 0x4330_0000_0000_0000) - TWO52;
-    f64::from_bits(a.to_bits() | (neg << 63))
-}
-
-/// An f16 activation's first `xr.len()` elements (two byte planes) as `m << s` with sign, in f64 (exact: below
-/// 2^40); returns the OR of the magnitudes (for their common trailing zeros) and the exactness bound
+/// An f16 activation's first `xr.len()` elements (two byte planes, no infinity or NaN: the caller checked) as
+/// `m << s` with sign, in f64 (exact: below 2^40); returns the f32 bits of the smallest power of two dividing a
+/// nonzero magnitude (`u32::MAX` if none; its exponent is their common trailing zeros) and the exactness bound
 /// `sum_k |xr[k]| * wmax[k]` (summed in 8 partial sums: any order will do, it is compared with half the exact
-/// limit). One pass, branch-free so it vectorises.
+/// limit). One pass, branch-free, the decoding in 32-bit lanes as for weight rows (`m as f32 * 2^s` is exact).
 #[inline(always)]
-fn decode_x_bound_generic(lo: &[u8], hi: &[u8], wmax: &[f64], xr: &mut [f64]) -> (i64, f64) {
+fn decode_x_bound_generic(lo: &[u8], hi: &[u8], wmax: &[f64], xr: &mut [f64]) -> (u32, f64) {
     let n = xr.len();
     let (lo, hi8, wmax) = (&lo[..n], &hi[..n], &wmax[..n]);
-    let mut nz = 0i64;
+    let mut lowbit = u32::MAX;
     let mut part = [0f64; 8];
     let mut k0 = 0;
     while k0 < n {
         let m = (n - k0).min(8);
         for i in 0..m {
             let k = k0 + i;
-            let xb = lo[k] as u16 | (hi8[k] as u16) << 8;
-            let e = ((xb >> 10) & 0x1f) as i64;
-            let f = (xb & 0x3ff) as i64;
-            let normal = (e != 0) as i64;
-            let mag = (f | (normal << 10)) << (e - normal);
-            nz |= mag;
-            let v = small_to_f64(mag, (xb >> 15) as u64);
-            xr[k] = v;
-            part[i] += v.abs() * wmax[k];
+            let xb = lo[k] as u32 | (hi8[k] as u32) << 8;
+            let e = (xb >> 10) & 0x1f;
+            let normal = (e != 0) as u32;
+            let mx = (xb & 0x3ff) | (normal << 10);
+            let s = e - normal;
+            let mag = mx as f32 * f32::from_bits((127 + s) << 23);
+            let low = ((mx & mx.wrapping_neg()) as f32).to_bits() + (s << 23);
+            lowbit = lowbit.min(if mx != 0 { low } else { u32::MAX });
+            let v = mag as f64;
+            xr[k] = f64::from_bits(v.to_bits() | ((xb >> 15) as u64) << 63);
+            part[i] += v * wmax[k];
         }
         k0 += 8;
     }
-    (nz, part.iter().sum())
+    (lowbit, part.iter().sum())
 }
-dispatch!(decode_x_bound, decode_x_bound_generic, (lo: &[u8], hi: &[u8], wmax: &[f64], xr: &mut [f64]) -> (i64, f64));
+dispatch!(decode_x_bound, decode_x_bound_generic, (lo: &[u8], hi: &[u8], wmax: &[f64], xr: &mut [f64]) -> (u32, f64));
 
 #[inline(always)]
 fn any_special_generic(hi: &[u8]) -> bool {
@@ -541,9 +534,9 @@ impl MxmPlane {
             self.pend_x.resize((base + rows).max(2 * SUBMIT_VECS * rows), 0.0);
         }
         let xr = &mut self.pend_x[base..base + rows];
-        let (nz, bound) = decode_x_bound(lo, hi, &w.fast.wmax[..rows], xr);
+        let (lowbit, bound) = decode_x_bound(lo, hi, &w.fast.wmax[..rows], xr);
         // The common trailing zeros of the nonzero activations: every product is a multiple of 2^(tz + w.tz).
-        let tz = if nz == 0 { 0 } else { nz.trailing_zeros() };
+        let tz = if lowbit == u32::MAX { 0 } else { (lowbit >> 23) - 127 };
         // Exact if the bound, in units of 2^(tz + w.tz), is below 2^52 (both powers of two: an exact scaling).
         let limit = EXACT_BOUND * f64::from_bits(((1023 + tz + w.fast.tz) as u64) << 52);
         if !(bound < limit) {
@@ -1352,6 +1345,36 @@ mod tests {
             } else {
                 assert_eq!(lowbit, u32::MAX);
             }
+        }
+    }
+
+    /// The activation decode against plain i64 arithmetic, over every finite f16 bit pattern (in rows, one all
+    /// zero), with the bound summed in the same order.
+    #[test]
+    fn decode_x_bound_matches_reference() {
+        let finite: Vec<u16> = (0..=u16::MAX).filter(|&b| !is_f16_special(b)).collect();
+        let mut rows: Vec<Vec<u16>> = finite.chunks(320).map(|c| c.to_vec()).collect();
+        rows.push(vec![0x8000, 0, 0x8000]);
+        let mut seed = 5u64;
+        for r in &rows {
+            let n = r.len();
+            let lo: Vec<u8> = r.iter().map(|&b| b as u8).collect();
+            let hi: Vec<u8> = r.iter().map(|&b| (b >> 8) as u8).collect();
+            let wmax: Vec<f64> = (0..n).map(|_| (rng(&mut seed) % 4096) as f64).collect();
+            let mut xr = vec![f64::NAN; n];
+            let (lowbit, bound) = decode_x_bound(&lo, &hi, &wmax, &mut xr);
+            let (mut or, mut part) = (0i64, [0f64; 8]);
+            for (k, &b) in r.iter().enumerate() {
+                let (m, sh) = f16_mant_shift(b).unwrap();
+                let v = ((m as i64) << sh) as f64;
+                let want = if b & 0x8000 != 0 && m == 0 { -0.0 } else { v };
+                assert_eq!(xr[k].to_bits(), want.to_bits(), "bits {b:#06x}");
+                or |= (m.unsigned_abs() as i64) << sh;
+                part[k % 8] += v.abs() * wmax[k];
+            }
+            assert_eq!(bound.to_bits(), part.iter().sum::<f64>().to_bits());
+            let want_low = if or == 0 { u32::MAX } else { ((1u64 << or.trailing_zeros()) as f32).to_bits() };
+            assert_eq!(lowbit, want_low);
         }
     }
 
