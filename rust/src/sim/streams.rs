@@ -157,14 +157,13 @@ impl StreamBelt {
         };
         // Along a run the diagonal moves by dt per repetition (down eastward, up westward).
         let step = if dir == Dir::East { (dt as i64).wrapping_neg() } else { dt as i64 };
-        let mut diag = Self::diagonal(dir, pos, t0);
-        for j in 0..k {
-            if !f.emit(self.streams_per_direction, dir, index, diag, pos) {
-                return Some(j);
-            }
-            diag = diag.wrapping_add(step);
+        let diag = Self::diagonal(dir, pos, t0);
+        let spd = self.streams_per_direction;
+        match f.stride {
+            // Up to 96 positions (tsp_v1: 95): slots of 4 words, handled as arrays.
+            4 => f.emit_run_n::<4>(spd, dir, index, diag, step, pos, k),
+            _ => (0..k).find(|&j| !f.emit(spd, dir, index, diag.wrapping_add(j as i64 * step), pos)),
         }
-        None
     }
 
     /// Reads at (pos, t0 + j dt) for j < k on one stream: the first j that finds no value (StreamEmpty).
@@ -191,6 +190,10 @@ impl StreamBelt {
         }
         let step = if dir == Dir::East { (dt as i64).wrapping_neg() } else { dt as i64 };
         let mut diag = Self::diagonal(dir, pos, t0);
+        if f.stride == 4 {
+            let up = [0, up[0], up[1], up[2]];
+            return f.find_run_n::<4>(self.streams_per_direction, dir, index, diag, step, up, k);
+        }
         for j in 0..k {
             let s = f.slot(self.streams_per_direction, dir, index, diag);
             let slot = &f.slots[s..s + f.stride];
@@ -229,6 +232,52 @@ impl OrderFree {
         } else {
             bits[w] & (!1u32 << b) != 0 || bits[w + 1..].iter().any(|&x| x != 0)
         }
+    }
+
+    /// `emit_run` for slots of `N` words (`N == stride`): diagonals `diag + j step`, j < k.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_run_n<const N: usize>(&mut self, spd: usize, dir: Dir, index: usize, diag: i64, step: i64, pos: usize, k: u32) -> Option<u32> {
+        let (w, b) = (1 + pos / 32, 1u32 << (pos % 32));
+        let base = self.slot(spd, dir, index, 0);
+        let mut fresh = [0u32; N];
+        fresh[w] = b;
+        let mut diag = diag;
+        for j in 0..k {
+            let s = base + (diag as u64 & self.mask) as usize * N;
+            let slot: &mut [u32; N] = (&mut self.slots[s..s + N]).try_into().unwrap();
+            let tag = Self::tag(diag);
+            if slot[0] != tag {
+                // As in `emit`: the old diagonal is gone, the slot is reused.
+                fresh[0] = tag;
+                *slot = fresh;
+            } else if slot[w] & b != 0 {
+                return Some(j);
+            } else {
+                slot[w] |= b;
+            }
+            diag = diag.wrapping_add(step);
+        }
+        None
+    }
+
+    /// `find_run` for slots of `N` words; `up[i]` masks word i (`up[0]`, the tag's place, is 0).
+    #[allow(clippy::too_many_arguments)]
+    fn find_run_n<const N: usize>(&self, spd: usize, dir: Dir, index: usize, diag: i64, step: i64, up: [u32; N], k: u32) -> Option<u32> {
+        let base = self.slot(spd, dir, index, 0);
+        let mut diag = diag;
+        for j in 0..k {
+            let s = base + (diag as u64 & self.mask) as usize * N;
+            let slot: &[u32; N] = (&self.slots[s..s + N]).try_into().unwrap();
+            let mut hit = 0;
+            for i in 1..N {
+                hit |= slot[i] & up[i];
+            }
+            if slot[0] != Self::tag(diag) || hit == 0 {
+                return Some(j);
+            }
+            diag = diag.wrapping_add(step);
+        }
+        None
     }
 
     #[inline]
