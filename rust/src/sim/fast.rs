@@ -52,6 +52,23 @@ pub(super) fn updates_at_issue(qinfo: &[super::QInfo], progs: &[Vec<Instr>], pla
     ok
 }
 
+/// For the addresses `a(j) = a1 + (j - 1) stride`, j in 1..=k (all in range): the last j in each bank (bank 1 from
+/// `half` up). They are monotonic, so they leave the first address's bank at most once.
+fn last_in_banks(a1: i64, stride: i64, k: u32, half: i64) -> [Option<u32>; 2] {
+    let mut last = [None; 2];
+    if k == 0 {
+        return last;
+    }
+    let ak = a1 + (k as i64 - 1) * stride;
+    let (b1, bk) = ((a1 >= half) as usize, (ak >= half) as usize);
+    last[bk] = Some(k);
+    if b1 != bk {
+        let j = if stride > 0 { 1 + (half - 1 - a1) / stride } else { 1 + (a1 - half) / -stride };
+        last[b1] = Some(j as u32);
+    }
+    last
+}
+
 /// Cycles of repetitions taken at once: bounds how far ahead emits are recorded and how late reads are checked.
 pub const CHUNK: u64 = 128;
 
@@ -121,13 +138,10 @@ impl Chip {
                 // Only this queue uses the slice's ports (no commit is in flight) and every port use so far was at or
                 // before `t`: the k uses, at distinct later cycles, cannot conflict. A port remembers its last use,
                 // so only each bank's last one is made.
-                let mut last = [None; 2];
-                for j in 1..=k {
-                    last[self.mem[unit].bank(addr_j(j) as usize)] = Some(time(j));
-                }
-                for (bank, tj) in last.into_iter().enumerate() {
-                    if let Some(tj) = tj {
-                        self.use_port(unit, bank, tj, q, idx)?;
+                let half = (self.cfg.mem_words / 2) as i64;
+                for (bank, j) in last_in_banks(addr_j(1), stride, k, half).into_iter().enumerate() {
+                    if let Some(j) = j {
+                        self.use_port(unit, bank, time(j), q, idx)?;
                     }
                 }
                 self.emit_run(q, idx, s, 1, time(1) + rl, d, k)?;
@@ -141,22 +155,26 @@ impl Chip {
                 // Commits made now land at distinct cycles after every port use so far but the issue's own commit
                 // (an event at t + wl, earlier than all of them): none can conflict, and a port remembers only its
                 // last use, so only each bank's last one is made.
-                let mut last = [None; 2];
-                for j in 1..=k {
-                    let tj = time(j);
-                    let a = self.check_addr(addr as i64 + (i0 + j) as i64 * stride, q, idx, tj)?;
-                    if tj + wl < next_issue {
-                        last[self.mem[unit].bank(a)] = Some(tj + wl);
-                    } else {
-                        let payload = Payload::MemWrite { slice: unit as u32, addr: a as u32, buf: NONE };
-                        self.schedule(tj + wl, calendar::MEM_COMMIT, q, idx, payload);
+                let addr_j = |j: u32| addr as i64 + (i0 + j) as i64 * stride;
+                let words = self.cfg.mem_words as i64;
+                if !(0..words).contains(&addr_j(1)) || !(0..words).contains(&addr_j(k)) {
+                    for j in 1..=k {
+                        self.check_addr(addr_j(j), q, idx, time(j))?;
                     }
                 }
-                for (bank, tw) in last.into_iter().enumerate() {
-                    if let Some(tw) = tw {
-                        self.use_port(unit, bank, tw, q, idx)?;
-                        self.activity(tw);
+                // Repetitions 1..=jd commit before `next_issue`: time(j) + wl < time(k) + 1 iff (k - j) d >= wl.
+                let jd = k.saturating_sub(wl.div_ceil(d).min(u32::MAX as u64) as u32);
+                debug_assert!((1..=k).all(|j| (time(j) + wl < next_issue) == (j <= jd)));
+                let half = (self.cfg.mem_words / 2) as i64;
+                for (bank, j) in last_in_banks(addr_j(1), stride, jd, half).into_iter().enumerate() {
+                    if let Some(j) = j {
+                        self.use_port(unit, bank, time(j) + wl, q, idx)?;
+                        self.activity(time(j) + wl);
                     }
+                }
+                for j in jd + 1..=k {
+                    let payload = Payload::MemWrite { slice: unit as u32, addr: addr_j(j) as u32, buf: NONE };
+                    self.schedule(time(j) + wl, calendar::MEM_COMMIT, q, idx, payload);
                 }
                 self.mem_commit_at[unit] = self.mem_commit_at[unit].max(time(k) + wl);
                 self.stats.busy.mem += k as u64;
@@ -469,6 +487,25 @@ mod tests {
         let e = loaded.chip(true, false).run(None).unwrap_err();
         assert_eq!((e.kind, e.cycle), (crate::ErrorKind::TypeMismatch, 68));
         assert!(loaded.chip(true, true).run(None).is_err());
+    }
+
+    #[test]
+    fn last_in_banks_agrees_with_a_scan() {
+        for a1 in [0i64, 5, 95, 99, 100, 101, 150, 199] {
+            for stride in [-7i64, -3, -1, 0, 1, 2, 5] {
+                for k in 0..30u32 {
+                    let a = |j: u32| a1 + (j as i64 - 1) * stride;
+                    if (1..=k).any(|j| !(0..200).contains(&a(j))) {
+                        continue;
+                    }
+                    let mut scan = [None; 2];
+                    for j in 1..=k {
+                        scan[(a(j) >= 100) as usize] = Some(j);
+                    }
+                    assert_eq!(super::last_in_banks(a1, stride, k, 100), scan, "{a1} {stride} {k}");
+                }
+            }
+        }
     }
 
     #[test]
