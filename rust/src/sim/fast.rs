@@ -532,6 +532,20 @@ mod tests {
     }
 
     #[test]
+    fn later_runs_reuse_the_belt_and_agree() {
+        // run_loaded keeps a fast run's belt for the next run (reset, not reallocated): the same stats every time.
+        let loaded = load_program(&ChipConfig::tsp_v1(), &text::parse(SEED_PROGRAM).unwrap()).unwrap();
+        let mut exact = loaded.chip(true, false);
+        exact.run(None).unwrap();
+        let opts = crate::RunOptions { timing_only: true, max_cycles: None };
+        for _ in 0..3 {
+            let (stats, _) = crate::sim::run_loaded(&loaded, &[], &[], &opts).unwrap();
+            assert_eq!(stats, exact.stats);
+            assert_eq!(loaded.spare_belts.lock().unwrap().len(), 1);
+        }
+    }
+
+    #[test]
     fn runs_past_the_order_free_range_fall_back_to_the_exact_order() {
         let p = text::parse(".queue MEM.W0\n NOP 2000000000\n READ 0, E0\n").unwrap();
         let loaded = load_program(&ChipConfig::tsp_v1(), &p).unwrap();

@@ -389,6 +389,7 @@ impl Chip {
             inits: self.inits.clone(),
             dumps: self.dumps.clone(),
             peers: self.links.iter().map(|l| l.peer).collect(),
+            spare_belts: Arc::default(),
         }
     }
 
@@ -881,6 +882,8 @@ pub struct Loaded {
     inits: Vec<crate::isa::Init>,
     dumps: Vec<crate::isa::Dump>,
     peers: Vec<Option<c2c::Peer>>,
+    /// Order-free belts of finished fast-form runs, for the next runs to reuse (`Loaded::chip`, `run_loaded`).
+    spare_belts: Arc<std::sync::Mutex<Vec<streams::StreamBelt>>>,
 }
 
 impl Loaded {
@@ -888,10 +891,30 @@ impl Loaded {
         &self.cfg
     }
 
+    /// Keep a finished fast-form chip's belt for a later `chip` (at most a couple: runs on other threads).
+    fn keep_belt(&self, chip: &mut Chip) {
+        if chip.fast {
+            let belt = std::mem::replace(&mut chip.belt, streams::StreamBelt::new(0, 0, 0, true));
+            if let Ok(mut v) = self.spare_belts.lock() {
+                if v.len() < 2 {
+                    v.push(belt);
+                }
+            }
+        }
+    }
+
     /// A chip in its reset state holding the program (not checked again), its `.init`s applied and every queue
     /// started. `fast`: the fast timing-only form (module doc; only with `timing_only`).
     pub fn chip(&self, timing_only: bool, fast: bool) -> Chip {
         let mut c = Chip::with_mode(&self.cfg, timing_only, fast && timing_only);
+        if c.fast {
+            let (spd, positions, horizon) = (self.cfg.streams_per_direction, self.cfg.positions(), fast::horizon(&self.cfg));
+            let spare = self.spare_belts.lock().ok().and_then(|mut v| v.pop());
+            if let Some(mut belt) = spare.filter(|b| b.is_order_free(spd, positions, horizon)) {
+                belt.reset();
+                c.belt = belt;
+            }
+        }
         c.progs = self.progs.clone();
         if c.fast {
             c.acc_at_issue = fast::updates_at_issue(&c.qinfo, &c.progs, self.cfg.mxm_planes);
@@ -960,7 +983,10 @@ pub fn run_loaded(
     let mut fast_ok = None;
     if opts.timing_only && opts.max_cycles.is_none() {
         let mut chip = loaded.chip(true, true);
-        if chip.run(None).is_ok() {
+        let ok = chip.run(None).is_ok();
+        // The belt is not read after the run (dumps read no values in timing-only mode).
+        loaded.keep_belt(&mut chip);
+        if ok {
             fast_ok = Some(chip);
         }
     }

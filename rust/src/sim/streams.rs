@@ -80,6 +80,25 @@ impl StreamBelt {
         }
     }
 
+    /// Whether this is an order-free belt of that shape (`reset` makes it a fresh `new_order_free` one).
+    pub fn is_order_free(&self, streams_per_direction: usize, positions: usize, horizon: usize) -> bool {
+        let ring = (horizon + 1).next_power_of_two();
+        let stride = 1 + positions.div_ceil(32).max(1);
+        self.streams_per_direction == streams_per_direction
+            && self.free.as_ref().is_some_and(|f| f.ring == ring && f.stride == stride)
+    }
+
+    /// Empty every slot (as new), keeping the memory: a run reusing the belt of an earlier one neither allocates
+    /// nor page-faults its ~1 MB in again.
+    pub fn reset(&mut self) {
+        if let Some(f) = &mut self.free {
+            f.slots.fill(0);
+        }
+        self.stamp_cycle.fill(NO_CYCLE);
+        self.stamp_pos.fill(0);
+        self.data.fill(0);
+    }
+
     #[inline]
     fn diagonal(dir: Dir, pos: usize, t: u64) -> i64 {
         match dir {
