@@ -1,5 +1,8 @@
 //! The fast timing-only form: repetitions taken a chunk at a time.
 //!
+//! Runs of emits and reads go to the belt a stream at a time (`StreamBelt::emit_run`/`find_run`), and addresses,
+//! rows and bank ports are checked in closed form where they are linear in the repetition number.
+//!
 //! On the order-free belt (streams.rs) an emit can be recorded as soon as it is known and a stream read checked any
 //! time after the loop has passed the read's cycle. So when a queue issues a repetition of a READ or an ALU
 //! operation, the next repetitions (up to `CHUNK` cycles of them) are done at once, provided nothing else they
@@ -12,7 +15,8 @@
 //!   every later use is at a later cycle, so only the order-insensitive "same cycle twice" matters. Later commits
 //!   stay events.
 //! - ABC: its plane's busy time belongs to its queue and is checked now; its stream operand is checked later; its
-//!   accumulator updates stay events (their order against ACC issues and other updates matters). The installed
+//!   accumulator updates are made now if the plane's ACC queue has no ACC.i32 (`updates_at_issue`; every ABC of
+//!   the plane then does so, single issues too), else stay events (their order against ACC.i32 matters). The installed
 //!   weights' type must match now, and every install landing within the chunk is checked against it when it lands
 //!   (`abc_window`).
 //! - ACC other than ACC.i32 (which checks the row's sums, changed by updates meanwhile): rows checked, emits
