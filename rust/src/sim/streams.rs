@@ -258,17 +258,18 @@ impl OrderFree {
     fn emit_run_n<const N: usize>(&mut self, spd: usize, dir: Dir, index: usize, diag: i64, step: i64, pos: usize, k: u32) -> Option<u32> {
         let (w, b) = (1 + pos / 32, 1u32 << (pos % 32));
         let base = self.slot(spd, dir, index, 0);
-        let mut fresh = [0u32; N];
-        fresh[w] = b;
         let mut diag = diag;
         for j in 0..k {
             let s = base + (diag as u64 & self.mask) as usize * N;
             let slot: &mut [u32; N] = (&mut self.slots[s..s + N]).try_into().unwrap();
             let tag = Self::tag(diag);
             if slot[0] != tag {
-                // As in `emit`: the old diagonal is gone, the slot is reused.
-                fresh[0] = tag;
-                *slot = fresh;
+                // As in `emit`: the old diagonal is gone, the slot is reused. (Word by word: an array built on the
+                // stack and copied whole stalled on store forwarding.)
+                slot[0] = tag;
+                for (i, x) in slot.iter_mut().enumerate().skip(1) {
+                    *x = if i == w { b } else { 0 };
+                }
             } else if slot[w] & b != 0 {
                 return Some(j);
             } else {
