@@ -38,13 +38,14 @@ import numpy as np
 
 from lpusim import _lpusim
 from lpusim.chip import Chip
-from lpusim.compiler import emit, importer, ir
+from lpusim.compiler import importer, ir
 from lpusim.compiler import build_graph, random_inputs, sram_needed
 from lpusim.compiler.partition import Partitioner, node_costs, split_oversized, static_cost, vectors
-from lpusim.compiler.schedule_c2c import StageScheduler, barrier_issues, emit_stage
+from lpusim.compiler.schedule_c2c import StageScheduler
 from lpusim.errors import CompileError, ModelError, SimulationError
 from lpusim.program import Program, utilization
 from lpusim.system import System, SystemResult
+from lpusim.tensorpar import stage_program
 
 TICKS = 10 ** 12
 PARALLEL = ("auto", "pipeline", "tensor")
@@ -454,7 +455,6 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
     if interval * (1 - rel) < float(system.info["send_interval_cycles"]):
         raise CompileError("the drift tolerance leaves no whole-cycle send interval that keeps links from LinkBusy")
     depth = chip.c2c_rx_buffer_vectors
-    superlanes = chip.superlanes
     programs, barriers, last_effects, transfers = [], [], [], []
     incoming = None  # (plan, receiver link, lag)
     for st in stages:
@@ -525,15 +525,8 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
                               "first_send": first, "last_send": last, "lag": lag, "latency_bound": bound,
                               "chunks": len(plans)})
             incoming = (plans, in_link, lag)
-        issues = sched.res.issues
-        last_effect = max((iss.last_effect for iss in issues), default=-1)
-        predicted = last_effect + 1 + superlanes - 1
-        text = emit_stage(issues, sched.barriers, header=f"lpusim pipeline stage {k} of {len(stages)} for "
-                          f"{chip.name}; program cycles {predicted}; barriers {sched.barriers}")
-        result.predicted_cycles = predicted
-        prog = Program(chip, text, predicted, emit.count_instructions(issues) +
-                       barrier_issues(issues, sched.barriers), sched.sram.bytes_used, dict(sub.onnx_inputs),
-                       list(sub.output_names), 0.0, sub, result)
+        prog, last_effect = stage_program(chip, sched, result, f"pipeline stage {k} of {len(stages)}", sub,
+                                          dict(sub.onnx_inputs), list(sub.output_names))
         programs.append(prog)
         barriers.append(list(sched.barriers))
         last_effects.append(last_effect)

@@ -140,6 +140,21 @@ class TensorScheduler(StageScheduler):
     transfer_log: list
 
 
+def stage_program(chip, sched, result, what: str, graph, onnx_inputs: dict, output_names: list):
+    """One chip's Program from its stage schedule (pipeline stage or tensor-parallel part): the predicted cycles
+    (last effect, plus the superlane stagger), the assembly with its RUNTIME_DESKEW barriers, the instruction
+    count. Returns (program, last effect cycle)."""
+    issues = sched.res.issues
+    last_effect = max((iss.last_effect for iss in issues), default=-1)
+    predicted = last_effect + 1 + chip.superlanes - 1
+    text = emit_stage(issues, sched.barriers, header=f"lpusim {what} for {chip.name}; program cycles {predicted}; "
+                      f"barriers {sched.barriers}")
+    result.predicted_cycles = predicted
+    prog = Program(chip, text, predicted, emit.count_instructions(issues) + barrier_issues(issues, sched.barriers),
+                   sched.sram.bytes_used, onnx_inputs, output_names, 0.0, graph, result)
+    return prog, last_effect
+
+
 def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_base: dict):
     """Per chip: (Program, barriers, last effect), plus the exchanges' log. `graph` is the fp16 IR after every
     pass; `ctx_base` holds rel, max_free, lag(info, f_send, f_recv_before_lag) and check_buffer(...)."""
@@ -198,17 +213,9 @@ def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_bas
     if errors:
         raise errors[0]
     programs, barriers, last_effects = [], [], []
-    superlanes = chip.superlanes
     for c, (sched, result) in enumerate(results):
-        issues = sched.res.issues
-        last_effect = max((iss.last_effect for iss in issues), default=-1)
-        predicted = last_effect + 1 + superlanes - 1
-        text = emit_stage(issues, sched.barriers, header=f"lpusim tensor-parallel chip {c} of {n} for "
-                          f"{chip.name}; program cycles {predicted}; barriers {sched.barriers}")
-        result.predicted_cycles = predicted
-        prog = Program(chip, text, predicted, emit.count_instructions(issues) + barrier_issues(issues, sched.barriers),
-                       sched.sram.bytes_used, dict(graph.onnx_inputs), list(graph.output_names) if c == 0 else [],
-                       0.0, graphs[c], result)
+        prog, last_effect = stage_program(chip, sched, result, f"tensor-parallel chip {c} of {n}", graphs[c],
+                                          dict(graph.onnx_inputs), list(graph.output_names) if c == 0 else [])
         programs.append(prog)
         barriers.append(list(sched.barriers))
         last_effects.append(last_effect)
