@@ -464,11 +464,9 @@ impl Chip {
                     let (planes, belt) = (&mut self.planes, &self.belt);
                     (planes[unit].abc_f16(belt.bytes(slots[0] as usize), belt.bytes(slots[1] as usize)), NONE)
                 } else if self.has_data() {
-                    let y = self.wides.alloc(lanes);
-                    let f = self.bytes.alloc(lanes);
-                    let (planes, wides, bytes, belt) = (&mut self.planes, &mut self.wides, &mut self.bytes, &self.belt);
-                    planes[unit].multiply(ty, belt.bytes(slots[0] as usize), wides.get_mut(y), bytes.get_mut(f));
-                    (y, f)
+                    // int8/uint8: likewise batched (exact); `y` is the slot.
+                    let (planes, belt) = (&mut self.planes, &self.belt);
+                    (planes[unit].abc_int(ty, belt.bytes(slots[0] as usize)), NONE)
                 } else {
                     (NONE, NONE)
                 };
@@ -613,15 +611,11 @@ impl Chip {
                     mem[s].scatter(&b[lanes..3 * lanes], &b[..lanes]);
                 }
             }
-            Payload::Acc { plane, row, add, f16, y, flags } => {
+            Payload::Acc { plane, row, add, f16, y, flags: _ } => {
                 let kind = if f16 { RowKind::F16 } else { RowKind::Int };
-                let (planes, wides, bytes) = (&mut self.planes, &self.wides, &self.bytes);
-                let ok = if f16 && y != NONE {
-                    planes[plane as usize].update_slot(row as usize, add, y)
-                } else {
-                    let (ys, fs): (&[i128], &[u8]) = if y != NONE { (wides.get(y), bytes.get(flags)) } else { (&[], &[]) };
-                    planes[plane as usize].update(row as usize, add, kind, ys, fs)
-                };
+                // With data, `y` is the product's slot in the plane (f16 or int); without, only the kind is kept.
+                let p = &mut self.planes[plane as usize];
+                let ok = if y != NONE { p.update_slot(row as usize, add, y) } else { p.update(row as usize, add, kind, &[], &[]) };
                 if !ok {
                     let other = if f16 { "integer" } else { "f16" };
                     return Err(self.err(ErrorKind::TypeMismatch, t, q, idx, format!("ABC + onto row {row}, which holds {other} sums")));

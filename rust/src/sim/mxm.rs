@@ -1,6 +1,7 @@
 //! An MXM plane (docs/isa.md section 4): weight buffer, installed array, accumulator rows, exact numerics.
 //!
-//! int8/uint8: products and sums are exact integers (64-bit rows, wrapping like the reference).
+//! int8/uint8: products and sums are exact integers (64-bit rows, wrapping like the reference). In functional mode
+//! they take the deferred GEMM path below like f16 (exact: every dot product is below 2^24; see mxm_int.rs).
 //! fp16: every finite f16 is `m * 2^(s - 24)` with `|m| < 2^11`, `s` in 0..=29, so a product is an exact integer count
 //! of `2^-48`: `(m1 * m2) << (s1 + s2)` (< 2^80). Rows hold that count in an i128, so sums are exact and order-free.
 //! `ACC.f32` of an f16 row is `(count as f32) * 2^-48`: Rust's i128 -> f32 cast rounds to nearest even, and the
@@ -30,6 +31,9 @@ use super::gemm::{
     finish_job, gemm_f64_raw, wait_job, Job, JobCell, OutPtr, Pool, EXACT_BOUND, GEMM_COLS, JOB_QUEUED, JOB_TAKEN, SUBMIT_VECS,
     WORKER_MIN_MACS,
 };
+
+#[path = "mxm_int.rs"]
+mod int;
 
 /// 2^-48 exactly (biased exponent 127 - 48).
 const TWO_POW_M48: f32 = f32::from_bits((127 - 48) << 23);
@@ -353,6 +357,8 @@ impl Drop for MxmPlane {
 struct SlotMeta {
     /// The product is in `sy` (GEMM) rather than `ys`/`yflags` (i128 path).
     fast: bool,
+    /// An int8/uint8 product (plain integers, always on the GEMM path: see int.rs), else f16.
+    int: bool,
     ncols: u32,
     /// Every product is a multiple of 2^shift ...
     shift: u32,
@@ -478,18 +484,8 @@ impl MxmPlane {
     /// path) or later in a batch (the exact f64 GEMM path) with the weights installed now. Returns the slot.
     pub fn abc_f16(&mut self, lo: &[u8], hi: &[u8]) -> u32 {
         let dim = self.dim;
-        let slot = match self.free_slots.pop() {
-            Some(s) => s,
-            None => {
-                self.nslots += 1;
-                self.ys.resize(self.nslots * dim, 0);
-                self.yflags.resize(self.nslots * dim, 0);
-                let b = self.new_buf();
-                self.slot_buf.push(b);
-                self.meta.push(SlotMeta::default());
-                (self.nslots - 1) as u32
-            }
-        };
+        let slot = self.take_slot();
+        self.meta[slot as usize].int = false;
         if !self.try_defer(lo, hi, slot) {
             self.meta[slot as usize].fast = false;
             let s = slot as usize;
@@ -505,6 +501,23 @@ impl MxmPlane {
             self.xcat = x;
         }
         slot
+    }
+
+    /// A free product slot (a new one if none is free).
+    fn take_slot(&mut self) -> u32 {
+        let dim = self.dim;
+        match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.nslots += 1;
+                self.ys.resize(self.nslots * dim, 0);
+                self.yflags.resize(self.nslots * dim, 0);
+                let b = self.new_buf();
+                self.slot_buf.push(b);
+                self.meta.push(SlotMeta::default());
+                (self.nslots - 1) as u32
+            }
+        }
     }
 
     /// Queue `x` for the GEMM if its products are provably exact in f64; false if it must take the i128 path
@@ -667,10 +680,11 @@ impl MxmPlane {
     /// The update effect of an f16 ABC whose product is in `slot`: the kind check now (TypeMismatch is decided
     /// at the update cycle), the values when a reader needs them. Returns false on a kind mismatch for `+`.
     pub fn update_slot(&mut self, row: usize, add: bool, slot: u32) -> bool {
-        if add && self.row_kind[row] != RowKind::F16 {
+        let kind = if self.meta[slot as usize].int { RowKind::Int } else { RowKind::F16 };
+        if add && self.row_kind[row] != kind {
             return false;
         }
-        self.row_kind[row] = RowKind::F16;
+        self.row_kind[row] = kind;
         self.log.push((row as u32, add, slot));
         if self.log.len() >= MAX_LOG {
             self.flush();
@@ -744,6 +758,7 @@ impl MxmPlane {
                     }
                 }
                 b.special[k] = false;
+                int::load_image(&mut b.fast, k, dim, int);
             }
         }
         b.ncols = b.ncols.max(last);
@@ -774,7 +789,8 @@ impl MxmPlane {
         }
     }
 
-    /// `y[n] = sum_k x[k] * Wt[k][n]` for an activation group of type `t` (functional mode only).
+    /// `y[n] = sum_k x[k] * Wt[k][n]` for an activation group of type `t` (functional mode only): the f16 i128 path,
+    /// and for int8/uint8 the reference the tests hold `abc_int` to.
     /// Integer results go to `y` as plain integers; f16 results as counts of 2^-48 plus `yflags`.
     /// Rows `k >= rows` of the array are zero (so is a never-installed array): they add nothing, except that an
     /// f16 activation that is infinite or NaN times a zero weight makes NaN.
@@ -1030,7 +1046,7 @@ impl MxmPlane {
         let s = s as usize;
         let rc = self.rcols[s] as usize;
         if self.fst[s].on {
-            if t == DType::I32 {
+            if t == DType::I32 || self.row_kind[row] == RowKind::Int {
                 self.to_i128(s);
             } else {
                 // Exact f64 counts, no flags: one rounding to f32 (to nearest even), then an exact scaling (the
@@ -1267,6 +1283,80 @@ mod tests {
             }
         }
         assert!(used_fast > 200, "the fast path took only {used_fast} vectors");
+    }
+
+    /// int8/uint8 ABCs on the deferred GEMM (`abc_int`) against the i32 loop (`multiply` + `update`), with weight
+    /// sets of every int type and density interleaved with f16 sets on the same rows (TypeMismatch on `+` onto the
+    /// other kind), and rows read mid-stream as i32 and as f32.
+    #[test]
+    fn deferred_int_matches_exact_path() {
+        let dim = 320;
+        let mut seed = 777u64;
+        let mut fast = MxmPlane::new(dim, 16, false);
+        let mut slow = MxmPlane::new(dim, 16, false);
+        let read = |fast: &mut MxmPlane, slow: &mut MxmPlane, row: usize, t: DType| {
+            let (mut a, mut b) = (vec![0u32; dim], vec![0u32; dim]);
+            fast.read_row(row, t, &mut a);
+            slow.read_row(row, t, &mut b);
+            assert_eq!(a, b, "row {row} as {t:?}");
+        };
+        let mut mismatches = 0;
+        for set in 0..24 {
+            let wt = [DType::I8, DType::U8, DType::F16, DType::I8][set % 4];
+            let rows = [320usize, 1, 200, 0, 319][set % 5];
+            let cols = [320usize, 7, 160][set % 3];
+            let sparse = set % 6 == 5;
+            for _k in 0..rows {
+                let mut g = vec![0u8; 2 * dim];
+                for n in 0..cols {
+                    let r = rng(&mut seed);
+                    if wt == DType::F16 {
+                        g[n] = r as u8;
+                        g[dim + n] = 0x38 | (r >> 8) as u8 & 0x83;
+                    } else if !sparse || r % 40 == 0 {
+                        g[n] = (r >> 8) as u8;
+                    }
+                }
+                fast.load_row(wt, &g[..dim], &g[dim..]);
+                slow.load_row(wt, &g[..dim], &g[dim..]);
+            }
+            for p in [&mut fast, &mut slow] {
+                p.start_install();
+                p.finish_install();
+            }
+            let xt = if wt == DType::F16 { DType::F16 } else { [DType::I8, DType::U8][set % 2] };
+            for v in 0..3 * SUBMIT_VECS / 2 {
+                let xg: Vec<u8> = (0..2 * dim)
+                    .map(|i| {
+                        let r = rng(&mut seed);
+                        if i >= dim { 0x38 | (r as u8 & 0x83) } else if v % 5 == 0 { [0u8, 127, 128, 255][(r % 4) as usize] } else { r as u8 }
+                    })
+                    .collect();
+                let row = (rng(&mut seed) % 12) as usize;
+                let add = rng(&mut seed) % 4 != 0;
+                let slot = if xt == DType::F16 { fast.abc_f16(&xg[..dim], &xg[dim..]) } else { fast.abc_int(xt, &xg[..dim]) };
+                let (mut y, mut f) = (vec![0i128; dim], vec![0u8; dim]);
+                slow.multiply(xt, &xg, &mut y, &mut f);
+                let kind = if xt == DType::F16 { RowKind::F16 } else { RowKind::Int };
+                let ok = fast.update_slot(row, add, slot);
+                assert_eq!(ok, slow.update(row, add, kind, &y, &f));
+                mismatches += !ok as usize;
+                if !ok {
+                    // As a run stopped by the error would not, keep going: the slot is never applied.
+                    fast.free_slots.push(slot);
+                }
+                if rng(&mut seed) % 24 == 0 {
+                    let r = (rng(&mut seed) % 12) as usize;
+                    read(&mut fast, &mut slow, r, if rng(&mut seed) % 2 == 0 { DType::I32 } else { DType::F32 });
+                }
+            }
+        }
+        for row in 0..12 {
+            read(&mut fast, &mut slow, row, DType::F32);
+            read(&mut fast, &mut slow, row, DType::I32);
+            assert_eq!(fast.row_counts(row), slow.row_counts(row), "row {row}");
+        }
+        assert!(mismatches > 0);
     }
 
     /// Jobs write their products straight into the plane's slot buffers: a plane dropped with jobs queued or
