@@ -536,16 +536,8 @@ impl MxmPlane {
             }
         }
         let rows = w.rows;
-        let base = self.pend.len() * rows;
-        if self.pend.is_empty() {
-            self.pend_rows = rows;
-        }
-        debug_assert_eq!(self.pend_rows, rows);
-        // `pend_x`'s tail is stale, never read: it grows (and is cleared) only when too short, then by room for
-        // two hand-off batches at once (a batch handed off takes the buffer and leaves a spare, maybe short).
-        if self.pend_x.len() < base + rows {
-            self.pend_x.resize((base + rows).max(2 * SUBMIT_VECS * rows), 0.0);
-        }
+        let base = self.reserve_pending_row(rows);
+        let w = &self.w;
         let xr = &mut self.pend_x[base..base + rows];
         let (lowbit, bound) = decode_x_bound(lo, hi, &w.fast.wmax[..rows], xr);
         // The common trailing zeros of the nonzero activations: every product is a multiple of 2^(tz + w.tz).
@@ -557,12 +549,32 @@ impl MxmPlane {
         }
         let m = &mut self.meta[slot as usize];
         (m.fast, m.bound) = (true, bound);
+        self.queue_pending(slot, tz);
+        true
+    }
+
+    /// Room in `pend_x` for one more pending vector of `rows` activations; returns where it starts.
+    pub(super) fn reserve_pending_row(&mut self, rows: usize) -> usize {
+        let base = self.pend.len() * rows;
+        if self.pend.is_empty() {
+            self.pend_rows = rows;
+        }
+        debug_assert_eq!(self.pend_rows, rows);
+        // `pend_x`'s tail is stale, never read: it grows (and is cleared) only when too short, then by room for
+        // two hand-off batches at once (a batch handed off takes the buffer and leaves a spare, maybe short).
+        if self.pend_x.len() < base + rows {
+            self.pend_x.resize((base + rows).max(2 * SUBMIT_VECS * rows), 0.0);
+        }
+        base
+    }
+
+    /// Queue the vector just written at the end of `pend_x` (its product goes to `slot`, scaled by 2^tz) and hand
+    /// a full batch to the helpers now, so it is done by the time a read needs it.
+    pub(super) fn queue_pending(&mut self, slot: u32, tz: u32) {
         self.pend.push((slot, tz));
-        // Hand a full batch to the helpers now, so it is done by the time a read needs it.
         if self.pend.len() >= SUBMIT_VECS {
             self.compute_pending(true);
         }
-        true
     }
 
     /// Start the GEMM of every pending vector with the installed weights: handed to the helper threads if

@@ -4,7 +4,7 @@
 //! small integers, and the products (exact integers, shift 0) go through the same slots, pending batches, update
 //! log and `FRow`s as f16 ones, so rows see the same integer values at the same points as the i32 loop gave.
 
-use super::{FastW, MxmPlane, SUBMIT_VECS};
+use super::{FastW, MxmPlane};
 use crate::isa::DType;
 
 /// Row `k` of an int8/uint8 weight set (as integers) into the GEMM image and its bound data.
@@ -43,16 +43,9 @@ impl MxmPlane {
             debug_assert_eq!(w.fast.state, 1);
         }
         let rows = w.rows;
-        let base = self.pend.len() * rows;
-        if self.pend.is_empty() {
-            self.pend_rows = rows;
-        }
-        debug_assert_eq!(self.pend_rows, rows);
-        if self.pend_x.len() < base + rows {
-            self.pend_x.resize((base + rows).max(2 * SUBMIT_VECS * rows), 0.0);
-        }
+        let base = self.reserve_pending_row(rows);
         let xr = &mut self.pend_x[base..base + rows];
-        let wmax = &w.fast.wmax[..rows];
+        let wmax = &self.w.fast.wmax[..rows];
         let mut bound = 0f64;
         for k in 0..rows {
             let v = if t == DType::I8 { x[k] as i8 as f64 } else { x[k] as f64 };
@@ -61,10 +54,7 @@ impl MxmPlane {
         }
         let m = &mut self.meta[slot as usize];
         (m.fast, m.int, m.bound) = (true, true, bound);
-        self.pend.push((slot, 0));
-        if self.pend.len() >= SUBMIT_VECS {
-            self.compute_pending(true);
-        }
+        self.queue_pending(slot, 0);
         slot
     }
 }
