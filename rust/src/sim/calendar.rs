@@ -24,7 +24,8 @@ pub enum Payload {
     MemWrite { slice: u32, addr: u32, buf: u32 },
     /// `buf`: lanes data bytes, then 2*lanes map bytes (u16 little endian per lane).
     MemScatter { slice: u32, buf: u32 },
-    Acc { plane: u32, row: u32, add: bool, f16: bool, y: u32, flags: u32 },
+    /// `y`: the product's slot in the plane (NONE without data); the plane frees it when it applies it.
+    Acc { plane: u32, row: u32, add: bool, f16: bool, y: u32 },
     Install { plane: u32 },
     Reg { alu: u32, f32_tag: bool, buf: u32 },
     /// `origin`: index into `Chip::origins` for a vector from another chip, `NONE` for a local one.

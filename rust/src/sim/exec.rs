@@ -459,21 +459,21 @@ impl Chip {
                 }
                 self.planes[unit].busy_until = t + busy;
                 self.stats.busy.mxm += busy;
-                let (y, flags) = if self.has_data() && ty == DType::F16 {
+                let y = if self.has_data() && ty == DType::F16 {
                     // The plane keeps the product (computed now or batched later); `y` is its slot.
                     let (planes, belt) = (&mut self.planes, &self.belt);
-                    (planes[unit].abc_f16(belt.bytes(slots[0] as usize), belt.bytes(slots[1] as usize)), NONE)
+                    planes[unit].abc_f16(belt.bytes(slots[0] as usize), belt.bytes(slots[1] as usize))
                 } else if self.has_data() {
                     // int8/uint8: likewise batched (exact); `y` is the slot.
                     let (planes, belt) = (&mut self.planes, &self.belt);
-                    (planes[unit].abc_int(ty, belt.bytes(slots[0] as usize)), NONE)
+                    planes[unit].abc_int(ty, belt.bytes(slots[0] as usize))
                 } else {
-                    (NONE, NONE)
+                    NONE
                 };
                 if self.fast {
                     self.acc_update(q, idx, r, add, ty, t + mxm_latency)?;
                 } else {
-                    let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y, flags };
+                    let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y };
                     self.schedule(t + mxm_latency, calendar::ACC_UPDATE, q, idx, payload);
                 }
             }
@@ -611,7 +611,7 @@ impl Chip {
                     mem[s].scatter(&b[lanes..3 * lanes], &b[..lanes]);
                 }
             }
-            Payload::Acc { plane, row, add, f16, y, flags: _ } => {
+            Payload::Acc { plane, row, add, f16, y } => {
                 let kind = if f16 { RowKind::F16 } else { RowKind::Int };
                 // With data, `y` is the product's slot in the plane (f16 or int); without, only the kind is kept.
                 let p = &mut self.planes[plane as usize];

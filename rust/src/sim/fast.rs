@@ -272,7 +272,7 @@ impl Chip {
     pub(super) fn acc_update(&mut self, q: usize, idx: usize, r: usize, add: bool, ty: DType, at: u64) -> Result<(), SimError> {
         let unit = self.qinfo[q].unit_index;
         if !self.acc_at_issue[unit] {
-            let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y: NONE, flags: NONE };
+            let payload = Payload::Acc { plane: unit as u32, row: r as u32, add, f16: ty == DType::F16, y: NONE };
             self.schedule(at, calendar::ACC_UPDATE, q, idx, payload);
             return Ok(());
         }

@@ -185,7 +185,6 @@ pub struct Chip {
     notify: Option<u64>,
     bytes: Pool<u8>,
     words: Pool<u32>,
-    wides: Pool<i128>,
     // Scratch buffers (reused every issue).
     sa: Vec<u8>,
     sm: Vec<u8>,
@@ -269,7 +268,6 @@ impl Chip {
             notify: None,
             bytes: Pool::default(),
             words: Pool::default(),
-            wides: Pool::default(),
             sa: vec![0; 16 * lanes],
             sm: vec![0; 16 * lanes],
             ua: vec![0; lanes],
@@ -857,14 +855,8 @@ impl Chip {
             }
             Payload::Emit { buf, .. } => self.bytes.release(buf),
             Payload::Reg { buf, .. } => self.words.release(buf),
-            Payload::Acc { y, flags, f16, .. } => {
-                // An f16 product lives in its plane's slot (freed when the plane applies it).
-                if !f16 {
-                    self.wides.release(y);
-                    self.bytes.release(flags);
-                }
-            }
-            Payload::Install { .. } | Payload::EmitMem { .. } => {}
+            // An ABC's product lives in its plane's slot (freed when the plane applies it).
+            Payload::Acc { .. } | Payload::Install { .. } | Payload::EmitMem { .. } => {}
         }
     }
 
