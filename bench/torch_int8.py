@@ -9,6 +9,8 @@ One line per model: bench/light_models.measure_model's row plus `exact_fraction`
 onnxruntime's bit for bit), `step` (the output's quantisation step, when a DequantizeLinear makes it),
 `within_one_step` and `max_steps`, and `f32_units`: the largest difference in units of 2^-23 of the output's largest
 magnitude (a float output, e.g. a transformer's last LayerNorm: test_int8.F32_UNITS is the bound the tests hold).
+Transformers are also checked segment by segment (lpusim/segments.py): `segments`, `segments_matched`,
+`segments_codes_off` of `segments_codes`, `segments_max_code_diff`.
 """
 import json
 import os
@@ -94,6 +96,10 @@ def measure(name: str) -> dict:
     row.update(exact_fraction=exact / total, step=steps.get(next(iter(ref))),
                within_one_step=within / total if within else None, max_steps=max_steps if within else None,
                f32_units=f32_units)
+    if name not in ("resnet18", "mobilenet_v2"):  # transformers: also segment by segment (lpusim/segments.py)
+        from lpusim.segments import check_segments, summarize
+        summary = summarize(check_segments(q, x))
+        row.update({f"segments_{k}": v for k, v in summary.items() if k != "segments"}, segments=summary["segments"])
     row.pop("utilization", None)
     return row
 

@@ -21,8 +21,9 @@ from lpusim.errors import (
     SimulationError,
 )
 from lpusim.program import Program, RunResult, compile
+from lpusim.segments import SegmentResult, check_segments
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "Program", "RunResult", "Chip", "assemble", "disassemble", "LpusimError",
+__all__ = ["compile", "check_segments", "SegmentResult", "Program", "RunResult", "Chip", "assemble", "disassemble", "LpusimError",
            "AssemblyError", "CompileError", "ConfigError", "ModelError", "SimulationError"]

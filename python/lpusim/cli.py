@@ -1,4 +1,4 @@
-"""The `lpusim` command: demo, run, compile, chip, asm.
+"""The `lpusim` command: demo, run, segments, compile, chip, asm.
 
 Exit status: 0 success (outputs match), 1 outputs do not match onnxruntime, 2 user error (one line on stderr).
 """
@@ -224,6 +224,29 @@ def cmd_asm(args) -> int:
     return EXIT_OK
 
 
+def cmd_segments(args) -> int:
+    from lpusim.segments import check_segments, summarize
+
+    def show(r):
+        if not args.json:
+            what = f"{r.codes_off} of {r.codes} codes off (max {r.max_code_diff})" if r.codes else \
+                f"max rel error {r.max_rel_error:.2e}"
+            print(f"segment {r.index:3d}  {'MATCH' if r.match else 'MISMATCH'}  {r.cycles:>10,} cycles  {what}  "
+                  f"-> {', '.join(r.outputs)[:60]}" + (f"  ({r.reason})" if r.reason else ""), flush=True)
+
+    results = check_segments(args.model, _load_inputs(args.inputs), args.precision, args.cut or None, args.chip,
+                             args.seed, _parse_shapes(args.shape), progress=args.json and sys.stderr.isatty(),
+                             on_segment=show)
+    summary = summarize(results)
+    if args.json:
+        print(json.dumps({"model": args.model, "precision": args.precision, **summary,
+                          "per_segment": [r.as_dict() for r in results]}))
+    else:
+        print(f"{summary['matched']} of {summary['segments']} segments match onnxruntime; "
+              f"{summary['codes_off']} of {summary['codes']:,} codes off by at most {summary['max_code_diff']}")
+    return EXIT_OK if summary["all_match"] else EXIT_MISMATCH
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lpusim", description="Cycle-level simulator of Groq-style LPUs (TSPs).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--system", default=None, help="system configuration JSON (docs/system.md): drift, seed, ...")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("segments", help="check MODEL.onnx segment by segment against onnxruntime, each segment "
+                       "starting from onnxruntime's values (lpusim/segments.py)")
+    s.add_argument("model")
+    s.add_argument("--inputs", help=".npz file of inputs by name (default: seeded random inputs)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
+    s.add_argument("--chip", default=None)
+    s.add_argument("--precision", default="fp16", choices=["fp16", "int8"])
+    s.add_argument("--cut", action="append", metavar="TENSOR", help="cut here (default: every float tensor only "
+                   "QuantizeLinears read that separates the graph)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_segments)
 
     c = sub.add_parser("compile", help="compile MODEL.onnx and report the schedule")
     c.add_argument("model")

@@ -190,6 +190,9 @@ def input_kinds(model: onnx.ModelProto) -> dict[str, tuple[str, int, int]]:
         name = origin[node.input[pos]]
         high = int(dims[axis % len(dims)])
         kinds[name] = (kinds[name][0], 0, high if kinds[name][2] is None else min(high, kinds[name][2]))
+    for node in model.graph.node:  # int8/uint8 codes a DequantizeLinear reads: any code
+        if node.op_type == "DequantizeLinear" and node.input[0] in kinds and kinds[node.input[0]][0] in ("int8", "uint8"):
+            kinds[node.input[0]] = (kinds[node.input[0]][0], *((-128, 128) if kinds[node.input[0]][0] == "int8" else (0, 256)))
     return {k: (d, lo, hi if hi is not None else lo + 2) for k, (d, lo, hi) in kinds.items()}
 
 
@@ -982,7 +985,7 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
                 raise CompileError(f"output '{o.name}' is a constant; nothing to run on the chip")
             if o.name not in self.values:
                 raise CompileError(f"output '{o.name}' is not produced by any node")
-            ir_name, shape = self.values[o.name]
+            ir_name, shape = self.q_state.get("outputs", {}).get(o.name) or self.values[o.name]  # int8/uint8 codes
             if self.tensors[ir_name].kind == "input":  # a view of an input: the chip copies it
                 copy = self.add_tensor(self.fresh(o.name), shape, "value")
                 self.nodes.append(Node("vector", o.name, "Identity", copy, sources=[View(ir_name)],

@@ -61,6 +61,8 @@ class QuantLowering:
         st = self.q_state
         if node is st["bypass"]:
             return False
+        if "code_inputs" not in st:
+            st["code_inputs"] = self.q_code_inputs()
         op = node.op_type
         handled = False
         if op == "DequantizeLinear":
@@ -90,8 +92,7 @@ class QuantLowering:
             outputs = {o.name for o in self.model.graph.output}
             for o in node.output:
                 if o in outputs and o in st["code"]:
-                    raise CompileError(f"{self.where(node)}: an int8/uint8 graph output is not supported (the chip "
-                                       f"returns float32)")
+                    self.q_code_output(node, o)
             return True
         for name in node.input:  # a float consumer of a lazily dequantized tensor: compute the floats now
             if name in st["pending"] and name not in self.values and name not in self.flat:
@@ -105,6 +106,43 @@ class QuantLowering:
             self.lower(node)
         finally:
             self.q_state["bypass"] = None
+
+    # ----- int8/uint8 graph inputs and outputs --------------------------------------------------------------
+    def q_code_inputs(self) -> list[str]:
+        """int8/uint8 graph inputs read only by quantisation ops (a QDQ model cut between layers, or one that takes
+        codes): the host sends each value q exactly as float32 (importer.host_input) and one VXM pass makes the
+        IR's codes of it (q - 128 for uint8, q itself for int8)."""
+        users = {}
+        for n in self.model.graph.node:
+            for i in n.input:
+                users.setdefault(i, []).append(n.op_type)
+        made = []
+        for inp in self.model.graph.input:
+            kind = _TYPES.get(inp.type.tensor_type.elem_type)
+            if kind not in ("u8", "i8") or inp.name not in self.input_shapes or \
+                    not users.get(inp.name) or any(op not in QUANT_OPS for op in users[inp.name]):
+                continue
+            ir, shape = self.values[inp.name]
+            step = Step("SUB", [("src", 0), ("imm", 128.0)]) if kind == "u8" else Step("COPY", [("src", 0)])
+            out = self.add_tensor(self.fresh(f"{inp.name}@codes"), shape, "value")
+            self.nodes.append(Node("vector", inp.name, "Input", out, sources=[View(ir)], steps=[step]))
+            self.values[inp.name] = (out, shape)
+            self.q_state["code"][inp.name] = kind
+            made.append(inp.name)
+        return made
+
+    def q_code_output(self, node, name: str) -> None:
+        """An int8/uint8 graph output: its codes back to the values q as float32 (+128 for uint8) on the VXM;
+        `program.decode_output` returns them as the ONNX type. The codes themselves stay for other readers."""
+        if name not in self.values:
+            raise CompileError(f"{self.where(node)}: an int8/uint8 graph output of attention heads is not "
+                               f"supported (its parts are never placed side by side)")
+        ir, shape = self.values[name]
+        kind = self.q_state["code"][name]
+        step = Step("ADD", [("src", 0), ("imm", 128.0)]) if kind == "u8" else Step("COPY", [("src", 0)])
+        out = self.add_tensor(self.fresh(name), shape, "value")
+        self.nodes.append(Node("vector", node.name or name, node.op_type, out, sources=[View(ir)], steps=[step]))
+        self.q_state.setdefault("outputs", {})[name] = (out, shape)
 
     # ----- helpers --------------------------------------------------------------------------------------
     def q_const(self, node, i, what: str, required: bool = True):
