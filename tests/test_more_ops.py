@@ -83,13 +83,6 @@ def test_op_matches_onnxruntime(name):
     assert_matches_onnxruntime(CASES[name])
 
 
-def test_real_transpose_is_a_clear_error():
-    m = make_model([helper.make_node("Relu", ["x"], ["r"]),
-                    helper.make_node("Transpose", ["r"], ["y"], name="t", perm=[1, 0, 2])], {}, {"x": [4, 3, 9]})
-    with pytest.raises(lpusim.CompileError, match="Transpose node 't'.*needs the SXM"):
-        lpusim.compile(m)
-
-
 def test_average_pool_pads_excluded_from_count():
     m = image_model([helper.make_node("Relu", ["x"], ["r"]),
                      helper.make_node("AveragePool", ["r"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],

@@ -1,6 +1,6 @@
 """Scheduler jobs that move data between rows and lanes, and matmuls whose weights are computed.
 
-A transpose T = X^T (X: S rows of C lanes, both at most 320; the f16 copy, byte plane by byte plane) runs the
+A transpose T = X^T of a block (X: S rows of C lanes, both at most 320, byte plane by byte plane) runs the
 classic skew / gather / unskew on the SXM and MEM (docs/isa.md section 4):
 1. skew: row r of X goes through the SXM as `PERMUTE` by the map `(l - r) mod 320` (row r rotated by r lanes) into
    a scratch slice Y at address y + r, so X[r][j] sits in Y at lane (r + j) mod 320;
@@ -9,7 +9,9 @@ classic skew / gather / unskew on the SXM and MEM (docs/isa.md section 4):
 3. unskew: `PERMUTE` by `(l + j) mod 320` rotates it back, and the vector, row j of T, is written to T's store.
 Each step is a burst of one instruction per cycle (REPEAT), so a transpose of an S x C block costs about S + C
 cycles per byte plane plus the belt's travel. The maps are constant tables in MEM; the scratch slice is kept per
-(S, hemisphere) so the gather maps (which hold its addresses) are stored once.
+(S, hemisphere) so the gather maps (which hold its addresses) are stored once. A larger or batched transpose
+(B matrices of M x N, lower_transpose.py) is a sequence of such blocks: block (i, j) of matrix b, its rows i*320..
+of column tile j (in the order the source's row view gives), becomes rows b*N + j*320.. of column tile i.
 
 A matmul whose weights are a computed tensor (attention's K^T and V) loads them with `LW` one row per cycle from
 their store (a constant weight tile is laid out so 8 rows load per cycle; a computed one is not).
@@ -81,19 +83,32 @@ class SxmJobs:
         raise Clash(None)
 
     def schedule_transpose(self, node, sinks: dict) -> None:
-        x = self.graph.tensors[node.sources[0].tensor]
+        """B matrices of M x N (the source: B*M rows of N lanes, read through its view, which may reorder the
+        rows) -> B matrices of N x M, each cut into blocks of at most 320 x 320: block (i, j) of matrix b (its
+        rows i*320.., column tile j) becomes rows j*320.. of column tile i of the result."""
+        view = node.sources[0]
+        x = self.graph.tensors[view.tensor]
+        out = self.graph.tensors[node.output]
         lanes = self.lanes
-        S, C = x.rows, x.cols
-        if S > lanes or C > lanes:
-            raise CompileError(f"{node.onnx_op} node '{node.name}': a transpose of {S}x{C} (more than {lanes} "
-                               f"rows or lanes) is not supported yet")
+        M, N = out.cols, x.cols
+        B = x.rows // M
         for fmt, ts in sinks.items():
-            self.transpose_store(node, self.stores[(x.name, fmt)], ts, S, C)
+            xs = self.stores[(x.name, fmt)]
+            for b in range(B):
+                for i in range(-(-M // lanes)):
+                    for j in range(-(-N // lanes)):
+                        S, C = min(lanes, M - i * lanes), min(lanes, N - j * lanes)
+                        xruns = segment_runs(xs, j, view_runs(view, xs, None, x.rows, b * M + i * lanes,
+                                                              b * M + i * lanes + S))
+                        r0 = b * N + j * lanes
+                        truns = segment_runs(ts, i, view_runs(_plain(ts.tensor), ts, None, out.rows, r0, r0 + C))
+                        self.transpose_store(node, xs, j, xruns, ts, i, truns, S, C)
 
-    def transpose_store(self, node, xs: Store, ts: Store, S: int, C: int) -> None:
-        """Transpose one stored format of X into T, byte plane by byte plane."""
+    def transpose_store(self, node, xs: Store, xt: int, xruns, ts: Store, tt: int, truns, S: int, C: int) -> None:
+        """Transpose one S x C block of one stored format of X (the rows `xruns` of column tile xt) into the rows
+        `truns` of column tile tt of T, byte plane by byte plane."""
         lanes = self.lanes
-        hemi = self.hemisphere_of(xs)
+        hemi = "W" if self.chip.mem_position(xs.tiles[xt][0].slice) < self.vxm_pos else "E"
         sxm = self.sxm_position(hemi)
         lat = self.chip.sxm_latency + self.chip.superlanes - 1
         rl = self.chip.mem_read_latency
@@ -112,21 +127,19 @@ class SxmJobs:
             return rows
         gmap = self.map_store(("gather", S, C, ys, ya), gather_rows, hemi, 1)
         ypos = self.chip.mem_position(ys)
-        xruns = segment_runs(xs, 0, view_runs(_plain(xs.tensor), xs, None, S, 0, S))
-        truns = segment_runs(ts, 0, view_runs(_plain(ts.tensor), ts, None, C, 0, C))
         done = 0
         for p in range(xs.width):
             y.tiles[0][0].not_before = y.last_access  # overwrite Y only after the last GATHER read it
             yruns = segment_runs(y, 0, [(0, 0, S, 1)])
 
             def skew_rows(t, p=p):
-                src = self.read_view(xs, 0, xruns, sxm, t, 1, t, planes=[p])
+                src = self.read_view(xs, xt, xruns, sxm, t, 1, t, planes=[p])
                 m = self.read_view(skew, 0, segment_runs(skew, 0, [(0, 0, S, 1)]), sxm, t, 1, t)
                 q = self.take_sxm_queue(hemi, t, S)
                 dst, last = self.write_view(y, yruns, sxm, t + lat, t)
                 self.res.add_issue(Issue(q, t, f"PERMUTE {dst}, {src}, {m}", S, 1, 0, t + S - 1 + lat))
                 return last
-            last = self.place(xs.ready[0], skew_rows, f"the skew of transpose '{node.name}'")
+            last = self.place(xs.ready[xt], skew_rows, f"the skew of transpose '{node.name}'")
             y.ready[0] = last + 1
 
             def gather_unskew(t, p=p):
@@ -150,7 +163,7 @@ class SxmJobs:
                                          arrive + C - 1 + lat))
                 return last
             done = max(done, self.place(y.ready[0], gather_unskew, f"the gather of transpose '{node.name}'"))
-        ts.ready[0] = max(ts.ready[0], done + 1)
+        ts.ready[tt] = max(ts.ready[tt], done + 1)
 
     def load_weights_from_store(self, plane: str, wname: str, kt: int, nt: int) -> None:
         """LW one row per cycle from a computed f16 tensor's store (rows kt*320.. of column tile nt), then IW."""
