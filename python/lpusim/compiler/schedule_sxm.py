@@ -22,7 +22,6 @@ import numpy as np
 
 from lpusim.compiler.layout import Segment, Store, segment_runs, view_runs
 from lpusim.compiler.resources import Clash, Issue
-from lpusim.errors import CompileError
 
 
 class SxmJobs:
@@ -32,8 +31,8 @@ class SxmJobs:
         n = self.chip.planes_per_hemisphere
         return n if hemisphere == "W" else self.chip.num_positions - n - 1
 
-    def hemisphere_of(self, store: Store) -> str:
-        return "W" if self.chip.mem_position(store.tiles[0][0].slice) < self.vxm_pos else "E"
+    def hemisphere_of(self, store: Store, tile: int = 0) -> str:
+        return "W" if self.chip.mem_position(store.tiles[tile][0].slice) < self.vxm_pos else "E"
 
     def reserve_sxm_slices(self) -> None:
         """Keep, per hemisphere, the 5 slices next to its SXM for the transposes: a slice pair for the rotation
@@ -92,6 +91,7 @@ class SxmJobs:
         lanes = self.lanes
         M, N = out.cols, x.cols
         B = x.rows // M
+        blocks = 0
         for fmt, ts in sinks.items():
             xs = self.stores[(x.name, fmt)]
             for b in range(B):
@@ -102,13 +102,27 @@ class SxmJobs:
                                                               b * M + i * lanes + S))
                         r0 = b * N + j * lanes
                         truns = segment_runs(ts, i, view_runs(_plain(ts.tensor), ts, None, out.rows, r0, r0 + C))
-                        self.transpose_store(node, xs, j, xruns, ts, i, truns, S, C)
+                        # one column tile: its byte planes alternate between the two SXMs (each with its own
+                        # scratch slice), so one plane's skew overlaps the other's gather
+                        hemis = [self.hemisphere_of(xs, j)] if len(xs.tiles) > 1 else \
+                            ["WE"[(blocks + p) % 2] for p in range(xs.width)]
+                        blocks += xs.width
+                        self.transpose_store(node, xs, j, xruns, ts, i, truns, S, C, hemis)
 
-    def transpose_store(self, node, xs: Store, xt: int, xruns, ts: Store, tt: int, truns, S: int, C: int) -> None:
+    def transpose_store(self, node, xs: Store, xt: int, xruns, ts: Store, tt: int, truns, S: int, C: int,
+                        hemis: list[str]) -> None:
         """Transpose one S x C block of one stored format of X (the rows `xruns` of column tile xt) into the rows
-        `truns` of column tile tt of T, byte plane by byte plane."""
+        `truns` of column tile tt of T, byte plane p on the SXM of hemisphere hemis[p % len(hemis)]."""
+        done = 0
+        for p in range(xs.width):
+            done = max(done, self.transpose_plane(node, xs, xt, xruns, ts, truns, S, C, p,
+                                                  hemis[p % len(hemis)]))
+        ts.ready[tt] = max(ts.ready[tt], done + 1)
+
+    def transpose_plane(self, node, xs: Store, xt: int, xruns, ts: Store, truns, S: int, C: int, p: int,
+                        hemi: str) -> int:
+        """Byte plane p of one block: skew, gather, unskew; returns the last commit."""
         lanes = self.lanes
-        hemi = "W" if self.chip.mem_position(xs.tiles[xt][0].slice) < self.vxm_pos else "E"
         sxm = self.sxm_position(hemi)
         lat = self.chip.sxm_latency + self.chip.superlanes - 1
         rl = self.chip.mem_read_latency
@@ -127,43 +141,40 @@ class SxmJobs:
             return rows
         gmap = self.map_store(("gather", S, C, ys, ya), gather_rows, hemi, 1)
         ypos = self.chip.mem_position(ys)
-        done = 0
-        for p in range(xs.width):
-            y.tiles[0][0].not_before = y.last_access  # overwrite Y only after the last GATHER read it
-            yruns = segment_runs(y, 0, [(0, 0, S, 1)])
+        y.tiles[0][0].not_before = y.last_access  # overwrite Y only after the last GATHER read it
+        yruns = segment_runs(y, 0, [(0, 0, S, 1)])
 
-            def skew_rows(t, p=p):
-                src = self.read_view(xs, xt, xruns, sxm, t, 1, t, planes=[p])
-                m = self.read_view(skew, 0, segment_runs(skew, 0, [(0, 0, S, 1)]), sxm, t, 1, t)
-                q = self.take_sxm_queue(hemi, t, S)
-                dst, last = self.write_view(y, yruns, sxm, t + lat, t)
-                self.res.add_issue(Issue(q, t, f"PERMUTE {dst}, {src}, {m}", S, 1, 0, t + S - 1 + lat))
-                return last
-            last = self.place(xs.ready[xt], skew_rows, f"the skew of transpose '{node.name}'")
-            y.ready[0] = last + 1
+        def skew_rows(t):
+            src = self.read_view(xs, xt, xruns, sxm, t, 1, t, planes=[p])
+            m = self.read_view(skew, 0, segment_runs(skew, 0, [(0, 0, S, 1)]), sxm, t, 1, t)
+            q = self.take_sxm_queue(hemi, t, S)
+            dst, last = self.write_view(y, yruns, sxm, t + lat, t)
+            self.res.add_issue(Issue(q, t, f"PERMUTE {dst}, {src}, {m}", S, 1, 0, t + S - 1 + lat))
+            return last
+        last = self.place(xs.ready[xt], skew_rows, f"the skew of transpose '{node.name}'")
+        y.ready[0] = last + 1
 
-            def gather_unskew(t, p=p):
-                if t < y.ready[0]:
-                    raise Clash(y.ready[0])
-                gm = self.read_view(gmap, 0, segment_runs(gmap, 0, [(0, 0, C, 1)]), ypos, t, 1, t)
-                queue = self.chip.mem_name(ys)
-                self.res.take_queue(queue, t, t + C - 1, 0)
-                self.res.take_ports(ys, 0, t, C, 1, 0)
-                self.res.take_ports(ys, self.chip.mem_words // 2, t, C, 1, 0)
-                direction = "W" if sxm < ypos else "E"
-                arrive = t + rl + abs(ypos - sxm)
-                gs = self.take_group(direction, [[(ypos, t + rl, 1, C, sxm)]])
-                gname = f"{direction}{gs}"
-                self.res.add_issue(Issue(queue, t, f"GATHER {gname}, {gm}", C, 1, 0, t + rl + C - 1))
-                self.accesses.append((y, t + C - 1))
-                um = self.read_view(unskew, 0, segment_runs(unskew, 0, [(0, 0, C, 1)]), sxm, arrive, 1, t)
-                q = self.take_sxm_queue(hemi, arrive, C)
-                dst, last = self.write_view(ts, truns, sxm, arrive + lat, t, planes=[p])
-                self.res.add_issue(Issue(q, arrive, f"PERMUTE {dst}, {gname}, {um}", C, 1, 0,
-                                         arrive + C - 1 + lat))
-                return last
-            done = max(done, self.place(y.ready[0], gather_unskew, f"the gather of transpose '{node.name}'"))
-        ts.ready[tt] = max(ts.ready[tt], done + 1)
+        def gather_unskew(t):
+            if t < y.ready[0]:
+                raise Clash(y.ready[0])
+            gm = self.read_view(gmap, 0, segment_runs(gmap, 0, [(0, 0, C, 1)]), ypos, t, 1, t)
+            queue = self.chip.mem_name(ys)
+            self.res.take_queue(queue, t, t + C - 1, 0)
+            self.res.take_ports(ys, 0, t, C, 1, 0)
+            self.res.take_ports(ys, self.chip.mem_words // 2, t, C, 1, 0)
+            direction = "W" if sxm < ypos else "E"
+            arrive = t + rl + abs(ypos - sxm)
+            gs = self.take_group(direction, [[(ypos, t + rl, 1, C, sxm)]])
+            gname = f"{direction}{gs}"
+            self.res.add_issue(Issue(queue, t, f"GATHER {gname}, {gm}", C, 1, 0, t + rl + C - 1))
+            self.accesses.append((y, t + C - 1))
+            um = self.read_view(unskew, 0, segment_runs(unskew, 0, [(0, 0, C, 1)]), sxm, arrive, 1, t)
+            q = self.take_sxm_queue(hemi, arrive, C)
+            dst, last = self.write_view(ts, truns, sxm, arrive + lat, t, planes=[p])
+            self.res.add_issue(Issue(q, arrive, f"PERMUTE {dst}, {gname}, {um}", C, 1, 0,
+                                     arrive + C - 1 + lat))
+            return last
+        return self.place(y.ready[0], gather_unskew, f"the gather of transpose '{node.name}'")
 
     def load_weights_from_store(self, plane: str, wname: str, kt: int, nt: int) -> None:
         """LW one row per cycle from a computed f16 tensor's store (rows kt*320.. of column tile nt), then IW."""
