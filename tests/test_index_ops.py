@@ -153,9 +153,9 @@ def test_unsupported_element_type_and_gather_forms():
     with pytest.raises(lpusim.CompileError, match="input 'x': element type STRING"):
         lpusim.compile(m)
     m = typed_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gather", ["r", "ids"], ["y"], axis=1)],
-                    {}, {"x": (F, [4, 9]), "ids": (I64, [3])}, {"y": (F, [4, 3])})
-    with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*computed indices"):
-        lpusim.compile(m)
+                    {}, {"x": (F, [4, 9]), "ids": (I64, [2, 2])}, {"y": (F, [4, 2, 2])})
+    with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*computed ids along the lanes.*one row of ids"):
+        lpusim.compile(m)  # (one row of computed ids along the lanes works: tests/test_gathers.py)
 
 
 # ----- GatherElements -------------------------------------------------------------------------------------------------
@@ -177,15 +177,16 @@ def test_gather_elements_rows_and_errors():
                         helper.make_node("GatherElements", ["n", "i"], ["y"], axis=0)],
                        {"i": np.array([[0, 1, 2], [1, 0, -1], [2, 2, 0], [0, 0, 0]])}, {"x": [3, 3]})
     exact(mixed)  # onnx's test_gather_elements_1 form: each lane its own row
-    bad = make_model([helper.make_node("Neg", ["x"], ["n"]),
-                      helper.make_node("GatherElements", ["n", "i"], ["y"], axis=1)],
-                     {"i": np.array([[[0, 1], [1, 0]], [[1, 1], [0, 0]]])}, {"x": [2, 2, 2]})
-    with pytest.raises(lpusim.CompileError, match="GatherElements node 'y'.*one matrix"):
-        lpusim.compile(bad)
+    batched = make_model([helper.make_node("Neg", ["x"], ["n"]),
+                          helper.make_node("GatherElements", ["n", "i"], ["y"], axis=1)],
+                         {"i": np.array([[[0, 1], [1, 0]], [[1, 1], [0, 0]]])}, {"x": [2, 2, 2]})
+    exact(batched)  # several matrices: masked row passes (lower_gather.py)
     computed = typed_model([helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)], {},
                            {"x": (F, [2, 3]), "i": (I64, [2, 1])}, {"y": (F, [2, 1])})
-    with pytest.raises(lpusim.CompileError, match="GatherElements node 'y'.*computed indices"):
-        lpusim.compile(computed)
+    assert_matches_onnxruntime(computed)  # computed indices: one-hot masks (tests/test_gathers.py)
+    with pytest.raises(lpusim.CompileError, match="GatherElements node 'y'.*indices of shape"):
+        lpusim.compile(typed_model([helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)], {},
+                                   {"x": (F, [2, 3]), "i": (I64, [1, 1])}, {"y": (F, [1, 1])}))
 
 
 # ----- Resize ---------------------------------------------------------------------------------------------------------

@@ -91,6 +91,18 @@ def _merge(runs):
 
 def view_runs(view: View, store: Store, out_geom: tuple | None, out_rows: int, r0: int, r1: int):
     """(out_start relative to r0, storage row, count, stride) runs covering output rows [r0, r1)."""
+    if view.rows is not None:  # a row map: runs of rows with one address step (any sign)
+        storage = store.interior_rows()[np.asarray(view.rows[r0:r1], dtype=np.int64)]
+        runs = []
+        for i, row in enumerate(storage.tolist()):
+            if runs:
+                o, s0, c, st = runs[-1]
+                step = st if c > 1 else row - s0
+                if row == s0 + c * step:
+                    runs[-1] = (o, s0, c + 1, step)
+                    continue
+            runs.append((i, row, 1, 1))
+        return runs
     if not view.spatial:
         if store.rows == 1 and out_rows > 1:
             return [(0, 0, r1 - r0, 0)]  # a broadcast row: the same address for every output row
@@ -130,6 +142,8 @@ def segment_runs(store: Store, tile: int, runs) -> list[MemRun]:
                 raise AssertionError(f"storage row {r} of {store.tensor} is outside its segments")
             if stride > 0:
                 n = min(count - i, (seg.hi - r + stride - 1) // stride)
+            elif stride < 0:
+                n = min(count - i, (r - seg.lo) // -stride + 1)
             else:
                 n = count - i
             out.append(MemRun(out_start + i, seg.slice, seg.addr + (r - seg.lo), n, stride, seg.not_before))

@@ -1,5 +1,6 @@
 """Index-valued ops: ArgMax/ArgMin, Gather with computed indices (embedding lookups), GatherElements with constant
-indices, Resize (nearest), Cast of computed values, Range, computed attention masks.
+indices, Resize (nearest), Cast of computed values, Range, computed attention masks. Gathers of computed data with
+computed indices, GatherElements with computed indices or over several matrices, GatherND: lower_gather.py.
 
 The chip computes in float32; integer values (token ids, masks, argmax indices) are float32 whole numbers, exact up
 to 2^24. Integer and bool graph inputs are converted on the host (importer.host_input); integer outputs are turned
@@ -19,8 +20,8 @@ back into their ONNX type when the program decodes them (importer.decode_output)
   matmul whose epilogue compares it (`EQ`) with the matching digit of the lane index; the product of the digit
   matches is the one-hot row. Out-of-range ids (>= V or < -V) give a zero row; negative ids count from the end.
 * GatherElements with constant indices along the lanes: one MXM selection per distinct row pattern of indices,
-  masked to its rows and accumulated (at most 8 patterns); along a row axis: an evenly spaced run of whole rows is a
-  strided view, any other pattern of one matrix a sum of row views times constant 0/1 masks (VXM).
+  masked to its rows and accumulated (at most 8 patterns); along a row axis: whole rows in any order are a row-map
+  view (lower_gather.py), any other pattern of one matrix a sum of row views times constant 0/1 masks (VXM).
 * A computed attention mask of ONNX shape [1, 1, Q|1, K] (transformers' export: Cast, Reshape to [1, 1, 1, K], And,
   Expand, Where) is kept as its one [1, K] row (the NCHW layout of a 4-D tensor would put K on the rows): elementwise
   ops with constants that agree across query rows run on that row, and every head's scores read it for every query
@@ -207,9 +208,7 @@ class IndexLowering:
     def lower_gather_computed(self, node, a, args) -> None:
         data, idx = args[0], args[1]
         if data[0] != "const" or np.asarray(data[1]).ndim != 2 or a.get("axis", 0) % 2 != 0:
-            raise CompileError(f"{self.where(node)}: Gather with computed indices is supported for rows (axis 0) of "
-                               f"a constant [V, H] table (an embedding lookup), not for "
-                               f"{'a computed' if data[0] != 'const' else 'this'} data operand")
+            return self.lower_gather_ids(node, a, args)  # computed data, or along the lanes (lower_gather.py)
         table = np.asarray(data[1], dtype=np.float32)
         v, h = table.shape
         _, ids, ishape = idx
@@ -219,21 +218,7 @@ class IndexLowering:
         if len(out_shape) == 4 or n == 0:
             raise CompileError(f"{self.where(node)}: Gather of {ishape} ids from a [{v}, {h}] table gives a "
                                f"{len(out_shape)}-D result, not supported yet")
-        digits = self.index_digits(node, ids, ishape, v)
-        col_shape = (n, 1)
-        onehot, prev = None, None
-        for k, (col, iota) in enumerate(digits):
-            row = self.const_tensor(iota[None, :], "iota")
-            steps = [Step("EQ", [("acc",), ("src", 0)])]
-            sources = [row]
-            if prev is not None:
-                steps.append(Step("MUL", [("step", 0), ("src", 1)]))
-                sources.append(prev)
-            last = k == len(digits) - 1
-            onehot, _ = self.select_lanes(node, col, col_shape, np.zeros(v, dtype=np.int64),
-                                          "onehot" if last else "digitmatch", steps, sources)
-            self.derived[onehot] = 1.0
-            prev = onehot
+        onehot = self.gather_onehot_rows(node, ids, ishape, v)
         out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
         self.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
                                terms=[(View(onehot), self.const_tensor(table, "w"))]))
@@ -287,8 +272,7 @@ class IndexLowering:
     def lower_gather_elements(self, node, a, args) -> None:
         data, idx = args[0], args[1]
         if idx[0] != "const":
-            raise CompileError(f"{self.where(node)}: GatherElements with computed indices is not supported yet "
-                               f"(constant indices)")
+            return self.lower_gather_elements_computed(node, a, args)  # one-hot masks (lower_gather.py)
         _, x, shape = data
         shape = tuple(shape)
         nd = len(shape)
@@ -330,17 +314,12 @@ class IndexLowering:
             return
         # along a row axis: every output row must take one whole input row, in an evenly spaced rising run
         moved = np.moveaxis(ind, axis, 0).reshape(ind.shape[axis], -1)
-        if any(d != 1 for i, d in enumerate(shape) if i not in (axis, lane)):
-            raise CompileError(f"{self.where(node)}: GatherElements along row axis {axis} of {shape} is supported "
-                               f"for one matrix (every other axis of size 1)")
+        if any(d != 1 for i, d in enumerate(shape) if i not in (axis, lane)):  # several matrices: the masked
+            idx_t = self.const_input(ind.astype(np.float32), out_shape)  # passes of computed indices (lower_gather.py)
+            return self.lower_gather_elements_computed(node, a, [data, ("value", idx_t, out_shape)])
         if not np.all(moved == moved[:, :1]):
             return self._gather_elements_rows(node, x, shape, axis, ind, out_shape)
-        picks = moved[:, 0]
-        step = int(picks[1] - picks[0]) if len(picks) > 1 else 1
-        if step < 1 or np.any(picks != picks[0] + step * np.arange(len(picks))):
-            raise CompileError(f"{self.where(node)}: GatherElements row indices {picks.tolist()[:8]} are not an "
-                               f"evenly spaced rising run (not supported yet)")
-        self.emit_selection(node, x, shape, {axis: range(int(picks[0]), int(picks[-1]) + 1, step)})
+        self.gather_elements_same_rows(node, x, shape, axis, ind)  # whole rows: a row map (lower_gather.py)
 
     def _gather_elements_rows(self, node, x, shape, axis, ind, out_shape) -> None:
         """out[i, j] = x[ind[i, j], j] of one matrix: each source row k that is used, as a one-row tensor (a row

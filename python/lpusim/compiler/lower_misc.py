@@ -4,8 +4,9 @@
   the zero border of the input's store fills the new edge (like a convolution's padding).
 * Expand: a row broadcast is a view that reads one row for every row; a (..., 1) column goes across the lanes on
   the MXM (importer.operand).
-* Tile along the lanes and Gather with constant indices along the lanes: MXM selections (lower_moves.py); Gather of
-  one index along the rows of a matrix: a row view; Gather with computed indices: lower_index.py.
+* Tile along the lanes and Gather with constant indices along the lanes: MXM selections (lower_moves.py); Gather
+  with constant indices along a row axis: a row-map view (lower_gather.py); with computed indices: lower_index.py
+  (a constant table) and lower_gather.py.
 * Einsum "...qd,...kd->...qk" (Q K^T) and "...qk,...kd->...qd" (P V): a Transpose and/or a MatMul.
 """
 from __future__ import annotations
@@ -82,50 +83,16 @@ class MiscLowering:
         nd = len(shape)
         axis = a.get("axis", 0) % nd
         ind = np.asarray(idx[1]).astype(np.int64)
+        if axis != lane_axis(shape):
+            # along a row axis: whole rows in any order (repeats, descending, negative): a row-map view
+            return self.gather_rows_const(node, x, tuple(shape), axis, ind)  # (lower_gather.py)
         ind = np.where(ind < 0, ind + shape[axis], ind)
-        if axis == lane_axis(shape):
-            out_shape = tuple(shape[:axis]) + tuple(ind.shape) + tuple(shape[axis + 1:])
-            if ind.ndim > 1 or nd == 4:
-                raise CompileError(f"{self.where(node)}: Gather of {ind.ndim}-D indices along the lanes of "
-                                   f"{tuple(shape)} is not supported yet")
-            y, _ = self.select_lanes(node, x, tuple(shape), ind.ravel(), node.output[0])
-            if ind.ndim == 0:
-                out_shape = tuple(shape[:axis]) + tuple(shape[axis + 1:])
-                if _matrix_rows(out_shape) != self.tensors[y].rows:
-                    raise CompileError(f"{self.where(node)}: a scalar Gather along the lanes of {tuple(shape)} "
-                                       f"moves a column to rows, which needs the SXM")
-            self.tensors[y].shape = out_shape
-            self.values[node.output[0]] = (y, out_shape)
-            return
-        if ind.ndim == 0:  # one index along a row axis: a row selection, then drop the axis
-            self.emit_selection(node, x, tuple(shape), {axis: range(int(ind), int(ind) + 1)})
-            y, sel_shape = self.values[node.output[0]]
-            out_shape = tuple(d for i, d in enumerate(sel_shape) if i != axis)
-            if _matrix_rows(out_shape) != self.tensors[y].rows or nd == 4:
-                raise CompileError(f"{self.where(node)}: Gather along axis {axis} of {tuple(shape)} changes the "
-                                   f"row layout, not supported yet")
-            self.tensors[y].shape = out_shape
-            self.values[node.output[0]] = (y, out_shape)
-            return
-        flat = ind.ravel()
-        if len(flat) and np.all(np.diff(flat) == (flat[1] - flat[0] if len(flat) > 1 else 1)) \
-                and (len(flat) == 1 or flat[1] > flat[0]):
-            # an evenly spaced rising run (of any index shape, e.g. the positions [1, 1, 1, S] of an exported
-            # attention mask): a strided row view, the index axes replacing the gathered one
-            step = int(flat[1] - flat[0]) if len(flat) > 1 else 1
-            run = range(int(flat[0]), int(flat[-1]) + 1, step)
-            self.emit_selection(node, x, tuple(shape), {axis: run} if len(run) != shape[axis] else {})
-            y, sel_shape = self.values[node.output[0]]
-            out_shape = tuple(shape[:axis]) + tuple(ind.shape) + tuple(shape[axis + 1:])
-            if ind.ndim != 1:
-                from lpusim.compiler.importer import _as_matrix
-                if _as_matrix(out_shape) != _as_matrix(tuple(sel_shape)) or (len(out_shape) == 4) != (nd == 4):
-                    raise CompileError(f"{self.where(node)}: Gather of {ind.shape} indices along axis {axis} of "
-                                       f"{tuple(shape)} changes the row layout, not supported yet")
-                self.values[node.output[0]] = (y, out_shape)
-            return
-        raise CompileError(f"{self.where(node)}: Gather of indices {ind.tolist()[:8]} along a row axis is not "
-                           f"supported yet (a single index or an evenly spaced rising run)")
+        out_shape = tuple(shape[:axis]) + tuple(ind.shape) + tuple(shape[axis + 1:])
+        if ind.ndim != 1 or nd == 4:  # index rows, a 4-D result, a scalar: rows and lane patterns (lower_gather.py)
+            return self.gather_const_lanes(node, x, tuple(shape), axis, ind)
+        y, _ = self.select_lanes(node, x, tuple(shape), ind.ravel(), node.output[0])
+        self.tensors[y].shape = out_shape
+        self.values[node.output[0]] = (y, out_shape)
 
     def lower_einsum(self, node, a, args):
         eq = a["equation"].decode() if isinstance(a["equation"], bytes) else a["equation"]
@@ -158,7 +125,3 @@ class MiscLowering:
         for sub in nodes:
             self.lower(sub)
 
-
-def _matrix_rows(shape) -> int:
-    from lpusim.compiler.importer import _as_matrix
-    return _as_matrix(tuple(shape))[0]

@@ -97,7 +97,8 @@ def fuse_chains(graph: Graph) -> Graph:
         if consumer.kind == "vector":
             for view in consumer.sources:
                 producer = producers.get(view.tensor)
-                if producer is None or not producer.fusable or view.spatial or view.tensor in outputs \
+                if producer is None or not producer.fusable or view.spatial or view.rows is not None \
+                        or view.tensor in outputs \
                         or uses[view.tensor] != 1:
                     continue
                 merged = _fuse(graph, producer, consumer, view.tensor)
