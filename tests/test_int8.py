@@ -459,14 +459,29 @@ def test_int8_on_two_chips(tmp_path, parallel):
         np.testing.assert_array_equal(result.outputs[name], r)
 
 
-def test_asymmetric_uint8_weights_are_a_clear_error(tmp_path):
-    """uint8 weights whose w - zw leaves int8 cannot be int8 MXM weights: a CompileError says so."""
-    src, dst = tmp_path / "f.onnx", tmp_path / "u8w.onnx"
-    onnx.save(mlp((64, 32), batch=1, seed=5), src)
-    ort_quant.quantize_static(str(src), str(dst), _Reader("input", (1, 64)), quant_format=ort_quant.QuantFormat.QDQ,
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_asymmetric_uint8_weights_run_as_int8_pieces(tmp_path, fmt):
+    """uint8 weights with a zero point (onnxruntime's U8U8): w - zw reaches +-255, outside the MXM's int8 operands,
+    so each weight matrix goes as a sum of int8 pieces (lower_quant.int8_pieces) accumulated in one pass over the
+    same activations: still integer-exact, every output onnxruntime's, at the cost of extra weight rows."""
+    from lpusim.compiler.lower_quant import int8_pieces
+
+    w = np.arange(-255, 256).reshape(1, -1)
+    pieces = int8_pieces(w)
+    assert all(p.min() >= -128 and p.max() <= 127 for p in pieces) and (sum(pieces) == w).all()
+    src, dst = tmp_path / "f.onnx", tmp_path / f"u8w_{fmt}.onnx"
+    onnx.save(small_cnn(batch=2, seed=3), src)
+    ort_quant.quantize_static(str(src), str(dst), _Reader("input", (2, 3, 16, 16)),
+                              quant_format=getattr(ort_quant.QuantFormat, fmt),
                               activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QUInt8)
-    with pytest.raises(lpusim.CompileError, match="leave int8's range"):
-        lpusim.compile(onnx.load(dst))
+    model = onnx.load(dst)
+    consts = {i.name: numpy_helper.to_array(i).astype(np.int64) for i in model.graph.initializer}
+    spans = [(consts[k] - consts[k.replace("_quantized", "_zero_point")]) for k in consts
+             if k.endswith("_quantized") and consts[k].ndim > 1]
+    assert len(spans) == 3 and all(d.min() < -128 or d.max() > 127 for d in spans)  # each layer needs 2 pieces
+    x = {"input": np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    _, _, fraction = check_int8(model, x, f"uint8 weights {fmt}")
+    assert fraction == 1.0
 
 
 def pooled_cnn(batch=2, seed=0):

@@ -53,6 +53,11 @@ import lpusim
 import lpusim.backend
 from lpusim.check import TOLERANCES
 from lpusim.compiler.importer import SUPPORTED_OPS
+from lpusim.compiler.lower_quant import QUANT_OPS
+
+# lower_quant.py's ops of the default domain (QLinearAdd and the pools are com.microsoft's, never in onnx's suite)
+DEFAULT_DOMAIN_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                            "ConvInteger"}
 
 # Float operand positions a TSP program holds as constants (weights, normalisation statistics, bounds, exponents),
 # bound with `constant_inputs` when a test feeds them as graph inputs. Besides these, every non-float32 graph input
@@ -61,6 +66,8 @@ WEIGHT_OPERANDS = {
     "MatMul": (1,), "Gemm": (1, 2), "Conv": (1, 2), "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2),
     "Dropout": (1,), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2), "PRelu": (1,),
     "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Pow": (1,),
+    # scales of the integer ops (their zero points, integer weights and biases are bound as non-float operands)
+    "QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearMatMul": (1, 4, 6), "QLinearConv": (1, 4, 6),
 }
 
 # ----- exclusions: reason -> test names (without the device suffix) ------------------------------------------------
@@ -74,6 +81,8 @@ BROADCAST = ("not supported yet: broadcasting a computed operand of shape () or 
              "the expanded Softmax/LogSoftmax/GroupNormalization, computed Clip bounds)")
 LN_OUTPUTS = "not supported yet: LayerNormalization's Mean and InvStdDev outputs"
 MATMUL_ND = "not supported yet: MatMul with weights of rank other than 2 (batched, broadcast or 1-D)"
+QUANT_FORMS = ("not supported yet: QuantizeLinear/DequantizeLinear of a computed tensor with a per-axis or blocked "
+               "scale, or to/from 16-bit codes (per-tensor int8/uint8 only)")
 AVGPOOL_PAD = "not supported yet: AveragePool with padding and count_include_pad=0"
 MAXPOOL_TAPS = "not supported yet: a max pool over more than 16 taps (the VXM's 16 ALUs)"
 VARIADIC = "not supported yet: Max/Min with other than 2 inputs"
@@ -304,7 +313,13 @@ EXCLUDED_BY_REASON = {
     ],
     MATMUL_ND: [
         "test_matmul_1d_1d", "test_matmul_1d_3d", "test_matmul_3d", "test_matmul_4d", "test_matmul_4d_1d",
-        "test_matmul_bcast",
+        "test_matmul_bcast", "test_qlinearmatmul_3D_int8_float16", "test_qlinearmatmul_3D_int8_float32",
+        "test_qlinearmatmul_3D_uint8_float16", "test_qlinearmatmul_3D_uint8_float32",
+    ],
+    QUANT_FORMS: [
+        "test_dequantizelinear_axis", "test_dequantizelinear_blocked", "test_dequantizelinear_int16",
+        "test_dequantizelinear_uint16", "test_quantizelinear_axis", "test_quantizelinear_blocked_asymmetric",
+        "test_quantizelinear_blocked_symmetric", "test_quantizelinear_int16", "test_quantizelinear_uint16",
     ],
     DROPOUT_TRAINING: [
         "test_training_dropout", "test_training_dropout_default", "test_training_dropout_default_mask",
@@ -349,7 +364,7 @@ def _load(tc) -> onnx.ModelProto | None:
 
 
 def _supported(model: onnx.ModelProto) -> bool:
-    ops = set(SUPPORTED_OPS)
+    ops = set(SUPPORTED_OPS) | {op for op in QUANT_OPS if op in DEFAULT_DOMAIN_QUANT_OPS}
     return all(n.domain in ("", "ai.onnx") and n.op_type in ops for n in model.graph.node)
 
 

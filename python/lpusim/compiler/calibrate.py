@@ -66,7 +66,8 @@ def without_large_initializers(proto: onnx.ModelProto, values: bool = True):
 
 
 def tensor_magnitudes(proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """max |value| of every float tensor the model computes, from one onnxruntime run on `inputs`."""
+    """max |value| of every float tensor the model computes, from one onnxruntime run on `inputs` (onnx's
+    ReferenceEvaluator when onnxruntime cannot run the model)."""
     import onnxruntime as ort
 
     model, weights = without_large_initializers(proto)
@@ -88,12 +89,36 @@ def tensor_magnitudes(proto: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> 
     if weights:
         options.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(v)
                                                           for v in weights.values()])
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    feed = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
-    values = session.run(names, feed)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        feed = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
+        pairs = list(zip(names, session.run(names, feed)))
+    except Exception as ort_error:  # onnxruntime has no kernel for this opset or type (Gemm-6, QuantizeLinear-25)
+        pairs = _reference_values(proto, inputs, ort_error)
+    return _magnitudes(pairs + list(inputs.items()))
+
+
+def _reference_values(proto: onnx.ModelProto, inputs: dict[str, np.ndarray], ort_error: Exception) -> list:
+    """Every tensor's value from onnx's own ReferenceEvaluator (slow, but it implements every opset), for models
+    onnxruntime cannot run; CompileError naming both failures when it cannot either."""
+    from onnx.reference import ReferenceEvaluator
+
+    from lpusim.errors import CompileError
+    try:
+        evaluator = ReferenceEvaluator(proto)
+        feed = {name: inputs[name] for name in evaluator.input_names if name in inputs}
+        values = evaluator.run(None, feed, intermediate=True)
+    except Exception as e:
+        first = str(ort_error).strip().splitlines()[0][:300]
+        raise CompileError(f"the calibration run failed: onnxruntime: {first}; onnx's ReferenceEvaluator: "
+                           f"{type(e).__name__}: {str(e)[:300]}") from None
+    return [(k, v) for k, v in values.items() if k not in inputs]
+
+
+def _magnitudes(pairs: list) -> dict[str, float]:
     result: dict[str, float] = {}
-    for name, v in list(zip(names, values)) + list(inputs.items()):
+    for name, v in pairs:
         v = np.asarray(v)
         if v.dtype.kind != "f":
             continue

@@ -38,6 +38,17 @@ _TYPES = {onnx.TensorProto.UINT8: "u8", onnx.TensorProto.INT8: "i8", onnx.Tensor
 _NP_TYPES = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8", np.dtype(np.int32): "i32"}
 
 
+def int8_pieces(w: np.ndarray) -> list[np.ndarray]:
+    """Integer weights as a sum of int8 arrays (one when w fits int8): the MXM takes int8 weights, and x @ (a + b)
+    = x @ a + x @ b accumulates exactly, so uint8 weights with a zero point (w - zw up to +-255) cost extra passes."""
+    pieces, rest = [], np.asarray(w, dtype=np.int64)
+    while not pieces or rest.any():
+        piece = np.clip(rest, -128, 127)
+        pieces.append(piece)
+        rest = rest - piece
+    return pieces
+
+
 def _code(zp, kind: str):
     """A zero point (or any integer) as the code the IR holds: uint8 values move down by 128."""
     return np.asarray(zp, dtype=np.int64) - (128 if kind == "u8" else 0)
@@ -742,17 +753,29 @@ class QuantLowering:
         shape[out_axis] = n_out
         zw = np.asarray(zw, dtype=np.int64)
         w_eff = w.astype(np.int64) - (zw.reshape(shape) if zw.size > 1 else zw.reshape(()))
-        if w_eff.min(initial=0) < -128 or w_eff.max(initial=0) > 127:
-            raise CompileError(f"{where}: weights minus their zero point leave int8's range (asymmetric uint8 "
-                               f"weights are not supported; quantise weights as int8)")
+        pieces = int8_pieces(w_eff)  # asymmetric uint8 weights: w - zw in [-255, 255] as 2-3 int8 passes
         colsum = w_eff.sum(axis=tuple(a for a in range(w.ndim) if a != out_axis))
         corr = -np.int64(zx) * colsum
         if bias is not None:
             corr = corr + np.broadcast_to(np.asarray(bias, dtype=np.int64).reshape(-1), (n_out,))
         if np.abs(corr).max(initial=0) >= 2 ** 31:
             raise CompileError(f"{where}: a bias or zero-point correction of {np.abs(corr).max()} leaves int32")
+        mm, out_ir, out_shape = self.q_int8_matmul(node, form, x, zx, pieces[0].astype(np.float32), out_name, attrs)
+        first = list(mm.terms)
+        for piece in pieces[1:]:  # the same activation views again with the remaining weights, one accumulator:
+            n0, inputs0 = len(self.nodes), list(self.inputs)  # lower the piece alike, keep only its weights
+            extra, _, _ = self.q_int8_matmul(node, form, x, zx, piece.astype(np.float32), out_name, attrs)
+            if len(extra.terms) != len(first):
+                raise CompileError(f"{where}: internal: the weight pieces lowered to different term counts")
+            del self.nodes[n0:]
+            self.inputs[:] = inputs0
+            mm.terms.extend((view, w) for (view, _), (_, w) in zip(first, extra.terms))
+        self.q_epilogue(node, mm, out_ir, out_shape, corr, mult, mode, out_name)
+
+    def q_int8_matmul(self, node, form: str, x: str, zx: int, wf: np.ndarray, out_name: str, attrs: dict):
+        """One matmul node of x's codes with integer weights `wf` (held as float32): (node, IR output, shape)."""
+        where = self.where(node)
         tmp = self.fresh(out_name + "#acc")
-        wf = w_eff.astype(np.float32)
         if form == "conv":
             ir, xshape = self.values[x]
             t = self.tensors[ir]
@@ -775,7 +798,7 @@ class QuantLowering:
         out_ir, out_shape = self.values.pop(tmp)
         if mm.kind != "matmul" or mm.output != out_ir:
             raise CompileError(f"{where}: internal: the int8 contraction did not lower to one matmul")
-        self.q_epilogue(node, mm, out_ir, out_shape, corr, mult, mode, out_name)
+        return mm, out_ir, out_shape
 
     def q_stem(self, node, fake, x: str, attrs: dict, wf: np.ndarray) -> bool:
         """A convolution of QuantizeLinear(graph input): the host lays the float input out as patches (as the fp16
