@@ -96,14 +96,16 @@ def mini_resnet(batch: int = 1, size: int = 32, width: int = 16, blocks: int = 2
 
 
 def bert_encoder(layers: int = 2, hidden: int = 64, heads: int = 4, seq: int = 16, ffn: int | None = None,
-                 seed: int = 0, opset: int = 17) -> onnx.ModelProto:
-    """A BERT encoder stack (post-LayerNorm, GELU) over input embeddings [1, seq, hidden], random weights.
+                 seed: int = 0, opset: int = 17, batch: int = 1, mask: bool = False) -> onnx.ModelProto:
+    """A BERT encoder stack (post-LayerNorm, GELU) over input embeddings [batch, seq, hidden], random weights.
 
     The graph has the shape `torch.onnx.export` gives a Hugging Face BertLayer: Q/K/V MatMul + Add, Reshape to
     [1, seq, heads, d], Transpose (K to [1, heads, d, seq]), MatMul, Div by sqrt(d), Softmax, MatMul with V,
     Transpose and Reshape back, output projection, residual Add + LayerNormalization, the feed-forward block with
     the erf form of GELU. BERT-base is `layers=12, hidden=768, heads=12, seq=128`. (The token embedding lookup
-    and the attention mask are left out: the input is the embeddings.)"""
+    is left out: the input is the embeddings.) With `mask`, a second input `attention_mask` [batch, seq] (1.0
+    keeps a token, 0.0 drops it) is added to the scaled scores as BERT does: Unsqueeze to [batch, 1, 1, seq],
+    (1 - mask) * -10000."""
     rng = np.random.default_rng(seed)
     ffn = ffn or 4 * hidden
     d = hidden // heads
@@ -127,8 +129,15 @@ def bert_encoder(layers: int = 2, hidden: int = 64, heads: int = 4, seq: int = 1
         nodes.append(helper.make_node("LayerNormalization", [x, g, b], [name], name=name, axis=-1, epsilon=1e-12))
         return name
 
-    split = const("shape.split", np.array([1, seq, heads, d], np.int64))
-    merge = const("shape.merge", np.array([1, seq, hidden], np.int64))
+    split = const("shape.split", np.array([batch, seq, heads, d], np.int64))
+    merge = const("shape.merge", np.array([batch, seq, hidden], np.int64))
+    if mask:
+        nodes += [helper.make_node("Unsqueeze", ["attention_mask", const("mask.axes", np.array([1, 2], np.int64))],
+                                   ["mask.4d"], name="mask.unsqueeze"),
+                  helper.make_node("Sub", [const("mask.one", np.float32(1.0)), "mask.4d"], ["mask.inv"],
+                                   name="mask.inv"),
+                  helper.make_node("Mul", ["mask.inv", const("mask.big", np.float32(-10000.0))], ["mask.add"],
+                                   name="mask.add")]
     scale = const("attn.scale", np.float32(np.sqrt(d)))
     half, one, rsqrt2 = const("gelu.half", np.float32(0.5)), const("gelu.one", np.float32(1.0)), \
         const("gelu.sqrt2", np.float32(np.sqrt(2.0)))
@@ -143,7 +152,11 @@ def bert_encoder(layers: int = 2, hidden: int = 64, heads: int = 4, seq: int = 1
         nodes.append(helper.make_node("Transpose", [f"{v}.heads"], [f"{v}.t"], perm=[0, 2, 1, 3], name=f"{v}.t"))
         nodes.append(helper.make_node("MatMul", [f"{q}.t", f"{k}.t"], [f"{p}.scores"], name=f"{p}.scores"))
         nodes.append(helper.make_node("Div", [f"{p}.scores", scale], [f"{p}.scaled"], name=f"{p}.scaled"))
-        nodes.append(helper.make_node("Softmax", [f"{p}.scaled"], [f"{p}.probs"], axis=-1, name=f"{p}.softmax"))
+        scores = f"{p}.scaled"
+        if mask:
+            nodes.append(helper.make_node("Add", [scores, "mask.add"], [f"{p}.masked"], name=f"{p}.masked"))
+            scores = f"{p}.masked"
+        nodes.append(helper.make_node("Softmax", [scores], [f"{p}.probs"], axis=-1, name=f"{p}.softmax"))
         nodes.append(helper.make_node("MatMul", [f"{p}.probs", f"{v}.t"], [f"{p}.ctx"], name=f"{p}.ctx"))
         nodes.append(helper.make_node("Transpose", [f"{p}.ctx"], [f"{p}.ctx.t"], perm=[0, 2, 1, 3],
                                       name=f"{p}.ctx.t"))
@@ -160,9 +173,11 @@ def bert_encoder(layers: int = 2, hidden: int = 64, heads: int = 4, seq: int = 1
         f = linear(f"{h}.gelu", ffn, hidden, f"{p}.ffn.out")
         nodes.append(helper.make_node("Add", [f, x1], [f"{p}.res2"], name=f"{p}.res2"))
         x = layernorm(f"{p}.res2", f"{p}.ln2")
-    graph = helper.make_graph(nodes, "bert_encoder",
-                              [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [1, seq, hidden])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, seq, hidden])], inits)
+    inputs = [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [batch, seq, hidden])]
+    if mask:
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.FLOAT, [batch, seq]))
+    graph = helper.make_graph(nodes, "bert_encoder", inputs,
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, seq, hidden])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="lpusim")
     model.ir_version = 8
     onnx.checker.check_model(model)

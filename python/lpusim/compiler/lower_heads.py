@@ -1,21 +1,25 @@
 """Multi-head attention as exported from PyTorch: [B, S, H] -> Reshape [B, S, NH, D] -> Transpose -> per-head work.
 
 A 4-D [B, NH, S, D] activation would read as an NCHW image, so heads are kept apart instead: a *heads value* is
-one IR matrix per head ([S, D], rows = tokens, lanes = the head's features; batch 1), plus whether the ONNX tensor
-is the transpose of each part ([B, NH, D, S], the K^T of attention scores).
+one IR matrix per (batch element, head) pair ([S, D], rows = that element's tokens, lanes = the head's features;
+part b*NH + h), plus whether the ONNX tensor is the transpose of each part ([B, NH, D, S], the K^T of scores).
 * Reshape [B, S, NH*D] -> [B, S, NH, D] then Transpose (0, 2, 1, 3): head h is lanes h*D.. of the input, picked by
-  an MXM selection (lower_moves.py); Transpose (0, 2, 3, 1) gives the same parts, marked transposed.
+  an MXM selection (lower_moves.py); Transpose (0, 2, 3, 1) gives the same parts, marked transposed. At batch
+  B > 1 the selection of part (b, h) reads rows b*S.. of the input through a row-offset view (the input is seen
+  as one image of B*S x 1 pixels, the part as one of S x 1: address arithmetic, no data moves).
 * MatMul(heads, heads): per head, the second operand's part is loaded as computed MXM weights, after an SXM/MEM
   transpose when it is marked transposed (schedule_sxm.py).
 * Elementwise ops, Softmax, scalar or broadcast constants: lowered once per head on the parts.
-* Transpose (0, 2, 1, 3) then Reshape [B, S, NH*D]: the parts are placed side by side on the lanes (a Concat).
+* Transpose (0, 2, 1, 3) then Reshape [B, S, NH*D]: the parts are placed side by side on the lanes (a Concat), one
+  [S, NH*D] matrix per batch element; at B > 1 these are stacked on the rows by one VXM pass (`stack_rows`): each
+  reads its element's matrix through a view shifted by b*S rows whose zero border covers the other elements' rows.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.ir import Node, Step, View, node_inputs
 from lpusim.compiler.lower_lanes import UP
 from lpusim.compiler.lower_moves import _Renamed
 from lpusim.errors import CompileError
@@ -30,9 +34,6 @@ class HeadsLowering:
     def split_reshape(self, node, ir_name, shape, new) -> bool:
         """[B, S, H] -> [B, S, NH, D] of a computed tensor: remember it (no data moves yet)."""
         if len(shape) == 3 and len(new) == 4 and tuple(new[:2]) == tuple(shape[:2]) and new[2] * new[3] == shape[2]:
-            if shape[0] != 1:
-                raise CompileError(f"{self.where(node)}: attention heads with batch {shape[0]} are not supported "
-                                   f"yet (batch 1)")
             self.splits[node.output[0]] = (ir_name, tuple(shape), int(new[2]), int(new[3]))
             return True
         return False
@@ -43,6 +44,7 @@ class HeadsLowering:
         if perm not in ([0, 2, 1, 3], [0, 2, 3, 1]):
             raise CompileError(f"{self.where(node)}: Transpose perm={perm} of a [B, S, heads, D] view is not "
                                f"supported (perm [0,2,1,3] or [0,2,3,1])")
+        nb, s = shape[0], shape[1]
         parts = []
         # quantised models (precise_sums): the MXM selection moves fp16 values. Floats dequantized from codes:
         # select the codes minus the zero point (integers, exact in fp16) and keep the scale aside (`head_scales`:
@@ -51,29 +53,95 @@ class HeadsLowering:
         codes = self.q_state.get("dequantized", {}).get(ir_name) if self.precise_sums() else None
         lo = self.fp16_residual(node, ir_name, shape, f"{node.output[0]}.lo", self.magnitudes.get(node.input[0]),
                                 up=True) if self.precise_sums() and codes is None else None
-        for h in range(nh):
-            cols = list(range(h * d, (h + 1) * d))
-            if codes is not None:
-                q, scale, zp = codes
-                y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), q, shape, cols,
-                                         f"{node.output[0]}@h{h}.codes",
+        for b in range(nb):
+            for h in range(nh):
+                cols = list(range(h * d, (h + 1) * d))
+                tag = f"{node.output[0]}@h{h}" if nb == 1 else f"{node.output[0]}@b{b}h{h}"
+                sub = _Renamed(node, tag)
+                if codes is not None:
+                    q, scale, zp = codes
+                    y = self.select_part(sub, q, shape, b, cols, f"{tag}.codes",
                                          [Step("SUB", [("acc",), ("imm", float(zp))])] if zp else [])
-                self.derived[y] = CODE_MAGNITUDE
-                self.tensors[y].shape = (1, shape[1], d)
-                self.head_scales[y] = scale
-                parts.append(y)
-                continue
-            y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), ir_name, shape, cols,
-                                     f"{node.output[0]}@h{h}")
-            if lo is not None:
-                y, _ = self.select_lanes(_Renamed(node, f"{node.output[0]}@h{h}"), lo, shape, cols,
-                                         f"{node.output[0]}@h{h}",
+                    self.derived[y] = CODE_MAGNITUDE
+                    self.head_scales[y] = scale
+                    parts.append(y)
+                    continue
+                y = self.select_part(sub, ir_name, shape, b, cols, tag)
+                if lo is not None:
+                    y = self.select_part(sub, lo, shape, b, cols, tag,
                                          [Step("MUL", [("acc",), ("imm", 1.0 / UP)]),
                                           Step("ADD", [("step", 0), ("src", 0)])], [y])
-            self.tensors[y].shape = (1, shape[1], d)
-            parts.append(y)
+                parts.append(y)
         transposed = perm == [0, 2, 3, 1]
-        self.heads[node.output[0]] = (parts, transposed, (1, nh, d, shape[1]) if transposed else (1, nh, shape[1], d))
+        self.heads[node.output[0]] = (parts, transposed, (nb, nh, d, s) if transposed else (nb, nh, s, d))
+
+    def select_part(self, node, x: str, shape: tuple, b: int, cols: list, out_name: str, steps=(), sources=()):
+        """Lanes `cols` of batch element b's rows of x ([B, S, C]) as one [S, len(cols)] part, on the MXM."""
+        nb, s = shape[0], shape[1]
+        if nb == 1:
+            y, _ = self.select_lanes(node, x, shape, cols, out_name, steps, sources)
+        else:
+            t = self.tensors[x]
+            if t.geom not in (None, (1, nb * s, 1)):
+                raise CompileError(f"{self.where(node)}: the rows of batch element {b} of '{x}' cannot be read as "
+                                   f"a view: the tensor is already laid out as images {t.geom}")
+            t.geom = (1, nb * s, 1)  # one image of B*S x 1 pixels: a tap at dh = b*S reads element b's rows
+            c = shape[-1]
+
+            def make():
+                p = np.zeros((c, len(cols)), dtype=np.float32)
+                p[np.asarray(cols), np.arange(len(cols))] = 1.0
+                return p
+            w = self.shared_const(("sel", c, tuple(int(v) for v in cols)), make)
+            y = self.add_tensor(self.fresh(out_name), (1, s, len(cols)), "value")
+            self.tensors[y].geom = (1, s, 1)
+            self.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, y,
+                                   sources=[View(v) for v in sources], steps=list(steps),
+                                   terms=[(View(x, dh=b * s, spatial=True), w)]))
+            self.derived.setdefault(y, self.magnitudes.get(node.input[0], 0.0))
+        self.tensors[y].shape = (1, s, len(cols))
+        return y
+
+    def concat_heads(self, node, out: str, args: list, nb: int) -> None:
+        """values[out] = the parts' lanes side by side ([B, S, NH*D]): one lane Concat per batch element, then
+        (B > 1) the elements stacked on the rows (`stack_rows`)."""
+        if nb == 1:
+            self.lower_concat(_Renamed(node, out), {"axis": -1}, args)
+            return
+        nh = len(args) // nb
+        cats, bounds = [], []
+        for b in range(nb):
+            bounds.append(len(self.nodes))
+            sub = _Renamed(node, f"{out}@b{b}")
+            self.lower_concat(sub, {"axis": -1}, args[b * nh:(b + 1) * nh])
+            cats.append(self.values.pop(sub.output[0]))
+        self.interleave_parts(bounds)
+        _, (_, s, width) = cats[0]
+        y = self.stack_rows(node, [c for c, _ in cats], s, out)
+        self.values[out] = (y, (nb, s, width))
+
+    def stack_rows(self, node, mats: list, s: int, hint: str) -> str:
+        """B matrices of [S, C] -> one [B*S, C] (element b on rows b*S..), on the VXM: y_b = y_(b-1) + mats[b]
+        read through a tap shifted by b rows of the output seen as one image of B x S pixels (mats[b] as one of
+        1 x S; passes.assign_borders gives it a zero border of max(b, B-1-b) pixels, so the other elements' rows
+        read zeros). One bordered source per pass: a clash of MEM slices with y_(b-1) is resolved by moving it
+        (schedule.relocate moves only unbordered tensors). Costs B passes of B*S rows and, per mats[b],
+        (1 + 2p)(S + 2p) rows of SRAM (p its border)."""
+        nb = len(mats)
+        cols = self.tensors[mats[0]].cols
+        mag = max(self.ir_magnitude(m) for m in mats)
+        prev = None
+        for b, m in enumerate(mats):
+            self.tensors[m].geom = (1, 1, s)
+            sources = [View(m, pad_top=b, spatial=True)] + ([View(prev)] if prev is not None else [])
+            steps = [Step("COPY", [("src", 0)])] if prev is None else [Step("ADD", [("src", 1), ("src", 0)])]
+            y = self.add_tensor(self.fresh(hint), (nb, s, cols), "value")
+            self.tensors[y].geom = (1, nb, s)
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
+                                   steps=steps, fusable=False))
+            self.derived[y] = mag
+            prev = y
+        return prev
 
     def lower_heads_transpose(self, node, a):
         parts, transposed, shape4 = self.heads[node.input[0]]
@@ -95,20 +163,45 @@ class HeadsLowering:
         parts = [self.head_float(node, p) for p in parts]
         args = [("value", p, (1, s, d)) for p in parts]
         if not self.precise_sums():
-            self.lower_concat(node, {"axis": -1}, args)
+            self.concat_heads(node, node.output[0], args, b)
             return
         # quantised models: concatenate the fp16 copies and the (scaled) residuals, add them in f32
         los = [("value", self.fp16_residual(node, p, (1, s, d), f"{p}.lo", self.ir_magnitude(p), up=True), (1, s, d))
                for p in parts]
-        lo_node = _Renamed(node, f"{node.output[0]}.lo")
-        self.lower_concat(lo_node, {"axis": -1}, los)
-        lo_cat, _ = self.values.pop(lo_node.output[0])
-        self.lower_concat(node, {"axis": -1}, args)
+        lo_out = f"{node.output[0]}.lo"
+        self.concat_heads(_Renamed(node, lo_out), lo_out, los, b)
+        lo_cat, _ = self.values.pop(lo_out)
+        self.concat_heads(node, node.output[0], args, b)
         hi_cat, shape = self.values[node.output[0]]
         y = self.vector(node, [hi_cat, lo_cat], [Step("MUL", [("src", 1), ("imm", 1.0 / UP)]),
                                                  Step("ADD", [("src", 0), ("step", 0)])], shape, node.output[0])
         self.tensors[y].shape = shape
         self.values[node.output[0]] = (y, shape)
+
+    def interleave_parts(self, bounds: list) -> None:
+        """The nodes of consecutive parts (part i: self.nodes[bounds[i]:bounds[i + 1]], the last up to the end)
+        reordered round-robin, one node of each part in turn (a node waits until the nodes it reads are placed):
+        the scheduler places nodes in order and each MXM plane only moves forward in time, so part after part
+        would run the parts' dependent chains (Softmax's maximum tree, sums) one after another; interleaved,
+        the chains of different parts overlap on the planes and the VXM."""
+        start = bounds[0]
+        groups = [self.nodes[a:b] for a, b in zip(bounds, bounds[1:] + [len(self.nodes)])]
+        if sum(1 for g in groups if g) < 2:
+            return
+        pending = {n.output for g in groups for n in g}
+        total = sum(len(g) for g in groups)
+        order, placed, pos = [], set(), [0] * len(groups)
+        while len(order) < total:
+            progressed = False
+            for i, g in enumerate(groups):
+                if pos[i] < len(g) and all(name not in pending or name in placed for name in node_inputs(g[pos[i]])):
+                    order.append(g[pos[i]])
+                    placed.add(g[pos[i]].output)
+                    pos[i] += 1
+                    progressed = True
+            if not progressed:  # cannot happen: the original order is a valid one
+                raise AssertionError("interleave_parts: a part reads a node no part can place")
+        self.nodes[start:] = order
 
     @property
     def head_scales(self) -> dict:
@@ -155,12 +248,12 @@ class HeadsLowering:
             codes.append(("value", c, self.tensors[p].shape))
         if via is not None:  # the merged codes, dequantized lazily: the reshape runs on them, its QuantizeLinear
             out = f"{name}#q"  # (same scale and zero point) gives them back (lower_quant.q_code_op, q_quantize)
-            self.lower_concat(_Renamed(node, out), {"axis": -1}, codes)
+            self.concat_heads(_Renamed(node, out), out, codes, shape[0])
             self.derived[self.values[out][0]] = CODE_MAGNITUDE
             self.q_state["code"][out] = kind
             self.q_state["pending"][name] = (out, scale, zp)
             return True
-        self.lower_concat(_Renamed(node, u.output[0]), {"axis": -1}, codes)
+        self.concat_heads(_Renamed(node, u.output[0]), u.output[0], codes, shape[0])
         self.derived[self.values[u.output[0]][0]] = CODE_MAGNITUDE
         self.q_state["code"][u.output[0]] = kind
         self.q_alias_requantized(node.output[0], u.output[0])
@@ -176,7 +269,9 @@ class HeadsLowering:
         out_parts = []
         precise = self.precise_sums()
         mx, mw = self.magnitudes.get(node.input[0], 0.0), self.magnitudes.get(node.input[1], 0.0)
+        bounds = []
         for h, (x, w) in enumerate(zip(a_parts, b_parts)):
+            bounds.append(len(self.nodes))
             sub = _Renamed(node, f"{node.output[0]}@h{h}")
             # f32-accurate products (quantised models, lower_lanes.precise_sums): x @ w = xh @ wh + xl @ wh +
             # xh @ wl, h/l the fp16 copy and its residual (the dropped xl @ wl is 2^-22 of the product); an operand
@@ -217,6 +312,7 @@ class HeadsLowering:
                                                             ("imm", float(scale))])]
                 self.values[sub.output[0]] = (y, self.values[sub.output[0]][1])
             out_parts.append(y)
+        self.interleave_parts(bounds)
         b, nh = a_shape[:2]
         self.heads[node.output[0]] = (out_parts, False, (b, nh, a_shape[2], self.tensors[out_parts[0]].cols))
 
@@ -231,8 +327,12 @@ class HeadsLowering:
             raise CompileError(f"{self.where(node)}: {node.op_type} of transposed attention heads with a "
                                f"non-scalar operand is not supported")
         shape4 = heads[0][3]
+        n_heads = shape4[1]
         out_parts = []
-        for h in range(nh):
+        bounds = []
+        for i_part in range(nh):
+            bounds.append(len(self.nodes))
+            b, h = divmod(i_part, n_heads)
             saved = {}
             inputs = list(node.input)
             for i, x in enumerate(args):
@@ -240,18 +340,20 @@ class HeadsLowering:
                     continue
                 name = node.input[i]
                 if x[0] == "heads":
-                    part = self.head_float(node, x[1][h])
+                    part = self.head_float(node, x[1][i_part])
                     saved[name] = self.values.get(name)
                     self.values[name] = (part, self.tensors[part].shape)
                     self.heads_hidden[name] = self.heads.pop(name)
-                elif x[0] == "const" and x[1].ndim == 4:  # [B, NH or 1, S or 1, X] -> that head's [B, ., X]
-                    arr = x[1][:, h if x[1].shape[1] > 1 else 0]
-                    cname = f"{name}@h{h}"
+                elif x[0] == "const" and x[1].ndim == 4:  # [B or 1, NH or 1, S or 1, X] -> the part's [1, ., X]
+                    bb = b if x[1].shape[0] > 1 else 0
+                    arr = x[1][bb:bb + 1, h if x[1].shape[1] > 1 else 0]
+                    cname = f"{name}@b{bb}h{h}"
                     self.consts[cname] = arr
                     inputs[i] = cname
-                elif x[0] == "maskrow":  # an attention mask [B, 1, Q|1, K]: its one row, for every head
-                    row = self.maskrows[name][0]
-                    cname = f"{name}@row"
+                elif x[0] == "maskrow":  # an attention mask [B|1, 1, Q|1, K]: its element's row, for every head
+                    row = self.mask_row(node, name, b)
+                    cname = f"{name}@row" if self.tensors[row] is self.tensors[self.maskrows[name][0]] else \
+                        f"{name}@row{b}"
                     self.values[cname] = (row, (1, 1, self.tensors[row].cols))
                     inputs[i] = cname
                 elif x[0] == "value":
@@ -260,7 +362,8 @@ class HeadsLowering:
             attrs = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
             if "axis" in attrs and attrs["axis"] >= 0:
                 attrs["axis"] = attrs["axis"] - 1 if attrs["axis"] > 0 else attrs["axis"]
-            sub = onnx.helper.make_node(node.op_type, inputs, [f"{node.output[0]}@h{h}"], name=node.name, **attrs)
+            tag = f"@h{h}" if shape4[0] == 1 else f"@b{b}h{h}"
+            sub = onnx.helper.make_node(node.op_type, inputs, [node.output[0] + tag], name=node.name, **attrs)
             try:
                 self.lower(sub)
             finally:
@@ -271,5 +374,82 @@ class HeadsLowering:
                     else:
                         self.values[name] = old
             out_parts.append(self.values.pop(sub.output[0])[0])
+        self.interleave_parts(bounds)
         # an elementwise op with scalars commutes with the transpose: the parts stay untransposed
         self.heads[node.output[0]] = (out_parts, transposed, shape4)
+
+    # ----- attention masks at batch B > 1: [B, 1, 1, K] kept as B rows of K lanes --------------------------------
+    def mask_row(self, node, name: str, b: int) -> str:
+        """Batch element b's [1, K] row of the mask `name` (lower_index.lower_maskrow keeps a [1, 1, Q|1, K] mask
+        as one row; a [B, 1, 1, K] one is B rows, `lower_maskrow` below): a VXM copy of row b, read through a tap
+        of the rows seen as one image of B x 1 pixels (one copy per mask and element, shared by heads and layers)."""
+        rows, _ = self.maskrows[name]
+        t = self.tensors[rows]
+        if t.rows == 1:
+            return rows
+        cache = self.__dict__.setdefault("_mask_rows", {})
+        if (rows, b) not in cache:
+            if t.geom not in (None, (1, t.rows, 1)):
+                raise CompileError(f"{self.where(node)}: the attention mask rows '{rows}' are laid out as images "
+                                   f"{t.geom}; row {b} cannot be read as a view")
+            t.geom = (1, t.rows, 1)
+            y = self.add_tensor(self.fresh(f"{name}@row{b}"), (1, t.cols), "value")
+            self.tensors[y].geom = (1, 1, 1)
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y,
+                                   sources=[View(rows, dh=b, spatial=True)], steps=[Step("COPY", [("src", 0)])],
+                                   fusable=False))
+            self.derived[y] = self.ir_magnitude(rows)
+            cache[(rows, b)] = y
+        return cache[(rows, b)]
+
+    def lower_maskrow(self, node, op, a, args) -> None:
+        """Ops on an attention mask of B > 1 rows ([B, 1, 1, K]): elementwise ops with constants that are the same
+        for every query row (a constant may differ between batch elements), Expand to [B, 1, 1, K], Shape; lowered
+        on the [B, K] rows. Masks of one row go to lower_index.lower_maskrow."""
+        masks = [self.maskrows[x[1]] for x in args if x is not None and x[0] == "maskrow"]
+        if all(shape[0] == 1 for _, shape in masks):
+            return super().lower_maskrow(node, op, a, args)
+        from lpusim.compiler.importer import _BINARY, _UNARY
+        shapes = [x[1].shape if x[0] == "const" else self.maskrows[x[1]][1] if x[0] == "maskrow" else None
+                  for x in args if x is not None]
+        if op == "Shape":
+            self.consts[node.output[0]] = np.array(shapes[0], dtype=np.int64)[a.get("start", 0):a.get("end", 4)]
+            return
+        if op == "Identity":
+            self.maskrows[node.output[0]] = self.maskrows[node.input[0]]
+            return
+        if op == "Expand" and args[1][0] == "const":
+            target = tuple(int(v) for v in np.asarray(args[1][1]).ravel())
+            out_shape = tuple(np.broadcast_shapes(shapes[0], target))
+            if out_shape == tuple(shapes[0]):
+                self.maskrows[node.output[0]] = self.maskrows[node.input[0]]
+                return
+        elementwise = op in ("Where", "Cast", "Not") or op in _BINARY or op in _UNARY or op in ("Pow", "Clip")
+        if not elementwise or any(s_ is None for s_ in shapes):
+            raise CompileError(f"{self.where(node)}: attention mask rows [B, 1, 1, K] are read by {op}; only "
+                               f"elementwise ops with constants, Expand and the attention scores can read them")
+        out_shape = tuple(np.broadcast_shapes(*[tuple(s_) for s_ in shapes]))
+        nb, k = out_shape[0], out_shape[-1]
+        if len(out_shape) != 4 or out_shape[1:3] != (1, 1) or any(sh[0] not in (1, nb) for _, sh in masks):
+            raise CompileError(f"{self.where(node)}: attention mask rows broadcast to {out_shape} (only "
+                               f"[B, 1, 1, K])")
+        inputs = []
+        for i, x in enumerate(args):
+            if x is None:
+                inputs.append("")
+                continue
+            name = f"{node.output[0]}@rows{i}"
+            if x[0] == "maskrow":
+                rows, shape = self.maskrows[x[1]]
+                if shape[0] != nb:
+                    raise CompileError(f"{self.where(node)}: a one-row mask meets a mask of {nb} rows")
+                self.values[name] = (rows, (nb, k))
+            else:
+                full = np.broadcast_to(np.asarray(x[1]), out_shape)
+                same = full.size and np.all((full == full.flat[0]) | (np.isnan(full) & np.isnan(full.flat[0])))
+                self.consts[name] = np.asarray(full.flat[0]) if same else np.ascontiguousarray(full[:, 0, 0, :])
+            inputs.append(name)
+        sub = onnx.helper.make_node(op, inputs, [f"{node.output[0]}@rows"], name=node.name or node.output[0], **a)
+        self.lower(sub)
+        rows, _ = self.values.pop(sub.output[0])
+        self.maskrows[node.output[0]] = (rows, out_shape)
