@@ -1,0 +1,346 @@
+"""Reductions over any set of axes: ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd, ReduceSumSquare,
+ReduceL1, ReduceL2, ReduceLogSumExp.
+
+A tensor's rows are the vectors of every axis but the lane axis (the last axis, or the channels of an image), so a
+reduction splits into
+* row axes: a halving tree on the VXM in float32. The rows along the reduced axes are seen as an image
+  (outer, n, inner) (`Tensor.geom`; the rows along an image's W axis as (N, H, W) itself) and each node combines
+  (ADD, MAX, MIN or MUL) two equally long runs of rows taken from two different tensors through strided row views
+  (a MEM slice streams one view of a tensor at a time, so the first node copies the second half of the input
+  aside). Each combination writes its result as two tensors (the first and the second half) so the next level
+  again reads two different tensors: about 1.5 n row passes for n rows, 2 log2(n) + 1 nodes. Values stay float32
+  (sums round once per level, maxima and minima are exact). Reduced row axes that are not neighbours in the row
+  order are reduced one run at a time, innermost first.
+* the lane axis, after the row axes (fewer rows left): sums on the MXM (`x @ ones[C, 1]`, lower_lanes.py); max, min
+  and product by turning the R rows of C lanes around on the SXM (a transpose node, schedule_sxm.py; both at most
+  320) and reducing the C rows of R lanes by a tree as above, then turning the R results back into a column (exact,
+  and cheaper than lower_lanes.py's rotation tree on the MXM, which max/min of wider tensors still use).
+* ReduceSumSquare / L1 / L2 / LogSumExp: an elementwise step before (x*x, |x|, exp x) and after (sqrt, log) the
+  sum; ReduceMean multiplies by 1/count at the end (the VXM chain after the last combination).
+* keepdims=0 results keep their rows and lanes when the output's layout puts the same values on the same rows and
+  lanes; R <= 320 results that belong on the lanes of one row ([4, 16] reduced over axis 1 -> [4], read by another
+  node) come out of the turned-around tree as that row (for a sum too), or are turned as a column when the input
+  is wider than 320 lanes. A graph output alone is read back by the host in any layout. Other layouts are a
+  CompileError.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.lower_lanes import lane_axis, with_lanes
+from lpusim.errors import CompileError
+
+# op -> (combining VXM op, elementwise chain before the reduction, chain after it); ("in",) is the value itself.
+KINDS = {
+    "ReduceSum": ("ADD", [], []),
+    "ReduceMean": ("ADD", [], []),  # and * 1/count
+    "ReduceMax": ("MAX", [], []),
+    "ReduceMin": ("MIN", [], []),
+    "ReduceProd": ("MUL", [], []),
+    "ReduceSumSquare": ("ADD", [("MUL", [("in",), ("in",)])], []),
+    "ReduceL1": ("ADD", [("ABS", [("in",)])], []),
+    "ReduceL2": ("ADD", [("MUL", [("in",), ("in",)])], [("SQRT", [("in",)])]),
+    "ReduceLogSumExp": ("ADD", [("EXP", [("in",)])], [("LOG", [("in",)])]),
+}
+LOG_SUM_EXP_MAX = 80.0  # exp(80) ~ 5.5e34: a sum of many such terms still fits float32; exp(-80) is not 0
+TRANSPOSE_MAX = 320  # a transpose node turns at most 320 rows into lanes (schedule_sxm.py)
+# ONNX ops whose lowering reads or sets an input's row geometry (Tensor.geom): a tensor they read is not given one
+# here (it is copied into a tensor of the tree's geometry instead)
+_GEOM_READERS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "ArgMax", "ArgMin", "Gather",
+                 "GatherElements", "Transpose", "Concat", "Pad", "Resize", "Expand", "Tile"}
+
+
+def _chain(chain: list) -> list[Step]:
+    return [Step(op, [("src", 0) if a == ("in",) else a for a in args]) for op, args in chain]
+
+
+class ReduceLowering:
+    """Mixed into the importer's `_Lowering` (with LaneLowering's lane_matmul / lane_extreme / keep_lane0)."""
+
+    def lower_reduction(self, node, op, a, args) -> None:
+        if args[0] is None or args[0][0] != "value":
+            raise CompileError(f"{self.where(node)}: {op} of this input kind is not supported")
+        _, x, shape = args[0]
+        shape = tuple(shape)
+        nd = len(shape)
+        if 0 in shape:
+            raise CompileError(f"{self.where(node)}: the input {node.input[0]} has the zero-size shape {shape}: a "
+                               f"reduction of no values is a constant, and zero-size tensors are not supported")
+        axes = a.get("axes")
+        if axes is None and len(args) > 1 and args[1] is not None:
+            if args[1][0] != "const":
+                raise CompileError(f"{self.where(node)}: {op} with computed axes (input '{node.input[1]}') is not "
+                                   f"supported: the reduced axes must be known when compiling")
+            axes = [int(v) for v in np.asarray(args[1][1]).ravel()]
+        combine, pre, post = KINDS[op]
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                axes = []
+            else:
+                axes = list(range(nd))
+        if any(not -nd <= v < max(nd, 1) for v in axes):
+            raise CompileError(f"{self.where(node)}: axes {list(axes)} out of range for shape {shape}")
+        axes = sorted({int(v) % nd for v in axes}) if nd else []
+        keep = a.get("keepdims", 1)
+        out_shape = tuple(1 if i in axes else d for i, d in enumerate(shape)) if keep else \
+            tuple(d for i, d in enumerate(shape) if i not in axes)
+        lane = lane_axis(shape) if nd else None
+        count = int(np.prod([shape[i] for i in axes], dtype=np.int64)) if axes else 1
+        if op == "ReduceMean":
+            post = [("MUL", [("in",), ("imm", float(1.0 / count))])] if count > 1 else []
+        mag = self.magnitudes.get(node.input[0], 0.0)
+        if op == "ReduceLogSumExp" and mag > LOG_SUM_EXP_MAX:
+            raise CompileError(f"{self.where(node)}: ReduceLogSumExp of values as large as {mag:g} in magnitude: "
+                               f"lpusim computes log(sum(exp(x))) without shifting by the maximum, and exp leaves "
+                               f"float32's range past |x| = {LOG_SUM_EXP_MAX:g}")
+        cur, cur_shape = x, shape  # cur_shape: the shape with the axes reduced so far set to 1
+        if pre:
+            cur = self.vector(node, [cur], _chain(pre), shape, f"{node.output[0]}.pre")
+            mag = {"MUL": mag * mag, "ABS": mag, "EXP": float(np.exp(min(mag, 88.0)))}[pre[0][0]]
+            self.derived[cur] = mag
+        row_axes = [i for i in axes if i != lane and shape[i] != 1]
+        if row_axes:
+            cur = self.reduce_row_axes(node, cur, shape, row_axes, combine, mag)
+            cur_shape = tuple(1 if i in row_axes else d for i, d in enumerate(shape))
+            n_rows = int(np.prod([shape[i] for i in row_axes], dtype=np.int64))
+            mag = mag * n_rows if combine == "ADD" else float(np.exp(min(n_rows * np.log(mag), 88.0))) \
+                if combine == "MUL" and mag > 1 else mag
+            self.derived[cur] = mag
+        if lane is not None and lane in axes and shape[lane] != 1:
+            lanes_done = tuple(1 if i == lane else d for i, d in enumerate(cur_shape))
+            rows, c = self.tensors[cur].rows, shape[lane]
+            turned = not keep and self.feeds_other_nodes(node.output[0]) and self.turned(lanes_done, out_shape)
+            if rows <= TRANSPOSE_MAX and c <= TRANSPOSE_MAX and (turned or combine != "ADD"):
+                # the lanes turned into rows on the SXM, then reduced on the VXM like any rows: exact float32, no
+                # rotation tree on the MXM (which has no product at all; a [300, 20] ReduceMax takes 3079 cycles
+                # this way, 9780 by rotations). One row of R results, which is what a turned result wants; else
+                # turned back into a column
+                cur = self.turn(node, cur, (c, rows), (1, c, 1), mag)
+                cur = self.halving_tree(node, cur, (1, c, 1), 1, combine, mag)
+                if turned:
+                    cur_shape = (1, rows)
+                else:
+                    if rows > 1:
+                        cur = self.turn(node, cur, lanes_done, None, mag)
+                    cur_shape = lanes_done
+            elif combine == "MUL":
+                raise CompileError(f"{self.where(node)}: ReduceProd over the lane axis of {rows} rows of {c} lanes: "
+                                   f"the lanes are turned into rows on the SXM, which takes at most "
+                                   f"{TRANSPOSE_MAX} of each (the MXM sums across lanes, it does not multiply)")
+            else:
+                cur, cur_shape = self.reduce_lane_axis(node, cur, cur_shape, combine, post, mag)
+                post = []
+        want = self.wanted_geom(out_shape)
+        t = self.tensors[cur]
+        if cur != x and want is None and t.geom == (t.rows, 1, 1):
+            t.geom = None  # what a tensor without a geometry reads as anyway (ir.out_geom)
+        if post or (cur != x and t.geom != want):
+            # the chain after the reduction (fused into the last combination by fuse_chains when the geometries
+            # agree), or a copy into the output's own row geometry: identity views read the same rows whatever it is
+            cur = self.vector(node, [cur], _chain(post) if post else [Step("COPY", [("src", 0)])], cur_shape,
+                              node.output[0])
+            self.tensors[cur].geom = want
+        self.finish_layout(node, cur, cur_shape, out_shape)
+        result = self.values[node.output[0]][0]
+        if node.output[0] in self.magnitudes and result != x:
+            self.derived.pop(result, None)  # the calibrated magnitude of the output scales its fp16 copies
+
+    # ----- layout of the result ---------------------------------------------------------------------------------
+    @staticmethod
+    def wanted_geom(shape: tuple):
+        return (int(shape[0]), int(shape[2]), int(shape[3])) if len(shape) == 4 else None
+
+    def turn(self, node, x, shape, geom, mag) -> str:
+        """A transpose node (rows <-> lanes on the SXM, schedule_sxm.py): `x` as a tensor of `shape`."""
+        y = self.add_tensor(self.fresh(f"{node.output[0]}.turned"), shape, "value")
+        self.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, y, sources=[View(x)],
+                               fusable=False))
+        if geom is not None:
+            self.tensors[y].geom = geom
+        self.derived[y] = mag
+        return y
+
+    @staticmethod
+    def turned(keep_shape, out_shape) -> bool:
+        """Whether values laid out as `keep_shape` form a column whose `out_shape` puts them on one row."""
+        from lpusim.compiler.importer import to_rows
+        ids = np.arange(int(np.prod(keep_shape, dtype=np.int64)), dtype=np.int64).reshape(keep_shape)
+        have, want = to_rows(ids, keep_shape), to_rows(ids.reshape(out_shape), out_shape)
+        return have.shape[1] == 1 and want.shape[0] == 1 and have.shape[0] > 1 and \
+            np.array_equal(have.ravel(), want.ravel())
+
+    def finish_layout(self, node, y, keep_shape, out_shape) -> None:
+        """Name `y` (laid out as `keep_shape`) as the output of ONNX shape `out_shape`: the same rows and lanes; a
+        graph output only, whose values the host reads in any layout; (keepdims=0) rows and lanes swapped by a
+        transpose node; else a CompileError."""
+        from lpusim.compiler.importer import _as_matrix, to_rows
+        out = node.output[0]
+        t = self.tensors[y]
+        ids = np.arange(int(np.prod(keep_shape, dtype=np.int64)), dtype=np.int64).reshape(keep_shape)
+        have = to_rows(ids, keep_shape)
+        want = to_rows(ids.reshape(out_shape), out_shape)
+        if have.shape == want.shape and np.array_equal(have, want):
+            if y != self.values.get(node.input[0], (None,))[0]:
+                t.shape = tuple(out_shape)
+            self.values[out] = (y, tuple(out_shape))
+            return
+        if not self.feeds_other_nodes(out) and np.array_equal(have.ravel(), want.ravel()):
+            # a graph output only: the host reads the values back in this order whatever the rows and lanes
+            if y == self.values.get(node.input[0], (None,))[0] or t.kind == "input":  # not a tensor of its own
+                y = self.vector(node, [y], [Step("COPY", [("src", 0)])], keep_shape, out)
+                t = self.tensors[y]
+            t.shape = tuple(out_shape)
+            self.values[out] = (y, tuple(out_shape))
+            return
+        if have.T.shape == want.shape and np.array_equal(have.T, want):
+            # rows and lanes swapped ([4, 16] over axis 1 -> [4]: a column of 4 read as a row; an image's
+            # (N=1, C, H, W) over H -> (1, C, W): W rows of C lanes read as C rows of W lanes)
+            if max(have.shape) > TRANSPOSE_MAX:
+                raise CompileError(f"{self.where(node)}: keepdims=0 turns the {have.shape[0]} x {have.shape[1]} "
+                                   f"results (rows x lanes) around; a transpose on the SXM takes at most "
+                                   f"{TRANSPOSE_MAX} of each")
+            self.values[out] = (self.turn(node, y, out_shape, None, self.magnitudes.get(out, 0.0)), tuple(out_shape))
+            return
+        rows, cols = _as_matrix(out_shape)
+        raise CompileError(f"{self.where(node)}: the result is laid out as {have.shape[0]} rows of {have.shape[1]} "
+                           f"lanes, but its shape {tuple(out_shape)} (keepdims=0) puts it on {rows} rows of {cols} "
+                           f"lanes: moving the values between rows and lanes that way is not supported yet")
+
+    # ----- the lane axis on the MXM (lower_lanes.py) ------------------------------------------------------------
+    def reduce_lane_axis(self, node, x, shape, combine, post, mag) -> tuple:
+        """The lane axis of `x` (laid out as `shape`) reduced, `post` as the epilogue: (tensor, its shape)."""
+        c = shape[lane_axis(shape)]
+        if combine == "ADD":
+            ones = lambda: np.ones((c, 1), np.float32)  # noqa: E731
+            return self.lane_matmul(node, x, shape, ("ones1", c), ones, node.output[0],
+                                    [Step(s.op, [("acc",) if a == ("src", 0) else a for a in s.args])
+                                     for s in _chain(post)])
+        m = self.lane_extreme(node, x, shape, combine, magnitude=mag)
+        return self.keep_lane0(node, m, shape, node.output[0])
+
+    # ----- row axes: halving trees on the VXM -------------------------------------------------------------------
+    def reduce_row_axes(self, node, x, shape, row_axes, combine, mag) -> str:
+        """`x` (ONNX `shape`) with the row axes `row_axes` reduced by `combine`, rows in the same order."""
+        nd = len(shape)
+        if nd == 4:  # rows (n, h, w)
+            dims, pos_of = [shape[0], shape[2], shape[3]], {0: 0, 2: 1, 3: 2}
+        else:
+            dims, pos_of = list(shape[:-1]), {i: i for i in range(nd - 1)}
+        reduced = {pos_of[i] for i in row_axes}
+        groups, run = [], []  # runs of reduced row positions, neighbours once size-1 positions are skipped
+        for p, d in enumerate(dims):
+            if p in reduced:
+                run.append(p)
+            elif d != 1 and run:
+                groups.append(run)
+                run = []
+        if run:
+            groups.append(run)
+        cur = x
+        for group in reversed(groups):  # innermost first
+            cur = self.reduce_run(node, cur, dims, group, combine, mag)
+            for p in group:
+                dims[p] = 1
+        return cur
+
+    def reduce_run(self, node, x, dims, group, combine, mag) -> str:
+        """Reduce the neighbouring row positions `group` of `x` (row dims `dims`): one tree when `x` has or may be
+        given the geometry (outer, n, inner); else the innermost position first, then the rest; else a tree over
+        a copy of `x` in that geometry."""
+        lo, hi = group[0], group[-1] + 1
+        outer = int(np.prod(dims[:lo], dtype=np.int64))
+        n = int(np.prod(dims[lo:hi], dtype=np.int64))
+        inner = int(np.prod(dims[hi:], dtype=np.int64))
+        real = [p for p in group if dims[p] != 1]
+        fit = self.tree_geometry(x, outer, n, inner)
+        if fit is None:
+            y = self.free_regeom(node, x, (outer, n, inner))
+            if y is not None:
+                x, fit = y, ((outer, n, inner), 1)
+        if fit is None and len(real) > 1:
+            y = self.reduce_run(node, x, dims, [real[-1]], combine, mag)
+            rest = [d if p != real[-1] else 1 for p, d in enumerate(dims)]
+            return self.reduce_run(node, y, rest, real[:-1], combine, mag)
+        if fit is None:
+            y = self.add_tensor(self.fresh(f"{node.output[0]}.rows"), (outer * n * inner, self.tensors[x].cols),
+                                "value")
+            self.tensors[y].geom = (outer, n, inner)
+            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)],
+                                   steps=[Step("COPY", [("src", 0)])]))
+            self.derived[y] = mag
+            x, fit = y, ((outer, n, inner), 1)
+        return self.halving_tree(node, x, fit[0], fit[1], combine, mag)
+
+    def tree_geometry(self, x, outer, n, inner):
+        """(geometry, axis) a tree can read `x` in as it is stored: rows (outer, n, inner) along H, or an image's
+        (N, H, W) along W when the reduced rows are the W axis; None when `x` has neither."""
+        g = self.tensors[x].geom
+        if g == (outer, n, inner):
+            return g, 1
+        if g is not None and inner == 1 and g[2] == n and g[0] * g[1] == outer:
+            return g, 2
+        return None
+
+    def free_regeom(self, node, x, geom):
+        """`x` seen with the row geometry `geom` at no cost, or None: a graph input as another view of the host's
+        array (the host lays inputs out); a computed tensor without a geometry whose producer reads no taps and
+        whose ONNX readers do not look at geometries."""
+        t = self.tensors[x]
+        if t.kind == "input" and t.im2col is None:
+            same = next((n for n in self.inputs if self.tensors[n].onnx_input == t.onnx_input and self.tensors[n].geom
+                         == geom and self.tensors[n].shape == t.shape and self.tensors[n].im2col is None), None)
+            if same is not None:
+                return same
+            y = self.add_tensor(self.fresh(f"{x}.rows"), t.shape, "input", onnx_input=t.onnx_input)
+            self.tensors[y].geom = geom
+            self.inputs.append(y)
+            return y
+        if t.kind != "value" or t.geom is not None:
+            return None
+        producer = next((n for n in reversed(self.nodes) if n.output == x), None)
+        if producer is None or producer.kind == "transpose" or any(
+                v.spatial for v in list(producer.sources) + [v for v, _ in producer.terms]):
+            return None
+        names = {k for k, v in self.values.items() if v and v[0] == x}
+        if any(n.op_type in _GEOM_READERS and names & set(n.input) for n in self.model.graph.node):
+            return None
+        t.geom = geom
+        return x
+
+    def halving_tree(self, node, x, geom, axis, combine, mag) -> str:
+        """The geom[axis] rows along H (axis 1) or W (axis 2) of the geometry `geom` combined by `combine` into
+        one: blocks (tensor, first row, count) of distinct tensors; the two longest are combined row by row, the
+        longer one's extra rows staying a block; a combination of q > 1 rows is written as two tensors (its first
+        ceil(q/2) rows and the rest) so that the next level reads two tensors again."""
+        n = geom[axis]
+        cols = self.tensors[x].cols
+        where = node.name or node.output[0]
+
+        def view(t, start):
+            return View(t, dh=start, spatial=True) if axis == 1 else View(t, dw=start, spatial=True)
+
+        def new(k, hint, sources, steps):
+            g = tuple(k if i == axis else d for i, d in enumerate(geom))
+            y = self.add_tensor(self.fresh(f"{node.output[0]}.{hint}"), (g[0] * g[1] * g[2], cols), "value")
+            self.tensors[y].geom = g
+            self.derived[y] = mag
+            self.nodes.append(Node("vector", where, node.op_type, y, sources=sources, steps=steps))
+            return y
+        if n == 1:
+            return x
+        h = n // 2  # the last h rows copied aside: a node streams one view of a tensor at a time
+        blocks = [(x, 0, n - h), (new(h, "half", [view(x, n - h)], [Step("COPY", [("src", 0)])]), 0, h)]
+        while len(blocks) > 1:
+            blocks.sort(key=lambda b: -b[2])
+            (p, ps, pc), (q, qs, qc) = blocks[0], blocks[1]
+            rest = blocks[2:]
+            if pc > qc:
+                rest.append((p, ps + qc, pc - qc))
+            split = [(0, (qc + 1) // 2), ((qc + 1) // 2, qc)] if qc > 1 else [(0, 1)]
+            for lo, hi in split:
+                y = new(hi - lo, "tree", [view(p, ps + lo), view(q, qs + lo)],
+                        [Step(combine, [("src", 0), ("src", 1)])])
+                rest.append((y, 0, hi - lo))
+            blocks = rest
+        return blocks[0][0]
