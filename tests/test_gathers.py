@@ -149,6 +149,17 @@ def test_gather_computed_ids_of_any_shape_from_one_row():
     check(ids_gather((7,), ids.shape, 0, ids.shape), {"x": x, "ids": ids}, exact=True)
 
 
+def test_gather_computed_ids_from_constant_data_along_lanes():
+    # a constant [R, C] operand gathered along its lanes at computed ids: copied to the chip, then data @ onehot^T
+    t = RNG.standard_normal((3, 50)).astype(np.float16).astype(np.float32)
+    m = typed_model([helper.make_node("Gather", ["t", "ids"], ["y"], axis=1)], {"t": t},
+                    {"ids": (I64, [6])}, {"y": (F, [3, 6])})
+    check(m, {"ids": np.array([49, 0, -1, -50, 7, 7])}, exact=True)
+    ge = typed_model([helper.make_node("GatherElements", ["t", "i"], ["y"], axis=0)], {"t": t},
+                     {"i": (I64, [2, 50])}, {"y": (F, [2, 50])})
+    check(ge, {"i": RNG.integers(-3, 3, (2, 50))}, exact=True)
+
+
 def test_gather_computed_ids_unsupported_forms_are_clear_errors():
     with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*computed indices along axis 0"):
         lpusim.compile(ids_gather((3, 4, 5), (2,), 0, (2, 4, 5)))  # rows of several matrices

@@ -13,7 +13,7 @@
   - along a row axis of one matrix [V, H]: the one-hot rows [n, V] of the ids are built as for an embedding
     (lower_index.index_digits: VXM compares, MXM broadcasts, base-256 digits past 2048), and `onehot @ data`
     runs on the MXM with the data loaded as computed weights (like attention's V, schedule_sxm.py);
-  - along the lane axis, ids in one row [1, n] (a column goes through an SXM transpose): the transposed one-hot
+  - along the lane axis, ids in one row [1, n]: the transposed one-hot
     [C, n] is `EQ(ids, c)` on the VXM in float32 (exact for any C), and `data @ onehot^T` runs on the MXM;
   - one row of data (a 1-D table), ids of any shape: sum_c x[c] * (ids == c), lane c broadcast on the MXM, the
     mask and the sum on the VXM (C passes; also for constant ids too varied for lane selections).
@@ -40,6 +40,7 @@ from lpusim.errors import CompileError
 
 MAX_MASK_PASSES = 512  # GatherElements with computed indices: one pass per lane (row) the indices may name
 MAX_SELECTIONS = 64  # constant indices moving lanes: MXM lane selections (each masked to its rows when needed)
+HOST_MAP_LIMIT = 1 << 25  # elements of the host's (row, lane) index grid
 
 
 def _as_matrix(shape):
@@ -64,12 +65,18 @@ class GatherLowering:
         c = c_real if lanes_move else min(c_real, 2)
         small = tuple(c if i == lane else d for i, d in enumerate(shape))
         rows, _ = _as_matrix(small)
+        if rows * c > HOST_MAP_LIMIT:
+            raise CompileError(f"{self.where(node)}: {node.op_type} of {shape} moving lanes: the host's index map "
+                               f"of {rows * c} elements is larger than {HOST_MAP_LIMIT} (not supported)")
         grid = np.arange(rows * c, dtype=np.int64).reshape(rows, c)
         out = np.asarray(apply(from_rows(grid, small)))
         out_shape = tuple(out.shape)
-        m = to_rows(out, out_shape) if out.size else np.zeros((0, c), np.int64)
+        if out.size == 0:
+            raise CompileError(f"{self.where(node)}: {node.op_type} of {shape} gives an empty {out_shape} result "
+                               f"(zero-size tensors are not supported)")
+        m = to_rows(out, out_shape)
         src, lanes = m // c, m % c
-        whole = bool(m.size) and np.all(src == src[:, :1]) and np.all(lanes == lanes[:1])
+        whole = np.all(src == src[:, :1]) and np.all(lanes == lanes[:1])
         fail = CompileError(f"{self.where(node)}: {node.op_type} of {shape} to {out_shape} moves elements between "
                             f"rows and lanes in a way one row-map and one lane pattern per term cannot (not "
                             f"supported yet)")
@@ -179,40 +186,25 @@ class GatherLowering:
                                                lanes_move)
         self.gather_copy_rows(node, x, shape, terms, out_shape)
 
-    def gather_elements_same_rows(self, node, x, shape, axis, ind) -> bool:
+    def gather_elements_same_rows(self, node, x, shape, axis, ind) -> None:
         """GatherElements along a row axis whose indices are the same in every lane: whole rows (a row map)."""
         lane = lane_axis(shape)
         moved = np.moveaxis(ind, lane, -1)
         if not np.all(moved == moved[..., :1]) or ind.shape[lane] != shape[lane]:
-            return False
+            raise CompileError(f"{self.where(node)}: internal: GatherElements indices are not whole rows")
         picks = np.take(ind, [0], axis=lane)  # the row of each output row (lane axis of size 1)
 
         def apply(grid):
             return np.take_along_axis(grid, np.repeat(picks, grid.shape[lane], axis=lane), axis=axis)
         terms, out_shape = self.gather_row_map(node, shape, apply, lanes_move=False)
         self.gather_copy_rows(node, x, shape, terms, out_shape)
-        return True
 
     # ----- Gather with computed data and computed indices ----------------------------------------------------
     def lower_gather_ids(self, node, a, args) -> None:
         data, idx = args[0], args[1]
         _, ids, ishape = idx
         ishape = tuple(ishape)
-        if data[0] == "const":  # a constant operand the MXM reads as activations: a copy on the chip
-            arr = np.asarray(data[1], dtype=np.float32)
-            shape = tuple(arr.shape)
-            from lpusim.compiler.importer import to_rows
-            c = self.const_tensor(to_rows(arr, shape) if arr.ndim else arr.reshape(1, 1), "gdata")
-            x = self.add_tensor(self.fresh("gdata"), shape, "value")
-            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, x, sources=[View(c)],
-                                   steps=[Step("COPY", [("src", 0)])]))
-            self.derived[x] = float(np.max(np.abs(arr), initial=0.0))
-        elif data[0] == "value":
-            _, x, shape = data
-            shape = tuple(shape)
-        else:
-            raise CompileError(f"{self.where(node)}: Gather with computed indices of a {data[0]} operand is not "
-                               f"supported")
+        x, shape = self._gather_data(node, data)
         nd = len(shape)
         if nd == 0:
             raise CompileError(f"{self.where(node)}: Gather of a scalar")
@@ -245,6 +237,23 @@ class GatherLowering:
                                terms=[(View(onehot), w)]))
         self.values[node.output[0]] = (out, out_shape)
 
+    def _gather_data(self, node, data) -> tuple:
+        """(IR tensor, shape) of a gathered operand; a constant one (read by the MXM or a row-map view) is copied
+        into a computed tensor first."""
+        if data[0] == "value":
+            return data[1], tuple(data[2])
+        if data[0] != "const":
+            raise CompileError(f"{self.where(node)}: {node.op_type} with computed indices of a {data[0]} operand "
+                               f"is not supported")
+        arr = np.asarray(data[1], dtype=np.float32)
+        from lpusim.compiler.importer import to_rows
+        c = self.const_tensor(to_rows(arr, arr.shape) if arr.ndim else arr.reshape(1, 1), "gdata")
+        x = self.add_tensor(self.fresh("gdata"), arr.shape, "value")
+        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, x, sources=[View(c)],
+                               steps=[Step("COPY", [("src", 0)])]))
+        self.derived[x] = float(np.max(np.abs(arr), initial=0.0))
+        return x, tuple(arr.shape)
+
     def gather_onehot_rows(self, node, ids: str, ishape: tuple, v: int) -> str:
         """[n, V]: row i is 1.0 in lane ids[i] (negative ids from the end; out of range: a zero row)."""
         n = int(np.prod(ishape, dtype=np.int64))
@@ -265,20 +274,10 @@ class GatherLowering:
         return onehot
 
     def _gather_ids_row(self, node, ids: str, ishape: tuple, c: int) -> str:
-        """The ids as one row [1, n] (a column goes through an SXM transpose), negative ids counted from the
-        end: ids + c * (ids < 0), on the VXM in float32."""
+        """The ids (one row [1, n]) with negative ids counted from the end: ids + c * (ids < 0), on the VXM."""
         n = int(np.prod(ishape, dtype=np.int64))
         t = self.tensors[ids]
-        if (t.rows, t.cols) == (n, 1) and n > 1:
-            if n > 320:
-                raise CompileError(f"{self.where(node)}: {n} computed ids in a column: turning them into a row "
-                                   f"(an SXM transpose) takes at most 320")
-            row = self.add_tensor(self.fresh("idsT"), (1, n), "value")
-            self.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, row,
-                                   sources=[View(ids)], fusable=False))
-            self.derived[row] = float(c)
-            ids = row
-        elif (t.rows, t.cols) != (1, n):
+        if (t.rows, t.cols) != (1, n):
             raise CompileError(f"{self.where(node)}: computed ids of shape {ishape} lie in {t.rows} rows of "
                                f"{t.cols} lanes; a Gather along the lanes needs them in one row")
         pos = [Step("LT", [("src", 0), ("imm", 0.0)]), Step("MUL", [("step", 0), ("imm", float(c))]),
@@ -345,12 +344,9 @@ class GatherLowering:
     # ----- GatherElements with computed indices: one-hot masks ---------------------------------------------
     def lower_gather_elements_computed(self, node, a, args) -> None:
         data, idx = args[0], args[1]
-        if data[0] != "value" or idx[0] != "value":
-            raise CompileError(f"{self.where(node)}: GatherElements with computed indices of a {data[0]} data "
-                               f"operand is not supported")
-        _, x, shape = data
+        x, shape = self._gather_data(node, data)
         _, ind, ishape = idx
-        shape, ishape = tuple(shape), tuple(ishape)
+        ishape = tuple(ishape)
         nd = len(shape)
         axis = a.get("axis", 0) % nd
         lane = lane_axis(shape)
@@ -361,10 +357,7 @@ class GatherLowering:
         if n > MAX_MASK_PASSES:
             raise CompileError(f"{self.where(node)}: GatherElements with computed indices along an axis of {n} "
                                f"(one masked pass each: at most {MAX_MASK_PASSES})")
-        mag = self.magnitudes.get(node.input[0], 0.0)
-        it = self.tensors[ind]
-        if it.kind == "input" and it.rows != _as_matrix(ishape)[0]:
-            raise CompileError(f"{self.where(node)}: GatherElements indices laid out as {it.rows} rows")
+        mag = self.magnitudes.get(node.input[0], self.derived.get(x, 0.0))
         # negative indices count from the end: idx + n * (idx < 0)
         nidx = self.vector(node, [ind], [Step("LT", [("src", 0), ("imm", 0.0)]),
                                          Step("MUL", [("step", 0), ("imm", float(n))]),
