@@ -131,10 +131,10 @@ def test_global_mean_then_a_convolution():
 
 
 # ----- keepdims=0 results read by another node ---------------------------------------------------------------------
-@pytest.mark.parametrize("op, shape, axes, opset", [("ReduceMax", [4, 16], [1], 17), ("ReduceSum", [1, 12, 16], [2], 18),
-                                                    ("ReduceMean", [7, 33], [-1], 18), ("ReduceMin", [300, 20], [1], 17),
-                                                    ("ReduceL2", [1, 9, 30], [2], 17), ("ReduceProd", [6, 5], [1], 17),
-                                                    ("ReduceSum", [4, 400], [1], 13), ("ReduceMax", [5, 400], [1], 17)])
+@pytest.mark.parametrize("op, shape, axes, opset", [
+    ("ReduceMax", [4, 16], [1], 17), ("ReduceSum", [1, 12, 16], [2], 18), ("ReduceMean", [7, 33], [-1], 18),
+    ("ReduceMin", [300, 20], [1], 17), ("ReduceL2", [1, 9, 30], [2], 17), ("ReduceProd", [6, 5], [1], 17),
+    ("ReduceSum", [4, 400], [1], 13), ("ReduceMax", [5, 400], [1], 17), ("ReduceMean", [2, 3, 20], [0, 2], 18)])
 def test_keepdims0_result_moves_onto_lanes(op, shape, axes, opset):
     # [4, 16] over axis 1 -> [4]: the 4 results are read as one row of 4 lanes
     inits, inputs, attrs = {}, ["x"], {"keepdims": 0}
@@ -211,3 +211,15 @@ def test_log_sum_exp_of_large_values_is_a_clear_error():
     x = _x((4, 6), -200.0, 200.0)
     with pytest.raises(lpusim.CompileError, match="ReduceLogSumExp node 'y'.*without shifting"):
         lpusim.compile(one("ReduceLogSumExp", [4, 6], 17, [0]), calibration=x)
+
+
+# ----- global pools on the same trees ------------------------------------------------------------------------------
+@pytest.mark.parametrize("op, shape", [("GlobalMaxPool", [2, 6, 7, 7]), ("GlobalAveragePool", [1, 400, 5, 3]),
+                                       ("GlobalAveragePool", [2, 5, 9]), ("GlobalMaxPool", [2, 5, 9]),
+                                       ("GlobalAveragePool", [1, 3, 2, 4, 5]), ("GlobalMaxPool", [1, 3, 2, 4, 5])])
+def test_global_pools(op, shape):
+    # a GlobalMaxPool over 7x7 = 49 pixels (more than the 16 taps a max pool chain holds); 1-D and 3-D images
+    m = make_model([N(op, ["x"], ["p"]), N("Relu", ["p"], ["y"])], {}, {"x": shape})
+    _, _, cmp = assert_matches_onnxruntime(m, _x(shape))
+    if op == "GlobalMaxPool":
+        assert cmp["max_abs_error"] == 0.0

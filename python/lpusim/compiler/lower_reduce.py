@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
-from lpusim.compiler.lower_lanes import lane_axis, with_lanes
+from lpusim.compiler.lower_lanes import lane_axis
 from lpusim.errors import CompileError
 
 # op -> (combining VXM op, elementwise chain before the reduction, chain after it); ("in",) is the value itself.
@@ -146,6 +146,14 @@ class ReduceLowering:
         if node.output[0] in self.magnitudes and result != x:
             self.derived.pop(result, None)  # the calibrated magnitude of the output scales its fp16 copies
 
+    def lower_global_pool(self, node, op, args) -> None:
+        """GlobalAveragePool / GlobalMaxPool of an [N, C, spatial...] tensor: the mean / maximum over the spatial
+        axes, by the trees above (an image's H and W rows: float32, exact maxima; faster than a tap per pixel on the
+        MXM or the VXM, and not limited to 16 taps)."""
+        nd = len(args[0][2])
+        self.lower_reduction(node, "ReduceMean" if op == "GlobalAveragePool" else "ReduceMax",
+                             {"axes": list(range(2, nd)), "keepdims": 1}, args[:1])
+
     # ----- layout of the result ---------------------------------------------------------------------------------
     @staticmethod
     def wanted_geom(shape: tuple):
@@ -203,9 +211,10 @@ class ReduceLowering:
             self.values[out] = (self.turn(node, y, out_shape, None, self.magnitudes.get(out, 0.0)), tuple(out_shape))
             return
         rows, cols = _as_matrix(out_shape)
+        order = " in another order (an image's channels are its lanes)" if have.shape == want.shape else ""
         raise CompileError(f"{self.where(node)}: the result is laid out as {have.shape[0]} rows of {have.shape[1]} "
                            f"lanes, but its shape {tuple(out_shape)} (keepdims=0) puts it on {rows} rows of {cols} "
-                           f"lanes: moving the values between rows and lanes that way is not supported yet")
+                           f"lanes{order}: moving the values between rows and lanes that way is not supported yet")
 
     # ----- the lane axis on the MXM (lower_lanes.py) ------------------------------------------------------------
     def reduce_lane_axis(self, node, x, shape, combine, post, mag) -> tuple:
