@@ -42,6 +42,7 @@ def const_gather(shape, ind, axis, out_shape):
     ((4, 40), [[3, 0], [0, 3], [1, 1]], 0),  # 2-D indices: the index axes replace the gathered one
     ((1, 3, 4, 5), [3, 0, 0], 2),  # an NCHW image: pixels are rows (the store has no border here)
     ((6, 7), 4, 0),  # one index: the axis goes
+    ((1, 9, 40), -1, 1),  # the last token of a sequence (an export's hidden[:, -1, :])
 ])
 def test_gather_rows_constant_indices_is_exact(shape, ind, axis):
     out_shape = np.take(np.zeros(shape), np.asarray(ind), axis=axis).shape
@@ -160,9 +161,35 @@ def test_gather_computed_ids_from_constant_data_along_lanes():
     check(ge, {"i": RNG.integers(-3, 3, (2, 50))}, exact=True)
 
 
+@pytest.mark.parametrize("shape,ids,axis", [
+    ((3, 40, 24), [39, 0, -1, 7, 7], 1),  # every matrix of a batch: its rows meet only its own one-hot columns
+    ((4, 7, 33), [3, -4, 0], 0),  # whole matrices
+    ((2, 8, 6, 5), [5, 0, -1, 2], 2),  # an NCHW image's rows
+])
+def test_gather_computed_ids_rows_of_batches(shape, ids, axis):
+    ids = np.asarray(ids, np.int64)
+    out_shape = np.take(np.zeros(shape), ids, axis=axis).shape
+    x = rand(*shape).astype(np.float16).astype(np.float32)
+    check(ids_gather(shape, ids.shape, axis, out_shape), {"x": x, "ids": ids}, exact=True)
+
+
+def test_gather_computed_ids_from_a_computed_row():
+    # ids computed as a [1, n] row (Cast of floats) go to a column through an SXM transpose, then pick rows
+    m = typed_model([helper.make_node("Cast", ["s"], ["ids"], to=I64), helper.make_node("Relu", ["x"], ["r"]),
+                     helper.make_node("Gather", ["r", "ids"], ["y"], axis=1)],
+                    {}, {"s": (F, [1, 5]), "x": (F, [2, 30, 16])}, {"y": (F, [2, 1, 5, 16])})
+    s = np.array([[29.7, 0.2, -1.5, 3.0, 12.9]], np.float32)  # Cast truncates: 29, 0, -1, 3, 12
+    with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*laid out differently"):
+        lpusim.compile(m)  # [2, 1, 5, 16] would read as an NCHW image
+    m = typed_model([helper.make_node("Cast", ["s"], ["ids"], to=I64), helper.make_node("Relu", ["x"], ["r"]),
+                     helper.make_node("Gather", ["r", "ids"], ["y"], axis=0)],
+                    {}, {"s": (F, [1, 5]), "x": (F, [30, 16])}, {"y": (F, [1, 5, 16])})
+    check(m, {"s": s, "x": rand(30, 16).astype(np.float16).astype(np.float32)}, exact=True)
+
+
 def test_gather_computed_ids_unsupported_forms_are_clear_errors():
-    with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*computed indices along axis 0"):
-        lpusim.compile(ids_gather((3, 4, 5), (2,), 0, (2, 4, 5)))  # rows of several matrices
+    with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*computed ids along axis 0.*laid out"):
+        lpusim.compile(ids_gather((3, 4, 5), (2, 2), 0, (2, 2, 4, 5)))  # a 4-D result would read as an image
     with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*one row of ids"):
         lpusim.compile(ids_gather((3, 5), (2, 2), 1, (3, 2, 2)))
 

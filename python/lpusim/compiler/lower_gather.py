@@ -10,9 +10,11 @@
   per source row of an output row and lane pattern, each a row-map copy then an MXM lane selection (masked to its
   rows when the pattern differs between rows), summed (at most MAX_SELECTIONS): values pass the MXM as fp16.
 * Gather of computed data with computed indices (x[ids], both activations):
-  - along a row axis of one matrix [V, H]: the one-hot rows [n, V] of the ids are built as for an embedding
-    (lower_index.index_digits: VXM compares, MXM broadcasts, base-256 digits past 2048), and `onehot @ data`
-    runs on the MXM with the data loaded as computed weights (like attention's V, schedule_sxm.py);
+  - along a row axis (of any batch of matrices, or an image's pixel axes): the input row number of every output
+    row (the ids through a row-map view, times the axis' row stride, plus the batch offset: VXM, float32) makes
+    one-hot rows [R_out, R_in] as for an embedding (lower_index.index_digits: VXM compares, MXM broadcasts,
+    base-256 digits past 2048), and `onehot @ data` runs on the MXM with all the data's rows loaded as computed
+    weights (like attention's V, schedule_sxm.py);
   - along the lane axis, ids in one row [1, n]: the transposed one-hot
     [C, n] is `EQ(ids, c)` on the VXM in float32 (exact for any C), and `data @ onehot^T` runs on the MXM;
   - one row of data (a 1-D table), ids of any shape: sum_c x[c] * (ids == c), lane c broadcast on the MXM, the
@@ -35,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.lower_index import DIGIT, FP16_EXACT
 from lpusim.compiler.lower_lanes import lane_axis, with_lanes
 from lpusim.errors import CompileError
 
@@ -216,19 +219,63 @@ class GatherLowering:
         mag = self.magnitudes.get(node.input[0], self.derived.get(x, 0.0))
         if axis == lane_axis(shape):
             return self._gather_ids_lanes(node, x, shape, ids, ishape, out_shape, mag)
-        others = [d for i, d in enumerate(shape) if i not in (axis, lane_axis(shape))]
-        if nd == 4 or any(d != 1 for d in others):
-            raise CompileError(f"{self.where(node)}: Gather with computed indices along axis {axis} of "
-                               f"{shape}: supported for the rows of one matrix (every other row axis of size 1) "
-                               f"or along the lanes")
-        v, h = shape[axis], shape[lane_axis(shape)]
-        if _as_matrix(out_shape) != (n, h) or len(out_shape) == 4:
-            raise CompileError(f"{self.where(node)}: Gather of {ishape} ids from {shape} gives {out_shape}, whose "
-                               f"rows are laid out differently (not supported yet)")
-        onehot = self.gather_onehot_rows(node, ids, ishape, v)
+        return self._gather_ids_rows(node, x, shape, axis, ids, ishape, out_shape, mag)
+
+    def _gather_ids_rows(self, node, x, shape, axis, ids, ishape, out_shape, mag) -> None:
+        """Along a row axis: output row (p, i, q) is input row (p, ids[i], q) = offset(p, q) + ids[i] * stride.
+        That row number per output row (the ids column through a row-map view, on the VXM in float32) makes the
+        one-hot rows [R_out, R_in], and `onehot @ x` runs on the MXM with all of x's rows as computed weights (a
+        batch's rows meet only its own one-hot columns)."""
+        from lpusim.compiler.importer import from_rows, to_rows
+        nd = len(shape)
+        lane = lane_axis(shape)
+        v, h = shape[axis], shape[lane]
+        n = int(np.prod(ishape, dtype=np.int64))
+        if (len(out_shape) == 4) != (nd == 4):
+            raise CompileError(f"{self.where(node)}: Gather of {ishape} computed ids along axis {axis} of {shape} "
+                               f"gives {out_shape}, whose rows and lanes are laid out differently (not supported "
+                               f"yet)")
+        small = tuple(1 if i == lane else d for i, d in enumerate(shape))
+        rows_in = _as_matrix(small)[0]
+        if rows_in > DIGIT * FP16_EXACT:
+            raise CompileError(f"{self.where(node)}: Gather of computed ids from {rows_in} rows: the one-hot's "
+                               f"base-{DIGIT} digits are exact in fp16 up to {DIGIT * FP16_EXACT} rows")
+        grid = from_rows(np.arange(rows_in, dtype=np.int64).reshape(rows_in, 1), small)
+        base = np.take(grid, [0], axis=axis)
+        stride = np.take(grid, [1], axis=axis) - base if v > 1 else np.zeros_like(base)
+        if not np.all(stride == stride.flat[0]):
+            raise CompileError(f"{self.where(node)}: internal: rows along axis {axis} of {shape} are not evenly "
+                               f"spaced")
+        out_small = tuple(1 if i == lane_axis(out_shape) else d for i, d in enumerate(out_shape))
+        offs = np.take(base, np.zeros(ishape, dtype=np.int64), axis=axis)  # [pre, ids..., post]
+        which = np.broadcast_to(np.arange(n, dtype=np.int64).reshape((1,) * axis + ishape +
+                                                                       (1,) * (nd - axis - 1)), offs.shape)
+        if offs.shape != out_small:
+            raise CompileError(f"{self.where(node)}: internal: Gather row map {offs.shape} for {out_shape}")
+        offs, which = to_rows(offs, out_small)[:, 0], to_rows(np.ascontiguousarray(which), out_small)[:, 0]
+        if rows_in == v and np.array_equal(which, np.arange(n)):  # one matrix: the ids are the row numbers
+            onehot = self.gather_onehot_rows(node, ids, ishape, v)
+            return self._gather_ids_matmul(node, x, shape, onehot, out_shape, mag)
+        col = self._gather_ids_column(node, ids, ishape)
+        rows_out = len(which)
+        # the input row number of every output row: (ids + V * (ids < 0)) * stride + offset
+        steps = [Step("LT", [("src", 0), ("imm", 0.0)]), Step("MUL", [("step", 0), ("imm", float(v))]),
+                 Step("ADD", [("src", 0), ("step", 1)]), Step("MUL", [("step", 2), ("imm", float(stride.flat[0]))]),
+                 Step("ADD", [("step", 3), ("src", 1)])]
+        big = self.add_tensor(self.fresh("gatherrow"), (rows_out, 1), "value")
+        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, big,
+                               sources=[View(col, rows=tuple(which.tolist())),
+                                        View(self.const_tensor(offs.astype(np.float32)[:, None], "rowoffs"))],
+                               steps=steps))
+        self.derived[big] = float(rows_in)
+        onehot = self.gather_onehot_rows(node, big, (rows_out,), rows_in)
+        self._gather_ids_matmul(node, x, shape, onehot, out_shape, mag)
+
+    def _gather_ids_matmul(self, node, x, shape, onehot, out_shape, mag) -> None:
+        """onehot @ x on the MXM, x's rows loaded as computed weights (from its f16 copy)."""
         w = x
         if self.tensors[x].kind != "value":  # a graph input: the weights load from a computed tensor's f16 copy
-            w = self.add_tensor(self.fresh("gdata"), (v, h), "value")
+            w = self.add_tensor(self.fresh("gdata"), shape, "value")
             self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, w, sources=[View(x)],
                                    steps=[Step("COPY", [("src", 0)])]))
             self.derived[w] = mag
@@ -236,6 +283,27 @@ class GatherLowering:
         self.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
                                terms=[(View(onehot), w)]))
         self.values[node.output[0]] = (out, out_shape)
+
+    def _gather_ids_column(self, node, ids: str, ishape: tuple) -> str:
+        """The ids as a column [n, 1] (one id per row): a graph input as laid out so by the host, a computed
+        column as it is, a computed row [1, n] through an SXM transpose (at most 320)."""
+        n = int(np.prod(ishape, dtype=np.int64))
+        t = self.tensors[ids]
+        if t.kind == "input" and t.im2col is None:
+            col = self.add_tensor(self.fresh(ids + ".col"), ishape + (1,), "input", onnx_input=t.onnx_input)
+            self.inputs.append(col)
+            return col
+        if (t.rows, t.cols) == (n, 1):
+            return ids
+        if (t.rows, t.cols) == (1, n) and n <= 320:
+            col = self.add_tensor(self.fresh("idsT"), (n, 1), "value")
+            self.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, col,
+                                   sources=[View(ids)], fusable=False))
+            self.derived[col] = self.derived.get(ids, self.magnitudes.get(node.input[1], 0.0))
+            return col
+        raise CompileError(f"{self.where(node)}: computed ids of shape {ishape} lie in {t.rows} rows of {t.cols} "
+                           f"lanes; a Gather along a row axis needs one id per row (a graph input, a [..., 1] "
+                           f"column or a single [1, S] row of at most 320)")
 
     def _gather_data(self, node, data) -> tuple:
         """(IR tensor, shape) of a gathered operand; a constant one (read by the MXM or a row-map view) is copied
