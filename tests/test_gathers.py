@@ -210,6 +210,14 @@ def test_gather_elements_computed_indices_along_lanes():
     check(ge_model(shape, ishape, 1), {"x": rand(*shape), "i": i})
 
 
+def test_gather_elements_computed_indices_past_320_lanes():
+    # 330 lanes: the broadcasts of lanes 320.. come from the second weight tile (330 masked passes)
+    i = RNG.integers(-330, 330, (6, 20))
+    i[0, :4] = [329, 0, -1, -330]
+    x = rand(6, 330).astype(np.float16).astype(np.float32)
+    check(ge_model((6, 330), (6, 20), 1), {"x": x, "i": i}, exact=True)
+
+
 @pytest.mark.parametrize("shape,ishape,axis", [
     ((12, 340), (5, 340), 0), ((1, 12, 20), (1, 15, 20), 1),
     ((3, 5, 6), (3, 4, 6), 1),  # a batch of matrices: each pass reads row k of every matrix (a row map)
