@@ -172,23 +172,37 @@ def test_keepdims0_output_in_another_layout_is_read_back_by_the_host():
     assert_matches_onnxruntime(m, _x((3, 12, 16)))
 
 
-# ----- what is still refused, with the reason ----------------------------------------------------------------------
-def _feeds(op, shape, **attrs):
-    return make_model([N(op, ["x"], ["r"], **attrs), N("Relu", ["r"], ["y"])], {}, {"x": shape}, opset=17)
-
-
-@pytest.mark.parametrize("model, match", [
-    (_feeds("ReduceMax", [3, 12, 16], axes=[2], keepdims=0),
-     "ReduceMax node 'r'.*36 rows of 1 lanes.*\\(3, 12\\).*3 rows of 12 lanes"),
-    (_feeds("ReduceMax", [3, 4, 2, 5], axes=[0], keepdims=0), "ReduceMax node 'r'.*10 rows of 4 lanes"),
-    (_feeds("ReduceMax", [400, 20], axes=[1], keepdims=0), "ReduceMax node 'r'.*400 x 1 results.*at most 320"),
-    (_feeds("ReduceProd", [3, 400], axes=[1]), "ReduceProd node 'r'.*lane axis of 3 rows of 400 lanes"),
+@pytest.mark.parametrize("op, shape, attrs", [
+    ("ReduceMax", [3, 12, 16], {"axes": [2]}),  # 36 results in a column -> 3 rows of 12 lanes (a batched turn)
+    ("ReduceMax", [3, 4, 2, 5], {"axes": [0]}),  # an image's (h, w) rows of c lanes -> rows (c, h) of w lanes
+    ("ReduceMin", [1, 4, 3, 4], {"axes": [1]}),  # an image over its channels -> 3 rows of 4 lanes
+    ("ReduceSum", [2, 2, 2, 2], {"axes": [2]}),  # the same counts of rows and lanes, the values in another order
+    ("ReduceMax", [400, 20], {"axes": [1]}),  # 400 results onto the lanes of one row (two column tiles)
+    ("ReduceMean", [4, 1, 5, 384], {"axes": [0, 2]}),  # 384 rows of 1 lane -> 1 row of 384 lanes
 ])
-def test_unsupported_reductions_are_clear_errors(model, match):
-    with pytest.raises(lpusim.CompileError, match=match):
-        lpusim.compile(model)
+def test_keepdims0_results_in_other_layouts_read_by_another_node(op, shape, attrs):
+    inits, inputs = {}, ["x"]
+    if op == "ReduceSum":
+        inits["ax"], inputs = np.array(attrs.pop("axes"), np.int64), ["x", "ax"]
+    m = make_model([N(op, inputs, ["r"], keepdims=0, **attrs), N("Relu", ["r"], ["y"])], inits, {"x": shape})
+    assert_matches_onnxruntime(m, _x(shape))
 
 
+def test_product_over_many_lanes():
+    m = one("ReduceProd", [3, 400], 17, [1])
+    assert_matches_onnxruntime(m, _x((3, 400), 0.99, 1.01))
+
+
+def test_wide_lane_extremes_of_few_rows_keep_the_rotation_tree():
+    # [4, 700]: the MXM's rotation tree is cheaper than turning 700 lanes into rows (fp16-rounded values, within
+    # the tolerance); [300, 700] is turned (exact)
+    _, _, cmp = assert_matches_onnxruntime(one("ReduceMax", [4, 700], 17, [1]), _x((4, 700)))
+    assert cmp["max_abs_error"] > 0.0
+    _, _, cmp = assert_matches_onnxruntime(one("ReduceMax", [300, 700], 17, [1]), _x((300, 700)))
+    assert cmp["max_abs_error"] == 0.0
+
+
+# ----- what is still refused, with the reason ----------------------------------------------------------------------
 def test_zero_size_input_is_a_clear_error():
     m = one("ReduceL2", [2, 0, 4], 17, [1])
     with pytest.raises(lpusim.CompileError, match="ReduceL2 node 'y'.*zero-size shape \\(2, 0, 4\\)"):

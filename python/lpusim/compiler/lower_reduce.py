@@ -12,16 +12,21 @@ reduction splits into
   (sums round once per level, maxima and minima are exact). Reduced row axes that are not neighbours in the row
   order are reduced one run at a time, innermost first.
 * the lane axis, after the row axes (fewer rows left): sums on the MXM (`x @ ones[C, 1]`, lower_lanes.py); max, min
-  and product by turning the R rows of C lanes around on the SXM (a transpose node, schedule_sxm.py; both at most
-  320) and reducing the C rows of R lanes by a tree as above, then turning the R results back into a column (exact,
-  and cheaper than lower_lanes.py's rotation tree on the MXM, which max/min of wider tensors still use).
+  and product by turning the R rows of C lanes around on the SXM (a transpose node, schedule_sxm.py) and reducing
+  the C rows of R lanes by a tree as above, then turning the R results back into a column: exact, and cheaper than
+  lower_lanes.py's rotation tree on the MXM, which max/min still use for more than 320 lanes of few rows
+  (`TURN_MIN_ROWS`). GlobalAveragePool / GlobalMaxPool are ReduceMean / ReduceMax over the spatial axes.
 * ReduceSumSquare / L1 / L2 / LogSumExp: an elementwise step before (x*x, |x|, exp x) and after (sqrt, log) the
   sum; ReduceMean multiplies by 1/count at the end (the VXM chain after the last combination).
 * keepdims=0 results keep their rows and lanes when the output's layout puts the same values on the same rows and
-  lanes; R <= 320 results that belong on the lanes of one row ([4, 16] reduced over axis 1 -> [4], read by another
-  node) come out of the turned-around tree as that row (for a sum too), or are turned as a column when the input
-  is wider than 320 lanes. A graph output alone is read back by the host in any layout. Other layouts are a
-  CompileError.
+  lanes. Results over the lanes that belong on lanes themselves ([4, 16] over axis 1 -> [4], read by another node
+  as one row of 4 lanes; [3, 12, 16] over axis 2 -> 3 rows of 12 lanes) come out of the turned-around tree in that
+  layout (batched transposes, for a sum too). Any other layout (an image's rows and channels reordered) is one
+  permutation of the values' axes on the SXM (lower_transpose.permute). A graph output alone is read back by the
+  host in any layout.
+* Not supported (CompileError): computed axes, zero-size inputs, ReduceLogSumExp of values past |x| = 80 (no shift
+  by the maximum).
+ArgMax/ArgMin along rows (lower_index.py) build their own tree of (value, index) pairs.
 """
 from __future__ import annotations
 
@@ -43,8 +48,12 @@ KINDS = {
     "ReduceL2": ("ADD", [("MUL", [("in",), ("in",)])], [("SQRT", [("in",)])]),
     "ReduceLogSumExp": ("ADD", [("EXP", [("in",)])], [("LOG", [("in",)])]),
 }
+# Max/min over the lanes by turning them into rows (exact) rather than lower_lanes.py's rotation tree (fp16 values)
+# when C <= 320 or at least this many rows. Cycles measured (turned / rotations): [6, 70] 769 / 1582, [1, 300]
+# 1445 / 1721, [300, 20] 3079 / 9780, [300, 700] 6295 / 39720, [16, 700] 3487 / 3718; but [4, 700] 3431 / 2401,
+# [1, 2000] 8266 / 3127.
+TURN_MIN_ROWS = 16
 LOG_SUM_EXP_MAX = 80.0  # exp(80) ~ 5.5e34: a sum of many such terms still fits float32; exp(-80) is not 0
-TRANSPOSE_MAX = 320  # a transpose node turns at most 320 rows into lanes (schedule_sxm.py)
 # ONNX ops whose lowering reads or sets an input's row geometry (Tensor.geom): a tensor they read is not given one
 # here (it is copied into a tensor of the tree's geometry instead)
 _GEOM_READERS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "ArgMax", "ArgMin", "Gather",
@@ -110,24 +119,23 @@ class ReduceLowering:
         if lane is not None and lane in axes and shape[lane] != 1:
             lanes_done = tuple(1 if i == lane else d for i, d in enumerate(cur_shape))
             rows, c = self.tensors[cur].rows, shape[lane]
-            turned = not keep and self.feeds_other_nodes(node.output[0]) and self.turned(lanes_done, out_shape)
-            if rows <= TRANSPOSE_MAX and c <= TRANSPOSE_MAX and (turned or combine != "ADD"):
-                # the lanes turned into rows on the SXM, then reduced on the VXM like any rows: exact float32, no
-                # rotation tree on the MXM (which has no product at all; a [300, 20] ReduceMax takes 3079 cycles
-                # this way, 9780 by rotations). One row of R results, which is what a turned result wants; else
-                # turned back into a column
-                cur = self.turn(node, cur, (c, rows), (1, c, 1), mag)
-                cur = self.halving_tree(node, cur, (1, c, 1), 1, combine, mag)
-                if turned:
-                    cur_shape = (1, rows)
+            batch = self.turned(lanes_done, out_shape) if not keep and self.feeds_other_nodes(node.output[0]) \
+                else None
+            if batch is not None or combine == "MUL" or (combine != "ADD" and (c <= 320 or rows >= TURN_MIN_ROWS)):
+                # the lanes turned into rows on the SXM (B matrices of M rows of C lanes -> B of C rows of M lanes),
+                # then reduced on the VXM like any rows: exact float32, no rotation tree on the MXM (which has no
+                # product at all). B rows of M results, which is what a turned result wants (keepdims=0: [4, 16]
+                # over axis 1 -> [4], read as one row of 4 lanes); else turned back into a column
+                b = batch or 1
+                m = rows // b
+                cur = self.turn(node, cur, (b * c, m), (b, c, 1), mag)
+                cur = self.halving_tree(node, cur, (b, c, 1), 1, combine, mag)
+                if batch is not None:
+                    cur_shape = (b, m)
                 else:
                     if rows > 1:
                         cur = self.turn(node, cur, lanes_done, None, mag)
                     cur_shape = lanes_done
-            elif combine == "MUL":
-                raise CompileError(f"{self.where(node)}: ReduceProd over the lane axis of {rows} rows of {c} lanes: "
-                                   f"the lanes are turned into rows on the SXM, which takes at most "
-                                   f"{TRANSPOSE_MAX} of each (the MXM sums across lanes, it does not multiply)")
             else:
                 cur, cur_shape = self.reduce_lane_axis(node, cur, cur_shape, combine, post, mag)
                 post = []
@@ -170,19 +178,21 @@ class ReduceLowering:
         return y
 
     @staticmethod
-    def turned(keep_shape, out_shape) -> bool:
-        """Whether values laid out as `keep_shape` form a column whose `out_shape` puts them on one row."""
+    def turned(keep_shape, out_shape):
+        """B when values laid out as `keep_shape` form a column whose `out_shape` puts them on B rows of M > 1
+        lanes in the same order (keepdims=0 over the lanes), else None."""
         from lpusim.compiler.importer import to_rows
         ids = np.arange(int(np.prod(keep_shape, dtype=np.int64)), dtype=np.int64).reshape(keep_shape)
         have, want = to_rows(ids, keep_shape), to_rows(ids.reshape(out_shape), out_shape)
-        return have.shape[1] == 1 and want.shape[0] == 1 and have.shape[0] > 1 and \
-            np.array_equal(have.ravel(), want.ravel())
+        if have.shape[1] == 1 and want.shape[1] > 1 and np.array_equal(have.ravel(), want.ravel()):
+            return want.shape[0]
+        return None
 
     def finish_layout(self, node, y, keep_shape, out_shape) -> None:
         """Name `y` (laid out as `keep_shape`) as the output of ONNX shape `out_shape`: the same rows and lanes; a
-        graph output only, whose values the host reads in any layout; (keepdims=0) rows and lanes swapped by a
-        transpose node; else a CompileError."""
-        from lpusim.compiler.importer import _as_matrix, to_rows
+        graph output only, whose values the host reads in any layout; else (keepdims=0) the values moved into the
+        output's layout."""
+        from lpusim.compiler.importer import to_rows
         out = node.output[0]
         t = self.tensors[y]
         ids = np.arange(int(np.prod(keep_shape, dtype=np.int64)), dtype=np.int64).reshape(keep_shape)
@@ -201,20 +211,39 @@ class ReduceLowering:
             t.shape = tuple(out_shape)
             self.values[out] = (y, tuple(out_shape))
             return
-        if have.T.shape == want.shape and np.array_equal(have.T, want):
-            # rows and lanes swapped ([4, 16] over axis 1 -> [4]: a column of 4 read as a row; an image's
-            # (N=1, C, H, W) over H -> (1, C, W): W rows of C lanes read as C rows of W lanes)
-            if max(have.shape) > TRANSPOSE_MAX:
-                raise CompileError(f"{self.where(node)}: keepdims=0 turns the {have.shape[0]} x {have.shape[1]} "
-                                   f"results (rows x lanes) around; a transpose on the SXM takes at most "
-                                   f"{TRANSPOSE_MAX} of each")
-            self.values[out] = (self.turn(node, y, out_shape, None, self.magnitudes.get(out, 0.0)), tuple(out_shape))
-            return
-        rows, cols = _as_matrix(out_shape)
-        order = " in another order (an image's channels are its lanes)" if have.shape == want.shape else ""
-        raise CompileError(f"{self.where(node)}: the result is laid out as {have.shape[0]} rows of {have.shape[1]} "
-                           f"lanes, but its shape {tuple(out_shape)} (keepdims=0) puts it on {rows} rows of {cols} "
-                           f"lanes{order}: moving the values between rows and lanes that way is not supported yet")
+        # the values move between rows and lanes (an image's (1, C, H, W) over H -> (1, C, W): W rows of C lanes read
+        # as C rows of W lanes): a permutation of the values' axes on the SXM (lower_transpose.py)
+        self.values[out] = (self.relayout(node, y, keep_shape, out_shape), tuple(out_shape))
+
+    def relayout(self, node, y, keep_shape, out_shape) -> str:
+        """`y` (laid out as `keep_shape`) moved into the layout of `out_shape` (the same values, size-1 axes
+        dropped): both layouts read as plain tensors of the values' axes (rows outer to inner, then the lane axis;
+        an image's lanes are its channels; "U" a lane axis of size 1), one `permute` from the one to the other."""
+        kept = [k for k, d in enumerate(keep_shape) if d != 1]  # the values' axes; out_shape's non-1 axes in order
+        out_to_keep = {k: kept[sum(1 for d in out_shape[:k] if d != 1)] for k, d in enumerate(out_shape) if d != 1}
+
+        def tokens(shape, to_keep):
+            nd = len(shape)
+            order = [0, 2, 3, 1] if nd == 4 else list(range(nd))
+            rows = [to_keep[k] for k in order[:-1] if shape[k] != 1]
+            return rows + ([to_keep[order[-1]]] if nd and shape[order[-1]] != 1 else ["U"])
+        src = tokens(tuple(keep_shape), {k: k for k in range(len(keep_shape))})
+        dst = tokens(tuple(out_shape), out_to_keep)
+        if "U" in src and "U" not in dst:
+            dst = ["U"] + dst
+        if "U" in dst and "U" not in src:
+            src = ["U"] + src
+        if len(src) == 4:  # a leading size-1 axis keeps 4-D shapes plain (not images)
+            src, dst = ["P"] + src, ["P"] + dst
+        size = lambda t: 1 if t in ("U", "P") else int(keep_shape[t])  # noqa: E731
+        p_shape, q_shape = tuple(size(t) for t in src), tuple(size(t) for t in dst)
+        z = self.permute(node, y, p_shape, [src.index(t) for t in dst], q_shape, node.output[0],
+                         self.magnitudes.get(node.output[0], 0.0))
+        if z == y:  # no row moved: a tensor of its own for the new shape
+            z = self.vector(node, [y], [Step("COPY", [("src", 0)])], q_shape, node.output[0])
+        self.tensors[z].shape = tuple(out_shape)
+        self.tensors[z].geom = self.wanted_geom(out_shape)
+        return z
 
     # ----- the lane axis on the MXM (lower_lanes.py) ------------------------------------------------------------
     def reduce_lane_axis(self, node, x, shape, combine, post, mag) -> tuple:
