@@ -178,14 +178,24 @@ class HeadsLowering:
         self.tensors[y].shape = shape
         self.values[node.output[0]] = (y, shape)
 
-    def interleave_parts(self, bounds: list) -> None:
+    def interleave_parts(self, bounds: list, width: int = 0) -> None:
+        """`interleave` in windows of `width` consecutive parts (0: all parts at once)."""
+        width = width or self.interleave_width
+        ends = bounds[width::width] + [len(self.nodes)]
+        for k in reversed(range(0, len(bounds), width)):  # from the end: earlier windows keep their indices
+            window = bounds[k:k + width]
+            self.interleave(window, ends[k // width])
+
+    interleave_width = 12
+
+    def interleave(self, bounds: list, end: int) -> None:
         """The nodes of consecutive parts (part i: self.nodes[bounds[i]:bounds[i + 1]], the last up to the end)
         reordered round-robin, one node of each part in turn (a node waits until the nodes it reads are placed):
         the scheduler places nodes in order and each MXM plane only moves forward in time, so part after part
         would run the parts' dependent chains (Softmax's maximum tree, sums) one after another; interleaved,
         the chains of different parts overlap on the planes and the VXM."""
         start = bounds[0]
-        groups = [self.nodes[a:b] for a, b in zip(bounds, bounds[1:] + [len(self.nodes)])]
+        groups = [self.nodes[a:b] for a, b in zip(bounds, bounds[1:] + [end])]
         if sum(1 for g in groups if g) < 2:
             return
         pending = {n.output for g in groups for n in g}
@@ -201,7 +211,7 @@ class HeadsLowering:
                     progressed = True
             if not progressed:  # cannot happen: the original order is a valid one
                 raise AssertionError("interleave_parts: a part reads a node no part can place")
-        self.nodes[start:] = order
+        self.nodes[start:end] = order
 
     @property
     def head_scales(self) -> dict:
