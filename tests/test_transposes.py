@@ -57,6 +57,13 @@ def test_batched(shape):
     check(relu_transpose(shape, [0, 2, 1]), shape)
 
 
+@pytest.mark.parametrize("shape,perm", [((700, 2, 1), [0, 2, 1]), ((700, 1, 3), [0, 2, 1]),
+                                        ((11, 40, 5, 7, 1), [1, 3, 4, 0, 2]), ((9, 70, 5), [0, 2, 1])])
+def test_many_small_matrices_packed(shape, perm):
+    """Up to 320 // M (and 320 // N) matrices share one SXM block (the gather map picks each one's rows)."""
+    check(relu_transpose(shape, perm), shape)
+
+
 def test_row_permutation_is_rows_only():
     """perm [1, 0, 2] keeps the lanes: one VXM copy through a row map, no SXM, no MXM."""
     program, _, _ = check(relu_transpose((4, 3, 9), [1, 0, 2]), (4, 3, 9))

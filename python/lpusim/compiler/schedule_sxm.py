@@ -83,63 +83,68 @@ class SxmJobs:
 
     def schedule_transpose(self, node, sinks: dict) -> None:
         """B matrices of M x N (the source: B*M rows of N lanes, read through its view, which may reorder the
-        rows) -> B matrices of N x M, each cut into blocks of at most 320 x 320: block (i, j) of matrix b (its
-        rows i*320.., column tile j) becomes rows j*320.. of column tile i of the result."""
+        rows) -> B matrices of N x M. Matrices past 320 rows or lanes are cut into blocks of at most 320 x 320:
+        block (i, j) of matrix b (its rows i*320.., column tile j) becomes rows j*320.. of column tile i. Small
+        ones are packed k to a block (k*M and k*N at most 320): their rows are consecutive in X and in T."""
         view = node.sources[0]
         x = self.graph.tensors[view.tensor]
         out = self.graph.tensors[node.output]
         lanes = self.lanes
         M, N = out.cols, x.cols
         B = x.rows // M
-        blocks = 0
+        k = max(1, min(B, lanes // M, lanes // N)) if max(M, N) <= lanes else 1
+        turn = 0
         for fmt, ts in sinks.items():
             xs = self.stores[(x.name, fmt)]
-            for b in range(B):
+            for b in range(0, B, k):
+                kb = min(k, B - b)
                 for i in range(-(-M // lanes)):
                     for j in range(-(-N // lanes)):
                         S, C = min(lanes, M - i * lanes), min(lanes, N - j * lanes)
-                        xruns = segment_runs(xs, j, view_runs(view, xs, None, x.rows, b * M + i * lanes,
-                                                              b * M + i * lanes + S))
-                        r0 = b * N + j * lanes
-                        truns = segment_runs(ts, i, view_runs(_plain(ts.tensor), ts, None, out.rows, r0, r0 + C))
+                        x0, t0 = b * M + i * lanes, b * N + j * lanes
+                        xruns = segment_runs(xs, j, view_runs(view, xs, None, x.rows, x0, x0 + kb * S))
+                        truns = segment_runs(ts, i, view_runs(_plain(ts.tensor), ts, None, out.rows, t0,
+                                                              t0 + kb * C))
                         # one column tile: its byte planes alternate between the two SXMs (each with its own
                         # scratch slice), so one plane's skew overlaps the other's gather
                         hemis = [self.hemisphere_of(xs, j)] if len(xs.tiles) > 1 else \
-                            ["WE"[(blocks + p) % 2] for p in range(xs.width)]
-                        blocks += xs.width
-                        self.transpose_store(node, xs, j, xruns, ts, i, truns, S, C, hemis)
+                            ["WE"[(turn + p) % 2] for p in range(xs.width)]
+                        turn += xs.width
+                        done = 0
+                        for p in range(xs.width):
+                            done = max(done, self.transpose_plane(node, xs, j, xruns, ts, truns, (kb, S, C), p,
+                                                                  hemis[p % len(hemis)]))
+                        ts.ready[i] = max(ts.ready[i], done + 1)
 
-    def transpose_store(self, node, xs: Store, xt: int, xruns, ts: Store, tt: int, truns, S: int, C: int,
-                        hemis: list[str]) -> None:
-        """Transpose one S x C block of one stored format of X (the rows `xruns` of column tile xt) into the rows
-        `truns` of column tile tt of T, byte plane p on the SXM of hemisphere hemis[p % len(hemis)]."""
-        done = 0
-        for p in range(xs.width):
-            done = max(done, self.transpose_plane(node, xs, xt, xruns, ts, truns, S, C, p,
-                                                  hemis[p % len(hemis)]))
-        ts.ready[tt] = max(ts.ready[tt], done + 1)
-
-    def transpose_plane(self, node, xs: Store, xt: int, xruns, ts: Store, truns, S: int, C: int, p: int,
+    def transpose_plane(self, node, xs: Store, xt: int, xruns, ts: Store, truns, block: tuple, p: int,
                         hemi: str) -> int:
-        """Byte plane p of one block: skew, gather, unskew; returns the last commit."""
+        """Byte plane p of one block of k matrices of M x N (`block` = (k, M, N); the rows `xruns` of column tile
+        xt of X, k*M of them, to the rows `truns` of T, k*N): skew, gather, unskew on the SXM of `hemi`. Row
+        (b, n) of the block's result gathers lane l from Y's row r = (l - n) mod 320 when r is one of matrix b's
+        rows, and is rotated back by b*M + n. Returns the last commit."""
+        k, M, N = block
+        S, C = k * M, k * N
         lanes = self.lanes
         sxm = self.sxm_position(hemi)
         lat = self.chip.sxm_latency + self.chip.superlanes - 1
         rl = self.chip.mem_read_latency
         lanes_idx = np.arange(lanes)
         skew = self.map_store(("skew", S), lambda: [(lanes_idx - r) % lanes for r in range(S)], hemi, 0)
-        unskew = self.map_store(("unskew", C), lambda: [(lanes_idx + j) % lanes for j in range(C)], hemi, 0)
+        turns = (k - 1) * M + N  # the unskew of row (b, n) reads rotation b*M + n
+        unskew = self.map_store(("unskew", turns), lambda: [(lanes_idx + j) % lanes for j in range(turns)], hemi, 0)
         y = self.scratch_slice(S, hemi)
         ys, ya = y.tiles[0][0].slice, y.tiles[0][0].addr
         far = self.chip.mem_words  # a GATHER address past the slice reads 0
 
         def gather_rows():
             rows = []
-            for j in range(C):
-                r = (lanes_idx - j) % lanes
-                rows.append(np.where(r < S, ya + r, far))
+            for b in range(k):
+                for n in range(N):
+                    r = (lanes_idx - n) % lanes
+                    rows.append(np.where((r >= b * M) & (r < (b + 1) * M), ya + r, far))
             return rows
-        gmap = self.map_store(("gather", S, C, ys, ya), gather_rows, hemi, 1)
+        gmap = self.map_store(("gather", k, M, N, ys, ya), gather_rows, hemi, 1)
+        unskew_runs = segment_runs(unskew, 0, [(b * N, b * M, N, 1) for b in range(k)])
         ypos = self.chip.mem_position(ys)
         y.tiles[0][0].not_before = y.last_access  # overwrite Y only after the last GATHER read it
         yruns = segment_runs(y, 0, [(0, 0, S, 1)])
@@ -151,7 +156,10 @@ class SxmJobs:
             dst, last = self.write_view(y, yruns, sxm, t + lat, t)
             self.res.add_issue(Issue(q, t, f"PERMUTE {dst}, {src}, {m}", S, 1, 0, t + S - 1 + lat))
             return last
-        last = self.place(xs.ready[xt], skew_rows, f"the skew of transpose '{node.name}'")
+        # no earlier start fits: Y's first write must commit after its last GATHER (a bound that spares `place`
+        # stepping through every earlier READ run of X's slices, one clash at a time)
+        after_y = y.last_access + 1 - lat - abs(ypos - sxm) - self.chip.mem_write_latency
+        last = self.place(max(xs.ready[xt], after_y), skew_rows, f"the skew of transpose '{node.name}'")
         y.ready[0] = last + 1
 
         def gather_unskew(t):
@@ -168,7 +176,7 @@ class SxmJobs:
             gname = f"{direction}{gs}"
             self.res.add_issue(Issue(queue, t, f"GATHER {gname}, {gm}", C, 1, 0, t + rl + C - 1))
             self.accesses.append((y, t + C - 1))
-            um = self.read_view(unskew, 0, segment_runs(unskew, 0, [(0, 0, C, 1)]), sxm, arrive, 1, t)
+            um = self.read_view(unskew, 0, unskew_runs, sxm, arrive, 1, t)
             q = self.take_sxm_queue(hemi, arrive, C)
             dst, last = self.write_view(ts, truns, sxm, arrive + lat, t, planes=[p])
             self.res.add_issue(Issue(q, arrive, f"PERMUTE {dst}, {gname}, {um}", C, 1, 0,
