@@ -184,3 +184,23 @@ def test_reshape_regrouping_lanes_is_a_clear_error():
     assert_matches_onnxruntime(m, x_of((1, 6, 4, 5)))  # image -> 4-D plain-like image: L = 2 divides 20
     with pytest.raises(lpusim.CompileError, match="Reshape node 'rs'.*moves data between lanes"):
         lpusim.compile(m2)
+
+
+def many_shapes(n, seed=0):
+    rng = np.random.default_rng(seed)
+    nodes, inputs = [], {}
+    for i in range(n):
+        inputs[f"x{i}"] = [int(rng.integers(20, 320)), int(rng.integers(20, 320))]
+        nodes += [helper.make_node("Relu", [f"x{i}"], [f"r{i}"]),
+                  helper.make_node("Transpose", [f"r{i}"], [f"y{i}"], perm=[1, 0])]
+    return make_model(nodes, {}, inputs, outputs=tuple(f"y{i}" for i in range(n)))
+
+
+def test_many_shapes_share_the_sxm_tables():
+    """One rotation and one reflection table per hemisphere serve every transpose; gather maps per block shape."""
+    assert_matches_onnxruntime(many_shapes(24))
+
+
+def test_too_many_shapes_is_a_clear_error():
+    with pytest.raises(lpusim.CompileError, match="differently shaped transpose blocks fill the MEM slices kept"):
+        lpusim.compile(many_shapes(80))

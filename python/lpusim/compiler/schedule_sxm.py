@@ -2,16 +2,21 @@
 
 A transpose T = X^T of a block (X: S rows of C lanes, both at most 320, byte plane by byte plane) runs the
 classic skew / gather / unskew on the SXM and MEM (docs/isa.md section 4):
-1. skew: row r of X goes through the SXM as `PERMUTE` by the map `(l - r) mod 320` (row r rotated by r lanes) into
-   a scratch slice Y at address y + r, so X[r][j] sits in Y at lane (r + j) mod 320;
-2. gather: `GATHER` with map G_j[l] = y + ((l - j) mod 320) (beyond row S: an address past the slice, which reads
-   0) collects, in lane l, Y's lane l of row l - j: that is X[l - j][j], column j of X rotated by j;
-3. unskew: `PERMUTE` by `(l + j) mod 320` rotates it back, and the vector, row j of T, is written to T's store.
+1. skew: row r of X goes through the SXM as `PERMUTE` by the map `(l + r) mod 320` (row r rotated by -r lanes) into
+   a scratch slice Y at address y + r, so X[r][j] sits in Y at lane (j - r) mod 320;
+2. gather: `GATHER` with map G_j[l] = y + ((j - l) mod 320) (beyond row S: an address past the slice, which reads
+   0) collects, in lane l, Y's lane l of row j - l: that is X[j - l][j], column j of X reflected;
+3. unskew: `PERMUTE` by `(j - m) mod 320` puts X[m][j] in lane m, and the vector, row j of T, is written to T's
+   store (its lanes past S are 0).
 Each step is a burst of one instruction per cycle (REPEAT), so a transpose of an S x C block costs about S + C
-cycles per byte plane plus the belt's travel. The maps are constant tables in MEM; the scratch slice is kept per
-(S, hemisphere) so the gather maps (which hold its addresses) are stored once. A larger or batched transpose
-(B matrices of M x N, lower_transpose.py) is a sequence of such blocks: block (i, j) of matrix b, its rows i*320..
-of column tile j (in the order the source's row view gives), becomes rows b*N + j*320.. of column tile i.
+cycles per byte plane plus the belt's travel. The maps are constant tables in MEM: one table of the 320
+rotations and one of the 320 reflections per hemisphere serve every transpose; the gather maps are stored once
+per block shape; the scratch slice (320 addresses) is shared, its next writer waiting for its last reader.
+A larger or batched transpose (B matrices of M x N, lower_transpose.py) is a sequence of such blocks: block (i, j)
+of matrix b, its rows i*320.. of column tile j (in the order the source's row view gives), becomes rows
+b*N + j*320.. of column tile i. Small matrices are packed k to a block (k*M, k*N <= 320): row (b, n) of the block
+gathers only matrix b's rows of Y and reflects by (n - b*M). The byte planes of a single column tile alternate
+between the two hemispheres' SXMs, so one plane's gather overlaps the next one's skew.
 
 A matmul whose weights are a computed tensor (attention's K^T and V) loads them with `LW` one row per cycle from
 their store (a constant weight tile is laid out so 8 rows load per cycle; a computed one is not).
@@ -22,6 +27,7 @@ import numpy as np
 
 from lpusim.compiler.layout import Segment, Store, segment_runs, view_runs
 from lpusim.compiler.resources import Clash, Issue
+from lpusim.errors import CompileError
 
 
 class SxmJobs:
@@ -45,13 +51,23 @@ class SxmJobs:
 
     def map_store(self, key: tuple, make, hemisphere: str, pair: int) -> Store:
         """A constant table of u16 maps (one row of `lanes` entries per map), stored once per key, in the kept
-        slice pair `pair` (0: rotations, 1: gathers)."""
+        slice pair `pair` (0: the rotation and reflection tables, 1: gathers), in bank 0 or else bank 1."""
         cache = self.__dict__.setdefault("_map_stores", {})
         if (key, hemisphere) not in cache:
             rows = np.asarray(make(), dtype=np.uint16)
             store = Store(f"map{key}", "u16", 2, len(rows), None, 0, len(rows))
             first = self.sxm_slices[hemisphere][pair]
-            store.tiles.append([Segment(0, len(rows), first, self.sram.alloc_at(first, 2, len(rows), 0))])
+            try:
+                addr = self.sram.alloc_at(first, 2, len(rows), 0)
+            except CompileError:
+                try:
+                    addr = self.sram.alloc_at(first, 2, len(rows), 1)
+                except CompileError:
+                    shapes = sum(1 for k_, h in cache if h == hemisphere and k_[0] == "gather")
+                    raise CompileError(f"the SXM tables of {shapes} differently shaped transpose blocks fill the "
+                                       f"MEM slices kept for them in hemisphere {hemisphere} (transposes of that "
+                                       f"many shapes are not supported yet)") from None
+            store.tiles.append([Segment(0, len(rows), first, addr)])
             store.ready.append(0)
             for sg in store.tiles[0]:
                 block = rows[sg.lo:sg.hi]
@@ -60,16 +76,18 @@ class SxmJobs:
             cache[(key, hemisphere)] = store
         return cache[(key, hemisphere)]
 
-    def scratch_slice(self, rows: int, hemisphere: str) -> Store:
-        """One slice of `rows` addresses kept for skewed rows (its next writer waits for its last reader)."""
+    def scratch_slice(self, hemisphere: str) -> Store:
+        """The hemisphere's kept slice for skewed rows: 320 addresses every transpose block uses (its next writer
+        waits for its last reader)."""
         cache = self.__dict__.setdefault("_scratch", {})
-        if (rows, hemisphere) not in cache:
-            store = Store(f"skew{rows}{hemisphere}", "u8", 1, rows, None, 0, rows)
+        if hemisphere not in cache:
+            rows = self.lanes
+            store = Store(f"skew{hemisphere}", "u8", 1, rows, None, 0, rows)
             first = self.sxm_slices[hemisphere][2]
             store.tiles.append([Segment(0, rows, first, self.sram.alloc_at(first, 1, rows, 1))])
             store.ready.append(0)
-            cache[(rows, hemisphere)] = store
-        return cache[(rows, hemisphere)]
+            cache[hemisphere] = store
+        return cache[hemisphere]
 
     def take_sxm_queue(self, hemisphere: str, start: int, count: int) -> str:
         for q in range(self.chip.config["sxm_per_hemisphere_queues"]):
@@ -129,10 +147,11 @@ class SxmJobs:
         lat = self.chip.sxm_latency + self.chip.superlanes - 1
         rl = self.chip.mem_read_latency
         lanes_idx = np.arange(lanes)
-        skew = self.map_store(("skew", S), lambda: [(lanes_idx - r) % lanes for r in range(S)], hemi, 0)
-        turns = (k - 1) * M + N  # the unskew of row (b, n) reads rotation b*M + n
-        unskew = self.map_store(("unskew", turns), lambda: [(lanes_idx + j) % lanes for j in range(turns)], hemi, 0)
-        y = self.scratch_slice(S, hemi)
+        # one table of rotations (row r: out[l] = in[(l + r) mod 320]) and one of reflections (row c: out[m] =
+        # in[(c - m) mod 320]) serve every transpose
+        rot = self.map_store(("rot",), lambda: [(lanes_idx + r) % lanes for r in range(lanes)], hemi, 0)
+        refl = self.map_store(("refl",), lambda: [(c - lanes_idx) % lanes for c in range(lanes)], hemi, 0)
+        y = self.scratch_slice(hemi)
         ys, ya = y.tiles[0][0].slice, y.tiles[0][0].addr
         far = self.chip.mem_words  # a GATHER address past the slice reads 0
 
@@ -140,18 +159,25 @@ class SxmJobs:
             rows = []
             for b in range(k):
                 for n in range(N):
-                    r = (lanes_idx - n) % lanes
+                    r = (n - lanes_idx) % lanes
                     rows.append(np.where((r >= b * M) & (r < (b + 1) * M), ya + r, far))
             return rows
-        gmap = self.map_store(("gather", k, M, N, ys, ya), gather_rows, hemi, 1)
-        unskew_runs = segment_runs(unskew, 0, [(b * N, b * M, N, 1) for b in range(k)])
+        gmap = self.map_store(("gather", k, M, N), gather_rows, hemi, 1)
+        unskew = []  # row (b, n) reflects by c = (n - b*M) mod 320: N rising rows of the table per matrix
+        for b in range(k):
+            c0 = (-b * M) % lanes
+            first = min(N, lanes - c0)
+            unskew.append((b * N, c0, first, 1))
+            if first < N:
+                unskew.append((b * N + first, 0, N - first, 1))
+        unskew_runs = segment_runs(refl, 0, unskew)
         ypos = self.chip.mem_position(ys)
         y.tiles[0][0].not_before = y.last_access  # overwrite Y only after the last GATHER read it
         yruns = segment_runs(y, 0, [(0, 0, S, 1)])
 
         def skew_rows(t):
             src = self.read_view(xs, xt, xruns, sxm, t, 1, t, planes=[p])
-            m = self.read_view(skew, 0, segment_runs(skew, 0, [(0, 0, S, 1)]), sxm, t, 1, t)
+            m = self.read_view(rot, 0, segment_runs(rot, 0, [(0, 0, S, 1)]), sxm, t, 1, t)
             q = self.take_sxm_queue(hemi, t, S)
             dst, last = self.write_view(y, yruns, sxm, t + lat, t)
             self.res.add_issue(Issue(q, t, f"PERMUTE {dst}, {src}, {m}", S, 1, 0, t + S - 1 + lat))
@@ -176,7 +202,7 @@ class SxmJobs:
             gname = f"{direction}{gs}"
             self.res.add_issue(Issue(queue, t, f"GATHER {gname}, {gm}", C, 1, 0, t + rl + C - 1))
             self.accesses.append((y, t + C - 1))
-            um = self.read_view(unskew, 0, unskew_runs, sxm, arrive, 1, t)
+            um = self.read_view(refl, 0, unskew_runs, sxm, arrive, 1, t)
             q = self.take_sxm_queue(hemi, arrive, C)
             dst, last = self.write_view(ts, truns, sxm, arrive + lat, t, planes=[p])
             self.res.add_issue(Issue(q, arrive, f"PERMUTE {dst}, {gname}, {um}", C, 1, 0,
