@@ -120,6 +120,10 @@ def _print_report(r: dict) -> None:
                                      f"max rel error {r['max_rel_error']:.3g})"),
         "wall time      " + "  ".join(f"{k} {v:.3f}s" for k, v in r["wall_s"].items()),
     ]
+    if r["outputs_match"] is False and r["precision"] == "int8":
+        lines.append("hint           an f32 rounding tie upstream can move a deep int8 model's output by a step "
+                     "per layer; `lpusim segments MODEL --precision int8` checks every segment from onnxruntime's "
+                     "codes")
     if "link_summary" in r:  # several chips (multichip.run_report)
         ls = r["link_summary"]
         lines[3:3] = [f"per chip       cycles {r['chip_cycles']}, sync stalls {r['chip_sync_cycles']}",
