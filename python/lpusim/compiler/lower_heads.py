@@ -7,12 +7,15 @@ part b*NH + h), plus whether the ONNX tensor is the transpose of each part ([B, 
   an MXM selection (lower_moves.py); Transpose (0, 2, 3, 1) gives the same parts, marked transposed. At batch
   B > 1 the selection of part (b, h) reads rows b*S.. of the input through a row-offset view (the input is seen
   as one image of B*S x 1 pixels, the part as one of S x 1: address arithmetic, no data moves).
-* MatMul(heads, heads): per head, the second operand's part is loaded as computed MXM weights, after an SXM/MEM
+* MatMul(heads, heads): per part, the second operand's part is loaded as computed MXM weights, after an SXM/MEM
   transpose when it is marked transposed (schedule_sxm.py).
-* Elementwise ops, Softmax, scalar or broadcast constants: lowered once per head on the parts.
+* Elementwise ops, Softmax, scalar or broadcast constants ([B|1, NH|1, S|1, X]: the part's slice): lowered once
+  per part. An attention mask [B, 1, 1, K] is kept as B rows of K lanes (`lower_maskrow`); part (b, h) reads a
+  copy of row b.
 * Transpose (0, 2, 1, 3) then Reshape [B, S, NH*D]: the parts are placed side by side on the lanes (a Concat), one
-  [S, NH*D] matrix per batch element; at B > 1 these are stacked on the rows by one VXM pass (`stack_rows`): each
-  reads its element's matrix through a view shifted by b*S rows whose zero border covers the other elements' rows.
+  [S, NH*D] matrix per batch element; at B > 1 these are stacked on the rows by B VXM passes (`stack_rows`), each
+  reading one element's matrix through a view shifted by b rows of S whose zero border covers the other rows.
+The nodes of the parts are interleaved (`interleave_parts`), so the parts' dependent chains overlap in time.
 """
 from __future__ import annotations
 
