@@ -16,6 +16,10 @@ moves a row axis there:
 
 Every permutation is one of these two, so Transpose has no unsupported case left; only the scheduler's own limits
 (SRAM for the SXM tables) can refuse one.
+
+The same `permute` serves Gemm transA=1 on a computed A, and a Reshape to or from a 4-D image whose rows and lanes
+differ from the target's (importer.lower_reshape: `same_layout` says whether a reshape is a pure view,
+`reshape_relayout` turns image <-> plain layouts into one batched transpose each way when the lanes line up).
 """
 from __future__ import annotations
 
