@@ -200,3 +200,47 @@ def test_transformers_batch_2_int8_matches_onnxruntime(tmp_path, kind):
     assert "ABC.i8" in program.assembly
     for k, r in ref.items():
         assert_f32_close(result.outputs[k], r)
+
+
+def masked_attention(b_, s, hidden, heads, mask_nodes, mask_inits, mask_out):
+    """One attention block at batch b_ whose scores get `mask_out` added (built by `mask_nodes` from the input m)."""
+    d = hidden // heads
+    inits = {"wq": w(hidden, hidden), "wk": w(hidden, hidden), "wv": w(hidden, hidden),
+             "split": np.array([b_, s, heads, d]), "merge": np.array([b_, s, hidden]),
+             "scale": np.float32(np.sqrt(d)), **mask_inits}
+    nodes = [helper.make_node("MatMul", ["x", f"w{t}"], [t]) for t in "qkv"]
+    nodes += [helper.make_node("Reshape", [t, "split"], [f"{t}4"]) for t in "qkv"]
+    nodes += [helper.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+              helper.make_node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["qt", "kt"], ["sc"]), helper.make_node("Div", ["sc", "scale"], ["sd"])]
+    nodes += mask_nodes
+    nodes += [helper.make_node("Add", ["sd", mask_out], ["sm"]), helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vt"], ["c"]),
+              helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ct", "merge"], ["y"])]
+    return make_model(nodes, inits, {"x": [b_, s, hidden], "m": [b_, s]})
+
+
+def test_mask_rows_expanded_to_every_query_row_with_a_per_element_constant():
+    """m [B, S] -> Unsqueeze [B, 1, 1, S] -> Expand [B, 1, S, S] -> (1 - m) * c with c [B, 1, 1, 1] differing per
+    element (-1e4 and -3e4): still one row per element."""
+    b_, s = 3, 6
+    nodes = [helper.make_node("Unsqueeze", ["m", "axes"], ["m4"]),
+             helper.make_node("Expand", ["m4", "full"], ["me"]),
+             helper.make_node("Sub", ["one", "me"], ["mi"]), helper.make_node("Mul", ["mi", "big"], ["madd"])]
+    inits = {"axes": np.array([1, 2]), "full": np.array([b_, 1, s, s]), "one": np.float32(1.0),
+             "big": np.array([-1e4, -3e4, -1e4], np.float32).reshape(b_, 1, 1, 1)}
+    m = masked_attention(b_, s, 16, 2, nodes, inits, "madd")
+    mask = padding_mask(b_, s)
+    x = {"x": RNG.standard_normal((b_, s, 16)).astype(np.float32), "m": mask}
+    assert_matches_onnxruntime(m, x)
+
+
+def test_mask_rows_with_a_constant_that_differs_per_query_row_is_a_clear_error():
+    b_, s = 2, 5
+    nodes = [helper.make_node("Unsqueeze", ["m", "axes"], ["m4"]),
+             helper.make_node("Mul", ["m4", "rowc"], ["madd"], name="qmul")]
+    inits = {"axes": np.array([1, 2]), "rowc": RNG.standard_normal((1, 1, s, 1)).astype(np.float32)}
+    with pytest.raises(lpusim.CompileError, match="Mul node 'qmul'.*differs between query rows"):
+        lpusim.compile(masked_attention(b_, s, 16, 2, nodes, inits, "madd"))

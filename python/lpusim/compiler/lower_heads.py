@@ -416,9 +416,9 @@ class HeadsLowering:
         return cache[(rows, b)]
 
     def lower_maskrow(self, node, op, a, args) -> None:
-        """Ops on an attention mask of B > 1 rows ([B, 1, 1, K]): elementwise ops with constants that are the same
-        for every query row (a constant may differ between batch elements), Expand to [B, 1, 1, K], Shape; lowered
-        on the [B, K] rows. Masks of one row go to lower_index.lower_maskrow."""
+        """Ops on an attention mask of B > 1 rows ([B, 1, Q|1, K]): elementwise ops with constants that are the
+        same for every query row (a constant may differ between batch elements), Expand to [B, 1, Q, K], Shape;
+        lowered on the [B, K] rows. Masks of one row go to lower_index.lower_maskrow."""
         masks = [self.maskrows[x[1]] for x in args if x is not None and x[0] == "maskrow"]
         if all(shape[0] == 1 for _, shape in masks):
             return super().lower_maskrow(node, op, a, args)
@@ -431,11 +431,11 @@ class HeadsLowering:
         if op == "Identity":
             self.maskrows[node.output[0]] = self.maskrows[node.input[0]]
             return
-        if op == "Expand" and args[1][0] == "const":
+        if op == "Expand" and args[1][0] == "const":  # to [B, 1, Q, K]: every query row reads the same row
             target = tuple(int(v) for v in np.asarray(args[1][1]).ravel())
             out_shape = tuple(np.broadcast_shapes(shapes[0], target))
-            if out_shape == tuple(shapes[0]):
-                self.maskrows[node.output[0]] = self.maskrows[node.input[0]]
+            if len(out_shape) == 4 and out_shape[:2] == (shapes[0][0], 1) and out_shape[3] == shapes[0][3]:
+                self.maskrows[node.output[0]] = (self.maskrows[node.input[0]][0], out_shape)
                 return
         elementwise = op in ("Where", "Cast", "Not") or op in _BINARY or op in _UNARY or op in ("Pow", "Clip")
         if not elementwise or any(s_ is None for s_ in shapes):
@@ -443,9 +443,9 @@ class HeadsLowering:
                                f"elementwise ops with constants, Expand and the attention scores can read them")
         out_shape = tuple(np.broadcast_shapes(*[tuple(s_) for s_ in shapes]))
         nb, k = out_shape[0], out_shape[-1]
-        if len(out_shape) != 4 or out_shape[1:3] != (1, 1) or any(sh[0] not in (1, nb) for _, sh in masks):
+        if len(out_shape) != 4 or out_shape[1] != 1 or any(sh[0] not in (1, nb) for _, sh in masks):
             raise CompileError(f"{self.where(node)}: attention mask rows broadcast to {out_shape} (only "
-                               f"[B, 1, 1, K])")
+                               f"[B, 1, Q|1, K])")
         inputs = []
         for i, x in enumerate(args):
             if x is None:
@@ -459,6 +459,9 @@ class HeadsLowering:
                 self.values[name] = (rows, (nb, k))
             else:
                 full = np.broadcast_to(np.asarray(x[1]), out_shape)
+                if not np.all((full == full[:, :, :1, :]) | (np.isnan(full) & np.isnan(full[:, :, :1, :]))):
+                    raise CompileError(f"{self.where(node)}: a constant that differs between query rows meets "
+                                       f"attention mask rows (not supported yet)")
                 same = full.size and np.all((full == full.flat[0]) | (np.isnan(full) & np.isnan(full.flat[0])))
                 self.consts[name] = np.asarray(full.flat[0]) if same else np.ascontiguousarray(full[:, 0, 0, :])
             inputs.append(name)
