@@ -13,12 +13,15 @@ from onnx import numpy_helper
 
 from lpusim.compiler.calibrate import without_large_initializers
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
+from lpusim.compiler.lower_gather import GatherLowering
 from lpusim.compiler.lower_heads import HeadsLowering
 from lpusim.compiler.lower_index import IndexLowering
 from lpusim.compiler.lower_lanes import LaneLowering
 from lpusim.compiler.lower_misc import MiscLowering
 from lpusim.compiler.lower_moves import MoveLowering, _Renamed
 from lpusim.compiler.lower_quant import QuantLowering
+from lpusim.compiler.lower_reduce import KINDS as _REDUCE_KINDS, ReduceLowering
+from lpusim.compiler.lower_transpose import TransposeLowering, same_layout
 from lpusim.errors import CompileError, ModelError
 
 def _gelu(a) -> list:
@@ -84,10 +87,10 @@ _BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", 
             "ArgMax", "ArgMin"}
 _RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
-_REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"}
+_REDUCE = set(_REDUCE_KINDS)  # lower_reduce.py
 SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _SPATIAL | _REDUCE |
                        {"Pad", "Expand", "Tile", "Gather", "Einsum", "ConstantOfShape"} |
-                       {"ArgMax", "ArgMin", "GatherElements", "Resize", "Range"} |
+                       {"ArgMax", "ArgMin", "GatherElements", "GatherND", "Resize", "Range"} |
                        {"Softmax", "LogSoftmax", "LayerNormalization", "Concat", "Slice", "Split", "LRN",
                         "Transpose", "Pow", "Where", "Shape", "Size", "Cast"} |
                        {"MatMul", "Gemm", "Clip", "Constant", "BatchNormalization", "Sum"})
@@ -274,7 +277,8 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
     return matrix.reshape(shape)
 
 
-class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering, IndexLowering):
+class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering, IndexLowering,
+                TransposeLowering, GatherLowering, ReduceLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -452,6 +456,8 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             return self.lower_gather(node, a, args)
         if op == "GatherElements":
             return self.lower_gather_elements(node, a, args)
+        if op == "GatherND":
+            return self.lower_gather_nd(node, a, args)
         if op in ("ArgMax", "ArgMin"):
             return self.lower_argmax(node, op, a, args)
         if op == "Resize":
@@ -480,6 +486,8 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
             return self.lower_reshape(node, op, a, args)
         if op in ("MatMul", "Gemm"):
             return self.lower_matmul(node, op, a, args)
+        if op in ("GlobalAveragePool", "GlobalMaxPool") and args[0][0] == "value" and len(args[0][2]) >= 3:
+            return self.lower_global_pool(node, op, args)  # lower_reduce.py
         if op in _SPATIAL:
             return self.lower_spatial(node, op, a, args)
         if op == "BatchNormalization":
@@ -493,10 +501,7 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
         if op == "LayerNormalization":
             return self.lower_layernorm(node, a, args)
         if op in _REDUCE:
-            if not a.get("keepdims", 1) and self.feeds_other_nodes(node.output[0]):
-                raise CompileError(f"{self.where(node)}: keepdims=0 feeding another node moves the result from "
-                                   f"rows to lanes, which needs the SXM (not supported yet)")
-            return self.lower_reduce(node, op, a, args)
+            return self.lower_reduction(node, op, a, args)
         if op in _UNARY or op == "Clip":
             return self.lower_unary(node, op, a, args)
         raise CompileError(f"{self.where(node)}: operator {op} is not supported yet "
@@ -564,10 +569,12 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
         if t.geom is None and t.kind == "value" and self.split_reshape(node, ir_name, shape, new):
             return  # [B, S, H] -> [B, S, heads, D]: attention heads (lower_heads.py)
         new_rows, new_cols = _as_matrix(new)
-        if (new_rows, new_cols) == (t.rows, t.cols):
+        if (new_rows, new_cols) == (t.rows, t.cols) and same_layout(shape, new):
             self.values[node.output[0]] = (ir_name, new)  # same rows of the same vectors: a pure view
         elif t.geom is not None and len(new) == 2 and new[0] == t.geom[0] and t.kind != "input":
             self.flat[node.output[0]] = (ir_name, tuple(shape))  # [N, C, H, W] -> [N, C*H*W]
+        elif len(new) == 4 and new[1:3] == (1, 1) and (t.rows, t.cols) == (new[0], new[3]) and t.geom is None:
+            self.maskrows[node.output[0]] = (ir_name, new)  # [B, K] -> [B, 1, 1, K]: attention mask rows
         elif t.kind == "input":
             # The host lays out inputs, so a reshaped input is just another view of the same host array.
             name = self.add_tensor(self.fresh(node.output[0]), new, "input", onnx_input=t.onnx_input)
@@ -585,7 +592,7 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
                                    sources=[View(ir_name)], fusable=False))
             self.derived[out] = self.tensor_magnitude(node, ir_name)
             self.values[node.output[0]] = (out, new)
-        else:
+        elif not self.reshape_relayout(node, ir_name, shape, new):  # to/from an image (lower_transpose.py)
             raise CompileError(f"{self.where(node)}: reshaping a computed {t.rows}x{t.cols} tensor to "
                                f"{new_rows}x{new_cols} moves data between lanes, which needs the SXM "
                                f"(not supported yet)")
@@ -593,8 +600,10 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
     # ----- contractions ---------------------------------------------------------------------------------
     def lower_matmul(self, node, op, a, args):
         x, w = args[0], args[1]
-        if op == "Gemm" and a.get("transA", 0):
-            raise CompileError(f"{self.where(node)}: transA=1 on a computed operand is not supported yet")
+        if op == "Gemm" and a.get("transA", 0) and x[0] == "value":  # A^T on the SXM (lower_transpose.py)
+            shape = (x[2][1], x[2][0])
+            x = ("value", self.permute(node, x[1], tuple(x[2]), [1, 0], shape, "transA",
+                                       self.tensor_magnitude(node, x[1])), shape)
         if x[0] == "value" and w[0] == "value" and op == "MatMul":
             return self.lower_computed_matmul(node, x, w)
         if x[0] == "const" or w[0] != "const":
@@ -905,28 +914,6 @@ class _Lowering(LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLo
         t2 = self.fresh(node.output[0])
         self.emit_binary(node, "MUL", ("value",) + self.values[c_name], y, t2)
         self.emit_binary(node, "ADD", ("value",) + self.values[t1], ("value",) + self.values[t2], node.output[0])
-
-    def lower_transpose(self, node, a, args):
-        _, x, shape = args[0]
-        perm = list(a.get("perm", reversed(range(len(shape)))))
-        new = tuple(shape[i] for i in perm)
-        moved = [i for i in perm if shape[i] != 1]
-        if moved == sorted(moved) and _as_matrix(new) == _as_matrix(shape) and (len(new) == 4) == (len(shape) == 4):
-            self.values[node.output[0]] = (x, new)  # only size-1 axes move: the same rows and lanes
-            return
-        nd = len(shape)
-        big = [i for i in range(nd) if shape[i] != 1]
-        if nd >= 2 and nd != 4 and perm[-2:] == [nd - 1, nd - 2] and perm[:-2] == list(range(nd - 2)) and \
-                all(shape[i] == 1 for i in range(nd - 2)) and big:
-            # a matrix transpose (rows <-> lanes): skew, gather, unskew on the SXM and MEM (schedule_sxm.py)
-            out = self.add_tensor(self.fresh(node.output[0]), new, "value")
-            self.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, out,
-                                   sources=[View(x)], fusable=False))
-            self.derived[out] = self.magnitudes.get(node.input[0], 0.0)
-            self.values[node.output[0]] = (out, new)
-            return
-        raise CompileError(f"{self.where(node)}: Transpose perm={perm} of {tuple(shape)} moves data between rows "
-                           f"and lanes, which needs the SXM (not supported yet)")
 
     def emit_chain(self, node, x, chain, out_name=None):
         _, name, shape = x

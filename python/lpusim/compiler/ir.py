@@ -100,8 +100,12 @@ class View:
     pad_top: int = 0
     pad_left: int = 0
     spatial: bool = False
+    rows: tuple | None = None  # a row map: output row r reads logical row rows[r] (lower_gather.py)
 
     def __str__(self) -> str:
+        if self.rows is not None:
+            shown = ",".join(map(str, self.rows[:6])) + (",..." if len(self.rows) > 6 else "")
+            return f"{self.tensor}[rows {shown}]"
         if not self.spatial:
             return self.tensor
         return f"{self.tensor}[tap {self.dh},{self.dw} s{self.stride} d{self.dilation} p{self.pad_top},{self.pad_left}]"
@@ -203,7 +207,7 @@ def validate(graph: Graph) -> None:
                 x, w = graph.tensors[v.tensor], graph.tensors[wname]
                 if w.kind == "input" or (w.kind == "value" and len(node.terms) != 1):
                     raise CompileError(f"{where}: weights '{w.name}' must be constant, or one computed tensor")
-                rows_ok = v.spatial or x.rows == out.rows
+                rows_ok = v.spatial or x.rows == out.rows if v.rows is None else len(v.rows) == out.rows
                 padding_only = w.cols > out.cols and -(-w.cols // 320) == -(-out.cols // 320)  # lower_lanes
                 if x.cols != w.rows or (out.cols != w.cols and not padding_only) or not rows_ok:
                     raise CompileError(f"{where}: shapes {x.rows}x{x.cols} @ {w.rows}x{w.cols} -> "
@@ -212,13 +216,19 @@ def validate(graph: Graph) -> None:
                     raise CompileError(f"{where}: a spatial tap needs an image tensor")
         elif node.kind == "transpose":
             x = graph.tensors[node.sources[0].tensor] if len(node.sources) == 1 else None
-            if x is None or node.steps or (out.rows, out.cols) != (x.cols, x.rows):
-                raise CompileError(f"{where}: a transpose takes one {out.cols}x{out.rows} source, no chain")
+            # B matrices of M x N (B*M rows of N lanes) -> B of N x M (schedule_sxm.py)
+            batch = x.rows // out.cols if x is not None and out.cols and x.rows % out.cols == 0 else 0
+            if x is None or node.steps or not batch or (out.rows, out.cols) != (batch * x.cols, x.rows // batch):
+                raise CompileError(f"{where}: a transpose takes one source of B x {out.cols} rows and "
+                                   f"{out.rows} / B lanes, no chain")
         elif node.kind != "vector":
             raise CompileError(f"{where}: unknown node kind {node.kind}")
         for v in (node.sources if node.kind != "transpose" else []):
             t = graph.tensors[v.tensor]
-            if t.cols != out.cols or (not v.spatial and t.rows not in (1, out.rows)):
+            if v.rows is not None and (len(v.rows) != out.rows or v.spatial or min(v.rows) < 0
+                                       or max(v.rows) >= t.rows):
+                raise CompileError(f"{where}: row map of {v.tensor} ({t.rows} rows) for {out.rows} rows is bad")
+            if t.cols != out.cols or (not v.spatial and v.rows is None and t.rows not in (1, out.rows)):
                 raise CompileError(f"{where}: source {v} is {t.rows}x{t.cols}, output {out.rows}x{out.cols}")
             if v.spatial and t.geom is None:
                 raise CompileError(f"{where}: a spatial tap needs an image tensor")

@@ -1,4 +1,5 @@
-"""Lowerings that work across the lanes of a row: reductions, Softmax, LayerNormalization.
+"""Lowerings that work across the lanes of a row: Softmax, LayerNormalization, and the lane sums, maxima and
+minima the reductions (lower_reduce.py) use.
 
 A row's elements sit on the lanes of one vector, so a reduction over the last axis (the channel axis of an image)
 crosses lanes. lpusim does it on the MXM with constant 0/1 matrices, using only the matmul and vector node kinds:
@@ -235,34 +236,3 @@ class LaneLowering:
                 steps.append(Step("MUL" if i == 1 else "ADD", [last, ("src", len(sources) - 1)]))
         y, _ = self.lane_sum(node, sq, shape, 1.0 / c, node.output[0], steps, sources, magnitude=self.derived[sq])
         self.values[node.output[0]] = (y, tuple(shape))
-
-    def lower_reduce(self, node, op, a, args):
-        _, x, shape = args[0]
-        axes = a.get("axes")
-        if axes is None and len(args) > 1 and args[1] is not None:
-            axes = [int(v) for v in np.asarray(args[1][1]).ravel()]
-        if not axes:
-            if a.get("noop_with_empty_axes", 0):
-                self.values[node.output[0]] = (x, tuple(shape))
-                return
-            axes = list(range(len(shape)))
-        nd = len(shape)
-        axes = sorted({int(v) % nd for v in axes})
-        keep = a.get("keepdims", 1)
-        out_shape = tuple(1 if i in axes else d for i, d in enumerate(shape)) if keep else \
-            tuple(d for i, d in enumerate(shape) if i not in axes)
-        rows_axes = [i for i in axes if i != lane_axis(shape)]
-        if any(shape[i] != 1 for i in rows_axes):
-            raise CompileError(f"{self.where(node)}: reducing over axes {axes} of shape {tuple(shape)} is not "
-                               f"supported yet (only the lane axis: the last axis, or the channels of an image)")
-        if op in ("ReduceSum", "ReduceMean"):
-            c = shape[lane_axis(shape)]
-            scale = 1.0 / c if op == "ReduceMean" else 1.0
-            ones = lambda: np.ones((c, 1), np.float32)  # noqa: E731
-            y, _ = self.lane_matmul(node, x, shape, ("ones1", c), ones, node.output[0],
-                                    [Step("MUL", [("acc",), ("imm", scale)])] if scale != 1.0 else [])
-        else:
-            m = self.lane_extreme(node, x, shape, "MAX" if op == "ReduceMax" else "MIN")
-            y, _ = self.keep_lane0(node, m, shape, node.output[0])
-        self.tensors[y].shape = out_shape
-        self.values[node.output[0]] = (y, out_shape)
