@@ -155,6 +155,11 @@ class Reservations:
     def queue_free_from(self, queue: str, start: int, end: int) -> bool:
         return self._overlap(queue, start, end)[1] is None
 
+    def queue_busy_until(self, queue: str, start: int, end: int) -> int | None:
+        """The last cycle of the reservation overlapping [start, end] (None when free): no start before it + 1
+        can clear that reservation, so a search may skip to there."""
+        return self._overlap(queue, start, end)[1]
+
     def _overlap(self, queue: str, start: int, end: int) -> tuple[int, int | None]:
         """(insertion index, end of the reserved interval overlapping [start, end] or None). Intervals are
         disjoint and sorted, so only the last one starting at or before `end` can overlap."""

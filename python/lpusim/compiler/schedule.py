@@ -538,10 +538,10 @@ class Scheduler(SxmJobs):
             for j, s in enumerate(steps):
                 t = base + times[j]
                 span = (t, t + rows - 1 + lat(s.op))  # the register must hold each row until its reader took it
-                alu = next((a for a, q in enumerate(self.alu_queues) if self.res.queue_free_from(q, *span)),
-                           None)
-                if alu is None:
-                    raise Clash(None)
+                busy = [self.res.queue_busy_until(q, *span) for q in self.alu_queues]
+                alu = next((a for a, b in enumerate(busy) if b is None), None)
+                if alu is None:  # every ALU is taken: the earliest base at which one of them frees up
+                    raise Clash(min(busy) + 1 - times[j])
                 self.res.take_queue(f"VXM.{alu}", span[0], span[1], times[j])
                 alus[j] = alu
                 operands = []
