@@ -1,5 +1,5 @@
 """Index-valued ops: ArgMax/ArgMin, Gather with computed indices (embedding lookups), GatherElements with constant
-indices, Resize (nearest), Cast of computed values, Range, computed attention masks. Gathers of computed data with
+indices, Cast of computed values, Range, computed attention masks. Gathers of computed data with
 computed indices, GatherElements with computed indices or over several matrices, GatherND: lower_gather.py.
 
 The chip computes in float32; integer values (token ids, masks, argmax indices) are float32 whole numbers, exact up
@@ -26,12 +26,7 @@ back into their ONNX type when the program decodes them (importer.decode_output)
   Expand, Where) is kept as its one [1, K] row (the NCHW layout of a 4-D tensor would put K on the rows): elementwise
   ops with constants that agree across query rows run on that row, and every head's scores read it for every query
   row (lower_heads.py). Where with an infinite constant branch is finite + log(c) (importer.lower_where).
-* Resize (mode nearest): the index map (which input pixel each output pixel takes) is computed on the host by the
-  ONNX reference Resize on an index grid, so every coordinate_transformation_mode and nearest_mode is honoured
-  exactly; lpusim lowers the maps that are integer upsamplings out[h, w] = in[h // sh, w // sw] (and the identity),
-  and downsamplings out[h, w] = in[oh + s*h, ow + s*w] (one strided view, like a convolution tap).
-  Each axis is row copies: the image seen as one-pixel-high strips, `sh` taps each reading the strip at a different
-  row offset (outside the strip: the zero border) summed on the VXM. No MXM: values are exact.
+* Resize: lower_resize.py.
 """
 from __future__ import annotations
 
@@ -359,97 +354,6 @@ class IndexLowering:
             self.derived[y] = self.magnitudes.get(node.input[0], 0.0)
             prev = y
         self.values[node.output[0]] = (prev, out_shape)
-
-    # ----- Resize (nearest) --------------------------------------------------------------------------------------
-    def lower_resize(self, node, a, args) -> None:
-        _, x, shape = args[0]
-        shape = tuple(shape)
-        mode = a.get("mode", b"nearest")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
-        if mode != "nearest":
-            raise CompileError(f"{self.where(node)}: Resize mode '{mode}' is not supported yet (nearest)")
-        if any(v is not None and v[0] != "const" for v in args[1:]):
-            raise CompileError(f"{self.where(node)}: Resize needs constant roi/scales/sizes")
-        if len(shape) != 4:
-            raise CompileError(f"{self.where(node)}: Resize of a {len(shape)}-D tensor is not supported yet "
-                               f"(NCHW images)")
-        n, c, h, w = shape
-        # the index map: the ONNX reference Resize of a grid holding each pixel's number
-        grid = np.broadcast_to(np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w), shape).copy()
-        moved = self.fold(node, "Resize", a, [grid] + [None if v is None else v[1] for v in args[1:]])
-        if moved.ndim != 4 or moved.shape[:2] != (n, c):
-            raise CompileError(f"{self.where(node)}: Resize changes the batch or channel axes ({shape} -> "
-                               f"{moved.shape}), not supported")
-        ho, wo = moved.shape[2:]
-        out_shape = (n, c, ho, wo)
-        if np.array_equal(moved, np.broadcast_to(moved[:1, :1], moved.shape)):
-            rows, cols = moved[0, 0] // w, moved[0, 0] % w
-            oh, ow = int(rows[0, 0]), int(cols[0, 0])
-            sh = int(rows[1, 0] - rows[0, 0]) if ho > 1 else None
-            sw = int(cols[0, 1] - cols[0, 0]) if wo > 1 else None
-            step = sh or sw or 1
-            if (sh is None or sw is None or sh == sw) and step >= 1 and np.array_equal(
-                    rows, oh + step * np.arange(ho)[:, None] + 0 * cols) and \
-                    np.array_equal(cols, ow + step * np.arange(wo)[None, :] + 0 * rows) and (ho, wo) != (h, w):
-                # nearest downsampling by an integer step: one strided view (a convolution-like tap), copied
-                out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
-                view = View(x, dh=oh, dw=ow, stride=step, spatial=True)
-                self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[view],
-                                       steps=[Step("COPY", [("src", 0)])]))
-                self.values[node.output[0]] = (out, out_shape)
-                return
-        sh, sw = ho // h, wo // w
-        want = (np.arange(ho)[:, None] // max(sh, 1)) * w + np.arange(wo)[None, :] // max(sw, 1)
-        if ho % h or wo % w or not np.array_equal(moved, np.broadcast_to(want, moved.shape)):
-            ctm = a.get("coordinate_transformation_mode", b"half_pixel")
-            nm = a.get("nearest_mode", b"round_prefer_floor")
-            raise CompileError(f"{self.where(node)}: Resize {h}x{w} -> {ho}x{wo} with coordinate_transformation_mode="
-                               f"{ctm.decode() if isinstance(ctm, bytes) else ctm}, nearest_mode="
-                               f"{nm.decode() if isinstance(nm, bytes) else nm} is not an integer upsampling "
-                               f"out[h, w] = in[h // s, w // s] or a strided downsampling (the supported forms)")
-        if (sh, sw) == (1, 1):
-            self.values[node.output[0]] = (x, out_shape)
-            return
-        cur, strips = x, None  # strips: the current tensor's rows as (images, height, width)
-        if sh > 1:  # rows (n, h, w) -> (n, h, a, w): strips of one row of w pixels, copied sh times
-            cur = self._rows_copy(node, cur, (n * h, 1, w), c)
-            cur = self._duplicate(node, cur, (n * h, 1, w), (n * h, sh, w), c, vertical=True)
-        if sw > 1:  # rows (n, ho, w) -> (n, ho, w, b): strips of one pixel, copied sw times
-            cur = self._rows_copy(node, cur, (n * ho, w, 1), c)
-            cur = self._duplicate(node, cur, (n * ho, w, 1), (n * ho, w, sw), c, vertical=False)
-        out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
-        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[View(cur)],
-                               steps=[Step("COPY", [("src", 0)])], fusable=False))
-        self.derived[out] = self.magnitudes.get(node.input[0], 0.0)
-        self.values[node.output[0]] = (out, out_shape)
-
-    def _rows_copy(self, node, x, geom, c) -> str:
-        """The same rows as a tensor whose taps see them as `geom` (images, height, width)."""
-        y = self.add_tensor(self.fresh("strips"), (geom[0] * geom[1] * geom[2], c), "value")
-        self.tensors[y].geom = geom
-        self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)],
-                               steps=[Step("COPY", [("src", 0)])], fusable=False))
-        self.derived[y] = self.magnitudes.get(node.input[0], 0.0)
-        return y
-
-    def _duplicate(self, node, x, geom, out_geom, c, vertical: bool) -> str:
-        """Each strip of `x` copied s times along one axis: tap k reads the strip shifted by k (the zero border
-        elsewhere); the taps are summed one pass each (a MEM slice streams one view of a tensor at a time)."""
-        s = out_geom[1] // geom[1] if vertical else out_geom[2] // geom[2]
-        prev = None
-        for k in range(s):
-            view = View(x, pad_top=k if vertical else 0, pad_left=0 if vertical else k, spatial=True)
-            y = self.add_tensor(self.fresh("copies"), (out_geom[0] * out_geom[1] * out_geom[2], c), "value")
-            self.tensors[y].geom = out_geom
-            if prev is None:
-                sources, steps = [view], [Step("COPY", [("src", 0)])]
-            else:
-                sources, steps = [view, View(prev)], [Step("ADD", [("src", 0), ("src", 1)])]
-            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
-                                   steps=steps, fusable=False))
-            self.derived[y] = self.magnitudes.get(node.input[0], 0.0)
-            prev = y
-        return prev
 
     # ----- an attention mask kept as one row: [1, 1, Q|1, K] whose rows are all the same ----------------------------
     def lower_maskrow(self, node, op, a, args) -> None:
