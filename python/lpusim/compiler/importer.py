@@ -21,6 +21,7 @@ from lpusim.compiler.lower_misc import MiscLowering
 from lpusim.compiler.lower_moves import MoveLowering, _Renamed
 from lpusim.compiler.lower_quant import QuantLowering
 from lpusim.compiler.lower_reduce import KINDS as _REDUCE_KINDS, ReduceLowering
+from lpusim.compiler.lower_rows import RowLowering
 from lpusim.compiler.lower_resize import ResizeLowering
 from lpusim.compiler.lower_transpose import TransposeLowering, same_layout
 from lpusim.errors import CompileError, ModelError
@@ -280,7 +281,7 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
 
 class _Lowering(ResizeLowering,
                 LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering, IndexLowering,
-                TransposeLowering, GatherLowering, ReduceLowering):
+                TransposeLowering, GatherLowering, ReduceLowering, RowLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes

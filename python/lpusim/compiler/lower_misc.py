@@ -1,10 +1,12 @@
 """Pad, Expand, Tile, Gather (constant indices) and the Einsum forms attention uses, built from the other lowerings.
 
-* Pad (constant 0, the two spatial axes of an image): a copy through a view whose taps start before the image, so
-  the zero border of the input's store fills the new edge (like a convolution's padding).
+* Pad: constant 0 on the two spatial axes of an image is a copy through a view whose taps start before the image,
+  so the zero border of the input's store fills the new edge (like a convolution's padding); every other form (any
+  value, reflect, edge, wrap, an axes input, any rank and axis, negative pads) is rows by row maps and lanes on the
+  MXM (lower_rows.pad_any).
 * Expand: a row broadcast is a view that reads one row for every row; a (..., 1) column goes across the lanes on
   the MXM (importer.operand).
-* Tile along the lanes and Gather with constant indices along the lanes: MXM selections (lower_moves.py); Gather
+* Tile along row axes: a row map (lower_rows.tile_rows); along the lanes and Gather with constant indices along the lanes: MXM selections (lower_moves.py); Gather
   with constant indices along a row axis: a row-map view (lower_gather.py); with computed indices: lower_index.py
   (a constant table) and lower_gather.py.
 * Einsum "...qd,...kd->...qk" (Q K^T) and "...qk,...kd->...qd" (P V): a Transpose and/or a MatMul.
@@ -33,15 +35,24 @@ class MiscLowering:
         value = float(a.get("value", 0.0))  # opset < 11: an attribute
         if len(args) > 2 and args[2] is not None:
             value = float(np.asarray(args[2][1]).reshape(())) if args[2][0] == "const" else None
-        if len(args) > 3 and args[3] is not None:
-            raise CompileError(f"{self.where(node)}: Pad with an axes input is not supported yet")
         nd = len(shape)
-        begin, end = pads[:nd], pads[nd:]
-        if mode != "constant" or value != 0.0:
-            raise CompileError(f"{self.where(node)}: Pad mode={mode} value={value} is not supported (constant 0)")
-        if nd != 4 or any(begin[:2]) or any(end[:2]) or min(pads) < 0:
-            raise CompileError(f"{self.where(node)}: Pad of {tuple(shape)} with pads {pads} is not supported yet "
-                               f"(only the two spatial axes of an NCHW image, growing)")
+        if len(args) > 3 and args[3] is not None:  # opset 18: pads name only these axes
+            if args[3][0] != "const":
+                raise CompileError(f"{self.where(node)}: Pad needs constant axes")
+            axes = [int(v) % nd for v in np.asarray(args[3][1]).ravel()]
+            full = [0] * (2 * nd)
+            for i, ax in enumerate(axes):
+                full[ax], full[nd + ax] = pads[i], pads[len(axes) + i]
+            pads = full
+        begin, end = list(pads[:nd]), list(pads[nd:])
+        if mode not in ("constant", "reflect", "edge", "wrap"):
+            raise CompileError(f"{self.where(node)}: Pad mode={mode} is not an ONNX mode")
+        if value is None:
+            raise CompileError(f"{self.where(node)}: Pad needs a constant pad value")
+        if mode != "constant" or value != 0.0 or nd != 4 or any(begin[:2]) or any(end[:2]) or min(pads) < 0:
+            # any mode, value, axes and crops: row maps and lane moves (lower_rows.py)
+            return self.pad_any(node, x, tuple(shape), begin, end, mode, value)
+        # constant 0 on an image's two spatial axes: one copy through a view reading the zero border
         n, c, h, w = shape
         out_shape = (n, c, h + begin[2] + end[2], w + begin[3] + end[3])
         out = self.add_tensor(self.fresh(node.output[0]), out_shape, "value")
@@ -68,9 +79,8 @@ class MiscLowering:
             raise CompileError(f"{self.where(node)}: Tile needs constant repeats")
         reps = [int(v) for v in np.asarray(args[1][1]).ravel()]
         lane = lane_axis(shape)
-        if any(r != 1 for i, r in enumerate(reps) if i != lane):
-            raise CompileError(f"{self.where(node)}: Tile {reps} of {tuple(shape)} repeats rows, not supported yet "
-                               f"(only the lane axis)")
+        if any(r != 1 for i, r in enumerate(reps) if i != lane):  # rows repeated: a row map (lower_rows.py)
+            return self.tile_rows(node, x, tuple(shape), reps)
         c = shape[lane]
         y, y_shape = self.select_lanes(node, x, tuple(shape), np.tile(np.arange(c), reps[lane]), node.output[0])
         self.values[node.output[0]] = (y, y_shape)

@@ -5,8 +5,8 @@
   (Reshape to 5-D, Transpose of the two channel groups, Reshape back), LRN's window sum across channels. Values
   pass through the MXM as fp16 (scaled as calibrated), which is exact for a matmul's own inputs and within fp16's
   rounding otherwise.
-* Rows (every other axis): a strided row range is a view, like a convolution tap (Slice along the row axis of a
-  2-D/3-D tensor, Pad of an image).
+* Rows (every other axis): whole rows through row-map views (lower_rows.py: Slice/Split along any row axes with
+  any steps, Concat along a row axis); an empty selection is a zero-size constant, which a Concat drops.
 The SXM would move lanes without the fp16 rounding; the scheduler does not drive it yet.
 """
 from __future__ import annotations
@@ -55,9 +55,8 @@ class MoveLowering:
             self.values[node.output[0]] = (kept[0][0][1], kept[0][1])
             return
         values, shapes = [x for x, _ in kept], [s for _, s in kept]
-        if axis != lane_axis(shapes[0]):
-            raise CompileError(f"{self.where(node)}: Concat along axis {a.get('axis')} of {shapes[0]} moves rows, "
-                               f"not supported yet (only the lane axis: channels of an image, or the last axis)")
+        if axis != lane_axis(shapes[0]):  # whole rows one after another (lower_rows.py)
+            return self.concat_rows(node, values, shapes, axis)
         total = sum(s[axis] for s in shapes)
         out_shape = tuple(total if i == axis else d for i, d in enumerate(shapes[0]))
         from lpusim.compiler.importer import _as_matrix, to_rows
@@ -117,32 +116,17 @@ class MoveLowering:
         if not ranges:
             self.values[node.output[0]] = (x, tuple(shape))
             return
+        if any(len(r) == 0 for ax, r in ranges.items() if ax != lane_axis(shape)):
+            if any(o.name == node.output[0] for o in self.model.graph.output):
+                raise CompileError(f"{self.where(node)}: an empty selection (a zero-size graph output)")
+            self.consts[node.output[0]] = np.zeros(out_shape, dtype=np.float32)  # no values: a Concat drops it
+            return
         lane = lane_axis(shape)
         cur, cur_shape = x, tuple(shape)
         row_axes = [i for i in ranges if i != lane]
-        if row_axes:
-            if len(row_axes) > 1 or nd == 4 or row_axes[0] != nd - 2 or any(
-                    d != 1 for d in cur_shape[:max(0, nd - 3)]):
-                raise CompileError(f"{self.where(node)}: selecting along axes {sorted(ranges)} of "
-                                   f"{tuple(shape)} is not supported yet (lanes, or the rows of one matrix)")
-            idx = ranges[row_axes[0]]
-            if len(idx) == 0:
-                raise CompileError(f"{self.where(node)}: an empty selection")
-            batch = cur_shape[0] if nd == 3 else 1
-            t = self.tensors[cur]
-            if t.geom is None:
-                t.geom = (batch, cur_shape[-2], 1)
-            elif t.geom != (batch, cur_shape[-2], 1):
-                raise CompileError(f"{self.where(node)}: row selection on an image-laid tensor")
-            view = View(cur, dh=idx.start, dw=0, stride=idx.step, spatial=True)
-            if idx.step < 0:
-                raise CompileError(f"{self.where(node)}: negative slice steps along rows are not supported yet")
-            sel_shape = tuple(len(idx) if i == row_axes[0] else d for i, d in enumerate(cur_shape))
-            y = self.add_tensor(self.fresh(node.output[0] if lane not in ranges else "rows"), sel_shape, "value")
-            self.tensors[y].geom = (batch, len(idx), 1)
-            self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[view],
-                                   steps=[Step("COPY", [("src", 0)])]))
-            cur, cur_shape = y, sel_shape
+        if row_axes:  # whole rows, any steps (lower_rows.py)
+            cur, cur_shape = self.select_rows(node, cur, cur_shape, {k: ranges[k] for k in row_axes},
+                                              node.output[0] if lane not in ranges else "rows")
         if lane in ranges:
             idx = ranges[lane]
             cur, cur_shape = self.select_lanes(node, cur, cur_shape, np.array(list(idx)), node.output[0])
