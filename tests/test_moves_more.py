@@ -62,6 +62,7 @@ def test_concat_batch_feeds_a_conv():
     ((2, 3, 6, 5), [5, 1], [0, 3], [3, 2], [-2, 1]),   # an image's W and H
     ((2, 5, 4, 4), [1], [2], [0], [1]),                # an image's batch
     ((400, 12), [390], [5], [0], [-7]),                # past 320 rows
+    ((3, 5, 340), [4, 335], [0, 2], [1, 2], [-3, -4]),  # past 320 lanes, negative steps on rows and lanes
 ])
 def test_slice_rows(shape, starts, ends, axes, steps):
     m = make_model([helper.make_node("Slice", ["x", "s", "e", "a", "p"], ["y"])],
