@@ -141,3 +141,18 @@ def test_too_wide_antialias_footprint_is_a_clear_error():
     m = resize_model((1, 2, 200, 3), [1, 1, 0.02, 1], mode="cubic", antialias=1)
     with pytest.raises(lpusim.CompileError, match="Resize node 'y'.*taps per output"):
         lpusim.compile(m)
+
+
+@pytest.mark.parametrize("opset,ins,inits,attrs", [
+    (10, ["s"], {"s": np.array([1, 1, 2, 1.5], np.float32)}, {"mode": "linear"}),
+    (11, ["roi", "s"], {"roi": np.zeros(0, np.float32), "s": np.array([1, 1, 2, 1.5], np.float32)},
+     {"mode": "linear"}),
+    (11, ["roi", "s", "z"], {"roi": np.zeros(0, np.float32), "s": np.zeros(0, np.float32),
+                            "z": np.array([1, 3, 7, 4])}, {"mode": "cubic"}),
+    (13, ["", "", "z"], {"z": np.array([1, 3, 7, 4])},
+     {"mode": "linear", "coordinate_transformation_mode": "asymmetric"}),
+])
+def test_older_opsets(opset, ins, inits, attrs):
+    """Resize-10 (X, scales), Resize-11 (roi and scales required, empty when unused), Resize-13 (optional)."""
+    close(make_model([helper.make_node("Neg", ["x"], ["r"]), helper.make_node("Resize", ["r"] + ins, ["y"], **attrs)],
+                     inits, {"x": [1, 3, 5, 6]}, opset=opset))
