@@ -100,10 +100,13 @@ RESIZE_FORMS = ("not supported yet: Resize other than nearest-neighbour integer 
 RANGE_COMPUTED = "not supported yet: Range of computed start/limit/delta (a data-dependent length has no static schedule)"
 CONSTANT_OF_SHAPE = "not supported yet: ConstantOfShape of a computed shape (a data-dependent size)"
 MAXPOOL_INDICES = "not supported yet: MaxPool's Indices output"
+TOO_LARGE = ("not supported yet: a model too large for one chip at fp16 (the backend runs one chip; "
+             "lpusim.compile(model, chips='auto') runs it on several)")
 BATCHED_MATMUL = ("not supported yet: a MatMul of two computed tensors with batch dimensions outside the "
                   "attention pattern (Reshape -> Transpose heads) the compiler follows (FlexAttention's expanded form)")
 
 EXCLUDED_BY_REASON = {
+    TOO_LARGE: ["test_bvlc_alexnet", "test_vgg19", "test_zfnet512"],  # onnx's "real" set: -m slow only
     SPATIAL_ND: [
         "test_AvgPool1d", "test_AvgPool1d_stride", "test_AvgPool3d", "test_AvgPool3d_stride",
         "test_AvgPool3d_stride1_pad0_gpu_input", "test_Conv1d", "test_Conv1d_dilated", "test_Conv1d_groups",
