@@ -156,3 +156,12 @@ def test_older_opsets(opset, ins, inits, attrs):
     """Resize-10 (X, scales), Resize-11 (roi and scales required, empty when unused), Resize-13 (optional)."""
     close(make_model([helper.make_node("Neg", ["x"], ["r"]), helper.make_node("Resize", ["r"] + ins, ["y"], **attrs)],
                      inits, {"x": [1, 3, 5, 6]}, opset=opset))
+
+
+def test_compact_weights_through_row_maps(monkeypatch):
+    """Past FULL_WEIGHT_BYTES every tap's weights are one constant row per output index read through a row map."""
+    from lpusim.compiler import lower_resize
+    monkeypatch.setattr(lower_resize, "FULL_WEIGHT_BYTES", 0)
+    program, _ = close(resize_model((2, 5, 4, 6), [1, 1, 2.5, 1.5], mode="cubic", relu=False))
+    weights = [t for t in program._graph.tensors.values() if t.kind == "const" and t.name.startswith("resizew")]
+    assert weights and max(t.rows for t in weights) <= 10  # out_h = 10, out_w = 9

@@ -19,6 +19,7 @@ from lpusim.compiler.lower_index import IndexLowering
 from lpusim.compiler.lower_lanes import LaneLowering
 from lpusim.compiler.lower_misc import MiscLowering
 from lpusim.compiler.lower_moves import MoveLowering, _Renamed
+from lpusim.compiler.lower_norms import NormLowering
 from lpusim.compiler.lower_quant import QuantLowering
 from lpusim.compiler.lower_reduce import KINDS as _REDUCE_KINDS, ReduceLowering
 from lpusim.compiler.lower_rows import RowLowering
@@ -281,7 +282,7 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
 
 class _Lowering(ResizeLowering,
                 LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering, IndexLowering,
-                TransposeLowering, GatherLowering, ReduceLowering, RowLowering):
+                TransposeLowering, GatherLowering, ReduceLowering, RowLowering, NormLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -499,6 +500,8 @@ class _Lowering(ResizeLowering,
             return self.lower_sum(node, args)
         if op in _BINARY:
             return self.lower_binary(node, op, args)
+        if op in ("Softmax", "LogSoftmax", "LayerNormalization") and self.norm_elsewhere(node, op, a, args):
+            return self.lower_norm(node, op, a, args)  # lower_norms.py: any axes, LayerNorm's Mean/InvStdDev
         if op in ("Softmax", "LogSoftmax"):
             return self.lower_softmax(node, op, a, args)
         if op == "LayerNormalization":
@@ -569,7 +572,8 @@ class _Lowering(ResizeLowering,
         kind, ir_name, shape = args[0]
         new = self.reshape_target(node, a, args, shape)
         t = self.tensors[ir_name]
-        if t.geom is None and t.kind == "value" and self.split_reshape(node, ir_name, shape, new):
+        if t.geom is None and t.kind == "value" and all(o.name != node.output[0] for o in self.model.graph.output) \
+                and self.split_reshape(node, ir_name, shape, new):  # (a graph output is never a pending split)
             return  # [B, S, H] -> [B, S, heads, D]: attention heads (lower_heads.py)
         new_rows, new_cols = _as_matrix(new)
         if (new_rows, new_cols) == (t.rows, t.cols) and same_layout(shape, new):
@@ -595,7 +599,8 @@ class _Lowering(ResizeLowering,
                                    sources=[View(ir_name)], fusable=False))
             self.derived[out] = self.tensor_magnitude(node, ir_name)
             self.values[node.output[0]] = (out, new)
-        elif not self.reshape_relayout(node, ir_name, shape, new):  # to/from an image (lower_transpose.py)
+        elif not self.reshape_relayout(node, ir_name, shape, new) and \
+                not self.reshape_regroup(node, ir_name, shape, new):  # any other (lower_norms.py)
             raise CompileError(f"{self.where(node)}: reshaping a computed {t.rows}x{t.cols} tensor to "
                                f"{new_rows}x{new_cols} moves data between lanes, which needs the SXM "
                                f"(not supported yet)")
@@ -831,8 +836,7 @@ class _Lowering(ResizeLowering,
                                      self.fresh("bcast"))
             self.derived[y] = self.tensor_magnitude(node, name)
             return ("src", y)
-        raise CompileError(f"{self.where(node)}: broadcasting {tuple(shape)} to {tuple(out_shape)} "
-                           f"is not supported yet")
+        return self.broadcast_operand(node, name, shape, out_shape)  # lower_norms.py
 
     def tensor_magnitude(self, node, ir_name: str) -> float:
         """The calibrated magnitude of the ONNX input of `node` that holds `ir_name` (0 when unknown)."""
@@ -860,6 +864,8 @@ class _Lowering(ResizeLowering,
         self.values[out_name] = (out, out_shape)
 
     def lower_binary(self, node, op, args):
+        if len(args) == 1 and op in ("Max", "Min"):
+            return self.lower_one_input(node, args)  # lower_norms.py
         if len(args) < 2 or (len(args) > 2 and op not in ("Max", "Min")):
             raise CompileError(f"{self.where(node)}: {op} with {len(args)} inputs is not supported")
         acc = args[0]
@@ -885,8 +891,8 @@ class _Lowering(ResizeLowering,
 
     def lower_pow(self, node, args):
         x, p = args
-        if p[0] != "const" or np.asarray(p[1]).size != 1:
-            raise CompileError(f"{self.where(node)}: Pow needs a constant scalar exponent")
+        if p[0] != "const" or np.asarray(p[1]).size != 1 or float(np.asarray(p[1]).reshape(())) not in _POW:
+            return self.lower_pow_general(node, args)  # lower_norms.py: any exponent, negative bases
         e = float(np.asarray(p[1]).reshape(()))
         chain = _POW.get(e, [("LOG", [("in",)]), ("MUL", [("step", 0), ("imm", e)]), ("EXP", [("step", 1)])])
         self.emit_chain(node, x, chain)

@@ -6,9 +6,9 @@
   MXM (lower_rows.pad_any).
 * Expand: a row broadcast is a view that reads one row for every row; a (..., 1) column goes across the lanes on
   the MXM (importer.operand).
-* Tile along row axes: a row map (lower_rows.tile_rows); along the lanes and Gather with constant indices along the lanes: MXM selections (lower_moves.py); Gather
-  with constant indices along a row axis: a row-map view (lower_gather.py); with computed indices: lower_index.py
-  (a constant table) and lower_gather.py.
+* Tile along row axes: a row map (lower_rows.tile_rows). Tile along the lanes and Gather with constant indices
+  along the lanes: MXM selections (lower_moves.py); Gather with constant indices along a row axis: a row-map view
+  (lower_gather.py); with computed indices: lower_index.py (a constant table) and lower_gather.py.
 * Einsum "...qd,...kd->...qk" (Q K^T) and "...qk,...kd->...qd" (P V): a Transpose and/or a MatMul.
 """
 from __future__ import annotations

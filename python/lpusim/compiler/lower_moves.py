@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.ir import Step
 from lpusim.compiler.lower_lanes import lane_axis
 from lpusim.errors import CompileError
 
@@ -110,8 +110,8 @@ class MoveLowering:
         self.emit_selection(node, x, shape, ranges)
 
     def emit_selection(self, node, x, shape, ranges: dict):
-        """out = x restricted to index ranges per axis: lanes on the MXM, one row axis as a strided view."""
-        nd = len(shape)
+        """out = x restricted to index sequences per axis: rows by a row-map copy (lower_rows.py), then lanes on
+        the MXM."""
         out_shape = tuple(len(ranges[i]) if i in ranges else d for i, d in enumerate(shape))
         if not ranges:
             self.values[node.output[0]] = (x, tuple(shape))

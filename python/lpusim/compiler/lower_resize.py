@@ -10,8 +10,9 @@ of M_d the reference fills with extrapolation_value (tf_crop_and_resize outside 
 On the chip (layout: lane axis = channels of an NCHW image, else the last axis; every other axis is rows):
 * a row axis (H, W, N of an image; any axis but the last otherwise): tap k of each output row is its k-th nonzero
   entry of M_d (source index and weight); the pass for tap k reads the input rows through a row-map view (ir.View
-  rows: one READ per run of rows, lower_gather.py) and multiplies by a constant per-row weight tensor [rows_out,
-  C] (skipped when every weight is 1), adding the previous tap's result: a VXM chain in float32, one pass per tap.
+  rows: one READ per run of rows, lower_gather.py) and multiplies by its weights (a constant, `_resize_weights`;
+  an immediate when all are equal, nothing when all are 1), adding the previous tap's result: a VXM chain in
+  float32, one pass per tap.
   Nearest is one tap of weight 1 per axis: all nearest axes become one row map, one exact f32 copy. Bilinear is
   2 passes per axis (the axis that shrinks most goes first), bicubic 4, antialiased downsampling as many as the
   kernel's footprint at that scale (at most MAX_TAPS).
@@ -31,6 +32,7 @@ from lpusim.compiler.lower_lanes import lane_axis
 from lpusim.errors import CompileError
 
 MAX_TAPS = 64  # VXM passes per row axis (antialiased downsampling by a large factor has a wide footprint)
+FULL_WEIGHT_BYTES = 8 << 20  # a tap's weights as one row per output row up to this size (else through a row map)
 
 
 def _s(v):
@@ -214,6 +216,9 @@ class ResizeLowering:
                                f"(at most {MAX_TAPS} VXM passes)")
         small_out = tuple(1 if i == lane else s for i, s in enumerate(out_shape))
         c = shape[lane]
+        pos = np.arange(out_shape[first]).reshape([-1 if i == first else 1 for i in range(len(shape))])
+        where = tuple(int(v) for v in to_rows(np.broadcast_to(pos, small_out), small_out)[:, 0])
+        row_axes = [i for i in range(len(shape)) if i != lane]
         prev = None
         for k in range(idx.shape[1]):
             if k and not np.any(w[:, k]):  # (tap 0 always runs: every row outside a crop gives 0)
@@ -226,11 +231,7 @@ class ResizeLowering:
             elif np.all(wk == wk[0]):
                 steps = [Step("MUL", [("src", 0), ("imm", float(wk[0]))])]
             else:
-                wshape = [1] * len(shape)
-                wshape[first] = len(wk)
-                wfull = np.broadcast_to(wk.reshape(wshape), tuple(c if i == lane else s
-                                                                  for i, s in enumerate(out_shape)))
-                sources.append(View(self.const_tensor(to_rows(wfull, out_shape).astype(np.float32), "resizew")))
+                sources.append(self._resize_weights(wk, where, c, inner=first == row_axes[-1]))
                 steps = [Step("MUL", [("src", 0), ("src", 1)])]
             if prev is not None:
                 sources.append(View(prev))
@@ -242,6 +243,18 @@ class ResizeLowering:
             self.derived[y] = mag * float(np.abs(w[:, :k + 1]).sum(axis=1).max())
             prev = y
         return prev, out_shape
+
+    def _resize_weights(self, wk, where, c, inner: bool) -> View:
+        """Tap weights per output row: a constant [out_d, C] (one row per output index along the axis) read through
+        a row map where that map is rising runs (the innermost row axis, W of an image: no cost), else (H: each
+        row repeated W times, which the MEM reads slower) one row per output row while that stays under
+        FULL_WEIGHT_BYTES."""
+        rows = np.asarray(where)
+        if not inner and len(rows) * c * 4 <= FULL_WEIGHT_BYTES:
+            full = np.ascontiguousarray(np.repeat(wk[rows][:, None], c, axis=1))
+            return View(self.shared_const(("resizew", full.shape, full.tobytes()), lambda: full))
+        compact = np.ascontiguousarray(np.repeat(wk[:, None], c, axis=1))
+        return View(self.shared_const(("resizew", compact.shape, compact.tobytes()), lambda: compact), rows=where)
 
     def _resize_lanes(self, node, x, shape, m, mag, last):
         """Along the lane axis: x @ M^T on the MXM (a constant [C_in, C_out])."""

@@ -51,10 +51,8 @@ def pad_index(n: int, begin: int, end: int, mode: str) -> np.ndarray:
         return idx
     if mode == "constant":
         return np.concatenate([-np.ones(b, np.int64), idx, -np.ones(e, np.int64)])
-    if len(idx) == 0:
-        raise ValueError("nothing to repeat")
-    if mode == "reflect" and len(idx) == 1:
-        return np.full(b + len(idx) + e, idx[0], dtype=np.int64)  # onnxruntime repeats the single element
+    if len(idx) < (2 if mode == "reflect" else 1):  # onnxruntime refuses these too
+        raise ValueError("too few elements to repeat")
     return np.pad(idx, (b, e), mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
 
 
@@ -96,7 +94,10 @@ class RowLowering:
             raise CompileError(f"{self.where(node)}: moving rows of tensors of types {sorted(dtypes)} at once is "
                                f"not supported")
         dtype = dtypes.pop() if dtypes else "f32"
-        word = int(np.float32(fill).view(np.uint32)) if dtype == "f32" else int(fill) & 0xFFFFFFFF
+        if dtype == "i32" and fill != 0.0 and np.any(owner < 0):
+            raise CompileError(f"{self.where(node)}: a fill value of {fill} for an integer (i32) tensor is not "
+                               f"supported (only 0)")
+        word = int(np.float32(fill).view(np.uint32)) if dtype == "f32" else 0
         terms = [(View(names[k], rows=tuple(np.where(owner == k, row, 0).tolist())), owner == k) for k in used]
         prev = None
         while True:
@@ -182,7 +183,8 @@ class RowLowering:
                 try:
                     idx[ax] = pad_index(shape[ax], b, e, mode)
                 except ValueError:
-                    raise CompileError(f"{self.where(node)}: Pad mode={mode} of an axis cropped to nothing "
+                    raise CompileError(f"{self.where(node)}: Pad mode={mode} of an axis of fewer than 1 (edge, "
+                                       f"wrap) or 2 (reflect) elements after the crop "
                                        f"({tuple(shape)}, pads {list(begin) + list(end)})") from None
         out_shape = tuple(len(idx[i]) if i in idx else d for i, d in enumerate(shape))
         if any(d == 0 for d in out_shape):
