@@ -22,6 +22,7 @@ from lpusim.compiler.lower_moves import MoveLowering, _Renamed
 from lpusim.compiler.lower_norms import NormLowering
 from lpusim.compiler.lower_quant import QuantLowering
 from lpusim.compiler.lower_reduce import KINDS as _REDUCE_KINDS, ReduceLowering
+from lpusim.compiler.lower_spatial_nd import SpatialNdLowering
 from lpusim.compiler.lower_rows import RowLowering
 from lpusim.compiler.lower_resize import ResizeLowering
 from lpusim.compiler.lower_transpose import TransposeLowering, same_layout
@@ -282,7 +283,7 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
 
 class _Lowering(ResizeLowering,
                 LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering, IndexLowering,
-                TransposeLowering, GatherLowering, ReduceLowering, RowLowering, NormLowering):
+                TransposeLowering, GatherLowering, ReduceLowering, RowLowering, NormLowering, SpatialNdLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -492,6 +493,8 @@ class _Lowering(ResizeLowering,
             return self.lower_matmul(node, op, a, args)
         if op in ("GlobalAveragePool", "GlobalMaxPool") and args[0][0] == "value" and len(args[0][2]) >= 3:
             return self.lower_global_pool(node, op, args)  # lower_reduce.py
+        if op in _SPATIAL and self.spatial_nd_wanted(node, op, a, args):  # 1-D, 3-D, per-axis strides
+            return self.lower_spatial_nd(node, op, a, args)  # lower_spatial_nd.py
         if op in _SPATIAL:
             return self.lower_spatial(node, op, a, args)
         if op == "BatchNormalization":
