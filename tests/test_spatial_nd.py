@@ -145,3 +145,21 @@ def test_a_wrong_weight_is_caught():
     x = _x((1, 4, 17))
     ref, _ = run_onnxruntime(_conv((1, 4, 17), (6, 4, 3)), x)
     assert not compare(program.run(x).outputs, ref)["outputs_match"]
+
+
+def test_conv1d_stack_stays_channels_last():
+    # Conv -> Gelu -> Conv ...: one transpose in (the graph input) and one out (the output), none between layers
+    from lpusim.compiler import build_graph
+    m = _wav2vec2_like(203)
+    _, graph = build_graph(m)
+    assert sum(n.kind == "transpose" for n in graph.nodes) == 2
+    assert_matches_onnxruntime(m, _x((1, 1, 203)))
+
+
+def test_conv1d_output_read_by_a_non_elementwise_op():
+    # a Conv1d result read by a MatMul (ONNX layout: length on the lanes) and by a pool (channels-last)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+             helper.make_node("MatMul", ["c", "m"], ["y1"]),
+             helper.make_node("AveragePool", ["c"], ["y2"], kernel_shape=[3], strides=[2])]
+    m = make_model(nodes, {"w": _w(8, 4, 3), "m": _w(13, 5)}, {"x": [1, 4, 13]}, outputs=("y1", "y2"))
+    assert_matches_onnxruntime(m, _x((1, 4, 13)))

@@ -493,6 +493,8 @@ class _Lowering(ResizeLowering,
             return self.lower_matmul(node, op, a, args)
         if op in ("GlobalAveragePool", "GlobalMaxPool") and args[0][0] == "value" and len(args[0][2]) >= 3:
             return self.lower_global_pool(node, op, args)  # lower_reduce.py
+        if self.lower_spatial_nd_unary(node, op, a, args):  # on a 1-D/3-D conv's channels-last output
+            return
         if op in _SPATIAL and self.spatial_nd_wanted(node, op, a, args):  # 1-D, 3-D, per-axis strides
             return self.lower_spatial_nd(node, op, a, args)  # lower_spatial_nd.py
         if op in _SPATIAL:

@@ -42,6 +42,11 @@ def _auto_pads(auto: str, sizes, kernel, strides, dil) -> list[int]:
     return begin + end
 
 
+# Elementwise ops of one tensor (and constant parameters) that may run on a channels-last tensor.
+_ELEMENTWISE = {"Relu", "Gelu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Softplus", "HardSigmoid", "HardSwish",
+                "Neg", "Abs", "Exp", "Clip"}
+
+
 class SpatialNdLowering:
     """Mixed into the importer's `_Lowering`."""
 
@@ -107,13 +112,13 @@ class SpatialNdLowering:
         strides, dil, pb, pe, outs = self.window_nd(node, a, sizes, kernel)
         mag = self.tensor_magnitude(node, xname)
         # X: channels on the lanes, rows (n, spatial...)
-        cache = getattr(self, "nd_lanes", None)
-        if cache is None:
-            cache = self.nd_lanes = {}
+        if not hasattr(self, "nd_lanes"):
+            self.nd_lanes = {}  # ONNX name -> (channels-last IR tensor, its shape) of 1-D/3-D results
+        cache = self.nd_lanes
         if k == 2:
             x = xname
         elif node.input[0] in cache:
-            x = cache[node.input[0]]
+            x = cache[node.input[0]][0]
         else:
             cl = (n,) + tuple(sizes) + (c,)
             x = self.permute(node, xname, shape, [0] + list(range(2, k + 2)) + [1], cl, self.fresh("cl"), mag)
@@ -190,11 +195,46 @@ class SpatialNdLowering:
         if k == 2:
             self.values[node.output[0]] = (out, onnx_shape)
             return
-        cache[node.output[0]] = out
-        back = [0, k + 1] + list(range(1, k + 1))
-        y = self.permute(node, out, out_shape, back, onnx_shape, node.output[0],
-                         self.magnitudes.get(node.output[0], 0.0))
-        self.values[node.output[0]] = (y, onnx_shape)
+        self.nd_finish(node, node.output[0], out, out_shape, onnx_shape)
+
+    def nd_finish(self, node, name, cl, cl_shape, onnx_shape):
+        """Record `name`'s channels-last tensor for the next readers; transposed back to the ONNX layout unless
+        every reader takes channels-last (then self.values holds the channels-last tensor, which only
+        those readers see: they take it from self.nd_lanes)."""
+        self.nd_lanes[name] = (cl, tuple(cl_shape))
+        if self._channels_last_readers_only(name, len(onnx_shape)):
+            self.values[name] = (cl, tuple(onnx_shape))
+            return
+        k = len(onnx_shape) - 2
+        y = self.permute(node, cl, tuple(cl_shape), [0, k + 1] + list(range(1, k + 1)), tuple(onnx_shape), name,
+                         self.magnitudes.get(name, 0.0))
+        self.values[name] = (y, tuple(onnx_shape))
+
+    def _channels_last_readers_only(self, name, rank) -> bool:
+        if any(o.name == name for o in self.model.graph.output):
+            return False
+        users = [u for u in self.model.graph.node if name in u.input]
+        if not users:
+            return False
+        for u in users:
+            if u.domain not in ("", "ai.onnx") or list(u.input).count(name) != 1 or u.input[0] != name:
+                return False
+            if not (u.op_type in ("Conv", "MaxPool", "AveragePool") or u.op_type in _ELEMENTWISE):
+                return False
+        return rank in (3, 5)
+
+    def lower_spatial_nd_unary(self, node, op, a, args) -> bool:
+        """An elementwise op on a 1-D/3-D convolution's or pool's output, applied to its channels-last tensor
+        (the layout does not matter elementwise), so a Conv -> Gelu -> Conv stack stays channels-last."""
+        entry = getattr(self, "nd_lanes", {}).get(node.input[0]) if node.input else None
+        if entry is None or op not in _ELEMENTWISE or args[0] is None or args[0][0] != "value" or \
+                any(x is not None and x[0] != "const" for x in args[1:]):
+            return False
+        cl, cl_shape = entry
+        self.lower_unary(node, op, a, [("value", cl, cl_shape)] + list(args[1:]))
+        y, _ = self.values[node.output[0]]
+        self.nd_finish(node, node.output[0], y, cl_shape, tuple(args[0][2]))
+        return True
 
     def _padded_copy(self, node, x, n, c, sizes, pb, padded, maxpool, mag):
         """Rows (n, padded position...) of x's channels: x inside, 0 (or -inf for a max pool) outside."""
