@@ -147,3 +147,11 @@ def test_one_input_max_min(op):
 def test_softmax_over_a_size_one_axis(op, shape, axis):
     m = make_model([helper.make_node(op, ["x"], ["y"], axis=axis)], {}, {"x": list(shape)})
     _strict(m, _x(shape))
+
+
+def test_flattened_softmax_of_huge_values_is_a_clear_error():
+    # opset 11 over axes 1.. including the lanes: the lane maximum is an fp16 tree, too coarse a shift past 4096
+    import lpusim
+    m = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=1, name="sm")], {}, {"x": [3, 4, 6]}, opset=11)
+    with pytest.raises(lpusim.CompileError, match="Softmax node 'sm'.*lane maximum is found in fp16"):
+        lpusim.compile(m, calibration=_x((3, 4, 6), -1e5, 1e5))

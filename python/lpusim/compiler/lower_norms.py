@@ -7,15 +7,22 @@
   halving trees on the VXM (float32, exact maxima). The result R has A's row axes reduced to one row and, when the
   lane axis is reduced, the same value in every lane, so it meets the input again elementwise through a row-map
   view (View.rows, `row_view`: output row r reads the row of R its non-reduced coordinates name) with no lane
-  broadcast at all. A softmax over a row axis is VXM work only, in float32 (no fp16 rounding anywhere); this was
-  measured cheaper than permuting the axis onto the lanes (lower_transpose.permute) and back (see tests).
+  broadcast at all. A softmax over a row axis is VXM work only, in float32 (no fp16 rounding anywhere), and
+  cheaper than permuting the axis onto the lanes (lower_transpose.permute), the lane softmax and permuting back:
+  cycles measured (row trees / permutes) Softmax [64, 100] axis 0: 721 / 5,403; [300, 20] axis 0: 2,028 / 4,261;
+  [8, 40, 330] axis 1: 2,377 / 87,888; LogSoftmax [4, 128, 64] axis 1: 2,975 / 14,637.
 * Elementwise operands of shape (..., 1) or with fewer rows (`broadcast_operand`, called by importer.operand):
-  a lane-0 copy to every lane (MoveLowering.select_lanes, the MXM path importer.operand already had, now also
-  before a row broadcast), then the rows broadcast by a VXM COPY through a row map.
-* Pow with a computed or non-scalar exponent b: |a|^b = exp(b log(|a| + [b == 0])) on the VXM, times -1 where
+  a lower-rank operand of an image first put in the image's layout (one batched SXM transpose: its lanes are the
+  image's W axis); a lane-0 copy to every lane (MoveLowering.select_lanes, the MXM path importer.operand already
+  had, now also before a row broadcast: the value passes as fp16); then the rows broadcast by a VXM COPY through
+  a row map. (A bit-exact SXM route, column -> row -> c rows -> transposed back, was measured 18-35% more cycles
+  for x / max(x, lanes) at [64, 100], [512, 768], [8, 12, 330] and is not used.)
+* Reshape of a computed tensor that regroups lanes (`reshape_regroup`, after lower_transpose.reshape_relayout):
+  SXM transposes, bit exact (the LayerNormalization/GroupNormalization expansions' [R, C1] <-> [R', C2]).
+* Pow with a computed or non-scalar exponent b, or a constant one outside importer._POW's exact table: |a|^b = exp(b log(|a| + [b == 0])) on the VXM, times -1 where
   a < 0 and b is an odd integer, NaN where a < 0 and b is not an integer (ONNX/numpy semantics; x^0 = 1 even
   for x = 0); integer-typed outputs rounded to the nearest whole number.
-* Max/Min/Sum of one input: the input itself.
+* Max/Min of one input: the input itself.
 """
 from __future__ import annotations
 
@@ -202,6 +209,8 @@ class NormLowering:
         if full == out_shape or self.tensors[cur].rows == 1:
             return ("src", cur)
         view = self.row_view(cur, full, out_shape)
+        if view.rows is None:  # the same rows (size-1 axes only differ)
+            return ("src", cur)
         return ("src", self.node_of(node, [view], [Step("COPY", [("src", 0)])], out_shape, "bcast", mag))
 
     # ----- Reshape that regroups lanes (LayerNormalization/GroupNormalization expansions) -----------------------
@@ -281,5 +290,8 @@ class NormLowering:
         self.values[node.output[0]] = (y, out_shape)
 
     def lower_one_input(self, node, args) -> None:
-        """Max/Min/Sum of one input: the input itself (a graph output of it is copied by `finish`)."""
+        """Max/Min of one input: the input itself (a graph output of it is copied by `finish`)."""
+        if args[0] is None or args[0][0] != "value":
+            raise CompileError(f"{self.where(node)}: {node.op_type} of one input of this kind ({args[0][0] if args[0] else 'absent'}) "
+                               f"is not supported")
         self.values[node.output[0]] = self.values[node.input[0]]
