@@ -163,3 +163,14 @@ def test_conv1d_output_read_by_a_non_elementwise_op():
              helper.make_node("AveragePool", ["c"], ["y2"], kernel_shape=[3], strides=[2])]
     m = make_model(nodes, {"w": _w(8, 4, 3), "m": _w(13, 5)}, {"x": [1, 4, 13]}, outputs=("y1", "y2"))
     assert_matches_onnxruntime(m, _x((1, 4, 13)))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv1d_relu_then_residual_add(residual):
+    # Conv -> Relu -> Conv, then an Add reading a conv output (ONNX layout needed there)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["d"], pads=[1, 1]),
+             helper.make_node("Add", ["d", "c" if residual else "x"], ["y"])]
+    m = make_model(nodes, {"w": _w(6, 6, 3), "w2": _w(6, 6, 3)}, {"x": [2, 6, 11]})
+    assert_matches_onnxruntime(m, _x((2, 6, 11)))

@@ -6,9 +6,10 @@ both axes, a border of the same width on every side. This module serves what tha
 * 1-D ([N, C, L]: Conv1d, MaxPool1d, AveragePool1d) and 3-D ([N, C, D, H, W]) tensors. In the chip's layout a
   3-D or 5-D tensor has its last axis on the lanes, so the input is first transposed to channels-last
   ([N, L, C] / [N, D, H, W, C]: one row per position, channels on the lanes) by `permute` (lower_transpose.py,
-  batched SXM transposes), and the channels-last result is transposed back to the ONNX layout for other readers.
-  A following 1-D/3-D convolution or pool reads the channels-last result directly (`self.nd_lanes`), so a stack
-  of convolutions (a wav2vec2 feature extractor) transposes once in and once out per layer at most.
+  batched SXM transposes). The channels-last result stays so (`self.nd_lanes`) when every reader can take it:
+  the next 1-D/3-D Conv or pool, or an elementwise op (`lower_spatial_nd_unary`: Relu, Gelu, Clip, ...); for any
+  other reader or a graph output it is transposed back to the ONNX layout. A Conv1d -> Gelu -> Conv1d stack (a
+  wav2vec2 feature extractor) thus transposes once in and once out.
 * 2-D images with different strides or dilations along H and W, and 2-D max pools of more than 16 taps (the
   image is already channels-on-lanes).
 
@@ -21,6 +22,8 @@ X[map] + M[mask] (-inf for max pools), M a 2-row constant read through a row map
 * MaxPool: VXM MAX over the taps (passes.split_tap_chains: one pass per tap);
 * AveragePool: MXM identity weights sum the taps, the epilogue multiplies by 1/count (a row map into the few
   distinct counts when windows count differently: count_include_pad=0 with pads, ceil_mode).
+Not here yet: int8 convolutions (lower_quant.py lowers QDQ/QLinear Conv through the 2-D path only), and inputs
+with few channels and long lengths cost 320 lanes per position (a [1, 1, 220000] max pool does not fit the SRAM).
 """
 from __future__ import annotations
 
@@ -231,6 +234,9 @@ class SpatialNdLowering:
                 any(x is not None and x[0] != "const" for x in args[1:]):
             return False
         cl, cl_shape = entry
+        if self.values[node.input[0]][0] != cl and not self._channels_last_readers_only(node.output[0],
+                                                                                          len(args[0][2])):
+            return False  # the ONNX layout exists and is what this op's readers want
         self.lower_unary(node, op, a, [("value", cl, cl_shape)] + list(args[1:]))
         y, _ = self.values[node.output[0]]
         self.nd_finish(node, node.output[0], y, cl_shape, tuple(args[0][2]))
