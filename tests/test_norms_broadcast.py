@@ -155,3 +155,21 @@ def test_flattened_softmax_of_huge_values_is_a_clear_error():
     m = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=1, name="sm")], {}, {"x": [3, 4, 6]}, opset=11)
     with pytest.raises(lpusim.CompileError, match="Softmax node 'sm'.*lane maximum is found in fp16"):
         lpusim.compile(m, calibration=_x((3, 4, 6), -1e5, 1e5))
+
+
+def test_group_normalization_as_exported():
+    # GroupNormalization's expansion on an NCHW image: Reshape to [N, G, C/G*H*W] (576 lanes: regrouped by SXM
+    # transposes), mean and variance over the lanes, (N, G, 1) broadcast back, Reshape to the image, affine
+    n, c, h, w, g = 2, 8, 12, 12, 2
+    nodes = [helper.make_node("Neg", ["x"], ["xn"]), helper.make_node("Reshape", ["xn", "s3"], ["x3"]),
+             helper.make_node("ReduceMean", ["x3"], ["mu"], axes=[2], keepdims=1),
+             helper.make_node("Sub", ["x3", "mu"], ["d"]), helper.make_node("Mul", ["d", "d"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[2], keepdims=1),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["nrm"]), helper.make_node("Reshape", ["nrm", "s4"], ["img"]),
+             helper.make_node("Mul", ["img", "gamma"], ["sc"]), helper.make_node("Add", ["sc", "beta"], ["y"])]
+    inits = {"s3": np.array([n, g, -1], np.int64), "s4": np.array([n, c, h, w], np.int64),
+             "eps": np.float32(1e-5), "gamma": RNG.uniform(0.5, 1.5, (1, c, 1, 1)).astype(np.float32),
+             "beta": RNG.standard_normal((1, c, 1, 1)).astype(np.float32)}
+    m = make_model(nodes, inits, {"x": [n, c, h, w]})
+    assert_matches_onnxruntime(m, _x((n, c, h, w), -2.0, 4.0))
