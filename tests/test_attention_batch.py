@@ -151,6 +151,47 @@ def test_batch_throughput_per_sequence_improves():
     assert cycles[4] / 4 < cycles[1] and cycles[2] / 2 < cycles[1]
 
 
+def flat_mask_nodes(b_, s, order):
+    """transformers' mask code: m [B, S] -> Cast bool -> Flatten [B*S, 1] -> Gather (constant indices `order` [B, S] into the
+    flat column, shaped [B, 1, 1, S]) -> Reshape [B*S] -> Reshape [B, 1, 1, S] -> Cast float -> (1 - m) * -1e4."""
+    nodes = [helper.make_node("Cast", ["m"], ["mb"], to=9), helper.make_node("Flatten", ["mb"], ["mf"], axis=2),
+             helper.make_node("Gather", ["mf", "idx"], ["mg"], axis=0),
+             helper.make_node("Reshape", ["mg", "flat"], ["mr"]), helper.make_node("Reshape", ["mr", "rows4"], ["m4"]),
+             helper.make_node("Cast", ["m4"], ["m4f"], to=1),
+             helper.make_node("Sub", ["one", "m4f"], ["mi"]), helper.make_node("Mul", ["mi", "big"], ["madd"])]
+    inits = {"idx": np.asarray(order, np.int64).reshape(b_, 1, 1, s), "flat": np.array([-1]),
+             "rows4": np.array([b_, 1, 1, s]), "one": np.float32(1.0), "big": np.float32(-1e4)}
+    return nodes, inits
+
+
+@pytest.mark.parametrize("b_,s,reorder", [(2, 8, False), (3, 5, False), (3, 6, True)],
+                         ids=["b2", "b3-odd", "b3-rows-reordered"])
+def test_mask_flattened_to_a_column_and_gathered_back(b_, s, reorder):
+    """The exported mask path (lower_flatrows.py): element b reads flat entries b*S + k (or, reordered, those of
+    element B-1-b, one with a negative index: a VXM copy through a row map); each element's padding differs."""
+    src = np.arange(b_)[::-1] if reorder else np.arange(b_)
+    order = src[:, None] * s + np.arange(s)[None, :]
+    if reorder:
+        order[0, 0] -= b_ * s  # a negative index: the same entry
+    nodes, inits = flat_mask_nodes(b_, s, order)
+    m = masked_attention(b_, s, 16, 2, nodes, inits, "madd")
+    mask = padding_mask(b_, s)
+    x = {"x": RNG.standard_normal((b_, s, 16)).astype(np.float32), "m": mask}
+    program, result, _ = assert_matches_onnxruntime(m, x)
+    mask_nodes = [n for n in lpusim.compiler.build_graph(m)[1].nodes if n.name in ("mf", "mg", "mr", "m4")]
+    assert all(n.kind == "vector" and n.sources[0].rows is not None for n in mask_nodes)  # row-map copies at most
+    assert reorder or not mask_nodes  # in order: the mask matrix itself, nothing computed
+
+
+def test_mask_flattened_and_gathered_out_of_lane_order_is_a_clear_error():
+    """Entries of a row gathered in another order than the lanes' (k reversed) cannot be read back as rows."""
+    b_, s = 2, 6
+    order = np.arange(b_)[:, None] * s + np.arange(s)[None, ::-1]
+    nodes, inits = flat_mask_nodes(b_, s, order)
+    with pytest.raises(lpusim.CompileError, match="Cast node 'm4f'.*column flattened from a computed matrix"):
+        lpusim.compile(masked_attention(b_, s, 16, 2, nodes, inits, "madd"))
+
+
 # ----- transformers exports with random weights (slow) ------------------------------------------------------------
 def transformers_model(tmp_path, kind, batch, with_mask, attention=None):
     torch = pytest.importorskip("torch")
@@ -244,3 +285,50 @@ def test_mask_rows_with_a_constant_that_differs_per_query_row_is_a_clear_error()
     inits = {"axes": np.array([1, 2]), "rowc": RNG.standard_normal((1, 1, s, 1)).astype(np.float32)}
     with pytest.raises(lpusim.CompileError, match="Mul node 'qmul'.*differs between query rows"):
         lpusim.compile(masked_attention(b_, s, 16, 2, nodes, inits, "madd"))
+
+
+def transformers_mask_inputs(batch, seed=0):
+    """Embeddings and an int64 padding mask (element b drops its last 2b + 1 tokens; batch element 0 one token)."""
+    x = {"inputs_embeds": np.random.default_rng(seed).standard_normal((batch, 16, 128)).astype(np.float32),
+         "attention_mask": padding_mask(batch, 16).astype(np.int64)}
+    return x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [2, 3])
+def test_transformers_batch_with_attention_mask_matches_onnxruntime(tmp_path, batch, kind="bert"):
+    """The exported mask path at batch > 1: Flatten [B, S] -> [B*S, 1], Gather with constant indices b*S + k,
+    Reshape to [B*S] and [B, 1, 1, S] (lower_flatrows.py: no data moves, the mask matrix is read back as rows),
+    then the And/Where/Expand mask rows; each element's own padding changes its own rows."""
+    model = transformers_model(tmp_path, kind, batch, True)
+    x = transformers_mask_inputs(batch)
+    program, result, cmp = assert_matches_onnxruntime(model, x)
+    assert cmp["max_rel_error"] < 1e-2
+    unmasked = program.run({**x, "attention_mask": np.ones_like(x["attention_mask"])})
+    name = model.graph.output[0].name
+    for b in range(batch):
+        assert not np.allclose(unmasked.outputs[name][b], result.outputs[name][b], atol=1e-3), b
+
+
+@pytest.mark.slow
+def test_transformers_batch_2_with_attention_mask_int8_matches_onnxruntime(tmp_path, kind="bert"):
+    """precision="int8" with the exported mask path at batch 2: onnxruntime's codes, the output within
+    test_int8.F32_UNITS."""
+    from lpusim.compiler.quantize import quantize_model
+    from test_int8 import assert_f32_close
+    model, x = transformers_model(tmp_path, kind, 2, True), transformers_mask_inputs(2)
+    program = lpusim.compile(model, precision="int8", calibration=x)
+    assert "ABC.i8" in program.assembly
+    result = program.run(x)
+    assert result.cycles == program.predicted_cycles
+    ref, _ = run_onnxruntime(quantize_model(model, x), x)
+    for k, r in ref.items():
+        assert_f32_close(result.outputs[k], r)
+
+
+@pytest.mark.slow
+def test_transformers_gpt2_with_attention_mask_is_a_clear_error(tmp_path):
+    """GPT-2's mask ANDs the padding rows with its causal [1, 1, S, S] constant, which differs between query rows:
+    not representable as mask rows yet (the Flatten/Gather part before it compiles)."""
+    with pytest.raises(lpusim.CompileError, match="And node '/m/And_1'.*differs between query rows"):
+        lpusim.compile(transformers_model(tmp_path, "gpt2", 2, True))

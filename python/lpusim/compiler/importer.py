@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from lpusim.compiler.calibrate import without_large_initializers
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
+from lpusim.compiler.lower_flatrows import FlatRowsLowering
 from lpusim.compiler.lower_gather import GatherLowering
 from lpusim.compiler.lower_heads import HeadsLowering
 from lpusim.compiler.lower_index import IndexLowering
@@ -283,7 +284,8 @@ def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
 
 class _Lowering(ResizeLowering,
                 LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering, IndexLowering,
-                TransposeLowering, GatherLowering, ReduceLowering, RowLowering, NormLowering, SpatialNdLowering):
+                TransposeLowering, GatherLowering, ReduceLowering, RowLowering, NormLowering, SpatialNdLowering,
+                FlatRowsLowering):
     def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], magnitudes: dict[str, float]):
         self.model = model
         self.magnitudes = magnitudes
@@ -305,6 +307,7 @@ class _Lowering(ResizeLowering,
         self.kinds = input_kinds(model)  # bool/integer graph inputs (host-converted to float32)
         self.integral: set[str] = set(self.kinds)  # ONNX values known to hold whole numbers (lower_index.py)
         self.maskrows: dict[str, tuple] = {}  # ONNX name -> (IR [1, K] row, ONNX shape [1, 1, Q|1, K]) (lower_index.py)
+        self.flatrows: dict[str, tuple] = {}  # ONNX name -> a matrix flattened to a column (lower_flatrows.py)
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -351,6 +354,8 @@ class _Lowering(ResizeLowering,
             return ("heads",) + self.heads[name]
         if name in self.maskrows:
             return ("maskrow", name)
+        if name in self.flatrows:
+            return ("flatrows", name)
         if name in self.splits:
             return ("split", name)
         if name in self.merges:
@@ -407,6 +412,8 @@ class _Lowering(ResizeLowering,
         if any(x is not None and x[0] == "maskrow" for x in args) and not any(
                 x is not None and x[0] == "heads" for x in args):
             return self.lower_maskrow(node, op, a, args)
+        if any(x is not None and x[0] == "flatrows" for x in args):
+            return self.lower_flatrows(node, op, a, args)
         if op in _PASSTHROUGH:
             self.values[out] = self.values[node.input[0]]
             return
@@ -587,6 +594,8 @@ class _Lowering(ResizeLowering,
             self.flat[node.output[0]] = (ir_name, tuple(shape))  # [N, C, H, W] -> [N, C*H*W]
         elif len(new) == 4 and new[1:3] == (1, 1) and (t.rows, t.cols) == (new[0], new[3]) and t.geom is None:
             self.maskrows[node.output[0]] = (ir_name, new)  # [B, K] -> [B, 1, 1, K]: attention mask rows
+        elif self.flatten_rows(node, ir_name, shape, new):  # [R, C] -> [R*C, 1] (lower_flatrows.py)
+            return
         elif t.kind == "input":
             # The host lays out inputs, so a reshaped input is just another view of the same host array.
             name = self.add_tensor(self.fresh(node.output[0]), new, "input", onnx_input=t.onnx_input)

@@ -14,7 +14,7 @@ part b*NH + h), plus whether the ONNX tensor is the transpose of each part ([B, 
   copy of row b.
 * Transpose (0, 2, 1, 3) then Reshape [B, S, NH*D]: the parts are placed side by side on the lanes (a Concat), one
   [S, NH*D] matrix per batch element; at B > 1 these are stacked on the rows by B VXM passes (`stack_rows`), each
-  reading one element's matrix through a view shifted by b rows of S whose zero border covers the other rows.
+  reading one element's matrix through a row map and zeroing the other elements' rows by a 0/1 row-mapped constant.
 The nodes of the parts are interleaved (`interleave_parts`), so the parts' dependent chains overlap in time.
 """
 from __future__ import annotations
@@ -124,22 +124,26 @@ class HeadsLowering:
         self.values[out] = (y, (nb, s, width))
 
     def stack_rows(self, node, mats: list, s: int, hint: str) -> str:
-        """B matrices of [S, C] -> one [B*S, C] (element b on rows b*S..), on the VXM: y_b = y_(b-1) + mats[b]
-        read through a tap shifted by b rows of the output seen as one image of B x S pixels (mats[b] as one of
-        1 x S; passes.assign_borders gives it a zero border of max(b, B-1-b) pixels, so the other elements' rows
-        read zeros). One bordered source per pass: a clash of MEM slices with y_(b-1) is resolved by moving it
-        (schedule.relocate moves only unbordered tensors). Costs B passes of B*S rows and, per mats[b],
-        (1 + 2p)(S + 2p) rows of SRAM (p its border)."""
+        """B matrices of [S, C] -> one [B*S, C] (element b on rows b*S..), on the VXM: y_b = y_(b-1) + mats[b] *
+        keep_b over all B*S rows, mats[b] read through a row map (output row r reads row r - b*S, clamped into
+        0..S-1) and keep_b a shared constant [2, C] (a row of zeros, a row of ones) read through a row map (row 1
+        on rows b*S.., row 0 elsewhere): exact for finite values, no border and no data moved ahead of time.
+        Costs B passes of B*S rows and no SRAM beyond the B*S-row results."""
         nb = len(mats)
         cols = self.tensors[mats[0]].cols
         mag = max(self.ir_magnitude(m) for m in mats)
+        keep = self.shared_const(("zero_one_rows", cols), lambda: np.repeat(
+            np.array([[0.0], [1.0]], dtype=np.float32), cols, axis=1))
         prev = None
         for b, m in enumerate(mats):
-            self.tensors[m].geom = (1, 1, s)
-            sources = [View(m, pad_top=b, spatial=True)] + ([View(prev)] if prev is not None else [])
-            steps = [Step("COPY", [("src", 0)])] if prev is None else [Step("ADD", [("src", 1), ("src", 0)])]
+            r = np.arange(nb * s) - b * s
+            rows = tuple(int(v) for v in np.clip(r, 0, s - 1))
+            inside = tuple(int(v) for v in ((r >= 0) & (r < s)))
+            sources = [View(m, rows=rows), View(keep, rows=inside)] + ([View(prev)] if prev is not None else [])
+            steps = [Step("MUL", [("src", 0), ("src", 1)])]
+            if prev is not None:
+                steps.append(Step("ADD", [("src", 2), ("step", 0)]))
             y = self.add_tensor(self.fresh(hint), (nb, s, cols), "value")
-            self.tensors[y].geom = (1, nb, s)
             self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
                                    steps=steps, fusable=False))
             self.derived[y] = mag

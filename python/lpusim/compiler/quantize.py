@@ -94,9 +94,13 @@ def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # each input in its graph type (an int64 attention mask stays int64; float inputs as float32)
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+             for i in model.graph.input if i.type.tensor_type.elem_type}
+
     class _Once(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{k: np.asarray(v, dtype=np.float32) for k, v in calibration.items()}])
+            self.batches = iter([{k: np.asarray(v, dtype=types.get(k, np.float32)) for k, v in calibration.items()}])
 
         def get_next(self):
             return next(self.batches, None)

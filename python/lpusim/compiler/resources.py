@@ -328,8 +328,33 @@ class SramAllocator:
                 block[3] += count
                 block[4] -= count
             return s, addr, not_before
-        s, addr = self.alloc(width, count, hemisphere, bank, avoid, same_hemisphere=True)
+        try:
+            s, addr = self.alloc(width, count, hemisphere, bank, avoid, same_hemisphere=True)
+        except CompileError:  # no fresh room: part of a wider released block
+            got = self.split_wider(width, count, hemisphere, avoid)
+            if got is None:
+                raise
+            return got
         return s, addr, -1
+
+    def split_wider(self, width: int, count: int, hemisphere: str, avoid: set) -> tuple[int, int, int] | None:
+        """The first `width` slices and `count` addresses of a released block of more slices (an f32 store's
+        space for an f16 or i8 one): the rest stays free as a block of the other slices (all its addresses) and
+        one of these slices' remaining addresses."""
+        for wider in sorted(k[0] for k in self.free if k[1] == hemisphere and k[0] > width):
+            blocks = self.free[(wider, hemisphere)]
+            for i, block in enumerate(blocks):
+                s, w, b, addr, n, not_before = block
+                if n < count or any(x in avoid or x in self.reserved for x in range(s, s + width)):
+                    continue
+                del blocks[i]
+                self.free.setdefault((w - width, hemisphere), []).append([s + width, w - width, b, addr, n,
+                                                                           not_before])
+                if n > count:
+                    self.free.setdefault((width, hemisphere), []).append([s, width, b, addr + count, n - count,
+                                                                          not_before])
+                return s, addr, not_before
+        return None
 
     def alloc(self, width: int, count: int, hemisphere: str, bank: int, avoid: set | None = None,
               same_hemisphere: bool = False, use_reserved: bool = False) -> tuple[int, int]:
@@ -369,4 +394,45 @@ class SramAllocator:
                     self.next[s][bank] = addr + count
                 self.cursor[key] = (g + width) % self.half
                 return base + g, addr
+        return None
+
+
+class BorderedPool:
+    """Released stores with a border, kept whole for a later store of the same layout.
+
+    A bordered store's border is never written (it reads as zeros or its pad value from the start), so its space
+    can go to a later store of the same format, geometry, border, pad value and column tiles as it is: the border
+    still holds what the new owner needs, only the interior is rewritten (after the old owner's last access). A
+    released bordered store goes here only while such a store is still to come (`pending`); otherwise its blocks
+    go back to the allocator like any other (and lose their clean border)."""
+
+    def __init__(self):
+        self.pending: dict[tuple, int] = {}  # layout key -> stores of that layout not placed yet
+        self.free: dict[tuple, list[tuple[list, int]]] = {}  # layout key -> [(tiles of segments, last access)]
+
+    @staticmethod
+    def key(store, ntiles: int, pad_value: float) -> tuple:
+        return (store.fmt, store.width, store.geom, store.pad, store.storage_rows, ntiles, pad_value)
+
+    def expect(self, key: tuple) -> None:
+        self.pending[key] = self.pending.get(key, 0) + 1
+
+    def placed(self, key: tuple) -> None:
+        if self.pending.get(key):
+            self.pending[key] -= 1
+
+    def keep(self, key: tuple, tiles: list, last_access: int) -> bool:
+        """Keep a released store's tiles for a later store of its layout: whether it was kept."""
+        if not self.pending.get(key):
+            return False
+        self.free.setdefault(key, []).append((tiles, last_access))
+        return True
+
+    def take(self, key: tuple, blocked) -> tuple[list, int] | None:
+        """(tiles, last access) of a kept store none of whose column tile nt touches `blocked(nt)`, or None."""
+        kept = self.free.get(key, [])
+        for i, (tiles, last) in enumerate(kept):
+            if all(not any(blocked(nt, sg.slice) for sg in segs) for nt, segs in enumerate(tiles)):
+                del kept[i]
+                return tiles, last
         return None

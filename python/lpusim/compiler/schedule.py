@@ -18,7 +18,7 @@ from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
 from lpusim.compiler.layout import (MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, StoreTable, segment_runs,
                                   view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
-from lpusim.compiler.resources import Clash, Issue, Reservations, SramAllocator
+from lpusim.compiler.resources import BorderedPool, Clash, Issue, Reservations, SramAllocator
 from lpusim.compiler.schedule_sxm import SxmJobs
 from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
@@ -108,6 +108,7 @@ class Scheduler(SxmJobs):
         self.graph = graph
         self.res = Reservations(chip)
         self.sram = SramAllocator(chip)
+        self.bordered = BorderedPool()  # released bordered stores kept for a later store of the same layout
         self.stores: dict[tuple[str, str], Store] = StoreTable()
         self.weight_tiles: dict[tuple, tuple[list[Segment], int]] = {}
         self.static_init: list = []
@@ -317,6 +318,8 @@ class Scheduler(SxmJobs):
     def release(self, store: Store) -> None:
         """The store's last reader is scheduled: its space may be rewritten after its last access."""
         store.released = True
+        if store.pad and self.bordered.keep(self.border_key(store), store.tiles, store.last_access):
+            return
         for segs in store.tiles:
             for sg in segs:
                 self.sram.release(sg.slice, store.width, sg.addr, sg.hi - sg.lo, store.last_access)
@@ -340,7 +343,12 @@ class Scheduler(SxmJobs):
         tile nt. Only stores that start empty (no static contents) may `reuse` released space."""
         t = self.graph.tensors[tensor]
         store = Store.for_tensor(t, fmt)
-        reuse = reuse and not store.pad  # a border is never written: it must start as zeros (or its pad value)
+        if store.pad and reuse:  # a border is never written: it must start as zeros (or its pad value)
+            key = self.border_key(store)
+            self.bordered.placed(key)
+            if self.reuse_bordered(store, key, avoid_tile):
+                return store
+        reuse = reuse and not store.pad
         for nt in range(self.ntiles(t.cols)):
             avoid = avoid_tile(nt) if avoid_tile else set()
             hemi = self.next_hemisphere()
@@ -357,6 +365,36 @@ class Scheduler(SxmJobs):
             fill = np.full((store.storage_rows, 1), t.pad_value, dtype=np.float32)
             self.init_store(store, np.broadcast_to(fill, (store.storage_rows, len(store.tiles) * self.lanes)))
         return store
+
+    def border_key(self, store: Store) -> tuple:
+        t = self.graph.tensors[store.tensor]
+        return BorderedPool.key(store, self.ntiles(t.cols), t.pad_value)
+
+    def expect_bordered(self) -> None:
+        """Count the bordered stores the nodes will place, by layout (BorderedPool.pending)."""
+        for node in self.graph.nodes:
+            t = self.graph.tensors[node.output]
+            for fmt in t.formats:
+                store = Store.for_tensor(t, fmt)
+                if store.pad:
+                    self.bordered.expect(self.border_key(store))
+
+    def reuse_bordered(self, store: Store, key: tuple, avoid_tile) -> bool:
+        """Place `store` in the space of a released store of the same layout (its border still clean)."""
+        reserved = self.sram.reserved
+
+        def blocked(nt, s):
+            avoid = avoid_tile(nt) if avoid_tile else set()
+            return any(x in avoid or x in reserved for x in range(s, s + store.width))
+        got = self.bordered.take(key, blocked)
+        if got is None:
+            return False
+        tiles, last = got
+        for segs in tiles:  # every write of the new owner commits after the old one's last access
+            store.tiles.append([Segment(sg.lo, sg.hi, sg.slice, sg.addr, last) for sg in segs])
+            store.ready.append(0)
+        self.stores[(store.tensor, store.fmt)] = store
+        return True
 
     def init_store(self, store: Store, matrix: np.ndarray) -> None:
         """Static SRAM contents of `store` from a [storage_rows, cols] array."""
@@ -594,6 +632,7 @@ class Scheduler(SxmJobs):
         if any(node.kind == "transpose" for node in g.nodes):
             self.reserve_sxm_slices()
         input_stores = {name: self.alloc_store(name, "f32") for name in g.inputs}  # where the host writes
+        self.expect_bordered()
         last_use = {}
         for i, node in enumerate(g.nodes):
             for v, w in node.terms:
