@@ -52,3 +52,33 @@ def test_split_wider_takes_the_first_slices_and_keeps_the_rest_free():
     assert sram.split_wider(2, 40, "E", set()) is None
     assert sram.split_wider(2, 40, "W", set()) is None  # no block of more slices is left ...
     assert sram.alloc_reusable(2, 64, "W", 0, set())[:2] == (2, 100)  # ... the exact width is taken first
+
+
+def test_released_blocks_joined_when_fresh_room_runs_out():
+    """Two released [S]-row blocks of the same slices whose addresses meet serve a [2S]-row store once no fresh
+    room is left (coalesce), with the later not_before of the two; blocks of other slices stay apart."""
+    from lpusim.chip import Chip
+    sram = resources.SramAllocator(Chip.load(None))
+    sram.release(8, 4, 300, 128, 70)
+    sram.release(8, 4, 172, 128, 90)
+    sram.release(12, 4, 428, 128, 10)
+    assert sram.take_released(4, 256, "W", set()) is None  # no single block holds 256 rows
+    sram.coalesce()
+    assert sorted(map(tuple, sram.free[(4, "W")])) == [(8, 4, 0, 172, 256, 90), (12, 4, 0, 428, 128, 10)]
+    assert sram.take_released(4, 256, "W", set()) == (8, 172, 90)
+
+
+def test_schedules_with_joined_blocks_match_onnxruntime(monkeypatch):
+    """Every released block joined whenever none fits (the placement compile() retries with after an out-of-SRAM):
+    attention at batch 3 still matches onnxruntime, and fresh SRAM does not grow."""
+    from lpusim.models import bert_encoder
+    m = bert_encoder(layers=2, hidden=64, heads=4, seq=16, batch=3)
+    plain = lpusim.compile(m)
+    init = resources.SramAllocator.__init__
+
+    def joining(self, chip):
+        init(self, chip)
+        self.join_at = 0.0
+    monkeypatch.setattr(resources.SramAllocator, "__init__", joining)
+    program, _, _ = assert_matches_onnxruntime(m)
+    assert program.sram_bytes <= plain.sram_bytes

@@ -107,7 +107,13 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     collecting = gc.isenabled()
     gc.disable()  # the scheduler builds many long-lived objects and no garbage cycles to speak of: skip the scans
     try:
-        sched = schedule.Scheduler(chip, graph, progress).run()
+        try:
+            sched = schedule.Scheduler(chip, graph, progress).run()
+        except CompileError as e:
+            if not str(e).startswith("out of SRAM"):
+                raise
+            # again, joining released blocks whenever none fits (fewer fresh bytes; later placements differ)
+            sched = schedule.Scheduler(chip, graph, progress, join_released=True).run()
     except CompileError as e:
         if not str(e).startswith("out of SRAM"):
             raise

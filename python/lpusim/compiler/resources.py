@@ -296,6 +296,10 @@ class SramAllocator:
         # last access).
         self.free: dict[tuple[int, str], list[list[int]]] = {}
         self.reserved: set[int] = set()  # slices kept for the SXM jobs' tables and scratch (alloc_at only)
+        self.weights_to_come = 0  # bytes of weights not placed yet (the scheduler counts them down)
+        # join released blocks (`coalesce`) once fresh room plus the weights to come pass this share of SRAM;
+        # 0: whenever no released block fits (Scheduler(join_released=True), the retry after an out-of-SRAM)
+        self.join_at = 1.0
 
     def alloc_at(self, first: int, width: int, count: int, bank: int) -> int:
         """`count` addresses in slices first..first+width-1 (reserved ones included): the address."""
@@ -315,6 +319,26 @@ class SramAllocator:
 
     def alloc_reusable(self, width: int, count: int, hemisphere: str, bank: int, avoid: set) -> tuple[int, int, int]:
         """Like `alloc` (same hemisphere), preferring released blocks: (first slice, address, not_before)."""
+        got = self.take_released(width, count, hemisphere, avoid)
+        if got is None and self.bytes_used + self.weights_to_come + width * count * self.chip.lanes \
+                > self.join_at * self.chip.sram_bytes:  # fresh room running short of the weights to come
+            self.coalesce()
+            got = self.take_released(width, count, hemisphere, avoid)
+        if got is not None:
+            return got
+        try:
+            s, addr = self.alloc(width, count, hemisphere, bank, avoid, same_hemisphere=True)
+        except CompileError:  # no fresh room: released blocks joined where they meet, or part of a wider one
+            self.coalesce()
+            got = self.take_released(width, count, hemisphere, avoid) or \
+                self.split_wider(width, count, hemisphere, avoid)
+            if got is None:
+                raise
+            return got
+        return s, addr, -1
+
+    def take_released(self, width: int, count: int, hemisphere: str, avoid: set) -> tuple[int, int, int] | None:
+        """`count` addresses of the first released block of exactly `width` slices that holds them."""
         blocks = self.free.get((width, hemisphere), ())
         for i, block in enumerate(blocks):
             s, w, b, addr, n, not_before = block
@@ -328,14 +352,24 @@ class SramAllocator:
                 block[3] += count
                 block[4] -= count
             return s, addr, not_before
-        try:
-            s, addr = self.alloc(width, count, hemisphere, bank, avoid, same_hemisphere=True)
-        except CompileError:  # no fresh room: part of a wider released block
-            got = self.split_wider(width, count, hemisphere, avoid)
-            if got is None:
-                raise
-            return got
-        return s, addr, -1
+        return None
+
+    def coalesce(self) -> None:
+        """Join released blocks of the same slices and bank whose addresses continue one another (the later
+        not_before of the two): at batch > 1 many [S]-row blocks of per-part stores meet [B*S]-row requests.
+        Only when fresh room would run short (`alloc_reusable`): joined blocks change later placements (measured
+        4-7% more cycles on BERT-base at batch 1 when done at every release)."""
+        for key, blocks in self.free.items():
+            blocks.sort(key=lambda bl: (bl[0], bl[2], bl[3]))
+            joined = []
+            for bl in blocks:
+                last = joined[-1] if joined else None
+                if last and last[0] == bl[0] and last[2] == bl[2] and last[3] + last[4] == bl[3]:
+                    last[4] += bl[4]
+                    last[5] = max(last[5], bl[5])
+                else:
+                    joined.append(list(bl))
+            self.free[key] = joined
 
     def split_wider(self, width: int, count: int, hemisphere: str, avoid: set) -> tuple[int, int, int] | None:
         """The first `width` slices and `count` addresses of a released block of more slices (an f32 store's

@@ -103,12 +103,15 @@ def _imm(value: float, t: str = "f32") -> str:
 
 
 class Scheduler(SxmJobs):
-    def __init__(self, chip, graph: Graph, progress=None):
+    def __init__(self, chip, graph: Graph, progress=None, join_released: bool = False):
         self.chip = chip
         self.graph = graph
         self.res = Reservations(chip)
         self.sram = SramAllocator(chip)
+        if join_released:  # released blocks joined whenever none fits (SramAllocator.coalesce)
+            self.sram.join_at = 0.0
         self.bordered = BorderedPool()  # released bordered stores kept for a later store of the same layout
+        self.weight_left: dict[str, int] = {}  # weights no job has placed yet: their bytes (SRAM reuse policy)
         self.stores: dict[tuple[str, str], Store] = StoreTable()
         self.weight_tiles: dict[tuple, tuple[list[Segment], int]] = {}
         self.static_init: list = []
@@ -405,6 +408,7 @@ class Scheduler(SxmJobs):
         """W[kt, nt] (f16, or i8) as row slots of 2 slices (1 for i8; row r in slot r % slots); None if all zero."""
         key = (wname, kt, nt)
         if key not in self.weight_tiles:
+            self.sram.weights_to_come -= self.weight_left.pop(wname, 0)
             w = self.graph.tensors[wname].data
             wtype = "i8" if self.graph.tensors[wname].dtype == "i8" else "f16"
             nslots, width = weight_slots(wtype)
@@ -633,6 +637,9 @@ class Scheduler(SxmJobs):
             self.reserve_sxm_slices()
         input_stores = {name: self.alloc_store(name, "f32") for name in g.inputs}  # where the host writes
         self.expect_bordered()
+        self.weight_left = {w: weight_bytes(g.tensors[w].data, g.tensors[w].dtype, self.lanes) for w in
+                            {w for node in g.nodes for _, w in node.terms if g.tensors[w].kind == "const"}}
+        self.sram.weights_to_come = sum(self.weight_left.values())
         last_use = {}
         for i, node in enumerate(g.nodes):
             for v, w in node.terms:
