@@ -4,6 +4,7 @@
 model. Needs torch, torchvision, transformers.
 
     python bench/torch_int8.py [resnet18 mobilenet_v2 bert_base gpt2_small bert_2layer gpt2_2layer] [--json out.json]
+        [--precision fp16] [--chips N|auto]     (the same exports in fp16; GPT-2 small needs --chips auto there)
 
 One line per model: bench/light_models.measure_model's row plus `exact_fraction` (output elements equal to
 onnxruntime's bit for bit), `step` (the output's quantisation step, when a DequantizeLinear makes it),
@@ -66,15 +67,16 @@ def output_steps(model: onnx.ModelProto) -> dict:
             if n.op_type == "DequantizeLinear" and n.output[0] in outputs and n.input[1] in consts}
 
 
-def measure(name: str) -> dict:
+def measure(name: str, precision: str = "int8", chips=1) -> dict:
     import lpusim
     from lpusim.check import run_onnxruntime
     from lpusim.compiler.quantize import quantize_model
 
     with tempfile.TemporaryDirectory() as d:
         model = export(name, os.path.join(d, f"{name}.onnx"))
-    row = measure_model(model, name, precision="int8")
-    if "cycles" not in row:
+    row = measure_model(model, name, precision=precision, chips=chips)
+    if "cycles" not in row or precision != "int8":
+        row.pop("utilization", None)
         return row
     program = lpusim.compile(model, precision="int8")  # the outputs themselves (measure_model keeps only errors)
     x = program.random_inputs(0)
@@ -104,14 +106,21 @@ def measure(name: str) -> dict:
     return row
 
 
+def _option(argv: list, flag: str, default):
+    if flag not in argv:
+        return argv, default
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2:], argv[i + 1]
+
+
 def main(argv):
-    out = None
-    if "--json" in argv:
-        out = argv[argv.index("--json") + 1]
-        argv = argv[:argv.index("--json")] + argv[argv.index("--json") + 2:]
+    argv, out = _option(argv, "--json", None)
+    argv, precision = _option(argv, "--precision", "int8")
+    argv, chips = _option(argv, "--chips", "1")
+    chips = chips if chips == "auto" else int(chips)
     rows = []
     for name in argv or NAMES:
-        row = measure(name)
+        row = measure(name, precision, chips)
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
     if out:
