@@ -28,7 +28,9 @@ def conv_stack(n, c=8, hw=12, pad_kind="zeros"):
 
 
 def test_bordered_stores_reused_by_stores_of_the_same_layout(monkeypatch):
+    """Reuse happens when room is short (`short_of_room`; here forced, as in the retry after an out-of-SRAM)."""
     m = conv_stack(6)
+    monkeypatch.setattr(resources.SramAllocator, "short_of_room", lambda self, extra=0: True)
     program, _, _ = assert_matches_onnxruntime(m)
     monkeypatch.setattr(resources.BorderedPool, "keep", lambda self, key, tiles, last: False)
     fresh = lpusim.compile(m)
@@ -39,6 +41,7 @@ def test_bordered_reuse_keeps_each_pad_value_apart(monkeypatch):
     """Convolutions (zero borders) and max pools (-inf borders) of the same geometry: a store only takes the space
     of one with the same pad value; negative inputs make a wrong border show."""
     m = conv_stack(6, pad_kind="mixed")
+    monkeypatch.setattr(resources.SramAllocator, "short_of_room", lambda self, extra=0: True)
     x = {"x": -np.abs(RNG.standard_normal((1, 8, 12, 12))).astype(np.float32)}
     assert_matches_onnxruntime(m, x)
 

@@ -317,11 +317,15 @@ class SramAllocator:
         key = (width, "W" if slice_index < self.half else "E")
         self.free.setdefault(key, []).append([slice_index, width, bank, addr, count, not_before])
 
+    def short_of_room(self, extra: int = 0) -> bool:
+        """Fresh room plus the weights to come would pass `join_at` of SRAM with `extra` more bytes: then reuse
+        that costs waiting for an old owner's last access (joined blocks, bordered stores) is worth it."""
+        return self.bytes_used + self.weights_to_come + extra > self.join_at * self.chip.sram_bytes
+
     def alloc_reusable(self, width: int, count: int, hemisphere: str, bank: int, avoid: set) -> tuple[int, int, int]:
         """Like `alloc` (same hemisphere), preferring released blocks: (first slice, address, not_before)."""
         got = self.take_released(width, count, hemisphere, avoid)
-        if got is None and self.bytes_used + self.weights_to_come + width * count * self.chip.lanes \
-                > self.join_at * self.chip.sram_bytes:  # fresh room running short of the weights to come
+        if got is None and self.short_of_room(width * count * self.chip.lanes):
             self.coalesce()
             got = self.take_released(width, count, hemisphere, avoid)
         if got is not None:

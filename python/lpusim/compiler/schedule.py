@@ -321,7 +321,10 @@ class Scheduler(SxmJobs):
     def release(self, store: Store) -> None:
         """The store's last reader is scheduled: its space may be rewritten after its last access."""
         store.released = True
-        if store.pad and self.bordered.keep(self.border_key(store), store.tiles, store.last_access):
+        # kept whole for a later store of its layout only when room is short: the new owner's writes wait for this
+        # store's last access (always reusing them cost light ResNet-50 6% more cycles)
+        if store.pad and self.sram.short_of_room() and \
+                self.bordered.keep(self.border_key(store), store.tiles, store.last_access):
             return
         for segs in store.tiles:
             for sg in segs:
