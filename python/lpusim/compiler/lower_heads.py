@@ -420,12 +420,11 @@ class HeadsLowering:
         return cache[(rows, b)]
 
     def lower_maskrow(self, node, op, a, args) -> None:
-        """Ops on an attention mask of B > 1 rows ([B, 1, Q|1, K]): elementwise ops with constants that are the
-        same for every query row (a constant may differ between batch elements), Expand to [B, 1, Q, K], Shape;
-        lowered on the [B, K] rows. Masks of one row go to lower_index.lower_maskrow."""
+        """Ops on a computed attention mask of ONNX shape [B, 1, Q|1, K], kept as its B rows of K lanes (an NCHW
+        layout would put K on the rows): elementwise ops with constants that are the same for every query row (a
+        constant may differ between batch elements), Expand to [B, 1, Q, K], Shape; lowered on the [B, K] rows,
+        which the attention scores read for every query row of every head of their element."""
         masks = [self.maskrows[x[1]] for x in args if x is not None and x[0] == "maskrow"]
-        if all(shape[0] == 1 for _, shape in masks):
-            return super().lower_maskrow(node, op, a, args)
         from lpusim.compiler.importer import _BINARY, _UNARY
         shapes = [x[1].shape if x[0] == "const" else self.maskrows[x[1]][1] if x[0] == "maskrow" else None
                   for x in args if x is not None]
@@ -443,7 +442,7 @@ class HeadsLowering:
                 return
         elementwise = op in ("Where", "Cast", "Not") or op in _BINARY or op in _UNARY or op in ("Pow", "Clip")
         if not elementwise or any(s_ is None for s_ in shapes):
-            raise CompileError(f"{self.where(node)}: attention mask rows [B, 1, 1, K] are read by {op}; only "
+            raise CompileError(f"{self.where(node)}: attention mask rows [B, 1, Q, K] are read by {op}; only "
                                f"elementwise ops with constants, Expand and the attention scores can read them")
         out_shape = tuple(np.broadcast_shapes(*[tuple(s_) for s_ in shapes]))
         nb, k = out_shape[0], out_shape[-1]

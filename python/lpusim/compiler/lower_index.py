@@ -356,51 +356,6 @@ class IndexLowering:
         self.values[node.output[0]] = (prev, out_shape)
 
     # ----- an attention mask kept as one row: [1, 1, Q|1, K] whose rows are all the same ----------------------------
-    def lower_maskrow(self, node, op, a, args) -> None:
-        """A computed attention mask of ONNX shape [1, 1, Q, K] (or [1, 1, 1, K]) kept as its one [1, K] row (an
-        NCHW layout would put K on the rows): elementwise ops with constants that are the same for every query row,
-        Expand, Shape; the attention scores read the row for every query row of every head (lower_heads.py)."""
-        shapes = [x[1].shape if x[0] == "const" else self.maskrows[x[1]][1] if x[0] == "maskrow" else None
-                  for x in args if x is not None]
-        if op == "Shape":
-            self.consts[node.output[0]] = np.array(shapes[0], dtype=np.int64)[a.get("start", 0):a.get("end", 4)]
-            return
-        if op == "Expand" and args[1][0] == "const":
-            out_shape = tuple(np.broadcast_shapes(shapes[0], tuple(int(v) for v in np.asarray(args[1][1]).ravel())))
-            if len(out_shape) == 4 and out_shape[:2] == (1, 1) and out_shape[3] == shapes[0][3]:
-                self.maskrows[node.output[0]] = (self.maskrows[node.input[0]][0], out_shape)
-                return
-        elementwise = op in ("Where", "Cast", "Not", "Identity") or op in _elementwise_ops()
-        if not elementwise or any(s is None for s in shapes):
-            raise CompileError(f"{self.where(node)}: an attention mask row [1, 1, Q, K] is read by {op}; only "
-                               f"elementwise ops with constants, Expand and the attention scores can read it")
-        out_shape = tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
-        k = out_shape[-1] if out_shape else 0
-        if len(out_shape) != 4 or out_shape[:2] != (1, 1):
-            raise CompileError(f"{self.where(node)}: an attention mask row broadcast to {out_shape} "
-                               f"(only [1, 1, Q, K])")
-        inputs = []
-        for i, x in enumerate(args):
-            if x is None:
-                inputs.append("")
-                continue
-            name = f"{node.output[0]}@row{i}"
-            if x[0] == "maskrow":
-                self.values[name] = (self.maskrows[x[1]][0], (1, k))
-            else:
-                full = np.broadcast_to(np.asarray(x[1]), out_shape)
-                if not np.all(full == full[:, :, :1, :]):
-                    raise CompileError(f"{self.where(node)}: a constant that differs between query rows meets an "
-                                       f"attention mask row (not supported yet)")
-                same = full.size and np.all((full == full.flat[0]) | (np.isnan(full) & np.isnan(full.flat[0])))
-                self.consts[name] = np.asarray(full.flat[0]) if same else np.ascontiguousarray(full[0, 0, :1, :])
-            inputs.append(name)
-        sub = onnx.helper.make_node(op, inputs, [f"{node.output[0]}@row"], name=node.name or node.output[0],
-                                    **{k_: v for k_, v in a.items()})
-        self.lower(sub)
-        row, _ = self.values.pop(sub.output[0])
-        self.maskrows[node.output[0]] = (row, out_shape)
-
     def lower_range(self, node, args) -> None:
         computed = [node.input[i] for i, v in enumerate(args) if v is not None and v[0] != "const"]
         raise CompileError(f"{self.where(node)}: Range with computed input(s) {', '.join(computed)}: lpusim folds "
