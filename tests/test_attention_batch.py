@@ -70,28 +70,12 @@ def test_bert_encoder_batch_with_attention_mask_matches_onnxruntime(batch):
 def test_heads_batch_constant_mask_per_element_and_two_step_kt():
     """A constant additive mask [B, 1, 1, S] that differs per element, K^T as Transpose (0,2,1,3) then (0,1,3,2),
     Softmax axis 3, at batch 2 and an odd sequence."""
-    b_, s, hidden, heads = 2, 7, 16, 2
-    d = hidden // heads
+    from test_attention_ops import masked_attention
+    b_, s = 2, 7
     mask = np.zeros((b_, 1, 1, s), np.float32)
     mask[0, ..., -3:] = -10000.0
     mask[1, ..., :2] = -10000.0
-    inits = {"wq": w(hidden, hidden), "wk": w(hidden, hidden), "wv": w(hidden, hidden),
-             "split": np.array([b_, s, heads, d]), "merge": np.array([b_, s, hidden]), "mask": mask,
-             "scale": np.float32(np.sqrt(d))}
-    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
-             helper.make_node("MatMul", ["x", "wv"], ["v"])]
-    for t in "qkv":
-        nodes.append(helper.make_node("Reshape", [t, "split"], [f"{t}4"]))
-    nodes += [helper.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
-              helper.make_node("Transpose", ["k4"], ["kt0"], perm=[0, 2, 1, 3]),
-              helper.make_node("Transpose", ["kt0"], ["kt"], perm=[0, 1, 3, 2]),
-              helper.make_node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
-              helper.make_node("MatMul", ["qt", "kt"], ["sc"]), helper.make_node("Div", ["sc", "scale"], ["sd"]),
-              helper.make_node("Add", ["sd", "mask"], ["sm"]), helper.make_node("Softmax", ["sm"], ["p"], axis=3),
-              helper.make_node("MatMul", ["p", "vt"], ["c"]),
-              helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
-              helper.make_node("Reshape", ["ct", "merge"], ["y"])]
-    assert_matches_onnxruntime(make_model(nodes, inits, {"x": [b_, s, hidden]}))
+    assert_matches_onnxruntime(masked_attention(mask, s))
 
 
 def test_mask_rows_read_by_an_unsupported_op_is_a_clear_error():

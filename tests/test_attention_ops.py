@@ -35,13 +35,12 @@ def test_bert_encoder_matches_onnxruntime(kw):
     program, result, cmp = assert_matches_onnxruntime(bert_encoder(**kw))
 
 
-def test_heads_with_additive_mask_and_scale():
-    s, hidden, heads = 8, 16, 2
-    d = hidden // heads
-    mask = np.zeros((1, 1, 1, s), np.float32)
-    mask[..., -3:] = -10000.0  # padding positions
+def masked_attention(mask: np.ndarray, s: int, hidden: int = 16, heads: int = 2):
+    """Q/K/V projections, heads split by Reshape + Transpose, K^T in two Transposes, scores / sqrt(d) + `mask`
+    ([B, 1, 1, S], constant), Softmax on axis 3, P @ V, heads merged: the graph torch.onnx.export writes."""
+    b_, d = mask.shape[0], hidden // heads
     inits = {"wq": w(hidden, hidden), "wk": w(hidden, hidden), "wv": w(hidden, hidden),
-             "split": np.array([1, s, heads, d]), "merge": np.array([1, s, hidden]), "mask": mask,
+             "split": np.array([b_, s, heads, d]), "merge": np.array([b_, s, hidden]), "mask": mask,
              "scale": np.float32(np.sqrt(d))}
     nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
              helper.make_node("MatMul", ["x", "wv"], ["v"])]
@@ -56,7 +55,14 @@ def test_heads_with_additive_mask_and_scale():
               helper.make_node("MatMul", ["p", "vt"], ["c"]),
               helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["ct", "merge"], ["y"])]
-    assert_matches_onnxruntime(make_model(nodes, inits, {"x": [1, s, hidden]}))
+    return make_model(nodes, inits, {"x": [b_, s, hidden]})
+
+
+def test_heads_with_additive_mask_and_scale():
+    s = 8
+    mask = np.zeros((1, 1, 1, s), np.float32)
+    mask[..., -3:] = -10000.0  # padding positions
+    assert_matches_onnxruntime(masked_attention(mask, s))
 
 
 def test_attention_heads_read_as_a_graph_output_is_a_clear_error():
