@@ -2,7 +2,7 @@
 
 Why: onnxruntime runs an int8 transformer's LayerNorm, Softmax and attention products (two computed operands) in
 float32. The chip computes them at ~22 significant bits (hi + lo fp16 MXM passes) in its own summation order, so
-a float32 value within an ulp of a rounding boundary can land on the neighbouring code: in BERT-base at int8, 8
+a float32 value within an ulp of a rounding boundary can land on the neighbouring code: in BERT-base at int8, 9
 of 4.9 million codes. With random weights, twelve layers amplify one such code into a visibly different output
 (max abs 0.21), and onnxruntime's own ORT_ENABLE_BASIC and ORT_ENABLE_ALL runs of the model differ by as much. A
 whole-model comparison then cannot tell a rounding tie from a wrong layer. Here every segment starts from
