@@ -76,15 +76,18 @@ def measure_model(model, name: str, precision: str = "fp16", progress: bool = Fa
     return row
 
 
+def option(argv: list, flag: str, default):
+    """(argv without `flag VALUE`, VALUE or `default`): the benchmark scripts' one option form."""
+    if flag not in argv:
+        return argv, default
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2:], argv[i + 1]
+
+
 def main(argv):
-    out, chips = None, 1
-    if "--json" in argv:
-        out = argv[argv.index("--json") + 1]
-        argv = argv[:argv.index("--json")] + argv[argv.index("--json") + 2:]
-    if "--chips" in argv:
-        chips = argv[argv.index("--chips") + 1]
-        chips = chips if chips == "auto" else int(chips)
-        argv = argv[:argv.index("--chips")] + argv[argv.index("--chips") + 2:]
+    argv, out = option(argv, "--json", None)
+    argv, chips = option(argv, "--chips", "1")
+    chips = chips if chips == "auto" else int(chips)
     rows = []
     for name in argv or NAMES:
         row = measure(name, chips=chips)

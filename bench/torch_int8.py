@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from light_models import measure_model  # noqa: E402
+from light_models import measure_model, option  # noqa: E402
 
 NAMES = ["resnet18", "mobilenet_v2", "bert_base", "gpt2_small"]
 
@@ -106,17 +106,10 @@ def measure(name: str, precision: str = "int8", chips=1) -> dict:
     return row
 
 
-def _option(argv: list, flag: str, default):
-    if flag not in argv:
-        return argv, default
-    i = argv.index(flag)
-    return argv[:i] + argv[i + 2:], argv[i + 1]
-
-
 def main(argv):
-    argv, out = _option(argv, "--json", None)
-    argv, precision = _option(argv, "--precision", "int8")
-    argv, chips = _option(argv, "--chips", "1")
+    argv, out = option(argv, "--json", None)
+    argv, precision = option(argv, "--precision", "int8")
+    argv, chips = option(argv, "--chips", "1")
     chips = chips if chips == "auto" else int(chips)
     rows = []
     for name in argv or NAMES:

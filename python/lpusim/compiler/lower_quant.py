@@ -123,15 +123,12 @@ class QuantLowering:
         """int8/uint8 graph inputs read only by quantisation ops (a QDQ model cut between layers, or one that takes
         codes): the host sends each value q exactly as float32 (importer.host_input) and one VXM pass makes the
         IR's codes of it (q - 128 for uint8, q itself for int8)."""
-        users = {}
-        for n in self.model.graph.node:
-            for i in n.input:
-                users.setdefault(i, []).append(n.op_type)
         made = []
         for inp in self.model.graph.input:
             kind = _TYPES.get(inp.type.tensor_type.elem_type)
+            users = self.q_users(inp.name)
             if kind not in ("u8", "i8") or inp.name not in self.input_shapes or \
-                    not users.get(inp.name) or any(op not in QUANT_OPS for op in users[inp.name]):
+                    not users or any(u.op_type not in QUANT_OPS for u in users):
                 continue
             ir, shape = self.values[inp.name]
             step = Step("SUB", [("src", 0), ("imm", 128.0)]) if kind == "u8" else Step("COPY", [("src", 0)])

@@ -95,6 +95,20 @@ struct FastW {
     sp_val: Vec<f64>,
 }
 
+impl FastW {
+    /// Row `k` (`stride` floats) of the GEMM image, growing the image to hold it (room for `dim` rows reserved
+    /// at the first growth); the image must not be shared with a GEMM job in flight.
+    fn image_row(&mut self, k: usize, dim: usize) -> &mut [f32] {
+        let stride = self.stride;
+        let fw = std::sync::Arc::get_mut(&mut self.w).expect("the buffer's image is not shared");
+        if fw.len() < (k + 1) * stride {
+            fw.reserve_exact(dim * stride - fw.len());
+            fw.resize((k + 1) * stride, 0.0);
+        }
+        &mut fw[k * stride..(k + 1) * stride]
+    }
+}
+
 impl Weights {
     fn empty() -> Weights {
         Weights {
@@ -740,13 +754,7 @@ impl MxmPlane {
         match t {
             DType::F16 => {
                 let f = &mut b.fast;
-                let stride = f.stride;
-                let fw = std::sync::Arc::get_mut(&mut f.w).expect("the buffer's image is not shared");
-                if fw.len() < (k + 1) * stride {
-                    fw.reserve_exact(dim * stride - fw.len());
-                    fw.resize((k + 1) * stride, 0.0);
-                }
-                let row = &mut fw[k * stride..(k + 1) * stride];
+                let row = f.image_row(k, dim);
                 let (special, l, lowbit, max, nnz) = decode_f16_row(&lo[..dim], &hi[..dim], raw, &mut row[..dim]);
                 row[dim..].fill(0.0);
                 f.lowbit = f.lowbit.min(lowbit);

@@ -9,13 +9,7 @@ use crate::isa::DType;
 
 /// Row `k` of an int8/uint8 weight set (as integers) into the GEMM image and its bound data.
 pub(super) fn load_image(f: &mut FastW, k: usize, dim: usize, int: &[i32]) {
-    let stride = f.stride;
-    let fw = std::sync::Arc::get_mut(&mut f.w).expect("the buffer's image is not shared");
-    if fw.len() < (k + 1) * stride {
-        fw.reserve_exact(dim * stride - fw.len());
-        fw.resize((k + 1) * stride, 0.0);
-    }
-    let row = &mut fw[k * stride..(k + 1) * stride];
+    let row = f.image_row(k, dim);
     let (mut max, mut nnz) = (0i32, 0usize);
     for (d, &v) in row[..dim].iter_mut().zip(&int[..dim]) {
         *d = v as f32; // exact
