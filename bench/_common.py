@@ -13,7 +13,7 @@ import time
 
 import lpusim
 from lpusim.chip import Chip as _Chip  # underscored: asv would take any public class here for a benchmark
-from lpusim.program import Program as _Program
+from lpusim.runtime.program import Program as _Program
 
 
 # onnxruntime inferences timed after each simulation in a ratio (they take milliseconds)

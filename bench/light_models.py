@@ -15,7 +15,7 @@ import time
 import onnx
 
 import lpusim
-from lpusim.check import compare, run_onnxruntime
+from lpusim.check.compare import compare, run_onnxruntime
 
 NAMES = ["resnet50", "vgg19", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet",
          "bvlc_alexnet", "zfnet512"]
@@ -33,7 +33,7 @@ def measure(name: str, precision: str = "fp16", chips=1) -> dict:
 
 def measure_model(model, name: str, precision: str = "fp16", progress: bool = False, chips=1) -> dict:
     """Compile, simulate (functional and timing-only) and compare one model; times from this process."""
-    from lpusim.multichip import MultiProgram
+    from lpusim.multichip.pipeline import MultiProgram
 
     row = {"model": name, "precision": precision}
     t = time.perf_counter()
@@ -55,7 +55,7 @@ def measure_model(model, name: str, precision: str = "fp16", progress: bool = Fa
     timing = program.run(x, timing_only=True)
     row["timing_only_s"] = time.perf_counter() - t
     if precision == "int8":
-        from lpusim.compiler.quantize import quantize_model
+        from lpusim.compiler.frontend.quantize import quantize_model
         model = quantize_model(model, x)  # x = random_inputs(0): the compile's default calibration inputs
     ref, ort_s = run_onnxruntime(model, x)
     cmp = compare(result.outputs, ref)

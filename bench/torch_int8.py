@@ -69,8 +69,8 @@ def output_steps(model: onnx.ModelProto) -> dict:
 
 def measure(name: str, precision: str = "int8", chips=1) -> dict:
     import lpusim
-    from lpusim.check import run_onnxruntime
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.check.compare import run_onnxruntime
+    from lpusim.compiler.frontend.quantize import quantize_model
 
     with tempfile.TemporaryDirectory() as d:
         model = export(name, os.path.join(d, f"{name}.onnx"))
@@ -99,7 +99,7 @@ def measure(name: str, precision: str = "int8", chips=1) -> dict:
                within_one_step=within / total if within else None, max_steps=max_steps if within else None,
                f32_units=f32_units)
     if name not in ("resnet18", "mobilenet_v2"):  # transformers: also segment by segment (lpusim/segments.py)
-        from lpusim.segments import check_segments, summarize
+        from lpusim.check.segments import check_segments, summarize
         summary = summarize(check_segments(q, x))
         row.update({f"segments_{k}": v for k, v in summary.items() if k != "segments"}, segments=summary["segments"])
     row.pop("utilization", None)

@@ -4,7 +4,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import lpusim
-from lpusim.check import compare, run_onnxruntime
+from lpusim.check.compare import compare, run_onnxruntime
 
 
 def make_model(nodes, inits, inputs, opset=17, outputs=("y",)):

@@ -6,7 +6,7 @@ import pytest
 from onnx import helper
 
 import lpusim
-from lpusim.check import run_onnxruntime
+from lpusim.check.compare import run_onnxruntime
 from lpusim.models import bert_encoder
 from onnx_cases import assert_matches_onnxruntime, make_model
 
@@ -104,7 +104,7 @@ def test_bert_encoder_batch_int8_matches_onnxruntime(batch, mask):
     within 1.1 units of f32, sits on a rounding boundary of its QuantizeLinear for one element and the next code
     differs: the f32 rounding-order tie test_torch_models describes; the attention codes are still exact.)"""
     import onnx
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.compiler.frontend.quantize import quantize_model
     from test_int8 import assert_f32_close
     model = bert_encoder(layers=1, hidden=64, heads=4, seq=16, batch=batch, mask=mask)
     x = inputs(batch, 16, 64, padding_mask(batch, 16) if mask else None, seed=0)
@@ -299,7 +299,7 @@ def test_transformers_batch_with_attention_mask_matches_onnxruntime(tmp_path, ba
 def test_transformers_batch_2_with_attention_mask_int8_matches_onnxruntime(tmp_path, kind="bert"):
     """precision="int8" with the exported mask path at batch 2: onnxruntime's codes, the output within
     test_int8.F32_UNITS."""
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.compiler.frontend.quantize import quantize_model
     from test_int8 import assert_f32_close
     model, x = transformers_model(tmp_path, kind, 2, True), transformers_mask_inputs(2)
     program = lpusim.compile(model, precision="int8", calibration=x)

@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lpusim
-from lpusim.check import compare, run_onnxruntime
+from lpusim.check.compare import compare, run_onnxruntime
 
 RNG = np.random.default_rng(0)
 

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import lpusim
-from lpusim.check import run_onnxruntime
+from lpusim.check.compare import run_onnxruntime
 from onnx_cases import assert_matches_onnxruntime
 from test_index_ops import typed_model
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lpusim
-from lpusim.check import run_onnxruntime
+from lpusim.check.compare import run_onnxruntime
 from onnx_cases import assert_matches_onnxruntime, make_model
 
 F, I64, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL

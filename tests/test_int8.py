@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lpusim
-from lpusim.check import run_onnxruntime
+from lpusim.check.compare import run_onnxruntime
 from lpusim.models import mlp
 
 ort_quant = pytest.importorskip("onnxruntime.quantization")
@@ -229,7 +229,7 @@ def test_precision_int8_mini_resnet(batch):
     and Relus run in float between DequantizeLinear and QuantizeLinear, the stem convolution reads quantised host
     patches, GlobalAveragePool sums codes on the MXM (as QLinearGlobalAveragePool). Compared with onnxruntime
     running the same quantised model (`quantize_model`), and faster than the fp16 compile of the float model."""
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.compiler.frontend.quantize import quantize_model
     from lpusim.models import mini_resnet
 
     model = mini_resnet(batch=batch)
@@ -274,7 +274,7 @@ def test_precision_int8_light_resnet50():
     model; its cycles are the int8 row of the README's published-results table."""
     import os
 
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.compiler.frontend.quantize import quantize_model
 
     path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_resnet50.onnx")
     model = onnx.load(path)
@@ -363,7 +363,7 @@ def test_precision_int8_bert_encoder_matches_onnxruntime():
     attention (two computed operands), Softmax and LayerNorm run in float as onnxruntime runs them, at f32 accuracy
     (hi + lo fp16 passes), so the float output is within `F32_UNITS` of onnxruntime's on the same quantised model.
     (Before the hi + lo passes: fp16 rule only, 0.0 exact.) Measured: 1.08 units, 46% of elements bit for bit."""
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.compiler.frontend.quantize import quantize_model
     from lpusim.models import bert_encoder
 
     model = bert_encoder(layers=1, hidden=64, heads=4, seq=16)
@@ -555,7 +555,7 @@ def wide_depthwise(channels=384, hw=8, stride=1, seed=0):
 def test_int8_depthwise_past_one_lane_tile(stride):
     """A padded int8 convolution of 384 channels: every column tile's border holds the zero point's code (it was
     written to the first 320 lanes only, so MobileNetV2's 384-channel depthwise convs read 0 at the border)."""
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.compiler.frontend.quantize import quantize_model
 
     model = wide_depthwise(stride=stride)
     x = {"input": np.random.default_rng(4).standard_normal((1, 8, 8, 8)).astype(np.float32)}
@@ -583,7 +583,7 @@ def linear_bottleneck(seed=0):
 def test_int8_conv_read_through_two_quantize_linears():
     """A Conv whose output has two QuantizeLinears with the same scale and zero point is still one int8 contraction
     (onnxruntime fuses it into QLinearConv too); it fell back to a float Conv + QuantizeLinear, one step off."""
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.compiler.frontend.quantize import quantize_model
 
     model = linear_bottleneck()
     x = {"input": np.random.default_rng(5).standard_normal((1, 8, 8, 8)).astype(np.float32)}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import lpusim
-from lpusim.check import compare, run_onnxruntime
+from lpusim.check.compare import compare, run_onnxruntime
 from lpusim.models import mlp
 
 SHAPES = [

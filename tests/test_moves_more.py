@@ -132,8 +132,8 @@ def test_concat_rows_then_matmul_int8():
     # precision="int8": compared with onnxruntime running the same quantised model (at most one output step off)
     pytest.importorskip("onnxruntime.quantization")
     import lpusim
-    from lpusim.check import run_onnxruntime
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.check.compare import run_onnxruntime
+    from lpusim.compiler.frontend.quantize import quantize_model
     w = RNG.standard_normal((16, 8)).astype(np.float32)
     nodes = [helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("MatMul", ["c", "w"], ["y"])]
     m = make_model(nodes, {"w": w}, {"a": [2, 3, 16], "b": [2, 5, 16]})

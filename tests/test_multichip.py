@@ -16,7 +16,7 @@ from lpusim import CompileError, SimulationError
 from lpusim.chip import Chip
 from lpusim.cli import main
 from lpusim.models import mini_resnet, mlp
-from lpusim.multichip import MultiProgram, compile_pipeline
+from lpusim.multichip.pipeline import MultiProgram, compile_pipeline
 from lpusim.system import System
 
 
@@ -227,7 +227,7 @@ def test_node_larger_than_a_chip_is_split_by_columns(scale):
     power-of-two rescale (scale_fp16), which every row part applies to its own accumulator."""
     from onnx import numpy_helper
 
-    from lpusim.check import compare, run_onnxruntime
+    from lpusim.check.compare import compare, run_onnxruntime
 
     small = _small_chip()
     model = mlp((1024, 4096, 640, 10), batch=2, seed=3)
@@ -270,7 +270,7 @@ def test_vgg19_on_several_chips():
 
     import onnx
 
-    from lpusim.multichip import run_report
+    from lpusim.multichip.pipeline import run_report
 
     path = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/light_vgg19.onnx")
     report = run_report(path, chips="auto")
@@ -287,7 +287,7 @@ def test_vgg19_on_several_chips():
 def test_placement_limit_shortens_stages(demo):
     """The allocator's verdict overrides the byte estimate: a stage start limited to one node ends there."""
     from lpusim.compiler import build_graph
-    from lpusim.compiler.partition import Partitioner
+    from lpusim.multichip.partition import Partitioner
 
     _, graph = build_graph(demo[0])
     part = Partitioner(graph, Chip.load(), 24)

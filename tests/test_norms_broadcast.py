@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from lpusim.check import run_onnxruntime
+from lpusim.check.compare import run_onnxruntime
 from onnx_cases import assert_matches_onnxruntime, make_model
 
 RNG = np.random.default_rng(41)

@@ -51,7 +51,7 @@ from onnx.backend.test.loader import load_model_tests
 
 import lpusim
 import lpusim.backend
-from lpusim.check import TOLERANCES
+from lpusim.check.compare import TOLERANCES
 from lpusim.compiler.importer import SUPPORTED_OPS
 from lpusim.compiler.lower_quant import QUANT_OPS
 

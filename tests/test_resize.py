@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 import lpusim
-from lpusim.check import compare, run_onnxruntime
+from lpusim.check.compare import compare, run_onnxruntime
 from onnx_cases import assert_matches_onnxruntime, make_model
 
 RNG = np.random.default_rng(11)

@@ -9,9 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lpusim
-from lpusim.check import run_onnxruntime
+from lpusim.check.compare import run_onnxruntime
 from lpusim.models import bert_encoder, mlp
-from lpusim.segments import ONE_STEP_FRACTION, SegmentResult, _compare_segment, check_segments, find_cuts, split
+from lpusim.check.segments import ONE_STEP_FRACTION, SegmentResult, _compare_segment, check_segments, find_cuts, split
 
 RNG = np.random.default_rng(5)
 

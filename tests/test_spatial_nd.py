@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import lpusim
-from lpusim.check import compare, run_onnxruntime
+from lpusim.check.compare import compare, run_onnxruntime
 from lpusim.errors import CompileError
 from onnx_cases import assert_matches_onnxruntime, make_model
 

@@ -5,7 +5,7 @@ import numpy as np
 from onnx import helper
 
 import lpusim
-from lpusim.compiler import resources
+from lpusim.compiler.schedule import resources
 from onnx_cases import assert_matches_onnxruntime, make_model
 
 RNG = np.random.default_rng(11)

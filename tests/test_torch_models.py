@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lpusim
-from lpusim.check import compare, run_onnxruntime
+from lpusim.check.compare import compare, run_onnxruntime
 from onnx_cases import assert_matches_onnxruntime
 
 torch = pytest.importorskip("torch")
@@ -59,7 +59,7 @@ def gpt2_model(tmp_path):
 def run_int8(model):
     """Compile at precision="int8", run on the default inputs, and compare with onnxruntime on the quantised model
     (quantised with the same calibration inputs as the compile's): (program, result, compare dict)."""
-    from lpusim.compiler.quantize import quantize_model
+    from lpusim.compiler.frontend.quantize import quantize_model
 
     program = lpusim.compile(model, precision="int8")
     x = program.random_inputs(0)

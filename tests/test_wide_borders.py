@@ -4,7 +4,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 import lpusim
-from lpusim.check import run_onnxruntime
+from lpusim.check.compare import run_onnxruntime
 
 
 def test_max_pool_of_negative_values_past_one_lane_tile():

@@ -20,8 +20,8 @@ from lpusim.errors import (
     ModelError,
     SimulationError,
 )
-from lpusim.program import Program, RunResult, compile
-from lpusim.segments import SegmentResult, check_segments
+from lpusim.runtime.program import Program, RunResult, compile
+from lpusim.check.segments import SegmentResult, check_segments
 
 __version__ = "0.1.0"
 

@@ -47,8 +47,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from lpusim.errors import CompileError, LpusimError, ModelError
-from lpusim.program import Program, RunResult
-from lpusim.program import compile as _compile
+from lpusim.runtime.program import Program, RunResult
+from lpusim.runtime.program import compile as _compile
 
 DEVICES = ("CPU", "CPU:0")
 _OPTIONS = {"chip", "precision", "shapes", "constant_inputs", "calibration"}
@@ -74,7 +74,7 @@ def _split_options(kwargs: dict) -> dict:
 def _load(model, check: bool = False) -> onnx.ModelProto:
     """A ModelProto from a ModelProto, serialized bytes or a path; with `check`, passed through onnx.checker
     (lpusim's ModelError naming the problem)."""
-    from lpusim.compiler.importer import load_model
+    from lpusim.compiler.frontend.load import load_model
 
     if isinstance(model, (str, os.PathLike)):
         return load_model(model) if check else onnx.load(os.fspath(model))

@@ -59,8 +59,8 @@ def run_and_check(model, *, inputs=None, seed=0, chip=None, shapes=None, timing_
     """Compile, simulate and cross-check; the report dict that `lpusim run --json` prints. precision="int8" is
     checked against onnxruntime running the model onnxruntime's quantiser makes of it (compiler/quantize.py)."""
     import lpusim
-    from lpusim.check import compare, run_onnxruntime
-    from lpusim.compiler.importer import load_model
+    from lpusim.check.compare import compare, run_onnxruntime
+    from lpusim.compiler.frontend.load import load_model
 
     proto = load_model(model)
     program = lpusim.compile(proto, chip=chip, shapes=shapes, progress=progress, precision=precision)
@@ -69,7 +69,7 @@ def run_and_check(model, *, inputs=None, seed=0, chip=None, shapes=None, timing_
     from lpusim.compiler.lower_quant import QUANT_OPS
     quantised = any(n.op_type in QUANT_OPS for n in proto.graph.node)
     if precision == "int8" and not quantised:
-        from lpusim.compiler.quantize import quantize_model
+        from lpusim.compiler.frontend.quantize import quantize_model
         proto = quantize_model(proto, program.random_inputs(0))  # calibrated as the compile was
     result = program.run(inputs, timing_only=timing_only)
     if trace:
@@ -137,7 +137,7 @@ def cmd_run(args) -> int:
     if (args.chips != "1" or args.system) and args.precision != "fp16":
         raise LpusimError("--precision int8 runs on one chip only (not with --chips or --system yet)")
     if args.chips != "1" or args.system:  # several chips: lpusim/multichip.py
-        from lpusim.multichip import run_report
+        from lpusim.multichip.pipeline import run_report
         chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
         report = run_report(args.model, chips=chips, parallel=args.parallel, system=args.system,
                             inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
@@ -229,7 +229,7 @@ def cmd_asm(args) -> int:
 
 
 def cmd_segments(args) -> int:
-    from lpusim.segments import check_segments, summarize
+    from lpusim.check.segments import check_segments, summarize
 
     def show(r):
         if not args.json:

@@ -11,10 +11,12 @@ import math
 import numpy as np
 
 from lpusim.chip import Chip
-from lpusim.compiler import calibrate, emit, importer, ir, passes, schedule
-from lpusim.compiler.layout import WIDTH, Store
+from lpusim.compiler import emit, importer, ir, passes
+from lpusim.compiler.frontend import calibrate, load
+from lpusim.compiler.schedule import scheduler as schedule
+from lpusim.compiler.schedule.storage import WIDTH, Store
 from lpusim.compiler.lower_quant import QUANT_OPS
-from lpusim.compiler.quantize import quantize_model
+from lpusim.compiler.frontend.quantize import quantize_model
 from lpusim.errors import CompileError
 
 PRECISIONS = ("fp16", "int8")  # int8: quantised with onnxruntime's quantize_static first (quantize.py)
@@ -63,10 +65,10 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
     single-chip compile below and the multi-chip partitioner (multichip.py)."""
     if precision not in PRECISIONS:
         raise CompileError(f"precision '{precision}' is not supported yet (supported: {', '.join(PRECISIONS)})")
-    proto = importer.load_model(model)
-    input_shapes = importer.resolve_input_shapes(proto, shapes)
+    proto = load.load_model(model)
+    input_shapes = load.resolve_input_shapes(proto, shapes)
     if calibration is None:
-        calibration = random_inputs(input_shapes, 0, importer.input_kinds(proto))
+        calibration = random_inputs(input_shapes, 0, load.input_kinds(proto))
     if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
         proto = quantize_model(proto, {n: calibration[n] for n in input_shapes})
     magnitudes = calibrate.tensor_magnitudes(proto, calibration)
@@ -83,7 +85,7 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
 
 def random_inputs(input_shapes: dict, seed: int = 0, kinds: dict | None = None) -> dict:
     """Seeded standard-normal float32 inputs: the default calibration and `Program.random_inputs`. `kinds`
-    (importer.input_kinds): bool and integer inputs, drawn uniformly in [low, high) (token ids below the table's
+    (frontend/load.input_kinds): bool and integer inputs, drawn uniformly in [low, high) (token ids below the table's
     length, bools in {0, 1}, other integers in {1, 2})."""
     rng = np.random.default_rng(seed)
     out = {}

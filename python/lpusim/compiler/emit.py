@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from lpusim.compiler.resources import Issue
+from lpusim.compiler.schedule.resources import Issue
 from lpusim.errors import CompileError
 
 

@@ -5,13 +5,12 @@ work; an op with no chip lowering yet is a CompileError naming the node and its 
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lpusim.compiler.calibrate import without_large_initializers
+from lpusim.compiler.frontend.calibrate import without_large_initializers
+from lpusim.compiler.frontend.load import HOST_TYPES, attrs, input_kinds, resolve_input_shapes
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs
 from lpusim.compiler.lower_flatrows import FlatRowsLowering
 from lpusim.compiler.lower_gather import GatherLowering
@@ -27,7 +26,8 @@ from lpusim.compiler.lower_spatial_nd import SpatialNdLowering
 from lpusim.compiler.lower_rows import RowLowering
 from lpusim.compiler.lower_resize import ResizeLowering
 from lpusim.compiler.lower_transpose import TransposeLowering, same_layout
-from lpusim.errors import CompileError, ModelError
+from lpusim.compiler.row_layout import as_matrix, geom, to_rows
+from lpusim.errors import CompileError
 
 def _gelu(a) -> list:
     """0.5 * x * (1 + erf(x / sqrt(2))), or with approximate="tanh" 0.5 * x * (1 + tanh(sqrt(2/pi) * (x +
@@ -101,187 +101,6 @@ SUPPORTED_OPS = sorted(set(_UNARY) | set(_BINARY) | _PASSTHROUGH | _RESHAPES | _
                        {"MatMul", "Gemm", "Clip", "Constant", "BatchNormalization", "Sum"})
 
 
-def load_model(model) -> onnx.ModelProto:
-    """An ONNX path or ModelProto -> a checked ModelProto; ModelError with the file name on any problem."""
-    if isinstance(model, onnx.ModelProto):
-        where = "the given ModelProto"
-    else:
-        where = os.fspath(model)
-        if not os.path.exists(where):
-            raise ModelError(f"{where}: no such file")
-        try:
-            model = onnx.load(where)
-        except Exception as e:  # protobuf raises DecodeError and friends
-            raise ModelError(f"{where}: not a readable ONNX model (truncated or malformed?): {e}") from None
-    try:
-        onnx.checker.check_model(model)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{where}: invalid ONNX model: {first}") from None
-    if not model.graph.output:
-        raise ModelError(f"{where}: the graph has no outputs")
-    return model
-
-
-def _attrs(node) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple]:
-    """Concrete shape of every real graph input; CompileError naming the input when a dimension is unknown."""
-    shapes = dict(shapes or {})
-    inits = {i.name for i in model.graph.initializer}
-    out = {}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        if inp.name in shapes:
-            out[inp.name] = tuple(int(d) for d in shapes.pop(inp.name))
-            continue
-        dims = []
-        for d in inp.type.tensor_type.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(d.dim_value)
-            else:
-                name = d.dim_param or "?"
-                raise CompileError(f"input '{inp.name}': dimension '{name}' is not fixed; give it with "
-                                   f"--shape {inp.name}=D0,D1,... (or shapes={{'{inp.name}': (...)}})")
-        out[inp.name] = tuple(dims)
-    for inp in model.graph.input:
-        elem = inp.type.tensor_type.elem_type
-        if inp.name in out and elem not in HOST_TYPES:
-            raise CompileError(f"input '{inp.name}': element type {onnx.TensorProto.DataType.Name(elem)} "
-                               f"is not supported yet (float32, bool and integer inputs)")
-    if shapes:
-        raise CompileError(f"--shape names unknown input(s): {', '.join(sorted(shapes))}")
-    return out
-
-
-# Graph input element types the host converts to the chip's float32 (integers exactly when |v| <= 2^24).
-HOST_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.BOOL: np.bool_,
-              onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT16: np.int16,
-              onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.UINT16: np.uint16,
-              onnx.TensorProto.UINT32: np.uint32, onnx.TensorProto.UINT64: np.uint64}
-_INDEX_OPERANDS = {"Gather": 1, "GatherElements": 1, "GatherND": 1}  # op -> its indices operand
-_VALUE_PRESERVING = {"Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
-
-
-def input_kinds(model: onnx.ModelProto) -> dict[str, tuple[str, int, int]]:
-    """{input: (numpy dtype name, low, exclusive high)} for every bool or integer graph input: the values
-    `random_inputs` draws. An input that indexes a constant (a Gather's token ids, through Cast/Reshape/...) is
-    drawn in [0, that axis's length); a bool in {0, 1}; any other integer input in {1, 2} (never a zero divisor
-    in the calibration run)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-    kinds, origin = {}, {}
-    for inp in model.graph.input:
-        elem = inp.type.tensor_type.elem_type
-        if inp.name not in inits and elem in HOST_TYPES and elem != onnx.TensorProto.FLOAT:
-            kinds[inp.name] = (np.dtype(HOST_TYPES[elem]).name, 0 if elem == onnx.TensorProto.BOOL else 1, None)
-            origin[inp.name] = inp.name
-    for node in model.graph.node:
-        if node.op_type in _VALUE_PRESERVING and node.input and node.input[0] in origin:
-            origin[node.output[0]] = origin[node.input[0]]
-        pos = _INDEX_OPERANDS.get(node.op_type)
-        if pos is None or len(node.input) <= pos or node.input[pos] not in origin:
-            continue
-        data = node.input[0]
-        if data in inits:
-            dims = list(inits[data].dims)
-        elif data in consts and consts[data].attribute[0].name == "value":
-            dims = list(numpy_helper.to_array(consts[data].attribute[0].t).shape)
-        else:
-            dims = None
-        if not dims:
-            continue
-        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-        name = origin[node.input[pos]]
-        high = int(dims[axis % len(dims)])
-        kinds[name] = (kinds[name][0], 0, high if kinds[name][2] is None else min(high, kinds[name][2]))
-    for node in model.graph.node:  # int8/uint8 codes a DequantizeLinear reads: any code
-        if node.op_type == "DequantizeLinear" and node.input[0] in kinds and kinds[node.input[0]][0] in ("int8", "uint8"):
-            kinds[node.input[0]] = (kinds[node.input[0]][0], *((-128, 128) if kinds[node.input[0]][0] == "int8" else (0, 256)))
-    return {k: (d, lo, hi if hi is not None else lo + 2) for k, (d, lo, hi) in kinds.items()}
-
-
-def host_input(name: str, array, kind: tuple | None) -> np.ndarray:
-    """A graph input as the chip's float32: bool -> 1.0/0.0, integers exactly (ModelError naming the input when a
-    value has no exact float32 form, |v| > 2^24); float inputs as before."""
-    array = np.asarray(array)
-    if kind is None:
-        return array.astype(np.float32)
-    if array.dtype.kind not in "biu":
-        raise ModelError(f"input '{name}' is declared {kind[0]} and was given a {array.dtype} array")
-    converted = array.astype(np.float32)
-    if array.dtype.kind != "b" and np.any(converted.astype(np.float64) != array.astype(np.float64)):
-        bad = array[converted.astype(np.float64) != array.astype(np.float64)].ravel()[0]
-        raise ModelError(f"input '{name}': the value {int(bad)} has no exact float32 form (the chip computes in "
-                         f"float32: integers up to 2^24 in magnitude)")
-    return converted
-
-
-def decode_output(name: str, array: np.ndarray, dtype) -> np.ndarray:
-    """An output the chip computed as float32, returned as its ONNX integer type (ArgMax's int64, Cast to int):
-    the values must be whole numbers (LpusimError otherwise: a compiler bug, not a rounding)."""
-    if dtype is None:
-        return array
-    from lpusim.errors import LpusimError
-    bad = ~np.isfinite(array) | (np.floor(array) != array)
-    if bad.any():
-        raise LpusimError(f"output '{name}' is {np.dtype(dtype).name}, but the chip produced {int(bad.sum())} "
-                          f"value(s) that are not whole numbers (e.g. {array[bad].ravel()[0]!r})")
-    return array.astype(dtype)
-
-
-def _as_matrix(shape: tuple) -> tuple[int, int]:
-    """An ONNX shape as (rows, cols): an NCHW image has channels on the lanes and a row per pixel; any other
-    shape has its last dimension on the lanes and everything before it batched."""
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 4:
-        n, c, h, w = shape
-        return int(n * h * w), int(c)
-    return int(np.prod(shape[:-1], dtype=np.int64)), int(shape[-1])
-
-
-def _geom(shape: tuple) -> tuple | None:
-    return (int(shape[0]), int(shape[2]), int(shape[3])) if len(shape) == 4 else None
-
-
-def to_rows(array: np.ndarray, shape: tuple) -> np.ndarray:
-    """A host array of ONNX `shape` in the chip's row layout (see `_as_matrix`)."""
-    array = np.asarray(array)
-    if len(shape) == 4:
-        array = array.transpose(0, 2, 3, 1)
-    rows, cols = _as_matrix(shape)
-    return np.ascontiguousarray(array.reshape(rows, cols))
-
-
-def im2col(array: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
-    """NCHW -> [N*Ho*Wo, C*kh*kw] patches, column (c, i, j) = c*kh*kw + i*kw + j, zero padding."""
-    n, c, h, w = array.shape
-    kh, kw = kernel
-    padded = np.zeros((n, c, h + pads[0] + pads[2], w + pads[1] + pads[3]), dtype=array.dtype)
-    padded[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w] = array
-    ho = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    wo = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    cols = np.empty((n, ho, wo, c, kh, kw), dtype=array.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            hs, ws = i * dilations[0], j * dilations[1]
-            win = padded[:, :, hs:hs + strides[0] * (ho - 1) + 1:strides[0], ws:ws + strides[1] * (wo - 1) + 1:strides[1]]
-            cols[:, :, :, :, i, j] = win.transpose(0, 2, 3, 1)
-    return cols.reshape(n * ho * wo, c * kh * kw)
-
-
-def from_rows(matrix: np.ndarray, shape: tuple) -> np.ndarray:
-    """The inverse of `to_rows`."""
-    if len(shape) == 4:
-        n, c, h, w = shape
-        return np.ascontiguousarray(matrix.reshape(n, h, w, c).transpose(0, 3, 1, 2))
-    return matrix.reshape(shape)
-
-
 class _Lowering(ResizeLowering,
                 LaneLowering, MoveLowering, HeadsLowering, QuantLowering, MiscLowering, IndexLowering,
                 TransposeLowering, GatherLowering, ReduceLowering, RowLowering, NormLowering, SpatialNdLowering,
@@ -314,11 +133,11 @@ class _Lowering(ResizeLowering,
         return f"{base}#{self.counter}"
 
     def add_tensor(self, name, shape, kind, data=None, onnx_input=None) -> str:
-        rows, cols = _as_matrix(shape)
+        rows, cols = as_matrix(shape)
         if data is not None:
             data = np.ascontiguousarray(np.asarray(data, dtype=np.float32).reshape(rows, cols))
         self.tensors[name] = Tensor(name, rows, cols, kind, tuple(shape), data, onnx_input=onnx_input,
-                                    geom=_geom(shape))
+                                    geom=geom(shape))
         return name
 
     def const_tensor(self, array: np.ndarray, hint: str) -> str:
@@ -386,7 +205,7 @@ class _Lowering(ResizeLowering,
     def lower_node(self, node) -> None:
         if self.lower_quant(node):  # int8: QDQ and QOperator forms (lower_quant.py)
             return
-        op, a = node.op_type, _attrs(node)
+        op, a = node.op_type, attrs(node)
         args = [self.get(node, i) for i in range(len(node.input))]
         out = node.output[0]
         if node.domain not in ("", "ai.onnx"):
@@ -587,7 +406,7 @@ class _Lowering(ResizeLowering,
         if t.geom is None and t.kind == "value" and all(o.name != node.output[0] for o in self.model.graph.output) \
                 and self.split_reshape(node, ir_name, shape, new):  # (a graph output is never a pending split)
             return  # [B, S, H] -> [B, S, heads, D]: attention heads (lower_heads.py)
-        new_rows, new_cols = _as_matrix(new)
+        new_rows, new_cols = as_matrix(new)
         if (new_rows, new_cols) == (t.rows, t.cols) and same_layout(shape, new):
             self.values[node.output[0]] = (ir_name, new)  # same rows of the same vectors: a pure view
         elif t.geom is not None and len(new) == 2 and new[0] == t.geom[0] and t.kind != "input":
@@ -831,7 +650,7 @@ class _Lowering(ResizeLowering,
             arr = np.asarray(x[1], dtype=np.float32)
             if arr.size == 1:
                 return ("imm", float(arr.reshape(())))
-            rows, cols = _as_matrix(out_shape)
+            rows, cols = as_matrix(out_shape)
             as_rows = to_rows(np.broadcast_to(arr, out_shape), out_shape)
             if rows > 1 and np.all(as_rows == as_rows[:1]):
                 return ("src", self.const_tensor(as_rows[:1].copy(), "c"))  # one row, read for every row
@@ -839,8 +658,8 @@ class _Lowering(ResizeLowering,
         _, name, shape = x
         if tuple(shape) == tuple(out_shape):
             return ("src", name)
-        rows, cols = _as_matrix(shape)
-        orows, ocols = _as_matrix(out_shape)
+        rows, cols = as_matrix(shape)
+        orows, ocols = as_matrix(out_shape)
         if cols == ocols and rows == 1 and (len(shape) == len(out_shape) or len(out_shape) != 4):
             return ("src", name)
         if cols == 1 and ocols > 1 and (rows == orows or rows == 1) and (len(shape) == 4) <= (len(out_shape) == 4):

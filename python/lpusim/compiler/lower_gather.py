@@ -46,8 +46,8 @@ MAX_SELECTIONS = 64  # constant indices moving lanes: MXM lane selections (each 
 HOST_MAP_LIMIT = 1 << 25  # elements of the host's (row, lane) index grid
 
 
-def _as_matrix(shape):
-    from lpusim.compiler.importer import _as_matrix as m
+def as_matrix(shape):
+    from lpusim.compiler.row_layout import as_matrix as m
     return m(tuple(shape))
 
 
@@ -61,13 +61,13 @@ class GatherLowering:
         terms (source row per output row, lane pattern or None: -1 gives 0), one term per distinct source row of
         an output row. CompileError if a term's lane pattern differs between rows (or, without `lanes_move`, an
         output row is not one whole input row)."""
-        from lpusim.compiler.importer import from_rows, to_rows
+        from lpusim.compiler.row_layout import from_rows, to_rows
         shape = tuple(shape)
         lane = lane_axis(shape)
         c_real = shape[lane]
         c = c_real if lanes_move else min(c_real, 2)
         small = tuple(c if i == lane else d for i, d in enumerate(shape))
-        rows, _ = _as_matrix(small)
+        rows, _ = as_matrix(small)
         if rows * c > HOST_MAP_LIMIT:
             raise CompileError(f"{self.where(node)}: {node.op_type} of {shape} moving lanes: the host's index map "
                                f"of {rows * c} elements is larger than {HOST_MAP_LIMIT} (not supported)")
@@ -226,7 +226,7 @@ class GatherLowering:
         That row number per output row (the ids column through a row-map view, on the VXM in float32) makes the
         one-hot rows [R_out, R_in], and `onehot @ x` runs on the MXM with all of x's rows as computed weights (a
         batch's rows meet only its own one-hot columns)."""
-        from lpusim.compiler.importer import from_rows, to_rows
+        from lpusim.compiler.row_layout import from_rows, to_rows
         nd = len(shape)
         lane = lane_axis(shape)
         v, h = shape[axis], shape[lane]
@@ -236,7 +236,7 @@ class GatherLowering:
                                f"gives {out_shape}, whose rows and lanes are laid out differently (not supported "
                                f"yet)")
         small = tuple(1 if i == lane else d for i, d in enumerate(shape))
-        rows_in = _as_matrix(small)[0]
+        rows_in = as_matrix(small)[0]
         if rows_in > DIGIT * FP16_EXACT:
             raise CompileError(f"{self.where(node)}: Gather of computed ids from {rows_in} rows: the one-hot's "
                                f"base-{DIGIT} digits are exact in fp16 up to {DIGIT * FP16_EXACT} rows")
@@ -314,7 +314,7 @@ class GatherLowering:
             raise CompileError(f"{self.where(node)}: {node.op_type} with computed indices of a {data[0]} operand "
                                f"is not supported")
         arr = np.asarray(data[1], dtype=np.float32)
-        from lpusim.compiler.importer import to_rows
+        from lpusim.compiler.row_layout import to_rows
         c = self.const_tensor(to_rows(arr, arr.shape) if arr.ndim else arr.reshape(1, 1), "gdata")
         x = self.add_tensor(self.fresh("gdata"), arr.shape, "value")
         self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, x, sources=[View(c)],
@@ -357,8 +357,8 @@ class GatherLowering:
     def _gather_ids_lanes(self, node, x, shape, ids, ishape, out_shape, mag) -> None:
         c = shape[lane_axis(shape)]
         n = int(np.prod(ishape, dtype=np.int64))
-        rows, _ = _as_matrix(shape)
-        fits = len(ishape) and _as_matrix(out_shape) == (rows, n) and (len(out_shape) == 4) == (len(shape) == 4)
+        rows, _ = as_matrix(shape)
+        fits = len(ishape) and as_matrix(out_shape) == (rows, n) and (len(out_shape) == 4) == (len(shape) == 4)
         if not fits and rows == 1:  # one row of data (a 1-D table), ids of any shape: masked lane broadcasts
             return self._gather_ids_masked(node, x, shape, ids, ishape, out_shape, mag)
         if not fits:
@@ -380,8 +380,8 @@ class GatherLowering:
         """y = sum_c x[c] * (ids == c) for one row x of C values: x[c] broadcast across the ids' lanes on the MXM
         (fp16 rounding of x), times the VXM mask, accumulated: C passes."""
         c = shape[lane_axis(shape)]
-        r, j = _as_matrix(ishape)
-        if _as_matrix(out_shape) != (r, j) or (len(out_shape) == 4) != (len(ishape) == 4):
+        r, j = as_matrix(ishape)
+        if as_matrix(out_shape) != (r, j) or (len(out_shape) == 4) != (len(ishape) == 4):
             raise CompileError(f"{self.where(node)}: Gather of {ishape} computed ids from one row of {shape} gives "
                                f"{out_shape}, whose rows are laid out differently from the ids (not supported yet)")
         if c > MAX_MASK_PASSES:
@@ -451,10 +451,10 @@ class GatherLowering:
                 prev = y
         else:
             # output row r of the k-th pass reads the input row with index k along the axis (same other indices)
-            from lpusim.compiler.importer import from_rows, to_rows
+            from lpusim.compiler.row_layout import from_rows, to_rows
             small = tuple(1 if i == lane else d for i, d in enumerate(shape))
             ismall = tuple(1 if i == lane else d for i, d in enumerate(ishape))
-            rows_in = _as_matrix(small)[0]
+            rows_in = as_matrix(small)[0]
             grid = from_rows(np.arange(rows_in, dtype=np.int64).reshape(rows_in, 1), small)
             for k in range(n):
                 src = to_rows(np.take_along_axis(grid, np.full(ismall, k, dtype=np.int64), axis=axis), ismall)[:, 0]

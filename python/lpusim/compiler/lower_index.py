@@ -191,8 +191,8 @@ class IndexLowering:
             self.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(idx)],
                                    steps=[Step("COPY", [("src", 0)])]))
             idx = y
-        from lpusim.compiler.importer import _as_matrix
-        if _as_matrix(out_shape) != (self.tensors[idx].rows, c) or len(out_shape) == 4:
+        from lpusim.compiler.row_layout import as_matrix
+        if as_matrix(out_shape) != (self.tensors[idx].rows, c) or len(out_shape) == 4:
             raise CompileError(f"{self.where(node)}: {op} over axis {axis} of {shape} gives {out_shape}, whose "
                                f"rows are laid out differently (not supported yet)")
         self.tensors[idx].shape = out_shape
@@ -279,7 +279,7 @@ class IndexLowering:
                                f"{shape}: only indices as large as the data off the gather axis are supported")
         if np.any((ind < 0) | (ind >= shape[axis])):
             raise CompileError(f"{self.where(node)}: GatherElements index out of range for axis {axis} of {shape}")
-        from lpusim.compiler.importer import to_rows
+        from lpusim.compiler.row_layout import to_rows
         out_shape = tuple(ind.shape)
         lane = lane_axis(shape)
         if axis == lane:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpusim.compiler.calibrate import scale_exponent
+from lpusim.compiler.frontend.calibrate import scale_exponent
 from lpusim.compiler.ir import Node, Step, View
 from lpusim.errors import CompileError
 

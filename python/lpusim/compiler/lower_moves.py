@@ -59,8 +59,8 @@ class MoveLowering:
             return self.concat_rows(node, values, shapes, axis)
         total = sum(s[axis] for s in shapes)
         out_shape = tuple(total if i == axis else d for i, d in enumerate(shapes[0]))
-        from lpusim.compiler.importer import _as_matrix, to_rows
-        consts = np.zeros(_as_matrix(out_shape), dtype=np.float32)  # constant inputs, placed, added exactly
+        from lpusim.compiler.row_layout import as_matrix, to_rows
+        consts = np.zeros(as_matrix(out_shape), dtype=np.float32)  # constant inputs, placed, added exactly
         parts, offset = [], 0
         for x, s in zip(values, shapes):
             if x[0] == "const":
@@ -86,7 +86,7 @@ class MoveLowering:
         self.values[node.output[0]] = (prev, out_shape)
 
     def const_input(self, array, shape) -> str:
-        from lpusim.compiler.importer import to_rows
+        from lpusim.compiler.row_layout import to_rows
         return self.add_tensor(self.fresh("c"), shape, "const", to_rows(np.asarray(array, np.float32), shape))
 
     def lower_slice(self, node, a, args):

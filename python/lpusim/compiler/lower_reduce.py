@@ -181,7 +181,7 @@ class ReduceLowering:
     def turned(keep_shape, out_shape):
         """B when values laid out as `keep_shape` form a column whose `out_shape` puts them on B rows of M > 1
         lanes in the same order (keepdims=0 over the lanes), else None."""
-        from lpusim.compiler.importer import to_rows
+        from lpusim.compiler.row_layout import to_rows
         ids = np.arange(int(np.prod(keep_shape, dtype=np.int64)), dtype=np.int64).reshape(keep_shape)
         have, want = to_rows(ids, keep_shape), to_rows(ids.reshape(out_shape), out_shape)
         if have.shape[1] == 1 and want.shape[1] > 1 and np.array_equal(have.ravel(), want.ravel()):
@@ -192,7 +192,7 @@ class ReduceLowering:
         """Name `y` (laid out as `keep_shape`) as the output of ONNX shape `out_shape`: the same rows and lanes; a
         graph output only, whose values the host reads in any layout; else (keepdims=0) the values moved into the
         output's layout."""
-        from lpusim.compiler.importer import to_rows
+        from lpusim.compiler.row_layout import to_rows
         out = node.output[0]
         t = self.tensors[y]
         ids = np.arange(int(np.prod(keep_shape, dtype=np.int64)), dtype=np.int64).reshape(keep_shape)

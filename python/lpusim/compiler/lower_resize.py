@@ -198,14 +198,14 @@ class ResizeLowering:
         """Resize the row axes in `group` (the first may have several taps, the others one tap of weight 1): one
         VXM pass per tap, each reading x through a row-map view, times its per-row weights, plus the pass
         before."""
-        from lpusim.compiler.importer import _as_matrix, from_rows, to_rows
+        from lpusim.compiler.row_layout import as_matrix, from_rows, to_rows
         out_shape = list(shape)
         for d in group:
             out_shape[d] = out_sizes[d]
         out_shape = tuple(out_shape)
         lane = lane_axis(shape)
         small = tuple(1 if i == lane else s for i, s in enumerate(shape))
-        rows_in = _as_matrix(small)[0]
+        rows_in = as_matrix(small)[0]
         grid = from_rows(np.arange(rows_in, dtype=np.int64).reshape(rows_in, 1), small)
         first = group[0]
         idx, w, _ = self._taps(maps[first])
@@ -266,7 +266,7 @@ class ResizeLowering:
 
     def _resize_extrapolate(self, node, x, out_shape, flags, value, mag):
         """Add `value` where any axis is outside the roi (those rows' weights were 0)."""
-        from lpusim.compiler.importer import to_rows
+        from lpusim.compiler.row_layout import to_rows
         r = len(out_shape)
         mask = np.zeros(out_shape, dtype=bool)
         for d, flag in flags.items():

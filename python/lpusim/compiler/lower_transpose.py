@@ -51,8 +51,8 @@ def same_layout(shape: tuple, new: tuple) -> bool:
     values)."""
     if len(shape) != 4 and len(new) != 4:
         return True
-    from lpusim.compiler.importer import _as_matrix, to_rows
-    if _as_matrix(tuple(shape)) != _as_matrix(tuple(new)):
+    from lpusim.compiler.row_layout import as_matrix, to_rows
+    if as_matrix(tuple(shape)) != as_matrix(tuple(new)):
         return False
     flat = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
     return np.array_equal(to_rows(flat.reshape(shape), tuple(shape)), to_rows(flat.reshape(new), tuple(new)))

@@ -269,7 +269,7 @@ def scale_fp16(graph: Graph) -> Graph:
     A tensor's f16 copy holds value * 2^-k and a matmul's weights w * 2^-j; the matmul's epilogue starts by
     multiplying the f32 accumulator by 2^(k + j), which is exact, so results are unchanged wherever nothing
     overflowed before."""
-    from lpusim.compiler.calibrate import scale_exponent
+    from lpusim.compiler.frontend.calibrate import scale_exponent
 
     casts = {n.output: n for n in graph.nodes if n.onnx_op == "Cast(f16)"}
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpusim.compiler.layout import Segment, Store, segment_runs, view_runs
-from lpusim.compiler.resources import Clash, Issue
+from lpusim.compiler.schedule.storage import Segment, Store, segment_runs, view_runs
+from lpusim.compiler.schedule.resources import Clash, Issue
 from lpusim.errors import CompileError
 
 

@@ -27,8 +27,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from lpusim.compiler import ir, passes, schedule
-from lpusim.compiler.layout import WIDTH, Store
+from lpusim.compiler import ir, passes
+from lpusim.compiler.schedule import scheduler as schedule
+from lpusim.compiler.schedule.storage import WIDTH, Store
 from lpusim.errors import CompileError
 
 

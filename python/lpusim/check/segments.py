@@ -150,7 +150,7 @@ def split(model: onnx.ModelProto, cuts: list[str] | None = None) -> list[onnx.Mo
 
 
 def _compare_segment(sim: dict, ref: dict, result: SegmentResult) -> None:
-    from lpusim.check import compare
+    from lpusim.check.compare import compare
 
     floats, seen = {}, []
     for name, r in ref.items():
@@ -191,16 +191,16 @@ def check_segments(model, inputs: dict | None = None, precision: str = "fp16", c
     `Program.random_inputs` draws them. `precision="int8"` quantises a float model first, as `compile` does (calibrated on
     `calibration`, default the inputs). `on_segment(result)` is called after each segment."""
     import lpusim
-    from lpusim.check import run_onnxruntime
+    from lpusim.check.compare import run_onnxruntime
     from lpusim.compiler import QUANT_OPS
 
-    from lpusim.compiler.importer import load_model
+    from lpusim.compiler.frontend.load import load_model
 
     proto = load_model(model)
     if inputs is None:
         inputs = lpusim.compile(proto, chip=chip, precision=precision).random_inputs(seed)
     if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
-        from lpusim.compiler.quantize import quantize_model
+        from lpusim.compiler.frontend.quantize import quantize_model
         proto = quantize_model(proto, calibration or inputs)
     segments = split(proto, cuts)
     bar = None

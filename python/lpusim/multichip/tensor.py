@@ -22,12 +22,12 @@ import math
 import threading
 
 from lpusim.compiler import ir
-from lpusim.compiler.layout import Store
-from lpusim.compiler.partition import needed_formats
-from lpusim.compiler.schedule_c2c import StageScheduler, barrier_issues, emit_stage
+from lpusim.compiler.schedule.storage import Store
+from lpusim.multichip.partition import needed_formats
+from lpusim.compiler.schedule.c2c import StageScheduler, barrier_issues, emit_stage
 from lpusim.compiler import emit
 from lpusim.errors import CompileError
-from lpusim.program import Program
+from lpusim.runtime.program import Program
 
 
 def split_nodes(graph: ir.Graph, n: int, lanes: int) -> dict[int, list[tuple[int, int]]]:

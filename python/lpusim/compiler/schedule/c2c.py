@@ -20,10 +20,10 @@ import math
 from collections import defaultdict
 
 from lpusim.compiler.ir import View, out_geom
-from lpusim.compiler.layout import WIDTH, segment_runs, view_runs
-from lpusim.compiler.partition import static_cost
-from lpusim.compiler.resources import Clash, Issue, Reservations
-from lpusim.compiler.schedule import Scheduler
+from lpusim.compiler.schedule.storage import WIDTH, segment_runs, view_runs
+from lpusim.multichip.partition import static_cost
+from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
+from lpusim.compiler.schedule.scheduler import Scheduler
 from lpusim.errors import CompileError
 
 

@@ -38,14 +38,15 @@ import numpy as np
 
 from lpusim import _lpusim
 from lpusim.chip import Chip
-from lpusim.compiler import importer, ir
+from lpusim.compiler import ir
+from lpusim.compiler.frontend.load import load_model
 from lpusim.compiler import build_graph, random_inputs, sram_needed
-from lpusim.compiler.partition import Partitioner, node_costs, split_oversized, static_cost, vectors
-from lpusim.compiler.schedule_c2c import StageScheduler
+from lpusim.multichip.partition import Partitioner, node_costs, split_oversized, static_cost, vectors
+from lpusim.compiler.schedule.c2c import StageScheduler
 from lpusim.errors import CompileError, ModelError, SimulationError
-from lpusim.program import Program, utilization
+from lpusim.runtime.program import Program, utilization
 from lpusim.system import System, SystemResult
-from lpusim.tensorpar import stage_program
+from lpusim.multichip.tensor import stage_program
 
 TICKS = 10 ** 12
 PARALLEL = ("auto", "pipeline", "tensor")
@@ -263,7 +264,7 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     model fits one chip), `"static"` by an estimate. `max_free_cycles`: the longest a chip runs between
     realignments (default: the longest whose drift RUNTIME_DESKEW can still measure)."""
     from lpusim.compiler import PRECISIONS
-    from lpusim.program import compile as compile_one
+    from lpusim.runtime.program import compile as compile_one
 
     if parallel not in PARALLEL:
         raise CompileError(f"parallel='{parallel}': choose one of {', '.join(PARALLEL)}")
@@ -323,7 +324,7 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
         return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
     tensor, tensor_error = None, None
     if parallel == "auto" and one_chip <= cfg.sram_bytes and n <= len(graph.nodes):
-        from lpusim.tensorpar import split_nodes
+        from lpusim.multichip.tensor import split_nodes
         if split_nodes(graph, n, cfg.lanes):  # both are possible: compile both, keep the faster
             try:
                 tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
@@ -433,7 +434,7 @@ def _timing(system: System, chip: Chip, interval: int, max_free: int | None) -> 
 
 
 def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free):
-    from lpusim.tensorpar import compile_tensor
+    from lpusim.multichip.tensor import compile_tensor
 
     ctx = _timing(sysm, cfg, interval, max_free)
     programs, barriers, last_effects, splits, log = compile_tensor(graph, n, cfg, sysm, interval, ctx)
@@ -540,10 +541,10 @@ def run_report(model, *, chips, parallel="auto", system=None, inputs=None, seed=
                timing_only=False) -> dict[str, Any]:
     """Compile for several chips, simulate, compare with onnxruntime: the report `lpusim run --chips N --json`
     prints (the single-chip keys, with per-chip and per-link detail added)."""
-    from lpusim.check import compare, run_onnxruntime
+    from lpusim.check.compare import compare, run_onnxruntime
     from lpusim.cli import run_and_check
 
-    proto = importer.load_model(model)
+    proto = load_model(model)
     program = compile_pipeline(proto, chips, chip, shapes=shapes, parallel=parallel, system=system)
     if not isinstance(program, MultiProgram):  # one chip was chosen
         report = run_and_check(proto, inputs=inputs, seed=seed, chip=program.chip, shapes=shapes,

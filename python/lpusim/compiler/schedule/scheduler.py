@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
-from lpusim.compiler.layout import (MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, StoreTable, segment_runs,
+from lpusim.compiler.schedule.storage import (MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, StoreTable, segment_runs,
                                   view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
-from lpusim.compiler.resources import BorderedPool, Clash, Issue, Reservations, SramAllocator
-from lpusim.compiler.schedule_sxm import SxmJobs
+from lpusim.compiler.schedule.resources import BorderedPool, Clash, Issue, Reservations, SramAllocator
+from lpusim.compiler.schedule.sxm import SxmJobs
 from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
 

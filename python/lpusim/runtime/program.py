@@ -9,8 +9,9 @@ import numpy as np
 from lpusim import _lpusim
 from lpusim.chip import Chip
 from lpusim.compiler import compile_graph, emit, random_inputs
-from lpusim.compiler.importer import decode_output, from_rows, host_input, im2col, to_rows
-from lpusim.compiler.schedule import store_image
+from lpusim.compiler.row_layout import from_rows, im2col, to_rows
+from lpusim.runtime.host_layout import decode_output, host_input
+from lpusim.compiler.schedule.scheduler import store_image
 from lpusim.errors import ModelError
 
 
@@ -172,7 +173,7 @@ def compile(model, chips: int | str = 1, chip=None, precision: str = "fp16", sha
     `chips=N` (or "auto": the fewest chips whose SRAM holds the model) with `parallel="pipeline"|"auto"` and an
     optional `system` configuration gives a `multichip.MultiProgram` (docs/multichip.md)."""
     if chips != 1 or system is not None:  # several chips (or "auto"): lpusim/multichip.py
-        from lpusim.multichip import compile_pipeline
+        from lpusim.multichip.pipeline import compile_pipeline
         return compile_pipeline(model, chips, chip, precision, shapes, dump, calibration, parallel, system)
     cfg = Chip.load(chip)
     bar = None
