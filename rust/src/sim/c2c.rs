@@ -1,5 +1,10 @@
-//! C2C links (docs/isa.md section 4, docs/system.md): where each link's sends go, and its receive buffer.
+//! C2C links (docs/isa.md section 4, docs/system.md): where each link's sends go, its receive buffer, and how the
+//! `System` hands a chip the vectors other chips sent it.
 
+use super::calendar::{self, Payload};
+use super::Chip;
+use crate::error::{ErrorKind, SimError};
+use crate::isa::QueueName;
 use std::collections::VecDeque;
 
 /// A vector waiting in a receive buffer.
@@ -57,4 +62,60 @@ pub struct LinkState {
     pub busy_until: u128,
     /// Vectors sent on this link.
     pub sent: u64,
+}
+
+/// Links to other chips: the `System` calls these between windows.
+impl Chip {
+    /// A vector from another chip lands in link `link`'s receive buffer at `cycle` (this chip's clock).
+    pub fn deliver(&mut self, cycle: u64, link: usize, data: &[u8], origin: Origin) {
+        let buf = if self.timing_only {
+            calendar::NONE
+        } else {
+            let h = self.bytes.alloc(self.cfg.lanes);
+            self.bytes.get_mut(h).copy_from_slice(&data[..self.cfg.lanes]);
+            h
+        };
+        let o = match self.origin_free.pop() {
+            Some(o) => {
+                self.origins[o as usize] = origin;
+                o
+            }
+            None => {
+                self.origins.push(origin);
+                (self.origins.len() - 1) as u32
+            }
+        };
+        let q = QueueName::C2c(link as u16).index(&self.cfg).unwrap_or(0);
+        self.schedule(cycle, calendar::ARRIVE, q, 0, Payload::Arrive { link: link as u32, buf, origin: o });
+    }
+
+    pub(super) fn free_origin(&mut self, o: u32) {
+        if o != calendar::NONE {
+            self.origin_free.push(o);
+        }
+    }
+
+    /// An error about a vector from another chip: names the SEND (queue and index on the sending chip; the
+    /// `System` fills in its text) and records the sending end in `fault_origin`.
+    pub(super) fn remote_err(&mut self, kind: ErrorKind, t: u64, origin: u32, message: String) -> SimError {
+        let o = self.origins[origin as usize];
+        self.fault_origin = Some(o);
+        let queue = QueueName::all(&self.cfg).get(o.queue as usize).map(|n| n.to_string()).unwrap_or_default();
+        SimError { kind, cycle: t, queue, index: o.instr as usize, instruction: String::new(), message }
+    }
+
+    /// The text of instruction `index` of queue `queue` (for naming a SEND in another chip's error).
+    pub fn instruction_text(&self, queue: usize, index: usize) -> String {
+        self.progs.get(queue).and_then(|p| p.get(index)).map(|i| i.to_string()).unwrap_or_default()
+    }
+
+    /// The name of queue `q`.
+    pub fn queue_name(&self, q: usize) -> String {
+        self.qinfo.get(q).map(|i| i.name.to_string()).unwrap_or_default()
+    }
+
+    /// Connect link `link` to `link` of chip `chip` (a system link; replaces any `.link`).
+    pub fn connect_remote(&mut self, link: usize, chip: usize, peer_link: usize, interval_ticks: u128) {
+        self.links[link].peer = Some(Peer::Remote { chip, link: peer_link, interval_ticks });
+    }
 }

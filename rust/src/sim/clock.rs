@@ -1,4 +1,5 @@
-//! A chip's oscillator and its hardware-aligned counter (docs/system.md section 2).
+//! A chip's oscillator and its hardware-aligned counter (docs/system.md section 2), and the chip's software-aligned
+//! counter with the resume cycles of DESKEW and RUNTIME_DESKEW (section 3).
 //!
 //! Time is exact: global time is an integer number of *ticks*, `TICKS_PER_CYCLE` per nominal cycle. A chip's
 //! cycle `k` starts at global time `k * period`. The HAC is kept *unwrapped* (`hac(k)`, a count that never wraps;
@@ -6,6 +7,8 @@
 //! root chip's clock (a child repeats or skips a count when its own clock is faster or slower), plus an offset
 //! fixed by the alignment: `hac(k) = floor(k * period / root_period) + offset`. A lone chip is its own root, so
 //! `hac(k) = k + offset` (docs/isa.md section 3).
+
+use super::Chip;
 
 /// Ticks per nominal cycle: 10^12, so drift is representable to 10^-6 ppm and cycle times stay integers.
 pub const TICKS_PER_CYCLE: u128 = 1_000_000_000_000;
@@ -57,6 +60,58 @@ impl Clock {
     /// The cycle in progress at global time `t` (for naming "the same instant" on another chip's clock).
     pub fn cycle_at(&self, t: u128) -> u64 {
         (t / self.period).min(u64::MAX as u128) as u64
+    }
+}
+
+/// Synchronisation (docs/system.md section 3): the SAC and the resume cycles of DESKEW and RUNTIME_DESKEW.
+impl Chip {
+    /// The SAC (unwrapped) at cycle `c`.
+    pub fn sac(&self, c: u64) -> u128 {
+        let (k, u) = self.sac.range(..=c).next_back().map(|(k, u)| (*k, *u)).unwrap_or((0, self.clock.hac(0)));
+        u + (c - k) as u128
+    }
+
+    /// Realign the SAC to the HAC at cycle `k` (the resume cycle of a DESKEW / RUNTIME_DESKEW issued at `t`).
+    fn realign(&mut self, t: u64, k: u64) {
+        let u = self.clock.hac(k);
+        self.sac.insert(k, u);
+        // Anchors older than the one in force at `t` are never read again (issue cycles only grow).
+        if let Some((&keep, _)) = self.sac.range(..=t).next_back() {
+            self.sac = self.sac.split_off(&keep);
+        }
+    }
+
+    /// DESKEW issued at `t`: resume at the first cycle after `t` where the HAC starts a new epoch.
+    pub(super) fn deskew_resume(&mut self, t: u64) -> u64 {
+        let h = self.cfg.hac_period as u128;
+        let epoch_end = (self.clock.hac(t) / h + 1) * h;
+        let k = self.clock.first_hac_at_least(epoch_end).max(t + 1);
+        self.realign(t, k);
+        k
+    }
+
+    /// RUNTIME_DESKEW d issued at `t`: resume when the HAC reaches SAC(t) + d, i.e. after d - delta cycles where
+    /// delta = HAC(t) - SAC(t) is the drift accumulated since the last alignment. Errors when delta cannot be
+    /// measured (|delta| >= hac_period / 2: the counters are compared modulo the period) or absorbed (delta >= d).
+    pub(super) fn runtime_deskew_resume(&mut self, t: u64, d: u64) -> Result<u64, String> {
+        let h = self.cfg.hac_period as i128;
+        let sac = self.sac(t);
+        let delta = self.clock.hac(t) as i128 - sac as i128;
+        if 2 * delta.abs() >= h {
+            return Err(format!(
+                "the SAC has drifted {delta} cycles from the HAC since the last alignment; the counters are compared modulo hac_period {h}, so drift of {} or more cannot be measured: deskew more often",
+                (h + 1) / 2
+            ));
+        }
+        let target = sac + d as u128;
+        let k = self.clock.first_hac_at_least(target);
+        if k <= t {
+            return Err(format!(
+                "the chip is {delta} cycles behind the HAC, more than the RUNTIME_DESKEW delay {d} can absorb"
+            ));
+        }
+        self.realign(t, k);
+        Ok(k)
     }
 }
 

@@ -44,7 +44,7 @@ use crate::isa::{AluOp, DType, Instr, MxmQueue, Operand, QueueName, Stream};
 /// plane's row kinds (integer or f16 sums) change only by its updates, which land in the order its ABC queue
 /// issues them, and are read by those updates and by ACC.i32 issues. With no ACC.i32 in the plane's ACC queue, only
 /// the updates read them, in the same order either way: so they fail (TypeMismatch) in one order iff in the other.
-pub(super) fn updates_at_issue(qinfo: &[super::QInfo], progs: &[Vec<Instr>], planes: usize) -> Vec<bool> {
+pub(super) fn updates_at_issue(qinfo: &[super::chip::QInfo], progs: &[Vec<Instr>], planes: usize) -> Vec<bool> {
     let mut ok = vec![true; planes];
     for (info, prog) in qinfo.iter().zip(progs) {
         if matches!(info.name, QueueName::Mxm { kind: MxmQueue::Acc, .. })
