@@ -33,7 +33,7 @@ def measure(name: str, precision: str = "fp16", chips=1) -> dict:
 
 def measure_model(model, name: str, precision: str = "fp16", progress: bool = False, chips=1) -> dict:
     """Compile, simulate (functional and timing-only) and compare one model; times from this process."""
-    from lpusim.multichip.pipeline import MultiProgram
+    from lpusim.multichip.program import MultiProgram
 
     row = {"model": name, "precision": precision}
     t = time.perf_counter()

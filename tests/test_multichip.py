@@ -1,4 +1,4 @@
-"""Pipeline parallelism (lpusim/multichip.py): models split over 1, 2, 4 (8) chips of a simulated node.
+"""Pipeline parallelism (lpusim/multichip/): models split over 1, 2, 4 (8) chips of a simulated node.
 
 Pipeline parallelism does not change arithmetic, so outputs must be bit-identical to the single-chip run; the
 simulated cycles (the system's, and every chip's own) must equal the compiler's prediction; drift within the
@@ -16,7 +16,8 @@ from lpusim import CompileError, SimulationError
 from lpusim.chip import Chip
 from lpusim.cli import main
 from lpusim.models import mini_resnet, mlp
-from lpusim.multichip.pipeline import MultiProgram, compile_pipeline
+from lpusim.multichip.pipeline import compile_multichip
+from lpusim.multichip.program import MultiProgram
 from lpusim.system import System
 
 
@@ -105,7 +106,7 @@ _CACHE: dict = {}
 def _resnet4(model, **kw):
     key = json.dumps(kw, sort_keys=True)
     if key not in _CACHE:
-        _CACHE[key] = compile_pipeline(model, 4, **kw)
+        _CACHE[key] = compile_multichip(model, 4, **kw)
     return _CACHE[key]
 
 
@@ -270,7 +271,7 @@ def test_vgg19_on_several_chips():
 
     import onnx
 
-    from lpusim.multichip.pipeline import run_report
+    from lpusim.check.report import run_report
 
     path = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/light_vgg19.onnx")
     report = run_report(path, chips="auto")

@@ -20,7 +20,8 @@ from lpusim.errors import (
     ModelError,
     SimulationError,
 )
-from lpusim.runtime.program import Program, RunResult, compile
+from lpusim.api import compile
+from lpusim.runtime.program import Program, RunResult
 from lpusim.check.segments import SegmentResult, check_segments
 
 __version__ = "0.1.0"

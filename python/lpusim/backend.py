@@ -48,7 +48,7 @@ from onnx.backend.base import Backend, BackendRep
 
 from lpusim.errors import CompileError, LpusimError, ModelError
 from lpusim.runtime.program import Program, RunResult
-from lpusim.runtime.program import compile as _compile
+from lpusim.api import compile as compile_model
 
 DEVICES = ("CPU", "CPU:0")
 _OPTIONS = {"chip", "precision", "shapes", "constant_inputs", "calibration"}
@@ -168,7 +168,7 @@ class LpusimBackendRep(BackendRep):
                 model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k)
                                                for k, v in constants.items())
             extra = {"calibration": self.calibration} if self.calibration is not None else {}
-            self.programs[key] = _compile(model, chip=self.chip, precision=self.precision, shapes=shapes, **extra)
+            self.programs[key] = compile_model(model, chip=self.chip, precision=self.precision, shapes=shapes, **extra)
         return self.programs[key]
 
     def _feeds(self, inputs) -> dict[str, np.ndarray]:

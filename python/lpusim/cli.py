@@ -8,11 +8,16 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
+from lpusim.api import compile as compile_model
+from lpusim.check.report import format_report, run_report
+from lpusim.check.segments import check_segments, summarize
+from lpusim.chip import Chip
 from lpusim.errors import LpusimError
+from lpusim.models import mlp
+from lpusim.runtime.assembly import run_assembly_file
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
@@ -54,129 +59,36 @@ def _load_inputs(path: str | None) -> dict | None:
         raise LpusimError(f"{path}: not a readable .npz file: {e}") from None
 
 
-def run_and_check(model, *, inputs=None, seed=0, chip=None, shapes=None, timing_only=False, progress=False,
-                  trace=None, plot=None, precision="fp16"):
-    """Compile, simulate and cross-check; the report dict that `lpusim run --json` prints. precision="int8" is
-    checked against onnxruntime running the model onnxruntime's quantiser makes of it (compiler/quantize.py)."""
-    import lpusim
-    from lpusim.check.compare import compare, run_onnxruntime
-    from lpusim.compiler.frontend.load import load_model
-
-    proto = load_model(model)
-    program = lpusim.compile(proto, chip=chip, shapes=shapes, progress=progress, precision=precision)
-    if inputs is None:
-        inputs = program.random_inputs(seed)
-    from lpusim.compiler.lower_quant import QUANT_OPS
-    quantised = any(n.op_type in QUANT_OPS for n in proto.graph.node)
-    if precision == "int8" and not quantised:
-        from lpusim.compiler.frontend.quantize import quantize_model
-        proto = quantize_model(proto, program.random_inputs(0))  # calibrated as the compile was
-    result = program.run(inputs, timing_only=timing_only)
-    if trace:
-        from lpusim.trace import write_chrome_trace
-        write_chrome_trace(program, trace)
-    if plot:
-        from lpusim.trace import plot_utilization
-        plot_utilization(program, plot)
-    if result.cycles != result.predicted_cycles:
-        raise lpusim.SimulationError(f"simulated {result.cycles} cycles but the compiler predicted "
-                                     f"{result.predicted_cycles}: a compiler/simulator timing disagreement")
-    ref, ort_wall = run_onnxruntime(proto, inputs)
-    report = {
-        "model": model if isinstance(model, str) else "<ModelProto>",
-        "chip": program.chip.name,
-        "chips": 1,
-        "precision": "int8" if precision == "int8" or quantised else precision,
-        "outputs_match": None, "max_abs_error": None, "max_rel_error": None,
-        "cycles": result.cycles,
-        "predicted_cycles": result.predicted_cycles,
-        "latency_us": result.latency_us,
-        "throughput_per_s": 1e6 / result.latency_us if result.latency_us else None,
-        "instructions": result.instructions,
-        "sram_bytes": program.sram_bytes,
-        "utilization": result.utilization,
-        "busy": result.busy,
-        "timing_only": timing_only,
-        "wall_s": {"compile": program.compile_s, "simulate": result.wall_simulate_s, "onnxruntime": ort_wall},
-    }
-    if not timing_only:
-        report.update(compare(result.outputs, ref))  # outputs_match, max errors, per output, tolerance
-    return report
-
-
-def _print_report(r: dict) -> None:
-    u = r["utilization"]
-    match = {True: "MATCH", False: "MISMATCH", None: "not checked (timing only)"}[r["outputs_match"]]
-    lines = [
-        f"model          {r['model']}",
-        f"chip           {r['chip']} x{r['chips']}, precision {r['precision']}",
-        f"cycles         {r['cycles']:,} (compiler predicted {r['predicted_cycles']:,})",
-        f"latency        {r['latency_us']:.3f} us  ({r['throughput_per_s']:,.0f} batches/s, one after another)",
-        f"instructions   {r['instructions']:,}",
-        f"SRAM           {r['sram_bytes'] / 2**20:.2f} MiB",
-        "utilization    " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in u.items()),
-        f"vs onnxruntime {match}" + ("" if r["max_abs_error"] is None else
-                                     f"  (max abs error {r['max_abs_error']:.3g}, "
-                                     f"max rel error {r['max_rel_error']:.3g})"),
-        "wall time      " + "  ".join(f"{k} {v:.3f}s" for k, v in r["wall_s"].items()),
-    ]
-    if r["outputs_match"] is False and r["precision"] == "int8":
-        lines.append("hint           an f32 rounding tie upstream can move a deep int8 model's output by a step "
-                     "per layer; `lpusim segments MODEL --precision int8` checks every segment from onnxruntime's "
-                     "codes")
-    if "link_summary" in r:  # several chips (multichip.run_report)
-        ls = r["link_summary"]
-        lines[3:3] = [f"per chip       cycles {r['chip_cycles']}, sync stalls {r['chip_sync_cycles']}",
-                      f"links          {ls['vectors']:,} vectors, {ls['bytes']:,} bytes over {ls['links_used']} "
-                      f"link(s), busiest {100 * ls['max_busy_fraction']:.1f}% busy",
-                      f"partition      {r['partition']['reason']}"]
-    print("\n".join(lines))
-
-
 def cmd_run(args) -> int:
     if (args.chips != "1" or args.system) and args.precision != "fp16":
         raise LpusimError("--precision int8 runs on one chip only (not with --chips or --system yet)")
-    if args.chips != "1" or args.system:  # several chips: lpusim/multichip.py
-        from lpusim.multichip.pipeline import run_report
-        chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
-        report = run_report(args.model, chips=chips, parallel=args.parallel, system=args.system,
-                            inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
-                            shapes=_parse_shapes(args.shape), timing_only=args.timing_only)
-    else:
-        report = run_and_check(args.model, inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
-                               shapes=_parse_shapes(args.shape), timing_only=args.timing_only,
-                               progress=not args.json and sys.stderr.isatty(), trace=args.trace, plot=args.plot,
-                               precision=args.precision)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print_report(report)
+    several = args.chips != "1" or args.system
+    chips = 1 if not several else args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
+    report = run_report(args.model, chips=chips, parallel=args.parallel, system=args.system,
+                        inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
+                        shapes=_parse_shapes(args.shape), timing_only=args.timing_only,
+                        progress=not several and not args.json and sys.stderr.isatty(), trace=args.trace,
+                        plot=args.plot, precision=args.precision)
+    print(json.dumps(report) if args.json else format_report(report))
     return EXIT_OK if report["outputs_match"] in (True, None) else EXIT_MISMATCH
 
 
 def cmd_demo(args) -> int:
-    from lpusim.models import mlp
-
     model = mlp((784, 300, 10), batch=1, seed=args.seed)
     print("lpusim demo: a 784-300-10 MLP (ReLU, random weights, batch 1) compiled for one tsp_v1 chip,\n"
           "simulated cycle by cycle and checked against onnxruntime.\n")
-    report = run_and_check(model, seed=args.seed, chip=args.chip)
+    report = run_report(model, seed=args.seed, chip=args.chip)
     report["model"] = "built-in MLP 784-300-10"
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print_report(report)
+    print(json.dumps(report) if args.json else format_report(report))
     return EXIT_OK if report["outputs_match"] else EXIT_MISMATCH
 
 
 def cmd_compile(args) -> int:
-    import lpusim
-
     def dump(name, text):
         print(f"===== after {name} =====\n{text}")
 
-    program = lpusim.compile(args.model, chip=args.chip, shapes=_parse_shapes(args.shape),
-                             dump=dump if args.dump else None, precision=args.precision)
+    program = compile_model(args.model, chip=args.chip, shapes=_parse_shapes(args.shape),
+                                   dump=dump if args.dump else None, precision=args.precision)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(program.assembly)
@@ -188,8 +100,6 @@ def cmd_compile(args) -> int:
 
 
 def cmd_chip(args) -> int:
-    from lpusim.chip import Chip
-
     chip = Chip.load(args.config)
     if args.json:
         print(chip.to_json())
@@ -203,20 +113,7 @@ def cmd_chip(args) -> int:
 
 
 def cmd_asm(args) -> int:
-    from lpusim import _lpusim
-    from lpusim.chip import Chip
-
-    if not os.path.exists(args.file):
-        raise LpusimError(f"{args.file}: no such file")
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
-    chip = Chip.load(args.config)
-    start = time.perf_counter()
-    try:
-        stats, _ = _lpusim.simulate(chip.to_json(), text, [], [], args.timing_only)
-    except LpusimError as e:
-        raise type(e)(f"{args.file}: {e}") from None
-    stats["wall_s"] = time.perf_counter() - start
+    stats = run_assembly_file(args.file, args.config, args.timing_only)
     if args.json:
         print(json.dumps(stats))
     else:
@@ -229,8 +126,6 @@ def cmd_asm(args) -> int:
 
 
 def cmd_segments(args) -> int:
-    from lpusim.check.segments import check_segments, summarize
-
     def show(r):
         if not args.json:
             what = f"{r.codes_off} of {r.codes} codes off (max {r.max_code_diff})" if r.codes else \

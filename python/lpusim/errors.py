@@ -15,8 +15,14 @@ class CompileError(LpusimError):
     """
 
 
+class OutOfSram(CompileError):
+    """The allocator found no room for a store: the SRAM estimate fits, but placement (320-lane tiles, slice groups,
+    banks) does not. The compiler retries such a schedule with released blocks joined (compiler/__init__.py), and
+    the pipeline partitioner shortens the stage that failed (multichip/pipeline.py)."""
+
+
 class ModelError(LpusimError):
     """The model file itself is missing, truncated or malformed, or the given inputs do not fit it."""
 
 
-__all__ = ["LpusimError", "AssemblyError", "ConfigError", "SimulationError", "CompileError", "ModelError"]
+__all__ = ["LpusimError", "AssemblyError", "ConfigError", "SimulationError", "CompileError", "OutOfSram", "ModelError"]

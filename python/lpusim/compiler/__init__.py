@@ -17,7 +17,7 @@ from lpusim.compiler.schedule import scheduler as schedule
 from lpusim.compiler.schedule.storage import WIDTH, Store
 from lpusim.compiler.lower_quant import QUANT_OPS
 from lpusim.compiler.frontend.quantize import quantize_model
-from lpusim.errors import CompileError
+from lpusim.errors import CompileError, OutOfSram
 
 PRECISIONS = ("fp16", "int8")  # int8: quantised with onnxruntime's quantize_static first (quantize.py)
 
@@ -111,16 +111,12 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     try:
         try:
             sched = schedule.Scheduler(chip, graph, progress).run()
-        except CompileError as e:
-            if not str(e).startswith("out of SRAM"):
-                raise
+        except OutOfSram:
             # again, joining released blocks whenever none fits (fewer fresh bytes; later placements differ)
             sched = schedule.Scheduler(chip, graph, progress, join_released=True).run()
-    except CompileError as e:
-        if not str(e).startswith("out of SRAM"):
-            raise
+    except OutOfSram as e:
         # the estimate fits, but placement (320-lane tiles, slice groups, banks) found no room: say so plainly
-        raise CompileError(f"the model does not fit one {chip.name} chip: estimated {need:,} bytes of "
+        raise OutOfSram(f"the model does not fit one {chip.name} chip: estimated {need:,} bytes of "
                            f"{chip.sram_bytes:,}, but placement ran {e}; it would take at least "
                            f"{max(2, math.ceil(need / chip.sram_bytes))} chips") from None
     finally:

@@ -161,6 +161,11 @@ class Graph:
     origin: dict[str, str] = field(default_factory=dict)  # IR tensor -> the ONNX tensor it holds (if any)
     magnitudes: dict[str, float] = field(default_factory=dict)  # ONNX tensor -> calibrated max |value|
     derived: dict[str, float] = field(default_factory=dict)  # IR tensor without an ONNX name -> expected max |v|
+    # bool/integer ONNX inputs -> (numpy dtype name, low, exclusive high): how the host converts them and what
+    # random inputs are drawn from (frontend/load.input_kinds)
+    input_kinds: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    # ONNX outputs of an integer type -> that numpy dtype: the host turns the chip's float32 back into it
+    output_types: dict[str, object] = field(default_factory=dict)
 
     def dump(self) -> str:
         lines = ["inputs: " + ", ".join(f"{n}[{self.tensors[n].rows}x{self.tensors[n].cols}]" for n in self.inputs)]

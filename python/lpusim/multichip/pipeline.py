@@ -31,215 +31,25 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from lpusim import _lpusim
 from lpusim.chip import Chip
-from lpusim.compiler import ir
-from lpusim.compiler.frontend.load import load_model
-from lpusim.compiler import build_graph, random_inputs, sram_needed
-from lpusim.multichip.partition import Partitioner, node_costs, split_oversized, static_cost, vectors
+from lpusim.compiler import PRECISIONS, build_graph, ir, sram_needed
 from lpusim.compiler.schedule.c2c import StageScheduler
-from lpusim.errors import CompileError, ModelError, SimulationError
-from lpusim.runtime.program import Program, utilization
-from lpusim.system import System, SystemResult
-from lpusim.multichip.tensor import stage_program
+from lpusim.compiler.schedule.costs import node_costs, static_cost
+from lpusim.errors import CompileError, OutOfSram
+from lpusim.multichip.clocks import latency_bound, tolerance_ppm, transfer_timing
+from lpusim.multichip.partition import Partitioner, split_oversized, vectors
+from lpusim.multichip.program import MultiProgram
+from lpusim.multichip.tensor import compile_tensor, split_nodes, stage_program
+from lpusim.runtime.program import compile_program
+from lpusim.system import System
 
-TICKS = 10 ** 12
 PARALLEL = ("auto", "pipeline", "tensor")
 MAX_PLACEMENT_RETRIES = 24  # stages shortened after the allocator failed to place them, per compile
 TENSOR_FITS = ("parallel='tensor' replicates everything but the split matmuls: the model must fit one chip (use "
                "'pipeline', which also splits a node larger than a chip by columns)")
-
-
-# ----- the clocks (docs/system.md sections 2 and 3), for the exact cycle prediction -----------------------
-@dataclass
-class ChipClock:
-    period: int
-    root_period: int
-    hac_offset: int
-
-    def hac(self, k: int) -> int:
-        return k * self.period // self.root_period + self.hac_offset
-
-    def first_hac_at_least(self, x: int) -> int:
-        if x <= self.hac_offset:
-            return 0
-        return -(-(x - self.hac_offset) * self.root_period // self.period)
-
-
-def clocks(info: dict) -> list[ChipClock]:
-    periods = [TICKS - round(c["drift_ppm"] * 1e6) for c in info["chip_info"]]
-    root = info["root_chip"]
-    out = []
-    for i, c in enumerate(info["chip_info"]):
-        reached = c["tree_depth"] is not None
-        out.append(ChipClock(periods[i], periods[root] if reached else periods[i], int(c["hac_offset"])))
-    return out
-
-
-def predict_chip(clock: ChipClock, barriers: list[tuple[int, int]], last_effect: int, superlanes: int,
-                 hac_period: int) -> int:
-    """The chip's own cycle count: its program's last effect (program cycle) mapped through every barrier."""
-    k_a, u_a, prog_a = 0, clock.hac(0), 0
-    for at, d in barriers:
-        t = k_a + (at - prog_a)
-        sac = u_a + (t - k_a)
-        delta = clock.hac(t) - sac
-        if 2 * abs(delta) >= hac_period or delta >= d:
-            raise SimulationError(f"predicted DriftOverrun: the chip has drifted {delta} cycles by its "
-                                  f"RUNTIME_DESKEW {d} at program cycle {at}")
-        k = clock.first_hac_at_least(sac + d)
-        k_a, u_a, prog_a = k, clock.hac(k), at + d
-    return k_a + (last_effect - prog_a) + 1 + superlanes - 1
-
-
-# ----- results ---------------------------------------------------------------------------------------------
-@dataclass
-class MultiRunResult:
-    outputs: dict[str, np.ndarray]
-    cycles: int                      # the system's: the latest chip's end in nominal cycles (rounded up)
-    predicted_cycles: int
-    chip_cycles: list[int]           # every chip on its own clock
-    predicted_chip_cycles: list[int]
-    latency_us: float
-    instructions: int
-    sync_cycles: int                 # the largest per-chip RUNTIME_DESKEW stall
-    chip_sync_cycles: list[int]
-    links: list[dict[str, Any]]      # link directions that carried vectors
-    link_summary: dict[str, Any]
-    utilization: list[dict[str, float]]  # per chip
-    busy: list[dict[str, int]]
-    wall_simulate_s: float
-    timing_only: bool = False
-    system: SystemResult | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"cycles": self.cycles, "predicted_cycles": self.predicted_cycles, "chip_cycles": self.chip_cycles,
-                "predicted_chip_cycles": self.predicted_chip_cycles, "latency_us": self.latency_us,
-                "instructions": self.instructions, "sync_cycles": self.sync_cycles,
-                "chip_sync_cycles": self.chip_sync_cycles, "links": self.links, "link_summary": self.link_summary,
-                "utilization_per_chip": self.utilization}
-
-
-@dataclass
-class MultiProgram:
-    """A model compiled for a pipeline of chips: one single-chip `Program` per stage plus the sync plan."""
-
-    chip: Chip
-    chips: int
-    parallel: str
-    system: System
-    stages: list[Program]
-    barriers: list[list[tuple[int, int]]]  # per chip: (program cycle, d) of each RUNTIME_DESKEW barrier
-    last_effects: list[int]                # per chip: program cycle of its last effect
-    drift_tolerance_ppm: float
-    transfers: list[dict[str, Any]]        # per cut: vectors, link, lag, first/last send cycle
-    partition: dict[str, Any]
-    input_shapes: dict[str, tuple]
-    output_names: list[str]
-    compile_s: float
-    binaries: list[bytes] = field(repr=False, default_factory=list)
-
-    @property
-    def assembly(self) -> list[str]:
-        return [p.assembly for p in self.stages]
-
-    @property
-    def instructions(self) -> int:
-        return sum(p.instructions for p in self.stages)
-
-    @property
-    def sram_bytes(self) -> int:
-        return max(p.sram_bytes for p in self.stages)
-
-    def predict(self, system: System | None = None) -> tuple[int, list[int]]:
-        """(system cycles, per-chip cycles) this program takes on `system` (its drifts and HAC offsets)."""
-        system = system or self.system
-        cl = clocks(system.info)
-        per_chip = [predict_chip(cl[i], self.barriers[i], self.last_effects[i], self.chip.superlanes,
-                                 system.hac_period) for i in range(self.chips)]
-        end = max(c * cl[i].period for i, c in enumerate(per_chip))
-        return -(-end // TICKS), per_chip
-
-    @property
-    def predicted_cycles(self) -> int:
-        return self.predict()[0]
-
-    @property
-    def latency_us(self) -> float:
-        return self.chip.seconds(self.predicted_cycles) * 1e6
-
-    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        # bool/integer inputs (token ids, masks) are drawn in their range, as on one chip (Program.random_inputs)
-        kinds = {}
-        for p in self.stages:
-            kinds.update(getattr(p._graph, "input_kinds", {}) or {})
-        return random_inputs(self.input_shapes, seed, kinds)
-
-    def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0, timing_only: bool = False,
-            system: System | dict | None = None, threads: int = 0) -> MultiRunResult:
-        """Simulate every chip (`simulate_system`); `system` overrides the drift seed/magnitude of the compile's."""
-        if isinstance(system, dict):  # the program's chip unless the configuration names one
-            system = System.load({"chip": self.chip.config, **system})
-        system = system or self.system
-        if json.loads(system.info["chip_config"]) != self.chip.config:
-            raise ModelError("the system's chips are not the chips the program was compiled for")
-        if system.chips < self.chips:
-            raise ModelError(f"the program needs {self.chips} chips, the system has {system.chips}")
-        if inputs is None:
-            inputs = self.random_inputs(seed)
-        missing = [n for n in self.input_shapes if n not in inputs]
-        if missing:
-            raise ModelError(f"missing input(s): {', '.join(missing)}")
-        extra = [n for n in inputs if n not in self.input_shapes]
-        if extra:
-            raise ModelError(f"unknown input(s): {', '.join(extra)}")
-        mems, dumps = [], []
-        for p in self.stages:
-            mem, dump = p._mem_image({n: inputs[n] for n in p.input_shapes})
-            mems.append(mem)
-            dumps.append(dump)
-        start = time.perf_counter()
-        res = system.run(self.binaries, mems, dumps, timing_only=timing_only, threads=threads)
-        wall = time.perf_counter() - start
-        outputs: dict[str, np.ndarray] = {}
-        if not timing_only:
-            for i, p in enumerate(self.stages):
-                if p.output_names:
-                    outputs.update(p._decode_outputs(res.dumps[i]))
-            outputs = {n: outputs[n] for n in self.output_names}
-        predicted, per_chip = self.predict(system)
-        chips = res.chips[:self.chips]
-        busy = [{k: int(v) for k, v in c["busy"].items()} for c in chips]
-        util = [utilization(self.chip, b, int(c["cycles"])) for b, c in zip(busy, chips)]
-        return MultiRunResult(outputs, res.cycles, predicted, [int(c["cycles"]) for c in chips], per_chip,
-                              res.latency_us, sum(int(c["instructions"]) for c in chips), res.sync_cycles,
-                              [int(c["sync_cycles"]) for c in chips], [lk for lk in res.links if lk["vectors"]],
-                              res.link_summary(), util, busy, wall, timing_only, res)
-
-
-# ----- compile ---------------------------------------------------------------------------------------------
-def _tolerance_ppm(config: dict) -> float:
-    if config.get("chip_drift_ppm"):
-        return max(abs(float(v)) for v in config["chip_drift_ppm"])
-    return float(config.get("drift_ppm", 25.0))
-
-
-def _latency_bound(config: dict, link: dict) -> float:
-    """The largest latency the link can have under any seed: its kind's mean (or its own) plus the spread."""
-    kind = link.get("kind", "local")
-    mean = float(config.get(f"{kind}_latency_cycles", 217.0 if kind == "local" else 650.0))
-    spread = float(config.get("latency_spread_cycles", 3.0))
-    for lk in config.get("links") or []:
-        if {(lk["chip_a"], lk["link_a"]), (lk["chip_b"], lk["link_b"])} == \
-                {(link["chip_a"], link["link_a"]), (link["chip_b"], link["link_b"])}:
-            mean = float(lk.get("latency_cycles") or mean)
-            spread = float(lk.get("spread_cycles") if lk.get("spread_cycles") is not None else spread)
-    return max(mean + spread, float(link["latency_cycles"]))
 
 
 def _system_for(chips: int, chip: Chip, system) -> System:
@@ -253,7 +63,7 @@ def _system_for(chips: int, chip: Chip, system) -> System:
     return System.load(config)
 
 
-def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=None, dump=None,
+def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=None, dump=None,
                      calibration=None, parallel: str = "pipeline", system=None, costs: str = "schedule",
                      max_free_cycles: int | None = None):
     """A pipeline-parallel MultiProgram (or a single-chip Program when one chip is chosen).
@@ -263,9 +73,6 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     program is built for. `costs="schedule"` balances stages by a single-chip schedule's per-node cycles (when the
     model fits one chip), `"static"` by an estimate. `max_free_cycles`: the longest a chip runs between
     realignments (default: the longest whose drift RUNTIME_DESKEW can still measure)."""
-    from lpusim.compiler import PRECISIONS
-    from lpusim.runtime.program import compile as compile_one
-
     if parallel not in PARALLEL:
         raise CompileError(f"parallel='{parallel}': choose one of {', '.join(PARALLEL)}")
     if precision not in PRECISIONS:
@@ -308,8 +115,7 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
                                f"{cfg.sram_bytes:,}: it takes at least {fewest} chips (asked for {n})")
         reason = f"{n} chips requested"
     if n == 1:
-        program = compile_one(proto, chips=1, chip=cfg, precision=precision, shapes=shapes, dump=None,
-                              calibration=calibration)
+        program = compile_program(proto, chip=cfg, precision=precision, shapes=shapes, calibration=calibration)
         program.partition = {"chips": 1, "parallel": "none", "reason": reason, "sram_needed": one_chip}
         return program
     if n > 8:
@@ -324,7 +130,6 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
         return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
     tensor, tensor_error = None, None
     if parallel == "auto" and one_chip <= cfg.sram_bytes and n <= len(graph.nodes):
-        from lpusim.multichip.tensor import split_nodes
         if split_nodes(graph, n, cfg.lanes):  # both are possible: compile both, keep the faster
             try:
                 tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
@@ -381,7 +186,7 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
                                     f"estimate fits (placement_retries)")
     if column_splits:
         partition["column_splits"] = column_splits
-    mp = MultiProgram(cfg, n, "pipeline", sysm, programs, barriers, last_effects, _tolerance_ppm(sysm.config),
+    mp = MultiProgram(cfg, n, "pipeline", sysm, programs, barriers, last_effects, tolerance_ppm(sysm.config),
                       transfers, partition, dict(graph.onnx_inputs), list(graph.output_names),
                       time.perf_counter() - start, binaries)
     if tensor_error is not None:
@@ -395,7 +200,7 @@ def compile_pipeline(model, chips, chip=None, precision: str = "fp16", shapes=No
     return mp
 
 
-class StageOutOfSram(CompileError):
+class StageOutOfSram(OutOfSram):
     """The allocator found no room in stage `stage` while placing its node `node` (its index in the stage; -1:
     the tensors it receives); the partitioner then limits that stage to the nodes before it."""
 
@@ -404,39 +209,8 @@ class StageOutOfSram(CompileError):
         self.stage, self.node, self.cause = stage, node, cause
 
 
-def _timing(system: System, chip: Chip, interval: int, max_free: int | None) -> dict[str, Any]:
-    """The drift bounds and the lag and buffer rules every transfer uses (docs/multichip.md, Transfers)."""
-    config = json.loads(system.info["config"])
-    tol = _tolerance_ppm(config) * 1e-6
-    rel = 2 * tol / (1 - tol)
-    if interval * (1 - rel) < float(system.info["send_interval_cycles"]):
-        raise CompileError("the drift tolerance leaves no whole-cycle send interval that keeps links from LinkBusy")
-    if max_free is None:
-        max_free = int((chip.hac_period // 2 - 8) / rel) if rel > 0 else 10 ** 12
-    spread = float(config.get("latency_spread_cycles", 3.0))
-
-    def lag(info, f_send: int, f_recv: int) -> int:
-        """Smallest lag for a transfer whose sender ran f_send cycles since its realignment at its last send and
-        whose receiver runs f_recv + lag (+ one interval of slack) at its last receive."""
-        bound = _latency_bound(config, info)
-        return math.ceil((bound * (1 + tol) + 3 + rel * (f_send + f_recv + interval)) / (1 - rel))
-
-    def check_buffer(info, lag_used: int, f_send: int, f_recv: int) -> None:
-        bound = _latency_bound(config, info)
-        early = lag_used + 2 + rel * (f_send + f_recv) - (bound - 2 * spread) * (1 - tol)
-        waiting = int(early // interval) + 1
-        if waiting > chip.c2c_rx_buffer_vectors:
-            raise CompileError(f"a transfer over link {info['link_a']} of chip {info['chip_a']} could hold "
-                               f"{waiting} vectors in a receive buffer of {chip.c2c_rx_buffer_vectors}")
-
-    return {"config": config, "tol": tol, "rel": rel, "max_free": max_free, "lag": lag,
-            "check_buffer": check_buffer}
-
-
 def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free):
-    from lpusim.multichip.tensor import compile_tensor
-
-    ctx = _timing(sysm, cfg, interval, max_free)
+    ctx = transfer_timing(sysm, cfg, interval, max_free)
     programs, barriers, last_effects, splits, log = compile_tensor(graph, n, cfg, sysm, interval, ctx)
     binaries = [_lpusim.assemble(p.assembly) for p in programs]
     partition = {"chips": n, "parallel": "tensor", "reason": reason, "sram_needed": one_chip, "splits": splits,
@@ -449,7 +223,7 @@ def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_
 def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interval: int,
                      max_free: int | None = None):
     config = json.loads(system.info["config"])
-    tol = _tolerance_ppm(config) * 1e-6
+    tol = tolerance_ppm(config) * 1e-6
     rel = 2 * tol / (1 - tol)  # the largest |period_i / period_root - 1|
     if max_free is None:  # the longest free run whose drift RUNTIME_DESKEW can still measure (< hac_period / 2)
         max_free = int((chip.hac_period // 2 - 8) / rel) if rel > 0 else 10 ** 12
@@ -465,7 +239,7 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
                        {n: s for n, s in graph.onnx_inputs.items()
                         if any(graph.tensors[i].onnx_input == n for i in st.inputs)},
                        graph.origin, graph.magnitudes, graph.derived)
-        sub.input_kinds = {n: k for n, k in getattr(graph, "input_kinds", {}).items() if n in sub.onnx_inputs}
+        sub.input_kinds = {n: k for n, k in graph.input_kinds.items() if n in sub.onnx_inputs}
         sched = StageScheduler(chip, sub, keep=set(st.sends), rel_drift=rel, max_free=max_free)
         if any(node.kind == "transpose" for node in st.nodes):
             sched.reserve_sxm_slices()
@@ -484,15 +258,13 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
                                            f"previous chunk's last write ({sched.barriers[-1][0]})")
                     sched.schedule_receives(plan, link, interval, lag)
             result = sched.run()
-        except CompileError as e:
-            if not str(e).startswith("out of SRAM"):
-                raise
+        except OutOfSram as e:
             raise StageOutOfSram(k, sched.node_index, str(e)) from None
         incoming = None
         if k + 1 < len(stages):
             out_link, in_link, _ = system.link(k, k + 1)
             link_info = next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {k, k + 1})
-            bound = _latency_bound(config, link_info)
+            bound = latency_bound(config, link_info)
             spread = float(config.get("latency_spread_cycles", 3.0))
             # A chunk is sent and received between realignments of both chips: its free run F (the sender's since
             # its barrier plus the receiver's, about twice the chunk) must keep the early arrivals within the
@@ -532,52 +304,3 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
         barriers.append(list(sched.barriers))
         last_effects.append(last_effect)
     return programs, barriers, last_effects, transfers
-
-
-__all__ = ["MultiProgram", "MultiRunResult", "compile_pipeline", "predict_chip", "clocks"]
-
-
-def run_report(model, *, chips, parallel="auto", system=None, inputs=None, seed=0, chip=None, shapes=None,
-               timing_only=False) -> dict[str, Any]:
-    """Compile for several chips, simulate, compare with onnxruntime: the report `lpusim run --chips N --json`
-    prints (the single-chip keys, with per-chip and per-link detail added)."""
-    from lpusim.check.compare import compare, run_onnxruntime
-    from lpusim.cli import run_and_check
-
-    proto = load_model(model)
-    program = compile_pipeline(proto, chips, chip, shapes=shapes, parallel=parallel, system=system)
-    if not isinstance(program, MultiProgram):  # one chip was chosen
-        report = run_and_check(proto, inputs=inputs, seed=seed, chip=program.chip, shapes=shapes,
-                               timing_only=timing_only)
-        report["partition"] = program.partition
-        report["model"] = model if isinstance(model, str) else "<ModelProto>"
-        return report
-    if inputs is None:
-        inputs = program.random_inputs(seed)
-    result = program.run(inputs, timing_only=timing_only)
-    if result.cycles != result.predicted_cycles or result.chip_cycles != result.predicted_chip_cycles:
-        raise SimulationError(f"simulated {result.cycles} cycles (chips {result.chip_cycles}) but the compiler "
-                              f"predicted {result.predicted_cycles} ({result.predicted_chip_cycles})")
-    ref, ort_wall = run_onnxruntime(proto, inputs)
-    kinds = result.utilization[0].keys()
-    report = {
-        "model": model if isinstance(model, str) else "<ModelProto>",
-        "chip": program.chip.name, "chips": program.chips, "parallel": program.parallel, "precision": "fp16",
-        "outputs_match": None, "max_abs_error": None, "max_rel_error": None,
-        "cycles": result.cycles, "predicted_cycles": result.predicted_cycles,
-        "chip_cycles": result.chip_cycles, "predicted_chip_cycles": result.predicted_chip_cycles,
-        "latency_us": result.latency_us,
-        "throughput_per_s": 1e6 / result.latency_us if result.latency_us else None,
-        "instructions": result.instructions, "sram_bytes": program.sram_bytes,
-        "utilization": {k: sum(u[k] for u in result.utilization) / len(result.utilization) for k in kinds},
-        "utilization_per_chip": result.utilization,
-        "sync_cycles": result.sync_cycles, "chip_sync_cycles": result.chip_sync_cycles,
-        "links": result.links, "link_summary": result.link_summary,
-        "drift_tolerance_ppm": program.drift_tolerance_ppm,
-        "partition": program.partition,
-        "timing_only": timing_only,
-        "wall_s": {"compile": program.compile_s, "simulate": result.wall_simulate_s, "onnxruntime": ort_wall},
-    }
-    if not timing_only:
-        report.update(compare(result.outputs, ref))  # outputs_match, max errors, per output, tolerance
-    return report

@@ -13,7 +13,8 @@ scheduler's between-node hook), all stop at B = the latest chip's frontier, real
 (one vector per `min_send_interval_cycles` per link, all links at once), and receive at each send cycle plus a
 lag covering the link's worst latency and both chips' drift since B (plus up to one send interval, so the RECVs
 fall between the same link's SENDs: the link queue issues them one by one). Cycle prediction, results and the
-drift rules are those of the pipeline (multichip.py, docs/multichip.md).
+drift rules are those of the pipeline (pipeline.py, clocks.py, docs/multichip.md). The per-chip scheduler with
+the all-gather is compiler/schedule/tensor.py.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ import math
 import threading
 
 from lpusim.compiler import ir
-from lpusim.compiler.schedule.storage import Store
 from lpusim.multichip.partition import needed_formats
-from lpusim.compiler.schedule.c2c import StageScheduler, barrier_issues, emit_stage
+from lpusim.compiler.schedule.c2c import barrier_issues, emit_stage
+from lpusim.compiler.schedule.tensor import Lockstep, TensorScheduler
 from lpusim.compiler import emit
 from lpusim.errors import CompileError
 from lpusim.runtime.program import Program
@@ -68,76 +69,6 @@ def _part(graph: ir.Graph, tensors: dict, node: ir.Node, c: int, t0: int, t1: in
     sources = [dataclasses.replace(v, tensor=sliced(v.tensor)) if graph.tensors[v.tensor].cols == out.cols else v
                for v in node.sources]
     return dataclasses.replace(node, output=name, terms=terms, sources=sources)
-
-
-class _Lockstep:
-    def __init__(self, n: int):
-        self.barrier = threading.Barrier(n)
-        self.front = [0] * n
-        self.plans: dict = {}
-
-    def wait(self):
-        self.barrier.wait()
-
-
-class TensorScheduler(StageScheduler):
-    """One chip's scheduler; between nodes it joins the all-gather after each split node."""
-
-    def __init__(self, chip, graph, c: int, n: int, parts: dict, ctx: dict, sync: _Lockstep):
-        super().__init__(chip, graph, keep=set(parts), rel_drift=ctx["rel"], max_free=ctx["max_free"])
-        self.c, self.n, self.parts, self.ctx, self.sync = c, n, parts, ctx, sync
-        self.exchanges = 0
-
-    def _between_nodes(self, i, n, node):
-        if i > 0 and self.graph.nodes[i - 1].output in self.parts:
-            self.exchange(self.graph.nodes[i - 1].output)
-        super()._between_nodes(i, n, node)
-
-    def exchange(self, part: str) -> None:
-        full, fmts, blocks = self.parts[part]
-        ctx, sync, c, n = self.ctx, self.sync, self.c, self.n
-        interval, system = ctx["interval"], ctx["system"]
-        ex = self.exchanges
-        self.exchanges += 1
-        sync.front[c] = self.frontier()
-        sync.wait()
-        at = max(sync.front)
-        resume = self.barrier(at, self.deskew_delay(at, ctx["rel"]))
-        peers = [q for q in range(n) if q != c]
-        for idx, p in enumerate(peers):
-            plan = self.schedule_sends({part: fmts}, system.link(c, p)[0], interval, resume, rotate=idx,
-                                       single=True)
-            sync.plans[(ex, c, p)] = (plan, resume)
-        sync.wait()
-        avoid = set()  # the slices the sends read while the receives write
-        for f in fmts:
-            st = self.stores[(part, f)]
-            for segs in st.tiles:
-                for sg in segs:
-                    avoid.update(range(sg.slice, sg.slice + st.width))
-        lags = {}
-        for q in peers:
-            plan, resume_q = sync.plans[(ex, q, c)]
-            link, _, _ = system.link(c, q)
-            info = next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {c, q})
-            last = plan[-1][5] + (plan[-1][4] - 1) * interval
-            lag = ctx["lag"](info, last - resume_q, last - resume)
-            lags[q] = self.schedule_receives(plan, link, interval, lag, avoid, single=True, slack=interval)
-            ctx["check_buffer"](info, lags[q], last - resume_q, last + lags[q] - resume)
-        for f in fmts:  # the full tensor: the blocks' stores side by side
-            stores = [self.stores[(f"{full}#tp{q}", f)] for q in range(n)]
-            t = self.graph.tensors[full]
-            st = Store.for_tensor(t, f)
-            for s in stores:
-                st.tiles += s.tiles
-                st.ready += s.ready
-                st.last_access = max(st.last_access, s.last_access)
-            self.stores[(full, f)] = st
-        self.transfer_log.append({"after": full, "chip": c, "barrier": at, "lags": lags,
-                                  "vectors_per_link": sum(p[4] for p in sync.plans[(ex, c, peers[0])][0])
-                                  if peers else 0})
-
-    transfer_log: list
 
 
 def stage_program(chip, sched, result, what: str, graph, onnx_inputs: dict, output_names: list):
@@ -184,8 +115,8 @@ def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_bas
                 nodes.append(node)
         graphs.append(ir.Graph(tensors, nodes, graph.inputs, graph.outputs, graph.output_names, graph.onnx_inputs,
                                graph.origin, graph.magnitudes, graph.derived))
-        graphs[-1].input_kinds = getattr(graph, "input_kinds", {})  # bool/integer inputs, as on one chip
-    sync = _Lockstep(n)
+        graphs[-1].input_kinds = graph.input_kinds  # bool/integer inputs, as on one chip
+    sync = Lockstep(n)
     ctx = dict(ctx_base, interval=interval, system=system)
     results: list = [None] * n
     errors: list = []
@@ -225,4 +156,4 @@ def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_bas
     return programs, barriers, last_effects, splits, log
 
 
-__all__ = ["compile_tensor", "split_nodes", "TensorScheduler"]
+__all__ = ["compile_tensor", "split_nodes", "stage_program"]

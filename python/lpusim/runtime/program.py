@@ -11,7 +11,7 @@ from lpusim.chip import Chip
 from lpusim.compiler import compile_graph, emit, random_inputs
 from lpusim.compiler.row_layout import from_rows, im2col, to_rows
 from lpusim.runtime.host_layout import decode_output, host_input
-from lpusim.compiler.schedule.scheduler import store_image
+from lpusim.compiler.schedule.storage import store_image
 from lpusim.errors import ModelError
 
 
@@ -44,13 +44,15 @@ class Program:
     _graph: object = field(repr=False)
     _schedule: object = field(repr=False)
     _binary: bytes = field(repr=False, default=b"")
+    # set when chips="auto" chose one chip (multichip/pipeline.py): the reason and the SRAM needed
+    partition: dict | None = field(repr=False, default=None)
 
     @property
     def latency_us(self) -> float:
         return self.chip.seconds(self.predicted_cycles) * 1e6
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        return random_inputs(self.input_shapes, seed, getattr(self._graph, "input_kinds", None))
+        return random_inputs(self.input_shapes, seed, self._graph.input_kinds)
 
     def _mem_image(self, inputs: dict[str, np.ndarray]):
         """The whole memory image (constants, then inputs) and the output dumps, as `_lpusim.simulate` takes them."""
@@ -96,7 +98,7 @@ class Program:
             if tuple(array.shape) != tuple(self.input_shapes[t.onnx_input]):
                 raise ModelError(f"input '{t.onnx_input}' has shape {tuple(array.shape)}, the program was "
                                  f"compiled for {tuple(self.input_shapes[t.onnx_input])}")
-            array = host_input(t.onnx_input, array, getattr(graph, "input_kinds", {}).get(t.onnx_input))
+            array = host_input(t.onnx_input, array, graph.input_kinds.get(t.onnx_input))
             if not images:
                 continue
             if t.im2col is not None:
@@ -132,7 +134,7 @@ class Program:
                 tiles.append(storage[store.interior_rows()])
             matrix = np.concatenate(tiles, axis=1)[:, :t.cols]
             out[onnx_name] = decode_output(onnx_name, from_rows(matrix, t.shape).astype(np.float32),
-                                           getattr(graph, "output_types", {}).get(onnx_name))
+                                           graph.output_types.get(onnx_name))
         return out
 
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0,
@@ -161,20 +163,9 @@ def utilization(chip: Chip, busy: dict[str, int], cycles: int) -> dict[str, floa
     return {k: busy.get(k, 0) / (units[k] * cycles) for k in units}
 
 
-def compile(model, chips: int | str = 1, chip=None, precision: str = "fp16", shapes: dict | None = None,
-            dump=None, progress: bool = False, calibration: dict | None = None, parallel: str = "auto",
-            system=None):
-    """Compile an ONNX model (path or ModelProto) to a static schedule for `chips` simulated chips.
-
-    `chip` is a configuration name (`"tsp_v1"`), a JSON file path or dict; `precision="fp16"` runs float models
-    through the fp16 MXM path with f32 accumulation (Groq's flow); `shapes` fixes dynamic input dimensions;
-    `dump(name, text)` receives the IR after every pass; `calibration` (inputs by name; default: seeded random
-    inputs) sets the power-of-two scales that keep large tensors inside fp16's range (compiler/calibrate.py).
-    `chips=N` (or "auto": the fewest chips whose SRAM holds the model) with `parallel="pipeline"|"auto"` and an
-    optional `system` configuration gives a `multichip.MultiProgram` (docs/multichip.md)."""
-    if chips != 1 or system is not None:  # several chips (or "auto"): lpusim/multichip.py
-        from lpusim.multichip.pipeline import compile_pipeline
-        return compile_pipeline(model, chips, chip, precision, shapes, dump, calibration, parallel, system)
+def compile_program(model, chip=None, precision: str = "fp16", shapes: dict | None = None, dump=None,
+                    progress: bool = False, calibration: dict | None = None) -> Program:
+    """Compile an ONNX model (path or ModelProto) for one chip (`lpusim.compile` with chips=1; see api.py)."""
     cfg = Chip.load(chip)
     bar = None
     if progress:

@@ -21,7 +21,7 @@ from collections import defaultdict
 
 from lpusim.compiler.ir import View, out_geom
 from lpusim.compiler.schedule.storage import WIDTH, segment_runs, view_runs
-from lpusim.multichip.partition import static_cost
+from lpusim.compiler.schedule.costs import static_cost
 from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.scheduler import Scheduler
 from lpusim.errors import CompileError
@@ -210,7 +210,7 @@ class StageScheduler(C2cJobs, Scheduler):
     """The ordinary scheduler with a floor for barriers; stores in `keep` are never released (they are sent)."""
 
     # A barrier comes before a node when the cycles since the last realignment plus this many times the node's
-    # static estimate (partition.static_cost; measured 2.5-4x low on VGG-19's 224x224 convolutions) would pass
+    # static estimate (costs.static_cost; measured 2.5-4x low on VGG-19's 224x224 convolutions) would pass
     # max_free: the barrier after a node that ran past it could not measure the drift any more.
     LOOKAHEAD = 4
 

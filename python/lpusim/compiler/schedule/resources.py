@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from lpusim.errors import CompileError
+from lpusim.errors import CompileError, OutOfSram
 
 
 # Port cycles and stream diagonals taken are kept as arithmetic progressions (one per burst or run), each with a
@@ -409,7 +409,7 @@ class SramAllocator:
             if got is not None:
                 self.bytes_used += width * count * self.chip.lanes
                 return got
-        raise CompileError(f"out of SRAM: a tile needs {width} slices x {count} vectors and no slice group has "
+        raise OutOfSram(f"out of SRAM: a tile needs {width} slices x {count} vectors and no slice group has "
                            f"room ({self.bytes_used} of {self.chip.sram_bytes} bytes already placed)")
 
     def _alloc_in(self, width, count, hemi, bank, avoid, use_reserved=False):

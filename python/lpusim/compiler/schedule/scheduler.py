@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
-from lpusim.compiler.schedule.storage import (MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, StoreTable, segment_runs,
-                                  view_runs)
+from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, StoreTable,
+                                             byte_planes, segment_runs, store_image, view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.schedule.resources import BorderedPool, Clash, Issue, Reservations, SramAllocator
 from lpusim.compiler.schedule.sxm import SxmJobs
@@ -67,28 +67,6 @@ class Schedule:
     outputs: dict[str, Store]  # IR output tensor -> its f32 store
     predicted_cycles: int
     sram_bytes: int
-
-
-BYTE_ORDER = {"f32": "<f4", "f16": "<f2", "i32": "<i4", "i8": "i1", "u8": "u1"}  # numpy types of the formats
-
-
-def byte_planes(values: np.ndarray, dtype: str, lanes: int) -> list[np.ndarray]:
-    """A [rows, <=lanes] array as `width` uint8 [rows, lanes] byte planes (little endian), zero padded."""
-    np_type = BYTE_ORDER[dtype]
-    rows = values.shape[0]
-    padded = np.zeros((rows, lanes), dtype=np_type)
-    padded[:, :values.shape[1]] = values.astype(np_type, copy=False)
-    raw = padded.view(np.uint8).reshape(rows, lanes, WIDTH[dtype])
-    return [np.ascontiguousarray(raw[:, :, b]) for b in range(WIDTH[dtype])]
-
-
-def store_image(store: Store, storage: np.ndarray, lanes: int):
-    """mem_init entries (slice, addr, uint8 plane) that put a [storage_rows, cols] array into `store`."""
-    for nt, segs in enumerate(store.tiles):
-        cols = storage[:, nt * lanes:(nt + 1) * lanes]
-        for seg in segs:
-            for b, plane in enumerate(byte_planes(cols[seg.lo:seg.hi], store.fmt, lanes)):
-                yield (seg.slice + b, seg.addr, plane)
 
 
 def stream_name(direction: str, index: int) -> str:

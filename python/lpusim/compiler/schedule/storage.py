@@ -192,3 +192,26 @@ class StoreTable(dict):
     def clear(self):
         super().clear()
         self.formats.clear()
+
+
+# ----- host images of stores (the constant SRAM image, and the runtime's input images) -----------------------
+BYTE_ORDER = {"f32": "<f4", "f16": "<f2", "i32": "<i4", "i8": "i1", "u8": "u1"}  # numpy types of the formats
+
+
+def byte_planes(values: np.ndarray, dtype: str, lanes: int) -> list[np.ndarray]:
+    """A [rows, <=lanes] array as `width` uint8 [rows, lanes] byte planes (little endian), zero padded."""
+    np_type = BYTE_ORDER[dtype]
+    rows = values.shape[0]
+    padded = np.zeros((rows, lanes), dtype=np_type)
+    padded[:, :values.shape[1]] = values.astype(np_type, copy=False)
+    raw = padded.view(np.uint8).reshape(rows, lanes, WIDTH[dtype])
+    return [np.ascontiguousarray(raw[:, :, b]) for b in range(WIDTH[dtype])]
+
+
+def store_image(store: Store, storage: np.ndarray, lanes: int):
+    """mem_init entries (slice, addr, uint8 plane) that put a [storage_rows, cols] array into `store`."""
+    for nt, segs in enumerate(store.tiles):
+        cols = storage[:, nt * lanes:(nt + 1) * lanes]
+        for seg in segs:
+            for b, plane in enumerate(byte_planes(cols[seg.lo:seg.hi], store.fmt, lanes)):
+                yield (seg.slice + b, seg.addr, plane)

@@ -1,0 +1,121 @@
+"""The run report: compile, simulate, check against onnxruntime, for one chip or several. `lpusim run --json`
+prints it; `format_report` is its text form."""
+from __future__ import annotations
+
+from typing import Any
+
+from lpusim.api import compile as compile_model
+from lpusim.check.compare import compare, run_onnxruntime
+from lpusim.compiler import QUANT_OPS
+from lpusim.compiler.frontend.load import load_model
+from lpusim.compiler.frontend.quantize import quantize_model
+from lpusim.errors import LpusimError, SimulationError
+from lpusim.multichip.program import MultiProgram
+
+
+def run_report(model, *, chips=1, parallel="auto", system=None, inputs=None, seed=0, chip=None, shapes=None,
+               timing_only=False, progress=False, trace=None, plot=None, precision="fp16") -> dict[str, Any]:
+    """Compile `model` for `chips` chips, simulate it, compare with onnxruntime: the report dict.
+
+    precision="int8" is checked against onnxruntime running the model onnxruntime's quantiser makes of it
+    (compiler/frontend/quantize.py). Several chips add per-chip and per-link detail and the partition."""
+    proto = load_model(model)
+    program = compile_model(proto, chips=chips, chip=chip, shapes=shapes, progress=progress, precision=precision,
+                            parallel=parallel, system=system)
+    if inputs is None:
+        inputs = program.random_inputs(seed)
+    quantised = any(n.op_type in QUANT_OPS for n in proto.graph.node)
+    if precision == "int8" and not quantised:
+        proto = quantize_model(proto, program.random_inputs(0))  # calibrated as the compile was
+    if isinstance(program, MultiProgram):
+        if trace or plot:
+            raise LpusimError("--trace and --plot show one chip's schedule: use them without --chips")
+        report, result = _several_chips(program, inputs, timing_only)
+    else:
+        report, result = _one_chip(program, inputs, timing_only, trace, plot)
+    ref, ort_wall = run_onnxruntime(proto, inputs)
+    report.update(model=model if isinstance(model, str) else "<ModelProto>",
+                  precision="int8" if precision == "int8" or quantised else precision)
+    report["wall_s"] = {"compile": program.compile_s, "simulate": result.wall_simulate_s, "onnxruntime": ort_wall}
+    if not timing_only:
+        report.update(compare(result.outputs, ref))  # outputs_match, max errors, per output, tolerance
+    return report
+
+
+def _one_chip(program, inputs, timing_only, trace, plot):
+    result = program.run(inputs, timing_only=timing_only)
+    if trace:
+        from lpusim.trace import write_chrome_trace  # matplotlib-free, but only needed here
+        write_chrome_trace(program, trace)
+    if plot:
+        from lpusim.trace import plot_utilization
+        plot_utilization(program, plot)
+    if result.cycles != result.predicted_cycles:
+        raise SimulationError(f"simulated {result.cycles} cycles but the compiler predicted "
+                              f"{result.predicted_cycles}: a compiler/simulator timing disagreement")
+    report = {
+        "model": None, "chip": program.chip.name, "chips": 1, "precision": None,
+        "outputs_match": None, "max_abs_error": None, "max_rel_error": None,
+        "cycles": result.cycles, "predicted_cycles": result.predicted_cycles, "latency_us": result.latency_us,
+        "throughput_per_s": 1e6 / result.latency_us if result.latency_us else None,
+        "instructions": result.instructions, "sram_bytes": program.sram_bytes,
+        "utilization": result.utilization, "busy": result.busy, "timing_only": timing_only,
+    }
+    if program.partition is not None:  # chips="auto" chose one chip: say why
+        report["partition"] = program.partition
+    return report, result
+
+
+def _several_chips(program: MultiProgram, inputs, timing_only):
+    result = program.run(inputs, timing_only=timing_only)
+    if result.cycles != result.predicted_cycles or result.chip_cycles != result.predicted_chip_cycles:
+        raise SimulationError(f"simulated {result.cycles} cycles (chips {result.chip_cycles}) but the compiler "
+                              f"predicted {result.predicted_cycles} ({result.predicted_chip_cycles})")
+    kinds = result.utilization[0].keys()
+    report = {
+        "model": None, "chip": program.chip.name, "chips": program.chips, "parallel": program.parallel,
+        "precision": None, "outputs_match": None, "max_abs_error": None, "max_rel_error": None,
+        "cycles": result.cycles, "predicted_cycles": result.predicted_cycles,
+        "chip_cycles": result.chip_cycles, "predicted_chip_cycles": result.predicted_chip_cycles,
+        "latency_us": result.latency_us,
+        "throughput_per_s": 1e6 / result.latency_us if result.latency_us else None,
+        "instructions": result.instructions, "sram_bytes": program.sram_bytes,
+        "utilization": {k: sum(u[k] for u in result.utilization) / len(result.utilization) for k in kinds},
+        "utilization_per_chip": result.utilization,
+        "sync_cycles": result.sync_cycles, "chip_sync_cycles": result.chip_sync_cycles,
+        "links": result.links, "link_summary": result.link_summary,
+        "drift_tolerance_ppm": program.drift_tolerance_ppm,
+        "partition": program.partition,
+        "timing_only": timing_only,
+    }
+    return report, result
+
+
+def format_report(r: dict) -> str:
+    """The report as the text `lpusim run` prints without --json."""
+    u = r["utilization"]
+    match = {True: "MATCH", False: "MISMATCH", None: "not checked (timing only)"}[r["outputs_match"]]
+    lines = [
+        f"model          {r['model']}",
+        f"chip           {r['chip']} x{r['chips']}, precision {r['precision']}",
+        f"cycles         {r['cycles']:,} (compiler predicted {r['predicted_cycles']:,})",
+        f"latency        {r['latency_us']:.3f} us  ({r['throughput_per_s']:,.0f} batches/s, one after another)",
+        f"instructions   {r['instructions']:,}",
+        f"SRAM           {r['sram_bytes'] / 2**20:.2f} MiB",
+        "utilization    " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in u.items()),
+        f"vs onnxruntime {match}" + ("" if r["max_abs_error"] is None else
+                                     f"  (max abs error {r['max_abs_error']:.3g}, "
+                                     f"max rel error {r['max_rel_error']:.3g})"),
+        "wall time      " + "  ".join(f"{k} {v:.3f}s" for k, v in r["wall_s"].items()),
+    ]
+    if r["outputs_match"] is False and r["precision"] == "int8":
+        lines.append("hint           an f32 rounding tie upstream can move a deep int8 model's output by a step "
+                     "per layer; `lpusim segments MODEL --precision int8` checks every segment from onnxruntime's "
+                     "codes")
+    if "link_summary" in r:  # several chips
+        ls = r["link_summary"]
+        lines[3:3] = [f"per chip       cycles {r['chip_cycles']}, sync stalls {r['chip_sync_cycles']}",
+                      f"links          {ls['vectors']:,} vectors, {ls['bytes']:,} bytes over {ls['links_used']} "
+                      f"link(s), busiest {100 * ls['max_busy_fraction']:.1f}% busy",
+                      f"partition      {r['partition']['reason']}"]
+    return "\n".join(lines)
