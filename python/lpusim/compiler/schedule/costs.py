@@ -9,7 +9,6 @@ import math
 
 from lpusim.compiler import ir, passes
 from lpusim.compiler.schedule import scheduler as schedule
-from lpusim.errors import CompileError
 
 
 def static_cost(graph: ir.Graph, node: ir.Node, chip) -> int:

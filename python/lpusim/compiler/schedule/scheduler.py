@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
-from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, StoreTable,
+from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, MemRun, Segment, Store, StoreTable,
                                              byte_planes, segment_runs, store_image, view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
-from lpusim.compiler.schedule.resources import BorderedPool, Clash, Issue, Reservations, SramAllocator
+from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
+from lpusim.compiler.schedule.sram import BorderedPool, SramAllocator
 from lpusim.compiler.schedule.sxm import SxmJobs
 from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
