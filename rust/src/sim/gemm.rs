@@ -1,4 +1,4 @@
-//! The MXM's batched f16 products (see mxm.rs for why they are exact in f64 in any order): GEMM kernels (AVX-512,
+//! The MXM's batched f16 products (see mxm/mod.rs for why they are exact in f64 in any order): GEMM kernels (AVX-512,
 //! AVX2 and a portable one, chosen at run time) and the pool of helper threads that runs them on the other cores.
 
 use std::collections::VecDeque;

@@ -1,10 +1,11 @@
-//! int8/uint8 ABCs on the deferred GEMM path of mxm.rs (functional mode). A product of an int8/uint8 activation
+//! int8/uint8 ABCs on the deferred GEMM path (`deferred.rs`; functional mode). A product of an int8/uint8 activation
 //! and an int8 weight is at most 2^15 in magnitude, so a dot product of at most 320 of them is below 2^24: exact
 //! in f64 in any order. Weights get an exact f32 image at load (integers, `tz` 0), activations are queued as
 //! small integers, and the products (exact integers, shift 0) go through the same slots, pending batches, update
 //! log and `FRow`s as f16 ones, so rows see the same integer values at the same points as the i32 loop gave.
 
-use super::{FastW, MxmPlane};
+use super::weights::FastW;
+use super::MxmPlane;
 use crate::isa::DType;
 
 /// Row `k` of an int8/uint8 weight set (as integers) into the GEMM image and its bound data.
