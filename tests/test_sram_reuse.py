@@ -5,7 +5,7 @@ import numpy as np
 from onnx import helper
 
 import lpusim
-from lpusim.compiler.schedule import sram
+from lpusim.compiler.schedule import sram as sram_module
 from onnx_cases import assert_matches_onnxruntime, make_model
 
 RNG = np.random.default_rng(11)
@@ -30,9 +30,9 @@ def conv_stack(n, c=8, hw=12, pad_kind="zeros"):
 def test_bordered_stores_reused_by_stores_of_the_same_layout(monkeypatch):
     """Reuse happens when room is short (`short_of_room`; here forced, as in the retry after an out-of-SRAM)."""
     m = conv_stack(6)
-    monkeypatch.setattr(sram.SramAllocator, "short_of_room", lambda self, extra=0: True)
+    monkeypatch.setattr(sram_module.SramAllocator, "short_of_room", lambda self, extra=0: True)
     program, _, _ = assert_matches_onnxruntime(m)
-    monkeypatch.setattr(sram.BorderedPool, "keep", lambda self, key, tiles, last: False)
+    monkeypatch.setattr(sram_module.BorderedPool, "keep", lambda self, key, tiles, last: False)
     fresh = lpusim.compile(m)
     assert program.sram_bytes < fresh.sram_bytes
 
@@ -41,14 +41,14 @@ def test_bordered_reuse_keeps_each_pad_value_apart(monkeypatch):
     """Convolutions (zero borders) and max pools (-inf borders) of the same geometry: a store only takes the space
     of one with the same pad value; negative inputs make a wrong border show."""
     m = conv_stack(6, pad_kind="mixed")
-    monkeypatch.setattr(sram.SramAllocator, "short_of_room", lambda self, extra=0: True)
+    monkeypatch.setattr(sram_module.SramAllocator, "short_of_room", lambda self, extra=0: True)
     x = {"x": -np.abs(RNG.standard_normal((1, 8, 12, 12))).astype(np.float32)}
     assert_matches_onnxruntime(m, x)
 
 
 def test_split_wider_takes_the_first_slices_and_keeps_the_rest_free():
     from lpusim.chip import Chip
-    sram = sram.SramAllocator(Chip.load(None))
+    sram = sram_module.SramAllocator(Chip.load(None))
     sram.release(0, 4, 100, 64, 50)
     assert sram.split_wider(2, 40, "W", set()) == (0, 100, 50)
     assert sram.free[(2, "W")] == [[2, 2, 0, 100, 64, 50], [0, 2, 0, 140, 24, 50]]
@@ -61,7 +61,7 @@ def test_released_blocks_joined_when_fresh_room_runs_out():
     """Two released [S]-row blocks of the same slices whose addresses meet serve a [2S]-row store once no fresh
     room is left (coalesce), with the later not_before of the two; blocks of other slices stay apart."""
     from lpusim.chip import Chip
-    sram = sram.SramAllocator(Chip.load(None))
+    sram = sram_module.SramAllocator(Chip.load(None))
     sram.release(8, 4, 300, 128, 70)
     sram.release(8, 4, 172, 128, 90)
     sram.release(12, 4, 428, 128, 10)
@@ -77,11 +77,11 @@ def test_schedules_with_joined_blocks_match_onnxruntime(monkeypatch):
     from lpusim.models import bert_encoder
     m = bert_encoder(layers=2, hidden=64, heads=4, seq=16, batch=3)
     plain = lpusim.compile(m)
-    init = sram.SramAllocator.__init__
+    init = sram_module.SramAllocator.__init__
 
     def joining(self, chip):
         init(self, chip)
         self.join_at = 0.0
-    monkeypatch.setattr(sram.SramAllocator, "__init__", joining)
+    monkeypatch.setattr(sram_module.SramAllocator, "__init__", joining)
     program, _, _ = assert_matches_onnxruntime(m)
     assert program.sram_bytes <= plain.sram_bytes
