@@ -1,9 +1,10 @@
-"""lpusim's simulated tsp_v1 numbers next to Groq's published single-chip results (README table).
+"""lpusim's simulated tsp_v1 numbers next to Groq's published single-chip results (the table in README.md and
+docs/results.md section 1; paste it into both, with the commit it was measured at).
 
     python bench/published.py            # runs the models (minutes), prints the markdown table
 
-Published (docs: ../shared/reference/tsp-architecture.md section 6): ResNet-50 v2, batch 1: 20.4K images/s,
-under 49 us per image (int8); BERT-base, batch 1: 130 us. Nothing here is tuned toward them: a gap is a finding.
+Published (docs/tsp-facts.md section 6, with sources): ResNet-50 v2, batch 1: 20.4K images/s, under 49 us per
+image (int8); BERT-base, batch 1: 130 us. Nothing here is tuned toward them: a gap is a finding.
 """
 import os
 import sys

@@ -1,7 +1,8 @@
 //! The chip configuration: every number the simulator uses, as data.
 //!
-//! Published numbers come from `shared/reference/tsp-architecture.md`; the timing parameters are **chosen**
-//! (docs/isa.md section 8) because Groq never published them. Each field says which and why.
+//! Published numbers, with their sources and how sure they are, are in docs/tsp-facts.md (section 1: one chip);
+//! the timing parameters are **chosen** (docs/isa.md section 8) because Groq never published them. Each field says
+//! which and why.
 //! Everything else in the simulator (positions, queue indices) is derived from these fields.
 
 use crate::error::ConfigError;
