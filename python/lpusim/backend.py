@@ -46,6 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
+from lpusim.compiler.frontend.load import load_model
 from lpusim.errors import CompileError, LpusimError, ModelError
 from lpusim.runtime.program import Program, RunResult
 from lpusim.api import compile as compile_model
@@ -74,7 +75,6 @@ def _split_options(kwargs: dict) -> dict:
 def _load(model, check: bool = False) -> onnx.ModelProto:
     """A ModelProto from a ModelProto, serialized bytes or a path; with `check`, passed through onnx.checker
     (lpusim's ModelError naming the problem)."""
-    from lpusim.compiler.frontend.load import load_model
 
     if isinstance(model, (str, os.PathLike)):
         return load_model(model) if check else onnx.load(os.fspath(model))

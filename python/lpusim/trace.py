@@ -10,6 +10,8 @@ import json
 import os
 from collections import defaultdict
 
+from lpusim.errors import LpusimError
+
 
 def _unit(queue: str) -> str:
     return queue.split(".")[0]
@@ -68,7 +70,6 @@ def plot_utilization(program, path: str | os.PathLike) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from lpusim.errors import LpusimError
         raise LpusimError("plotting needs matplotlib: pip install 'lpusim[plot]'") from None
     x, series = busy_over_time(program)
     fig, ax = plt.subplots(figsize=(9, 3.5))

@@ -26,6 +26,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from lpusim.api import compile as compile_model
+from lpusim.check.compare import compare, run_onnxruntime
+from lpusim.compiler import QUANT_OPS
+from lpusim.compiler.frontend.load import load_model
+from lpusim.compiler.frontend.quantize import quantize_model
 from lpusim.errors import CompileError
 
 # One quantisation step on at most 1% of a segment's codes: README "Precision and tolerance", int8
@@ -150,7 +155,6 @@ def split(model: onnx.ModelProto, cuts: list[str] | None = None) -> list[onnx.Mo
 
 
 def _compare_segment(sim: dict, ref: dict, result: SegmentResult) -> None:
-    from lpusim.check.compare import compare
 
     floats, seen = {}, []
     for name, r in ref.items():
@@ -190,17 +194,10 @@ def check_segments(model, inputs: dict | None = None, precision: str = "fp16", c
     running the same segment. Without `inputs`, seeded random ones (`shapes` fixes dynamic dimensions), as
     `Program.random_inputs` draws them. `precision="int8"` quantises a float model first, as `compile` does (calibrated on
     `calibration`, default the inputs). `on_segment(result)` is called after each segment."""
-    import lpusim
-    from lpusim.check.compare import run_onnxruntime
-    from lpusim.compiler import QUANT_OPS
-
-    from lpusim.compiler.frontend.load import load_model
-
     proto = load_model(model)
     if inputs is None:
-        inputs = lpusim.compile(proto, chip=chip, precision=precision).random_inputs(seed)
+        inputs = compile_model(proto, chip=chip, precision=precision).random_inputs(seed)
     if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
-        from lpusim.compiler.frontend.quantize import quantize_model
         proto = quantize_model(proto, calibration or inputs)
     segments = split(proto, cuts)
     bar = None
@@ -214,7 +211,7 @@ def check_segments(model, inputs: dict | None = None, precision: str = "fp16", c
             seg_inputs = {n: feed[n] for n in names}
             start = time.perf_counter()
             ref, _ = run_onnxruntime(seg, seg_inputs)
-            program = lpusim.compile(seg, chip=chip, shapes={n: np.shape(v) for n, v in seg_inputs.items()})
+            program = compile_model(seg, chip=chip, shapes={n: np.shape(v) for n, v in seg_inputs.items()})
             run = program.run(seg_inputs)
             result = SegmentResult(k, names, list(ref), False, run.cycles, nodes=len(seg.graph.node))
             _compare_segment(run.outputs, ref, result)

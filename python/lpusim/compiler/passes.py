@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 from lpusim.chip import Chip
+from lpusim.compiler.frontend.calibrate import scale_exponent
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs, out_geom
 from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
@@ -269,7 +270,6 @@ def scale_fp16(graph: Graph) -> Graph:
     A tensor's f16 copy holds value * 2^-k and a matmul's weights w * 2^-j; the matmul's epilogue starts by
     multiplying the f32 accumulator by 2^(k + j), which is exact, so results are unchanged wherever nothing
     overflowed before."""
-    from lpusim.compiler.frontend.calibrate import scale_exponent
 
     casts = {n.output: n for n in graph.nodes if n.onnx_op == "Cast(f16)"}
 

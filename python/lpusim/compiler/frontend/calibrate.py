@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from lpusim.errors import CompileError
+
 # A tensor is rescaled when its calibrated largest magnitude falls outside [2^LOW, 2^HIGH]; it is then scaled so
 # that its largest magnitude lands near 2^TARGET, leaving 2^(15 - TARGET) of headroom below fp16's 65504 for inputs
 # larger than the calibration inputs, and keeping its small elements out of fp16's subnormal range.
@@ -104,7 +106,6 @@ def _reference_values(proto: onnx.ModelProto, inputs: dict[str, np.ndarray], ort
     onnxruntime cannot run; CompileError naming both failures when it cannot either."""
     from onnx.reference import ReferenceEvaluator
 
-    from lpusim.errors import CompileError
     try:
         evaluator = ReferenceEvaluator(proto)
         feed = {name: inputs[name] for name in evaluator.input_names if name in inputs}

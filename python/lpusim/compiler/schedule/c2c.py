@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from lpusim.compiler.emit import emit_assembly
 from lpusim.compiler.ir import View, out_geom
 from lpusim.compiler.schedule.storage import WIDTH, segment_runs, view_runs
 from lpusim.compiler.schedule.costs import static_cost
@@ -265,7 +266,6 @@ class StageScheduler(C2cJobs, Scheduler):
 
 def emit_stage(issues: list[Issue], barriers: list[tuple[int, int]], header: str = "") -> str:
     """Assembly text of one stage: emit.emit_assembly with its RUNTIME_DESKEW barriers."""
-    from lpusim.compiler.emit import emit_assembly
     return emit_assembly(issues, header, barriers)
 
 

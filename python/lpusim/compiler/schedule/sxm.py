@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lpusim.compiler.ir import View
 from lpusim.compiler.schedule.storage import Segment, Store, segment_runs, view_runs
 from lpusim.compiler.schedule.resources import Clash, Issue
 from lpusim.errors import CompileError
@@ -233,6 +234,5 @@ class SxmJobs:
 
 
 def _plain(name: str):
-    from lpusim.compiler.ir import View
     return View(name)
 
