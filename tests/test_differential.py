@@ -15,7 +15,7 @@ import pytest
 from lpusim import _lpusim
 from lpusim.reference import Floorplan, ReferenceAssemblyError, ReferenceSimulationError, TSP_V1, assemble, run
 from lpusim.reference.numerics import WIDTH
-from lpusim.reference.random_programs import generate
+from random_programs import generate
 
 try:
     CONFIG_JSON = _lpusim.chip_config_json()
