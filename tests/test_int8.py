@@ -464,7 +464,7 @@ def test_asymmetric_uint8_weights_run_as_int8_pieces(tmp_path, fmt):
     """uint8 weights with a zero point (onnxruntime's U8U8): w - zw reaches +-255, outside the MXM's int8 operands,
     so each weight matrix goes as a sum of int8 pieces (lower_quant.int8_pieces) accumulated in one pass over the
     same activations: still integer-exact, every output onnxruntime's, at the cost of extra weight rows."""
-    from lpusim.compiler.lower_quant import int8_pieces
+    from lpusim.compiler.lower.quant_codes import int8_pieces
 
     w = np.arange(-255, 256).reshape(1, -1)
     pieces = int8_pieces(w)
@@ -657,7 +657,7 @@ def test_qlinear_add_emulation_on_every_code_pair():
     65,536 pairs of raw 8-bit values, for 300 random scale sets: the codes round(fmaf(A, rAC, fmaf(B, rBC, fixed)))
     always agree (measured: the inner fma always exact; the outer one a float32 unit off in 39 of 19.7M cases: the
     bound of 100 only leaves room for a long double that is a double, where the reference itself rounds twice)."""
-    from lpusim.compiler.lower_quant import fma_steps, qlinear_add_constants
+    from lpusim.compiler.lower.quant_codes import fma_steps, qlinear_add_constants
 
     rng = np.random.default_rng(0)
     a, b = np.meshgrid(np.arange(256, dtype=np.float32), np.arange(256, dtype=np.float32), indexing="ij")

@@ -52,8 +52,8 @@ from onnx.backend.test.loader import load_model_tests
 import lpusim
 import lpusim.backend
 from lpusim.check.compare import TOLERANCES
-from lpusim.compiler.importer import SUPPORTED_OPS
-from lpusim.compiler.lower_quant import QUANT_OPS
+from lpusim.compiler.lower.table import SUPPORTED_OPS
+from lpusim.compiler.lower.quant import QUANT_OPS
 
 # lower_quant.py's ops of the default domain (QLinearAdd and the pools are com.microsoft's, never in onnx's suite)
 DEFAULT_DOMAIN_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",

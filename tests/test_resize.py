@@ -160,7 +160,7 @@ def test_older_opsets(opset, ins, inits, attrs):
 
 def test_compact_weights_through_row_maps(monkeypatch):
     """Past FULL_WEIGHT_BYTES every tap's weights are one constant row per output index read through a row map."""
-    from lpusim.compiler import lower_resize
+    from lpusim.compiler.lower import resize as lower_resize
     monkeypatch.setattr(lower_resize, "FULL_WEIGHT_BYTES", 0)
     program, _ = close(resize_model((2, 5, 4, 6), [1, 1, 2.5, 1.5], mode="cubic", relu=False))
     weights = [t for t in program._graph.tensors.values() if t.kind == "const" and t.name.startswith("resizew")]

@@ -245,7 +245,7 @@ class LpusimBackend(Backend):
         compiler lowers (`SUPPORTED_OPS`), and every run-time input and every output is a float32, bool or integer
         tensor. A model that passes can still be refused at compile time for an attribute or operand form not
         supported yet."""
-        from lpusim.compiler.importer import SUPPORTED_OPS
+        from lpusim.compiler.lower.table import SUPPORTED_OPS
 
         if device is not None and not cls.supports_device(device):
             return False

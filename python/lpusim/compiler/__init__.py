@@ -11,11 +11,12 @@ import math
 import numpy as np
 
 from lpusim.chip import Chip
-from lpusim.compiler import emit, importer, ir, passes
+from lpusim.compiler import emit, ir, passes
 from lpusim.compiler.frontend import calibrate, load
 from lpusim.compiler.schedule import scheduler as schedule
 from lpusim.compiler.schedule.storage import WIDTH, Store
-from lpusim.compiler.lower_quant import QUANT_OPS
+from lpusim.compiler.lower import import_onnx
+from lpusim.compiler.lower.quant import QUANT_OPS
 from lpusim.compiler.frontend.quantize import quantize_model
 from lpusim.errors import CompileError, OutOfSram
 
@@ -72,7 +73,7 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
     if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
         proto = quantize_model(proto, {n: calibration[n] for n in input_shapes})
     magnitudes = calibrate.tensor_magnitudes(proto, calibration)
-    graph = importer.import_onnx(proto, input_shapes, magnitudes)
+    graph = import_onnx(proto, input_shapes, magnitudes)
     if dump:
         dump("import", graph.dump())
     for name, run in PASSES:

@@ -1,0 +1,539 @@
+"""Multi-head attention as exported from PyTorch: [B, S, H] -> Reshape [B, S, NH, D] -> Transpose -> per-head work.
+
+A 4-D [B, NH, S, D] activation would read as an NCHW image, so heads are kept apart instead: a *heads value* is
+one IR matrix per (batch element, head) pair ([S, D], rows = that element's tokens, lanes = the head's features;
+part b*NH + h), plus whether the ONNX tensor is the transpose of each part ([B, NH, D, S], the K^T of scores).
+* Reshape [B, S, NH*D] -> [B, S, NH, D] then Transpose (0, 2, 1, 3): head h is lanes h*D.. of the input, picked by
+  an MXM selection (lower_moves.py); Transpose (0, 2, 3, 1) gives the same parts, marked transposed. At batch
+  B > 1 the selection of part (b, h) reads rows b*S.. of the input through a row-offset view (the input is seen
+  as one image of B*S x 1 pixels, the part as one of S x 1: address arithmetic, no data moves).
+* MatMul(heads, heads): per part, the second operand's part is loaded as computed MXM weights, after an SXM/MEM
+  transpose when it is marked transposed (schedule_sxm.py).
+* Elementwise ops, Softmax, scalar or broadcast constants ([B|1, NH|1, S|1, X]: the part's slice): lowered once
+  per part. An attention mask [B, 1, 1, K] is kept as B rows of K lanes (`lower_maskrow`); part (b, h) reads a
+  copy of row b.
+* Transpose (0, 2, 1, 3) then Reshape [B, S, NH*D]: the parts are placed side by side on the lanes (a Concat), one
+  [S, NH*D] matrix per batch element; at B > 1 these are stacked on the rows by B VXM passes (`stack_rows`), each
+  reading one element's matrix through a row map and zeroing the other elements' rows by a 0/1 row-mapped constant.
+The nodes of the parts are interleaved (`interleave_parts`), so the parts' dependent chains overlap in time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from lpusim.compiler.ir import Node, node_inputs, Step, View
+from lpusim.compiler.lower.elementwise import BINARY, UNARY
+from lpusim.compiler.lower.lanes import fp16_residual, shared_const, UP, vector
+from lpusim.compiler.lower.matmul import lower_computed_matmul
+from lpusim.compiler.lower.quant_codes import (q_alias_requantized, q_const, q_quantize_steps, q_requantizer,
+                                               q_scalar_scale, q_users, q_vector, q_zero)
+from lpusim.compiler.lower.rows import select_lanes
+from lpusim.compiler.lower.shape_ops import lower_concat, lower_reshape, reshape_target
+from lpusim.compiler.lower.state import Renamed
+from lpusim.errors import CompileError
+
+
+CODE_MAGNITUDE = 256.0  # a head part of codes minus zero point (|v| <= 255): its fp16 copy needs no scaling
+
+
+def lower_split_transpose(lw, node, a):
+    ir_name, shape, nh, d = lw.splits[node.input[0]]
+    perm = list(a.get("perm", []))
+    if perm not in ([0, 2, 1, 3], [0, 2, 3, 1]):
+        raise CompileError(f"{lw.where(node)}: Transpose perm={perm} of a [B, S, heads, D] view is not "
+                           f"supported (perm [0,2,1,3] or [0,2,3,1])")
+    nb, s = shape[0], shape[1]
+    parts = []
+    # quantised models (precise_sums): the MXM selection moves fp16 values. Floats dequantized from codes:
+    # select the codes minus the zero point (integers, exact in fp16) and keep the scale aside (`head_scales`:
+    # a heads MatMul applies it in its epilogue, other readers multiply first, `head_float`). Other floats:
+    # select x's fp16 copy and its residual (scaled up) and add them back in f32 (~22 significant bits).
+    codes = lw.q_state.get("dequantized", {}).get(ir_name) if lw.precise_sums else None
+    lo = fp16_residual(lw, node, ir_name, shape, f"{node.output[0]}.lo", lw.magnitudes.get(node.input[0]),
+                            up=True) if lw.precise_sums and codes is None else None
+    for b in range(nb):
+        for h in range(nh):
+            cols = list(range(h * d, (h + 1) * d))
+            tag = f"{node.output[0]}@h{h}" if nb == 1 else f"{node.output[0]}@b{b}h{h}"
+            sub = Renamed(node, tag)
+            if codes is not None:
+                q, scale, zp = codes
+                y = select_part(lw, sub, q, shape, b, cols, f"{tag}.codes",
+                                     [Step("SUB", [("acc",), ("imm", float(zp))])] if zp else [])
+                lw.derived[y] = CODE_MAGNITUDE
+                lw.head_scales[y] = scale
+                parts.append(y)
+                continue
+            y = select_part(lw, sub, ir_name, shape, b, cols, tag)
+            if lo is not None:
+                y = select_part(lw, sub, lo, shape, b, cols, tag,
+                                     [Step("MUL", [("acc",), ("imm", 1.0 / UP)]),
+                                      Step("ADD", [("step", 0), ("src", 0)])], [y])
+            parts.append(y)
+    transposed = perm == [0, 2, 3, 1]
+    lw.heads[node.output[0]] = (parts, transposed, (nb, nh, d, s) if transposed else (nb, nh, s, d))
+
+
+def select_part(lw, node, x: str, shape: tuple, b: int, cols: list, out_name: str, steps=(), sources=()):
+    """Lanes `cols` of batch element b's rows of x ([B, S, C]) as one [S, len(cols)] part, on the MXM."""
+    nb, s = shape[0], shape[1]
+    if nb == 1:
+        y, _ = select_lanes(lw, node, x, shape, cols, out_name, steps, sources)
+    else:
+        t = lw.tensors[x]
+        if t.geom not in (None, (1, nb * s, 1)):
+            raise CompileError(f"{lw.where(node)}: the rows of batch element {b} of '{x}' cannot be read as "
+                               f"a view: the tensor is already laid out as images {t.geom}")
+        t.geom = (1, nb * s, 1)  # one image of B*S x 1 pixels: a tap at dh = b*S reads element b's rows
+        c = shape[-1]
+
+        def make():
+            p = np.zeros((c, len(cols)), dtype=np.float32)
+            p[np.asarray(cols), np.arange(len(cols))] = 1.0
+            return p
+        w = shared_const(lw, ("sel", c, tuple(int(v) for v in cols)), make)
+        y = lw.add_tensor(lw.fresh(out_name), (1, s, len(cols)), "value")
+        lw.tensors[y].geom = (1, s, 1)
+        lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, y,
+                               sources=[View(v) for v in sources], steps=list(steps),
+                               terms=[(View(x, dh=b * s, spatial=True), w)]))
+        lw.derived.setdefault(y, lw.magnitudes.get(node.input[0], 0.0))
+    lw.tensors[y].shape = (1, s, len(cols))
+    return y
+
+
+def concat_heads(lw, node, out: str, args: list, nb: int) -> None:
+    """values[out] = the parts' lanes side by side ([B, S, NH*D]): one lane Concat per batch element, then
+    (B > 1) the elements stacked on the rows (`stack_rows`)."""
+    if nb == 1:
+        lower_concat(lw, Renamed(node, out), {"axis": -1}, args)
+        return
+    nh = len(args) // nb
+    cats, bounds = [], []
+    for b in range(nb):
+        bounds.append(len(lw.nodes))
+        sub = Renamed(node, f"{out}@b{b}")
+        lower_concat(lw, sub, {"axis": -1}, args[b * nh:(b + 1) * nh])
+        cats.append(lw.values.pop(sub.output[0]))
+    interleave_parts(lw, bounds)
+    _, (_, s, width) = cats[0]
+    y = stack_rows(lw, node, [c for c, _ in cats], s, out)
+    lw.values[out] = (y, (nb, s, width))
+
+
+def stack_rows(lw, node, mats: list, s: int, hint: str) -> str:
+    """B matrices of [S, C] -> one [B*S, C] (element b on rows b*S..), on the VXM: y_b = y_(b-1) + mats[b] *
+    keep_b over all B*S rows, mats[b] read through a row map (output row r reads row r - b*S, clamped into
+    0..S-1) and keep_b a shared constant [2, C] (a row of zeros, a row of ones) read through a row map (row 1
+    on rows b*S.., row 0 elsewhere): exact for finite values, no border and no data moved ahead of time.
+    Costs B passes of B*S rows and no SRAM beyond the B*S-row results."""
+    nb = len(mats)
+    cols = lw.tensors[mats[0]].cols
+    mag = max(lw.ir_magnitude(m) for m in mats)
+    keep = shared_const(lw, ("zero_one_rows", cols), lambda: np.repeat(
+        np.array([[0.0], [1.0]], dtype=np.float32), cols, axis=1))
+    prev = None
+    for b, m in enumerate(mats):
+        r = np.arange(nb * s) - b * s
+        rows = tuple(int(v) for v in np.clip(r, 0, s - 1))
+        inside = tuple(int(v) for v in ((r >= 0) & (r < s)))
+        sources = [View(m, rows=rows), View(keep, rows=inside)] + ([View(prev)] if prev is not None else [])
+        steps = [Step("MUL", [("src", 0), ("src", 1)])]
+        if prev is not None:
+            steps.append(Step("ADD", [("src", 2), ("step", 0)]))
+        y = lw.add_tensor(lw.fresh(hint), (nb, s, cols), "value")
+        lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
+                               steps=steps, fusable=False))
+        lw.derived[y] = mag
+        prev = y
+    return prev
+
+
+def lower_heads_transpose(lw, node, a):
+    parts, transposed, shape4 = lw.heads[node.input[0]]
+    perm = list(a.get("perm", []))
+    if perm == [0, 1, 3, 2]:
+        b, nh, s, d = shape4
+        lw.heads[node.output[0]] = (parts, not transposed, (b, nh, d, s))
+    elif perm == [0, 2, 1, 3] and not transposed:
+        lw.merges[node.output[0]] = (parts, shape4)
+    else:
+        raise CompileError(f"{lw.where(node)}: Transpose perm={perm} of attention heads is not supported")
+
+
+def lower_merge_reshape(lw, node, new):
+    parts, (b, nh, s, d) = lw.merges[node.input[0]]
+    if tuple(new) != (b, s, nh * d):
+        raise CompileError(f"{lw.where(node)}: merged heads must be reshaped to {(b, s, nh * d)}")
+    if lw.precise_sums and merge_codes(lw, node, parts, (b, s, nh * d)):
+        return
+    parts = [head_float(lw, node, p) for p in parts]
+    args = [("value", p, (1, s, d)) for p in parts]
+    if not lw.precise_sums:
+        concat_heads(lw, node, node.output[0], args, b)
+        return
+    # quantised models: concatenate the fp16 copies and the (scaled) residuals, add them in f32
+    los = [("value", fp16_residual(lw, node, p, (1, s, d), f"{p}.lo", lw.ir_magnitude(p), up=True), (1, s, d))
+           for p in parts]
+    lo_out = f"{node.output[0]}.lo"
+    concat_heads(lw, Renamed(node, lo_out), lo_out, los, b)
+    lo_cat, _ = lw.values.pop(lo_out)
+    concat_heads(lw, node, node.output[0], args, b)
+    hi_cat, shape = lw.values[node.output[0]]
+    y = vector(lw, node, [hi_cat, lo_cat], [Step("MUL", [("src", 1), ("imm", 1.0 / UP)]),
+                                             Step("ADD", [("src", 0), ("step", 0)])], shape, node.output[0])
+    lw.tensors[y].shape = shape
+    lw.values[node.output[0]] = (y, shape)
+
+
+def interleave_parts(lw, bounds: list, width: int = 0) -> None:
+    """`interleave` in windows of `width` consecutive parts (0: all parts at once)."""
+    width = width or lw.interleave_width
+    ends = bounds[width::width] + [len(lw.nodes)]
+    for k in reversed(range(0, len(bounds), width)):  # from the end: earlier windows keep their indices
+        window = bounds[k:k + width]
+        interleave(lw, window, ends[k // width])
+
+
+def interleave(lw, bounds: list, end: int) -> None:
+    """The nodes of consecutive parts (part i: lw.nodes[bounds[i]:bounds[i + 1]], the last up to the end)
+    reordered round-robin, one node of each part in turn (a node waits until the nodes it reads are placed):
+    the scheduler places nodes in order and each MXM plane only moves forward in time, so part after part
+    would run the parts' dependent chains (Softmax's maximum tree, sums) one after another; interleaved,
+    the chains of different parts overlap on the planes and the VXM."""
+    start = bounds[0]
+    groups = [lw.nodes[a:b] for a, b in zip(bounds, bounds[1:] + [end])]
+    if sum(1 for g in groups if g) < 2:
+        return
+    pending = {n.output for g in groups for n in g}
+    total = sum(len(g) for g in groups)
+    order, placed, pos = [], set(), [0] * len(groups)
+    while len(order) < total:
+        progressed = False
+        for i, g in enumerate(groups):
+            if pos[i] < len(g) and all(name not in pending or name in placed for name in node_inputs(g[pos[i]])):
+                order.append(g[pos[i]])
+                placed.add(g[pos[i]].output)
+                pos[i] += 1
+                progressed = True
+        if not progressed:  # cannot happen: the original order is a valid one
+            raise AssertionError("interleave_parts: a part reads a node no part can place")
+    lw.nodes[start:end] = order
+
+
+def head_float(lw, node, part: str) -> str:
+    """The floats of a head part (`head_scales`: code x scale, once per part)."""
+    if part not in lw.head_scales:
+        return part
+    cache = lw.head_floats
+    if part not in cache:
+        y = vector(lw, node, [part], [Step("MUL", [("src", 0), ("imm", lw.head_scales[part])])],
+                        lw.tensors[part].shape, f"{part}.f")
+        lw.tensors[y].shape = lw.tensors[part].shape
+        cache[part] = y
+    return cache[part]
+
+
+def merge_codes(lw, node, parts: list, shape: tuple) -> bool:
+    """Merged heads read only by QuantizeLinears of one scale and zero point (an attention output before its
+    int8 projection): quantise each part, then place the codes (exact in fp16) in one MXM pass each; the
+    QuantizeLinears' outputs are those codes (elementwise, so the same as quantising the merged floats)."""
+    name, via = node.output[0], None
+    u = q_requantizer(lw, name)
+    users = q_users(lw, name)
+    if u is None and len(users) == 1 and users[0].op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") \
+            and name not in {o.name for o in lw.model.graph.output}:
+        via = users[0]  # GPT-2: the merged heads reshaped to [S, H], then quantised
+        u = q_requantizer(lw, via.output[0])
+    if u is None:
+        return False
+    zp_arr = q_const(lw, u, 2, "the zero point", required=False)
+    kind = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8"}.get(zp_arr.dtype) if zp_arr is not None else None
+    if kind is None:
+        return False
+    scale = q_scalar_scale(lw, u, 1, "scale")
+    zp = q_zero(lw, u, 2, kind, "zero point")
+    steps = q_quantize_steps(lw, scale, zp)
+    codes = []
+    for h, p in enumerate(parts):
+        c = q_vector(lw, u, head_float(lw, node, p), lw.tensors[p].shape, steps, f"{u.output[0]}@h{h}")
+        lw.tensors[c].shape = lw.tensors[p].shape
+        lw.derived[c] = CODE_MAGNITUDE
+        codes.append(("value", c, lw.tensors[p].shape))
+    if via is not None:  # the merged codes, dequantized lazily: the reshape runs on them, its QuantizeLinear
+        out = f"{name}#q"  # (same scale and zero point) gives them back (lower_quant.q_code_op, q_quantize)
+        concat_heads(lw, Renamed(node, out), out, codes, shape[0])
+        lw.derived[lw.values[out][0]] = CODE_MAGNITUDE
+        lw.q_state["code"][out] = kind
+        lw.q_state["pending"][name] = (out, scale, zp)
+        return True
+    concat_heads(lw, Renamed(node, u.output[0]), u.output[0], codes, shape[0])
+    lw.derived[lw.values[u.output[0]][0]] = CODE_MAGNITUDE
+    lw.q_state["code"][u.output[0]] = kind
+    q_alias_requantized(lw, node.output[0], u.output[0])
+    return True
+
+
+def lower_heads_matmul(lw, node, args):
+    if args[0][0] != "heads" or args[1][0] != "heads":
+        raise CompileError(f"{lw.where(node)}: a MatMul of attention heads with a non-head operand is not "
+                           f"supported yet")
+    (a_parts, a_t, a_shape), (b_parts, b_t, _) = args[0][1:], args[1][1:]
+    if a_t:
+        raise CompileError(f"{lw.where(node)}: the left operand of a heads MatMul must not be transposed")
+    out_parts = []
+    precise = lw.precise_sums
+    mx, mw = lw.magnitudes.get(node.input[0], 0.0), lw.magnitudes.get(node.input[1], 0.0)
+    bounds = []
+    for h, (x, w) in enumerate(zip(a_parts, b_parts)):
+        bounds.append(len(lw.nodes))
+        sub = Renamed(node, f"{node.output[0]}@h{h}")
+        # f32-accurate products (quantised models, lower_lanes.precise_sums): x @ w = xh @ wh + xl @ wh +
+        # xh @ wl, h/l the fp16 copy and its residual (the dropped xl @ wl is 2^-22 of the product); an operand
+        # of integer codes (`head_scales`) is exact in fp16 and needs no residual: its scale ends the epilogue
+        sx, sw = lw.head_scales.get(x), lw.head_scales.get(w)
+        if not precise:
+            x, w = head_float(lw, sub, x), head_float(lw, sub, w)
+        wl = fp16_residual(lw, sub, w, lw.tensors[w].shape, f"{node.input[1]}@h{h}.lo", mw) \
+            if precise and sw is None else None
+        if b_t:  # K^T: transpose the part on the SXM first
+            ws = []
+            for v in (w, wl) if wl is not None else (w,):
+                k = lw.tensors[v]
+                kt = lw.add_tensor(lw.fresh(f"{v}.T"), (1, k.cols, k.rows), "value")
+                lw.nodes.append(Node("transpose", node.name or node.output[0], "Transpose", kt,
+                                       sources=[View(v)], fusable=False))
+                lw.derived[kt] = lw.derived[v] if v is wl or v in lw.head_scales else mw
+                ws.append(kt)
+            w, wl = ws if wl is not None else (ws[0], None)
+        wt = lw.tensors[w]
+        lower_computed_matmul(lw, sub, ("value", x, lw.tensors[x].shape), ("value", w, (wt.rows, wt.cols)))
+        y = lw.values[sub.output[0]][0]
+        if precise:
+            xl = fp16_residual(lw, sub, x, lw.tensors[x].shape, f"{node.input[0]}@h{h}.lo", mx) \
+                if sx is None else None
+            extra = [(v, u) for v, u in ((xl, w), (x, wl)) if v is not None and u is not None]
+            scale = np.float32(sx if sx is not None else 1.0) * np.float32(sw if sw is not None else 1.0)
+            for i, (xv, wv) in enumerate(extra):
+                out = lw.add_tensor(lw.fresh(sub.output[0]), lw.tensors[y].shape, "value")
+                lw.nodes.append(Node("matmul", node.name or node.output[0], "MatMul", out,
+                                       sources=[View(y)], steps=[Step("ADD", [("acc",), ("src", 0)])],
+                                       terms=[(View(xv), wv)]))
+                y = out
+            if scale != 1.0:
+                last = lw.nodes[-1]
+                assert last.kind == "matmul" and last.output == y
+                last.steps = last.steps + [Step("MUL", [("step", len(last.steps) - 1) if last.steps else ("acc",),
+                                                        ("imm", float(scale))])]
+            lw.values[sub.output[0]] = (y, lw.values[sub.output[0]][1])
+        out_parts.append(y)
+    interleave_parts(lw, bounds)
+    b, nh = a_shape[:2]
+    lw.heads[node.output[0]] = (out_parts, False, (b, nh, a_shape[2], lw.tensors[out_parts[0]].cols))
+
+
+def lower_per_head(lw, node, args):
+    """An elementwise op or a Softmax over the last axis, once per head."""
+    heads = [x for x in args if x is not None and x[0] == "heads"]
+    nh = len(heads[0][1])
+    transposed = heads[0][2]
+    scalars_only = all(x is None or x[0] == "heads" or (x[0] == "const" and np.asarray(x[1]).size == 1)
+                       for x in args)
+    if any(x[2] != transposed for x in heads) or (transposed and not scalars_only):
+        raise CompileError(f"{lw.where(node)}: {node.op_type} of transposed attention heads with a "
+                           f"non-scalar operand is not supported")
+    shape4 = heads[0][3]
+    n_heads = shape4[1]
+    out_parts = []
+    bounds = []
+    for i_part in range(nh):
+        bounds.append(len(lw.nodes))
+        b, h = divmod(i_part, n_heads)
+        saved = {}
+        inputs = list(node.input)
+        for i, x in enumerate(args):
+            if x is None:
+                continue
+            name = node.input[i]
+            if x[0] == "heads":
+                part = head_float(lw, node, x[1][i_part])
+                saved[name] = lw.values.get(name)
+                lw.values[name] = (part, lw.tensors[part].shape)
+                lw.heads_hidden[name] = lw.heads.pop(name)
+            elif x[0] == "const" and x[1].ndim == 4:  # [B or 1, NH or 1, S or 1, X] -> the part's [1, ., X]
+                bb = b if x[1].shape[0] > 1 else 0
+                arr = x[1][bb:bb + 1, h if x[1].shape[1] > 1 else 0]
+                cname = f"{name}@b{bb}h{h}"
+                lw.consts[cname] = arr
+                inputs[i] = cname
+            elif x[0] == "maskrow":  # an attention mask [B|1, 1, Q|1, K]: its element's row, for every head
+                row = mask_row(lw, node, name, b)
+                cname = f"{name}@row" if lw.tensors[row] is lw.tensors[lw.maskrows[name][0]] else \
+                    f"{name}@row{b}"
+                lw.values[cname] = (row, (1, 1, lw.tensors[row].cols))
+                inputs[i] = cname
+            elif x[0] == "value":
+                raise CompileError(f"{lw.where(node)}: mixing attention heads with a computed non-head "
+                                   f"operand is not supported yet")
+        attrs = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
+        if "axis" in attrs and attrs["axis"] >= 0:
+            attrs["axis"] = attrs["axis"] - 1 if attrs["axis"] > 0 else attrs["axis"]
+        tag = f"@h{h}" if shape4[0] == 1 else f"@b{b}h{h}"
+        sub = onnx.helper.make_node(node.op_type, inputs, [node.output[0] + tag], name=node.name, **attrs)
+        try:
+            lw.lower(sub)
+        finally:
+            for name, old in saved.items():
+                lw.heads[name] = lw.heads_hidden.pop(name)
+                if old is None:
+                    del lw.values[name]
+                else:
+                    lw.values[name] = old
+        out_parts.append(lw.values.pop(sub.output[0])[0])
+    interleave_parts(lw, bounds)
+    # an elementwise op with scalars commutes with the transpose: the parts stay untransposed
+    lw.heads[node.output[0]] = (out_parts, transposed, shape4)
+
+
+# ----- attention masks at batch B > 1: [B, 1, 1, K] kept as B rows of K lanes --------------------------------
+def mask_row(lw, node, name: str, b: int) -> str:
+    """Batch element b's [1, K] row of the mask `name` (lower_index.lower_maskrow keeps a [1, 1, Q|1, K] mask
+    as one row; a [B, 1, 1, K] one is B rows, `lower_maskrow` below): a VXM copy of row b, read through a tap
+    of the rows seen as one image of B x 1 pixels (one copy per mask and element, shared by heads and layers)."""
+    rows, _ = lw.maskrows[name]
+    t = lw.tensors[rows]
+    if t.rows == 1:
+        return rows
+    cache = lw.mask_rows
+    if (rows, b) not in cache:
+        if t.geom not in (None, (1, t.rows, 1)):
+            raise CompileError(f"{lw.where(node)}: the attention mask rows '{rows}' are laid out as images "
+                               f"{t.geom}; row {b} cannot be read as a view")
+        t.geom = (1, t.rows, 1)
+        y = lw.add_tensor(lw.fresh(f"{name}@row{b}"), (1, t.cols), "value")
+        lw.tensors[y].geom = (1, 1, 1)
+        lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y,
+                               sources=[View(rows, dh=b, spatial=True)], steps=[Step("COPY", [("src", 0)])],
+                               fusable=False))
+        lw.derived[y] = lw.ir_magnitude(rows)
+        cache[(rows, b)] = y
+    return cache[(rows, b)]
+
+
+def lower_maskrow(lw, node, op, a, args) -> None:
+    """Ops on a computed attention mask of ONNX shape [B, 1, Q|1, K], kept as its B rows of K lanes (an NCHW
+    layout would put K on the rows): elementwise ops with constants that are the same for every query row (a
+    constant may differ between batch elements), Expand to [B, 1, Q, K], Shape; lowered on the [B, K] rows,
+    which the attention scores read for every query row of every head of their element."""
+    masks = [lw.maskrows[x[1]] for x in args if x is not None and x[0] == "maskrow"]
+    shapes = [x[1].shape if x[0] == "const" else lw.maskrows[x[1]][1] if x[0] == "maskrow" else None
+              for x in args if x is not None]
+    if op == "Shape":
+        lw.consts[node.output[0]] = np.array(shapes[0], dtype=np.int64)[a.get("start", 0):a.get("end", 4)]
+        return
+    if op == "Identity":
+        lw.maskrows[node.output[0]] = lw.maskrows[node.input[0]]
+        return
+    if op == "Expand" and args[1][0] == "const":  # to [B, 1, Q, K]: every query row reads the same row
+        target = tuple(int(v) for v in np.asarray(args[1][1]).ravel())
+        out_shape = tuple(np.broadcast_shapes(shapes[0], target))
+        if len(out_shape) == 4 and out_shape[:2] == (shapes[0][0], 1) and out_shape[3] == shapes[0][3]:
+            lw.maskrows[node.output[0]] = (lw.maskrows[node.input[0]][0], out_shape)
+            return
+    elementwise = op in ("Where", "Cast", "Not") or op in BINARY or op in UNARY or op in ("Pow", "Clip")
+    if not elementwise or any(s_ is None for s_ in shapes):
+        raise CompileError(f"{lw.where(node)}: attention mask rows [B, 1, Q, K] are read by {op}; only "
+                           f"elementwise ops with constants, Expand and the attention scores can read them")
+    out_shape = tuple(np.broadcast_shapes(*[tuple(s_) for s_ in shapes]))
+    nb, k = out_shape[0], out_shape[-1]
+    if len(out_shape) != 4 or out_shape[1] != 1 or any(sh[0] not in (1, nb) for _, sh in masks):
+        raise CompileError(f"{lw.where(node)}: attention mask rows broadcast to {out_shape} (only "
+                           f"[B, 1, Q|1, K])")
+    inputs = []
+    for i, x in enumerate(args):
+        if x is None:
+            inputs.append("")
+            continue
+        name = f"{node.output[0]}@rows{i}"
+        if x[0] == "maskrow":
+            rows, shape = lw.maskrows[x[1]]
+            if shape[0] != nb:
+                raise CompileError(f"{lw.where(node)}: a one-row mask meets a mask of {nb} rows")
+            lw.values[name] = (rows, (nb, k))
+        else:
+            full = np.broadcast_to(np.asarray(x[1]), out_shape)
+            if not np.all((full == full[:, :, :1, :]) | (np.isnan(full) & np.isnan(full[:, :, :1, :]))):
+                raise CompileError(f"{lw.where(node)}: a constant that differs between query rows meets "
+                                   f"attention mask rows (not supported yet)")
+            same = full.size and np.all((full == full.flat[0]) | (np.isnan(full) & np.isnan(full.flat[0])))
+            lw.consts[name] = np.asarray(full.flat[0]) if same else np.ascontiguousarray(full[:, 0, 0, :])
+        inputs.append(name)
+    sub = onnx.helper.make_node(op, inputs, [f"{node.output[0]}@rows"], name=node.name or node.output[0], **a)
+    lw.lower(sub)
+    rows, _ = lw.values.pop(sub.output[0])
+    lw.maskrows[node.output[0]] = (rows, out_shape)
+
+
+def lower_flatrows(lw, node, op: str, a: dict, args: list) -> None:
+    name = node.input[0]
+    if args[0] is None or args[0][0] != "flatrows" or any(x is not None and x[0] == "flatrows"
+                                                          for x in args[1:]):
+        raise CompileError(f"{lw.where(node)}: input '{args[0][1] if args[0] else name}' is a matrix "
+                           f"flattened to one column, which only a Gather (axis 0, constant indices) or a "
+                           f"Reshape can read")
+    ir_name, c, idx, shape = lw.flatrows[name]
+    if op == "Gather":
+        return gather_flatrows(lw, node, a, args, ir_name, c, idx, shape)
+    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"):
+        new = shape if op == "Identity" else reshape_target(lw, node, a, args, shape)
+        rows = flat_matrix_rows(idx, c, new)
+        if rows is None:  # not yet rows of whole matrix rows: still a flat-rows value
+            lw.flatrows[node.output[0]] = (ir_name, c, idx, tuple(new))
+            return
+        t = lw.tensors[ir_name]
+        if rows == list(range(t.rows)):
+            base = ir_name
+        else:  # rows picked, repeated or reordered: a VXM copy through a row-map view (exact)
+            base = lw.add_tensor(lw.fresh(node.output[0]), (len(rows), c), "value")
+            lw.nodes.append(Node("vector", node.name or node.output[0], op, base,
+                                   sources=[View(ir_name, rows=tuple(rows))], steps=[Step("COPY", [("src", 0)])]))
+            lw.derived[base] = lw.tensor_magnitude(node, ir_name)
+        if op == "Identity" or (len(new) == 2 and tuple(new) == (len(rows), c)):
+            lw.values[node.output[0]] = (base, tuple(new))
+            return
+        return lower_reshape(lw, node, op if op != "Identity" else "Reshape", a,
+                                  [("value", base, (len(rows), c))] + list(args[1:]))
+    raise CompileError(f"{lw.where(node)}: input '{name}' is a [{idx.size}, 1] column flattened from a "
+                       f"computed matrix of {c} lanes; {op} of it is not supported (only a Gather along "
+                       f"axis 0 with constant indices, and a Reshape back to rows of {c} lanes)")
+
+
+def gather_flatrows(lw, node, a, args, ir_name, c, idx, shape) -> None:
+    axis = int(a.get("axis", 0))
+    axis = axis + len(shape) if axis < 0 else axis
+    if args[1] is None or args[1][0] != "const":
+        raise CompileError(f"{lw.where(node)}: a Gather from a matrix flattened to one column needs constant "
+                           f"indices (computed ones are not supported)")
+    if axis != 0 or int(np.prod(shape[1:], dtype=np.int64)) != 1:
+        raise CompileError(f"{lw.where(node)}: a Gather from a matrix flattened to shape {shape} is only "
+                           f"supported along axis 0 of a column (axis {a.get('axis', 0)})")
+    ids = np.asarray(args[1][1], dtype=np.int64)
+    n = idx.size
+    if ids.size == 0 or ids.min() < -n or ids.max() >= n:
+        raise CompileError(f"{lw.where(node)}: Gather indices out of range for {n} rows (or empty)")
+    ids = np.where(ids < 0, ids + n, ids)
+    new = tuple(int(v) for v in ids.shape) + tuple(shape[1:])
+    lw.flatrows[node.output[0]] = (ir_name, c, idx[ids.reshape(-1)], new)
+
+
+def flat_matrix_rows(idx: np.ndarray, c: int, new: tuple) -> list | None:
+    """The matrix row each row of `new` (last axis on the lanes) reads, when every such row is one whole row
+    of the matrix in lane order; else None."""
+    if not new or int(new[-1]) != c or idx.size % c:
+        return None
+    m = idx.reshape(-1, c)
+    if not np.all(m % c == np.arange(c)) or not np.all(m // c == (m[:, :1] // c)):
+        return None
+    return [int(v) for v in m[:, 0] // c]

@@ -1,0 +1,119 @@
+"""One ONNX node to IR: `lower` (the dispatcher every node, and every sub-node a lowering builds, goes through).
+
+`lower_node` first lets the int8 lowering take the node (quant.py), then folds what depends on constants alone,
+then routes nodes whose inputs are kept as views (attention mask rows, flat rows, pending head splits and merges,
+attention heads, 5-D image views) to the family that owns the view, in that order; every other node goes to its
+op type's lowering in table.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lpusim.compiler.frontend.load import attrs
+from lpusim.compiler.lower.attention import (lower_flatrows, lower_heads_matmul, lower_heads_transpose,
+                                             lower_maskrow, lower_merge_reshape, lower_per_head,
+                                             lower_split_transpose)
+from lpusim.compiler.lower.elementwise import lower_cast_op
+from lpusim.compiler.lower.fold import fold
+from lpusim.compiler.lower.quant import lower_quant
+from lpusim.compiler.lower.shape_ops import (PASSTHROUGH, RESHAPES, finish_grouped, lower_constant,
+                                             lower_grouped_transpose, lower_identity, lower_shape, reshape_target)
+from lpusim.compiler.lower.state import LowerState
+from lpusim.compiler.lower.table import SUPPORTED_OPS, TABLE
+from lpusim.errors import CompileError
+
+# Which results hold whole numbers (gather.py, index.py: a Cast to an integer type of such a value moves nothing):
+KEEP_INTEGRAL = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Slice", "Transpose",
+                 "Tile", "Neg", "Abs", "Relu", "Floor", "Ceil", "Cast"}  # when the first input does
+WHOLE_ARITH = {"Add", "Sub", "Mul", "Max", "Min", "Where", "Concat"}  # when every input does
+BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN",
+           "ArgMax", "ArgMin"}
+
+
+def lower(lw: LowerState, node) -> None:
+    lower_node(lw, node)
+    ins = [i for i in node.input if i]
+    whole = lambda i: i in lw.integral or (i in lw.consts and np.all(  # noqa: E731
+        np.mod(np.asarray(lw.consts[i], dtype=np.float64), 1) == 0))
+    if node.op_type in KEEP_INTEGRAL and ins and whole(ins[0]) or \
+            node.op_type in WHOLE_ARITH and ins and all(whole(i) for i in ins) or node.op_type in BOOLEAN:
+        lw.integral.update(o for o in node.output if o and o in lw.values)
+
+
+def lower_node(lw: LowerState, node) -> None:
+    if lower_quant(lw, node):  # int8: QDQ and QOperator forms (quant.py)
+        return
+    op, a = node.op_type, attrs(node)
+    args = [lw.get(node, i) for i in range(len(node.input))]
+    if node.domain not in ("", "ai.onnx"):
+        raise CompileError(f"{lw.where(node)}: operator domain '{node.domain}' is not supported")
+    if op == "Constant":
+        return lower_constant(lw, node, a, args)
+    if all(x is None or x[0] == "const" for x in args) and op not in ("Dropout",):
+        lw.consts[node.output[0]] = fold(lw, node, op, a, [None if x is None else x[1] for x in args])
+        return
+    if op in ("Shape", "Size") and args[0][0] == "value":  # shapes are static: these are constants
+        return lower_shape(lw, node, a, args)
+    if op == "Dropout" and len(args) > 2 and args[2] is not None and (
+            args[2][0] != "const" or bool(np.asarray(args[2][1]))):
+        raise CompileError(f"{lw.where(node)}: Dropout in training mode (random masks) is not supported; "
+                           f"inference Dropout is the identity")
+    if any(x is not None and x[0] == "maskrow" for x in args) and not any(
+            x is not None and x[0] == "heads" for x in args):
+        return lower_maskrow(lw, node, op, a, args)
+    if any(x is not None and x[0] == "flatrows" for x in args):
+        return lower_flatrows(lw, node, op, a, args)
+    if op in PASSTHROUGH:
+        return lower_identity(lw, node, a, args)
+    if op == "Cast":
+        return lower_cast_op(lw, node, a, args)
+    if lower_view(lw, node, op, a, args):
+        return
+    lowering = TABLE.get(op)
+    if lowering is None:
+        raise CompileError(f"{lw.where(node)}: operator {op} is not supported yet "
+                           f"(supported: {', '.join(SUPPORTED_OPS)})")
+    lowering(lw, node, a, args)
+
+
+def lower_view(lw: LowerState, node, op: str, a: dict, args: list) -> bool:
+    """Lower `node` if an input is a pending head split or merge, attention heads or a 5-D image view (in that
+    order); False if none is."""
+    kinds = {x[0] for x in args if x is not None}
+    if "split" in kinds:
+        if op != "Transpose":
+            raise CompileError(f"{lw.where(node)}: a [B, S, heads, D] view is only read by a Transpose")
+        lower_split_transpose(lw, node, a)
+        return True
+    if "merge" in kinds:
+        if op != "Reshape":
+            raise CompileError(f"{lw.where(node)}: merged attention heads are only read by a Reshape")
+        b, nh, s_, d = lw.merges[node.input[0]][1]
+        lower_merge_reshape(lw, node, reshape_target(lw, node, a, args, (b, s_, nh, d)))
+        return True
+    if "heads" in kinds:
+        if op == "MatMul":
+            lower_heads_matmul(lw, node, args)
+        elif op == "Transpose":
+            lower_heads_transpose(lw, node, a)
+        elif op in ("Shape", "Size"):  # shapes are static
+            shape4 = np.array(lw.heads[node.input[0]][2], dtype=np.int64)
+            lw.consts[node.output[0]] = np.array(np.prod(shape4)) if op == "Size" else \
+                shape4[a.get("start", 0):a.get("end", len(shape4))]
+        elif op in RESHAPES or op in PASSTHROUGH:  # a reshape to the same [B, heads, S, D]: no data moves
+            shape4 = lw.heads[node.input[0]][2]
+            new = shape4 if op in PASSTHROUGH else reshape_target(lw, node, a, args, shape4)
+            if tuple(new) != tuple(shape4):
+                raise CompileError(f"{lw.where(node)}: reshaping attention heads {shape4} to {tuple(new)} "
+                                   f"is not supported")
+            lw.heads[node.output[0]] = lw.heads[node.input[0]]
+        else:
+            lower_per_head(lw, node, args)
+        return True
+    if args and args[0] is not None and args[0][0] == "grouped":
+        if op == "Transpose":
+            lower_grouped_transpose(lw, node, a)
+        else:
+            finish_grouped(lw, node, reshape_target(lw, node, a, args, lw.grouped[node.input[0]][1]))
+        return True
+    return False

@@ -1,0 +1,44 @@
+"""ONNX -> IR: load and check the model, resolve shapes, fold constants, lower each node to matmul/vector nodes.
+
+Everything that depends on constants alone is folded on the host (numpy, float32). Everything else becomes chip
+work; an op with no chip lowering yet is a CompileError naming the node and its op type.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from lpusim.errors import CompileError
+
+
+# ----- host-side constant folding -------------------------------------------------------------------
+def fold(lw, node, op, a, xs):
+    import onnx.reference  # the ONNX project's own evaluator: exact ONNX semantics for folding
+
+    renamed = onnx.helper.make_node(op, [f"c{i}" if x is not None else "" for i, x in enumerate(xs)],
+                                    list(node.output), domain=node.domain, **a)
+    graph = onnx.helper.make_graph([renamed], "fold", [], [onnx.helper.make_tensor_value_info(
+        o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
+        initializer=[numpy_helper.from_array(np.asarray(x), f"c{i}") for i, x in enumerate(xs) if x is not None])
+    opset = [o for o in lw.model.opset_import if o.domain in ("", "ai.onnx")]
+    model = onnx.helper.make_model(graph, opset_imports=opset)
+    try:
+        evaluator = onnx.reference.ReferenceEvaluator(model)
+        return np.asarray(evaluator.run(None, {})[0])
+    except Exception as e:
+        first = e
+    try:  # the reference evaluator has gaps (GatherElements with a longer data axis): onnxruntime
+        import onnxruntime as ort
+        feeds = {f"c{i}": np.asarray(x) for i, x in enumerate(xs) if x is not None}
+        inputs = [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                  for k, v in feeds.items()]
+        typed = onnx.helper.make_model(onnx.helper.make_graph([renamed], "fold", inputs, []),
+                                       opset_imports=opset)
+        typed.ir_version = min(typed.ir_version, 10)
+        typed = onnx.shape_inference.infer_shapes(typed, strict_mode=True)
+        typed.graph.output.extend(vi for vi in typed.graph.value_info if vi.name == node.output[0])
+        session = ort.InferenceSession(typed.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run([node.output[0]], feeds)[0])
+    except Exception:
+        raise CompileError(f"{lw.where(node)}: folding constant {op} failed: {first}") from None

@@ -1,0 +1,180 @@
+"""Lowerings that work across the lanes of a row: Softmax, LayerNormalization, and the lane sums, maxima and
+minima the reductions (lower_reduce.py) use.
+
+A row's elements sit on the lanes of one vector, so a reduction over the last axis (the channel axis of an image)
+crosses lanes. lpusim does it on the MXM with constant 0/1 matrices, using only the matmul and vector node kinds:
+* sum: `x @ ones[C, C]` puts the row sum in every lane (the accumulator adds exactly; x enters as fp16);
+* max/min: `m = x @ I` (x's fp16 values, the same in every lane's view), then a tree of `ceil(log2 C)` steps
+  `m = MAX(m, m @ R_s)` where `R_s` rotates the C lanes cyclically by s = 1, 2, 4, ...: after the last step every
+  lane holds the row's maximum. `m @ R_s` moves fp16 values exactly,
+  so the result is the maximum of x's fp16-rounded values (within fp16's rounding of the true maximum);
+* a reduction that keeps one column (`keepdims`) reads lane 0 through `E[C, 1]`.
+The SXM (shift/permute) could do the rotations without rounding and in fewer cycles; the scheduler does not
+drive the SXM yet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lpusim.compiler.frontend.calibrate import scale_exponent
+from lpusim.compiler.ir import Node, Step, View
+from lpusim.errors import CompileError
+
+
+LANES = 320  # tsp_v1's vector length: the tile the padding lanes of a sum fill up to
+
+UP = 2048.0  # fp16_residual(up=True): the residual scaled to its source's size
+
+
+def with_lanes(shape: tuple, n: int) -> tuple:
+    """`shape` with its lane axis (channels of an image, else the last axis) resized to n."""
+    shape = tuple(shape)
+    return (shape[0], n) + shape[2:] if len(shape) == 4 else shape[:-1] + (n,)
+
+
+def lane_axis(shape: tuple) -> int:
+    return 1 if len(shape) == 4 else len(shape) - 1
+
+
+def rotation(c: int, s: int) -> np.ndarray:
+    """R with (x @ R)[n] = x[(n - s) mod c]."""
+    r = np.zeros((c, c), dtype=np.float32)
+    r[(np.arange(c) - s) % c, np.arange(c)] = 1.0
+    return r
+
+
+def shared_const(lw, key, make) -> str:
+    """One constant per key (ones matrices, rotations): weight tiles are stored once."""
+    cache = lw.shared_consts
+    if key not in cache:
+        cache[key] = lw.const_tensor(make(), str(key[0]))
+    return cache[key]
+
+
+def lane_matmul(lw, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(), sources=(),
+                out_cols: int | None = None) -> tuple:
+    """A matmul node `x @ W` (W constant [C, N], shared by key) with an epilogue; returns (name, shape).
+    `out_cols` < N: W's extra columns only fill the output's padding lanes (of its last 320-lane tile)."""
+    w = shared_const(lw, wkey, make_w)
+    out_shape = with_lanes(shape, out_cols or lw.tensors[w].cols)
+    out = lw.add_tensor(lw.fresh(hint), out_shape, "value")
+    lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
+                           sources=[View(s) for s in sources], steps=list(steps), terms=[(View(x), w)]))
+    return out, out_shape
+
+
+def vector(lw, node, sources: list, steps: list, shape: tuple, hint: str) -> str:
+    out = lw.add_tensor(lw.fresh(hint), shape, "value")
+    lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out,
+                           sources=[View(s) for s in sources], steps=steps))
+    return out
+
+
+def fp16_residual(lw, node, x: str, shape: tuple, hint: str, magnitude: float | None = None,
+                  up: bool = False) -> str:
+    """lo = x - hi, hi being x's value as its fp16 copy holds it (fp16(x * 2^-k) * 2^k, k from x's magnitude
+    as scale_fp16 chooses it): |lo| <= 2^-11 |x|, and its own fp16 copy (scaled for magnitude * 2^-11) keeps
+    11 more bits, so hi @ W + lo @ W carries ~22 significant bits of x where x @ W carries 11."""
+    if magnitude is None:
+        magnitude = lw.ir_magnitude(x)
+    k = scale_exponent(magnitude)
+    if k:
+        steps = [Step("MUL", [("src", 0), ("imm", float(2.0 ** -k))]), Step("CVT", [("step", 0)], "f32.f16"),
+                 Step("MUL", [("step", 1), ("imm", float(2.0 ** k))]), Step("SUB", [("src", 0), ("step", 2)])]
+    else:
+        steps = [Step("CVT", [("src", 0)], "f32.f16"), Step("SUB", [("src", 0), ("step", 0)])]
+    if up:  # lo * 2^11 (`UP`): as large as x, for moves that keep x's fp16 scale (selections, concats)
+        steps.append(Step("MUL", [("step", len(steps) - 1), ("imm", UP)]))
+    lo = vector(lw, node, [x], steps, tuple(shape), hint)
+    lw.tensors[lo].shape = lw.tensors[x].shape
+    lw.derived[lo] = magnitude * (1.0 if up else 2.0 ** -11)
+    return lo
+
+
+def lane_sum(lw, node, x, shape, scale=1.0, hint="sum", steps=(), sources=(), magnitude=None):
+    """Row sums (times `scale`) in every lane, then `steps` (whose step 0 is that sum) as the epilogue.
+    With `precise_sums`, two passes: hi's sums, then lo's (`fp16_residual`) added in the second's epilogue."""
+    c = shape[lane_axis(shape)]
+    padded = -(-c // LANES) * LANES
+    ones = lambda: np.ones((c, padded), np.float32)  # noqa: E731
+    acc, shift = ("acc",), 1
+    if lw.precise_sums:
+        hi, _ = lane_matmul(lw, node, x, shape, ("ones", c), ones, f"{hint}.hi", out_cols=c)
+        x = fp16_residual(lw, node, x, shape, f"{hint}.lo", magnitude)
+        sources = list(sources) + [hi]
+        pre = [Step("ADD", [("acc",), ("src", len(sources) - 1)])]
+        acc, shift = ("step", 0), 2
+    else:
+        pre = []
+    first = [Step("MUL", [acc, ("imm", float(scale))])] if scale != 1.0 else [Step("COPY", [acc])]
+    rest = [Step(s.op, [("step", shift - 1) if a == ("sum",) else ("step", a[1] + shift) if a[0] == "step"
+                        else a for a in s.args]) for s in steps]
+    if pre:
+        return lane_matmul(lw, node, x, shape, ("ones", c), ones, hint, pre + first + rest, sources,
+                                out_cols=c)
+    # The sum also fills the padding lanes up to the 320-lane tile boundary: padding lanes hold 0, and
+    # what follows a sum (a division, a logarithm, a reciprocal square root) must not turn them into
+    # inf or NaN, which a later matmul would multiply by its zero weight rows into NaN.
+    return lane_matmul(lw, node, x, shape, ("ones", c), ones, hint,
+                            first + rest if (rest or scale != 1.0) else [], sources, out_cols=c)
+
+
+def lane_extreme(lw, node, x, shape, op, hint="max", magnitude=None):
+    """Row max (op MAX) or min (MIN) in every lane: the rotation tree (`magnitude`: of x, for fp16 scales)."""
+    if magnitude is None:
+        magnitude = lw.magnitudes.get(node.input[0], 0.0)
+    c = shape[lane_axis(shape)]
+    lw.tensors[x].f16_saturate = True  # an inf in a rotation's input would make the whole row NaN
+    # Every lane must compare the same (fp16-rounded) values, or each lane keeps its own unrounded value and
+    # the lanes disagree on the maximum: start from x's fp16 copy, read back through the identity.
+    m, _ = lane_matmul(lw, node, x, shape, ("eye", c), lambda: np.eye(c, dtype=np.float32), f"{hint}0")
+    lw.derived[m] = magnitude
+    lw.tensors[m].f16_saturate = True
+    s = 1
+    while s < c:
+        m, _ = lane_matmul(lw, node, m, shape, (f"rot{s}", c), lambda s=s: rotation(c, s), f"{hint}{s}",
+                                [Step(op, [("acc",), ("src", 0)])], [m])
+        lw.derived[m] = magnitude
+        lw.tensors[m].f16_saturate = True
+        s *= 2
+    return m
+
+
+def keep_lane0(lw, node, x, shape, out_onnx):
+    c = shape[lane_axis(shape)]
+    e0 = lambda: np.eye(c, 1, dtype=np.float32)  # noqa: E731
+    out, out_shape = lane_matmul(lw, node, x, shape, ("lane0", c), e0, out_onnx)
+    return out, out_shape
+
+
+# ----- ONNX ops ---------------------------------------------------------------------------------------
+def check_lane_axis(lw, node, shape, axis):
+    nd = len(shape)
+    if axis is None or not -nd <= axis < nd or axis % nd != lane_axis(shape):
+        where = "the channel axis (1)" if nd == 4 else "the last axis"
+        raise CompileError(f"{lw.where(node)}: reducing over axis {axis} of a {nd}-D tensor is not "
+                           f"supported yet (only {where}, which lies across the lanes)")
+
+
+def node_of(lw, node, sources: list, steps: list, shape: tuple, hint: str, mag: float,
+            fusable: bool = True) -> str:
+    uniq = list(dict.fromkeys(sources))  # a reduction over size-1 axes only is x itself: read x once
+    if len(uniq) < len(sources):
+        at = [uniq.index(v) for v in sources]
+        steps = [Step(s.op, [("src", at[a[1]]) if a[0] == "src" else a for a in s.args], s.t) for s in steps]
+        sources = uniq
+    out = lw.add_tensor(lw.fresh(hint), shape, "value")
+    lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=list(sources),
+                           steps=steps, fusable=fusable))
+    lw.derived[out] = mag
+    return out
+
+
+FP16_EXACT = 2048  # whole numbers fp16 holds exactly
+
+
+def row_axes(nd: int) -> list[int]:
+    """The axes of a rank-`nd` tensor that are on the rows (all but the lane axis), outer to inner."""
+    lane = lane_axis(tuple(range(nd)))
+    return [k for k in range(nd) if k != lane]

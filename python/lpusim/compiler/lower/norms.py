@@ -1,0 +1,252 @@
+"""Normalisations over any axes, broadcasts of computed operands, Pow with computed exponents, one-input Max/Min.
+
+* Softmax / LogSoftmax over any axis (and opset < 13's flattened axes), LayerNormalization over axes [axis, ...)
+  with its Mean and InvStdDev outputs. The reduced axes A split into the lane axis and row axes
+  (`reduce_axes`): the lane axis by lower_lanes.py (`lane_sum`: x @ ones on the MXM puts the row sum in every
+  lane; `lane_extreme`: the rotation tree puts the row maximum in every lane), the row axes by lower_reduce.py's
+  halving trees on the VXM (float32, exact maxima). The result R has A's row axes reduced to one row and, when the
+  lane axis is reduced, the same value in every lane, so it meets the input again elementwise through a row-map
+  view (View.rows, `row_view`: output row r reads the row of R its non-reduced coordinates name) with no lane
+  broadcast at all. A softmax over a row axis is VXM work only, in float32 (no fp16 rounding anywhere), and
+  cheaper than permuting the axis onto the lanes (lower_transpose.permute), the lane softmax and permuting back:
+  cycles measured (row trees / permutes) Softmax [64, 100] axis 0: 721 / 5,403; [300, 20] axis 0: 2,028 / 4,261;
+  [8, 40, 330] axis 1: 2,377 / 87,888; LogSoftmax [4, 128, 64] axis 1: 2,975 / 14,637.
+* Elementwise operands of shape (..., 1) or with fewer rows (`broadcast_operand`, called by importer.operand):
+  a lower-rank operand of an image first put in the image's layout (one batched SXM transpose: its lanes are the
+  image's W axis); a lane-0 copy to every lane (MoveLowering.select_lanes, the MXM path importer.operand already
+  had, now also before a row broadcast: the value passes as fp16); then the rows broadcast by a VXM COPY through
+  a row map. (A bit-exact SXM route, column -> row -> c rows -> transposed back, was measured 18-35% more cycles
+  for x / max(x, lanes) at [64, 100], [512, 768], [8, 12, 330] and is not used.)
+* Reshape of a computed tensor that regroups lanes (`reshape_regroup`, after lower_transpose.reshape_relayout):
+  SXM transposes, bit exact (the LayerNormalization/GroupNormalization expansions' [R, C1] <-> [R', C2]).
+* Pow with a computed or non-scalar exponent b, or a constant one outside importer._POW's exact table: |a|^b = exp(b log(|a| + [b == 0])) on the VXM, times -1 where
+  a < 0 and b is an odd integer, NaN where a < 0 and b is not an integer (ONNX/numpy semantics; x^0 = 1 even
+  for x = 0); integer-typed outputs rounded to the nearest whole number.
+* Max/Min of one input: the input itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lpusim.compiler.ir import Step, View
+from lpusim.compiler.lower.elementwise import operand
+from lpusim.compiler.lower.lanes import (check_lane_axis, fp16_residual, lane_axis, lane_extreme, lane_matmul, lane_sum,
+                                         node_of, vector)
+from lpusim.compiler.lower.reduce import reduce_row_axes
+from lpusim.compiler.lower.rows import row_view
+from lpusim.errors import CompileError
+
+
+def lower_softmax(lw, node, op, a, args):
+    _, x, shape = args[0]
+    opset = next((o.version for o in lw.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    axis = a.get("axis", -1 if opset >= 13 else 1)
+    if opset < 13:  # the axes from `axis` on are flattened: fine when only the lane axis among them is > 1
+        axis %= len(shape)
+        lane = lane_axis(shape)
+        if lane < axis or int(np.prod(shape[axis:])) != shape[lane]:
+            raise CompileError(f"{lw.where(node)}: opset-{opset} {op} flattens axes {axis}.. of "
+                               f"{tuple(shape)}; only a flattening that leaves the lane axis is supported")
+        axis = lane
+    check_lane_axis(lw, node, shape, axis)
+    # Shift by the row maximum so exp stays in range (any shift gives the same softmax). The tree finds the
+    # maximum of fp16-rounded values, within 2^-11 of the largest magnitude r: while that error could push
+    # exp(x - m) past fp16 (r > 2^12), shift by that estimate and search again, the error shrinking 2^10-fold
+    # per pass (onnx's light_* models have logits near 1e19: six passes).
+    # r: the scale of the row maxima (the largest value, not the largest magnitude: a -1e38 attention mask
+    # never wins the maximum)
+    top = lw.magnitudes.get(node.input[0] + "#max")
+    r = 2.0 * (abs(top) if top is not None else lw.magnitudes.get(node.input[0], 0.0))
+    r = min(r, 2.0 ** 128)
+    if x in lw.derived:  # a per-head part only the maximum search reads in fp16: scale its copy by r
+        lw.derived[x] = r
+    m = lane_extreme(lw, node, x, shape, "MAX", magnitude=r)
+    while r > 2.0 ** 12:
+        x = vector(lw, node, [x, m], [Step("SUB", [("src", 0), ("src", 1)])], shape, "shifted")
+        r *= 2.0 ** -10
+        lw.derived[x] = r
+        m = lane_extreme(lw, node, x, shape, "MAX", magnitude=r)
+    sub = [Step("SUB", [("src", 0), ("src", 1)])]
+    if op == "Softmax":
+        e = vector(lw, node, [x, m], sub + [Step("EXP", [("step", 0)])], shape, "exp")
+        lw.derived[e] = 1.0
+        y, _ = lane_sum(lw, node, e, shape, hint=node.output[0],
+                             steps=[Step("DIV", [("src", 0), ("sum",)])], sources=[e], magnitude=1.0)
+    else:  # LogSoftmax: (x - m) - log(sum exp(x - m))
+        d = vector(lw, node, [x, m], sub, shape, "shifted")
+        e = vector(lw, node, [d], [Step("EXP", [("src", 0)])], shape, "exp")
+        y, _ = lane_sum(lw, node, e, shape, hint=node.output[0],
+                             steps=[Step("LOG", [("sum",)]), Step("SUB", [("src", 0), ("step", 0)])],
+                             sources=[d])
+    lw.values[node.output[0]] = (y, tuple(shape))
+
+
+def lower_layernorm(lw, node, a, args):
+    _, x, shape = args[0]
+    axis = a.get("axis", -1)
+    check_lane_axis(lw, node, shape, axis)
+    if len(node.output) > 1 and any(node.output[1:]):
+        raise CompileError(f"{lw.where(node)}: the Mean and InvStdDev outputs are not supported")
+    c = shape[lane_axis(shape)]
+    mean, _ = lane_sum(lw, node, x, shape, 1.0 / c, "mean", magnitude=lw.magnitudes.get(node.input[0]))
+    d = vector(lw, node, [x, mean], [Step("SUB", [("src", 0), ("src", 1)])], shape, "centred")
+    sq = vector(lw, node, [d], [Step("MUL", [("src", 0), ("src", 0)])], shape, "sq")
+    lw.derived[sq] = (2.0 * lw.magnitudes.get(node.input[0], 0.0)) ** 2
+    steps = [Step("ADD", [("sum",), ("imm", float(a.get("epsilon", 1e-5)))]), Step("RSQRT", [("step", 0)]),
+             Step("MUL", [("src", 0), ("step", 1)])]
+    sources = [d]
+    for i, arg in ((1, args[1] if len(args) > 1 else None), (2, args[2] if len(args) > 2 else None)):
+        if arg is None:
+            continue
+        kind, v = operand(lw, node, arg, tuple(shape))
+        last = ("step", len(steps) - 1)
+        if kind == "imm":
+            steps.append(Step("MUL" if i == 1 else "ADD", [last, ("imm", v)]))
+        else:
+            sources.append(v)
+            steps.append(Step("MUL" if i == 1 else "ADD", [last, ("src", len(sources) - 1)]))
+    y, _ = lane_sum(lw, node, sq, shape, 1.0 / c, node.output[0], steps, sources, magnitude=lw.derived[sq])
+    lw.values[node.output[0]] = (y, tuple(shape))
+
+
+# ----- which nodes come here -----------------------------------------------------------------------------
+def norm_axes(lw, node, op, a, shape) -> list[int]:
+    """The axes a Softmax/LogSoftmax/LayerNormalization normalises over (size-1 axes included)."""
+    nd = len(shape)
+    if op == "LayerNormalization":
+        axis = a.get("axis", -1)
+        if not -nd <= axis < nd:
+            raise CompileError(f"{lw.where(node)}: axis {axis} out of range for a {nd}-D input")
+        return list(range(axis % nd, nd))
+    opset = next((o.version for o in lw.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    axis = a.get("axis", -1 if opset >= 13 else 1)
+    if not -nd <= axis < nd:
+        raise CompileError(f"{lw.where(node)}: axis {axis} out of range for a {nd}-D input")
+    return [axis % nd] if opset >= 13 else list(range(axis % nd, nd))
+
+
+def norm_elsewhere(lw, node, op, a, args) -> bool:
+    """Whether this normalisation needs lower_norm (not only the lane axis, or LayerNormalization's extra
+    outputs); lower_lanes.py keeps the lane-axis-only forms."""
+    if not args or args[0] is None or args[0][0] != "value" or not args[0][2]:
+        return False
+    shape = tuple(args[0][2])
+    axes = [k for k in norm_axes(lw, node, op, a, shape) if shape[k] != 1]
+    extra = op == "LayerNormalization" and any(node.output[1:])
+    return extra or axes != [lane_axis(shape)]
+
+
+# ----- reductions and their broadcast back -------------------------------------------------------------------
+def reduce_axes(lw, node, x, shape, axes, combine, mag):
+    """x reduced over `axes` by ADD or MAX: (tensor, its shape: reduced row axes 1, the lanes kept, every lane
+    the same value when the lane axis is reduced)."""
+    lane = lane_axis(shape)
+    cur = x
+    if lane in axes and shape[lane] > 1:
+        if combine == "ADD":
+            cur, _ = lane_sum(lw, node, cur, shape, hint=f"{node.output[0]}.lsum", magnitude=mag)
+            mag = mag * shape[lane]
+        else:
+            cur = lane_extreme(lw, node, cur, shape, combine, f"{node.output[0]}.lmax", magnitude=mag)
+        lw.derived[cur] = mag
+    rows = [k for k in axes if k != lane and shape[k] > 1]
+    if rows:
+        cur = reduce_row_axes(lw, node, cur, shape, rows, combine, mag)
+        lw.derived[cur] = mag * (int(np.prod([shape[k] for k in rows])) if combine == "ADD" else 1)
+    return cur, tuple(1 if k in rows else d for k, d in enumerate(shape))
+
+
+# ----- Softmax / LogSoftmax / LayerNormalization ---------------------------------------------------------
+def lower_norm(lw, node, op, a, args) -> None:
+    _, x, shape = args[0]
+    shape = tuple(int(d) for d in shape)
+    axes = [k for k in norm_axes(lw, node, op, a, shape) if shape[k] != 1]
+    mag = lw.magnitudes.get(node.input[0], 0.0)
+    if op == "LayerNormalization":
+        return lower_norm_layer(lw, node, a, args, x, shape, axes, mag)
+    lane = lane_axis(shape)
+    if lane in axes and len(axes) > 1 and 2.0 * mag > 2.0 ** 12:
+        raise CompileError(f"{lw.where(node)}: {op} over axes {axes} of {shape} including the lane axis, "
+                           f"with values as large as {mag:g}: the lane maximum is found in fp16, too coarse a "
+                           f"shift past 4096")
+    m, small = reduce_axes(lw, node, x, shape, axes, "MAX", mag)
+    sub = Step("SUB", [("src", 0), ("src", 1)])
+    e = node_of(lw, node, [View(x), row_view(lw, m, small, shape)], [sub, Step("EXP", [("step", 0)])],
+                     shape, f"{node.output[0]}.exp", 1.0)
+    s, _ = reduce_axes(lw, node, e, shape, axes, "ADD", 1.0)
+    if op == "Softmax":
+        y = node_of(lw, node, [View(e), row_view(lw, s, small, shape)],
+                         [Step("DIV", [("src", 0), ("src", 1)])], shape, node.output[0], 1.0)
+    else:  # (x - m) - log(sum)
+        y = node_of(lw, node, [View(x), row_view(lw, m, small, shape), row_view(lw, s, small, shape)],
+                         [sub, Step("LOG", [("src", 2)]), Step("SUB", [("step", 0), ("step", 1)])],
+                         shape, node.output[0], 2.0 * mag + 10.0)
+    lw.values[node.output[0]] = (y, shape)
+
+
+def lower_norm_layer(lw, node, a, args, x, shape, axes, mag) -> None:
+    lane = lane_axis(shape)
+    n = int(np.prod([shape[k] for k in axes])) if axes else 1
+    s, small = reduce_axes(lw, node, x, shape, axes, "ADD", mag)
+    d = node_of(lw, node, [View(x), row_view(lw, s, small, shape)],
+                     [Step("MUL", [("src", 1), ("imm", 1.0 / n)]), Step("SUB", [("src", 0), ("step", 0)])],
+                     shape, f"{node.output[0]}.centred", 2.0 * mag)
+    sq = node_of(lw, node, [View(d)], [Step("MUL", [("src", 0), ("src", 0)])], shape, f"{node.output[0]}.sq",
+                      (2.0 * mag) ** 2)
+    v, _ = reduce_axes(lw, node, sq, shape, axes, "ADD", (2.0 * mag) ** 2)
+    eps = float(a.get("epsilon", 1e-5))
+    inv = node_of(lw, node, [View(v)], [Step("MUL", [("src", 0), ("imm", 1.0 / n)]),
+                                        Step("ADD", [("step", 0), ("imm", eps)]), Step("RSQRT", [("step", 1)])],
+                       small, f"{node.output[0]}.inv", 1.0 / np.sqrt(eps))
+    sources = [View(d), row_view(lw, inv, small, shape)]
+    steps = [Step("MUL", [("src", 0), ("src", 1)])]
+    for i in (1, 2):
+        arg = args[i] if len(args) > i else None
+        if arg is None:
+            continue
+        kind, val = operand(lw, node, arg, shape)
+        last = ("step", len(steps) - 1)
+        if kind != "imm":
+            sources.append(View(val))
+            val = len(sources) - 1
+        steps.append(Step("MUL" if i == 1 else "ADD", [last, ("imm", val) if kind == "imm" else ("src", val)]))
+    y = node_of(lw, node, sources, steps, shape, node.output[0], 2.0 * mag)
+    lw.values[node.output[0]] = (y, shape)
+    out_shape = tuple(d if k < min(norm_axes(lw, node, "LayerNormalization", a, shape)) else 1
+                      for k, d in enumerate(shape))
+    for i, (src, hint, chain) in enumerate(
+            ((s, "mean", [Step("MUL", [("src", 0), ("imm", 1.0 / n)])]), (inv, "inv", None)), start=1):
+        if len(node.output) <= i or not node.output[i]:
+            continue
+        t = node_of(lw, node, [View(src)], chain, small, f"{node.output[i]}.full", mag) if chain else src
+        if lane in axes and shape[lane] > 1:  # every lane holds the value: keep lane 0 (hi + lo, ~22 bits)
+            t = lane0_precise(lw, node, t, small, node.output[i])
+        lw.values[node.output[i]] = (t, out_shape)
+
+
+def lane0_precise(lw, node, t, shape, hint) -> str:
+    """Lane 0 of t as a column: hi and lo (fp16_residual) through E[C, 1] on the MXM, added."""
+    c = shape[lane_axis(shape)]
+    e0 = lambda: np.eye(c, 1, dtype=np.float32)  # noqa: E731
+    hi, _ = lane_matmul(lw, node, t, shape, ("lane0", c), e0, f"{hint}.hi")
+    lo = fp16_residual(lw, node, t, shape, f"{hint}.lo", lw.ir_magnitude(t))
+    y, _ = lane_matmul(lw, node, lo, shape, ("lane0", c), e0, hint,
+                            [Step("ADD", [("acc",), ("src", 0)])], [hi])
+    return y
+
+
+# ----- table entries ------------------------------------------------------------------------------------------
+def lower_softmax_op(lw, node, a, args) -> None:
+    """Softmax, LogSoftmax: over the lane axis (lower_softmax) or any other axes (lower_norm)."""
+    op = node.op_type
+    if norm_elsewhere(lw, node, op, a, args):
+        return lower_norm(lw, node, op, a, args)
+    return lower_softmax(lw, node, op, a, args)
+
+
+def lower_layernorm_op(lw, node, a, args) -> None:
+    """LayerNormalization: over the lane axis (lower_layernorm) or any other axes, Mean/InvStdDev (lower_norm)."""
+    if norm_elsewhere(lw, node, "LayerNormalization", a, args):
+        return lower_norm(lw, node, "LayerNormalization", a, args)
+    return lower_layernorm(lw, node, a, args)
