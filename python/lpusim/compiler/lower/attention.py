@@ -1,10 +1,12 @@
-"""Multi-head attention as exported from PyTorch: [B, S, H] -> Reshape [B, S, NH, D] -> Transpose -> per-head work.
+"""Attention: heads, mask rows, flat rows.
+
+Multi-head attention as exported from PyTorch: [B, S, H] -> Reshape [B, S, NH, D] -> Transpose -> per-head work.
 
 A 4-D [B, NH, S, D] activation would read as an NCHW image, so heads are kept apart instead: a *heads value* is
 one IR matrix per (batch element, head) pair ([S, D], rows = that element's tokens, lanes = the head's features;
 part b*NH + h), plus whether the ONNX tensor is the transpose of each part ([B, NH, D, S], the K^T of scores).
 * Reshape [B, S, NH*D] -> [B, S, NH, D] then Transpose (0, 2, 1, 3): head h is lanes h*D.. of the input, picked by
-  an MXM selection (lower_moves.py); Transpose (0, 2, 3, 1) gives the same parts, marked transposed. At batch
+  an MXM selection (rows.select_lanes); Transpose (0, 2, 3, 1) gives the same parts, marked transposed. At batch
   B > 1 the selection of part (b, h) reads rows b*S.. of the input through a row-offset view (the input is seen
   as one image of B*S x 1 pixels, the part as one of S x 1: address arithmetic, no data moves).
 * MatMul(heads, heads): per part, the second operand's part is loaded as computed MXM weights, after an SXM/MEM
@@ -16,8 +18,23 @@ part b*NH + h), plus whether the ONNX tensor is the transpose of each part ([B, 
   [S, NH*D] matrix per batch element; at B > 1 these are stacked on the rows by B VXM passes (`stack_rows`), each
   reading one element's matrix through a row map and zeroing the other elements' rows by a 0/1 row-mapped constant.
 The nodes of the parts are interleaved (`interleave_parts`), so the parts' dependent chains overlap in time.
-"""
 
+Attention masks ([B, 1, Q|1, K]): kept as rows of K lanes (`lower_maskrow`, the ops on them; `mask_row`, the row
+each part reads).
+
+Flat rows (`lower_flatrows`): a computed [R, C] matrix flattened to one column [R*C, 1] and gathered back, as
+exported attention masks do.
+
+transformers' mask code (BertModel, GPT2Model with an `attention_mask`) turns the [B, S] mask into [B*S, 1]
+(Flatten), picks entries with constant indices (Gather axis 0, indices b*S + k of shape [B, 1, 1, S]), and
+reshapes the result to [B*S] and then [B, 1, 1, S]. On the chip a column of B*S rows would be a transpose of the
+matrix, and the Gather a row gather: instead the column is kept as a *flat-rows value* (no data moves): the IR
+matrix [R, C] plus, per entry of the ONNX tensor, which flat element (r*C + c) of the matrix it holds. A Gather
+with constant indices composes that map; a Reshape whose rows of C lanes each read one whole row of the matrix in
+lane order turns it back into a matrix: the matrix itself (rows in order) or a VXM copy through a row-map view
+(rows picked, repeated or reordered). Anything else is a CompileError saying why. (At R = 1 the column is one
+vector and shape_ops.lower_reshape transposes it on the SXM, as before.)
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +69,7 @@ def lower_split_transpose(lw, node, a):
     # select x's fp16 copy and its residual (scaled up) and add them back in f32 (~22 significant bits).
     codes = lw.q_state.get("dequantized", {}).get(ir_name) if lw.precise_sums else None
     lo = fp16_residual(lw, node, ir_name, shape, f"{node.output[0]}.lo", lw.magnitudes.get(node.input[0]),
-                            up=True) if lw.precise_sums and codes is None else None
+                       up=True) if lw.precise_sums and codes is None else None
     for b in range(nb):
         for h in range(nh):
             cols = list(range(h * d, (h + 1) * d))
@@ -97,8 +114,8 @@ def select_part(lw, node, x: str, shape: tuple, b: int, cols: list, out_name: st
         y = lw.add_tensor(lw.fresh(out_name), (1, s, len(cols)), "value")
         lw.tensors[y].geom = (1, s, 1)
         lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, y,
-                               sources=[View(v) for v in sources], steps=list(steps),
-                               terms=[(View(x, dh=b * s, spatial=True), w)]))
+                             sources=[View(v) for v in sources], steps=list(steps),
+                             terms=[(View(x, dh=b * s, spatial=True), w)]))
         lw.derived.setdefault(y, lw.magnitudes.get(node.input[0], 0.0))
     lw.tensors[y].shape = (1, s, len(cols))
     return y
@@ -145,7 +162,7 @@ def stack_rows(lw, node, mats: list, s: int, hint: str) -> str:
             steps.append(Step("ADD", [("src", 2), ("step", 0)]))
         y = lw.add_tensor(lw.fresh(hint), (nb, s, cols), "value")
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
-                               steps=steps, fusable=False))
+                             steps=steps, fusable=False))
         lw.derived[y] = mag
         prev = y
     return prev
@@ -183,7 +200,7 @@ def lower_merge_reshape(lw, node, new):
     concat_heads(lw, node, node.output[0], args, b)
     hi_cat, shape = lw.values[node.output[0]]
     y = vector(lw, node, [hi_cat, lo_cat], [Step("MUL", [("src", 1), ("imm", 1.0 / UP)]),
-                                             Step("ADD", [("src", 0), ("step", 0)])], shape, node.output[0])
+                                            Step("ADD", [("src", 0), ("step", 0)])], shape, node.output[0])
     lw.tensors[y].shape = shape
     lw.values[node.output[0]] = (y, shape)
 
@@ -230,7 +247,7 @@ def head_float(lw, node, part: str) -> str:
     cache = lw.head_floats
     if part not in cache:
         y = vector(lw, node, [part], [Step("MUL", [("src", 0), ("imm", lw.head_scales[part])])],
-                        lw.tensors[part].shape, f"{part}.f")
+                   lw.tensors[part].shape, f"{part}.f")
         lw.tensors[y].shape = lw.tensors[part].shape
         cache[part] = y
     return cache[part]
@@ -263,7 +280,7 @@ def merge_codes(lw, node, parts: list, shape: tuple) -> bool:
         lw.derived[c] = CODE_MAGNITUDE
         codes.append(("value", c, lw.tensors[p].shape))
     if via is not None:  # the merged codes, dequantized lazily: the reshape runs on them, its QuantizeLinear
-        out = f"{name}#q"  # (same scale and zero point) gives them back (lower_quant.q_code_op, q_quantize)
+        out = f"{name}#q"  # (same scale and zero point) gives them back (quant.q_code_op, q_quantize)
         concat_heads(lw, Renamed(node, out), out, codes, shape[0])
         lw.derived[lw.values[out][0]] = CODE_MAGNITUDE
         lw.q_state["code"][out] = kind
@@ -290,7 +307,7 @@ def lower_heads_matmul(lw, node, args):
     for h, (x, w) in enumerate(zip(a_parts, b_parts)):
         bounds.append(len(lw.nodes))
         sub = Renamed(node, f"{node.output[0]}@h{h}")
-        # f32-accurate products (quantised models, lower_lanes.precise_sums): x @ w = xh @ wh + xl @ wh +
+        # f32-accurate products (quantised models, LowerState.precise_sums): x @ w = xh @ wh + xl @ wh +
         # xh @ wl, h/l the fp16 copy and its residual (the dropped xl @ wl is 2^-22 of the product); an operand
         # of integer codes (`head_scales`) is exact in fp16 and needs no residual: its scale ends the epilogue
         sx, sw = lw.head_scales.get(x), lw.head_scales.get(w)
@@ -304,7 +321,7 @@ def lower_heads_matmul(lw, node, args):
                 k = lw.tensors[v]
                 kt = lw.add_tensor(lw.fresh(f"{v}.T"), (1, k.cols, k.rows), "value")
                 lw.nodes.append(Node("transpose", node.name or node.output[0], "Transpose", kt,
-                                       sources=[View(v)], fusable=False))
+                                     sources=[View(v)], fusable=False))
                 lw.derived[kt] = lw.derived[v] if v is wl or v in lw.head_scales else mw
                 ws.append(kt)
             w, wl = ws if wl is not None else (ws[0], None)
@@ -319,8 +336,8 @@ def lower_heads_matmul(lw, node, args):
             for i, (xv, wv) in enumerate(extra):
                 out = lw.add_tensor(lw.fresh(sub.output[0]), lw.tensors[y].shape, "value")
                 lw.nodes.append(Node("matmul", node.name or node.output[0], "MatMul", out,
-                                       sources=[View(y)], steps=[Step("ADD", [("acc",), ("src", 0)])],
-                                       terms=[(View(xv), wv)]))
+                                     sources=[View(y)], steps=[Step("ADD", [("acc",), ("src", 0)])],
+                                     terms=[(View(xv), wv)]))
                 y = out
             if scale != 1.0:
                 last = lw.nodes[-1]
@@ -399,7 +416,7 @@ def lower_per_head(lw, node, args):
 
 # ----- attention masks at batch B > 1: [B, 1, 1, K] kept as B rows of K lanes --------------------------------
 def mask_row(lw, node, name: str, b: int) -> str:
-    """Batch element b's [1, K] row of the mask `name` (lower_index.lower_maskrow keeps a [1, 1, Q|1, K] mask
+    """Batch element b's [1, K] row of the mask `name` (`lower_maskrow` keeps a [1, 1, Q|1, K] mask
     as one row; a [B, 1, 1, K] one is B rows, `lower_maskrow` below): a VXM copy of row b, read through a tap
     of the rows seen as one image of B x 1 pixels (one copy per mask and element, shared by heads and layers)."""
     rows, _ = lw.maskrows[name]
@@ -415,8 +432,8 @@ def mask_row(lw, node, name: str, b: int) -> str:
         y = lw.add_tensor(lw.fresh(f"{name}@row{b}"), (1, t.cols), "value")
         lw.tensors[y].geom = (1, 1, 1)
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y,
-                               sources=[View(rows, dh=b, spatial=True)], steps=[Step("COPY", [("src", 0)])],
-                               fusable=False))
+                             sources=[View(rows, dh=b, spatial=True)], steps=[Step("COPY", [("src", 0)])],
+                             fusable=False))
         lw.derived[y] = lw.ir_magnitude(rows)
         cache[(rows, b)] = y
     return cache[(rows, b)]
@@ -498,7 +515,7 @@ def lower_flatrows(lw, node, op: str, a: dict, args: list) -> None:
         else:  # rows picked, repeated or reordered: a VXM copy through a row-map view (exact)
             base = lw.add_tensor(lw.fresh(node.output[0]), (len(rows), c), "value")
             lw.nodes.append(Node("vector", node.name or node.output[0], op, base,
-                                   sources=[View(ir_name, rows=tuple(rows))], steps=[Step("COPY", [("src", 0)])]))
+                                 sources=[View(ir_name, rows=tuple(rows))], steps=[Step("COPY", [("src", 0)])]))
             lw.derived[base] = lw.tensor_magnitude(node, ir_name)
         if op == "Identity" or (len(new) == 2 and tuple(new) == (len(rows), c)):
             lw.values[node.output[0]] = (base, tuple(new))

@@ -1,9 +1,12 @@
-"""ONNX -> IR: load and check the model, resolve shapes, fold constants, lower each node to matmul/vector nodes.
+"""Conv, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool on 2-D NCHW images, BatchNormalization, LRN.
 
-Everything that depends on constants alone is folded on the host (numpy, float32). Everything else becomes chip
-work; an op with no chip lowering yet is a CompileError naming the node and its op type.
+A convolution is one matmul node with a term per kernel tap (a spatial view of the input, dense [Cin, Cout]
+weights; grouped and depthwise convolutions block diagonal); off a graph input with few channels the host lays
+the input out as patches (im2col) and one term replaces the taps. Max pools are a VXM chain of MAX over the taps;
+average pools sum the taps on the MXM (identity weights) and the VXM divides (by a constant per row when windows
+overhang the image). Global pools of rank >= 3 are reductions (reduce.py); 1-D, 3-D and per-axis strides go to
+spatial_nd.py. BatchNormalization is a MUL and an ADD; LRN's window sum across channels is a lane matmul.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -84,7 +87,7 @@ def lower_spatial(lw, node, op, a, args):
             # A convolution straight off a graph input with few channels (the stem of a CNN): the host
             # lays the input out as patches (as it lays out any input), one matmul replaces the taps.
             patches = lw.add_tensor(lw.fresh(xname + ".im2col"), (n, c * len(taps), ho, wo), "input",
-                                      onnx_input=src.onnx_input)
+                                    onnx_input=src.onnx_input)
             lw.tensors[patches].im2col = (tuple(kernel), tuple(strides), tuple(pads), tuple(dil), src.shape)
             lw.inputs.append(patches)
             terms.append((View(patches), lw.const_tensor(weight.reshape(cout, -1).T.copy(), "w")))
@@ -135,7 +138,7 @@ def lower_spatial(lw, node, op, a, args):
             sources = [View(lw.const_tensor(inv, "count"))]
             steps = [Step("MUL", [("acc",), ("src", 0)])]
         lw.nodes.append(Node("matmul", node.name or node.output[0], op, out, terms=terms,
-                               sources=sources, steps=steps))
+                             sources=sources, steps=steps))
     lw.values[node.output[0]] = (out, out_shape)
 
 

@@ -1,9 +1,20 @@
-"""ONNX -> IR: load and check the model, resolve shapes, fold constants, lower each node to matmul/vector nodes.
+"""Elementwise ops: the unary chains (UNARY, Clip), binary ops with broadcasting (BINARY, variadic Max/Min, Sum),
+Pow, Where, Cast of computed values; and the operands they share (`operand`, `emit_binary`, `emit_chain`).
 
-Everything that depends on constants alone is folded on the host (numpy, float32). Everything else becomes chip
-work; an op with no chip lowering yet is a CompileError naming the node and its op type.
+* A unary op is one VXM chain (`UNARY`: x is ("in",), constants come from attributes); on the channels-last output
+  of a 1-D/3-D convolution it runs on that tensor (`lower_spatial_nd_unary`, spatial_nd.py).
+* A binary op is one VXM node; a constant operand is an immediate, one row read for every row, or a full constant;
+  a computed operand of another shape is broadcast (`broadcast_operand`: a lower-rank operand of an image first put
+  in the image's layout by one batched SXM transpose, a (..., 1) column to every lane on the MXM, then the rows by
+  a VXM COPY through a row map).
+* Pow: exact arithmetic for the exponents in POW; any other (computed, non-scalar) exponent b is
+  |a|^b = exp(b log(|a| + [b == 0])), times -1 where a < 0 and b is an odd integer, NaN where a < 0 and b is not an
+  integer (ONNX/numpy semantics; x^0 = 1 even for x = 0); integer-typed outputs rounded to the nearest whole number.
+* Where: c * a + (1 - c) * b with c in {1.0, 0.0}; with an infinite constant branch (an attention mask's -inf)
+  finite + log(c).
+* Cast: to float a copy; to an integer type truncation toward zero (nothing for values known to be whole numbers).
+* Max/Min of one input: the input itself.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -69,14 +80,16 @@ UNARY = {
 }
 
 BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAX", "Min": "MIN",
-           "Equal": "EQ", "Less": "LT", "Greater": "GT", "LessOrEqual": "LE", "GreaterOrEqual": "GE",
-           "And": "MUL", "Or": "MAX", "Xor": "NE"}  # comparisons give 1.0 / 0.0; booleans are 1.0 / 0.0
+          "Equal": "EQ", "Less": "LT", "Greater": "GT", "LessOrEqual": "LE", "GreaterOrEqual": "GE",
+          "And": "MUL", "Or": "MAX", "Xor": "NE"}  # comparisons give 1.0 / 0.0; booleans are 1.0 / 0.0
 
 # Pow with these constant exponents is exact arithmetic; any other exponent is exp(p * log(x)), defined for x > 0.
 POW = {1.0: [("COPY", [("in",)])], 2.0: [("MUL", [("in",), ("in",)])],
-        3.0: [("MUL", [("in",), ("in",)]), ("MUL", [("step", 0), ("in",)])],
-        4.0: [("MUL", [("in",), ("in",)]), ("MUL", [("step", 0), ("step", 0)])],
-        0.5: [("SQRT", [("in",)])], -1.0: [("RCP", [("in",)])], -0.5: [("RSQRT", [("in",)])]}
+       3.0: [("MUL", [("in",), ("in",)]), ("MUL", [("step", 0), ("in",)])],
+       4.0: [("MUL", [("in",), ("in",)]), ("MUL", [("step", 0), ("step", 0)])],
+       0.5: [("SQRT", [("in",)])], -1.0: [("RCP", [("in",)])], -0.5: [("RSQRT", [("in",)])]}
+INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+             onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
 
 
 def lower_sum(lw, node, a, args):
@@ -113,10 +126,10 @@ def operand(lw, node, x, out_shape):
         # (..., 1) across the lanes (x - ReduceMean(x) in an exported LayerNorm): lane 0 copied to every
         # lane on the MXM
         y, _ = select_lanes(lw, node, name, tuple(shape) or (1,), np.zeros(ocols, dtype=np.int64),
-                                 lw.fresh("bcast"))
+                            lw.fresh("bcast"))
         lw.derived[y] = lw.tensor_magnitude(node, name)
         return ("src", y)
-    return broadcast_operand(lw, node, name, shape, out_shape)  # lower_norms.py
+    return broadcast_operand(lw, node, name, shape, out_shape)
 
 
 def emit_binary(lw, node, vop, x, y, out_name):
@@ -136,13 +149,13 @@ def emit_binary(lw, node, vop, x, y, out_name):
             args.append(("src", sources.index(View(v))))
     out = lw.add_tensor(lw.fresh(out_name), out_shape, "value")
     lw.nodes.append(Node("vector", node.name or out_name, node.op_type, out, sources=sources,
-                           steps=[Step(vop, args)]))
+                         steps=[Step(vop, args)]))
     lw.values[out_name] = (out, out_shape)
 
 
 def lower_binary(lw, node, op, args):
     if len(args) == 1 and op in ("Max", "Min"):
-        return lower_one_input(lw, node, args)  # lower_norms.py
+        return lower_one_input(lw, node, args)
     if len(args) < 2 or (len(args) > 2 and op not in ("Max", "Min")):
         raise CompileError(f"{lw.where(node)}: {op} with {len(args)} inputs is not supported")
     acc = args[0]
@@ -171,7 +184,7 @@ def integer_typed(lw, name: str) -> bool:
 def lower_pow(lw, node, a, args):
     x, p = args
     if p[0] != "const" or np.asarray(p[1]).size != 1 or float(np.asarray(p[1]).reshape(())) not in POW:
-        return lower_pow_general(lw, node, args)  # lower_norms.py: any exponent, negative bases
+        return lower_pow_general(lw, node, args)  # any exponent, negative bases
     e = float(np.asarray(p[1]).reshape(()))
     chain = POW.get(e, [("LOG", [("in",)]), ("MUL", [("step", 0), ("imm", e)]), ("EXP", [("step", 1)])])
     emit_chain(lw, node, x, chain)
@@ -194,7 +207,7 @@ def lower_where(lw, node, a, args):
         logc = lw.fresh(node.output[0])
         emit_chain(lw, node, cond, [("LOG", [("in",)])], out_name=logc)
         emit_binary(lw, node, "SUB" if sign > 0 else "ADD", finite, ("value",) + lw.values[logc],
-                         node.output[0])
+                    node.output[0])
         return
     t1 = lw.fresh(node.output[0])
     emit_binary(lw, node, "MUL", c, x, t1)
@@ -211,7 +224,7 @@ def emit_chain(lw, node, x, chain, out_name=None):
     steps = [Step(vop, [("src", 0) if arg == ("in",) else arg for arg in vargs]) for vop, vargs in chain]
     out = lw.add_tensor(lw.fresh(out_name), shape, "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[View(name)],
-                           steps=steps))
+                         steps=steps))
     lw.values[out_name] = (out, shape)
 
 
@@ -246,7 +259,7 @@ def lower_unary(lw, node, op, a, args):
                  Step("MUL", [("step", 1), ("step", 0)])]
         out = lw.add_tensor(lw.fresh(node.output[0]), shape, "value")
         lw.nodes.append(Node("vector", node.name or node.output[0], op, out,
-                               sources=[View(name), View(t_ir)], steps=steps))
+                             sources=[View(name), View(t_ir)], steps=steps))
         lw.values[node.output[0]] = (out, shape)
         return
     else:
@@ -275,7 +288,7 @@ def broadcast_operand(lw, node, name, shape, out_shape):
         cur = permute(lw, node, name, (1,) + full, [0, 1, 3, 4, 2], full, lw.fresh("bcast"), mag)
     if full[lane] != out_shape[lane]:  # (..., 1) across the lanes: lane 0 to every lane (MXM)
         cur, _ = select_lanes(lw, node, cur, full, np.zeros(out_shape[lane], dtype=np.int64),
-                                   lw.fresh("bcast"))
+                              lw.fresh("bcast"))
         lw.derived[cur] = mag
         full = with_lanes(full, out_shape[lane])
     if full == out_shape or lw.tensors[cur].rows == 1:
@@ -335,10 +348,6 @@ def lower_one_input(lw, node, args) -> None:
     lw.values[node.output[0]] = lw.values[node.input[0]]
 
 
-INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
-              onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
-
-
 # ----- Cast of a computed value -------------------------------------------------------------------------
 def lower_cast(lw, node, a, args, force: bool = False) -> None:
     """`force`: truncate `node`'s own output in place (integer Div)."""
@@ -373,7 +382,7 @@ def lower_spatial_nd_unary(lw, node, op, a, args) -> bool:
         return False
     cl, cl_shape = entry
     if lw.values[node.input[0]][0] != cl and not channels_last_readers_only(lw, node.output[0],
-                                                                                      len(args[0][2])):
+                                                                            len(args[0][2])):
         return False  # the ONNX layout exists and is what this op's readers want
     lower_unary(lw, node, op, a, [("value", cl, cl_shape)] + list(args[1:]))
     y, _ = lw.values[node.output[0]]

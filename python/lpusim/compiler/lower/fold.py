@@ -1,9 +1,6 @@
-"""ONNX -> IR: load and check the model, resolve shapes, fold constants, lower each node to matmul/vector nodes.
-
-Everything that depends on constants alone is folded on the host (numpy, float32). Everything else becomes chip
-work; an op with no chip lowering yet is a CompileError naming the node and its op type.
+"""Host-side constant folding: an ONNX node whose inputs are all constants is evaluated by the ONNX project's
+reference evaluator (exact ONNX semantics), or onnxruntime where the evaluator has gaps.
 """
-
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Gather, GatherElements and GatherND beyond the embedding lookup (lower_index.py) and lane selections (lower_misc.py).
+"""Gather, GatherElements and GatherND (the table entries); the computed-index forms are index.py's.
 
 * Constant indices (Gather along any axis, GatherND, GatherElements picking one row for every lane): the host
   applies the op to a grid of row * C + lane numbers and reads off, per output row, which input rows and lanes it
@@ -9,30 +9,12 @@
   their lane (GatherND down to scalars, a Gather along the lanes with index rows or an image's channels): one term
   per source row of an output row and lane pattern, each a row-map copy then an MXM lane selection (masked to its
   rows when the pattern differs between rows), summed (at most MAX_SELECTIONS): values pass the MXM as fp16.
-* Gather of computed data with computed indices (x[ids], both activations):
-  - along a row axis (of any batch of matrices, or an image's pixel axes): the input row number of every output
-    row (the ids through a row-map view, times the axis' row stride, plus the batch offset: VXM, float32) makes
-    one-hot rows [R_out, R_in] as for an embedding (lower_index.index_digits: VXM compares, MXM broadcasts,
-    base-256 digits past 2048), and `onehot @ data` runs on the MXM with all the data's rows loaded as computed
-    weights (like attention's V, schedule_sxm.py);
-  - along the lane axis, ids in one row [1, n]: the transposed one-hot
-    [C, n] is `EQ(ids, c)` on the VXM in float32 (exact for any C), and `data @ onehot^T` runs on the MXM;
-  - one row of data (a 1-D table), ids of any shape: sum_c x[c] * (ids == c), lane c broadcast on the MXM, the
-    mask and the sum on the VXM (C passes; also for constant ids too varied for lane selections).
-  The selection is exact (one product of 1.0 per output, the accumulator sums exactly), but the data pass the MXM
-  as their fp16 copies (scaled as calibrated): f32 data come back rounded to fp16 (relative error <= 2^-11, inside
-  check.py's fp16 tolerance); fp16-exact data come back exactly. An infinite or NaN data value poisons the outputs
-  that meet it through a zero (inf * 0 is NaN on the MXM and the VXM alike).
-* GatherElements with computed indices (and constant ones over several matrices):
-  - along the lanes: out[r, j] = sum_c x[r, c] * (idx[r, j] == c): for each c, lane c broadcast across the lanes
-    on the MXM (`x @ E_c`, fp16 rounding of x as above), times the VXM mask, accumulated in the epilogue: C passes;
-  - along a row axis: out[.., i, .., j] = sum_k x[.., k, .., j] * (idx[.., i, .., j] == k): pass k reads row k of
-    every matrix for its output rows (a row-map view), times the mask, on the VXM in float32 (exact for finite
-    data): one pass per index value. Both at most MAX_MASK_PASSES passes.
+* GatherElements with constant indices along the lanes: one MXM selection per distinct row pattern of indices,
+  masked to its rows and accumulated (at most 8 patterns); along a row axis: whole rows in any order are a row-map
+  view, any other pattern of one matrix a sum of row views times constant 0/1 masks (VXM).
 Negative indices count from the end. Out-of-range indices are an ONNX error: constant ones are refused (by
 onnxruntime's calibration run or a CompileError); computed ones give 0 where onnxruntime would raise.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -49,17 +31,17 @@ from lpusim.errors import CompileError
 def lower_gather(lw, node, a, args):
     data, idx = args[0], args[1]
     if idx[0] != "const":
-        return lower_gather_computed(lw, node, a, args)  # one-hot rows @ table (lower_index.py)
+        return lower_gather_computed(lw, node, a, args)  # one-hot rows @ table (index.py)
     _, x, shape = data
     nd = len(shape)
     axis = a.get("axis", 0) % nd
     ind = np.asarray(idx[1]).astype(np.int64)
     if axis != lane_axis(shape):
         # along a row axis: whole rows in any order (repeats, descending, negative): a row-map view
-        return gather_rows_const(lw, node, x, tuple(shape), axis, ind)  # (lower_gather.py)
+        return gather_rows_const(lw, node, x, tuple(shape), axis, ind)
     ind = np.where(ind < 0, ind + shape[axis], ind)
     out_shape = tuple(shape[:axis]) + tuple(ind.shape) + tuple(shape[axis + 1:])
-    if ind.ndim != 1 or nd == 4:  # index rows, a 4-D result, a scalar: rows and lane patterns (lower_gather.py)
+    if ind.ndim != 1 or nd == 4:  # index rows, a 4-D result, a scalar: rows and lane patterns
         return gather_const_lanes(lw, node, x, tuple(shape), axis, ind)
     y, _ = select_lanes(lw, node, x, tuple(shape), ind.ravel(), node.output[0])
     lw.tensors[y].shape = out_shape
@@ -70,7 +52,7 @@ def lower_gather(lw, node, a, args):
 def lower_gather_elements(lw, node, a, args) -> None:
     data, idx = args[0], args[1]
     if idx[0] != "const":
-        return lower_gather_elements_computed(lw, node, a, args)  # one-hot masks (lower_gather.py)
+        return lower_gather_elements_computed(lw, node, a, args)  # one-hot masks (index.py)
     _, x, shape = data
     shape = tuple(shape)
     nd = len(shape)
@@ -104,7 +86,7 @@ def lower_gather_elements(lw, node, a, args) -> None:
                     sources.append(prev)
                     steps.append(Step("ADD", [("step", 0), ("src", 1)]))
             y, _ = select_lanes(lw, node, x, shape, cols, node.output[0] if last else "gathered", steps,
-                                     sources)
+                                sources)
             lw.tensors[y].shape = out_shape
             prev = y
         lw.values[node.output[0]] = (prev, out_shape)
@@ -112,11 +94,11 @@ def lower_gather_elements(lw, node, a, args) -> None:
     # along a row axis: every output row must take one whole input row, in an evenly spaced rising run
     moved = np.moveaxis(ind, axis, 0).reshape(ind.shape[axis], -1)
     if any(d != 1 for i, d in enumerate(shape) if i not in (axis, lane)):  # several matrices: the masked
-        idx_t = const_input(lw, ind.astype(np.float32), out_shape)  # passes of computed indices (lower_gather.py)
+        idx_t = const_input(lw, ind.astype(np.float32), out_shape)  # passes of computed indices (index.py)
         return lower_gather_elements_computed(lw, node, a, [data, ("value", idx_t, out_shape)])
     if not np.all(moved == moved[:, :1]):
         return _gather_elements_rows(lw, node, x, shape, axis, ind, out_shape)
-    gather_elements_same_rows(lw, node, x, shape, axis, ind)  # whole rows: a row map (lower_gather.py)
+    gather_elements_same_rows(lw, node, x, shape, axis, ind)  # whole rows: a row map
 
 
 def _gather_elements_rows(lw, node, x, shape, axis, ind, out_shape) -> None:
@@ -135,7 +117,7 @@ def _gather_elements_rows(lw, node, x, shape, axis, ind, out_shape) -> None:
         y = lw.add_tensor(lw.fresh("gerows"), (r, c), "value")
         lw.tensors[y].geom = (1, r, 1)
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)],
-                               steps=[Step("COPY", [("src", 0)])], fusable=False))
+                             steps=[Step("COPY", [("src", 0)])], fusable=False))
         x = y
     idx2 = ind.reshape(-1, c)
     prev = None
@@ -143,8 +125,8 @@ def _gather_elements_rows(lw, node, x, shape, axis, ind, out_shape) -> None:
         row = lw.add_tensor(lw.fresh("gerow"), (1, c), "value")
         lw.tensors[row].geom = (1, 1, 1)
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, row,
-                               sources=[View(x, dh=int(k), spatial=True)], steps=[Step("COPY", [("src", 0)])],
-                               fusable=False))
+                             sources=[View(x, dh=int(k), spatial=True)], steps=[Step("COPY", [("src", 0)])],
+                             fusable=False))
         mask = lw.const_tensor((idx2 == k).astype(np.float32), "gemask")
         last = n == len(rows_used) - 1
         y = lw.add_tensor(lw.fresh(node.output[0] if last else "gesum"), out_shape, "value")
@@ -153,7 +135,7 @@ def _gather_elements_rows(lw, node, x, shape, axis, ind, out_shape) -> None:
         if prev is not None:
             steps.append(Step("ADD", [("step", 0), ("src", 2)]))
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
-                               steps=steps))
+                             steps=steps))
         lw.derived[y] = lw.magnitudes.get(node.input[0], 0.0)
         prev = y
     lw.values[node.output[0]] = (prev, out_shape)
@@ -238,8 +220,8 @@ def gather_copy_rows(lw, node, x: str, shape, terms, out_shape) -> None:
             mid_shape = out_shape if pattern is None else with_lanes(out_shape, t.cols)
             y = lw.add_tensor(lw.fresh(name if pattern is None else "gatherrows"), mid_shape, "value")
             lw.nodes.append(Node("vector", node.name or name, node.op_type, y,
-                                   sources=[View(x, rows=tuple(int(r) for r in src))],
-                                   steps=[Step("COPY", [("src", 0)])]))
+                                 sources=[View(x, rows=tuple(int(r) for r in src))],
+                                 steps=[Step("COPY", [("src", 0)])]))
             lw.derived[y] = lw.magnitudes.get(node.input[0], 0.0)
         if pattern is not None:
             steps, sources, acc = [], [], ("acc",)
@@ -252,7 +234,7 @@ def gather_copy_rows(lw, node, x: str, shape, terms, out_shape) -> None:
                 sources.append(prev)
                 steps.append(Step("ADD", [acc, ("src", len(sources) - 1)]))
             y, _ = select_lanes(lw, node, y, lw.tensors[y].shape if y != x else shape, np.asarray(pattern),
-                                     name if last else "gatherterm", steps, sources)
+                                name if last else "gatherterm", steps, sources)
             lw.tensors[y].shape = out_shape
             lw.derived[y] = lw.magnitudes.get(node.input[0], 0.0)
         prev = y
@@ -281,7 +263,7 @@ def gather_const_lanes(lw, node, x, shape, axis: int, ind: np.ndarray) -> None:
         ids = const_input(lw, ind.astype(np.float32), tuple(ind.shape))
         out_shape = tuple(shape[:axis]) + tuple(ind.shape) + tuple(shape[axis + 1:])
         return gather_ids_masked(lw, node, x, shape, ids, tuple(ind.shape), out_shape,
-                                       lw.magnitudes.get(node.input[0], 0.0))
+                                 lw.magnitudes.get(node.input[0], 0.0))
     gather_copy_rows(lw, node, x, shape, terms, out_shape)
 
 
@@ -299,7 +281,7 @@ def lower_gather_nd(lw, node, a, args) -> None:
     k = ind.shape[-1] if ind.ndim else 0
     lanes_move = b <= lane_axis(shape) < b + k
     terms, out_shape = gather_row_map(lw, node, shape, lambda g: fold(lw, node, "GatherND", a, [g, ind]),
-                                           lanes_move)
+                                      lanes_move)
     gather_copy_rows(lw, node, x, shape, terms, out_shape)
 
 

@@ -1,18 +1,20 @@
-"""Gather, GatherElements and GatherND beyond the embedding lookup (lower_index.py) and lane selections (lower_misc.py).
+"""Gathers with computed indices: embedding lookups (a constant table), Gather of computed data, GatherElements
+with computed indices (gather.py lowers the ops and hands these forms here).
 
-* Constant indices (Gather along any axis, GatherND, GatherElements picking one row for every lane): the host
-  applies the op to a grid of row * C + lane numbers and reads off, per output row, which input rows and lanes it
-  holds (`gather_row_map`). Whole rows (a Gather along a row axis with any indices: repeats, any order, negative;
-  GatherND picking rows, e.g. an export's last token): the chip copies them through a row-map view (ir.View.rows):
-  the VXM streams the output rows in order while each input row is READ from its own address, one READ + REPEAT
-  per run of rows with one address step (rising, falling or repeated). Exact (f32 copies). Elements that leave
-  their lane (GatherND down to scalars, a Gather along the lanes with index rows or an image's channels): one term
-  per source row of an output row and lane pattern, each a row-map copy then an MXM lane selection (masked to its
-  rows when the pattern differs between rows), summed (at most MAX_SELECTIONS): values pass the MXM as fp16.
+The chip computes in float32; integer values (token ids, masks, argmax indices) are float32 whole numbers, exact up
+to 2^24. Integer and bool graph inputs are converted on the host (runtime.host_layout.host_input); integer outputs are turned
+back into their ONNX type when the program decodes them (runtime.host_layout.decode_output).
+
+* Gather(table [V, H] constant, ids computed): a one-hot matrix built on the VXM and MXM, then `onehot @ table` on
+  the MXM. The ids arrive as a column (one id per row: the host lays out an integer graph input that way, as it lays
+  out any input; a computed [1, S] row is transposed on the SXM). Ids enter the MXM as fp16, exact below 2048: a
+  larger V splits each id into base-256 digits on the VXM (FLOOR), each digit is copied across V lanes by a [1, V]
+  matmul whose epilogue compares it (`EQ`) with the matching digit of the lane index; the product of the digit
+  matches is the one-hot row. Out-of-range ids (>= V or < -V) give a zero row; negative ids count from the end.
 * Gather of computed data with computed indices (x[ids], both activations):
   - along a row axis (of any batch of matrices, or an image's pixel axes): the input row number of every output
     row (the ids through a row-map view, times the axis' row stride, plus the batch offset: VXM, float32) makes
-    one-hot rows [R_out, R_in] as for an embedding (lower_index.index_digits: VXM compares, MXM broadcasts,
+    one-hot rows [R_out, R_in] as for an embedding (`index_digits`: VXM compares, MXM broadcasts,
     base-256 digits past 2048), and `onehot @ data` runs on the MXM with all the data's rows loaded as computed
     weights (like attention's V, schedule_sxm.py);
   - along the lane axis, ids in one row [1, n]: the transposed one-hot
@@ -29,10 +31,7 @@
   - along a row axis: out[.., i, .., j] = sum_k x[.., k, .., j] * (idx[.., i, .., j] == k): pass k reads row k of
     every matrix for its output rows (a row-map view), times the mask, on the VXM in float32 (exact for finite
     data): one pass per index value. Both at most MAX_MASK_PASSES passes.
-Negative indices count from the end. Out-of-range indices are an ONNX error: constant ones are refused (by
-onnxruntime's calibration run or a CompileError); computed ones give 0 where onnxruntime would raise.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -51,7 +50,7 @@ DIGIT = 256  # base of the digits a large id is split into
 def lower_gather_computed(lw, node, a, args) -> None:
     data, idx = args[0], args[1]
     if data[0] != "const" or np.asarray(data[1]).ndim != 2 or a.get("axis", 0) % 2 != 0:
-        return lower_gather_ids(lw, node, a, args)  # computed data, or along the lanes (lower_gather.py)
+        return lower_gather_ids(lw, node, a, args)  # computed data, or along the lanes
     table = np.asarray(data[1], dtype=np.float32)
     v, h = table.shape
     _, ids, ishape = idx
@@ -64,7 +63,7 @@ def lower_gather_computed(lw, node, a, args) -> None:
     onehot = gather_onehot_rows(lw, node, ids, ishape, v)
     out = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
     lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
-                           terms=[(View(onehot), lw.const_tensor(table, "w"))]))
+                         terms=[(View(onehot), lw.const_tensor(table, "w"))]))
     lw.values[node.output[0]] = (out, out_shape)
 
 
@@ -106,7 +105,7 @@ def index_digits(lw, node, ids, ishape, v) -> list:
         if layout == "row":  # [1, n] -> [n, 1] on the SXM (whole numbers below 2048: exact in fp16)
             dt = lw.add_tensor(lw.fresh("digitT"), (n, 1), "value")
             lw.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, dt,
-                                   sources=[View(d)], fusable=False))
+                                 sources=[View(d)], fusable=False))
             lw.derived[dt] = mag
             d = dt
         digits.append((d, iota.astype(np.float32)))
@@ -178,9 +177,9 @@ def _gather_ids_rows(lw, node, x, shape, axis, ids, ishape, out_shape, mag) -> N
              Step("ADD", [("step", 3), ("src", 1)])]
     big = lw.add_tensor(lw.fresh("gatherrow"), (rows_out, 1), "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, big,
-                           sources=[View(col, rows=tuple(which.tolist())),
-                                    View(lw.const_tensor(offs.astype(np.float32)[:, None], "rowoffs"))],
-                           steps=steps))
+                         sources=[View(col, rows=tuple(which.tolist())),
+                                  View(lw.const_tensor(offs.astype(np.float32)[:, None], "rowoffs"))],
+                         steps=steps))
     lw.derived[big] = float(rows_in)
     onehot = gather_onehot_rows(lw, node, big, (rows_out,), rows_in)
     _gather_ids_matmul(lw, node, x, shape, onehot, out_shape, mag)
@@ -192,11 +191,11 @@ def _gather_ids_matmul(lw, node, x, shape, onehot, out_shape, mag) -> None:
     if lw.tensors[x].kind != "value":  # a graph input: the weights load from a computed tensor's f16 copy
         w = lw.add_tensor(lw.fresh("gdata"), shape, "value")
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, w, sources=[View(x)],
-                               steps=[Step("COPY", [("src", 0)])]))
+                             steps=[Step("COPY", [("src", 0)])]))
         lw.derived[w] = mag
     out = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
     lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
-                           terms=[(View(onehot), w)]))
+                         terms=[(View(onehot), w)]))
     lw.values[node.output[0]] = (out, out_shape)
 
 
@@ -214,7 +213,7 @@ def _gather_ids_column(lw, node, ids: str, ishape: tuple) -> str:
     if (t.rows, t.cols) == (1, n) and n <= 320:
         col = lw.add_tensor(lw.fresh("idsT"), (n, 1), "value")
         lw.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, col,
-                               sources=[View(ids)], fusable=False))
+                             sources=[View(ids)], fusable=False))
         lw.derived[col] = lw.derived.get(ids, lw.magnitudes.get(node.input[1], 0.0))
         return col
     raise CompileError(f"{lw.where(node)}: computed ids of shape {ishape} lie in {t.rows} rows of {t.cols} "
@@ -234,7 +233,7 @@ def _gather_data(lw, node, data) -> tuple:
     c = lw.const_tensor(to_rows(arr, arr.shape) if arr.ndim else arr.reshape(1, 1), "gdata")
     x = lw.add_tensor(lw.fresh("gdata"), arr.shape, "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, x, sources=[View(c)],
-                           steps=[Step("COPY", [("src", 0)])]))
+                         steps=[Step("COPY", [("src", 0)])]))
     lw.derived[x] = float(np.max(np.abs(arr), initial=0.0))
     return x, tuple(arr.shape)
 
@@ -253,7 +252,7 @@ def gather_onehot_rows(lw, node, ids: str, ishape: tuple, v: int) -> str:
             sources.append(prev)
         last = k == len(digits) - 1
         onehot, _ = select_lanes(lw, node, col, (n, 1), np.zeros(v, dtype=np.int64),
-                                      "onehot" if last else "digitmatch", steps, sources)
+                                 "onehot" if last else "digitmatch", steps, sources)
         lw.derived[onehot] = 1.0
         prev = onehot
     return onehot
@@ -288,11 +287,11 @@ def _gather_ids_lanes(lw, node, x, shape, ids, ishape, out_shape, mag) -> None:
     iota = lw.const_tensor(np.repeat(np.arange(c, dtype=np.float32)[:, None], n, axis=1), "lanes")
     onehot_t = lw.add_tensor(lw.fresh("onehotT"), (c, n), "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, onehot_t,
-                           sources=[View(row), View(iota)], steps=[Step("EQ", [("src", 0), ("src", 1)])]))
+                         sources=[View(row), View(iota)], steps=[Step("EQ", [("src", 0), ("src", 1)])]))
     lw.derived[onehot_t] = 1.0
     out = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
     lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
-                           terms=[(View(x), onehot_t)]))
+                         terms=[(View(x), onehot_t)]))
     lw.values[node.output[0]] = (out, out_shape)
 
 
@@ -308,8 +307,8 @@ def gather_ids_masked(lw, node, x, shape, ids, ishape, out_shape, mag) -> None:
         raise CompileError(f"{lw.where(node)}: Gather of computed ids of shape {ishape} from a row of {c} "
                            f"values (one masked pass each: at most {MAX_MASK_PASSES})")
     nidx = vector(lw, node, [ids], [Step("LT", [("src", 0), ("imm", 0.0)]),
-                                     Step("MUL", [("step", 0), ("imm", float(c))]),
-                                     Step("ADD", [("src", 0), ("step", 1)])], ishape, "gidx")
+                                    Step("MUL", [("step", 0), ("imm", float(c))]),
+                                    Step("ADD", [("src", 0), ("step", 1)])], ishape, "gidx")
     lw.derived[nidx] = float(c)
     prev = None
     for k in range(c):
@@ -323,7 +322,7 @@ def gather_ids_masked(lw, node, x, shape, ids, ishape, out_shape, mag) -> None:
         if prev is not None:
             steps.append(Step("ADD", [("step", 1), ("src", 2)]))
         y = vector(lw, node, [bc, nidx] + ([prev] if prev is not None else []), steps, out_shape,
-                        node.output[0] if k == c - 1 else "gsum")
+                   node.output[0] if k == c - 1 else "gsum")
         lw.derived[y] = mag
         prev = y
     lw.tensors[prev].shape = out_shape
@@ -349,8 +348,8 @@ def lower_gather_elements_computed(lw, node, a, args) -> None:
     mag = lw.magnitudes.get(node.input[0], lw.derived.get(x, 0.0))
     # negative indices count from the end: idx + n * (idx < 0)
     nidx = vector(lw, node, [ind], [Step("LT", [("src", 0), ("imm", 0.0)]),
-                                     Step("MUL", [("step", 0), ("imm", float(n))]),
-                                     Step("ADD", [("src", 0), ("step", 1)])], ishape, "gidx")
+                                    Step("MUL", [("step", 0), ("imm", float(n))]),
+                                    Step("ADD", [("src", 0), ("step", 1)])], ishape, "gidx")
     lw.derived[nidx] = float(n)
     prev = None
     if axis == lane:
@@ -367,7 +366,7 @@ def lower_gather_elements_computed(lw, node, a, args) -> None:
                 e[k] = 1.0
                 return e
             y, _ = lane_matmul(lw, node, x, shape, ("lanebcast", n, j, k), make,
-                                    node.output[0] if last else "gesum", steps, sources)
+                               node.output[0] if last else "gesum", steps, sources)
             lw.derived[y] = mag
             prev = y
     else:
@@ -385,7 +384,7 @@ def lower_gather_elements_computed(lw, node, a, args) -> None:
                 steps.append(Step("ADD", [("step", 1), ("src", 2)]))
             y = lw.add_tensor(lw.fresh(node.output[0] if last else "gesum"), ishape, "value")
             lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
-                                   steps=steps))
+                                 steps=steps))
             lw.derived[y] = mag
             prev = y
     lw.tensors[prev].shape = ishape

@@ -1,5 +1,5 @@
-"""Lowerings that work across the lanes of a row: Softmax, LayerNormalization, and the lane sums, maxima and
-minima the reductions (lower_reduce.py) use.
+"""Lane primitives: work across the lanes of a row (sums, maxima, minima, selections) with constant matrices on the
+MXM, shared by Softmax/LayerNormalization (norms.py), the reductions (reduce.py), attention and the row moves.
 
 A row's elements sit on the lanes of one vector, so a reduction over the last axis (the channel axis of an image)
 crosses lanes. lpusim does it on the MXM with constant 0/1 matrices, using only the matmul and vector node kinds:
@@ -11,8 +11,9 @@ crosses lanes. lpusim does it on the MXM with constant 0/1 matrices, using only 
 * a reduction that keeps one column (`keepdims`) reads lane 0 through `E[C, 1]`.
 The SXM (shift/permute) could do the rotations without rounding and in fewer cycles; the scheduler does not
 drive the SXM yet.
+Also here: `vector`/`node_of` (one VXM node), `shared_const` (a constant stored once per key), `fp16_residual`
+(hi + lo for f32-accurate sums of quantised models), the layout helpers `lane_axis`, `with_lanes`, `row_axes`.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -60,14 +61,14 @@ def lane_matmul(lw, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(
     out_shape = with_lanes(shape, out_cols or lw.tensors[w].cols)
     out = lw.add_tensor(lw.fresh(hint), out_shape, "value")
     lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
-                           sources=[View(s) for s in sources], steps=list(steps), terms=[(View(x), w)]))
+                         sources=[View(s) for s in sources], steps=list(steps), terms=[(View(x), w)]))
     return out, out_shape
 
 
 def vector(lw, node, sources: list, steps: list, shape: tuple, hint: str) -> str:
     out = lw.add_tensor(lw.fresh(hint), shape, "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out,
-                           sources=[View(s) for s in sources], steps=steps))
+                         sources=[View(s) for s in sources], steps=steps))
     return out
 
 
@@ -112,12 +113,12 @@ def lane_sum(lw, node, x, shape, scale=1.0, hint="sum", steps=(), sources=(), ma
                         else a for a in s.args]) for s in steps]
     if pre:
         return lane_matmul(lw, node, x, shape, ("ones", c), ones, hint, pre + first + rest, sources,
-                                out_cols=c)
+                           out_cols=c)
     # The sum also fills the padding lanes up to the 320-lane tile boundary: padding lanes hold 0, and
     # what follows a sum (a division, a logarithm, a reciprocal square root) must not turn them into
     # inf or NaN, which a later matmul would multiply by its zero weight rows into NaN.
     return lane_matmul(lw, node, x, shape, ("ones", c), ones, hint,
-                            first + rest if (rest or scale != 1.0) else [], sources, out_cols=c)
+                       first + rest if (rest or scale != 1.0) else [], sources, out_cols=c)
 
 
 def lane_extreme(lw, node, x, shape, op, hint="max", magnitude=None):
@@ -166,7 +167,7 @@ def node_of(lw, node, sources: list, steps: list, shape: tuple, hint: str, mag: 
         sources = uniq
     out = lw.add_tensor(lw.fresh(hint), shape, "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=list(sources),
-                           steps=steps, fusable=fusable))
+                         steps=steps, fusable=fusable))
     lw.derived[out] = mag
     return out
 

@@ -1,9 +1,10 @@
-"""ONNX -> IR: load and check the model, resolve shapes, fold constants, lower each node to matmul/vector nodes.
+"""MatMul and Gemm (activation @ constant weights, or two computed matrices), Einsum's attention forms.
 
-Everything that depends on constants alone is folded on the host (numpy, float32). Everything else becomes chip
-work; an op with no chip lowering yet is a CompileError naming the node and its op type.
+Constant weights become one matmul node (an image flattened across channels and pixels sums a term per pixel);
+a computed second operand is loaded into the MXM as weights (at most 320 x 320 per tile). Gemm's transA on a
+computed A is an SXM transpose (transpose.permute); its C an elementwise ADD. Einsum "...qd,...kd->...qk" (Q K^T)
+and "...qk,...kd->...qd" (P V) are lowered as a Transpose and/or a MatMul (through the dispatcher).
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -18,10 +19,10 @@ from lpusim.errors import CompileError
 # ----- contractions ---------------------------------------------------------------------------------
 def lower_matmul(lw, node, op, a, args):
     x, w = args[0], args[1]
-    if op == "Gemm" and a.get("transA", 0) and x[0] == "value":  # A^T on the SXM (lower_transpose.py)
+    if op == "Gemm" and a.get("transA", 0) and x[0] == "value":  # A^T on the SXM (transpose.py)
         shape = (x[2][1], x[2][0])
         x = ("value", permute(lw, node, x[1], tuple(x[2]), [1, 0], shape, "transA",
-                                   lw.tensor_magnitude(node, x[1])), shape)
+                              lw.tensor_magnitude(node, x[1])), shape)
     if x[0] == "value" and w[0] == "value" and op == "MatMul":
         return lower_computed_matmul(lw, node, x, w)
     if x[0] == "const" or w[0] != "const":

@@ -1,30 +1,19 @@
-"""Normalisations over any axes, broadcasts of computed operands, Pow with computed exponents, one-input Max/Min.
+"""Softmax, LogSoftmax, LayerNormalization.
+
+* Over the lane axis alone (`lower_softmax`, `lower_layernorm`): lane sums and maxima on the MXM (lanes.py).
 
 * Softmax / LogSoftmax over any axis (and opset < 13's flattened axes), LayerNormalization over axes [axis, ...)
   with its Mean and InvStdDev outputs. The reduced axes A split into the lane axis and row axes
-  (`reduce_axes`): the lane axis by lower_lanes.py (`lane_sum`: x @ ones on the MXM puts the row sum in every
-  lane; `lane_extreme`: the rotation tree puts the row maximum in every lane), the row axes by lower_reduce.py's
+  (`reduce_axes`): the lane axis by lanes.py (`lane_sum`: x @ ones on the MXM puts the row sum in every
+  lane; `lane_extreme`: the rotation tree puts the row maximum in every lane), the row axes by reduce.py's
   halving trees on the VXM (float32, exact maxima). The result R has A's row axes reduced to one row and, when the
   lane axis is reduced, the same value in every lane, so it meets the input again elementwise through a row-map
   view (View.rows, `row_view`: output row r reads the row of R its non-reduced coordinates name) with no lane
   broadcast at all. A softmax over a row axis is VXM work only, in float32 (no fp16 rounding anywhere), and
-  cheaper than permuting the axis onto the lanes (lower_transpose.permute), the lane softmax and permuting back:
+  cheaper than permuting the axis onto the lanes (transpose.permute), the lane softmax and permuting back:
   cycles measured (row trees / permutes) Softmax [64, 100] axis 0: 721 / 5,403; [300, 20] axis 0: 2,028 / 4,261;
   [8, 40, 330] axis 1: 2,377 / 87,888; LogSoftmax [4, 128, 64] axis 1: 2,975 / 14,637.
-* Elementwise operands of shape (..., 1) or with fewer rows (`broadcast_operand`, called by importer.operand):
-  a lower-rank operand of an image first put in the image's layout (one batched SXM transpose: its lanes are the
-  image's W axis); a lane-0 copy to every lane (MoveLowering.select_lanes, the MXM path importer.operand already
-  had, now also before a row broadcast: the value passes as fp16); then the rows broadcast by a VXM COPY through
-  a row map. (A bit-exact SXM route, column -> row -> c rows -> transposed back, was measured 18-35% more cycles
-  for x / max(x, lanes) at [64, 100], [512, 768], [8, 12, 330] and is not used.)
-* Reshape of a computed tensor that regroups lanes (`reshape_regroup`, after lower_transpose.reshape_relayout):
-  SXM transposes, bit exact (the LayerNormalization/GroupNormalization expansions' [R, C1] <-> [R', C2]).
-* Pow with a computed or non-scalar exponent b, or a constant one outside importer._POW's exact table: |a|^b = exp(b log(|a| + [b == 0])) on the VXM, times -1 where
-  a < 0 and b is an odd integer, NaN where a < 0 and b is not an integer (ONNX/numpy semantics; x^0 = 1 even
-  for x = 0); integer-typed outputs rounded to the nearest whole number.
-* Max/Min of one input: the input itself.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -72,13 +61,13 @@ def lower_softmax(lw, node, op, a, args):
         e = vector(lw, node, [x, m], sub + [Step("EXP", [("step", 0)])], shape, "exp")
         lw.derived[e] = 1.0
         y, _ = lane_sum(lw, node, e, shape, hint=node.output[0],
-                             steps=[Step("DIV", [("src", 0), ("sum",)])], sources=[e], magnitude=1.0)
+                        steps=[Step("DIV", [("src", 0), ("sum",)])], sources=[e], magnitude=1.0)
     else:  # LogSoftmax: (x - m) - log(sum exp(x - m))
         d = vector(lw, node, [x, m], sub, shape, "shifted")
         e = vector(lw, node, [d], [Step("EXP", [("src", 0)])], shape, "exp")
         y, _ = lane_sum(lw, node, e, shape, hint=node.output[0],
-                             steps=[Step("LOG", [("sum",)]), Step("SUB", [("src", 0), ("step", 0)])],
-                             sources=[d])
+                        steps=[Step("LOG", [("sum",)]), Step("SUB", [("src", 0), ("step", 0)])],
+                        sources=[d])
     lw.values[node.output[0]] = (y, tuple(shape))
 
 
@@ -128,7 +117,7 @@ def norm_axes(lw, node, op, a, shape) -> list[int]:
 
 def norm_elsewhere(lw, node, op, a, args) -> bool:
     """Whether this normalisation needs lower_norm (not only the lane axis, or LayerNormalization's extra
-    outputs); lower_lanes.py keeps the lane-axis-only forms."""
+    outputs); `lower_softmax`/`lower_layernorm` keep the lane-axis-only forms."""
     if not args or args[0] is None or args[0][0] != "value" or not args[0][2]:
         return False
     shape = tuple(args[0][2])
@@ -173,7 +162,7 @@ def lower_norm(lw, node, op, a, args) -> None:
     m, small = reduce_axes(lw, node, x, shape, axes, "MAX", mag)
     sub = Step("SUB", [("src", 0), ("src", 1)])
     e = node_of(lw, node, [View(x), row_view(lw, m, small, shape)], [sub, Step("EXP", [("step", 0)])],
-                     shape, f"{node.output[0]}.exp", 1.0)
+                shape, f"{node.output[0]}.exp", 1.0)
     s, _ = reduce_axes(lw, node, e, shape, axes, "ADD", 1.0)
     if op == "Softmax":
         y = node_of(lw, node, [View(e), row_view(lw, s, small, shape)],
@@ -181,7 +170,7 @@ def lower_norm(lw, node, op, a, args) -> None:
     else:  # (x - m) - log(sum)
         y = node_of(lw, node, [View(x), row_view(lw, m, small, shape), row_view(lw, s, small, shape)],
                          [sub, Step("LOG", [("src", 2)]), Step("SUB", [("step", 0), ("step", 1)])],
-                         shape, node.output[0], 2.0 * mag + 10.0)
+                    shape, node.output[0], 2.0 * mag + 10.0)
     lw.values[node.output[0]] = (y, shape)
 
 
@@ -191,14 +180,14 @@ def lower_norm_layer(lw, node, a, args, x, shape, axes, mag) -> None:
     s, small = reduce_axes(lw, node, x, shape, axes, "ADD", mag)
     d = node_of(lw, node, [View(x), row_view(lw, s, small, shape)],
                      [Step("MUL", [("src", 1), ("imm", 1.0 / n)]), Step("SUB", [("src", 0), ("step", 0)])],
-                     shape, f"{node.output[0]}.centred", 2.0 * mag)
+                shape, f"{node.output[0]}.centred", 2.0 * mag)
     sq = node_of(lw, node, [View(d)], [Step("MUL", [("src", 0), ("src", 0)])], shape, f"{node.output[0]}.sq",
                       (2.0 * mag) ** 2)
     v, _ = reduce_axes(lw, node, sq, shape, axes, "ADD", (2.0 * mag) ** 2)
     eps = float(a.get("epsilon", 1e-5))
     inv = node_of(lw, node, [View(v)], [Step("MUL", [("src", 0), ("imm", 1.0 / n)]),
                                         Step("ADD", [("step", 0), ("imm", eps)]), Step("RSQRT", [("step", 1)])],
-                       small, f"{node.output[0]}.inv", 1.0 / np.sqrt(eps))
+                  small, f"{node.output[0]}.inv", 1.0 / np.sqrt(eps))
     sources = [View(d), row_view(lw, inv, small, shape)]
     steps = [Step("MUL", [("src", 0), ("src", 1)])]
     for i in (1, 2):

@@ -20,8 +20,11 @@ QuantizeLinear of a float tensor is DIV by the scale, the same clamp, round and 
 lazily: Reshape/Flatten/Squeeze/Unsqueeze/Identity/MaxPool commute with it and run on the codes, a QuantizeLinear
 with the same scale and zero point gives the codes back, and only a float consumer makes it compute floats.
 DequantizeLinear of a constant folds (and is remembered, so a QDQ contraction finds the integer weights).
-"""
 
+This module: the entry (`lower_quant`, run first for every node), graph inputs and outputs of codes,
+QuantizeLinear/DequantizeLinear, the ops on codes, QLinearAdd and the QDQ Add; contractions and pools:
+quant_contract.py; shared code/scale helpers and the float32-exact arithmetic: quant_codes.py.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -91,7 +94,7 @@ def lower_quant(lw, node) -> bool:
 
 
 def lower_plain(lw, node) -> None:
-    """The importer's own lowering of `node`, skipping `lower_quant`."""
+    """The dispatcher's own lowering of `node`, skipping `lower_quant`."""
     lw.q_state["bypass"] = node
     try:
         lw.lower(node)
@@ -102,7 +105,7 @@ def lower_plain(lw, node) -> None:
 # ----- int8/uint8 graph inputs and outputs --------------------------------------------------------------
 def q_code_inputs(lw) -> list[str]:
     """int8/uint8 graph inputs read only by quantisation ops (a QDQ model cut between layers, or one that takes
-    codes): the host sends each value q exactly as float32 (importer.host_input) and one VXM pass makes the
+    codes): the host sends each value q exactly as float32 (runtime.host_layout.host_input) and one VXM pass makes the
     IR's codes of it (q - 128 for uint8, q itself for int8)."""
     made = []
     for inp in lw.model.graph.input:
@@ -159,12 +162,12 @@ def q_dequantize(lw, node) -> bool:
     kind = q_kind(lw, node, x)
     scale = q_scalar_scale(lw, node, 1, "scale")
     zp = q_zero(lw, node, 2, kind, "zero point")
-    if x in lw.heads:  # attention heads (lower_heads.py): the floats of every part now
+    if x in lw.heads:  # attention heads (attention.py): the floats of every part now
         parts, transposed, shape4 = lw.heads[x]
         steps = ([Step("SUB", [("src", 0), ("imm", float(zp))])] if zp else []) + \
             [Step("MUL", [("step", 0) if zp else ("src", 0), ("imm", float(scale))])]
         lw.heads[out] = ([q_vector(lw, node, p, lw.tensors[p].shape, steps, f"{out}@h{h}")
-                            for h, p in enumerate(parts)], transposed, shape4)
+                          for h, p in enumerate(parts)], transposed, shape4)
         return True
     st["pending"][out] = (x, scale, zp)
     if out in {o.name for o in lw.model.graph.output}:
@@ -198,16 +201,16 @@ def q_quantize(lw, node) -> bool:
         return True
     if x in st["pending"] and x not in lw.values and x not in lw.flat:
         q_materialize(lw, x)
-    if x in lw.heads:  # attention heads (lower_heads.py): every part quantised
+    if x in lw.heads:  # attention heads (attention.py): every part quantised
         parts, transposed, shape4 = lw.heads[x]
         steps = q_quantize_steps(lw, scale, zp)
         lw.heads[out] = ([q_vector(lw, node, p, lw.tensors[p].shape, steps, f"{out}@h{h}")
-                            for h, p in enumerate(parts)], transposed, shape4)
+                          for h, p in enumerate(parts)], transposed, shape4)
         st["code"][out] = kind
         return True
     arg = lw.get(node, 0)
     if arg[0] != "value":
-        return False  # a constant: folded by the importer
+        return False  # a constant: folded by the dispatcher
     _, ir, shape = arg
     lw.values[out] = (q_vector(lw, node, ir, shape, q_quantize_steps(lw, scale, zp), out), shape)
     st["code"][out] = kind
@@ -389,7 +392,7 @@ def q_linear_add(lw, node) -> bool:
     steps += q_round_steps(len(steps), float(-128 - zc), float(127 - zc), zc)
     out = lw.add_tensor(lw.fresh(node.output[0]), shape, "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=sources,
-                           steps=steps))
+                         steps=steps))
     lw.values[node.output[0]] = (out, shape)
     lw.q_state["code"][node.output[0]] = c_kind
     return True

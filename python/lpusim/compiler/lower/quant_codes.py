@@ -1,27 +1,8 @@
-"""Quantised models on the int8 MXM path: onnxruntime's QDQ and QOperator formats.
-
-Integer tensors are IR tensors holding *codes*: an int8 tensor holds q, a uint8 tensor holds q - 128 (exact), so
-every code fits the MXM's int8 operands (`ABC.i8`) and one zero point per tensor, shifted the same way, describes
-it. Codes are stored as f32 where the VXM reads them and as i8 where the MXM reads them (`passes.assign_formats`).
-
-A contraction `y = sum_k (x_q - zx)(w_q - zw)` (QLinearConv, QLinearMatMul, QGemm, MatMulInteger, ConvInteger, and
-Conv/MatMul/Gemm between DequantizeLinear inputs and one QuantizeLinear output, the QDQ form onnxruntime fuses the
-same way) becomes an int8 matmul of the codes x_c with weights w_q - zw (which must fit int8), accumulated exactly,
-read with `ACC.i32`, and an epilogue on the VXM:
-    acc + corr               ADD.i32, corr[n] = bias[n] - zx_c * sum_k w[k, n]   (zero-point correction, exact)
-    float(.)                 CVT.i32.f32 (round to nearest even, as onnxruntime's int32 -> float)
-    * M                      MUL.f32, M = (sx * sw[n]) / sy in float32, onnxruntime's order
-    clamp, round, + zy       MAX/MIN to [-128 - zy_c, 127 - zy_c], ADD/SUB 1.5*2^23 (round half to even), ADD zy_c
-which is MLAS's requantisation step for step. Convolution borders hold the zero point's code (`Tensor.conv_pad`),
-so the correction holds at padded taps too, as onnxruntime pads with the zero point.
-
-QuantizeLinear of a float tensor is DIV by the scale, the same clamp, round and add; DequantizeLinear is
-`(code - zp_c) * scale` (SUB then MUL; the subtraction is exact). A DequantizeLinear of a computed tensor is lowered
-lazily: Reshape/Flatten/Squeeze/Unsqueeze/Identity/MaxPool commute with it and run on the codes, a QuantizeLinear
-with the same scale and zero point gives the codes back, and only a float consumer makes it compute floats.
-DequantizeLinear of a constant folds (and is remembered, so a QDQ contraction finds the integer weights).
+"""int8 helpers shared by quant.py, quant_contract.py and attention.py: the constants and zero points of a
+quantisation op (`q_const`, `q_scalar_scale`, `q_zero`, `q_kind`), the rounding steps (MAGIC), lazily dequantized
+values made floats (`q_materialize`), requantizer look-ups (`q_users`, `q_requantizer`, `q_alias_requantized`), the
+int8 pieces of uint8 weights and onnxruntime's float32 arithmetic for QLinearAdd (`fma_steps`).
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -161,7 +142,7 @@ def q_zero(lw, node, i, kind: str, what: str) -> int:
 def q_vector(lw, node, src: str, shape: tuple, steps: list, hint: str) -> str:
     out = lw.add_tensor(lw.fresh(hint), shape, "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[View(src)],
-                           steps=steps))
+                         steps=steps))
     return out
 
 
@@ -186,7 +167,7 @@ def q_materialize(lw, name: str) -> None:
     else:
         ir, shape = lw.values[q]
         lw.values[name] = (q_vector(lw, fake, ir, shape, steps, name), shape)
-        # the codes behind these floats: attention heads split from them move the exact codes (lower_heads.py)
+        # the codes behind these floats: attention heads split from them move the exact codes (attention.py)
         lw.q_state.setdefault("dequantized", {})[lw.values[name][0]] = (ir, float(scale), zp)
 
 

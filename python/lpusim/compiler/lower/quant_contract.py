@@ -1,27 +1,7 @@
-"""Quantised models on the int8 MXM path: onnxruntime's QDQ and QOperator formats.
-
-Integer tensors are IR tensors holding *codes*: an int8 tensor holds q, a uint8 tensor holds q - 128 (exact), so
-every code fits the MXM's int8 operands (`ABC.i8`) and one zero point per tensor, shifted the same way, describes
-it. Codes are stored as f32 where the VXM reads them and as i8 where the MXM reads them (`passes.assign_formats`).
-
-A contraction `y = sum_k (x_q - zx)(w_q - zw)` (QLinearConv, QLinearMatMul, QGemm, MatMulInteger, ConvInteger, and
-Conv/MatMul/Gemm between DequantizeLinear inputs and one QuantizeLinear output, the QDQ form onnxruntime fuses the
-same way) becomes an int8 matmul of the codes x_c with weights w_q - zw (which must fit int8), accumulated exactly,
-read with `ACC.i32`, and an epilogue on the VXM:
-    acc + corr               ADD.i32, corr[n] = bias[n] - zx_c * sum_k w[k, n]   (zero-point correction, exact)
-    float(.)                 CVT.i32.f32 (round to nearest even, as onnxruntime's int32 -> float)
-    * M                      MUL.f32, M = (sx * sw[n]) / sy in float32, onnxruntime's order
-    clamp, round, + zy       MAX/MIN to [-128 - zy_c, 127 - zy_c], ADD/SUB 1.5*2^23 (round half to even), ADD zy_c
-which is MLAS's requantisation step for step. Convolution borders hold the zero point's code (`Tensor.conv_pad`),
-so the correction holds at padded taps too, as onnxruntime pads with the zero point.
-
-QuantizeLinear of a float tensor is DIV by the scale, the same clamp, round and add; DequantizeLinear is
-`(code - zp_c) * scale` (SUB then MUL; the subtraction is exact). A DequantizeLinear of a computed tensor is lowered
-lazily: Reshape/Flatten/Squeeze/Unsqueeze/Identity/MaxPool commute with it and run on the codes, a QuantizeLinear
-with the same scale and zero point gives the codes back, and only a float consumer makes it compute floats.
-DequantizeLinear of a constant folds (and is remembered, so a QDQ contraction finds the integer weights).
+"""int8 contractions and pools (see quant.py for the code representation and the epilogue): QLinearConv,
+QLinearMatMul, QGemm, MatMulInteger, ConvInteger, the QDQ Conv/MatMul/Gemm, QLinearAveragePool/AveragePool and
+QLinearGlobalAveragePool/GlobalAveragePool on codes.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -118,9 +98,9 @@ def q_average_pool(lw, node) -> bool:
             steps.append(Step("MAX", [("step", len(steps) - 1), ("imm", -128.0)]))
             steps.append(Step("MIN", [("step", len(steps) - 1), ("imm", 127.0)]))
         out = lw.add_tensor(lw.fresh(out_name if k == len(taps) - 1 else f"{out_name}.tap{k}"), out_shape,
-                              "value")
+                            "value")
         lw.nodes.append(Node("vector", name, f"{node.op_type}(tap {k})", out, sources=sources, steps=steps,
-                               fusable=False))
+                             fusable=False))
         prev = out
     lw.values[out_name] = (prev, out_shape)
     st["code"][out_name] = y_kind
@@ -255,7 +235,7 @@ def q_operator(lw, node) -> bool:
     conv = op in ("QLinearConv", "ConvInteger")
     out_axis = 0 if conv or (op == "QGemm" and attrs.get("transB", 0)) else w.ndim - 1
     q_contraction(lw, node, "conv" if conv else "gemm", x, zx, w, zw, bias, mult, mode, node.output[0],
-                       attrs, out_axis)
+                  attrs, out_axis)
     return True
 
 
@@ -339,8 +319,8 @@ def q_stem(lw, node, fake, x: str, attrs: dict, wf: np.ndarray) -> bool:
         return False
     qp = lw.add_tensor(lw.fresh(patches.name + ".q"), patches.shape, "value")
     lw.nodes.insert(len(lw.nodes) - 1, Node("vector", node.name or node.output[0], "QuantizeLinear(patches)",
-                                                qp, sources=[View(patches.name)],
-                                                steps=q_quantize_steps(lw, scale, zp)))
+                                            qp, sources=[View(patches.name)],
+                                            steps=q_quantize_steps(lw, scale, zp)))
     mm.terms = [(View(qp), mm.terms[0][1])]
     if q_only_feeds(lw, x, node):  # the quantised image itself is now unused
         q_ir = lw.values[x][0]

@@ -11,10 +11,10 @@ reduction splits into
   again reads two different tensors: about 1.5 n row passes for n rows, 2 log2(n) + 1 nodes. Values stay float32
   (sums round once per level, maxima and minima are exact). Reduced row axes that are not neighbours in the row
   order are reduced one run at a time, innermost first.
-* the lane axis, after the row axes (fewer rows left): sums on the MXM (`x @ ones[C, 1]`, lower_lanes.py); max, min
+* the lane axis, after the row axes (fewer rows left): sums on the MXM (`x @ ones[C, 1]`, lanes.py); max, min
   and product by turning the R rows of C lanes around on the SXM (a transpose node, schedule_sxm.py) and reducing
   the C rows of R lanes by a tree as above, then turning the R results back into a column: exact, and cheaper than
-  lower_lanes.py's rotation tree on the MXM, which max/min still use for more than 320 lanes of few rows
+  lanes.py's rotation tree on the MXM, which max/min still use for more than 320 lanes of few rows
   (`TURN_MIN_ROWS`). GlobalAveragePool / GlobalMaxPool are ReduceMean / ReduceMax over the spatial axes.
 * ReduceSumSquare / L1 / L2 / LogSumExp: an elementwise step before (x*x, |x|, exp x) and after (sqrt, log) the
   sum; ReduceMean multiplies by 1/count at the end (the VXM chain after the last combination).
@@ -22,13 +22,22 @@ reduction splits into
   lanes. Results over the lanes that belong on lanes themselves ([4, 16] over axis 1 -> [4], read by another node
   as one row of 4 lanes; [3, 12, 16] over axis 2 -> 3 rows of 12 lanes) come out of the turned-around tree in that
   layout (batched transposes, for a sum too). Any other layout (an image's rows and channels reordered) is one
-  permutation of the values' axes on the SXM (lower_transpose.permute). A graph output alone is read back by the
+  permutation of the values' axes on the SXM (transpose.permute). A graph output alone is read back by the
   host in any layout.
 * Not supported (CompileError): computed axes, zero-size inputs, ReduceLogSumExp of values past |x| = 80 (no shift
   by the maximum).
-ArgMax/ArgMin along rows (lower_index.py) build their own tree of (value, index) pairs.
-"""
 
+ArgMax/ArgMin:
+* ArgMax/ArgMin over the lane axis: the row maximum by the rotation tree of lanes.py (on the fp16 values the
+  MXM moves), `EQ` of each lane's fp16 value with it on the VXM gives the candidates, each candidate lane holds its
+  index (a constant row), the others `C`; a MIN tree finds the first (`select_last_index`: a MAX tree, the last);
+  lane 0 is kept through a [C, 1] selection. Ties after fp16 rounding resolve to the first (last) index, so the
+  result is onnxruntime's whenever the row's largest value differs from the others by more than fp16's rounding.
+* ArgMax/ArgMin along a row axis: a halving tree on the VXM in float32 (exact, ties included): each stage compares
+  the first and the last ceil(n/2) rows along the axis (strided row views) and keeps the better (value, index).
+  That tree is not `halving_tree`: it compares overlapping halves (a row may meet itself, harmless for a maximum,
+  wrong for a sum) and carries (value, index) pairs, three nodes per stage.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -54,7 +63,7 @@ KINDS = {
     "ReduceLogSumExp": ("ADD", [("EXP", [("in",)])], [("LOG", [("in",)])]),
 }
 
-# Max/min over the lanes by turning them into rows (exact) rather than lower_lanes.py's rotation tree (fp16 values)
+# Max/min over the lanes by turning them into rows (exact) rather than lanes.py's rotation tree (fp16 values)
 # when C <= 320 or at least this many rows. Cycles measured (turned / rotations): [6, 70] 769 / 1582, [1, 300]
 # 1445 / 1721, [300, 20] 3079 / 9780, [300, 700] 6295 / 39720, [16, 700] 3487 / 3718; but [4, 700] 3431 / 2401,
 # [1, 2000] 8266 / 3127.
@@ -152,7 +161,7 @@ def lower_reduction(lw, node, op, a, args) -> None:
         # the chain after the reduction (fused into the last combination by fuse_chains when the geometries
         # agree), or a copy into the output's own row geometry: identity views read the same rows whatever it is
         cur = vector(lw, node, [cur], _chain(post) if post else [Step("COPY", [("src", 0)])], cur_shape,
-                          node.output[0])
+                     node.output[0])
         lw.tensors[cur].geom = want
     finish_layout(lw, node, cur, cur_shape, out_shape)
     result = lw.values[node.output[0]][0]
@@ -178,7 +187,7 @@ def turn(lw, node, x, shape, geom, mag) -> str:
     """A transpose node (rows <-> lanes on the SXM, schedule_sxm.py): `x` as a tensor of `shape`."""
     y = lw.add_tensor(lw.fresh(f"{node.output[0]}.turned"), shape, "value")
     lw.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, y, sources=[View(x)],
-                           fusable=False))
+                         fusable=False))
     if geom is not None:
         lw.tensors[y].geom = geom
     lw.derived[y] = mag
@@ -218,7 +227,7 @@ def finish_layout(lw, node, y, keep_shape, out_shape) -> None:
         lw.values[out] = (y, tuple(out_shape))
         return
     # the values move between rows and lanes (an image's (1, C, H, W) over H -> (1, C, W): W rows of C lanes read
-    # as C rows of W lanes): a permutation of the values' axes on the SXM (lower_transpose.py)
+    # as C rows of W lanes): a permutation of the values' axes on the SXM (transpose.py)
     lw.values[out] = (relayout(lw, node, y, keep_shape, out_shape), tuple(out_shape))
 
 
@@ -245,7 +254,7 @@ def relayout(lw, node, y, keep_shape, out_shape) -> str:
     size = lambda t: 1 if t in ("U", "P") else int(keep_shape[t])  # noqa: E731
     p_shape, q_shape = tuple(size(t) for t in src), tuple(size(t) for t in dst)
     z = permute(lw, node, y, p_shape, [src.index(t) for t in dst], q_shape, node.output[0],
-                     lw.magnitudes.get(node.output[0], 0.0))
+                lw.magnitudes.get(node.output[0], 0.0))
     if z == y:  # no row moved: a tensor of its own for the new shape
         z = vector(lw, node, [y], [Step("COPY", [("src", 0)])], q_shape, node.output[0])
     lw.tensors[z].shape = tuple(out_shape)
@@ -253,7 +262,7 @@ def relayout(lw, node, y, keep_shape, out_shape) -> str:
     return z
 
 
-# ----- the lane axis on the MXM (lower_lanes.py) ------------------------------------------------------------
+# ----- the lane axis on the MXM (lanes.py) ----------------------------------------------------------------
 def reduce_lane_axis(lw, node, x, shape, combine, post, mag) -> tuple:
     """The lane axis of `x` (laid out as `shape`) reduced, `post` as the epilogue: (tensor, its shape)."""
     c = shape[lane_axis(shape)]
@@ -312,10 +321,10 @@ def reduce_run(lw, node, x, dims, group, combine, mag) -> str:
         return reduce_run(lw, node, y, rest, real[:-1], combine, mag)
     if fit is None:
         y = lw.add_tensor(lw.fresh(f"{node.output[0]}.rows"), (outer * n * inner, lw.tensors[x].cols),
-                            "value")
+                          "value")
         lw.tensors[y].geom = (outer, n, inner)
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)],
-                               steps=[Step("COPY", [("src", 0)])]))
+                             steps=[Step("COPY", [("src", 0)])]))
         lw.derived[y] = mag
         x, fit = y, ((outer, n, inner), 1)
     return halving_tree(lw, node, x, fit[0], fit[1], combine, mag)
@@ -439,7 +448,7 @@ def lower_argmax(lw, node, op, a, args) -> None:
     cand = vector(lw, node, [m0, m, iota], steps, shape, "argcand")
     pick = lane_extreme(lw, node, cand, shape, "MAX" if last else "MIN", hint="argpick", magnitude=float(c))
     y, _ = lane_matmul(lw, node, pick, shape, ("lane0", c), lambda: np.eye(c, 1, dtype=np.float32),
-                            node.output[0], [Step("ADD", [("acc",), ("imm", -1.0)])] if last else [])
+                       node.output[0], [Step("ADD", [("acc",), ("imm", -1.0)])] if last else [])
     lw.derived[y] = float(c)
     lw.tensors[y].shape = out_shape
     lw.values[node.output[0]] = (y, out_shape)
@@ -466,7 +475,7 @@ def lower_argmax_rows(lw, node, op, a, x, shape, axis) -> None:
         y = lw.add_tensor(lw.fresh("argrows"), (outer * n * inner, c), "value")
         lw.tensors[y].geom = geom
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)],
-                               steps=[Step("COPY", [("src", 0)])], fusable=False))
+                             steps=[Step("COPY", [("src", 0)])], fusable=False))
         x = y
     pos = np.broadcast_to(np.arange(n, dtype=np.float32)[None, :, None, None], (outer, n, inner, c))
     val, idx = x, lw.const_tensor(pos.reshape(outer * n * inner, c).copy(), "argpos")
@@ -488,31 +497,31 @@ def lower_argmax_rows(lw, node, op, a, x, shape, axis) -> None:
         bv, bi = new("argbv"), new("argbi")
         for src, dst in ((val, bv), (idx, bi)):
             lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, dst,
-                                   sources=[half(src, n - h)], steps=[Step("COPY", [("src", 0)])],
-                                   fusable=False))
+                                 sources=[half(src, n - h)], steps=[Step("COPY", [("src", 0)])],
+                                 fusable=False))
         # keep A when it is better, or equal with the preferred index
         keep_a = [Step(better, [("src", 0), ("src", 1)]), Step("EQ", [("src", 0), ("src", 1)]),
                   Step(tie, [("src", 2), ("src", 3)]), Step("MUL", [("step", 1), ("step", 2)]),
                   Step("MAX", [("step", 0), ("step", 3)])]
         ka = new("argkeep")
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, ka,
-                               sources=[half(val, 0), View(bv), half(idx, 0), View(bi)], steps=keep_a,
-                               fusable=False))
+                             sources=[half(val, 0), View(bv), half(idx, 0), View(bi)], steps=keep_a,
+                             fusable=False))
         ni = new("argidx")  # B's index + keep * (A's - B's)
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, ni,
-                               sources=[half(idx, 0), View(bi), View(ka)],
-                               steps=[Step("SUB", [("src", 0), ("src", 1)]), Step("MUL", [("src", 2), ("step", 0)]),
-                                      Step("ADD", [("src", 1), ("step", 1)])], fusable=False))
+                             sources=[half(idx, 0), View(bi), View(ka)],
+                             steps=[Step("SUB", [("src", 0), ("src", 1)]), Step("MUL", [("src", 2), ("step", 0)]),
+                                    Step("ADD", [("src", 1), ("step", 1)])], fusable=False))
         nv = new("argval")
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, nv,
-                               sources=[half(val, 0), View(bv)],
-                               steps=[Step("MAX" if op == "ArgMax" else "MIN", [("src", 0), ("src", 1)])],
-                               fusable=False))
+                             sources=[half(val, 0), View(bv)],
+                             steps=[Step("MAX" if op == "ArgMax" else "MIN", [("src", 0), ("src", 1)])],
+                             fusable=False))
         val, idx, n = nv, ni, h
     if idx == lw.values.get(node.input[0], (None,))[0] or lw.tensors[idx].kind == "const":
         y = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(idx)],
-                               steps=[Step("COPY", [("src", 0)])]))
+                             steps=[Step("COPY", [("src", 0)])]))
         idx = y
     if as_matrix(out_shape) != (lw.tensors[idx].rows, c) or len(out_shape) == 4:
         raise CompileError(f"{lw.where(node)}: {op} over axis {axis} of {shape} gives {out_shape}, whose "

@@ -10,7 +10,7 @@ of M_d the reference fills with extrapolation_value (tf_crop_and_resize outside 
 On the chip (layout: lane axis = channels of an NCHW image, else the last axis; every other axis is rows):
 * a row axis (H, W, N of an image; any axis but the last otherwise): tap k of each output row is its k-th nonzero
   entry of M_d (source index and weight); the pass for tap k reads the input rows through a row-map view (ir.View
-  rows: one READ per run of rows, lower_gather.py) and multiplies by its weights (a constant, `_resize_weights`;
+  rows: one READ per run of rows, as for Gather) and multiplies by its weights (a constant, `_resize_weights`;
   an immediate when all are equal, nothing when all are 1), adding the previous tap's result: a VXM chain in
   float32, one pass per tap.
   Nearest is one tap of weight 1 per axis: all nearest axes become one row map, one exact f32 copy. Bilinear is
@@ -23,7 +23,6 @@ Precision: row axes are float32 on the VXM with the weights the reference comput
 result differs from onnxruntime's float32 only by the order of the additions; a lane-axis resize is fp16 (MXM).
 keep_aspect_ratio_policy (not_larger, not_smaller): the probe repeats the policy with the axis that sets the scale.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -91,7 +90,7 @@ def lower_resize(lw, node, a, args) -> None:
             mag *= float(np.abs(maps[d]).sum(axis=1).max())
     if flags:  # tf_crop_and_resize outside the roi: the extrapolation value
         cur = _resize_extrapolate(lw, node, cur, out_shape, flags, float(a.get("extrapolation_value", 0.0)),
-                                       mag)
+                                  mag)
     if cur == x:  # the identity
         lw.values[node.output[0]] = (x, out_shape)
         return
@@ -243,7 +242,7 @@ def _resize_rows(lw, node, x, shape, group, maps, out_sizes, mag, last):
         final = last and not np.any(w[:, k + 1:])
         y = lw.add_tensor(lw.fresh(node.output[0] if final else "resized"), out_shape, "value")
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=sources,
-                               steps=steps))
+                             steps=steps))
         lw.derived[y] = mag * float(np.abs(w[:, :k + 1]).sum(axis=1).max())
         prev = y
     return prev, out_shape
@@ -266,7 +265,7 @@ def _resize_lanes(lw, node, x, shape, m, mag, last):
     """Along the lane axis: x @ M^T on the MXM (a constant [C_in, C_out])."""
     key = ("resizelanes", m.shape, m.tobytes())
     y, out_shape = lane_matmul(lw, node, x, shape, key, lambda: np.ascontiguousarray(m.T),
-                                    node.output[0] if last else "resizedlanes")
+                               node.output[0] if last else "resizedlanes")
     lw.derived[y] = mag * float(np.abs(m).sum(axis=1).max())
     return y, out_shape
 
@@ -282,7 +281,7 @@ def _resize_extrapolate(lw, node, x, out_shape, flags, value, mag):
     y = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
     extra = to_rows(np.where(mask, np.float32(value), np.float32(0.0)).astype(np.float32), out_shape)
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y,
-                           sources=[View(x), View(lw.const_tensor(extra, "resizeextra"))],
-                           steps=[Step("ADD", [("src", 0), ("src", 1)])]))
+                         sources=[View(x), View(lw.const_tensor(extra, "resizeextra"))],
+                         steps=[Step("ADD", [("src", 0), ("src", 1)])]))
     lw.derived[y] = max(mag, abs(value))
     return y

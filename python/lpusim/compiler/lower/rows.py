@@ -5,7 +5,7 @@ Every one of these is, per output row, "row j of input k, or the fill value": th
 grid of row numbers (`row_ids`, the op applied to it with numpy), and the chip copies the rows through row-map views
 (ir.View.rows: one READ per run of rows with one address step, as for Gather and Transpose):
 
-* one source: a VXM COPY through the row map (lower_transpose.copy_rows), exact;
+* one source: a VXM COPY through the row map (transpose.copy_rows), exact;
 * several sources (Concat's inputs, a pad value other than +0): a bitwise select, exact for every bit pattern
   (inf, NaN, -0): out = OR_k (src_k[map_k] AND mask_k) (i32 AND/OR on the float bits, docs/isa.md section 4), then a
   COPY.f32 that reads the bits back as a float. mask_k is a row map over a two-row i32 constant [0, -1] (row 1 where
@@ -13,10 +13,10 @@ grid of row numbers (`row_ids`, the op applied to it with numpy), and the chip c
   operand without an AND. At most SELECT_SOURCES computed sources per VXM chain; more are combined in steps, each
   taking the one before as a source.
 
-The lane axis (the last axis; an image's channels) moves on the MXM like the other lane selections (lower_moves
-.select_lanes: fp16 on the way through, -1 lanes give 0); a constant fill on lanes is an added row.
+The lane axis (the last axis; an image's channels) moves on the MXM (`select_lanes`: a constant 0/1 matrix, fp16
+on the way through, -1 lanes give 0); a constant fill on lanes is an added row. Also here: `row_view` (a tensor
+read at every row of a larger shape), `placement`, `const_input`.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -131,7 +131,7 @@ def assemble_rows(lw, node, srcs: list, gid: np.ndarray, out_shape: tuple, hint:
         out = lw.add_tensor(lw.fresh(hint if last else "rowsel"), out_shape, "value")
         lw.tensors[out].dtype = dtype
         lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=sources,
-                               steps=steps, fusable=len(steps) <= 8))
+                             steps=steps, fusable=len(steps) <= 8))
         lw.derived[out] = max(mag, abs(fill) if np.isfinite(fill) else 0.0)
         if last:
             return out
@@ -205,7 +205,7 @@ def pad_any(lw, node, x: str, shape: tuple, begin: list, end: list, mode: str, v
             ids = take_fill(ids, i, ax)
         cur_shape = tuple(len(rows[i]) if i in rows else d for i, d in enumerate(cur_shape))
         cur = assemble_rows(lw, node, [cur], ids, cur_shape, node.output[0] if lane not in idx else "padrows",
-                                 mag, fill=value)
+                            mag, fill=value)
     if lane in idx:
         cols = idx[lane]
         steps, sources = [], []

@@ -1,15 +1,28 @@
-"""Data movement without the SXM: lane selections on the MXM, row selections as address arithmetic.
+"""Ops that move or view data without computing: Reshape/Flatten/Squeeze/Unsqueeze, Concat, Slice, Split, Pad,
+Tile, Expand, Identity/Dropout, Shape/Size, Range, Constant, ConstantOfShape.
+
+A Reshape is a pure view when the rows and lanes stay (`same_layout`); else an image flattened for a MatMul, a
+mask row, a pending head split (attention.py), a flat-rows column (attention.py), a channel shuffle's 5-D view
+(`grouped_reshape`), an SXM transpose of one vector, or SXM relayouts (transpose.py).
+
+Data movement without the SXM: lane selections on the MXM, row selections as address arithmetic.
 
 * Lanes (channels of an image, the last axis otherwise): a constant 0/1 matrix moves lanes (`x @ P`): Slice,
   Split, Concat (each input placed at its offset and accumulated: y_k = x_k @ P_k + y_(k-1)), a channel shuffle
   (Reshape to 5-D, Transpose of the two channel groups, Reshape back), LRN's window sum across channels. Values
   pass through the MXM as fp16 (scaled as calibrated), which is exact for a matmul's own inputs and within fp16's
   rounding otherwise.
-* Rows (every other axis): whole rows through row-map views (lower_rows.py: Slice/Split along any row axes with
+* Rows (every other axis): whole rows through row-map views (rows.py: Slice/Split along any row axes with
   any steps, Concat along a row axis); an empty selection is a zero-size constant, which a Concat drops.
 The SXM would move lanes without the fp16 rounding; the scheduler does not drive it yet.
+* Pad: constant 0 on the two spatial axes of an image is a copy through a view whose taps start before the image,
+  so the zero border of the input's store fills the new edge (like a convolution's padding); every other form (any
+  value, reflect, edge, wrap, an axes input, any rank and axis, negative pads) is rows by row maps and lanes on the
+  MXM (rows.pad_any).
+* Expand: a row broadcast is a view that reads one row for every row; a (..., 1) column goes across the lanes on
+  the MXM (elementwise.operand).
+* Tile along row axes: a row map (rows.tile_rows); along the lanes: an MXM selection.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -60,7 +73,7 @@ def lower_reshape(lw, node, op, a, args):
     t = lw.tensors[ir_name]
     if t.geom is None and t.kind == "value" and all(o.name != node.output[0] for o in lw.model.graph.output) \
             and split_reshape(lw, node, ir_name, shape, new):  # (a graph output is never a pending split)
-        return  # [B, S, H] -> [B, S, heads, D]: attention heads (lower_heads.py)
+        return  # [B, S, H] -> [B, S, heads, D]: attention heads (attention.py)
     new_rows, new_cols = as_matrix(new)
     if (new_rows, new_cols) == (t.rows, t.cols) and same_layout(shape, new):
         lw.values[node.output[0]] = (ir_name, new)  # same rows of the same vectors: a pure view
@@ -68,7 +81,7 @@ def lower_reshape(lw, node, op, a, args):
         lw.flat[node.output[0]] = (ir_name, tuple(shape))  # [N, C, H, W] -> [N, C*H*W]
     elif len(new) == 4 and new[1:3] == (1, 1) and (t.rows, t.cols) == (new[0], new[3]) and t.geom is None:
         lw.maskrows[node.output[0]] = (ir_name, new)  # [B, K] -> [B, 1, 1, K]: attention mask rows
-    elif flatten_rows(lw, node, ir_name, shape, new):  # [R, C] -> [R*C, 1] (lower_flatrows.py)
+    elif flatten_rows(lw, node, ir_name, shape, new):  # [R, C] -> [R*C, 1] (attention.py)
         return
     elif t.kind == "input":
         # The host lays out inputs, so a reshaped input is just another view of the same host array.
@@ -76,7 +89,7 @@ def lower_reshape(lw, node, op, a, args):
         lw.inputs.append(name)
         lw.values[node.output[0]] = (name, new)
     elif t.geom is not None and len(shape) == 4 and grouped_reshape(lw, node, ir_name, shape, new):
-        return  # a 5-D view for a channel shuffle (lower_moves.py)
+        return  # a 5-D view for a channel shuffle
     elif len(new) == 4 and new[:3] == (1, 1, 1) and (t.rows, t.cols) == (1, new[3]):
         lw.maskrows[node.output[0]] = (ir_name, new)  # [K] -> [1, 1, 1, K]: an attention mask's row
     elif (new_rows, new_cols) == (t.cols, t.rows) and 1 in (t.rows, t.cols) and max(t.rows, t.cols) <= 320 \
@@ -84,11 +97,11 @@ def lower_reshape(lw, node, op, a, args):
         # a column to a row or back (an exported attention mask's Flatten): an SXM transpose of one vector
         out = lw.add_tensor(lw.fresh(node.output[0]), new, "value")
         lw.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, out,
-                               sources=[View(ir_name)], fusable=False))
+                             sources=[View(ir_name)], fusable=False))
         lw.derived[out] = lw.tensor_magnitude(node, ir_name)
         lw.values[node.output[0]] = (out, new)
     elif not reshape_relayout(lw, node, ir_name, shape, new) and \
-            not reshape_regroup(lw, node, ir_name, shape, new):  # any other (lower_norms.py)
+            not reshape_regroup(lw, node, ir_name, shape, new):  # any other (transpose.py)
         raise CompileError(f"{lw.where(node)}: reshaping a computed {t.rows}x{t.cols} tensor to "
                            f"{new_rows}x{new_cols} moves data between lanes, which needs the SXM "
                            f"(not supported yet)")
@@ -104,7 +117,7 @@ def lower_concat(lw, node, a, args):
         lw.values[node.output[0]] = (kept[0][0][1], kept[0][1])
         return
     values, shapes = [x for x, _ in kept], [s for _, s in kept]
-    if axis != lane_axis(shapes[0]):  # whole rows one after another (lower_rows.py)
+    if axis != lane_axis(shapes[0]):  # whole rows one after another (rows.py)
         return concat_rows(lw, node, values, shapes, axis)
     total = sum(s[axis] for s in shapes)
     out_shape = tuple(total if i == axis else d for i, d in enumerate(shapes[0]))
@@ -156,7 +169,7 @@ def lower_slice(lw, node, a, args):
 
 
 def emit_selection(lw, node, x, shape, ranges: dict):
-    """out = x restricted to index sequences per axis: rows by a row-map copy (lower_rows.py), then lanes on
+    """out = x restricted to index sequences per axis: rows by a row-map copy (rows.py), then lanes on
     the MXM."""
     out_shape = tuple(len(ranges[i]) if i in ranges else d for i, d in enumerate(shape))
     if not ranges:
@@ -170,9 +183,9 @@ def emit_selection(lw, node, x, shape, ranges: dict):
     lane = lane_axis(shape)
     cur, cur_shape = x, tuple(shape)
     row_axes = [i for i in ranges if i != lane]
-    if row_axes:  # whole rows, any steps (lower_rows.py)
+    if row_axes:  # whole rows, any steps (rows.py)
         cur, cur_shape = select_rows(lw, node, cur, cur_shape, {k: ranges[k] for k in row_axes},
-                                          node.output[0] if lane not in ranges else "rows")
+                                     node.output[0] if lane not in ranges else "rows")
     if lane in ranges:
         idx = ranges[lane]
         cur, cur_shape = select_lanes(lw, node, cur, cur_shape, np.array(list(idx)), node.output[0])
@@ -255,7 +268,7 @@ def lower_pad(lw, node, a, args):
     if value is None:
         raise CompileError(f"{lw.where(node)}: Pad needs a constant pad value")
     if mode != "constant" or value != 0.0 or nd != 4 or any(begin[:2]) or any(end[:2]) or min(pads) < 0:
-        # any mode, value, axes and crops: row maps and lane moves (lower_rows.py)
+        # any mode, value, axes and crops: row maps and lane moves (rows.py)
         return pad_any(lw, node, x, tuple(shape), begin, end, mode, value)
     # constant 0 on an image's two spatial axes: one copy through a view reading the zero border
     n, c, h, w = shape
@@ -263,7 +276,7 @@ def lower_pad(lw, node, a, args):
     out = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
     view = View(x, stride=1, pad_top=begin[2], pad_left=begin[3], spatial=True)
     lw.nodes.append(Node("vector", node.name or node.output[0], "Pad", out, sources=[view],
-                           steps=[Step("COPY", [("src", 0)])]))
+                         steps=[Step("COPY", [("src", 0)])]))
     lw.values[node.output[0]] = (out, out_shape)
 
 
@@ -286,7 +299,7 @@ def lower_tile(lw, node, a, args):
         raise CompileError(f"{lw.where(node)}: Tile needs constant repeats")
     reps = [int(v) for v in np.asarray(args[1][1]).ravel()]
     lane = lane_axis(shape)
-    if any(r != 1 for i, r in enumerate(reps) if i != lane):  # rows repeated: a row map (lower_rows.py)
+    if any(r != 1 for i, r in enumerate(reps) if i != lane):  # rows repeated: a row map (rows.py)
         return tile_rows(lw, node, x, tuple(shape), reps)
     c = shape[lane]
     y, y_shape = select_lanes(lw, node, x, tuple(shape), np.tile(np.arange(c), reps[lane]), node.output[0])

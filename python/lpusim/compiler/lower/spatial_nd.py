@@ -1,11 +1,11 @@
 """Convolution and pooling over 1, 2 or 3 spatial axes, with any stride, dilation and padding per axis.
 
-The 2-D image path (importer.lower_spatial) reads its taps through spatial views: one stride and dilation for
+The 2-D image path (conv_pool.lower_spatial) reads its taps through spatial views: one stride and dilation for
 both axes, a border of the same width on every side. This module serves what that path cannot:
 
 * 1-D ([N, C, L]: Conv1d, MaxPool1d, AveragePool1d) and 3-D ([N, C, D, H, W]) tensors. In the chip's layout a
   3-D or 5-D tensor has its last axis on the lanes, so the input is first transposed to channels-last
-  ([N, L, C] / [N, D, H, W, C]: one row per position, channels on the lanes) by `permute` (lower_transpose.py,
+  ([N, L, C] / [N, D, H, W, C]: one row per position, channels on the lanes) by `permute` (transpose.py,
   batched SXM transposes). The channels-last result stays so (`self.nd_lanes`) when every reader can take it:
   the next 1-D/3-D Conv or pool, or an elementwise op (`lower_spatial_nd_unary`: Relu, Gelu, Clip, ...); for any
   other reader or a graph output it is transposed back to the ONNX layout. A Conv1d -> Gelu -> Conv1d stack (a
@@ -22,10 +22,9 @@ X[map] + M[mask] (-inf for max pools), M a 2-row constant read through a row map
 * MaxPool: VXM MAX over the taps (passes.split_tap_chains: one pass per tap);
 * AveragePool: MXM identity weights sum the taps, the epilogue multiplies by 1/count (a row map into the few
   distinct counts when windows count differently: count_include_pad=0 with pads, ceil_mode).
-Not here yet: int8 convolutions (lower_quant.py lowers QDQ/QLinear Conv through the 2-D path only), and inputs
+Not here yet: int8 convolutions (quant.py lowers QDQ/QLinear Conv through the 2-D path only), and inputs
 with few channels and long lengths cost 320 lanes per position (a [1, 1, 220000] max pool does not fit the SRAM).
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -49,7 +48,7 @@ def _auto_pads(auto: str, sizes, kernel, strides, dil) -> list[int]:
 
 # Elementwise ops of one tensor (and constant parameters) that may run on a channels-last tensor.
 ELEMENTWISE = {"Relu", "Gelu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Softplus", "HardSigmoid", "HardSwish",
-                "Neg", "Abs", "Exp", "Clip"}
+               "Neg", "Abs", "Exp", "Clip"}
 
 
 def spatial_nd_wanted(lw, node, op, a, args) -> bool:
@@ -210,7 +209,7 @@ def nd_finish(lw, node, name, cl, cl_shape, onnx_shape):
         return
     k = len(onnx_shape) - 2
     y = permute(lw, node, cl, tuple(cl_shape), [0, k + 1] + list(range(1, k + 1)), tuple(onnx_shape), name,
-                     lw.magnitudes.get(name, 0.0))
+                lw.magnitudes.get(name, 0.0))
     lw.values[name] = (y, tuple(onnx_shape))
 
 
@@ -254,8 +253,8 @@ def _padded_copy(lw, node, x, n, c, sizes, pb, padded, maxpool, mag):
     lw.derived[p] = mag
     which = np.where(inside, 0, 1)
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, p,
-                           sources=[View(x, rows=tuple(rows.tolist())), View(m, rows=tuple(which.tolist()))],
-                           steps=[Step(op, [("src", 0), ("src", 1)])]))
+                         sources=[View(x, rows=tuple(rows.tolist())), View(m, rows=tuple(which.tolist()))],
+                         steps=[Step(op, [("src", 0), ("src", 1)])]))
     return p
 
 

@@ -1,6 +1,6 @@
 """Transpose of a computed tensor, for any permutation.
 
-In the chip's layout (importer._as_matrix) one axis of a tensor is on the lanes (the last axis; the channels of a
+In the chip's layout (row_layout.as_matrix) one axis of a tensor is on the lanes (the last axis; the channels of a
 4-D NCHW tensor) and the others, in order, number the rows. A Transpose either keeps the lane axis on the lanes or
 moves a row axis there:
 
@@ -18,10 +18,11 @@ Every permutation is one of these two, so Transpose has no unsupported case left
 (SRAM for the SXM tables) can refuse one.
 
 The same `permute` serves Gemm transA=1 on a computed A, and a Reshape to or from a 4-D image whose rows and lanes
-differ from the target's (importer.lower_reshape: `same_layout` says whether a reshape is a pure view,
+differ from the target's (shape_ops.lower_reshape: `same_layout` says whether a reshape is a pure view,
 `reshape_relayout` turns image <-> plain layouts into one batched transpose each way when the lanes line up).
+`reshape_regroup` (any other Reshape of a computed tensor): SXM transposes, bit exact (the
+LayerNormalization/GroupNormalization expansions' [R, C1] <-> [R', C2]).
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -107,7 +108,7 @@ def permute(lw, node, x: str, shape: tuple, perm: list, final: tuple, hint: str,
     in_order = np.array_equal(rows, np.arange(len(rows)))
     t = lw.add_tensor(lw.fresh(hint), final if in_order else (b * n, m), "value")
     lw.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, t, sources=[view],
-                           fusable=False))
+                         fusable=False))
     lw.derived[t] = mag
     return t if in_order else copy_rows(lw, node, t, final, rows, hint, mag)
 
@@ -133,11 +134,11 @@ def reshape_relayout(lw, node, x: str, shape: tuple, new: tuple) -> bool:
         n, c, h, w = shape
         cur = permute(lw, node, cur, (1, n, h * w // lanes, lanes, c), [0, 1, 4, 2, 3],
                            (1, n, c, h * w // lanes, lanes), lw.fresh("plain") if len(new) == 4 else
-                           node.output[0], mag)
+                      node.output[0], mag)
     if len(new) == 4:  # plain -> image
         n, c, h, w = new
         cur = permute(lw, node, cur, (1, n, c, h * w // lanes, lanes), [0, 1, 3, 4, 2], new, node.output[0],
-                           mag)
+                      mag)
     lw.values[node.output[0]] = (cur, new)
     return True
 
@@ -152,7 +153,7 @@ def copy_rows(lw, node, x: str, new: tuple, rows: np.ndarray, hint: str, mag: fl
     out = lw.add_tensor(lw.fresh(hint), new, "value")
     view = View(x) if same else View(x, rows=tuple(rows.tolist()))
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out, sources=[view],
-                           steps=[Step("COPY", [("src", 0)])]))
+                         steps=[Step("COPY", [("src", 0)])]))
     lw.derived[out] = mag
     return out
 
