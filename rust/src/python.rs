@@ -218,7 +218,7 @@ fn simulate<'py>(
 
 fn single_program<'py>(py: Python<'py>, program: &Bound<'py, PyAny>) -> PyResult<isa::Program> {
     if let Ok(s) = program.cast::<PyString>() {
-        isa::text::parse(s.to_str()?).map_err(|e| asm_err(py, e))
+        isa::text::parse(&s.to_cow()?).map_err(|e| asm_err(py, e))
     } else if let Ok(b) = program.cast::<PyBytes>() {
         crate::parse_program(b.as_bytes()).map_err(|e| asm_err(py, e))
     } else {
@@ -388,7 +388,7 @@ fn program_from<'py>(py: Python<'py>, k: usize, program: &Bound<'py, PyAny>) -> 
     if program.is_none() {
         Ok(isa::Program::default())
     } else if let Ok(s) = program.cast::<PyString>() {
-        isa::text::parse(s.to_str()?).map_err(|e| asm_err(py, e))
+        isa::text::parse(&s.to_cow()?).map_err(|e| asm_err(py, e))
     } else if let Ok(b) = program.cast::<PyBytes>() {
         crate::parse_program(b.as_bytes()).map_err(|e| asm_err(py, e))
     } else {
