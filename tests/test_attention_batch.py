@@ -1,4 +1,4 @@
-"""Multi-head attention at batch B > 1 (lower_heads.py): one [S, D] part per (batch element, head), the score
+"""Multi-head attention at batch B > 1 (lower/attention.py): one [S, D] part per (batch element, head), the score
 MatMuls per element and head, the merge stacking the elements on the rows; attention masks [B, 1, 1, K] kept as B
 rows (one per element). Checked against onnxruntime; the transformers exports are slow (`pytest -m slow`)."""
 import numpy as np
@@ -152,7 +152,7 @@ def flat_mask_nodes(b_, s, order):
 @pytest.mark.parametrize("b_,s,reorder", [(2, 8, False), (3, 5, False), (3, 6, True)],
                          ids=["b2", "b3-odd", "b3-rows-reordered"])
 def test_mask_flattened_to_a_column_and_gathered_back(b_, s, reorder):
-    """The exported mask path (lower_flatrows.py): element b reads flat entries b*S + k (or, reordered, those of
+    """The exported mask path (lower/attention.py): element b reads flat entries b*S + k (or, reordered, those of
     element B-1-b, one with a negative index: a VXM copy through a row map); each element's padding differs."""
     src = np.arange(b_)[::-1] if reorder else np.arange(b_)
     order = src[:, None] * s + np.arange(s)[None, :]
@@ -283,7 +283,7 @@ def transformers_mask_inputs(batch, seed=0):
 @pytest.mark.parametrize("batch", [2, 3])
 def test_transformers_batch_with_attention_mask_matches_onnxruntime(tmp_path, batch, kind="bert"):
     """The exported mask path at batch > 1: Flatten [B, S] -> [B*S, 1], Gather with constant indices b*S + k,
-    Reshape to [B*S] and [B, 1, 1, S] (lower_flatrows.py: no data moves, the mask matrix is read back as rows),
+    Reshape to [B*S] and [B, 1, 1, S] (lower/attention.py: no data moves, the mask matrix is read back as rows),
     then the And/Where/Expand mask rows; each element's own padding changes its own rows."""
     model = transformers_model(tmp_path, kind, batch, True)
     x = transformers_mask_inputs(batch)

@@ -1,4 +1,4 @@
-"""Gather / GatherElements / GatherND beyond embedding lookups (lower_gather.py): constant indices along row axes (a
+"""Gather / GatherElements / GatherND beyond embedding lookups (lower/gather.py): constant indices along row axes (a
 row-map view: exact copies), computed data with computed ids (one-hot on the VXM, contraction on the MXM),
 GatherElements with computed indices (one-hot masks), GatherND with constant indices. Compiled, simulated, compared
 with onnxruntime (assert_matches_onnxruntime), exactly where the path copies f32 values."""

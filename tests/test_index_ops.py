@@ -1,4 +1,4 @@
-"""Index-valued ops (lower_index.py): ArgMax/ArgMin, Gather with computed ids, GatherElements, Resize (lower_resize.py),
+"""Index-valued ops (lower/index.py): ArgMax/ArgMin, Gather with computed ids, GatherElements, Resize (lower/resize.py),
 Range, Cast to integers, bool/integer graph inputs: compiled, simulated, compared with onnxruntime."""
 import numpy as np
 import onnx
@@ -180,7 +180,7 @@ def test_gather_elements_rows_and_errors():
     batched = make_model([helper.make_node("Neg", ["x"], ["n"]),
                           helper.make_node("GatherElements", ["n", "i"], ["y"], axis=1)],
                          {"i": np.array([[[0, 1], [1, 0]], [[1, 1], [0, 0]]])}, {"x": [2, 2, 2]})
-    exact(batched)  # several matrices: masked row passes (lower_gather.py)
+    exact(batched)  # several matrices: masked row passes (lower/gather.py)
     computed = typed_model([helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)], {},
                            {"x": (F, [2, 3]), "i": (I64, [2, 1])}, {"y": (F, [2, 1])})
     assert_matches_onnxruntime(computed)  # computed indices: one-hot masks (tests/test_gathers.py)
@@ -238,7 +238,7 @@ def test_resize_sizes_input():
     ([1, 1, 0.75, 0.75], {}),
 ])
 def test_resize_any_nearest_map_is_exact(scales, attrs):
-    """Maps that were refused before lower_resize.py (more forms: tests/test_resize.py)."""
+    """Maps that were refused before lower/resize.py (more forms: tests/test_resize.py)."""
     exact(resize_model((1, 2, 4, 4), scales, **attrs))
 
 

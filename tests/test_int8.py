@@ -343,7 +343,7 @@ def test_int8_program_agrees_with_the_reference_interpreter():
 
 
 # A float output after float ops onnxruntime runs in float32 (LayerNormalization at the end of a transformer): the
-# chip keeps f32 accuracy there (lower_lanes.precise_sums: sums and attention products through the fp16 MXM as
+# chip keeps f32 accuracy there (LowerState.precise_sums: sums and attention products through the fp16 MXM as
 # hi + lo, ~22 significant bits), so every QuantizeLinear before it lands on onnxruntime's codes and the output
 # differs only by f32 rounding order: at most F32_UNITS units of 2^-23 of the output's largest magnitude. One code
 # off anywhere upstream moves the output by about a quantisation step (~1e-2 relative), 10^4 times this bound.
@@ -394,7 +394,7 @@ def qdq_layernorm(rows=64, c=768, seed=0):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_layernorm_between_qdq_gives_onnxruntime_codes(seed):
     """onnxruntime runs LayerNormalization in float32; the chip's row sums (mean, variance) go through the fp16
-    MXM as hi + lo (lower_lanes.fp16_residual), so the QuantizeLinear after it gives every code onnxruntime gives.
+    MXM as hi + lo (lower/lanes.fp16_residual), so the QuantizeLinear after it gives every code onnxruntime gives.
     With one fp16 pass 0.04-0.08% of these 49,152 codes were one step off."""
     model = qdq_layernorm(seed=seed)
     x = {"input": (np.random.default_rng(seed).standard_normal((64, 768)) * 2 + 1).astype(np.float32)}
@@ -462,7 +462,7 @@ def test_int8_on_two_chips(tmp_path, parallel):
 @pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
 def test_asymmetric_uint8_weights_run_as_int8_pieces(tmp_path, fmt):
     """uint8 weights with a zero point (onnxruntime's U8U8): w - zw reaches +-255, outside the MXM's int8 operands,
-    so each weight matrix goes as a sum of int8 pieces (lower_quant.int8_pieces) accumulated in one pass over the
+    so each weight matrix goes as a sum of int8 pieces (lower/quant_codes.int8_pieces) accumulated in one pass over the
     same activations: still integer-exact, every output onnxruntime's, at the cost of extra weight rows."""
     from lpusim.compiler.lower.quant_codes import int8_pieces
 
@@ -613,7 +613,7 @@ def _has_avx2() -> bool:
 @pytest.mark.parametrize("params", QLINEAR_ADD_PARAMS, ids=["layer1.0", "layer2.0", "layer4.0"])
 def test_qlinear_add_every_code_pair(kind, params):
     """QLinearAdd of every pair of 8-bit codes (a 256 x 256 grid) equals onnxruntime's, whose AVX2 kernel computes
-    fmaf(A, sa/sc, fmaf(B, sb/sc, fixed)) on the raw values (emulated on the VXM, lower_quant.fma_steps). The
+    fmaf(A, sa/sc, fmaf(B, sb/sc, fixed)) on the raw values (emulated on the VXM, lower/quant_codes.fma_steps). The
     float form is one step off on 1 of 100,352 outputs of ResNet-18's layer2.0 residual Add (and on 1-2 of these
     pairs for uint8). int8: the same scales, zero points moved down by 128."""
     dtype, lo = (np.uint8, 0) if kind == "u8" else (np.int8, -128)
@@ -653,7 +653,7 @@ def _run_steps(steps, srcs):
 
 
 def test_qlinear_add_emulation_on_every_code_pair():
-    """lower_quant.fma_steps against fmaf (computed in long double: exact products, one rounding to float32) on all
+    """quant_codes.fma_steps against fmaf (computed in long double: exact products, one rounding to float32) on all
     65,536 pairs of raw 8-bit values, for 300 random scale sets: the codes round(fmaf(A, rAC, fmaf(B, rBC, fixed)))
     always agree (measured: the inner fma always exact; the outer one a float32 unit off in 39 of 19.7M cases: the
     bound of 100 only leaves room for a long double that is a double, where the reference itself rounds twice)."""

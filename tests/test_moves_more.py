@@ -1,4 +1,4 @@
-"""Row moves (lower_rows.py) against onnxruntime: Concat along row axes, Slice/Split along row axes with steps
+"""Row moves (lower/rows.py) against onnxruntime: Concat along row axes, Slice/Split along row axes with steps
 (negative too), Pad of every mode on any axes (crops too), Tile repeating rows."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""lower_norms.py against onnxruntime: Softmax/LogSoftmax/LayerNormalization over any axes (and LayerNorm's Mean and
+"""lower/norms.py against onnxruntime: Softmax/LogSoftmax/LayerNormalization over any axes (and LayerNorm's Mean and
 InvStdDev), broadcasts of computed operands, Reshapes that regroup lanes, Pow with computed or per-element
 exponents, one-input Max/Min. Row-axis normalisations are float32 VXM work and are held to rtol 1e-5 besides."""
 import numpy as np

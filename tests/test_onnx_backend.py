@@ -1,7 +1,7 @@
 """The ONNX backend conformance suite (`onnx.backend.test.BackendTest`) run against `lpusim.backend`.
 
 Selection. Every test of onnx's node, simple, pytorch-converted and pytorch-operator sets whose graph uses only
-default-domain ops in `lpusim.compiler.importer.SUPPORTED_OPS`: the selection grows with the compiler, nothing is
+default-domain ops in `lpusim.compiler.lower.table.SUPPORTED_OPS`: the selection grows with the compiler, nothing is
 hard-coded. Only the "CPU" device variant runs (lpusim's one simulated chip; `supports_device("CUDA")` is False).
 onnx's whole models (the "real" set: ResNet-50, VGG-19, ...) are selected the same way once their ops compile, and
 run only with `-m slow` (the reference outputs come from onnx's Python ReferenceEvaluator, minutes per model).
@@ -55,7 +55,7 @@ from lpusim.check.compare import TOLERANCES
 from lpusim.compiler.lower.table import SUPPORTED_OPS
 from lpusim.compiler.lower.quant import QUANT_OPS
 
-# lower_quant.py's ops of the default domain (QLinearAdd and the pools are com.microsoft's, never in onnx's suite)
+# lower/quant.py's ops of the default domain (QLinearAdd and the pools are com.microsoft's, never in onnx's suite)
 DEFAULT_DOMAIN_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
                             "ConvInteger"}
 

@@ -1,4 +1,4 @@
-"""Reductions over row axes, mixed row and lane axes, all axes (lower_reduce.py): halving trees on the VXM, lanes
+"""Reductions over row axes, mixed row and lane axes, all axes (lower/reduce.py): halving trees on the VXM, lanes
 turned into rows on the SXM, keepdims=0 results that belong on lanes; against onnxruntime."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Resize (lower_resize.py): nearest, linear, cubic with any scales or sizes, every coordinate transformation,
+"""Resize (lower/resize.py): nearest, linear, cubic with any scales or sizes, every coordinate transformation,
 antialias, exclude_outside, tf_crop_and_resize, axes, keep_aspect_ratio_policy, against onnxruntime (row axes in
 float32 on the VXM: close to exact; a lane-axis resize passes the MXM as fp16)."""
 import numpy as np

@@ -1,5 +1,5 @@
 """1-D and 3-D convolution and pooling, and 2-D with different strides/dilations along H and W
-(compiler/lower_spatial_nd.py), each against onnxruntime (fp16 MXM: compare()'s fp16 tolerance)."""
+(compiler/lower/spatial_nd.py), each against onnxruntime (fp16 MXM: compare()'s fp16 tolerance)."""
 import numpy as np
 import pytest
 from onnx import TensorProto, helper

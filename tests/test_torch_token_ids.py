@@ -14,7 +14,7 @@ def export_bert(tmp_path, with_mask: bool, attention: str | None = None):
     transformers = pytest.importorskip("transformers")
     import onnx
     torch.manual_seed(0)
-    # BERT's own 30522-token vocabulary: ids above 2048 take the two-digit one-hot (lower_index.py)
+    # BERT's own 30522-token vocabulary: ids above 2048 take the two-digit one-hot (lower/index.py)
     config = transformers.BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=512)
     if attention:

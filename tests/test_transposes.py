@@ -1,4 +1,4 @@
-"""Transpose of computed tensors, any permutation (compiler/lower_transpose.py, schedule_sxm.py), against onnxruntime.
+"""Transpose of computed tensors, any permutation (compiler/lower/transpose.py, schedule_sxm.py), against onnxruntime.
 
 Row permutations (the lane axis stays) are VXM copies through a row-map view; a row axis moving onto the lanes is a
 batched SXM/MEM transpose in blocks of at most 320 x 320 (sizes past 320 rows and lanes, 1 x N, N x 1); Reshapes
@@ -182,7 +182,7 @@ def test_reshape_regrouping_lanes():
     m2 = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["y"], name="rs")],
                     {"s": np.array([3, 14])}, {"x": [6, 7]})
     assert_matches_onnxruntime(m, x_of((1, 6, 4, 5)))  # image -> 4-D plain-like image: L = 2 divides 20
-    assert_matches_onnxruntime(m2, x_of((6, 7)))  # [6, 7] -> [3, 14]: lanes regrouped by transposes (lower_norms.py)
+    assert_matches_onnxruntime(m2, x_of((6, 7)))  # [6, 7] -> [3, 14]: lanes regrouped by transposes (transpose.py)
 
 
 def many_shapes(n, seed=0):

@@ -4,15 +4,15 @@ reference evaluator (exact ONNX semantics), or onnxruntime where the evaluator h
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.reference  # the ONNX project's own evaluator: exact ONNX semantics for folding
 from onnx import numpy_helper
 
 from lpusim.errors import CompileError
 
 
-# ----- host-side constant folding -------------------------------------------------------------------
 def fold(lw, node, op, a, xs):
-    import onnx.reference  # the ONNX project's own evaluator: exact ONNX semantics for folding
-
+    """The value of `node` (op type `op`, attributes `a`) on the constant inputs `xs` (None where absent)."""
     renamed = onnx.helper.make_node(op, [f"c{i}" if x is not None else "" for i, x in enumerate(xs)],
                                     list(node.output), domain=node.domain, **a)
     graph = onnx.helper.make_graph([renamed], "fold", [], [onnx.helper.make_tensor_value_info(
@@ -26,7 +26,7 @@ def fold(lw, node, op, a, xs):
     except Exception as e:
         first = e
     try:  # the reference evaluator has gaps (GatherElements with a longer data axis): onnxruntime
-        import onnxruntime as ort
+        import onnxruntime as ort  # (deferred: a heavy import, only for the reference evaluator's gaps)
         feeds = {f"c{i}": np.asarray(x) for i, x in enumerate(xs) if x is not None}
         inputs = [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
                   for k, v in feeds.items()]
