@@ -4,7 +4,7 @@
 
 Prints one line per model: matched, max errors, cycles, latency, images/s, SRAM, compile time, and the
 simulate-time / onnxruntime-time ratio measured in the same process. `--chips auto` (or N) compiles for several
-chips (lpusim/multichip.py: the fewest chips whose SRAM holds the model) and adds per-chip cycles, SRAM and the
+chips (lpusim/multichip/: the fewest chips whose SRAM holds the model) and adds per-chip cycles, SRAM and the
 partition; a model that fits one chip is then compiled for one.
 """
 import json
@@ -27,7 +27,7 @@ def light_path(name: str) -> str:
 
 def measure(name: str, precision: str = "fp16", chips=1) -> dict:
     """precision="int8": compiled through onnxruntime's quantiser and compared with onnxruntime running the same
-    quantised model (compiler/quantize.py)."""
+    quantised model (compiler/frontend/quantize.py)."""
     return measure_model(onnx.load(light_path(name)), name, precision, chips=chips)
 
 

@@ -10,7 +10,7 @@ One line per model: bench/light_models.measure_model's row plus `exact_fraction`
 onnxruntime's bit for bit), `step` (the output's quantisation step, when a DequantizeLinear makes it),
 `within_one_step` and `max_steps`, and `f32_units`: the largest difference in units of 2^-23 of the output's largest
 magnitude (a float output, e.g. a transformer's last LayerNorm: test_int8.F32_UNITS is the bound the tests hold).
-Transformers are also checked segment by segment (lpusim/segments.py): `segments`, `segments_matched`,
+Transformers are also checked segment by segment (lpusim/check/segments.py): `segments`, `segments_matched`,
 `segments_codes_off` of `segments_codes`, `segments_max_code_diff`.
 """
 import json
@@ -45,7 +45,7 @@ def export(name: str, path: str) -> onnx.ModelProto:
             ["input"]
     else:
         import transformers
-        if name.endswith("_2layer"):  # tests/test_torch_models.py's small ones: hidden 128, 2 heads, sequence 16
+        if name.endswith("_2layer"):  # tests/models/test_torch_models.py's small ones: hidden 128, 2 heads, sequence 16
             model = transformers.BertModel(transformers.BertConfig(
                 hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
                 add_pooling_layer=False) if name == "bert_2layer" else \
@@ -98,7 +98,7 @@ def measure(name: str, precision: str = "int8", chips=1) -> dict:
     row.update(exact_fraction=exact / total, step=steps.get(next(iter(ref))),
                within_one_step=within / total if within else None, max_steps=max_steps if within else None,
                f32_units=f32_units)
-    if name not in ("resnet18", "mobilenet_v2"):  # transformers: also segment by segment (lpusim/segments.py)
+    if name not in ("resnet18", "mobilenet_v2"):  # transformers: also segment by segment (lpusim/check/segments.py)
         from lpusim.check.segments import check_segments, summarize
         summary = summarize(check_segments(q, x))
         row.update({f"segments_{k}": v for k, v in summary.items() if k != "segments"}, segments=summary["segments"])

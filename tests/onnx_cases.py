@@ -1,10 +1,12 @@
-"""Helpers the op tests share: build a one-graph ONNX model, compile, simulate, compare with onnxruntime."""
+"""Helpers the tests share: build a one-graph ONNX model, compile, simulate, compare with onnxruntime (fp16 and
+int8). tests/conftest.py puts this folder on sys.path, so test files in every subfolder import it."""
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import lpusim
 from lpusim.check.compare import compare, run_onnxruntime
+from lpusim.compiler.frontend.quantize import quantize_model
 
 
 def make_model(nodes, inits, inputs, opset=17, outputs=("y",)):
@@ -29,3 +31,40 @@ def assert_matches_onnxruntime(m, inputs=None, seed=0, **compile_kw):
     timing = program.run(x, timing_only=True)
     assert timing.cycles == result.cycles
     return program, result, cmp
+
+
+def typed_model(nodes, inits, inputs, outputs, opset=17):
+    """`inputs`/`outputs`: {name: (elem type, shape)}."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
+                          [helper.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def run_int8(model):
+    """Compile at precision="int8", run on the default inputs, and compare with onnxruntime on the quantised model
+    (quantised with the same calibration inputs as the compile's): (program, result, compare dict)."""
+    program = lpusim.compile(model, precision="int8")
+    x = program.random_inputs(0)
+    result = program.run(x)
+    assert result.cycles == program.predicted_cycles
+    ref, _ = run_onnxruntime(quantize_model(model, x), x)
+    return program, result, ref
+
+
+# A float output after float ops onnxruntime runs in float32 (LayerNormalization at the end of a transformer): the
+# chip keeps f32 accuracy there (LowerState.precise_sums: sums and attention products through the fp16 MXM as
+# hi + lo, ~22 significant bits), so every QuantizeLinear before it lands on onnxruntime's codes and the output
+# differs only by f32 rounding order: at most F32_UNITS units of 2^-23 of the output's largest magnitude. One code
+# off anywhere upstream moves the output by about a quantisation step (~1e-2 relative), 10^4 times this bound.
+F32_UNITS = 4
+
+
+def assert_f32_close(sim: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """max |sim - ref| <= F32_UNITS * 2^-23 * max |ref|; returns (that max relative to max |ref|, exact fraction)."""
+    diff = np.abs(sim.astype(np.float64) - ref.astype(np.float64))
+    rel = float(diff.max() / np.abs(ref).max())
+    assert rel <= F32_UNITS * 2.0 ** -23, (rel, diff.max())
+    return rel, float((diff == 0).mean())

@@ -54,7 +54,7 @@ from lpusim.api import compile as compile_model
 DEVICES = ("CPU", "CPU:0")
 _OPTIONS = {"chip", "precision", "shapes", "constant_inputs", "calibration"}
 _RUNNER_OPTIONS = {"rtol", "atol"}  # the ONNX test runner forwards these to prepare(); they are not ours
-# Element types with a chip path (importer.HOST_TYPES): float32 as computed; bool from and to the chip's 1.0/0.0;
+# Element types with a chip path (frontend/load.HOST_TYPES): float32 as computed; bool from and to the chip's 1.0/0.0;
 # integers as float32 whole numbers (exact up to 2^24), converted by the host both ways.
 _IO_TYPES = (TensorProto.FLOAT, TensorProto.BOOL, TensorProto.INT64, TensorProto.INT32, TensorProto.INT16,
              TensorProto.INT8, TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64)

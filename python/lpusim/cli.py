@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("segments", help="check MODEL.onnx segment by segment against onnxruntime, each segment "
-                       "starting from onnxruntime's values (lpusim/segments.py)")
+                       "starting from onnxruntime's values (lpusim/check/segments.py)")
     s.add_argument("model")
     s.add_argument("--inputs", help=".npz file of inputs by name (default: seeded random inputs)")
     s.add_argument("--seed", type=int, default=0)

@@ -63,7 +63,7 @@ def sram_needed(graph: ir.Graph, chip: Chip) -> int:
 
 def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibration=None):
     """Load, quantise if asked (precision="int8"), calibrate, import and run PASSES: (proto, graph). Shared by the
-    single-chip compile below and the multi-chip partitioner (multichip.py)."""
+    single-chip compile below and the multi-chip compiler (multichip/pipeline.py)."""
     if precision not in PRECISIONS:
         raise CompileError(f"precision '{precision}' is not supported yet (supported: {', '.join(PRECISIONS)})")
     proto = load.load_model(model)

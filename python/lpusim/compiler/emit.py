@@ -9,7 +9,7 @@ from lpusim.errors import CompileError
 
 def emit_assembly(issues: list[Issue], header: str = "", barriers: list[tuple[int, int]] = ()) -> str:
     """Per queue, the issues in cycle order with NOPs between. `barriers` (B, d) of a multi-chip stage
-    (schedule_c2c.py) put `RUNTIME_DESKEW d` at cycle B in every queue that issues anything after it; the
+    (schedule/c2c.py) put `RUNTIME_DESKEW d` at cycle B in every queue that issues anything after it; the
     instruction after it issues at program cycle B + d."""
     by_queue: dict[str, list[Issue]] = defaultdict(list)
     for issue in issues:

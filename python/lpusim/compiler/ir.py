@@ -17,7 +17,7 @@ a convolution-like node the input pixel (ho*stride + dh*dilation - pad_top, wo*s
 A chain is a list of `Step`s, each one VXM operation whose arguments are a source (`("src", i)`: `sources[i]`, or
 `("acc",)`: the matmul's accumulator), an earlier step (`("step", j)`) or an immediate (`("imm", value)`). The
 node's result is the last step. A step has a type `t`: "f32" (the default), "i32" (integer epilogues of int8
-matmuls, whose accumulators are read as i32), or "S.D" for a CVT from S to D (lower_quant.py); the scheduler emits
+matmuls, whose accumulators are read as i32), or "S.D" for a CVT from S to D (lower/quant.py); the scheduler emits
 `OP.t` and adds the conversions to each storage format (f16 or i8 copies for the MXM). `validate()` checks every invariant the later passes rely on.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Tensor:
     im2col: tuple | None = None  # inputs only: (kernel, strides, pads, dilations): the host lays out patches
     f16_exp: int = 0  # the f16 copy holds value * 2^-f16_exp (calibrate.py): keeps large tensors in fp16's range
     f16_saturate: bool = False  # the f16 copy clamps to +-65504 (never inf: inf times a 0 weight is NaN)
-    # Element type of the values (lower_quant.py): "f32"; "i8" for int8 weights (LW.i8; activations the MXM reads
+    # Element type of the values (lower/quant.py): "f32"; "i8" for int8 weights (LW.i8; activations the MXM reads
     # with them are stored as "i8"); "i32" for integer accumulations kept as i32 on the VXM and in MEM (an i32
     # constant's `data` is int32, exact beyond float32's 2^24).
     dtype: str = "f32"
@@ -100,7 +100,7 @@ class View:
     pad_top: int = 0
     pad_left: int = 0
     spatial: bool = False
-    rows: tuple | None = None  # a row map: output row r reads logical row rows[r] (lower_gather.py)
+    rows: tuple | None = None  # a row map: output row r reads logical row rows[r] (lower/gather.py)
 
     def __str__(self) -> str:
         if self.rows is not None:
@@ -221,7 +221,7 @@ def validate(graph: Graph) -> None:
                     raise CompileError(f"{where}: a spatial tap needs an image tensor")
         elif node.kind == "transpose":
             x = graph.tensors[node.sources[0].tensor] if len(node.sources) == 1 else None
-            # B matrices of M x N (B*M rows of N lanes) -> B of N x M (schedule_sxm.py)
+            # B matrices of M x N (B*M rows of N lanes) -> B of N x M (schedule/sxm.py)
             batch = x.rows // out.cols if x is not None and out.cols and x.rows % out.cols == 0 else 0
             if x is None or node.steps or not batch or (out.rows, out.cols) != (batch * x.cols, x.rows // batch):
                 raise CompileError(f"{where}: a transpose takes one source of B x {out.cols} rows and "

@@ -187,12 +187,12 @@ def assign_formats(graph: Graph) -> Graph:
     converted: dict[str, str] = {}
     for node in graph.nodes:
         for v in node.sources:  # a transpose moves the copies its output needs (below); the VXM reads f32
-            if node.kind != "transpose":  # (or i32: integer accumulations, lower_quant.py)
+            if node.kind != "transpose":  # (or i32: integer accumulations, lower/quant.py)
                 graph.tensors[v.tensor].formats.add(vxm_format(graph.tensors[v.tensor]))
         for _, w in node.terms:  # computed weights (attention) load from their f16 copy
             if graph.tensors[w].kind == "value":
                 graph.tensors[w].formats.add("f16")
-        if node.kind == "matmul" and is_int8(graph, node):  # the int8 MXM path (lower_quant.py)
+        if node.kind == "matmul" and is_int8(graph, node):  # the int8 MXM path (lower/quant.py)
             if graph.tensors[node.x].kind == "input":
                 raise CompileError(f"{node.onnx_op} node '{node.name}': an int8 matmul reads a graph input")
             graph.tensors[node.x].formats.add("i8")

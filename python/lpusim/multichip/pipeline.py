@@ -1,7 +1,7 @@
 """Pipeline parallelism over N chips: `lpusim.compile(model, chips=N, parallel="pipeline")`.
 
 Design (docs/multichip.md has the long form):
-* **Stages** (`compiler/partition.py`): the IR node list cut into N consecutive stages balanced by predicted
+* **Stages** (`multichip/partition.py`): the IR node list cut into N consecutive stages balanced by predicted
   cycles (the single-chip schedule's per-node frontier), every stage fitting one chip's SRAM; a model too large for
   one chip goes to the fewest chips that hold it (`chips="auto"`). Stage k runs on chip k of an 8-chip node
   (fully connected, so chip k talks to chip k+1 over their direct link). A matmul larger than a chip is first split

@@ -1,7 +1,7 @@
 """lpusim's reference interpreter: a small, slow, literal Python reading of docs/isa.md.
 
 It is written independently of the Rust core so the two can be compared instruction by instruction
-(tests/test_differential.py): same values bit for bit, same cycle counts, same errors.
+(tests/reference/test_differential.py): same values bit for bit, same cycle counts, same errors.
 """
 from __future__ import annotations
 

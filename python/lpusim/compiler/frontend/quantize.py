@@ -8,7 +8,7 @@ onnxruntime's x86 graph optimiser then fuses every QDQ Conv into its integer QLi
 arithmetic throughout; with int8 activations it leaves the 1x1 Convs of a small ResNet in float (they still matched
 on the inputs tried, but a float convolution's rounding is not guaranteed to land on the same code).
 
-`lower_quant.py` then puts every quantised Conv/MatMul/Gemm on the int8 MXM path; ops the quantiser leaves in float
+`lower/quant.py` then puts every quantised Conv/MatMul/Gemm on the int8 MXM path; ops the quantiser leaves in float
 (Softmax, AveragePool, residual Sums) run between DequantizeLinear and QuantizeLinear as usual. The result matches
 onnxruntime running the same quantised model (`quantize_model` gives it), not the float model: quantisation error
 is the model's, not the chip's.

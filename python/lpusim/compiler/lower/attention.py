@@ -10,7 +10,7 @@ part b*NH + h), plus whether the ONNX tensor is the transpose of each part ([B, 
   B > 1 the selection of part (b, h) reads rows b*S.. of the input through a row-offset view (the input is seen
   as one image of B*S x 1 pixels, the part as one of S x 1: address arithmetic, no data moves).
 * MatMul(heads, heads): per part, the second operand's part is loaded as computed MXM weights, after an SXM/MEM
-  transpose when it is marked transposed (schedule_sxm.py).
+  transpose when it is marked transposed (schedule/sxm.py).
 * Elementwise ops, Softmax, scalar or broadcast constants ([B|1, NH|1, S|1, X]: the part's slice): lowered once
   per part. An attention mask [B, 1, 1, K] is kept as B rows of K lanes (`lower_maskrow`); part (b, h) reads a
   copy of row b.

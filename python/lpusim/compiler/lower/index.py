@@ -16,7 +16,7 @@ back into their ONNX type when the program decodes them (runtime.host_layout.dec
     row (the ids through a row-map view, times the axis' row stride, plus the batch offset: VXM, float32) makes
     one-hot rows [R_out, R_in] as for an embedding (`index_digits`: VXM compares, MXM broadcasts,
     base-256 digits past 2048), and `onehot @ data` runs on the MXM with all the data's rows loaded as computed
-    weights (like attention's V, schedule_sxm.py);
+    weights (like attention's V, schedule/sxm.py);
   - along the lane axis, ids in one row [1, n]: the transposed one-hot
     [C, n] is `EQ(ids, c)` on the VXM in float32 (exact for any C), and `data @ onehot^T` runs on the MXM;
   - one row of data (a 1-D table), ids of any shape: sum_c x[c] * (ids == c), lane c broadcast on the MXM, the

@@ -12,7 +12,7 @@ reduction splits into
   (sums round once per level, maxima and minima are exact). Reduced row axes that are not neighbours in the row
   order are reduced one run at a time, innermost first.
 * the lane axis, after the row axes (fewer rows left): sums on the MXM (`x @ ones[C, 1]`, lanes.py); max, min
-  and product by turning the R rows of C lanes around on the SXM (a transpose node, schedule_sxm.py) and reducing
+  and product by turning the R rows of C lanes around on the SXM (a transpose node, schedule/sxm.py) and reducing
   the C rows of R lanes by a tree as above, then turning the R results back into a column: exact, and cheaper than
   lanes.py's rotation tree on the MXM, which max/min still use for more than 320 lanes of few rows
   (`TURN_MIN_ROWS`). GlobalAveragePool / GlobalMaxPool are ReduceMean / ReduceMax over the spatial axes.
@@ -184,7 +184,7 @@ def wanted_geom(shape: tuple):
 
 
 def turn(lw, node, x, shape, geom, mag) -> str:
-    """A transpose node (rows <-> lanes on the SXM, schedule_sxm.py): `x` as a tensor of `shape`."""
+    """A transpose node (rows <-> lanes on the SXM, schedule/sxm.py): `x` as a tensor of `shape`."""
     y = lw.add_tensor(lw.fresh(f"{node.output[0]}.turned"), shape, "value")
     lw.nodes.append(Node("transpose", node.name or node.output[0], node.op_type, y, sources=[View(x)],
                          fusable=False))

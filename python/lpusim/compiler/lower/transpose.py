@@ -11,7 +11,7 @@ moves a row axis there:
 * a row axis `a` onto the lanes: a batched matrix transpose. The input rows are read in the order (batch..., a)
   (the other row axes, in the order the output wants them) through the transpose's own source view, so that
   reordering costs nothing; each of the B matrices of M = |a| rows and N = |lane axis| lanes becomes N rows of M
-  lanes by skew / gather / unskew on the SXM and MEM, in blocks of at most 320 x 320 (schedule_sxm.py). If the
+  lanes by skew / gather / unskew on the SXM and MEM, in blocks of at most 320 x 320 (schedule/sxm.py). If the
   output wants its rows in another order than (batch..., old lane axis), a row-map COPY follows.
 
 Every permutation is one of these two, so Transpose has no unsupported case left; only the scheduler's own limits

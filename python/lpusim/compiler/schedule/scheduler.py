@@ -496,7 +496,7 @@ class Scheduler(SxmJobs):
                                  vxm_format(self.graph.tensors[node.sources[a[1]].tensor]))
         last = len(steps) - 1
         out = self.graph.tensors[node.output]
-        ot = step_out_type(steps[last])  # f32, or i32 (integer chains, lower_quant.py)
+        ot = step_out_type(steps[last])  # f32, or i32 (integer chains, lower/quant.py)
         if ot == "f32" and (out.f16_exp or out.f16_saturate) and "f16" in sinks:
             dest = {"f32": last} if "f32" in sinks else {}
             if out.f16_exp:  # the f16 copy holds value * 2^-exp (passes.scale_fp16)

@@ -12,7 +12,7 @@ Each step is a burst of one instruction per cycle (REPEAT), so a transpose of an
 cycles per byte plane plus the belt's travel. The maps are constant tables in MEM: one table of the 320
 rotations and one of the 320 reflections per hemisphere serve every transpose; the gather maps are stored once
 per block shape; the scratch slice (320 addresses) is shared, its next writer waiting for its last reader.
-A larger or batched transpose (B matrices of M x N, lower_transpose.py) is a sequence of such blocks: block (i, j)
+A larger or batched transpose (B matrices of M x N, lower/transpose.py) is a sequence of such blocks: block (i, j)
 of matrix b, its rows i*320.. of column tile j (in the order the source's row view gives), becomes rows
 b*N + j*320.. of column tile i. Small matrices are packed k to a block (k*M, k*N <= 320): row (b, n) of the block
 gathers only matrix b's rows of Y and reflects by (n - b*M). The byte planes of a single column tile alternate

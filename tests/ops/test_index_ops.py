@@ -1,26 +1,15 @@
 """Index-valued ops (lower/index.py): ArgMax/ArgMin, Gather with computed ids, GatherElements, Resize (lower/resize.py),
 Range, Cast to integers, bool/integer graph inputs: compiled, simulated, compared with onnxruntime."""
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import lpusim
 from lpusim.check.compare import run_onnxruntime
-from onnx_cases import assert_matches_onnxruntime, make_model
+from onnx_cases import assert_matches_onnxruntime, make_model, typed_model
 
 F, I64, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 RNG = np.random.default_rng(5)
-
-
-def typed_model(nodes, inits, inputs, outputs, opset=17):
-    """`inputs`/`outputs`: {name: (elem type, shape)}."""
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
-                          [helper.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
-                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    return m
 
 
 def exact(m, inputs=None):
@@ -155,7 +144,7 @@ def test_unsupported_element_type_and_gather_forms():
     m = typed_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gather", ["r", "ids"], ["y"], axis=1)],
                     {}, {"x": (F, [4, 9]), "ids": (I64, [2, 2])}, {"y": (F, [4, 2, 2])})
     with pytest.raises(lpusim.CompileError, match="Gather node 'y'.*computed ids along the lanes.*one row of ids"):
-        lpusim.compile(m)  # (one row of computed ids along the lanes works: tests/test_gathers.py)
+        lpusim.compile(m)  # (one row of computed ids along the lanes works: tests/ops/test_gathers.py)
 
 
 # ----- GatherElements -------------------------------------------------------------------------------------------------
@@ -183,7 +172,7 @@ def test_gather_elements_rows_and_errors():
     exact(batched)  # several matrices: masked row passes (lower/gather.py)
     computed = typed_model([helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)], {},
                            {"x": (F, [2, 3]), "i": (I64, [2, 1])}, {"y": (F, [2, 1])})
-    assert_matches_onnxruntime(computed)  # computed indices: one-hot masks (tests/test_gathers.py)
+    assert_matches_onnxruntime(computed)  # computed indices: one-hot masks (tests/ops/test_gathers.py)
     with pytest.raises(lpusim.CompileError, match="GatherElements node 'y'.*indices of shape"):
         lpusim.compile(typed_model([helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)], {},
                                    {"x": (F, [2, 3]), "i": (I64, [1, 1])}, {"y": (F, [1, 1])}))
@@ -238,7 +227,7 @@ def test_resize_sizes_input():
     ([1, 1, 0.75, 0.75], {}),
 ])
 def test_resize_any_nearest_map_is_exact(scales, attrs):
-    """Maps that were refused before lower/resize.py (more forms: tests/test_resize.py)."""
+    """Maps that were refused before lower/resize.py (more forms: tests/ops/test_resize.py)."""
     exact(resize_model((1, 2, 4, 4), scales, **attrs))
 
 

@@ -10,7 +10,7 @@ import lpusim
 from lpusim.chip import Chip
 from lpusim.models import mlp
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "bias_relu.asm")
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "bias_relu.asm")
 
 
 def cli(*args):

@@ -66,7 +66,7 @@ def test_heads_with_additive_mask_and_scale():
 
 
 def test_attention_heads_read_as_a_graph_output_is_a_clear_error():
-    """(Batch 2 attention is supported now: tests/test_attention_batch.py.) Heads are kept as parts: a graph
+    """(Batch 2 attention is supported now: tests/ops/test_attention_batch.py.) Heads are kept as parts: a graph
     output that is still split into heads is named in the error."""
     import lpusim
     nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("Reshape", ["q", "split"], ["q4"]),

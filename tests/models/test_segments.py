@@ -1,4 +1,4 @@
-"""Segment-by-segment checking (lpusim/segments.py) and the int8/uint8 graph inputs and outputs it relies on."""
+"""Segment-by-segment checking (lpusim/check/segments.py) and the int8/uint8 graph inputs and outputs it relies on."""
 import json
 import subprocess
 import sys

@@ -11,7 +11,7 @@ holds its weights (and BatchNormalization statistics, Clip bounds, axes and shap
 into the program, so the test passes such graph inputs as `prepare(..., constant_inputs=[...])`: the float operand
 positions in WEIGHT_OPERANDS, and every non-float32 input at an operand position >= 1. They still arrive with the
 other inputs at run time and are compiled in. Every other input, activations included, runs on the chip.
-`python tests/test_onnx_backend.py` counts how many passing tests bind inputs this way.
+`python tests/ops/test_onnx_backend.py` counts how many passing tests bind inputs this way.
 
 Comparison. onnx's runner compares with `np.testing.assert_allclose(rtol=1e-3, atol=1e-7)` (or the test's own
 data.json values). lpusim's float matmuls and convolutions run on the fp16 MXM path, whose documented tolerance
@@ -29,8 +29,8 @@ Exclusions. Each excluded test is skipped with its reason, prefixed by its categ
 - "not supported yet": an attribute, arity or operand form the compiler refuses with a CompileError;
 - "crash": compiling raises something other than an lpusim error (a bug, but not one of wrong values);
 - "BUG": the compiler produces wrong values (listed with observed vs expected; kept out so the suite stays green).
-`LPUSIM_ONNX_RUN_EXCLUDED=1 pytest tests/test_onnx_backend.py` runs the listed exclusions too (re-check them after
-compiler work); `python tests/test_onnx_backend.py` runs the suite and prints the README's counts, and with
+`LPUSIM_ONNX_RUN_EXCLUDED=1 pytest tests/ops/test_onnx_backend.py` runs the listed exclusions too (re-check them after
+compiler work); `python tests/ops/test_onnx_backend.py` runs the suite and prints the README's counts, and with
 `--triage` also runs the exclusions and drafts EXCLUDED_BY_REASON from the compiler's messages.
 """
 from __future__ import annotations
@@ -434,7 +434,7 @@ def test_training_mode_dropout_is_refused():
         lpusim.backend.prepare(m)
 
 
-# ----- `python tests/test_onnx_backend.py [--triage]`: run the suite and print the README's counts --------------------
+# ----- `python tests/ops/test_onnx_backend.py [--triage]`: run the suite and print the README's counts --------------------
 # --triage runs the listed exclusions too and drafts EXCLUDED_BY_REASON from the failures: compiler messages matching
 # a pattern here land under that reason; wrong values (AssertionError) and anything else print for a human to judge.
 TRIAGE_RULES = [

@@ -8,7 +8,7 @@ from onnx import helper
 import lpusim
 from lpusim.check.compare import run_onnxruntime
 from lpusim.models import bert_encoder
-from onnx_cases import assert_matches_onnxruntime, make_model
+from onnx_cases import assert_f32_close, assert_matches_onnxruntime, make_model, run_int8
 
 RNG = np.random.default_rng(5)
 
@@ -100,12 +100,11 @@ def test_bert_encoder_batch_int8_matches_onnxruntime(batch, mask):
     """precision="int8" at batch > 1 (the model quantised by onnxruntime's quantiser with these inputs as the
     calibration, as lpusim.compile(precision="int8", calibration=x) does): the attention output's codes (the
     merged heads' QuantizeLinear, parts quantised then placed) equal onnxruntime's for every element, and the
-    encoder's float output is within test_int8.F32_UNITS. (With seed 1 at batch 2 with the mask, LayerNorm ln1,
+    encoder's float output is within onnx_cases.F32_UNITS. (With seed 1 at batch 2 with the mask, LayerNorm ln1,
     within 1.1 units of f32, sits on a rounding boundary of its QuantizeLinear for one element and the next code
     differs: the f32 rounding-order tie test_torch_models describes; the attention codes are still exact.)"""
     import onnx
     from lpusim.compiler.frontend.quantize import quantize_model
-    from test_int8 import assert_f32_close
     model = bert_encoder(layers=1, hidden=64, heads=4, seq=16, batch=batch, mask=mask)
     x = inputs(batch, 16, 64, padding_mask(batch, 16) if mask else None, seed=0)
     q = quantize_model(model, x)
@@ -219,9 +218,7 @@ def test_transformers_batch_matches_onnxruntime(tmp_path, kind, batch):
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_transformers_batch_2_int8_matches_onnxruntime(tmp_path, kind):
     """precision="int8" at batch 2 (the merged heads quantised per element and head, GPT-2's through its Reshape
-    to [B*S, H]): onnxruntime's codes, the output within test_int8.F32_UNITS."""
-    from test_torch_models import run_int8
-    from test_int8 import assert_f32_close
+    to [B*S, H]): onnxruntime's codes, the output within onnx_cases.F32_UNITS."""
     program, result, ref = run_int8(transformers_model(tmp_path, kind, 2, False))
     assert "ABC.i8" in program.assembly
     for k, r in ref.items():
@@ -298,9 +295,8 @@ def test_transformers_batch_with_attention_mask_matches_onnxruntime(tmp_path, ba
 @pytest.mark.slow
 def test_transformers_batch_2_with_attention_mask_int8_matches_onnxruntime(tmp_path, kind="bert"):
     """precision="int8" with the exported mask path at batch 2: onnxruntime's codes, the output within
-    test_int8.F32_UNITS."""
+    onnx_cases.F32_UNITS."""
     from lpusim.compiler.frontend.quantize import quantize_model
-    from test_int8 import assert_f32_close
     model, x = transformers_model(tmp_path, kind, 2, True), transformers_mask_inputs(2)
     program = lpusim.compile(model, precision="int8", calibration=x)
     assert "ABC.i8" in program.assembly

@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lpusim
+from onnx_cases import assert_f32_close
 from lpusim.check.compare import run_onnxruntime
 from lpusim.models import mlp
 
@@ -340,22 +341,6 @@ def test_int8_program_agrees_with_the_reference_interpreter():
     assert ref_stats["cycles"] == stats["cycles"] == program.predicted_cycles
     for a, b in zip(rust, ref):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-# A float output after float ops onnxruntime runs in float32 (LayerNormalization at the end of a transformer): the
-# chip keeps f32 accuracy there (LowerState.precise_sums: sums and attention products through the fp16 MXM as
-# hi + lo, ~22 significant bits), so every QuantizeLinear before it lands on onnxruntime's codes and the output
-# differs only by f32 rounding order: at most F32_UNITS units of 2^-23 of the output's largest magnitude. One code
-# off anywhere upstream moves the output by about a quantisation step (~1e-2 relative), 10^4 times this bound.
-F32_UNITS = 4
-
-
-def assert_f32_close(sim: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """max |sim - ref| <= F32_UNITS * 2^-23 * max |ref|; returns (that max relative to max |ref|, exact fraction)."""
-    diff = np.abs(sim.astype(np.float64) - ref.astype(np.float64))
-    rel = float(diff.max() / np.abs(ref).max())
-    assert rel <= F32_UNITS * 2.0 ** -23, (rel, diff.max())
-    return rel, float((diff == 0).mean())
 
 
 def test_precision_int8_bert_encoder_matches_onnxruntime():

@@ -1,4 +1,4 @@
-"""Random assembly programs for the differential test (tests/test_differential.py).
+"""Random assembly programs for the differential test (tests/reference/test_differential.py).
 
 `generate(seed, size)` returns program text. Most programs are valid and move real data: every transfer is planned
 with exact timing from the configuration latencies and the floorplan (a READ on a slice at position p issued at t

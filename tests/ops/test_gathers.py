@@ -8,8 +8,7 @@ from onnx import TensorProto, helper
 
 import lpusim
 from lpusim.check.compare import run_onnxruntime
-from onnx_cases import assert_matches_onnxruntime
-from test_index_ops import typed_model
+from onnx_cases import assert_matches_onnxruntime, typed_model
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
 RNG = np.random.default_rng(11)

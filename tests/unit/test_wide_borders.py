@@ -1,5 +1,5 @@
 """Image borders past the first 320-lane column tile hold their pad value (-inf for max pools, the zero point's
-code for int8 convolutions: tests/test_int8.py), not 0."""
+code for int8 convolutions: tests/ops/test_int8.py), not 0."""
 import numpy as np
 from onnx import TensorProto, helper
 

@@ -2,13 +2,12 @@
 
 Skipped when torch / torchvision / transformers are not installed (they are not test dependencies: several GB).
 The int8 cases compile the float export with `precision="int8"` (onnxruntime's quantiser inside the compile,
-compiler/quantize.py) and compare with onnxruntime running the same quantised model."""
+compiler/frontend/quantize.py) and compare with onnxruntime running the same quantised model."""
 import numpy as np
 import pytest
 
 import lpusim
-from lpusim.check.compare import compare, run_onnxruntime
-from onnx_cases import assert_matches_onnxruntime
+from onnx_cases import assert_f32_close, assert_matches_onnxruntime, run_int8
 
 torch = pytest.importorskip("torch")
 
@@ -56,19 +55,6 @@ def gpt2_model(tmp_path):
     return export(Embeddings(gpt2), (torch.randn(1, 16, 128),), tmp_path / "gpt2.onnx", ["inputs_embeds"])
 
 
-def run_int8(model):
-    """Compile at precision="int8", run on the default inputs, and compare with onnxruntime on the quantised model
-    (quantised with the same calibration inputs as the compile's): (program, result, compare dict)."""
-    from lpusim.compiler.frontend.quantize import quantize_model
-
-    program = lpusim.compile(model, precision="int8")
-    x = program.random_inputs(0)
-    result = program.run(x)
-    assert result.cycles == program.predicted_cycles
-    ref, _ = run_onnxruntime(quantize_model(model, x), x)
-    return program, result, ref
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_torchvision_model_matches_onnxruntime(name, tmp_path):
@@ -108,9 +94,8 @@ def test_transformers_int8_matches_onnxruntime(build, tmp_path):
     codes; attention (two computed operands), Softmax, LayerNorm and GELU run in float as onnxruntime runs them,
     at f32 accuracy (sums, head moves and attention products through the fp16 MXM as hi + lo), so every
     QuantizeLinear lands on onnxruntime's code and the final LayerNorm output differs by f32 rounding only
-    (test_int8.F32_UNITS; measured 1.07 units of 2^-23 of the largest output, 74% (BERT) and 59% (GPT-2) of the
+    (onnx_cases.F32_UNITS; measured 1.07 units of 2^-23 of the largest output, 74% (BERT) and 59% (GPT-2) of the
     elements bit for bit). With one fp16 pass these were 0.007 relative, ~0% exact."""
-    from test_int8 import assert_f32_close
     program, result, ref = run_int8(build(tmp_path))
     assert "ABC.i8" in program.assembly and "ABC.f16" in program.assembly
     for k, r in ref.items():
@@ -125,7 +110,6 @@ def test_bert_base_width_int8_four_layers_match_onnxruntime(tmp_path):
     flips a few attention codes of layer 3 and random weights amplify it (README, Precision: 0.21 max abs, the size
     of onnxruntime's own fused-vs-unfused difference), so the full model is measured by bench/torch_int8.py."""
     transformers = pytest.importorskip("transformers")
-    from test_int8 import assert_f32_close
     torch.manual_seed(0)
     config = transformers.BertConfig(num_hidden_layers=4)
     bert = transformers.BertModel(config, add_pooling_layer=False)
@@ -157,7 +141,7 @@ def test_gpt2_small_int8_fits_one_chip(tmp_path):
 @pytest.mark.parametrize("name", ["bert_base", "gpt2_small"])
 def test_full_size_int8_transformers_match_segment_by_segment(name, tmp_path):
     """BERT-base and GPT-2 small (12 layers, hidden 768, sequence 128) at int8, checked segment by segment
-    (lpusim/segments.py): cut at every LayerNorm output and residual sum, each segment started from onnxruntime's
+    (lpusim/check/segments.py): cut at every LayerNorm output and residual sum, each segment started from onnxruntime's
     codes. Whole-model, one f32 rounding tie in layer 3 grows to 0.21 (BERT) / 0.15 (GPT-2) max abs over twelve
     random-weight layers; per segment, every segment matches (measured: 9 of 4.9 M codes one step off in BERT-base,
     2 of 2.5 M in GPT-2 small, none two steps; bench/torch_int8.py)."""

@@ -1,4 +1,4 @@
-"""Transpose of computed tensors, any permutation (compiler/lower/transpose.py, schedule_sxm.py), against onnxruntime.
+"""Transpose of computed tensors, any permutation (compiler/lower/transpose.py, schedule/sxm.py), against onnxruntime.
 
 Row permutations (the lane axis stays) are VXM copies through a row-map view; a row axis moving onto the lanes is a
 batched SXM/MEM transpose in blocks of at most 320 x 320 (sizes past 320 rows and lanes, 1 x N, N x 1); Reshapes

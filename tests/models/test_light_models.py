@@ -6,7 +6,7 @@ import pytest
 
 import lpusim
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
 from light_models import light_path, measure  # noqa: E402
 
 FITS = ["resnet50", "squeezenet", "shufflenet", "inception_v1", "inception_v2", "densenet121"]
