@@ -222,13 +222,8 @@ def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_
 
 def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interval: int,
                      max_free: int | None = None):
-    config = json.loads(system.info["config"])
-    tol = tolerance_ppm(config) * 1e-6
-    rel = 2 * tol / (1 - tol)  # the largest |period_i / period_root - 1|
-    if max_free is None:  # the longest free run whose drift RUNTIME_DESKEW can still measure (< hac_period / 2)
-        max_free = int((chip.hac_period // 2 - 8) / rel) if rel > 0 else 10 ** 12
-    if interval * (1 - rel) < float(system.info["send_interval_cycles"]):
-        raise CompileError("the drift tolerance leaves no whole-cycle send interval that keeps links from LinkBusy")
+    timing = transfer_timing(system, chip, interval, max_free)
+    config, tol, rel, max_free = timing["config"], timing["tol"], timing["rel"], timing["max_free"]
     depth = chip.c2c_rx_buffer_vectors
     programs, barriers, last_effects, transfers = [], [], [], []
     incoming = None  # (plan, receiver link, lag)
