@@ -47,6 +47,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from lpusim.compiler.frontend.load import load_model
+from lpusim.compiler.lower.table import SUPPORTED_OPS
 from lpusim.errors import CompileError, LpusimError, ModelError
 from lpusim.runtime.program import Program, RunResult
 from lpusim.api import compile as compile_model
@@ -245,7 +246,6 @@ class LpusimBackend(Backend):
         compiler lowers (`SUPPORTED_OPS`), and every run-time input and every output is a float32, bool or integer
         tensor. A model that passes can still be refused at compile time for an attribute or operand form not
         supported yet."""
-        from lpusim.compiler.lower.table import SUPPORTED_OPS
 
         if device is not None and not cls.supports_device(device):
             return False

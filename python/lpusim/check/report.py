@@ -11,6 +11,7 @@ from lpusim.compiler.frontend.load import load_model
 from lpusim.compiler.frontend.quantize import quantize_model
 from lpusim.errors import LpusimError, SimulationError
 from lpusim.multichip.program import MultiProgram
+from lpusim.trace import plot_utilization, write_chrome_trace
 
 
 def run_report(model, *, chips=1, parallel="auto", system=None, inputs=None, seed=0, chip=None, shapes=None,
@@ -45,10 +46,8 @@ def run_report(model, *, chips=1, parallel="auto", system=None, inputs=None, see
 def _one_chip(program, inputs, timing_only, trace, plot):
     result = program.run(inputs, timing_only=timing_only)
     if trace:
-        from lpusim.trace import write_chrome_trace  # matplotlib-free, but only needed here
         write_chrome_trace(program, trace)
     if plot:
-        from lpusim.trace import plot_utilization
         plot_utilization(program, plot)
     if result.cycles != result.predicted_cycles:
         raise SimulationError(f"simulated {result.cycles} cycles but the compiler predicted "
