@@ -246,7 +246,6 @@ class LpusimBackend(Backend):
         compiler lowers (`SUPPORTED_OPS`), and every run-time input and every output is a float32, bool or integer
         tensor. A model that passes can still be refused at compile time for an attribute or operand form not
         supported yet."""
-
         if device is not None and not cls.supports_device(device):
             return False
         options = _split_options(kwargs)
