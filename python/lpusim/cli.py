@@ -219,6 +219,9 @@ def main(argv=None) -> int:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted")
+    except BrokenPipeError:  # the reader went away (`lpusim asm ... | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return EXIT_OK
     except OSError as e:
         return _fail(f"{e.filename or ''}: {e.strerror}" if e.strerror else str(e))
 
