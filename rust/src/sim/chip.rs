@@ -1,5 +1,7 @@
 //! The chip's state, its construction, and loading a program into it (docs/isa.md 9.3), plus `Loaded`: a
-//! program checked once and started any number of times.
+//! program checked once and started any number of times, on a fresh chip or on a `ChipMemory` (the MEM contents
+//! kept across runs; what persists is in the `mem` module doc), into which `Loaded::install_static` writes the
+//! program's constant image once.
 
 use super::calendar::{Calendar, Payload, Pool, ReadyWheel};
 use super::stats::{Busy, Stats};
@@ -300,6 +302,7 @@ impl Chip {
             dumps: self.dumps.clone(),
             peers: self.links.iter().map(|l| l.peer).collect(),
             spare_belts: Arc::default(),
+            id: NEXT_LOADED_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -314,22 +317,7 @@ impl Chip {
     }
 
     fn apply_init(&mut self, init: &crate::isa::Init) {
-        let lanes = self.cfg.lanes;
-        let w = init.dtype.width();
-        let base = init.slice.mem_global(&self.cfg).unwrap_or(0);
-        let mut planes = vec![0u8; w * lanes];
-        for l in 0..lanes {
-            let bits = match &init.values {
-                InitValues::Fill(v) => *v,
-                InitValues::Lanes(vs) => vs.get(l).copied().unwrap_or(0),
-            };
-            for b in 0..w {
-                planes[b * lanes + l] = (bits >> (8 * b)) as u8;
-            }
-        }
-        for b in 0..w {
-            self.mem[base + b].write(init.addr as usize, &planes[b * lanes..(b + 1) * lanes]);
-        }
+        apply_init(&self.cfg, &mut self.mem, init);
     }
 
     /// Write raw vectors (n x lanes bytes) into a MEM slice (global index) before the run. Functional mode only.
@@ -436,6 +424,8 @@ pub struct Loaded {
     peers: Vec<Option<c2c::Peer>>,
     /// Order-free belts of finished fast-form runs, for the next runs to reuse (`Loaded::chip`, `run_loaded`).
     pub(super) spare_belts: Arc<std::sync::Mutex<Vec<streams::StreamBelt>>>,
+    /// Unique per `load_program` (shared by clones): which constant images a `ChipMemory` holds.
+    id: u64,
 }
 
 impl Loaded {
@@ -458,6 +448,11 @@ impl Loaded {
     /// A chip in its reset state holding the program (not checked again), its `.init`s applied and every queue
     /// started. `fast`: the fast timing-only form (the `sim` module doc; only with `timing_only`).
     pub fn chip(&self, timing_only: bool, fast: bool) -> Chip {
+        self.chip_with(timing_only, fast, true)
+    }
+
+    /// `chip`, with the `.init`s applied only if `inits` (a run on a `ChipMemory` has them from `install_static`).
+    pub(super) fn chip_with(&self, timing_only: bool, fast: bool, inits: bool) -> Chip {
         let mut c = Chip::with_mode(&self.cfg, timing_only, fast && timing_only);
         if c.fast {
             let (spd, positions, horizon) = (self.cfg.streams_per_direction, self.cfg.positions(), fast::horizon(&self.cfg));
@@ -476,7 +471,7 @@ impl Loaded {
         for (l, p) in c.links.iter_mut().zip(&self.peers) {
             l.peer = *p;
         }
-        if !timing_only {
+        if inits && !timing_only {
             for init in &self.inits {
                 c.apply_init(init);
             }
@@ -484,7 +479,67 @@ impl Loaded {
         c.start();
         c
     }
+
+    /// Write this program's constant image into `memory`: its `.init`s, then `images` (the static images a caller
+    /// keeps, e.g. a compiled model's weights; later ones win), copied once so later runs on the memory
+    /// (`run_on`) pay nothing for them. Installing again rewrites the image. Errors (nothing written then): a
+    /// memory of another configuration or one holding a fault (`InvalidInstruction` at cycle 0, queue `memory`),
+    /// a bad image (queue `static_init`, index of the image).
+    pub fn install_static(&self, memory: &mut mem::ChipMemory, images: &[MemInit]) -> Result<(), SimError> {
+        self.check_memory(memory)?;
+        for (k, &(slice, addr, data)) in images.iter().enumerate() {
+            check_mem(&self.cfg, slice, addr, data).map_err(|m| load_err("static_init".into(), k, String::new(), m))?;
+        }
+        for init in &self.inits {
+            apply_init(&self.cfg, &mut memory.slices, init);
+        }
+        for &(slice, addr, data) in images {
+            memory.slices[slice].write_many(addr, data);
+        }
+        if !memory.installed.contains(&self.id) {
+            memory.installed.push(self.id);
+        }
+        Ok(())
+    }
+
+    /// Whether `install_static` of this program (or a clone of it) wrote into `memory` since its last `clear`.
+    /// It says nothing of whether later runs overwrote that image.
+    pub fn installed_in(&self, memory: &mem::ChipMemory) -> bool {
+        memory.installed.contains(&self.id)
+    }
+
+    /// A memory this program may use: same configuration, no fault recorded.
+    pub(super) fn check_memory(&self, memory: &mem::ChipMemory) -> Result<(), SimError> {
+        if memory.cfg != self.cfg {
+            let m = "the memory was made for a chip of another configuration".to_string();
+            return Err(load_err("memory".into(), 0, String::new(), m));
+        }
+        memory.check_usable()
+    }
 }
+
+/// Write one `.init` into the slices (byte plane `b` to the slice `b` further from the VXM).
+pub(super) fn apply_init(cfg: &ChipConfig, mem: &mut [mem::MemSlice], init: &crate::isa::Init) {
+    let lanes = cfg.lanes;
+    let w = init.dtype.width();
+    let base = init.slice.mem_global(cfg).unwrap_or(0);
+    let mut planes = vec![0u8; w * lanes];
+    for l in 0..lanes {
+        let bits = match &init.values {
+            InitValues::Fill(v) => *v,
+            InitValues::Lanes(vs) => vs.get(l).copied().unwrap_or(0),
+        };
+        for b in 0..w {
+            planes[b * lanes + l] = (bits >> (8 * b)) as u8;
+        }
+    }
+    for b in 0..w {
+        mem[base + b].write(init.addr as usize, &planes[b * lanes..(b + 1) * lanes]);
+    }
+}
+
+/// Ids of `Loaded` programs (`ChipMemory` records which constant images it holds by id).
+static NEXT_LOADED_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A memory image for `simulate`: (global slice, first address, n * lanes bytes).
 pub type MemInit<'a> = (usize, usize, &'a [u8]);

@@ -1,10 +1,25 @@
-//! A MEM slice: `mem_words` vectors of `lanes` bytes in two banks, one port per bank per cycle.
+//! A MEM slice: `mem_words` vectors of `lanes` bytes in two banks, one port per bank per cycle; and
+//! `ChipMemory`, the contents of every slice kept from one run to the next.
 //!
 //! Storage is paged: a page of `PAGE` addresses is allocated on its first write (a slice never written costs
 //! nothing; timing-only runs never allocate). Memory images given to `simulate` are not copied: a slice can
 //! borrow disjoint address ranges of the caller's buffers (copy-on-write: the first write to a page copies the
 //! borrowed vectors of that page into it).
-
+//!
+//! ## What persists between runs (`ChipMemory`)
+//!
+//! A program normally runs on a fresh chip. To run several programs one after another on one chip whose SRAM
+//! keeps what earlier ones left (weights installed once, an LLM's KV cache), the host keeps a `ChipMemory` and
+//! runs programs on it (`Loaded::run_on`). Only the MEM slices' contents persist, because only they are
+//! addressable state a later program can name. Everything else starts fresh each run, as a new program starts on
+//! a quiescent chip: stream registers, instruction queues, MXM weight buffers, installed weights and accumulators,
+//! VXM result registers, C2C receive buffers, bank-port bookkeeping, the clock (every run starts at cycle 0) and
+//! the counters. A program's constant image (its `.init`s and static images) is written once by
+//! `Loaded::install_static`, never by a run on a memory; a run's inputs (`mem_init`) are written into the memory
+//! before cycle 0 and stay there like anything the program writes.
+//!
+//! The slices move into the run's chip and back (a `Vec` swap, no copy of the up to 230 MB of SRAM); a memory
+//! never holds borrowed images (installs and inputs are copied in), so nothing it holds can dangle after a run.
 const NEVER: u64 = u64::MAX;
 /// Addresses per page.
 const PAGE: usize = 64;
@@ -46,6 +61,30 @@ impl MemSlice {
         }
         self.port_cycle[bank] = t;
         true
+    }
+
+    /// Forget the bank ports' last uses: a new run starts at cycle 0 (`ChipMemory`).
+    pub(super) fn reset_ports(&mut self) {
+        self.port_cycle = [NEVER; 2];
+    }
+
+    /// Bytes of pages allocated.
+    pub fn allocated_bytes(&self) -> usize {
+        self.pages.iter().flatten().map(|p| p.len()).sum()
+    }
+
+    /// Copy `data.len() / lanes` vectors in from `addr` (a page at a time, for large images).
+    pub fn write_many(&mut self, addr: usize, data: &[u8]) {
+        let lanes = self.lanes;
+        let mut a = addr;
+        let mut rest = data;
+        while rest.len() >= lanes {
+            let n = (PAGE - a % PAGE).min(rest.len() / lanes);
+            let o = (a % PAGE) * lanes;
+            self.page_mut(a)[o..o + n * lanes].copy_from_slice(&rest[..n * lanes]);
+            a += n;
+            rest = &rest[n * lanes..];
+        }
     }
 
     fn has_page(&self, page: usize) -> bool {
@@ -166,6 +205,95 @@ impl MemSlice {
                 let o = (a % PAGE) * lanes;
                 self.page_mut(a)[o + l] = v[l];
             }
+        }
+    }
+}
+
+/// The MEM contents of one chip kept across runs (the module doc says what persists and what does not).
+///
+/// State after a run: a functional run that finishes leaves what its commits wrote (over its inputs, over what was
+/// there). A run that faults leaves the memory as the faulting run left it (every MEM commit applied before the
+/// fault; commits scheduled for later cycles never happen) and records the error: `fault()` returns it, and every
+/// later run or install on this memory is refused until `clear_fault()` (the contents are then accepted as they
+/// are) or `clear()`. A timing-only run computes no values, so it reads and writes no contents: the memory is left
+/// unchanged, its inputs are not written, and a timing-only fault does not flag it.
+pub struct ChipMemory {
+    pub(super) cfg: crate::config::ChipConfig,
+    pub(super) slices: Vec<MemSlice>,
+    /// Ids of the `Loaded` programs whose constant image was installed (`Loaded::install_static`).
+    pub(super) installed: Vec<u64>,
+    pub(super) fault: Option<crate::error::SimError>,
+}
+
+impl ChipMemory {
+    /// All zeros (nothing allocated). The configuration must be valid.
+    pub fn new(cfg: &crate::config::ChipConfig) -> ChipMemory {
+        ChipMemory {
+            cfg: cfg.clone(),
+            slices: (0..cfg.mem_slices).map(|_| MemSlice::new(cfg.mem_words, cfg.lanes)).collect(),
+            installed: Vec::new(),
+            fault: None,
+        }
+    }
+
+    pub fn config(&self) -> &crate::config::ChipConfig {
+        &self.cfg
+    }
+
+    /// Read `n` raw vectors (n x lanes bytes) of a slice (global index).
+    pub fn read(&self, slice: usize, addr: usize, n: usize) -> Result<Vec<u8>, String> {
+        let lanes = self.cfg.lanes;
+        if slice >= self.slices.len() || addr + n > self.cfg.mem_words {
+            return Err(format!(
+                "{n} vectors at slice {slice}, address {addr}: slices are 0..{}, addresses 0..{}",
+                self.slices.len() - 1,
+                self.cfg.mem_words - 1
+            ));
+        }
+        let mut out = vec![0u8; n * lanes];
+        for (k, v) in out.chunks_mut(lanes).enumerate() {
+            self.slices[slice].read(addr + k, v);
+        }
+        Ok(out)
+    }
+
+    /// Write raw vectors (n x lanes bytes) into a slice (global index) between runs.
+    pub fn write(&mut self, slice: usize, addr: usize, data: &[u8]) -> Result<(), String> {
+        super::chip::check_mem(&self.cfg, slice, addr, data)?;
+        self.slices[slice].write_many(addr, data);
+        Ok(())
+    }
+
+    /// The error of the run that faulted on this memory, until `clear_fault` or `clear`.
+    pub fn fault(&self) -> Option<&crate::error::SimError> {
+        self.fault.as_ref()
+    }
+
+    /// Accept the contents a faulted run left, so runs are allowed again.
+    pub fn clear_fault(&mut self) {
+        self.fault = None;
+    }
+
+    /// Back to all zeros: pages freed, no constant image installed, no fault.
+    pub fn clear(&mut self) {
+        *self = ChipMemory::new(&self.cfg);
+    }
+
+    /// Bytes of SRAM pages allocated (written at least once since `new` or `clear`).
+    pub fn allocated_bytes(&self) -> usize {
+        self.slices.iter().map(|s| s.allocated_bytes()).sum()
+    }
+
+    /// The refusal of a run or install on a faulted memory.
+    pub(super) fn check_usable(&self) -> Result<(), crate::error::SimError> {
+        match &self.fault {
+            None => Ok(()),
+            Some(e) => Err(super::chip::load_err(
+                "memory".into(),
+                0,
+                String::new(),
+                format!("the memory holds what a faulted run left ({e}); clear_fault() to run on it anyway"),
+            )),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The cycle loop: queue sequencing (NOP, REPEAT, SYNC/NOTIFY, deskew stalls), `Chip::step` and `Chip::run`,
-//! the end-of-run checks, and the single-chip flow (`simulate`, `load_program`, `run_loaded`).
+//! the end-of-run checks, and the single-chip flow (`simulate`, `load_program`, `run_loaded`), and runs on a
+//! `ChipMemory` kept across runs (`Loaded::run_on`; what persists is in the `mem` module doc).
 
 use super::calendar;
 use super::chip::{check_mem, load_err, Chip, Loaded, MemInit, Repeat};
+use super::mem::ChipMemory;
 use super::stats::{DumpResult, Num, Stats};
 use super::{streams, vxm};
 use crate::config::ChipConfig;
@@ -333,4 +335,72 @@ pub fn run_loaded(
         out.push(chip.read_mem(slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))?);
     }
     Ok((chip.stats.clone(), out))
+}
+
+/// What a run returns: its stats and the requested dumps (`None` each in timing-only mode).
+type RunOutput = Result<(Stats, Vec<Option<Vec<u8>>>), SimError>;
+
+/// A chip running on a `ChipMemory`'s slices: hands them back when dropped, whatever way the run ends.
+struct Lent<'a> {
+    chip: Chip,
+    memory: &'a mut ChipMemory,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        std::mem::swap(&mut self.chip.mem, &mut self.memory.slices);
+        if std::thread::panicking() && self.memory.fault.is_none() {
+            // A bug of the simulator, not of the program: the contents are what the run left, so flag them.
+            let m = "the simulator panicked during a run on this memory".to_string();
+            self.memory.fault = Some(load_err("memory".into(), 0, String::new(), m));
+        }
+    }
+}
+
+impl Loaded {
+    /// One run on `memory` instead of a fresh chip: the same results and errors as `run_loaded` when the memory
+    /// holds what a fresh run would start from (this program's constant image, `install_static`). The run starts
+    /// at cycle 0 on a quiescent chip whose MEM contents are the memory's; `mem_init` is written into the memory
+    /// before cycle 0 (no `.init` is applied: they are part of the constant image), and the memory keeps whatever
+    /// the run leaves. The slices are moved into the run and back, never copied.
+    ///
+    /// A timing-only run neither reads nor writes the memory (the `mem` module doc). A run that faults leaves the
+    /// memory as it stood at the fault and flags it (`ChipMemory::fault`). Errors before the run starts (a memory
+    /// of another configuration or already faulted, a bad `mem_init` or dump request) change nothing.
+    pub fn run_on(&self, memory: &mut ChipMemory, mem_init: &[MemInit], dumps: &[(usize, usize, usize)], opts: &RunOptions) -> RunOutput {
+        self.check_memory(memory)?;
+        for (k, &(slice, addr, data)) in mem_init.iter().enumerate() {
+            check_mem(&self.cfg, slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
+        }
+        for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
+            if slice >= self.cfg.mem_slices || addr + n > self.cfg.mem_words {
+                let m = format!("{n} vectors at slice {slice}, address {addr} are outside the chip's MEM");
+                return Err(load_err("dumps".into(), k, String::new(), m));
+            }
+        }
+        if opts.timing_only {
+            // Cycles and errors never depend on values (docs/isa.md 9.4): a fresh timing-only run is this run.
+            return run_loaded(self, &[], dumps, opts);
+        }
+        let mut chip = self.chip_with(false, false, false);
+        std::mem::swap(&mut chip.mem, &mut memory.slices);
+        let mut lent = Lent { chip, memory };
+        let chip = &mut lent.chip;
+        for s in chip.mem.iter_mut() {
+            // Port uses of the previous run are at its cycles, not this one's.
+            s.reset_ports();
+        }
+        for &(slice, addr, data) in mem_init {
+            chip.mem[slice].write_many(addr, data);
+        }
+        if let Err(e) = chip.run(opts.max_cycles) {
+            lent.memory.fault = Some(e.clone());
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(dumps.len());
+        for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
+            out.push(chip.read_mem(slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))?);
+        }
+        Ok((chip.stats.clone(), out))
+    }
 }
