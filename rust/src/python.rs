@@ -2,11 +2,16 @@
 //!
 //! A thin layer: convert arguments, call the pure-Rust core, convert results and errors. The simulation itself runs
 //! with the GIL released.
+//!
+//! `ChipMemory` keeps one chip's MEM contents across runs (`LoadedProgram.run(..., memory=m)`,
+//! `LoadedProgram.install_static(m)`); only MEM persists, the rest of the chip starts fresh every run (the module
+//! doc of rust/src/sim/mem.rs).
 
 use crate::config::ChipConfig;
 use crate::error::{AsmError, ConfigError as RsConfigError, SimError};
 use crate::isa::{self, QueueName};
 use crate::sim::{self, Num, RunOptions, Stats};
+use crate::sim::mem::ChipMemory as Memory;
 use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
@@ -321,7 +326,11 @@ impl LoadedProgram {
 
     /// One run: mem_init (the inputs, written after the static image), dumps, timing_only and max_cycles as for
     /// `simulate`, with its results and errors. A timing-only run reads no memory image.
-    #[pyo3(signature = (mem_init = Vec::new(), dumps = Vec::new(), timing_only = false, max_cycles = None))]
+    ///
+    /// memory: None runs on a fresh chip with the static image. A `ChipMemory` runs on its contents instead: no
+    /// static image is written (`install_static` does that once), mem_init is written into it and it keeps what
+    /// the run leaves; a fault leaves it as it stood, flagged. A timing-only run leaves it unchanged.
+    #[pyo3(signature = (mem_init = Vec::new(), dumps = Vec::new(), timing_only = false, max_cycles = None, memory = None))]
     fn run<'py>(
         &self,
         py: Python<'py>,
@@ -329,6 +338,7 @@ impl LoadedProgram {
         dumps: Vec<(usize, usize, usize)>,
         timing_only: bool,
         max_cycles: Option<u64>,
+        memory: Option<&ChipMemory>,
     ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
         let cfg = &self.cfg;
         let mut inputs = Vec::with_capacity(mem_init.len());
@@ -336,7 +346,7 @@ impl LoadedProgram {
             inputs.push((*slice, *addr, mem_array(cfg, "mem_init", k, *slice, *addr, arr)?.readonly()));
         }
         check_dumps(cfg, &dumps)?;
-        let statics: Vec<_> = if timing_only {
+        let statics: Vec<_> = if timing_only || memory.is_some() {
             Vec::new()
         } else {
             self.static_init.iter().map(|(s, a, arr)| (*s, *a, arr.bind(py).readonly())).collect()
@@ -356,8 +366,99 @@ impl LoadedProgram {
         }
         let opts = RunOptions { timing_only, max_cycles };
         let loaded = &self.loaded;
-        let result = py.detach(|| sim::run_loaded(loaded, &images, &dumps, &opts));
+        let result = match memory {
+            None => py.detach(|| sim::run_loaded(loaded, &images, &dumps, &opts)),
+            Some(m) => py.detach(|| loaded.run_on(&mut m.lock(), &images, &dumps, &opts)),
+        };
         run_result(py, result, cfg, timing_only)
+    }
+
+    /// Write this program's constant image (its `.init`s and static_init arrays) into `memory`, copied once: runs
+    /// on the memory do not write it again. Raises SimulationError if the memory is of another configuration or
+    /// holds a fault.
+    fn install_static(&self, py: Python<'_>, memory: &ChipMemory) -> PyResult<()> {
+        let ro: Vec<_> = self.static_init.iter().map(|(s, a, arr)| (*s, *a, arr.bind(py).readonly())).collect();
+        let images: Vec<sim::MemInit> = ro.iter().map(|(s, a, r)| (*s, *a, r.as_slice().unwrap_or(&[]))).collect();
+        let loaded = &self.loaded;
+        py.detach(|| loaded.install_static(&mut memory.lock(), &images)).map_err(|e| sim_err(py, e))
+    }
+
+    /// Whether `install_static` wrote this program's image into `memory` (since its last `clear`).
+    fn installed_in(&self, memory: &ChipMemory) -> bool {
+        self.loaded.installed_in(&memory.lock())
+    }
+}
+
+/// One chip's MEM contents, kept across runs (`LoadedProgram.run(..., memory=m)`). Only MEM persists; queues,
+/// streams, MXM weights and accumulators, VXM registers and C2C buffers start fresh every run, at cycle 0.
+#[pyclass(module = "lpusim._lpusim", frozen)]
+struct ChipMemory {
+    cfg: ChipConfig,
+    /// Runs take the lock with the GIL released, so two threads running on one memory take turns.
+    inner: std::sync::Mutex<Memory>,
+}
+
+impl ChipMemory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        // A panic during a run flags the memory itself (sim/run.rs); the contents stay usable for reading.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[pymethods]
+impl ChipMemory {
+    /// All zeros for a chip of this configuration (None: tsp_v1).
+    #[new]
+    #[pyo3(signature = (config_json = None))]
+    fn new(py: Python<'_>, config_json: Option<&str>) -> PyResult<Self> {
+        let cfg = config_from(py, config_json)?;
+        Ok(ChipMemory { inner: std::sync::Mutex::new(Memory::new(&cfg)), cfg })
+    }
+
+    /// The configuration, as JSON.
+    #[getter]
+    fn config_json(&self) -> String {
+        self.cfg.to_json()
+    }
+
+    /// `n` vectors of a MEM slice (global index) from `addr`: a uint8 array (n, lanes).
+    fn read<'py>(&self, py: Python<'py>, slice: usize, addr: usize, n: usize) -> PyResult<Bound<'py, PyArray2<u8>>> {
+        let v = py.detach(|| self.lock().read(slice, addr, n)).map_err(PyValueError::new_err)?;
+        Ok(numpy::PyArray1::from_vec(py, v).reshape([n, self.cfg.lanes])?)
+    }
+
+    /// Write a uint8 array (n, lanes) into a MEM slice (global index) from `addr`, between runs.
+    fn write<'py>(&self, py: Python<'py>, slice: usize, addr: usize, data: Bound<'py, PyAny>) -> PyResult<()> {
+        let a = mem_array(&self.cfg, "data", 0, slice, addr, &data)?.readonly();
+        let bytes: std::borrow::Cow<[u8]> = match a.as_slice() {
+            Ok(s) => s.into(),
+            Err(_) => a.as_array().iter().copied().collect::<Vec<u8>>().into(),
+        };
+        py.detach(|| self.lock().write(slice, addr, &bytes)).map_err(PyValueError::new_err)
+    }
+
+    /// The SimulationError of the run that faulted on this memory (its contents are as that run left them), or
+    /// None. Runs and installs are refused while it is set.
+    #[getter]
+    fn fault(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let e = self.lock().fault().cloned()?;
+        Some(sim_err(py, e).into_value(py).into_any())
+    }
+
+    /// Accept the contents a faulted run left, so runs are allowed again.
+    fn clear_fault(&self) {
+        self.lock().clear_fault();
+    }
+
+    /// Back to all zeros: pages freed, no static image installed, no fault.
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Bytes of SRAM pages allocated (written at least once).
+    #[getter]
+    fn allocated_bytes(&self) -> usize {
+        self.lock().allocated_bytes()
     }
 }
 
@@ -587,6 +688,7 @@ fn _lpusim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(positions, m)?)?;
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
     m.add_class::<LoadedProgram>()?;
+    m.add_class::<ChipMemory>()?;
     m.add_function(wrap_pyfunction!(describe_system, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_system, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

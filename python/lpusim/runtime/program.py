@@ -11,6 +11,7 @@ from lpusim.chip import Chip
 from lpusim.compiler import compile_graph, emit, random_inputs
 from lpusim.compiler.row_layout import from_rows, im2col, to_rows
 from lpusim.runtime.host_layout import decode_output, host_input
+from lpusim.runtime.memory import ChipMemory, memory_handle
 from lpusim.compiler.schedule.storage import store_image
 from lpusim.errors import ModelError
 
@@ -73,6 +74,12 @@ class Program:
         """Load the program into the simulator now rather than in the first `run` (for timing runs apart from
         loading, as an onnxruntime session is created before it runs)."""
         self._loaded()
+        return self
+
+    def install_static(self, memory: ChipMemory) -> "Program":
+        """Write this program's constant image (weights, constants) into `memory` now; `run(..., memory=memory)`
+        does it on its first run there otherwise. Installing again rewrites it (over what runs left there)."""
+        self._loaded().install_static(memory_handle(memory))
         return self
 
     def __getstate__(self):
@@ -138,14 +145,25 @@ class Program:
         return out
 
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0,
-            timing_only: bool = False) -> RunResult:
-        """Simulate the program cycle by cycle on `inputs` (seeded random inputs when None)."""
+            timing_only: bool = False, memory: ChipMemory | None = None) -> RunResult:
+        """Simulate the program cycle by cycle on `inputs` (seeded random inputs when None).
+
+        `memory`: None runs on a fresh chip. A `ChipMemory` runs on that chip's SRAM as earlier runs left it: the
+        constant image is written only on this program's first (functional) run there, the inputs are written into
+        it, and it keeps what the run leaves (the `ChipMemory` docstring says what persists and after a fault)."""
         if inputs is None:
             inputs = self.random_inputs(seed)
         mem, dumps = self._input_image(inputs, images=not timing_only)
         handle = self._loaded()
-        start = time.perf_counter()
-        stats, arrays = handle.run(mem, dumps, timing_only)
+        if memory is None:
+            start = time.perf_counter()
+            stats, arrays = handle.run(mem, dumps, timing_only)
+        else:
+            target = memory_handle(memory)
+            if not timing_only and not handle.installed_in(target):
+                handle.install_static(target)
+            start = time.perf_counter()
+            stats, arrays = handle.run(mem, dumps, timing_only, memory=target)
         wall = time.perf_counter() - start
         outputs = {} if timing_only else self._decode_outputs(arrays)
         cycles = int(stats["cycles"])
