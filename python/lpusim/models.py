@@ -182,3 +182,190 @@ def bert_encoder(layers: int = 2, hidden: int = 64, heads: int = 4, seq: int = 1
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def llama_decoder_weights(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2, ffn: int = 128,
+                          vocab: int = 256, seed: int = 0, qkv_bias: bool = False) -> dict[str, np.ndarray]:
+    """Random weights of a Llama decoder under transformers' parameter names (`model.layers.0.self_attn.q_proj
+    .weight` [out, in], ...), so that the same dict can be loaded into a transformers model and compared.
+
+    Linear weights are normal with standard deviation 1.6 / sqrt(fan_in) (0.2 at hidden 64, as the export presets
+    in lpusim.llm.export use): the logits then have a standard deviation near 1.6 at any width, so greedy choices
+    are not a run of near-ties. Norm gains are 1 + 0.1 N(0, 1), biases 0.1 N(0, 1), embeddings N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    d = hidden // heads
+
+    def linear(out_features, in_features):
+        return (rng.standard_normal((out_features, in_features)) * 1.6 / np.sqrt(in_features)).astype(np.float32)
+
+    def gain(n):
+        return (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": rng.standard_normal((vocab, hidden)).astype(np.float32)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        w[f"{p}.input_layernorm.weight"] = gain(hidden)
+        for name, n_out in (("q", heads * d), ("k", kv_heads * d), ("v", kv_heads * d)):
+            w[f"{p}.self_attn.{name}_proj.weight"] = linear(n_out, hidden)
+            if qkv_bias:
+                w[f"{p}.self_attn.{name}_proj.bias"] = (0.1 * rng.standard_normal(n_out)).astype(np.float32)
+        w[f"{p}.self_attn.o_proj.weight"] = linear(hidden, heads * d)
+        w[f"{p}.post_attention_layernorm.weight"] = gain(hidden)
+        w[f"{p}.mlp.gate_proj.weight"] = linear(ffn, hidden)
+        w[f"{p}.mlp.up_proj.weight"] = linear(ffn, hidden)
+        w[f"{p}.mlp.down_proj.weight"] = linear(hidden, ffn)
+    w["model.norm.weight"] = gain(hidden)
+    w["lm_head.weight"] = linear(vocab, hidden)
+    return w
+
+
+def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2, ffn: int = 128,
+                  vocab: int = 256, seq: int = 8, past: int = 0, batch: int = 1, seed: int = 0,
+                  qkv_bias: bool = False, rope_theta: float = 10000.0, eps: float = 1e-6,
+                  weights: dict[str, np.ndarray] | None = None, opset: int = 17) -> onnx.ModelProto:
+    """One step of a Llama decoder with a KV cache, static shapes: `seq` new tokens after a cache of `past`.
+
+    The interface is the Optimum KV-cache layout (lpusim.llm.layout, docs/llm.md): inputs `input_ids` [batch, seq],
+    `attention_mask` [batch, past + seq], `position_ids` [batch, seq] (int64), `past_key_values.N.key/.value`
+    [batch, kv_heads, past, head_dim]; outputs `logits` [batch, seq, vocab] and `present.N.key/.value`
+    [batch, kv_heads, past + seq, head_dim]. `past=0` is prefill, `seq=1` a decode step.
+
+    The body has the op patterns of transformers' Llama exported by torch.onnx.export (eager attention), without
+    the shape arithmetic, since every shape is static: the embedding Gather; RMSNorm as Pow, ReduceMean, Add,
+    Sqrt, Div, Mul, Mul by the gain; rotary embeddings as Cos and Sin of position_ids times inv_freq, applied with
+    Slice, Neg, Concat (rotate_half), Mul and Add; the new keys and values Concat after the past ones (axis 2:
+    these are the present outputs); grouped-query attention by Unsqueeze, Expand and Reshape of the KV heads;
+    MatMul, Mul by 1/sqrt(head_dim), Add of the mask, Softmax, MatMul; SwiGLU as Sigmoid, Mul, Mul. The mask is a
+    constant causal pattern (key j is visible to new token i when j <= past + i) And-ed with the attention mask,
+    then Where(allowed, 0, float32 min), as transformers builds it. `qkv_bias` adds Qwen2's biases on q, k, v.
+    `weights` (transformers' names, `llama_decoder_weights`) replaces the random weights from `seed`."""
+    if hidden % heads or heads % kv_heads:
+        raise ValueError(f"llama_decoder: hidden {hidden} must divide into heads {heads}, and heads into "
+                         f"kv_heads {kv_heads}")
+    d = hidden // heads
+    rep = heads // kv_heads
+    total = past + seq
+    w = weights if weights is not None else llama_decoder_weights(layers, hidden, heads, kv_heads, ffn, vocab,
+                                                                  seed, qkv_bias)
+    nodes: list = []
+    inits: list = []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def linear(x, param, name):
+        y = node("MatMul", [x, const(f"{param}.weight.T", np.ascontiguousarray(w[f"{param}.weight"].T))], name)
+        if f"{param}.bias" in w:
+            y = node("Add", [y, const(f"{param}.bias", w[f"{param}.bias"])], f"{name}.bias")
+        return y
+
+    two, one = const("const.two", np.float32(2.0)), const("const.one", np.float32(1.0))
+    eps_c = const("const.eps", np.float32(eps))
+
+    def rms_norm(x, param, name):
+        sq = node("Pow", [x, two], f"{name}.pow")
+        mean = node("ReduceMean", [sq], f"{name}.mean", axes=[-1], keepdims=1)
+        root = node("Sqrt", [node("Add", [mean, eps_c], f"{name}.add_eps")], f"{name}.sqrt")
+        inv = node("Div", [one, root], f"{name}.inv")
+        return node("Mul", [const(f"{param}.weight", w[f"{param}.weight"]), node("Mul", [x, inv], f"{name}.scaled")],
+                    name)
+
+    x = node("Gather", [const("model.embed_tokens.weight", w["model.embed_tokens.weight"]), "input_ids"], "embed")
+
+    # Mask: [batch, 1, seq, total] additive bias, 0 where a key is visible, float32 min where it is not.
+    causal = np.arange(total)[None, :] <= (past + np.arange(seq))[:, None]
+    keep = node("Cast", ["attention_mask"], "mask.keep", to=TensorProto.BOOL)
+    keep4 = node("Unsqueeze", [keep, const("mask.axes", np.array([1, 2], np.int64))], "mask.keep4")
+    allowed = node("And", [const("mask.causal", causal[None, None]), keep4], "mask.allowed")
+    bias = node("Where", [allowed, const("mask.zero", np.float32(0.0)),
+                          const("mask.min", np.float32(np.finfo(np.float32).min))], "mask.bias")
+
+    # Rotary embedding: angle[b, s, j] = position_ids[b, s] * inv_freq[j], duplicated over the two halves.
+    inv_freq = (1.0 / rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / d)).astype(np.float32)
+    pos = node("Cast", [node("Unsqueeze", ["position_ids", const("rope.axis_last", np.array([-1], np.int64))],
+                             "rope.pos3")], "rope.posf", to=TensorProto.FLOAT)
+    freqs = node("Mul", [pos, const("rope.inv_freq", inv_freq)], "rope.freqs")
+    angles = node("Concat", [freqs, freqs], "rope.angles", axis=-1)
+    axis1 = const("rope.axis_head", np.array([1], np.int64))
+    cos = node("Unsqueeze", [node("Cos", [angles], "rope.cos3"), axis1], "rope.cos")
+    sin = node("Unsqueeze", [node("Sin", [angles], "rope.sin3"), axis1], "rope.sin")
+    lo = (const("rope.lo.start", np.array([0], np.int64)), const("rope.lo.end", np.array([d // 2], np.int64)))
+    hi = (const("rope.hi.start", np.array([d // 2], np.int64)), const("rope.hi.end", np.array([d], np.int64)))
+    last = const("rope.slice_axis", np.array([3], np.int64))
+
+    def rope(t, name):
+        x1 = node("Slice", [t, lo[0], lo[1], last], f"{name}.x1")
+        x2 = node("Slice", [t, hi[0], hi[1], last], f"{name}.x2")
+        rotated = node("Concat", [node("Neg", [x2], f"{name}.neg"), x1], f"{name}.rotated", axis=-1)
+        return node("Add", [node("Mul", [t, cos], f"{name}.cos"), node("Mul", [rotated, sin], f"{name}.sin")], name)
+
+    def heads_first(t, n_heads, name):
+        split = node("Reshape", [t, const(f"{name}.shape", np.array([batch, seq, n_heads, d], np.int64))],
+                     f"{name}.split")
+        return node("Transpose", [split], f"{name}.heads", perm=[0, 2, 1, 3])
+
+    kv_axis = const("gqa.axis", np.array([2], np.int64))
+    gqa_expand = const("gqa.expand", np.array([batch, kv_heads, rep, total, d], np.int64))
+    gqa_merge = const("gqa.merge", np.array([batch, heads, total, d], np.int64))
+
+    def repeat_kv(t, name):
+        if rep == 1:
+            return t
+        grown = node("Expand", [node("Unsqueeze", [t, kv_axis], f"{name}.unsq"), gqa_expand], f"{name}.expand")
+        return node("Reshape", [grown, gqa_merge], f"{name}.rep")
+
+    scale = const("attn.scale", np.float32(d ** -0.5))
+    merge = const("attn.merge", np.array([batch, seq, hidden], np.int64))
+    outputs = []
+    for i in range(layers):
+        p, name = f"model.layers.{i}", f"layer{i}"
+        h = rms_norm(x, f"{p}.input_layernorm", f"{name}.input_norm")
+        q = rope(heads_first(linear(h, f"{p}.self_attn.q_proj", f"{name}.q"), heads, f"{name}.q"), f"{name}.q.rope")
+        k = rope(heads_first(linear(h, f"{p}.self_attn.k_proj", f"{name}.k"), kv_heads, f"{name}.k"),
+                 f"{name}.k.rope")
+        v = heads_first(linear(h, f"{p}.self_attn.v_proj", f"{name}.v"), kv_heads, f"{name}.v")
+        nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2,
+                                      name=f"{name}.cache.key"))
+        nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2,
+                                      name=f"{name}.cache.value"))
+        keys = repeat_kv(f"present.{i}.key", f"{name}.keys")
+        values = repeat_kv(f"present.{i}.value", f"{name}.values")
+        scores = node("MatMul", [q, node("Transpose", [keys], f"{name}.keys.t", perm=[0, 1, 3, 2])],
+                      f"{name}.scores")
+        scaled = node("Add", [node("Mul", [scores, scale], f"{name}.scaled"), bias], f"{name}.masked")
+        probs = node("Softmax", [scaled], f"{name}.probs", axis=-1)
+        ctx = node("Transpose", [node("MatMul", [probs, values], f"{name}.ctx")], f"{name}.ctx.t", perm=[0, 2, 1, 3])
+        attn = linear(node("Reshape", [ctx, merge], f"{name}.ctx.merged"), f"{p}.self_attn.o_proj", f"{name}.o")
+        x = node("Add", [x, attn], f"{name}.residual1")
+        h = rms_norm(x, f"{p}.post_attention_layernorm", f"{name}.post_norm")
+        gate = linear(h, f"{p}.mlp.gate_proj", f"{name}.gate")
+        silu = node("Mul", [gate, node("Sigmoid", [gate], f"{name}.gate.sigmoid")], f"{name}.silu")
+        up = linear(h, f"{p}.mlp.up_proj", f"{name}.up")
+        down = linear(node("Mul", [silu, up], f"{name}.swiglu"), f"{p}.mlp.down_proj", f"{name}.down")
+        x = node("Add", [x, down], f"{name}.residual2")
+        outputs += [f"present.{i}.key", f"present.{i}.value"]
+    x = rms_norm(x, "model.norm", "final_norm")
+    nodes.append(helper.make_node("MatMul", [x, const("lm_head.weight.T", np.ascontiguousarray(w["lm_head.weight"].T))],
+                                  ["logits"], name="lm_head"))
+
+    def info(name, dtype, shape):
+        return helper.make_tensor_value_info(name, dtype, shape)
+
+    inputs = [info("input_ids", TensorProto.INT64, [batch, seq]),
+              info("attention_mask", TensorProto.INT64, [batch, total]),
+              info("position_ids", TensorProto.INT64, [batch, seq])]
+    for i in range(layers):
+        inputs += [info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, [batch, kv_heads, past, d])
+                   for kind in ("key", "value")]
+    outs = [info("logits", TensorProto.FLOAT, [batch, seq, vocab])]
+    outs += [info(n, TensorProto.FLOAT, [batch, kv_heads, total, d]) for n in outputs]
+    graph = helper.make_graph(nodes, "llama_decoder", inputs, outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="lpusim")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
