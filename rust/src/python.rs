@@ -424,7 +424,7 @@ impl ChipMemory {
     /// `n` vectors of a MEM slice (global index) from `addr`: a uint8 array (n, lanes).
     fn read<'py>(&self, py: Python<'py>, slice: usize, addr: usize, n: usize) -> PyResult<Bound<'py, PyArray2<u8>>> {
         let v = py.detach(|| self.lock().read(slice, addr, n)).map_err(PyValueError::new_err)?;
-        Ok(numpy::PyArray1::from_vec(py, v).reshape([n, self.cfg.lanes])?)
+        numpy::PyArray1::from_vec(py, v).reshape([n, self.cfg.lanes])
     }
 
     /// Write a uint8 array (n, lanes) into a MEM slice (global index) from `addr`, between runs.

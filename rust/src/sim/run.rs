@@ -268,6 +268,9 @@ impl Chip {
     }
 }
 
+/// What a run returns: its stats and the requested dumps (`None` each in timing-only mode).
+type RunOutput = Result<(Stats, Vec<Option<Vec<u8>>>), SimError>;
+
 /// Load, initialise, run, and read back: the whole single-chip flow used by the bindings.
 pub fn simulate(
     cfg: &ChipConfig,
@@ -275,7 +278,7 @@ pub fn simulate(
     mem_init: &[MemInit],
     dumps: &[(usize, usize, usize)],
     opts: &RunOptions,
-) -> Result<(Stats, Vec<Option<Vec<u8>>>), SimError> {
+) -> RunOutput {
     run_loaded(&load_program(cfg, program)?, mem_init, dumps, opts)
 }
 
@@ -295,7 +298,7 @@ pub fn run_loaded(
     mem_init: &[MemInit],
     dumps: &[(usize, usize, usize)],
     opts: &RunOptions,
-) -> Result<(Stats, Vec<Option<Vec<u8>>>), SimError> {
+) -> RunOutput {
     for (k, &(slice, addr, data)) in mem_init.iter().enumerate() {
         check_mem(&loaded.cfg, slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
     }
@@ -336,9 +339,6 @@ pub fn run_loaded(
     }
     Ok((chip.stats.clone(), out))
 }
-
-/// What a run returns: its stats and the requested dumps (`None` each in timing-only mode).
-type RunOutput = Result<(Stats, Vec<Option<Vec<u8>>>), SimError>;
 
 /// A chip running on a `ChipMemory`'s slices: hands them back when dropped, whatever way the run ends.
 struct Lent<'a> {
