@@ -4,7 +4,7 @@ One graph serves prefill (past length 0) and decode (past length P, one new toke
 total lengths are dynamic axes. torch and transformers are imported only when an export is asked for (they are not
 dependencies of lpusim: `pip install lpusim[llm]`). Nothing is downloaded: a model is built from its config.
 
-How it is exported (docs/llm.md section 2): `torch.onnx.export(dynamo=False)` traces a wrapper that turns the flat
+How it is exported (docs/llm.md section 1): `torch.onnx.export(dynamo=False)` traces a wrapper that turns the flat
 past tensors into a `DynamicCache`, calls the model with explicit `attention_mask` and `position_ids`, and returns
 the logits and the cache's tensors. Attention is `eager` (the sdpa path needs aten::diff, which the TorchScript
 exporter rejects); Mixtral's experts are `batched_mm` (transformers' default loops over the experts the trace

@@ -1,5 +1,5 @@
 """The reference a decoder on the chip is checked against: onnxruntime's greedy decode of the same model with its
-own KV cache (docs/llm.md section 3).
+own KV cache (docs/llm.md section 2).
 
 A decoder is given as one ONNX graph with dynamic sequence and past axes (a path or a ModelProto, as
 `lpusim.llm.export` writes), as a builder of static graphs called `builder(seq=..., past=...)` (as
