@@ -21,10 +21,11 @@ from lpusim.errors import (
     SimulationError,
 )
 from lpusim.api import compile
+from lpusim.runtime.memory import ChipMemory
 from lpusim.runtime.program import Program, RunResult
 from lpusim.check.segments import SegmentResult, check_segments
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "check_segments", "SegmentResult", "Program", "RunResult", "Chip", "assemble", "disassemble", "LpusimError",
+__all__ = ["compile", "ChipMemory", "check_segments", "SegmentResult", "Program", "RunResult", "Chip", "assemble", "disassemble", "LpusimError",
            "AssemblyError", "CompileError", "ConfigError", "ModelError", "SimulationError"]

@@ -24,6 +24,10 @@
 //! - the units: `mem.rs` (MEM slices), `streams.rs` (the stream belt), `vxm.rs`, `mxm/` (with the GEMM kernels and
 //!   helper threads in `gemm.rs`), `sxm.rs`;
 //! - `stats.rs`: what a run reports.
+//!
+//! Runs on a kept memory: a `ChipMemory` (`mem.rs`) holds the MEM contents across runs of several programs on one
+//! chip (weights installed once, a KV cache between decode steps); `Loaded::run_on` swaps it into a fresh chip
+//! for the run and back. Only MEM persists: every run starts at cycle 0 on a quiescent chip.
 
 pub mod c2c;
 mod calendar;
@@ -41,5 +45,6 @@ pub mod sxm;
 pub mod vxm;
 
 pub use chip::{Chip, Loaded, MemInit};
+pub use mem::ChipMemory;
 pub use run::{load_program, run_loaded, simulate, RunOptions};
 pub use stats::{Busy, ConfigRecord, DumpResult, Num, Stats};
