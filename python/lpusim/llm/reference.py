@@ -98,6 +98,9 @@ class _Session:
     def __init__(self, decoder, ids: np.ndarray, mask: np.ndarray):
         self.decoder = decoder
         self.layout = decoder.layout
+        if isinstance(self.layout.batch, int) and self.layout.batch != ids.shape[0]:
+            raise ModelError(f"the decoder's graphs take batch {self.layout.batch}, the prompt has "
+                             f"{ids.shape[0]} rows")
         self.mask = mask
         self.past = empty_past(self.layout, ids.shape[0])
         self.last_logits = self._step(ids, positions(mask))
