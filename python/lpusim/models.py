@@ -185,13 +185,17 @@ def bert_encoder(layers: int = 2, hidden: int = 64, heads: int = 4, seq: int = 1
 
 
 def llama_decoder_weights(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2, ffn: int = 128,
-                          vocab: int = 256, seed: int = 0, qkv_bias: bool = False) -> dict[str, np.ndarray]:
+                          vocab: int = 256, seed: int = 0, qkv_bias: bool = False,
+                          experts: int = 0) -> dict[str, np.ndarray]:
     """Random weights of a Llama decoder under transformers' parameter names (`model.layers.0.self_attn.q_proj
     .weight` [out, in], ...), so that the same dict can be loaded into a transformers model and compared.
 
     Linear weights are normal with standard deviation 1.6 / sqrt(fan_in) (0.2 at hidden 64, as the export presets
     in lpusim.llm.export use): the logits then have a standard deviation near 1.6 at any width, so greedy choices
-    are not a run of near-ties. Norm gains are 1 + 0.1 N(0, 1), biases 0.1 N(0, 1), embeddings N(0, 1)."""
+    are not a run of near-ties. Norm gains are 1 + 0.1 N(0, 1), biases 0.1 N(0, 1), embeddings N(0, 1). With
+    `experts`, Mixtral's names replace the MLP's: `mlp.gate.weight` [experts, hidden] (the router),
+    `mlp.experts.gate_up_proj` [experts, 2 ffn, hidden] (gate rows first) and `mlp.experts.down_proj`
+    [experts, hidden, ffn]."""
     rng = np.random.default_rng(seed)
     d = hidden // heads
 
@@ -211,9 +215,14 @@ def llama_decoder_weights(layers: int = 2, hidden: int = 64, heads: int = 4, kv_
                 w[f"{p}.self_attn.{name}_proj.bias"] = (0.1 * rng.standard_normal(n_out)).astype(np.float32)
         w[f"{p}.self_attn.o_proj.weight"] = linear(hidden, heads * d)
         w[f"{p}.post_attention_layernorm.weight"] = gain(hidden)
-        w[f"{p}.mlp.gate_proj.weight"] = linear(ffn, hidden)
-        w[f"{p}.mlp.up_proj.weight"] = linear(ffn, hidden)
-        w[f"{p}.mlp.down_proj.weight"] = linear(hidden, ffn)
+        if experts:
+            w[f"{p}.mlp.gate.weight"] = linear(experts, hidden)
+            w[f"{p}.mlp.experts.gate_up_proj"] = np.stack([linear(2 * ffn, hidden) for _ in range(experts)])
+            w[f"{p}.mlp.experts.down_proj"] = np.stack([linear(hidden, ffn) for _ in range(experts)])
+        else:
+            w[f"{p}.mlp.gate_proj.weight"] = linear(ffn, hidden)
+            w[f"{p}.mlp.up_proj.weight"] = linear(ffn, hidden)
+            w[f"{p}.mlp.down_proj.weight"] = linear(hidden, ffn)
     w["model.norm.weight"] = gain(hidden)
     w["lm_head.weight"] = linear(vocab, hidden)
     return w
@@ -221,8 +230,9 @@ def llama_decoder_weights(layers: int = 2, hidden: int = 64, heads: int = 4, kv_
 
 def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2, ffn: int = 128,
                   vocab: int = 256, seq: int = 8, past: int = 0, batch: int = 1, seed: int = 0,
-                  qkv_bias: bool = False, rope_theta: float = 10000.0, eps: float = 1e-6,
-                  weights: dict[str, np.ndarray] | None = None, opset: int = 17) -> onnx.ModelProto:
+                  qkv_bias: bool = False, experts: int = 0, top_k: int = 2, rope_theta: float = 10000.0,
+                  eps: float = 1e-6, weights: dict[str, np.ndarray] | None = None,
+                  opset: int = 17) -> onnx.ModelProto:
     """One step of a Llama decoder with a KV cache, static shapes: `seq` new tokens after a cache of `past`.
 
     The interface is the Optimum KV-cache layout (lpusim.llm.layout, docs/llm.md): inputs `input_ids` [batch, seq],
@@ -238,15 +248,21 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
     MatMul, Mul by 1/sqrt(head_dim), Add of the mask, Softmax, MatMul; SwiGLU as Sigmoid, Mul, Mul. The mask is a
     constant causal pattern (key j is visible to new token i when j <= past + i) And-ed with the attention mask,
     then Where(allowed, 0, float32 min), as transformers builds it. `qkv_bias` adds Qwen2's biases on q, k, v.
-    `weights` (transformers' names, `llama_decoder_weights`) replaces the random weights from `seed`."""
+    `experts` > 0 puts Mixtral's mixture of experts in place of the MLP, in the dense form a static schedule can
+    run (docs/llm.md section 3.2): every expert computes every token and is weighted by its routing weight, which
+    is 0 unless the expert is among the `top_k` largest router probabilities (found by `top_k` rounds of
+    ReduceMax, Equal, Where; no TopK, no Gather). `weights` (transformers' names, `llama_decoder_weights`)
+    replaces the random weights from `seed`."""
     if hidden % heads or heads % kv_heads:
         raise ValueError(f"llama_decoder: hidden {hidden} must divide into heads {heads}, and heads into "
                          f"kv_heads {kv_heads}")
+    if experts and not 1 <= top_k <= experts:
+        raise ValueError(f"llama_decoder: top_k {top_k} must be in 1..experts ({experts})")
     d = hidden // heads
     rep = heads // kv_heads
     total = past + seq
     w = weights if weights is not None else llama_decoder_weights(layers, hidden, heads, kv_heads, ffn, vocab,
-                                                                  seed, qkv_bias)
+                                                                  seed, qkv_bias, experts)
     nodes: list = []
     inits: list = []
 
@@ -319,6 +335,48 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
         grown = node("Expand", [node("Unsqueeze", [t, kv_axis], f"{name}.unsq"), gqa_expand], f"{name}.expand")
         return node("Reshape", [grown, gqa_merge], f"{name}.rep")
 
+    def swiglu(h, param, name, gate_w=None, up_w=None, down_w=None):
+        """down(silu(gate(h)) * up(h)); the three [out, in] weights from `w` by `param` unless given."""
+        def mm(t, weight, suffix):
+            return node("MatMul", [t, const(f"{param}.{suffix}.weight.T", np.ascontiguousarray(weight.T))],
+                        f"{name}.{suffix}")
+        gate = mm(h, w[f"{param}.gate_proj.weight"] if gate_w is None else gate_w, "gate")
+        silu = node("Mul", [gate, node("Sigmoid", [gate], f"{name}.gate.sigmoid")], f"{name}.silu")
+        up = mm(h, w[f"{param}.up_proj.weight"] if up_w is None else up_w, "up")
+        return mm(node("Mul", [silu, up], f"{name}.swiglu"),
+                  w[f"{param}.down_proj.weight"] if down_w is None else down_w, "down")
+
+    # Less than any probability: Where puts it over a maximum already found, so the next ReduceMax finds the next.
+    below_probs = const("moe.below", np.float32(-1.0)) if experts else None
+
+    def mixture(h, p, name):
+        """Mixtral's sparse MoE block as a dense sum: sum_e route_e * expert_e(h), route_e = p_e / (sum of the
+        top_k p) for the top_k experts and 0 for the others. Exact ties between router probabilities select
+        every tied expert (TopK would take the lower index)."""
+        logits = linear(h, f"{p}.mlp.gate", f"{name}.router")
+        probs = node("Softmax", [logits], f"{name}.router.probs", axis=-1)
+        remaining, kept_sum, threshold = probs, None, None
+        for j in range(top_k):
+            threshold = node("ReduceMax", [remaining], f"{name}.router.max{j}", axes=[-1], keepdims=1)
+            kept_sum = threshold if kept_sum is None else node("Add", [kept_sum, threshold], f"{name}.router.sum{j}")
+            if j + 1 < top_k:
+                found = node("Equal", [remaining, threshold], f"{name}.router.found{j}")
+                remaining = node("Where", [found, below_probs, remaining], f"{name}.router.rest{j}")
+        chosen = node("GreaterOrEqual", [probs, threshold], f"{name}.router.chosen")
+        kept = node("Where", [chosen, probs, const(f"{name}.router.zero", np.float32(0.0))], f"{name}.router.kept")
+        routes = node("Div", [kept, kept_sum], f"{name}.routes")
+        total_out = None
+        gate_up, down_all = w[f"{p}.mlp.experts.gate_up_proj"], w[f"{p}.mlp.experts.down_proj"]
+        for e in range(experts):
+            out = swiglu(h, f"{p}.mlp.experts.{e}", f"{name}.expert{e}", gate_up[e, :ffn], gate_up[e, ffn:],
+                         down_all[e])
+            route = node("Slice", [routes, const(f"{name}.expert{e}.start", np.array([e], np.int64)),
+                                   const(f"{name}.expert{e}.end", np.array([e + 1], np.int64)),
+                                   const(f"{name}.expert{e}.axis", np.array([2], np.int64))], f"{name}.expert{e}.route")
+            weighted = node("Mul", [out, route], f"{name}.expert{e}.weighted")
+            total_out = weighted if total_out is None else node("Add", [total_out, weighted], f"{name}.moe.sum{e}")
+        return total_out
+
     scale = const("attn.scale", np.float32(d ** -0.5))
     merge = const("attn.merge", np.array([batch, seq, hidden], np.int64))
     outputs = []
@@ -343,10 +401,7 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
         attn = linear(node("Reshape", [ctx, merge], f"{name}.ctx.merged"), f"{p}.self_attn.o_proj", f"{name}.o")
         x = node("Add", [x, attn], f"{name}.residual1")
         h = rms_norm(x, f"{p}.post_attention_layernorm", f"{name}.post_norm")
-        gate = linear(h, f"{p}.mlp.gate_proj", f"{name}.gate")
-        silu = node("Mul", [gate, node("Sigmoid", [gate], f"{name}.gate.sigmoid")], f"{name}.silu")
-        up = linear(h, f"{p}.mlp.up_proj", f"{name}.up")
-        down = linear(node("Mul", [silu, up], f"{name}.swiglu"), f"{p}.mlp.down_proj", f"{name}.down")
+        down = mixture(h, p, name) if experts else swiglu(h, f"{p}.mlp", name)
         x = node("Add", [x, down], f"{name}.residual2")
         outputs += [f"present.{i}.key", f"present.{i}.value"]
     x = rms_norm(x, "model.norm", "final_norm")
