@@ -264,7 +264,7 @@ class Builder:
 
 VXM_BIN = ["ADD", "SUB", "MUL", "MAX", "MIN"]
 VXM_UN = ["RELU", "NEG", "ABS", "COPY"]
-VXM_F32 = ["DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT"]  # transcendental latency
+VXM_F32 = ["DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "SIN", "COS"]  # transcendental latency
 VXM_F32_ALU = ["FLOOR", "CEIL"]
 VXM_CMP = ["EQ", "NE", "LT", "LE", "GT", "GE"]  # f32 or i32, binary
 VXM_I32 = ["AND", "OR", "XOR", "NOT"]          # i32 only; NOT is unary

@@ -33,7 +33,7 @@ VXM_ARITY = {
     "ADD": 2, "SUB": 2, "MUL": 2, "MAX": 2, "MIN": 2, "DIV": 2,
     "RELU": 1, "NEG": 1, "ABS": 1, "COPY": 1,
     "EXP": 1, "TANH": 1, "RSQRT": 1, "RCP": 1, "SIGMOID": 1, "ERF": 1,
-    "LOG": 1, "SQRT": 1, "FLOOR": 1, "CEIL": 1,
+    "LOG": 1, "SQRT": 1, "FLOOR": 1, "CEIL": 1, "SIN": 1, "COS": 1,
     "EQ": 2, "NE": 2, "LT": 2, "LE": 2, "GT": 2, "GE": 2,
     "AND": 2, "OR": 2, "XOR": 2, "NOT": 1, "CVT": 1,
 }

@@ -157,8 +157,8 @@ class Program:
 ICU_OPS = {"NOP", "REPEAT", "SYNC", "NOTIFY", "IFETCH", "CONFIG", "DESKEW", "RUNTIME_DESKEW"}
 VXM_BINARY = {"ADD", "SUB", "MUL", "MAX", "MIN", "DIV", "EQ", "NE", "LT", "LE", "GT", "GE", "AND", "OR", "XOR"}
 VXM_UNARY = {"RELU", "NEG", "ABS", "COPY", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "FLOOR",
-             "CEIL", "NOT"}
-VXM_F32_ONLY = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "FLOOR", "CEIL"}
+             "CEIL", "NOT", "SIN", "COS"}
+VXM_F32_ONLY = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "FLOOR", "CEIL", "SIN", "COS"}
 VXM_I32_ONLY = {"AND", "OR", "XOR", "NOT"}
 TYPES = ("i8", "u8", "f16", "i32", "f32")
 

@@ -18,7 +18,7 @@ INT_RANGE = {"i8": (-128, 127), "u8": (0, 255), "i32": (-(2**31), 2**31 - 1)}
 WIDTH = {"i8": 1, "u8": 1, "f16": 2, "i32": 4, "f32": 4}
 NP_DTYPE = {"i8": "<i1", "u8": "<u1", "f16": "<f2", "i32": "<i4", "f32": "<f4"}
 BITS_DTYPE = {1: "<u1", 2: "<u2", 4: "<u4"}
-VXM_TRANSCENDENTAL = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT"}
+VXM_TRANSCENDENTAL = {"DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "SIN", "COS"}
 VXM_COMPARE = {"EQ": np.equal, "NE": np.not_equal, "LT": np.less, "LE": np.less_equal, "GT": np.greater,
                "GE": np.greater_equal}
 
@@ -241,6 +241,10 @@ def _libm(fn, x: float) -> float:
         if math.isinf(x):
             return x
         return math.log(x)
+    if fn in ("sin", "cos"):  # C: sin/cos(+-inf) = NaN (math raises); math.sin/cos call the C functions otherwise
+        if math.isinf(x):
+            return math.nan
+        return math.sin(x) if fn == "sin" else math.cos(x)
     raise ValueError(fn)
 
 
@@ -330,7 +334,7 @@ def _vxm_op(op: str, t: str, a, b):
             raise ValueError(op)
         return (r & 0xFFFFFFFF).astype(np.uint32)
     # f32
-    if op in ("EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG"):
+    if op in ("EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SIN", "COS"):
         return transcendental_f32(op, a)
     if op in ("SQRT", "FLOOR", "CEIL"):  # IEEE binary32: exact (FLOOR, CEIL) or correctly rounded (SQRT)
         fn = {"SQRT": np.sqrt, "FLOOR": np.floor, "CEIL": np.ceil}[op]

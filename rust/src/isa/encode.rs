@@ -131,13 +131,17 @@ pub fn encode_instr(i: &Instr) -> u128 {
         }
         Instr::Alu { op, t, out, dst, a, b: src_b } => {
             b = Bits::new(20);
-            b.put(AluOp::ALL.iter().position(|x| x == op).unwrap_or(0) as u64, 5);
+            // The operation's position in `AluOp::ALL`: its low 5 bits here, the bit above them after the
+            // operands (operations 32.. came later; every older word keeps its encoding, with that bit 0).
+            let code = AluOp::ALL.iter().position(|x| x == op).unwrap_or(0) as u64;
+            b.put(code & 0x1f, 5);
             b.dtype(*t);
             b.dtype(*out);
             b.put(dst.is_some() as u64, 1);
             b.stream(dst.unwrap_or(Stream { dir: Dir::East, index: 0 }));
             b.operand(Some(*a));
             b.operand(*src_b);
+            b.put(code >> 5, 1);
         }
         Instr::Lw { t, s, n } => {
             b = Bits::new(30);
@@ -228,13 +232,15 @@ pub fn decode_instr(w: u128) -> Result<Instr, String> {
             }
         }
         20 => {
-            let op = *AluOp::ALL.get(u.get(5) as usize).ok_or("bad VXM operation code")?;
+            let low = u.get(5);
             let t = u.dtype()?;
             let out = u.dtype()?;
             let has_dst = u.get(1) == 1;
             let d = u.stream();
             let a = u.operand()?.ok_or("missing operand")?;
             let b = u.operand()?;
+            let code = low | u.get(1) << 5;
+            let op = *AluOp::ALL.get(code as usize).ok_or("bad VXM operation code")?;
             Instr::Alu { op, t, out, dst: has_dst.then_some(d), a, b }
         }
         30 => Instr::Lw { t: u.dtype()?, s: u.stream(), n: u.get(16) as u16 },

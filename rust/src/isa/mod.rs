@@ -117,10 +117,13 @@ pub enum AluOp {
     Not,
     Floor,
     Ceil,
+    // Appended after CEIL (rotary position embeddings of decoder LLMs).
+    Sin,
+    Cos,
 }
 
 impl AluOp {
-    pub const ALL: [AluOp; 31] = [
+    pub const ALL: [AluOp; 33] = [
         AluOp::Add,
         AluOp::Sub,
         AluOp::Mul,
@@ -152,6 +155,8 @@ impl AluOp {
         AluOp::Not,
         AluOp::Floor,
         AluOp::Ceil,
+        AluOp::Sin,
+        AluOp::Cos,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -186,6 +191,8 @@ impl AluOp {
             AluOp::Not => "NOT",
             AluOp::Floor => "FLOOR",
             AluOp::Ceil => "CEIL",
+            AluOp::Sin => "SIN",
+            AluOp::Cos => "COS",
         }
     }
     pub fn is_binary(self) -> bool {
@@ -220,7 +227,7 @@ impl AluOp {
             AluOp::Div | AluOp::Exp | AluOp::Tanh | AluOp::Rsqrt | AluOp::Rcp | AluOp::Sigmoid | AluOp::Erf => {
                 t == DType::F32
             }
-            AluOp::Log | AluOp::Sqrt | AluOp::Floor | AluOp::Ceil => t == DType::F32,
+            AluOp::Log | AluOp::Sqrt | AluOp::Floor | AluOp::Ceil | AluOp::Sin | AluOp::Cos => t == DType::F32,
             AluOp::Eq | AluOp::Ne | AluOp::Lt | AluOp::Le | AluOp::Gt | AluOp::Ge => t.is_register_type(),
             AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Not => t == DType::I32,
             AluOp::Cvt => true,

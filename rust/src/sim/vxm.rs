@@ -18,6 +18,10 @@ extern "C" {
     fn libm_erf(x: f64) -> f64;
     #[link_name = "log"]
     fn libm_log(x: f64) -> f64;
+    #[link_name = "sin"]
+    fn libm_sin(x: f64) -> f64;
+    #[link_name = "cos"]
+    fn libm_cos(x: f64) -> f64;
 }
 
 fn exp64(x: f64) -> f64 {
@@ -36,7 +40,9 @@ pub fn latency(op: AluOp, c: &ChipConfig) -> u64 {
         | AluOp::Sigmoid
         | AluOp::Erf
         | AluOp::Log
-        | AluOp::Sqrt => c.vxm_transcendental_latency,
+        | AluOp::Sqrt
+        | AluOp::Sin
+        | AluOp::Cos => c.vxm_transcendental_latency,
         _ => c.vxm_alu_latency,
     }
 }
@@ -152,6 +158,10 @@ fn f32_op(op: AluOp, a: f32, b: f32) -> f32 {
         // libm: log(+-0) = -inf, log(x < 0) = NaN (made canonical by the caller), log(+inf) = +inf.
         // SAFETY: a pure C function of one double.
         AluOp::Log => via64(|x| unsafe { libm_log(x) }),
+        // libm: sin/cos(+-inf) = NaN (made canonical by the caller); sin(-0) = -0.
+        // SAFETY: pure C functions of one double.
+        AluOp::Sin => via64(|x| unsafe { libm_sin(x) }),
+        AluOp::Cos => via64(|x| unsafe { libm_cos(x) }),
         AluOp::Sqrt => a.sqrt(), // IEEE: correctly rounded, sqrt(-0) = -0, negative -> NaN
         AluOp::Floor => a.floor(),
         AluOp::Ceil => a.ceil(),
@@ -573,5 +583,52 @@ mod tests {
             b: Some(Operand::Reg(1)),
         };
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn sin_cos_binary64_libm_rounded_once() {
+        let f = |x: f32| x.to_bits();
+        let u = |op: AluOp, x: f32| one(op, DType::F32, DType::F32, f(x), 0);
+        const NAN: u32 = 0x7FC0_0000;
+        assert_eq!(u(AluOp::Sin, 0.0), f(0.0));
+        assert_eq!(u(AluOp::Sin, -0.0), f(-0.0));
+        assert_eq!(u(AluOp::Cos, 0.0), f(1.0));
+        assert_eq!(u(AluOp::Cos, -0.0), f(1.0));
+        for op in [AluOp::Sin, AluOp::Cos] {
+            assert_eq!(u(op, f32::INFINITY), NAN, "{op:?} inf");
+            assert_eq!(u(op, f32::NEG_INFINITY), NAN, "{op:?} -inf");
+            assert_eq!(one(op, DType::F32, DType::F32, 0xFFC0_0001, 0), NAN, "{op:?} NaN");
+            assert!(op.accepts(DType::F32) && !op.accepts(DType::I32) && !op.is_binary());
+        }
+        for x in [0.5f32, 1.0, -2.0, 3.0, 7.0, 100.0, 1e-30, 1e30, 1.4e-45, 123.456, 16383.0] {
+            assert_eq!(u(AluOp::Sin, x), f((x as f64).sin() as f32), "sin {x}");
+            assert_eq!(u(AluOp::Cos, x), f((x as f64).cos() as f32), "cos {x}");
+        }
+        let c = ChipConfig::tsp_v1();
+        assert_eq!(latency(AluOp::Sin, &c), c.vxm_transcendental_latency);
+        assert_eq!(latency(AluOp::Cos, &c), c.vxm_transcendental_latency);
+    }
+
+    #[test]
+    fn sin_cos_are_appended_and_older_words_keep_their_encoding() {
+        use crate::isa::encode::{decode_instr, encode_instr};
+        use crate::isa::{Instr, Operand, Stream};
+        use AluOp::*;
+        assert_eq!(AluOp::ALL.iter().position(|&o| o == Sin), Some(31));
+        assert_eq!(AluOp::ALL.iter().position(|&o| o == Cos), Some(32));
+        let s = |index: u8| Operand::Stream(Stream { dir: crate::isa::Dir::East, index });
+        let instr = |op: AluOp| {
+            let t = if op.accepts(DType::F32) { DType::F32 } else { DType::I32 };
+            Instr::Alu { op, t, out: t, dst: None, a: s(3), b: op.is_binary().then_some(s(4)) }
+        };
+        let word = |op| encode_instr(&instr(op));
+        for (k, &op) in AluOp::ALL.iter().enumerate() {
+            let w = word(op);
+            assert_eq!(decode_instr(w).unwrap(), instr(op), "{op:?}");
+            assert_eq!((w >> 8) & 0x1f, (k & 0x1f) as u128, "{op:?}: low 5 bits of the code in place");
+            assert_eq!(w >> 97, (k >> 5) as u128, "{op:?}: the code's sixth bit after the operands");
+        }
+        // COS (32): 0 in the 5-bit field, 1 in the appended bit
+        assert_eq!(((word(Cos) >> 8) & 0x1f, word(Cos) >> 97), (0, 1));
     }
 }

@@ -58,6 +58,8 @@ UNARY = {
     "Reciprocal": lambda a: [("RCP", [("in",)])],
     "Sqrt": lambda a: [("SQRT", [("in",)])],
     "Log": lambda a: [("LOG", [("in",)])],
+    "Sin": lambda a: [("SIN", [("in",)])],  # rotary position embeddings: angles of computed positions
+    "Cos": lambda a: [("COS", [("in",)])],
     "Floor": lambda a: [("FLOOR", [("in",)])],
     "Ceil": lambda a: [("CEIL", [("in",)])],
     "Not": lambda a: [("SUB", [("imm", 1.0), ("in",)])],  # booleans are 1.0 / 0.0
