@@ -19,8 +19,13 @@ part b*NH + h), plus whether the ONNX tensor is the transpose of each part ([B, 
   reading one element's matrix through a row map and zeroing the other elements' rows by a 0/1 row-mapped constant.
 The nodes of the parts are interleaved (`interleave_parts`), so the parts' dependent chains overlap in time.
 
-Attention masks ([B, 1, Q|1, K]): kept as rows of K lanes (`lower_maskrow`, the ops on them; `mask_row`, the row
-each part reads).
+Attention masks ([B, 1, Q|1, K]): kept as rows of K lanes (`lower_maskrow`, the ops on them; `mask_row`, the rows
+each part reads): B rows while every query row reads the same one, B*Q once a constant that differs between query
+rows (a decoder's causal mask) met them. A computed [B, S, X] Unsqueezed to [B, 1, S, X] (rotary cos/sin) is kept
+the same way (shape_ops.lower_reshape), so every head reads its element's S rows.
+
+Decoder LLMs: rotate_half is a Slice/Neg/Concat of the heads (per part, lanes or rows only); grouped-query
+attention repeats the key/value parts (`lower_heads_repeat`).
 
 Flat rows (`lower_flatrows`): a computed [R, C] matrix flattened to one column [R*C, 1] and gathered back, as
 exported attention masks do.
@@ -351,8 +356,44 @@ def lower_heads_matmul(lw, node, args):
     lw.heads[node.output[0]] = (out_parts, False, (b, nh, a_shape[2], lw.tensors[out_parts[0]].cols))
 
 
+def lower_heads_repeat(lw, node, op: str, a: dict, args: list) -> None:
+    """Grouped-query attention (transformers' repeat_kv): key/value heads [B, NKV, S, D] -> Unsqueeze
+    [B, NKV, 1, S, D] -> Expand [B, NKV, R, S, D] -> Reshape [B, NKV*R, S, D]. Query head h reads key/value part
+    h // R of its element: the parts are repeated by reference, no data moves. The 5-D steps are views of the
+    same parts (a part per batch element and key/value head); nothing else may read them."""
+    parts, transposed, shape = lw.heads[node.input[0]]
+    if op in ("Unsqueeze", "Reshape") and len(shape) == 4:
+        new = reshape_target(lw, node, a, args, shape)
+        if tuple(new) != tuple(shape[:2]) + (1,) + tuple(shape[2:]):
+            raise CompileError(f"{lw.where(node)}: reshaping attention heads {shape} to {tuple(new)} is not "
+                               f"supported (only [B, heads, 1, S, D] for grouped-query attention)")
+        lw.heads[node.output[0]] = (parts, transposed, tuple(new))
+        return
+    if len(shape) != 5:
+        raise CompileError(f"{lw.where(node)}: {op} of attention heads {shape} is not supported")
+    if op == "Expand" and args[1] is not None and args[1][0] == "const":
+        new = tuple(int(v) for v in np.broadcast_shapes(shape, tuple(int(v) for v in np.ravel(args[1][1]))))
+        if new[:2] + new[3:] != shape[:2] + shape[3:] or shape[2] != 1:
+            raise CompileError(f"{lw.where(node)}: Expand of attention heads {shape} to {new} is not supported "
+                               f"(only along the repeat axis of [B, heads, 1, S, D])")
+        lw.heads[node.output[0]] = (parts, transposed, new)
+        return
+    if op == "Reshape":
+        nb, nkv, rep, s_, d = shape
+        new = reshape_target(lw, node, a, args, shape)
+        if tuple(new) != (nb, nkv * rep, s_, d):
+            raise CompileError(f"{lw.where(node)}: reshaping repeated attention heads {shape} to {tuple(new)} is "
+                               f"not supported (only {(nb, nkv * rep, s_, d)})")
+        repeated = [parts[b * nkv + kv] for b in range(nb) for kv in range(nkv) for _ in range(rep)]
+        lw.heads[node.output[0]] = (repeated, transposed, tuple(new))
+        return
+    raise CompileError(f"{lw.where(node)}: {op} of attention heads {shape} (a 5-D view for grouped-query "
+                       f"attention) is not supported; only Expand along the repeat axis and a Reshape to "
+                       f"[B, heads, S, D] read it")
+
+
 def lower_per_head(lw, node, args):
-    """An elementwise op or a Softmax over the last axis, once per head."""
+    """An elementwise op, a Softmax over the last axis, a Slice or Concat of the last two axes, once per head."""
     heads = [x for x in args if x is not None and x[0] == "heads"]
     nh = len(heads[0][1])
     transposed = heads[0][2]
@@ -363,6 +404,20 @@ def lower_per_head(lw, node, args):
                            f"non-scalar operand is not supported")
     shape4 = heads[0][3]
     n_heads = shape4[1]
+    op = node.op_type
+    if op in ("Slice", "Concat") and transposed:
+        raise CompileError(f"{lw.where(node)}: {op} of transposed attention heads is not supported")
+    part_axes = None
+    if op == "Slice":  # rotate_half of rotary embeddings: lanes (or rows) of every head
+        axes = args[3] if len(args) > 3 else None
+        if axes is None or axes[0] != "const" or any(x is not None and x[0] != "const" for x in args[1:]):
+            raise CompileError(f"{lw.where(node)}: Slice of attention heads needs constant starts, ends and "
+                               f"axes")
+        part_axes = np.asarray(axes[1], dtype=np.int64) % 4
+        if np.any(part_axes < 2):
+            raise CompileError(f"{lw.where(node)}: Slice of attention heads along the batch or heads axis is "
+                               f"not supported (only the last two axes)")
+        part_axes = part_axes - 1  # [B, NH, S, X] -> the part's [1, S, X]
     out_parts = []
     bounds = []
     for i_part in range(nh):
@@ -379,6 +434,10 @@ def lower_per_head(lw, node, args):
                 saved[name] = lw.values.get(name)
                 lw.values[name] = (part, lw.tensors[part].shape)
                 lw.heads_hidden[name] = lw.heads.pop(name)
+            elif part_axes is not None and i == 3:
+                cname = f"{name}@part"
+                lw.consts[cname] = part_axes
+                inputs[i] = cname
             elif x[0] == "const" and x[1].ndim == 4:  # [B or 1, NH or 1, S or 1, X] -> the part's [1, ., X]
                 bb = b if x[1].shape[0] > 1 else 0
                 arr = x[1][bb:bb + 1, h if x[1].shape[1] > 1 else 0]
@@ -389,12 +448,15 @@ def lower_per_head(lw, node, args):
                 row = mask_row(lw, node, name, b)
                 cname = f"{name}@row" if lw.tensors[row] is lw.tensors[lw.maskrows[name][0]] else \
                     f"{name}@row{b}"
-                lw.values[cname] = (row, (1, 1, lw.tensors[row].cols))
+                lw.values[cname] = (row, (1, lw.tensors[row].rows, lw.tensors[row].cols))
                 inputs[i] = cname
             elif x[0] == "value":
                 raise CompileError(f"{lw.where(node)}: mixing attention heads with a computed non-head "
                                    f"operand is not supported yet")
         attrs = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
+        if "axis" in attrs and attrs["axis"] % 4 < 2:  # a part holds one batch element's one head
+            raise CompileError(f"{lw.where(node)}: {op} of attention heads along axis {attrs['axis']} (batch or "
+                               f"heads) is not supported")
         if "axis" in attrs and attrs["axis"] >= 0:
             attrs["axis"] = attrs["axis"] - 1 if attrs["axis"] > 0 else attrs["axis"]
         tag = f"@h{h}" if shape4[0] == 1 else f"@b{b}h{h}"
@@ -411,6 +473,8 @@ def lower_per_head(lw, node, args):
         out_parts.append(lw.values.pop(sub.output[0])[0])
     interleave_parts(lw, bounds)
     # an elementwise op with scalars commutes with the transpose: the parts stay untransposed
+    if op in ("Slice", "Concat"):  # the parts' rows or width change
+        shape4 = tuple(shape4[:2]) + tuple(lw.tensors[out_parts[0]].shape[-2:])
     lw.heads[node.output[0]] = (out_parts, transposed, shape4)
 
 
@@ -419,11 +483,14 @@ def mask_row(lw, node, name: str, b: int) -> str:
     """Batch element b's [1, K] row of the mask `name` (`lower_maskrow` keeps a [1, 1, Q|1, K] mask
     as one row; a [B, 1, 1, K] one is B rows, `lower_maskrow` below): a VXM copy of row b, read through a tap
     of the rows seen as one image of B x 1 pixels (one copy per mask and element, shared by heads and layers)."""
-    rows, _ = lw.maskrows[name]
+    rows, shape = lw.maskrows[name]
     t = lw.tensors[rows]
-    if t.rows == 1:
+    if t.rows == 1 or shape[0] == 1:
         return rows
     cache = lw.mask_rows
+    per = t.rows // shape[0]
+    if per > 1 and (rows, b) not in cache:  # a mask with a row per query (causal): element b's rows, copied
+        cache[(rows, b)] = vector_rows(lw, node, rows, tuple(range(b * per, (b + 1) * per)), f"{name}@rows{b}")
     if (rows, b) not in cache:
         if t.geom not in (None, (1, t.rows, 1)):
             raise CompileError(f"{lw.where(node)}: the attention mask rows '{rows}' are laid out as images "
@@ -441,33 +508,32 @@ def mask_row(lw, node, name: str, b: int) -> str:
 
 def lower_maskrow(lw, node, op, a, args) -> None:
     """Ops on a computed attention mask of ONNX shape [B, 1, Q|1, K], kept as its B rows of K lanes (an NCHW
-    layout would put K on the rows): elementwise ops with constants that are the same for every query row (a
-    constant may differ between batch elements), Expand to [B, 1, Q, K], Shape; lowered on the [B, K] rows,
-    which the attention scores read for every query row of every head of their element."""
+    layout would put K on the rows), or as B*Q rows once a constant that differs between query rows (a causal
+    mask) met it: elementwise ops with constants (which may differ between batch elements and query rows),
+    Expand to [B, 1, Q, K], Shape; lowered on the rows, which the attention scores read for every head of their
+    element (a one-row mask for every query row)."""
+    why = maskrow_unsupported(lw, op, a, args)
+    if why:
+        raise CompileError(f"{lw.where(node)}: {why}")
     masks = [lw.maskrows[x[1]] for x in args if x is not None and x[0] == "maskrow"]
-    shapes = [x[1].shape if x[0] == "const" else lw.maskrows[x[1]][1] if x[0] == "maskrow" else None
-              for x in args if x is not None]
+    shapes = [x[1].shape if x[0] == "const" else lw.maskrows[x[1]][1] for x in args if x is not None]
     if op == "Shape":
         lw.consts[node.output[0]] = np.array(shapes[0], dtype=np.int64)[a.get("start", 0):a.get("end", 4)]
         return
     if op == "Identity":
         lw.maskrows[node.output[0]] = lw.maskrows[node.input[0]]
         return
-    if op == "Expand" and args[1][0] == "const":  # to [B, 1, Q, K]: every query row reads the same row
-        target = tuple(int(v) for v in np.asarray(args[1][1]).ravel())
-        out_shape = tuple(np.broadcast_shapes(shapes[0], target))
-        if len(out_shape) == 4 and out_shape[:2] == (shapes[0][0], 1) and out_shape[3] == shapes[0][3]:
-            lw.maskrows[node.output[0]] = (lw.maskrows[node.input[0]][0], out_shape)
-            return
-    elementwise = op in ("Where", "Cast", "Not") or op in BINARY or op in UNARY or op in ("Pow", "Clip")
-    if not elementwise or any(s_ is None for s_ in shapes):
-        raise CompileError(f"{lw.where(node)}: attention mask rows [B, 1, Q, K] are read by {op}; only "
-                           f"elementwise ops with constants, Expand and the attention scores can read them")
+    if op == "Expand" and args[1][0] == "const" and expanded_mask(shapes[0], args[1][1]):
+        lw.maskrows[node.output[0]] = (lw.maskrows[node.input[0]][0], expanded_mask(shapes[0], args[1][1]))
+        return
     out_shape = tuple(np.broadcast_shapes(*[tuple(s_) for s_ in shapes]))
     nb, k = out_shape[0], out_shape[-1]
-    if len(out_shape) != 4 or out_shape[1] != 1 or any(sh[0] not in (1, nb) for _, sh in masks):
-        raise CompileError(f"{lw.where(node)}: attention mask rows broadcast to {out_shape} (only "
-                           f"[B, 1, Q|1, K])")
+    # A constant that differs between query rows (a causal mask) meets the rows: the result is a mask with a row
+    # per query, B*Q rows of K lanes (element b's on rows b*Q..), which the scores read as a whole per element.
+    # So is any result of a mask that already has a row per query.
+    q = out_shape[2]
+    per_query = q > 1 and (any(per_query_const(x[1], out_shape) for x in args if x is not None and x[0] == "const")
+                           or any(lw.tensors[rows].rows > nb for rows, _ in masks))
     inputs = []
     for i, x in enumerate(args):
         if x is None:
@@ -476,21 +542,72 @@ def lower_maskrow(lw, node, op, a, args) -> None:
         name = f"{node.output[0]}@rows{i}"
         if x[0] == "maskrow":
             rows, shape = lw.maskrows[x[1]]
-            if shape[0] != nb:
-                raise CompileError(f"{lw.where(node)}: a one-row mask meets a mask of {nb} rows")
-            lw.values[name] = (rows, (nb, k))
+            n = lw.tensors[rows].rows
+            if per_query and n == nb and nb > 1:  # element b's row for each of its Q query rows: a row-map copy
+                rows = vector_rows(lw, node, rows, tuple(r // q for r in range(nb * q)), f"{name}.q")
+                n = nb * q
+            lw.values[name] = (rows, (n, k))  # one row (B = 1): read for every query row
         else:
             full = np.broadcast_to(np.asarray(x[1]), out_shape)
-            if not np.all((full == full[:, :, :1, :]) | (np.isnan(full) & np.isnan(full[:, :, :1, :]))):
-                raise CompileError(f"{lw.where(node)}: a constant that differs between query rows meets "
-                                   f"attention mask rows (not supported yet)")
             same = full.size and np.all((full == full.flat[0]) | (np.isnan(full) & np.isnan(full.flat[0])))
-            lw.consts[name] = np.asarray(full.flat[0]) if same else np.ascontiguousarray(full[:, 0, 0, :])
+            if same:
+                lw.consts[name] = np.asarray(full.flat[0])
+            elif per_query:
+                lw.consts[name] = np.ascontiguousarray(full[:, 0]).reshape(nb * q, k)
+            else:
+                lw.consts[name] = np.ascontiguousarray(full[:, 0, 0, :])
         inputs.append(name)
     sub = onnx.helper.make_node(op, inputs, [f"{node.output[0]}@rows"], name=node.name or node.output[0], **a)
     lw.lower(sub)
     rows, _ = lw.values.pop(sub.output[0])
     lw.maskrows[node.output[0]] = (rows, out_shape)
+
+
+def expanded_mask(shape: tuple, target) -> tuple | None:
+    """The shape of an Expand of mask rows of `shape` to `target` when the rows stay (to [B, 1, Q, K]: every
+    query row reads the same row), else None."""
+    out_shape = tuple(np.broadcast_shapes(tuple(shape), tuple(int(v) for v in np.asarray(target).ravel())))
+    ok = len(out_shape) == 4 and out_shape[:2] == (shape[0], 1) and out_shape[3] == shape[3]
+    return out_shape if ok else None
+
+
+def maskrow_unsupported(lw, op: str, a: dict, args: list) -> str | None:
+    """Why `lower_maskrow` cannot lower this op on mask rows (None: it can)."""
+    shapes = [x[1].shape if x[0] == "const" else lw.maskrows[x[1]][1] if x[0] == "maskrow" else None
+              for x in args if x is not None]
+    if op in ("Shape", "Identity") or (op == "Expand" and args[1][0] == "const"
+                                       and expanded_mask(shapes[0], args[1][1])):
+        return None
+    elementwise = op in ("Where", "Cast", "Not") or op in BINARY or op in UNARY or op in ("Pow", "Clip")
+    if not elementwise or any(s_ is None for s_ in shapes):
+        return (f"attention mask rows [B, 1, Q, K] are read by {op}; only elementwise ops with constants, Expand "
+                f"and the attention scores can read them")
+    try:
+        out_shape = tuple(np.broadcast_shapes(*[tuple(s_) for s_ in shapes]))
+    except ValueError:
+        return f"shapes {shapes} do not broadcast"
+    nb = out_shape[0] if out_shape else 1
+    masks = [lw.maskrows[x[1]] for x in args if x is not None and x[0] == "maskrow"]
+    if len(out_shape) != 4 or out_shape[1] != 1 or any(sh[0] not in (1, nb) for _, sh in masks):
+        return f"attention mask rows broadcast to {out_shape} (only [B, 1, Q|1, K])"
+    if any(sh[0] != nb for _, sh in masks):
+        return f"a one-row mask meets a mask of {nb} rows"
+    return None
+
+
+def per_query_const(arr, out_shape: tuple) -> bool:
+    """Whether a constant broadcast to the mask's [B, 1, Q, K] differs between query rows (NaN equals NaN)."""
+    full = np.broadcast_to(np.asarray(arr), out_shape)
+    return not np.all((full == full[:, :, :1, :]) | (np.isnan(full) & np.isnan(full[:, :, :1, :])))
+
+
+def vector_rows(lw, node, x: str, rows: tuple, hint: str) -> str:
+    """A VXM copy of `x` through a row map (output row r is row rows[r] of x)."""
+    y = lw.add_tensor(lw.fresh(hint), (len(rows), lw.tensors[x].cols), "value")
+    lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x, rows=rows)],
+                         steps=[Step("COPY", [("src", 0)])], fusable=False))
+    lw.derived[y] = lw.ir_magnitude(x)
+    return y
 
 
 def lower_flatrows(lw, node, op: str, a: dict, args: list) -> None:

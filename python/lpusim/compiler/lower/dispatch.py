@@ -11,14 +11,15 @@ import numpy as np
 
 from lpusim.compiler.frontend.load import attrs
 from lpusim.compiler.lower.attention import (lower_flatrows, lower_heads_matmul, lower_heads_transpose,
-                                             lower_maskrow, lower_merge_reshape, lower_per_head,
-                                             lower_split_transpose)
+                                             lower_heads_repeat, lower_maskrow, lower_merge_reshape,
+                                             lower_per_head, lower_split_transpose)
 from lpusim.compiler.lower.elementwise import lower_cast_op
 from lpusim.compiler.lower.fold import fold
 from lpusim.compiler.lower.quant import lower_quant
 from lpusim.compiler.lower.shape_ops import (PASSTHROUGH, RESHAPES, finish_grouped, lower_constant,
                                              lower_grouped_transpose, lower_identity, lower_shape, reshape_target)
-from lpusim.compiler.lower.state import LowerState
+from lpusim.compiler.lower.state import LowerState, Renamed
+from lpusim.compiler.lower.transpose import reshape_relayout
 from lpusim.compiler.lower.table import SUPPORTED_OPS, TABLE
 from lpusim.errors import CompileError
 
@@ -60,12 +61,14 @@ def lower_node(lw: LowerState, node) -> None:
                            f"inference Dropout is the identity")
     if any(x is not None and x[0] == "maskrow" for x in args) and not any(
             x is not None and x[0] == "heads" for x in args):
-        return lower_maskrow(lw, node, op, a, args)
+        args = relaid_row_views(lw, node, args)  # a [B, 1, S, X] value read by another op: its NCHW layout
+        if any(x is not None and x[0] == "maskrow" for x in args):
+            return lower_maskrow(lw, node, op, a, args)
     if any(x is not None and x[0] == "flatrows" for x in args):
         return lower_flatrows(lw, node, op, a, args)
-    if op in PASSTHROUGH:
+    if op in PASSTHROUGH and args[0] is not None and args[0][0] != "heads":  # heads: lower_view
         return lower_identity(lw, node, a, args)
-    if op == "Cast":
+    if op == "Cast" and args[0] is not None and args[0][0] != "heads":  # heads: a Cast per head (lower_view)
         return lower_cast_op(lw, node, a, args)
     if lower_view(lw, node, op, a, args):
         return
@@ -74,6 +77,28 @@ def lower_node(lw: LowerState, node) -> None:
         raise CompileError(f"{lw.where(node)}: operator {op} is not supported yet "
                            f"(supported: {', '.join(SUPPORTED_OPS)})")
     lowering(lw, node, a, args)
+
+
+def relaid_row_views(lw: LowerState, node, args: list) -> list:
+    """`args` with each row view (a [B, S, X] value reshaped to [B, 1, S, X], kept as rows for the attention
+    heads) as the [B, 1, S, X] image it is in ONNX, for a reader other than the heads: the Reshape's lowering had
+    it not been kept as rows (made once per view; the heads still read the rows)."""
+    out = list(args)
+    for i, x in enumerate(args):
+        if x is None or x[0] != "maskrow" or x[1] not in lw.row_views:
+            continue
+        name = x[1]
+        ir_name, shape, image = lw.row_views[name]
+        new = lw.maskrows[name][1]
+        if image is None:
+            tag = f"{name}@image"
+            if not reshape_relayout(lw, Renamed(node, tag), ir_name, shape, new):
+                raise CompileError(f"{lw.where(node)}: input '{name}' ({shape} reshaped to {new}) cannot be laid "
+                                   f"out as an image")
+            image = lw.values.pop(tag)[0]
+            lw.row_views[name] = (ir_name, shape, image)
+        out[i] = ("value", image, new)
+    return out
 
 
 def lower_view(lw: LowerState, node, op: str, a: dict, args: list) -> bool:
@@ -92,7 +117,11 @@ def lower_view(lw: LowerState, node, op: str, a: dict, args: list) -> bool:
         lower_merge_reshape(lw, node, reshape_target(lw, node, a, args, (b, s_, nh, d)))
         return True
     if "heads" in kinds:
-        if op == "MatMul":
+        if any(x is not None and x[0] == "heads" and len(x[3]) == 5 for x in args) or (
+                op in ("Unsqueeze", "Reshape") and len(reshape_target(lw, node, a, args,
+                                                                      lw.heads[node.input[0]][2])) == 5):
+            lower_heads_repeat(lw, node, op, a, args)  # grouped-query attention's repeat_kv
+        elif op == "MatMul":
             lower_heads_matmul(lw, node, args)
         elif op == "Transpose":
             lower_heads_transpose(lw, node, a)

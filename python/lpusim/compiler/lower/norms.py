@@ -48,6 +48,17 @@ def lower_softmax(lw, node, op, a, args):
     top = lw.magnitudes.get(node.input[0] + "#max")
     r = 2.0 * (abs(top) if top is not None else lw.magnitudes.get(node.input[0], 0.0))
     r = min(r, 2.0 ** 128)
+    low = lw.magnitudes.get(node.input[0], 0.0)
+    if np.isfinite(low) and low > 2.0 ** 64 and low > 2.0 ** 32 * r:
+        # A finite additive mask far below every score (transformers' finfo(float32).min): a row masked
+        # everywhere (left padding under a causal mask) holds only such values, whose fp16 copy for the maximum
+        # search is -inf, and -inf - -inf is NaN. Clamped to -c (c > r/2 + 104: exp(-c - max) is 0 in f32 for
+        # any row with a score) such a row is uniform, as onnxruntime's is (score + finfo.min rounds to
+        # finfo.min everywhere); an infinite mask is left alone (onnxruntime's row is NaN too).
+        c = max(2.0 ** 12, 2.0 * r)
+        x = vector(lw, node, [x], [Step("MAX", [("src", 0), ("imm", -c)])], shape, "clamped")
+        r = c
+        lw.derived[x] = r
     if x in lw.derived:  # a per-head part only the maximum search reads in fp16: scale its copy by r
         lw.derived[x] = r
     m = lane_extreme(lw, node, x, shape, "MAX", magnitude=r)

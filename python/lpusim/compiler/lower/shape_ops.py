@@ -100,6 +100,14 @@ def lower_reshape(lw, node, op, a, args):
                              sources=[View(ir_name)], fusable=False))
         lw.derived[out] = lw.tensor_magnitude(node, ir_name)
         lw.values[node.output[0]] = (out, new)
+    elif len(new) == 4 and len(shape) == 3 and new[1] == 1 and tuple(shape) == (new[0], new[2], new[3]) \
+            and new[2] > 1 and t.geom is None and t.kind == "value" \
+            and all(o.name != node.output[0] for o in lw.model.graph.output):
+        # [B, S, X] -> [B, 1, S, X] (rotary cos/sin, read by every head): kept as B*S rows of X lanes, like an
+        # attention mask with a row per query (attention.py), instead of an image of one channel; any reader other
+        # than the heads gets that image (dispatch.relaid_row_views: reshape_relayout below)
+        lw.maskrows[node.output[0]] = (ir_name, new)
+        lw.row_views[node.output[0]] = (ir_name, tuple(shape), None)
     elif not reshape_relayout(lw, node, ir_name, shape, new) and \
             not reshape_regroup(lw, node, ir_name, shape, new):  # any other (transpose.py)
         raise CompileError(f"{lw.where(node)}: reshaping a computed {t.rows}x{t.cols} tensor to "

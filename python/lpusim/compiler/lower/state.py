@@ -40,6 +40,10 @@ class LowerState:
         self.integral: set[str] = set(self.kinds)  # ONNX values known to hold whole numbers (dispatch.py)
         self.maskrows: dict[str, tuple] = {}  # ONNX name -> (IR [1, K] row, ONNX shape [1, 1, Q|1, K]) (attention.py)
         self.flatrows: dict[str, tuple] = {}  # ONNX name -> a matrix flattened to a column (attention.py)
+        # ONNX name -> (IR value, its [B, S, X] shape, its [B, 1, S, X] image or None) of a value reshaped to
+        # [B, 1, S, X] and kept as mask rows for the attention heads (shape_ops.lower_reshape: rotary cos/sin); any
+        # other reader gets the image, laid out once (dispatch.relaid_row_views)
+        self.row_views: dict[str, tuple] = {}
         # caches and per-family state
         self.shared_consts: dict = {}  # key -> constant tensor: ones matrices, rotations, stored once (lanes.py)
         # Whether sums and attention products split their fp16 operands into hi + lo (lanes.fp16_residual): for
