@@ -120,7 +120,7 @@ class Chip:
     def vxm_latency(self, op: str) -> int:
         if op == "MUL":
             return self.config["vxm_mul_latency"]
-        if op in ("DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT"):
+        if op in ("DIV", "EXP", "TANH", "RSQRT", "RCP", "SIGMOID", "ERF", "LOG", "SQRT", "SIN", "COS"):
             return self.config["vxm_transcendental_latency"]
         return self.config["vxm_alu_latency"]
 

@@ -152,6 +152,9 @@ EXCLUDED_BY_REASON = {
     ],
     RANGE_COMPUTED: [
         "test_range_float_type_positive_delta", "test_range_int32_type_negative_delta",
+        # the window functions' expanded forms compute their length with a Range of the size input
+        "test_blackmanwindow_expanded", "test_blackmanwindow_symmetric_expanded", "test_hammingwindow_expanded",
+        "test_hammingwindow_symmetric_expanded", "test_hannwindow_expanded", "test_hannwindow_symmetric_expanded",
     ],
 }
 EXCLUDED = {name: reason for reason, names in EXCLUDED_BY_REASON.items() for name in names}

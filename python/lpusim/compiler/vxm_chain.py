@@ -13,18 +13,13 @@ from typing import Callable
 from lpusim.compiler.ir import Step, step_out_type
 
 
-# VXM operations lpusim/chip.py's latency table does not list yet (it gives them the ALU latency): their latency
-# field (docs/isa.md section 4). Until chip.py lists them, the compiler times them here, as the simulator does.
-LATENCY_FIELDS = {"SIN": "vxm_transcendental_latency", "COS": "vxm_transcendental_latency"}
-
-
+# One latency rule for the passes and the scheduler: Chip.vxm_latency, except CVT, which the chip times as an ALU op
+# whatever its types (docs/isa.md section 4).
 def op_latency(chip) -> Callable[[str], int]:
     """The issue-to-result latency of each VXM operation on `chip` (CVT: the ALU latency)."""
     def lat(op: str) -> int:
         if op == "CVT":
             return chip.vxm_alu_latency
-        if op in LATENCY_FIELDS:
-            return chip.config[LATENCY_FIELDS[op]]
         return chip.vxm_latency(op)
     return lat
 
