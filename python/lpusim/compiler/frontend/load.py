@@ -52,7 +52,7 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
             continue
         dims = []
         for d in inp.type.tensor_type.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
+            if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(d.dim_value)
             else:
                 name = d.dim_param or "?"

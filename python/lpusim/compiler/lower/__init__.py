@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from lpusim.compiler.frontend.load import HOST_TYPES, resolve_input_shapes
 from lpusim.compiler.ir import Graph, Node, Step, View, node_inputs
+from lpusim.compiler.lower.attention import heads_output
 from lpusim.compiler.lower.dispatch import lower
 from lpusim.compiler.lower.state import LowerState
 from lpusim.errors import CompileError
@@ -37,6 +38,8 @@ def finish(lw: LowerState) -> Graph:
     for o in lw.model.graph.output:
         if o.name in lw.consts:
             raise CompileError(f"output '{o.name}' is a constant; nothing to run on the chip")
+        if o.name not in lw.values and o.name in lw.heads:  # a decoder's present keys/values
+            heads_output(lw, o.name)
         if o.name not in lw.values:
             raise CompileError(f"output '{o.name}' is not produced by any node")
         ir_name, shape = lw.q_state.get("outputs", {}).get(o.name) or lw.values[o.name]  # int8/uint8 codes

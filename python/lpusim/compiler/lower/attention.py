@@ -51,9 +51,10 @@ from lpusim.compiler.lower.lanes import fp16_residual, shared_const, UP, vector
 from lpusim.compiler.lower.matmul import lower_computed_matmul
 from lpusim.compiler.lower.quant_codes import (q_alias_requantized, q_const, q_quantize_steps, q_requantizer,
                                                q_scalar_scale, q_users, q_vector, q_zero)
-from lpusim.compiler.lower.rows import select_lanes
+from lpusim.compiler.lower.rows import concat_rows, select_lanes
 from lpusim.compiler.lower.shape_ops import lower_concat, lower_reshape, reshape_target
 from lpusim.compiler.lower.state import Renamed
+from lpusim.compiler.lower.transpose import copy_rows, reshape_relayout
 from lpusim.errors import CompileError
 
 
@@ -397,6 +398,13 @@ def lower_per_head(lw, node, args):
     heads = [x for x in args if x is not None and x[0] == "heads"]
     nh = len(heads[0][1])
     transposed = heads[0][2]
+    if node.op_type == "Concat":  # an empty operand (a prefill's KV cache of length 0) adds nothing
+        axis = dict((at.name, onnx.helper.get_attribute_value(at)) for at in node.attribute).get("axis", 0)
+        args = [None if x is not None and operand_shape(x)[axis] == 0 else x for x in args]
+        kept = [i for i, x in enumerate(args) if x is not None]
+        if len(kept) == 1 and args[kept[0]][0] == "heads":
+            lw.heads[node.output[0]] = lw.heads[node.input[kept[0]]]
+            return
     scalars_only = all(x is None or x[0] == "heads" or (x[0] == "const" and np.asarray(x[1]).size == 1)
                        for x in args)
     if any(x[2] != transposed for x in heads) or (transposed and not scalars_only):
@@ -427,6 +435,7 @@ def lower_per_head(lw, node, args):
         inputs = list(node.input)
         for i, x in enumerate(args):
             if x is None:
+                inputs[i] = ""
                 continue
             name = node.input[i]
             if x[0] == "heads":
@@ -450,9 +459,11 @@ def lower_per_head(lw, node, args):
                     f"{name}@row{b}"
                 lw.values[cname] = (row, (1, lw.tensors[row].rows, lw.tensors[row].cols))
                 inputs[i] = cname
-            elif x[0] == "value":
-                raise CompileError(f"{lw.where(node)}: mixing attention heads with a computed non-head "
-                                   f"operand is not supported yet")
+            elif x[0] == "value":  # [B, NH, S', X] (a KV cache's past): one part per head, as the heads have
+                vb, vh = x[2][0] if len(x[2]) == 4 else 1, x[2][1] if len(x[2]) == 4 else 1
+                part = value_parts(lw, node, name, x, shape4)[(b if vb > 1 else 0) * vh + (h if vh > 1 else 0)]
+                saved[name] = lw.values.get(name)
+                lw.values[name] = (part, lw.tensors[part].shape)
         attrs = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
         if "axis" in attrs and attrs["axis"] % 4 < 2:  # a part holds one batch element's one head
             raise CompileError(f"{lw.where(node)}: {op} of attention heads along axis {attrs['axis']} (batch or "
@@ -465,7 +476,8 @@ def lower_per_head(lw, node, args):
             lw.lower(sub)
         finally:
             for name, old in saved.items():
-                lw.heads[name] = lw.heads_hidden.pop(name)
+                if name in lw.heads_hidden:
+                    lw.heads[name] = lw.heads_hidden.pop(name)
                 if old is None:
                     del lw.values[name]
                 else:
@@ -476,6 +488,70 @@ def lower_per_head(lw, node, args):
     if op in ("Slice", "Concat"):  # the parts' rows or width change
         shape4 = tuple(shape4[:2]) + tuple(lw.tensors[out_parts[0]].shape[-2:])
     lw.heads[node.output[0]] = (out_parts, transposed, shape4)
+
+
+def operand_shape(x) -> tuple:
+    """The ONNX shape of a lowering argument (const, value or heads)."""
+    return tuple(np.shape(x[1])) if x[0] == "const" else tuple(x[3]) if x[0] == "heads" else tuple(x[2])
+
+
+def value_parts(lw, node, name: str, x, shape4: tuple) -> list:
+    """A computed [B, NH, S', X] tensor read together with attention heads of [B, NH, S, D] (a KV cache's past
+    keys or values, a graph input, Concat-ed with the new ones): one [S', X] part per (batch element, head), the
+    heads' order ([1, 1, S', X], a decoder's one-key mask bias: one part every head reads). A graph input is
+    read by the host as [B*NH, S', X] (a view of the same array); a computed
+    image is relaid out to that once (SXM transposes, transpose.reshape_relayout). Each part is then a VXM copy of
+    its S' rows. Made once per tensor (`lw.value_parts`)."""
+    if name in lw.value_parts:
+        return lw.value_parts[name]
+    _, ir, shape = x
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 4 or any(v not in (1, w) for v, w in zip(shape[:2], shape4[:2])):
+        raise CompileError(f"{lw.where(node)}: mixing attention heads {tuple(shape4)} with the computed "
+                           f"non-head operand '{name}' {shape} is not supported (only [B|1, heads|1, S, X])")
+    nb, nh, s, d = shape
+    t = lw.tensors[ir]
+    flat_shape = (nb * nh, s, d)
+    mag = lw.magnitudes.get(name, lw.ir_magnitude(ir))
+    if t.kind == "input":
+        flat = lw.add_tensor(lw.fresh(f"{name}.rows"), flat_shape, "input", onnx_input=t.onnx_input)
+        lw.inputs.append(flat)
+    else:
+        sub = Renamed(node, f"{name}@rows")
+        if not reshape_relayout(lw, sub, ir, shape, flat_shape):
+            raise CompileError(f"{lw.where(node)}: the computed [B, heads, S, X] operand '{name}' {shape} cannot be "
+                               f"split into attention heads")
+        flat = lw.values.pop(sub.output[0])[0]
+    parts = [copy_rows(lw, node, flat, (1, s, d), np.arange(i * s, (i + 1) * s), f"{name}@p{i}", mag,
+                       force=nb * nh > 1 or t.kind == "input") for i in range(nb * nh)]
+    for p in parts:
+        lw.tensors[p].shape = (1, s, d)
+    lw.value_parts[name] = parts
+    return parts
+
+
+def heads_output(lw, name: str) -> None:
+    """Attention heads that are a graph output (a decoder's present keys and values, [B, NH, S, D]): the parts
+    stacked on the rows ([B*NH, S, D], rows.concat_rows), then laid out as the ONNX image
+    (transpose.reshape_relayout: SXM transposes); lw.values[name] holds the result."""
+    parts, transposed, shape4 = lw.heads[name]
+    node = onnx.helper.make_node("Identity", [name], [name], name=name)
+    producer = next((n for n in lw.model.graph.node if name in n.output), None)
+    if producer is None or producer.op_type != "Concat":  # (the layout below works for any heads; kept to
+        raise CompileError(f"output '{name}': attention heads {tuple(shape4)} as a graph output are only "  # KV)
+                           f"laid out for a KV cache's present keys/values (a Concat of past and new ones)")
+    if transposed or len(shape4) != 4:
+        raise CompileError(f"output '{name}': attention heads {tuple(shape4)}"
+                           f"{' (transposed)' if transposed else ''} as a graph output are not supported "
+                           f"(only [B, heads, S, D])")
+    nb, nh, s, d = (int(v) for v in shape4)
+    parts = [head_float(lw, node, p) for p in parts]
+    sub = Renamed(node, f"{name}@stacked")
+    concat_rows(lw, sub, [("value", p, (1, s, d)) for p in parts], [(1, s, d)] * len(parts), 0)
+    stacked = lw.values.pop(sub.output[0])[0]
+    if not reshape_relayout(lw, node, stacked, (nb * nh, s, d), (nb, nh, s, d)):
+        raise CompileError(f"output '{name}': attention heads {tuple(shape4)} cannot be laid out as a graph "
+                           f"output")
 
 
 # ----- attention masks at batch B > 1: [B, 1, 1, K] kept as B rows of K lanes --------------------------------

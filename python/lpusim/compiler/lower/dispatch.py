@@ -13,11 +13,12 @@ from lpusim.compiler.frontend.load import attrs
 from lpusim.compiler.lower.attention import (lower_flatrows, lower_heads_matmul, lower_heads_transpose,
                                              lower_heads_repeat, lower_maskrow, lower_merge_reshape,
                                              lower_per_head, lower_split_transpose)
-from lpusim.compiler.lower.elementwise import lower_cast_op
+from lpusim.compiler.lower.elementwise import BINARY, lower_cast_op, UNARY
 from lpusim.compiler.lower.fold import fold
 from lpusim.compiler.lower.quant import lower_quant
 from lpusim.compiler.lower.shape_ops import (PASSTHROUGH, RESHAPES, finish_grouped, lower_constant,
-                                             lower_grouped_transpose, lower_identity, lower_shape, reshape_target)
+                                             lower_grouped_transpose, lower_identity, lower_shape, reshape_target,
+                                             split_as_row_view)
 from lpusim.compiler.lower.state import LowerState, Renamed
 from lpusim.compiler.lower.transpose import reshape_relayout
 from lpusim.compiler.lower.table import SUPPORTED_OPS, TABLE
@@ -27,6 +28,9 @@ from lpusim.errors import CompileError
 KEEP_INTEGRAL = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Slice", "Transpose",
                  "Tile", "Neg", "Abs", "Relu", "Floor", "Ceil", "Cast"}  # when the first input does
 WHOLE_ARITH = {"Add", "Sub", "Mul", "Max", "Min", "Where", "Concat"}  # when every input does
+# ops whose lowerings assume every input holds values: a zero-size one is refused by name first
+EMPTY_REFUSED = set(BINARY) | set(UNARY) | {"MatMul", "Gemm", "Transpose", "Softmax", "LogSoftmax", "Where", "Pow",
+                                            "Clip", "LayerNormalization"}
 BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN",
            "ArgMax", "ArgMin"}
 
@@ -50,6 +54,11 @@ def lower_node(lw: LowerState, node) -> None:
         raise CompileError(f"{lw.where(node)}: operator domain '{node.domain}' is not supported")
     if op == "Constant":
         return lower_constant(lw, node, a, args)
+    if op in EMPTY_REFUSED and any(x is not None and x[0] == "value" and 0 in tuple(x[2]) for x in args):
+        empty = next(node.input[i] for i, x in enumerate(args) if x is not None and x[0] == "value" and 0 in x[2])
+        raise CompileError(f"{lw.where(node)}: input '{empty}' has the zero-size shape "
+                           f"{tuple(lw.values[empty][1])}; zero-size tensors are only supported where they add "
+                           f"nothing (a Concat operand: a prefill's empty KV-cache past)")
     if all(x is None or x[0] == "const" for x in args) and op not in ("Dropout",):
         lw.consts[node.output[0]] = fold(lw, node, op, a, [None if x is None else x[1] for x in args])
         return
@@ -107,6 +116,9 @@ def lower_view(lw: LowerState, node, op: str, a: dict, args: list) -> bool:
     kinds = {x[0] for x in args if x is not None}
     if "split" in kinds:
         if op != "Transpose":
+            if all(split_as_row_view(lw, x[1]) for x in args if x is not None and x[0] == "split"):
+                lower_node(lw, node)  # a one-token, one-head "split": rows every head reads
+                return True
             raise CompileError(f"{lw.where(node)}: a [B, S, heads, D] view is only read by a Transpose")
         lower_split_transpose(lw, node, a)
         return True

@@ -23,7 +23,7 @@ import onnx
 from lpusim.compiler.frontend.calibrate import without_large_initializers
 from lpusim.compiler.frontend.load import HOST_TYPES
 from lpusim.compiler.ir import Node, Step, View
-from lpusim.compiler.lower.lanes import lane_axis, node_of, with_lanes
+from lpusim.compiler.lower.lanes import fp16_residual, lane_axis, node_of, UP, with_lanes
 from lpusim.compiler.lower.rows import row_view, select_lanes
 from lpusim.compiler.lower.spatial_nd import channels_last_readers_only, ELEMENTWISE, nd_finish
 from lpusim.compiler.lower.state import Renamed
@@ -106,7 +106,7 @@ def lower_sum(lw, node, a, args):
 
 
 # ----- elementwise ----------------------------------------------------------------------------------
-def operand(lw, node, x, out_shape):
+def operand(lw, node, x, out_shape, exact: bool = False):
     """A binary operand as a chain argument: ('imm', v), or ('src', tensor name) for a row/full tensor."""
     if x[0] == "const":
         arr = np.asarray(x[1], dtype=np.float32)
@@ -127,11 +127,31 @@ def operand(lw, node, x, out_shape):
     if cols == 1 and ocols > 1 and (rows == orows or rows == 1) and (len(shape) == 4) <= (len(out_shape) == 4):
         # (..., 1) across the lanes (x - ReduceMean(x) in an exported LayerNorm): lane 0 copied to every
         # lane on the MXM
-        y, _ = select_lanes(lw, node, name, tuple(shape) or (1,), np.zeros(ocols, dtype=np.int64),
-                            lw.fresh("bcast"))
-        lw.derived[y] = lw.tensor_magnitude(node, name)
+        cols0 = np.zeros(ocols, dtype=np.int64)
+        mag = lw.tensor_magnitude(node, name)
+        y, _ = select_lanes(lw, node, name, tuple(shape) or (1,), cols0, lw.fresh("bcast"))
+        lw.derived[y] = mag
+        if exact:  # a comparison: fp16's rounding would break ties (Equal(x, ReduceMax(x)))
+            y = exact_broadcast(lw, node, name, tuple(shape) or (1,), cols0, y, mag)
         return ("src", y)
     return broadcast_operand(lw, node, name, shape, out_shape)
+
+
+def exact_broadcast(lw, node, x: str, shape: tuple, cols: np.ndarray, hi: str, mag: float) -> str:
+    """x's lanes moved on the MXM exactly: `hi` (the move of x's fp16 copy) plus the moves of two residuals
+    (lanes.fp16_residual, each scaled up by UP: 11 more bits each, so the three pieces hold all of f32's 24),
+    added in f32 in the epilogues (each partial sum is x truncated, so it is exact)."""
+    y, piece = hi, x
+    for k in (1, 2):
+        piece = fp16_residual(lw, node, piece, shape, f"{x}.lo{k}", mag, up=True)
+        y, _ = select_lanes(lw, node, piece, shape, cols, lw.fresh("bcast"),
+                            [Step("MUL", [("acc",), ("imm", 1.0 / UP ** k)]), Step("ADD", [("src", 0), ("step", 0)])],
+                            [y])
+        lw.derived[y] = mag
+    return y
+
+
+COMPARISONS = ("EQ", "LT", "GT", "LE", "GE", "NE")
 
 
 def emit_binary(lw, node, vop, x, y, out_name):
@@ -140,7 +160,8 @@ def emit_binary(lw, node, vop, x, y, out_name):
         out_shape = tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
     except ValueError:
         raise CompileError(f"{lw.where(node)}: shapes {shapes[0]} and {shapes[1]} do not broadcast") from None
-    ax, ay = operand(lw, node, x, out_shape), operand(lw, node, y, out_shape)
+    exact = vop in COMPARISONS
+    ax, ay = operand(lw, node, x, out_shape, exact), operand(lw, node, y, out_shape, exact)
     sources, args = [], []
     for kind, v in (ax, ay):
         if kind == "imm":

@@ -330,6 +330,19 @@ def split_reshape(lw, node, ir_name, shape, new) -> bool:
     return False
 
 
+def split_as_row_view(lw, name: str) -> bool:
+    """A pending split [B, 1, X] -> [B, 1, 1, X] (one head of one token) read by an op other than a Transpose is a
+    row view instead (rotary cos/sin of a decode step's single token, read by every head: the [B, S, X] ->
+    [B, 1, S, X] case of `lower_reshape` at S = 1). False if the split is not of that form."""
+    ir_name, shape, nh, d = lw.splits[name]
+    if nh != 1 or shape[1] != 1 or lw.tensors[ir_name].geom is not None:
+        return False
+    del lw.splits[name]
+    lw.maskrows[name] = (ir_name, (shape[0], 1, 1, d))
+    lw.row_views[name] = (ir_name, tuple(shape), None)
+    return True
+
+
 def flatten_rows(lw, node, ir_name: str, shape: tuple, new: tuple) -> bool:
     """A Flatten/Reshape of a computed [R, C] matrix (R > 1, no image) to a column [R*C, 1] or [R*C]."""
     t = lw.tensors[ir_name]

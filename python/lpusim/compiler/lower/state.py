@@ -53,6 +53,7 @@ class LowerState:
         self.precise_sums: bool = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
         self.head_scales: dict[str, float] = {}  # head parts holding integers (codes - zero point) -> their scale
         self.head_floats: dict[str, str] = {}  # head part -> its floats (code x scale, once per part)
+        self.value_parts: dict[str, list] = {}  # ONNX [B, NH, S, X] value read with heads -> its parts (attention.py)
         self.mask_rows: dict = {}  # (mask rows, batch element) -> the [1, K] row read by that element's scores
         self.interleave_width = 12  # attention.interleave_parts: parts interleaved per window
         self.row_bits: dict = {}  # (cols, word, slot) -> a bit-select constant (rows.py)

@@ -1,0 +1,85 @@
+"""Decoders with a KV cache (the Optimum layout, docs/llm.md): `lpusim.models.llama_decoder` graphs compiled,
+simulated and compared with onnxruntime on every output (logits and present.N.key/.value).
+
+* a decode step (seq 1 after a past of P): the past keys/values arrive as graph inputs [B, kv_heads, P, D], are
+  read by the host as one part per (element, head) and Concat-ed with the new keys/values on the rows
+  (lower/attention.py `value_parts`); present.N.* are graph outputs laid out from the parts (`heads_output`);
+* prefill (past 0): the empty past tensors add nothing to the Concat (a zero dimension is a fixed one);
+* Llama, Qwen2 (qkv_bias) and the dense Mixtral form (experts=4, top_k=2: Equal of the router probabilities and
+  their ReduceMax, broadcast across the lanes exactly);
+* int8 (precision="int8") of the same graphs: codes within the int8 rule, float outputs within the fp16 rule.
+The HF exports with a cache (torch) are slow tests at the end."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lpusim
+from lpusim.models import llama_decoder
+from onnx_cases import assert_matches_onnxruntime
+
+LLAMA = dict(layers=2, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=256)
+
+
+def decode_inputs(seq, past, batch=1, seed=1, layers=2, kv_heads=2, d=16, pad=0):
+    """Token ids, a mask of ones (the first `pad` positions of element 1 masked), positions continuing the past,
+    and past keys/values of the size a real cache holds."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, past + seq), np.int64)
+    if batch > 1:
+        mask[1, :pad] = 0
+    x = {"input_ids": rng.integers(0, 256, (batch, seq)).astype(np.int64), "attention_mask": mask,
+         "position_ids": np.tile(np.arange(past, past + seq), (batch, 1)).astype(np.int64)}
+    for i in range(layers):
+        for kind in ("key", "value"):
+            x[f"past_key_values.{i}.{kind}"] = (2 * rng.standard_normal((batch, kv_heads, past, d))).astype(np.float32)
+    return x
+
+
+@pytest.mark.parametrize("form", [dict(), dict(qkv_bias=True), dict(experts=4, top_k=2), dict(kv_heads=4)],
+                         ids=["llama", "qwen2", "mixtral", "mha"])
+def test_decode_step_matches_onnxruntime(form):
+    """seq 1 after a past of 7: logits and every present key/value within the fp16 rule."""
+    kv = form.get("kv_heads", 2)
+    m = llama_decoder(**{**LLAMA, **form}, seq=1, past=7)
+    _, result, cmp = assert_matches_onnxruntime(m, decode_inputs(1, 7, kv_heads=kv))
+    assert set(result.outputs) == {"logits"} | {f"present.{i}.{k}" for i in range(2) for k in ("key", "value")}
+    assert result.outputs["present.1.value"].shape == (1, kv, 8, 16)
+    assert cmp["max_rel_error"] < 1e-2, cmp
+
+
+def test_decode_step_batch2_with_padding():
+    """Batch 2, element 1 left-padded over its first 3 past positions; random past and mask too."""
+    m = llama_decoder(**LLAMA, seq=1, past=5, batch=2, qkv_bias=True)
+    assert_matches_onnxruntime(m, decode_inputs(1, 5, batch=2, pad=3))
+    assert_matches_onnxruntime(m)  # random inputs (masks in {0, 1})
+
+
+def test_present_past_part_is_the_input():
+    """present[..., :P, :] is the past input exactly (a row copy, no fp16 rounding)."""
+    m = llama_decoder(**LLAMA, seq=2, past=3)
+    x = decode_inputs(2, 3)
+    program = lpusim.compile(m)
+    out = program.run(x).outputs
+    for i in range(2):
+        for kind in ("key", "value"):
+            assert np.array_equal(out[f"present.{i}.{kind}"][:, :, :3], x[f"past_key_values.{i}.{kind}"])
+
+
+@pytest.mark.parametrize("seq", [8, 1])
+@pytest.mark.parametrize("form", [dict(), dict(experts=4, top_k=2)], ids=["llama", "mixtral"])
+def test_prefill_with_empty_past(seq, form):
+    """past 0: the past inputs have a zero dimension; their Concat is the new keys/values alone."""
+    m = llama_decoder(**{**LLAMA, **form}, seq=seq, past=0)
+    _, _, cmp = assert_matches_onnxruntime(m, decode_inputs(seq, 0))
+    assert cmp["max_rel_error"] < 1e-2, cmp
+
+
+def test_empty_tensor_read_by_another_op_is_a_clear_error():
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 0, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 0, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(lpusim.CompileError, match="Relu node 'r': input 'x' has the zero-size shape \\(1, 0, 4\\)"):
+        lpusim.compile(m)
