@@ -83,3 +83,21 @@ def test_empty_tensor_read_by_another_op_is_a_clear_error():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(lpusim.CompileError, match="Relu node 'r': input 'x' has the zero-size shape \\(1, 0, 4\\)"):
         lpusim.compile(m)
+
+
+# ----- Hugging Face exports with a cache (torch; slow) ---------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("past,seq", [(7, 1), (5, 3), (0, 6)], ids=["decode", "chunk", "prefill"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+def test_hf_exports_with_a_cache_match_onnxruntime(tmp_path, kind, past, seq):
+    """lpusim.llm.export's graphs (dynamic axes) at fixed shapes: the decode step, a chunk after a past, and
+    prefill with an empty past; every output within the fp16 rule."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lpusim.llm.export import export_decoder
+    path = str(tmp_path / f"{kind}.onnx")
+    export_decoder(kind, path)
+    x = decode_inputs(seq, past, kv_heads=4 if kind == "gpt2" else 2)
+    _, result, cmp = assert_matches_onnxruntime(path, x, shapes={k: v.shape for k, v in x.items()}, calibration=x)
+    assert cmp["max_rel_error"] < 1e-2, cmp
+    assert result.outputs["present.0.key"].shape[2] == past + seq

@@ -123,6 +123,12 @@ def lower_view(lw: LowerState, node, op: str, a: dict, args: list) -> bool:
         lower_split_transpose(lw, node, a)
         return True
     if "merge" in kinds:
+        if op in ("Shape", "Size"):  # shapes are static: [B, S, heads, D]
+            b, nh, s_, d = lw.merges[node.input[0]][1]
+            shape4 = np.array([b, s_, nh, d], dtype=np.int64)
+            lw.consts[node.output[0]] = np.array(np.prod(shape4)) if op == "Size" else \
+                shape4[a.get("start", 0):a.get("end", 4)]
+            return True
         if op != "Reshape":
             raise CompileError(f"{lw.where(node)}: merged attention heads are only read by a Reshape")
         b, nh, s_, d = lw.merges[node.input[0]][1]

@@ -124,6 +124,10 @@ def lower_concat(lw, node, a, args):
     if len(kept) == 1 and kept[0][0][0] == "value":
         lw.values[node.output[0]] = (kept[0][0][1], kept[0][1])
         return
+    if not kept and values[0][0] == "value":  # every operand empty: the result is empty too (a later Concat drops it)
+        lw.values[node.output[0]] = (values[0][1], tuple(sum(s[axis] for s in shapes) if i == axis else d
+                                                          for i, d in enumerate(shapes[0])))
+        return
     values, shapes = [x for x, _ in kept], [s for _, s in kept]
     if axis != lane_axis(shapes[0]):  # whole rows one after another (rows.py)
         return concat_rows(lw, node, values, shapes, axis)
