@@ -246,3 +246,16 @@ def test_tiny_decoder_llms_match_onnxruntime(tmp_path, kind):
         _, _, cmp = assert_matches_onnxruntime(path, x)
         assert cmp["max_rel_error"] < 1e-2, cmp
     assert_matches_onnxruntime(path, program.random_inputs(0))
+
+
+@pytest.mark.slow
+def test_tiny_gpt2_int8_gathers_embeddings_exactly(tmp_path):
+    """precision="int8": the quantiser leaves the wte/wpe Gathers in float, which onnxruntime gathers exactly in
+    f32; the chip gathers the table as three fp16 pieces summed in f32 (index.lower_gather_computed), so the codes
+    after them land on onnxruntime's and the logits agree to f32 rounding (F32_UNITS, tests/ops/test_int8.py)."""
+    import onnx
+    from onnx_cases import run_int8
+    path = export_decoder(tmp_path, "gpt2", 8)
+    _, result, ref = run_int8(onnx.load(path))
+    err = np.abs(result.outputs["logits"] - ref["logits"]).max()
+    assert err <= 4 * 2.0 ** -23 * np.abs(ref["logits"]).max(), err

@@ -61,9 +61,22 @@ def lower_gather_computed(lw, node, a, args) -> None:
         raise CompileError(f"{lw.where(node)}: Gather of {ishape} ids from a [{v}, {h}] table gives a "
                            f"{len(out_shape)}-D result, not supported yet")
     onehot = gather_onehot_rows(lw, node, ids, ishape, v)
-    out = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
-    lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
-                         terms=[(View(onehot), lw.const_tensor(table, "w"))]))
+    pieces = [table]
+    if lw.precise_sums:  # quantised models: onnxruntime gathers f32 exactly; the table as three fp16 pieces, the
+        pieces, rest = [], table  # residuals scaled by 2^11 each, summed in f32 (exact: each sum is a truncation)
+        for _ in range(3):
+            hi = rest.astype(np.float16).astype(np.float32)
+            pieces.append(hi)
+            rest = (rest - hi) * np.float32(2048.0)
+    out = None
+    for k, piece in enumerate(pieces):
+        y = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
+        steps = [] if k == 0 else [Step("MUL", [("acc",), ("imm", float(2.0 ** (-11 * k)))]),
+                                   Step("ADD", [("src", 0), ("step", 0)])]
+        lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, y,
+                             sources=[View(out)] if k else [], steps=steps,
+                             terms=[(View(onehot), lw.const_tensor(piece, "w"))]))
+        out = y
     lw.values[node.output[0]] = (out, out_shape)
 
 
