@@ -531,15 +531,11 @@ def value_parts(lw, node, name: str, x, shape4: tuple) -> list:
 
 
 def heads_output(lw, name: str) -> None:
-    """Attention heads that are a graph output (a decoder's present keys and values, [B, NH, S, D]): the parts
-    stacked on the rows ([B*NH, S, D], rows.concat_rows), then laid out as the ONNX image
+    """Attention heads that are a graph output (a decoder's present keys and values, or any [B, NH, S, D] heads):
+    the parts stacked on the rows ([B*NH, S, D], rows.concat_rows), then laid out as the ONNX image
     (transpose.reshape_relayout: SXM transposes); lw.values[name] holds the result."""
     parts, transposed, shape4 = lw.heads[name]
     node = onnx.helper.make_node("Identity", [name], [name], name=name)
-    producer = next((n for n in lw.model.graph.node if name in n.output), None)
-    if producer is None or producer.op_type != "Concat":  # (the layout below works for any heads; kept to
-        raise CompileError(f"output '{name}': attention heads {tuple(shape4)} as a graph output are only "  # KV)
-                           f"laid out for a KV cache's present keys/values (a Concat of past and new ones)")
     if transposed or len(shape4) != 4:
         raise CompileError(f"output '{name}': attention heads {tuple(shape4)}"
                            f"{' (transposed)' if transposed else ''} as a graph output are not supported "
