@@ -47,7 +47,7 @@ import onnx
 
 from lpusim.compiler.ir import Node, node_inputs, Step, View
 from lpusim.compiler.lower.elementwise import BINARY, UNARY
-from lpusim.compiler.lower.lanes import fp16_residual, shared_const, UP, vector
+from lpusim.compiler.lower.lanes import CODE_MAGNITUDE, fp16_residual, shared_const, UP, vector
 from lpusim.compiler.lower.matmul import lower_computed_matmul
 from lpusim.compiler.lower.quant_codes import (q_alias_requantized, q_const, q_quantize_steps, q_requantizer,
                                                q_scalar_scale, q_users, q_vector, q_zero)
@@ -58,7 +58,6 @@ from lpusim.compiler.lower.transpose import copy_rows, reshape_relayout
 from lpusim.errors import CompileError
 
 
-CODE_MAGNITUDE = 256.0  # a head part of codes minus zero point (|v| <= 255): its fp16 copy needs no scaling
 
 
 def lower_split_transpose(lw, node, a):

@@ -131,7 +131,7 @@ def operand(lw, node, x, out_shape, exact: bool = False):
         mag = lw.tensor_magnitude(node, name)
         y, _ = select_lanes(lw, node, name, tuple(shape) or (1,), cols0, lw.fresh("bcast"))
         lw.derived[y] = mag
-        if exact:  # a comparison: fp16's rounding would break ties (Equal(x, ReduceMax(x)))
+        if exact:  # a comparison (Equal(x, ReduceMax(x))), or any op in a quantised model
             y = exact_broadcast(lw, node, name, tuple(shape) or (1,), cols0, y, mag)
         return ("src", y)
     return broadcast_operand(lw, node, name, shape, out_shape)
@@ -160,7 +160,9 @@ def emit_binary(lw, node, vop, x, y, out_name):
         out_shape = tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
     except ValueError:
         raise CompileError(f"{lw.where(node)}: shapes {shapes[0]} and {shapes[1]} do not broadcast") from None
-    exact = vop in COMPARISONS
+    # comparisons: fp16's rounding would break ties; quantised models: onnxruntime's f32 elementwise ops read
+    # x / ReduceMean(x)-like (..., 1) operands exactly (RMSNorm's x * 1/sqrt(mean + eps))
+    exact = vop in COMPARISONS or lw.precise_sums
     ax, ay = operand(lw, node, x, out_shape, exact), operand(lw, node, y, out_shape, exact)
     sources, args = [], []
     for kind, v in (ax, ay):

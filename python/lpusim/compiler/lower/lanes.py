@@ -26,6 +26,9 @@ from lpusim.errors import CompileError
 LANES = 320  # tsp_v1's vector length: the tile the padding lanes of a sum fill up to
 
 UP = 2048.0  # fp16_residual(up=True): the residual scaled to its source's size
+# A tensor of codes minus zero point (|v| <= 255, attention.py): exact in fp16, its fp16 copy needs no scaling, and
+# moving it on the MXM needs no residual pieces
+CODE_MAGNITUDE = 256.0
 
 
 def with_lanes(shape: tuple, n: int) -> tuple:

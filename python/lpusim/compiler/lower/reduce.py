@@ -43,8 +43,8 @@ from __future__ import annotations
 import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
-from lpusim.compiler.lower.lanes import (check_lane_axis, FP16_EXACT, keep_lane0, lane_axis, lane_extreme, lane_matmul,
-                                         rotation, vector)
+from lpusim.compiler.lower.lanes import (check_lane_axis, FP16_EXACT, fp16_residual, keep_lane0, lane_axis,
+                                         lane_extreme, lane_matmul, rotation, vector)
 from lpusim.compiler.lower.transpose import permute
 from lpusim.compiler.row_layout import as_matrix, to_rows
 from lpusim.errors import CompileError
@@ -266,6 +266,14 @@ def relayout(lw, node, y, keep_shape, out_shape) -> str:
 def reduce_lane_axis(lw, node, x, shape, combine, post, mag) -> tuple:
     """The lane axis of `x` (laid out as `shape`) reduced, `post` as the epilogue: (tensor, its shape)."""
     c = shape[lane_axis(shape)]
+    if combine == "ADD" and lw.precise_sums:  # quantised models (RMSNorm's ReduceMean): hi's sums, then lo's
+        ones = lambda: np.ones((c, 1), np.float32)  # noqa: E731
+        hi, _ = lane_matmul(lw, node, x, shape, ("ones1", c), ones, f"{node.output[0]}.hi")
+        lo = fp16_residual(lw, node, x, shape, f"{node.output[0]}.lo")
+        steps = [Step("ADD", [("acc",), ("src", 0)])]
+        steps += [Step(s.op, [("step", 0) if a == ("src", 0) else ("step", a[1] + 1) if a[0] == "step" else a
+                              for a in s.args]) for s in _chain(post)]
+        return lane_matmul(lw, node, lo, shape, ("ones1", c), ones, node.output[0], steps, [hi])
     if combine == "ADD":
         ones = lambda: np.ones((c, 1), np.float32)  # noqa: E731
         return lane_matmul(lw, node, x, shape, ("ones1", c), ones, node.output[0],

@@ -29,8 +29,8 @@ import numpy as np
 from onnx import numpy_helper
 
 from lpusim.compiler.ir import Node, Step, View
-from lpusim.compiler.lower.elementwise import emit_binary
-from lpusim.compiler.lower.lanes import lane_axis
+from lpusim.compiler.lower.elementwise import emit_binary, exact_broadcast
+from lpusim.compiler.lower.lanes import CODE_MAGNITUDE, lane_axis
 from lpusim.compiler.lower.rows import concat_rows, pad_any, select_lanes, select_rows, tile_rows
 from lpusim.compiler.lower.state import Renamed
 from lpusim.compiler.lower.transpose import reshape_regroup, reshape_relayout, same_layout
@@ -154,6 +154,9 @@ def lower_concat(lw, node, a, args):
             steps.append(Step("ADD", [("step", i - 1) if i else ("acc",), ("src", i)]))
         y, _ = select_lanes(lw, node, x[1], s, cols, node.output[0] if last else "concat", steps, adds)
         lw.derived[y] = mag
+        if lw.precise_sums and lw.derived.get(x[1]) != CODE_MAGNITUDE:  # quantised models: onnxruntime
+            # concatenates f32 exactly (rotary angles, rotate_half); codes (merged heads) are exact in fp16
+            y = exact_broadcast(lw, node, x[1], s, cols, y, lw.ir_magnitude(x[1]))
         lw.tensors[y].shape = out_shape
         prev = y
     lw.values[node.output[0]] = (prev, out_shape)
@@ -200,7 +203,11 @@ def emit_selection(lw, node, x, shape, ranges: dict):
                                      node.output[0] if lane not in ranges else "rows")
     if lane in ranges:
         idx = ranges[lane]
+        src, src_shape = cur, cur_shape
         cur, cur_shape = select_lanes(lw, node, cur, cur_shape, np.array(list(idx)), node.output[0])
+        if lw.precise_sums and lw.derived.get(src) != CODE_MAGNITUDE:  # quantised models: onnxruntime slices f32
+            # exactly (rotate_half of rotary heads); codes are exact in fp16
+            cur = exact_broadcast(lw, node, src, src_shape, np.array(list(idx)), cur, lw.ir_magnitude(src))
     lw.tensors[cur].shape = out_shape
     lw.values[node.output[0]] = (cur, out_shape)
 
