@@ -232,7 +232,7 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
                   vocab: int = 256, seq: int = 8, past: int = 0, batch: int = 1, seed: int = 0,
                   qkv_bias: bool = False, experts: int = 0, top_k: int = 2, rope_theta: float = 10000.0,
                   eps: float = 1e-6, weights: dict[str, np.ndarray] | None = None,
-                  opset: int = 17) -> onnx.ModelProto:
+                  opset: int = 17, static_cache: int = 0) -> onnx.ModelProto:
     """One step of a Llama decoder with a KV cache, static shapes: `seq` new tokens after a cache of `past`.
 
     The interface is the Optimum KV-cache layout (lpusim.llm.layout, docs/llm.md): inputs `input_ids` [batch, seq],
@@ -252,7 +252,21 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
     run (docs/llm.md section 3.2): every expert computes every token and is weighted by its routing weight, which
     is 0 unless the expert is among the `top_k` largest router probabilities (found by `top_k` rounds of
     ReduceMax, Equal, Where; no TopK, no Gather). `weights` (transformers' names, `llama_decoder_weights`)
-    replaces the random weights from `seed`."""
+    replaces the random weights from `seed`.
+
+    `static_cache=C` builds the static-cache form of docs/llm.md section 3.1 (`past` must be 0): the cache is C
+    rows whatever the step, `attention_mask` [batch, C] (1 at written and valid cache rows, the new ones included),
+    `past_key_values.N.*` and `present.N.*` both [batch, kv_heads, C, head_dim]. The new token s of row b is
+    written to cache row position_ids[b, s] by a static-address blend, `Where(Equal(arange(C), position), new,
+    cache)` (one Where per new token, in order), and attends over all C rows: row j is visible when
+    j <= position_ids[b, s] and attention_mask[b, j] is 1 (LessOrEqual of arange(C) against the positions, And the
+    mask). The cache row of a token is therefore its position: prompts are padded on the right. The weights and
+    the rest of the graph are those of the dynamic form, so the same `seed` gives the same model."""
+    if static_cache and past:
+        raise ValueError(f"llama_decoder: static_cache={static_cache} takes no past (got past={past}): the past "
+                         f"is the whole cache")
+    if static_cache and seq > static_cache:
+        raise ValueError(f"llama_decoder: seq {seq} does not fit a static cache of {static_cache} rows")
     if hidden % heads or heads % kv_heads:
         raise ValueError(f"llama_decoder: hidden {hidden} must divide into heads {heads}, and heads into "
                          f"kv_heads {kv_heads}")
@@ -260,14 +274,18 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
         raise ValueError(f"llama_decoder: top_k {top_k} must be in 1..experts ({experts})")
     d = hidden // heads
     rep = heads // kv_heads
-    total = past + seq
+    total = static_cache or past + seq
     w = weights if weights is not None else llama_decoder_weights(layers, hidden, heads, kv_heads, ffn, vocab,
                                                                   seed, qkv_bias, experts)
     nodes: list = []
     inits: list = []
 
+    defined: set[str] = set()
+
     def const(name, array):
-        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        if name not in defined:  # the static cache's slice bounds are shared by every layer
+            defined.add(name)
+            inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
     def node(op, inputs, name, **attrs):
@@ -294,12 +312,36 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
     x = node("Gather", [const("model.embed_tokens.weight", w["model.embed_tokens.weight"]), "input_ids"], "embed")
 
     # Mask: [batch, 1, seq, total] additive bias, 0 where a key is visible, float32 min where it is not.
-    causal = np.arange(total)[None, :] <= (past + np.arange(seq))[:, None]
     keep = node("Cast", ["attention_mask"], "mask.keep", to=TensorProto.BOOL)
-    keep4 = node("Unsqueeze", [keep, const("mask.axes", np.array([1, 2], np.int64))], "mask.keep4")
-    allowed = node("And", [const("mask.causal", causal[None, None]), keep4], "mask.allowed")
-    bias = node("Where", [allowed, const("mask.zero", np.float32(0.0)),
-                          const("mask.min", np.float32(np.finfo(np.float32).min))], "mask.bias")
+    if static_cache:
+        # Causal from the data: cache row j is visible to new token s when j <= position_ids[b, s]. Built on
+        # [batch, seq, C] (rows of C lanes) and Unsqueezed to [batch, 1, seq, C] last, as the chip keeps masks.
+        slot = node("Unsqueeze", [node("Cast", ["position_ids"], "cache.position", to=TensorProto.FLOAT),
+                                  const("cache.slot_axis", np.array([-1], np.int64))], "cache.slot")  # [B, S, 1]
+        causal = node("LessOrEqual", [const("cache.rows", np.arange(total, dtype=np.float32)), slot], "mask.causal")
+        keep3 = node("Unsqueeze", [keep, const("mask.keep_axis", np.array([1], np.int64))], "mask.keep3")
+        allowed3 = node("And", [causal, keep3], "mask.allowed3")  # [B, S, C]
+        bias3 = node("Where", [allowed3, const("mask.zero", np.float32(0.0)),
+                               const("mask.min", np.float32(np.finfo(np.float32).min))], "mask.bias3")
+        bias = node("Unsqueeze", [bias3, const("mask.head_axis", np.array([1], np.int64))], "mask.bias")
+        # Row s of the new keys/values goes to cache row position_ids[b, s]: onehot [B, 1, C, head_dim] per new
+        # token (Equal of the row index, the same in every lane, with the position; rows of head_dim lanes).
+        rows_d = const("cache.rows_d", np.repeat(np.arange(total, dtype=np.float32)[:, None], d, axis=1))
+        onehots = []
+        for s_ in range(seq):
+            col = slot if seq == 1 else node("Slice", [slot, const(f"cache.slot{s_}.start", np.array([s_], np.int64)),
+                                                      const(f"cache.slot{s_}.end", np.array([s_ + 1], np.int64)),
+                                                      const("cache.slot.axis", np.array([1], np.int64))],
+                                             f"cache.slot{s_}")  # [B, 1, 1]
+            onehot3 = node("Equal", [rows_d, col], f"cache.onehot{s_}.3")  # [B, C, D]
+            onehots.append(node("Unsqueeze", [onehot3, const("mask.head_axis", np.array([1], np.int64))],
+                                f"cache.onehot{s_}"))
+    else:
+        causal = np.arange(total)[None, :] <= (past + np.arange(seq))[:, None]
+        keep4 = node("Unsqueeze", [keep, const("mask.axes", np.array([1, 2], np.int64))], "mask.keep4")
+        allowed = node("And", [const("mask.causal", causal[None, None]), keep4], "mask.allowed")
+        bias = node("Where", [allowed, const("mask.zero", np.float32(0.0)),
+                              const("mask.min", np.float32(np.finfo(np.float32).min))], "mask.bias")
 
     # Rotary embedding: angle[b, s, j] = position_ids[b, s] * inv_freq[j], duplicated over the two halves.
     inv_freq = (1.0 / rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / d)).astype(np.float32)
@@ -387,10 +429,21 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
         k = rope(heads_first(linear(h, f"{p}.self_attn.k_proj", f"{name}.k"), kv_heads, f"{name}.k"),
                  f"{name}.k.rope")
         v = heads_first(linear(h, f"{p}.self_attn.v_proj", f"{name}.v"), kv_heads, f"{name}.v")
-        nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2,
-                                      name=f"{name}.cache.key"))
-        nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"], axis=2,
-                                      name=f"{name}.cache.value"))
+        if static_cache:
+            for kind, new_rows in (("key", k), ("value", v)):
+                cache = f"past_key_values.{i}.{kind}"
+                for s_ in range(seq):
+                    row = new_rows if seq == 1 else node(
+                        "Slice", [new_rows, const(f"cache.slot{s_}.start", np.array([s_], np.int64)),
+                                  const(f"cache.slot{s_}.end", np.array([s_ + 1], np.int64)),
+                                  const("cache.row.axis", np.array([2], np.int64))], f"{name}.cache.{kind}.row{s_}")
+                    out = f"present.{i}.{kind}" if s_ == seq - 1 else f"{name}.cache.{kind}.{s_}"
+                    cache = node("Where", [onehots[s_], row, cache], out)
+        else:
+            nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.key", k], [f"present.{i}.key"], axis=2,
+                                          name=f"{name}.cache.key"))
+            nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.value", v], [f"present.{i}.value"],
+                                          axis=2, name=f"{name}.cache.value"))
         keys = repeat_kv(f"present.{i}.key", f"{name}.keys")
         values = repeat_kv(f"present.{i}.value", f"{name}.values")
         scores = node("MatMul", [q, node("Transpose", [keys], f"{name}.keys.t", perm=[0, 1, 3, 2])],
@@ -415,7 +468,7 @@ def llama_decoder(layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: i
               info("attention_mask", TensorProto.INT64, [batch, total]),
               info("position_ids", TensorProto.INT64, [batch, seq])]
     for i in range(layers):
-        inputs += [info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, [batch, kv_heads, past, d])
+        inputs += [info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, [batch, kv_heads, static_cache or past, d])
                    for kind in ("key", "value")]
     outs = [info("logits", TensorProto.FLOAT, [batch, seq, vocab])]
     outs += [info(n, TensorProto.FLOAT, [batch, kv_heads, total, d]) for n in outputs]

@@ -484,7 +484,8 @@ def lower_per_head(lw, node, args):
         out_parts.append(lw.values.pop(sub.output[0])[0])
     interleave_parts(lw, bounds)
     # an elementwise op with scalars commutes with the transpose: the parts stay untransposed
-    if op in ("Slice", "Concat"):  # the parts' rows or width change
+    if op in ("Slice", "Concat") or not transposed:  # the parts' rows or width change (Slice, Concat; an
+        # elementwise op whose other operand broadcasts a heads operand's one row: a static KV cache's Where)
         shape4 = tuple(shape4[:2]) + tuple(lw.tensors[out_parts[0]].shape[-2:])
     lw.heads[node.output[0]] = (out_parts, transposed, shape4)
 
