@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from lpusim.compiler.frontend.load import attrs
-from lpusim.compiler.lower.attention import (lower_flatrows, lower_heads_matmul, lower_heads_transpose,
-                                             lower_heads_repeat, lower_maskrow, lower_merge_reshape,
-                                             lower_per_head, lower_split_transpose)
+from lpusim.compiler.lower.attention import (lower_heads_matmul, lower_heads_repeat, lower_heads_transpose,
+                                             lower_merge_reshape, lower_per_head, lower_split_transpose)
+from lpusim.compiler.lower.attention_masks import lower_flatrows, lower_maskrow
 from lpusim.compiler.lower.elementwise import BINARY, lower_cast_op, UNARY
 from lpusim.compiler.lower.fold import fold
 from lpusim.compiler.lower.quant import lower_quant

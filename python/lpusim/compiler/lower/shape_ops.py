@@ -2,7 +2,7 @@
 Tile, Expand, Identity/Dropout, Shape/Size, Range, Constant, ConstantOfShape.
 
 A Reshape is a pure view when the rows and lanes stay (`same_layout`); else an image flattened for a MatMul, a
-mask row, a pending head split (attention.py), a flat-rows column (attention.py), a channel shuffle's 5-D view
+mask row, a pending head split (attention.py), a flat-rows column (attention_masks.py), a channel shuffle's 5-D view
 (`grouped_reshape`), an SXM transpose of one vector, or SXM relayouts (transpose.py).
 
 Data movement without the SXM: lane selections on the MXM, row selections as address arithmetic.
@@ -81,7 +81,7 @@ def lower_reshape(lw, node, op, a, args):
         lw.flat[node.output[0]] = (ir_name, tuple(shape))  # [N, C, H, W] -> [N, C*H*W]
     elif len(new) == 4 and new[1:3] == (1, 1) and (t.rows, t.cols) == (new[0], new[3]) and t.geom is None:
         lw.maskrows[node.output[0]] = (ir_name, new)  # [B, K] -> [B, 1, 1, K]: attention mask rows
-    elif flatten_rows(lw, node, ir_name, shape, new):  # [R, C] -> [R*C, 1] (attention.py)
+    elif flatten_rows(lw, node, ir_name, shape, new):  # [R, C] -> [R*C, 1] (attention_masks.py)
         return
     elif t.kind == "input":
         # The host lays out inputs, so a reshaped input is just another view of the same host array.
@@ -104,7 +104,7 @@ def lower_reshape(lw, node, op, a, args):
             and new[2] > 1 and t.geom is None and t.kind == "value" \
             and all(o.name != node.output[0] for o in lw.model.graph.output):
         # [B, S, X] -> [B, 1, S, X] (rotary cos/sin, read by every head): kept as B*S rows of X lanes, like an
-        # attention mask with a row per query (attention.py), instead of an image of one channel; any reader other
+        # attention mask with a row per query (attention_masks.py), instead of an image of one channel; any reader other
         # than the heads gets that image (dispatch.relaid_row_views: reshape_relayout below)
         lw.maskrows[node.output[0]] = (ir_name, new)
         lw.row_views[node.output[0]] = (ir_name, tuple(shape), None)
