@@ -155,7 +155,7 @@ def _gather_ids_rows(lw, node, x, shape, axis, ids, ishape, out_shape, mag) -> N
     batch's rows meet only its own one-hot columns)."""
     nd = len(shape)
     lane = lane_axis(shape)
-    v, h = shape[axis], shape[lane]
+    v = shape[axis]
     n = int(np.prod(ishape, dtype=np.int64))
     if (len(out_shape) == 4) != (nd == 4):
         raise CompileError(f"{lw.where(node)}: Gather of {ishape} computed ids along axis {axis} of {shape} "
