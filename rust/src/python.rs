@@ -393,6 +393,7 @@ impl LoadedProgram {
 /// streams, MXM weights and accumulators, VXM registers and C2C buffers start fresh every run, at cycle 0.
 #[pyclass(module = "lpusim._lpusim", frozen)]
 struct ChipMemory {
+    /// The memory's configuration, also kept outside the lock: reading it never waits for a run in progress.
     cfg: ChipConfig,
     /// Runs take the lock with the GIL released, so two threads running on one memory take turns.
     inner: std::sync::Mutex<Memory>,

@@ -1,5 +1,6 @@
 """The VXM operations the ONNX compiler needs beyond the first set (docs/isa.md section 4): LOG, SQRT, FLOOR, CEIL,
-the comparisons EQ NE LT LE GT GE and the bitwise AND OR XOR NOT. Each is assembled into a tiny program (.init,
+SIN, COS (binary64 with the host's libm, rounded once to f32, at `vxm_transcendental_latency`; codes 31 and 32, the
+first past the 5-bit field), the comparisons EQ NE LT LE GT GE and the bitwise AND OR XOR NOT. Each is assembled into a tiny program (.init,
 READ, the op, WRITE, .dump as i32 so the result bits are visible), run on the Rust core and on the reference
 interpreter, and checked bit for bit against numpy, NaN, infinities and -0 included."""
 from __future__ import annotations
@@ -20,6 +21,9 @@ F32_A = [1.0, -2.0, 0.0, -0.0, math.inf, -math.inf, math.nan, 2.5, -0.5, 1e-45, 
 F32_B = [1.0, 3.0, -0.0, 0.0, math.inf, 5.0, 1.0, 2.5, math.nan, 0.0, -3.0e38, math.nan, -7.0, -7.0, 0.5, 123.456]
 I32_A = [0, -1, 2**31 - 1, -(2**31), 5, -5, 0x12345678, 7, 1, -(2**31), 100, 0]
 I32_B = [0, 1, -(2**31), 2**31 - 1, 5, -6, -0x0F0F0F10, 7, -1, -(2**31), 99, -1]
+# SIN/COS: positions of rotary embeddings and angles of every size: small, around multiples of pi, large, subnormal
+SIN_COS_VALUES = [0.0, -0.0, 1.0, -1.0, 0.5, math.pi, -math.pi / 2, 3.0, 7.0, 15.0, 100.0, 1e-30, 1.4e-45, 1e30,
+                  123.456, -2.5e4, 16383.0, math.inf, -math.inf, math.nan]
 
 
 def program(mnemonic: str, a_vals: list, b_vals: list | None, dtype: str) -> str:
@@ -140,3 +144,36 @@ def test_new_ops_disassemble_canonically():
     canon_text = _lpusim.disassemble(_lpusim.assemble(text))
     for line in ("LOG.f32 E0, E4", "GE.i32 -, R1, #16", "NOT.i32 W2, #-1", "CEIL.f32 E0, #-0.5"):
         assert line in canon_text
+
+
+@pytest.mark.parametrize("op, fn", [("SIN", math.sin), ("COS", math.cos)])
+def test_sin_cos_match_binary64_libm_rounded_once(op, fn):
+    got = run_both(program(f"{op}.f32", SIN_COS_VALUES, None, "f32"), len(SIN_COS_VALUES)).tolist()
+    want = []
+    for x in np.array(SIN_COS_VALUES, dtype=np.float32).tolist():
+        if math.isnan(x) or math.isinf(x):
+            want.append(NAN_BITS)
+        else:
+            want.append(int(np.float32(fn(x)).view(np.uint32)))
+    assert got == want
+    assert got[1] == (0x80000000 if op == "SIN" else 0x3F800000)  # sin(-0) = -0, cos(-0) = 1
+
+
+def test_sin_cos_take_the_transcendental_latency():
+    # the WRITEs wait exactly vxm_transcendental_latency: one cycle off, they would find an empty stream
+    lat = CHIP.config["vxm_transcendental_latency"]
+    assert lat != CHIP.config["vxm_alu_latency"]
+    shorter = program("SIN.f32", [1.0], None, "f32").replace(f"NOP {10 + lat + 5}", f"NOP {10 + lat + 4}")
+    with pytest.raises(Exception):
+        _lpusim.simulate(CHIP.to_json(), shorter, [], [], False)
+
+
+def test_sin_cos_assemble_and_round_trip():
+    text = ".queue VXM.3\n    sin.f32 e0, e4\n    cos.f32 -, R1\n    COS.f32 W2, #0.5\n    CEIL.f32 E0, #-0.5\n"
+    canon = _lpusim.disassemble(_lpusim.assemble(text))
+    for line in ("SIN.f32 E0, E4", "COS.f32 -, R1", "COS.f32 W2, #0.5", "CEIL.f32 E0, #-0.5"):
+        assert line in canon
+    assert _lpusim.disassemble(_lpusim.assemble(canon)) == canon
+    for bad in ("SIN.i32 -, E0", "COS.f16 -, E0", "SIN.f32 -, E0, E4"):
+        with pytest.raises(Exception):
+            _lpusim.assemble(f".queue VXM.0\n    {bad}\n")

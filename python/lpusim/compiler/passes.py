@@ -15,7 +15,7 @@ import numpy as np
 from lpusim.chip import Chip
 from lpusim.compiler.frontend.calibrate import scale_exponent
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View, node_inputs, out_geom
-from lpusim.compiler.vxm_chain import delay_table, op_latency, place_delay_lines, with_read_copies
+from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
 
 # A chain may use at most this many ALUs before scheduling adds delays and conversions (the VXM has 16).
@@ -63,7 +63,7 @@ def _fits_vxm(steps: list[Step]) -> bool:
     global _DEFAULT_TIMING
     if _DEFAULT_TIMING is None:
         chip = Chip.load()
-        lat = op_latency(chip)
+        lat = chip.vxm_latency  # CVT included: the ALU latency, like every op without a latency field
         _DEFAULT_TIMING = (lat, delay_table(lat), chip.vxm_alus)
     lat, table, alus = _DEFAULT_TIMING
     placed, _, _ = place_delay_lines(with_read_copies(steps, lambda a: "f32"), lat, table)

@@ -13,17 +13,6 @@ from typing import Callable
 from lpusim.compiler.ir import Step, step_out_type
 
 
-# One latency rule for the passes and the scheduler: Chip.vxm_latency, except CVT, which the chip times as an ALU op
-# whatever its types (docs/isa.md section 4).
-def op_latency(chip) -> Callable[[str], int]:
-    """The issue-to-result latency of each VXM operation on `chip` (CVT: the ALU latency)."""
-    def lat(op: str) -> int:
-        if op == "CVT":
-            return chip.vxm_alu_latency
-        return chip.vxm_latency(op)
-    return lat
-
-
 def delay_table(lat: Callable[[str], int]) -> dict[int, list[str]]:
     """Gaps a delay line can bridge exactly, with the ops that make them (0: none needed)."""
     table: dict[int, list[str]] = {0: []}

@@ -362,21 +362,11 @@ impl Chip {
 
     /// Read `n` raw vectors from a MEM slice (global index); `None` in timing-only mode.
     pub fn read_mem(&self, slice: usize, addr: usize, n: usize) -> Result<Option<Vec<u8>>, String> {
-        let lanes = self.cfg.lanes;
-        if slice >= self.mem.len() {
-            return Err(format!("slice {slice} is outside 0..{}", self.mem.len() - 1));
-        }
-        if addr + n > self.cfg.mem_words {
-            return Err(format!("{n} vectors at address {addr} do not fit in {} words", self.cfg.mem_words));
-        }
+        check_range(&self.cfg, slice, addr, n)?;
         if self.timing_only {
             return Ok(None);
         }
-        let mut out = vec![0u8; n * lanes];
-        for k in 0..n {
-            self.mem[slice].read(addr + k, &mut out[k * lanes..(k + 1) * lanes]);
-        }
-        Ok(Some(out))
+        Ok(Some(self.mem[slice].read_many(addr, n)))
     }
 
     // ---- errors ----
@@ -487,9 +477,7 @@ impl Loaded {
     /// a bad image (queue `static_init`, index of the image).
     pub fn install_static(&self, memory: &mut mem::ChipMemory, images: &[MemInit]) -> Result<(), SimError> {
         self.check_memory(memory)?;
-        for (k, &(slice, addr, data)) in images.iter().enumerate() {
-            check_mem(&self.cfg, slice, addr, data).map_err(|m| load_err("static_init".into(), k, String::new(), m))?;
-        }
+        check_images(&self.cfg, images, "static_init")?;
         for init in &self.inits {
             apply_init(&self.cfg, &mut memory.slices, init);
         }
@@ -545,6 +533,25 @@ static NEXT_LOADED_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 pub type MemInit<'a> = (usize, usize, &'a [u8]);
 
 /// The checks of `write_mem`.
+/// The checks of a read of `n` vectors (`read_mem`, `ChipMemory::read`, dump requests).
+pub(super) fn check_range(cfg: &ChipConfig, slice: usize, addr: usize, n: usize) -> Result<(), String> {
+    if slice >= cfg.mem_slices {
+        return Err(format!("slice {slice} is outside 0..{}", cfg.mem_slices - 1));
+    }
+    if addr + n > cfg.mem_words {
+        return Err(format!("{n} vectors at address {addr} do not fit in {} words", cfg.mem_words));
+    }
+    Ok(())
+}
+
+/// Every image checked (`check_mem`); the first bad one is a load error of `what` ("mem_init", "static_init").
+pub(super) fn check_images(cfg: &ChipConfig, images: &[MemInit], what: &str) -> Result<(), SimError> {
+    for (k, &(slice, addr, data)) in images.iter().enumerate() {
+        check_mem(cfg, slice, addr, data).map_err(|m| load_err(what.into(), k, String::new(), m))?;
+    }
+    Ok(())
+}
+
 pub(super) fn check_mem(cfg: &ChipConfig, slice: usize, addr: usize, data: &[u8]) -> Result<(), String> {
     let lanes = cfg.lanes;
     if slice >= cfg.mem_slices {

@@ -73,6 +73,15 @@ impl MemSlice {
         self.pages.iter().flatten().map(|p| p.len()).sum()
     }
 
+    /// `n` vectors from `addr`, n x lanes bytes.
+    pub fn read_many(&self, addr: usize, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n * self.lanes];
+        for (k, v) in out.chunks_mut(self.lanes).enumerate() {
+            self.read(addr + k, v);
+        }
+        out
+    }
+
     /// Copy `data.len() / lanes` vectors in from `addr` (a page at a time, for large images).
     pub fn write_many(&mut self, addr: usize, data: &[u8]) {
         let lanes = self.lanes;
@@ -242,19 +251,8 @@ impl ChipMemory {
 
     /// Read `n` raw vectors (n x lanes bytes) of a slice (global index).
     pub fn read(&self, slice: usize, addr: usize, n: usize) -> Result<Vec<u8>, String> {
-        let lanes = self.cfg.lanes;
-        if slice >= self.slices.len() || addr + n > self.cfg.mem_words {
-            return Err(format!(
-                "{n} vectors at slice {slice}, address {addr}: slices are 0..{}, addresses 0..{}",
-                self.slices.len() - 1,
-                self.cfg.mem_words - 1
-            ));
-        }
-        let mut out = vec![0u8; n * lanes];
-        for (k, v) in out.chunks_mut(lanes).enumerate() {
-            self.slices[slice].read(addr + k, v);
-        }
-        Ok(out)
+        super::chip::check_range(&self.cfg, slice, addr, n)?;
+        Ok(self.slices[slice].read_many(addr, n))
     }
 
     /// Write raw vectors (n x lanes bytes) into a slice (global index) between runs.

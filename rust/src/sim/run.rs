@@ -3,7 +3,7 @@
 //! `ChipMemory` kept across runs (`Loaded::run_on`; what persists is in the `mem` module doc).
 
 use super::calendar;
-use super::chip::{check_mem, load_err, Chip, Loaded, MemInit, Repeat};
+use super::chip::{check_images, check_range, load_err, Chip, Loaded, MemInit, Repeat};
 use super::mem::ChipMemory;
 use super::stats::{DumpResult, Num, Stats};
 use super::{streams, vxm};
@@ -299,9 +299,7 @@ pub fn run_loaded(
     dumps: &[(usize, usize, usize)],
     opts: &RunOptions,
 ) -> RunOutput {
-    for (k, &(slice, addr, data)) in mem_init.iter().enumerate() {
-        check_mem(&loaded.cfg, slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
-    }
+    check_images(&loaded.cfg, mem_init, "mem_init")?;
     let mut fast_ok = None;
     if opts.timing_only && opts.max_cycles.is_none() {
         let mut chip = loaded.chip(true, true);
@@ -333,11 +331,15 @@ pub fn run_loaded(
             chip
         }
     };
-    let mut out = Vec::with_capacity(dumps.len());
-    for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
-        out.push(chip.read_mem(slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))?);
-    }
-    Ok((chip.stats.clone(), out))
+    Ok((chip.stats.clone(), read_dumps(&chip, dumps)?))
+}
+
+/// The dump requests read back after a run (`None` each in timing-only mode).
+fn read_dumps(chip: &Chip, dumps: &[(usize, usize, usize)]) -> Result<Vec<Option<Vec<u8>>>, SimError> {
+    let read = |(k, &(slice, addr, n)): (usize, &(usize, usize, usize))| {
+        chip.read_mem(slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))
+    };
+    dumps.iter().enumerate().map(read).collect()
 }
 
 /// A chip running on a `ChipMemory`'s slices: hands them back when dropped, whatever way the run ends.
@@ -369,14 +371,10 @@ impl Loaded {
     /// of another configuration or already faulted, a bad `mem_init` or dump request) change nothing.
     pub fn run_on(&self, memory: &mut ChipMemory, mem_init: &[MemInit], dumps: &[(usize, usize, usize)], opts: &RunOptions) -> RunOutput {
         self.check_memory(memory)?;
-        for (k, &(slice, addr, data)) in mem_init.iter().enumerate() {
-            check_mem(&self.cfg, slice, addr, data).map_err(|m| load_err("mem_init".into(), k, String::new(), m))?;
-        }
+        check_images(&self.cfg, mem_init, "mem_init")?;
         for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
-            if slice >= self.cfg.mem_slices || addr + n > self.cfg.mem_words {
-                let m = format!("{n} vectors at slice {slice}, address {addr} are outside the chip's MEM");
-                return Err(load_err("dumps".into(), k, String::new(), m));
-            }
+            // before the run: a bad request must leave the memory untouched
+            check_range(&self.cfg, slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))?;
         }
         if opts.timing_only {
             // Cycles and errors never depend on values (docs/isa.md 9.4): a fresh timing-only run is this run.
@@ -397,10 +395,6 @@ impl Loaded {
             lent.memory.fault = Some(e.clone());
             return Err(e);
         }
-        let mut out = Vec::with_capacity(dumps.len());
-        for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
-            out.push(chip.read_mem(slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))?);
-        }
-        Ok((chip.stats.clone(), out))
+        Ok((chip.stats.clone(), read_dumps(chip, dumps)?))
     }
 }

@@ -23,7 +23,7 @@ import onnx
 from lpusim.compiler.frontend.calibrate import without_large_initializers
 from lpusim.compiler.frontend.load import HOST_TYPES
 from lpusim.compiler.ir import Node, Step, View
-from lpusim.compiler.lower.lanes import fp16_residual, lane_axis, node_of, UP, with_lanes
+from lpusim.compiler.lower.lanes import add_piece_steps, fp16_residual, lane_axis, node_of, with_lanes
 from lpusim.compiler.lower.rows import row_view, select_lanes
 from lpusim.compiler.lower.spatial_nd import channels_last_readers_only, ELEMENTWISE, nd_finish
 from lpusim.compiler.lower.state import Renamed
@@ -144,9 +144,7 @@ def exact_broadcast(lw, node, x: str, shape: tuple, cols: np.ndarray, hi: str, m
     y, piece = hi, x
     for k in (1, 2):
         piece = fp16_residual(lw, node, piece, shape, f"{x}.lo{k}", mag, up=True)
-        y, _ = select_lanes(lw, node, piece, shape, cols, lw.fresh("bcast"),
-                            [Step("MUL", [("acc",), ("imm", 1.0 / UP ** k)]), Step("ADD", [("src", 0), ("step", 0)])],
-                            [y])
+        y, _ = select_lanes(lw, node, piece, shape, cols, lw.fresh("bcast"), add_piece_steps(k), [y])
         lw.derived[y] = mag
     return y
 

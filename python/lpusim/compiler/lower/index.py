@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
-from lpusim.compiler.lower.lanes import FP16_EXACT, lane_axis, lane_matmul, vector
+from lpusim.compiler.lower.lanes import add_piece_steps, FP16_EXACT, lane_axis, lane_matmul, UP, vector
 from lpusim.compiler.lower.rows import select_lanes
 from lpusim.compiler.row_layout import as_matrix, from_rows, to_rows
 from lpusim.errors import CompileError
@@ -63,16 +63,15 @@ def lower_gather_computed(lw, node, a, args) -> None:
     onehot = gather_onehot_rows(lw, node, ids, ishape, v)
     pieces = [table]
     if lw.precise_sums:  # quantised models: onnxruntime gathers f32 exactly; the table as three fp16 pieces, the
-        pieces, rest = [], table  # residuals scaled by 2^11 each, summed in f32 (exact: each sum is a truncation)
+        pieces, rest = [], table  # residuals scaled by UP each, summed in f32 (lanes.add_piece_steps)
         for _ in range(3):
             hi = rest.astype(np.float16).astype(np.float32)
             pieces.append(hi)
-            rest = (rest - hi) * np.float32(2048.0)
+            rest = (rest - hi) * np.float32(UP)
     out = None
     for k, piece in enumerate(pieces):
         y = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
-        steps = [] if k == 0 else [Step("MUL", [("acc",), ("imm", float(2.0 ** (-11 * k)))]),
-                                   Step("ADD", [("src", 0), ("step", 0)])]
+        steps = add_piece_steps(k) if k else []
         lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, y,
                              sources=[View(out)] if k else [], steps=steps,
                              terms=[(View(onehot), lw.const_tensor(piece, "w"))]))

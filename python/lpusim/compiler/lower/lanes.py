@@ -31,6 +31,13 @@ UP = 2048.0  # fp16_residual(up=True): the residual scaled to its source's size
 CODE_MAGNITUDE = 256.0
 
 
+def add_piece_steps(k: int) -> list[Step]:
+    """Epilogue adding piece k of a value split into fp16 pieces (piece k scaled up by UP**k: fp16_residual with
+    up=True, or split on the host) to the running sum, source 0: exact in f32, each partial sum being the value
+    truncated."""
+    return [Step("MUL", [("acc",), ("imm", 1.0 / UP ** k)]), Step("ADD", [("src", 0), ("step", 0)])]
+
+
 def with_lanes(shape: tuple, n: int) -> tuple:
     """`shape` with its lane axis (channels of an image, else the last axis) resized to n."""
     shape = tuple(shape)
@@ -126,23 +133,29 @@ def lane_sum(lw, node, x, shape, scale=1.0, hint="sum", steps=(), sources=(), ma
 
 def lane_extreme(lw, node, x, shape, op, hint="max", magnitude=None):
     """Row max (op MAX) or min (MIN) in every lane: the rotation tree (`magnitude`: of x, for fp16 scales)."""
+    return lane_extreme_and_copy(lw, node, x, shape, op, hint, magnitude)[0]
+
+
+def lane_extreme_and_copy(lw, node, x, shape, op, hint="max", magnitude=None) -> tuple[str, str]:
+    """`lane_extreme`, and the fp16 values it compared (x through the identity; ArgMax finds the extreme's lane
+    among them): (extreme in every lane, that copy)."""
     if magnitude is None:
         magnitude = lw.magnitudes.get(node.input[0], 0.0)
     c = shape[lane_axis(shape)]
     lw.tensors[x].f16_saturate = True  # an inf in a rotation's input would make the whole row NaN
     # Every lane must compare the same (fp16-rounded) values, or each lane keeps its own unrounded value and
     # the lanes disagree on the maximum: start from x's fp16 copy, read back through the identity.
-    m, _ = lane_matmul(lw, node, x, shape, ("eye", c), lambda: np.eye(c, dtype=np.float32), f"{hint}0")
-    lw.derived[m] = magnitude
-    lw.tensors[m].f16_saturate = True
-    s = 1
+    copy, _ = lane_matmul(lw, node, x, shape, ("eye", c), lambda: np.eye(c, dtype=np.float32), f"{hint}0")
+    lw.derived[copy] = magnitude
+    lw.tensors[copy].f16_saturate = True
+    m, s = copy, 1
     while s < c:
         m, _ = lane_matmul(lw, node, m, shape, (f"rot{s}", c), lambda s=s: rotation(c, s), f"{hint}{s}",
                                 [Step(op, [("acc",), ("src", 0)])], [m])
         lw.derived[m] = magnitude
         lw.tensors[m].f16_saturate = True
         s *= 2
-    return m
+    return m, copy
 
 
 def keep_lane0(lw, node, x, shape, out_onnx):

@@ -44,7 +44,7 @@ import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
 from lpusim.compiler.lower.lanes import (check_lane_axis, FP16_EXACT, fp16_residual, keep_lane0, lane_axis,
-                                         lane_extreme, lane_matmul, rotation, vector)
+                                         lane_extreme, lane_extreme_and_copy, lane_matmul, vector)
 from lpusim.compiler.lower.transpose import permute
 from lpusim.compiler.row_layout import as_matrix, to_rows
 from lpusim.errors import CompileError
@@ -435,18 +435,8 @@ def lower_argmax(lw, node, op, a, args) -> None:
                            f"lanes, which needs the SXM (not supported yet)")
     extreme = "MAX" if op == "ArgMax" else "MIN"
     mag = lw.magnitudes.get(node.input[0], 0.0)
-    # every lane's fp16 value (what the rotations compare), then the row's extreme in every lane
-    m0, _ = lane_matmul(lw, node, x, shape, ("eye", c), lambda: np.eye(c, dtype=np.float32), "argx")
-    lw.tensors[x].f16_saturate = True
-    lw.derived[m0] = mag
-    lw.tensors[m0].f16_saturate = True
-    m, s = m0, 1
-    while s < c:
-        m, _ = lane_matmul(lw, node, m, shape, (f"rot{s}", c), lambda s=s: rotation(c, s), f"arg{s}",
-                                [Step(extreme, [("acc",), ("src", 0)])], [m])
-        lw.derived[m] = mag
-        lw.tensors[m].f16_saturate = True
-        s *= 2
+    # every lane's fp16 value (what the rotations compare), m0, and the row's extreme in every lane, m
+    m, m0 = lane_extreme_and_copy(lw, node, x, shape, extreme, "arg", mag)
     # candidates: a lane equal to the extreme holds its index (last: index + 1), the others c (last: 0)
     j = np.arange(c, dtype=np.float32)
     iota = lw.const_tensor((j + 1.0 if last else j - c)[None, :], "iota")

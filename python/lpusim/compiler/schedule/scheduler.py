@@ -21,7 +21,7 @@ from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.sram import BorderedPool, SramAllocator
 from lpusim.compiler.schedule.sxm import SxmJobs
-from lpusim.compiler.vxm_chain import delay_table, op_latency, place_delay_lines, with_read_copies
+from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
 
 # How far past a job's lower bound the scheduler searches before declaring the schedule impossible.
@@ -516,7 +516,7 @@ class Scheduler(SxmJobs):
                 steps.append(Step("CVT", [("step", last)], f"{ot}.{fmt}"))
                 dest[fmt] = len(steps) - 1
 
-        lat = op_latency(self.chip)
+        lat = self.chip.vxm_latency  # CVT included: the ALU latency
         reachable = self.__dict__.get("_delays")  # the same for every chain of this chip
         if reachable is None:
             reachable = self._delays = delay_table(lat)
