@@ -1,4 +1,4 @@
-"""The `lpusim` command: demo, run, segments, compile, chip, asm.
+"""The `lpusim` command: demo, run, generate, segments, compile, chip, asm.
 
 Exit status: 0 success (outputs match), 1 outputs do not match onnxruntime, 2 user error (one line on stderr).
 """
@@ -71,6 +71,61 @@ def cmd_run(args) -> int:
                         plot=args.plot, precision=args.precision)
     print(json.dumps(report) if args.json else format_report(report))
     return EXIT_OK if report["outputs_match"] in (True, None) else EXIT_MISMATCH
+
+
+def _prompt(args) -> tuple[np.ndarray, np.ndarray | None]:
+    """The prompt's ids [batch, length] (and mask) from --prompt-ids or --inputs (one of them)."""
+    if (args.prompt_ids is None) == (args.inputs is None):
+        raise LpusimError("give the prompt with --prompt-ids 1,2,3 or with --inputs PROMPT.npz (one of the two)")
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise LpusimError(f"--prompt-ids {args.prompt_ids}: expected token ids like 1,2,3") from None
+        if not ids:
+            raise LpusimError("--prompt-ids: no token ids given")
+        return np.asarray([ids], np.int64), None
+    data = _load_inputs(args.inputs)
+    if "input_ids" not in data:
+        raise LpusimError(f"{args.inputs}: holds {', '.join(sorted(data)) or 'nothing'}; a prompt needs 'input_ids'")
+    ids = data["input_ids"]
+    if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2):
+        raise LpusimError(f"{args.inputs}: input_ids must be integer token ids [batch, length] (got {ids.dtype} "
+                          f"{ids.shape})")
+    ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
+    mask = data.get("attention_mask")
+    return ids.astype(np.int64), None if mask is None else np.asarray(mask).reshape(ids.shape)
+
+
+def cmd_generate(args) -> int:
+    from lpusim.llm.check import format_generation, generation_report
+    from lpusim.llm.generate import compile_decoder
+
+    ids, mask = _prompt(args)
+    if args.new_tokens < 1:
+        raise LpusimError(f"--new-tokens {args.new_tokens}: expected at least 1")
+    if args.chips not in ("1", "auto"):
+        _int_arg("--chips", args.chips)
+        raise LpusimError(f"--chips {args.chips}: generation runs on one chip for now (--chips 1 or auto)")
+    length = ids.shape[1]
+    need = length + args.new_tokens - 1
+    context = args.max_context or max(16, 1 << max(need, length + 1 - 1).bit_length())
+    if need > context:
+        raise LpusimError(f"a prompt of {length} tokens and {args.new_tokens} new tokens need {need} cache rows; "
+                          f"--max-context is {context}")
+    chunk = args.prefill_chunk or min(length, context - 1)
+    try:
+        decoder = compile_decoder(args.model, max_context=context, prefill_chunk=chunk, precision=args.precision,
+                                  chip=args.chip, batch=ids.shape[0])
+    except LpusimError as e:
+        if "SRAM" in str(e) or "chips" in str(e):
+            raise LpusimError(f"{e} (generation over several chips is not built yet)") from None
+        raise
+    report = generation_report(decoder, ids, args.new_tokens, attention_mask=mask,
+                               progress=not args.json and sys.stderr.isatty())
+    report["model"] = args.model
+    print(json.dumps(report) if args.json else format_generation(report))
+    return EXIT_OK if report["ok"] else EXIT_MISMATCH
 
 
 def cmd_demo(args) -> int:
@@ -173,6 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--system", default=None, help="system configuration JSON (docs/system.md): drift, seed, ...")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    g = sub.add_parser("generate", help="greedy generation with a decoder LLM on the chip (KV cache in SRAM), "
+                       "checked against onnxruntime's own decode (docs/llm.md)")
+    g.add_argument("model", help="an ONNX decoder in the Optimum KV-cache layout with dynamic axes")
+    g.add_argument("--prompt-ids", help="the prompt's token ids, e.g. 1,2,3")
+    g.add_argument("--inputs", help=".npz holding input_ids [batch, length] (and optionally attention_mask)")
+    g.add_argument("--new-tokens", type=int, default=16)
+    g.add_argument("--max-context", type=int, default=None, help="cache rows (default: the next power of two "
+                   "that holds prompt and new tokens, at least 16)")
+    g.add_argument("--prefill-chunk", type=int, default=None, help="prompt tokens per prefill run (default: the "
+                   "whole prompt in one run; 1: the prompt runs through the decode step)")
+    g.add_argument("--chips", default="1", help="1 or auto (generation runs on one chip for now)")
+    g.add_argument("--precision", default="fp16", choices=["fp16", "int8"])
+    g.add_argument("--chip", default=None)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("segments", help="check MODEL.onnx segment by segment against onnxruntime, each segment "
                        "starting from onnxruntime's values (lpusim/check/segments.py)")

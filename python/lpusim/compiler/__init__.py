@@ -100,7 +100,9 @@ def random_inputs(input_shapes: dict, seed: int = 0, kinds: dict | None = None) 
 
 
 def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=None, progress=None,
-                  calibration=None):
+                  calibration=None, cache=None):
+    """ONNX -> (proto, graph, schedule, assembly) for one chip. `cache`: KV-cache regions kept in SRAM across
+    programs (schedule/kv_cache.py)."""
     proto, graph = build_graph(model, precision, shapes, dump, calibration)
     need = sram_needed(graph, chip)
     if need > chip.sram_bytes:
@@ -111,10 +113,10 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     gc.disable()  # the scheduler builds many long-lived objects and no garbage cycles to speak of: skip the scans
     try:
         try:
-            sched = schedule.Scheduler(chip, graph, progress).run()
+            sched = schedule.Scheduler(chip, graph, progress, cache=cache).run()
         except OutOfSram:
             # again, joining released blocks whenever none fits (fewer fresh bytes; later placements differ)
-            sched = schedule.Scheduler(chip, graph, progress, join_released=True).run()
+            sched = schedule.Scheduler(chip, graph, progress, join_released=True, cache=cache).run()
     except OutOfSram as e:
         # the estimate fits, but placement (320-lane tiles, slice groups, banks) found no room: say so plainly
         raise OutOfSram(f"the model does not fit one {chip.name} chip: estimated {need:,} bytes of "

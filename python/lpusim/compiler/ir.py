@@ -73,6 +73,9 @@ class Tensor:
     geom: tuple | None = None  # (N, H, W) for image tensors: channels on lanes, one row per pixel
     pad: int = 0  # border rows stored around each image (set by the consumers that read taps)
     pad_value: float = 0.0  # what the border holds: 0 for convolutions, -inf for max pools
+    # an output whose rows are the C-order flattening of its 4-D ONNX shape, not the image layout (row_layout.py):
+    # attention heads returned as [B*NH*S, D] rows (lower/attention.heads_output)
+    flat_rows: bool = False
     im2col: tuple | None = None  # inputs only: (kernel, strides, pads, dilations): the host lays out patches
     f16_exp: int = 0  # the f16 copy holds value * 2^-f16_exp (calibrate.py): keeps large tensors in fp16's range
     f16_saturate: bool = False  # the f16 copy clamps to +-65504 (never inf: inf times a 0 weight is NaN)

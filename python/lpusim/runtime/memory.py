@@ -16,7 +16,9 @@ class ChipMemory:
 
     A program's constant image (its weights, its `.init`s) is written into the memory once: `Program.run` does it
     the first time that program runs on this memory (or ahead, `Program.install_static`), and never again, so what
-    later runs write over it stays (an LLM's KV cache; also anything a program overwrites). Each run's inputs are
+    later runs write over it stays (an LLM's KV cache; also anything a program overwrites). The exception: a
+    program whose later tensors reuse its constants' space (the compiler frees a constant after its last reader,
+    except in programs compiled with a KV cache) gets its image written again before every run. Each run's inputs are
     written into the memory before it starts and stay there; outputs are read from it after the run.
 
     A run that faults leaves the memory as it stood at the fault (every write committed before it; none after) and

@@ -82,16 +82,24 @@ class Program:
         self._loaded().install_static(memory_handle(memory))
         return self
 
+    def cache_tiles(self) -> dict[str, list]:
+        """ONNX output -> the MEM segments of its store, for the outputs kept at fixed addresses (KV-cache regions,
+        compiler/schedule/kv_cache.py): what a later program of the same generation claims."""
+        graph, sched = self._graph, self._schedule
+        return {onnx: sched.outputs[ir].tiles for ir, onnx in zip(graph.outputs, graph.output_names)
+                if ir in getattr(sched, "pinned", ())}
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_handle", None)
         return state
 
-    def _input_image(self, inputs: dict[str, np.ndarray], images: bool = True):
+    def _input_image(self, inputs: dict[str, np.ndarray], images: bool = True, resident=(), wanted=None):
         """The inputs' memory image (inputs checked but no image made when not `images`: a timing-only run reads
-        none) and the output dumps."""
+        none) and the output dumps. `resident` inputs are already in the chip's memory: not written. `wanted`: the
+        outputs read back (None: all)."""
         graph, sched = self._graph, self._schedule
-        missing = [n for n in self.input_shapes if n not in inputs]
+        missing = [n for n in self.input_shapes if n not in inputs and n not in resident]
         if missing:
             raise ModelError(f"missing input(s): {', '.join(missing)} (the model takes "
                              f"{', '.join(f'{n}{list(s)}' for n, s in self.input_shapes.items())})")
@@ -101,6 +109,8 @@ class Program:
         mem = []
         for ir_name, store in sched.inputs.items():
             t = graph.tensors[ir_name]
+            if t.onnx_input in resident:
+                continue
             array = np.asarray(inputs[t.onnx_input])
             if tuple(array.shape) != tuple(self.input_shapes[t.onnx_input]):
                 raise ModelError(f"input '{t.onnx_input}' has shape {tuple(array.shape)}, the program was "
@@ -117,18 +127,22 @@ class Program:
             storage[store.interior_rows()] = matrix
             mem.extend(store_image(store, storage, self.chip.lanes))
         dumps = []
-        for ir_name in graph.outputs:
+        for ir_name, onnx_name in zip(graph.outputs, graph.output_names):
+            if wanted is not None and onnx_name not in wanted:
+                continue
             store = sched.outputs[ir_name]
             for segs in store.tiles:
                 for seg in segs:
                     dumps.extend((seg.slice + b, seg.addr, seg.hi - seg.lo) for b in range(store.width))
         return mem, dumps
 
-    def _decode_outputs(self, arrays) -> dict[str, np.ndarray]:
+    def _decode_outputs(self, arrays, wanted=None) -> dict[str, np.ndarray]:
         graph, sched = self._graph, self._schedule
         lanes = self.chip.lanes
         out, i = {}, 0
         for ir_name, onnx_name in zip(graph.outputs, graph.output_names):
+            if wanted is not None and onnx_name not in wanted:
+                continue
             t = graph.tensors[ir_name]
             store = sched.outputs[ir_name]
             tiles = []
@@ -140,32 +154,42 @@ class Program:
                     storage[seg.lo:seg.hi] = np.ascontiguousarray(planes).view("<f4").reshape(seg.hi - seg.lo, lanes)
                 tiles.append(storage[store.interior_rows()])
             matrix = np.concatenate(tiles, axis=1)[:, :t.cols]
-            out[onnx_name] = decode_output(onnx_name, from_rows(matrix, t.shape).astype(np.float32),
+            array = matrix.reshape(t.shape) if t.flat_rows else from_rows(matrix, t.shape)
+            out[onnx_name] = decode_output(onnx_name, array.astype(np.float32),
                                            graph.output_types.get(onnx_name))
         return out
 
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0,
-            timing_only: bool = False, memory: ChipMemory | None = None) -> RunResult:
+            timing_only: bool = False, memory: ChipMemory | None = None, resident=(),
+            outputs=None) -> RunResult:
         """Simulate the program cycle by cycle on `inputs` (seeded random inputs when None).
 
         `memory`: None runs on a fresh chip. A `ChipMemory` runs on that chip's SRAM as earlier runs left it: the
-        constant image is written only on this program's first (functional) run there, the inputs are written into
-        it, and it keeps what the run leaves (the `ChipMemory` docstring says what persists and after a fault)."""
+        constant image is written only on this program's first (functional) run there (before every run when the
+        program reuses its constants' space: `Schedule.constants_released`), the inputs are written into
+        it, and it keeps what the run leaves (the `ChipMemory` docstring says what persists and after a fault).
+        `resident`: input names that are already in `memory` where this program reads them (a KV cache an earlier
+        run left, compiler/schedule/kv_cache.py): the host does not write them. `outputs`: the output names read
+        back (None: all)."""
+        if resident and memory is None:
+            raise ModelError(f"resident input(s) {', '.join(sorted(resident))} need a ChipMemory (memory=)")
         if inputs is None:
-            inputs = self.random_inputs(seed)
-        mem, dumps = self._input_image(inputs, images=not timing_only)
+            inputs = {k: v for k, v in self.random_inputs(seed).items() if k not in resident}
+        mem, dumps = self._input_image(inputs, images=not timing_only, resident=set(resident),
+                                       wanted=None if outputs is None else set(outputs))
         handle = self._loaded()
         if memory is None:
             start = time.perf_counter()
             stats, arrays = handle.run(mem, dumps, timing_only)
         else:
             target = memory_handle(memory)
-            if not timing_only and not handle.installed_in(target):
+            # a program whose tensors reuse its constants' space has its constant image written before every run
+            if not timing_only and (self._schedule.constants_released or not handle.installed_in(target)):
                 handle.install_static(target)
             start = time.perf_counter()
             stats, arrays = handle.run(mem, dumps, timing_only, memory=target)
         wall = time.perf_counter() - start
-        outputs = {} if timing_only else self._decode_outputs(arrays)
+        outputs = {} if timing_only else self._decode_outputs(arrays, None if outputs is None else set(outputs))
         cycles = int(stats["cycles"])
         busy = {k: int(v) for k, v in stats["busy"].items()}
         return RunResult(outputs, cycles, self.predicted_cycles, self.chip.seconds(cycles) * 1e6,
@@ -182,8 +206,9 @@ def utilization(chip: Chip, busy: dict[str, int], cycles: int) -> dict[str, floa
 
 
 def compile_program(model, chip=None, precision: str = "fp16", shapes: dict | None = None, dump=None,
-                    progress: bool = False, calibration: dict | None = None) -> Program:
-    """Compile an ONNX model (path or ModelProto) for one chip (`lpusim.compile` with chips=1; see api.py)."""
+                    progress: bool = False, calibration: dict | None = None, cache=None) -> Program:
+    """Compile an ONNX model (path or ModelProto) for one chip (`lpusim.compile` with chips=1; see api.py).
+    `cache`: KV-cache regions kept at fixed SRAM addresses across programs (compiler/schedule/kv_cache.py)."""
     cfg = Chip.load(chip)
     bar = None
     if progress:
@@ -197,7 +222,7 @@ def compile_program(model, chip=None, precision: str = "fp16", shapes: dict | No
     start = time.perf_counter()
     try:
         proto, graph, sched, text = compile_graph(model, cfg, precision, shapes, dump, report if bar is not None else None,
-                                                  calibration)
+                                                  calibration, cache)
     finally:
         if bar is not None:
             bar.close()

@@ -516,8 +516,11 @@ def value_parts(lw, node, name: str, x, shape4: tuple) -> list:
 
 def heads_output(lw, name: str) -> None:
     """Attention heads that are a graph output (a decoder's present keys and values, or any [B, NH, S, D] heads):
-    the parts stacked on the rows ([B*NH, S, D], rows.concat_rows), then laid out as the ONNX image
-    (transpose.reshape_relayout: SXM transposes); lw.values[name] holds the result."""
+    the parts stacked on the rows ([B*NH, S, D], rows.concat_rows); lw.values[name] holds the result. It stays in
+    that row layout, the C-order flattening of [B, NH, S, D] (`Tensor.flat_rows`: the host only reshapes it), not
+    the image layout of other 4-D outputs: it is the layout a KV-cache input ([B*NH, S', D], `value_parts`) is read
+    in, so the next step can read a present where this step wrote it (docs/llm.md section 3.5), and it takes no
+    SXM transposes."""
     parts, transposed, shape4 = lw.heads[name]
     node = onnx.helper.make_node("Identity", [name], [name], name=name)
     if transposed or len(shape4) != 4:
@@ -529,6 +532,5 @@ def heads_output(lw, name: str) -> None:
     sub = Renamed(node, f"{name}@stacked")
     concat_rows(lw, sub, [("value", p, (1, s, d)) for p in parts], [(1, s, d)] * len(parts), 0)
     stacked = lw.values.pop(sub.output[0])[0]
-    if not reshape_relayout(lw, node, stacked, (nb * nh, s, d), (nb, nh, s, d)):
-        raise CompileError(f"output '{name}': attention heads {tuple(shape4)} cannot be laid out as a graph "
-                           f"output")
+    lw.tensors[stacked].flat_rows = True
+    lw.values[name] = (stacked, (nb, nh, s, d))

@@ -18,6 +18,7 @@ from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
 from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, MemRun, Segment, Store, StoreTable,
                                              byte_planes, segment_runs, store_image, view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
+from lpusim.compiler.schedule.kv_cache import CacheRegion, claim, past_tiles, sxm_slices
 from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.sram import BorderedPool, SramAllocator
 from lpusim.compiler.schedule.sxm import SxmJobs
@@ -68,6 +69,8 @@ class Schedule:
     outputs: dict[str, Store]  # IR output tensor -> its f32 store
     predicted_cycles: int
     sram_bytes: int
+    pinned: frozenset = frozenset()  # KV-cache regions and their pasts, at fixed addresses (kv_cache.py)
+    constants_released: bool = False  # later tensors overwrite constants: a rerun on the same SRAM needs the image
 
 
 def stream_name(direction: str, index: int) -> str:
@@ -82,9 +85,19 @@ def _imm(value: float, t: str = "f32") -> str:
 
 
 class Scheduler(SxmJobs):
-    def __init__(self, chip, graph: Graph, progress=None, join_released: bool = False):
+    def __init__(self, chip, graph: Graph, progress=None, join_released: bool = False,
+                 cache: list[CacheRegion] | None = None):
         self.chip = chip
         self.graph = graph
+        self.cache = list(cache or [])  # KV-cache regions kept at fixed addresses across programs (kv_cache.py)
+        self.cache_sinks: dict[str, tuple[Store, Store | None]] = {}  # present IR tensor -> (region, past store)
+        self.pinned: set[str] = set()  # tensors whose space is never released (the regions and their pasts)
+        self.keep_off: dict[str, frozenset] = {}  # tensor -> slices it may not take (a region its reader writes)
+        # A program run again on the same SRAM (ChipMemory: a generation's decode steps) must find its constants
+        # where the constant image put them: with a KV cache they are never released; otherwise their space goes
+        # to later tensors after their last reader (and a rerun needs the image written again)
+        self.keep_constants = bool(self.cache)
+        self.constants_released = False
         self.res = Reservations(chip)
         self.sram = SramAllocator(chip)
         if join_released:  # released blocks joined whenever none fits (SramAllocator.coalesce)
@@ -299,6 +312,12 @@ class Scheduler(SxmJobs):
 
     def release(self, store: Store) -> None:
         """The store's last reader is scheduled: its space may be rewritten after its last access."""
+        if store.tensor in self.pinned:  # a KV-cache region: the next program reads it
+            return
+        if self.graph.tensors[store.tensor].kind == "const":
+            if self.keep_constants:
+                return
+            self.constants_released = True
         store.released = True
         # kept whole for a later store of its layout only when room is short: the new owner's writes wait for this
         # store's last access (always reusing them cost light ResNet-50 6% more cycles)
@@ -336,6 +355,8 @@ class Scheduler(SxmJobs):
         reuse = reuse and not store.pad
         for nt in range(self.ntiles(t.cols)):
             avoid = avoid_tile(nt) if avoid_tile else set()
+            if tensor in self.keep_off:
+                avoid = set(avoid) | self.keep_off[tensor]
             hemi = self.next_hemisphere()
             try:
                 segs = self.alloc_segments(store.width, store.storage_rows, hemi, bank, avoid, reuse)
@@ -616,7 +637,10 @@ class Scheduler(SxmJobs):
         g = self.graph
         if any(node.kind == "transpose" for node in g.nodes):
             self.reserve_sxm_slices()
-        input_stores = {name: self.alloc_store(name, "f32") for name in g.inputs}  # where the host writes
+        input_stores = self.place_cache_regions()  # first: every program of a generation has them there
+        for name in g.inputs:  # where the host writes
+            if name not in input_stores:
+                input_stores[name] = self.alloc_store(name, "f32")
         self.expect_bordered()
         self.weight_left = {w: weight_bytes(g.tensors[w].data, g.tensors[w].dtype, self.lanes) for w in
                             {w for node in g.nodes for _, w in node.terms if g.tensors[w].kind == "const"}}
@@ -655,6 +679,10 @@ class Scheduler(SxmJobs):
                                    f"(placement conflict; not resolved yet)")
             sinks = {}
             for fmt in sorted(out.formats):  # the sinks are written at the same time: apart from each other too
+                if fmt == "f32" and node.output in self.cache_sinks:
+                    sinks[fmt] = self.cache_sink(node.output)
+                    self.keep_sources_off(node, sinks[fmt])
+                    continue
                 sinks[fmt] = self.alloc_store(node.output, fmt, reuse=True,
                                               avoid_tile=lambda nt: self.slices_of(streamed | {node.output}, nt))
             if node.kind == "matmul":
@@ -673,17 +701,83 @@ class Scheduler(SxmJobs):
         last = max((iss.last_effect for iss in issues), default=-1)
         predicted = 0 if not issues else last + 1 + self.chip.superlanes - 1
         return Schedule(issues, self.static_init, input_stores,
-                        {n: self.stores[(n, "f32")] for n in g.outputs}, predicted, self.sram.bytes_used)
+                        {n: self.stores[(n, "f32")] for n in g.outputs}, predicted, self.sram.bytes_used,
+                        frozenset(self.pinned), self.constants_released)
 
-    def relocate(self, node: Node, clash: tuple) -> None:
+    def place_cache_regions(self) -> dict[str, Store]:
+        """Place (or claim, at an earlier program's addresses) each KV-cache region, and read the matching past
+        from inside it (kv_cache.py): the past inputs' stores."""
+        g, stores = self.graph, {}
+        out_ir = dict(zip(g.output_names, g.outputs))
+        in_ir = {g.tensors[n].onnx_input: n for n in g.inputs}
+        for region in self.cache:
+            present = out_ir.get(region.present)
+            t = g.tensors.get(present)
+            if t is None or not t.flat_rows or len(t.shape) != 4:
+                raise CompileError(f"KV cache: output '{region.present}' is not the model's [batch, kv_heads, "
+                                   f"length, head_dim] attention heads")
+            store = Store.for_tensor(t, "f32")
+            if region.tiles is None:
+                hemi = self.next_hemisphere()
+                try:
+                    segs = self.alloc_segments(store.width, store.storage_rows, hemi, 1, sxm_slices(self.chip),
+                                               False)
+                except CompileError:
+                    segs = self.alloc_segments(store.width, store.storage_rows, "E" if hemi == "W" else "W", 1,
+                                               sxm_slices(self.chip), False)
+                store.tiles = [segs]
+            else:
+                claim(self.sram, region.tiles, store.width, f"KV cache '{region.present}'")
+                store.tiles = [[Segment(sg.lo, sg.hi, sg.slice, sg.addr) for sg in segs] for segs in region.tiles]
+            store.ready = [0] * len(store.tiles)
+            past_store = None
+            nb, nh, total, d = t.shape
+            past_rows = g.onnx_inputs[region.past][2] if region.past in g.onnx_inputs else 0
+            if past_rows:
+                past = in_ir.get(region.past)
+                pt = g.tensors.get(past)
+                if pt is None or pt.geom is not None or pt.rows != nb * nh * past_rows or pt.cols != d:
+                    raise CompileError(f"KV cache: input '{region.past}' is not read as rows of its heads "
+                                       f"[{nb * nh * past_rows}, {d}]")
+                past_store = Store.for_tensor(pt, "f32")
+                past_store.tiles = past_tiles(store, nb * nh, past_rows, total - past_rows)
+                past_store.ready = [0] * len(past_store.tiles)
+                self.stores[(past, "f32")] = stores[past] = past_store
+                self.pinned.add(past)
+            self.cache_sinks[present] = (store, past_store)
+            self.pinned.add(present)
+            reg = frozenset(sg.slice + b for segs in store.tiles for sg in segs for b in range(store.width))
+            for node in g.nodes:  # what the present's writer streams stays off the region's slices
+                if node.output == present:
+                    for v in node.sources:
+                        self.keep_off[v.tensor] = self.keep_off.get(v.tensor, frozenset()) | reg
+        return stores
+
+    def cache_sink(self, name: str) -> Store:
+        """A KV-cache region as the sink of the node that writes the present: every write after the past's last
+        read (the two are the same rows, shifted)."""
+        store, past = self.cache_sinks[name]
+        if past is not None:
+            for segs in store.tiles:
+                for sg in segs:
+                    sg.not_before = max(sg.not_before, past.last_access)
+        self.stores[(name, "f32")] = store
+        return store
+
+    def relocate(self, node: Node, clash: tuple, keep_off: frozenset = frozenset()) -> None:
         """Copy one of two clashing sources (a tensor without a border) to slices apart from the node's other
-        sources; later readers use the copy."""
+        sources (and from `keep_off`); later readers use the copy. When neither is such a value, a constant of
+        the two gets a second copy in its constant image instead."""
         name = next((n for n in clash if (n, "f32") in self.stores and not self.stores[(n, "f32")].pad), None)
         if name is None:
+            const = next((n for n in clash if self.graph.tensors[n].kind == "const"), None)
+            if const is not None:
+                self.copy_constant(node, const, keep_off)
             return
         old = self.stores[(name, "f32")]
         others = {v.tensor for v in node.sources} | {name}
-        new = self.alloc_store(name, "f32", reuse=True, avoid_tile=lambda nt: self.slices_of(others, nt))
+        new = self.alloc_store(name, "f32", reuse=True,
+                               avoid_tile=lambda nt: self.slices_of(others, nt) | keep_off)
         self.stores[(name, "f32")] = old  # the copy reads the old place
         copy = Node("vector", node.name, f"{node.onnx_op}(move {name})", name, sources=[View(name)],
                     steps=[Step("COPY", [("src", 0)])])
@@ -692,6 +786,30 @@ class Scheduler(SxmJobs):
         self.stores[(name, "f32")] = new
         if name not in self.graph.outputs:
             self.release(old)
+
+    def copy_constant(self, node: Node, name: str, keep_off: frozenset = frozenset()) -> None:
+        """A second copy of a constant, apart from the node's other sources (and `keep_off`): later readers use
+        it; the first stays in the image."""
+        t = self.graph.tensors[name]
+        others = {v.tensor for v in node.sources} - {name}
+        store = self.alloc_store(name, vxm_format(t), bank=0,
+                                 avoid_tile=lambda nt: self.slices_of(others, nt) | keep_off)
+        self.init_store(store, t.data)
+
+    def keep_sources_off(self, node: Node, region: Store) -> None:
+        """A node writing a KV-cache region reads no source from the region's slices (`keep_off` placed them
+        apart; a source placed before that is known is moved or, a constant, copied)."""
+        reg = frozenset(sg.slice + b for segs in region.tiles for sg in segs for b in range(region.width))
+        for name in sorted({v.tensor for v in node.sources}):
+            if not self.slices_of({name}) & reg:
+                continue
+            if self.graph.tensors[name].kind == "const":
+                self.copy_constant(node, name, reg)
+            else:
+                self.relocate(node, (name,), reg)
+            if self.slices_of({name}) & reg:
+                raise CompileError(f"{node.onnx_op} node '{node.name}': source '{name}' shares MEM slices with "
+                                   f"the KV-cache region it writes (placement conflict; not resolved yet)")
 
     def _shared_slices(self, node: Node):
         tensors = sorted({v.tensor for v in node.sources})
