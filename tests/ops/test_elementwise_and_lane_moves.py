@@ -176,3 +176,15 @@ def test_long_where_chain_is_fused_only_as_far_as_the_vxm_holds_it():
     assert_matches_onnxruntime(make_model(nodes, inits, {"x": [4, 9]}))
     nodes[-1] = helper.make_node("Identity", ["s"], ["y"])
     assert_matches_onnxruntime(make_model(nodes[:-2] + [nodes[-1]], inits, {"x": [4, 9]}))
+
+
+@pytest.mark.parametrize("inf", [-np.inf, np.inf])
+def test_where_with_a_full_tensor_of_one_infinity(inf):
+    """Where(x == max(x), ConstantOfShape(-inf), x), as a top-k by rounds of max writes it (export_decoder's dense
+    Mixtral routing): the infinite branch is a full [4, 6] constant, not a scalar, and still never multiplied by
+    0 (c * inf + (1 - c) * x gave NaN in every other lane)."""
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Equal", ["x", "m"], ["c"]), helper.make_node("Where", ["c", "k", "x"], ["y"])]
+    m = make_model(nodes, {"k": np.full((4, 6), inf, np.float32)}, {"x": [4, 6]})
+    _, result, _ = assert_matches_onnxruntime(m)
+    assert not np.isnan(result.outputs["y"]).any()

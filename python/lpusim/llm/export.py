@@ -122,6 +122,41 @@ def random_decoder(config_or_name: Any, *, seed: int = 0, weights: dict | None =
     return model.eval()
 
 
+def dense_experts(model) -> int:
+    """Give every Mixtral-style sparse MoE block of `model` the dense forward a static schedule runs (docs/llm.md
+    section 3.2): every expert computes every token and is weighted by its routing weight, which is 0 unless the
+    expert is among the top-k router probabilities (found by k rounds of max, so the graph has no TopK and no
+    Gather of expert weights). The same function as transformers' forward except at exact ties of router
+    probabilities, where TopK keeps the lower index and this keeps both. Returns the blocks changed."""
+    torch = _require("torch")
+    F = torch.nn.functional
+
+    def forward(self, hidden_states):
+        batch, seq, hidden = hidden_states.shape
+        x = hidden_states.reshape(-1, hidden)
+        probs = F.softmax(F.linear(x, self.gate.weight).float(), dim=-1)
+        remaining, chosen = probs, torch.zeros_like(probs, dtype=torch.bool)
+        for _ in range(self.top_k):
+            hit = remaining == remaining.max(dim=-1, keepdim=True).values
+            chosen = chosen | hit
+            remaining = torch.where(hit, torch.full_like(remaining, float("-inf")), remaining)
+        routes = torch.where(chosen, probs, torch.zeros_like(probs))
+        routes = routes / routes.sum(dim=-1, keepdim=True)
+        experts, out = self.experts, torch.zeros_like(x)
+        for e in range(experts.num_experts):
+            gate, up = F.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
+            y = F.linear(experts.act_fn(gate) * up, experts.down_proj[e])
+            out = out + y * routes[:, e:e + 1].to(y.dtype)
+        return out.reshape(batch, seq, hidden)
+
+    changed = 0
+    for module in model.modules():
+        if hasattr(module, "gate") and hasattr(module, "experts") and hasattr(module.experts, "gate_up_proj"):
+            module.forward = forward.__get__(module)
+            changed += 1
+    return changed
+
+
 def _cache_wrapper(model, layers: int):
     """A module with the flat Optimum signature around a transformers causal LM."""
     torch = _require("torch")
@@ -146,15 +181,22 @@ def _cache_wrapper(model, layers: int):
 
 
 def export_decoder(config_or_name: Any, path: str | os.PathLike, *, seed: int = 0, weights: dict | None = None,
-                   opset: int = 17, trace_past: int = 3, trace_seq: int = 2) -> DecoderLayout:
+                   opset: int = 17, trace_past: int = 3, trace_seq: int = 2, moe: str = "gather") -> DecoderLayout:
     """Write a decoder with random weights (from `seed`, or `weights` as in `random_decoder`) to `path` as ONNX in
     the Optimum KV-cache layout and return its checked layout.
 
     The trace runs with a past of `trace_past` and `trace_seq` new tokens; both are dynamic axes in the graph, so
     the file serves prefill (past 0) and decode (seq 1) alike. Lengths of 0 or 1 are avoided in the trace because
-    the tracer would specialise on them."""
+    the tracer would specialise on them.
+
+    `moe`: a mixture of experts as transformers computes it ("gather": TopK, then a Gather of the chosen experts'
+    weights, which no static schedule runs) or in the dense form of `dense_experts` ("dense": what the chip runs)."""
     torch = _require("torch")
+    if moe not in ("gather", "dense"):
+        raise ModelError(f"moe='{moe}': expected 'gather' or 'dense'")
     model = random_decoder(config_or_name, seed=seed, weights=weights)
+    if moe == "dense":
+        dense_experts(model)
     layers, kv_heads, head_dim = _layers_and_kv_heads(model.config)
     wrapper = _cache_wrapper(model, layers)
     vocab = model.config.get_text_config(decoder=True).vocab_size

@@ -38,8 +38,13 @@ BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "
 def lower(lw: LowerState, node) -> None:
     lower_node(lw, node)
     ins = [i for i in node.input if i]
-    whole = lambda i: i in lw.integral or (i in lw.consts and np.all(  # noqa: E731
-        np.mod(np.asarray(lw.consts[i], dtype=np.float64), 1) == 0))
+    def whole(i):  # infinities are not whole numbers (np.mod of inf warns and gives NaN)
+        if i in lw.integral:
+            return True
+        if i not in lw.consts:
+            return False
+        v = np.asarray(lw.consts[i], dtype=np.float64)
+        return bool(np.isfinite(v).all() and np.all(np.mod(v, 1) == 0))
     if node.op_type in KEEP_INTEGRAL and ins and whole(ins[0]) or \
             node.op_type in WHOLE_ARITH and ins and all(whole(i) for i in ins) or node.op_type in BOOLEAN:
         lw.integral.update(o for o in node.output if o and o in lw.values)

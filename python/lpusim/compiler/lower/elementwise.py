@@ -216,12 +216,13 @@ def lower_pow(lw, node, a, args):
 def lower_where(lw, node, a, args):
     # c * a + (1 - c) * b with c in {1.0, 0.0}: exact whenever the unselected value is finite
     c, x, y = args
-    inf = [v[0] == "const" and np.asarray(v[1]).size == 1 and np.isinf(np.asarray(v[1], np.float64)).all()
-           for v in (x, y)]
+    # a constant branch that is one infinity everywhere (a scalar, or a ConstantOfShape's full tensor)
+    inf = [v[0] == "const" and np.asarray(v[1]).size >= 1 and np.isinf(np.asarray(v[1], np.float64)).all() and
+           bool((np.asarray(v[1]) == np.asarray(v[1]).flat[0]).all()) for v in (x, y)]
     if inf[0] != inf[1] and c[0] == "value":
         # an infinite branch (an attention mask's -inf): finite + log(c) (log 1 = 0, log 0 = -inf), never 0 * inf
         finite, infinite = (y, x) if inf[0] else (x, y)
-        sign = float(np.sign(np.asarray(infinite[1]).reshape(())))
+        sign = float(np.sign(np.asarray(infinite[1]).flat[0]))
         cond = c
         if inf[0]:  # the infinity is taken where c is 1: log(1 - c)
             t = lw.fresh(node.output[0])
