@@ -7,6 +7,10 @@ against onnxruntime. See README.md for the architecture and docs/isa.md for the 
     program = lpusim.compile("mlp.onnx")          # static schedule for one tsp_v1 chip
     result = program.run({"input": x})            # cycle-by-cycle simulation
     result.outputs, result.cycles, result.latency_us
+
+    decoder = lpusim.compile_decoder("llama.onnx", max_context=64)   # an Optimum KV-cache export (docs/llm.md)
+    out = decoder.generate([[5, 17, 99]], new_tokens=16)            # KV cache kept in SRAM between steps
+    out.tokens, out.prefill_cycles, out.decode_cycles
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ from lpusim.api import compile
 from lpusim.runtime.memory import ChipMemory
 from lpusim.runtime.program import Program, RunResult
 from lpusim.check.segments import SegmentResult, check_segments
+from lpusim.llm.generate import Decoder, Generation, compile_decoder
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "ChipMemory", "check_segments", "SegmentResult", "Program", "RunResult", "Chip", "assemble", "disassemble", "LpusimError",
+__all__ = ["compile", "compile_decoder", "Decoder", "Generation", "ChipMemory", "check_segments", "SegmentResult", "Program", "RunResult", "Chip", "assemble", "disassemble", "LpusimError",
            "AssemblyError", "CompileError", "ConfigError", "ModelError", "SimulationError"]
