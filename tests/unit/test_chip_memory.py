@@ -155,3 +155,20 @@ def test_a_compiled_model_runs_on_one_memory_as_on_fresh_chips():
     x = program.random_inputs(3)
     assert np.array_equal(program.run(x, memory=other).outputs[program.output_names[0]],
                           program.run(x).outputs[program.output_names[0]])
+
+
+def test_a_program_that_frees_its_constants_reruns_right_on_one_memory():
+    """A decoder step frees a constant's space after its last reader and a later tensor takes it: run again on the
+    same memory, it would read that tensor as the constant (its second run gave logits 6 off). Such a program
+    (`Schedule.constants_released`) has its constant image written before every run; a program compiled with a
+    KV cache never frees its constants (compiler/schedule/kv_cache.py)."""
+    from lpusim.models import llama_decoder
+    program = lpusim.compile(llama_decoder(layers=1, hidden=32, heads=2, kv_heads=1, ffn=64, vocab=64, seq=1,
+                                           past=5))
+    assert program._schedule.constants_released
+    memory = ChipMemory(program.chip)
+    for seed in (0, 1, 2):
+        x = program.random_inputs(seed)
+        fresh, kept = program.run(x), program.run(x, memory=memory)
+        for name, value in fresh.outputs.items():
+            assert np.array_equal(kept.outputs[name], value), (seed, name)
