@@ -98,4 +98,35 @@ def simulate_system(
     timing_only: bool = False,
     threads: int = 0,
     max_cycles: int | None = None,
-) -> tuple[dict[str, Any], list[list[npt.NDArray[np.uint8] | None]]]: ...
+    memories: Sequence[ChipMemory | None] | None = None,
+) -> tuple[dict[str, Any], list[list[npt.NDArray[np.uint8] | None]]]:
+    """memories None: fresh chips. Else one ChipMemory (or the Python wrapper, or None: a fresh chip) per chip
+    (another count: SimulationError): chip i runs on its contents, its `.init`s and mem_inits[i] written into it
+    every run; it keeps what the run leaves and dumps[i] are read from it. A faulted run flags every memory of the
+    run; a timing-only run changes none. The same memory twice: SimulationError."""
+
+class LoadedSystem:
+    """A system's programs loaded once (decoded, checked, HACs aligned), each chip's static image referenced: the
+    system analogue of LoadedProgram. Errors as simulate_system's (the constructor raises the load errors)."""
+    def __init__(
+        self,
+        system_json: str,
+        programs: Sequence[str | bytes | None],
+        static_inits: Sequence[Sequence[tuple[int, int, npt.NDArray[np.uint8]]]] = ...,
+    ) -> None: ...
+    @property
+    def chips(self) -> int: ...
+    def run(
+        self,
+        mem_inits: Sequence[Sequence[tuple[int, int, npt.NDArray[np.uint8]]]] = ...,
+        dumps: Sequence[Sequence[tuple[int, int, int]]] = ...,
+        timing_only: bool = False,
+        threads: int = 0,
+        max_cycles: int | None = None,
+        memories: Sequence[ChipMemory | None] | None = None,
+    ) -> tuple[dict[str, Any], list[list[npt.NDArray[np.uint8] | None]]]:
+        """memories as for simulate_system, except that a chip on a memory gets no constant image written (no
+        `.init`s, no static_inits: install_static does that once), only mem_inits[i]."""
+    def install_static(self, chip: int, memory: ChipMemory) -> None:
+        """Write chip `chip`'s `.init`s and static_inits into `memory` (copied once)."""
+    def installed_in(self, chip: int, memory: ChipMemory) -> bool: ...

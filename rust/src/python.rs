@@ -5,7 +5,8 @@
 //!
 //! `ChipMemory` keeps one chip's MEM contents across runs (`LoadedProgram.run(..., memory=m)`,
 //! `LoadedProgram.install_static(m)`); only MEM persists, the rest of the chip starts fresh every run (the module
-//! doc of rust/src/sim/mem.rs).
+//! doc of rust/src/sim/mem.rs). Systems run on one memory per chip the same way (`simulate_system(...,
+//! memories=)`, `LoadedSystem.run(..., memories=)`, `LoadedSystem.install_static(chip, m)`; docs/system.md).
 
 use crate::config::ChipConfig;
 use crate::error::{AsmError, ConfigError as RsConfigError, SimError};
@@ -543,69 +544,78 @@ fn describe_system<'py>(py: Python<'py>, system_json: &str) -> PyResult<Bound<'p
     Ok(d)
 }
 
-/// Run one program per chip on a system (docs/system.md).
-///
-/// programs[i]: assembly text, program binary or None (idle) for chip i; mem_inits[i]: (global MEM slice, first
-/// address, uint8 array (n, lanes)); dumps[i]: (global MEM slice, first address, n). threads = 0: all cores.
-/// Returns (result dict, per chip the list of dump arrays).
-#[pyfunction]
-#[pyo3(signature = (system_json, programs, mem_inits = Vec::new(), dumps = Vec::new(), timing_only = false, threads = 0, max_cycles = None))]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn simulate_system<'py>(
-    py: Python<'py>,
-    system_json: &str,
-    programs: Vec<Bound<'py, PyAny>>,
-    mem_inits: Vec<Vec<(usize, usize, Bound<'py, PyAny>)>>,
-    dumps: Vec<Vec<(usize, usize, usize)>>,
-    timing_only: bool,
-    threads: usize,
-    max_cycles: Option<u64>,
-) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
-    let sc = system_config_from(py, system_json)?;
-    let r = sc.resolve().map_err(|e| cfg_err(py, e))?;
-    let (cfg, n, lanes) = (r.chip.clone(), r.chips, r.chip.lanes);
-    for (what, len) in [("programs", programs.len()), ("mem_inits", mem_inits.len()), ("dumps", dumps.len())] {
-        if len > n {
-            return Err(PyValueError::new_err(format!("{what}: {len} entries for a system of {n} chips")));
-        }
-    }
-    let progs = programs.iter().enumerate().map(|(k, p)| program_from(py, k, p)).collect::<PyResult<Vec<_>>>()?;
-    // Borrow the arrays' bytes (no copy) when they are C-contiguous; copy the others.
-    let mut guards = Vec::new();
-    let mut copies: Vec<Option<Vec<u8>>> = Vec::new();
-    let mut shape: Vec<Vec<(usize, usize)>> = Vec::with_capacity(mem_inits.len());
-    for (c, inits) in mem_inits.iter().enumerate() {
-        let mut v = Vec::with_capacity(inits.len());
-        for (k, (slice, addr, arr)) in inits.iter().enumerate() {
-            let bad = || PyValueError::new_err(format!("mem_inits[{c}][{k}]: expected a uint8 numpy array of shape (n, {lanes})"));
+/// `what[c][k]`: per chip, (global MEM slice, first address, uint8 array (n, lanes)), checked.
+#[allow(clippy::type_complexity)]
+fn system_arrays<'py>(
+    cfg: &ChipConfig,
+    what: &str,
+    lists: &[Vec<(usize, usize, Bound<'py, PyAny>)>],
+) -> PyResult<Vec<Vec<(usize, usize, Bound<'py, PyArray2<u8>>)>>> {
+    let lanes = cfg.lanes;
+    let mut out = Vec::with_capacity(lists.len());
+    for (c, list) in lists.iter().enumerate() {
+        let mut v = Vec::with_capacity(list.len());
+        for (k, (slice, addr, arr)) in list.iter().enumerate() {
+            let bad = || PyValueError::new_err(format!("{what}[{c}][{k}]: expected a uint8 numpy array of shape (n, {lanes})"));
             let a = arr.cast::<PyArray2<u8>>().map_err(|_| bad())?;
             if a.shape()[1] != lanes {
                 return Err(bad());
             }
             if *slice >= cfg.mem_slices || addr + a.shape()[0] > cfg.mem_words {
                 return Err(PyValueError::new_err(format!(
-                    "mem_inits[{c}][{k}]: slice must be < {} and addresses < {}",
+                    "{what}[{c}][{k}]: slice must be < {} and addresses < {}",
                     cfg.mem_slices, cfg.mem_words
                 )));
             }
-            let ro = a.readonly();
-            copies.push(if timing_only || ro.as_slice().is_ok() { None } else { Some(ro.as_array().iter().copied().collect()) });
-            guards.push(ro);
-            v.push((*slice, *addr));
+            v.push((*slice, *addr, a.clone()));
         }
-        shape.push(v);
+        out.push(v);
     }
-    let mut flat = guards.iter().zip(&copies).map(|(ro, copy)| -> &[u8] {
-        match copy {
-            Some(v) => v.as_slice(),
-            None if timing_only => &[],
-            None => ro.as_slice().unwrap_or(&[]),
+    Ok(out)
+}
+
+/// Per chip, the bytes of its images: borrowed from C-contiguous arrays (no copy), copied from the others; empty
+/// in timing-only runs (no image is read).
+struct SystemImages<'py> {
+    /// Per chip: (slice, address, index into `guards` / `copies`).
+    shape: Vec<Vec<(usize, usize, usize)>>,
+    guards: Vec<numpy::PyReadonlyArray2<'py, u8>>,
+    copies: Vec<Option<Vec<u8>>>,
+    timing_only: bool,
+}
+
+impl<'py> SystemImages<'py> {
+    fn new(timing_only: bool) -> Self {
+        SystemImages { shape: Vec::new(), guards: Vec::new(), copies: Vec::new(), timing_only }
+    }
+
+    /// Add `arrays` to chip `chip`'s images (after those added before: later ones win).
+    fn add(&mut self, chip: usize, arrays: &[(usize, usize, Bound<'py, PyArray2<u8>>)]) {
+        while self.shape.len() <= chip {
+            self.shape.push(Vec::new());
         }
-    });
-    let views: Vec<Vec<sim::MemInit>> = shape
-        .iter()
-        .map(|v| v.iter().map(|&(s, a)| (s, a, flat.next().unwrap_or(&[]))).collect())
-        .collect();
+        for (slice, addr, a) in arrays {
+            let ro = a.readonly();
+            let copy = if self.timing_only || ro.as_slice().is_ok() { None } else { Some(ro.as_array().iter().copied().collect()) };
+            self.shape[chip].push((*slice, *addr, self.guards.len()));
+            self.guards.push(ro);
+            self.copies.push(copy);
+        }
+    }
+
+    fn views(&self) -> Vec<Vec<sim::MemInit<'_>>> {
+        let bytes = |j: usize| -> &[u8] {
+            match &self.copies[j] {
+                Some(v) => v.as_slice(),
+                None if self.timing_only => &[],
+                None => self.guards[j].as_slice().unwrap_or(&[]),
+            }
+        };
+        self.shape.iter().map(|v| v.iter().map(|&(s, a, j)| (s, a, bytes(j))).collect()).collect()
+    }
+}
+
+fn check_system_dumps(cfg: &ChipConfig, dumps: &[Vec<(usize, usize, usize)>]) -> PyResult<()> {
     for (c, ds) in dumps.iter().enumerate() {
         for (k, &(slice, addr, cnt)) in ds.iter().enumerate() {
             if slice >= cfg.mem_slices || addr + cnt > cfg.mem_words {
@@ -616,9 +626,62 @@ fn simulate_system<'py>(
             }
         }
     }
-    let opts = crate::system::SystemOptions { timing_only, max_cycles, threads };
-    let result = py.detach(|| crate::system::simulate_system(&sc, &progs, &views, &dumps, &opts));
-    let res = result.map_err(|e| system_err(py, e))?;
+    Ok(())
+}
+
+/// The binding's `ChipMemory` of a `ChipMemory` argument (the Python `lpusim.ChipMemory` wrapper's handle, or the
+/// binding's own object).
+fn memory_ref<'py>(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, ChipMemory>> {
+    let bad = || pyo3::exceptions::PyTypeError::new_err(format!("{what}: expected a ChipMemory or None"));
+    let handle = if obj.is_instance_of::<ChipMemory>() { obj.clone() } else { obj.getattr("_handle").map_err(|_| bad())? };
+    handle.cast_into::<ChipMemory>().map_err(|_| bad())
+}
+
+/// `memories` (one entry per chip, None: a fresh chip) as the binding's memories; the same memory twice is an
+/// error (a chip's SRAM is its own).
+fn system_memories<'py>(py: Python<'py>, memories: Option<Vec<Option<Bound<'py, PyAny>>>>) -> PyResult<Option<Vec<Option<Bound<'py, ChipMemory>>>>> {
+    let Some(list) = memories else { return Ok(None) };
+    let mut out: Vec<Option<Bound<'py, ChipMemory>>> = Vec::with_capacity(list.len());
+    for (k, m) in list.iter().enumerate() {
+        let m = match m {
+            Some(o) if !o.is_none() => Some(memory_ref(&format!("memories[{k}]"), o)?),
+            _ => None,
+        };
+        if let Some(b) = &m {
+            if let Some(j) = out.iter().position(|o| o.as_ref().is_some_and(|x| x.is(b))) {
+                let e = crate::system::SystemError::general(
+                    crate::error::ErrorKind::InvalidInstruction,
+                    format!("memories[{j}] and memories[{k}] are the same ChipMemory: every chip needs its own"),
+                );
+                return Err(system_err(py, e));
+            }
+        }
+        out.push(m);
+    }
+    Ok(Some(out))
+}
+
+/// Run `f` with the memories locked (in address order, so runs sharing memories never wait on each other in a
+/// cycle) and lent as `&mut`. Call with the GIL released.
+fn with_memories<R>(memories: &[Option<&ChipMemory>], f: impl FnOnce(&mut [Option<&mut Memory>]) -> R) -> R {
+    let mut order: Vec<usize> = (0..memories.len()).filter(|&k| memories[k].is_some()).collect();
+    order.sort_by_key(|&k| memories[k].map_or(0, |m| m as *const ChipMemory as usize));
+    let mut guards: Vec<Option<std::sync::MutexGuard<'_, Memory>>> = memories.iter().map(|_| None).collect();
+    for k in order {
+        guards[k] = memories[k].map(|m| m.lock());
+    }
+    let mut lent: Vec<Option<&mut Memory>> = guards.iter_mut().map(|g| g.as_deref_mut()).collect();
+    f(&mut lent)
+}
+
+/// (result dict, per chip the list of dump arrays) of a system run.
+fn system_result<'py>(
+    py: Python<'py>,
+    res: crate::system::SystemResult,
+    cfg: &ChipConfig,
+    timing_only: bool,
+) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+    let lanes = cfg.lanes;
     let d = PyDict::new(py);
     d.set_item("cycles", res.cycles)?;
     d.set_item("seconds", res.seconds)?;
@@ -630,8 +693,8 @@ fn simulate_system<'py>(
     d.set_item("timing_only", timing_only)?;
     let chips = PyList::empty(py);
     let arrays = PyList::empty(py);
-    for c in &res.chips {
-        let e = stats_dict(py, &c.stats, &cfg, timing_only)?;
+    for c in res.chips {
+        let e = stats_dict(py, &c.stats, cfg, timing_only)?;
         e.set_item("sync_cycles", c.stats.sync_cycles)?;
         e.set_item("link_sends", c.stats.link_sends.clone())?;
         e.set_item("drift_ppm", c.drift_ppm)?;
@@ -643,12 +706,12 @@ fn simulate_system<'py>(
         e.set_item("end_seconds", c.seconds)?;
         chips.append(e)?;
         let per = PyList::empty(py);
-        for o in &c.dumps {
+        for o in c.dumps {
             match o {
                 None => per.append(py.None())?,
                 Some(v) => {
                     let k = v.len() / lanes;
-                    per.append(numpy::PyArray1::from_vec(py, v.clone()).reshape([k, lanes])?)?;
+                    per.append(numpy::PyArray1::from_vec(py, v).reshape([k, lanes])?)?;
                 }
             }
         }
@@ -673,6 +736,195 @@ fn simulate_system<'py>(
     Ok((d, arrays))
 }
 
+/// Run one program per chip on a system (docs/system.md).
+///
+/// programs[i]: assembly text, program binary or None (idle) for chip i; mem_inits[i]: (global MEM slice, first
+/// address, uint8 array (n, lanes)); dumps[i]: (global MEM slice, first address, n). threads = 0: all cores.
+/// memories: None (fresh chips), or one `ChipMemory` or None per chip (another count is a SimulationError): chip i
+/// then runs on that memory's contents, with its program's `.init`s and mem_inits[i] written into it before the
+/// run, every run (`LoadedSystem` installs a constant image once instead); the memory keeps what the run leaves
+/// and dumps[i] are read from it. A faulted run flags every memory of the run; a timing-only run changes none
+/// (docs/system.md section 7). Returns (result dict, per chip the list of dump arrays).
+#[pyfunction]
+#[pyo3(signature = (system_json, programs, mem_inits = Vec::new(), dumps = Vec::new(), timing_only = false, threads = 0, max_cycles = None, memories = None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn simulate_system<'py>(
+    py: Python<'py>,
+    system_json: &str,
+    programs: Vec<Bound<'py, PyAny>>,
+    mem_inits: Vec<Vec<(usize, usize, Bound<'py, PyAny>)>>,
+    dumps: Vec<Vec<(usize, usize, usize)>>,
+    timing_only: bool,
+    threads: usize,
+    max_cycles: Option<u64>,
+    memories: Option<Vec<Option<Bound<'py, PyAny>>>>,
+) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+    let sc = system_config_from(py, system_json)?;
+    let r = sc.resolve().map_err(|e| cfg_err(py, e))?;
+    let (cfg, n) = (r.chip.clone(), r.chips);
+    for (what, len) in [("programs", programs.len()), ("mem_inits", mem_inits.len()), ("dumps", dumps.len())] {
+        if len > n {
+            return Err(PyValueError::new_err(format!("{what}: {len} entries for a system of {n} chips")));
+        }
+    }
+    let progs = programs.iter().enumerate().map(|(k, p)| program_from(py, k, p)).collect::<PyResult<Vec<_>>>()?;
+    let arrays = system_arrays(&cfg, "mem_inits", &mem_inits)?;
+    let mut images = SystemImages::new(timing_only);
+    for (c, a) in arrays.iter().enumerate() {
+        images.add(c, a);
+    }
+    let views = images.views();
+    check_system_dumps(&cfg, &dumps)?;
+    let memories = system_memories(py, memories)?;
+    let refs: Option<Vec<Option<&ChipMemory>>> = memories.as_ref().map(|v| v.iter().map(|m| m.as_ref().map(|b| b.get())).collect());
+    let opts = crate::system::SystemOptions { timing_only, max_cycles, threads };
+    let result = py.detach(|| match &refs {
+        None => crate::system::simulate_system(&sc, &progs, &views, &dumps, &opts),
+        Some(refs) => with_memories(refs, |ms| crate::system::simulate_system_on(&sc, &progs, &views, &dumps, ms, &opts)),
+    });
+    let res = result.map_err(|e| system_err(py, e))?;
+    system_result(py, res, &cfg, timing_only)
+}
+
+/// A system's programs loaded once (decoded, checked, the HACs aligned), each chip's static memory image kept
+/// (references to the caller's arrays, not copies): the system analogue of `LoadedProgram`. Runs go on fresh
+/// chips or on `ChipMemory`s kept from one run to the next, each chip's static image written into its memory once
+/// (`install_static`).
+#[pyclass(module = "lpusim._lpusim", frozen)]
+struct LoadedSystem {
+    cfg: ChipConfig,
+    system: crate::system::LoadedSystem,
+    /// Per chip: (global slice, first address, uint8 array (n, lanes)), C-contiguous (copied once if they were not).
+    static_inits: Vec<Vec<StaticImage>>,
+}
+
+/// (global slice, first address, uint8 array (n, lanes)).
+type StaticImage = (usize, usize, Py<PyArray2<u8>>);
+
+#[pymethods]
+impl LoadedSystem {
+    /// system_json, programs (as `simulate_system`'s) and static_inits (per chip, like mem_inits): checked now,
+    /// with the errors `simulate_system` raises before its first cycle.
+    #[new]
+    #[pyo3(signature = (system_json, programs, static_inits = Vec::new()))]
+    fn new<'py>(
+        py: Python<'py>,
+        system_json: &str,
+        programs: Vec<Bound<'py, PyAny>>,
+        static_inits: Vec<Vec<(usize, usize, Bound<'py, PyAny>)>>,
+    ) -> PyResult<Self> {
+        let sc = system_config_from(py, system_json)?;
+        let r = sc.resolve().map_err(|e| cfg_err(py, e))?;
+        let (cfg, n) = (r.chip.clone(), r.chips);
+        for (what, len) in [("programs", programs.len()), ("static_inits", static_inits.len())] {
+            if len > n {
+                return Err(PyValueError::new_err(format!("{what}: {len} entries for a system of {n} chips")));
+            }
+        }
+        let progs = programs.iter().enumerate().map(|(k, p)| program_from(py, k, p)).collect::<PyResult<Vec<_>>>()?;
+        let arrays = system_arrays(&cfg, "static_inits", &static_inits)?;
+        let kept = arrays
+            .into_iter()
+            .map(|v| {
+                v.into_iter()
+                    .map(|(s, a, arr)| {
+                        let arr = if arr.readonly().as_slice().is_ok() { arr.unbind() } else { arr.to_owned_array().into_pyarray(py).unbind() };
+                        (s, a, arr)
+                    })
+                    .collect()
+            })
+            .collect();
+        let system = py.detach(|| crate::system::LoadedSystem::load(&sc, &progs)).map_err(|e| system_err(py, e))?;
+        Ok(LoadedSystem { cfg, system, static_inits: kept })
+    }
+
+    /// The number of chips.
+    #[getter]
+    fn chips(&self) -> usize {
+        self.system.chips()
+    }
+
+    /// One run: mem_inits (each chip's inputs), dumps, timing_only, threads and max_cycles as for
+    /// `simulate_system`, with its results and errors.
+    ///
+    /// memories: None runs every chip fresh: zeroed SRAM, its `.init`s and static_inits, then mem_inits. Else one
+    /// `ChipMemory` or None per chip (another count is a SimulationError, raised before anything runs). None: that
+    /// chip runs fresh. A memory: the chip runs on its contents; no static image is written (`install_static` does
+    /// that once), mem_inits[i] is written into it, it keeps what the run leaves and dumps[i] are read from it. A
+    /// faulted run flags every memory of the run (the faulting chip's with its error, the others' with one naming
+    /// it); a timing-only run changes no memory (docs/system.md section 7).
+    #[pyo3(signature = (mem_inits = Vec::new(), dumps = Vec::new(), timing_only = false, threads = 0, max_cycles = None, memories = None))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        mem_inits: Vec<Vec<(usize, usize, Bound<'py, PyAny>)>>,
+        dumps: Vec<Vec<(usize, usize, usize)>>,
+        timing_only: bool,
+        threads: usize,
+        max_cycles: Option<u64>,
+        memories: Option<Vec<Option<Bound<'py, PyAny>>>>,
+    ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+        let (cfg, n) = (&self.cfg, self.system.chips());
+        for (what, len) in [("mem_inits", mem_inits.len()), ("dumps", dumps.len())] {
+            if len > n {
+                return Err(PyValueError::new_err(format!("{what}: {len} entries for a system of {n} chips")));
+            }
+        }
+        let arrays = system_arrays(cfg, "mem_inits", &mem_inits)?;
+        check_system_dumps(cfg, &dumps)?;
+        let memories = system_memories(py, memories)?;
+        let mut images = SystemImages::new(timing_only);
+        for c in 0..n {
+            let on_memory = memories.as_ref().is_some_and(|m| m.get(c).is_some_and(|x| x.is_some()));
+            if !timing_only && !on_memory {
+                if let Some(st) = self.static_inits.get(c) {
+                    let bound: Vec<_> = st.iter().map(|(s, a, arr)| (*s, *a, arr.bind(py).clone())).collect();
+                    images.add(c, &bound);
+                }
+            }
+            if let Some(a) = arrays.get(c) {
+                images.add(c, a);
+            }
+        }
+        let views = images.views();
+        let refs: Option<Vec<Option<&ChipMemory>>> = memories.as_ref().map(|v| v.iter().map(|m| m.as_ref().map(|b| b.get())).collect());
+        let opts = crate::system::SystemOptions { timing_only, max_cycles, threads };
+        let system = &self.system;
+        let result = py.detach(|| match &refs {
+            None => system.run(&views, &dumps, &opts),
+            Some(refs) => with_memories(refs, |ms| system.run_on(&views, &dumps, ms, &opts)),
+        });
+        let res = result.map_err(|e| system_err(py, e))?;
+        system_result(py, res, cfg, timing_only)
+    }
+
+    /// Write chip `chip`'s constant image (its program's `.init`s and static_inits[chip]) into `memory`, copied
+    /// once: runs with this memory at position `chip` do not write it again. Raises SimulationError if the chip is
+    /// not in the system, or the memory is of another configuration or holds a fault.
+    fn install_static(&self, py: Python<'_>, chip: usize, memory: &Bound<'_, PyAny>) -> PyResult<()> {
+        let memory = memory_ref("memory", memory)?;
+        let empty = Vec::new();
+        let st = self.static_inits.get(chip).unwrap_or(&empty);
+        let ro: Vec<_> = st.iter().map(|(s, a, arr)| (*s, *a, arr.bind(py).readonly())).collect();
+        let images: Vec<sim::MemInit> = ro.iter().map(|(s, a, r)| (*s, *a, r.as_slice().unwrap_or(&[]))).collect();
+        let (system, m) = (&self.system, memory.get());
+        py.detach(|| system.install_static(chip, &mut m.lock(), &images)).map_err(|e| system_err(py, e))
+    }
+
+    /// Whether `install_static(chip, memory)` of this object wrote into `memory` (since the memory's last
+    /// `clear`). Raises SimulationError if the chip is not in the system.
+    fn installed_in(&self, py: Python<'_>, chip: usize, memory: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let memory = memory_ref("memory", memory)?;
+        if chip >= self.system.chips() {
+            let m = format!("chip {chip}: the system has {} chips", self.system.chips());
+            return Err(system_err(py, crate::system::SystemError::general(crate::error::ErrorKind::InvalidInstruction, m)));
+        }
+        let installed = self.system.installed_in(chip, &memory.get().lock());
+        Ok(installed)
+    }
+}
+
 #[pymodule]
 fn _lpusim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -692,6 +944,7 @@ fn _lpusim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ChipMemory>()?;
     m.add_function(wrap_pyfunction!(describe_system, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_system, m)?)?;
+    m.add_class::<LoadedSystem>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

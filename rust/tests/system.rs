@@ -291,3 +291,260 @@ fn global_link_on_the_east_side() {
     let e = run(&cfg, &[a, early], 1).unwrap_err();
     assert_eq!((e.kind, e.chip, e.link, e.peer_chip, e.peer_link), (ErrorKind::LinkEmpty, Some(1), Some(9), Some(0), Some(8)));
 }
+
+// ---- kept memories (docs/system.md section 7): one `ChipMemory` per chip across system runs ----
+
+use lpusim::sim::{ChipMemory, MemInit};
+use lpusim::system::{simulate_system_on, LoadedSystem};
+
+const LANES: usize = 320;
+
+fn vector(seed: u8) -> Vec<u8> {
+    (0..LANES).map(|l| (l as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+}
+
+fn functional(threads: usize) -> SystemOptions {
+    SystemOptions { threads, ..Default::default() }
+}
+
+fn timing() -> SystemOptions {
+    SystemOptions { timing_only: true, ..Default::default() }
+}
+
+/// One decode step of a two-chip pipeline: chip 0 sends its input (MEM.W0[0]) to chip 1, which appends it to its
+/// cache at MEM.W0[1 + step].
+fn append(step: u32) -> Vec<Program> {
+    let mut a = Prog::default();
+    send(&mut a, 0, 0, HOPS);
+    let mut b = Prog::default();
+    recv(&mut b, 0, 1 + step, HOPS + SLACK);
+    vec![a.program(), b.program()]
+}
+
+/// Chip 1 sends its cache entry `k` (MEM.W0[1 + k]) back to chip 0, which stores it at MEM.W0[20].
+fn read_back(k: u32) -> Vec<Program> {
+    let mut b = Prog::default();
+    send(&mut b, 0, 1 + k, HOPS);
+    let mut a = Prog::default();
+    recv(&mut a, 0, 20, HOPS + SLACK);
+    vec![a.program(), b.program()]
+}
+
+fn memories(sys: &LoadedSystem) -> Vec<ChipMemory> {
+    (0..sys.chips()).map(|_| ChipMemory::new(sys.chip_config())).collect()
+}
+
+fn lend(ms: &mut [ChipMemory]) -> Vec<Option<&mut ChipMemory>> {
+    ms.iter_mut().map(Some).collect()
+}
+
+#[test]
+fn kept_memories_persist_across_system_runs() {
+    let cfg = node(2, "");
+    let (v0, v1) = (vector(1), vector(2));
+    let mut ms = memories(&LoadedSystem::load(&cfg, &[]).unwrap());
+    for (step, v) in [(0u32, &v0), (1, &v1)] {
+        let sys = LoadedSystem::load(&cfg, &append(step)).unwrap();
+        let images: Vec<Vec<MemInit>> = vec![vec![(0, 0, v.as_slice())]];
+        let r = sys.run_on(&images, &[vec![], vec![(0, 1, 2)]], &mut lend(&mut ms), &functional(2)).unwrap();
+        // Dumps are read from the memory: the entries of every step so far.
+        let got = r.chips[1].dumps[0].as_ref().unwrap();
+        assert_eq!(&got[..LANES], v0.as_slice());
+        assert_eq!(&got[LANES..], if step == 0 { vec![0; LANES] } else { v1.clone() }.as_slice());
+    }
+    // The inputs stay in chip 0's memory; chip 1's cache holds both steps.
+    assert_eq!(ms[0].read(0, 0, 1).unwrap(), v1);
+    assert_eq!(ms[1].read(0, 1, 2).unwrap(), [v0.clone(), v1.clone()].concat());
+    assert!(ms.iter().all(|m| m.fault().is_none()));
+    // A later program reads what the earlier runs left on chip 1 (without inputs); fresh chips read zeros.
+    let back = LoadedSystem::load(&cfg, &read_back(0)).unwrap();
+    let dumps = vec![vec![(0, 20, 1)]];
+    let on = back.run_on(&[], &dumps, &mut lend(&mut ms), &functional(1)).unwrap();
+    assert_eq!(on.chips[0].dumps[0].as_ref().unwrap(), &v0);
+    let fresh = back.run(&[], &dumps, &functional(1)).unwrap();
+    assert_eq!(fresh.chips[0].dumps[0].as_ref().unwrap(), &vec![0; LANES]);
+    // The same cycles, statistics and traffic as on fresh chips: only MEM contents differ.
+    assert_eq!((on.cycles, on.windows, &on.links), (fresh.cycles, fresh.windows, &fresh.links));
+    for c in 0..2 {
+        assert_eq!(on.chips[c].stats.cycles, fresh.chips[c].stats.cycles);
+        assert_eq!(on.chips[c].stats.busy, fresh.chips[c].stats.busy);
+    }
+    assert_eq!(ms[0].read(0, 20, 1).unwrap(), v0);
+    // simulate_system_on is the same run without a LoadedSystem; a chip given None runs fresh.
+    let mut m1 = ChipMemory::new(back.chip_config());
+    m1.write(0, 2, &v1).unwrap();
+    let r = simulate_system_on(&cfg, &read_back(1), &[], &dumps, &mut [None, Some(&mut m1)], &functional(1)).unwrap();
+    assert_eq!(r.chips[0].dumps[0].as_ref().unwrap(), &v1);
+}
+
+#[test]
+fn without_memories_nothing_changes() {
+    // `run`, `run_on` with every entry None and `simulate_system` give identical results (ping_pong's .inits).
+    let cfg = node(2, "");
+    let ps: Vec<Program> = ping_pong(HOPS).iter().map(|p| p.program()).collect();
+    let sys = LoadedSystem::load(&cfg, &ps).unwrap();
+    let dumps = vec![vec![(0, 0, 2)], vec![(0, 1, 1)]];
+    let input = vector(9);
+    let images: Vec<Vec<MemInit>> = vec![vec![], vec![(0, 3, input.as_slice())]];
+    let a = simulate_system(&cfg, &ps, &images, &dumps, &functional(1)).unwrap();
+    let b = sys.run(&images, &dumps, &functional(2)).unwrap();
+    let c = sys.run_on(&images, &dumps, &mut [None, None], &functional(1)).unwrap();
+    for r in [&b, &c] {
+        assert_eq!((&r.chips, &r.links, r.cycles, r.windows), (&a.chips, &a.links, a.cycles, a.windows));
+    }
+    assert_eq!(&a.chips[1].dumps[0].as_ref().unwrap()[..4], &[1, 2, 3, 250]);
+    // A LoadedSystem runs any number of times with the same results.
+    assert_eq!(sys.run(&images, &dumps, &functional(1)).unwrap().chips, a.chips);
+}
+
+#[test]
+fn the_constant_image_is_installed_once() {
+    // Chip 0's `.init` (MEM.W0[0] = 1 2 3 250) is its constant image; each run sends MEM.W0[0] to chip 1 and
+    // overwrites it with what chip 1 sends back from its input (MEM.W0[5]).
+    let cfg = node(2, "");
+    let mut a = Prog::default();
+    a.extra = ".init MEM.W0 0 u8 1 2 3 250\n".into();
+    send(&mut a, 0, 0, HOPS);
+    let back = HOPS + SLACK + 2 * HOPS + 2;
+    recv(&mut a, 0, 0, back + SLACK);
+    let mut b = Prog::default();
+    recv(&mut b, 0, 1, HOPS + SLACK);
+    send(&mut b, 0, 5, back);
+    let sys = LoadedSystem::load(&cfg, &[a.program(), b.program()]).unwrap();
+    let mut ms = memories(&sys);
+    assert!(!sys.installed_in(0, &ms[0]));
+    sys.install_static(0, &mut ms[0], &[]).unwrap();
+    sys.install_static(1, &mut ms[1], &[]).unwrap();
+    assert!(sys.installed_in(0, &ms[0]) && sys.installed_in(1, &ms[1]) && !sys.installed_in(1, &ms[0]));
+    assert!(sys.install_static(2, &mut ms[0], &[]).unwrap_err().message.contains("2 chips"));
+    let init = ms[0].read(0, 0, 1).unwrap();
+    assert_eq!(&init[..5], &[1, 2, 3, 250, 0]);
+    let (x, y) = (vector(3), vector(4));
+    let dumps = vec![vec![], vec![(0, 1, 1)]];
+    let run = |x: &[u8], ms: &mut [ChipMemory]| {
+        let images: Vec<Vec<MemInit>> = vec![vec![], vec![(0, 5, x)]];
+        sys.run_on(&images, &dumps, &mut lend(ms), &functional(1)).unwrap()
+    };
+    // First run: chip 1 receives the installed image; chip 0's MEM.W0[0] then holds x.
+    assert_eq!(run(&x, &mut ms).chips[1].dumps[0].as_ref().unwrap(), &init);
+    assert_eq!(ms[0].read(0, 0, 1).unwrap(), x);
+    // Second run: the image is not written again, so chip 1 receives what the first run left.
+    assert_eq!(run(&y, &mut ms).chips[1].dumps[0].as_ref().unwrap(), &x);
+    // simulate_system_on writes the program's `.init`s before every run instead.
+    let ps = [a.program(), b.program()];
+    let images: Vec<Vec<MemInit>> = vec![vec![], vec![(0, 5, y.as_slice())]];
+    let r = simulate_system_on(&cfg, &ps, &images, &dumps, &mut lend(&mut ms), &functional(1)).unwrap();
+    assert_eq!(r.chips[1].dumps[0].as_ref().unwrap(), &init);
+    // Static images given to install_static (later ones win) are part of the constant image.
+    let z = vector(5);
+    sys.install_static(1, &mut ms[1], &[(0, 7, z.as_slice())]).unwrap();
+    assert_eq!(ms[1].read(0, 7, 1).unwrap(), z);
+}
+
+#[test]
+fn timing_only_system_runs_leave_memories_alone() {
+    let cfg = node(2, "");
+    let sys = LoadedSystem::load(&cfg, &append(0)).unwrap();
+    let mut ms = memories(&sys);
+    let v = vector(6);
+    ms[1].write(0, 1, &vector(7)).unwrap();
+    let before: Vec<(Vec<u8>, usize)> = ms.iter().map(|m| (m.read(0, 0, 2).unwrap(), m.allocated_bytes())).collect();
+    let images: Vec<Vec<MemInit>> = vec![vec![(0, 0, v.as_slice())]];
+    let t = sys.run_on(&images, &[vec![(0, 0, 1)], vec![(0, 1, 1)]], &mut lend(&mut ms), &timing()).unwrap();
+    assert!(t.chips.iter().all(|c| c.dumps.iter().all(|d| d.is_none())));
+    let after: Vec<(Vec<u8>, usize)> = ms.iter().map(|m| (m.read(0, 0, 2).unwrap(), m.allocated_bytes())).collect();
+    assert_eq!(before, after);
+    let f = sys.run_on(&images, &[], &mut lend(&mut ms), &functional(1)).unwrap();
+    assert_eq!((t.cycles, t.chips[1].stats.cycles), (f.cycles, f.chips[1].stats.cycles));
+    assert_eq!(ms[1].read(0, 1, 1).unwrap(), v);
+    // A timing-only fault flags nothing (chip 1 receives twice, one vector is sent).
+    let mut b = Prog::default();
+    recv(&mut b, 0, 1, HOPS + SLACK);
+    recv(&mut b, 0, 2, HOPS + SLACK + 60);
+    let bad = LoadedSystem::load(&cfg, &[append(0)[0].clone(), b.program()]).unwrap();
+    let e = bad.run_on(&[], &[], &mut lend(&mut ms), &timing()).unwrap_err();
+    assert_eq!((e.kind, e.chip), (ErrorKind::LinkEmpty, Some(1)));
+    assert!(ms.iter().all(|m| m.fault().is_none()));
+}
+
+#[test]
+fn a_faulted_system_run_flags_every_memory() {
+    // Chip 1 stores the vector chip 0 sends, then receives again with nothing sent: LinkEmpty on chip 1.
+    let cfg = node(2, "");
+    let mut b = Prog::default();
+    recv(&mut b, 0, 1, HOPS + SLACK);
+    let late = HOPS + SLACK + 60;
+    recv(&mut b, 0, 2, late);
+    let sys = LoadedSystem::load(&cfg, &[append(0)[0].clone(), b.program()]).unwrap();
+    let v = vector(8);
+    let images: Vec<Vec<MemInit>> = vec![vec![(0, 0, v.as_slice())]];
+    for threads in [1, 2] {
+        let mut ms = memories(&sys);
+        ms[1].write(0, 9, &vector(10)).unwrap();
+        let e = sys.run_on(&images, &[], &mut lend(&mut ms), &functional(threads)).unwrap_err();
+        assert_eq!((e.kind, e.chip, e.queue.as_str()), (ErrorKind::LinkEmpty, Some(1), "C2C.0"), "{e}");
+        // The faulting chip's memory: every commit before the fault (the first vector), what was there before,
+        // flagged with the chip's error.
+        assert_eq!(ms[1].read(0, 1, 1).unwrap(), v);
+        assert_eq!(ms[1].read(0, 9, 1).unwrap(), vector(10));
+        let f1 = ms[1].fault().unwrap().clone();
+        assert_eq!((f1.kind, f1.cycle, f1.queue.as_str(), f1.index), (e.kind, e.cycle, e.queue.as_str(), e.index));
+        assert!(f1.message.contains("chip 1 of a system run"), "{f1}");
+        // The other chip ran to its end: its memory holds its input, flagged with an error naming chip 1.
+        assert_eq!(ms[0].read(0, 0, 1).unwrap(), v);
+        let f0 = ms[0].fault().unwrap().clone();
+        assert!(f0.message.contains("chip 1 faulted") && f0.message.contains("run to its end"), "{f0}");
+        // Later runs are refused (before anything changes) until the fault is cleared.
+        let ok = LoadedSystem::load(&cfg, &append(1)).unwrap();
+        let e = ok.run_on(&[], &[], &mut lend(&mut ms), &functional(1)).unwrap_err();
+        assert_eq!(e.chip, Some(0));
+        assert!(e.message.contains("faulted run"), "{e}");
+        assert!(ok.install_static(1, &mut ms[1], &[]).is_err());
+        ms.iter_mut().for_each(|m| m.clear_fault());
+        ok.run_on(&[], &[], &mut lend(&mut ms), &functional(1)).unwrap();
+        assert_eq!(ms[1].read(0, 2, 1).unwrap(), v);
+    }
+    // A chip stopped in mid-run: its memory is flagged with the cycle its run stopped before.
+    let mut a = Prog::default();
+    send(&mut a, 0, 0, HOPS);
+    a.at("MEM.W0", 5000, "READ 0, W5");
+    let sys = LoadedSystem::load(&cfg, &[a.program(), b.program()]).unwrap();
+    let mut ms = memories(&sys);
+    let e = sys.run_on(&[], &[], &mut lend(&mut ms), &functional(1)).unwrap_err();
+    assert_eq!(e.chip, Some(1));
+    let f0 = ms[0].fault().unwrap();
+    assert!(f0.cycle > late && f0.message.contains("never ran"), "{f0}");
+}
+
+#[test]
+fn memory_errors_before_the_run_change_nothing() {
+    let cfg = node(2, "");
+    let sys = LoadedSystem::load(&cfg, &append(0)).unwrap();
+    let mut ms = memories(&sys);
+    let v = vector(11);
+    let images: Vec<Vec<MemInit>> = vec![vec![(0, 0, v.as_slice())]];
+    // One memory for two chips: one error, nothing written.
+    let e = sys.run_on(&images, &[], &mut [Some(&mut ms[0])], &functional(1)).unwrap_err();
+    assert_eq!((e.kind, e.chip), (ErrorKind::InvalidInstruction, None));
+    assert!(e.message.contains("1 memories for a system of 2 chips"), "{e}");
+    let e = sys.run_on(&images, &[], &mut [None, None, None], &timing()).unwrap_err();
+    assert!(e.message.contains("3 memories"), "{e}");
+    let e = simulate_system_on(&cfg, &append(0), &images, &[], &mut [], &functional(1)).unwrap_err();
+    assert!(e.message.contains("0 memories"), "{e}");
+    assert_eq!(ms[0].allocated_bytes(), 0);
+    // A memory of another chip configuration, on chip 1: refused before chip 0's memory is touched.
+    let mut small = lpusim::ChipConfig::tsp_v1();
+    small.mem_words = 1024;
+    let mut other = ChipMemory::new(&small);
+    let e = sys.run_on(&images, &[], &mut [Some(&mut ms[0]), Some(&mut other)], &functional(1)).unwrap_err();
+    assert_eq!(e.chip, Some(1));
+    assert!(e.message.contains("another configuration"), "{e}");
+    // A bad dump request or image: the same.
+    let e = sys.run_on(&images, &[vec![], vec![(0, 8191, 2)]], &mut lend(&mut ms), &functional(1)).unwrap_err();
+    assert!(e.message.contains("dumps[0]") && e.chip == Some(1), "{e}");
+    let short = vec![1u8; 10];
+    let bad: Vec<Vec<MemInit>> = vec![vec![(0, 0, v.as_slice())], vec![(0, 0, short.as_slice())]];
+    let e = sys.run_on(&bad, &[], &mut lend(&mut ms), &functional(1)).unwrap_err();
+    assert!(e.message.contains("mem_init[0]") && e.chip == Some(1), "{e}");
+    assert!(ms.iter().all(|m| m.allocated_bytes() == 0 && m.fault().is_none()));
+}

@@ -409,7 +409,7 @@ impl Chip {
 pub struct Loaded {
     pub(super) cfg: ChipConfig,
     progs: Arc<Vec<Vec<Instr>>>,
-    inits: Vec<crate::isa::Init>,
+    pub(super) inits: Vec<crate::isa::Init>,
     dumps: Vec<crate::isa::Dump>,
     peers: Vec<Option<c2c::Peer>>,
     /// Order-free belts of finished fast-form runs, for the next runs to reuse (`Loaded::chip`, `run_loaded`).

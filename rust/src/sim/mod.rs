@@ -27,7 +27,8 @@
 //!
 //! Runs on a kept memory: a `ChipMemory` (`mem.rs`) holds the MEM contents across runs of several programs on one
 //! chip (weights installed once, a KV cache between decode steps); `Loaded::run_on` swaps it into a fresh chip
-//! for the run and back. Only MEM persists: every run starts at cycle 0 on a quiescent chip.
+//! for the run and back (`Loaded::chip_on`, `OnMemory`: also the hook a system run uses for each chip). Only MEM
+//! persists: every run starts at cycle 0 on a quiescent chip.
 
 pub mod c2c;
 mod calendar;
@@ -46,5 +47,5 @@ pub mod vxm;
 
 pub use chip::{Chip, Loaded, MemInit};
 pub use mem::ChipMemory;
-pub use run::{load_program, run_loaded, simulate, RunOptions};
+pub use run::{load_program, run_loaded, simulate, OnMemory, RunOptions};
 pub use stats::{Busy, ConfigRecord, DumpResult, Num, Stats};

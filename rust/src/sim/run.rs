@@ -3,7 +3,7 @@
 //! `ChipMemory` kept across runs (`Loaded::run_on`; what persists is in the `mem` module doc).
 
 use super::calendar;
-use super::chip::{check_images, check_range, load_err, Chip, Loaded, MemInit, Repeat};
+use super::chip::{apply_init, check_images, check_range, load_err, Chip, Loaded, MemInit, Repeat};
 use super::mem::ChipMemory;
 use super::stats::{DumpResult, Num, Stats};
 use super::{streams, vxm};
@@ -342,24 +342,97 @@ fn read_dumps(chip: &Chip, dumps: &[(usize, usize, usize)]) -> Result<Vec<Option
     dumps.iter().enumerate().map(read).collect()
 }
 
-/// A chip running on a `ChipMemory`'s slices: hands them back when dropped, whatever way the run ends.
-struct Lent<'a> {
+/// A chip for one run, on a `ChipMemory`'s slices when it has one (`Loaded::chip_on`; a fresh chip otherwise,
+/// `OnMemory::fresh`): it derefs to the `Chip` and hands the slices back when dropped, whatever way the run ends
+/// (a panic flags the memory). `run_on` runs one of these; a system run (`crate::system`) one per chip. Never
+/// replace the chip itself, nor borrow images into its slices (`Chip::borrow_mem_images`): the memory gets back
+/// whatever slices the chip holds at the drop, and it must never hold borrowed images.
+pub struct OnMemory<'a> {
     chip: Chip,
-    memory: &'a mut ChipMemory,
+    memory: Option<&'a mut ChipMemory>,
 }
 
-impl Drop for Lent<'_> {
+impl std::ops::Deref for OnMemory<'_> {
+    type Target = Chip;
+    fn deref(&self) -> &Chip {
+        &self.chip
+    }
+}
+
+impl std::ops::DerefMut for OnMemory<'_> {
+    fn deref_mut(&mut self) -> &mut Chip {
+        &mut self.chip
+    }
+}
+
+impl<'a> OnMemory<'a> {
+    /// A chip on its own fresh slices (nothing to hand back).
+    pub fn fresh(chip: Chip) -> OnMemory<'a> {
+        OnMemory { chip, memory: None }
+    }
+
+    /// Whether the chip runs on a `ChipMemory`.
+    pub fn has_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// Record that the run on this memory faulted (`ChipMemory::fault`; runs on it are refused until
+    /// `clear_fault`). The first fault recorded stays. Nothing happens for a fresh chip.
+    pub fn flag(&mut self, e: SimError) {
+        if let Some(m) = self.memory.as_deref_mut() {
+            if m.fault.is_none() {
+                m.fault = Some(e);
+            }
+        }
+    }
+}
+
+impl Drop for OnMemory<'_> {
     fn drop(&mut self) {
-        std::mem::swap(&mut self.chip.mem, &mut self.memory.slices);
-        if std::thread::panicking() && self.memory.fault.is_none() {
+        let Some(memory) = self.memory.as_deref_mut() else { return };
+        std::mem::swap(&mut self.chip.mem, &mut memory.slices);
+        if std::thread::panicking() && memory.fault.is_none() {
             // A bug of the simulator, not of the program: the contents are what the run left, so flag them.
             let m = "the simulator panicked during a run on this memory".to_string();
-            self.memory.fault = Some(load_err("memory".into(), 0, String::new(), m));
+            memory.fault = Some(load_err("memory".into(), 0, String::new(), m));
         }
     }
 }
 
 impl Loaded {
+    /// The checks of a functional run of this program on `memory` with inputs `mem_init` (`chip_on`): a memory of
+    /// this configuration, holding no fault, and images that fit. Nothing is changed.
+    pub fn check_on(&self, memory: &ChipMemory, mem_init: &[MemInit]) -> Result<(), SimError> {
+        self.check_memory(memory)?;
+        check_images(&self.cfg, mem_init, "mem_init")
+    }
+
+    /// A functional chip of this program, started at cycle 0, whose MEM slices are `memory`'s (moved in, not
+    /// copied; handed back when the result is dropped): the hook of runs on a kept memory (`run_on`, and each
+    /// chip of a system run). If `inits`, the program's `.init`s are written into the memory first (a run on a
+    /// memory normally has them from `install_static`); then `mem_init` (later images win). The checks are
+    /// `check_on`'s; on an error nothing is written.
+    pub fn chip_on<'a>(&self, memory: &'a mut ChipMemory, mem_init: &[MemInit], inits: bool) -> Result<OnMemory<'a>, SimError> {
+        self.check_on(memory, mem_init)?;
+        let mut chip = self.chip_with(false, false, false);
+        std::mem::swap(&mut chip.mem, &mut memory.slices);
+        let mut lent = OnMemory { chip, memory: Some(memory) };
+        let chip = &mut lent.chip;
+        for s in chip.mem.iter_mut() {
+            // Port uses of the previous run are at its cycles, not this one's.
+            s.reset_ports();
+        }
+        if inits {
+            for init in &self.inits {
+                apply_init(&self.cfg, &mut chip.mem, init);
+            }
+        }
+        for &(slice, addr, data) in mem_init {
+            chip.mem[slice].write_many(addr, data);
+        }
+        Ok(lent)
+    }
+
     /// One run on `memory` instead of a fresh chip: the same results and errors as `run_loaded` when the memory
     /// holds what a fresh run would start from (this program's constant image, `install_static`). The run starts
     /// at cycle 0 on a quiescent chip whose MEM contents are the memory's; `mem_init` is written into the memory
@@ -370,8 +443,7 @@ impl Loaded {
     /// memory as it stood at the fault and flags it (`ChipMemory::fault`). Errors before the run starts (a memory
     /// of another configuration or already faulted, a bad `mem_init` or dump request) change nothing.
     pub fn run_on(&self, memory: &mut ChipMemory, mem_init: &[MemInit], dumps: &[(usize, usize, usize)], opts: &RunOptions) -> RunOutput {
-        self.check_memory(memory)?;
-        check_images(&self.cfg, mem_init, "mem_init")?;
+        self.check_on(memory, mem_init)?;
         for (k, &(slice, addr, n)) in dumps.iter().enumerate() {
             // before the run: a bad request must leave the memory untouched
             check_range(&self.cfg, slice, addr, n).map_err(|m| load_err("dumps".into(), k, String::new(), m))?;
@@ -380,21 +452,11 @@ impl Loaded {
             // Cycles and errors never depend on values (docs/isa.md 9.4): a fresh timing-only run is this run.
             return run_loaded(self, &[], dumps, opts);
         }
-        let mut chip = self.chip_with(false, false, false);
-        std::mem::swap(&mut chip.mem, &mut memory.slices);
-        let mut lent = Lent { chip, memory };
-        let chip = &mut lent.chip;
-        for s in chip.mem.iter_mut() {
-            // Port uses of the previous run are at its cycles, not this one's.
-            s.reset_ports();
-        }
-        for &(slice, addr, data) in mem_init {
-            chip.mem[slice].write_many(addr, data);
-        }
+        let mut chip = self.chip_on(memory, mem_init, false)?;
         if let Err(e) = chip.run(opts.max_cycles) {
-            lent.memory.fault = Some(e.clone());
+            chip.flag(e.clone());
             return Err(e);
         }
-        Ok((chip.stats.clone(), read_dumps(chip, dumps)?))
+        Ok((chip.stats.clone(), read_dumps(&chip, dumps)?))
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: `SystemConfig` (JSON, field-named errors) and its resolution into links and clocks;
 //! - [`align`]: the spanning-tree HAC alignment at start;
-//! - [`run`]: the windowed parallel run and its results.
+//! - [`run`]: the windowed parallel run and its results, and `LoadedSystem`: programs loaded once, run on fresh
+//!   chips or on `ChipMemory`s kept from one run to the next (an LLM's KV cache per chip between decode steps).
 
 pub mod align;
 pub mod config;
@@ -11,7 +12,7 @@ mod rng;
 pub mod run;
 
 pub use config::{LinkKind, LinkSpec, SystemConfig};
-pub use run::{simulate_system, ChipResult, LinkTraffic, SystemOptions, SystemResult};
+pub use run::{simulate_system, simulate_system_on, ChipResult, LinkTraffic, LoadedSystem, SystemOptions, SystemResult};
 
 use crate::error::{ErrorKind, SimError};
 use std::fmt;
