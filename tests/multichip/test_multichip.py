@@ -177,14 +177,36 @@ def wide():
 
 @pytest.mark.parametrize("chips", [2, 4])
 def test_tensor_parallel_columns(wide, chips):
-    """Matmul output tiles split over the chips, all-gathered after each split node: bit-identical, exact."""
+    """tensor_rows=False: matmul output tiles split over the chips, all-gathered after each split node to the chips
+    that read them; every chip's arithmetic is one chip's, so outputs are bit-identical."""
     model, ref = wide
-    program = lpusim.compile(model, chips=chips, parallel="tensor")
-    assert program.parallel == "tensor" and len(program.partition["splits"]) == 2
+    program = compile_multichip(model, chips, parallel="tensor", tensor_rows=False)
+    assert program.parallel == "tensor" and program.partition["exact"]
+    fc0, fc1 = program.partition["splits"]
+    assert fc0["split"] == fc1["split"] == "columns"
+    # fc1's parts read all of fc0's output on every chip; fc2 (one tile) runs on chip 0 alone, so fc1's blocks go
+    # to chip 0 only
+    assert fc0["gather"] == f"all-gather to chips {list(range(chips))}" and fc1["gather"] == "all-gather to chips [0]"
     result = _check(program, ref)
-    assert result.link_summary["links_used"] == chips * (chips - 1)  # every chip to every other, both splits
+    assert result.link_summary["links_used"] == chips * (chips - 1)  # every chip to every other (fc0)
     for seed in (1, 2):
         _check(program, ref, system=System.load({"chips": chips, "seed": seed, "chip": program.chip.config}))
+
+
+def _check_tensor(program, model, single):
+    """A tensor-parallel run: exact plans bit-identical to one chip, row splits (f32 partial sums added over the
+    links) within onnxruntime's tolerance; cycles as predicted."""
+    from lpusim.check.compare import compare, run_onnxruntime
+
+    x = program.random_inputs(0)
+    if program.partition.get("exact", True):
+        return _check(program, single.run(x))
+    result = program.run(x)
+    assert result.cycles == result.predicted_cycles
+    assert result.chip_cycles == result.predicted_chip_cycles
+    ref, _ = run_onnxruntime(model, x)
+    assert compare(result.outputs, ref)["outputs_match"]
+    return result
 
 
 def test_auto_picks_the_faster_split(wide):
@@ -192,7 +214,43 @@ def test_auto_picks_the_faster_split(wide):
     program = lpusim.compile(model, chips=4)  # parallel="auto"
     cycles = program.partition["auto"]["predicted_cycles"]
     assert program.parallel == min(cycles, key=cycles.get) and program.predicted_cycles == min(cycles.values())
-    _check(program, ref)
+    _check_tensor(program, model, lpusim.compile(model))
+
+
+@pytest.fixture(scope="module")
+def mlp_4096():
+    model = mlp((1024, 4096, 1024), batch=1)
+    single = lpusim.compile(model)
+    return model, single, single.run(seed=0)
+
+
+@pytest.mark.parametrize("chips", [4, 8])
+def test_tensor_parallel_row_splits(mlp_4096, chips):
+    """fc0 split by output columns, fc1 (the graph output) by the matching weight rows: no all-gather of the hidden
+    layer; each chip sends each owner of an output tile its f32 partial sum, the owner adds them and adds the bias,
+    and the host concatenates the owners' tiles. Outputs match onnxruntime; cycles are as predicted."""
+    model, single, _ = mlp_4096
+    program = compile_multichip(model, chips, parallel="tensor")
+    fc0, fc1 = program.partition["splits"]
+    assert (fc0["split"], fc1["split"]) == ("columns", "rows") and not program.partition["exact"]
+    assert fc0["gather"] == "none (row-split readers)" and fc1["destinations"] == []
+    assert [o for o, _, _ in fc1["owners"]] == list(range(min(4, chips)))  # 1024 columns: 4 tiles
+    blocks = program.output_blocks["fc1"]["blocks"]
+    assert [c for c, _ in blocks] == [o for o, _, _ in fc1["owners"]]
+    result = _check_tensor(program, model, single)
+    assert result.outputs["fc1"].shape == (1, 1024)
+    assert result.sync_cycles == 0  # no barrier: the lag covers the drift since the common start
+
+
+def test_tensor_parallel_scales(mlp_4096):
+    """Each chip streams 1/N of the weights: 8 chips take less than half of one chip's cycles (deterministic
+    simulated counts, not wall time), and more chips are never slower."""
+    model, single, ref = mlp_4096
+    cycles = {1: ref.cycles}
+    for chips in (2, 4, 8):
+        cycles[chips] = lpusim.compile(model, chips=chips, parallel="tensor").predicted_cycles
+    assert cycles[8] < 0.5 * cycles[1]
+    assert cycles[1] > cycles[2] > cycles[4] > cycles[8]
 
 
 def test_cli_json(tmp_path, capsys):

@@ -65,14 +65,16 @@ def _system_for(chips: int, chip: Chip, system) -> System:
 
 def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=None, dump=None,
                      calibration=None, parallel: str = "pipeline", system=None, costs: str = "schedule",
-                     max_free_cycles: int | None = None):
+                     max_free_cycles: int | None = None, tensor_rows: bool = True):
     """A pipeline-parallel MultiProgram (or a single-chip Program when one chip is chosen).
 
     `chips`: a number, or "auto" for the fewest chips whose SRAM holds the model; `system`: a system configuration
     (dict, JSON file, or System; default an N-chip node with the default drift); its `drift_ppm` is the tolerance the
     program is built for. `costs="schedule"` balances stages by a single-chip schedule's per-node cycles (when the
     model fits one chip), `"static"` by an estimate. `max_free_cycles`: the longest a chip runs between
-    realignments (default: the longest whose drift RUNTIME_DESKEW can still measure)."""
+    realignments (default: the longest whose drift RUNTIME_DESKEW can still measure). `tensor_rows=False` keeps
+    tensor parallelism to column splits and all-gathers (every chip's arithmetic is one chip's: bit-identical
+    outputs) instead of splitting their matmul readers by rows (partial sums reduced over the links)."""
     if parallel not in PARALLEL:
         raise CompileError(f"parallel='{parallel}': choose one of {', '.join(PARALLEL)}")
     if precision not in PRECISIONS:
@@ -127,12 +129,14 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
     if parallel == "tensor":
         if one_chip > cfg.sram_bytes:
             raise CompileError(TENSOR_FITS)
-        return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
+        return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles,
+                               tensor_rows)
     tensor, tensor_error = None, None
     if parallel == "auto" and one_chip <= cfg.sram_bytes and n <= len(graph.nodes):
         if split_nodes(graph, n, cfg.lanes):  # both are possible: compile both, keep the faster
             try:
-                tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles)
+                tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start,
+                                         max_free_cycles, tensor_rows)
             except CompileError as e:  # the pipeline may still work
                 tensor_error = str(e)
     node_cost = node_costs(graph, cfg) if costs == "schedule" and one_chip <= cfg.sram_bytes else None
@@ -209,15 +213,44 @@ class StageOutOfSram(OutOfSram):
         self.stage, self.node, self.cause = stage, node, cause
 
 
-def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free):
+def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, rows=True):
+    """The tensor-parallel MultiProgram; with `rows`, the faster of the plan with row splits and the one with
+    column splits only (partition.row_splits says which and both predictions)."""
+    try:
+        best = _tensor_program(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, rows)
+    except CompileError:
+        if not rows:
+            raise
+        best = None
+    if rows and (best is None or not best.partition["exact"]):
+        try:
+            cols = _tensor_program(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, False)
+        except CompileError:
+            if best is None:
+                raise
+            cols = None
+        if cols is not None and best is not None:
+            cycles = {"row splits": best.predicted_cycles, "columns only": cols.predicted_cycles}
+            if cols.predicted_cycles < best.predicted_cycles:
+                best = cols
+            best.partition["row_splits"] = {"predicted_cycles": cycles,
+                                            "chosen": "columns only" if best is cols else "row splits"}
+        best = best or cols
+    best.compile_s = time.perf_counter() - start
+    return best
+
+
+def _tensor_program(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, rows):
     ctx = transfer_timing(sysm, cfg, interval, max_free)
-    programs, barriers, last_effects, splits, log = compile_tensor(graph, n, cfg, sysm, interval, ctx)
+    programs, barriers, last_effects, plan, log = compile_tensor(graph, n, cfg, sysm, interval, ctx, rows)
     binaries = [_lpusim.assemble(p.assembly) for p in programs]
-    partition = {"chips": n, "parallel": "tensor", "reason": reason, "sram_needed": one_chip, "splits": splits,
-                 "exchanges": log, "program_cycles": [p.predicted_cycles for p in programs]}
+    partition = {"chips": n, "parallel": "tensor", "reason": reason, "sram_needed": one_chip, "splits": plan.splits,
+                 "exact": plan.exact, "exchanges": log, "program_cycles": [p.predicted_cycles for p in programs]}
+    if plan.output_blocks:
+        partition["output_blocks"] = plan.output_blocks
     return MultiProgram(cfg, n, "tensor", sysm, programs, barriers, last_effects, ctx["tol"] * 1e6, log,
                         partition, dict(graph.onnx_inputs), list(graph.output_names), time.perf_counter() - start,
-                        binaries)
+                        binaries, plan.output_blocks)
 
 
 def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interval: int,

@@ -12,6 +12,7 @@ from lpusim.chip import Chip
 from lpusim.compiler import random_inputs
 from lpusim.errors import ModelError
 from lpusim.multichip.clocks import TICKS, clocks, predict_chip
+from lpusim.runtime.host_layout import decode_output
 from lpusim.runtime.program import Program, utilization
 from lpusim.system import System, SystemResult
 
@@ -61,6 +62,9 @@ class MultiProgram:
     output_names: list[str]
     compile_s: float
     binaries: list[bytes] = field(repr=False, default_factory=list)
+    # ONNX output -> {"axis": a, "blocks": [[chip, block output], ...]}: an output whose column blocks stay on the
+    # chips that computed them, concatenated by the host along axis a (tensor parallelism)
+    output_blocks: dict[str, dict] = field(default_factory=dict)
 
     @property
     def assembly(self) -> list[str]:
@@ -129,6 +133,10 @@ class MultiProgram:
             for i, p in enumerate(self.stages):
                 if p.output_names:
                     outputs.update(p._decode_outputs(res.dumps[i]))
+            types = self.stages[0]._graph.output_types
+            for name, spec in self.output_blocks.items():
+                whole = np.concatenate([outputs.pop(block) for _, block in spec["blocks"]], axis=spec["axis"])
+                outputs[name] = decode_output(name, whole, types.get(name))
             outputs = {n: outputs[n] for n in self.output_names}
         predicted, per_chip = self.predict(system)
         chips = res.chips[:self.chips]

@@ -21,7 +21,7 @@ from collections import defaultdict
 
 from lpusim.compiler.emit import emit_assembly
 from lpusim.compiler.ir import View, out_geom
-from lpusim.compiler.schedule.storage import WIDTH, segment_runs, view_runs
+from lpusim.compiler.schedule.storage import WIDTH, MemRun, segment_runs, view_runs
 from lpusim.compiler.schedule.costs import static_cost
 from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.scheduler import Scheduler
@@ -89,10 +89,17 @@ class C2cJobs:
         self.res.floor = at + d
         return at + d
 
-    def _transfer_runs(self, store, name: str, tile: int, row0: int = 0, rows: int | None = None):
+    def _transfer_runs(self, store, name: str, tile: int, row0: int = 0, rows: int | None = None,
+                       single: bool = False):
+        """The MEM runs of a burst; `single`: one run per row, so a burst's READs or WRITEs (one row per send
+        interval) hold the slice's queue only in the cycles they issue, not for the whole burst."""
         t = self.graph.tensors[name]
         rows = t.rows - row0 if rows is None else rows
-        return segment_runs(store, tile, view_runs(View(name), store, out_geom(t), t.rows, row0, row0 + rows))
+        runs = segment_runs(store, tile, view_runs(View(name), store, out_geom(t), t.rows, row0, row0 + rows))
+        if single:
+            runs = [MemRun(r.out_start + k, r.slice, r.addr + k * r.stride, 1, r.stride, r.not_before)
+                    for r in runs for k in range(r.count)]
+        return runs
 
     def transfer_bursts(self, items: dict[str, list[str]]):
         """(tensor, format, tile, byte plane, rows, first row) for every burst of a transfer, in link order."""
@@ -150,7 +157,7 @@ class C2cJobs:
             bursts = bursts[rotate:] + bursts[:rotate]
         for name, fmt, nt, b, rows, row0 in bursts:
             store = self.stores[(name, fmt)]
-            runs = self._transfer_runs(store, name, nt, row0, rows)
+            runs = self._transfer_runs(store, name, nt, row0, rows, single)
 
             def build(t, store=store, runs=runs, b=b, nt=nt, rows=rows):
                 if single:  # the link queue first: its clashes are cheap to find
@@ -168,20 +175,27 @@ class C2cJobs:
     def schedule_receives(self, plan: list[tuple], link: int, interval: int, lag: int,
                           avoid: set | None = None, single: bool = False, slack: int = 0) -> int:
         """RECV -> stream -> WRITE of every burst another chip sends, at its send cycles plus `lag` (or up to
-        `slack` cycles more, the first lag at which everything fits); the stores for the received tensors are
-        allocated here (away from the slices in `avoid`, which grows). Returns the lag used."""
-        pos = self.link_position(link)
-        queue = f"C2C.{link}"
-        rl = self.chip.c2c_recv_latency
+        `slack` cycles more, the first lag at which everything fits; `single`: each vector at the first cycle
+        from its send cycle plus `lag` to `slack` later where its RECV and WRITE fit, the RECVs in arrival order);
+        the stores for the received tensors are allocated here (away from the slices in `avoid`, which grows).
+        Returns the largest delay after its send cycle of any RECV."""
         for name, fmt, nt, b, rows, first, _ in plan:
             if (name, fmt) not in self.stores:
                 if avoid is None:
                     self.alloc_store(name, fmt)
                 else:
-                    store = self.alloc_store(name, fmt, avoid_tile=lambda _nt: avoid)
+                    try:
+                        store = self.alloc_store(name, fmt, avoid_tile=lambda _nt: avoid)
+                    except CompileError:  # every slice group is in `avoid`: the RECVs find free cycles anyway
+                        store = self.alloc_store(name, fmt)
                     for segs in store.tiles:
                         for sg in segs:
                             avoid.update(range(sg.slice, sg.slice + store.width))
+        if single:
+            return self._receive_vectors(plan, link, interval, lag, slack)
+        pos = self.link_position(link)
+        queue = f"C2C.{link}"
+        rl = self.chip.c2c_recv_latency
         for extra in range(slack + 1):
             self.res.begin()
             self.accesses = []
@@ -205,6 +219,39 @@ class C2cJobs:
             return lag + extra
         raise CompileError(f"internal: the receives on link {link} clash at every lag from {lag} to "
                            f"{lag + slack}")
+
+    def _receive_vectors(self, plan: list[tuple], link: int, interval: int, lag: int, slack: int) -> int:
+        """schedule_receives, one vector at a time: RECV of vector j at the first cycle in [send_j + lag,
+        send_j + lag + slack] after the previous RECV where its link slot, stream and MEM write are free."""
+        pos = self.link_position(link)
+        queue = f"C2C.{link}"
+        rl = self.chip.c2c_recv_latency
+        prev, worst = -1, lag
+        for name, fmt, nt, b, rows, first, row0 in plan:
+            store = self.stores[(name, fmt)]
+            for run in self._transfer_runs(store, name, nt, row0, rows, True):
+                send = first + run.out_start * interval
+                one = [MemRun(0, run.slice, run.addr, 1, run.stride, run.not_before)]
+                for t in range(max(send + lag, prev + 1), send + lag + slack + 1):
+                    self.res.begin()
+                    self.accesses = []
+                    try:
+                        self.res.check_queue(queue, t, t, 0)
+                        stream, last = self.write_view(store, one, pos, t + rl, t, planes=[b], d=interval)
+                        self._link_issues(queue, t, f"RECV {stream}", 1, interval, rl, True)
+                    except Clash:
+                        self.res.rollback()
+                        continue
+                    self.res.commit()
+                    for st, lst in self.accesses:
+                        st.last_access = max(st.last_access, lst)
+                    store.ready[nt] = max(store.ready[nt], last + 1)
+                    prev, worst = t, max(worst, t - send)
+                    break
+                else:
+                    raise CompileError(f"internal: the receive of a vector of '{name}' on link {link} clashes at "
+                                       f"every lag from {lag} to {lag + slack}")
+        return worst
 
 
 class StageScheduler(C2cJobs, Scheduler):

@@ -1,7 +1,15 @@
-"""The scheduler of one chip of a tensor-parallel program (multichip/tensor.py): a stage scheduler that joins an
-all-gather after each split node, in lockstep with the other chips' schedulers."""
+"""The scheduler of one chip of a tensor-parallel program (multichip/tensor.py): a stage scheduler that runs the
+plan's collectives (all-gathers, reductions of partial sums) between its nodes, in lockstep with the other chips'
+schedulers (one thread per chip; they meet once per collective to hand over their send plans).
+
+No barrier comes with a collective: every chip's program cycles count from the common start (or from its last
+realignment), a send goes out as soon as its tile is written (the read waits for the store's `ready`), and each
+RECV is placed at its send cycle plus the lag that covers the link's worst latency and both chips' drift since
+their last realignment (clocks.transfer_timing: about the link latency plus 4 cycles on a short program). The
+ordinary rule of StageScheduler still realigns a chip that runs free for longer than `max_free` cycles."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from lpusim.compiler.schedule.c2c import StageScheduler
@@ -9,11 +17,10 @@ from lpusim.compiler.schedule.storage import Store
 
 
 class Lockstep:
-    """The chips' schedulers meet here (one thread per chip): a barrier, each chip's frontier, the send plans."""
+    """The chips' schedulers meet here (one thread per chip): a barrier and the send plans."""
 
     def __init__(self, n: int):
         self.barrier = threading.Barrier(n)
-        self.front = [0] * n
         self.plans: dict = {}
 
     def wait(self):
@@ -21,60 +28,109 @@ class Lockstep:
 
 
 class TensorScheduler(StageScheduler):
-    """One chip's scheduler; between nodes it joins the all-gather after each split node."""
+    """One chip's scheduler; before the nodes the plan names (and after the last) it runs the plan's collectives."""
 
-    def __init__(self, chip, graph, c: int, n: int, parts: dict, ctx: dict, sync: Lockstep):
-        super().__init__(chip, graph, keep=set(parts), rel_drift=ctx["rel"], max_free=ctx["max_free"])
-        self.c, self.n, self.parts, self.ctx, self.sync = c, n, parts, ctx, sync
-        self.exchanges = 0
+    def __init__(self, chip, graph, c: int, n: int, plan, ctx: dict, sync: Lockstep):
+        super().__init__(chip, graph, keep=plan.keep[c], rel_drift=ctx["rel"], max_free=ctx["max_free"])
+        self.c, self.n, self.plan, self.ctx, self.sync = c, n, plan, ctx, sync
+        self.at = plan.at[c]
+        # what goes over a link is stored on the links' side of the chip: a store the VXM writes and a link reads
+        # (or a link writes and the VXM reads) in the other hemisphere would cross the chip twice
+        self.link_side: dict[str, str] = {}
+        system = ctx["system"]
+        for col in plan.collectives:
+            for src, dst, items in col.sends:
+                if c in (src, dst):
+                    side = self._side(system.link(c, dst if src == c else src)[0])
+                    for name in items:
+                        self.link_side[name] = side if self.link_side.get(name, side) == side else None
+
+    def _side(self, link: int) -> str:
+        return "W" if link < self.chip.c2c_links // 2 else "E"
+
+    def alloc_store(self, tensor, fmt, bank=1, avoid_tile=None, reuse=False):
+        side = self.link_side.get(tensor)
+        if side is None:
+            return super().alloc_store(tensor, fmt, bank, avoid_tile, reuse)
+        self.next_hemisphere = lambda: side  # every column tile on that side (the other one when it is full)
+        try:
+            return super().alloc_store(tensor, fmt, bank, avoid_tile, reuse)
+        finally:
+            del self.next_hemisphere
 
     def _between_nodes(self, i, n, node):
-        if i > 0 and self.graph.nodes[i - 1].output in self.parts:
-            self.exchange(self.graph.nodes[i - 1].output)
+        self.collect(i)
         super()._between_nodes(i, n, node)
 
-    def exchange(self, part: str) -> None:
-        full, fmts, blocks = self.parts[part]
-        ctx, sync, c, n = self.ctx, self.sync, self.c, self.n
+    def collect(self, i: int) -> None:
+        for k in self.at.get(i, ()):
+            self.collective(k)
+
+    def run(self):
+        """Scheduler.run, then the collectives after the last node; outputs assembled by those are added after."""
+        g = self.graph
+        trailing = {full for k in self.at.get(len(g.nodes), ()) for full, _, _ in
+                    self.plan.collectives[k].joins.get(self.c, ())}
+        outputs = list(g.outputs)
+        g.outputs = [o for o in outputs if o not in trailing]
+        try:
+            result = super().run()
+        finally:
+            g.outputs = outputs
+        self.collect(len(g.nodes))
+        issues = self.res.issues
+        last = max((iss.last_effect for iss in issues), default=-1)
+        predicted = 0 if not issues else last + 1 + self.chip.superlanes - 1
+        return dataclasses.replace(result, issues=issues, outputs={o: self.stores[(o, "f32")] for o in outputs},
+                                   predicted_cycles=predicted, sram_bytes=self.sram.bytes_used)
+
+    def collective(self, k: int) -> None:
+        col = self.plan.collectives[k]
+        ctx, sync, c = self.ctx, self.sync, self.c
         interval, system = ctx["interval"], ctx["system"]
-        ex = self.exchanges
-        self.exchanges += 1
-        sync.front[c] = self.frontier()
-        sync.wait()
-        at = max(sync.front)
-        resume = self.barrier(at, self.deskew_delay(at, ctx["rel"]))
-        peers = [q for q in range(n) if q != c]
-        for idx, p in enumerate(peers):
-            plan = self.schedule_sends({part: fmts}, system.link(c, p)[0], interval, resume, rotate=idx,
-                                       single=True)
-            sync.plans[(ex, c, p)] = (plan, resume)
-        sync.wait()
+        outgoing = [(dst, items) for src, dst, items in col.sends if src == c]
         avoid = set()  # the slices the sends read while the receives write
-        for f in fmts:
-            st = self.stores[(part, f)]
-            for segs in st.tiles:
-                for sg in segs:
-                    avoid.update(range(sg.slice, sg.slice + st.width))
+        sent = {}
+        for idx, (dst, items) in enumerate(outgoing):
+            for name, fmts in items.items():
+                for f in fmts:
+                    st = self.stores[(name, f)]
+                    for segs in st.tiles:
+                        for sg in segs:
+                            avoid.update(range(sg.slice, sg.slice + st.width))
+            plan = self.schedule_sends(items, system.link(c, dst)[0], interval, self.resumed(), rotate=idx,
+                                       single=True)
+            sync.plans[(k, c, dst)] = (plan, self.resumed())
+            sent[dst] = {"vectors": sum(p[4] for p in plan), "first": plan[0][5],
+                         "last": plan[-1][5] + (plan[-1][4] - 1) * interval}
+        sync.wait()
         lags = {}
-        for q in peers:
-            plan, resume_q = sync.plans[(ex, q, c)]
-            link, _, _ = system.link(c, q)
-            info = next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {c, q})
+        slack = interval * max(1, self.chip.c2c_rx_buffer_vectors // 2)  # later RECVs: early arrivals wait
+        for src, dst, _ in col.sends:
+            if dst != c:
+                continue
+            plan, resume_q = sync.plans[(k, src, c)]
+            link = system.link(c, src)[0]
+            info = next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {c, src})
             last = plan[-1][5] + (plan[-1][4] - 1) * interval
-            lag = ctx["lag"](info, last - resume_q, last - resume)
-            lags[q] = self.schedule_receives(plan, link, interval, lag, avoid, single=True, slack=interval)
-            ctx["check_buffer"](info, lags[q], last - resume_q, last + lags[q] - resume)
-        for f in fmts:  # the full tensor: the blocks' stores side by side
-            stores = [self.stores[(f"{full}#tp{q}", f)] for q in range(n)]
-            t = self.graph.tensors[full]
+            lag = ctx["lag"](info, last - resume_q, last - self.resumed())
+            lags[src] = self.schedule_receives(plan, link, interval, lag, avoid, single=True, slack=slack)
+            ctx["check_buffer"](info, lags[src], last - resume_q, last + lags[src] - self.resumed())
+        for full, blocks, fmts in col.joins.get(c, ()):
+            self.join(full, blocks, fmts)
+        self.transfer_log.append({"collective": k, "kind": col.kind, "tensor": col.tensor, "chip": c,
+                                  "sends": sent, "lags": lags})
+
+    def join(self, full: str, blocks: list[str], fmts: list[str]) -> None:
+        """The full tensor's store in each format: its column blocks' stores side by side."""
+        t = self.graph.tensors[full]
+        for f in fmts:
             st = Store.for_tensor(t, f)
-            for s in stores:
+            for name in blocks:
+                s = self.stores[(name, f)]
                 st.tiles += s.tiles
                 st.ready += s.ready
                 st.last_access = max(st.last_access, s.last_access)
             self.stores[(full, f)] = st
-        self.transfer_log.append({"after": full, "chip": c, "barrier": at, "lags": lags,
-                                  "vectors_per_link": sum(p[4] for p in sync.plans[(ex, c, peers[0])][0])
-                                  if peers else 0})
 
     transfer_log: list
