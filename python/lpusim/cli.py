@@ -104,9 +104,11 @@ def cmd_generate(args) -> int:
     ids, mask = _prompt(args)
     if args.new_tokens < 1:
         raise LpusimError(f"--new-tokens {args.new_tokens}: expected at least 1")
-    if args.chips not in ("1", "auto"):
-        _int_arg("--chips", args.chips)
-        raise LpusimError(f"--chips {args.chips}: generation runs on one chip for now (--chips 1 or auto)")
+    chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
+    if chips != "auto" and chips < 1:
+        raise LpusimError(f"--chips {args.chips}: at least one chip is needed")
+    if chips != 1 and args.precision == "int8" and chips != "auto":
+        raise LpusimError("--precision int8 runs on one chip only (pipelines of several chips are fp16)")
     length = ids.shape[1]
     need = length + args.new_tokens - 1
     context = args.max_context or max(16, 1 << max(need, length + 1 - 1).bit_length())
@@ -114,13 +116,8 @@ def cmd_generate(args) -> int:
         raise LpusimError(f"a prompt of {length} tokens and {args.new_tokens} new tokens need {need} cache rows; "
                           f"--max-context is {context}")
     chunk = args.prefill_chunk or min(length, context - 1)
-    try:
-        decoder = compile_decoder(args.model, max_context=context, prefill_chunk=chunk, precision=args.precision,
-                                  chip=args.chip, batch=ids.shape[0])
-    except LpusimError as e:
-        if "SRAM" in str(e) or "chips" in str(e):
-            raise LpusimError(f"{e} (generation over several chips is not built yet)") from None
-        raise
+    decoder = compile_decoder(args.model, max_context=context, prefill_chunk=chunk, precision=args.precision,
+                              chip=args.chip, batch=ids.shape[0], chips=chips)
     report = generation_report(decoder, ids, args.new_tokens, attention_mask=mask,
                                progress=not args.json and sys.stderr.isatty())
     report["model"] = args.model
@@ -239,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "that holds prompt and new tokens, at least 16)")
     g.add_argument("--prefill-chunk", type=int, default=None, help="prompt tokens per prefill run (default: the "
                    "whole prompt in one run; 1: the prompt runs through the decode step)")
-    g.add_argument("--chips", default="1", help="1 or auto (generation runs on one chip for now)")
+    g.add_argument("--chips", default="1", help="chips for the decode step: a number, or 'auto' (the fewest that hold "
+                   "it); several chips form a pipeline (fp16), each keeping its layers' KV cache; the prompt then "
+                   "runs through the decode step")
     g.add_argument("--precision", default="fp16", choices=["fp16", "int8"])
     g.add_argument("--chip", default=None)
     g.add_argument("--json", action="store_true")

@@ -102,6 +102,21 @@ def test_teacher_forcing_feeds_the_given_tokens():
     assert compare({"l": gen.logits}, {"l": want})["outputs_match"]
 
 
+def test_generates_on_a_pipeline_of_chips_with_the_cache_on_each():
+    """chips=2: the decode step as a pipeline, each layer on one chip with its cache region (the cut never parts a
+    layer's past from its present); one ChipMemory per chip; the prompt runs through the decode step. Tokens and
+    logits as onnxruntime's; every step the predicted system cycles."""
+    decoder = compile_decoder(builder(), max_context=32, prefill_chunk=8, chips=2)
+    assert decoder.chips == 2 and decoder.prefill is None
+    stages = decoder.decode.stages
+    assert [sorted(s.cache_tiles()) for s in stages] == [["present.0.key", "present.0.value"],
+                                                          ["present.1.key", "present.1.value"]]
+    report = generation_report(decoder, PROMPT, 12)
+    assert report["tokens_match"] and report["logits_match"] and report["chips"] == 2, report
+    gen = decoder.generate(PROMPT, 4)
+    assert gen.step_cycles == [decoder.decode.predicted_cycles] * 3 and gen.prefill_runs == 5
+
+
 def test_errors_name_the_numbers():
     decoder = compile_decoder(builder(), max_context=8, prefill_chunk=4)
     with pytest.raises(ModelError, match="need 10 cache rows; the programs were compiled for --max-context 8"):
@@ -117,8 +132,9 @@ def test_errors_name_the_numbers():
 @pytest.mark.parametrize("argv,message", [
     (["--new-tokens", "4"], "give the prompt with --prompt-ids"),
     (["--prompt-ids", "1,x"], "--prompt-ids 1,x: expected token ids"),
-    (["--prompt-ids", "1,2", "--chips", "4"], "--chips 4: generation runs on one chip for now"),
+    (["--prompt-ids", "1,2", "--chips", "0"], "--chips 0: at least one chip is needed"),
     (["--prompt-ids", "1,2", "--chips", "0x"], "--chips 0x: expected a number"),
+    (["--prompt-ids", "1,2", "--chips", "2", "--precision", "int8"], "--precision int8 runs on one chip only"),
     (["--prompt-ids", "1,2,3", "--new-tokens", "20", "--max-context", "8"], "need 22 cache rows; --max-context is 8"),
 ])
 def test_cli_user_errors_exit_2(tmp_path, capsys, argv, message):

@@ -25,10 +25,13 @@ from lpusim.llm.reference import greedy_decode, reference_logit_gap
 
 def installed_weight_bytes(decoder: Decoder) -> int:
     """Bytes of weights the decode step installs in the MXM (every matrix once per token: docs/llm.md 3.4)."""
-    graph = decoder.decode._graph
     lanes = decoder.chip.lanes
-    names = {w for node in graph.nodes for _, w in node.terms if graph.tensors[w].kind == "const"}
-    return sum(weight_bytes(graph.tensors[w].data, graph.tensors[w].dtype, lanes) for w in names)
+    total = 0
+    for program in getattr(decoder.decode, "stages", [decoder.decode]):
+        graph = program._graph
+        names = {w for node in graph.nodes for _, w in node.terms if graph.tensors[w].kind == "const"}
+        total += sum(weight_bytes(graph.tensors[w].data, graph.tensors[w].dtype, lanes) for w in names)
+    return total
 
 
 def install_bytes_per_cycle(decoder: Decoder) -> int:
@@ -64,7 +67,7 @@ def generation_report(decoder: Decoder, prompt_ids, new_tokens: int, *, attentio
     clock = float(chip.config["clock_hz"])
     floor = installed_weight_bytes(decoder) / install_bytes_per_cycle(decoder)
     report = {
-        "model": None, "precision": decoder.precision, "chips": 1, "batch": decoder.batch,
+        "model": None, "precision": decoder.precision, "chips": decoder.chips, "batch": decoder.batch,
         "max_context": decoder.max_context, "prefill_chunk": decoder.prefill_chunk if decoder.prefill else 1,
         "prompt_tokens": int(mask.sum(axis=1).max()), "new_tokens": new_tokens,
         "tokens": gen.tokens.tolist(), "reference_tokens": ref_tokens.tolist(), "tokens_match": tokens_match,
@@ -90,7 +93,7 @@ def format_generation(r: dict) -> str:
     div = r["first_divergence"]
     lines = [
         f"model          {r['model']}",
-        f"precision      {r['precision']} on {r['chips']} chip, cache {r['max_context']} rows, prefill chunks of "
+        f"precision      {r['precision']} on {r['chips']} chip{'s' if r['chips'] > 1 else ''}, cache {r['max_context']} rows, prefill chunks of "
         f"{r['prefill_chunk']}",
         f"tokens         {' '.join(str(t) for t in r['tokens'][0])}",
         f"reference      {' '.join(str(t) for t in r['reference_tokens'][0])}  (onnxruntime, its own cache)",

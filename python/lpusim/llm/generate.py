@@ -41,11 +41,11 @@ class Generation:
 class Decoder:
     """A decoder compiled for generation on one chip (`compile_decoder`)."""
 
-    def __init__(self, source, decode: Program, prefill: Program | None, max_context: int, prefill_chunk: int,
+    def __init__(self, source, decode, prefill: Program | None, max_context: int, prefill_chunk: int,
                  precision: str, batch: int, compile_s: float):
         self.source = source
         self.layout: DecoderLayout = source.layout
-        self.decode = decode
+        self.decode = decode  # a Program, or a MultiProgram (a pipeline of chips)
         self.prefill = prefill
         self.max_context = max_context
         self.prefill_chunk = prefill_chunk
@@ -53,11 +53,23 @@ class Decoder:
         self.batch = batch
         self.compile_s = compile_s
         self.chip: Chip = decode.chip
+        self.chips: int = getattr(decode, "chips", 1)  # the decode step is a pipeline over several chips
+
+    def _memory(self):
+        """Fresh SRAM for a generation: one ChipMemory, or one per chip of the pipeline."""
+        if self.chips == 1:
+            return ChipMemory(self.chip)
+        return [ChipMemory(self.chip) for _ in range(self.chips)]
+
+    def _run(self, program, feeds: dict, memory):
+        """One run on the generation's memory, the cache resident, only the logits read back."""
+        kept = {"memory": memory} if self.chips == 1 else {"memories": memory}
+        return program.run(feeds, resident=self._past(), outputs=["logits"], **kept)
 
     @property
     def sram_bytes(self) -> int:
-        """The larger program's SRAM footprint (weights, constants, cache, activations): the two never hold the
-        chip at once, and the cache regions are part of both."""
+        """The larger program's SRAM footprint (weights, constants, cache, activations) on its fullest chip: the two
+        programs never hold the chip at once, and the cache regions are part of both."""
         return max(p.sram_bytes for p in (self.decode, self.prefill) if p is not None)
 
     @property
@@ -96,19 +108,18 @@ class Decoder:
             raise ModelError(f"a prompt of {length - first_kept + pad} positions and {new_tokens} new tokens need "
                              f"{rows} cache rows; the programs were compiled for --max-context {self.max_context}")
         forced = None if feed is None else np.asarray(feed, np.int64).reshape(batch, -1)
-        memory = ChipMemory(self.chip)
-        resident = self._past()
+        memory = self._memory()
         window = np.zeros((batch, self.max_context), np.int64)
         positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1).astype(np.int64)
         wall = 0.0
         program = self.prefill or self.decode
-        program.install_static(memory)
+        if self.chips == 1:
+            program.install_static(memory)
         prefill_cycles = runs = 0
         for k in range(0, ids.shape[1], chunk):
             window = np.concatenate([window[:, chunk:], mask[:, k:k + chunk]], axis=1)
-            result = program.run({"input_ids": ids[:, k:k + chunk], "attention_mask": window,
-                                  "position_ids": positions[:, k:k + chunk]},
-                                 memory=memory, resident=resident, outputs=["logits"])
+            result = self._run(program, {"input_ids": ids[:, k:k + chunk], "attention_mask": window,
+                                         "position_ids": positions[:, k:k + chunk]}, memory)
             prefill_cycles += result.cycles
             runs += 1
             wall += result.wall_simulate_s
@@ -129,9 +140,8 @@ class Decoder:
             fed = tokens[-1] if forced is None else forced[:, step]
             window = np.concatenate([window[:, 1:], np.ones((batch, 1), np.int64)], axis=1)
             kept = kept + 1
-            result = self.decode.run({"input_ids": fed[:, None], "attention_mask": window,
-                                      "position_ids": (kept - 1)[:, None].astype(np.int64)},
-                                     memory=memory, resident=resident, outputs=["logits"])
+            result = self._run(self.decode, {"input_ids": fed[:, None], "attention_mask": window,
+                                             "position_ids": (kept - 1)[:, None].astype(np.int64)}, memory)
             step_cycles.append(result.cycles)
             wall += result.wall_simulate_s
             logits = result.outputs["logits"][:, 0]
@@ -159,11 +169,13 @@ def prompt_arrays(prompt_ids, attention_mask=None) -> tuple[np.ndarray, np.ndarr
 
 
 def compile_decoder(model, *, max_context: int = 64, prefill_chunk: int = 8, precision: str = "fp16",
-                    chip=None, batch: int = 1) -> Decoder:
+                    chip=None, batch: int = 1, chips=1) -> Decoder:
     """Compile a decoder for generation on one chip: the decode step and a prefill chunk of `prefill_chunk`
     tokens (1: the prompt runs through the decode step), the KV cache `max_context` rows at the same SRAM
     addresses in both. `model`: an ONNX export in the Optimum KV-cache layout with dynamic axes (path or
-    ModelProto), or a builder `builder(seq=, past=)` of static graphs (docs/llm.md)."""
+    ModelProto), or a builder `builder(seq=, past=)` of static graphs (docs/llm.md). `chips` ("auto" or a
+    number): the decode step as a pipeline of chips, each keeping its layers' cache (fp16; the prompt then runs
+    through the decode step; "auto" at int8 stays on one chip)."""
     if precision not in ("fp16", "int8"):
         raise ModelError(f"precision '{precision}': generation supports fp16 and int8")
     if not 2 <= max_context <= 1 << 16:
@@ -176,6 +188,6 @@ def compile_decoder(model, *, max_context: int = 64, prefill_chunk: int = 8, pre
     start = time.perf_counter()
     cfg = Chip.load(chip)
     source = decoder_source(model, precision, max_context, batch)
-    decode, prefill = compile_programs(source, cfg, precision, batch, max_context, prefill_chunk)
+    decode, prefill = compile_programs(source, cfg, precision, batch, max_context, prefill_chunk, chips)
     return Decoder(source, decode, prefill, max_context, prefill_chunk, precision, batch,
                    time.perf_counter() - start)

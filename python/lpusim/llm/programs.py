@@ -26,6 +26,7 @@ from lpusim.compiler.frontend.quantize import quantize_model
 from lpusim.compiler.schedule.kv_cache import CacheRegion
 from lpusim.errors import CompileError, ModelError
 from lpusim.llm.layout import DecoderLayout, decoder_layout, past_names, present_names
+from lpusim.multichip.pipeline import compile_multichip
 from lpusim.runtime.program import Program, compile_program
 
 
@@ -98,9 +99,13 @@ def cache_pairs(layout: DecoderLayout) -> list[tuple[str, str]]:
 
 
 def compile_programs(source: DecoderSource, chip, precision: str, batch: int, max_context: int,
-                     prefill_chunk: int) -> tuple[Program, Program | None]:
+                     prefill_chunk: int, chips=1) -> tuple[Program, Program | None]:
     """(decode, prefill): the decode step placed first, the prefill chunk at the same cache addresses. No prefill
-    program when `prefill_chunk` is 1 (the prompt runs through the decode step)."""
+    program when `prefill_chunk` is 1 (the prompt runs through the decode step).
+
+    `chips` other than 1 ("auto" or a number): the decode step as a pipeline over the chips (fp16), each layer's
+    cache region on the chip that computes it; the prompt then runs through the decode step (a prefill chunk
+    would have to put every layer on the same chip as the decode step does: not built)."""
     layout = source.layout
     if isinstance(layout.batch, int) and layout.batch != batch:
         raise ModelError(f"the decoder's graphs take batch {layout.batch}, the prompt has {batch} rows")
@@ -114,6 +119,9 @@ def compile_programs(source: DecoderSource, chip, precision: str, batch: int, ma
             if bad:
                 raise ModelError(f"the builder's graph for seq {seq}, past {max_context - seq} has inputs "
                                  f"{ {k: got.get(k) for k in bad} }, expected {bad}")
+        if chips != 1 and not (chips == "auto" and precision == "int8"):  # int8 pipelines are not built
+            return compile_multichip(graph, chips, chip, precision, shapes if source.dynamic else None,
+                                     parallel="pipeline", cache=regions)
         return compile_program(graph, chip, "int8" if precision == "int8" else "fp16",
                                shapes if source.dynamic else None, cache=regions)
 
@@ -124,12 +132,12 @@ def compile_programs(source: DecoderSource, chip, precision: str, batch: int, ma
     if missing:
         raise CompileError(f"KV cache: {', '.join(missing)} did not get a fixed region")
     prefill = None
-    if prefill_chunk > 1:
+    if prefill_chunk > 1 and not hasattr(decode, "stages"):
         prefill = build(prefill_chunk, [CacheRegion(present, past, tiles[present]) for present, past in pairs])
     return decode, prefill
 
 
-def region_bytes(program: Program) -> int:
+def region_bytes(program) -> int:
     """SRAM the cache regions take: every row of head_dim lanes holds a whole 320-lane f32 vector (4 slices)."""
     lanes = program.chip.lanes
     return sum((sg.hi - sg.lo) * 4 * lanes for tiles in program.cache_tiles().values() for segs in tiles

@@ -129,6 +129,7 @@ class Partitioner:
         self._live: dict[int, dict[str, list[str]]] = {}
         self._end: dict[int, int] = {}
         self.limits: dict[int, int] = {}  # start -> end the allocator is known to place (placement feedback)
+        self.forbidden: set[int] = set()  # cut positions not allowed (a KV cache's reader and writer stay together)
         lanes = chip.lanes
         g = graph
         self.producer = {node.output: k for k, node in enumerate(g.nodes)}
@@ -241,7 +242,7 @@ class Partitioner:
 
     def candidates(self) -> list[int]:
         """Cut positions the split considers (0 and n included)."""
-        inner = list(range(1, self.n))
+        inner = [c for c in range(1, self.n) if c not in self.forbidden]
         if len(inner) > self.MAX_CUTS:
             inner = sorted(sorted(inner, key=lambda c: (self.cut_vectors[c], c))[:self.MAX_CUTS])
         return [0] + inner + [self.n]
@@ -259,7 +260,7 @@ class Partitioner:
             while i < n and self.max_end(i) > i:
                 i = self.max_end(i)
                 pos.append(i)
-            pos = sorted(set(pos))
+            pos = sorted(set(pos) - self.forbidden)
         m = len(pos)
         xfer = [self.cut_vectors[c] * self.interval if 0 < c < n else 0 for c in pos]
         INF = float("inf")

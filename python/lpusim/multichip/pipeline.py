@@ -65,16 +65,18 @@ def _system_for(chips: int, chip: Chip, system) -> System:
 
 def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=None, dump=None,
                      calibration=None, parallel: str = "pipeline", system=None, costs: str = "schedule",
-                     max_free_cycles: int | None = None, tensor_rows: bool = True):
+                     max_free_cycles: int | None = None, tensor_rows: bool | None = None, cache=None):
     """A pipeline-parallel MultiProgram (or a single-chip Program when one chip is chosen).
 
     `chips`: a number, or "auto" for the fewest chips whose SRAM holds the model; `system`: a system configuration
     (dict, JSON file, or System; default an N-chip node with the default drift); its `drift_ppm` is the tolerance the
     program is built for. `costs="schedule"` balances stages by a single-chip schedule's per-node cycles (when the
     model fits one chip), `"static"` by an estimate. `max_free_cycles`: the longest a chip runs between
-    realignments (default: the longest whose drift RUNTIME_DESKEW can still measure). `tensor_rows=False` keeps
-    tensor parallelism to column splits and all-gathers (every chip's arithmetic is one chip's: bit-identical
-    outputs) instead of splitting their matmul readers by rows (partial sums reduced over the links)."""
+    realignments (default: the longest whose drift RUNTIME_DESKEW can still measure). `tensor_rows` (tensor
+    parallelism): True splits the matmul readers of a column split by rows (f32 partial sums reduced over the
+    links); False keeps every chip's arithmetic one chip's (column splits and all-gathers only: bit-identical
+    outputs); None (default) compiles the row-split plan and the column-only one and keeps the faster, both
+    free to split a part's K range over idle planes."""
     if parallel not in PARALLEL:
         raise CompileError(f"parallel='{parallel}': choose one of {', '.join(PARALLEL)}")
     if precision not in PRECISIONS:
@@ -88,6 +90,7 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
     probe = _system_for(2, cfg, system if not isinstance(system, System) else None)
     interval = probe.min_send_interval_cycles
     part = Partitioner(graph, cfg, interval)
+    part.forbidden = cache_spans(graph, cache)
     fewest = 1 if one_chip <= cfg.sram_bytes else part.fewest_chips()
     column_splits: list[dict] = []
     if fewest is None:  # a node larger than a chip: split it by output columns, its readers by rows
@@ -95,6 +98,7 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
             raise CompileError(TENSOR_FITS)
         graph, column_splits = split_oversized(graph, cfg, interval)
         part = Partitioner(graph, cfg, interval)
+        part.forbidden = cache_spans(graph, cache)
         fewest = part.fewest_chips()
     if fewest is None:
         raise CompileError(f"one IR node alone needs more SRAM than one {cfg.name} chip has "
@@ -116,8 +120,14 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
             raise CompileError(f"the model needs {one_chip:,} bytes of SRAM and one {cfg.name} chip has "
                                f"{cfg.sram_bytes:,}: it takes at least {fewest} chips (asked for {n})")
         reason = f"{n} chips requested"
+    if cache and parallel == "tensor":
+        raise CompileError("a KV cache kept on the chips needs parallel='pipeline' (tensor splits are not built "
+                           "for it)")
+    if cache:
+        parallel = "pipeline"
     if n == 1:
-        program = compile_program(proto, chip=cfg, precision=precision, shapes=shapes, calibration=calibration)
+        program = compile_program(proto, chip=cfg, precision=precision, shapes=shapes, calibration=calibration,
+                                  cache=cache)
         program.partition = {"chips": 1, "parallel": "none", "reason": reason, "sram_needed": one_chip}
         return program
     if n > 8:
@@ -163,7 +173,7 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
         stages = part.stages(bounds, node_cost)
         try:
             programs, barriers, last_effects, transfers = _schedule_stages(graph, stages, cfg, sysm, interval,
-                                                                           max_free_cycles)
+                                                                           max_free_cycles, cache)
             break
         except StageOutOfSram as e:
             i, j = bounds[e.stage]
@@ -204,6 +214,27 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
     return mp
 
 
+def cache_spans(graph: ir.Graph, cache) -> set[int]:
+    """Cut positions that would part a KV-cache region's past from its present: the chip that reads a layer's past
+    (the first node reading it) must also write its present, where the region is kept."""
+    if not cache:
+        return set()
+    first_read: dict[str, int] = {}
+    for k, node in enumerate(graph.nodes):
+        for name in ir.node_inputs(node):
+            first_read.setdefault(name, k)
+    onnx_of = {name: graph.tensors[name].onnx_input for name in graph.inputs}
+    writer = {node.output: k for k, node in enumerate(graph.nodes)}
+    out_ir = dict(zip(graph.output_names, graph.outputs))
+    spans = set()
+    for region in cache:
+        end = writer.get(out_ir.get(region.present))
+        starts = [first_read[n] for n, o in onnx_of.items() if o == region.past and n in first_read]
+        if end is not None and starts:
+            spans.update(range(min(starts) + 1, end + 1))
+    return spans
+
+
 class StageOutOfSram(OutOfSram):
     """The allocator found no room in stage `stage` while placing its node `node` (its index in the stage; -1:
     the tensors it receives); the partitioner then limits that stage to the nodes before it."""
@@ -213,36 +244,35 @@ class StageOutOfSram(OutOfSram):
         self.stage, self.node, self.cause = stage, node, cause
 
 
-def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, rows=True):
-    """The tensor-parallel MultiProgram; with `rows`, the faster of the plan with row splits and the one with
-    column splits only (partition.row_splits says which and both predictions)."""
+def _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, rows=None):
+    """The tensor-parallel MultiProgram for `tensor_rows` = `rows` (compile_multichip); with None the faster of
+    the row-split and column-only plans (partition.row_splits says which was kept and both predictions)."""
+    args = (graph, n, cfg, sysm, interval, reason, one_chip, start, max_free)
+    if rows is not None:
+        return _tensor_program(*args, rows=rows, kplanes=rows)
+    found, errors = {}, []
     try:
-        best = _tensor_program(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, rows)
-    except CompileError:
-        if not rows:
-            raise
-        best = None
-    if rows and (best is None or not best.partition["exact"]):
+        found["row splits"] = _tensor_program(*args, rows=True, kplanes=True)
+    except CompileError as e:
+        errors.append(e)
+    if not found or any(sp["split"] == "rows" for sp in found["row splits"].partition["splits"]):
         try:
-            cols = _tensor_program(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, False)
-        except CompileError:
-            if best is None:
-                raise
-            cols = None
-        if cols is not None and best is not None:
-            cycles = {"row splits": best.predicted_cycles, "columns only": cols.predicted_cycles}
-            if cols.predicted_cycles < best.predicted_cycles:
-                best = cols
-            best.partition["row_splits"] = {"predicted_cycles": cycles,
-                                            "chosen": "columns only" if best is cols else "row splits"}
-        best = best or cols
+            found["columns only"] = _tensor_program(*args, rows=False, kplanes=True)
+        except CompileError as e:
+            errors.append(e)
+    if not found:
+        raise errors[0]
+    best = min(found.values(), key=lambda p: p.predicted_cycles)
+    if len(found) == 2:
+        best.partition["row_splits"] = {"predicted_cycles": {k: p.predicted_cycles for k, p in found.items()},
+                                        "chosen": next(k for k, p in found.items() if p is best)}
     best.compile_s = time.perf_counter() - start
     return best
 
 
-def _tensor_program(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, rows):
+def _tensor_program(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free, rows, kplanes):
     ctx = transfer_timing(sysm, cfg, interval, max_free)
-    programs, barriers, last_effects, plan, log = compile_tensor(graph, n, cfg, sysm, interval, ctx, rows)
+    programs, barriers, last_effects, plan, log = compile_tensor(graph, n, cfg, sysm, interval, ctx, rows, kplanes)
     binaries = [_lpusim.assemble(p.assembly) for p in programs]
     partition = {"chips": n, "parallel": "tensor", "reason": reason, "sram_needed": one_chip, "splits": plan.splits,
                  "exact": plan.exact, "exchanges": log, "program_cycles": [p.predicted_cycles for p in programs]}
@@ -254,7 +284,7 @@ def _tensor_program(graph, n, cfg, sysm, interval, reason, one_chip, start, max_
 
 
 def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interval: int,
-                     max_free: int | None = None):
+                     max_free: int | None = None, cache=None):
     timing = transfer_timing(system, chip, interval, max_free)
     config, tol, rel, max_free = timing["config"], timing["tol"], timing["rel"], timing["max_free"]
     depth = chip.c2c_rx_buffer_vectors
@@ -268,7 +298,8 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
                         if any(graph.tensors[i].onnx_input == n for i in st.inputs)},
                        graph.origin, graph.magnitudes, graph.derived)
         sub.input_kinds = {n: k for n, k in graph.input_kinds.items() if n in sub.onnx_inputs}
-        sched = StageScheduler(chip, sub, keep=set(st.sends), rel_drift=rel, max_free=max_free)
+        regions = [r for r in cache or () if r.present in sub.output_names]
+        sched = StageScheduler(chip, sub, keep=set(st.sends), rel_drift=rel, max_free=max_free, cache=regions)
         if any(node.kind == "transpose" for node in st.nodes):
             sched.reserve_sxm_slices()
         try:

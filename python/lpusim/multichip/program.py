@@ -78,6 +78,27 @@ class MultiProgram:
     def sram_bytes(self) -> int:
         return max(p.sram_bytes for p in self.stages)
 
+    def _loaded_system(self, system: System):
+        """The stage programs loaded into `system` once, with their constant images (for runs on kept memories)."""
+        loaded = self.__dict__.setdefault("_loaded", {})
+        key = id(system)
+        if key not in loaded:
+            loaded[key] = (system, system.load_programs(self.binaries,
+                                                        [list(p._schedule.static_init) for p in self.stages]))
+        return loaded[key][1]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_loaded", None)  # loaded systems hold the binding's objects: made again on first use
+        return state
+
+    def cache_tiles(self) -> dict[str, list]:
+        """Every stage's KV-cache regions (`Program.cache_tiles`), by ONNX output."""
+        tiles = {}
+        for p in self.stages:
+            tiles.update(p.cache_tiles())
+        return tiles
+
     def predict(self, system: System | None = None) -> tuple[int, list[int]]:
         """(system cycles, per-chip cycles) this program takes on `system` (its drifts and HAC offsets)."""
         system = system or self.system
@@ -103,8 +124,15 @@ class MultiProgram:
         return random_inputs(self.input_shapes, seed, kinds)
 
     def run(self, inputs: dict[str, np.ndarray] | None = None, *, seed: int = 0, timing_only: bool = False,
-            system: System | dict | None = None, threads: int = 0) -> MultiRunResult:
-        """Simulate every chip (`simulate_system`); `system` overrides the drift seed/magnitude of the compile's."""
+            system: System | dict | None = None, threads: int = 0, memories=None, resident=(),
+            outputs=None) -> MultiRunResult:
+        """Simulate every chip (`simulate_system`); `system` overrides the drift seed/magnitude of the compile's.
+
+        `memories`: one `ChipMemory` per chip of the program, each chip running on its memory as earlier runs left
+        it (as `Program.run(memory=)` does for one chip): its stage's constant image is written on the first run
+        there (before every run for a stage that reuses its constants' space), then only the inputs. `resident`:
+        inputs already in the memories where the stages read them (a KV cache), not written. `outputs`: the output
+        names read back (None: all)."""
         if isinstance(system, dict):  # the program's chip unless the configuration names one
             system = System.load({"chip": self.chip.config, **system})
         system = system or self.system
@@ -112,32 +140,50 @@ class MultiProgram:
             raise ModelError("the system's chips are not the chips the program was compiled for")
         if system.chips < self.chips:
             raise ModelError(f"the program needs {self.chips} chips, the system has {system.chips}")
+        if resident and memories is None:
+            raise ModelError(f"resident input(s) {', '.join(sorted(resident))} need kept memories (memories=)")
+        if memories is not None and len(memories) != self.chips:
+            raise ModelError(f"{len(memories)} memories for a program of {self.chips} chips: give one per chip")
+        resident = set(resident)
         if inputs is None:
-            inputs = self.random_inputs(seed)
-        missing = [n for n in self.input_shapes if n not in inputs]
+            inputs = {k: v for k, v in self.random_inputs(seed).items() if k not in resident}
+        missing = [n for n in self.input_shapes if n not in inputs and n not in resident]
         if missing:
             raise ModelError(f"missing input(s): {', '.join(missing)}")
         extra = [n for n in inputs if n not in self.input_shapes]
         if extra:
             raise ModelError(f"unknown input(s): {', '.join(extra)}")
+        wanted = None if outputs is None else set(outputs)
         mems, dumps = [], []
         for p in self.stages:
-            mem, dump = p._mem_image({n: inputs[n] for n in p.input_shapes})
+            given = {n: inputs[n] for n in p.input_shapes if n in inputs}
+            if memories is None:
+                mem, dump = p._mem_image(given)
+            else:
+                mem, dump = p._input_image(given, images=not timing_only, resident=resident, wanted=wanted)
             mems.append(mem)
             dumps.append(dump)
         start = time.perf_counter()
-        res = system.run(self.binaries, mems, dumps, timing_only=timing_only, threads=threads)
+        if memories is None:
+            res = system.run(self.binaries, mems, dumps, timing_only=timing_only, threads=threads)
+        else:
+            loaded = self._loaded_system(system)
+            for i, (p, m) in enumerate(zip(self.stages, memories)):
+                if not timing_only and (p._schedule.constants_released or not loaded.installed_in(i, m)):
+                    loaded.install_static(i, m)
+            kept = list(memories) + [None] * (system.chips - self.chips)
+            res = loaded.run(mems, dumps, timing_only=timing_only, threads=threads, memories=kept)
         wall = time.perf_counter() - start
         outputs: dict[str, np.ndarray] = {}
         if not timing_only:
             for i, p in enumerate(self.stages):
                 if p.output_names:
-                    outputs.update(p._decode_outputs(res.dumps[i]))
+                    outputs.update(p._decode_outputs(res.dumps[i], wanted))
             types = self.stages[0]._graph.output_types
             for name, spec in self.output_blocks.items():
                 whole = np.concatenate([outputs.pop(block) for _, block in spec["blocks"]], axis=spec["axis"])
                 outputs[name] = decode_output(name, whole, types.get(name))
-            outputs = {n: outputs[n] for n in self.output_names}
+            outputs = {n: outputs[n] for n in self.output_names if wanted is None or n in wanted}
         predicted, per_chip = self.predict(system)
         chips = res.chips[:self.chips]
         busy = [{k: int(v) for k, v in c["busy"].items()} for c in chips]

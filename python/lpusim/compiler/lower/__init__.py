@@ -39,7 +39,15 @@ def finish(lw: LowerState) -> Graph:
         if o.name in lw.consts:
             raise CompileError(f"output '{o.name}' is a constant; nothing to run on the chip")
         if o.name not in lw.values and o.name in lw.heads:  # a decoder's present keys/values
+            before = len(lw.nodes)
             heads_output(lw, o.name)
+            # its nodes go right after the last node they read, not after the whole graph: a layer's present is
+            # then written within the layer (a pipeline cut after the layer keeps its KV cache on one chip)
+            added = lw.nodes[before:]
+            del lw.nodes[before:]
+            for node in added:
+                made = {n.output: i for i, n in enumerate(lw.nodes)}
+                lw.nodes.insert(max((made[t] + 1 for t in node_inputs(node) if t in made), default=0), node)
         if o.name not in lw.values:
             raise CompileError(f"output '{o.name}' is not produced by any node")
         ir_name, shape = lw.q_state.get("outputs", {}).get(o.name) or lw.values[o.name]  # int8/uint8 codes

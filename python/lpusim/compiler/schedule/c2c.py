@@ -262,8 +262,8 @@ class StageScheduler(C2cJobs, Scheduler):
     # max_free: the barrier after a node that ran past it could not measure the drift any more.
     LOOKAHEAD = 4
 
-    def __init__(self, chip, graph, keep=(), rel_drift: float = 0.0, max_free: int | None = None):
-        super().__init__(chip, graph, self._between_nodes)
+    def __init__(self, chip, graph, keep=(), rel_drift: float = 0.0, max_free: int | None = None, cache=None):
+        super().__init__(chip, graph, self._between_nodes, cache=cache)
         self.res = FloorReservations(chip)
         self.keep = set(keep)
         self.barriers = []
