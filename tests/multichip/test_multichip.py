@@ -224,13 +224,13 @@ def mlp_4096():
     return model, single, single.run(seed=0)
 
 
-@pytest.mark.parametrize("chips", [4, 8])
+@pytest.mark.parametrize("chips", [2, 4, 8])
 def test_tensor_parallel_row_splits(mlp_4096, chips):
     """fc0 split by output columns, fc1 (the graph output) by the matching weight rows: no all-gather of the hidden
     layer; each chip sends each owner of an output tile its f32 partial sum, the owner adds them and adds the bias,
     and the host concatenates the owners' tiles. Outputs match onnxruntime; cycles are as predicted."""
     model, single, _ = mlp_4096
-    program = compile_multichip(model, chips, parallel="tensor")
+    program = compile_multichip(model, chips, parallel="tensor", tensor_rows=True)
     fc0, fc1 = program.partition["splits"]
     assert (fc0["split"], fc1["split"]) == ("columns", "rows") and not program.partition["exact"]
     assert fc0["gather"] == "none (row-split readers)" and fc1["destinations"] == []

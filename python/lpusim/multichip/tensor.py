@@ -29,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from lpusim.compiler import emit, ir, passes
@@ -39,7 +41,11 @@ from lpusim.errors import CompileError
 from lpusim.multichip.partition import needed_formats
 from lpusim.runtime.program import Program
 
-F32_PLANES = 4  # a partial sum travels as f32: four byte planes per row and column tile
+F32_PLANES = 4
+# a part's K range is split over idle planes only when that shortens its longest weight chain by this many tiles:
+# each partial sum costs an accumulator read and a MEM round trip, and two planes of a hemisphere load at once only
+# when their weight tiles sit in different slices
+MIN_K_SAVED = 4  # a partial sum travels as f32: four byte planes per row and column tile
 
 
 @dataclass
@@ -165,10 +171,15 @@ def _row_part(graph: ir.Graph, tensors: dict, reader: ir.Node, x_part: str, c: i
 
 def _reduction(graph: ir.Graph, tensors: dict, reader: ir.Node, partials: list[str], out_name: str, lo: int,
                hi: int, tag: str, alus: int) -> list[ir.Node]:
-    """The owner's nodes adding the partial sums (in chip order) and running the reader's epilogue on the sum."""
-    n = len(partials)
-    chain = [ir.Step("ADD", [("src", 0), ("src", 1)])]
-    chain += [ir.Step("ADD", [("step", k - 1), ("src", k + 1)]) for k in range(1, n - 1)]
+    """The owner's nodes adding the partial sums (a balanced tree over the chips in order) and running the reader's
+    epilogue on the sum."""
+    chain, level = [], [("src", k) for k in range(len(partials))]
+    while len(level) > 1:  # a balanced tree of ADDs (pairs in chip order): log2(N) ALU latencies deep
+        nxt = []
+        for k in range(0, len(level) - 1, 2):
+            chain.append(ir.Step("ADD", [level[k], level[k + 1]]))
+            nxt.append(("step", len(chain) - 1))
+        level = nxt + level[len(level) - len(level) % 2:]
     sources = [ir.View(p) for p in partials]
     extra = _sliced_sources(graph, tensors, reader, lo, hi, tag)
     op = f"{reader.onnx_op}(sum {tag})"
@@ -193,6 +204,59 @@ def _reduction(graph: ir.Graph, tensors: dict, reader: ir.Node, partials: list[s
     return nodes
 
 
+def _plane_split(tensors: dict, node: ir.Node, q: int, lanes: int) -> list[ir.Node]:
+    """`node` (one term, constant fp16 weights) as q nodes over consecutive ranges of its K tiles, so q planes
+    stream its weights at once: the first q-1 leave their accumulators as f32 partial sums (their weights keep only
+    their K rows: the scheduler skips all-zero weight tiles), the last adds them to its own accumulator before the
+    node's epilogue."""
+    (view, w), = node.terms
+    wt = tensors[w]
+    ktiles = math.ceil(wt.rows / lanes)
+    out = tensors[node.output]
+    nodes, partials = [], []
+    for j in range(q):
+        lo, hi = j * ktiles // q * lanes, min(wt.rows, (j + 1) * ktiles // q * lanes)
+        data = np.zeros_like(wt.data)
+        data[lo:hi] = wt.data[lo:hi]
+        wname = f"{w}#k{j}"
+        tensors[wname] = dataclasses.replace(wt, name=wname, data=data, formats=set(wt.formats))
+        if j < q - 1:
+            name = f"{node.output}#k{j}"
+            tensors[name] = dataclasses.replace(out, name=name, shape=(out.rows, out.cols), formats={"f32"}, pad=0,
+                                                pad_value=0.0, f16_exp=0, f16_saturate=False, kind="value",
+                                                flat_rows=False)
+            nodes.append(ir.Node("matmul", node.name, f"{node.onnx_op}(K {j + 1}/{q})", name,
+                                 terms=[(view, wname)], fusable=False))
+            partials.append(name)
+            continue
+        first = len(node.sources)
+        chain = [ir.Step("ADD", [("acc",), ("src", first)])]
+        chain += [ir.Step("ADD", [("step", k - 1), ("src", first + k)]) for k in range(1, q - 1)]
+        acc, base = ("step", len(chain) - 1), len(chain)
+        for st in node.steps:
+            chain.append(ir.Step(st.op, [acc if a[0] == "acc" else ("step", a[1] + base) if a[0] == "step" else a
+                                         for a in st.args], st.t))
+        nodes.append(dataclasses.replace(node, onnx_op=f"{node.onnx_op}(K {q}/{q})", terms=[(view, wname)],
+                                         sources=list(node.sources) + [ir.View(p) for p in partials], steps=chain,
+                                         fusable=False))
+    return nodes
+
+
+def _jobs(tensors: dict, node: ir.Node, lanes: int, acc_rows: int) -> int:
+    """The plane jobs of a matmul: output column tiles times accumulator row chunks (one plane each)."""
+    out = tensors[node.output]
+    chunk = min(out.rows, acc_rows // 2) if out.rows > 1 else 1
+    return math.ceil(out.cols / lanes) * math.ceil(out.rows / chunk)
+
+
+def _k_tiles(tensors: dict, node: ir.Node, lanes: int) -> int:
+    """K tiles of a one-term matmul with constant fp16 weights (0: not one)."""
+    if node.kind != "matmul" or len(node.terms) != 1:
+        return 0
+    wt = tensors[node.terms[0][1]]
+    return 0 if wt.kind != "const" or wt.dtype == "i8" else math.ceil(wt.rows / lanes)
+
+
 def _owners(tiles: int, n: int, dest: set, rows: int, interval: int, lag: int,
             planes: int) -> list[tuple[int, int, int]]:
     """(owner chip, first tile, end tile) of a row-split output's reduction. With one destination chip, all tiles
@@ -212,7 +276,7 @@ def _owners(tiles: int, n: int, dest: set, rows: int, interval: int, lag: int,
 
 
 def plan_tensor(graph: ir.Graph, n: int, lanes: int, interval: int, lag: int, alus: int,
-                rows: bool = True) -> TensorPlan:
+                rows: bool = True, planes: int = 4, acc_rows: int = 1024, kplanes: bool = True) -> TensorPlan:
     """Split `graph` over n chips (module docstring): every chip's graph, the collectives and where they go."""
     nodes = graph.nodes
     consumers = graph.consumers()
@@ -269,6 +333,8 @@ def plan_tensor(graph: ir.Graph, n: int, lanes: int, interval: int, lag: int, al
     splits: list[dict] = []
     output_blocks: dict = {}
     parts: dict[int, list[str]] = {}  # column-split node -> per chip its part's output
+    group: dict[str, int] = {}  # split part -> the node it is a part of
+    exact = not row_of
 
     def collective(col_: Collective) -> None:
         if not col_.sends and not col_.joins:
@@ -289,6 +355,7 @@ def plan_tensor(graph: ir.Graph, n: int, lanes: int, interval: int, lag: int, al
             parts[j] = []
             for c, (t0, t1) in enumerate(blocks):
                 part = _column_part(graph, tensors, node, c, t0, t1, lanes)
+                group[part.output] = j
                 lists[c].append(part)
                 parts[j].append(part.output)
             entry = {"node": node.name, "tensor": node.output, "split": "columns", "tiles": blocks}
@@ -331,6 +398,7 @@ def plan_tensor(graph: ir.Graph, n: int, lanes: int, interval: int, lag: int, al
                 for o, t0, t1 in order:
                     lo, hi = t0 * lanes, min(out.cols, t1 * lanes)
                     part = _row_part(graph, tensors, node, parts[i][c], c, k0, k1, o, lo, hi, n)
+                    group[part.output] = j
                     lists[c].append(part)
                     names[(c, o)] = part.output
                     if o != c:
@@ -371,6 +439,26 @@ def plan_tensor(graph: ir.Graph, n: int, lanes: int, interval: int, lag: int, al
     for o in graph.outputs:
         if o not in host and o not in outputs[0]:
             outputs[0][o] = onnx_name[o]
+    if kplanes:  # the arithmetic may differ from one chip's: split parts that leave planes idle by K too
+        for c in range(n):
+            jobs: dict = {}  # the parts one split node puts on a chip run side by side: their plane jobs
+            for nd in lists[c]:
+                if nd.output in group:
+                    jobs[group[nd.output]] = jobs.get(group[nd.output], 0) + _jobs(tensors, nd, lanes, acc_rows)
+            new_list, shift = [], {}
+            for k, nd in enumerate(lists[c]):
+                shift[k] = len(new_list)
+                q = 1
+                if nd.output in group:
+                    k = _k_tiles(tensors, nd, lanes)
+                    q = min(k, planes // jobs[group[nd.output]])
+                    if k - math.ceil(k / max(q, 1)) < MIN_K_SAVED:  # too short a chain to pay for the partials
+                        q = 1
+                new_list += _plane_split(tensors, nd, q, lanes) if q > 1 else [nd]
+            shift[len(lists[c])] = len(new_list)
+            at[c] = {shift[k]: v for k, v in at[c].items()}
+            lists[c] = new_list
+            exact = exact and len(new_list) == len(shift) - 1
     order = {o: k for k, o in enumerate(graph.outputs)}
     graphs = []
     for c in range(n):
@@ -380,7 +468,7 @@ def plan_tensor(graph: ir.Graph, n: int, lanes: int, interval: int, lag: int, al
         g.input_kinds = graph.input_kinds  # bool/integer inputs, as on one chip
         g.output_types = graph.output_types
         graphs.append(g)
-    return TensorPlan(graphs, collectives, at, keep, splits, output_blocks, exact=not row_of)
+    return TensorPlan(graphs, collectives, at, keep, splits, output_blocks, exact=exact)
 
 
 def stage_program(chip, sched, result, what: str, graph, onnx_inputs: dict, output_names: list):
@@ -398,12 +486,14 @@ def stage_program(chip, sched, result, what: str, graph, onnx_inputs: dict, outp
     return prog, last_effect
 
 
-def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_base: dict, rows: bool = True):
+def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_base: dict, rows: bool = True,
+                   kplanes: bool = True):
     """Per chip: (Program, barriers, last effect), the splits, the exchanges' log, the host-concatenated output
     blocks and whether the arithmetic is one chip's. `graph` is the fp16 IR after every pass; `ctx_base` holds
     rel, max_free, lag(info, f_send, f_recv_before_lag) and check_buffer(...)."""
     lag = ctx_base["lag"](system.links[0], 0, 0) if system.links else 0
-    plan = plan_tensor(graph, n, chip.lanes, interval, lag, chip.vxm_alus, rows)
+    plan = plan_tensor(graph, n, chip.lanes, interval, lag, chip.vxm_alus, rows, len(chip.plane_names),
+                       chip.mxm_acc_rows, kplanes)
     sync = Lockstep(n)
     ctx = dict(ctx_base, interval=interval, system=system)
     results: list = [None] * n

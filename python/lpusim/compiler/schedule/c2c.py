@@ -46,6 +46,26 @@ class FloorReservations(Reservations):
     def queue_free_from(self, queue, start, end):
         return start >= self.floor and super().queue_free_from(queue, start, end)
 
+    # An outer transaction around many jobs (a tentative exchange, multichip/tensor.py): every committed job's
+    # journal is kept too, so the whole can be undone.
+    _outer: list | None = None
+
+    def begin_outer(self) -> None:
+        self._outer, self._outer_mark = [], len(self.issues)
+
+    def commit(self) -> None:
+        if self._outer is not None:
+            self._outer.extend(self._journal)
+        super().commit()
+
+    def commit_outer(self) -> None:
+        self._outer = None
+
+    def rollback_outer(self) -> None:
+        """Undo every job committed since begin_outer (the entries in reverse order, as `rollback` does)."""
+        self._journal, self._issue_mark, self._outer = self._outer, self._outer_mark, None
+        self.rollback()
+
 
 class C2cJobs:
     """Mixed into a Scheduler: barriers, link receives and link sends."""

@@ -14,6 +14,7 @@ import threading
 
 from lpusim.compiler.schedule.c2c import StageScheduler
 from lpusim.compiler.schedule.storage import Store
+from lpusim.errors import CompileError
 
 
 class Lockstep:
@@ -22,6 +23,7 @@ class Lockstep:
     def __init__(self, n: int):
         self.barrier = threading.Barrier(n)
         self.plans: dict = {}
+        self.flags: dict = {}  # (collective, chip) -> (its receives fit overlapped, its frontier before)
 
     def wait(self):
         self.barrier.wait()
@@ -85,7 +87,35 @@ class TensorScheduler(StageScheduler):
                                    predicted_cycles=predicted, sram_bytes=self.sram.bytes_used)
 
     def collective(self, k: int) -> None:
+        """Plan k's transfers: first overlapped with the chips' compute (each send as soon as its tile is written,
+        each RECV in the first free cycle of its window); if any chip cannot receive a vector so, every chip undoes
+        the collective and sends from the latest chip's frontier on (where no receiver has work placed yet)."""
         col = self.plan.collectives[k]
+        sync, c, n = self.sync, self.c, self.n
+        front = self.frontier()
+        touched = {name for _, _, items in col.sends for name in items}
+        saved = {key: (list(st.ready), st.last_access) for key, st in self.stores.items() if key[0] in touched}
+        self.res.begin_outer()
+        ok = self.exchange(k, col, "early", self.resumed())
+        sync.flags[(k, c)] = (ok, front)
+        sync.wait()
+        if all(sync.flags[(k, q)][0] for q in range(n)):
+            self.res.commit_outer()
+        else:
+            self.res.rollback_outer()
+            for key, st in self.stores.items():
+                if key[0] in touched:
+                    st.ready, st.last_access = saved.get(key, ([0] * len(st.ready), -1))
+                    st.ready = list(st.ready)
+            if not self.exchange(k, col, "late", max(sync.flags[(k, q)][1] for q in range(n))):
+                raise CompileError(f"internal: the {col.kind} of '{col.tensor}' cannot be received on chip {c} "
+                                   f"even after every chip's last scheduled work")
+        for full, blocks, fmts in col.joins.get(c, ()):
+            self.join(full, blocks, fmts)
+
+    def exchange(self, k: int, col, tag: str, lower: int) -> bool:
+        """This chip's sends of collective k from cycle `lower` on, then (once every chip has planned its sends) its
+        receives; False when a vector finds no RECV cycle in its window."""
         ctx, sync, c = self.ctx, self.sync, self.c
         interval, system = ctx["interval"], ctx["system"]
         outgoing = [(dst, items) for src, dst, items in col.sends if src == c]
@@ -98,28 +128,31 @@ class TensorScheduler(StageScheduler):
                     for segs in st.tiles:
                         for sg in segs:
                             avoid.update(range(sg.slice, sg.slice + st.width))
-            plan = self.schedule_sends(items, system.link(c, dst)[0], interval, self.resumed(), rotate=idx,
-                                       single=True)
-            sync.plans[(k, c, dst)] = (plan, self.resumed())
+            plan = self.schedule_sends(items, system.link(c, dst)[0], interval, lower, rotate=idx, single=True)
+            sync.plans[(k, tag, c, dst)] = (plan, self.resumed())
             sent[dst] = {"vectors": sum(p[4] for p in plan), "first": plan[0][5],
                          "last": plan[-1][5] + (plan[-1][4] - 1) * interval}
         sync.wait()
         lags = {}
-        slack = interval * max(1, self.chip.c2c_rx_buffer_vectors // 2)  # later RECVs: early arrivals wait
+        slack = interval * max(1, self.chip.c2c_rx_buffer_vectors - 2)  # later RECVs: early arrivals wait
         for src, dst, _ in col.sends:
             if dst != c:
                 continue
-            plan, resume_q = sync.plans[(k, src, c)]
+            plan, resume_q = sync.plans[(k, tag, src, c)]
             link = system.link(c, src)[0]
             info = next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {c, src})
             last = plan[-1][5] + (plan[-1][4] - 1) * interval
             lag = ctx["lag"](info, last - resume_q, last - self.resumed())
-            lags[src] = self.schedule_receives(plan, link, interval, lag, avoid, single=True, slack=slack)
-            ctx["check_buffer"](info, lags[src], last - resume_q, last + lags[src] - self.resumed())
-        for full, blocks, fmts in col.joins.get(c, ()):
-            self.join(full, blocks, fmts)
+            try:
+                lags[src] = self.schedule_receives(plan, link, interval, lag, avoid, single=True, slack=slack)
+                ctx["check_buffer"](info, lags[src], last - resume_q, last + lags[src] - self.resumed())
+            except CompileError:
+                if tag == "early":
+                    return False
+                raise
         self.transfer_log.append({"collective": k, "kind": col.kind, "tensor": col.tensor, "chip": c,
-                                  "sends": sent, "lags": lags})
+                                  "overlapped": tag == "early", "sends": sent, "lags": lags})
+        return True
 
     def join(self, full: str, blocks: list[str], fmts: list[str]) -> None:
         """The full tensor's store in each format: its column blocks' stores side by side."""
