@@ -239,6 +239,8 @@ def test_tensor_parallel_row_splits(mlp_4096, chips):
     assert [c for c, _ in blocks] == [o for o, _, _ in fc1["owners"]]
     result = _check_tensor(program, model, single)
     assert result.outputs["fc1"].shape == (1, 1024)
+    again = program.run(program.random_inputs(0), outputs=["fc1"])  # the blocks are read back with the output
+    assert np.array_equal(again.outputs["fc1"], result.outputs["fc1"])
     assert result.sync_cycles == 0  # no barrier: the lag covers the drift since the common start
 
 

@@ -154,6 +154,8 @@ class MultiProgram:
         if extra:
             raise ModelError(f"unknown input(s): {', '.join(extra)}")
         wanted = None if outputs is None else set(outputs)
+        if wanted is not None:  # with an output the host concatenates, its blocks
+            wanted |= {b for name, spec in self.output_blocks.items() if name in wanted for _, b in spec["blocks"]}
         mems, dumps = [], []
         for p in self.stages:
             given = {n: inputs[n] for n in p.input_shapes if n in inputs}
@@ -181,6 +183,8 @@ class MultiProgram:
                     outputs.update(p._decode_outputs(res.dumps[i], wanted))
             types = self.stages[0]._graph.output_types
             for name, spec in self.output_blocks.items():
+                if wanted is not None and name not in wanted:
+                    continue
                 whole = np.concatenate([outputs.pop(block) for _, block in spec["blocks"]], axis=spec["axis"])
                 outputs[name] = decode_output(name, whole, types.get(name))
             outputs = {n: outputs[n] for n in self.output_names if wanted is None or n in wanted}
