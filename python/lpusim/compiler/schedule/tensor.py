@@ -96,8 +96,8 @@ class TensorScheduler(StageScheduler):
         touched = {name for _, _, items in col.sends for name in items}
         saved = {key: (list(st.ready), st.last_access) for key, st in self.stores.items() if key[0] in touched}
         self.res.begin_outer()
-        ok = self.exchange(k, col, "early", self.resumed())
-        sync.flags[(k, c)] = (ok, front)
+        log = self.exchange(k, col, "early", self.resumed())
+        sync.flags[(k, c)] = (log is not None, front)
         sync.wait()
         if all(sync.flags[(k, q)][0] for q in range(n)):
             self.res.commit_outer()
@@ -107,15 +107,17 @@ class TensorScheduler(StageScheduler):
                 if key[0] in touched:
                     st.ready, st.last_access = saved.get(key, ([0] * len(st.ready), -1))
                     st.ready = list(st.ready)
-            if not self.exchange(k, col, "late", max(sync.flags[(k, q)][1] for q in range(n))):
+            log = self.exchange(k, col, "late", max(sync.flags[(k, q)][1] for q in range(n)))
+            if log is None:
                 raise CompileError(f"internal: the {col.kind} of '{col.tensor}' cannot be received on chip {c} "
                                    f"even after every chip's last scheduled work")
+        self.transfer_log.append(log)
         for full, blocks, fmts in col.joins.get(c, ()):
             self.join(full, blocks, fmts)
 
-    def exchange(self, k: int, col, tag: str, lower: int) -> bool:
+    def exchange(self, k: int, col, tag: str, lower: int) -> dict | None:
         """This chip's sends of collective k from cycle `lower` on, then (once every chip has planned its sends) its
-        receives; False when a vector finds no RECV cycle in its window."""
+        receives: their log entry, or None when a vector finds no RECV cycle in its window."""
         ctx, sync, c = self.ctx, self.sync, self.c
         interval, system = ctx["interval"], ctx["system"]
         outgoing = [(dst, items) for src, dst, items in col.sends if src == c]
@@ -148,11 +150,10 @@ class TensorScheduler(StageScheduler):
                 ctx["check_buffer"](info, lags[src], last - resume_q, last + lags[src] - self.resumed())
             except CompileError:
                 if tag == "early":
-                    return False
+                    return None
                 raise
-        self.transfer_log.append({"collective": k, "kind": col.kind, "tensor": col.tensor, "chip": c,
-                                  "overlapped": tag == "early", "sends": sent, "lags": lags})
-        return True
+        return {"collective": k, "kind": col.kind, "tensor": col.tensor, "chip": c, "overlapped": tag == "early",
+                "sends": sent, "lags": lags}
 
     def join(self, full: str, blocks: list[str], fmts: list[str]) -> None:
         """The full tensor's store in each format: its column blocks' stores side by side."""
