@@ -9,9 +9,14 @@ The plan (docs/multichip.md, "Tensor parallelism", has the long form):
   fp16 weights), the readers are split by rows instead of all-gathering the output: chip c multiplies its own
   block by the matching weight rows, an f32 partial sum of the whole output (Megatron's column-then-row pairing).
   The partial sums are reduced over the links: the output's column tiles are dealt to *owner* chips, every chip
-  sends each owner its partial of the owner's tiles, and the owner adds the N partials (in chip order, so every
-  chip that computes a tile computes it the same way) and runs the reader's epilogue. The rounding differs from one
-  chip's only in that the K sum is rounded to f32 per chip before the partials are added.
+  sends each owner its partial of the owner's tiles, and the owner adds the N partials (a balanced tree, in chip
+  order) and runs the reader's epilogue. The rounding differs from one chip's only in that the K sum is rounded to
+  f32 per chip before the partials are added.
+* **K over idle planes.** A chip's part with fewer output tiles than MXM planes has its K range split over the
+  idle ones (f32 partial sums added in the last part's epilogue) when that shortens its weight chain enough.
+* **Which plan.** `compile_multichip(tensor_rows=None)` compiles the plan with row splits and the one with column
+  splits only and keeps the faster; `tensor_rows=False` is the exact plan (no row or K splits: outputs bit-identical
+  to one chip).
 * **Gathers.** A split output that later nodes read is sent, block by block, to the chips that run those nodes
   (all-gather), where the full tensor's store is the blocks' stores side by side; a split output that is a graph
   output and read by no node stays where its blocks are computed and the host concatenates them
@@ -29,9 +34,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from dataclasses import dataclass, field
 
 import numpy as np
-from dataclasses import dataclass, field
 
 from lpusim.compiler import emit, ir, passes
 from lpusim.compiler.schedule.c2c import barrier_issues, emit_stage
@@ -41,11 +46,11 @@ from lpusim.errors import CompileError
 from lpusim.multichip.partition import needed_formats
 from lpusim.runtime.program import Program
 
-F32_PLANES = 4
+F32_PLANES = 4  # a partial sum travels as f32: four byte planes per row and column tile
 # a part's K range is split over idle planes only when that shortens its longest weight chain by this many tiles:
 # each partial sum costs an accumulator read and a MEM round trip, and two planes of a hemisphere load at once only
 # when their weight tiles sit in different slices
-MIN_K_SAVED = 4  # a partial sum travels as f32: four byte planes per row and column tile
+MIN_K_SAVED = 4
 
 
 @dataclass
@@ -81,7 +86,7 @@ def _col_ok(graph: ir.Graph, node: ir.Node, n: int, lanes: int, readers: list) -
     if math.ceil(t.cols / lanes) < n:
         return False
     if node.output in graph.outputs:  # the host concatenates the blocks: an output nothing else reads
-        return not readers and _host_axis(t) is not None
+        return not readers and graph.outputs.count(node.output) == 1 and _host_axis(t) is not None
     return True
 
 
@@ -296,7 +301,7 @@ def plan_tensor(graph: ir.Graph, n: int, lanes: int, interval: int, lag: int, al
         raise CompileError(f"parallel='tensor': no matmul has {n} or more output column tiles of {lanes} to split "
                            f"(and is not a graph output others read); use parallel='pipeline'")
     host = {nodes[i].output for i in col if nodes[i].output in graph.outputs}
-    host |= {nodes[j].output for j in row_of if nodes[j].output in graph.outputs
+    host |= {nodes[j].output for j in row_of if graph.outputs.count(nodes[j].output) == 1
              and not consumers.get(nodes[j].output) and _host_axis(graph.tensors[nodes[j].output]) is not None}
     # which chips need which tensors: backwards from the outputs (chip 0's) and the split nodes (every chip's)
     need = [set() for _ in range(n)]
@@ -450,9 +455,9 @@ def plan_tensor(graph: ir.Graph, n: int, lanes: int, interval: int, lag: int, al
                 shift[k] = len(new_list)
                 q = 1
                 if nd.output in group:
-                    k = _k_tiles(tensors, nd, lanes)
-                    q = min(k, planes // jobs[group[nd.output]])
-                    if k - math.ceil(k / max(q, 1)) < MIN_K_SAVED:  # too short a chain to pay for the partials
+                    kt = _k_tiles(tensors, nd, lanes)
+                    q = min(kt, planes // jobs[group[nd.output]])
+                    if kt - math.ceil(kt / max(q, 1)) < MIN_K_SAVED:  # too short a chain to pay for the partials
                         q = 1
                 new_list += _plane_split(tensors, nd, q, lanes) if q > 1 else [nd]
             shift[len(lists[c])] = len(new_list)

@@ -5,7 +5,9 @@ schedulers (one thread per chip; they meet once per collective to hand over thei
 No barrier comes with a collective: every chip's program cycles count from the common start (or from its last
 realignment), a send goes out as soon as its tile is written (the read waits for the store's `ready`), and each
 RECV is placed at its send cycle plus the lag that covers the link's worst latency and both chips' drift since
-their last realignment (clocks.transfer_timing: about the link latency plus 4 cycles on a short program). The
+their last realignment (clocks.transfer_timing: the link's worst latency plus about 4 cycles on a short program),
+or at the first free cycle up to (buffer depth - 2) send intervals later. If a chip finds no such cycle for some
+vector, every chip undoes the collective and plans it again with sends from the latest chip's frontier on. The
 ordinary rule of StageScheduler still realigns a chip that runs free for longer than `max_free` cycles."""
 from __future__ import annotations
 
