@@ -747,10 +747,11 @@ class Scheduler(SxmJobs):
             self.cache_sinks[present] = (store, past_store)
             self.pinned.add(present)
             reg = frozenset(sg.slice + b for segs in store.tiles for sg in segs for b in range(store.width))
-            for node in g.nodes:  # what the present's writer streams stays off the region's slices
-                if node.output == present:
+            for node in g.nodes:  # the values the present's writer streams stay off the region's slices (a
+                if node.output == present:  # constant, often shared by every layer's writer, is copied instead)
                     for v in node.sources:
-                        self.keep_off[v.tensor] = self.keep_off.get(v.tensor, frozenset()) | reg
+                        if g.tensors[v.tensor].kind != "const":
+                            self.keep_off[v.tensor] = self.keep_off.get(v.tensor, frozenset()) | reg
         return stores
 
     def cache_sink(self, name: str) -> Store:
