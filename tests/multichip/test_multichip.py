@@ -272,6 +272,13 @@ def test_tensor_exchange_falls_back_to_the_latest_frontier(mlp_4096, monkeypatch
         assert _same(result.outputs, want)
 
 
+def test_auto_takes_the_tensor_split_when_no_pipeline_fits(mlp_4096):
+    """3 IR nodes cannot make 8 pipeline stages: parallel='auto' (lpusim run --chips 8) splits by tensors."""
+    model, _, _ = mlp_4096
+    program = lpusim.compile(model, chips=8)
+    assert program.parallel == "tensor" and program.partition["auto"]["chosen"] == "tensor"
+
+
 def test_tensor_parallel_scales(mlp_4096):
     """Each chip streams 1/N of the weights: 8 chips take less than half of one chip's cycles (deterministic
     simulated counts, not wall time), and more chips are never slower."""

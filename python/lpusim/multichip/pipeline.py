@@ -142,21 +142,23 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
         return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles,
                                tensor_rows)
     tensor, tensor_error = None, None
-    if parallel == "auto" and one_chip <= cfg.sram_bytes and n <= len(graph.nodes):
-        if split_nodes(graph, n, cfg.lanes):  # both are possible: compile both, keep the faster
+    if parallel == "auto" and one_chip <= cfg.sram_bytes:
+        if split_nodes(graph, n, cfg.lanes):  # both may be possible: compile both, keep the faster
             try:
                 tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start,
                                          max_free_cycles, tensor_rows)
             except CompileError as e:  # the pipeline may still work
                 tensor_error = str(e)
+    if n > len(graph.nodes):  # no pipeline of n stages
+        if tensor is not None:
+            tensor.partition["auto"] = {"chosen": "tensor", "pipeline_error": f"only {len(graph.nodes)} IR nodes"}
+            return tensor
+        raise CompileError(f"chips={n}: the model has only {len(graph.nodes)} IR nodes to split into stages"
+                           + (f" (and the tensor split failed: {tensor_error})" if tensor_error else ""))
     node_cost = node_costs(graph, cfg) if costs == "schedule" and one_chip <= cfg.sram_bytes else None
     balance = "single-chip schedule" if node_cost else "static estimate"
     if node_cost is None:
         node_cost = [static_cost(graph, node, cfg) for node in graph.nodes]
-    if n > len(graph.nodes):
-        if tensor is not None:
-            return tensor
-        raise CompileError(f"chips={n}: the model has only {len(graph.nodes)} IR nodes to split into stages")
     check_sram = one_chip > cfg.sram_bytes
     repairs: list[dict] = []
     while True:  # cut, schedule; a stage the allocator cannot place is shortened and the cuts searched again
