@@ -6,14 +6,15 @@ from lpusim.runtime.program import compile_program
 
 
 def compile(model, chips: int | str = 1, chip=None, precision: str = "fp16", shapes: dict | None = None,
-            dump=None, progress: bool = False, calibration: dict | None = None, parallel: str = "auto",
+            dump=None, progress: bool = False, calibration: dict | list | None = None, parallel: str = "auto",
             system=None):
     """Compile an ONNX model (path or ModelProto) to a static schedule for `chips` simulated chips.
 
     `chip` is a configuration name (`"tsp_v1"`), a JSON file path or dict; `precision="fp16"` runs float models
     through the fp16 MXM path with f32 accumulation (Groq's flow); `shapes` fixes dynamic input dimensions;
-    `dump(name, text)` receives the IR after every pass; `calibration` (inputs by name; default: seeded random
-    inputs) sets the power-of-two scales that keep large tensors inside fp16's range (compiler/frontend/calibrate.py).
+    `dump(name, text)` receives the IR after every pass; `calibration` (inputs by name, or a list of such runs: the
+    largest magnitude over them; default: seeded random inputs) sets the power-of-two scales that keep large tensors
+    inside fp16's range (compiler/frontend/calibrate.py).
     `chips=N` (or "auto": the fewest chips whose SRAM holds the model) with `parallel="pipeline"|"tensor"|"auto"`
     and an optional `system` configuration gives a `multichip.MultiProgram` (docs/multichip.md)."""
     if chips != 1 or system is not None:

@@ -70,9 +70,15 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
     input_shapes = load.resolve_input_shapes(proto, shapes)
     if calibration is None:
         calibration = random_inputs(input_shapes, 0, load.input_kinds(proto))
+    # several calibration runs (a list of input dicts): the largest magnitude of each tensor over all of them;
+    # int8 quantisation calibrates on the first
+    runs = calibration if isinstance(calibration, (list, tuple)) else [calibration]
     if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
-        proto = quantize_model(proto, {n: calibration[n] for n in input_shapes})
-    magnitudes = calibrate.tensor_magnitudes(proto, calibration)
+        proto = quantize_model(proto, {n: runs[0][n] for n in input_shapes})
+    magnitudes = {}
+    for run in runs:
+        for name, value in calibrate.tensor_magnitudes(proto, run).items():
+            magnitudes[name] = max(value, magnitudes.get(name, value))
     graph = import_onnx(proto, input_shapes, magnitudes)
     if dump:
         dump("import", graph.dump())

@@ -93,6 +93,23 @@ def program_shapes(layout: DecoderLayout, batch: int, seq: int, max_context: int
     return shapes
 
 
+def first_chunk(layout: DecoderLayout, batch: int, seq: int, max_context: int) -> dict[str, np.ndarray]:
+    """The calibration run of a generation program (the largest magnitudes that set its fp16 scales,
+    compiler/frontend/calibrate.py): the first `seq` tokens of a prompt (seeded random ids), on an empty cache.
+    A trained model's largest activations come at the first positions (SmolLM2-135M: |x| = 844 before the
+    third layer's RMSNorm, whose x * x passes fp16's 65,504); the default calibration (random positions, a random
+    cache) does not see them, and the chip's fp16 sums overflowed."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((batch, max_context), np.int64)
+    mask[:, max_context - seq:] = 1
+    inputs = {"input_ids": rng.integers(0, layout.vocab, (batch, seq)).astype(np.int64), "attention_mask": mask,
+              "position_ids": np.tile(np.arange(seq, dtype=np.int64), (batch, 1))}
+    for i in range(layout.layers):
+        for name in past_names(i):
+            inputs[name] = np.zeros((batch, layout.kv_heads, max_context - seq, layout.head_dim), np.float32)
+    return inputs
+
+
 def cache_pairs(layout: DecoderLayout) -> list[tuple[str, str]]:
     """(present, past) of every layer's keys and values."""
     return [(present, past) for i in range(layout.layers) for present, past in zip(present_names(i), past_names(i))]
@@ -119,11 +136,13 @@ def compile_programs(source: DecoderSource, chip, precision: str, batch: int, ma
             if bad:
                 raise ModelError(f"the builder's graph for seq {seq}, past {max_context - seq} has inputs "
                                  f"{ {k: got.get(k) for k in bad} }, expected {bad}")
+        # the default calibration (random ids, positions and cache) and the first chunk of a prompt
+        calibration = [random_inputs(shapes, 0, input_kinds(graph)), first_chunk(layout, batch, seq, max_context)]
         if chips != 1 and not (chips == "auto" and precision == "int8"):  # int8 pipelines are not built
             return compile_multichip(graph, chips, chip, precision, shapes if source.dynamic else None,
-                                     parallel="pipeline", cache=regions)
+                                     parallel="pipeline", cache=regions, calibration=calibration)
         return compile_program(graph, chip, "int8" if precision == "int8" else "fp16",
-                               shapes if source.dynamic else None, cache=regions)
+                               shapes if source.dynamic else None, cache=regions, calibration=calibration)
 
     pairs = cache_pairs(layout)
     decode = build(1, [CacheRegion(present, past) for present, past in pairs])
