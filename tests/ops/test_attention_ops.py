@@ -72,3 +72,32 @@ def test_attention_heads_as_a_graph_output_are_laid_out():
              helper.make_node("Transpose", ["q4"], ["y"], perm=[0, 2, 1, 3], name="t")]
     m = make_model(nodes, {"wq": w(16, 16), "split": np.array([2, 4, 2, 8])}, {"x": [2, 4, 16]})
     assert_matches_onnxruntime(m)
+
+
+def test_merged_heads_in_a_quantised_model_keep_f32():
+    """In a quantised model (precise_sums) merged heads that are not only quantised (here also a graph output, as
+    GPT-2's are also read by Shape nodes) are concatenated as floats: each part moves exactly (three fp16 pieces,
+    shape_ops.lower_concat). The merge used to add each part's fp16 residual once more on top of that, 2^-12 of the
+    value off, which moved a code of GPT-2's attention output at int8."""
+    from onnx import numpy_helper
+    s, heads, d = 8, 4, 16
+    inits = {"split": np.array([1, s, heads, d]), "merge": np.array([1, s, heads * d]), "k": np.float32(1.5),
+             "qs": np.float32(0.05), "qz": np.uint8(128), "two": np.float32(2.0)}
+    nodes = [helper.make_node("Mul", ["x", "two"], ["a"]), helper.make_node("Reshape", ["a", "split"], ["x4"]),
+             helper.make_node("Transpose", ["x4"], ["xt"], perm=[0, 2, 1, 3]),
+             helper.make_node("Mul", ["xt", "k"], ["h"]),
+             helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["ht", "merge"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "qs", "qz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "qs", "qz"], ["z"])]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", 1, [1, s, heads * d])],
+                              [helper.make_tensor_value_info("y", 1, [1, s, heads * d]),
+                               helper.make_tensor_value_info("z", 1, [1, s, heads * d])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    import lpusim
+    x = {"x": RNG.standard_normal((1, s, heads * d)).astype(np.float32)}
+    out = lpusim.compile(m).run(x).outputs
+    want = 3.0 * x["x"]  # the heads split at ~22 bits (their fp16 copy and residual), merged exactly
+    assert np.abs(out["y"] - want).max() <= 2.0 ** -20 * np.abs(want).max()

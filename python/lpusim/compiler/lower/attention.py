@@ -176,22 +176,9 @@ def lower_merge_reshape(lw, node, new):
     if lw.precise_sums and merge_codes(lw, node, parts, (b, s, nh * d)):
         return
     parts = [head_float(lw, node, p) for p in parts]
-    args = [("value", p, (1, s, d)) for p in parts]
-    if not lw.precise_sums:
-        concat_heads(lw, node, node.output[0], args, b)
-        return
-    # quantised models: concatenate the fp16 copies and the (scaled) residuals, add them in f32
-    los = [("value", fp16_residual(lw, node, p, (1, s, d), f"{p}.lo", lw.ir_magnitude(p), up=True), (1, s, d))
-           for p in parts]
-    lo_out = f"{node.output[0]}.lo"
-    concat_heads(lw, Renamed(node, lo_out), lo_out, los, b)
-    lo_cat, _ = lw.values.pop(lo_out)
-    concat_heads(lw, node, node.output[0], args, b)
-    hi_cat, shape = lw.values[node.output[0]]
-    y = vector(lw, node, [hi_cat, lo_cat], [Step("MUL", [("src", 1), ("imm", 1.0 / UP)]),
-                                            Step("ADD", [("src", 0), ("step", 0)])], shape, node.output[0])
-    lw.tensors[y].shape = shape
-    lw.values[node.output[0]] = (y, shape)
+    # a lane Concat: in quantised models (precise_sums) lower_concat moves each float part exactly (three fp16
+    # pieces), so no residual is added here (one was: x - fp16(x) counted twice, up to 2^-12 of x off)
+    concat_heads(lw, node, node.output[0], [("value", p, (1, s, d)) for p in parts], b)
 
 
 def interleave_parts(lw, bounds: list, width: int = 0) -> None:
