@@ -662,3 +662,119 @@ def test_qlinear_add_emulation_on_every_code_pair():
         outer_off += int((outer != true_outer).sum())
         np.testing.assert_array_equal(np.rint(outer), np.rint(true_outer))
     assert inner_off == 0 and outer_off <= 100, (inner_off, outer_off)
+
+
+# ----- Tanh in quantised models: onnxruntime's MLAS kernel, operation for operation (lower/mlas.py) --------------
+# The float32 inputs (of all 2^32, checked in C against fmaf) where the emulation is one unit off MLAS's tanh: the
+# emulated fma's s + fl(t + e) is an exact midpoint that e would have broken (a double rounding); and their negatives
+MLAS_TANH_UNIT_OFF = [float.fromhex(h) for h in ("0x1.1272fp-10", "0x1.3233fcp-7", "0x1.544928p-3", "0x1.989276p+0",
+                                                  "0x1.4fd5d6p+1")]
+
+
+def _ort_tanh(x: np.ndarray) -> np.ndarray:
+    shape = list(x.shape)
+    graph = helper.make_graph([helper.make_node("Tanh", ["x"], ["y"])], "t",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return run_onnxruntime(model, {"x": x})[0]["y"]
+
+
+def _tanh_inputs(n: int, seed: int) -> np.ndarray:
+    """Half uniform over the float32 bit patterns of |x| <= 9.5 (every binade), half uniform in [-10, 10], and
+    zeros, infinities, a NaN, the clamp bounds, subnormals and the largest float."""
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 0x41180000, n // 2, dtype=np.uint32) | (rng.integers(0, 2, n // 2, dtype=np.uint32) << 31)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 9.0, -9.0, 1e-40, -1e-40, 3.4e38]
+    return np.concatenate([bits.view(np.float32), rng.uniform(-10, 10, n - n // 2 - len(special)).astype(np.float32),
+                           np.array(special, np.float32)])
+
+
+def _same_bits(a, b) -> np.ndarray:
+    return (np.asarray(a, np.float32).view(np.int32) == np.asarray(b, np.float32).view(np.int32)) | \
+        (np.isnan(a) & np.isnan(b))
+
+
+def test_tanh_program_is_onnxruntimes_kernel():
+    """mlas.tanh_program (MLAS's FMA3 tanh with each fused multiply-add emulated exactly by float32 operations) gives
+    onnxruntime's Tanh bit for bit on 2^20 inputs, and one unit off on the ten of all 2^32 float32 inputs where a
+    double rounding remains; every node of it fits one VXM chain."""
+    from lpusim.compiler.lower.mlas import tanh_program
+    from lpusim.compiler.passes import fits_vxm
+    prog = tanh_program()
+    x = _tanh_inputs(1 << 20, 0)
+    assert _same_bits(prog.evaluate(x), _ort_tanh(x)).all()
+    off = np.array(MLAS_TANH_UNIT_OFF + [-v for v in MLAS_TANH_UNIT_OFF], np.float32)
+    units = prog.evaluate(off).view(np.int32).astype(np.int64) - _ort_tanh(off).view(np.int32)
+    assert np.all(np.abs(units) == 1), units
+    plan = prog.node_steps()
+    assert all(fits_vxm(steps, tail=0) for _, _, steps in plan[:-1]) and fits_vxm(plan[-1][2])
+
+
+def test_tanh_in_a_quantised_model_is_onnxruntimes():
+    """In a model with QuantizeLinear/DequantizeLinear a Tanh runs MLAS's kernel: its float32 output equals
+    onnxruntime's bit for bit (the VXM's correctly rounded TANH differs by a unit on about two thirds of them)."""
+    x = _tanh_inputs(64 * 320, 1).reshape(64, 320)
+    u = np.random.default_rng(2).standard_normal((8, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", ["x"], ["y"]), helper.make_node("QuantizeLinear", ["u", "s", "z"], ["uq"]),
+         helper.make_node("DequantizeLinear", ["uq", "s", "z"], ["v"])], "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 320]),
+         helper.make_tensor_value_info("u", TensorProto.FLOAT, [8, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 320]),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, [8, 64])],
+        [numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.uint8(128), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    program = lpusim.compile(model)
+    result = program.run({"x": x, "u": u})
+    assert result.cycles == program.predicted_cycles
+    ref = _ort_tanh(x)
+    assert _same_bits(result.outputs["y"], ref).all()
+    rounded = np.tanh(x.astype(np.float64)).astype(np.float32)
+    assert (~_same_bits(rounded, ref)).mean() > 0.5
+
+
+def _gelu_tanh(s, z) -> onnx.ModelProto:
+    """GPT-2's gelu_new between quantisation ops: DequantizeLinear -> Mul(0.7978846) -> Tanh -> QuantizeLinear."""
+    inits = {"sx": np.float32(0.1), "zx": np.uint8(128), "k": np.float32(0.7978846), "s": s, "z": z}
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xf"]),
+             helper.make_node("Mul", ["xf", "k"], ["a"]), helper.make_node("Tanh", ["a"], ["t"]),
+             helper.make_node("QuantizeLinear", ["t", "s", "z"], ["out"])]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [2, 128])],
+                              [helper.make_tensor_value_info("out", TensorProto.UINT8, [2, 128])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+GELU_CODES = {"xq": np.arange(256, dtype=np.uint8).reshape(2, 128)}  # every code the Tanh can see
+
+
+def test_gelu_tanh_codes_are_onnxruntimes_at_saturation():
+    """With the scale the quantiser gives a saturated tanh ([-m, m], m = MLAS's tanh(9) = 0.99999976, zero point
+    128) every code of all 256 inputs equals onnxruntime's: the compile finds that the VXM's correctly rounded TANH
+    would be a code off at some saturated negative inputs (-m sits on the boundary between codes 0 and 1, where
+    tanh's -0.9999999 and -1 fall below it) and runs MLAS's kernel instead."""
+    m = _ort_tanh(np.array([9.0], np.float32))[0]
+    s = np.float32((m - (-m)) / np.float32(255))
+    model = _gelu_tanh(s, np.uint8(128))
+    ref = run_onnxruntime(model, GELU_CODES)[0]["out"]
+    program = lpusim.compile(model)
+    assert np.array_equal(program.run(GELU_CODES).outputs["out"], ref)
+    assert "TANH" not in program.assembly
+    a = (GELU_CODES["xq"].astype(np.float32) - np.float32(128)) * np.float32(0.1) * np.float32(0.7978846)
+    rounded = np.clip(np.round(np.tanh(a.astype(np.float64)).astype(np.float32) / s) + 128, 0, 255)
+    assert (rounded != ref).sum() > 0 and (rounded[a > -8] == ref[a > -8]).all()
+
+
+def test_gelu_tanh_keeps_the_vxm_tanh_where_it_gives_the_codes():
+    """The same pattern with a scale whose code boundaries are not within a few units of any of the 256 tanh values
+    (GPT-2's export at batch 1: 0.0078426674, zero point 127): the VXM's TANH already gives onnxruntime's codes, so
+    the compile keeps it (one operation, not MLAS's kernel in 33 nodes)."""
+    model = _gelu_tanh(np.float32(0.0078426674), np.uint8(127))
+    program = lpusim.compile(model)
+    assert np.array_equal(program.run(GELU_CODES).outputs["out"], run_onnxruntime(model, GELU_CODES)[0]["out"])
+    assert program.assembly.count("TANH") == 1

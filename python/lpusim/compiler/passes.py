@@ -56,10 +56,11 @@ def _merge(producer: Node, consumer: Node, tensor: str) -> Node:
 CHAIN_TAIL_ALUS = 4
 
 
-def _fits_vxm(steps: list[Step]) -> bool:
+def fits_vxm(steps: list[Step], tail: int = CHAIN_TAIL_ALUS) -> bool:
     """Whether the ALUs the scheduler will give this chain (vxm_chain: read copies and delay lines, at the default
-    chip's latencies) plus the tail it may append fit the VXM. A chip with other latencies is still checked exactly
-    by the scheduler, which names the node if its chain does not fit."""
+    chip's latencies) plus the `tail` it may append fit the VXM (0 for a chain whose output only the VXM reads: it
+    is stored in f32 alone). A chip with other latencies is still checked exactly by the scheduler, which names
+    the node if its chain does not fit."""
     global _DEFAULT_TIMING
     if _DEFAULT_TIMING is None:
         chip = Chip.load()
@@ -67,7 +68,7 @@ def _fits_vxm(steps: list[Step]) -> bool:
         _DEFAULT_TIMING = (lat, delay_table(lat), chip.vxm_alus)
     lat, table, alus = _DEFAULT_TIMING
     placed, _, _ = place_delay_lines(with_read_copies(steps, lambda a: "f32"), lat, table)
-    return len(placed) + CHAIN_TAIL_ALUS <= alus
+    return len(placed) + tail <= alus
 
 
 _DEFAULT_TIMING = None
@@ -133,7 +134,7 @@ def _fuse(graph: Graph, producer: Node, consumer: Node, name: str) -> Node | Non
     if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
         return None
     merged = _merge(producer, consumer, name)
-    if not _fits_vxm(merged.steps):
+    if not fits_vxm(merged.steps):
         return None  # the delay lines of a long chain would need more ALUs than the VXM has
     read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
     if len(read) != len(set(read)):

@@ -2,7 +2,8 @@
 Pow, Where, Cast of computed values; and the operands they share (`operand`, `emit_binary`, `emit_chain`).
 
 * A unary op is one VXM chain (`UNARY`: x is ("in",), constants come from attributes); on the channels-last output
-  of a 1-D/3-D convolution it runs on that tensor (`lower_spatial_nd_unary`, spatial_nd.py).
+  of a 1-D/3-D convolution it runs on that tensor (`lower_spatial_nd_unary`, spatial_nd.py). A Tanh of a quantised
+  model runs onnxruntime's MLAS kernel (mlas.py) unless the VXM's TANH is known to give the same codes.
 * A binary op is one VXM node; a constant operand is an immediate, one row read for every row, or a full constant;
   a computed operand of another shape is broadcast (`broadcast_operand`: a lower-rank operand of an image first put
   in the image's layout by one batched SXM transpose, a (..., 1) column to every lane on the MXM, then the rows by
@@ -23,6 +24,7 @@ import onnx
 from lpusim.compiler.frontend.calibrate import without_large_initializers
 from lpusim.compiler.frontend.load import HOST_TYPES
 from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.lower import mlas
 from lpusim.compiler.lower.lanes import add_piece_steps, fp16_residual, lane_axis, node_of, with_lanes
 from lpusim.compiler.lower.rows import row_view, select_lanes
 from lpusim.compiler.lower.spatial_nd import channels_last_readers_only, ELEMENTWISE, nd_finish
@@ -285,6 +287,10 @@ def lower_unary(lw, node, op, a, args):
         lw.nodes.append(Node("vector", node.name or node.output[0], op, out,
                              sources=[View(name), View(t_ir)], steps=steps))
         lw.values[node.output[0]] = (out, shape)
+        return
+    elif op == "Tanh" and lw.precise_sums and not mlas.vxm_tanh_gives_codes(lw, node):
+        # quantised models: onnxruntime's MLAS kernel, operation for operation, unless TANH gives the same codes
+        lw.values[node.output[0]] = (mlas.emit(lw, node, mlas.tanh_program(), name, shape), shape)
         return
     else:
         chain = UNARY[op](a)
