@@ -280,13 +280,14 @@ def test_auto_takes_the_tensor_split_when_no_pipeline_fits(mlp_4096):
 
 
 def test_tensor_parallel_scales(mlp_4096):
-    """Each chip streams 1/N of the weights: 8 chips take less than half of one chip's cycles (deterministic
-    simulated counts, not wall time), and more chips are never slower."""
+    """Each chip streams 1/N of the weights: 8 chips take under 0.6 of one chip's cycles (deterministic simulated
+    counts, not wall time; 894 against 1,584 since a hemisphere's two planes load weights from their own slices,
+    which made the one-chip baseline 25% faster), and more chips are never slower."""
     model, single, ref = mlp_4096
     cycles = {1: ref.cycles}
     for chips in (2, 4, 8):
         cycles[chips] = lpusim.compile(model, chips=chips, parallel="tensor").predicted_cycles
-    assert cycles[8] < 0.5 * cycles[1]
+    assert cycles[8] < 0.6 * cycles[1]
     assert cycles[1] > cycles[2] > cycles[4] > cycles[8]
 
 
