@@ -36,3 +36,19 @@ def test_ordinary_model_is_not_scaled():
     program = lpusim.compile(m)
     assert all(t.f16_exp == 0 for t in program._graph.tensors.values())
     assert not any(".x2^" in name for name in program._graph.tensors)  # no rescaled weight copies
+
+
+def test_rms_norm_of_inputs_larger_than_calibration():
+    # x * x calibrated at ~2,000 (below the old 2^12 threshold, so it used to stay unscaled with 2^4 of headroom),
+    # then run on inputs whose x * x reaches ~100,000: every fp16 copy keeps 2^(15 - TARGET) of headroom, so the
+    # lane sum does not overflow (SmolLM2-135M's layer-10 RMSNorm: calibrated 2,048, reached 153,270)
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]), helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["x", "rms"], ["y"])]
+    m = make_model(nodes, {"two": np.float32(2.0), "eps": np.float32(1e-5)}, {"x": [4, 64]}, opset=13)
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    calibration = x / np.abs(x).max() * 45.0  # max x * x 2,025
+    big = x / np.abs(x).max() * 320.0  # max x * x 102,400: past fp16's 65,504 unscaled
+    program, result, cmp = assert_matches_onnxruntime(m, inputs={"x": big}, calibration={"x": calibration})
+    assert np.isfinite(result.outputs["y"]).all()
