@@ -52,11 +52,18 @@ def _load_inputs(path: str | None) -> dict | None:
         return None
     if not os.path.exists(path):
         raise LpusimError(f"{path}: no such inputs file")
+    if not os.path.isfile(path):
+        raise LpusimError(f"{path}: not a regular file (inputs are an .npz file)")
     try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
     except Exception as e:
         raise LpusimError(f"{path}: not a readable .npz file: {e}") from None
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":  # strings, complex numbers, objects: no model input holds them
+            raise LpusimError(f"{path}: array '{name}' is {array.dtype} {array.shape}; inputs must be real numbers "
+                              f"or booleans")
+    return arrays
 
 
 def cmd_run(args) -> int:
@@ -64,6 +71,8 @@ def cmd_run(args) -> int:
         raise LpusimError("--precision int8 runs on one chip only (not with --chips or --system yet)")
     several = args.chips != "1" or args.system
     chips = 1 if not several else args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
+    if chips != "auto" and chips < 1:
+        raise LpusimError(f"--chips {args.chips}: at least one chip is needed")
     report = run_report(args.model, chips=chips, parallel=args.parallel, system=args.system,
                         inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
                         shapes=_parse_shapes(args.shape), timing_only=args.timing_only,

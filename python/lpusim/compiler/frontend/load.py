@@ -21,6 +21,8 @@ def load_model(model) -> onnx.ModelProto:
         where = os.fspath(model)
         if not os.path.exists(where):
             raise ModelError(f"{where}: no such file")
+        if not os.path.isfile(where):  # a device such as /dev/zero would be read without end
+            raise ModelError(f"{where}: not a regular file (an ONNX model is a file)")
         try:
             model = onnx.load(where)
         except Exception as e:  # protobuf raises DecodeError and friends
@@ -32,11 +34,19 @@ def load_model(model) -> onnx.ModelProto:
         raise ModelError(f"{where}: invalid ONNX model: {first}") from None
     if not model.graph.output:
         raise ModelError(f"{where}: the graph has no outputs")
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise ModelError(f"{where}: the model is stamped with opset {opset.version}; the installed onnx knows "
+                             f"opsets up to {newest}")
     return model
 
 
 def attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+MAX_INPUT_ELEMENTS = 1 << 31  # float32 elements of one input (8 GiB): far past any system lpusim compiles for
 
 
 def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple]:
@@ -48,7 +58,10 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
         if inp.name in inits:
             continue
         if inp.name in shapes:
-            out[inp.name] = tuple(int(d) for d in shapes.pop(inp.name))
+            dims = tuple(int(d) for d in shapes.pop(inp.name))
+            if any(d < 0 for d in dims):
+                raise CompileError(f"input '{inp.name}': shape {list(dims)} has a negative dimension")
+            out[inp.name] = dims
             continue
         dims = []
         for d in inp.type.tensor_type.shape.dim:
@@ -59,6 +72,12 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
                 raise CompileError(f"input '{inp.name}': dimension '{name}' is not fixed; give it with "
                                    f"--shape {inp.name}=D0,D1,... (or shapes={{'{inp.name}': (...)}})")
         out[inp.name] = tuple(dims)
+    for name, dims in out.items():
+        elements = int(np.prod(dims, dtype=object))
+        if elements > MAX_INPUT_ELEMENTS:
+            raise CompileError(f"input '{name}': shape {list(dims)} has {elements:,} elements, more than the "
+                               f"{MAX_INPUT_ELEMENTS:,} lpusim accepts for one input (the SRAM of an 8-chip node is "
+                               f"{8 * 230_686_720:,} bytes)")
     for inp in model.graph.input:
         elem = inp.type.tensor_type.elem_type
         if inp.name in out and elem not in HOST_TYPES:
