@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from lpusim.api import compile as compile_model
 from lpusim.check.compare import compare, run_onnxruntime
 from lpusim.compiler import QUANT_OPS
@@ -21,6 +23,10 @@ def run_report(model, *, chips=1, parallel="auto", system=None, inputs=None, see
     precision="int8" is checked against onnxruntime running the model onnxruntime's quantiser makes of it
     (compiler/frontend/quantize.py). Several chips add per-chip and per-link detail and the partition."""
     proto = load_model(model)
+    if inputs is not None:  # the arrays given fix the dynamic dimensions (a shape given with --shape wins)
+        shapes = {**{name: tuple(np.shape(value)) for name, value in inputs.items()}, **(shapes or {})}
+        known = {i.name for i in proto.graph.input}
+        shapes = {name: dims for name, dims in shapes.items() if name in known or name not in inputs}
     program = compile_model(proto, chips=chips, chip=chip, shapes=shapes, progress=progress, precision=precision,
                             parallel=parallel, system=system)
     if inputs is None:

@@ -61,6 +61,13 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
             dims = tuple(int(d) for d in shapes.pop(inp.name))
             if any(d < 0 for d in dims):
                 raise CompileError(f"input '{inp.name}': shape {list(dims)} has a negative dimension")
+            declared = [d.dim_value if d.HasField("dim_value") else None
+                        for d in inp.type.tensor_type.shape.dim]
+            if inp.type.tensor_type.HasField("shape") and (
+                    len(declared) != len(dims) or any(w is not None and w != g for w, g in zip(declared, dims))):
+                model_shape = [w if w is not None else "?" for w in declared]
+                raise CompileError(f"input '{inp.name}': the shape given {list(dims)} contradicts the model's "
+                                   f"{model_shape}")
             out[inp.name] = dims
             continue
         dims = []
