@@ -21,6 +21,7 @@ from typing import Any
 import onnx
 
 from lpusim.errors import LpusimError, ModelError
+from lpusim.llm.configs import BUILT_IN
 from lpusim.llm.layout import DecoderLayout, decoder_layout, past_names, present_names
 
 
@@ -60,18 +61,22 @@ def _require(name: str):
 
 
 def decoder_config(config_or_name: Any):
-    """A transformers config from a preset name (`PRESETS`), a config.json path, a dict with `model_type`, or a
-    config object (returned as is)."""
+    """A transformers config from a preset name (`PRESETS`), a published model's name (`configs.BUILT_IN`:
+    llama-2-7b, ..., mixtral-8x7b; random weights, never downloaded), a config.json path, a dict with
+    `model_type`, or a config object (returned as is)."""
     transformers = _require("transformers")
     source = config_or_name
     if isinstance(source, (str, os.PathLike)) and str(source) in PRESETS:
         source = dict(PRESETS[str(source)])
+    elif isinstance(source, (str, os.PathLike)) and str(source) in BUILT_IN:
+        source = dict(BUILT_IN[str(source)])
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
         if not os.path.isfile(path):
-            raise ModelError(f"{config_or_name}: neither a preset ({', '.join(PRESETS)}) nor a config.json file")
+            raise ModelError(f"{config_or_name}: neither a preset ({', '.join(PRESETS)}), a built-in model "
+                             f"({', '.join(BUILT_IN)}) nor a config.json file")
         with open(path) as f:
             source = json.load(f)
     if isinstance(source, dict):
