@@ -413,3 +413,26 @@ def test_token_id_inputs_on_two_chips():
     inputs = program.random_inputs(0)
     assert inputs["ids"].dtype == np.int64 and 0 <= inputs["ids"].min() and inputs["ids"].max() < 40
     _check(program, single.run(inputs))
+
+
+def test_auto_retries_on_two_chips_when_one_chip_placement_fails(monkeypatch):
+    """chips="auto" whose SRAM estimate fits one chip but whose placement there runs out of SRAM (issue 16's
+    YOLOv8n: 110.7 MB estimated of 230.7 MB, fragmentation) compiles for 2 chips and says why, instead of
+    repeating the one-chip error. The one-chip placement failure is forced here; the 2-chip pipeline is real."""
+    import lpusim.multichip.pipeline as pipeline
+    from lpusim.check.compare import compare, run_onnxruntime
+    from lpusim.errors import OutOfSram
+
+    def fails(*args, **kwargs):
+        raise OutOfSram("out of SRAM: a tile needs 4 slices x 40 vectors and no slice group has room (forced)")
+
+    model = mlp((64, 96, 32, 10), seed=3)
+    monkeypatch.setattr(pipeline, "compile_program", fails)
+    program = lpusim.compile(model, chips="auto")
+    assert program.chips == 2 and "placement on one chip ran out of SRAM: 2 chips" in program.partition["reason"]
+    assert "forced" in program.partition["one_chip_placement_error"]
+    x = program.random_inputs(0)
+    ref, _ = run_onnxruntime(model, x)
+    assert compare(program.run(x).outputs, ref)["outputs_match"]
+    with pytest.raises(OutOfSram, match="forced"):  # a chip count given is kept: the error stands
+        pipeline.compile_multichip(model, 1)

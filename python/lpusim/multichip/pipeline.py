@@ -125,11 +125,21 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
                            "for it)")
     if cache:
         parallel = "pipeline"
+    placement_failed = None  # chips="auto": the one-chip placement ran out of SRAM, so 2 chips are tried
     if n == 1:
-        program = compile_program(proto, chip=cfg, precision=precision, shapes=shapes, calibration=calibration,
-                                  cache=cache)
-        program.partition = {"chips": 1, "parallel": "none", "reason": reason, "sram_needed": one_chip}
-        return program
+        try:
+            program = compile_program(proto, chip=cfg, precision=precision, shapes=shapes, calibration=calibration,
+                                      cache=cache)
+        except OutOfSram as e:
+            if not auto or precision != "fp16":
+                raise
+            placement_failed = str(e)
+            n = 2
+            reason = (f"the model needs {one_chip:,} bytes of SRAM by the estimate, which one {cfg.name} chip "
+                      f"holds, but placement on one chip ran out of SRAM: 2 chips")
+        else:
+            program.partition = {"chips": 1, "parallel": "none", "reason": reason, "sram_needed": one_chip}
+            return program
     if n > 8:
         raise CompileError(f"chips={n}: pipelines span one 8-chip node for now (at most 8 chips)")
     sysm = _system_for(n, cfg, system)
@@ -142,7 +152,7 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
         return _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start, max_free_cycles,
                                tensor_rows)
     tensor, tensor_error = None, None
-    if parallel == "auto" and one_chip <= cfg.sram_bytes:
+    if parallel == "auto" and one_chip <= cfg.sram_bytes and not placement_failed:
         if split_nodes(graph, n, cfg.lanes):  # both may be possible: compile both, keep the faster
             try:
                 tensor = _compile_tensor(graph, n, cfg, sysm, interval, reason, one_chip, start,
@@ -155,11 +165,12 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
             return tensor
         raise CompileError(f"chips={n}: the model has only {len(graph.nodes)} IR nodes to split into stages"
                            + (f" (and the tensor split failed: {tensor_error})" if tensor_error else ""))
-    node_cost = node_costs(graph, cfg) if costs == "schedule" and one_chip <= cfg.sram_bytes else None
+    node_cost = node_costs(graph, cfg) if costs == "schedule" and one_chip <= cfg.sram_bytes and \
+        not placement_failed else None
     balance = "single-chip schedule" if node_cost else "static estimate"
     if node_cost is None:
         node_cost = [static_cost(graph, node, cfg) for node in graph.nodes]
-    check_sram = one_chip > cfg.sram_bytes
+    check_sram = one_chip > cfg.sram_bytes or bool(placement_failed)
     repairs: list[dict] = []
     while True:  # cut, schedule; a stage the allocator cannot place is shortened and the cuts searched again
         bounds = part.split(n, node_cost, check_sram=check_sram)
@@ -195,6 +206,8 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
                     "program_cycles": programs[s.index].predicted_cycles} for s in stages],
         "transfers": transfers,
     }
+    if placement_failed:
+        partition["one_chip_placement_error"] = placement_failed
     if repairs:
         partition["placement_retries"] = repairs
         if auto and n > fewest:
