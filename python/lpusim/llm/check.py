@@ -65,7 +65,8 @@ def generation_report(decoder: Decoder, prompt_ids, new_tokens: int, *, attentio
                       "near_tie": bool(gap.gap <= allowed)}
     chip = decoder.chip
     clock = float(chip.config["clock_hz"])
-    floor = installed_weight_bytes(decoder) / install_bytes_per_cycle(decoder)
+    installed = installed_weight_bytes(decoder)
+    floor = installed / install_bytes_per_cycle(decoder)
     report = {
         "model": None, "precision": decoder.precision, "chips": decoder.chips, "batch": decoder.batch,
         "max_context": decoder.max_context, "prefill_chunk": decoder.prefill_chunk if decoder.prefill else 1,
@@ -77,7 +78,7 @@ def generation_report(decoder: Decoder, prompt_ids, new_tokens: int, *, attentio
         "prefill_cycles": gen.prefill_cycles, "prefill_runs": gen.prefill_runs, "decode_cycles": gen.decode_cycles,
         "ttft_us": gen.prefill_cycles / clock * 1e6, "per_token_us": gen.decode_cycles / clock * 1e6,
         "tokens_per_s": clock / gen.decode_cycles, "clock_mhz": clock / 1e6,
-        "weight_floor_cycles": floor, "installed_weight_bytes": installed_weight_bytes(decoder),
+        "weight_floor_cycles": floor, "installed_weight_bytes": installed,
         "sram_bytes": decoder.sram_bytes, "sram_capacity_bytes": chip.sram_bytes,
         "kv_cache_bytes": decoder.kv_cache_bytes, "kv_cache_values_bytes": decoder.kv_cache_values_bytes,
         "predicted_cycles": {"prefill": decoder.prefill.predicted_cycles if decoder.prefill else None,

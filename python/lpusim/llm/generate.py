@@ -20,6 +20,7 @@ from lpusim.chip import Chip
 from lpusim.errors import ModelError
 from lpusim.llm.layout import DecoderLayout, past_names
 from lpusim.llm.programs import check_prompt, compile_programs, decoder_source, region_bytes
+from lpusim.llm.reference import positions, prompt_and_mask
 from lpusim.runtime.memory import ChipMemory
 from lpusim.runtime.program import Program
 
@@ -110,7 +111,7 @@ class Decoder:
         forced = None if feed is None else np.asarray(feed, np.int64).reshape(batch, -1)
         memory = self._memory()
         window = np.zeros((batch, self.max_context), np.int64)
-        positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1).astype(np.int64)
+        position_ids = positions(mask)
         wall = 0.0
         program = self.prefill or self.decode
         if self.chips == 1:
@@ -119,7 +120,7 @@ class Decoder:
         for k in range(0, ids.shape[1], chunk):
             window = np.concatenate([window[:, chunk:], mask[:, k:k + chunk]], axis=1)
             result = self._run(program, {"input_ids": ids[:, k:k + chunk], "attention_mask": window,
-                                         "position_ids": positions[:, k:k + chunk]}, memory)
+                                         "position_ids": position_ids[:, k:k + chunk]}, memory)
             prefill_cycles += result.cycles
             runs += 1
             wall += result.wall_simulate_s
@@ -151,18 +152,10 @@ class Decoder:
 
 
 def prompt_arrays(prompt_ids, attention_mask=None) -> tuple[np.ndarray, np.ndarray]:
-    """[batch, length] int64 ids and mask (all ones by default); ModelError on a bad shape."""
-    ids = np.asarray(prompt_ids)
-    if ids.dtype.kind not in "iu":
-        raise ModelError(f"prompt ids must be integers (got {ids.dtype})")
-    ids = ids.astype(np.int64)
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        raise ModelError(f"prompt ids: expected [batch, length] with length >= 1, got shape {ids.shape}")
-    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
-    if mask.shape != ids.shape:
-        raise ModelError(f"attention_mask: shape {mask.shape} differs from the prompt's {ids.shape}")
+    """`reference.prompt_and_mask`, refusing also ids that are not integers and rows without a token."""
+    if np.asarray(prompt_ids).dtype.kind not in "iu":
+        raise ModelError(f"prompt ids must be integers (got {np.asarray(prompt_ids).dtype})")
+    ids, mask = prompt_and_mask(prompt_ids, attention_mask)
     if not mask.any(axis=1).all():
         raise ModelError("attention_mask: every prompt row needs at least one token (a 1)")
     return ids, mask

@@ -60,7 +60,7 @@ def _builder_source(builder, precision: str, max_context: int) -> DecoderSource:
     if precision != "int8":
         return DecoderSource(layout, lambda seq, past: builder(seq=seq, past=past), False, builder)
     step = builder(seq=1, past=max_context - 1)
-    shapes = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in step.graph.input}
+    shapes = static_shapes(step)
     step_q = quantize_model(step, random_inputs(shapes, 0, input_kinds(step)))
     scales = {i.name: i for i in step_q.graph.initializer if i.name.endswith(("_scale", "_zero_point"))}
     cache: dict[tuple[int, int], onnx.ModelProto] = {(1, max_context - 1): step_q}
@@ -68,7 +68,7 @@ def _builder_source(builder, precision: str, max_context: int) -> DecoderSource:
     def quantised(seq: int, past: int) -> onnx.ModelProto:
         if (seq, past) not in cache:
             graph = builder(seq=seq, past=past)
-            shapes_ = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in graph.graph.input}
+            shapes_ = static_shapes(graph)
             q = quantize_model(graph, random_inputs(shapes_, 0, input_kinds(graph)))
             for init in q.graph.initializer:
                 src = scales.get(init.name)
@@ -78,6 +78,11 @@ def _builder_source(builder, precision: str, max_context: int) -> DecoderSource:
         return cache[(seq, past)]
 
     return DecoderSource(layout, quantised, False, quantised)
+
+
+def static_shapes(graph: onnx.ModelProto) -> dict[str, tuple]:
+    """The input shapes of a builder's static graph."""
+    return {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in graph.graph.input}
 
 
 def _where(model) -> str:
@@ -131,7 +136,7 @@ def compile_programs(source: DecoderSource, chip, precision: str, batch: int, ma
         shapes = program_shapes(layout, batch, seq, max_context)
         graph = source.graph_for(seq, max_context - seq)
         if not source.dynamic:
-            got = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in graph.graph.input}
+            got = static_shapes(graph)
             bad = {k: v for k, v in shapes.items() if got.get(k) != v}
             if bad:
                 raise ModelError(f"the builder's graph for seq {seq}, past {max_context - seq} has inputs "

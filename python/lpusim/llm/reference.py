@@ -80,7 +80,9 @@ def positions(attention_mask: np.ndarray) -> np.ndarray:
     return np.where(attention_mask == 0, 1, pos).astype(np.int64)
 
 
-def _prompt(prompt_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+def prompt_and_mask(prompt_ids, attention_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """[batch, length] int64 ids (a 1-D prompt is one row) and the mask (all ones by default); ModelError on a
+    bad shape."""
     ids = np.asarray(prompt_ids, dtype=np.int64)
     if ids.ndim == 1:
         ids = ids[None]
@@ -125,7 +127,7 @@ def greedy_decode(model: Any, prompt_ids, new_tokens: int, *, attention_mask=Non
     """Greedy decoding with the model's own KV cache: prefill the prompt with an empty past, then one token per
     step. Returns the tokens [batch, new_tokens] (int64) and the logits each token was chosen from
     [new_tokens, batch, vocab] (float32). Ties go to the lowest token id (numpy's argmax)."""
-    ids, mask = _prompt(prompt_ids, attention_mask)
+    ids, mask = prompt_and_mask(prompt_ids, attention_mask)
     session = _Session(as_decoder(model), ids, mask)
     tokens, logits = [], []
     for step in range(new_tokens):
@@ -140,7 +142,7 @@ def teacher_forced_logits(model: Any, prompt_ids, tokens, *, attention_mask=None
     """The logits at each step when step t is fed `tokens[:, t - 1]` whatever the model would have chosen:
     [len, batch, vocab], row t the logits `tokens[:, t]` is compared against. With the greedy tokens this equals
     `greedy_decode`'s logits."""
-    ids, mask = _prompt(prompt_ids, attention_mask)
+    ids, mask = prompt_and_mask(prompt_ids, attention_mask)
     forced = np.asarray(tokens, dtype=np.int64).reshape(ids.shape[0], -1)
     session = _Session(as_decoder(model), ids, mask)
     logits = [session.last_logits]
@@ -152,7 +154,7 @@ def teacher_forced_logits(model: Any, prompt_ids, tokens, *, attention_mask=None
 def uncached_logits(model: Any, prompt_ids, tokens, *, attention_mask=None) -> np.ndarray:
     """The same logits as `teacher_forced_logits`, each recomputed from the whole sequence with an empty past:
     what the KV cache must reproduce. [len, batch, vocab]."""
-    ids, mask = _prompt(prompt_ids, attention_mask)
+    ids, mask = prompt_and_mask(prompt_ids, attention_mask)
     forced = np.asarray(tokens, dtype=np.int64).reshape(ids.shape[0], -1)
     decoder = as_decoder(model)
     logits = []

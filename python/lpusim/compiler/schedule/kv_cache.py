@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from lpusim.compiler.schedule.storage import Segment, Store
 from lpusim.errors import CompileError
 
-SXM_KEPT = 5  # slices per hemisphere next to the SXM that programs with transposes keep (sxm.reserve_sxm_slices)
-
-
 @dataclass
 class CacheRegion:
     """One layer's keys or values: the ONNX output `present` and input `past` that share the region. `tiles`:
@@ -33,11 +30,9 @@ class CacheRegion:
     tiles: list[list[Segment]] | None = None
 
 
-def sxm_slices(chip) -> set[int]:
-    """The slices a program with transposes keeps for its SXM tables: a region never goes there, so every program
-    of the generation can have it at the same addresses."""
-    half = chip.mem_slices // 2
-    return set(range(half - SXM_KEPT, half)) | set(range(2 * half - SXM_KEPT, 2 * half))
+def region_slices(store: Store) -> frozenset[int]:
+    """Every MEM slice a region's segments use (all byte planes)."""
+    return frozenset(sg.slice + b for segs in store.tiles for sg in segs for b in range(store.width))
 
 
 def claim(sram, tiles: list[list[Segment]], width: int, what: str) -> None:

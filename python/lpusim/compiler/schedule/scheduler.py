@@ -18,10 +18,10 @@ from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
 from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, MemRun, Segment, Store, StoreTable,
                                              byte_planes, segment_runs, store_image, view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
-from lpusim.compiler.schedule.kv_cache import CacheRegion, claim, past_tiles, sxm_slices
+from lpusim.compiler.schedule.kv_cache import CacheRegion, claim, past_tiles, region_slices
 from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.sram import BorderedPool, SramAllocator
-from lpusim.compiler.schedule.sxm import SxmJobs
+from lpusim.compiler.schedule.sxm import SxmJobs, kept_slices
 from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError
 
@@ -742,13 +742,12 @@ class Scheduler(SxmJobs):
                                    f"length, head_dim] attention heads")
             store = Store.for_tensor(t, "f32")
             if region.tiles is None:
-                hemi = self.next_hemisphere()
+                hemi, kept = self.next_hemisphere(), kept_slices(self.chip)
                 try:
-                    segs = self.alloc_segments(store.width, store.storage_rows, hemi, 1, sxm_slices(self.chip),
-                                               False)
+                    segs = self.alloc_segments(store.width, store.storage_rows, hemi, 1, kept, False)
                 except CompileError:
                     segs = self.alloc_segments(store.width, store.storage_rows, "E" if hemi == "W" else "W", 1,
-                                               sxm_slices(self.chip), False)
+                                               kept, False)
                 store.tiles = [segs]
             else:
                 claim(self.sram, region.tiles, store.width, f"KV cache '{region.present}'")
@@ -770,7 +769,7 @@ class Scheduler(SxmJobs):
                 self.pinned.add(past)
             self.cache_sinks[present] = (store, past_store)
             self.pinned.add(present)
-            reg = frozenset(sg.slice + b for segs in store.tiles for sg in segs for b in range(store.width))
+            reg = region_slices(store)
             for node in g.nodes:  # the values the present's writer streams stay off the region's slices (a
                 if node.output == present:  # constant, often shared by every layer's writer, is copied instead)
                     for v in node.sources:
@@ -824,7 +823,7 @@ class Scheduler(SxmJobs):
     def keep_sources_off(self, node: Node, region: Store) -> None:
         """A node writing a KV-cache region reads no source from the region's slices (`keep_off` placed them
         apart; a source placed before that is known is moved or, a constant, copied)."""
-        reg = frozenset(sg.slice + b for segs in region.tiles for sg in segs for b in range(region.width))
+        reg = region_slices(region)
         for name in sorted({v.tensor for v in node.sources}):
             if not self.slices_of({name}) & reg:
                 continue

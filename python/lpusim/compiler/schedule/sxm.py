@@ -31,6 +31,15 @@ from lpusim.compiler.schedule.resources import Clash, Issue
 from lpusim.errors import CompileError
 
 
+SXM_KEPT = 5  # slices per hemisphere next to its SXM kept for the transposes (SxmJobs.reserve_sxm_slices)
+
+
+def kept_slices(chip) -> set[int]:
+    """The slices a program with transposes keeps for its SXM tables and scratch, both hemispheres."""
+    half = chip.mem_slices // 2
+    return set(range(half - SXM_KEPT, half)) | set(range(2 * half - SXM_KEPT, 2 * half))
+
+
 class SxmJobs:
     """Mixed into `Scheduler` (schedule.py)."""
 
@@ -47,8 +56,7 @@ class SxmJobs:
         a queue another tensor's traffic holds (and two reads of one slice in one cycle cannot happen)."""
         half = self.chip.mem_slices // 2
         self.sxm_slices = {"W": (half - 5, half - 3, half - 1), "E": (2 * half - 5, 2 * half - 3, 2 * half - 1)}
-        for first in self.sxm_slices.values():
-            self.sram.reserved.update(range(first[0], first[0] + 5))
+        self.sram.reserved.update(kept_slices(self.chip))
 
     def map_store(self, key: tuple, make, hemisphere: str, pair: int) -> Store:
         """A constant table of u16 maps (one row of `lanes` entries per map), stored once per key, in the kept
