@@ -3,8 +3,10 @@
 Design (docs/multichip.md has the long form):
 * **Stages** (`multichip/partition.py`): the IR node list cut into N consecutive stages balanced by predicted
   cycles (the single-chip schedule's per-node frontier), every stage fitting one chip's SRAM; a model too large for
-  one chip goes to the fewest chips that hold it (`chips="auto"`). Stage k runs on chip k of an 8-chip node
-  (fully connected, so chip k talks to chip k+1 over their direct link). A matmul larger than a chip is first split
+  one chip goes to the fewest chips that hold it (`chips="auto"`). Stage k runs on chip k: of an 8-chip node
+  (fully connected, so chip k talks to chip k+1 over their direct link) up to 8 chips; beyond, of the sub-system
+  made of a route's chips (`pipeline_system`, `multichip/topology.py`: a node's chips over local links, then one
+  global link to the next node), chip k being route[k] of the full system. A matmul larger than a chip is first split
   into column blocks, its reader into row blocks with an f32 partial sum (`partition.split_oversized`); a stage the
   allocator cannot place is cut short where it failed and the cuts are searched again (`StageOutOfSram`).
 * **Transfers** (`compiler/schedule_c2c.py`): each tensor live across cut k travels chip k -> chip k+1 (a chain:
@@ -42,6 +44,7 @@ from lpusim.errors import CompileError, OutOfSram
 from lpusim.multichip.clocks import latency_bound, tolerance_ppm, transfer_timing
 from lpusim.multichip.partition import Partitioner, split_oversized, vectors
 from lpusim.multichip.program import MultiProgram
+from lpusim.multichip.topology import NODE_CHIPS, pipeline_route, sub_system, system_config
 from lpusim.multichip.tensor import compile_tensor, split_nodes, stage_program
 from lpusim.runtime.program import compile_program
 from lpusim.system import System
@@ -55,7 +58,10 @@ TENSOR_FITS = ("parallel='tensor' replicates everything but the split matmuls: t
 def _system_for(chips: int, chip: Chip, system) -> System:
     if isinstance(system, System):
         return system
-    config: dict[str, Any] = {"topology": "node", "chips": chips, "chip": chip.config}
+    config: dict[str, Any] = system_config(chips, chip.config) if chips > NODE_CHIPS else \
+        {"topology": "node", "chips": chips, "chip": chip.config}
+    if chips > NODE_CHIPS:
+        config.pop("seed")  # the default seed unless the configuration gives one
     if isinstance(system, dict):
         config.update(system)
     elif system is not None:
@@ -63,9 +69,25 @@ def _system_for(chips: int, chip: Chip, system) -> System:
     return System.load(config)
 
 
+def pipeline_system(chips: int, chip: Chip, system) -> tuple[System, list[int] | None]:
+    """The system an n-stage pipeline runs on, and its route in the full system (None: chips 0..n-1 of `system`).
+
+    Up to 8 chips on a system whose chips 0..n-1 are linked in a chain (a node): that system, stage k on chip k.
+    Otherwise (more than 8 chips; default: `topology.system_for_chips`, the smallest published topology holding
+    them) the route's chips renumbered 0..n-1 with every link among them (`topology.sub_system`), so stage k runs
+    on chip k of the sub-system, route[k] of the full one."""
+    full = _system_for(chips, chip, system)
+    if full.chips < chips:
+        raise CompileError(f"the system has {full.chips} chips, the pipeline needs {chips}")
+    route = pipeline_route(full, chips)
+    if route == list(range(chips)) and chips <= NODE_CHIPS:
+        return full, None
+    return sub_system(full, route), route
+
+
 def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=None, dump=None,
                      calibration=None, parallel: str = "pipeline", system=None, costs: str = "schedule",
-                     max_free_cycles: int | None = None, tensor_rows: bool | None = None, cache=None):
+                     max_free_cycles: int | None = None, tensor_rows: bool | None = None, cache=None, cuts=None):
     """A pipeline-parallel MultiProgram (or a single-chip Program when one chip is chosen).
 
     `chips`: a number, or "auto" for the fewest chips whose SRAM holds the model; `system`: a system configuration
@@ -76,7 +98,10 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
     parallelism): True splits the matmul readers of a column split by rows (f32 partial sums reduced over the
     links); False keeps every chip's arithmetic one chip's (column splits and all-gathers only: bit-identical
     outputs); None (default) compiles the row-split plan and the column-only one and keeps the faster, both
-    free to split a part's K range over idle planes."""
+    free to split a part's K range over idle planes. `cuts` (pipeline): where stages 1..N-1 start instead of the
+    balanced search, N-1 IR node indices or names (a name: the first IR node after the previous cut whose name is
+    it or starts with it, e.g. "layer5." for a decoder's sixth layer), so that stages hold whole layers (what
+    `multichip.compose` composes); the stages must still fit SRAM."""
     if parallel not in PARALLEL:
         raise CompileError(f"parallel='{parallel}': choose one of {', '.join(PARALLEL)}")
     if precision not in PRECISIONS:
@@ -140,11 +165,12 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
         else:
             program.partition = {"chips": 1, "parallel": "none", "reason": reason, "sram_needed": one_chip}
             return program
-    if n > 8:
-        raise CompileError(f"chips={n}: pipelines span one 8-chip node for now (at most 8 chips)")
-    sysm = _system_for(n, cfg, system)
-    if sysm.chips < n:
-        raise CompileError(f"the system has {sysm.chips} chips, the pipeline needs {n}")
+    if parallel == "tensor" and n > NODE_CHIPS:
+        raise CompileError(f"chips={n}: tensor parallelism spans one {NODE_CHIPS}-chip node (at most "
+                           f"{NODE_CHIPS} chips; pipelines take more)")
+    if parallel == "auto" and n > NODE_CHIPS:
+        parallel = "pipeline"
+    sysm, route = pipeline_system(n, cfg, system)
     cfg = Chip.load(json.loads(sysm.info["chip_config"]))
     if parallel == "tensor":
         if one_chip > cfg.sram_bytes:
@@ -165,20 +191,27 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
             return tensor
         raise CompileError(f"chips={n}: the model has only {len(graph.nodes)} IR nodes to split into stages"
                            + (f" (and the tensor split failed: {tensor_error})" if tensor_error else ""))
+    given = _resolve_cuts(graph, cuts, n, part.forbidden) if cuts is not None else None
     node_cost = node_costs(graph, cfg) if costs == "schedule" and one_chip <= cfg.sram_bytes and \
-        not placement_failed else None
-    balance = "single-chip schedule" if node_cost else "static estimate"
+        not placement_failed and given is None else None
+    balance = "cuts given" if given is not None else "single-chip schedule" if node_cost else "static estimate"
     if node_cost is None:
         node_cost = [static_cost(graph, node, cfg) for node in graph.nodes]
     check_sram = one_chip > cfg.sram_bytes or bool(placement_failed)
     repairs: list[dict] = []
     while True:  # cut, schedule; a stage the allocator cannot place is shortened and the cuts searched again
-        bounds = part.split(n, node_cost, check_sram=check_sram)
-        if not bounds and auto and repairs and n < min(8, len(graph.nodes)):
+        if given is not None:
+            bounds = list(zip([0] + given, given + [len(graph.nodes)]))
+            for i, j in bounds:
+                if check_sram and not part.fits(i, j):
+                    raise CompileError(f"cuts: the stage of IR nodes {i}..{j} needs {part.sram(i, j):,} bytes of "
+                                       f"SRAM, more than {Partitioner.HEADROOM:.0%} of a chip's "
+                                       f"{cfg.sram_bytes:,}")
+        else:
+            bounds = part.split(n, node_cost, check_sram=check_sram)
+        if not bounds and auto and repairs and n < len(graph.nodes):
             n += 1  # the placement limits leave no split into n stages: one more chip
-            sysm = _system_for(n, cfg, system)
-            if sysm.chips < n:
-                raise CompileError(f"the system has {sysm.chips} chips, the pipeline needs {n}")
+            sysm, route = pipeline_system(n, cfg, system)
             continue
         if not bounds:
             raise CompileError(f"no split of the model into {n} stages fits each stage in one chip's SRAM"
@@ -190,6 +223,9 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
             break
         except StageOutOfSram as e:
             i, j = bounds[e.stage]
+            if given is not None:
+                raise CompileError(f"cuts: stage {e.stage} (IR nodes {i}..{j}) does not place in SRAM: "
+                                   f"{e.cause}") from None
             if len(repairs) >= MAX_PLACEMENT_RETRIES:
                 raise CompileError(f"stage {e.stage} (IR nodes {i}..{j}) does not place in SRAM after "
                                    f"{len(repairs)} retries: {e.cause}") from None
@@ -206,6 +242,9 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
                     "program_cycles": programs[s.index].predicted_cycles} for s in stages],
         "transfers": transfers,
     }
+    if route is not None:  # stage k on chip k of the route's sub-system: chip route[k] of the full system
+        partition["route"] = route
+        partition["links"] = [t["kind"] for t in transfers]
     if placement_failed:
         partition["one_chip_placement_error"] = placement_failed
     if repairs:
@@ -227,6 +266,32 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
         best.compile_s = time.perf_counter() - start
         return best
     return mp
+
+
+def _resolve_cuts(graph: ir.Graph, cuts, n: int, forbidden: set[int]) -> list[int]:
+    """`cuts` (N-1 IR node indices or names) as the IR node indices where stages 1..N-1 start."""
+    cuts = list(cuts)
+    if len(cuts) != n - 1:
+        raise CompileError(f"cuts: {len(cuts)} given, a pipeline of {n} stages needs {n - 1}")
+    out, prev = [], 0
+    names = [node.name for node in graph.nodes]
+    for c in cuts:
+        if isinstance(c, str):
+            k = next((k for k in range(prev + 1, len(names)) if names[k] == c), None)
+            if k is None:
+                k = next((k for k in range(prev + 1, len(names)) if names[k].startswith(c)), None)
+            if k is None:
+                raise CompileError(f"cuts: no IR node named '{c}' (or starting so) after IR node {prev}")
+            c = k
+        if isinstance(c, bool) or not isinstance(c, int) or not prev < c < len(names):
+            raise CompileError(f"cuts: {c!r} is not an IR node index in {prev + 1}..{len(names) - 1} (cuts must "
+                               f"increase; the model has {len(names)} IR nodes)")
+        if c in forbidden:
+            raise CompileError(f"cuts: IR node {c} ('{names[c]}') would part a KV-cache region's past from its "
+                               f"present")
+        out.append(c)
+        prev = c
+    return out
 
 
 def cache_spans(graph: ir.Graph, cache) -> set[int]:
@@ -368,6 +433,7 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
                                    f"buffer of {depth}")
             nvec = vectors(graph, st.sends, chip.lanes)
             transfers.append({"from_chip": k, "to_chip": k + 1, "link": out_link, "peer_link": in_link,
+                              "kind": link_info.get("kind", "local"),
                               "tensors": st.sends, "vectors": nvec, "bytes": nvec * chip.lanes,
                               "first_send": first, "last_send": last, "lag": lag, "latency_bound": bound,
                               "chunks": len(plans)})
