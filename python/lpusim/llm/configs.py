@@ -85,7 +85,7 @@ def config_fields(config: str | os.PathLike | dict | Any) -> dict[str, Any]:
     raise ModelError(f"a decoder configuration is a built-in name, a config.json path or a dict (got {config!r})")
 
 
-def _field(fields: dict, *names: str, default=None):
+def first_field(fields: dict, *names: str, default=None):
     for name in names:
         if fields.get(name) is not None:
             return fields[name]
@@ -114,8 +114,8 @@ def model_size(config, precision: str = "int8", context: int = 4096, batch: int 
     elif kind in ("llama", "mistral", "mixtral", "qwen2"):
         hidden, layers = f["hidden_size"], f["num_hidden_layers"]
         heads = f["num_attention_heads"]
-        kv_heads = _field(f, "num_key_value_heads", default=heads)
-        head_dim = _field(f, "head_dim", default=hidden // heads)
+        kv_heads = first_field(f, "num_key_value_heads", default=heads)
+        head_dim = first_field(f, "head_dim", default=hidden // heads)
         ffn, vocab = f["intermediate_size"], f["vocab_size"]
         attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
         if kind == "qwen2":  # q, k, v biases
