@@ -260,6 +260,14 @@ class _Scheduler(TensorScheduler):
     the owner's add streams them all at once, and two sources in one slice would cost a copy, whose released space
     the sum then reuses only after the last receive."""
 
+    def schedule_sends(self, items, link, interval, lower, rotate=0, single=False, bursts=None):
+        # tile by tile, in order: an owner adds a tile as soon as its partials are in, and sends a sum as soon as it
+        # is written (TensorScheduler rotates each link's bursts, spreading the reads of a tensor several links send
+        # at once: kept for the all-gather's blocks, which are all in MEM from the start)
+        if not any(name.startswith("x.") for name in items):
+            rotate = 0
+        return super().schedule_sends(items, link, interval, lower, rotate, single, bursts)
+
     def schedule_receives(self, plan, link, interval, lag, avoid=None, single=False, slack=0):
         if avoid is not None:
             avoid.update(self.slices_of(self.graph.inputs))
