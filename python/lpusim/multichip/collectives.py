@@ -279,8 +279,9 @@ class _Scheduler(TensorScheduler):
                 c = t + k * interval
                 self.res.take_queue(queue + ".tx", c, c + interval - 1, c - t)
         elif text.startswith("RECV"):
-            last = max((iss.cycle + (iss.n - 1) * iss.d for iss in self.res.issues
-                        if iss.queue == queue and iss.text.startswith("RECV")), default=-1)
+            # this rule keeps a queue's RECVs in cycle order in the issue list: the latest is the last one there
+            last = next((iss.cycle + (iss.n - 1) * iss.d for iss in reversed(self.res.issues)
+                         if iss.queue == queue and iss.text.startswith("RECV")), -1)
             if t <= last:
                 raise Clash(None)
         super()._link_issues(queue, t, text, rows, interval, tail, single)
