@@ -27,6 +27,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lpusim.compiler import ir, passes
 from lpusim.compiler.schedule import scheduler as schedule
 from lpusim.compiler.schedule.storage import WIDTH, Store
@@ -263,29 +265,38 @@ class Partitioner:
             pos = sorted(set(pos) - self.forbidden)
         m = len(pos)
         xfer = [self.cut_vectors[c] * self.interval if 0 < c < n else 0 for c in pos]
-        INF = float("inf")
-        # best[s][b]: (longest stage, total transfer) for nodes[:pos[b]] in s stages; choice: the last start
-        best = [[(INF, INF)] * m for _ in range(stages + 1)]
-        choice = [[0] * m for _ in range(stages + 1)]
-        best[0][0] = (0, 0)
-        for s in range(1, stages + 1):
-            for b in range(1, m):
-                j = pos[b]
-                for a in range(b):
-                    prev = best[s - 1][a]
-                    if prev[0] == INF:
-                        continue
-                    i = pos[a]
-                    stage = prefix[j] - prefix[i] + xfer[b]
-                    cand = (max(prev[0], stage), prev[1] + xfer[b])
-                    if cand < best[s][b] and (not check_sram or self.fits(i, j)):
-                        best[s][b] = cand
-                        choice[s][b] = a
-        if best[stages][m - 1][0] == INF:
+        if stages >= m:
+            return []
+        # best[s][b]: (longest stage, total transfer) for nodes[:pos[b]] in s stages, the lexicographic minimum over
+        # the last stage's start a < b (the smallest such a on ties); one numpy pass over (a, b) per stage count
+        P = np.array([prefix[c] for c in pos], dtype=np.float64)
+        X = np.array(xfer, dtype=np.float64)
+        stage_cost = P[None, :] - P[:, None] + X[None, :]  # [a, b]
+        ok = np.triu(np.ones((m, m), dtype=bool), 1)          # a < b
+        if check_sram:
+            ends = np.array([self.max_end(i) if i < n else -1 for i in pos])
+            ok &= np.array(pos)[None, :] <= ends[:, None]
+        INF = np.inf
+        best0 = np.full(m, INF)
+        best1 = np.full(m, INF)
+        best0[0] = best1[0] = 0.0
+        choices = []
+        for _ in range(stages):
+            longest = np.where(ok & np.isfinite(best0)[:, None], np.maximum(best0[:, None], stage_cost), INF)
+            lo = longest.min(axis=0)                                           # per b
+            total = np.where(longest == lo[None, :], best1[:, None], INF)     # ties on the longest: least transfer
+            tmin = total.min(axis=0)
+            pick = np.argmax((longest == lo[None, :]) & (total == tmin[None, :]), axis=0)  # the smallest a
+            new0 = lo.copy()
+            new1 = np.where(np.isfinite(lo), tmin + X, INF)
+            new0[0] = new1[0] = INF
+            best0, best1 = new0, new1
+            choices.append(pick)
+        if not np.isfinite(best0[m - 1]):
             return []
         bounds, b = [], m - 1
         for s in range(stages, 0, -1):
-            a = choice[s][b]
+            a = int(choices[s - 1][b])
             bounds.append((pos[a], pos[b]))
             b = a
         return bounds[::-1]

@@ -436,7 +436,9 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
                               "kind": link_info.get("kind", "local"),
                               "tensors": st.sends, "vectors": nvec, "bytes": nvec * chip.lanes,
                               "first_send": first, "last_send": last, "lag": lag, "latency_bound": bound,
-                              "chunks": len(plans)})
+                              "chunks": len(plans),
+                              # the send plan's shape: per burst (first send - the transfer's first, vectors)
+                              "plan": [[b[5] - first, b[4]] for plan in plans for b in plan]})
             incoming = (plans, in_link, lag)
         prog, last_effect = stage_program(chip, sched, result, f"pipeline stage {k} of {len(stages)}", sub,
                                           dict(sub.onnx_inputs), list(sub.output_names))
