@@ -280,6 +280,9 @@ def lower_heads_matmul(lw, node, args):
     precise = lw.precise_sums
     mx, mw = lw.magnitudes.get(node.input[0], 0.0), lw.magnitudes.get(node.input[1], 0.0)
     bounds = []
+    # grouped-query attention (`lower_heads_repeat`): several query heads read one key/value part; what is made
+    # of that part (its K^T on the SXM, its fp16 residual) is made once, by its first reader, and shared
+    weights: dict[str, tuple[str, str | None]] = {}
     for h, (x, w) in enumerate(zip(a_parts, b_parts)):
         bounds.append(len(lw.nodes))
         sub = Renamed(node, f"{node.output[0]}@h{h}")
@@ -288,19 +291,12 @@ def lower_heads_matmul(lw, node, args):
         # of integer codes (`head_scales`) is exact in fp16 and needs no residual: its scale ends the epilogue
         sx, sw = lw.head_scales.get(x), lw.head_scales.get(w)
         if not precise:
-            x, w = head_float(lw, sub, x), head_float(lw, sub, w)
-        wl = fp16_residual(lw, sub, w, lw.tensors[w].shape, f"{node.input[1]}@h{h}.lo", mw) \
-            if precise and sw is None else None
-        if b_t:  # K^T: transpose the part on the SXM first
-            ws = []
-            for v in (w, wl) if wl is not None else (w,):
-                k = lw.tensors[v]
-                kt = lw.add_tensor(lw.fresh(f"{v}.T"), (1, k.cols, k.rows), "value")
-                lw.nodes.append(Node("transpose", node.name or node.output[0], "Transpose", kt,
-                                     sources=[View(v)], fusable=False))
-                lw.derived[kt] = lw.derived[v] if v is wl or v in lw.head_scales else mw
-                ws.append(kt)
-            w, wl = ws if wl is not None else (ws[0], None)
+            x = head_float(lw, sub, x)
+        if w in weights:
+            w, wl = weights[w]
+        else:
+            w, wl = weights.setdefault(w, head_weights(lw, node, sub, head_float(lw, sub, w) if not precise else w,
+                                                       precise and sw is None, b_t, mw, h))
         wt = lw.tensors[w]
         lower_computed_matmul(lw, sub, ("value", x, lw.tensors[x].shape), ("value", w, (wt.rows, wt.cols)))
         y = lw.values[sub.output[0]][0]
@@ -325,6 +321,23 @@ def lower_heads_matmul(lw, node, args):
     interleave_parts(lw, bounds)
     b, nh = a_shape[:2]
     lw.heads[node.output[0]] = (out_parts, False, (b, nh, a_shape[2], lw.tensors[out_parts[0]].cols))
+
+
+def head_weights(lw, node, sub, w: str, residual: bool, transposed: bool, mw: float, h: int):
+    """(weights, residual weights or None) a heads MatMul loads for its second operand's part w: w and, when
+    `residual` (precise_sums), its fp16 residual; both transposed on the SXM first when the part is K^T."""
+    wl = fp16_residual(lw, sub, w, lw.tensors[w].shape, f"{node.input[1]}@h{h}.lo", mw) if residual else None
+    if not transposed:
+        return w, wl
+    ws = []
+    for v in (w, wl) if wl is not None else (w,):
+        k = lw.tensors[v]
+        kt = lw.add_tensor(lw.fresh(f"{v}.T"), (1, k.cols, k.rows), "value")
+        lw.nodes.append(Node("transpose", node.name or node.output[0], "Transpose", kt,
+                             sources=[View(v)], fusable=False))
+        lw.derived[kt] = lw.derived[v] if v is wl or v in lw.head_scales else mw
+        ws.append(kt)
+    return (ws[0], ws[1]) if wl is not None else (ws[0], None)
 
 
 def lower_heads_repeat(lw, node, op: str, a: dict, args: list) -> None:
