@@ -228,9 +228,14 @@ def pipeline_route(system: System, n: int) -> list[int]:
 
 def route_links(system: System, route: list[int]) -> list[dict[str, Any]]:
     """The link each hop of the route takes (the first joining the two chips, as `System.link` finds it)."""
+    first: dict[frozenset, dict[str, Any]] = {}
+    for lk in system.links:
+        first.setdefault(frozenset((lk["chip_a"], lk["chip_b"])), lk)
     out = []
     for a, b in zip(route, route[1:]):
-        out.append(next(lk for lk in system.links if {lk["chip_a"], lk["chip_b"]} == {a, b}))
+        if frozenset((a, b)) not in first:
+            raise CompileError(f"chips {a} and {b} of the route are not linked")
+        out.append(first[frozenset((a, b))])
     return out
 
 
