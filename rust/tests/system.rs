@@ -33,6 +33,11 @@ impl Prog {
                 }
                 s += &format!(" {ins}\n");
                 cur = c + if ins.starts_with("RUNTIME_DESKEW") { ins[15..].trim().parse::<u64>().unwrap() } else { 1 };
+                if let Some((_, rep)) = ins.split_once("REPEAT ") {
+                    // "INSTR\n REPEAT n, d[, s]": n more issues d cycles apart.
+                    let nd: Vec<u64> = rep.split(',').take(2).map(|x| x.trim().parse().unwrap()).collect();
+                    cur += nd[0] * nd[1];
+                }
             }
         }
         s + &self.extra
@@ -547,4 +552,106 @@ fn memory_errors_before_the_run_change_nothing() {
     let e = sys.run_on(&bad, &[], &mut lend(&mut ms), &functional(1)).unwrap_err();
     assert!(e.message.contains("mem_init[0]") && e.chip == Some(1), "{e}");
     assert!(ms.iter().all(|m| m.allocated_bytes() == 0 && m.fault().is_none()));
+}
+
+// ---- the fast timing-only form in system runs (docs/system.md section 5) ----
+
+/// A result without what timing-only runs leave out (dump values) or may count differently (`windows`: the fast
+/// form skips the cycles of the repetitions it takes ahead, so its windows can start later).
+fn comparable(r: &SystemResult) -> SystemResult {
+    let mut r = r.clone();
+    r.windows = 0;
+    for c in &mut r.chips {
+        c.dumps.clear();
+        for d in &mut c.stats.dumps {
+            d.values = None;
+        }
+    }
+    r
+}
+
+/// A two-chip stream: chip 0 READs `n` vectors and SENDs them 24 cycles apart while its VXM runs long REPEATed
+/// ALU chains (taken ahead in chunks by the fast form, across many windows); chip 1 RECVs them into MEM.W0 and
+/// READs them back through an ALU into MEM.W2. `recv_at`: chip 1's first RECV relative to the first SEND.
+fn streaming(n: u32, recv_at: u64) -> Vec<Prog> {
+    let mut a = Prog::default();
+    a.extra = ".init MEM.W0 0 u8 1 2 3\n".into();
+    a.at("MEM.W0", 0, &format!("READ 0, W5\n REPEAT {}, 24, 1", n - 1));
+    a.at("C2C.0", HOPS, &format!("SEND W5\n REPEAT {}, 24, 0", n - 1));
+    a.at("VXM.0", 10, "COPY.i32 -, #1\n REPEAT 3000, 1, 0");
+    a.at("VXM.1", 20, "ADD.i32 -, R0, #1\n REPEAT 2000, 2, 0");
+    let mut b = Prog::default();
+    b.extra = ".dump MEM.W2 0 i8 2\n".into();
+    let r = HOPS + recv_at;
+    b.at("C2C.0", r, &format!("RECV E5\n REPEAT {}, 24, 0", n - 1));
+    b.at("MEM.W0", r + HOPS, &format!("WRITE 0, E5\n REPEAT {}, 24, 1", n - 1));
+    // Read back after the last write lands, through VXM.2 (position 47) into MEM.W2 (position 44).
+    let back = r + HOPS + 24 * n as u64 + 10;
+    b.at("MEM.W0", back, &format!("READ 0, E6\n REPEAT {}, 1, 1", n - 1));
+    b.at("VXM.2", back + 2, &format!("CVT.i8.u8 W9, E6\n REPEAT {}, 1, 0", n - 1));
+    b.at("MEM.W2", back + 7, &format!("WRITE 0, W9\n REPEAT {}, 1, 1", n - 1));
+    b.at("VXM.3", 0, "COPY.f32 -, #2.0\n REPEAT 5000, 1, 0");
+    vec![a, b]
+}
+
+#[test]
+fn timing_only_system_runs_equal_the_exact_and_functional_runs() {
+    // Every case runs functionally, timing-only (the fast form first, since there is no cycle limit) and
+    // timing-only in the exact order (a cycle limit that never binds turns the fast form off): the same cycles,
+    // per-chip statistics, link traffic and errors, on 1 and 2 threads.
+    let mut drifting = ring(8);
+    with_runtime_deskews(&mut drifting, 20_000, 100, 2);
+    let mut busy = Prog::default();
+    busy.at("MEM.W0", 0, "READ 0, W5").at("MEM.W0", 10, "READ 0, W5");
+    busy.at("C2C.0", HOPS, "SEND W5").at("C2C.0", HOPS + 10, "SEND W5");
+    let mut unreceived = Prog::default();
+    unreceived.at("MEM.W0", 0, "READ 0, W5").at("C2C.0", HOPS, "SEND W5");
+    let mut overflow = Prog::default();
+    for k in 0..9 {
+        send(&mut overflow, 0, 0, HOPS + 24 * k);
+    }
+    let mut empty_stream = streaming(40, SLACK);
+    empty_stream[1].at("MEM.W3", 5000, "WRITE 0, E7"); // nothing on E7: StreamEmpty on chip 1
+    let cases: Vec<(&str, SystemConfig, Vec<Prog>, bool)> = vec![
+        ("ping pong", node(2, ""), ping_pong(HOPS), true),
+        ("ring of eight", node(8, r#", "seed": 3"#), ring(8), true),
+        ("ring with drift and RUNTIME_DESKEW", node(8, r#", "seed": 5, "drift_ppm": 50"#), drifting, true),
+        ("streaming", node(2, ""), streaming(60, SLACK), true),
+        ("streaming with drift", node(2, r#", "chip_drift_ppm": [0, 40]"#), streaming(60, SLACK), true),
+        ("too early", node(2, ""), streaming(60, SLACK - 20), false),
+        ("stream empty", node(2, ""), empty_stream, false),
+        ("link busy", node(2, ""), vec![busy, Prog::default()], false),
+        ("unreceived", node(2, ""), vec![unreceived, Prog::default()], false),
+        ("overflow", node(2, ""), vec![overflow, Prog::default()], false),
+        ("over drift", node(2, r#", "chip_drift_ppm": [0, 2000]"#), ping_pong(100_000), false),
+    ];
+    for (name, cfg, progs, ok) in cases {
+        let ps: Vec<Program> = progs.iter().map(|p| p.program()).collect();
+        let functional = simulate_system(&cfg, &ps, &[], &[], &functional(1));
+        assert_eq!(functional.is_ok(), ok, "{name}: {:?}", functional.as_ref().err());
+        for threads in [1, 2] {
+            let fast = SystemOptions { timing_only: true, threads, max_cycles: None };
+            let exact = SystemOptions { max_cycles: Some(u64::MAX), ..fast.clone() };
+            let (fast, exact) = (simulate_system(&cfg, &ps, &[], &[], &fast), simulate_system(&cfg, &ps, &[], &[], &exact));
+            match (&functional, &fast, &exact) {
+                (Ok(f), Ok(a), Ok(b)) => {
+                    let mut c = comparable(f);
+                    c.threads = threads;
+                    assert_eq!(comparable(a), c, "{name}, {threads} thread(s): fast timing-only against functional");
+                    assert_eq!(comparable(b), c, "{name}, {threads} thread(s): exact timing-only against functional");
+                    if name.starts_with("streaming") {
+                        // The fast form ran (a fallback would count the exact run's windows): its chunks skip the
+                        // cycles of the repetitions taken ahead, so fewer windows start.
+                        assert!(a.windows < b.windows, "{name}: {} windows, exact {}", a.windows, b.windows);
+                        assert_eq!(&dumped(&f, 1, 0)[..4], &[1, 2, 3, 0], "{name}");
+                    }
+                }
+                (Err(f), Err(a), Err(b)) => {
+                    assert_eq!(a, f, "{name}, {threads} thread(s): fast timing-only error against functional");
+                    assert_eq!(b, f, "{name}, {threads} thread(s): exact timing-only error against functional");
+                }
+                _ => panic!("{name}, {threads} thread(s): functional {functional:?}\nfast {fast:?}\nexact {exact:?}"),
+            }
+        }
+    }
 }

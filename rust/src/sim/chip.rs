@@ -424,7 +424,7 @@ impl Loaded {
     }
 
     /// Keep a finished fast-form chip's belt for a later `chip` (at most a couple: runs on other threads).
-    pub(super) fn keep_belt(&self, chip: &mut Chip) {
+    pub(crate) fn keep_belt(&self, chip: &mut Chip) {
         if chip.fast {
             let belt = std::mem::replace(&mut chip.belt, streams::StreamBelt::new(0, 0, 0, true));
             if let Ok(mut v) = self.spare_belts.lock() {

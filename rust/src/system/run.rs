@@ -6,6 +6,14 @@
 //! vectors are delivered in (sending chip, send order) order, and the next window starts. Which thread runs which
 //! chip changes nothing, so outputs and cycle counts are identical for any thread count.
 //!
+//! A timing-only run without a cycle limit first runs every chip in the fast timing-only form (`sim` module doc,
+//! `sim/fast.rs`), as a lone chip's `run_loaded` does: same windows, same deliveries. The form makes every check
+//! of the exact order, just not in its order, and the only cross-chip input, a vector's arrival, lands in a receive
+//! buffer that only RECV reads (never taken ahead), so each chip fails iff it fails in the exact order and
+//! otherwise ends with the same statistics and sends. If any chip fails, the whole system runs again in the exact
+//! order, which reports the very error. Only `windows` can differ (the fast form skips the cycles of repetitions
+//! it takes ahead, so fewer windows may start).
+//!
 //! Kept memories (docs/system.md section 7): a `LoadedSystem` (every chip's program loaded once) runs its chips on
 //! fresh SRAM or on `ChipMemory`s kept from one run to the next (`run_on`), each memory moved into its chip for the
 //! run and back (`sim::OnMemory`), as a single chip's `Loaded::run_on` does.
@@ -79,7 +87,7 @@ pub struct SystemResult {
     pub sync_cycles: u64,
     pub tree_height: usize,
     pub min_send_interval_cycles: u64,
-    /// Synchronisation windows run.
+    /// Synchronisation windows run (a timing-only run may need fewer: the fast form, module doc).
     pub windows: u64,
     /// Threads used.
     pub threads: usize,
@@ -322,7 +330,7 @@ impl LoadedSystem {
         inits_on_memory: bool,
         opts: &SystemOptions,
     ) -> Result<SystemResult, SystemError> {
-        let (r, al, peers) = (&self.resolved, &self.alignment, &self.peers);
+        let r = &self.resolved;
         let n = r.chips;
         for (what, len) in [("mem_inits", mem_inits.len()), ("dumps", dumps.len())] {
             if len > n {
@@ -352,6 +360,29 @@ impl LoadedSystem {
                 self.programs[i].check_on(m, images).map_err(|e| SystemError::on_chip(i, e))?;
             }
         }
+        if opts.timing_only && opts.max_cycles.is_none() {
+            // The fast timing-only form on every chip (module doc): it fails iff the exact run fails (or, rarely,
+            // spuriously); then the exact run below reports the very error.
+            if let Ok(r) = self.execute(mem_inits, dumps, &mut [], false, opts, true) {
+                return Ok(r);
+            }
+        }
+        self.execute(mem_inits, dumps, memories, inits_on_memory, opts, false)
+    }
+
+    /// The run itself, after `run_inner`'s checks. `fast`: every chip in the fast timing-only form (only for a
+    /// timing-only run without a cycle limit; `memories` are then unused, as in any timing-only run).
+    fn execute(
+        &self,
+        mem_inits: &[Vec<MemInit>],
+        dumps: &[Vec<(usize, usize, usize)>],
+        memories: &mut [Option<&mut ChipMemory>],
+        inits_on_memory: bool,
+        opts: &SystemOptions,
+        fast: bool,
+    ) -> Result<SystemResult, SystemError> {
+        let (r, al, peers) = (&self.resolved, &self.alignment, &self.peers);
+        let n = r.chips;
         let mut chips = Vec::with_capacity(n);
         let mut lent = memories.iter_mut();
         for i in 0..n {
@@ -360,7 +391,7 @@ impl LoadedSystem {
             let mut chip = match memory {
                 Some(m) => self.programs[i].chip_on(m, images, inits_on_memory).map_err(|e| SystemError::on_chip(i, e))?,
                 None => {
-                    let mut chip = self.programs[i].chip(opts.timing_only, false);
+                    let mut chip = self.programs[i].chip(opts.timing_only, fast);
                     // SAFETY: `mem_inits` is borrowed for the whole call and no chip outlives it (they are
                     // dropped before this function returns).
                     unsafe { chip.borrow_mem_images(images) }.map_err(|(k, m)| {
@@ -467,7 +498,17 @@ impl LoadedSystem {
                 }
             }
         }
+        if fast {
+            // Order-free belts back to their programs, for later runs of this system (`Loaded::keep_belt`).
+            for (i, sl) in slots.iter_mut().enumerate() {
+                self.programs[i].keep_belt(&mut sl.chip);
+            }
+        }
         if let Some((i, e, origin)) = failed {
+            if fast {
+                // Not reported: the exact run finds (and names) the error.
+                return Err(SystemError::on_chip(i, e));
+            }
             let err = system_error(i, e, origin, &slots.iter().map(|s| &*s.chip).collect::<Vec<_>>(), peers);
             flag_memories(&mut slots, i, &err);
             return Err(err);
