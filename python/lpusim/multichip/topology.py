@@ -16,7 +16,8 @@ other racks (links 10 and 11 of every chip). A rack then has 9 x 16 = 144 inter-
 144 other racks, hence 145 racks. With R racks each rack pair gets floor(144 / (R - 1)) links: rack r's ports
 toward its s-th other rack (other racks in index order) are s * per_pair .. + per_pair, inter-rack port q being on
 node q mod 9 (so a rack pair's links are spread over the nodes), chip (q div 9) div 2, link 10 + (q div 9) mod 2.
-A single rack keeps the Rust `rack` layout (4 global links per node pair, all 32 ports in the rack).
+A single rack keeps the Rust `rack` layout (4 global links per node pair, all 32 ports in the rack). The layout
+does not reproduce the published "at most 5 hops" for every chip pair at 145 racks (docs/system.md section 1).
 """
 from __future__ import annotations
 
