@@ -242,11 +242,13 @@ class Partitioner:
             i = j
         return max(count, 1)
 
-    def candidates(self) -> list[int]:
-        """Cut positions the split considers (0 and n included)."""
+    def candidates(self, stages: int = 0) -> list[int]:
+        """Cut positions the split considers (0 and n included): the `MAX_CUTS` (or twice the stages, if more)
+        with the least traffic."""
         inner = [c for c in range(1, self.n) if c not in self.forbidden]
-        if len(inner) > self.MAX_CUTS:
-            inner = sorted(sorted(inner, key=lambda c: (self.cut_vectors[c], c))[:self.MAX_CUTS])
+        keep = max(self.MAX_CUTS, 2 * stages)
+        if len(inner) > keep:
+            inner = sorted(sorted(inner, key=lambda c: (self.cut_vectors[c], c))[:keep])
         return [0] + inner + [self.n]
 
     def split(self, stages: int, costs: list[int], check_sram: bool = True) -> list[tuple[int, int]]:
@@ -256,7 +258,7 @@ class Partitioner:
         prefix = [0]
         for c in costs:
             prefix.append(prefix[-1] + c)
-        pos = self.candidates()
+        pos = self.candidates(stages)
         if check_sram:  # a greedy packing's cuts are always feasible: keep them among the candidates
             i = 0
             while i < n and self.max_end(i) > i:
