@@ -89,21 +89,18 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
-                   per_channel: bool = True) -> onnx.ModelProto:
-    """The QDQ int8 model onnxruntime's quantiser makes of `model`, calibrated on the one batch `calibration`."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+                   per_channel: bool = True, in_memory: bool = True) -> onnx.ModelProto:
+    """The QDQ int8 model onnxruntime's quantiser makes of `model`, calibrated on the one batch `calibration`.
 
+    `in_memory` (the default) runs the same onnxruntime steps as `quant_pre_process` + `quantize_static` on the
+    model in memory, its large weights kept out of shape inference and handed to the calibration session as
+    in-memory initializers (`_quantize_in_memory`): the same quantised model, bit for bit
+    (tests/ops/test_int8_fast_path.py), without saving, re-loading and re-inferring the float model six times.
+    `in_memory=False` calls onnxruntime's file-based functions themselves."""
     # each input in its graph type (an int64 attention mask stays int64; float inputs as float32)
     types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
              for i in model.graph.input if i.type.tensor_type.elem_type}
-
-    class _Once(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{k: np.asarray(v, dtype=types.get(k, np.float32)) for k, v in calibration.items()}])
-
-        def get_next(self):
-            return next(self.batches, None)
+    batch = {k: np.asarray(v, dtype=types.get(k, np.float32)) for k, v in calibration.items()}
 
     inits = {i.name for i in model.graph.initializer}
     if any(i.name in inits for i in model.graph.input):  # old IR: weights listed as inputs; the quantiser would
@@ -123,22 +120,18 @@ def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser logs advice through the root logger
     try:
-        with tempfile.TemporaryDirectory() as d:
-            src, pre, out = (os.path.join(d, n) for n in ("float.onnx", "pre.onnx", "int8.onnx"))
-            # onnxruntime's optimiser folds BatchNormalization into Conv, which the quantiser needs; it also
-            # rewrites MatMul+Add into Reshape+Gemm+Reshape and merges an attention Transpose across GPT-2's
-            # KV-cache Concat, which the attention lowering does not follow, so it runs only for models with a
-            # BatchNormalization; Constant nodes (a torch export's Gemm biases) become initializers instead
-            fold = any(n.op_type == "BatchNormalization" for n in model.graph.node)
-            onnx.save(model if fold else constants_to_initializers(model), src)
-            quant_pre_process(src, pre, skip_optimization=not fold, skip_symbolic_shape=True)
-            pm = onnx.load(pre)
-            exclude = computed_matmuls(pm) + attention_score_adds(pm)
-            quantize_static(pre, out, _Once(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, per_channel=per_channel,
-                            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude,
-                            extra_options={"DedicatedQDQPair": True})
-            return onnx.load(out)
+        # onnxruntime's optimiser folds BatchNormalization into Conv, which the quantiser needs; it also
+        # rewrites MatMul+Add into Reshape+Gemm+Reshape and merges an attention Transpose across GPT-2's
+        # KV-cache Concat, which the attention lowering does not follow, so it runs only for models with a
+        # BatchNormalization; Constant nodes (a torch export's Gemm biases) become initializers instead
+        fold = any(n.op_type == "BatchNormalization" for n in model.graph.node)
+        src = model if fold else constants_to_initializers(model)
+        if in_memory:
+            try:
+                return _quantize_in_memory(src, fold, batch, per_channel)
+            except _NotInMemory:
+                pass
+        return _quantize_files(src, fold, batch, per_channel)
     except CompileError:
         raise
     except Exception as e:
@@ -146,3 +139,141 @@ def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
                            f"{type(e).__name__}: {e}") from None
     finally:
         root.setLevel(level)
+
+
+def _reader(batch: dict):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Once(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([batch])
+
+        def get_next(self):
+            return next(self.batches, None)
+    return _Once()
+
+
+def _quantize_static_options(per_channel: bool, exclude: list) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    return dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=per_channel, op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude,
+                extra_options={"DedicatedQDQPair": True})
+
+
+def _quantize_files(src: onnx.ModelProto, fold: bool, batch: dict, per_channel: bool) -> onnx.ModelProto:
+    """onnxruntime's `quant_pre_process` and `quantize_static` on files, as they are meant to be called."""
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as d:
+        path, pre, out = (os.path.join(d, n) for n in ("float.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(src, path)
+        quant_pre_process(path, pre, skip_optimization=not fold, skip_symbolic_shape=True)
+        pm = onnx.load(pre)
+        exclude = computed_matmuls(pm) + attention_score_adds(pm)
+        quantize_static(pre, out, _reader(batch), **_quantize_static_options(per_channel, exclude))
+        return onnx.load(out)
+
+
+class _NotInMemory(Exception):
+    """A step `_quantize_in_memory` does not reproduce (onnxruntime would convert the opset): use the files."""
+
+
+def _quantize_in_memory(src: onnx.ModelProto, fold: bool, batch: dict, per_channel: bool) -> onnx.ModelProto:
+    """`_quantize_files` without the files: the same onnxruntime steps on the model in memory.
+
+    What the file-based functions do to the float model, and what is done here instead:
+    - `quant_pre_process` (skip_optimization, skip_symbolic_shape): save, onnx shape inference (`infer_shapes_path`),
+      load, tag (`add_pre_process_metadata`), save. Here: onnx's `infer_shapes` on the model with its large
+      initializers declared as external data (`calibrate.without_large_initializers`: name, type and dims, which is
+      all shape inference reads of them; shape operands stay whole), then the same tag. (With a BatchNormalization
+      the file-based pre-processing still runs: onnxruntime's optimiser writes the folded model to a file.)
+    - `quantize_static`: shape inference again and `add_infer_metadata` (done alike, on the declared model);
+      the calibrator loads and infers the model a third time, adds ReduceMin/ReduceMax outputs (`augment_graph`, its
+      own code here), saves that and opens an onnxruntime session on it (ORT_DISABLE_ALL): here the session is made
+      from the small augmented model with the weights handed over as in-memory initializers (the same values, the
+      same kernels); then `collect_data`/`compute_data` (its own code); the QDQQuantizer gets the inferred model
+      with its initializers put back (the original TensorProtos), and the result is what `save_model_to_file` would
+      write (after its `topological_sort`), without the save and load."""
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import (add_infer_metadata, add_pre_process_metadata,
+                                                      update_opset_version)
+    from onnxruntime.quantization.quantize import check_static_quant_arguments
+    import onnxruntime as ort
+
+    from lpusim.compiler.frontend.calibrate import without_large_initializers
+
+    if fold:  # onnxruntime's optimiser (BatchNormalization folding) runs on files; the rest in memory
+        with tempfile.TemporaryDirectory() as d:
+            path, pre_path = os.path.join(d, "float.onnx"), os.path.join(d, "pre.onnx")
+            onnx.save(src, path)
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+            quant_pre_process(path, pre_path, skip_optimization=False, skip_symbolic_shape=True)
+            src = onnx.load(pre_path)
+        pre, weights = without_large_initializers(src)
+    else:
+        declared, weights = without_large_initializers(src)
+        pre = onnx.shape_inference.infer_shapes(declared)
+        add_pre_process_metadata(pre)
+    originals = {i.name: i for i in src.graph.initializer if i.name in weights}
+    exclude = computed_matmuls(pre) + attention_score_adds(pre)
+    options = _quantize_static_options(per_channel, exclude)
+    check_static_quant_arguments(options["quant_format"], options["activation_type"], options["weight_type"])
+
+    def inferred():  # `load_model_with_shape_infer` of the pre-processed model
+        m = onnx.shape_inference.infer_shapes(pre)
+        add_infer_metadata(m)
+        return m
+    model = inferred()
+    if update_opset_version(model, options["weight_type"], options["activation_type"]) is not model:
+        raise _NotInMemory
+
+    class _Calibrator(MinMaxCalibrater):
+        def __init__(self, proto):  # MinMaxCalibrater.__init__ with the model given, not loaded from a file
+            self.model = proto
+            self.op_types_to_calibrate = options["op_types_to_quantize"]
+            self.augmented_model_path = None
+            self.symmetric = False
+            self.use_external_data_format = False
+            self.per_channel = False
+            self.augment_model = None
+            self.infer_session = None
+            self.execution_providers = ["CPUExecutionProvider"]
+            self.intermediate_outputs = []
+            self.calibrate_tensors_range = None
+            self.num_model_outputs = len(self.model.graph.output)
+            self.model_original_outputs = {output.name for output in self.model.graph.output}
+            self.moving_average = False
+            self.averaging_constant = 0.01
+            self.max_intermediate_outputs = None
+
+        def create_inference_session(self):
+            sess_options = ort.SessionOptions()
+            sess_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            self.values = [ort.OrtValue.ortvalue_from_numpy(v) for v in weights.values()]
+            if weights:
+                sess_options.add_external_initializers(list(weights), self.values)
+            self.infer_session = ort.InferenceSession(self.model.SerializeToString(), sess_options,
+                                                      providers=self.execution_providers)
+
+    calibrator = _Calibrator(inferred())
+    with tempfile.TemporaryDirectory() as d:
+        calibrator.augmented_model_path = os.path.join(d, "augmented_model.onnx")  # small: no weights
+        calibrator.augment_graph()
+    calibrator.create_inference_session()
+    calibrator.collect_data(_reader(batch))
+    tensors_range = calibrator.compute_data()
+    del calibrator
+    for init in model.graph.initializer:
+        if init.name in originals:
+            init.CopyFrom(originals[init.name])
+    quantizer = QDQQuantizer(model, options["per_channel"], False, options["weight_type"],
+                             options["activation_type"], tensors_range, [], options["nodes_to_exclude"],
+                             options["op_types_to_quantize"], options["extra_options"])
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # what save_model_to_file does before saving
+    for init in quantizer.model.model.graph.initializer:
+        quantizer.model._check_init(init, "end")
+    return quantizer.model.model
