@@ -65,7 +65,9 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     which the quantiser quantises to int32 only when it sees them as initializers."""
     if not any(n.op_type in ("Constant", "Identity") for n in model.graph.node):
         return model
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # a memory copy (serialising and parsing 350 MB of weights took 2 s)
+    model = copy
     inits = {i.name: i for i in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
     keep = []
@@ -104,7 +106,9 @@ def quantize_model(model: onnx.ModelProto, calibration: dict[str, np.ndarray],
 
     inits = {i.name for i in model.graph.initializer}
     if any(i.name in inits for i in model.graph.input):  # old IR: weights listed as inputs; the quantiser would
-        model = onnx.ModelProto.FromString(model.SerializeToString())  # drop some and then ask for them
+        copy = onnx.ModelProto()  # drop some and then ask for them
+        copy.CopyFrom(model)
+        model = copy
         keep = [i for i in model.graph.input if i.name not in inits]
         del model.graph.input[:]
         model.graph.input.extend(keep)
@@ -174,6 +178,17 @@ def _quantize_files(src: onnx.ModelProto, fold: bool, batch: dict, per_channel: 
         exclude = computed_matmuls(pm) + attention_score_adds(pm)
         quantize_static(pre, out, _reader(batch), **_quantize_static_options(per_channel, exclude))
         return onnx.load(out)
+
+
+def _read_names(graph: onnx.GraphProto) -> set:
+    """The tensor names the nodes of `graph` and of its subgraphs read, and its outputs."""
+    names = {o.name for o in graph.output}
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= _read_names(g)
+    return names
 
 
 class _NotInMemory(Exception):
@@ -252,9 +267,13 @@ def _quantize_in_memory(src: onnx.ModelProto, fold: bool, batch: dict, per_chann
         def create_inference_session(self):
             sess_options = ort.SessionOptions()
             sess_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            self.values = [ort.OrtValue.ortvalue_from_numpy(v) for v in weights.values()]
-            if weights:
-                sess_options.add_external_initializers(list(weights), self.values)
+            # onnxruntime drops initializers no node reads (an Identity's source made an initializer itself)
+            # before it takes the external ones, and then refuses those
+            used = _read_names(self.model.graph)
+            names = [k for k in weights if k in used]
+            self.values = [ort.OrtValue.ortvalue_from_numpy(weights[k]) for k in names]
+            if names:
+                sess_options.add_external_initializers(names, self.values)
             self.infer_session = ort.InferenceSession(self.model.SerializeToString(), sess_options,
                                                       providers=self.execution_providers)
 

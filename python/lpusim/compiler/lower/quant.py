@@ -156,7 +156,10 @@ def q_dequantize(lw, node) -> bool:
             shape[axis] = s.size
         sb = s.reshape(shape) if s.size > 1 else s.reshape(())
         zb = zp.reshape(shape) if zp.size > 1 else zp.reshape(())
-        lw.consts[out] = ((q.astype(np.int64) - zb).astype(np.float32) * sb).astype(np.float32)
+        if zp.any():
+            lw.consts[out] = ((q.astype(np.int64) - zb).astype(np.float32) * sb).astype(np.float32)
+        else:  # the same floats without the int64 copies (an integer converts to float32 alike from any type)
+            lw.consts[out] = q.astype(np.float32) * sb
         st["consts"][out] = (q, s, zp, axis)
         return True
     kind = q_kind(lw, node, x)

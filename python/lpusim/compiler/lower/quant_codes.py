@@ -25,6 +25,8 @@ def int8_pieces(w: np.ndarray) -> list[np.ndarray]:
     """Integer weights as a sum of int8 arrays (one when w fits int8): the MXM takes int8 weights, and x @ (a + b)
     = x @ a + x @ b accumulates exactly, so uint8 weights with a zero point (w - zw up to +-255) cost extra passes."""
     pieces, rest = [], np.asarray(w, dtype=np.int64)
+    if rest.size == 0 or (rest.min() >= -128 and rest.max() <= 127):
+        return [rest]
     while not pieces or rest.any():
         piece = np.clip(rest, -128, 127)
         pieces.append(piece)

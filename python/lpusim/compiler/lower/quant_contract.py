@@ -248,9 +248,13 @@ def q_contraction(lw, node, form: str, x: str, zx: int, w: np.ndarray, zw, bias,
     shape = [1] * w.ndim
     shape[out_axis] = n_out
     zw = np.asarray(zw, dtype=np.int64)
-    w_eff = w.astype(np.int64) - (zw.reshape(shape) if zw.size > 1 else zw.reshape(()))
-    pieces = int8_pieces(w_eff)  # asymmetric uint8 weights: w - zw in [-255, 255] as 2-3 int8 passes
-    colsum = w_eff.sum(axis=tuple(a for a in range(w.ndim) if a != out_axis))
+    if w.dtype == np.int8 and not zw.any():  # symmetric int8 weights (the quantiser's): the codes themselves
+        w_eff = w
+        pieces = [w]
+    else:
+        w_eff = w.astype(np.int64) - (zw.reshape(shape) if zw.size > 1 else zw.reshape(()))
+        pieces = int8_pieces(w_eff)  # asymmetric uint8 weights: w - zw in [-255, 255] as 2-3 int8 passes
+    colsum = w_eff.sum(axis=tuple(a for a in range(w.ndim) if a != out_axis), dtype=np.int64)
     corr = -np.int64(zx) * colsum
     if bias is not None:
         corr = corr + np.broadcast_to(np.asarray(bias, dtype=np.int64).reshape(-1), (n_out,))
