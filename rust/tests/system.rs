@@ -594,6 +594,21 @@ fn streaming(n: u32, recv_at: u64) -> Vec<Prog> {
     vec![a, b]
 }
 
+/// Chip 0's link queue parks at SYNC until VXM.0 NOTIFYs at `at` (the SEND issues 2 cycles later), while both
+/// chips' VXMs keep busy; chip 1 receives it. A parked queue's next SEND is unknown until the NOTIFY.
+fn sync_then_send(at: u64) -> Vec<Prog> {
+    let (mut a, mut b) = (Prog::default(), Prog::default());
+    a.extra = ".init MEM.W0 0 u8 4 5 6\n".into();
+    a.at("C2C.0", 0, "SYNC").at("C2C.0", 1, "SEND W5");
+    a.at("VXM.0", at, "NOTIFY");
+    a.at("MEM.W0", at + 2 - HOPS, "READ 0, W5");
+    a.at("VXM.1", 0, "COPY.i32 -, #1\n REPEAT 4000, 1, 0");
+    b.extra = ".dump MEM.W0 1 u8 1\n".into();
+    recv(&mut b, 0, 1, at + 2 + SLACK);
+    b.at("VXM.1", 0, "COPY.i32 -, #1\n REPEAT 4000, 1, 0");
+    vec![a, b]
+}
+
 #[test]
 fn timing_only_system_runs_equal_the_exact_and_functional_runs() {
     // Every case runs functionally, timing-only (the fast form first, since there is no cycle limit) and
@@ -619,6 +634,13 @@ fn timing_only_system_runs_equal_the_exact_and_functional_runs() {
         ("streaming", node(2, ""), streaming(60, SLACK), true),
         ("streaming with drift", node(2, r#", "chip_drift_ppm": [0, 40]"#), streaming(60, SLACK), true),
         ("too early", node(2, ""), streaming(60, SLACK - 20), false),
+        ("sync then send", node(2, ""), sync_then_send(3000), true),
+        ("sync then send, received too early", node(2, ""), sync_then_send(3000).into_iter().enumerate().map(|(i, mut p)| {
+            if i == 1 {
+                p.at("C2C.0", 3000, "RECV E5");
+            }
+            p
+        }).collect(), false),
         ("stream empty", node(2, ""), empty_stream, false),
         ("link busy", node(2, ""), vec![busy, Prog::default()], false),
         ("unreceived", node(2, ""), vec![unreceived, Prog::default()], false),
@@ -639,6 +661,9 @@ fn timing_only_system_runs_equal_the_exact_and_functional_runs() {
                     c.threads = threads;
                     assert_eq!(comparable(a), c, "{name}, {threads} thread(s): fast timing-only against functional");
                     assert_eq!(comparable(b), c, "{name}, {threads} thread(s): exact timing-only against functional");
+                    if name == "sync then send" {
+                        assert_eq!(&dumped(&f, 1, 0)[..4], &[4, 5, 6, 0], "{name}");
+                    }
                     if name.starts_with("streaming") {
                         // The fast form ran (a fallback would count the exact run's windows): its chunks skip the
                         // cycles of the repetitions taken ahead, so fewer windows start.

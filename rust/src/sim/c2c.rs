@@ -119,3 +119,32 @@ impl Chip {
         self.links[link].peer = Some(Peer::Remote { chip, link: peer_link, interval_ticks });
     }
 }
+
+/// Lookahead for a system run (`crate::system`, docs/system.md section 5): when can a chip send next?
+impl Chip {
+    /// The queues holding a SEND, each with the index of its last one (for `next_send`).
+    pub fn send_queues(&self) -> Vec<(usize, usize)> {
+        let last = |p: &Vec<crate::isa::Instr>| p.iter().rposition(|i| matches!(i, crate::isa::Instr::Send { .. }));
+        self.progs.iter().enumerate().filter_map(|(q, p)| last(p).map(|l| (q, l))).collect()
+    }
+
+    /// Between cycles: no SEND of this chip issues before this cycle (`None`: it sends nothing more), given its
+    /// `send_queues()`. A queue issues in program order, so none of its SENDs comes before its next issue; a queue
+    /// past its last SEND (and that SEND's REPEAT) sends no more; a queue parked at SYNC waits for a NOTIFY of this
+    /// chip, which issues at `next_cycle()` at the earliest.
+    pub fn next_send(&self, queues: &[(usize, usize)]) -> Option<u64> {
+        let mut best: Option<u64> = None;
+        for &(q, last) in queues {
+            let st = &self.qs[q];
+            if st.pc > last + 1 || st.pc >= self.progs[q].len() {
+                continue;
+            }
+            let c = match self.ready[q] {
+                u64::MAX => self.next_cycle()?,
+                r => r,
+            };
+            best = Some(best.map_or(c, |b| b.min(c)));
+        }
+        best
+    }
+}

@@ -7,12 +7,13 @@
 //! chip changes nothing, so outputs and cycle counts are identical for any thread count.
 //!
 //! A timing-only run without a cycle limit first runs every chip in the fast timing-only form (`sim` module doc,
-//! `sim/fast.rs`), as a lone chip's `run_loaded` does: same windows, same deliveries. The form makes every check
-//! of the exact order, just not in its order, and the only cross-chip input, a vector's arrival, lands in a receive
-//! buffer that only RECV reads (never taken ahead), so each chip fails iff it fails in the exact order and
-//! otherwise ends with the same statistics and sends. If any chip fails, the whole system runs again in the exact
-//! order, which reports the very error. Only `windows` can differ (the fast form skips the cycles of repetitions
-//! it takes ahead, so fewer windows may start).
+//! `sim/fast.rs`), as a lone chip's `run_loaded` does. The form makes every check of the exact order, just not in
+//! its order, and the only cross-chip input, a vector's arrival, lands in a receive buffer that only RECV reads
+//! (never taken ahead), so each chip fails iff it fails in the exact order and otherwise ends with the same
+//! statistics and sends. If any chip fails, the whole system runs again in the exact order, which reports the very
+//! error. Its windows look further ahead: a vector comes only from a SEND, so a window ends at the earliest time
+//! any chip could still issue one (`Chip::next_send`) plus that chip's shortest link latency; a stretch in which
+//! no chip sends is one window. Only `windows` differs (fewer).
 //!
 //! Kept memories (docs/system.md section 7): a `LoadedSystem` (every chip's program loaded once) runs its chips on
 //! fresh SRAM or on `ChipMemory`s kept from one run to the next (`run_on`), each memory moved into its chip for the
@@ -415,6 +416,13 @@ impl LoadedSystem {
         .clamp(1, n);
         let lmin = r.links.iter().map(|l| l.latency_ticks).min().unwrap_or(u128::MAX / 4);
         let limit = opts.max_cycles.unwrap_or(u64::MAX);
+        // Fast form, lookahead (module doc): per chip, its queues holding a SEND and its shortest link latency.
+        let sends: Vec<(Vec<(usize, usize)>, u128)> = match fast {
+            true => (0..n)
+                .map(|i| (chips[i].send_queues(), peers[i].iter().flatten().map(|&(_, lat)| lat).min().unwrap_or(lmin)))
+                .collect(),
+            false => Vec::new(),
+        };
         let slots: Vec<Mutex<Slot>> = chips.into_iter().map(|chip| Mutex::new(Slot { chip, err: None })).collect();
         let window: Mutex<Option<u128>> = Mutex::new(None);
         let barrier = Barrier::new(threads);
@@ -436,6 +444,9 @@ impl LoadedSystem {
                 // The first error in global time (then chip index) stops the run.
                 let mut first: Option<(u128, usize)> = None;
                 let mut start: Option<u128> = None;
+                // Fast form: no vector sent from here on lands before `reach` (no chip sends before its next SEND
+                // can issue).
+                let mut reach = u128::MAX;
                 for (i, m) in slots.iter().enumerate() {
                     let sl = lock(m);
                     if let Some((t, _)) = &sl.err {
@@ -447,6 +458,11 @@ impl LoadedSystem {
                         let t = sl.chip.clock.time(k);
                         start = Some(start.map_or(t, |s: u128| s.min(t)));
                     }
+                    if let Some((queues, lat)) = sends.get(i) {
+                        if let Some(k) = sl.chip.next_send(queues) {
+                            reach = reach.min(sl.chip.clock.time(k).saturating_add(*lat));
+                        }
+                    }
                 }
                 if let Some((_, i)) = first {
                     let mut sl = lock(&slots[i]);
@@ -455,8 +471,8 @@ impl LoadedSystem {
                 }
                 let Some(start) = start else { break None };
                 windows += 1;
-                *window.lock().unwrap_or_else(|e| e.into_inner()) = Some(start.saturating_add(lmin));
-                let w_end = start.saturating_add(lmin);
+                let w_end = if fast { reach } else { start.saturating_add(lmin) };
+                *window.lock().unwrap_or_else(|e| e.into_inner()) = Some(w_end);
                 if threads > 1 {
                     barrier.wait();
                 }
@@ -623,4 +639,48 @@ fn results(
         windows,
         threads,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::text;
+
+    /// The fast form itself (no fallback to the exact order) agrees with the exact order: here chip 0's link queue
+    /// is parked at SYNC for 3000 cycles before its SEND (`ChipMemory`-free, timing-only), so the windows' lookahead
+    /// must count a parked queue as able to send at the chip's next cycle; a lookahead past the SEND would deliver
+    /// it late and chip 1's RECV would fail (LinkEmpty) in the fast form.
+    #[test]
+    fn the_fast_form_runs_without_falling_back() {
+        let a = ".init MEM.W0 0 u8 4 5 6\n.queue C2C.0\n DESKEW\n SYNC\n SEND W5\n.queue VXM.0\n DESKEW\n NOP 3000\n NOTIFY\n\
+                 .queue MEM.W0\n DESKEW\n NOP 2957\n READ 0, W5\n.queue VXM.1\n DESKEW\n COPY.i32 -, #1\n REPEAT 4000, 1, 0\n";
+        let b = ".queue C2C.0\n DESKEW\n NOP 3228\n RECV E5\n.queue MEM.W0\n DESKEW\n NOP 3273\n WRITE 1, E5\n\
+                 .queue VXM.1\n DESKEW\n COPY.i32 -, #1\n REPEAT 4000, 1, 0\n";
+        let cfg = SystemConfig::from_json(r#"{"topology": "node", "chips": 2}"#).unwrap();
+        let programs = [text::parse(a).unwrap(), text::parse(b).unwrap()];
+        let sys = LoadedSystem::load(&cfg, &programs).unwrap();
+        for threads in [1, 2] {
+            let opts = SystemOptions { timing_only: true, max_cycles: None, threads };
+            let fast = sys.execute(&[], &[], &mut [], false, &opts, true).unwrap();
+            let exact = sys.execute(&[], &[], &mut [], false, &opts, false).unwrap();
+            let functional = sys.run(&[], &[], &SystemOptions { threads, ..Default::default() }).unwrap();
+            assert_eq!((fast.cycles, &fast.links), (exact.cycles, &exact.links));
+            assert_eq!(fast.cycles, functional.cycles);
+            for ((f, e), u) in fast.chips.iter().zip(&exact.chips).zip(&functional.chips) {
+                assert_eq!(f.stats, e.stats);
+                assert_eq!((f.stats.cycles, &f.stats.busy, f.stats.instructions), (u.stats.cycles, &u.stats.busy, u.stats.instructions));
+            }
+            assert_eq!(fast.links[0].vectors, 1);
+            // The lookahead: chip 1 sends nothing and chip 0 nothing after its SEND, so few windows start.
+            assert!(fast.windows < exact.windows, "{} windows, exact {}", fast.windows, exact.windows);
+        }
+        // Received too early: both forms fail; the run reports the exact order's error.
+        let early = b.replace("NOP 3228", "NOP 3000");
+        let programs = [text::parse(a).unwrap(), text::parse(&early).unwrap()];
+        let sys = LoadedSystem::load(&cfg, &programs).unwrap();
+        let opts = SystemOptions { timing_only: true, max_cycles: None, threads: 1 };
+        assert!(sys.execute(&[], &[], &mut [], false, &opts, true).is_err());
+        let e = sys.run(&[], &[], &opts).unwrap_err();
+        assert_eq!((e.kind, e.chip), (ErrorKind::LinkEmpty, Some(1)));
+    }
 }
