@@ -1,4 +1,4 @@
-"""The `lpusim` command: demo, run, generate, segments, compile, chip, asm.
+"""The `lpusim` command: demo, run, generate, llm, segments, compile, chip, asm.
 
 Exit status: 0 success (outputs match), 1 outputs do not match onnxruntime, 2 user error (one line on stderr).
 """
@@ -134,6 +134,17 @@ def cmd_generate(args) -> int:
     return EXIT_OK if report["ok"] else EXIT_MISMATCH
 
 
+def cmd_llm(args) -> int:
+    from lpusim.llm.plan import format_plan, plan_llm
+
+    chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
+    result = plan_llm(args.config, chips=chips, tp=args.tp, pp=args.pp, precision=args.precision,
+                      context=args.context, prompt=args.prompt, new_tokens=args.new_tokens,
+                      concurrency=args.concurrency, prefill_chunk=args.prefill_chunk, chip=args.chip, progress=not args.json and sys.stderr.isatty())
+    print(json.dumps(result) if args.json else format_plan(result))
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     model = mlp((784, 300, 10), batch=1, seed=args.seed)
     print("lpusim demo: a 784-300-10 MLP (ReLU, random weights, batch 1) compiled for one tsp_v1 chip,\n"
@@ -252,6 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chip", default=None)
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
+
+    lm = sub.add_parser("llm", help="plan a decoder LLM over many chips (tensor groups in a pipeline) and simulate "
+                        "it: tokens/s, time to first token, SRAM, links (docs/llm.md section 4)")
+    lm.add_argument("config", help="a Hugging Face config.json (Llama, Mistral, Mixtral, Qwen2, GPT-2) or a built-in "
+                    "name: llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b, mixtral-8x7b")
+    lm.add_argument("--chips", default="auto", help="a number, or 'auto': the fewest chips that hold weights and KV "
+                    "cache, then the fastest layout of those")
+    lm.add_argument("--tp", type=int, default=None, help="chips per tensor-parallel group (1, 2, 4 or 8)")
+    lm.add_argument("--pp", type=int, default=None, help="pipeline groups (needs --chips)")
+    lm.add_argument("--precision", default="int8", choices=["int8", "fp16"])
+    lm.add_argument("--context", type=int, default=4096, help="KV-cache positions a decode step attends over")
+    lm.add_argument("--prompt", type=int, default=128, help="prompt tokens (the prefill behind time to first token)")
+    lm.add_argument("--new-tokens", type=int, default=128)
+    lm.add_argument("--concurrency", type=int, default=1, help="sequences in flight through the pipeline")
+    lm.add_argument("--prefill-chunk", type=int, default=None, help="prompt tokens per prefill pass (default: 16)")
+    lm.add_argument("--chip", default=None)
+    lm.add_argument("--json", action="store_true")
+    lm.set_defaults(func=cmd_llm)
 
     s = sub.add_parser("segments", help="check MODEL.onnx segment by segment against onnxruntime, each segment "
                        "starting from onnxruntime's values (lpusim/check/segments.py)")

@@ -1,0 +1,528 @@
+"""The rack-scale plan of a decoder LLM: `lpusim llm CONFIG` and `lpusim.llm.plan.plan_llm` (docs/llm.md section 4).
+
+A plan puts a Hugging Face decoder configuration (random weights, never downloaded) on `tp * pp` chips: `pp`
+pipeline *groups* in a row along the system's route (multichip/topology.py), each group `tp` chips of one node
+running consecutive whole layers in Megatron-style tensor parallelism (llm/shard.py). Its numbers are composed from
+pieces that are each compiled and simulated (timing-only: the values of random weights carry no information):
+
+* the parts of one chip's share of a layer (attention, MLP) and of the model's ends (embedding, head), each a
+  single-chip program; the `tp` chips of a group run the same program on their own weights;
+* the collectives between them (multichip/collectives.py: the all-reduce after each part, the all-gathers of the
+  embedding's column blocks and of the group input, the argmax exchange), each a multi-chip program simulated on
+  the system model;
+* the pipeline hops between groups (multichip/compose.py: one transfer under the pipeline compiler's rules, over
+  the local or global link the route takes), and the return of the chosen token to the first group over the
+  topology's shortest path.
+
+Identical pieces are compiled and simulated once: every layer of a model is the same program. What is composed
+and what is assumed is listed in docs/llm.md section 4.2; the composition of pipeline stages is checked against a
+whole-system simulation in tests/multichip/test_rack_pipeline.py.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from lpusim.chip import Chip
+from lpusim.errors import CompileError, ModelError, OutOfSram
+from lpusim.llm.configs import model_size
+from lpusim.llm.shard import DecoderShape, ShardWidths, attention_part, embed_part, head_part, mlp_part
+from lpusim.multichip.collectives import allgather, allreduce
+from lpusim.multichip.compose import hop_cycles
+from lpusim.multichip.topology import NODE_CHIPS, RACK_CHIPS, pipeline_route, system_for_chips
+from lpusim.runtime.program import compile_program
+
+PRECISIONS = ("int8", "fp16")
+
+
+class PartDoesNotFit(ModelError):
+    """A part of one layer's share does not compile for one chip (its SRAM, mostly): that tp cannot hold it."""
+
+F32_PLANES = 4          # activations travel between chips as f32 (the parts' inputs and the partial sums)
+# Prompt tokens per prefill pass (default). A chunk attends over the whole cache window as the generation's prefill
+# programs do (docs/llm.md 3.5), so every chunk is the same program; the chunks follow one another through the
+# pipeline. Larger chunks shorten the prefill but compile slower (the collectives' compile time grows with rows).
+PREFILL_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One compiled and simulated program: a part on one chip or a collective on a group."""
+
+    name: str
+    cycles: int
+    sram_bytes: int = 0          # parts: the program's SRAM peak on its chip
+    install_cycles: int = 0      # parts: cycles in which some MXM plane is loading or installing weights
+    sync_cycles: int = 0         # collectives and hops: RUNTIME_DESKEW stalls
+    link_vectors: int = 0        # collectives and hops: the most vectors one link direction carries
+    compile_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v or k in ("name", "cycles")}
+
+
+def install_cycles(program) -> int:
+    """Cycles covered by weight loads (LW bursts) and installs (IW) on any MXM plane of a compiled program."""
+    spans = sorted((i.cycle, i.cycle + (i.n - 1) * i.d + 1) for i in program._schedule.issues
+                   if i.queue.startswith("MXM.") and i.queue.endswith((".LW", ".IW")))
+    total, end = 0, -1
+    for lo, hi in spans:
+        if hi > end:
+            total += hi - max(lo, end)
+            end = hi
+    return total
+
+
+class Pieces:
+    """Compiles and simulates each distinct piece once (in memory, for the life of the object)."""
+
+    def __init__(self, shape: DecoderShape, precision: str, chip: Chip, progress: bool = False):
+        self.shape, self.precision, self.chip, self.progress = shape, precision, chip, progress
+        self.found: dict[tuple, Piece] = {}
+        self.compile_s = 0.0
+
+    def _note(self, text: str):
+        if self.progress:
+            print(f"lpusim llm: {text}", file=sys.stderr, flush=True)
+
+    def part(self, kind: str, tp: int, seq: int, past: int = 0) -> Piece:
+        key = ("part", kind, tp, seq, past)
+        if key not in self.found:
+            build = {"attention": lambda: attention_part(self.shape, tp, seq=seq, past=past),
+                     "mlp": lambda: mlp_part(self.shape, tp, seq=seq),
+                     "embed": lambda: embed_part(self.shape, tp, seq=seq),
+                     "head": lambda: head_part(self.shape, tp)}[kind]
+            name = f"{kind} part (tp {tp}, {seq} token{'s' if seq > 1 else ''}" + (f", past {past})" if past else ")")
+            self._note(f"compiling the {name} at {self.precision}")
+            start = time.perf_counter()
+            try:
+                program = compile_program(build(), chip=self.chip, precision=self.precision)
+            except (CompileError, OutOfSram) as e:
+                raise PartDoesNotFit(f"the {name} does not fit one chip: {e}") from None
+            spent = time.perf_counter() - start
+            self.compile_s += spent
+            run = program.run(timing_only=True)
+            self.found[key] = Piece(name, run.cycles, program.sram_bytes, install_cycles(program),
+                                    compile_s=round(spent, 2))
+        return self.found[key]
+
+    def collective(self, kind: str, tp: int, rows: int, cols: int) -> Piece:
+        key = ("collective", kind, tp, rows, cols)
+        if tp == 1:
+            return Piece(f"{kind} (1 chip)", 0)
+        if key not in self.found:
+            self._note(f"compiling the {kind} of [{rows}, {cols}] f32 over {tp} chips")
+            start = time.perf_counter()
+            make = allreduce if kind == "all-reduce" else allgather
+            program = make(tp, rows, cols, chip=self.chip)
+            spent = time.perf_counter() - start
+            self.compile_s += spent
+            run = program.run(timing_only=True)
+            self.found[key] = Piece(f"{kind} [{rows}, {cols}] over {tp} chips", run.cycles,
+                                    sync_cycles=run.sync_cycles, link_vectors=program.vectors_per_link,
+                                    compile_s=round(spent, 2))
+        return self.found[key]
+
+    def hop(self, system, kind: str, rows: int, cols: int) -> Piece:
+        vectors = rows * math.ceil(cols / self.chip.lanes) * F32_PLANES
+        key = ("hop", kind, vectors)
+        if key not in self.found:
+            self.found[key] = Piece(f"{kind} hop of {vectors} vectors", hop_cycles(system, kind, vectors),
+                                    link_vectors=vectors)
+        return self.found[key]
+
+
+@dataclass
+class Layout:
+    tp: int
+    layers: list[int]  # per pipeline group: how many layers it runs
+
+    @property
+    def pp(self) -> int:
+        return len(self.layers)
+
+    @property
+    def chips(self) -> int:
+        return self.tp * self.pp
+
+
+def _tp_choices(shape: DecoderShape, tp: int | None) -> list[int]:
+    if tp is not None:
+        if not 1 <= tp <= NODE_CHIPS or NODE_CHIPS % tp:
+            raise ModelError(f"--tp {tp}: a tensor-parallel group is 1, 2, 4 or 8 chips of one node")
+        ShardWidths.of(shape, tp)  # raises for a tp that does not divide the heads
+        return [tp]
+    found = []
+    for t in (1, 2, 4, 8):
+        try:
+            ShardWidths.of(shape, t)
+        except ModelError:
+            continue
+        found.append(t)
+    return found
+
+
+def _layer_weight_bytes(shape: DecoderShape, precision: str, tp: int) -> int:
+    """An estimate of one chip's weight bytes for one layer (all but the embedding and lm_head tables), to skip
+    compiling a tensor-parallel degree whose layer share cannot fit."""
+    size = model_size(_config_dict(shape), precision, 1)
+    per_byte = size.weights_bytes // size.parameters
+    return max(0, size.parameters - 2 * shape.vocab * shape.hidden) * per_byte // (shape.layers * tp)
+
+
+def _config_dict(shape: DecoderShape) -> dict[str, Any]:
+    if shape.family == "gpt2":
+        return {"model_type": "gpt2", "n_embd": shape.hidden, "n_layer": shape.layers, "n_head": shape.heads,
+                "n_inner": shape.ffn, "vocab_size": shape.vocab, "n_positions": shape.positions}
+    return {"model_type": "qwen2" if shape.qkv_bias else ("mixtral" if shape.experts else "llama"),
+            "hidden_size": shape.hidden, "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
+            "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim, "intermediate_size": shape.ffn,
+            "vocab_size": shape.vocab, "num_local_experts": shape.experts, "tie_word_embeddings": shape.tied}
+
+
+class Planner:
+    """Plans one configuration at one precision, context and concurrency; `plan(chips, tp, pp)` composes."""
+
+    def __init__(self, config, *, precision: str = "int8", context: int = 4096, prompt: int = 128,
+                 new_tokens: int = 128, concurrency: int = 1, prefill_chunk: int | None = None, chip=None,
+                 progress: bool = False):
+        if precision not in PRECISIONS:
+            raise ModelError(f"--precision {precision}: one of {', '.join(PRECISIONS)}")
+        for flag, value, low in (("--context", context, 2), ("--prompt", prompt, 1), ("--new-tokens", new_tokens, 1),
+                                 ("--concurrency", concurrency, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ModelError(f"{flag} {value}: at least {low}")
+        chunk = min(prompt, PREFILL_CHUNK) if prefill_chunk is None else prefill_chunk
+        if not isinstance(chunk, int) or not 1 <= chunk <= prompt:
+            raise ModelError(f"--prefill-chunk {prefill_chunk}: between 1 and the prompt's {prompt} tokens")
+        if prompt + new_tokens > context:
+            raise ModelError(f"--prompt {prompt} plus --new-tokens {new_tokens} exceed --context {context}")
+        self.config = config
+        self.shape = DecoderShape.from_config(config)
+        self.precision, self.context, self.prompt = precision, context, prompt
+        self.new_tokens, self.concurrency, self.chunk = new_tokens, concurrency, chunk
+        self.chip = Chip.load(chip)
+        self.pieces = Pieces(self.shape, precision, self.chip, progress)
+        self.size = model_size(config, precision, context, concurrency)
+        self.rejected: dict[int, str] = {}  # tp -> why a group of that many chips cannot hold a layer
+
+    # ---- SRAM -------------------------------------------------------------------------------------------------
+    def cache_row_bytes(self) -> int:
+        """SRAM of one cached position of one key or value head: a row of a 320-lane f32 vector, as the compiler
+        keeps an f32 cache input (docs/llm.md 3.5)."""
+        return self.chip.lanes * 4
+
+    def layer_bytes(self, tp: int) -> int:
+        """One chip's SRAM for one layer: both parts' peaks (each includes its activations: an upper bound) plus
+        the caches of the other concurrent sequences."""
+        w = ShardWidths.of(self.shape, tp)
+        attention = self.pieces.part("attention", tp, 1, self.context - 1)
+        mlp = self.pieces.part("mlp", tp, 1)
+        extra = (self.concurrency - 1) * 2 * w.kv_heads * self.context * self.cache_row_bytes()
+        return attention.sram_bytes + mlp.sram_bytes + extra
+
+    def group_bytes(self, tp: int, layers: int, first: bool, last: bool) -> int:
+        total = layers * self.layer_bytes(tp)
+        if first:
+            total += self.pieces.part("embed", tp, 1).sram_bytes
+        if last:
+            total += self.pieces.part("head", tp, 1).sram_bytes
+        return total
+
+    def fewest_groups(self, tp: int) -> Layout | None:
+        """The fewest groups of `tp` chips that hold the model, filled in order (None: a layer does not fit)."""
+        cap = self.chip.sram_bytes
+        estimate = _layer_weight_bytes(self.shape, self.precision, tp)
+        if estimate > cap:
+            self.rejected[tp] = (f"a layer's weights alone take about {estimate / 1e6:.1f} MB of each of {tp} "
+                                 f"chips' {cap / 1e6:.1f} MB")
+            return None
+        try:
+            need = self.layer_bytes(tp)
+        except PartDoesNotFit as e:
+            self.rejected[tp] = str(e)
+            return None
+        if need > cap:
+            self.rejected[tp] = f"a layer's share takes {need / 1e6:.1f} MB of each of {tp} chips' {cap / 1e6:.1f} MB"
+            return None
+        groups: list[int] = []
+        left = self.shape.layers
+        while left:
+            n = 0
+            while n < left and self.group_bytes(tp, n + 1, not groups, False) <= cap:
+                n += 1
+            if n == 0:  # the embedding and one layer do not fit one chip
+                return None
+            groups.append(n)
+            left -= n
+        if self.group_bytes(tp, groups[-1], len(groups) == 1, True) > cap:
+            groups.append(0)  # the head does not fit beside the last layers: a group of its own
+        return Layout(tp, groups)
+
+    def even_layout(self, tp: int, pp: int) -> Layout:
+        base, extra = divmod(self.shape.layers, pp)
+        return Layout(tp, [base + (1 if g < extra else 0) for g in range(pp)])
+
+    def fits(self, layout: Layout) -> tuple[bool, int]:
+        worst = max(self.group_bytes(layout.tp, n, g == 0, g == layout.pp - 1) for g, n in enumerate(layout.layers))
+        return worst <= self.chip.sram_bytes, worst
+
+    # ---- time -------------------------------------------------------------------------------------------------
+    def group_cycles(self, tp: int, layers: int, seq: int, past: int, first: bool, last: bool) -> dict[str, int]:
+        """One group's cycles for `seq` tokens, split as the breakdown reports them."""
+        p, h = self.pieces, self.shape.hidden
+        parts = [p.part("attention", tp, seq, past), p.part("mlp", tp, seq)] * layers
+        colls = [p.collective("all-reduce", tp, seq, h)] * (2 * layers)
+        if first:
+            parts.append(p.part("embed", tp, seq))
+            colls.append(p.collective("all-gather", tp, seq, h))
+        if last:
+            parts.append(p.part("head", tp, 1))
+            colls.append(p.collective("all-gather", tp, 1, tp * self.chip.lanes))  # (max, index) per chip
+        return {"weight_installs": sum(x.install_cycles for x in parts),
+                "compute": sum(x.cycles - x.install_cycles for x in parts),
+                "c2c": sum(x.cycles - x.sync_cycles for x in colls),
+                "sync_stalls": sum(x.sync_cycles for x in colls)}
+
+    def pass_cycles(self, layout: Layout, system, route, seq: int, past: int) -> dict[str, Any]:
+        """One pass of `seq` tokens through every group: per-group cycles, the hops, and their sum."""
+        h, tp = self.shape.hidden, layout.tp
+        groups, hops = [], []
+        for g, n in enumerate(layout.layers):
+            groups.append(self.group_cycles(tp, n, seq, past, g == 0, g == layout.pp - 1))
+            if g + 1 < layout.pp:
+                a, b = route[g * tp], route[(g + 1) * tp]
+                kind = "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
+                hop = self.pieces.hop(system, kind, seq, h)
+                spread = self.pieces.collective("all-gather", tp, seq, h)  # the group input to every chip
+                hops.append({"c2c": hop.cycles - hop.sync_cycles + spread.cycles - spread.sync_cycles,
+                             "sync_stalls": hop.sync_cycles + spread.sync_cycles, "kind": kind,
+                             "link_vectors": hop.link_vectors})
+        total = {k: sum(g[k] for g in groups) + sum(x.get(k, 0) for x in hops)
+                 for k in ("compute", "weight_installs", "c2c", "sync_stalls")}
+        return {"groups": groups, "hops": hops, "breakdown": total, "cycles": sum(total.values())}
+
+    def return_hop(self, system, route) -> dict[str, int]:
+        """The chosen token back to the first group: one vector over the topology's shortest path."""
+        path = shortest_path(system, route[-1], route[0])
+        c2c = sync = 0
+        for kind in path:
+            hop = self.pieces.hop(system, kind, 1, self.chip.lanes // F32_PLANES)
+            c2c += hop.cycles - hop.sync_cycles
+            sync += hop.sync_cycles
+        return {"c2c": c2c, "sync_stalls": sync, "hops": len(path)}
+
+    def plan(self, chips: int | str = "auto", tp: int | None = None, pp: int | None = None) -> dict[str, Any]:
+        start = time.perf_counter()
+        layout = self.choose(chips, tp, pp)
+        system = system_for_chips(layout.chips, chip=self.chip.config)
+        route = pipeline_route(system, layout.chips)
+        decode = self.pass_cycles(layout, system, route, 1, self.context - 1)
+        back = self.return_hop(system, route)
+        prefill = self.pass_cycles(layout, system, route, self.chunk, self.context - self.chunk)
+        chunks = math.ceil(self.prompt / self.chunk)
+        prefill_beat = max(_beats(prefill, 0))
+        ttft = prefill["cycles"] + (chunks - 1) * prefill_beat  # the pipeline fills, then a chunk per beat
+        per_token = decode["cycles"] + back["c2c"] + back["sync_stalls"]
+        breakdown = dict(decode["breakdown"])
+        breakdown["c2c"] += back["c2c"]
+        breakdown["sync_stalls"] += back["sync_stalls"]
+        beat = max(_beats(decode, back["c2c"] + back["sync_stalls"]))
+        seconds = self.chip.seconds
+        per_token_s = seconds(per_token)
+        ttft_s = seconds(ttft)
+        throughput = min(self.concurrency / per_token_s, 1 / seconds(beat))
+        fits, worst = self.fits(layout)
+        link = self.busiest_link(layout, decode, per_token, system.min_send_interval_cycles)
+        return {
+            "model": self.shape.name, "family": self.shape.family, "simulated": True,
+            "chips": layout.chips, "tp": layout.tp, "pp": layout.pp,
+            "nodes": math.ceil(layout.chips / NODE_CHIPS), "racks": math.ceil(layout.chips / RACK_CHIPS),
+            "topology": system.config.get("topology", "node"),
+            "precision": self.precision, "context": self.context, "prompt": self.prompt,
+            "new_tokens": self.new_tokens, "concurrency": self.concurrency,
+            "layers_per_group": _runs(layout.layers),
+            "parameters": self.size.parameters, "weights_bytes": self.size.weights_bytes,
+            "kv_cache_bytes": self.size.kv_cache_bytes,
+            "sram_used_fraction": round(worst / self.chip.sram_bytes, 4),
+            "ttft_ms": round(ttft_s * 1e3, 4), "per_token_us": round(per_token_s * 1e6, 3),
+            "tokens_per_s": round(1 / per_token_s, 2),
+            "throughput_tokens_per_s": round(throughput, 2),
+            "end_to_end_s": round(ttft_s + (self.new_tokens - 1) * per_token_s, 4),
+            "per_token_cycles": per_token, "prefill_chunk": self.chunk, "prefill_chunks": chunks,
+            "ttft_cycles": ttft, "pipeline_beat_cycles": beat,
+            "cycle_breakdown": breakdown,
+            "cycle_breakdown_fraction": {k: round(v / per_token, 4) for k, v in breakdown.items()},
+            "link_utilization": link, "return_hops": back["hops"],
+            "pieces": [p.to_json() for p in self.pieces.found.values()],
+            "wall_s": round(time.perf_counter() - start, 2), "compile_s": round(self.pieces.compile_s, 2),
+            "fits": fits,
+        }
+
+    def busiest_link(self, layout: Layout, decode: dict, per_token: int, send: int) -> dict[str, Any]:
+        """The busiest link direction's share of a token's time: the vectors it carries per token times the send
+        interval `send`, over the token's cycles."""
+        best = {"link": "none", "fraction": 0.0, "vectors_per_token": 0}
+        if layout.tp > 1:
+            ar = self.pieces.collective("all-reduce", layout.tp, 1, self.shape.hidden)
+            busiest = max(layout.layers)
+            vectors = ar.link_vectors * 2 * busiest
+            best = {"link": f"local, within a group of {layout.tp} ({busiest} layers x 2 all-reduces)",
+                    "fraction": round(vectors * send / per_token, 4), "vectors_per_token": vectors}
+        for hop in decode["hops"]:
+            fraction = hop["link_vectors"] * send / per_token
+            if fraction > best["fraction"]:
+                best = {"link": f"{hop['kind']}, between groups", "fraction": round(fraction, 4),
+                        "vectors_per_token": hop["link_vectors"]}
+        return best
+
+    def choose(self, chips, tp, pp) -> Layout:
+        auto = chips in ("auto", None, 0)
+        choices = _tp_choices(self.shape, tp)
+        if not choices:
+            raise ModelError(f"no tensor-parallel degree of 1, 2, 4, 8 divides the {self.shape.heads} heads")
+        if auto:
+            if pp is not None:
+                raise ModelError("--pp needs --chips (or give --tp alone with --chips auto)")
+            found = [lay for t in choices if (lay := self.fewest_groups(t)) is not None]
+            if not found:
+                raise ModelError(self._too_big(choices))
+            fewest = min(lay.chips for lay in found)
+            return self._fastest([lay for lay in found if lay.chips == fewest])
+        n = int(chips)
+        if n < 1:
+            raise ModelError(f"--chips {chips}: at least one chip")
+        if pp is not None:
+            if n % pp:
+                raise ModelError(f"--pp {pp} does not divide --chips {n}")
+            choices = [t for t in choices if t == n // pp]
+            if not choices:
+                raise ModelError(f"--chips {n} / --pp {pp} = {n / pp:g} chips per group: a group is 1, 2, 4 or 8 "
+                                 f"chips dividing the heads (and equal to --tp when given)")
+        layouts = []
+        for t in choices:
+            if n % t or n // t > self.shape.layers:
+                continue
+            lay = self.even_layout(t, n // t)
+            if self.fewest_groups(t) is not None and self.fits(lay)[0]:
+                layouts.append(lay)
+        if not layouts:
+            raise ModelError(self._too_few(n, choices))
+        return self._fastest(layouts)
+
+    def _fastest(self, layouts: list[Layout]) -> Layout:
+        if len(layouts) == 1:
+            return layouts[0]
+        timed = []
+        for lay in layouts:
+            system = system_for_chips(lay.chips, chip=self.chip.config)
+            route = pipeline_route(system, lay.chips)
+            timed.append((self.pass_cycles(lay, system, route, 1, self.context - 1)["cycles"], lay.chips, lay.tp,
+                          lay))
+        return min(timed, key=lambda x: x[:3])[3]
+
+    def _need(self) -> str:
+        return (f"{self.shape.name} at {self.precision}, context {self.context}"
+                + (f", {self.concurrency} sequences" if self.concurrency > 1 else "")
+                + f": weights {self.size.weights_bytes / 1e9:.2f} GB and KV cache {self.size.kv_cache_bytes / 1e9:.2f} GB")
+
+    def _too_big(self, choices) -> str:
+        t = max(choices)
+        return (f"{self._need()}; no tensor-parallel group holds a layer: at tp {t} (the largest) "
+                f"{self.rejected.get(t, 'it does not fit')}; use a shorter --context or a lower --concurrency")
+
+    def _too_few(self, n: int, choices) -> str:
+        best = [lay for t in choices if (lay := self.fewest_groups(t)) is not None]
+        if not best:
+            return self._too_big(choices)
+        fewest = min(best, key=lambda lay: lay.chips)
+        return (f"{self._need()}; {n} chips cannot hold it: it takes at least {fewest.chips} chips "
+                f"(tp {fewest.tp} x pp {fewest.pp}, {self.chip.sram_bytes / 1e6:.1f} MB of SRAM per chip)")
+
+
+def _beats(one_pass: dict[str, Any], back: int) -> list[int]:
+    """Per group: its cycles per pass plus its outgoing hop (the last group's: `back`), the time it is busy."""
+    hops = [h["c2c"] + h["sync_stalls"] for h in one_pass["hops"]] + [back]
+    return [sum(g.values()) + hop for g, hop in zip(one_pass["groups"], hops)]
+
+
+def _runs(values: list[int]) -> list[list[int]]:
+    """[[value, count], ...] for consecutive equal values: 72 groups in a line."""
+    out: list[list[int]] = []
+    for v in values:
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return out
+
+
+def shortest_path(system, a: int, b: int) -> list[str]:
+    """The link kinds of a fewest-hops path from chip a to chip b (breadth first, links in order)."""
+    if a == b:
+        return []
+    adjacent: dict[int, list[tuple[int, str]]] = {}
+    for link in system.links:
+        adjacent.setdefault(link["chip_a"], []).append((link["chip_b"], link["kind"]))
+        adjacent.setdefault(link["chip_b"], []).append((link["chip_a"], link["kind"]))
+    came: dict[int, tuple[int, str]] = {a: (a, "")}
+    todo = deque([a])
+    while todo:
+        c = todo.popleft()
+        for nxt, kind in adjacent.get(c, ()):
+            if nxt not in came:
+                came[nxt] = (c, kind)
+                if nxt == b:
+                    todo.clear()
+                    break
+                todo.append(nxt)
+    if b not in came:
+        raise ModelError(f"no route from chip {a} to chip {b} in the system")
+    kinds = []
+    while b != a:
+        b, kind = came[b]
+        kinds.append(kind)
+    return kinds[::-1]
+
+
+def plan_llm(config, *, chips: int | str = "auto", tp: int | None = None, pp: int | None = None,
+             precision: str = "int8", context: int = 4096, prompt: int = 128, new_tokens: int = 128,
+             concurrency: int = 1, prefill_chunk: int | None = None, chip=None,
+             progress: bool = False) -> dict[str, Any]:
+    """Plan and simulate a decoder configuration (a built-in name, a config.json path or a dict) on `chips` chips
+    (a number, or "auto": the fewest that hold weights and KV cache, then the fastest layout of those), `tp` chips
+    per tensor-parallel group and `pp` groups. Returns the plan as a JSON-ready dict (docs/llm.md section 4)."""
+    start = time.perf_counter()
+    planner = Planner(config, precision=precision, context=context, prompt=prompt, new_tokens=new_tokens,
+                      concurrency=concurrency, prefill_chunk=prefill_chunk, chip=chip, progress=progress)
+    result = planner.plan(chips, tp, pp)
+    result["wall_s"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def format_plan(r: dict[str, Any]) -> str:
+    """The plan as a short table for a terminal."""
+    groups = ", ".join(f"{n} x {layers} layer{'s' if layers != 1 else ''}" for layers, n in r["layers_per_group"])
+    b, f = r["cycle_breakdown"], r["cycle_breakdown_fraction"]
+    link = r["link_utilization"]
+    lines = [
+        f"{r['model']} at {r['precision']} on {r['chips']} chips ({r['racks']} rack{'s' if r['racks'] > 1 else ''}, "
+        f"{r['nodes']} node{'s' if r['nodes'] > 1 else ''}): tp {r['tp']} x pp {r['pp']} groups ({groups})",
+        f"  weights {r['weights_bytes'] / 1e9:.2f} GB, KV cache {r['kv_cache_bytes'] / 1e9:.2f} GB "
+        f"(context {r['context']}, {r['concurrency']} sequence{'s' if r['concurrency'] > 1 else ''}); "
+        f"the fullest chip's SRAM {r['sram_used_fraction']:.0%} used",
+        f"  time to first token  {r['ttft_ms']:.3f} ms  (prompt of {r['prompt']} tokens in {r['prefill_chunks']} "
+        f"chunk{'s' if r['prefill_chunks'] > 1 else ''} of {r['prefill_chunk']})",
+        f"  per token            {r['per_token_us']:.1f} us  = {r['tokens_per_s']:.1f} tokens/s for one user",
+        f"  throughput           {r['throughput_tokens_per_s']:.1f} tokens/s at {r['concurrency']} in flight",
+        f"  per token, cycles    {r['per_token_cycles']:,}: compute {b['compute']:,} ({f['compute']:.0%}), weight "
+        f"installs {b['weight_installs']:,} ({f['weight_installs']:.0%}), C2C {b['c2c']:,} ({f['c2c']:.0%}), sync "
+        f"stalls {b['sync_stalls']:,} ({f['sync_stalls']:.0%})",
+        f"  busiest link         {link['fraction']:.1%} busy ({link['link']})",
+        f"  simulated pieces     {len(r['pieces'])} in {r['wall_s']:.1f} s",
+    ]
+    return "\n".join(lines)

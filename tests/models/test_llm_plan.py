@@ -1,0 +1,123 @@
+"""The rack-scale planner (lpusim.llm.plan, `lpusim llm`): layouts, the composed numbers, and its errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lpusim.cli import main
+from lpusim.errors import ModelError
+from lpusim.llm.plan import Planner, install_cycles, plan_llm, shortest_path
+from lpusim.llm.shard import DecoderShape, ShardWidths, attention_part, mlp_part
+from lpusim.multichip.topology import system_for_chips
+
+# A small Llama with grouped-query attention: 8 query heads over 2 key/value heads.
+TINY = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 640, "num_hidden_layers": 4,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 640, "max_position_embeddings": 256}
+SMALL = dict(context=64, prompt=8, new_tokens=4, prefill_chunk=8)
+
+FIELDS = ("chips", "tp", "pp", "racks", "precision", "weights_bytes", "kv_cache_bytes", "sram_used_fraction",
+          "ttft_ms", "per_token_us", "tokens_per_s", "throughput_tokens_per_s", "link_utilization",
+          "cycle_breakdown", "simulated", "wall_s")
+
+
+@pytest.fixture(scope="module")
+def planner():
+    return Planner(TINY, precision="fp16", **SMALL)
+
+
+def test_widths_follow_megatron():
+    shape = DecoderShape.from_config("llama-2-70b")
+    w = ShardWidths.of(shape, 8)
+    assert (w.heads, w.kv_heads, w.ffn, w.vocab) == (8, 1, 3584, 4000)
+    with pytest.raises(ModelError, match="does not divide the 64 attention heads"):
+        ShardWidths.of(shape, 3)
+
+
+def test_parts_are_the_shares_of_a_layer():
+    shape = DecoderShape.from_config(TINY)
+    a = attention_part(shape, 2, seq=1, past=15)
+    sizes = {i.name: tuple(i.dims) for i in a.graph.initializer if i.name.endswith(".weight") and len(i.dims) == 2}
+    assert sizes["q.weight"] == (256, 4 * 32) and sizes["k.weight"] == (256, 32) and sizes["o.weight"] == (128, 256)
+    m = mlp_part(shape, 2, seq=1)
+    sizes = {i.name: tuple(i.dims) for i in m.graph.initializer if len(i.dims) == 2}
+    assert sizes["mlp.gate.weight"] == (256, 320) and sizes["mlp.down.weight"] == (320, 256)
+
+
+def test_auto_plan_fields_and_sums(planner):
+    r = planner.plan("auto")
+    for field in FIELDS:
+        assert field in r, field
+    assert r["simulated"] is True and r["chips"] == r["tp"] * r["pp"] == 1  # the tiny model fits one chip
+    assert sum(r["cycle_breakdown"].values()) == r["per_token_cycles"]
+    assert r["tokens_per_s"] == pytest.approx(1e6 / r["per_token_us"], rel=1e-3)
+    assert 0 < r["sram_used_fraction"] <= 1
+
+
+def test_given_layout_pipelines_and_tensor_groups(planner):
+    r = planner.plan(8, tp=2)  # 4 groups of 2 chips, one layer each
+    assert (r["tp"], r["pp"], r["layers_per_group"]) == (2, 4, [[1, 4]])
+    b = r["cycle_breakdown"]
+    assert b["c2c"] > 0 and b["weight_installs"] > 0 and b["compute"] > 0
+    assert r["link_utilization"]["fraction"] > 0
+    # more sequences in flight raise the throughput up to the pipeline's beat, never the one-user speed
+    busy = Planner(TINY, precision="fp16", concurrency=4, **SMALL)
+    busy.pieces = planner.pieces
+    r4 = busy.plan(8, tp=2)
+    assert r4["per_token_cycles"] == r["per_token_cycles"]
+    assert r["throughput_tokens_per_s"] < r4["throughput_tokens_per_s"] <= 4 * r["tokens_per_s"] * 1.0001
+
+
+def test_pieces_are_compiled_once(planner):
+    before = len(planner.pieces.found)
+    planner.plan(8, tp=2)
+    assert len(planner.pieces.found) == before
+
+
+def test_install_cycles_counts_weight_loads(planner):
+    piece = planner.pieces.part("mlp", 1, 1)
+    assert 0 < piece.install_cycles <= piece.cycles
+
+
+def test_layout_errors(planner):
+    with pytest.raises(ModelError, match="--tp 3"):
+        planner.plan(6, tp=3)
+    with pytest.raises(ModelError, match="--pp 3 does not divide --chips 8"):
+        planner.plan(8, pp=3)
+    with pytest.raises(ModelError, match="a tensor-parallel group is 1, 2, 4 or 8"):
+        planner.plan(16, tp=16)
+
+
+def test_too_few_chips_names_the_sizes():
+    big = dict(TINY, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, vocab_size=4096)
+    with pytest.raises(ModelError, match=r"cannot hold it: it takes at least \d+ chips"):
+        plan_llm(big, chips=1, precision="fp16", **SMALL)
+
+
+def test_bad_flags():
+    with pytest.raises(ModelError, match="--context"):
+        Planner(TINY, context=0)
+    with pytest.raises(ModelError, match="exceed --context 16"):
+        Planner(TINY, context=16, prompt=12, new_tokens=8)
+    with pytest.raises(ModelError, match="model_type 'bert'"):
+        Planner({"model_type": "bert"})
+
+
+def test_shortest_path_in_a_rack():
+    system = system_for_chips(72)
+    assert shortest_path(system, 0, 1) == ["local"]
+    assert 1 <= len(shortest_path(system, 0, 71)) <= 3
+
+
+def test_cli_json_and_errors(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY))
+    assert main(["llm", str(config), "--precision", "fp16", "--context", "64", "--prompt", "8", "--new-tokens", "4",
+                 "--chips", "2", "--tp", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["chips"] == 2 and r["tp"] == 2 and r["pp"] == 1
+    assert main(["llm", str(config), "--tp", "3", "--chips", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tp 3" in err[0]
+    assert main(["llm", str(tmp_path / "missing.json")]) == 2
+    assert "not a built-in model" in capsys.readouterr().err
