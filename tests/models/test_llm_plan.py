@@ -7,7 +7,7 @@ import pytest
 
 from lpusim.cli import main
 from lpusim.errors import ModelError
-from lpusim.llm.plan import Planner, install_cycles, plan_llm, shortest_path
+from lpusim.llm.plan import Planner, plan_llm, shortest_path
 from lpusim.llm.shard import DecoderShape, ShardWidths, attention_part, mlp_part
 from lpusim.multichip.topology import system_for_chips
 
