@@ -341,14 +341,18 @@ def _vectorised_quantizer():
     def fast_quantize_onnx_initializer(weight, quant_type, zero_point, scale, axis=None, quant_weight_name=None,
                                        block_size=0):
         """quantize_onnx_initializer's per-channel integer case on all channels at once."""
-        if axis is None or block_size or quant_type != int8 or weight.data_type != onnx.TensorProto.FLOAT:
+        if axis is None or block_size or quant_type != int8 or weight.data_type != onnx.TensorProto.FLOAT or \
+                np.asarray(scale).dtype != np.float32 or np.asarray(zero_point).dtype != np.int8:
             return quantize_onnx_initializer(weight, quant_type, zero_point, scale, axis, quant_weight_name,
                                              block_size=block_size)
         data = onnx.numpy_helper.to_array(weight)
         shape = [1] * data.ndim
         shape[axis] = data.shape[axis]
-        q = np.asarray((data.astype(np.float32) / np.asarray(scale).reshape(shape)).round()
-                       + np.asarray(zero_point).reshape(shape))
+        # quantize_nparray's (x / scale).round() + zero_point, clipped, in float32, one step at a time in place
+        q = data.astype(np.float32)
+        np.divide(q, np.asarray(scale).reshape(shape), out=q)
+        np.round(q, out=q)
+        np.add(q, np.asarray(zero_point).reshape(shape), out=q)
         qmin, qmax = get_qmin_qmax_for_qType(quant_type, reduce_range=False, symmetric=False)
         np.clip(q, qmin, qmax, out=q)
         q = q.astype(onnx.helper.tensor_dtype_to_np_dtype(quant_type)).reshape(weight.dims)
