@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lpusim.chip import Chip
+from lpusim.compiler.schedule.kv_cache import CacheRegion
 from lpusim.errors import CompileError, ModelError, OutOfSram
 from lpusim.llm.configs import model_size
 from lpusim.llm.shard import DecoderShape, ShardWidths, attention_part, embed_part, head_part, mlp_part
@@ -83,6 +84,7 @@ class Pieces:
     def __init__(self, shape: DecoderShape, precision: str, chip: Chip, progress: bool = False):
         self.shape, self.precision, self.chip, self.progress = shape, precision, chip, progress
         self.found: dict[tuple, Piece] = {}
+        self.programs: dict[tuple, Any] = {}  # decode attention parts, whose cache addresses prefill claims
         self.compile_s = 0.0
 
     def _note(self, text: str):
@@ -91,6 +93,8 @@ class Pieces:
 
     def part(self, kind: str, tp: int, seq: int, past: int = 0) -> Piece:
         key = ("part", kind, tp, seq, past)
+        if kind == "attention" and seq > 1 and past:
+            self.part("attention", tp, 1, past + seq - 1)  # the decode step first: its cache addresses
         if key not in self.found:
             build = {"attention": lambda: attention_part(self.shape, tp, seq=seq, past=past),
                      "mlp": lambda: mlp_part(self.shape, tp, seq=seq),
@@ -100,15 +104,30 @@ class Pieces:
             self._note(f"compiling the {name} at {self.precision}")
             start = time.perf_counter()
             try:
-                program = compile_program(build(), chip=self.chip, precision=self.precision)
+                program = compile_program(build(), chip=self.chip, precision=self.precision,
+                                          cache=self._cache(kind, tp, seq, past))
             except (CompileError, OutOfSram) as e:
                 raise PartDoesNotFit(f"the {name} does not fit one chip: {e}") from None
             spent = time.perf_counter() - start
             self.compile_s += spent
             run = program.run(timing_only=True)
+            if kind == "attention" and seq == 1:
+                self.programs[("attention", tp, seq, past)] = program
             self.found[key] = Piece(name, run.cycles, program.sram_bytes, install_cycles(program),
                                     compile_s=round(spent, 2))
         return self.found[key]
+
+    def _cache(self, kind: str, tp: int, seq: int, past: int) -> list[CacheRegion] | None:
+        """The attention part's KV cache as cache regions (docs/llm.md 3.5): the past read in place, the present
+        written over it, no copy. A prefill chunk claims the decode step's addresses, as generation does."""
+        if kind != "attention" or not past:
+            return None
+        pairs = (("present_key", "past_key"), ("present_value", "past_value"))
+        if seq == 1:
+            return [CacheRegion(present, past_) for present, past_ in pairs]
+        total = past + seq
+        tiles = self.programs[("attention", tp, 1, total - 1)].cache_tiles()
+        return [CacheRegion(present, past_, tiles[present]) for present, past_ in pairs]
 
     def collective(self, kind: str, tp: int, rows: int, cols: int) -> Piece:
         key = ("collective", kind, tp, rows, cols)
@@ -243,24 +262,29 @@ class Planner:
             return None
         try:
             need = self.layer_bytes(tp)
+            if need > cap:
+                self.rejected[tp] = (f"a layer's share takes {need / 1e6:.1f} MB of each of {tp} chips' "
+                                     f"{cap / 1e6:.1f} MB")
+                return None
+            groups: list[int] = []
+            left = self.shape.layers
+            while left:
+                n = 0
+                while n < left and self.group_bytes(tp, n + 1, not groups, False) <= cap:
+                    n += 1
+                if n == 0:
+                    self.rejected[tp] = "the embedding block and one layer do not fit one chip"
+                    return None
+                groups.append(n)
+                left -= n
+            if self.group_bytes(tp, groups[-1], len(groups) == 1, True) > cap:
+                groups.append(0)  # the head does not fit beside the last layers: a group of its own
+                if self.group_bytes(tp, 0, False, True) > cap:
+                    self.rejected[tp] = "the head block does not fit one chip"
+                    return None
         except PartDoesNotFit as e:
             self.rejected[tp] = str(e)
             return None
-        if need > cap:
-            self.rejected[tp] = f"a layer's share takes {need / 1e6:.1f} MB of each of {tp} chips' {cap / 1e6:.1f} MB"
-            return None
-        groups: list[int] = []
-        left = self.shape.layers
-        while left:
-            n = 0
-            while n < left and self.group_bytes(tp, n + 1, not groups, False) <= cap:
-                n += 1
-            if n == 0:  # the embedding and one layer do not fit one chip
-                return None
-            groups.append(n)
-            left -= n
-        if self.group_bytes(tp, groups[-1], len(groups) == 1, True) > cap:
-            groups.append(0)  # the head does not fit beside the last layers: a group of its own
         return Layout(tp, groups)
 
     def even_layout(self, tp: int, pp: int) -> Layout:
