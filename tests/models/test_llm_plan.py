@@ -121,3 +121,20 @@ def test_cli_json_and_errors(tmp_path, capsys):
     assert len(err) == 1 and "--tp 3" in err[0]
     assert main(["llm", str(tmp_path / "missing.json")]) == 2
     assert "not a built-in model" in capsys.readouterr().err
+
+
+FAMILIES = {
+    "qwen2": dict(TINY, model_type="qwen2", num_key_value_heads=4, tie_word_embeddings=True),
+    "mistral": dict(TINY, model_type="mistral", sliding_window=4096, head_dim=32),
+    "mixtral": dict(TINY, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2),
+    "gpt2": {"model_type": "gpt2", "n_embd": 256, "n_layer": 2, "n_head": 8, "vocab_size": 640, "n_positions": 256},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hugging_face_families_plan(family, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(FAMILIES[family]))
+    r = plan_llm(str(config), chips=2, tp=2, precision="int8", **SMALL)
+    assert r["chips"] == 2 and r["per_token_cycles"] > 0 and r["ttft_ms"] > 0
+    assert r["family"] == ("gpt2" if family == "gpt2" else "llama")
