@@ -185,24 +185,6 @@ def _tp_choices(shape: DecoderShape, tp: int | None) -> list[int]:
     return found
 
 
-def _layer_weight_bytes(shape: DecoderShape, precision: str, tp: int) -> int:
-    """An estimate of one chip's weight bytes for one layer (all but the embedding and lm_head tables), to skip
-    compiling a tensor-parallel degree whose layer share cannot fit."""
-    size = model_size(_config_dict(shape), precision, 1)
-    per_byte = size.weights_bytes // size.parameters
-    return max(0, size.parameters - 2 * shape.vocab * shape.hidden) * per_byte // (shape.layers * tp)
-
-
-def _config_dict(shape: DecoderShape) -> dict[str, Any]:
-    if shape.family == "gpt2":
-        return {"model_type": "gpt2", "n_embd": shape.hidden, "n_layer": shape.layers, "n_head": shape.heads,
-                "n_inner": shape.ffn, "vocab_size": shape.vocab, "n_positions": shape.positions}
-    return {"model_type": "qwen2" if shape.qkv_bias else ("mixtral" if shape.experts else "llama"),
-            "hidden_size": shape.hidden, "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
-            "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim, "intermediate_size": shape.ffn,
-            "vocab_size": shape.vocab, "num_local_experts": shape.experts, "tie_word_embeddings": shape.tied}
-
-
 class Planner:
     """Plans one configuration at one precision, context and concurrency; `plan(chips, tp, pp)` composes."""
 
@@ -230,6 +212,14 @@ class Planner:
         self.rejected: dict[int, str] = {}  # tp -> why a group of that many chips cannot hold a layer
 
     # ---- SRAM -------------------------------------------------------------------------------------------------
+    def layer_weight_bytes(self, tp: int) -> int:
+        """An estimate of one chip's weight bytes for one layer (all but the embedding and lm_head tables), to skip
+        compiling a tensor-parallel degree whose layer share cannot fit."""
+        size = self.size
+        per_parameter = size.weights_bytes // size.parameters
+        tables = 2 * self.shape.vocab * self.shape.hidden
+        return max(0, size.parameters - tables) * per_parameter // (self.shape.layers * tp)
+
     def cache_row_bytes(self) -> int:
         """SRAM of one cached position of one key or value head: a row of a 320-lane f32 vector, as the compiler
         keeps an f32 cache input (docs/llm.md 3.5)."""
@@ -255,7 +245,7 @@ class Planner:
     def fewest_groups(self, tp: int) -> Layout | None:
         """The fewest groups of `tp` chips that hold the model, filled in order (None: a layer does not fit)."""
         cap = self.chip.sram_bytes
-        estimate = _layer_weight_bytes(self.shape, self.precision, tp)
+        estimate = self.layer_weight_bytes(tp)
         if estimate > cap:
             self.rejected[tp] = (f"a layer's weights alone take about {estimate / 1e6:.1f} MB of each of {tp} "
                                  f"chips' {cap / 1e6:.1f} MB")
