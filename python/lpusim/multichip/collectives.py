@@ -32,7 +32,7 @@ import numpy as np
 from lpusim import _lpusim
 from lpusim.chip import Chip
 from lpusim.compiler import ir
-from lpusim.compiler.schedule.resources import Clash
+from lpusim.compiler.schedule.resources import Clash, common_terms
 from lpusim.compiler.schedule.tensor import Lockstep, TensorScheduler
 from lpusim.errors import CompileError, ModelError
 from lpusim.multichip.clocks import transfer_timing
@@ -260,6 +260,61 @@ class _Scheduler(TensorScheduler):
     the owner's add streams them all at once, and two sources in one slice would cost a copy, whose released space
     the sum then reuses only after the last receive."""
 
+    # The owner's add streams its T partials at once. With every partial on one side of the VXM (received
+    # partials go near the links) and the sum's store on the other, the reads and the sum's write run in one
+    # stream direction; with 8 chips the 8 reads fill all its 32 streams, and once there are more rows than the
+    # chain's delay each read still passes the VXM when the first sums leave it: the write meets every read at
+    # every start, and the base search would try SEARCH_LIMIT cycles one by one before giving up (minutes of
+    # compile time for [8+, 4096] over 8 chips). `take_group` notices such a try (`_never_fits`) and fails the
+    # compile at once; `_compile` then plans again with the sum's store on its partials' side (`sum_by_parts`),
+    # so its write runs the other way. Programs that fit as they were are planned as before.
+    sum_by_parts = False
+
+    def take_group(self, direction, transfers_per_plane, base=None):
+        res = self.res
+        if self.__dict__.get("_groups_of") is not res._journal:  # the first stream group of this try
+            self._groups_of, self._groups = res._journal, []
+        try:
+            g = super().take_group(direction, transfers_per_plane, base)
+        except Clash:
+            paths = [res.stream_paths(direction, t) for t in transfers_per_plane]
+            if self._never_fits(direction, paths):
+                raise _NeverFits(f"{self.chip.streams_per_direction} streams per direction cannot carry the "
+                                 f"owner's add on chip {self.c} (its reads and its write meet at any start)")
+            raise
+        self._groups.append((direction, [res.stream_paths(direction, t) for t in transfers_per_plane]))
+        return g
+
+    def _never_fits(self, direction, paths) -> bool:
+        """Whether the stream groups this try took in `direction` and the one it cannot place need more streams
+        than there are whatever the start: every plane of each group meets every plane of every other (so no two
+        share a stream), and the paths all move together with the start, so they meet at any start."""
+        groups = [g for d, g in self._groups if d == direction] + [paths]
+        if sum(len(g) for g in groups) <= self.chip.streams_per_direction:
+            return False
+        for i, a in enumerate(groups):
+            for b in groups[i + 1:]:
+                for pa in a:
+                    for pb in b:
+                        if not any(x[3] & y[3] and common_terms(x[0], x[1], x[2], y[0], y[1], y[2]) is not None
+                                   for x in pa for y in pb):
+                            return False
+        return True
+
+    def alloc_store(self, tensor, fmt, bank=1, avoid_tile=None, reuse=False):
+        if self.sum_by_parts and tensor == _sum_block(self.c):
+            parts = {_part(p, self.c) for p in range(self.n)}
+            sides = {self.mem_pos[sg.slice] > self.vxm_pos for (name, _), st in self.stores.items() if name in parts
+                     for segs in st.tiles for sg in segs}
+            if len(sides) == 1:
+                keep = self.link_side.get(tensor)
+                self.link_side[tensor] = "E" if sides.pop() else "W"
+                try:
+                    return super().alloc_store(tensor, fmt, bank, avoid_tile, reuse)
+                finally:
+                    self.link_side[tensor] = keep
+        return super().alloc_store(tensor, fmt, bank, avoid_tile, reuse)
+
     def schedule_sends(self, items, link, interval, lower, rotate=0, single=False, bursts=None):
         # tile by tile, in order: an owner adds a tile as soon as its partials are in, and sends a sum as soon as it
         # is written (TensorScheduler rotates each link's bursts, spreading the reads of a tensor several links send
@@ -287,7 +342,11 @@ class _Scheduler(TensorScheduler):
         super()._link_issues(queue, t, text, rows, interval, tail, single)
 
 
-def _schedule(plan: TensorPlan, n: int, cfg: Chip, sysm: System, ctx: dict):
+class _NeverFits(CompileError):
+    """A job of the collective fits at no start (_Scheduler.take_group)."""
+
+
+def _schedule(plan: TensorPlan, n: int, cfg: Chip, sysm: System, ctx: dict, sum_by_parts: bool = False):
     """Each chip's TensorScheduler in its own thread, meeting at every collective (as tensor.compile_tensor)."""
     sync = Lockstep(n)
     results: list = [None] * n
@@ -297,6 +356,7 @@ def _schedule(plan: TensorPlan, n: int, cfg: Chip, sysm: System, ctx: dict):
     def work(c):
         try:
             sched = _Scheduler(cfg, plan.graphs[c], c, n, plan, ctx, sync)
+            sched.sum_by_parts = sum_by_parts
             sched.transfer_log = log
             results[c] = (sched, sched.run())
         except threading.BrokenBarrierError:
@@ -342,7 +402,12 @@ def _compile(kind: str, n: int, rows: int, cols: int, chip, system, dtype: str,
     blocks = [(q * tiles // m * cfg.lanes, min(cols, (q + 1) * tiles // m * cfg.lanes)) for q in range(m)]
     plan = _plan(kind, n, rows, cols, blocks)
     ctx = dict(transfer_timing(sysm, cfg, interval, max_free), interval=interval, system=sysm)
-    results, log = _schedule(plan, n, cfg, sysm, ctx)
+    try:
+        results, log = _schedule(plan, n, cfg, sysm, ctx)
+    except _NeverFits:
+        if kind != "all-reduce":
+            raise
+        results, log = _schedule(plan, n, cfg, sysm, ctx, sum_by_parts=True)
     programs, barriers, last_effects = [], [], []
     for c, (sched, result) in enumerate(results):
         g = plan.graphs[c]
