@@ -20,9 +20,9 @@ import numpy as np
 
 from lpusim.compiler.ir import Step, View
 from lpusim.compiler.lower.elementwise import operand
-from lpusim.compiler.lower.lanes import (check_lane_axis, fp16_residual, lane_axis, lane_extreme, lane_matmul, lane_sum,
+from lpusim.compiler.lower.lanes import (check_lane_axis, fp16_residual, LANES, lane_axis, lane_extreme, lane_matmul, lane_sum,
                                          node_of, vector)
-from lpusim.compiler.lower.reduce import reduce_row_axes
+from lpusim.compiler.lower.reduce import reduce_row_axes, wide_extreme, wide_sum
 from lpusim.compiler.lower.rows import row_view
 from lpusim.errors import CompileError
 
@@ -61,24 +61,38 @@ def lower_softmax(lw, node, op, a, args):
         lw.derived[x] = r
     if x in lw.derived:  # a per-head part only the maximum search reads in fp16: scale its copy by r
         lw.derived[x] = r
-    m = lane_extreme(lw, node, x, shape, "MAX", magnitude=r)
-    while r > 2.0 ** 12:
-        x = vector(lw, node, [x, m], [Step("SUB", [("src", 0), ("src", 1)])], shape, "shifted")
-        r *= 2.0 ** -10
-        lw.derived[x] = r
+    sub = [Step("SUB", [("src", 0), ("acc",)])]  # x - m, m broadcast from one vector (rows past LANES lanes)
+    if shape[lane_axis(shape)] <= LANES:
         m = lane_extreme(lw, node, x, shape, "MAX", magnitude=r)
-    sub = [Step("SUB", [("src", 0), ("src", 1)])]
+        while r > 2.0 ** 12:
+            x = vector(lw, node, [x, m], [Step("SUB", [("src", 0), ("src", 1)])], shape, "shifted")
+            r *= 2.0 ** -10
+            lw.derived[x] = r
+            m = lane_extreme(lw, node, x, shape, "MAX", magnitude=r)
+        shifted = lambda hint, more=(): vector(lw, node, [x, m], [Step("SUB", [("src", 0), ("src", 1)])]  # noqa
+                                               + list(more), shape, hint)
+    else:  # lane tiles combined first: constants O(C * 320), not O(C^2) (reduce.wide_extreme)
+        while True:
+            xs = x
+            if r <= 2.0 ** 12:
+                break
+            x = wide_extreme(lw, node, xs, shape, "MAX", "max", r, sub, [xs])
+            r *= 2.0 ** -10
+            lw.derived[x] = r
+        shifted = lambda hint, more=(): wide_extreme(lw, node, xs, shape, "MAX", hint, r,  # noqa: E731
+                                                     sub + list(more), [xs])
     if op == "Softmax":
-        e = vector(lw, node, [x, m], sub + [Step("EXP", [("step", 0)])], shape, "exp")
+        e = shifted("exp", [Step("EXP", [("step", 0)])])
         lw.derived[e] = 1.0
-        y, _ = lane_sum(lw, node, e, shape, hint=node.output[0],
+        y, _ = wide_sum(lw, node, e, shape, hint=node.output[0],
                         steps=[Step("DIV", [("src", 0), ("sum",)])], sources=[e], magnitude=1.0)
     else:  # LogSoftmax: (x - m) - log(sum exp(x - m))
-        d = vector(lw, node, [x, m], sub, shape, "shifted")
+        d = shifted("shifted")
         e = vector(lw, node, [d], [Step("EXP", [("src", 0)])], shape, "exp")
-        y, _ = lane_sum(lw, node, e, shape, hint=node.output[0],
+        lw.derived[e] = 1.0
+        y, _ = wide_sum(lw, node, e, shape, hint=node.output[0],
                         steps=[Step("LOG", [("sum",)]), Step("SUB", [("src", 0), ("step", 0)])],
-                        sources=[d])
+                        sources=[d], magnitude=1.0)
     lw.values[node.output[0]] = (y, tuple(shape))
 
 
