@@ -55,8 +55,10 @@ def test_auto_plan_fields_and_sums(planner):
 
 
 def test_given_layout_pipelines_and_tensor_groups(planner):
-    r = planner.plan(8, tp=2)  # 4 groups of 2 chips, one layer each
-    assert (r["tp"], r["pp"], r["layers_per_group"]) == (2, 4, [[1, 4]])
+    r = planner.plan(8, tp=2)  # 4 groups of 2 chips, one layer (two parts) each
+    assert (r["tp"], r["pp"], r["parts_per_group"]) == (2, 4, [[2, 4]])
+    odd = planner.plan(10, tp=2)  # 5 groups: layers cannot spread evenly, parts can (a cut inside a layer)
+    assert sum(n * count for n, count in odd["parts_per_group"]) == 8 and odd["pp"] == 5
     b = r["cycle_breakdown"]
     assert b["c2c"] > 0 and b["weight_installs"] > 0 and b["compute"] > 0
     assert r["link_utilization"]["fraction"] > 0

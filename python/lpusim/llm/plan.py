@@ -2,7 +2,7 @@
 
 A plan puts a Hugging Face decoder configuration (random weights, never downloaded) on `tp * pp` chips: `pp`
 pipeline *groups* in a row along the system's route (multichip/topology.py), each group `tp` chips of one node
-running consecutive whole layers in Megatron-style tensor parallelism (llm/shard.py). Its numbers are composed from
+running consecutive layer parts (attention, MLP: two per layer) in Megatron-style tensor parallelism (llm/shard.py). Its numbers are composed from
 pieces that are each compiled and simulated (timing-only: the values of random weights carry no information):
 
 * the parts of one chip's share of a layer (attention, MLP) and of the model's ends (embedding, head), each a
@@ -157,12 +157,20 @@ class Pieces:
 
 @dataclass
 class Layout:
+    """`pp` groups of `tp` chips; group g runs `parts[g]` consecutive parts of the sequence attention, MLP,
+    attention, MLP, ... (2 per layer): a group boundary may fall inside a layer, between its two parts."""
+
     tp: int
-    layers: list[int]  # per pipeline group: how many layers it runs
+    parts: list[int]
 
     @property
     def pp(self) -> int:
-        return len(self.layers)
+        return len(self.parts)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Per group: its first part's index and its part count."""
+        starts = [sum(self.parts[:g]) for g in range(self.pp)]
+        return list(zip(starts, self.parts))
 
     @property
     def chips(self) -> int:
@@ -225,17 +233,17 @@ class Planner:
         keeps an f32 cache input (docs/llm.md 3.5)."""
         return self.chip.lanes * 4
 
-    def layer_bytes(self, tp: int) -> int:
-        """One chip's SRAM for one layer: both parts' peaks (each includes its activations: an upper bound) plus
-        the caches of the other concurrent sequences."""
+    def part_bytes(self, tp: int, kind: str) -> int:
+        """One chip's SRAM for one part: its program's peak (activations included: an upper bound), plus for
+        attention the caches of the other concurrent sequences."""
+        if kind == "mlp":
+            return self.pieces.part("mlp", tp, 1).sram_bytes
         w = ShardWidths.of(self.shape, tp)
-        attention = self.pieces.part("attention", tp, 1, self.context - 1)
-        mlp = self.pieces.part("mlp", tp, 1)
         extra = (self.concurrency - 1) * 2 * w.kv_heads * self.context * self.cache_row_bytes()
-        return attention.sram_bytes + mlp.sram_bytes + extra
+        return self.pieces.part("attention", tp, 1, self.context - 1).sram_bytes + extra
 
-    def group_bytes(self, tp: int, layers: int, first: bool, last: bool) -> int:
-        total = layers * self.layer_bytes(tp)
+    def group_bytes(self, tp: int, start: int, count: int, first: bool, last: bool) -> int:
+        total = sum(self.part_bytes(tp, _kind(i)) for i in range(start, start + count))
         if first:
             total += self.pieces.part("embed", tp, 1).sram_bytes
         if last:
@@ -243,54 +251,63 @@ class Planner:
         return total
 
     def fewest_groups(self, tp: int) -> Layout | None:
-        """The fewest groups of `tp` chips that hold the model, filled in order (None: a layer does not fit)."""
+        """The fewest groups of `tp` chips that hold the model, filled in order, the embedding block with the
+        first parts (or alone) and the head with the last (or alone); None when a part does not fit a chip."""
         cap = self.chip.sram_bytes
         estimate = self.layer_weight_bytes(tp)
-        if estimate > cap:
+        if estimate > 2 * cap:
             self.rejected[tp] = (f"a layer's weights alone take about {estimate / 1e6:.1f} MB of each of {tp} "
                                  f"chips' {cap / 1e6:.1f} MB")
             return None
         try:
-            need = self.layer_bytes(tp)
-            if need > cap:
-                self.rejected[tp] = (f"a layer's share takes {need / 1e6:.1f} MB of each of {tp} chips' "
-                                     f"{cap / 1e6:.1f} MB")
-                return None
+            for kind in ("attention", "mlp", "embed", "head"):
+                need = self.part_bytes(tp, kind) if kind in ("attention", "mlp") else \
+                    self.pieces.part(kind, tp, 1).sram_bytes
+                if need > cap:
+                    self.rejected[tp] = (f"the {kind} part takes {need / 1e6:.1f} MB of each of {tp} chips' "
+                                         f"{cap / 1e6:.1f} MB")
+                    return None
+            total = 2 * self.shape.layers
             groups: list[int] = []
-            left = self.shape.layers
-            while left:
+            start = 0
+            while start < total:
                 n = 0
-                while n < left and self.group_bytes(tp, n + 1, not groups, False) <= cap:
+                while start + n < total and self.group_bytes(tp, start, n + 1, not groups, False) <= cap:
                     n += 1
-                if n == 0:
-                    self.rejected[tp] = "the embedding block and one layer do not fit one chip"
-                    return None
-                groups.append(n)
-                left -= n
-            if self.group_bytes(tp, groups[-1], len(groups) == 1, True) > cap:
-                groups.append(0)  # the head does not fit beside the last layers: a group of its own
-                if self.group_bytes(tp, 0, False, True) > cap:
-                    self.rejected[tp] = "the head block does not fit one chip"
-                    return None
+                groups.append(n)  # n = 0: the embedding block alone (it does not fit beside a part)
+                start += n
+            if self.group_bytes(tp, total - groups[-1], groups[-1], len(groups) == 1, True) > cap:
+                groups.append(0)  # the head does not fit beside the last parts: a group of its own
         except PartDoesNotFit as e:
             self.rejected[tp] = str(e)
             return None
         return Layout(tp, groups)
 
     def even_layout(self, tp: int, pp: int) -> Layout:
-        base, extra = divmod(self.shape.layers, pp)
+        """`pp` groups: whole layers spread evenly when that fits, else parts spread evenly."""
+        layers, parts = self.shape.layers, 2 * self.shape.layers
+        if pp <= layers:
+            base, extra = divmod(layers, pp)
+            whole = Layout(tp, [2 * (base + (1 if g < extra else 0)) for g in range(pp)])
+            if self.fits(whole)[0]:
+                return whole
+        base, extra = divmod(parts, pp)
         return Layout(tp, [base + (1 if g < extra else 0) for g in range(pp)])
 
     def fits(self, layout: Layout) -> tuple[bool, int]:
-        worst = max(self.group_bytes(layout.tp, n, g == 0, g == layout.pp - 1) for g, n in enumerate(layout.layers))
+        worst = max(self.group_bytes(layout.tp, start, n, g == 0, g == layout.pp - 1)
+                    for g, (start, n) in enumerate(layout.ranges()))
         return worst <= self.chip.sram_bytes, worst
 
     # ---- time -------------------------------------------------------------------------------------------------
-    def group_cycles(self, tp: int, layers: int, seq: int, past: int, first: bool, last: bool) -> dict[str, int]:
-        """One group's cycles for `seq` tokens, split as the breakdown reports them."""
+    def group_cycles(self, tp: int, start: int, count: int, seq: int, past: int, first: bool,
+                     last: bool) -> dict[str, int]:
+        """One group's cycles for `seq` tokens (its parts `start` .. `start + count`), split as the breakdown
+        reports them."""
         p, h = self.pieces, self.shape.hidden
-        parts = [p.part("attention", tp, seq, past), p.part("mlp", tp, seq)] * layers
-        colls = [p.collective("all-reduce", tp, seq, h)] * (2 * layers)
+        parts = [p.part("attention", tp, seq, past) if _kind(i) == "attention" else p.part("mlp", tp, seq)
+                 for i in range(start, start + count)]
+        colls = [p.collective("all-reduce", tp, seq, h)] * count
         if first:
             parts.append(p.part("embed", tp, seq))
             colls.append(p.collective("all-gather", tp, seq, h))
@@ -306,8 +323,8 @@ class Planner:
         """One pass of `seq` tokens through every group: per-group cycles, the hops, and their sum."""
         h, tp = self.shape.hidden, layout.tp
         groups, hops = [], []
-        for g, n in enumerate(layout.layers):
-            groups.append(self.group_cycles(tp, n, seq, past, g == 0, g == layout.pp - 1))
+        for g, (start, n) in enumerate(layout.ranges()):
+            groups.append(self.group_cycles(tp, start, n, seq, past, g == 0, g == layout.pp - 1))
             if g + 1 < layout.pp:
                 a, b = route[g * tp], route[(g + 1) * tp]
                 kind = "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
@@ -359,7 +376,7 @@ class Planner:
             "topology": system.config.get("topology", "node"),
             "precision": self.precision, "context": self.context, "prompt": self.prompt,
             "new_tokens": self.new_tokens, "concurrency": self.concurrency,
-            "layers_per_group": _runs(layout.layers),
+            "parts_per_group": _runs(layout.parts),
             "parameters": self.size.parameters, "weights_bytes": self.size.weights_bytes,
             "kv_cache_bytes": self.size.kv_cache_bytes,
             "sram_used_fraction": round(worst / self.chip.sram_bytes, 4),
@@ -383,9 +400,9 @@ class Planner:
         best = {"link": "none", "fraction": 0.0, "vectors_per_token": 0}
         if layout.tp > 1:
             ar = self.pieces.collective("all-reduce", layout.tp, 1, self.shape.hidden)
-            busiest = max(layout.layers)
-            vectors = ar.link_vectors * 2 * busiest
-            best = {"link": f"local, within a group of {layout.tp} ({busiest} layers x 2 all-reduces)",
+            busiest = max(layout.parts)
+            vectors = ar.link_vectors * busiest
+            best = {"link": f"local, within a group of {layout.tp} ({busiest} all-reduces)",
                     "fraction": round(vectors * send / per_token, 4), "vectors_per_token": vectors}
         for hop in decode["hops"]:
             fraction = hop["link_vectors"] * send / per_token
@@ -419,7 +436,7 @@ class Planner:
                                  f"chips dividing the heads (and equal to --tp when given)")
         layouts = []
         for t in choices:
-            if n % t or n // t > self.shape.layers:
+            if n % t or n // t > 2 * self.shape.layers + 2:
                 continue
             lay = self.even_layout(t, n // t)
             if self.fewest_groups(t) is not None and self.fits(lay)[0]:
@@ -456,6 +473,10 @@ class Planner:
         fewest = min(best, key=lambda lay: lay.chips)
         return (f"{self._need()}; {n} chips cannot hold it: it takes at least {fewest.chips} chips "
                 f"(tp {fewest.tp} x pp {fewest.pp}, {self.chip.sram_bytes / 1e6:.1f} MB of SRAM per chip)")
+
+
+def _kind(part: int) -> str:
+    return "attention" if part % 2 == 0 else "mlp"
 
 
 def _beats(one_pass: dict[str, Any], back: int) -> list[int]:
@@ -520,7 +541,7 @@ def plan_llm(config, *, chips: int | str = "auto", tp: int | None = None, pp: in
 
 def format_plan(r: dict[str, Any]) -> str:
     """The plan as a short table for a terminal."""
-    groups = ", ".join(f"{n} x {layers} layer{'s' if layers != 1 else ''}" for layers, n in r["layers_per_group"])
+    groups = ", ".join(f"{n} x {parts} part{'s' if parts != 1 else ''}" for parts, n in r["parts_per_group"])
     b, f = r["cycle_breakdown"], r["cycle_breakdown_fraction"]
     link = r["link_utilization"]
     lines = [
