@@ -13,6 +13,10 @@
   cheaper than permuting the axis onto the lanes (transpose.permute), the lane softmax and permuting back:
   cycles measured (row trees / permutes) Softmax [64, 100] axis 0: 721 / 5,403; [300, 20] axis 0: 2,028 / 4,261;
   [8, 40, 330] axis 1: 2,377 / 87,888; LogSoftmax [4, 128, 64] axis 1: 2,975 / 14,637.
+
+* Softmax / LogSoftmax over a lane axis longer than one 320-lane tile (decode attention over a long KV cache):
+  reduce.py's `wide_extreme` / `wide_sum` combine the row's lane tiles into one vector first, reduce that vector
+  and move the result back into every lane exactly: constants of C * 320, not C^2, the same outputs bit for bit.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ import numpy as np
 
 from lpusim.compiler.ir import Step, View
 from lpusim.compiler.lower.elementwise import operand
-from lpusim.compiler.lower.lanes import (check_lane_axis, fp16_residual, LANES, lane_axis, lane_extreme, lane_matmul, lane_sum,
-                                         node_of, vector)
+from lpusim.compiler.lower.lanes import (check_lane_axis, fp16_residual, LANES, lane_axis, lane_extreme, lane_matmul,
+                                         lane_sum, node_of, vector)
 from lpusim.compiler.lower.reduce import reduce_row_axes, wide_extreme, wide_sum
 from lpusim.compiler.lower.rows import row_view
 from lpusim.errors import CompileError
