@@ -140,3 +140,18 @@ def test_hugging_face_families_plan(family, tmp_path):
     r = plan_llm(str(config), chips=2, tp=2, precision="int8", **SMALL)
     assert r["chips"] == 2 and r["per_token_cycles"] > 0 and r["ttft_ms"] > 0
     assert r["family"] == ("gpt2" if family == "gpt2" else "llama")
+
+
+def test_experts_split_over_parts_when_they_do_not_fit_together():
+    # a chip of 1024 words per slice (28.8 MB): 4 experts of 6144 columns (9.4 MB each at fp16) do not fit it
+    # together, 2 do: each layer's MLP goes in 2 parts, on groups of their own
+    from lpusim.chip import Chip
+    base = Chip.load(None).config
+    small = dict(base, mem_words=1024, sram_bytes=base["mem_slices"] * 1024 * base["lanes"])
+    moe = dict(TINY, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, intermediate_size=6144,
+               num_hidden_layers=2)
+    planner = Planner(moe, precision="fp16", chip=small, **SMALL)
+    assert planner.expert_groups(1) == 2
+    r = planner.plan("auto", tp=1)
+    assert r["parts_per_layer"] == 3 and sum(n * count for n, count in r["parts_per_group"]) == 6
+    assert r["sram_used_fraction"] <= 1

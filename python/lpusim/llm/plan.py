@@ -91,16 +91,17 @@ class Pieces:
         if self.progress:
             print(f"lpusim llm: {text}", file=sys.stderr, flush=True)
 
-    def part(self, kind: str, tp: int, seq: int, past: int = 0) -> Piece:
-        key = ("part", kind, tp, seq, past)
+    def part(self, kind: str, tp: int, seq: int, past: int = 0, expert_groups: int = 1) -> Piece:
+        key = ("part", kind, tp, seq, past, expert_groups)
         if kind == "attention" and seq > 1 and past:
             self.part("attention", tp, 1, past + seq - 1)  # the decode step first: its cache addresses
         if key not in self.found:
             build = {"attention": lambda: attention_part(self.shape, tp, seq=seq, past=past),
-                     "mlp": lambda: mlp_part(self.shape, tp, seq=seq),
+                     "mlp": lambda: mlp_part(self.shape, tp, seq=seq, expert_groups=expert_groups),
                      "embed": lambda: embed_part(self.shape, tp, seq=seq),
                      "head": lambda: head_part(self.shape, tp)}[kind]
-            name = f"{kind} part (tp {tp}, {seq} token{'s' if seq > 1 else ''}" + (f", past {past})" if past else ")")
+            name = (f"{kind} part (tp {tp}, {seq} token{'s' if seq > 1 else ''}" + (f", past {past}" if past else "")
+                    + (f", 1/{expert_groups} of the experts" if expert_groups > 1 else "") + ")")
             self._note(f"compiling the {name} at {self.precision}")
             start = time.perf_counter()
             try:
@@ -162,6 +163,10 @@ class Layout:
 
     tp: int
     parts: list[int]
+    per_layer: int = 2  # parts per layer: attention, then the MLP in one part or in expert groups
+
+    def kind(self, part: int) -> str:
+        return "attention" if part % self.per_layer == 0 else "mlp"
 
     @property
     def pp(self) -> int:
@@ -218,32 +223,55 @@ class Planner:
         self.pieces = Pieces(self.shape, precision, self.chip, progress)
         self.size = model_size(config, precision, context, concurrency)
         self.rejected: dict[int, str] = {}  # tp -> why a group of that many chips cannot hold a layer
+        self.split: dict[int, int] = {}     # tp -> into how many parts a layer's MLP goes (expert groups)
 
     # ---- SRAM -------------------------------------------------------------------------------------------------
-    def layer_weight_bytes(self, tp: int) -> int:
-        """An estimate of one chip's weight bytes for one layer (all but the embedding and lm_head tables), to skip
-        compiling a tensor-parallel degree whose layer share cannot fit."""
-        size = self.size
-        per_parameter = size.weights_bytes // size.parameters
-        tables = 2 * self.shape.vocab * self.shape.hidden
-        return max(0, size.parameters - tables) * per_parameter // (self.shape.layers * tp)
+    def part_weight_bytes(self, tp: int) -> int:
+        """An estimate of one chip's weight bytes for the largest part that cannot be split further (attention,
+        the dense MLP, or one expert), to skip compiling a tensor-parallel degree that cannot hold it."""
+        sh, per_parameter = self.shape, self.size.weights_bytes // self.size.parameters
+        attention = sh.hidden * (sh.heads + 2 * sh.kv_heads) * sh.head_dim + sh.heads * sh.head_dim * sh.hidden
+        mlp = (2 if sh.family == "gpt2" else 3) * sh.hidden * sh.ffn
+        return max(attention, mlp) * per_parameter // tp
 
     def cache_row_bytes(self) -> int:
         """SRAM of one cached position of one key or value head: a row of a 320-lane f32 vector, as the compiler
         keeps an f32 cache input (docs/llm.md 3.5)."""
         return self.chip.lanes * 4
 
+    def expert_groups(self, tp: int) -> int:
+        """Into how many parts one layer's MLP goes at `tp`: 1, or for a mixture whose experts do not fit one
+        chip together, the fewest groups of experts (dividing their number) that do."""
+        if tp not in self.split:
+            cap, k = self.chip.sram_bytes, 1
+            while True:
+                try:
+                    if self.pieces.part("mlp", tp, 1, expert_groups=k).sram_bytes <= cap:
+                        break
+                except PartDoesNotFit:
+                    if not self.shape.experts or k == self.shape.experts:
+                        raise
+                k = next((j for j in range(k + 1, self.shape.experts + 1) if self.shape.experts % j == 0), 0)
+                if not k:
+                    raise PartDoesNotFit(f"one expert's share at tp {tp} does not fit one chip")
+            self.split[tp] = k
+        return self.split[tp]
+
+    def per_layer(self, tp: int) -> int:
+        return 1 + self.expert_groups(tp)
+
     def part_bytes(self, tp: int, kind: str) -> int:
         """One chip's SRAM for one part: its program's peak (activations included: an upper bound), plus for
         attention the caches of the other concurrent sequences."""
         if kind == "mlp":
-            return self.pieces.part("mlp", tp, 1).sram_bytes
+            return self.pieces.part("mlp", tp, 1, expert_groups=self.expert_groups(tp)).sram_bytes
         w = ShardWidths.of(self.shape, tp)
         extra = (self.concurrency - 1) * 2 * w.kv_heads * self.context * self.cache_row_bytes()
         return self.pieces.part("attention", tp, 1, self.context - 1).sram_bytes + extra
 
-    def group_bytes(self, tp: int, start: int, count: int, first: bool, last: bool) -> int:
-        total = sum(self.part_bytes(tp, _kind(i)) for i in range(start, start + count))
+    def group_bytes(self, layout: Layout, start: int, count: int, first: bool, last: bool) -> int:
+        tp = layout.tp
+        total = sum(self.part_bytes(tp, layout.kind(i)) for i in range(start, start + count))
         if first:
             total += self.pieces.part("embed", tp, 1).sram_bytes
         if last:
@@ -254,9 +282,9 @@ class Planner:
         """The fewest groups of `tp` chips that hold the model, filled in order, the embedding block with the
         first parts (or alone) and the head with the last (or alone); None when a part does not fit a chip."""
         cap = self.chip.sram_bytes
-        estimate = self.layer_weight_bytes(tp)
-        if estimate > 2 * cap:
-            self.rejected[tp] = (f"a layer's weights alone take about {estimate / 1e6:.1f} MB of each of {tp} "
+        estimate = self.part_weight_bytes(tp)
+        if estimate > cap:
+            self.rejected[tp] = (f"a layer part's weights alone take about {estimate / 1e6:.1f} MB of each of {tp} "
                                  f"chips' {cap / 1e6:.1f} MB")
             return None
         try:
@@ -267,46 +295,47 @@ class Planner:
                     self.rejected[tp] = (f"the {kind} part takes {need / 1e6:.1f} MB of each of {tp} chips' "
                                          f"{cap / 1e6:.1f} MB")
                     return None
-            total = 2 * self.shape.layers
-            groups: list[int] = []
+            layout = Layout(tp, [], self.per_layer(tp))
+            total = layout.per_layer * self.shape.layers
             start = 0
             while start < total:
                 n = 0
-                while start + n < total and self.group_bytes(tp, start, n + 1, not groups, False) <= cap:
+                while start + n < total and self.group_bytes(layout, start, n + 1, not layout.parts, False) <= cap:
                     n += 1
-                groups.append(n)  # n = 0: the embedding block alone (it does not fit beside a part)
+                layout.parts.append(n)  # n = 0: the embedding block alone (it does not fit beside a part)
                 start += n
-            if self.group_bytes(tp, total - groups[-1], groups[-1], len(groups) == 1, True) > cap:
-                groups.append(0)  # the head does not fit beside the last parts: a group of its own
+            if self.group_bytes(layout, total - layout.parts[-1], layout.parts[-1], layout.pp == 1, True) > cap:
+                layout.parts.append(0)  # the head does not fit beside the last parts: a group of its own
         except PartDoesNotFit as e:
             self.rejected[tp] = str(e)
             return None
-        return Layout(tp, groups)
+        return layout
 
     def even_layout(self, tp: int, pp: int) -> Layout:
         """`pp` groups: whole layers spread evenly when that fits, else parts spread evenly."""
-        layers, parts = self.shape.layers, 2 * self.shape.layers
+        per = self.per_layer(tp)
+        layers, parts = self.shape.layers, per * self.shape.layers
         if pp <= layers:
             base, extra = divmod(layers, pp)
-            whole = Layout(tp, [2 * (base + (1 if g < extra else 0)) for g in range(pp)])
+            whole = Layout(tp, [per * (base + (1 if g < extra else 0)) for g in range(pp)], per)
             if self.fits(whole)[0]:
                 return whole
         base, extra = divmod(parts, pp)
-        return Layout(tp, [base + (1 if g < extra else 0) for g in range(pp)])
+        return Layout(tp, [base + (1 if g < extra else 0) for g in range(pp)], per)
 
     def fits(self, layout: Layout) -> tuple[bool, int]:
-        worst = max(self.group_bytes(layout.tp, start, n, g == 0, g == layout.pp - 1)
+        worst = max(self.group_bytes(layout, start, n, g == 0, g == layout.pp - 1)
                     for g, (start, n) in enumerate(layout.ranges()))
         return worst <= self.chip.sram_bytes, worst
 
     # ---- time -------------------------------------------------------------------------------------------------
-    def group_cycles(self, tp: int, start: int, count: int, seq: int, past: int, first: bool,
+    def group_cycles(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
                      last: bool) -> dict[str, int]:
         """One group's cycles for `seq` tokens (its parts `start` .. `start + count`), split as the breakdown
         reports them."""
-        p, h = self.pieces, self.shape.hidden
-        parts = [p.part("attention", tp, seq, past) if _kind(i) == "attention" else p.part("mlp", tp, seq)
-                 for i in range(start, start + count)]
+        p, h, tp = self.pieces, self.shape.hidden, layout.tp
+        parts = [p.part("attention", tp, seq, past) if layout.kind(i) == "attention" else
+                 p.part("mlp", tp, seq, expert_groups=layout.per_layer - 1) for i in range(start, start + count)]
         colls = [p.collective("all-reduce", tp, seq, h)] * count
         if first:
             parts.append(p.part("embed", tp, seq))
@@ -324,7 +353,7 @@ class Planner:
         h, tp = self.shape.hidden, layout.tp
         groups, hops = [], []
         for g, (start, n) in enumerate(layout.ranges()):
-            groups.append(self.group_cycles(tp, start, n, seq, past, g == 0, g == layout.pp - 1))
+            groups.append(self.group_cycles(layout, start, n, seq, past, g == 0, g == layout.pp - 1))
             if g + 1 < layout.pp:
                 a, b = route[g * tp], route[(g + 1) * tp]
                 kind = "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
@@ -376,7 +405,7 @@ class Planner:
             "topology": system.config.get("topology", "node"),
             "precision": self.precision, "context": self.context, "prompt": self.prompt,
             "new_tokens": self.new_tokens, "concurrency": self.concurrency,
-            "parts_per_group": _runs(layout.parts),
+            "parts_per_group": _runs(layout.parts), "parts_per_layer": layout.per_layer,
             "parameters": self.size.parameters, "weights_bytes": self.size.weights_bytes,
             "kv_cache_bytes": self.size.kv_cache_bytes,
             "sram_used_fraction": round(worst / self.chip.sram_bytes, 4),
@@ -436,10 +465,12 @@ class Planner:
                                  f"chips dividing the heads (and equal to --tp when given)")
         layouts = []
         for t in choices:
-            if n % t or n // t > 2 * self.shape.layers + 2:
+            most = (1 + max(self.shape.experts, 1)) * self.shape.layers + 2  # groups of one part each
+            if n % t or n // t > most or self.fewest_groups(t) is None or \
+                    n // t > self.per_layer(t) * self.shape.layers + 2:
                 continue
             lay = self.even_layout(t, n // t)
-            if self.fewest_groups(t) is not None and self.fits(lay)[0]:
+            if self.fits(lay)[0]:
                 layouts.append(lay)
         if not layouts:
             raise ModelError(self._too_few(n, choices))
@@ -473,10 +504,6 @@ class Planner:
         fewest = min(best, key=lambda lay: lay.chips)
         return (f"{self._need()}; {n} chips cannot hold it: it takes at least {fewest.chips} chips "
                 f"(tp {fewest.tp} x pp {fewest.pp}, {self.chip.sram_bytes / 1e6:.1f} MB of SRAM per chip)")
-
-
-def _kind(part: int) -> str:
-    return "attention" if part % 2 == 0 else "mlp"
 
 
 def _beats(one_pass: dict[str, Any], back: int) -> list[int]:

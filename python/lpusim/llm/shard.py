@@ -255,8 +255,14 @@ def _swiglu(b: _Builder, shape: DecoderShape, h, ffn, name):
                   f"{name}.down")
 
 
-def mlp_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: int = 0) -> onnx.ModelProto:
-    """One chip's MLP part of one layer (dense, GELU for GPT-2, or every expert of a mixture)."""
+def mlp_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: int = 0,
+             expert_groups: int = 1) -> onnx.ModelProto:
+    """One chip's MLP part of one layer (dense, GELU for GPT-2, or every expert of a mixture). With
+    `expert_groups` = k > 1 a mixture's experts are split over k consecutive parts (each on its own pipeline
+    group when they do not fit one chip together): this part holds `experts / k` of them and the router, and
+    `update` carries the weighted sum of the earlier parts' experts (its first Add)."""
+    if shape.experts % expert_groups:
+        raise ModelError(f"{expert_groups} expert groups do not divide {shape.experts} experts")
     w = ShardWidths.of(shape, tp)
     b = _Builder(seed + 1)
     x = b.node("Add", ["residual", "update"], "x")
@@ -281,7 +287,7 @@ def mlp_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: in
         kept = b.node("Where", [chosen, probs, b.const("router.zero", np.float32(0.0))], "router.kept")
         routes = b.node("Div", [kept, kept_sum], "routes")
         out = None
-        for e in range(shape.experts):
+        for e in range(shape.experts // expert_groups):
             y = _swiglu(b, shape, h, w.ffn, f"expert{e}")
             route = b.node("Slice", [routes, b.const(f"expert{e}.start", np.array([e], np.int64)),
                                      b.const(f"expert{e}.end", np.array([e + 1], np.int64)),
