@@ -311,17 +311,49 @@ class Planner:
             return None
         return layout
 
-    def even_layout(self, tp: int, pp: int) -> Layout:
-        """`pp` groups: whole layers spread evenly when that fits, else parts spread evenly."""
+    def spread_layout(self, tp: int, pp: int) -> Layout | None:
+        """Exactly `pp` groups: whole layers spread evenly when that fits; else the parts cut so that the fullest
+        chip holds as little as possible (the smallest SRAM bound under which filling groups in order needs at
+        most `pp` of them), then the groups with the most parts halved until there are `pp`. None: no cut fits."""
         per = self.per_layer(tp)
-        layers, parts = self.shape.layers, per * self.shape.layers
+        layers, total = self.shape.layers, per * self.shape.layers
         if pp <= layers:
             base, extra = divmod(layers, pp)
             whole = Layout(tp, [per * (base + (1 if g < extra else 0)) for g in range(pp)], per)
             if self.fits(whole)[0]:
                 return whole
-        base, extra = divmod(parts, pp)
-        return Layout(tp, [base + (1 if g < extra else 0) for g in range(pp)], per)
+
+        def fill(bound: int) -> Layout | None:
+            layout, start = Layout(tp, [], per), 0
+            while start < total:
+                n = 0
+                while start + n < total and self.group_bytes(layout, start, n + 1, not layout.parts,
+                                                              start + n + 1 == total) <= bound:
+                    n += 1
+                if n == 0 and layout.parts:
+                    return None
+                layout.parts.append(n)
+                start += n
+            return layout
+
+        low, high = 0, self.chip.sram_bytes
+        best = fill(high)
+        if best is None or best.pp > pp:
+            return None
+        while high - low > 1 << 16:  # a 64 KB resolution is plenty for a bound of 230 MB
+            mid = (low + high) // 2
+            found = fill(mid)
+            if found is not None and found.pp <= pp:
+                best, high = found, mid
+            else:
+                low = mid
+        while best.pp < pp:  # more chips than the fullest cut needs: halve the groups with the most parts
+            g = max(range(best.pp), key=lambda i: best.parts[i])
+            if best.parts[g] < 2:
+                return None
+            half = best.parts[g] // 2
+            best.parts[g:g + 1] = [half, best.parts[g] - half]
+        return best if self.fits(best)[0] else None
 
     def fits(self, layout: Layout) -> tuple[bool, int]:
         worst = max(self.group_bytes(layout, start, n, g == 0, g == layout.pp - 1)
@@ -469,8 +501,8 @@ class Planner:
             if n % t or n // t > most or self.fewest_groups(t) is None or \
                     n // t > self.per_layer(t) * self.shape.layers + 2:
                 continue
-            lay = self.even_layout(t, n // t)
-            if self.fits(lay)[0]:
+            lay = self.spread_layout(t, n // t)
+            if lay is not None:
                 layouts.append(lay)
         if not layouts:
             raise ModelError(self._too_few(n, choices))
