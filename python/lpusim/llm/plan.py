@@ -244,6 +244,12 @@ class Planner:
         chip together, the fewest groups of experts (dividing their number) that do."""
         if tp not in self.split:
             cap, k = self.chip.sram_bytes, 1
+            if self.shape.experts:  # start from the fewest groups whose weights alone can fit (no giant graphs)
+                per_parameter = self.size.weights_bytes // self.size.parameters
+                expert = 3 * self.shape.hidden * ShardWidths.of(self.shape, tp).ffn * per_parameter
+                k = next(j for j in range(1, self.shape.experts + 1)
+                         if self.shape.experts % j == 0 and (self.shape.experts // j) * expert <= cap
+                         or j == self.shape.experts)
             while True:
                 try:
                     if self.pieces.part("mlp", tp, 1, expert_groups=k).sram_bytes <= cap:
