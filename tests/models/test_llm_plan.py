@@ -42,6 +42,9 @@ def test_parts_are_the_shares_of_a_layer():
     m = mlp_part(shape, 2, seq=1)
     sizes = {i.name: tuple(i.dims) for i in m.graph.initializer if len(i.dims) == 2}
     assert sizes["mlp.gate.weight"] == (256, 320) and sizes["mlp.down.weight"] == (320, 256)
+    half = mlp_part(shape, 2, seq=1, groups=2)  # a dense MLP in two column groups: half the columns each
+    sizes = {i.name: tuple(i.dims) for i in half.graph.initializer if len(i.dims) == 2}
+    assert sizes["mlp.gate.weight"] == (256, 160) and sizes["mlp.down.weight"] == (160, 256)
 
 
 def test_auto_plan_fields_and_sums(planner):
@@ -151,7 +154,7 @@ def test_experts_split_over_parts_when_they_do_not_fit_together():
     moe = dict(TINY, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, intermediate_size=6144,
                num_hidden_layers=2)
     planner = Planner(moe, precision="fp16", chip=small, **SMALL)
-    assert planner.expert_groups(1) == 2
+    assert planner.mlp_groups(1) == 2
     r = planner.plan("auto", tp=1)
     assert r["parts_per_layer"] == 3 and sum(n * count for n, count in r["parts_per_group"]) == 6
     assert r["sram_used_fraction"] <= 1

@@ -91,17 +91,17 @@ class Pieces:
         if self.progress:
             print(f"lpusim llm: {text}", file=sys.stderr, flush=True)
 
-    def part(self, kind: str, tp: int, seq: int, past: int = 0, expert_groups: int = 1) -> Piece:
-        key = ("part", kind, tp, seq, past, expert_groups)
+    def part(self, kind: str, tp: int, seq: int, past: int = 0, groups: int = 1) -> Piece:
+        key = ("part", kind, tp, seq, past, groups)
         if kind == "attention" and seq > 1 and past:
             self.part("attention", tp, 1, past + seq - 1)  # the decode step first: its cache addresses
         if key not in self.found:
             build = {"attention": lambda: attention_part(self.shape, tp, seq=seq, past=past),
-                     "mlp": lambda: mlp_part(self.shape, tp, seq=seq, expert_groups=expert_groups),
+                     "mlp": lambda: mlp_part(self.shape, tp, seq=seq, groups=groups),
                      "embed": lambda: embed_part(self.shape, tp, seq=seq),
                      "head": lambda: head_part(self.shape, tp)}[kind]
             name = (f"{kind} part (tp {tp}, {seq} token{'s' if seq > 1 else ''}" + (f", past {past}" if past else "")
-                    + (f", 1/{expert_groups} of the experts" if expert_groups > 1 else "") + ")")
+                    + (f", 1/{groups} of it" if groups > 1 else "") + ")")
             self._note(f"compiling the {name} at {self.precision}")
             start = time.perf_counter()
             try:
@@ -223,7 +223,7 @@ class Planner:
         self.pieces = Pieces(self.shape, precision, self.chip, progress)
         self.size = model_size(config, precision, context, concurrency)
         self.rejected: dict[int, str] = {}  # tp -> why a group of that many chips cannot hold a layer
-        self.split: dict[int, int] = {}     # tp -> into how many parts a layer's MLP goes (expert groups)
+        self.split: dict[int, int] = {}     # tp -> into how many parts a layer's MLP goes (MLP groups)
 
     # ---- SRAM -------------------------------------------------------------------------------------------------
     def part_weight_bytes(self, tp: int) -> int:
@@ -239,7 +239,7 @@ class Planner:
         keeps an f32 cache input (docs/llm.md 3.5)."""
         return self.chip.lanes * 4
 
-    def expert_groups(self, tp: int) -> int:
+    def mlp_groups(self, tp: int) -> int:
         """Into how many parts one layer's MLP goes at `tp`: 1, or for a mixture whose experts do not fit one
         chip together, the fewest groups of experts (dividing their number) that do."""
         if tp not in self.split:
@@ -252,7 +252,7 @@ class Planner:
                          or j == self.shape.experts)
             while True:
                 try:
-                    if self.pieces.part("mlp", tp, 1, expert_groups=k).sram_bytes <= cap:
+                    if self.pieces.part("mlp", tp, 1, groups=k).sram_bytes <= cap:
                         break
                 except PartDoesNotFit:
                     if not self.shape.experts or k == self.shape.experts:
@@ -264,20 +264,20 @@ class Planner:
         return self.split[tp]
 
     def per_layer(self, tp: int) -> int:
-        return 1 + self.expert_groups(tp)
+        return 1 + self.mlp_groups(tp)
 
-    def part_bytes(self, tp: int, kind: str) -> int:
+    def part_bytes(self, tp: int, kind: str, groups: int | None = None) -> int:
         """One chip's SRAM for one part: its program's peak (activations included: an upper bound), plus for
-        attention the caches of the other concurrent sequences."""
+        attention the caches of the other concurrent sequences. `groups`: the MLP's (default `mlp_groups`)."""
         if kind == "mlp":
-            return self.pieces.part("mlp", tp, 1, expert_groups=self.expert_groups(tp)).sram_bytes
+            return self.pieces.part("mlp", tp, 1, groups=groups or self.mlp_groups(tp)).sram_bytes
         w = ShardWidths.of(self.shape, tp)
         extra = (self.concurrency - 1) * 2 * w.kv_heads * self.context * self.cache_row_bytes()
         return self.pieces.part("attention", tp, 1, self.context - 1).sram_bytes + extra
 
     def group_bytes(self, layout: Layout, start: int, count: int, first: bool, last: bool) -> int:
         tp = layout.tp
-        total = sum(self.part_bytes(tp, layout.kind(i)) for i in range(start, start + count))
+        total = sum(self.part_bytes(tp, layout.kind(i), layout.per_layer - 1) for i in range(start, start + count))
         if first:
             total += self.pieces.part("embed", tp, 1).sram_bytes
         if last:
@@ -373,7 +373,7 @@ class Planner:
         reports them."""
         p, h, tp = self.pieces, self.shape.hidden, layout.tp
         parts = [p.part("attention", tp, seq, past) if layout.kind(i) == "attention" else
-                 p.part("mlp", tp, seq, expert_groups=layout.per_layer - 1) for i in range(start, start + count)]
+                 p.part("mlp", tp, seq, groups=layout.per_layer - 1) for i in range(start, start + count)]
         colls = [p.collective("all-reduce", tp, seq, h)] * count
         if first:
             parts.append(p.part("embed", tp, seq))
@@ -508,8 +508,15 @@ class Planner:
                     n // t > self.per_layer(t) * self.shape.layers + 2:
                 continue
             lay = self.spread_layout(t, n // t)
+            first = self.split[t]
+            while lay is None and self.split[t] < 4 * first and not self.shape.experts:
+                # the parts are too coarse to fill n // t groups: cut each MLP into twice as many column groups
+                self.split[t] *= 2
+                lay = self.spread_layout(t, n // t)
             if lay is not None:
                 layouts.append(lay)
+            else:
+                self.split[t] = first
         if not layouts:
             raise ModelError(self._too_few(n, choices))
         return self._fastest(layouts)

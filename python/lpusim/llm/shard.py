@@ -256,22 +256,24 @@ def _swiglu(b: _Builder, shape: DecoderShape, h, ffn, name):
 
 
 def mlp_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: int = 0,
-             expert_groups: int = 1) -> onnx.ModelProto:
-    """One chip's MLP part of one layer (dense, GELU for GPT-2, or every expert of a mixture). With
-    `expert_groups` = k > 1 a mixture's experts are split over k consecutive parts (each on its own pipeline
-    group when they do not fit one chip together): this part holds `experts / k` of them and the router, and
-    `update` carries the weighted sum of the earlier parts' experts (its first Add)."""
-    if shape.experts % expert_groups:
-        raise ModelError(f"{expert_groups} expert groups do not divide {shape.experts} experts")
+             groups: int = 1) -> onnx.ModelProto:
+    """One chip's MLP part of one layer (dense, GELU for GPT-2, or every expert of a mixture). With `groups` = k
+    > 1 the MLP is split over k consecutive parts (so that a layer's share can be cut finer over pipeline groups):
+    a mixture's experts, `experts / k` per part with the router repeated; a dense MLP's `ffn / tp` columns,
+    `ffn / (tp k)` per part (its down rows matching: a row split, whose partial sums add). `update` then carries
+    the sum of the earlier parts (its first Add)."""
+    if shape.experts % groups:
+        raise ModelError(f"{groups} groups of experts do not divide {shape.experts} experts")
     w = ShardWidths.of(shape, tp)
+    ffn = w.ffn if shape.experts else math.ceil(w.ffn / groups)
     b = _Builder(seed + 1)
     x = b.node("Add", ["residual", "update"], "x")
     h = _norm(b, shape, x, "post_norm")
     if shape.family == "gpt2":
-        up = b.node("Add", [b.node("MatMul", [h, b.weight("fc.weight", shape.hidden, w.ffn)], "fc"),
-                            b.const("fc.bias", np.zeros(w.ffn, np.float32))], "fc.biased")
+        up = b.node("Add", [b.node("MatMul", [h, b.weight("fc.weight", shape.hidden, ffn)], "fc"),
+                            b.const("fc.bias", np.zeros(ffn, np.float32))], "fc.biased")
         act = _gelu_tanh(b, up)
-        out = b.node("MatMul", [act, b.weight("proj.weight", w.ffn, shape.hidden)], "proj")
+        out = b.node("MatMul", [act, b.weight("proj.weight", ffn, shape.hidden)], "proj")
     elif shape.experts:
         probs = b.node("Softmax", [b.node("MatMul", [h, b.weight("router.weight", shape.hidden, shape.experts)],
                                           "router.logits")], "router.probs", axis=-1)
@@ -287,7 +289,7 @@ def mlp_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: in
         kept = b.node("Where", [chosen, probs, b.const("router.zero", np.float32(0.0))], "router.kept")
         routes = b.node("Div", [kept, kept_sum], "routes")
         out = None
-        for e in range(shape.experts // expert_groups):
+        for e in range(shape.experts // groups):
             y = _swiglu(b, shape, h, w.ffn, f"expert{e}")
             route = b.node("Slice", [routes, b.const(f"expert{e}.start", np.array([e], np.int64)),
                                      b.const(f"expert{e}.end", np.array([e + 1], np.int64)),
@@ -295,7 +297,7 @@ def mlp_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: in
             weighted = b.node("Mul", [y, route], f"expert{e}.weighted")
             out = weighted if out is None else b.node("Add", [out, weighted], f"experts.sum{e}")
     else:
-        out = _swiglu(b, shape, h, w.ffn, "mlp")
+        out = _swiglu(b, shape, h, ffn, "mlp")
     b.node("Identity", [out], "partial")
     outputs = [_info("x", TensorProto.FLOAT, (batch, seq, shape.hidden)),
                _info("partial", TensorProto.FLOAT, (batch, seq, shape.hidden))]
