@@ -501,11 +501,17 @@ class Planner:
             if not choices:
                 raise ModelError(f"--chips {n} / --pp {pp} = {n / pp:g} chips per group: a group is 1, 2, 4 or 8 "
                                  f"chips dividing the heads (and equal to --tp when given)")
-        layouts = []
-        for t in choices:
+        layouts, best = [], None
+        for t in sorted(choices, reverse=True):  # larger groups first: usually the fastest, and a bound for the rest
             most = (1 + max(self.shape.experts, 1)) * self.shape.layers + 2  # groups of one part each
-            if n % t or n // t > most or self.fewest_groups(t) is None or \
-                    n // t > self.per_layer(t) * self.shape.layers + 2:
+            if n % t or n // t > most:
+                continue
+            try:
+                if best is not None and self.layer_floor(t) >= best:
+                    continue  # its attention parts alone take longer than a whole token of a layout found
+            except PartDoesNotFit:
+                continue
+            if self.fewest_groups(t) is None or n // t > self.per_layer(t) * self.shape.layers + 2:
                 continue
             lay = self.spread_layout(t, n // t)
             first = self.split[t]
@@ -515,22 +521,28 @@ class Planner:
                 lay = self.spread_layout(t, n // t)
             if lay is not None:
                 layouts.append(lay)
+                cycles = self.decode_cycles(lay)
+                best = cycles if best is None else min(best, cycles)
             else:
                 self.split[t] = first
         if not layouts:
             raise ModelError(self._too_few(n, choices))
         return self._fastest(layouts)
 
+    def decode_cycles(self, layout: Layout) -> int:
+        """One decode pass through the layout's groups (without the token's return)."""
+        system = system_for_chips(layout.chips, chip=self.chip.config)
+        return self.pass_cycles(layout, system, pipeline_route(system, layout.chips), 1, self.context - 1)["cycles"]
+
+    def layer_floor(self, tp: int) -> int:
+        """A lower bound on a decode pass at `tp`: every layer's attention part (compiled alone, the cheapest
+        piece that tells tp apart), nothing else."""
+        return self.shape.layers * self.pieces.part("attention", tp, 1, self.context - 1).cycles
+
     def _fastest(self, layouts: list[Layout]) -> Layout:
         if len(layouts) == 1:
             return layouts[0]
-        timed = []
-        for lay in layouts:
-            system = system_for_chips(lay.chips, chip=self.chip.config)
-            route = pipeline_route(system, lay.chips)
-            timed.append((self.pass_cycles(lay, system, route, 1, self.context - 1)["cycles"], lay.chips, lay.tp,
-                          lay))
-        return min(timed, key=lambda x: x[:3])[3]
+        return min(layouts, key=lambda lay: (self.decode_cycles(lay), lay.chips, lay.tp))
 
     def _need(self) -> str:
         return (f"{self.shape.name} at {self.precision}, context {self.context}"
