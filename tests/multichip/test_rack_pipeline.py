@@ -155,3 +155,12 @@ def test_rack_decoder_composes_cycle_for_cycle(probe):
     partial = {k: v for k, v in distinct_stages(stage_timings(probe)).items() if k[1] != "global"}
     with pytest.raises(CompileError, match="no stage timing for stage 8"):
         compose_pipeline(partial, system)
+
+
+def test_run_on_another_seed_keeps_the_programs_system():
+    """A `system` dict given to MultiProgram.run overrides the program's own system, not the default node."""
+    from lpusim.models import mlp
+    from lpusim.multichip.pipeline import compile_multichip
+    program = compile_multichip(mlp((64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64), seed=0), 10)
+    result = program.run(seed=0, system={"seed": 7}, timing_only=True)
+    assert result.cycles == result.predicted_cycles and len(result.chip_cycles) == 10

@@ -133,8 +133,8 @@ class MultiProgram:
         there (before every run for a stage that reuses its constants' space), then only the inputs. `resident`:
         inputs already in the memories where the stages read them (a KV cache), not written. `outputs`: the output
         names read back (None: all)."""
-        if isinstance(system, dict):  # the program's chip unless the configuration names one
-            system = System.load({"chip": self.chip.config, **system})
+        if isinstance(system, dict):  # the program's own system (its chip, topology, links) with these overrides
+            system = System.load({**self.system.config, **system})
         system = system or self.system
         if json.loads(system.info["chip_config"]) != self.chip.config:
             raise ModelError("the system's chips are not the chips the program was compiled for")
