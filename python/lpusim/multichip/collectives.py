@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -349,29 +348,15 @@ class _NeverFits(CompileError):
 def _schedule(plan: TensorPlan, n: int, cfg: Chip, sysm: System, ctx: dict, sum_by_parts: bool = False):
     """Each chip's TensorScheduler in its own thread, meeting at every collective (as tensor.compile_tensor)."""
     sync = Lockstep(n)
-    results: list = [None] * n
-    errors: list = []
     log: list = []
 
-    def work(c):
-        try:
-            sched = _Scheduler(cfg, plan.graphs[c], c, n, plan, ctx, sync)
-            sched.sum_by_parts = sum_by_parts
-            sched.transfer_log = log
-            results[c] = (sched, sched.run())
-        except threading.BrokenBarrierError:
-            pass
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            errors.append(e)
-            sync.barrier.abort()
+    def make(c):
+        sched = _Scheduler(cfg, plan.graphs[c], c, n, plan, ctx, sync)
+        sched.sum_by_parts = sum_by_parts
+        sched.transfer_log = log
+        return sched
 
-    threads = [threading.Thread(target=work, args=(c,)) for c in range(n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    results = sync.run(make)
     log.sort(key=lambda e: (e["collective"], e["chip"]))
     return results, log
 

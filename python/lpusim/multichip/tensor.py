@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -501,29 +500,14 @@ def compile_tensor(graph: ir.Graph, n: int, chip, system, interval: int, ctx_bas
                        chip.mxm_acc_rows, kplanes)
     sync = Lockstep(n)
     ctx = dict(ctx_base, interval=interval, system=system)
-    results: list = [None] * n
-    errors: list = []
     log: list = []
 
-    def work(c):
-        try:
-            sched = TensorScheduler(chip, plan.graphs[c], c, n, plan, ctx, sync)
-            sched.transfer_log = log
-            result = sched.run()
-            results[c] = (sched, result)
-        except threading.BrokenBarrierError:
-            pass
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            errors.append(e)
-            sync.barrier.abort()
+    def make(c):
+        sched = TensorScheduler(chip, plan.graphs[c], c, n, plan, ctx, sync)
+        sched.transfer_log = log
+        return sched
 
-    threads = [threading.Thread(target=work, args=(c,)) for c in range(n)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    results = sync.run(make)
     programs, barriers, last_effects = [], [], []
     for c, (sched, result) in enumerate(results):
         g = plan.graphs[c]

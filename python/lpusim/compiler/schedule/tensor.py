@@ -30,6 +30,32 @@ class Lockstep:
     def wait(self):
         self.barrier.wait()
 
+    def run(self, make) -> list:
+        """`make(c).run()` for every chip c, each in its own thread (they meet here at every collective): per chip
+        (scheduler, its result). The first error of any chip is raised once every thread has stopped."""
+        n = self.barrier.parties
+        results: list = [None] * n
+        errors: list = []
+
+        def work(c):
+            try:
+                sched = make(c)
+                results[c] = (sched, sched.run())
+            except threading.BrokenBarrierError:  # another chip failed: its error is the one raised
+                pass
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(c,)) for c in range(n)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        return results
+
 
 class TensorScheduler(StageScheduler):
     """One chip's scheduler; before the nodes the plan names (and after the last) it runs the plan's collectives."""
