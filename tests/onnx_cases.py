@@ -68,3 +68,31 @@ def assert_f32_close(sim: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     rel = float(diff.max() / np.abs(ref).max())
     assert rel <= F32_UNITS * 2.0 ** -23, (rel, diff.max())
     return rel, float((diff == 0).mean())
+
+
+def int8_step(q, output: str) -> float:
+    """The quantisation step of a decoder output in the quantised model `q`: the scale of the QuantizeLinear whose
+    codes it dequantizes (logits; present keys after the rotary Add; present values after v_proj)."""
+    from onnx import numpy_helper
+    name = {"logits": "logits_scale"}.get(output)
+    if name is None:
+        _, layer, kind = output.split(".")
+        name = f"layer{layer}.k.rope_scale" if kind == "key" else f"layer{layer}.v_scale"
+    return float(next(numpy_helper.to_array(i) for i in q.graph.initializer if i.name == name))
+
+
+def assert_int8_decoder_matches(model) -> None:
+    """A builder decoder at precision="int8": its cycles equal the prediction, and every output is within the int8
+    rule against onnxruntime on the same quantised model (equal codes except one step on at most 1%). The inputs
+    are the program's own random inputs, which the compiler quantised on."""
+    from lpusim.check.compare import run_onnxruntime
+    from lpusim.compiler.frontend.quantize import quantize_model
+    program = lpusim.compile(model, precision="int8")
+    x = program.random_inputs(0)
+    result = program.run(x)
+    assert result.cycles == program.predicted_cycles
+    q = quantize_model(model, x)
+    ref, _ = run_onnxruntime(q, x)
+    for k, want in ref.items():
+        steps = np.abs(result.outputs[k].astype(np.float64) - want) / int8_step(q, k)
+        assert steps.max() <= 1.001 and (steps > 1e-3).mean() <= 0.01, (k, steps.max(), (steps > 1e-3).mean())

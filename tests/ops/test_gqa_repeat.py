@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import lpusim
 from lpusim.compiler import build_graph
 from lpusim.models import llama_decoder
-from onnx_cases import assert_matches_onnxruntime
+from onnx_cases import assert_int8_decoder_matches, assert_matches_onnxruntime
 
 GQA = dict(layers=1, hidden=64, heads=8, ffn=128, vocab=256)  # head_dim 8
 
@@ -60,29 +59,10 @@ def test_one_key_transpose_per_key_value_part(kv_heads, precision):
         assert len(loads) == 2 * batch * heads
 
 
-def int8_step(q, output: str) -> float:
-    """The quantisation step of a decoder output in the quantised model (tests/models/test_decoder_kv.py)."""
-    from onnx import numpy_helper
-    name = {"logits": "logits_scale"}.get(output)
-    if name is None:
-        _, layer, kind = output.split(".")
-        name = f"layer{layer}.k.rope_scale" if kind == "key" else f"layer{layer}.v_scale"
-    return float(next(numpy_helper.to_array(i) for i in q.graph.initializer if i.name == name))
-
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
 @pytest.mark.parametrize("seq,past", [(1, 7), (4, 0), (3, 5)], ids=["decode", "prefill", "chunk"])
 def test_gqa_int8_matches_onnxruntime(kv_heads, seq, past):
     """Every output within the int8 rule: equal codes except one step on at most 1%."""
-    from lpusim.check.compare import run_onnxruntime
-    from lpusim.compiler.frontend.quantize import quantize_model
     m = llama_decoder(**GQA, kv_heads=kv_heads, seq=seq, past=past)
-    program = lpusim.compile(m, precision="int8")
-    x = program.random_inputs(0)
-    result = program.run(x)
-    assert result.cycles == program.predicted_cycles
-    q = quantize_model(m, x)
-    ref, _ = run_onnxruntime(q, x)
-    for k, want in ref.items():
-        steps = np.abs(result.outputs[k].astype(np.float64) - want) / int8_step(q, k)
-        assert steps.max() <= 1.001 and (steps > 1e-3).mean() <= 0.01, (k, steps.max(), (steps > 1e-3).mean())
+    assert_int8_decoder_matches(m)

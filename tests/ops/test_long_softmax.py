@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import lpusim
 from lpusim.check.compare import run_onnxruntime
 from lpusim.models import llama_decoder
-from onnx_cases import assert_matches_onnxruntime, make_model
+from onnx_cases import assert_int8_decoder_matches, assert_matches_onnxruntime, make_model
 
 RNG = np.random.default_rng(7)
 
@@ -100,26 +100,9 @@ def test_decoder_over_a_long_cache_fp16(seq, past):
     assert result.outputs["present.0.key"].shape == (1, 1, past + seq, 8)
 
 
-def int8_step(q, output: str) -> float:
-    """The quantisation step of a decoder output in the quantised model (as tests/models/test_decoder_kv.py)."""
-    name = {"logits": "logits_scale"}.get(output)
-    if name is None:
-        _, layer, kind = output.split(".")
-        name = f"layer{layer}.k.rope_scale" if kind == "key" else f"layer{layer}.v_scale"
-    return float(next(numpy_helper.to_array(i) for i in q.graph.initializer if i.name == name))
-
 
 @pytest.mark.parametrize("seq,past", [(1, 1023), (2, 698)], ids=["decode-1024", "chunk-2x700"])
 def test_decoder_over_a_long_cache_int8(seq, past):
     """The int8 rule on the quantised model (tests/models/test_decoder_kv.py): equal codes but one step on 1%."""
-    from lpusim.compiler.frontend.quantize import quantize_model
     m = llama_decoder(**DECODER, seq=seq, past=past)
-    program = lpusim.compile(m, precision="int8")
-    x = program.random_inputs(0)  # what the compiler quantised on: the same quantised model
-    result = program.run(x)
-    assert result.cycles == program.predicted_cycles
-    q = quantize_model(m, x)
-    ref, _ = run_onnxruntime(q, x)
-    for k, want in ref.items():
-        steps = np.abs(result.outputs[k].astype(np.float64) - want) / int8_step(q, k)
-        assert steps.max() <= 1.001 and (steps > 1e-3).mean() <= 0.01, (k, steps.max(), (steps > 1e-3).mean())
+    assert_int8_decoder_matches(m)
