@@ -158,3 +158,22 @@ def test_experts_split_over_parts_when_they_do_not_fit_together():
     r = planner.plan("auto", tp=1)
     assert r["parts_per_layer"] == 3 and sum(n * count for n, count in r["parts_per_group"]) == 6
     assert r["sram_used_fraction"] <= 1
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(hidden_size="wide"), "not a number"), (dict(num_attention_heads=0), "heads is 0"),
+    (dict(num_key_value_heads=3), "not a multiple"), (dict(model_type="mixtral", num_local_experts=4), "between 1"),
+    (dict(vocab_size=None), "no vocab_size")])
+def test_bad_config_json_is_one_line(tmp_path, capsys, change, message):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({k: v for k, v in {**TINY, **change}.items() if v is not None}))
+    assert main(["llm", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_huge_config_json_is_not_read(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(" " * (2 << 20) + "{}")
+    assert main(["llm", str(config)]) == 2
+    assert "is not a config.json" in capsys.readouterr().err

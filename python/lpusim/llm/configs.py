@@ -40,6 +40,7 @@ BUILT_IN: dict[str, dict[str, Any]] = {
 }
 
 BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
+MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ def config_fields(config: str | os.PathLike | dict | Any) -> dict[str, Any]:
         path = os.fspath(config)
         if not os.path.isfile(path):
             raise ModelError(f"{path}: not a built-in model ({', '.join(BUILT_IN)}) and not a config.json file")
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            raise ModelError(f"{path}: {os.path.getsize(path):,} bytes is not a config.json (at most "
+                             f"{MAX_CONFIG_BYTES:,} are read)")
         try:
             with open(path, encoding="utf-8") as f:
                 fields = json.load(f)

@@ -64,27 +64,45 @@ class DecoderShape:
         kind = f.get("model_type")
         name = str(config) if isinstance(config, str) else f.get("_name_or_path") or str(kind)
         if kind == "gpt2":
-            hidden, heads = int(f["n_embd"]), int(f["n_head"])
-            return cls("gpt2", name, hidden, int(f["n_layer"]), heads, heads, hidden // heads,
-                       int(f.get("n_inner") or 4 * hidden), int(f["vocab_size"]), tied=True,
-                       eps=float(f.get("layer_norm_epsilon", 1e-5)), positions=int(f.get("n_positions", 1024)))
+            try:
+                hidden, heads = int(f["n_embd"]), int(f["n_head"])
+                shape = cls("gpt2", name, hidden, int(f["n_layer"]), heads, heads, hidden // max(heads, 1),
+                            int(f.get("n_inner") or 4 * hidden), int(f["vocab_size"]), tied=True,
+                            eps=float(f.get("layer_norm_epsilon", 1e-5)), positions=int(f.get("n_positions", 1024)))
+            except KeyError as e:
+                raise ModelError(f"the configuration has no {e.args[0]} field") from None
+            except (TypeError, ValueError) as e:
+                raise ModelError(f"the configuration has a field that is not a number: {e}") from None
+            shape.check()
+            return shape
         if kind not in LLAMA_FAMILY:
             raise ModelError(f"model_type '{kind}': the planner knows {', '.join(LLAMA_FAMILY)} and gpt2")
         try:
             hidden, heads = int(f["hidden_size"]), int(f["num_attention_heads"])
             shape = cls("llama", name, hidden, int(f["num_hidden_layers"]), heads,
                         int(first_field(f, "num_key_value_heads", default=heads)),
-                        int(first_field(f, "head_dim", default=hidden // heads)), int(f["intermediate_size"]),
+                        int(first_field(f, "head_dim", default=hidden // max(heads, 1))), int(f["intermediate_size"]),
                         int(f["vocab_size"]), int(f.get("num_local_experts") or 0),
                         int(f.get("num_experts_per_tok") or 0), kind == "qwen2",
                         bool(f.get("tie_word_embeddings", False)), float(f.get("rms_norm_eps", 1e-5)),
                         float(f.get("rope_theta", 10000.0)), int(f.get("max_position_embeddings", 4096)))
         except KeyError as e:
             raise ModelError(f"the configuration has no {e.args[0]} field") from None
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"the configuration has a field that is not a number: {e}") from None
+        shape.check()
+        if shape.experts and not 1 <= shape.top_k <= shape.experts:
+            raise ModelError(f"num_experts_per_tok {shape.top_k}: between 1 and num_local_experts {shape.experts}")
         if shape.heads % shape.kv_heads:
             raise ModelError(f"num_attention_heads {shape.heads} is not a multiple of num_key_value_heads "
                              f"{shape.kv_heads}")
         return shape
+
+    def check(self) -> None:
+        """Every size at least 1 (a config.json can say anything)."""
+        for field in ("hidden", "layers", "heads", "kv_heads", "head_dim", "ffn", "vocab"):
+            if getattr(self, field) < 1:
+                raise ModelError(f"{self.name}: the configuration's {field} is {getattr(self, field)}; at least 1")
 
 
 @dataclass(frozen=True)
