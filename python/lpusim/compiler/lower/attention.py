@@ -409,6 +409,8 @@ def lower_per_head(lw, node, args):
             raise CompileError(f"{lw.where(node)}: Slice of attention heads along the batch or heads axis is "
                                f"not supported (only the last two axes)")
         part_axes = part_axes - 1  # [B, NH, S, X] -> the part's [1, S, X]
+    if op == "Softmax" and stacked_softmax(lw, node, args, nh, transposed, shape4):
+        return
     out_parts = []
     bounds = []
     for i_part in range(nh):
@@ -472,6 +474,67 @@ def lower_per_head(lw, node, args):
         # elementwise op whose other operand broadcasts a heads operand's one row: a static KV cache's Where)
         shape4 = tuple(shape4[:2]) + tuple(lw.tensors[out_parts[0]].shape[-2:])
     lw.heads[node.output[0]] = (out_parts, transposed, shape4)
+
+
+STACK_MIN_LANES = 320  # rows of at least this many lanes: one Softmax over the stacked rows pays for the moves
+STACK_MAX_ROWS = 8  # at most this many rows per stacked Softmax (more parts: several groups; 16 rows of 401 lanes
+# at batch 2 failed to schedule: "could not schedule the VXM chain of Softmax node 'layer0.probs'")
+
+
+def stacked_softmax(lw, node, args, nh: int, transposed: bool, shape4: tuple) -> bool:
+    """A Softmax over the last axis of long-row heads (a decoder's scores over its cache, [1, K] per head, K >= 320):
+    the parts' rows stacked into one [nh * S, K] matrix (rows.concat_rows), one Softmax over it, then each part's
+    rows copied back out (transpose.copy_rows). Softmax is row-wise and sees the same ONNX input (its magnitudes),
+    so each row gets the same arithmetic as in its own part's Softmax: values bit-identical; the per-part lowering
+    would run nh dependent chains of wide reductions (Llama-2-70B decode, 8 heads of [1, 4096]: 73,385 cycles
+    against 12,305 for one [8, 4096]). At most STACK_MAX_ROWS rows per Softmax: more parts (batch 2) are stacked in
+    groups, one Softmax each. False: not stacked."""
+    if transposed or len(args) != 1 or args[0] is None or args[0][0] != "heads":
+        return False
+    attrs = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
+    opset = next((o.version for o in lw.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13 or attrs.get("axis", -1) not in (-1, 3):
+        return False
+    parts = [head_float(lw, node, p) for p in args[0][1]]
+    s, k = (int(v) for v in lw.tensors[parts[0]].shape[-2:])
+    if nh < 2 or k < STACK_MIN_LANES or s > STACK_MAX_ROWS // 2 \
+            or any(tuple(lw.tensors[p].shape[-2:]) != (s, k) for p in parts):
+        return False
+    per = STACK_MAX_ROWS // s  # parts per stacked Softmax
+    out_parts = []
+    for g in range(0, nh, per):
+        out_parts += stack_group(lw, node, parts[g:g + per], s, k, "" if per >= nh else f"{g // per}")
+    lw.heads[node.output[0]] = (out_parts, False, tuple(shape4[:2]) + (s, k))
+    return True
+
+
+def stack_group(lw, node, parts: list, s: int, k: int, tag: str) -> list:
+    """One Softmax over `parts` ([S, K] each) stacked on the rows; the parts of its result."""
+    name, n = node.input[0], len(parts)
+    sub = Renamed(node, f"{node.output[0]}@rows{tag}")
+    concat_rows(lw, sub, [("value", p, (1, s, k)) for p in parts], [(1, s, k)] * n, 1)
+    stacked = lw.values.pop(sub.output[0])[0]
+    saved = lw.values.get(name)
+    lw.values[name] = (stacked, (1, n * s, k))
+    lw.heads_hidden[name] = lw.heads.pop(name)
+    sub = onnx.helper.make_node("Softmax", [name], [f"{node.output[0]}@stacked{tag}"], name=node.name, axis=-1)
+    try:
+        lw.lower(sub)
+    finally:
+        lw.heads[name] = lw.heads_hidden.pop(name)
+        if saved is None:
+            del lw.values[name]
+        else:
+            lw.values[name] = saved
+    y = lw.values.pop(sub.output[0])[0]
+    mag = lw.ir_magnitude(y)
+    out = []
+    for i in range(n):
+        part = copy_rows(lw, node, y, (1, s, k), np.arange(i * s, (i + 1) * s), f"{node.output[0]}@p{tag}.{i}",
+                         mag, force=True)
+        lw.tensors[part].shape = (1, s, k)
+        out.append(part)
+    return out
 
 
 def operand_shape(x) -> tuple:
