@@ -148,14 +148,20 @@ def lane_extreme_and_copy(lw, node, x, shape, op, hint="max", magnitude=None) ->
     copy, _ = lane_matmul(lw, node, x, shape, ("eye", c), lambda: np.eye(c, dtype=np.float32), f"{hint}0")
     lw.derived[copy] = magnitude
     lw.tensors[copy].f16_saturate = True
-    m, s = copy, 1
+    return rotation_tree(lw, node, copy, shape, c, op, hint, magnitude), copy
+
+
+def rotation_tree(lw, node, m, shape, c, op, hint, magnitude) -> str:
+    """`op` (MAX/MIN) over the first `c` lanes of m's rows, into every one of them: log2(c) lane rotations on the
+    MXM, each combined with its input in the epilogue (m holds fp16 values: every lane compares the same ones)."""
+    s = 1
     while s < c:
         m, _ = lane_matmul(lw, node, m, shape, (f"rot{s}", c), lambda s=s: rotation(c, s), f"{hint}{s}",
-                                [Step(op, [("acc",), ("src", 0)])], [m])
+                           [Step(op, [("acc",), ("src", 0)])], [m])
         lw.derived[m] = magnitude
         lw.tensors[m].f16_saturate = True
         s *= 2
-    return m, copy
+    return m
 
 
 def keep_lane0(lw, node, x, shape, out_onnx):

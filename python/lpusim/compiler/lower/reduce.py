@@ -45,7 +45,7 @@ import numpy as np
 from lpusim.compiler.ir import Node, Step, View
 from lpusim.compiler.lower.lanes import (check_lane_axis, FP16_EXACT, fp16_residual, keep_lane0, lane_axis,
                                          lane_extreme, lane_extreme_and_copy, lane_matmul, lane_sum, LANES,
-                                         rotation, UP, vector, with_lanes)
+                                         rotation_tree, UP, vector, with_lanes)
 from lpusim.compiler.lower.transpose import permute
 from lpusim.compiler.row_layout import as_matrix, to_rows
 from lpusim.errors import CompileError
@@ -335,13 +335,7 @@ def wide_extreme(lw, node, x, shape, op, hint="max", magnitude=None, steps=(), s
                            f"{hint}.t{j}", *more)
         lw.derived[m] = magnitude
         lw.tensors[m].f16_saturate = True
-    s = 1
-    while s < LANES:
-        m, _ = lane_matmul(lw, node, m, short, (f"rot{s}", LANES), lambda s=s: rotation(LANES, s), f"{hint}{s}",
-                           [Step(op, [("acc",), ("src", 0)])], [m])
-        lw.derived[m] = magnitude
-        lw.tensors[m].f16_saturate = True
-        s *= 2
+    m = rotation_tree(lw, node, m, short, LANES, op, hint, magnitude)
     y = wide_broadcast(lw, node, m, short, shape, hint, steps, sources)
     if not steps:
         lw.derived[y] = magnitude
