@@ -224,6 +224,8 @@ class Planner:
         self.size = model_size(config, precision, context, concurrency)
         self.rejected: dict[int, str] = {}  # tp -> why a group of that many chips cannot hold a layer
         self.split: dict[int, int] = {}     # tp -> into how many parts a layer's MLP goes (MLP groups)
+        self.systems: dict[int, tuple] = {}  # chips -> (system, route)
+        self.decodes: dict[tuple, int] = {}  # (tp, parts per layer, parts per group) -> decode pass cycles
 
     # ---- SRAM -------------------------------------------------------------------------------------------------
     def part_weight_bytes(self, tp: int) -> int:
@@ -417,8 +419,7 @@ class Planner:
     def plan(self, chips: int | str = "auto", tp: int | None = None, pp: int | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         layout = self.choose(chips, tp, pp)
-        system = system_for_chips(layout.chips, chip=self.chip.config)
-        route = pipeline_route(system, layout.chips)
+        system, route = self.placed(layout.chips)
         decode = self.pass_cycles(layout, system, route, 1, self.context - 1)
         back = self.return_hop(system, route)
         prefill = self.pass_cycles(layout, system, route, self.chunk, self.context - self.chunk)
@@ -529,10 +530,20 @@ class Planner:
             raise ModelError(self._too_few(n, choices))
         return self._fastest(layouts)
 
+    def placed(self, chips: int) -> tuple[Any, list[int]]:
+        """The system of `chips` chips and its pipeline route, made once per chip count."""
+        if chips not in self.systems:
+            system = system_for_chips(chips, chip=self.chip.config)
+            self.systems[chips] = (system, pipeline_route(system, chips))
+        return self.systems[chips]
+
     def decode_cycles(self, layout: Layout) -> int:
-        """One decode pass through the layout's groups (without the token's return)."""
-        system = system_for_chips(layout.chips, chip=self.chip.config)
-        return self.pass_cycles(layout, system, pipeline_route(system, layout.chips), 1, self.context - 1)["cycles"]
+        """One decode pass through the layout's groups (without the token's return), computed once per layout."""
+        key = (layout.tp, layout.per_layer, tuple(layout.parts))
+        if key not in self.decodes:
+            system, route = self.placed(layout.chips)
+            self.decodes[key] = self.pass_cycles(layout, system, route, 1, self.context - 1)["cycles"]
+        return self.decodes[key]
 
     def layer_floor(self, tp: int) -> int:
         """A lower bound on a decode pass at `tp`: every layer's attention part (compiled alone, the cheapest
