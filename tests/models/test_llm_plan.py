@@ -7,9 +7,9 @@ import pytest
 
 from lpusim.cli import main
 from lpusim.errors import ModelError
-from lpusim.llm.plan import Planner, plan_llm, shortest_path
+from lpusim.llm.plan import Planner, plan_llm
 from lpusim.llm.shard import DecoderShape, ShardWidths, attention_part, mlp_part
-from lpusim.multichip.topology import system_for_chips
+from lpusim.multichip.topology import shortest_path, system_for_chips
 
 # A small Llama with grouped-query attention: 8 query heads over 2 key/value heads.
 TINY = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 640, "num_hidden_layers": 4,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,7 @@ from lpusim.llm.configs import model_size
 from lpusim.llm.shard import DecoderShape, ShardWidths, attention_part, embed_part, head_part, mlp_part
 from lpusim.multichip.collectives import allgather, allreduce
 from lpusim.multichip.compose import hop_cycles
-from lpusim.multichip.topology import NODE_CHIPS, RACK_CHIPS, pipeline_route, system_for_chips
+from lpusim.multichip.topology import NODE_CHIPS, RACK_CHIPS, pipeline_route, shortest_path, system_for_chips
 from lpusim.runtime.program import compile_program
 
 PRECISIONS = ("int8", "fp16")
@@ -589,34 +588,6 @@ def _runs(values: list[int]) -> list[list[int]]:
         else:
             out.append([v, 1])
     return out
-
-
-def shortest_path(system, a: int, b: int) -> list[str]:
-    """The link kinds of a fewest-hops path from chip a to chip b (breadth first, links in order)."""
-    if a == b:
-        return []
-    adjacent: dict[int, list[tuple[int, str]]] = {}
-    for link in system.links:
-        adjacent.setdefault(link["chip_a"], []).append((link["chip_b"], link["kind"]))
-        adjacent.setdefault(link["chip_b"], []).append((link["chip_a"], link["kind"]))
-    came: dict[int, tuple[int, str]] = {a: (a, "")}
-    todo = deque([a])
-    while todo:
-        c = todo.popleft()
-        for nxt, kind in adjacent.get(c, ()):
-            if nxt not in came:
-                came[nxt] = (c, kind)
-                if nxt == b:
-                    todo.clear()
-                    break
-                todo.append(nxt)
-    if b not in came:
-        raise ModelError(f"no route from chip {a} to chip {b} in the system")
-    kinds = []
-    while b != a:
-        b, kind = came[b]
-        kinds.append(kind)
-    return kinds[::-1]
 
 
 def plan_llm(config, *, chips: int | str = "auto", tp: int | None = None, pp: int | None = None,

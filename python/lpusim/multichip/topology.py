@@ -22,6 +22,7 @@ does not reproduce the published "at most 5 hops" for every chip pair at 145 rac
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 from lpusim.errors import CompileError
@@ -110,6 +111,28 @@ def _adjacency(system: System) -> dict[int, dict[int, list[dict]]]:
     return adj
 
 
+def shortest_path(system: System, a: int, b: int) -> list[str]:
+    """The link kinds of a fewest-hops path from chip a to chip b (breadth first, neighbours in link order)."""
+    if a == b:
+        return []
+    adj = _adjacency(system)
+    came: dict[int, tuple[int, str]] = {a: (a, "")}
+    todo = deque([a])
+    while todo and b not in came:
+        c = todo.popleft()
+        for nxt, links in adj.get(c, {}).items():
+            if nxt not in came:
+                came[nxt] = (c, links[0]["kind"])
+                todo.append(nxt)
+    if b not in came:
+        raise CompileError(f"no route from chip {a} to chip {b} in the system")
+    kinds = []
+    while b != a:
+        b, kind = came[b]
+        kinds.append(kind)
+    return kinds[::-1]
+
+
 def pipeline_route(system: System, n: int) -> list[int]:
     """n chips of `system`, each directly linked to the next: a node's 8 chips (local links) before the next node
     (one global link per node boundary), a rack's 9 nodes before the next rack, nodes and racks in index order as
@@ -184,7 +207,6 @@ def pipeline_route(system: System, n: int) -> list[int]:
     for first in start_nodes:
         stack = [(first, None, iter(candidates(first, None, {first}, 0)))]
         visited = {first}
-        entries: dict[int, int | None] = {first: None}
         chosen: list[tuple[int, int]] = []  # per step: (exit chip, next entry chip)
         steps = 0
         while stack:
