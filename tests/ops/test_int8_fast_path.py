@@ -10,7 +10,6 @@
 import hashlib
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

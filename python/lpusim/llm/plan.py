@@ -21,138 +21,22 @@ whole-system simulation in tests/multichip/test_rack_pipeline.py.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from lpusim.chip import Chip
-from lpusim.compiler.schedule.kv_cache import CacheRegion
-from lpusim.errors import CompileError, ModelError, OutOfSram
+from lpusim.errors import ModelError
 from lpusim.llm.configs import model_size
-from lpusim.llm.shard import DecoderShape, ShardWidths, attention_part, embed_part, head_part, mlp_part
-from lpusim.multichip.collectives import allgather, allreduce
-from lpusim.multichip.compose import hop_cycles
+from lpusim.llm.pieces import F32_PLANES, PartDoesNotFit, Pieces
+from lpusim.llm.shard import DecoderShape, ShardWidths
 from lpusim.multichip.topology import NODE_CHIPS, RACK_CHIPS, pipeline_route, shortest_path, system_for_chips
-from lpusim.runtime.program import compile_program
 
 PRECISIONS = ("int8", "fp16")
-
-
-class PartDoesNotFit(ModelError):
-    """A part of one layer's share does not compile for one chip (its SRAM, mostly): that tp cannot hold it."""
-
-F32_PLANES = 4          # activations travel between chips as f32 (the parts' inputs and the partial sums)
 # Prompt tokens per prefill pass (default). A chunk attends over the whole cache window as the generation's prefill
 # programs do (docs/llm.md 3.5), so every chunk is the same program; the chunks follow one another through the
 # pipeline. Larger chunks shorten the prefill but compile slower (the collectives' compile time grows with rows).
 PREFILL_CHUNK = 16
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One compiled and simulated program: a part on one chip or a collective on a group."""
-
-    name: str
-    cycles: int
-    sram_bytes: int = 0          # parts: the program's SRAM peak on its chip
-    install_cycles: int = 0      # parts: cycles in which some MXM plane is loading or installing weights
-    sync_cycles: int = 0         # collectives and hops: RUNTIME_DESKEW stalls
-    link_vectors: int = 0        # collectives and hops: the most vectors one link direction carries
-    compile_s: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v or k in ("name", "cycles")}
-
-
-def install_cycles(program) -> int:
-    """Cycles covered by weight loads (LW bursts) and installs (IW) on any MXM plane of a compiled program."""
-    spans = sorted((i.cycle, i.cycle + (i.n - 1) * i.d + 1) for i in program._schedule.issues
-                   if i.queue.startswith("MXM.") and i.queue.endswith((".LW", ".IW")))
-    total, end = 0, -1
-    for lo, hi in spans:
-        if hi > end:
-            total += hi - max(lo, end)
-            end = hi
-    return total
-
-
-class Pieces:
-    """Compiles and simulates each distinct piece once (in memory, for the life of the object)."""
-
-    def __init__(self, shape: DecoderShape, precision: str, chip: Chip, progress: bool = False):
-        self.shape, self.precision, self.chip, self.progress = shape, precision, chip, progress
-        self.found: dict[tuple, Piece] = {}
-        self.programs: dict[tuple, Any] = {}  # decode attention parts, whose cache addresses prefill claims
-        self.compile_s = 0.0
-
-    def _note(self, text: str):
-        if self.progress:
-            print(f"lpusim llm: {text}", file=sys.stderr, flush=True)
-
-    def part(self, kind: str, tp: int, seq: int, past: int = 0, groups: int = 1) -> Piece:
-        key = ("part", kind, tp, seq, past, groups)
-        if kind == "attention" and seq > 1 and past:
-            self.part("attention", tp, 1, past + seq - 1)  # the decode step first: its cache addresses
-        if key not in self.found:
-            build = {"attention": lambda: attention_part(self.shape, tp, seq=seq, past=past),
-                     "mlp": lambda: mlp_part(self.shape, tp, seq=seq, groups=groups),
-                     "embed": lambda: embed_part(self.shape, tp, seq=seq),
-                     "head": lambda: head_part(self.shape, tp)}[kind]
-            name = (f"{kind} part (tp {tp}, {seq} token{'s' if seq > 1 else ''}" + (f", past {past}" if past else "")
-                    + (f", 1/{groups} of it" if groups > 1 else "") + ")")
-            self._note(f"compiling the {name} at {self.precision}")
-            start = time.perf_counter()
-            try:
-                program = compile_program(build(), chip=self.chip, precision=self.precision,
-                                          cache=self._cache(kind, tp, seq, past))
-            except (CompileError, OutOfSram) as e:
-                raise PartDoesNotFit(f"the {name} does not fit one chip: {e}") from None
-            spent = time.perf_counter() - start
-            self.compile_s += spent
-            run = program.run(timing_only=True)
-            if kind == "attention" and seq == 1:
-                self.programs[("attention", tp, seq, past)] = program
-            self.found[key] = Piece(name, run.cycles, program.sram_bytes, install_cycles(program),
-                                    compile_s=round(spent, 2))
-        return self.found[key]
-
-    def _cache(self, kind: str, tp: int, seq: int, past: int) -> list[CacheRegion] | None:
-        """The attention part's KV cache as cache regions (docs/llm.md 3.5): the past read in place, the present
-        written over it, no copy. A prefill chunk claims the decode step's addresses, as generation does."""
-        if kind != "attention" or not past:
-            return None
-        pairs = (("present_key", "past_key"), ("present_value", "past_value"))
-        if seq == 1:
-            return [CacheRegion(present, past_) for present, past_ in pairs]
-        total = past + seq
-        tiles = self.programs[("attention", tp, 1, total - 1)].cache_tiles()
-        return [CacheRegion(present, past_, tiles[present]) for present, past_ in pairs]
-
-    def collective(self, kind: str, tp: int, rows: int, cols: int) -> Piece:
-        key = ("collective", kind, tp, rows, cols)
-        if tp == 1:
-            return Piece(f"{kind} (1 chip)", 0)
-        if key not in self.found:
-            self._note(f"compiling the {kind} of [{rows}, {cols}] f32 over {tp} chips")
-            start = time.perf_counter()
-            make = allreduce if kind == "all-reduce" else allgather
-            program = make(tp, rows, cols, chip=self.chip)
-            spent = time.perf_counter() - start
-            self.compile_s += spent
-            run = program.run(timing_only=True)
-            self.found[key] = Piece(f"{kind} [{rows}, {cols}] over {tp} chips", run.cycles,
-                                    sync_cycles=run.sync_cycles, link_vectors=program.vectors_per_link,
-                                    compile_s=round(spent, 2))
-        return self.found[key]
-
-    def hop(self, system, kind: str, rows: int, cols: int) -> Piece:
-        vectors = rows * math.ceil(cols / self.chip.lanes) * F32_PLANES
-        key = ("hop", kind, vectors)
-        if key not in self.found:
-            self.found[key] = Piece(f"{kind} hop of {vectors} vectors", hop_cycles(system, kind, vectors),
-                                    link_vectors=vectors)
-        return self.found[key]
 
 
 @dataclass
