@@ -75,6 +75,46 @@ pub struct ChipConfig {
     pub hac_period: u64,
     /// Chosen: lpusim preloads queues, so this only bounds a program's length per queue.
     pub instruction_queue_depth: usize,
+    // ---- energy (docs/energy.md): nothing here is published for the chip; every value is derived from a
+    // published per-operation figure (Horowitz, ISSCC 2014, 45 nm at 0.9 V) scaled to 14 nm by C*V^2 (0.25:
+    // capacitance with feature size, 14/45 = 0.31, times (0.8 V / 0.9 V)^2), or reasoned from physics. ----
+    /// Chosen: an 8-bit multiply (0.2 pJ) and a 32-bit integer accumulate (0.1 pJ) at 45 nm, x 0.25.
+    pub energy_int8_mac_pj: f64,
+    /// Chosen: a 16-bit float multiply (1.1 pJ) and a 32-bit float accumulate (0.9 pJ) at 45 nm, x 0.25.
+    pub energy_fp16_mac_pj: f64,
+    /// Chosen: a 16-byte access of a 128 KiB tile of a MEM slice, between Horowitz's 32 KiB (20 pJ per 8 bytes)
+    /// and 1 MiB (100 pJ) arrays, growing as the square root of size: 40 pJ per 8 bytes at 45 nm, x 0.25.
+    pub energy_sram_read_pj_per_byte: f64,
+    /// Chosen: the same as a read (Horowitz gives one figure per access).
+    pub energy_sram_write_pj_per_byte: f64,
+    /// Chosen: one stream-register position is about 0.26 mm of die (25 mm over 95 positions); a wire of about
+    /// 0.2 pF/mm at 0.8 V with half the bits toggling costs 0.064 pJ/bit/mm, so 0.017 pJ/bit, plus a flip-flop
+    /// write: about 0.02 pJ/bit, 0.15 pJ per byte.
+    pub energy_stream_hop_pj_per_byte: f64,
+    /// Chosen: writing a weight into a plane's weight buffer is a register write plus about one position of wire,
+    /// as a stream hop.
+    pub energy_weight_load_pj_per_byte: f64,
+    /// Chosen: one 32-bit VXM operation on one lane: the mean of a 32-bit float add (0.9 pJ) and multiply (3.7 pJ)
+    /// at 45 nm, x 0.25.
+    pub energy_vxm_op_pj_per_lane: f64,
+    /// Chosen: EXP, TANH, DIV, RSQRT, ... on one lane: about four 32-bit float multiplies (a short polynomial or
+    /// iteration), 4 x 3.7 pJ at 45 nm, x 0.25.
+    pub energy_vxm_transcendental_pj_per_lane: f64,
+    /// Chosen: a shift, permute or transpose moves each byte through a crossbar: about two stream hops.
+    pub energy_sxm_pj_per_byte: f64,
+    /// Chosen: a 30 Gb/s receiver data path in 14 nm FinFET alone takes 0.8 pJ/bit (Kull et al., ISSCC 2017);
+    /// with the transmitter, clocking and equalisation for a card-to-card channel, 4 pJ/bit.
+    pub energy_c2c_pj_per_bit: f64,
+    /// Chosen: Horowitz's overhead of an instruction in an in-order core (about 70 pJ at 45 nm: fetch, decode,
+    /// register access), x 0.25.
+    pub energy_instruction_pj: f64,
+    /// Chosen: leakage and the clock network of the 20 superlanes' slices (the stream registers are clocked every
+    /// cycle whatever they carry): 40 W, about 19% of the published 215 W TDP. A `CONFIG` mask that powers a
+    /// superlane down removes its share.
+    pub static_power_superlanes_w: f64,
+    /// Chosen: what no superlane mask gates: the instruction control unit, clock generation, the 16 C2C links'
+    /// SerDes held up while idle (64 lanes at about 0.1 W) and the host interface: 15 W.
+    pub static_power_uncore_w: f64,
 }
 
 impl ChipConfig {
@@ -113,6 +153,19 @@ impl ChipConfig {
             c2c_rx_buffer_vectors: 8,
             hac_period: 252,
             instruction_queue_depth: 1 << 20,
+            energy_int8_mac_pj: 0.075,
+            energy_fp16_mac_pj: 0.5,
+            energy_sram_read_pj_per_byte: 1.25,
+            energy_sram_write_pj_per_byte: 1.25,
+            energy_stream_hop_pj_per_byte: 0.15,
+            energy_weight_load_pj_per_byte: 0.15,
+            energy_vxm_op_pj_per_lane: 0.575,
+            energy_vxm_transcendental_pj_per_lane: 3.7,
+            energy_sxm_pj_per_byte: 0.3,
+            energy_c2c_pj_per_bit: 4.0,
+            energy_instruction_pj: 17.5,
+            static_power_superlanes_w: 40.0,
+            static_power_uncore_w: 15.0,
         };
         c.sram_bytes = c.derived_sram_bytes();
         c.instruction_queues = c.derived_instruction_queues();
@@ -262,7 +315,34 @@ impl ChipConfig {
         if self.instruction_queue_depth == 0 || self.instruction_queue_depth > 1 << 28 {
             return err("instruction_queue_depth", "must be in 1..268435456".into());
         }
+        // Energies are per event in picojoules and powers in watts: zero is allowed (to leave a term out), a
+        // negative, infinite or absurd value is not (1 uJ per event, 100 kW per chip bound any real chip).
+        for (f, v) in self.energy_fields() {
+            let bound = if f.starts_with("static_power") { 1e5 } else { 1e6 };
+            if !(v.is_finite() && (0.0..=bound).contains(&v)) {
+                return err(f, format!("must be a number in 0..{bound}"));
+            }
+        }
         Ok(())
+    }
+
+    /// The energy fields by name (docs/energy.md).
+    pub fn energy_fields(&self) -> [(&'static str, f64); 13] {
+        [
+            ("energy_int8_mac_pj", self.energy_int8_mac_pj),
+            ("energy_fp16_mac_pj", self.energy_fp16_mac_pj),
+            ("energy_sram_read_pj_per_byte", self.energy_sram_read_pj_per_byte),
+            ("energy_sram_write_pj_per_byte", self.energy_sram_write_pj_per_byte),
+            ("energy_stream_hop_pj_per_byte", self.energy_stream_hop_pj_per_byte),
+            ("energy_weight_load_pj_per_byte", self.energy_weight_load_pj_per_byte),
+            ("energy_vxm_op_pj_per_lane", self.energy_vxm_op_pj_per_lane),
+            ("energy_vxm_transcendental_pj_per_lane", self.energy_vxm_transcendental_pj_per_lane),
+            ("energy_sxm_pj_per_byte", self.energy_sxm_pj_per_byte),
+            ("energy_c2c_pj_per_bit", self.energy_c2c_pj_per_bit),
+            ("energy_instruction_pj", self.energy_instruction_pj),
+            ("static_power_superlanes_w", self.static_power_superlanes_w),
+            ("static_power_uncore_w", self.static_power_uncore_w),
+        ]
     }
 
     // ---- floorplan (docs/isa.md section 1), derived from the counts ----
@@ -358,5 +438,9 @@ mod tests {
         assert_eq!(ChipConfig::from_json("[1]").unwrap_err().field, "json");
         assert_eq!(ChipConfig::from_json("{").unwrap_err().field, "json");
         assert!(ChipConfig::by_name("nope").is_err());
+        let negative = c.to_json().replace("\"energy_c2c_pj_per_bit\": 4.0", "\"energy_c2c_pj_per_bit\": -1.0");
+        assert_eq!(ChipConfig::from_json(&negative).unwrap_err().field, "energy_c2c_pj_per_bit");
+        let absurd = c.to_json().replace("\"static_power_uncore_w\": 15.0", "\"static_power_uncore_w\": 1e9");
+        assert_eq!(ChipConfig::from_json(&absurd).unwrap_err().field, "static_power_uncore_w");
     }
 }

@@ -34,6 +34,20 @@ TSP_V1: dict = {
     "c2c_rx_buffer_vectors": 8,
     "hac_period": 252,
     "instruction_queue_depth": 1048576,
+    # energy (docs/energy.md): per event in pJ, static power in W
+    "energy_int8_mac_pj": 0.075,
+    "energy_fp16_mac_pj": 0.5,
+    "energy_sram_read_pj_per_byte": 1.25,
+    "energy_sram_write_pj_per_byte": 1.25,
+    "energy_stream_hop_pj_per_byte": 0.15,
+    "energy_weight_load_pj_per_byte": 0.15,
+    "energy_vxm_op_pj_per_lane": 0.575,
+    "energy_vxm_transcendental_pj_per_lane": 3.7,
+    "energy_sxm_pj_per_byte": 0.3,
+    "energy_c2c_pj_per_bit": 4.0,
+    "energy_instruction_pj": 17.5,
+    "static_power_superlanes_w": 40.0,
+    "static_power_uncore_w": 15.0,
 }
 
 
