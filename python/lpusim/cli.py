@@ -135,13 +135,20 @@ def cmd_generate(args) -> int:
 
 
 def cmd_llm(args) -> int:
+    from lpusim.llm.gpu import Gpu, compare, format_comparison
     from lpusim.llm.plan import format_plan, plan_llm
 
     chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
+    gpu = Gpu.load(args.compare) if args.compare else None  # a bad GPU file fails before the plan's minutes
     result = plan_llm(args.config, chips=chips, tp=args.tp, pp=args.pp, precision=args.precision,
                       context=args.context, prompt=args.prompt, new_tokens=args.new_tokens,
                       concurrency=args.concurrency, prefill_chunk=args.prefill_chunk, chip=args.chip, progress=not args.json and sys.stderr.isatty())
-    print(json.dumps(result) if args.json else format_plan(result))
+    if gpu is not None:
+        result["gpu"] = compare(result, args.config, gpu)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_plan(result) + ("\n" + format_comparison(result) if gpu else ""))
     return EXIT_OK
 
 
@@ -279,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--concurrency", type=int, default=1, help="sequences in flight through the pipeline")
     lm.add_argument("--prefill-chunk", type=int, default=None, help="prompt tokens per prefill pass (default: 16)")
     lm.add_argument("--chip", default=None)
+    lm.add_argument("--compare", metavar="GPU", default=None, help="the same model on GPUs beside the plan, by a "
+                    "roofline model (docs/llm.md section 5): h100, a100 or a GPU JSON file")
     lm.add_argument("--json", action="store_true")
     lm.set_defaults(func=cmd_llm)
 
