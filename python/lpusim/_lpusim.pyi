@@ -34,6 +34,15 @@ class SimulationError(LpusimError):
     peer_link: int | None
     peer_cycle: int | None
 
+# The stats dict of a run (`simulate`, `LoadedProgram.run`; each entry of a system result's "chips"): cycles,
+# seconds, instructions, timing_only, per_queue_issues (a system chip's also sync_cycles, link_sends, drift_ppm, ...);
+#   busy: {"mem", "vxm", "mxm", "sxm", "c2c", "icu"} unit-cycles of use;
+#   events: {"mxm_int8_vectors", "mxm_fp16_vectors", "mxm_weight_vectors", "mem_read_vectors",
+#            "mem_write_vectors", "stream_hops", "vxm_ops", "vxm_transcendental_ops", "sxm_ops", "c2c_vectors",
+#            "instructions"}: the energy events (docs/isa.md "Energy events"), identical functional and timing-only;
+#   configs: [{"cycle", "queue", "mask"}] every CONFIG issue (superlane power masks), in issue order;
+#   dumps: [{"slice", "addr", "dtype", "values"}] the `.dump` directives (values None when timing-only).
+
 def chip_config_json(name: str = "tsp_v1") -> str: ...
 def validate_chip_config(json_text: str) -> str: ...
 def assemble(text: str) -> bytes: ...

@@ -43,7 +43,7 @@ class SystemResult:
     cycles: int                     # the run's length in nominal cycles (the latest chip's end)
     seconds: float
     sync_cycles: int                # largest per-chip DESKEW/RUNTIME_DESKEW stall
-    chips: list[dict[str, Any]]     # per chip: cycles, instructions, busy, sync_cycles, drift_ppm, hac_error, ...
+    chips: list[dict[str, Any]]     # per chip: cycles, instructions, busy, events, configs, sync_cycles, drift_ppm, ...
     links: list[dict[str, Any]]     # per link direction: from/to chip and link, vectors, bytes, busy_fraction
     dumps: list[list[np.ndarray | None]] = field(default_factory=list)
     tree_height: int = 0
@@ -53,6 +53,11 @@ class SystemResult:
     @property
     def latency_us(self) -> float:
         return self.seconds * 1e6
+
+    @property
+    def events(self) -> list[dict[str, int]]:
+        """Per chip: its energy events (docs/isa.md "Energy events"; also each `chips[i]["events"]`)."""
+        return [{k: int(v) for k, v in c["events"].items()} for c in self.chips]
 
     def link_summary(self) -> dict[str, Any]:
         """Total vectors and bytes, and the busiest link direction's busy fraction."""

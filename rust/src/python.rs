@@ -124,6 +124,23 @@ fn positions<'py>(py: Python<'py>, config_json: Option<&str>) -> PyResult<Bound<
     Ok(d)
 }
 
+/// The energy events of a run (docs/isa.md "Energy events"), by field name.
+fn events_dict<'py>(py: Python<'py>, e: &sim::Events) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("mxm_int8_vectors", e.mxm_int8_vectors)?;
+    d.set_item("mxm_fp16_vectors", e.mxm_fp16_vectors)?;
+    d.set_item("mxm_weight_vectors", e.mxm_weight_vectors)?;
+    d.set_item("mem_read_vectors", e.mem_read_vectors)?;
+    d.set_item("mem_write_vectors", e.mem_write_vectors)?;
+    d.set_item("stream_hops", e.stream_hops)?;
+    d.set_item("vxm_ops", e.vxm_ops)?;
+    d.set_item("vxm_transcendental_ops", e.vxm_transcendental_ops)?;
+    d.set_item("sxm_ops", e.sxm_ops)?;
+    d.set_item("c2c_vectors", e.c2c_vectors)?;
+    d.set_item("instructions", e.instructions)?;
+    Ok(d)
+}
+
 fn stats_dict<'py>(py: Python<'py>, s: &Stats, cfg: &ChipConfig, timing_only: bool) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("cycles", s.cycles)?;
@@ -137,6 +154,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &Stats, cfg: &ChipConfig, timing_only: bo
     b.set_item("c2c", s.busy.c2c)?;
     b.set_item("icu", s.busy.icu)?;
     d.set_item("busy", b)?;
+    d.set_item("events", events_dict(py, &s.events)?)?;
     d.set_item("per_queue_issues", s.per_queue_issues.clone())?;
     d.set_item("timing_only", timing_only)?;
     let dumps = PyList::empty(py);

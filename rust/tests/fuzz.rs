@@ -99,7 +99,7 @@ fn mutated_programs_never_panic_and_timing_only_agrees() {
         let timing = simulate(&cfg, &p, &[], &[], &RunOptions { timing_only: true, max_cycles: Some(100_000) });
         match (full, timing) {
             (Ok((a, _)), Ok((b, _))) => {
-                assert_eq!((a.cycles, a.instructions, &a.busy), (b.cycles, b.instructions, &b.busy), "{src}");
+                assert_eq!((a.cycles, a.instructions, &a.busy, &a.events), (b.cycles, b.instructions, &b.busy, &b.events), "{src}");
             }
             (Err(a), Err(b)) => assert_eq!(a, b, "{src}"),
             (a, b) => panic!("modes disagree on\n{src}\nfull: {:?}\ntiming: {:?}", a.err(), b.err()),

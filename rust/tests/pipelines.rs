@@ -17,6 +17,7 @@ fn run(src: &str, mem: &[(usize, usize, Vec<u8>)], dumps: &[(usize, usize, usize
     let timing = simulate(&cfg, &p, &inits, dumps, &RunOptions { timing_only: true, max_cycles: None }).unwrap();
     assert_eq!(full.0.cycles, timing.0.cycles);
     assert_eq!(full.0.busy, timing.0.busy);
+    assert_eq!(full.0.events, timing.0.events);
     assert_eq!(full.0.per_queue_issues, timing.0.per_queue_issues);
     assert!(timing.1.iter().all(|d| d.is_none()));
     full
@@ -273,4 +274,79 @@ fn empty_program_takes_no_cycles() {
     let (s, _) = run(".queue VXM.0\n NOP 5\n", &[], &[]);
     assert_eq!(s.cycles, 0);
     assert_eq!(s.instructions, 0);
+}
+
+/// Every energy event (docs/isa.md "Energy events") counted by hand on one program that uses every unit, the same
+/// functional and timing-only (`run`). Positions: MXM W1 0, W0 1, SXM W 2, MEM.W<i> 46 - i, VXM 47, MEM.E<i> 48 + i,
+/// SXM E 92; 95 in all, so an eastward vector emitted at p travels 94 - p positions, a westward one p.
+const ENERGY_EVENTS: &str = "
+.queue MEM.W43
+ READ 0, W0          ; cycles 0..2, emits at 1..3 at 3: 3 hops each (9); at MXM W0 (1) at 3..5, W1 (0) at 4..6
+ REPEAT 2, 1, 1
+.queue MEM.W42
+ READ 0, W1          ; emit at 1 at 4: 4 hops; at MXM W1 at 5
+.queue MEM.E0
+ READ 0, E30         ; emit at 1 at 48 ...
+.queue MEM.E1
+ NOP 1
+ READ 1, E30         ; ... overwritten by this emit at 2 at 49 (same diagonal): 1 + 45 = 46 hops together
+.queue VXM.0
+ ADD.i32 W4, #1, #2  ; emit W4..W7 at 2 at 47: 4 x 47 = 188 hops
+ EXP.f32 -, #1.0     ; 2 transcendental ops, no emit
+ REPEAT 1, 1
+.queue MEM.W1
+ NOP 4
+ WRITE 5, W4         ; W4 at 45 at 4
+.queue MEM.W2
+ NOP 5
+ GATHER E12, W4      ; map W4, W5 at 44 at 5; emit at 6 at 44: 50 hops
+.queue MEM.W3
+ NOP 6
+ SCATTER W6, W4      ; at 43 at 6
+.queue MXM.W0.LW
+ NOP 3
+ LW.i8 W0, 1         ; one weight row
+.queue MXM.W0.IW
+ NOP 4
+ IW
+.queue MXM.W0.ABC
+ NOP 4
+ ABC.i8 W0, 0        ; cycles 4, 5: two int8 vectors (rows 0, 1 updated at 43, 44)
+ REPEAT 1, 1, 1
+.queue MXM.W0.ACC
+ NOP 50
+ ACC.i32 0, E4       ; emit E4..E7 at 51 at 1: 4 x 93 = 372 hops
+.queue MXM.W1.ABC
+ NOP 5
+ ABC.f16 W0, 0       ; W0, W1 at 0 at 5: one fp16 vector
+.queue MXM.W1.LW
+ NOP 5
+ LW.f16 W0, 1        ; one f16 row: two weight vectors (never installed)
+.queue SXM.W.0
+ NOP 2
+ SHIFT W20, W0, 1    ; emit at 2 + 2 + 19 = 23 at 2: 2 hops
+.queue C2C.0
+ NOP 3
+ SEND W0             ; arrives at link 8 at 13
+.queue C2C.8
+ NOP 20
+ RECV E31            ; emit at 21 at 92: 2 hops
+.link 0 8 10
+";
+
+#[test]
+fn energy_events_by_hand() {
+    let (s, _) = run(ENERGY_EVENTS, &[], &[]);
+    let e = &s.events;
+    assert_eq!((e.mem_read_vectors, e.mem_write_vectors), (3 + 1 + 1 + 1 + 1, 2)); // READs + GATHER; WRITE + SCATTER
+    assert_eq!((e.mxm_int8_vectors, e.mxm_fp16_vectors, e.mxm_weight_vectors), (2, 1, 1 + 2));
+    assert_eq!((e.vxm_ops, e.vxm_transcendental_ops, e.sxm_ops, e.c2c_vectors), (3, 2, 1, 1));
+    assert_eq!(e.stream_hops, 9 + 4 + 46 + 188 + 50 + 372 + 2 + 2);
+    assert_eq!((e.instructions, s.instructions), (22, 22));
+    assert_eq!(s.cycles, 51 + 20);
+    // The exact order's timing-only run too (`run` compared the functional run with the fast form).
+    let loaded = lpusim::sim::load_program(&ChipConfig::tsp_v1(), &text::parse(ENERGY_EVENTS).unwrap()).unwrap();
+    let mut exact = loaded.chip(true, false);
+    exact.run(None).unwrap();
+    assert_eq!(&exact.stats().events, e);
 }

@@ -176,6 +176,7 @@ fn timing_only_runs_leave_the_memory_alone() {
     let input = vec![1u8; LANES];
     let (t, out) = b.run_on(&mut memory, &[(3, 100, &input)], &[(0, 101, 1)], &timing()).unwrap();
     assert_eq!((t.cycles, &t.busy, &t.per_queue_issues), (full.0.cycles, &full.0.busy, &full.0.per_queue_issues));
+    assert_eq!(t.events, full.0.events);
     assert_eq!(out, vec![None]);
     assert!(t.dumps[0].values.is_none());
     let after: Vec<u8> = (0..4).flat_map(|p| memory.read(p, 100, 2).unwrap()).collect();

@@ -373,6 +373,7 @@ fn kept_memories_persist_across_system_runs() {
     for c in 0..2 {
         assert_eq!(on.chips[c].stats.cycles, fresh.chips[c].stats.cycles);
         assert_eq!(on.chips[c].stats.busy, fresh.chips[c].stats.busy);
+        assert_eq!(on.chips[c].stats.events, fresh.chips[c].stats.events);
     }
     assert_eq!(ms[0].read(0, 20, 1).unwrap(), v0);
     // simulate_system_on is the same run without a LoadedSystem; a chip given None runs fresh.

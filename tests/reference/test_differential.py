@@ -1,7 +1,7 @@
 """The Rust core against the Python reference interpreter, on random programs (docs/isa.md is the contract).
 
-For every seed both executors run the same text; they must agree on cycles, instructions, busy, per-queue issues,
-every `.dump` value bit for bit (NaN-safe: any NaN equals any NaN in float dumps; the raw bytes are compared too)
+For every seed both executors run the same text; they must agree on cycles, instructions, busy, energy events,
+CONFIG records, per-queue issues, every `.dump` value bit for bit (NaN-safe: any NaN equals any NaN in float dumps; the raw bytes are compared too)
 or on the error (kind, cycle, queue, instruction index). The Rust timing-only run must give the same cycles and
 errors. There is deliberately no importorskip: the Rust module must be built.
 """
@@ -88,6 +88,10 @@ def compare(seed: int, size: str = "small"):
         assert gs[key] == rs[key], f"{where}: {key}: rust {gs[key]} vs reference {rs[key]}"
         assert tgs[key] == rs[key], f"{where}: timing-only {key}: rust {tgs[key]} vs reference {rs[key]}"
     assert dict(gs["busy"]) == rs["busy"], f"{where}: busy: rust {gs['busy']} vs reference {rs['busy']}"
+    # the energy events (docs/isa.md "Energy events"): the same in the reference, functional and timing-only
+    assert dict(gs["events"]) == rs["events"], f"{where}: events: rust {gs['events']} vs reference {rs['events']}"
+    assert dict(tgs["events"]) == rs["events"], f"{where}: timing-only events: rust {tgs['events']} vs reference {rs['events']}"
+    assert list(gs["configs"]) == rs["configs"] == list(tgs["configs"]), f"{where}: CONFIG records differ"
     assert list(gs["per_queue_issues"]) == rs["per_queue_issues"], f"{where}: per_queue_issues differ"
     assert len(gs["dumps"]) == len(rs["dumps"])
     for k, (g, r) in enumerate(zip(gs["dumps"], rs["dumps"])):

@@ -35,6 +35,8 @@ class MultiRunResult:
     wall_simulate_s: float
     timing_only: bool = False
     system: SystemResult | None = field(default=None, repr=False)
+    # per chip: energy events (docs/isa.md "Energy events"), the same functional and timing-only
+    events: list[dict[str, int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"cycles": self.cycles, "predicted_cycles": self.predicted_cycles, "chip_cycles": self.chip_cycles,
@@ -195,4 +197,4 @@ class MultiProgram:
         return MultiRunResult(outputs, res.cycles, predicted, [int(c["cycles"]) for c in chips], per_chip,
                               res.latency_us, sum(int(c["instructions"]) for c in chips), res.sync_cycles,
                               [int(c["sync_cycles"]) for c in chips], [lk for lk in res.links if lk["vectors"]],
-                              res.link_summary(), util, busy, wall, timing_only, res)
+                              res.link_summary(), util, busy, wall, timing_only, res, res.events[:self.chips])

@@ -38,6 +38,10 @@ class ReferenceSimulationError(Exception):
         super().__init__(f"cycle {cycle}: {queue} #{index} '{instruction}': {kind}: {detail}")
 
 
+# the energy events of a run, in the Rust core's order (docs/isa.md "Energy events")
+EVENTS = ("mxm_int8_vectors", "mxm_fp16_vectors", "mxm_weight_vectors", "mem_read_vectors", "mem_write_vectors",
+          "stream_hops", "vxm_ops", "vxm_transcendental_ops", "sxm_ops", "c2c_vectors", "instructions")
+
 # order of the non-emit effects within step 1 of a cycle (docs/isa.md section 3); C2C arrivals are last (chosen)
 EFFECT_ORDER = {"mem_commit": 0, "mxm_acc": 1, "mxm_install": 2, "vxm_reg": 3, "c2c_arrival": 4}
 
@@ -108,6 +112,9 @@ class Interpreter:
         self.last_activity = -1
         self.seq = 0
         self.busy = {u: 0 for u in ("mem", "vxm", "mxm", "sxm", "c2c", "icu")}
+        # energy events (docs/isa.md "Energy events"); vxm_ops, sxm_ops and instructions are filled in by `run`
+        self.events = {k: 0 for k in EVENTS}
+        self.configs: list = []           # CONFIG issues: {"cycle", "queue", "mask"}
         for ln in prog.links:
             if ln.src in self.links:
                 raise ReferenceAssemblyError(ln.line, f"link {ln.src} is connected twice")
@@ -130,8 +137,15 @@ class Interpreter:
             q = p + k if d == "E" else p - k
             if 0 <= q < self.fp.num_positions:
                 moved[(d, s, q)] = v
+                self.events["stream_hops"] += k
+            else:  # it reaches the edge, then falls off
+                self.events["stream_hops"] += self.to_edge(d, p)
         self.streams = moved
         self.t_shifted = t
+
+    def to_edge(self, d: str, p: int) -> int:
+        """Positions a value at p still travels before it falls off the chip."""
+        return self.fp.num_positions - 1 - p if d == "E" else p
 
     def read_stream(self, who: Who, t: int, d: str, s: int, pos: int) -> np.ndarray:
         v = self.streams.get((d, s, pos))
@@ -236,6 +250,10 @@ class Interpreter:
                 written[key] = who
                 self.streams[key] = vec
                 self.last_activity = t
+        # values still on the streams travel on to the edge after the program ends (stream_hops counts them)
+        for (d, s, p) in self.streams:
+            self.events["stream_hops"] += self.to_edge(d, p)
+        self.streams = {}
         # the end: parked queues, unreceived vectors
         for q in self.queues:
             if q.parked_at is not None:
@@ -283,6 +301,21 @@ class Interpreter:
         elif q.unit != "mxm":
             self.busy[q.unit] += 1
         op = ins.op
+        # energy events counted at issue (a faulting instruction stops the run, so its count never matters)
+        if op in ("READ", "GATHER"):
+            self.events["mem_read_vectors"] += 1
+        elif op in ("WRITE", "SCATTER"):
+            self.events["mem_write_vectors"] += 1
+        elif op == "ABC":
+            self.events["mxm_fp16_vectors" if ins.dtype == "f16" else "mxm_int8_vectors"] += 1
+        elif op == "LW":
+            self.events["mxm_weight_vectors"] += ins.operands[1] * WIDTH[ins.dtype]  # byte-plane vectors
+        elif op in VXM_TRANSCENDENTAL:
+            self.events["vxm_transcendental_ops"] += 1
+        elif op == "SEND":
+            self.events["c2c_vectors"] += 1
+        elif op == "CONFIG":
+            self.configs.append({"cycle": t, "queue": q.name, "mask": ins.operands[0]})
         if op == "SYNC":
             q.parked_at = t
             q.sync_index = index
@@ -734,10 +767,14 @@ def run(program_text: str, config: dict | None = None, mem_init=(), dumps=(), ti
         for r in range(arr.shape[0]):
             it.mem[(int(g), int(a0) + r)] = arr[r].copy()
     it.run()
+    instructions = sum(q.issues for q in it.queues)
+    events = dict(it.events, vxm_ops=it.busy["vxm"], sxm_ops=it.busy["sxm"], instructions=instructions)
     stats = {
         "cycles": it.last_activity + it.superlanes if it.last_activity >= 0 else 0,
-        "instructions": sum(q.issues for q in it.queues),
+        "instructions": instructions,
         "busy": dict(it.busy),
+        "events": events,
+        "configs": list(it.configs),
         "per_queue_issues": [q.issues for q in it.queues],  # in queue index order (docs/isa.md section 7)
         "timing_only": timing_only,
         "dumps": [

@@ -28,6 +28,10 @@ class RunResult:
     utilization: dict[str, float]
     wall_simulate_s: float
     timing_only: bool = False
+    # energy events (docs/isa.md "Energy events"): the same functional and timing-only
+    events: dict[str, int] = field(default_factory=dict)
+    # CONFIG issues (superlane power masks): {"cycle", "queue", "mask"} each, in issue order
+    configs: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -193,7 +197,8 @@ class Program:
         cycles = int(stats["cycles"])
         busy = {k: int(v) for k, v in stats["busy"].items()}
         return RunResult(outputs, cycles, self.predicted_cycles, self.chip.seconds(cycles) * 1e6,
-                         int(stats["instructions"]), busy, utilization(self.chip, busy, cycles), wall, timing_only)
+                         int(stats["instructions"]), busy, utilization(self.chip, busy, cycles), wall, timing_only,
+                         {k: int(v) for k, v in stats["events"].items()}, list(stats["configs"]))
 
 
 def utilization(chip: Chip, busy: dict[str, int], cycles: int) -> dict[str, float]:

@@ -4,7 +4,7 @@
 //! program's constant image once.
 
 use super::calendar::{Calendar, Payload, Pool, ReadyWheel};
-use super::stats::{Busy, Stats};
+use super::stats::{Busy, Events, Stats};
 use super::{c2c, clock, exec, fast, mem, mxm, streams};
 use crate::config::ChipConfig;
 use crate::error::{ErrorKind, SimError};
@@ -194,6 +194,7 @@ impl Chip {
                 cycles: 0,
                 instructions: 0,
                 busy: Busy::default(),
+                events: Events::default(),
                 per_queue_issues: vec![0; nq],
                 dumps: Vec::new(),
                 configs: Vec::new(),

@@ -312,6 +312,7 @@ impl Chip {
                 let bank = self.mem[unit].bank(a);
                 self.use_port(unit, bank, t, q, idx)?;
                 self.stats.busy.mem += 1;
+                self.stats.events.mem_read_vectors += 1;
                 if self.has_data() && self.mem_commit_at[unit] <= t && wl >= rl {
                     // No commit to this slice is in flight, and none issued later can land before the emit: the
                     // emit may copy the vector straight from memory then.
@@ -333,6 +334,7 @@ impl Chip {
                 let a = self.check_addr(addr as i64 + delta, q, idx, t)?;
                 let slot = self.find_group(s, 1, pos, t, q, idx)?[0] as usize;
                 self.stats.busy.mem += 1;
+                self.stats.events.mem_write_vectors += 1;
                 let buf = if self.has_data() {
                     let h = self.bytes.alloc(lanes);
                     let (bytes, belt) = (&mut self.bytes, &self.belt);
@@ -349,6 +351,7 @@ impl Chip {
                 self.use_port(unit, 0, t, q, idx)?;
                 self.use_port(unit, 1, t, q, idx)?;
                 self.stats.busy.mem += 2;
+                self.stats.events.mem_read_vectors += 1;
                 let buf = if self.has_data() {
                     self.map_from_sm();
                     let h = self.bytes.alloc(lanes);
@@ -363,6 +366,7 @@ impl Chip {
                 self.read_group(Scratch::A, s, 1, pos, t, q, idx)?;
                 self.read_group(Scratch::M, map, 2, pos, t, q, idx)?;
                 self.stats.busy.mem += 2;
+                self.stats.events.mem_write_vectors += 1;
                 let buf = if self.has_data() {
                     let h = self.bytes.alloc(3 * lanes);
                     let b = self.bytes.get_mut(h);
@@ -382,6 +386,7 @@ impl Chip {
                     self.alu_operand(true, b, ty, q, idx, t)?;
                 }
                 self.stats.busy.vxm += 1;
+                self.stats.events.vxm_transcendental_ops += vxm::is_transcendental(op) as u64;
                 let f32_tag = vxm::register_tag(out) == DType::F32;
                 let (reg, ebuf) = if self.has_data() {
                     vxm::compute(op, ty, out, &self.ua, &self.ub, &mut self.uo);
@@ -427,6 +432,7 @@ impl Chip {
                     let m = format!("the weight buffer would hold {} rows, more than {}", plane.buf_rows + n, self.cfg.mxm_dim);
                     return Err(self.err(ErrorKind::WeightOverflow, t, q, idx, m));
                 }
+                self.stats.events.mxm_weight_vectors += (n * w) as u64;
                 for g in 0..n {
                     let gs = Stream { dir: s.dir, index: s.index + (g * w) as u8 };
                     let slots = self.find_group(gs, w, pos, t, q, idx)?;
@@ -459,6 +465,11 @@ impl Chip {
                 }
                 self.planes[unit].busy_until = t + busy;
                 self.stats.busy.mxm += busy;
+                if ty == DType::F16 {
+                    self.stats.events.mxm_fp16_vectors += 1;
+                } else {
+                    self.stats.events.mxm_int8_vectors += 1;
+                }
                 let y = if self.has_data() && ty == DType::F16 {
                     // The plane keeps the product (computed now or batched later); `y` is its slot.
                     let (planes, belt) = (&mut self.planes, &self.belt);

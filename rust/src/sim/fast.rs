@@ -150,6 +150,7 @@ impl Chip {
                 }
                 self.emit_run(q, idx, s, 1, time(1) + rl, d, k)?;
                 self.stats.busy.mem += k as u64;
+                self.stats.events.mem_read_vectors += k as u64;
             }
             Instr::Write { addr, s } => {
                 let wl = self.cfg.mem_write_latency;
@@ -182,6 +183,7 @@ impl Chip {
                 }
                 self.mem_commit_at[unit] = self.mem_commit_at[unit].max(time(k) + wl);
                 self.stats.busy.mem += k as u64;
+                self.stats.events.mem_write_vectors += k as u64;
             }
             Instr::Abc { t: ty, s, row, add } => {
                 if self.planes[unit].installed_type.is_some_and(|it| it != ty) {
@@ -202,6 +204,11 @@ impl Chip {
                 }
                 self.planes[unit].busy_until = until;
                 self.stats.busy.mxm += busy * k as u64;
+                if ty == DType::F16 {
+                    self.stats.events.mxm_fp16_vectors += k as u64;
+                } else {
+                    self.stats.events.mxm_int8_vectors += k as u64;
+                }
                 self.abc_window[unit] = Some((time(k), ty));
             }
             Instr::Lw { t: ty, s, n } => {
@@ -224,6 +231,7 @@ impl Chip {
                     }
                 }
                 self.lw_window[unit] = Some((t, time(k)));
+                self.stats.events.mxm_weight_vectors += (n * w) as u64 * k as u64;
             }
             Instr::Acc { t: ty, row, s } if ty != DType::I32 => {
                 let lat = self.cfg.mxm_acc_latency;
@@ -253,6 +261,7 @@ impl Chip {
                     self.emit_run(q, idx, dst, out.width(), time(1) + lat, d, k)?;
                 }
                 self.stats.busy.vxm += k as u64;
+                self.stats.events.vxm_transcendental_ops += vxm::is_transcendental(op) as u64 * k as u64;
                 self.activity(time(k) + lat); // the last register update
             }
             _ => return Ok(t),

@@ -48,4 +48,4 @@ pub mod vxm;
 pub use chip::{Chip, Loaded, MemInit};
 pub use mem::ChipMemory;
 pub use run::{load_program, run_loaded, simulate, OnMemory, RunOptions};
-pub use stats::{Busy, ConfigRecord, DumpResult, Num, Stats};
+pub use stats::{Busy, ConfigRecord, DumpResult, Events, Num, Stats};

@@ -228,6 +228,13 @@ impl Chip {
         }
         self.stats.sync_cycles = self.sync_stall.iter().copied().max().unwrap_or(0);
         self.stats.link_sends = self.links.iter().map(|l| l.sent).collect();
+        // The events that equal a counter kept anyway are copied here rather than counted twice in the loop.
+        let e = &mut self.stats.events;
+        e.vxm_ops = self.stats.busy.vxm;
+        e.sxm_ops = self.stats.busy.sxm;
+        e.c2c_vectors = self.stats.link_sends.iter().sum();
+        e.instructions = self.stats.instructions;
+        e.stream_hops = self.belt.hops();
         self.stats.cycles = match self.last_activity {
             Some(t) => t + self.cfg.superlanes as u64,
             None => 0,

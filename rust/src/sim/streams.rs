@@ -14,6 +14,14 @@
 //! emits as soon as it knows them (at issue) and check reads later, in any order. Each stream keeps, per diagonal
 //! (a ring of `ring` slots tagged with the diagonal) the bitset of its emit positions. A slot is reused by another diagonal only once the old one is off the chip and no pending check
 //! needs it: the caller sizes `ring` above its horizon (how far ahead emits are recorded and checks deferred).
+//!
+//! Stream hops (`Events::stream_hops`): a vector emitted at position p moves one position a cycle until a later emit
+//! on its diagonal overwrites it or it falls off the edge. On one diagonal, later emits are downstream of earlier ones
+//! (the diagonal passes a position once), so the vectors of a diagonal together travel from its most upstream emit
+//! to the edge: `positions - 1 - p` eastward, `p` westward, whatever the emits downstream. The belt counts that per
+//! diagonal: the time-ordered belt when an emit opens a diagonal (its slot held another one), the order-free one
+//! when an emit opens a diagonal or lands upstream of every emit recorded on it so far (emits are recorded out of
+//! time order there). Both give the same sum, and a value still in flight at the end counts its whole way.
 
 use crate::isa::Dir;
 
@@ -21,6 +29,10 @@ const NO_CYCLE: u64 = u64::MAX;
 
 pub struct StreamBelt {
     streams_per_direction: usize,
+    /// Positions (the edge distances of `hops`).
+    positions: usize,
+    /// Stream hops so far (module doc).
+    hops: u64,
     lanes: usize,
     ring: usize,
     mask: u64,
@@ -53,6 +65,8 @@ impl StreamBelt {
         let slots = 2 * streams_per_direction * ring;
         StreamBelt {
             streams_per_direction,
+            positions,
+            hops: 0,
             lanes,
             ring,
             mask: ring as u64 - 1,
@@ -70,6 +84,8 @@ impl StreamBelt {
         let stride = 1 + positions.div_ceil(32).max(1);
         StreamBelt {
             streams_per_direction,
+            positions,
+            hops: 0,
             lanes: 0,
             ring,
             mask: ring as u64 - 1,
@@ -91,12 +107,27 @@ impl StreamBelt {
     /// Empty every slot (as new), keeping the memory: a run reusing the belt of an earlier one neither allocates
     /// nor page-faults its memory in again (512 KB on tsp_v1).
     pub fn reset(&mut self) {
+        self.hops = 0;
         if let Some(f) = &mut self.free {
             f.slots.fill(0);
         }
         self.stamp_cycle.fill(NO_CYCLE);
         self.stamp_pos.fill(0);
         self.data.fill(0);
+    }
+
+    /// Stream hops of the emits so far (module doc).
+    pub fn hops(&self) -> u64 {
+        self.hops
+    }
+
+    /// Positions a vector emitted at `pos` travels to the edge.
+    #[inline]
+    fn to_edge(&self, dir: Dir, pos: usize) -> u64 {
+        match dir {
+            Dir::East => (self.positions - 1 - pos) as u64,
+            Dir::West => pos as u64,
+        }
     }
 
     #[inline]
@@ -119,7 +150,7 @@ impl StreamBelt {
         let diag = Self::diagonal(dir, pos, t);
         if let Some(f) = &self.free {
             let s = f.slot(self.streams_per_direction, dir, index, diag);
-            let ok = f.slots[s] == OrderFree::tag(diag) && f.any_upstream(&f.slots[s + 1..s + f.stride], dir, pos);
+            let ok = f.slots[s] == OrderFree::tag(diag) && OrderFree::any_upstream(&f.slots[s + 1..s + f.stride], dir, pos);
             return ok.then_some(s);
         }
         let s = self.slot(dir, index, diag);
@@ -152,11 +183,18 @@ impl StreamBelt {
     pub fn emit(&mut self, dir: Dir, index: usize, pos: usize, t: u64, bytes: &[u8]) -> bool {
         let diag = Self::diagonal(dir, pos, t);
         if let Some(f) = &mut self.free {
-            return f.emit(self.streams_per_direction, dir, index, diag, pos);
+            let (ok, hops) = f.emit(self.streams_per_direction, dir, index, diag, pos, self.positions);
+            self.hops += hops;
+            return ok;
         }
         let s = self.slot(dir, index, diag);
-        if self.stamp_cycle[s] == t && self.stamp_pos[s] == pos as i64 {
+        let c = self.stamp_cycle[s];
+        if c == t && self.stamp_pos[s] == pos as i64 {
             return false;
+        }
+        // Emits land in time order here: the first on a diagonal is its most upstream one (module doc).
+        if c == NO_CYCLE || Self::diagonal(dir, self.stamp_pos[s] as usize, c) != diag {
+            self.hops += self.to_edge(dir, pos);
         }
         self.stamp_cycle[s] = t;
         self.stamp_pos[s] = pos as i64;
@@ -177,12 +215,19 @@ impl StreamBelt {
         // Along a run the diagonal moves by dt per repetition (down eastward, up westward).
         let step = if dir == Dir::East { (dt as i64).wrapping_neg() } else { dt as i64 };
         let diag = Self::diagonal(dir, pos, t0);
-        let spd = self.streams_per_direction;
-        match f.stride {
+        let (spd, positions) = (self.streams_per_direction, self.positions);
+        let mut hops = 0;
+        let first = match f.stride {
             // Up to 96 positions (tsp_v1: 95): slots of 4 words, handled as arrays.
-            4 => f.emit_run_n::<4>(spd, dir, index, diag, step, pos, k),
-            _ => (0..k).find(|&j| !f.emit(spd, dir, index, diag.wrapping_add(j as i64 * step), pos)),
-        }
+            4 => f.emit_run_n::<4>(spd, dir, index, diag, step, pos, k, positions, &mut hops),
+            _ => (0..k).find(|&j| {
+                let (ok, h) = f.emit(spd, dir, index, diag.wrapping_add(j as i64 * step), pos, positions);
+                hops += h;
+                !ok
+            }),
+        };
+        self.hops += hops;
+        first
     }
 
     /// Reads at (pos, t0 + j dt) for j < k on one stream: the first j that finds no value (StreamEmpty).
@@ -244,7 +289,7 @@ impl OrderFree {
 
     /// Whether a bitset of emit positions has one strictly upstream of `pos`.
     #[inline]
-    fn any_upstream(&self, bits: &[u32], dir: Dir, pos: usize) -> bool {
+    fn any_upstream(bits: &[u32], dir: Dir, pos: usize) -> bool {
         let (w, b) = (pos / 32, pos % 32);
         if dir == Dir::East {
             bits[..w].iter().any(|&x| x != 0) || bits[w] & ((1u32 << b) - 1) != 0
@@ -253,12 +298,56 @@ impl OrderFree {
         }
     }
 
-    /// `emit_run` for slots of `N` words (`N == stride`): diagonals `diag + j step`, j < k.
+    /// The hops an emit at `pos` adds to a diagonal already holding emits at the positions `bits`: none if one of
+    /// them is upstream of it (the usual case: emits mostly come in time order, downstream), else how far upstream
+    /// of all of them it is (module doc).
+    #[inline]
+    fn onto_diagonal(bits: &[u32], dir: Dir, pos: usize) -> u64 {
+        if Self::any_upstream(bits, dir, pos) {
+            0
+        } else {
+            Self::hops_added(bits, dir, pos)
+        }
+    }
+
+    /// The hops an emit at `pos` adds to a diagonal whose emit positions so far are `bits` (nonempty): how far
+    /// upstream of all of them it is (module doc).
+    #[inline]
+    fn hops_added(bits: &[u32], dir: Dir, pos: usize) -> u64 {
+        let upstream_most = match dir {
+            // The lowest set bit eastward, the highest westward.
+            Dir::East => bits.iter().position(|&x| x != 0).map(|i| 32 * i + bits[i].trailing_zeros() as usize),
+            Dir::West => bits.iter().rposition(|&x| x != 0).map(|i| 32 * i + 31 - bits[i].leading_zeros() as usize),
+        };
+        match (dir, upstream_most) {
+            (Dir::East, Some(u)) => u.saturating_sub(pos) as u64,
+            (Dir::West, Some(u)) => pos.saturating_sub(u) as u64,
+            (_, None) => 0,
+        }
+    }
+
+    /// `emit_run` for slots of `N` words (`N == stride`): diagonals `diag + j step`, j < k. Adds their stream hops
+    /// to `hops`.
     #[allow(clippy::too_many_arguments)]
-    fn emit_run_n<const N: usize>(&mut self, spd: usize, dir: Dir, index: usize, diag: i64, step: i64, pos: usize, k: u32) -> Option<u32> {
+    fn emit_run_n<const N: usize>(
+        &mut self,
+        spd: usize,
+        dir: Dir,
+        index: usize,
+        diag: i64,
+        step: i64,
+        pos: usize,
+        k: u32,
+        positions: usize,
+        hops: &mut u64,
+    ) -> Option<u32> {
         let (w, b) = (1 + pos / 32, 1u32 << (pos % 32));
+        // Hops: `to_edge` per emit if each opened its diagonal, else `run_hops` counts them after the loop, from
+        // the slots (this loop's registers are the fast form's hottest: only a flag is added). A conflict ends the
+        // run with an error, so its hops never matter.
+        let mut onto = false;
         let base = self.slot(spd, dir, index, 0);
-        let mut diag = diag;
+        let (diag0, mut diag) = (diag, diag);
         for j in 0..k {
             let s = base + (diag as u64 & self.mask) as usize * N;
             let slot: &mut [u32; N] = (&mut self.slots[s..s + N]).try_into().unwrap();
@@ -273,11 +362,33 @@ impl OrderFree {
             } else if slot[w] & b != 0 {
                 return Some(j);
             } else {
+                onto = true;
                 slot[w] |= b;
             }
             diag = diag.wrapping_add(step);
         }
+        let to_edge = if dir == Dir::East { (positions - 1 - pos) as u64 } else { pos as u64 };
+        *hops += if onto { self.run_hops::<N>(base, diag0, step, pos, dir, k, to_edge) } else { k as u64 * to_edge };
         None
+    }
+
+    /// The hops of the `k` emits at `pos` `emit_run_n` just recorded, when some landed on diagonals already holding
+    /// emits: read back from the slots. Each diagonal of the run is distinct (`k` steps span less than the ring);
+    /// one holding only `pos` was opened by the run, any other held the other positions before.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn run_hops<const N: usize>(&self, base: usize, diag: i64, step: i64, pos: usize, dir: Dir, k: u32, to_edge: u64) -> u64 {
+        let (w, b) = (pos / 32, 1u32 << (pos % 32));
+        let mut others = [0u32; N];
+        let (mut hops, mut diag) = (0, diag);
+        for _ in 0..k {
+            let s = base + (diag as u64 & self.mask) as usize * N;
+            others[..N - 1].copy_from_slice(&self.slots[s + 1..s + N]);
+            others[w] &= !b;
+            hops += if others.iter().all(|&x| x == 0) { to_edge } else { Self::onto_diagonal(&others[..N - 1], dir, pos) };
+            diag = diag.wrapping_add(step);
+        }
+        hops
     }
 
     /// `find_run` for slots of `N` words; `up[i]` masks word i (`up[0]`, the tag's place, is 0).
@@ -300,8 +411,9 @@ impl OrderFree {
         None
     }
 
+    /// Record an emit: (false on a StreamConflict, the stream hops it adds).
     #[inline]
-    fn emit(&mut self, spd: usize, dir: Dir, index: usize, diag: i64, pos: usize) -> bool {
+    fn emit(&mut self, spd: usize, dir: Dir, index: usize, diag: i64, pos: usize, positions: usize) -> (bool, u64) {
         let s = self.slot(spd, dir, index, diag);
         let slot = &mut self.slots[s..s + self.stride];
         let (w, b) = (1 + pos / 32, 1u32 << (pos % 32));
@@ -312,13 +424,14 @@ impl OrderFree {
             for (i, x) in slot[1..].iter_mut().enumerate() {
                 *x = if i + 1 == w { b } else { 0 };
             }
-            return true;
+            return (true, if dir == Dir::East { (positions - 1 - pos) as u64 } else { pos as u64 });
         }
         if slot[w] & b != 0 {
-            return false;
+            return (false, 0);
         }
+        let hops = Self::onto_diagonal(&slot[1..], dir, pos);
         slot[w] |= b;
-        true
+        (true, hops)
     }
 }
 
@@ -360,15 +473,35 @@ mod tests {
             seed ^= seed << 17;
             seed % m
         };
-        for _ in 0..200 {
+        let mut checked_onto = 0;
+        for round in 0..400 {
             let mut one = StreamBelt::new_order_free(2, 95, 600);
             let mut run = StreamBelt::new_order_free(2, 95, 600);
+            let mut conflicted = false;
+            let mut diagonals: std::collections::HashMap<(bool, usize, i64), u32> = Default::default();
             let pick_pos = |r: u64| [0, 1, 30, 31, 32, 33, 63, 64, 65, 94][r as usize];
-            for _ in 0..6 {
-                let (dir, i, pos) = (if rnd(2) == 0 { Dir::East } else { Dir::West }, rnd(2) as usize, pick_pos(rnd(10)));
+            // Odd rounds: six distinct positions, so no conflict (runs meet on diagonals, stream hops always agree).
+            let p0 = rnd(10);
+            for e in 0..6 {
+                let r = if round % 2 == 1 { (p0 + e) % 10 } else { rnd(10) };
+                let (dir, i, pos) = (if rnd(2) == 0 { Dir::East } else { Dir::West }, rnd(2) as usize, pick_pos(r));
                 let (t0, dt, k) = (100 + rnd(40), 1 + rnd(5), 1 + rnd(30) as u32);
                 let a = (0..k).find(|&j| !one.emit(dir, i, pos, t0 + j as u64 * dt, &[]));
                 assert_eq!(run.emit_run(dir, i, pos, t0, dt, k), a);
+                for j in 0..k {
+                    let t = (t0 + j as u64 * dt) as i64;
+                    let diag = if dir == Dir::East { pos as i64 - t } else { pos as i64 + t };
+                    *diagonals.entry((dir == Dir::East, i, diag)).or_insert(0) += 1;
+                }
+                // Stream hops agree until a conflict (which ends a simulated run: its hops never matter).
+                conflicted |= a.is_some();
+                if !conflicted {
+                    assert_eq!(run.hops(), one.hops());
+                }
+            }
+            if !conflicted {
+                // Runs that met on diagonals (the slow path of `emit_run_n`) were checked.
+                checked_onto += diagonals.values().filter(|&&n| n > 1).count();
             }
             for _ in 0..40 {
                 let (dir, i, pos) = (if rnd(2) == 0 { Dir::East } else { Dir::West }, rnd(2) as usize, pick_pos(rnd(10)));
@@ -377,6 +510,7 @@ mod tests {
                 assert_eq!(run.find_run(dir, i, pos, t0, dt, k), a, "{dir:?} {i} {pos} {t0} {dt} {k}");
             }
         }
+        assert!(checked_onto > 1000, "{checked_onto} diagonals with several emits checked");
     }
 
     #[test]
@@ -418,6 +552,16 @@ mod tests {
             free_conflicts += !free.emit(*d, *i, *p, *t, &[]) as u32;
         }
         assert_eq!(conflicts, free_conflicts);
+        // Stream hops by their definition: per stream diagonal, from its most upstream emit to the edge.
+        let mut upstream: std::collections::HashMap<(bool, usize, i64), usize> = Default::default();
+        for &(d, i, p, t) in &emits {
+            let east = d == Dir::East;
+            let diag = if east { p as i64 - t as i64 } else { p as i64 + t as i64 };
+            let u = upstream.entry((east, i, diag)).or_insert(p);
+            *u = if east { (*u).min(p) } else { (*u).max(p) };
+        }
+        let want: u64 = upstream.iter().map(|(&(east, _, _), &p)| if east { 19 - p } else { p } as u64).sum();
+        assert_eq!((belt.hops(), free.hops()), (want, want));
         for ((d, i, p, t), ok) in reads {
             assert_eq!(free.find(d, i, p, t).is_some(), ok, "read {d:?} {i} {p} {t}");
         }

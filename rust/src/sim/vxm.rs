@@ -29,9 +29,30 @@ fn exp64(x: f64) -> f64 {
     unsafe { libm_exp(x) }
 }
 
+/// The operations timed by `vxm_transcendental_latency` (iterative or table-based; counted apart as energy
+/// events, `Events::vxm_transcendental_ops`).
+#[inline]
+pub fn is_transcendental(op: AluOp) -> bool {
+    matches!(
+        op,
+        AluOp::Div
+            | AluOp::Exp
+            | AluOp::Tanh
+            | AluOp::Rsqrt
+            | AluOp::Rcp
+            | AluOp::Sigmoid
+            | AluOp::Erf
+            | AluOp::Log
+            | AluOp::Sqrt
+            | AluOp::Sin
+            | AluOp::Cos
+    )
+}
+
 pub fn latency(op: AluOp, c: &ChipConfig) -> u64 {
     match op {
         AluOp::Mul => c.vxm_mul_latency,
+        // `is_transcendental`, spelled out (a plain match: this runs at every ALU issue)
         AluOp::Div
         | AluOp::Exp
         | AluOp::Tanh
@@ -569,6 +590,9 @@ mod tests {
         assert_eq!(AluOp::ALL.iter().position(|&o| o == Cvt), Some(16));
         assert_eq!(AluOp::ALL.iter().position(|&o| o == Ceil), Some(30));
         let c = ChipConfig::tsp_v1();
+        for op in AluOp::ALL {
+            assert_eq!(is_transcendental(op), latency(op, &c) == c.vxm_transcendental_latency, "{op:?}");
+        }
         assert_eq!(latency(Log, &c), c.vxm_transcendental_latency);
         assert_eq!(latency(Sqrt, &c), c.vxm_transcendental_latency);
         for op in [Eq, Ne, Lt, Le, Gt, Ge, And, Or, Xor, Not, Floor, Ceil] {

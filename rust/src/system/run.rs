@@ -669,6 +669,7 @@ mod tests {
             for ((f, e), u) in fast.chips.iter().zip(&exact.chips).zip(&functional.chips) {
                 assert_eq!(f.stats, e.stats);
                 assert_eq!((f.stats.cycles, &f.stats.busy, f.stats.instructions), (u.stats.cycles, &u.stats.busy, u.stats.instructions));
+                assert_eq!(f.stats.events, u.stats.events);
             }
             assert_eq!(fast.links[0].vectors, 1);
             // The lookahead: chip 1 sends nothing and chip 0 nothing after its SEND, so few windows start.
