@@ -145,6 +145,9 @@ def cmd_llm(args) -> int:
                       concurrency=args.concurrency, prefill_chunk=args.prefill_chunk, chip=args.chip, progress=not args.json and sys.stderr.isatty())
     if gpu is not None:
         result["gpu"] = compare(result, args.config, gpu)
+    if args.plot:
+        from lpusim.llm.plan_energy import plot_energy
+        plot_energy(result, args.plot)
     if args.json:
         print(json.dumps(result))
     else:
@@ -288,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--chip", default=None)
     lm.add_argument("--compare", metavar="GPU", default=None, help="the same model on GPUs beside the plan, by a "
                     "roofline model (docs/llm.md section 5): h100, a100 or a GPU JSON file")
+    lm.add_argument("--plot", metavar="FILE.png", help="plot J/token against sequences in flight (docs/energy.md)")
     lm.add_argument("--json", action="store_true")
     lm.set_defaults(func=cmd_llm)
 

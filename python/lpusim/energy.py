@@ -108,6 +108,17 @@ def run_energy(chip: Chip, events: Mapping[str, int], cycles: int,
     return Energy(joules, seconds, chips)
 
 
+def chips_energy(chip: Chip, events: list[Mapping[str, int]], cycles: int,
+                 configs: list[Iterable[Mapping[str, Any]]] | None = None) -> Energy:
+    """The energy of one run over several chips: each chip's events, and every chip's static power for the whole
+    run (a chip waiting for its turn still leaks and clocks), its superlanes' share by its own CONFIG masks."""
+    seconds = chip.seconds(cycles)
+    joules = dynamic_energy(chip, add_events(*((e, 1) for e in events)))
+    masks = configs if configs is not None else [()] * len(events)
+    joules["static"] = sum(static_energy(chip, seconds, powered_fraction(chip, cycles, m)) for m in masks)
+    return Energy(joules, seconds, len(events))
+
+
 def add_events(*weighted: tuple[Mapping[str, int], int]) -> dict[str, int]:
     """Events summed by name over (events, times) pairs: several chips, or a piece that runs `times` times."""
     total: dict[str, int] = {}

@@ -11,6 +11,7 @@ from lpusim.check.compare import compare, run_onnxruntime
 from lpusim.compiler import QUANT_OPS
 from lpusim.compiler.frontend.load import load_model
 from lpusim.compiler.frontend.quantize import quantize_model
+from lpusim.energy import chips_energy, run_energy
 from lpusim.errors import LpusimError, SimulationError
 from lpusim.multichip.program import MultiProgram
 from lpusim.trace import plot_utilization, write_chrome_trace
@@ -65,6 +66,8 @@ def _one_chip(program, inputs, timing_only, trace, plot):
         "throughput_per_s": 1e6 / result.latency_us if result.latency_us else None,
         "instructions": result.instructions, "sram_bytes": program.sram_bytes,
         "utilization": result.utilization, "busy": result.busy, "timing_only": timing_only,
+        "energy": run_energy(program.chip, result.events, result.cycles, result.configs).to_json(),
+        "events": result.events,
     }
     if program.partition is not None:  # chips="auto" chose one chip: say why
         report["partition"] = program.partition
@@ -92,8 +95,19 @@ def _several_chips(program: MultiProgram, inputs, timing_only):
         "drift_tolerance_ppm": program.drift_tolerance_ppm,
         "partition": program.partition,
         "timing_only": timing_only,
+        # one inference alone: every chip powered for the whole latency (docs/energy.md)
+        "energy": chips_energy(program.chip, result.events, result.cycles,
+                               [c.get("configs", ()) for c in result.system.chips]).to_json(),
+        "events_per_chip": result.events,
     }
     return report, result
+
+
+def _energy_line(e: dict) -> str:
+    """Total, average power, and the three largest terms (docs/energy.md: a model, not a measurement)."""
+    top = sorted(e["breakdown_j"].items(), key=lambda kv: -kv[1])[:3]
+    return (f"energy         {e['energy_j'] * 1e3:.4g} mJ at {e['power_w']:.1f} W average (model: docs/energy.md); "
+            + ", ".join(f"{k} {v / e['energy_j']:.0%}" for k, v in top))
 
 
 def format_report(r: dict) -> str:
@@ -108,6 +122,7 @@ def format_report(r: dict) -> str:
         f"instructions   {r['instructions']:,}",
         f"SRAM           {r['sram_bytes'] / 2**20:.2f} MiB",
         "utilization    " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in u.items()),
+        _energy_line(r["energy"]),
         f"vs onnxruntime {match}" + ("" if r["max_abs_error"] is None else
                                      f"  (max abs error {r['max_abs_error']:.3g}, "
                                      f"max rel error {r['max_rel_error']:.3g})"),

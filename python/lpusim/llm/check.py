@@ -19,6 +19,7 @@ import numpy as np
 
 from lpusim.check.compare import TOLERANCES, compare
 from lpusim.compiler.schedule.scheduler import WEIGHT_SLOTS, weight_bytes
+from lpusim.energy import chips_energy
 from lpusim.llm.generate import Decoder, prompt_arrays
 from lpusim.llm.reference import greedy_decode, reference_logit_gap
 
@@ -38,6 +39,22 @@ def install_bytes_per_cycle(decoder: Decoder) -> int:
     """What the planes can install per cycle: every plane loads WEIGHT_SLOTS rows of 2-byte lanes per cycle."""
     chip = decoder.chip
     return chip.mxm_planes * WEIGHT_SLOTS * chip.lanes * 2
+
+
+def generation_energy(decoder: Decoder, gen) -> dict:
+    """Energy per generated token (one decode step, shared by the batch's sequences) and of the whole prefill,
+    every chip powered throughout (docs/energy.md)."""
+    chips, chip = decoder.chips, decoder.chip
+    step = _spread(chip, gen.decode_events, gen.decode_cycles, chips)
+    prefill = _spread(chip, gen.prefill_events, gen.prefill_cycles, chips)
+    return {"j_per_token": step.total_j / decoder.batch, "power_w": step.power_w,
+            "per_step": step.to_json(), "prefill": prefill.to_json(),
+            "model": "docs/energy.md (per-event energies and static power are chosen, not published)"}
+
+
+def _spread(chip, events: dict, cycles: int, chips: int):
+    """The events summed over `chips` chips (counted on the first), each chip's static power for `cycles`."""
+    return chips_energy(chip, [events] + [{}] * (chips - 1), cycles)
 
 
 def generation_report(decoder: Decoder, prompt_ids, new_tokens: int, *, attention_mask=None,
@@ -86,6 +103,7 @@ def generation_report(decoder: Decoder, prompt_ids, new_tokens: int, *, attentio
         "wall_s": {"compile": decoder.compile_s, "simulate": wall_sim, "onnxruntime": wall_ref,
                    "total": decoder.compile_s + time.perf_counter() - start},
     }
+    report["energy"] = generation_energy(decoder, gen)
     report["ok"] = report["logits_match"] and (tokens_match or bool(divergence and divergence["near_tie"]))
     return report
 
@@ -108,6 +126,8 @@ def format_generation(r: dict) -> str:
         f"per token      {r['per_token_us']:,.2f} us ({r['decode_cycles']:,} cycles; weight-install floor "
         f"{r['weight_floor_cycles']:,.0f})",
         f"tokens/s       {r['tokens_per_s']:,.0f} per sequence at {r['clock_mhz']:.0f} MHz",
+        f"energy         {r['energy']['j_per_token'] * 1e3:.4g} mJ per token at {r['energy']['power_w']:.1f} W "
+        f"(model: docs/energy.md)",
         f"SRAM           {r['sram_bytes']:,} of {r['sram_capacity_bytes']:,} bytes (KV cache {r['kv_cache_bytes']:,})",
         f"wall           compile {r['wall_s']['compile']:.1f} s, simulate {r['wall_s']['simulate']:.1f} s, "
         f"onnxruntime {r['wall_s']['onnxruntime']:.2f} s",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lpusim.chip import Chip
+from lpusim.energy import add_events
 from lpusim.errors import ModelError
 from lpusim.llm.layout import DecoderLayout, past_names
 from lpusim.llm.programs import check_prompt, compile_programs, decoder_source, region_bytes
@@ -37,6 +38,10 @@ class Generation:
     decode_steps: int
     wall_simulate_s: float
     step_cycles: list[int] = field(default_factory=list)  # every decode step's cycles (all equal)
+    # energy events (docs/energy.md), over every chip: all the prefill runs together, and one decode step (every
+    # step runs the same static program, so every step counts the same events)
+    prefill_events: dict[str, int] = field(default_factory=dict)
+    decode_events: dict[str, int] = field(default_factory=dict)
 
 
 class Decoder:
@@ -117,11 +122,14 @@ class Decoder:
         if self.chips == 1:
             program.install_static(memory)
         prefill_cycles = runs = 0
+        prefill_events: dict[str, int] = {}
+        decode_events: dict[str, int] = {}
         for k in range(0, ids.shape[1], chunk):
             window = np.concatenate([window[:, chunk:], mask[:, k:k + chunk]], axis=1)
             result = self._run(program, {"input_ids": ids[:, k:k + chunk], "attention_mask": window,
                                          "position_ids": position_ids[:, k:k + chunk]}, memory)
             prefill_cycles += result.cycles
+            prefill_events = add_events((prefill_events, 1), (_chip_events(result), 1))
             runs += 1
             wall += result.wall_simulate_s
         logits = result.outputs["logits"][:, -1]
@@ -144,11 +152,18 @@ class Decoder:
             result = self._run(self.decode, {"input_ids": fed[:, None], "attention_mask": window,
                                              "position_ids": (kept - 1)[:, None].astype(np.int64)}, memory)
             step_cycles.append(result.cycles)
+            decode_events = _chip_events(result)
             wall += result.wall_simulate_s
             logits = result.outputs["logits"][:, 0]
         return Generation(np.stack(tokens, axis=1), np.stack(all_logits).astype(np.float32), prefill_cycles, runs,
                           step_cycles[0] if step_cycles else self.decode.predicted_cycles, len(step_cycles),
-                          wall, step_cycles)
+                          wall, step_cycles, prefill_events, decode_events)
+
+
+def _chip_events(result) -> dict[str, int]:
+    """A run's energy events over all its chips (a pipeline's result has one dict per chip)."""
+    events = result.events
+    return dict(events) if isinstance(events, dict) else add_events(*((e, 1) for e in events))
 
 
 def prompt_arrays(prompt_ids, attention_mask=None) -> tuple[np.ndarray, np.ndarray]:

@@ -229,7 +229,7 @@ def format_comparison(plan: dict[str, Any]) -> str:
         ("tokens/s per user", f"{plan['tokens_per_s']:,.1f}", f"{g['tokens_per_s']:,.1f}"),
         (f"tokens/s, {plan['concurrency']} in flight", f"{plan['throughput_tokens_per_s']:,.1f}",
          f"{g['throughput_tokens_per_s']:,.1f}"),
-        ("J/token", "n/a" if lpu_j is None else f"{lpu_j:,.2f}", f"{g['j_per_token']:,.2f} (at TDP, an upper bound)"),
+        ("J/token", "n/a" if lpu_j is None else f"{lpu_j:,.3g}", f"{g['j_per_token']:,.3g} (at TDP, an upper bound)"),
         ("chips / GPUs", f"{plan['chips']:,}", f"{g['gpus']} (tp {g['tp']} x {g['pipeline_stages']} stage"
                                                f"{'s' if g['pipeline_stages'] > 1 else ''})"),
     ]

@@ -8,11 +8,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lpusim.chip import Chip
 from lpusim.compiler.schedule.kv_cache import CacheRegion
+from lpusim.energy import add_events
 from lpusim.errors import CompileError, ModelError, OutOfSram
 from lpusim.llm.shard import DecoderShape, attention_part, embed_part, head_part, mlp_part
 from lpusim.multichip.collectives import allgather, allreduce
@@ -37,9 +38,11 @@ class Piece:
     sync_cycles: int = 0         # collectives and hops: RUNTIME_DESKEW stalls
     link_vectors: int = 0        # collectives and hops: the most vectors one link direction carries
     compile_s: float = 0.0
+    # energy events (docs/energy.md) of one run, summed over the chips it runs on (a part: one chip)
+    events: dict[str, int] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v or k in ("name", "cycles")}
+        return {k: v for k, v in self.__dict__.items() if (v or k in ("name", "cycles")) and k != "events"}
 
 
 def install_cycles(program) -> int:
@@ -91,7 +94,7 @@ class Pieces:
             if kind == "attention" and seq == 1:
                 self.programs[("attention", tp, seq, past)] = program
             self.found[key] = Piece(name, run.cycles, program.sram_bytes, install_cycles(program),
-                                    compile_s=round(spent, 2))
+                                    compile_s=round(spent, 2), events=run.events)
         return self.found[key]
 
     def _cache(self, kind: str, tp: int, seq: int, past: int) -> list[CacheRegion] | None:
@@ -120,13 +123,16 @@ class Pieces:
             run = program.run(timing_only=True)
             self.found[key] = Piece(f"{kind} [{rows}, {cols}] over {tp} chips", run.cycles,
                                     sync_cycles=run.sync_cycles, link_vectors=program.vectors_per_link,
-                                    compile_s=round(spent, 2))
+                                    compile_s=round(spent, 2), events=add_events(*((e, 1) for e in run.run.events)))
         return self.found[key]
 
     def hop(self, system, kind: str, rows: int, cols: int) -> Piece:
         vectors = rows * math.ceil(cols / self.chip.lanes) * F32_PLANES
         key = ("hop", kind, vectors)
         if key not in self.found:
+            # composed, not simulated: each vector is read from the sender's SRAM, crosses the link once and is
+            # written to the receiver's SRAM (the stream hops at either end are left out: a few positions)
+            events = {"mem_read_vectors": vectors, "c2c_vectors": vectors, "mem_write_vectors": vectors}
             self.found[key] = Piece(f"{kind} hop of {vectors} vectors", hop_cycles(system, kind, vectors),
-                                    link_vectors=vectors)
+                                    link_vectors=vectors, events=events)
         return self.found[key]

@@ -28,7 +28,9 @@ from typing import Any
 from lpusim.chip import Chip
 from lpusim.errors import ModelError
 from lpusim.llm.configs import model_size
-from lpusim.llm.pieces import F32_PLANES, PartDoesNotFit, Pieces
+from lpusim.energy import add_events
+from lpusim.llm.plan_energy import plan_energy
+from lpusim.llm.pieces import F32_PLANES, PartDoesNotFit, Piece, Pieces
 from lpusim.llm.shard import DecoderShape, ShardWidths
 from lpusim.multichip.topology import NODE_CHIPS, RACK_CHIPS, pipeline_route, shortest_path, system_for_chips
 
@@ -151,18 +153,22 @@ class Planner:
     def per_layer(self, tp: int) -> int:
         return 1 + self.mlp_groups(tp)
 
-    def part_bytes(self, tp: int, kind: str, groups: int | None = None) -> int:
+    def part_bytes(self, tp: int, kind: str, groups: int | None = None, sequences: int | None = None) -> int:
         """One chip's SRAM for one part: its program's peak (activations included: an upper bound), plus for
-        attention the caches of the other concurrent sequences. `groups`: the MLP's (default `mlp_groups`)."""
+        attention the caches of the other concurrent sequences (`sequences`, default --concurrency). `groups`:
+        the MLP's (default `mlp_groups`)."""
         if kind == "mlp":
             return self.pieces.part("mlp", tp, 1, groups=groups or self.mlp_groups(tp)).sram_bytes
         w = ShardWidths.of(self.shape, tp)
-        extra = (self.concurrency - 1) * 2 * w.kv_heads * self.context * self.cache_row_bytes()
+        others = (self.concurrency if sequences is None else sequences) - 1
+        extra = others * 2 * w.kv_heads * self.context * self.cache_row_bytes()
         return self.pieces.part("attention", tp, 1, self.context - 1).sram_bytes + extra
 
-    def group_bytes(self, layout: Layout, start: int, count: int, first: bool, last: bool) -> int:
+    def group_bytes(self, layout: Layout, start: int, count: int, first: bool, last: bool,
+                    sequences: int | None = None) -> int:
         tp = layout.tp
-        total = sum(self.part_bytes(tp, layout.kind(i), layout.per_layer - 1) for i in range(start, start + count))
+        total = sum(self.part_bytes(tp, layout.kind(i), layout.per_layer - 1, sequences)
+                    for i in range(start, start + count))
         if first:
             total += self.pieces.part("embed", tp, 1).sram_bytes
         if last:
@@ -251,11 +257,24 @@ class Planner:
                     for g, (start, n) in enumerate(layout.ranges()))
         return worst <= self.chip.sram_bytes, worst
 
+    def most_sequences(self, layout: Layout, limit: int = 4096) -> int:
+        """The most sequences whose KV caches the layout's chips hold together (at least 1, at most `limit`)."""
+        def fit(n: int) -> bool:
+            return all(self.group_bytes(layout, start, count, g == 0, g == layout.pp - 1, n) <= self.chip.sram_bytes
+                       for g, (start, count) in enumerate(layout.ranges()))
+        lo, hi = 1, limit
+        if fit(hi):
+            return hi
+        while hi - lo > 1:  # fit(lo) or lo == 1; not fit(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fit(mid) else (lo, mid)
+        return lo
+
     # ---- time -------------------------------------------------------------------------------------------------
-    def group_cycles(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
-                     last: bool) -> dict[str, int]:
-        """One group's cycles for `seq` tokens (its parts `start` .. `start + count`), split as the breakdown
-        reports them."""
+    def group_pieces(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
+                     last: bool) -> tuple[list[Piece], list[Piece]]:
+        """One group's pieces for `seq` tokens (its parts `start` .. `start + count`): the parts each of its `tp`
+        chips runs, and the collectives the group runs together."""
         p, h, tp = self.pieces, self.shape.hidden, layout.tp
         parts = [p.part("attention", tp, seq, past) if layout.kind(i) == "attention" else
                  p.part("mlp", tp, seq, groups=layout.per_layer - 1) for i in range(start, start + count)]
@@ -266,10 +285,35 @@ class Planner:
         if last:
             parts.append(p.part("head", tp, 1))
             colls.append(p.collective("all-gather", tp, 1, tp * self.chip.lanes))  # (max, index) per chip
+        return parts, colls
+
+    def group_cycles(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
+                     last: bool) -> dict[str, int]:
+        """One group's cycles for `seq` tokens, split as the breakdown reports them."""
+        parts, colls = self.group_pieces(layout, start, count, seq, past, first, last)
         return {"weight_installs": sum(x.install_cycles for x in parts),
                 "compute": sum(x.cycles - x.install_cycles for x in parts),
                 "c2c": sum(x.cycles - x.sync_cycles for x in colls),
                 "sync_stalls": sum(x.sync_cycles for x in colls)}
+
+    def pass_events(self, layout: Layout, system, route, seq: int, past: int) -> dict[str, int]:
+        """The energy events of one pass of `seq` tokens through every group (docs/energy.md): each group's parts
+        on each of its chips, its collectives, and the hops between groups, as `pass_cycles` composes them."""
+        weighted: list[tuple[dict[str, int], int]] = []
+        for g, (start, n) in enumerate(layout.ranges()):
+            parts, colls = self.group_pieces(layout, start, n, seq, past, g == 0, g == layout.pp - 1)
+            weighted += [(x.events, layout.tp) for x in parts] + [(x.events, 1) for x in colls]
+            if g + 1 < layout.pp:
+                kind = "local" if route[g * layout.tp] // NODE_CHIPS == route[(g + 1) * layout.tp] // NODE_CHIPS \
+                    else "global"
+                weighted += [(self.pieces.hop(system, kind, seq, self.shape.hidden).events, 1),
+                             (self.pieces.collective("all-gather", layout.tp, seq, self.shape.hidden).events, 1)]
+        return add_events(*weighted)
+
+    def return_events(self, system, route) -> dict[str, int]:
+        """The energy events of the chosen token's way back to the first group."""
+        return add_events(*((self.pieces.hop(system, kind, 1, self.chip.lanes // F32_PLANES).events, 1)
+                            for kind in shortest_path(system, route[-1], route[0])))
 
     def pass_cycles(self, layout: Layout, system, route, seq: int, past: int) -> dict[str, Any]:
         """One pass of `seq` tokens through every group: per-group cycles, the hops, and their sum."""
@@ -320,6 +364,12 @@ class Planner:
         throughput = min(self.concurrency / per_token_s, 1 / seconds(beat))
         fits, worst = self.fits(layout)
         link = self.busiest_link(layout, decode, per_token, system.min_send_interval_cycles)
+        token_events = add_events((self.pass_events(layout, system, route, 1, self.context - 1), 1),
+                                  (self.return_events(system, route), 1))
+        prefill_events = self.pass_events(layout, system, route, self.chunk, self.context - self.chunk)
+        energy = plan_energy(self.chip, layout.chips, token_events, add_events((prefill_events, chunks)),
+                             per_token_s, seconds(beat), ttft_s, self.concurrency,
+                             self.most_sequences(layout))
         return {
             "model": self.shape.name, "family": self.shape.family, "simulated": True,
             "chips": layout.chips, "tp": layout.tp, "pp": layout.pp,
@@ -342,7 +392,7 @@ class Planner:
             "link_utilization": link, "return_hops": back["hops"],
             "pieces": [p.to_json() for p in self.pieces.found.values()],
             "wall_s": round(time.perf_counter() - start, 2), "compile_s": round(self.pieces.compile_s, 2),
-            "fits": fits,
+            "fits": fits, "energy": energy,
         }
 
     def busiest_link(self, layout: Layout, decode: dict, per_token: int, send: int) -> dict[str, Any]:
@@ -489,6 +539,14 @@ def plan_llm(config, *, chips: int | str = "auto", tp: int | None = None, pp: in
     return result
 
 
+def _energy_line(e: dict[str, Any]) -> str:
+    full = e["by_concurrency"][-1]
+    return (f"  energy               {e['j_per_token']:.3g} J/token at {e['concurrency']} in flight "
+            f"({e['static_j_per_token'] / e['j_per_token']:.0%} static), {e['power_w'] / 1e3:.3g} kW; "
+            f"{full['j_per_token']:.3g} J/token at {full['concurrency']} in flight"
+            + ("" if full["fits"] else " (more caches than the SRAM holds)") + " (model: docs/energy.md)")
+
+
 def format_plan(r: dict[str, Any]) -> str:
     """The plan as a short table for a terminal."""
     groups = ", ".join(f"{n} x {parts} part{'s' if parts != 1 else ''}" for parts, n in r["parts_per_group"])
@@ -508,6 +566,7 @@ def format_plan(r: dict[str, Any]) -> str:
         f"installs {b['weight_installs']:,} ({f['weight_installs']:.0%}), C2C {b['c2c']:,} ({f['c2c']:.0%}), sync "
         f"stalls {b['sync_stalls']:,} ({f['sync_stalls']:.0%})",
         f"  busiest link         {link['fraction']:.1%} busy ({link['link']})",
+        _energy_line(r["energy"]),
         f"  simulated pieces     {len(r['pieces'])} in {r['wall_s']:.1f} s",
     ]
     return "\n".join(lines)
