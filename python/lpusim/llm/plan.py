@@ -253,9 +253,10 @@ class Planner:
 
     # ---- time -------------------------------------------------------------------------------------------------
     def group_cycles(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
-                     last: bool) -> dict[str, int]:
+                     last: bool, logits: int = 1) -> dict[str, int]:
         """One group's cycles for `seq` tokens (its parts `start` .. `start + count`), split as the breakdown
-        reports them."""
+        reports them. `logits`: the tokens the head scores (a prefill chunk needs its last; a speculative verify
+        pass every one)."""
         p, h, tp = self.pieces, self.shape.hidden, layout.tp
         parts = [p.part("attention", tp, seq, past) if layout.kind(i) == "attention" else
                  p.part("mlp", tp, seq, groups=layout.per_layer - 1) for i in range(start, start + count)]
@@ -264,19 +265,19 @@ class Planner:
             parts.append(p.part("embed", tp, seq))
             colls.append(p.collective("all-gather", tp, seq, h))
         if last:
-            parts.append(p.part("head", tp, 1))
-            colls.append(p.collective("all-gather", tp, 1, tp * self.chip.lanes))  # (max, index) per chip
+            parts.append(p.part("head", tp, logits))
+            colls.append(p.collective("all-gather", tp, logits, tp * self.chip.lanes))  # (max, index) per chip
         return {"weight_installs": sum(x.install_cycles for x in parts),
                 "compute": sum(x.cycles - x.install_cycles for x in parts),
                 "c2c": sum(x.cycles - x.sync_cycles for x in colls),
                 "sync_stalls": sum(x.sync_cycles for x in colls)}
 
-    def pass_cycles(self, layout: Layout, system, route, seq: int, past: int) -> dict[str, Any]:
+    def pass_cycles(self, layout: Layout, system, route, seq: int, past: int, logits: int = 1) -> dict[str, Any]:
         """One pass of `seq` tokens through every group: per-group cycles, the hops, and their sum."""
         h, tp = self.shape.hidden, layout.tp
         groups, hops = [], []
         for g, (start, n) in enumerate(layout.ranges()):
-            groups.append(self.group_cycles(layout, start, n, seq, past, g == 0, g == layout.pp - 1))
+            groups.append(self.group_cycles(layout, start, n, seq, past, g == 0, g == layout.pp - 1, logits))
             if g + 1 < layout.pp:
                 a, b = route[g * tp], route[(g + 1) * tp]
                 kind = "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
@@ -291,7 +292,11 @@ class Planner:
 
     def return_hop(self, system, route) -> dict[str, int]:
         """The chosen token back to the first group: one vector over the topology's shortest path."""
-        path = shortest_path(system, route[-1], route[0])
+        return self.token_hop(system, route[-1], route[0])
+
+    def token_hop(self, system, a: int, b: int) -> dict[str, int]:
+        """Token ids (one vector) from chip `a` to chip `b` of `system` over the topology's shortest path."""
+        path = shortest_path(system, a, b)
         c2c = sync = 0
         for kind in path:
             hop = self.pieces.hop(system, kind, 1, self.chip.lanes // F32_PLANES)
@@ -301,7 +306,11 @@ class Planner:
 
     def plan(self, chips: int | str = "auto", tp: int | None = None, pp: int | None = None) -> dict[str, Any]:
         start = time.perf_counter()
-        layout = self.choose(chips, tp, pp)
+        return self.plan_layout(self.choose(chips, tp, pp), start)
+
+    def plan_layout(self, layout: Layout, start: float | None = None) -> dict[str, Any]:
+        """The plan of a chosen layout (`choose`); `start`: when planning began, for `wall_s`."""
+        start = time.perf_counter() if start is None else start
         system, route = self.placed(layout.chips)
         decode = self.pass_cycles(layout, system, route, 1, self.context - 1)
         back = self.return_hop(system, route)
