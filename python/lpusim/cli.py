@@ -140,18 +140,31 @@ def cmd_llm(args) -> int:
 
     chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
     gpu = Gpu.load(args.compare) if args.compare else None  # a bad GPU file fails before the plan's minutes
-    result = plan_llm(args.config, chips=chips, tp=args.tp, pp=args.pp, precision=args.precision,
-                      context=args.context, prompt=args.prompt, new_tokens=args.new_tokens,
-                      concurrency=args.concurrency, prefill_chunk=args.prefill_chunk, chip=args.chip, progress=not args.json and sys.stderr.isatty())
+    common = dict(chips=chips, tp=args.tp, pp=args.pp, precision=args.precision, context=args.context,
+                  prompt=args.prompt, new_tokens=args.new_tokens, concurrency=args.concurrency,
+                  prefill_chunk=args.prefill_chunk, chip=args.chip, progress=not args.json and sys.stderr.isatty())
+    if args.speculative is None:
+        for flag, value in (("--draft-tokens", args.draft_tokens), ("--acceptance", args.acceptance),
+                            ("--draft-chips", args.draft_chips)):
+            if value is not None:
+                raise LpusimError(f"{flag} needs --speculative DRAFT")
+        result = plan_llm(args.config, **common)
+        text = format_plan(result)
+    else:
+        from lpusim.llm.speculative import format_speculative, plan_speculative
+
+        draft_chips = args.draft_chips or "auto"
+        draft_chips = draft_chips if draft_chips == "auto" else _int_arg("--draft-chips", draft_chips)
+        result = plan_speculative(args.config, args.speculative, draft_chips=draft_chips,
+                                  draft_tokens=args.draft_tokens, acceptance=args.acceptance, **common)
+        text = format_plan(result) + "\n" + format_speculative(result)
     if gpu is not None:
         result["gpu"] = compare(result, args.config, gpu)
+        text += "\n" + format_comparison(result)
     if args.plot:
         from lpusim.llm.plan_energy import plot_energy
         plot_energy(result, args.plot)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(format_plan(result) + ("\n" + format_comparison(result) if gpu else ""))
+    print(json.dumps(result) if args.json else text)
     return EXIT_OK
 
 
@@ -277,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm = sub.add_parser("llm", help="plan a decoder LLM over many chips (tensor groups in a pipeline) and simulate "
                         "it: tokens/s, time to first token, SRAM, links (docs/llm.md section 4)")
     lm.add_argument("config", help="a Hugging Face config.json (Llama, Mistral, Mixtral, Qwen2, GPT-2) or a built-in "
-                    "name: llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b, mixtral-8x7b")
+                    "name: llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b, llama-3.2-1b, mixtral-8x7b")
     lm.add_argument("--chips", default="auto", help="a number, or 'auto': the fewest chips that hold weights and KV "
                     "cache, then the fastest layout of those")
     lm.add_argument("--tp", type=int, default=None, help="chips per tensor-parallel group (1, 2, 4 or 8)")
@@ -288,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--new-tokens", type=int, default=128)
     lm.add_argument("--concurrency", type=int, default=1, help="sequences in flight through the pipeline")
     lm.add_argument("--prefill-chunk", type=int, default=None, help="prompt tokens per prefill pass (default: 16)")
+    lm.add_argument("--speculative", metavar="DRAFT", default=None, help="speculative decoding: this draft model "
+                    "(a built-in name or config.json, the target's vocabulary) on chips of its own proposes tokens "
+                    "the target verifies in one pass (docs/llm.md section 4.4)")
+    lm.add_argument("--draft-tokens", type=int, default=None, help="tokens the draft proposes a round (default: the "
+                    "fastest of 1..8)")
+    lm.add_argument("--acceptance", type=float, default=None, help="probability that the target accepts a draft "
+                    "token, in [0, 1) (default 0.88: Llama 3 8B drafting for Llama 3 70B, docs/llm.md 4.4)")
+    lm.add_argument("--draft-chips", default=None, help="the draft's chips: a number, or 'auto' (default: the "
+                    "fewest that hold it)")
     lm.add_argument("--chip", default=None)
     lm.add_argument("--compare", metavar="GPU", default=None, help="the same model on GPUs beside the plan, by a "
                     "roofline model (docs/llm.md section 5): h100, a100 or a GPU JSON file")

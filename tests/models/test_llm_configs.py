@@ -11,7 +11,8 @@ from lpusim.llm.configs import BUILT_IN, model_size
 
 # The parameter counts Hugging Face lists for each model (every weight, embeddings and lm_head included).
 PUBLISHED = {"llama-2-7b": 6_738_415_616, "llama-2-13b": 13_015_864_320, "llama-2-70b": 68_976_648_192,
-             "llama-3-8b": 8_030_261_248, "llama-3-70b": 70_553_706_496, "mixtral-8x7b": 46_702_792_704}
+             "llama-3-8b": 8_030_261_248, "llama-3-70b": 70_553_706_496, "llama-3.2-1b": 1_235_814_400,
+             "mixtral-8x7b": 46_702_792_704}
 
 
 @pytest.mark.parametrize("name", list(BUILT_IN))

@@ -32,6 +32,10 @@ BUILT_IN: dict[str, dict[str, Any]] = {
                        num_attention_heads=32, num_key_value_heads=8),
     "llama-3-70b": dict(_LLAMA3, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
                         num_attention_heads=64, num_key_value_heads=8),
+    # Llama 3.2 1B (a draft for the 70B: the same tokenizer); its rope scaling for 128K positions is not modelled
+    "llama-3.2-1b": dict(_LLAMA3, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
+                         max_position_embeddings=131072),
     "mixtral-8x7b": dict(model_type="mixtral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                          max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=1e6,

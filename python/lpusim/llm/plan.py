@@ -272,9 +272,10 @@ class Planner:
 
     # ---- time -------------------------------------------------------------------------------------------------
     def group_pieces(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
-                     last: bool) -> tuple[list[Piece], list[Piece]]:
+                     last: bool, logits: int = 1) -> tuple[list[Piece], list[Piece]]:
         """One group's pieces for `seq` tokens (its parts `start` .. `start + count`): the parts each of its `tp`
-        chips runs, and the collectives the group runs together."""
+        chips runs, and the collectives the group runs together. `logits`: the tokens the head scores (a prefill
+        chunk needs its last; a speculative verify pass every one)."""
         p, h, tp = self.pieces, self.shape.hidden, layout.tp
         parts = [p.part("attention", tp, seq, past) if layout.kind(i) == "attention" else
                  p.part("mlp", tp, seq, groups=layout.per_layer - 1) for i in range(start, start + count)]
@@ -283,25 +284,25 @@ class Planner:
             parts.append(p.part("embed", tp, seq))
             colls.append(p.collective("all-gather", tp, seq, h))
         if last:
-            parts.append(p.part("head", tp, 1))
-            colls.append(p.collective("all-gather", tp, 1, tp * self.chip.lanes))  # (max, index) per chip
+            parts.append(p.part("head", tp, logits))
+            colls.append(p.collective("all-gather", tp, logits, tp * self.chip.lanes))  # (max, index) per chip
         return parts, colls
 
     def group_cycles(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
-                     last: bool) -> dict[str, int]:
+                     last: bool, logits: int = 1) -> dict[str, int]:
         """One group's cycles for `seq` tokens, split as the breakdown reports them."""
-        parts, colls = self.group_pieces(layout, start, count, seq, past, first, last)
+        parts, colls = self.group_pieces(layout, start, count, seq, past, first, last, logits)
         return {"weight_installs": sum(x.install_cycles for x in parts),
                 "compute": sum(x.cycles - x.install_cycles for x in parts),
                 "c2c": sum(x.cycles - x.sync_cycles for x in colls),
                 "sync_stalls": sum(x.sync_cycles for x in colls)}
 
-    def pass_events(self, layout: Layout, system, route, seq: int, past: int) -> dict[str, int]:
+    def pass_events(self, layout: Layout, system, route, seq: int, past: int, logits: int = 1) -> dict[str, int]:
         """The energy events of one pass of `seq` tokens through every group (docs/energy.md): each group's parts
         on each of its chips, its collectives, and the hops between groups, as `pass_cycles` composes them."""
         weighted: list[tuple[dict[str, int], int]] = []
         for g, (start, n) in enumerate(layout.ranges()):
-            parts, colls = self.group_pieces(layout, start, n, seq, past, g == 0, g == layout.pp - 1)
+            parts, colls = self.group_pieces(layout, start, n, seq, past, g == 0, g == layout.pp - 1, logits)
             weighted += [(x.events, layout.tp) for x in parts] + [(x.events, 1) for x in colls]
             if g + 1 < layout.pp:
                 kind = "local" if route[g * layout.tp] // NODE_CHIPS == route[(g + 1) * layout.tp] // NODE_CHIPS \
@@ -310,17 +311,17 @@ class Planner:
                              (self.pieces.collective("all-gather", layout.tp, seq, self.shape.hidden).events, 1)]
         return add_events(*weighted)
 
-    def return_events(self, system, route) -> dict[str, int]:
-        """The energy events of the chosen token's way back to the first group."""
+    def token_hop_events(self, system, a: int, b: int) -> dict[str, int]:
+        """The energy events of token ids (one vector) from chip `a` to chip `b`, as `token_hop` times them."""
         return add_events(*((self.pieces.hop(system, kind, 1, self.chip.lanes // F32_PLANES).events, 1)
-                            for kind in shortest_path(system, route[-1], route[0])))
+                            for kind in shortest_path(system, a, b)))
 
-    def pass_cycles(self, layout: Layout, system, route, seq: int, past: int) -> dict[str, Any]:
+    def pass_cycles(self, layout: Layout, system, route, seq: int, past: int, logits: int = 1) -> dict[str, Any]:
         """One pass of `seq` tokens through every group: per-group cycles, the hops, and their sum."""
         h, tp = self.shape.hidden, layout.tp
         groups, hops = [], []
         for g, (start, n) in enumerate(layout.ranges()):
-            groups.append(self.group_cycles(layout, start, n, seq, past, g == 0, g == layout.pp - 1))
+            groups.append(self.group_cycles(layout, start, n, seq, past, g == 0, g == layout.pp - 1, logits))
             if g + 1 < layout.pp:
                 a, b = route[g * tp], route[(g + 1) * tp]
                 kind = "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
@@ -335,7 +336,11 @@ class Planner:
 
     def return_hop(self, system, route) -> dict[str, int]:
         """The chosen token back to the first group: one vector over the topology's shortest path."""
-        path = shortest_path(system, route[-1], route[0])
+        return self.token_hop(system, route[-1], route[0])
+
+    def token_hop(self, system, a: int, b: int) -> dict[str, int]:
+        """Token ids (one vector) from chip `a` to chip `b` of `system` over the topology's shortest path."""
+        path = shortest_path(system, a, b)
         c2c = sync = 0
         for kind in path:
             hop = self.pieces.hop(system, kind, 1, self.chip.lanes // F32_PLANES)
@@ -345,7 +350,11 @@ class Planner:
 
     def plan(self, chips: int | str = "auto", tp: int | None = None, pp: int | None = None) -> dict[str, Any]:
         start = time.perf_counter()
-        layout = self.choose(chips, tp, pp)
+        return self.plan_layout(self.choose(chips, tp, pp), start)
+
+    def plan_layout(self, layout: Layout, start: float | None = None) -> dict[str, Any]:
+        """The plan of a chosen layout (`choose`); `start`: when planning began, for `wall_s`."""
+        start = time.perf_counter() if start is None else start
         system, route = self.placed(layout.chips)
         decode = self.pass_cycles(layout, system, route, 1, self.context - 1)
         back = self.return_hop(system, route)
@@ -365,7 +374,7 @@ class Planner:
         fits, worst = self.fits(layout)
         link = self.busiest_link(layout, decode, per_token, system.min_send_interval_cycles)
         token_events = add_events((self.pass_events(layout, system, route, 1, self.context - 1), 1),
-                                  (self.return_events(system, route), 1))
+                                  (self.token_hop_events(system, route[-1], route[0]), 1))
         prefill_events = self.pass_events(layout, system, route, self.chunk, self.context - self.chunk)
         energy = plan_energy(self.chip, layout.chips, token_events, add_events((prefill_events, chunks)),
                              per_token_s, seconds(beat), ttft_s, self.concurrency,
