@@ -15,7 +15,7 @@ from lpusim.llm import piece_cache
 from lpusim.llm.piece_cache import PieceCache, stored_pieces
 from lpusim.llm.pieces import PartDoesNotFit
 from lpusim.llm.plan import Planner, plan_llm
-from lpusim.sweep.plots import pareto
+from lpusim.sweep.plots import pareto, plot_sweep
 from lpusim.sweep.run import RUN_COLUMNS, plan_row, run_sweep
 from lpusim.sweep.spec import SweepSpec
 from lpusim.sweep.table import results
@@ -131,6 +131,17 @@ def test_plan_columns_are_flattened_generically():
                     "energy": {"j_per_token": 0.5, "power_w": {"chips": 100.0}}})
     assert row == {"chips": 8, "pieces": 2, "parts_per_group": "[[2,4]]", "energy.j_per_token": 0.5,
                    "energy.power_w.chips": 100.0}
+
+
+def test_energy_plot_when_plans_carry_energy(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [{"point": i, "model": "m", "precision": "int8", "concurrency": c, "chips": 8, "error": "",
+             "tokens_per_s": 100.0 / c ** 0.1, "throughput_tokens_per_s": 100.0 * c ** 0.9,
+             "energy.j_per_token": 2.0 / c} for i, c in enumerate((1, 2, 4))]
+    names = {p.name for p in plot_sweep(rows, tmp_path)}
+    assert names == {"tokens_per_s_vs_chips.png", "j_per_token_vs_concurrency.png", "frontier.png"}
+    assert "j_per_token_vs_concurrency.png" not in {p.name for p in plot_sweep(
+        [{k: v for k, v in r.items() if not k.startswith("energy")} for r in rows], tmp_path / "none")}
 
 
 def test_pareto_front():

@@ -32,7 +32,7 @@ def series(rows: Sequence[dict[str, Any]], x: str, y: str, over: Sequence[str]) 
     """Feasible rows' (x, y) grouped by the inputs that vary in the sweep, other than `over` (the x axis's own
     inputs): one labelled series per combination."""
     feasible = [r for r in rows if not r.get("error") and r.get(x) is not None and r.get(y) is not None]
-    varying = [c for c in INPUTS if c not in over and len({str(r.get(c)) for r in rows}) > 1]
+    varying = [c for c in INPUTS if c not in over and len({str(r.get(c)) for r in feasible}) > 1]
     out: dict[str, list] = {}
     for r in feasible:
         label = ", ".join(f"{c.removesuffix('_asked')} {r[c]}" for c in varying) or "all points"
@@ -54,11 +54,13 @@ def _line(ax, points: list, best) -> Any:
 def plot_sweep(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """The plots of `rows` as PNG files in `out_dir`; ImportError when matplotlib is missing."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir, written = Path(out_dir), []
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     def save(fig, name):
         fig.tight_layout()
@@ -73,6 +75,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path
             _line(ax, points, max).set_label(label)
         ax.set(xlabel="chips", ylabel="tokens/s per user", title="Decode speed against chips (best layout per count)")
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         save(fig, "tokens_per_s_vs_chips.png")
@@ -85,6 +88,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path
             _line(ax, points, min).set_label(label)
         ax.set(xlabel="concurrency (sequences in flight)", ylabel="J/token", title="Energy per token against concurrency")
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         save(fig, "j_per_token_vs_concurrency.png")
