@@ -1,4 +1,4 @@
-"""The `lpusim` command: demo, run, generate, llm, segments, compile, chip, asm.
+"""The `lpusim` command: demo, run, generate, llm, sweep, segments, compile, chip, asm.
 
 Exit status: 0 success (outputs match), 1 outputs do not match onnxruntime, 2 user error (one line on stderr).
 """
@@ -168,6 +168,36 @@ def cmd_llm(args) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args) -> int:
+    from lpusim.llm.piece_cache import default_dir
+    from lpusim.sweep.output import save_sweep
+    from lpusim.sweep.run import run_sweep
+    from lpusim.sweep.spec import AXES, SweepSpec, load_json, parse_list
+    from lpusim.sweep.table import format_rows
+
+    fields = load_json(args.spec) if args.spec else {}
+    if args.config:
+        fields["model"] = args.config
+    for axis in AXES[1:]:  # a flag given replaces the file's axis
+        text = getattr(args, axis)
+        if text is not None:
+            fields[axis] = parse_list(axis, text)
+    if args.chip is not None:
+        fields["chip"] = args.chip
+    spec = SweepSpec.from_dict(fields)
+    cache = None if args.no_cache else args.cache or default_dir()
+    rows = run_sweep(spec, workers=args.workers, ray_address=args.ray, cache_dir=cache,
+                     progress=args.progress or sys.stderr.isatty())
+    if args.out:
+        written, notes = save_sweep(rows, args.out, plots=not args.no_plots)
+        for note in notes:
+            print(f"lpusim sweep: {note}", file=sys.stderr)
+        if not args.json:
+            print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    print(json.dumps(rows) if args.json else format_rows(rows))
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     model = mlp((784, 300, 10), batch=1, seed=args.seed)
     print("lpusim demo: a 784-300-10 MLP (ReLU, random weights, batch 1) compiled for one tsp_v1 chip,\n"
@@ -316,6 +346,39 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--plot", metavar="FILE.png", help="plot J/token against sequences in flight (docs/energy.md)")
     lm.add_argument("--json", action="store_true")
     lm.set_defaults(func=cmd_llm)
+
+    sw = sub.add_parser("sweep", help="plan a decoder LLM over a grid of chips, layouts, precisions, contexts and "
+                        "concurrencies (docs/llm.md 4.4); Ray is an optional extra",
+                        description="Run `lpusim llm` over the cartesian product of the axes given (comma lists: "
+                        "--chips 8,16,auto --precision int8,fp16 --concurrency 1,2,4), one row per point, on a local "
+                        "process pool (--workers) or a Ray cluster (--ray ADDRESS, or --ray local). Ray is an "
+                        "optional extra: pip install 'lpusim[ray]'. Measured pieces are cached on disk by content "
+                        "hash (--cache, $LPUSIM_CACHE, default ~/.cache/lpusim/pieces), so repeated points and later "
+                        "runs do not recompile. A point the planner rejects is a row with an error.")
+    sw.add_argument("config", nargs="*", help="built-in names or config.json paths (several: a model axis); or "
+                    "give them in --spec")
+    sw.add_argument("--spec", metavar="FILE.json", help="the axes as a JSON object ({\"model\": ..., \"chips\": "
+                    "[8, 16, \"auto\"], ...}); flags given replace its axes")
+    for axis, what in (("chips", "numbers or auto"), ("tp", "1, 2, 4, 8 or auto"), ("pp", "numbers or auto"),
+                       ("precision", "int8, fp16"), ("context", "KV-cache positions"),
+                       ("concurrency", "sequences in flight"), ("prompt", "prompt tokens"),
+                       ("new_tokens", "generated tokens"), ("prefill_chunk", "numbers or auto")):
+        sw.add_argument("--" + axis.replace("_", "-"), dest=axis, default=None, metavar="A,B,...",
+                        help=f"comma list: {what}")
+    sw.add_argument("--chip", default=None)
+    sw.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core; 1: "
+                    "this process)")
+    sw.add_argument("--ray", metavar="ADDRESS", default=None, help="run the points on the Ray cluster at ADDRESS "
+                    "('local': start one on this machine with --workers CPUs); needs pip install 'lpusim[ray]'")
+    sw.add_argument("--cache", metavar="DIR", default=None, help="the pieces' disk cache (default $LPUSIM_CACHE or "
+                    "~/.cache/lpusim/pieces)")
+    sw.add_argument("--no-cache", action="store_true", help="compile every point's pieces afresh, store nothing")
+    sw.add_argument("--out", metavar="DIR", help="write sweep.csv, sweep.parquet (with pyarrow) and plots (with "
+                    "matplotlib) here")
+    sw.add_argument("--no-plots", action="store_true", help="with --out: the table only")
+    sw.add_argument("--progress", action="store_true", help="a progress bar on stderr even when it is not a terminal")
+    sw.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    sw.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("segments", help="check MODEL.onnx segment by segment against onnxruntime, each segment "
                        "starting from onnxruntime's values (lpusim/check/segments.py)")

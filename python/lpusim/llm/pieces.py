@@ -58,13 +58,33 @@ def install_cycles(program) -> int:
 
 
 class Pieces:
-    """Compiles and simulates each distinct piece once (in memory, for the life of the object)."""
+    """Compiles and simulates each distinct piece once (in memory, for the life of the object; across runs too with
+    a `store`)."""
+
+    # The store of every Pieces made while it is set (llm/piece_cache.py `stored_pieces`): how a sweep gives the
+    # pieces of `plan_llm` a disk cache without a parameter through the planner.
+    default_store = None
 
     def __init__(self, shape: DecoderShape, precision: str, chip: Chip, progress: bool = False):
         self.shape, self.precision, self.chip, self.progress = shape, precision, chip, progress
         self.found: dict[tuple, Piece] = {}
         self.programs: dict[tuple, Any] = {}  # decode attention parts, whose cache addresses prefill claims
         self.compile_s = 0.0
+        self.store = Pieces.default_store  # pieces kept across runs (a PieceCache); None: this object's only
+
+    def _recall(self, key: tuple) -> bool:
+        """Whether the piece `key` is measured: by this object, or by an earlier run (`store`, which raises
+        PartDoesNotFit for a part found not to fit)."""
+        if key not in self.found and self.store is not None:
+            piece = self.store.load(self, key)
+            if piece is not None:
+                self.found[key] = piece
+        return key in self.found
+
+    def _keep(self, key: tuple, piece: Piece) -> None:
+        self.found[key] = piece
+        if self.store is not None:
+            self.store.save(self, key, piece)
 
     def _note(self, text: str):
         if self.progress:
@@ -74,7 +94,7 @@ class Pieces:
         key = ("part", kind, tp, seq, past, groups)
         if kind == "attention" and seq > 1 and past:
             self.part("attention", tp, 1, past + seq - 1)  # the decode step first: its cache addresses
-        if key not in self.found:
+        if not self._recall(key):
             build = {"attention": lambda: attention_part(self.shape, tp, seq=seq, past=past),
                      "mlp": lambda: mlp_part(self.shape, tp, seq=seq, groups=groups),
                      "embed": lambda: embed_part(self.shape, tp, seq=seq),
@@ -87,14 +107,17 @@ class Pieces:
                 program = compile_program(build(), chip=self.chip, precision=self.precision,
                                           cache=self._cache(kind, tp, seq, past))
             except (CompileError, OutOfSram) as e:
-                raise PartDoesNotFit(f"the {name} does not fit one chip: {e}") from None
+                failure = PartDoesNotFit(f"the {name} does not fit one chip: {e}")
+                if self.store is not None:  # kept too: a part that does not fit costs a whole compile to find
+                    self.store.save_failure(self, key, str(failure))
+                raise failure from None
             spent = time.perf_counter() - start
             self.compile_s += spent
             run = program.run(timing_only=True)
             if kind == "attention" and seq == 1:
                 self.programs[("attention", tp, seq, past)] = program
-            self.found[key] = Piece(name, run.cycles, program.sram_bytes, install_cycles(program),
-                                    compile_s=round(spent, 2), events=run.events)
+            self._keep(key, Piece(name, run.cycles, program.sram_bytes, install_cycles(program),
+                                  compile_s=round(spent, 2), events=run.events))
         return self.found[key]
 
     def _cache(self, kind: str, tp: int, seq: int, past: int) -> list[CacheRegion] | None:
@@ -105,15 +128,25 @@ class Pieces:
         pairs = (("present_key", "past_key"), ("present_value", "past_value"))
         if seq == 1:
             return [CacheRegion(present, past_) for present, past_ in pairs]
-        total = past + seq
-        tiles = self.programs[("attention", tp, 1, total - 1)].cache_tiles()
+        tiles = self._decode_program(tp, past + seq - 1).cache_tiles()
         return [CacheRegion(present, past_, tiles[present]) for present, past_ in pairs]
+
+    def _decode_program(self, tp: int, past: int):
+        """The decode attention program whose cache addresses a prefill chunk claims. Its piece may come from the
+        store without its program: then it is compiled again (not simulated), the same program by the same code."""
+        key = ("attention", tp, 1, past)
+        if key not in self.programs:
+            start = time.perf_counter()
+            self.programs[key] = compile_program(attention_part(self.shape, tp, seq=1, past=past), chip=self.chip,
+                                                 precision=self.precision, cache=self._cache("attention", tp, 1, past))
+            self.compile_s += time.perf_counter() - start
+        return self.programs[key]
 
     def collective(self, kind: str, tp: int, rows: int, cols: int) -> Piece:
         key = ("collective", kind, tp, rows, cols)
         if tp == 1:
             return Piece(f"{kind} (1 chip)", 0)
-        if key not in self.found:
+        if not self._recall(key):
             self._note(f"compiling the {kind} of [{rows}, {cols}] f32 over {tp} chips")
             start = time.perf_counter()
             make = allreduce if kind == "all-reduce" else allgather
@@ -121,9 +154,9 @@ class Pieces:
             spent = time.perf_counter() - start
             self.compile_s += spent
             run = program.run(timing_only=True)
-            self.found[key] = Piece(f"{kind} [{rows}, {cols}] over {tp} chips", run.cycles,
-                                    sync_cycles=run.sync_cycles, link_vectors=program.vectors_per_link,
-                                    compile_s=round(spent, 2), events=add_events(*((e, 1) for e in run.run.events)))
+            self._keep(key, Piece(f"{kind} [{rows}, {cols}] over {tp} chips", run.cycles,
+                                  sync_cycles=run.sync_cycles, link_vectors=program.vectors_per_link,
+                                  compile_s=round(spent, 2), events=add_events(*((e, 1) for e in run.run.events))))
         return self.found[key]
 
     def hop(self, system, kind: str, rows: int, cols: int) -> Piece:
