@@ -31,6 +31,15 @@ def measure(name: str, precision: str = "fp16", chips=1) -> dict:
     return measure_model(onnx.load(light_path(name)), name, precision, chips=chips)
 
 
+def _energy(program, result) -> dict:
+    """The run's energy (docs/energy.md): one chip, or every chip of a pipeline powered for the whole latency."""
+    from lpusim.energy import chips_energy, run_energy
+
+    if isinstance(result.events, dict):
+        return run_energy(program.chip, result.events, result.cycles, result.configs).to_json()
+    return chips_energy(program.chip, result.events, result.cycles).to_json()
+
+
 def measure_model(model, name: str, precision: str = "fp16", progress: bool = False, chips=1) -> dict:
     """Compile, simulate (functional and timing-only) and compare one model; times from this process."""
     from lpusim.multichip.program import MultiProgram
@@ -64,7 +73,8 @@ def measure_model(model, name: str, precision: str = "fp16", progress: bool = Fa
                timing_only_cycles=timing.cycles, latency_us=result.latency_us,
                images_per_s=1e6 / result.latency_us, sram_mib=program.sram_bytes / 2**20, ort_s=ort_s,
                sim_over_ort=row["simulate_s"] / ort_s, timing_over_ort=row["timing_only_s"] / ort_s,
-               instructions=program.instructions, utilization=result.utilization)
+               instructions=program.instructions, utilization=result.utilization,
+               energy=_energy(program, result))
     if isinstance(program, MultiProgram):
         part = program.partition
         row.update(chips=program.chips, chip_cycles=result.chip_cycles,

@@ -12,6 +12,7 @@ import json
 import sys
 
 from lpusim.errors import LpusimError
+from lpusim.llm.piece_cache import PieceCache, stored_pieces
 from lpusim.llm.plan import plan_llm
 
 # (model, context): each model's published figure was measured at these contexts (docs/tsp-facts.md section 10)
@@ -24,7 +25,13 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None)
     ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--cache", default=None, help="the pieces' disk cache (default ~/.cache/lpusim/pieces)")
     args = ap.parse_args()
+    with stored_pieces(PieceCache(args.cache)):
+        return run(args)
+
+
+def run(args) -> int:
     rows = []
     cases = [(m, c, p, "auto") for m, c in RUNS for p in ("int8", "fp16")] + [("llama-2-70b", 4096, "int8", 576),
                                                                               ("llama-2-70b", 2048, "int8", 576)]
@@ -43,8 +50,9 @@ def main() -> int:
                 f.write(json.dumps(r) + "\n")
         rows.append(r)
     print("\n| model | precision | context | chips (asked) | tp x pp | per token | tokens/s | published | TTFT "
-          "(prompt) | SRAM | breakdown compute / installs / C2C / sync |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "(prompt) | SRAM | breakdown compute / installs / C2C / sync | J/token, 1 user | power | J/token, "
+          "pipeline full |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['model']} | {r['precision']} | {r['context']} | {r['chips_asked']} | - | - | - | - | - | - | "
@@ -55,8 +63,17 @@ def main() -> int:
               f"{r['tp']} x {r['pp']} | {r['per_token_us']:.0f} us | {r['tokens_per_s']:.1f} | "
               f"{PUBLISHED.get(r['model']) or '-'} | {r['ttft_ms']:.2f} ms ({r['prompt']}) | "
               f"{r['sram_used_fraction']:.0%} | {f['compute']:.0%} / {f['weight_installs']:.0%} / {f['c2c']:.0%} / "
-              f"{f['sync_stalls']:.0%} |")
+              f"{f['sync_stalls']:.0%} | {_energy(r)} |")
     return 0
+
+
+def _energy(r: dict) -> str:
+    """J/token for one user, the system's power, and J/token with the pipeline full (or as full as SRAM allows)."""
+    e = r["energy"]
+    full = e["by_concurrency"][-1]
+    return (f"{e['j_per_token']:.1f} ({e['static_j_per_token'] / e['j_per_token']:.0%} static) | "
+            f"{e['power_w'] / 1e3:.1f} kW | {full['j_per_token']:.2f} at {full['concurrency']}"
+            + ("" if full["fits"] else " (caches exceed SRAM)"))
 
 
 if __name__ == "__main__":

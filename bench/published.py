@@ -39,6 +39,8 @@ def rows():
 def table(results) -> str:
     lines = ["| model | precision | matches onnxruntime | cycles | latency | per second | SRAM | published |",
              "|---|---|---|---|---|---|---|---|"]
+    energy = ["| model | precision | energy per inference | average power | dynamic | largest terms | "
+              "published chip power |", "|---|---|---|---|---|---|---|"]
     for name, prec, r, pub in results:
         if "error" in r:
             lines.append(f"| {name} | {prec} | - | - | - | - | - | {pub} |")
@@ -47,7 +49,14 @@ def table(results) -> str:
         rate = r.get("images_per_s") or r.get("sequences_per_s")
         lines.append(f"| {name} | {prec} | {r['status']} (max rel err {r['max_rel_error']:.1e}) | "
                      f"{r['cycles']:,} | {r['latency_us']:.0f} us | {rate:,.0f} | {r['sram_mib']:.0f} MiB | {pub} |")
-    return "\n".join(lines)
+        e = r["energy"]
+        top = sorted(e["breakdown_j"].items(), key=lambda kv: -kv[1])[:4]
+        energy.append(f"| {name.split(' (')[0].split(',')[0]} | {prec} | {e['energy_j'] * 1e3:.2f} mJ | "
+                      f"{e['power_w']:.0f} W | {e['dynamic_j'] / e['energy_j']:.0%} | "
+                      + ", ".join(f"{k} {v / e['energy_j']:.0%}" for k, v in top)
+                      + " | 215 W TDP, 185 W average, 300 W max |")
+    return "\n".join(lines) + "\n\nEnergy (model: docs/energy.md; chosen per-event energies, not published):\n\n" \
+        + "\n".join(energy)
 
 
 if __name__ == "__main__":
