@@ -1,6 +1,9 @@
 """`lpusim.compile`: one chip gives a `runtime.Program`, several a `multichip.MultiProgram`."""
 from __future__ import annotations
 
+import numbers
+
+from lpusim.errors import CompileError
 from lpusim.multichip.pipeline import compile_multichip
 from lpusim.runtime.program import compile_program
 
@@ -17,6 +20,10 @@ def compile(model, chips: int | str = 1, chip=None, precision: str = "fp16", sha
     inside fp16's range (compiler/frontend/calibrate.py).
     `chips=N` (or "auto": the fewest chips whose SRAM holds the model) with `parallel="pipeline"|"tensor"|"auto"`
     and an optional `system` configuration gives a `multichip.MultiProgram` (docs/multichip.md)."""
+    if chips != "auto" and (isinstance(chips, bool) or not isinstance(chips, numbers.Integral)):
+        raise CompileError(f"chips={chips!r}: a whole number of chips or 'auto'")
+    if chips != "auto" and chips < 1:
+        raise CompileError(f"chips={chips}: at least one chip is needed")
     if chips != 1 or system is not None:
         return compile_multichip(model, chips, chip, precision, shapes, dump, calibration, parallel, system)
     return compile_program(model, chip, precision, shapes, dump, progress, calibration)

@@ -46,7 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
-from lpusim.compiler.frontend.load import load_model
+from lpusim.compiler.frontend.load import load_model, read_model
 from lpusim.compiler.lower.table import SUPPORTED_OPS
 from lpusim.errors import CompileError, LpusimError, ModelError
 from lpusim.runtime.program import Program, RunResult
@@ -78,7 +78,7 @@ def _load(model, check: bool = False) -> onnx.ModelProto:
     (lpusim's ModelError naming the problem)."""
 
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model) if check else onnx.load(os.fspath(model))
+        return load_model(model) if check else read_model(model)
     if isinstance(model, bytes):
         proto = onnx.ModelProto()
         try:

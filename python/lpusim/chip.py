@@ -14,6 +14,7 @@ from functools import cached_property
 
 from lpusim import _lpusim
 from lpusim.errors import ConfigError
+from lpusim.files import MAX_JSON_BYTES, read_text
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,9 @@ class Chip:
             spec = "tsp_v1"
         if isinstance(spec, dict):
             text = json.dumps(spec)
-        elif os.path.exists(os.fspath(spec)):
+        elif os.path.lexists(os.fspath(spec)):
             path = os.fspath(spec)
-            try:
-                with open(path, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as e:
-                raise ConfigError(f"{path}: cannot read chip configuration: {e.strerror}") from None
+            text = read_text(path, "a chip configuration", MAX_JSON_BYTES, ConfigError)  # bounded, regular files only
             try:
                 return cls(json.loads(_lpusim.validate_chip_config(text)))
             except ConfigError as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -15,64 +16,78 @@ from lpusim.api import compile as compile_model
 from lpusim.check.report import format_report, run_report
 from lpusim.check.segments import check_segments, summarize
 from lpusim.chip import Chip
+from lpusim.compiler.frontend.load import validate_shape
 from lpusim.errors import LpusimError
+from lpusim.files import check_writable, load_npz, write_text
 from lpusim.models import mlp
 from lpusim.runtime.assembly import run_assembly_file
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
 
+def _one_line(message: str) -> str:
+    """The message on one line: line breaks and other control characters (from a file name, a --shape, a file's
+    text) shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
+
+
 def _fail(message: str) -> int:
-    print(f"lpusim: error: {message}", file=sys.stderr)
+    print(f"lpusim: error: {_one_line(message)}", file=sys.stderr)
     return EXIT_USAGE
 
 
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)  # ASCII digits only: not "1_0", "١" or "1e3" as int() takes
+_DIGITS = 30  # a number of more digits is refused as too large before int() reads it
+
+
 def _parse_shapes(items) -> dict:
+    """--shape NAME=D0,D1,... (repeatable) -> {name: dims}, each checked by `validate_shape` (compiler/frontend/
+    load.py, the one shape check the Python API uses too) before the model is read."""
     shapes = {}
     for item in items or []:
         name, _, dims = item.partition("=")
-        try:
-            shapes[name] = tuple(int(d) for d in dims.split(",") if d)
-        except ValueError:
-            raise LpusimError(f"--shape {item}: expected NAME=D0,D1,... with integer dimensions") from None
-        if not name or not shapes[name]:
+        name = name.strip()
+        parts = dims.split(",")
+        if not name or not dims.strip():
             raise LpusimError(f"--shape {item}: expected NAME=D0,D1,...")
+        bad = next((p for p in parts if not _INTEGER.fullmatch(p)), None)
+        if bad is not None:
+            raise LpusimError(f"--shape {item}: dimension {bad.strip() or '(empty)'!r} is not an integer; expected "
+                              f"NAME=D0,D1,... with integer dimensions")
+        if any(len(p.strip()) > _DIGITS for p in parts):
+            raise LpusimError(f"--shape {item[:60]}...: a dimension of more than {_DIGITS} digits")
+        if name in shapes:
+            raise LpusimError(f"--shape {item}: input '{name}' is given twice")
+        shapes[name] = validate_shape(name, [int(p) for p in parts])
     return shapes
 
 
-def _int_arg(flag: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise LpusimError(f"{flag} {value}: expected a number of chips or 'auto'") from None
+def _chips_arg(flag: str, value: str) -> int | str:
+    """A chip count: 'auto' or a whole number of at least one (the largest system is checked where it is built)."""
+    if value == "auto":
+        return value
+    if not _INTEGER.fullmatch(value):
+        raise LpusimError(f"{flag} {value}: expected a number of chips or 'auto'")
+    if len(value.strip()) > _DIGITS:
+        raise LpusimError(f"{flag} {value[:40]}...: more chips than any system holds")
+    chips = int(value)
+    if chips < 1:
+        raise LpusimError(f"{flag} {value}: at least one chip is needed")
+    return chips
 
 
 def _load_inputs(path: str | None) -> dict | None:
-    if path is None:
-        return None
-    if not os.path.exists(path):
-        raise LpusimError(f"{path}: no such inputs file")
-    if not os.path.isfile(path):
-        raise LpusimError(f"{path}: not a regular file (inputs are an .npz file)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as e:
-        raise LpusimError(f"{path}: not a readable .npz file: {e}") from None
-    for name, array in arrays.items():
-        if array.dtype.kind not in "biuf":  # strings, complex numbers, objects: no model input holds them
-            raise LpusimError(f"{path}: array '{name}' is {array.dtype} {array.shape}; inputs must be real numbers "
-                              f"or booleans")
-    return arrays
+    """--inputs FILE.npz: the arrays by name (files.load_npz: bounded, no pickles, real numbers and booleans)."""
+    return None if path is None else load_npz(path)
 
 
 def cmd_run(args) -> int:
     if (args.chips != "1" or args.system) and args.precision != "fp16":
         raise LpusimError("--precision int8 runs on one chip only (not with --chips or --system yet)")
     several = args.chips != "1" or args.system
-    chips = 1 if not several else args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
-    if chips != "auto" and chips < 1:
-        raise LpusimError(f"--chips {args.chips}: at least one chip is needed")
+    chips = _chips_arg("--chips", args.chips) if several else 1
+    check_writable(args.trace, "the trace")
+    check_writable(args.plot, "the plot")
     report = run_report(args.model, chips=chips, parallel=args.parallel, system=args.system,
                         inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
                         shapes=_parse_shapes(args.shape), timing_only=args.timing_only,
@@ -87,10 +102,10 @@ def _prompt(args) -> tuple[np.ndarray, np.ndarray | None]:
     if (args.prompt_ids is None) == (args.inputs is None):
         raise LpusimError("give the prompt with --prompt-ids 1,2,3 or with --inputs PROMPT.npz (one of the two)")
     if args.prompt_ids is not None:
-        try:
-            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-        except ValueError:
-            raise LpusimError(f"--prompt-ids {args.prompt_ids}: expected token ids like 1,2,3") from None
+        parts = [t for t in args.prompt_ids.split(",") if t.strip()]
+        if not all(re.fullmatch(r"\s*[+-]?[0-9]{1,18}\s*", t, re.ASCII) for t in parts):  # fits an int64
+            raise LpusimError(f"--prompt-ids {args.prompt_ids}: expected token ids like 1,2,3")
+        ids = [int(t) for t in parts]
         if not ids:
             raise LpusimError("--prompt-ids: no token ids given")
         return np.asarray([ids], np.int64), None
@@ -103,6 +118,8 @@ def _prompt(args) -> tuple[np.ndarray, np.ndarray | None]:
                           f"{ids.shape})")
     ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
     mask = data.get("attention_mask")
+    if mask is not None and mask.size != ids.size:
+        raise LpusimError(f"{args.inputs}: attention_mask {mask.shape} does not match input_ids {ids.shape}")
     return ids.astype(np.int64), None if mask is None else np.asarray(mask).reshape(ids.shape)
 
 
@@ -113,9 +130,7 @@ def cmd_generate(args) -> int:
     ids, mask = _prompt(args)
     if args.new_tokens < 1:
         raise LpusimError(f"--new-tokens {args.new_tokens}: expected at least 1")
-    chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
-    if chips != "auto" and chips < 1:
-        raise LpusimError(f"--chips {args.chips}: at least one chip is needed")
+    chips = _chips_arg("--chips", args.chips)
     if chips != 1 and args.precision == "int8" and chips != "auto":
         raise LpusimError("--precision int8 runs on one chip only (pipelines of several chips are fp16)")
     length = ids.shape[1]
@@ -138,7 +153,7 @@ def cmd_llm(args) -> int:
     from lpusim.llm.gpu import Gpu, compare, format_comparison
     from lpusim.llm.plan import format_plan, plan_llm
 
-    chips = args.chips if args.chips == "auto" else _int_arg("--chips", args.chips)
+    chips = _chips_arg("--chips", args.chips)
     gpu = Gpu.load(args.compare) if args.compare else None  # a bad GPU file fails before the plan's minutes
     common = dict(chips=chips, tp=args.tp, pp=args.pp, precision=args.precision, context=args.context,
                   prompt=args.prompt, new_tokens=args.new_tokens, concurrency=args.concurrency,
@@ -154,7 +169,7 @@ def cmd_llm(args) -> int:
         from lpusim.llm.speculative import format_speculative, plan_speculative
 
         draft_chips = args.draft_chips or "auto"
-        draft_chips = draft_chips if draft_chips == "auto" else _int_arg("--draft-chips", draft_chips)
+        draft_chips = _chips_arg("--draft-chips", draft_chips)
         result = plan_speculative(args.config, args.speculative, draft_chips=draft_chips,
                                   draft_tokens=args.draft_tokens, acceptance=args.acceptance, **common)
         text = format_plan(result) + "\n" + format_speculative(result)
@@ -212,11 +227,11 @@ def cmd_compile(args) -> int:
     def dump(name, text):
         print(f"===== after {name} =====\n{text}")
 
+    check_writable(args.output, "the assembly")
     program = compile_model(args.model, chip=args.chip, shapes=_parse_shapes(args.shape),
                                    dump=dump if args.dump else None, precision=args.precision)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(program.assembly)
+        write_text(args.output, program.assembly, "the assembly")  # whole or not at all
     summary = {"predicted_cycles": program.predicted_cycles, "latency_us": program.latency_us,
                "instructions": program.instructions, "sram_bytes": program.sram_bytes,
                "compile_s": program.compile_s, "assembly": args.output}
@@ -271,12 +286,26 @@ def cmd_segments(args) -> int:
     return EXIT_OK if summary["all_match"] else EXIT_MISMATCH
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"lpusim: error: {_one_line(f'{self.prog}: {message}')} (see {self.prog} --help)\n")
+
+
+def _seed(value: str) -> int:
+    """--seed: a whole number 0 .. 2^64 - 1 (numpy's generators take no negative seed)."""
+    if not re.fullmatch(r"\s*\+?[0-9]{1,20}\s*", value, re.ASCII) or int(value) >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number 0 .. 2^64 - 1")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lpusim", description="Cycle-level simulator of Groq-style LPUs (TSPs).")
+    p = _Parser(prog="lpusim", description="Cycle-level simulator of Groq-style LPUs (TSPs).")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="compile, simulate and check a built-in MLP")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0)
     d.add_argument("--chip", default=None, help="chip configuration: a name (tsp_v1) or a JSON file")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
@@ -284,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="compile MODEL.onnx, simulate it and compare with onnxruntime")
     r.add_argument("model")
     r.add_argument("--inputs", help=".npz file of inputs by name (default: seeded random inputs)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
     r.add_argument("--chip", default=None)
     r.add_argument("--timing-only", action="store_true", help="execute the schedule without computing values")
@@ -384,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "starting from onnxruntime's values (lpusim/check/segments.py)")
     s.add_argument("model")
     s.add_argument("--inputs", help=".npz file of inputs by name (default: seeded random inputs)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--shape", action="append", metavar="NAME=D0,D1,...", help="fix a dynamic input shape")
     s.add_argument("--chip", default=None)
     s.add_argument("--precision", default="fp16", choices=["fp16", "int8"])

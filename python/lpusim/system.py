@@ -31,6 +31,7 @@ import numpy as np
 
 from lpusim import _lpusim
 from lpusim.errors import ConfigError
+from lpusim.files import MAX_JSON_BYTES, read_text
 
 if TYPE_CHECKING:
     from lpusim.runtime.memory import ChipMemory
@@ -81,37 +82,54 @@ class SystemResult:
         }
 
 
+def _restated(error: ConfigError, message: str) -> ConfigError:
+    """The same ConfigError (its `field` kept) with a new message: the file named, the field called a system's."""
+    restated = ConfigError(message)
+    if hasattr(error, "field"):
+        restated.field = error.field
+    return restated
+
+
 class System:
     """A validated system configuration with every random draw made (latencies, drifts, HAC alignment)."""
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = dict(config)
         self.json = json.dumps(self.config)
-        self.info = _lpusim.describe_system(self.json)
+        try:
+            self.info = _lpusim.describe_system(self.json)
+        except ConfigError as e:  # the Rust ConfigError says "chip configuration field 'system.<field>'"
+            raise _restated(e, str(e).replace("chip configuration field 'system.", "system configuration field "
+                                                                                  "'system.", 1)) from None
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | None = None, **overrides: Any) -> "System":
         """From a dict, a JSON file path or JSON text (None: the default 8-chip node); keyword overrides win."""
+        where = None
         if source is None:
             config: dict[str, Any] = {}
         elif isinstance(source, Mapping):
             config = dict(source)
         else:
             text = str(source)
-            if not text.lstrip().startswith("{"):
-                try:
-                    with open(text, encoding="utf-8") as f:
-                        text = f.read()
-                except OSError as e:
-                    raise ConfigError(f"cannot read system configuration {source}: {e}") from None
+            if text.lstrip().startswith("{"):  # JSON text itself
+                where = "the system configuration given as JSON text"
+            else:  # a file: bounded, regular files only
+                where = text
+                text = read_text(text, "a system configuration", MAX_JSON_BYTES, ConfigError)
             try:
                 config = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"system configuration {source}: not valid JSON: {e}") from None
+                raise ConfigError(f"{where}: not valid JSON: {e}") from None
+            except RecursionError:
+                raise ConfigError(f"{where}: nested too deeply to be a configuration") from None
             if not isinstance(config, dict):
-                raise ConfigError(f"system configuration {source}: a JSON object is needed")
+                raise ConfigError(f"{where}: a JSON object is needed")
         config.update(overrides)
-        return cls(config)
+        try:
+            return cls(config)
+        except ConfigError as e:
+            raise _restated(e, f"{where}: {e}" if where else str(e)) from None
 
     @property
     def chips(self) -> int:

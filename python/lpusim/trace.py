@@ -11,6 +11,7 @@ import os
 from collections import defaultdict
 
 from lpusim.errors import LpusimError
+from lpusim.files import write_text
 
 
 def _unit(queue: str) -> str:
@@ -41,10 +42,7 @@ def chrome_trace(program) -> dict:
 
 
 def write_chrome_trace(program, path: str | os.PathLike) -> None:
-    tmp = f"{os.fspath(path)}.partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(chrome_trace(program), f)
-    os.replace(tmp, path)  # never leave a half-written trace behind
+    write_text(path, json.dumps(chrome_trace(program)), "the trace")  # never a half-written trace
 
 
 def busy_over_time(program, bins: int = 200) -> tuple[list[float], dict[str, list[float]]]:
@@ -80,5 +78,17 @@ def plot_utilization(program, path: str | os.PathLike) -> None:
     ax.set_title(f"{program.chip.name}: {program.predicted_cycles:,} cycles")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        raise LpusimError(f"{name}: a directory; cannot write the plot there")
+    stem, ext = os.path.splitext(name)
+    tmp = f"{stem}.partial{ext}"  # the extension names the format; renamed whole, never a half-written plot
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, name)
+    except (OSError, ValueError) as e:  # ValueError: matplotlib knows no format of that extension
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise LpusimError(f"{name}: cannot write the plot: {getattr(e, 'strerror', None) or e}") from None
+    finally:
+        plt.close(fig)

@@ -131,7 +131,7 @@ def test_model_too_large(tmp_path):
 def test_bad_inputs_file(tmp_path, mlp_file):
     (tmp_path / "x.npz").write_text("nope")
     line = _single_line_error(*lpusim_cli("run", str(mlp_file), "--inputs", str(tmp_path / "x.npz")))
-    assert line.startswith(f"lpusim: error: {tmp_path / 'x.npz'}: not a readable .npz file")
+    assert line.startswith(f"lpusim: error: {tmp_path / 'x.npz'}: not an .npz archive")
 
 
 def test_wrong_input_name(tmp_path, mlp_file):

@@ -196,7 +196,7 @@ def check_segments(model, inputs: dict | None = None, precision: str = "fp16", c
     `calibration`, default the inputs). `on_segment(result)` is called after each segment."""
     proto = load_model(model)
     if inputs is None:
-        inputs = compile_model(proto, chip=chip, precision=precision).random_inputs(seed)
+        inputs = compile_model(proto, chip=chip, precision=precision, shapes=shapes).random_inputs(seed)
     if precision == "int8" and not any(n.op_type in QUANT_OPS for n in proto.graph.node):
         proto = quantize_model(proto, calibration or inputs)
     segments = split(proto, cuts)

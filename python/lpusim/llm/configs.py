@@ -8,13 +8,13 @@ Mistral, Mixtral, Qwen2, GPT-2) sizes the same way: `model_size` reads the same 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from lpusim.errors import ModelError
+from lpusim.files import read_json
 
 _LLAMA2 = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
                rope_theta=10000.0, tie_word_embeddings=False, hidden_act="silu")
@@ -44,7 +44,7 @@ BUILT_IN: dict[str, dict[str, Any]] = {
 }
 
 BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
-MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB
+MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB: a larger file is refused unread
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,9 @@ def config_fields(config: str | os.PathLike | dict | Any) -> dict[str, Any]:
         return dict(BUILT_IN[str(config)])
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise ModelError(f"{path}: not a built-in model ({', '.join(BUILT_IN)}) and not a config.json file")
-        if os.path.getsize(path) > MAX_CONFIG_BYTES:
-            raise ModelError(f"{path}: {os.path.getsize(path):,} bytes is not a config.json (at most "
-                             f"{MAX_CONFIG_BYTES:,} are read)")
-        try:
-            with open(path, encoding="utf-8") as f:
-                fields = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{path}: not a readable config.json: {e}") from None
+        fields = read_json(path, "a config.json", ModelError, MAX_CONFIG_BYTES)  # bounded, regular files only
         if not isinstance(fields, dict):
             raise ModelError(f"{path}: a config.json holds one JSON object")
         return fields

@@ -13,7 +13,6 @@ input happened to route to, so the traced graph would hard-code that routing).
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import warnings
 from typing import Any
@@ -74,11 +73,13 @@ def decoder_config(config_or_name: Any):
         path = os.fspath(source)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise ModelError(f"{config_or_name}: neither a preset ({', '.join(PRESETS)}), a built-in model "
                              f"({', '.join(BUILT_IN)}) nor a config.json file")
-        with open(path) as f:
-            source = json.load(f)
+        from lpusim.files import read_json
+        from lpusim.llm.configs import MAX_CONFIG_BYTES
+
+        source = read_json(path, "a config.json", ModelError, MAX_CONFIG_BYTES)  # bounded, regular files only
     if isinstance(source, dict):
         fields = dict(source)
         model_type = fields.pop("model_type", None)

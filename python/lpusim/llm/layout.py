@@ -67,7 +67,9 @@ def decoder_layout(model: onnx.ModelProto | str) -> DecoderLayout:
     """Read and check a decoder's interface; any difference from the Optimum KV-cache layout is a ModelError
     naming the first tensor that differs."""
     if isinstance(model, str):
-        model = onnx.load(model, load_external_data=False)
+        from lpusim.compiler.frontend.load import read_model
+
+        model = read_model(model, external_data=False)
     graph = model.graph
     inits = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in inits]

@@ -39,6 +39,9 @@ PRECISIONS = ("int8", "fp16")
 # programs do (docs/llm.md 3.5), so every chunk is the same program; the chunks follow one another through the
 # pipeline. Larger chunks shorten the prefill but compile slower (the collectives' compile time grows with rows).
 PREFILL_CHUNK = 16
+# The longest --context planned: 8 x the 131,072 positions of the longest published contexts (Llama 3.1, Qwen2);
+# a KV cache of more positions is refused before any array of that many positions is made.
+MAX_CONTEXT = 1 << 20
 
 
 @dataclass
@@ -95,6 +98,8 @@ class Planner:
                                  ("--concurrency", concurrency, 1)):
             if not isinstance(value, int) or value < low:
                 raise ModelError(f"{flag} {value}: at least {low}")
+        if context > MAX_CONTEXT:
+            raise ModelError(f"--context {context:,}: at most {MAX_CONTEXT:,} positions are planned")
         chunk = min(prompt, PREFILL_CHUNK) if prefill_chunk is None else prefill_chunk
         if not isinstance(chunk, int) or not 1 <= chunk <= prompt:
             raise ModelError(f"--prefill-chunk {prefill_chunk}: between 1 and the prompt's {prompt} tokens")
@@ -183,6 +188,11 @@ class Planner:
         if estimate > cap:
             self.rejected[tp] = (f"a layer part's weights alone take about {estimate / 1e6:.1f} MB of each of {tp} "
                                  f"chips' {cap / 1e6:.1f} MB")
+            return None
+        cache = self.concurrency * 2 * ShardWidths.of(self.shape, tp).kv_heads * self.context * self.cache_row_bytes()
+        if cache > cap:  # known before compiling an attention part over a cache of --context positions
+            self.rejected[tp] = (f"an attention part's KV cache of {self.context:,} positions alone takes "
+                                 f"{cache / 1e6:.1f} MB of each of {tp} chips' {cap / 1e6:.1f} MB")
             return None
         try:
             for kind in ("attention", "mlp", "embed", "head"):
@@ -422,7 +432,7 @@ class Planner:
         return best
 
     def choose(self, chips, tp, pp) -> Layout:
-        auto = chips in ("auto", None, 0)
+        auto = chips in ("auto", None)
         choices = _tp_choices(self.shape, tp)
         if not choices:
             raise ModelError(f"no tensor-parallel degree of 1, 2, 4, 8 divides the {self.shape.heads} heads")

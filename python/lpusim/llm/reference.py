@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from lpusim.compiler.frontend.load import read_model
 from lpusim.errors import ModelError
 from lpusim.llm.layout import DecoderLayout, decoder_layout, past_names, present_names
 
@@ -31,7 +32,7 @@ class OnnxDecoder:
         self._sessions: dict[tuple[int, int], ort.InferenceSession] = {}
         self._single: ort.InferenceSession | None = None
         if self._builder is None:
-            proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
+            proto = model if isinstance(model, onnx.ModelProto) else read_model(model)
             self.layout = decoder_layout(proto)
             self._single = _session(proto)
         else:

@@ -4,49 +4,160 @@ The first stage of the compiler: everything here reads the ONNX graph only; noth
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
+import re
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 from onnx import numpy_helper
 
 from lpusim.errors import CompileError, ModelError
+from lpusim.files import MAX_MODEL_BYTES, MAX_TENSOR_BYTES, read_bytes
+
+
+def read_model(path, external_data: bool = True) -> onnx.ModelProto:
+    """An ONNX file parsed, unchecked: a regular file of at most `MAX_MODEL_BYTES` (files.py; a device or a
+    directory is refused unread), its external data loaded unless `external_data` is False (onnx checks each
+    tensor's file and bounds). ModelError naming the file on any problem."""
+    where = os.fspath(path)
+    data = read_bytes(where, "an ONNX model", MAX_MODEL_BYTES, ModelError)
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{where}: not a readable ONNX model (truncated or malformed?): {_first_line(e)}") from None
+    if not external_data:
+        return model
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(where))
+    except Exception as e:  # onnx's checks of the location, offset and length; the file's own errors
+        raise ModelError(f"{where}: cannot load the model's external data: {_first_line(e)}") from None
+    return model
 
 
 def load_model(model) -> onnx.ModelProto:
-    """An ONNX path or ModelProto -> a checked ModelProto; ModelError with the file name on any problem."""
+    """An ONNX path or ModelProto -> a checked ModelProto; ModelError with the file name on any problem: a file
+    `read_model` refuses, a model onnx's checker refuses, opsets newer than the installed onnx or onnxruntime
+    know (onnxruntime is the reference every run is checked against)."""
     if isinstance(model, onnx.ModelProto):
         where = "the given ModelProto"
     else:
         where = os.fspath(model)
-        if not os.path.exists(where):
-            raise ModelError(f"{where}: no such file")
-        if not os.path.isfile(where):  # a device such as /dev/zero would be read without end
-            raise ModelError(f"{where}: not a regular file (an ONNX model is a file)")
-        try:
-            model = onnx.load(where)
-        except Exception as e:  # protobuf raises DecodeError and friends
-            raise ModelError(f"{where}: not a readable ONNX model (truncated or malformed?): {e}") from None
+        model = read_model(where)
+    newest = {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": onnx.helper.VERSION_TABLE[-1][3]}
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        if domain in newest and opset.version > newest[domain]:
+            raise ModelError(f"{where}: the model is stamped with opset {opset.version}"
+                             f"{' of ' + domain if domain else ''}; the installed onnx {onnx.__version__} knows "
+                             f"opsets up to {newest[domain]}")
     try:
         onnx.checker.check_model(model)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{where}: invalid ONNX model: {first}") from None
+        raise ModelError(f"{where}: invalid ONNX model: {_first_line(e)}") from None
     if not model.graph.output:
         raise ModelError(f"{where}: the graph has no outputs")
-    newest = onnx.defs.onnx_opset_version()
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version > newest:
-            raise ModelError(f"{where}: the model is stamped with opset {opset.version}; the installed onnx knows "
-                             f"opsets up to {newest}")
+    standard = tuple(sorted({("" if o.domain == "ai.onnx" else o.domain, o.version) for o in model.opset_import
+                             if o.domain in ("", "ai.onnx", "ai.onnx.ml")}))
+    refusal = _onnxruntime_refuses(standard)
+    if refusal:
+        raise ModelError(f"{where}: {refusal}")
     return model
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@functools.lru_cache(maxsize=32)
+def _onnxruntime_refuses(opsets: tuple[tuple[str, int], ...]) -> str | None:
+    """Why the installed onnxruntime refuses models stamped with `opsets` ((domain, version) of the standard
+    domains), or None. Asked of onnxruntime itself with a one-node model of the same stamps (a few ms, once per set
+    of stamps): onnxruntime may know fewer opsets than the installed onnx, and would refuse the model only after
+    lpusim had compiled and simulated it."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    stamps = dict(opsets)
+    stamps.setdefault("", 13)  # the probe's Identity needs the default domain
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "opsets", [x], [y])
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in stamps.items()])
+    probe.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidArgument, ort_errors.NotImplemented) as e:
+        text = onnxruntime_message(e, limit=100_000)
+        said = re.search(r"Opset (\d+) is under development.*?support for domain (\S+) is till opset (\d+)", text)
+        if said:
+            return (f"the model is stamped with opset {said[1]} of {said[2]}; the installed onnxruntime "
+                    f"{ort.__version__} (the reference lpusim checks against) supports opsets up to {said[3]}")
+        return (f"the installed onnxruntime {ort.__version__} refuses the model's opsets {dict(opsets)}: "
+                f"{onnxruntime_message(e)}")
+    return None
+
+
+def onnxruntime_message(e: Exception, limit: int = 300) -> str:
+    """onnxruntime's error text without its code prefix and C++ source location, on one line, at most `limit`
+    characters."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    located = re.match(r"\S+\.(?:h|cc|cpp):\d+ [^(]*\(", text)
+    if located:  # skip the C++ function signature: up to its matching parenthesis
+        depth, i = 1, located.end()
+        while i < len(text) and depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        text = text[i:].strip()
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-MAX_INPUT_ELEMENTS = 1 << 31  # float32 elements of one input (8 GiB): far past any system lpusim compiles for
+def validate_shape(name: str, dims) -> tuple[int, ...]:
+    """The shape given for input `name` (--shape, `shapes=`, an array's shape) as a tuple of ints; CompileError
+    naming the input for anything else: not a sequence, a dimension that is not an integer (1.5, "8", True), a
+    negative one. Zero is allowed here (an empty KV-cache past); the ops that cannot take it say so."""
+    try:
+        items = list(dims)
+    except TypeError:
+        raise CompileError(f"input '{name}': the shape given ({dims!r}) is not a sequence of dimensions") from None
+    out = []
+    for d in items:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+            raise CompileError(f"input '{name}': the shape given {items} has a dimension that is not an integer "
+                               f"({d!r})")
+        out.append(int(d))
+    if any(d < 0 for d in out):
+        raise CompileError(f"input '{name}': shape {out} has a negative dimension")
+    return tuple(out)
+
+
+def tensor_bytes_check(what: str, dims, itemsize: int) -> None:
+    """CompileError when a tensor of shape `dims` would take more than `MAX_TENSOR_BYTES` (files.py), saying both
+    numbers: checked for every input and every declared shape before anything is allocated for it."""
+    need = math.prod(int(d) for d in dims) * itemsize
+    if need > MAX_TENSOR_BYTES:
+        raise CompileError(f"{what}: shape {list(dims)} needs {need:,} bytes at {itemsize} bytes an element; one "
+                           f"tensor may take at most {MAX_TENSOR_BYTES:,} (the SRAM of an 8-chip node is "
+                           f"{8 * 230_686_720:,})")
+
+
+def _host_itemsize(elem: int) -> int:
+    """Bytes an element of this ONNX type takes on the host: as given, and never less than the chip's float32."""
+    try:
+        size = onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
+    except Exception:  # an undefined or exotic element type: count it as float32
+        size = 4
+    return max(4, size)
 
 
 def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple]:
@@ -58,9 +169,7 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
         if inp.name in inits:
             continue
         if inp.name in shapes:
-            dims = tuple(int(d) for d in shapes.pop(inp.name))
-            if any(d < 0 for d in dims):
-                raise CompileError(f"input '{inp.name}': shape {list(dims)} has a negative dimension")
+            dims = validate_shape(inp.name, shapes.pop(inp.name))
             declared = [d.dim_value if d.HasField("dim_value") else None
                         for d in inp.type.tensor_type.shape.dim]
             if inp.type.tensor_type.HasField("shape") and (
@@ -79,12 +188,15 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
                 raise CompileError(f"input '{inp.name}': dimension '{name}' is not fixed; give it with "
                                    f"--shape {inp.name}=D0,D1,... (or shapes={{'{inp.name}': (...)}})")
         out[inp.name] = tuple(dims)
-    for name, dims in out.items():
-        elements = int(np.prod(dims, dtype=object))
-        if elements > MAX_INPUT_ELEMENTS:
-            raise CompileError(f"input '{name}': shape {list(dims)} has {elements:,} elements, more than the "
-                               f"{MAX_INPUT_ELEMENTS:,} lpusim accepts for one input (the SRAM of an 8-chip node is "
-                               f"{8 * 230_686_720:,} bytes)")
+    for inp in model.graph.input:
+        elem = inp.type.tensor_type.elem_type
+        if inp.name in out:
+            tensor_bytes_check(f"input '{inp.name}'", out[inp.name], _host_itemsize(elem))
+    for vi in list(model.graph.output) + list(model.graph.value_info):  # shapes the model declares, when static
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            tensor_bytes_check(f"tensor '{vi.name}' (declared)", [d.dim_value for d in dims],
+                               _host_itemsize(vi.type.tensor_type.elem_type))
     for inp in model.graph.input:
         elem = inp.type.tensor_type.elem_type
         if inp.name in out and elem not in HOST_TYPES:
