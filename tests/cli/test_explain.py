@@ -39,6 +39,8 @@ def test_causes_sum_to_the_cycles(programs, name):
     assert e["mxm_utilization"] == pytest.approx(run.utilization["mxm"], rel=1e-12)
     assert sum(w["plane_cycles"] for w in e["mxm_work_by_purpose"].values()) == e["mxm_plane_cycles"]
     assert sum(r["mxm_plane_cycles"] for r in e["top_nodes"]) == e["mxm_plane_cycles"]
+    if e["mxm_plane_cycles"]:
+        assert 1 <= e["planes_computing"] <= 4
 
 
 def test_matmul_model_is_mxm_bound(programs):

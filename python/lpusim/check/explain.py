@@ -16,7 +16,7 @@ definitions (docs/results.md, "Where the time goes: lpusim run --explain"):
   scheduler places nodes in program order, so the oldest work still in flight is what later work waits behind).
   Waiting cycles have no owner.
 * MXM work: plane-busy cycles (ABC vectors x cycles per vector); `mxm_utilization` = that / (planes x cycles),
-  equal to the simulator's `utilization["mxm"]`.
+  equal to the simulator's `utilization["mxm"]`; `planes_computing` = that / the cycles any plane computes in.
 * model MACs: output rows x K x N of each weight matrix of the model's own matmuls and convolutions (a
   convolution's kernel taps are terms of their own; a grouped convolution's zero blocks are counted), not of the
   compiler's helper matmuls (lane sums, maxima, moves). `mac_utilization` = sum over those nodes of MACs x cycles
@@ -128,6 +128,8 @@ def explain(program, top: int = 10) -> dict:
         "mxm_utilization": total_work / (chip.mxm_planes * cycles) if cycles else 0.0,
         "mac_utilization": mac_cycles / (chip.mxm_planes * lanes2 * cycles) if cycles else 0.0,
         "mxm_array_fill": mac_cycles / (lanes2 * model_plane) if model_plane else 0.0,
+        # how many planes work at once in the cycles any does: 1 means one plane at a time
+        "planes_computing": total_work / int(busy[0].sum()) if busy[0].any() else 0.0,
         "model_macs": macs,
         "mxm_plane_cycles": total_work,
         "cycles_by_cause": by_cause,
@@ -148,8 +150,9 @@ def _by_onnx_node(nodes, counts, plane_cycles, vectors, cycles) -> list[dict]:
         name = node.name if node is not None else SETUP
         row = rows.setdefault(name, {"name": name, "ops": [], "cycles": 0, "cycles_by_cause": {},
                                      "mxm_vectors": 0, "mxm_plane_cycles": 0, "mxm_work_by_purpose": {}})
-        if node is not None and node.onnx_op not in row["ops"]:
-            row["ops"].append(node.onnx_op)
+        op = re.sub(r"\(tap \d+\)", "(taps)", node.onnx_op) if node is not None else None  # one per pool
+        if op is not None and op not in row["ops"]:
+            row["ops"].append(op)
         for r, c in enumerate(CAUSES):
             if counts[r, i]:
                 row["cycles_by_cause"][c] = row["cycles_by_cause"].get(c, 0) + int(counts[r, i])
@@ -168,8 +171,10 @@ def _by_onnx_node(nodes, counts, plane_cycles, vectors, cycles) -> list[dict]:
 def format_explain(e: dict) -> str:
     """The short table `lpusim run --explain` prints."""
     c = e["cycles"] or 1
-    lines = [f"MXM            planes busy {e['mxm_utilization']:.1%} of the time, MACs {e['mac_utilization']:.1%} "
-             f"of peak (the array {e['mxm_array_fill']:.1%} full on the model's matmuls)",
+    lines = [f"MXM            planes busy {e['mxm_utilization']:.1%} of the time, {e['planes_computing']:.2f} at once "
+             "while any computes",
+             f"MACs           {e['mac_utilization']:.1%} of peak; the array {e['mxm_array_fill']:.1%} full on the "
+             "model's matmuls",
              "time by cause  " + "  ".join(f"{k} {v / c:.1%}" for k, v in e["cycles_by_cause"].items() if v)]
     if e["mxm_work_by_purpose"]:
         lines.append("MXM work       " + "  ".join(f"{p} {w['share']:.0%}"
