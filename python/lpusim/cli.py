@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from lpusim.api import compile as compile_model
+from lpusim.check.explain import explain, format_explain
 from lpusim.check.report import format_report, run_report
 from lpusim.check.segments import check_segments, summarize
 from lpusim.chip import Chip
@@ -92,7 +93,7 @@ def cmd_run(args) -> int:
                         inputs=_load_inputs(args.inputs), seed=args.seed, chip=args.chip,
                         shapes=_parse_shapes(args.shape), timing_only=args.timing_only,
                         progress=not several and not args.json and sys.stderr.isatty(), trace=args.trace,
-                        plot=args.plot, precision=args.precision)
+                        plot=args.plot, precision=args.precision, explain=args.explain)
     print(json.dumps(report) if args.json else format_report(report))
     return EXIT_OK if report["outputs_match"] in (True, None) else EXIT_MISMATCH
 
@@ -235,7 +236,11 @@ def cmd_compile(args) -> int:
     summary = {"predicted_cycles": program.predicted_cycles, "latency_us": program.latency_us,
                "instructions": program.instructions, "sram_bytes": program.sram_bytes,
                "compile_s": program.compile_s, "assembly": args.output}
-    print(json.dumps(summary) if args.json else "\n".join(f"{k:17} {v}" for k, v in summary.items()))
+    text = "\n".join(f"{k:17} {v}" for k, v in summary.items())
+    if args.explain:  # the schedule alone says where the time goes: no run needed
+        summary["explain"] = explain(program)
+        text += "\n" + format_explain(summary["explain"])
+    print(json.dumps(summary) if args.json else text)
     return EXIT_OK
 
 
@@ -319,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timing-only", action="store_true", help="execute the schedule without computing values")
     r.add_argument("--trace", metavar="FILE.json", help="write a Perfetto/Chrome trace of the schedule")
     r.add_argument("--plot", metavar="FILE.png", help="plot unit utilisation over time (needs matplotlib)")
+    r.add_argument("--explain", action="store_true", help="where the time goes: MXM and MAC utilisation, cycles "
+                   "by cause, MXM work by purpose, the busiest nodes (one chip)")
     r.add_argument("--chips", default="1", help="chips in a pipeline (a number, or 'auto': the fewest that hold "
                    "the model)")
     r.add_argument("--parallel", default="auto", choices=["auto", "pipeline", "tensor"])
@@ -426,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model")
     c.add_argument("-o", "--output", help="write the assembly here")
     c.add_argument("--dump", action="store_true", help="print the IR after every pass")
+    c.add_argument("--explain", action="store_true", help="where the time goes (as run --explain)")
     c.add_argument("--shape", action="append", metavar="NAME=D0,D1,...")
     c.add_argument("--chip", default=None)
     c.add_argument("--precision", default="fp16", choices=["fp16", "int8"])

@@ -8,6 +8,7 @@ import numpy as np
 
 from lpusim.api import compile as compile_model
 from lpusim.check.compare import compare, run_onnxruntime
+from lpusim.check.explain import explain as explain_program, format_explain
 from lpusim.compiler import QUANT_OPS
 from lpusim.compiler.frontend.load import load_model
 from lpusim.compiler.frontend.quantize import quantize_model
@@ -18,11 +19,13 @@ from lpusim.trace import plot_utilization, write_chrome_trace
 
 
 def run_report(model, *, chips=1, parallel="auto", system=None, inputs=None, seed=0, chip=None, shapes=None,
-               timing_only=False, progress=False, trace=None, plot=None, precision="fp16") -> dict[str, Any]:
+               timing_only=False, progress=False, trace=None, plot=None, precision="fp16",
+               explain=False) -> dict[str, Any]:
     """Compile `model` for `chips` chips, simulate it, compare with onnxruntime: the report dict.
 
     precision="int8" is checked against onnxruntime running the model onnxruntime's quantiser makes of it
-    (compiler/frontend/quantize.py). Several chips add per-chip and per-link detail and the partition."""
+    (compiler/frontend/quantize.py). Several chips add per-chip and per-link detail and the partition.
+    `explain`: add where one chip's time goes (check/explain.py)."""
     proto = load_model(model)
     if inputs is not None:  # the arrays given fix the dynamic dimensions (a shape given with --shape wins)
         shapes = {**{name: tuple(np.shape(value)) for name, value in inputs.items()}, **(shapes or {})}
@@ -36,11 +39,13 @@ def run_report(model, *, chips=1, parallel="auto", system=None, inputs=None, see
     if precision == "int8" and not quantised:
         proto = quantize_model(proto, program.random_inputs(0))  # calibrated as the compile was
     if isinstance(program, MultiProgram):
-        if trace or plot:
-            raise LpusimError("--trace and --plot show one chip's schedule: use them without --chips")
+        if trace or plot or explain:
+            raise LpusimError("--trace, --plot and --explain show one chip's schedule: use them without --chips")
         report, result = _several_chips(program, inputs, timing_only)
     else:
         report, result = _one_chip(program, inputs, timing_only, trace, plot)
+        if explain:
+            report["explain"] = explain_program(program)
     ref, ort_wall = run_onnxruntime(proto, inputs)
     report.update(model=model if isinstance(model, str) else "<ModelProto>",
                   precision="int8" if precision == "int8" or quantised else precision)
@@ -128,6 +133,8 @@ def format_report(r: dict) -> str:
                                      f"max rel error {r['max_rel_error']:.3g})"),
         "wall time      " + "  ".join(f"{k} {v:.3f}s" for k, v in r["wall_s"].items()),
     ]
+    if "explain" in r:
+        lines.append(format_explain(r["explain"]))
     if r["outputs_match"] is False and r["precision"] == "int8":
         lines.append("hint           an f32 rounding tie upstream can move a deep int8 model's output by a step "
                      "per layer; `lpusim segments MODEL --precision int8` checks every segment from onnxruntime's "

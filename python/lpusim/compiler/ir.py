@@ -138,6 +138,9 @@ class Node:
     steps: list[Step] = field(default_factory=list)
     terms: list[tuple[View, str]] = field(default_factory=list)  # matmul: (activation view, constant weights)
     fusable: bool = True  # may fuse_chains merge a consumer into this node (False: the chain would need >16 ALUs)
+    # why a matmul exists when it is not the op's own arithmetic (lanes.LANE_PURPOSES, attention's heads): the
+    # MXM work `lpusim run --explain` groups by (check/explain.py); "" for the op's own work
+    purpose: str = ""
 
     @property
     def x(self) -> str | None:

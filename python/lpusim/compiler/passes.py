@@ -47,7 +47,7 @@ def _merge(producer: Node, consumer: Node, tensor: str) -> Node:
                 args.append(a)
         steps.append(Step(s.op, args, s.t))
     return Node(producer.kind, consumer.name, f"{producer.onnx_op}+{consumer.onnx_op}", consumer.output,
-                sources=sources, steps=steps, terms=list(producer.terms))
+                sources=sources, steps=steps, terms=list(producer.terms), purpose=producer.purpose)
 
 
 # What timing may still append to a fused chain (schedule.timed_chain) once formats are known: for an f16 copy, a

@@ -51,7 +51,7 @@ def lower_split_transpose(lw, node, a):
         raise CompileError(f"{lw.where(node)}: Transpose perm={perm} of a [B, S, heads, D] view is not "
                            f"supported (perm [0,2,1,3] or [0,2,3,1])")
     nb, s = shape[0], shape[1]
-    parts = []
+    parts, first = [], len(lw.nodes)
     # quantised models (precise_sums): the MXM selection moves fp16 values. Floats dequantized from codes:
     # select the codes minus the zero point (integers, exact in fp16) and keep the scale aside (`head_scales`:
     # a heads MatMul applies it in its epilogue, other readers multiply first, `head_float`). Other floats:
@@ -78,6 +78,7 @@ def lower_split_transpose(lw, node, a):
                                      [Step("MUL", [("acc",), ("imm", 1.0 / UP)]),
                                       Step("ADD", [("step", 0), ("src", 0)])], [y])
             parts.append(y)
+    tag_matmuls(lw, first, "head selection")
     transposed = perm == [0, 2, 3, 1]
     lw.heads[node.output[0]] = (parts, transposed, (nb, nh, d, s) if transposed else (nb, nh, s, d))
 
@@ -110,11 +111,20 @@ def select_part(lw, node, x: str, shape: tuple, b: int, cols: list, out_name: st
     return y
 
 
+def tag_matmuls(lw, first: int, purpose: str) -> None:
+    """The matmuls lowered since node `first` move heads' lanes: say so (`lpusim run --explain`)."""
+    for n in lw.nodes[first:]:
+        if n.kind == "matmul":
+            n.purpose = purpose
+
+
 def concat_heads(lw, node, out: str, args: list, nb: int) -> None:
     """values[out] = the parts' lanes side by side ([B, S, NH*D]): one lane Concat per batch element, then
     (B > 1) the elements stacked on the rows (`stack_rows`)."""
+    first = len(lw.nodes)
     if nb == 1:
         lower_concat(lw, Renamed(node, out), {"axis": -1}, args)
+        tag_matmuls(lw, first, "head placement")
         return
     nh = len(args) // nb
     cats, bounds = [], []
@@ -124,6 +134,7 @@ def concat_heads(lw, node, out: str, args: list, nb: int) -> None:
         lower_concat(lw, sub, {"axis": -1}, args[b * nh:(b + 1) * nh])
         cats.append(lw.values.pop(sub.output[0]))
     interleave_parts(lw, bounds)
+    tag_matmuls(lw, first, "head placement")
     _, (_, s, width) = cats[0]
     y = stack_rows(lw, node, [c for c, _ in cats], s, out)
     lw.values[out] = (y, (nb, s, width))

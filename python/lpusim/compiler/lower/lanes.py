@@ -63,6 +63,15 @@ def shared_const(lw, key, make) -> str:
     return cache[key]
 
 
+# The purpose of a lane matmul by its constant's key (the first match of a key prefix; else a lane move): what
+# `lpusim run --explain` groups MXM work by. Attention retags its head selections and placements.
+LANE_PURPOSES = (("ones", "lane sums"), ("lrn", "lane sums"), ("eye", "lane max/min"), ("rot", "lane max/min"))
+
+
+def lane_purpose(key: str) -> str:
+    return next((p for prefix, p in LANE_PURPOSES if key.startswith(prefix)), "lane moves")
+
+
 def lane_matmul(lw, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(), sources=(),
                 out_cols: int | None = None) -> tuple:
     """A matmul node `x @ W` (W constant [C, N], shared by key) with an epilogue; returns (name, shape).
@@ -71,7 +80,8 @@ def lane_matmul(lw, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(
     out_shape = with_lanes(shape, out_cols or lw.tensors[w].cols)
     out = lw.add_tensor(lw.fresh(hint), out_shape, "value")
     lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, out,
-                         sources=[View(s) for s in sources], steps=list(steps), terms=[(View(x), w)]))
+                         sources=[View(s) for s in sources], steps=list(steps), terms=[(View(x), w)],
+                         purpose=lane_purpose(str(wkey[0]))))
     return out, out_shape
 
 

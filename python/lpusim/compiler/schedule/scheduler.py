@@ -74,6 +74,9 @@ class Schedule:
     sram_bytes: int
     pinned: frozenset = frozenset()  # KV-cache regions and their pasts, at fixed addresses (kv_cache.py)
     constants_released: bool = False  # later tensors overwrite constants: a rerun on the same SRAM needs the image
+    # per graph node, the index in `issues` of its first issue (issues before node_marks[0]: none yet placed): the
+    # node each instruction came from, for `lpusim run --explain` (check/explain.py)
+    node_marks: tuple = ()
 
 
 def stream_name(direction: str, index: int) -> str:
@@ -677,7 +680,9 @@ class Scheduler(SxmJobs):
                     last_use[w] = i
             for v in node.sources:
                 last_use[v.tensor] = i
+        marks = []
         for i, node in enumerate(g.nodes):
+            marks.append(len(self.res.issues))
             if self.progress:
                 self.progress(i, len(g.nodes), node)
             out = g.tensors[node.output]
@@ -726,7 +731,7 @@ class Scheduler(SxmJobs):
         predicted = 0 if not issues else last + 1 + self.chip.superlanes - 1
         return Schedule(issues, self.static_init, input_stores,
                         {n: self.stores[(n, "f32")] for n in g.outputs}, predicted, self.sram.bytes_used,
-                        frozenset(self.pinned), self.constants_released)
+                        frozenset(self.pinned), self.constants_released, tuple(marks))
 
     def place_cache_regions(self) -> dict[str, Store]:
         """Place (or claim, at an earlier program's addresses) each KV-cache region, and read the matching past
