@@ -47,7 +47,8 @@ def generation_energy(decoder: Decoder, gen) -> dict:
     chips, chip = decoder.chips, decoder.chip
     step = _spread(chip, gen.decode_events, gen.decode_cycles, chips)
     prefill = _spread(chip, gen.prefill_events, gen.prefill_cycles, chips)
-    return {"j_per_token": step.total_j / decoder.batch, "power_w": step.power_w,
+    per_token = step.total_j / decoder.batch
+    return {"energy_j": per_token, "j_per_token": per_token, "power_w": step.power_w,
             "per_step": step.to_json(), "prefill": prefill.to_json(),
             "model": "docs/energy.md (per-event energies and static power are chosen, not published)"}
 

@@ -58,7 +58,9 @@ def plan_energy(chip: Chip, chips: int, token_events: Mapping[str, int], prefill
     prefill = dynamic_energy(chip, prefill_events)
     prefill_j = sum(prefill.values()) + static_w * ttft_s
     return {
-        "j_per_token": dynamic_j + static_j, "dynamic_j_per_token": dynamic_j, "static_j_per_token": static_j,
+        # energy_j: per token, as run --json's is per inference (the same number as j_per_token)
+        "energy_j": dynamic_j + static_j, "j_per_token": dynamic_j + static_j,
+        "dynamic_j_per_token": dynamic_j, "static_j_per_token": static_j,
         "power_w": dynamic_j * rate + static_w, "static_power_w": static_w, "chips": chips,
         "breakdown_j_per_token": {**{k: dynamic.get(k, 0.0) for k in TERMS if k != "static"}, "static": static_j},
         "prefill_j": prefill_j, "concurrency": concurrency, "most_sequences": most_sequences,
