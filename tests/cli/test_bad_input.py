@@ -211,7 +211,9 @@ def _bounded():
 def test_run_dev_zero_as_a_process_is_one_line_in_bounded_memory_and_time():
     """The issue's `lpusim run /dev/zero`, as a user runs it: a separate process under a 2 GiB address-space limit
     and a timeout (before the fix it read until the machine ran out of memory)."""
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"))
+    # the lpusim this test imported (an installed wheel in CI, the source tree with its built extension here)
+    import lpusim
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(lpusim.__file__))))
     done = subprocess.run([sys.executable, "-m", "lpusim.cli", "run", "/dev/zero"], capture_output=True, text=True,
                           timeout=120, preexec_fn=_bounded, env=env)
     assert done.returncode == 2, done.stderr
