@@ -25,7 +25,6 @@ import pytest
 from lpusim.cli import main
 from lpusim.models import mlp
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def cli(argv) -> tuple[int, str]:
