@@ -17,8 +17,9 @@ class CompileError(LpusimError):
 
 class OutOfSram(CompileError):
     """The allocator found no room for a store: the SRAM estimate fits, but placement (320-lane tiles, slice groups,
-    banks) does not. The compiler retries such a schedule with released blocks joined (compiler/__init__.py), and
-    the pipeline partitioner shortens the stage that failed (multichip/pipeline.py)."""
+    banks) does not, even packed (schedule/packing.py). The compiler retries such a schedule with released blocks
+    joined (compiler/__init__.py; its error's `cause` is the allocator's message), chips="auto" retries on 2
+    chips, and the pipeline partitioner shortens the stage that failed (multichip/pipeline.py)."""
 
 
 class ModelError(LpusimError):

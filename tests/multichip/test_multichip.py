@@ -429,10 +429,50 @@ def test_auto_retries_on_two_chips_when_one_chip_placement_fails(monkeypatch):
     model = mlp((64, 96, 32, 10), seed=3)
     monkeypatch.setattr(pipeline, "compile_program", fails)
     program = lpusim.compile(model, chips="auto")
-    assert program.chips == 2 and "placement on one chip ran out of SRAM: 2 chips" in program.partition["reason"]
+    assert program.chips == 2
+    assert ("placement on 1 chip ran out of SRAM: a tile needs 4 slices x 40 vectors and no slice group has room "
+            "(forced); 2 chips") in program.partition["reason"]
     assert "forced" in program.partition["one_chip_placement_error"]
     x = program.random_inputs(0)
     ref, _ = run_onnxruntime(model, x)
     assert compare(program.run(x).outputs, ref)["outputs_match"]
     with pytest.raises(OutOfSram, match="forced"):  # a chip count given is kept: the error stands
         pipeline.compile_multichip(model, 1)
+
+
+def _shrinking_convs(layers: int, c: int = 8, hw: int = 48):
+    """3x3 convolutions alternating padding 1 and 0: every padded one reads a bordered store of its own geometry."""
+    from onnx import helper
+
+    from onnx_cases import make_model
+    rng = np.random.default_rng(5)
+    nodes, inits, x = [], {}, "x"
+    for i in range(layers):
+        for j, pad in enumerate((1, 0)):
+            inits[f"w{i}{j}"] = (rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+            nodes.append(helper.make_node("Conv", [x, f"w{i}{j}"], [f"c{i}{j}"], pads=[pad] * 4))
+            x = f"c{i}{j}"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    return make_model(nodes, inits, {"x": [1, c, hw, hw]})
+
+
+def test_auto_retries_when_a_small_chip_runs_out_of_sram_in_placement():
+    """The same retry, not forced: on a 14.4 MB chip (512 addresses per slice) 12 convolution pairs need 7.0 MB by
+    the estimate (peak live bytes), but placement runs out of SRAM: a bordered store must start with a clean border,
+    so it takes fresh room or a released store of its own layout, and every padded layer here has its own geometry.
+    chips="auto" says so and compiles for 2 chips; outputs match and cycles equal the prediction."""
+    from lpusim.check.compare import compare, run_onnxruntime
+    from lpusim.errors import OutOfSram
+
+    model, small = _shrinking_convs(12), _small_chip(512)
+    with pytest.raises(OutOfSram, match="placement ran out of SRAM"):
+        lpusim.compile(model, chip=small)
+    program = lpusim.compile(model, chips="auto", chip=small)
+    assert program.chips == 2
+    assert ("the model needs 7,004,160 bytes of SRAM by the estimate, which one tsp_v1 chip holds; placement on 1 "
+            "chip ran out of SRAM: a tile needs") in program.partition["reason"]
+    assert program.partition["reason"].endswith("; 2 chips")
+    x = program.random_inputs(0)
+    result = program.run(x)
+    ref, _ = run_onnxruntime(model, x)
+    assert compare(result.outputs, ref)["outputs_match"] and result.cycles == program.predicted_cycles

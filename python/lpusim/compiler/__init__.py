@@ -125,9 +125,11 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
             sched = schedule.Scheduler(chip, graph, progress, join_released=True, cache=cache).run()
     except OutOfSram as e:
         # the estimate fits, but placement (320-lane tiles, slice groups, banks) found no room: say so plainly
-        raise OutOfSram(f"the model does not fit one {chip.name} chip: estimated {need:,} bytes of "
-                           f"{chip.sram_bytes:,}, but placement ran {e}; it would take at least "
-                           f"{max(2, math.ceil(need / chip.sram_bytes))} chips") from None
+        err = OutOfSram(f"the model does not fit one {chip.name} chip: estimated {need:,} bytes of "
+                        f"{chip.sram_bytes:,}, but placement ran {e}; it would take at least "
+                        f"{max(2, math.ceil(need / chip.sram_bytes))} chips")
+        err.cause = str(e)  # the allocator's own words, for chips="auto"'s reason (multichip/pipeline.py)
+        raise err from None
     finally:
         if collecting:
             gc.enable()

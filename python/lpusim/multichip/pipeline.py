@@ -161,7 +161,7 @@ def compile_multichip(model, chips, chip=None, precision: str = "fp16", shapes=N
             placement_failed = str(e)
             n = 2
             reason = (f"the model needs {one_chip:,} bytes of SRAM by the estimate, which one {cfg.name} chip "
-                      f"holds, but placement on one chip ran out of SRAM: 2 chips")
+                      f"holds; placement on 1 chip ran {getattr(e, 'cause', e)}; 2 chips")
         else:
             program.partition = {"chips": 1, "parallel": "none", "reason": reason, "sram_needed": one_chip}
             return program

@@ -23,7 +23,7 @@ from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.sram import BorderedPool, SramAllocator
 from lpusim.compiler.schedule.sxm import SxmJobs, kept_slices
 from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
-from lpusim.errors import CompileError
+from lpusim.errors import CompileError, OutOfSram
 
 # How far past a job's lower bound the scheduler searches before declaring the schedule impossible.
 SEARCH_LIMIT = 200_000
@@ -303,18 +303,30 @@ class Scheduler(SxmJobs):
         return "WE"[self.hemi_turn]
 
     def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int, avoid: set,
-                       reuse: bool) -> list[Segment]:
-        """Storage rows split into segments of at most MAX_SEGMENT_ROWS, all in one hemisphere."""
+                       reuse: bool, pack: bool = False) -> list[Segment]:
+        """Storage rows split into segments of at most MAX_SEGMENT_ROWS, all in one hemisphere; `pack`: a segment
+        the fast policy cannot place goes wherever free addresses are (SramAllocator.pack), in pieces if need be.
+        On failure the segments already taken are released (the caller tries the other hemisphere)."""
         segs, lo = [], 0
-        while lo < rows:
-            n = min(rows - lo, MAX_SEGMENT_ROWS)
-            if reuse:
-                s, a, not_before = self.sram.alloc_reusable(width, n, hemisphere, bank, avoid)
-            else:
-                (s, a), not_before = self.sram.alloc(width, n, hemisphere, bank, avoid=avoid,
-                                                     same_hemisphere=True), -1
-            segs.append(Segment(lo, lo + n, s, a, not_before))
-            lo += n
+        try:
+            while lo < rows:
+                n = min(rows - lo, MAX_SEGMENT_ROWS)
+                try:
+                    if reuse:
+                        s, a, not_before = self.sram.alloc_reusable(width, n, hemisphere, bank, avoid)
+                    else:
+                        (s, a), not_before = self.sram.alloc(width, n, hemisphere, bank, avoid=avoid,
+                                                             same_hemisphere=True), -1
+                except OutOfSram:
+                    if not pack:
+                        raise
+                    s, a, n, not_before = self.sram.pack(width, n, hemisphere, bank, avoid, reuse)
+                segs.append(Segment(lo, lo + n, s, a, not_before))
+                lo += n
+        except OutOfSram:
+            for sg in segs:
+                self.sram.release(sg.slice, width, sg.addr, sg.hi - sg.lo, sg.not_before)
+            raise
         return segs
 
     def release(self, store: Store) -> None:
@@ -365,11 +377,16 @@ class Scheduler(SxmJobs):
             if tensor in self.keep_off:
                 avoid = set(avoid) | self.keep_off[tensor]
             hemi = self.next_hemisphere()
-            try:
-                segs = self.alloc_segments(store.width, store.storage_rows, hemi, bank, avoid, reuse)
-            except CompileError:  # that hemisphere is full: the whole tile in the other one
-                segs = self.alloc_segments(store.width, store.storage_rows, "E" if hemi == "W" else "W", bank,
-                                           avoid, reuse)
+            other = "E" if hemi == "W" else "W"
+            # that hemisphere is full: the whole tile in the other one; both: packed into the free addresses of
+            # either (SramAllocator.pack)
+            for i, (h, pack) in enumerate(((hemi, False), (other, False), (hemi, True), (other, True))):
+                try:
+                    segs = self.alloc_segments(store.width, store.storage_rows, h, bank, avoid, reuse, pack)
+                    break
+                except OutOfSram:
+                    if i == 3:
+                        raise
             store.tiles.append(segs)
             store.ready.append(0)
         self.stores[(tensor, fmt)] = store
@@ -706,6 +723,11 @@ class Scheduler(SxmJobs):
             if clash:
                 raise CompileError(f"{node.onnx_op} node '{node.name}': sources {clash} share MEM slices "
                                    f"(placement conflict; not resolved yet)")
+            # the node starts once its sources are written: reused space free by then costs it no wait. None when
+            # none is written by this program (inputs, constants, a KV cache's past: ready 0): its start is not
+            # known, and 0 would pass over blocks only because the program starts late (a pipeline's later stages)
+            self.sram.soon = max((max(self.stores[(n, f)].ready, default=0) for n in reads
+                                  for f in self.stores.formats.get(n, ())), default=0) or None
             sinks = {}
             for fmt in sorted(out.formats):  # the sinks are written at the same time: apart from each other too
                 if fmt == "f32" and node.output in self.cache_sinks:

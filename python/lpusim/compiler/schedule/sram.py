@@ -1,8 +1,16 @@
-"""SRAM space for the static schedule: bump allocation per slice and bank, released blocks reused or joined, and
-bordered stores kept whole for a later store of the same layout."""
+"""SRAM space for the static schedule: bump allocation per slice and bank, released blocks reused or joined, a
+packing placement over every slice's free addresses when that finds no room (packing.py), and bordered stores kept
+whole for a later store of the same layout."""
 from __future__ import annotations
 
+from lpusim.compiler.schedule import packing
 from lpusim.errors import CompileError, OutOfSram
+
+# A released block whose old owner is read this long after the new owner's job could start is passed over: the job
+# would wait for it (issue 16's detector head: blocks free 250-350K cycles past the job, beyond the scheduler's
+# search limit). Waits measured on the models that fit before: none on ResNet-50/18 or MobileNetV2, at most 8,827
+# cycles on BERT-base, so their placements do not change.
+MAX_REUSE_WAIT = 50_000
 
 
 class SramAllocator:
@@ -25,6 +33,8 @@ class SramAllocator:
         # join released blocks (`coalesce`) once fresh room plus the weights to come pass this share of SRAM;
         # 0: whenever no released block fits (Scheduler(join_released=True), the retry after an out-of-SRAM)
         self.join_at = 1.0
+        # the earliest start of the job whose stores are being placed, None if not known (the scheduler sets it)
+        self.soon: int | None = None
 
     def alloc_at(self, first: int, width: int, count: int, bank: int) -> int:
         """`count` addresses in slices first..first+width-1 (reserved ones included): the address."""
@@ -46,6 +56,9 @@ class SramAllocator:
         """Fresh room plus the weights to come would pass `join_at` of SRAM with `extra` more bytes: then reuse
         that costs waiting for an old owner's last access (joined blocks, bordered stores) is worth it."""
         return self.bytes_used + self.weights_to_come + extra > self.join_at * self.chip.sram_bytes
+
+    def too_late(self, not_before: int) -> bool:
+        return self.soon is not None and not_before > self.soon + MAX_REUSE_WAIT
 
     def alloc_reusable(self, width: int, count: int, hemisphere: str, bank: int, avoid: set) -> tuple[int, int, int]:
         """Like `alloc` (same hemisphere), preferring released blocks: (first slice, address, not_before)."""
@@ -71,7 +84,7 @@ class SramAllocator:
         blocks = self.free.get((width, hemisphere), ())
         for i, block in enumerate(blocks):
             s, w, b, addr, n, not_before = block
-            if n < count:
+            if n < count or self.too_late(not_before):
                 continue
             if any(x in avoid or x in self.reserved for x in range(s, s + w)):
                 continue
@@ -108,7 +121,8 @@ class SramAllocator:
             blocks = self.free[(wider, hemisphere)]
             for i, block in enumerate(blocks):
                 s, w, b, addr, n, not_before = block
-                if n < count or any(x in avoid or x in self.reserved for x in range(s, s + width)):
+                if n < count or self.too_late(not_before) or \
+                        any(x in avoid or x in self.reserved for x in range(s, s + width)):
                     continue
                 del blocks[i]
                 self.free.setdefault((w - width, hemisphere), []).append([s + width, w - width, b, addr, n,
@@ -136,6 +150,68 @@ class SramAllocator:
                 return got
         raise OutOfSram(f"out of SRAM: a tile needs {width} slices x {count} vectors and no slice group has "
                            f"room ({self.bytes_used} of {self.chip.sram_bytes} bytes already placed)")
+
+    def pack(self, width: int, count: int, hemisphere: str, bank: int, avoid: set,
+             reusable: bool) -> tuple[int, int, int, int]:
+        """The last resort once `alloc` / `alloc_reusable` find no room in either hemisphere: the slice group of
+        `hemisphere` whose free addresses (packing.py: fresh room and, if `reusable`, released blocks of any width,
+        wherever they meet) hold `count` rows in the smallest run (best fit; the preferred bank on a tie), else
+        the largest run there is. (first slice, address, rows placed (<= count), not_before). Only taken when
+        the fast policy fails, so models it places keep their placements (and cycles).
+
+        A released block's not_before can lie far past the job that writes the new store (its old owner was
+        read late), so runs are ranked first by how long past `self.soon` (the job's earliest start) they would
+        keep it waiting, then by fit."""
+        blocked = avoid | self.reserved
+        base = 0 if hemisphere == "W" else self.half
+        best = None
+        for b in (bank, 1 - bank):
+            free = packing.free_intervals(self, hemisphere, b, reusable)
+            for g in range(base, base + self.half - width + 1):
+                if not blocked.isdisjoint(range(g, g + width)):
+                    continue
+                runs = free[g]
+                for s in range(g + 1, g + width):
+                    runs = packing.intersect(runs, free[s])
+                for lo, hi, nb in runs:
+                    n = hi - lo
+                    wait = max(nb - (self.soon or 0), 0)
+                    key = (wait, 0, n - count, b != bank) if n >= count else (wait, 1, -n, b != bank)
+                    if best is None or key < best[0]:
+                        best = (key, g, b, lo, min(n, count))
+        if best is None:
+            raise OutOfSram(f"out of SRAM: a tile needs {width} slices x {count} vectors and no slice group of "
+                            f"hemisphere {hemisphere} has a free address left ({self.bytes_used} of "
+                            f"{self.chip.sram_bytes} bytes already placed)")
+        _, g, b, addr, n = best
+        return g, addr, n, self.take(g, width, b, addr, n, hemisphere)
+
+    def take(self, first: int, width: int, bank: int, addr: int, count: int, hemisphere: str) -> int:
+        """Take slices first.. x addresses addr.. (all free) from the released blocks and fresh room they lie in:
+        the latest not_before of the blocks taken from."""
+        not_before, added = -1, []
+        for key, blocks in self.free.items():
+            if key[1] != hemisphere:
+                continue
+            kept = []
+            for bl in blocks:
+                s, w, b, a, n, nb = bl
+                if b != bank or s + w <= first or s >= first + width or a + n <= addr or a >= addr + count:
+                    kept.append(bl)
+                else:
+                    not_before = max(not_before, nb)
+                    added += packing.carve(bl, first, width, addr, count)
+            blocks[:] = kept
+        for s in range(first, first + width):
+            nxt = self.next[s][bank]
+            if addr + count > nxt:
+                if addr > nxt:  # fresh room skipped over stays free
+                    added.append([s, 1, bank, nxt, addr - nxt, -1])
+                self.bytes_used += (addr + count - nxt) * self.chip.lanes
+                self.next[s][bank] = addr + count
+        for bl in added:
+            self.free.setdefault((bl[1], hemisphere), []).append(bl)
+        return not_before
 
     def _alloc_in(self, width, count, hemi, bank, avoid, use_reserved=False):
         half = self.half
