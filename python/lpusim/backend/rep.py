@@ -72,7 +72,8 @@ class LpusimBackendRep(BackendRep):
     def __init__(self, model: onnx.ModelProto, options: dict):
         self.model = model
         self.chip = options.get("chip")
-        self.precision = options.get("precision", "fp16")
+        # fp32 by default: an ONNX backend is judged against float32 (docs/conformance.md)
+        self.precision = options.get("precision", "fp32")
         self.shapes = {k: tuple(v) for k, v in (options.get("shapes") or {}).items()}
         self.constant_inputs = tuple(options.get("constant_inputs") or ())
         self.calibration = options.get("calibration")

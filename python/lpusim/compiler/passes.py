@@ -205,9 +205,13 @@ def assign_formats(graph: Graph) -> Graph:
                     new_nodes.append(Node("vector", node.name, "Cast(f16)", name, sources=[View(node.x)],
                                           steps=[Step("COPY", [("src", 0)])]))
                     converted[node.x] = name
-                node.terms = [(dataclasses.replace(v, tensor=converted[node.x]), w) for v, w in node.terms]
+                x_name = node.x  # (fp32 residual terms read values already)
+                node.terms = [(dataclasses.replace(v, tensor=converted[x_name]) if v.tensor == x_name else v, w)
+                              for v, w in node.terms]
             else:
                 x.formats.add("f16")
+            for v, _ in node.terms:  # precision="fp32": x's residual pieces (fp32_split.py)
+                graph.tensors[v.tensor].formats.add("f16")
         new_nodes.append(node)
     graph.nodes = new_nodes
     for node in reversed(graph.nodes):  # a transpose moves bytes: its source is stored in its output's formats
@@ -271,6 +275,7 @@ def scale_fp16(graph: Graph) -> Graph:
     overflowed before."""
 
     casts = {n.output: n for n in graph.nodes if n.onnx_op == "Cast(f16)"}
+    tight = graph.precision == "fp32"  # residual pieces must stay normal fp16 numbers (fp32_split.py)
 
     def magnitude(name):
         t = graph.tensors[name]
@@ -287,7 +292,7 @@ def scale_fp16(graph: Graph) -> Graph:
 
     for name, t in graph.tensors.items():
         if "f16" in t.formats and t.kind == "value":
-            t.f16_exp = scale_exponent(magnitude(name))
+            t.f16_exp = scale_exponent(magnitude(name), tight)
     for node in graph.nodes:  # a transpose moves the f16 bytes as they are: its output keeps the scale
         if node.kind == "transpose":
             graph.tensors[node.output].f16_exp = graph.tensors[node.sources[0].tensor].f16_exp
@@ -301,7 +306,7 @@ def scale_fp16(graph: Graph) -> Graph:
                 node.steps = _prepend_scale(node.steps, float(2.0 ** k))
             continue
         weights = {w for _, w in node.terms}
-        j = scale_exponent(max(_largest_magnitude(graph.tensors[w].data) for w in weights))
+        j = scale_exponent(max(_largest_magnitude(graph.tensors[w].data) for w in weights), tight)
         if j:
             renamed = {}
             for w in weights:  # a scaled copy per matmul: weights may be shared by matmuls of other scales

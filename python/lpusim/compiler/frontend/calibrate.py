@@ -25,12 +25,14 @@ from lpusim.errors import CompileError
 HIGH, LOW, TARGET = 8, -8, 8
 
 
-def scale_exponent(magnitude: float) -> int:
-    """k such that an fp16 copy holds value * 2^-k (0 when the tensor already sits well inside fp16's range)."""
+def scale_exponent(magnitude: float, tight: bool = False) -> int:
+    """k such that an fp16 copy holds value * 2^-k (0 when the tensor already sits well inside fp16's range).
+    `tight` (precision="fp32", compiler/fp32_split.py): always bring the largest magnitude to (2^7, 2^8], so
+    that a residual piece 2^-11 or 2^-22 as large is still a normal fp16 number for all but the smallest values."""
     if not np.isfinite(magnitude) or magnitude == 0.0:
         return 0
     e = int(np.ceil(np.log2(magnitude)))
-    if LOW <= e <= HIGH:
+    if LOW <= e <= HIGH and not tight:
         return 0
     return e - TARGET
 

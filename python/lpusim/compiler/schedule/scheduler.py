@@ -686,7 +686,7 @@ class Scheduler(SxmJobs):
             if self.progress:
                 self.progress(i, len(g.nodes), node)
             out = g.tensors[node.output]
-            reads = {v.tensor for v in node.sources} | ({node.x} if node.terms else set()) | {
+            reads = {v.tensor for v in node.sources} | {v.tensor for v, _ in node.terms} | {
                 w for _, w in node.terms if g.tensors[w].kind == "value"}
             streamed = {v.tensor for v in node.sources}  # what the VXM job streams together, tile by tile
             for v in node.sources:  # constants are placed where this node's other views are not
@@ -854,7 +854,8 @@ class Scheduler(SxmJobs):
         g = self.graph
         out = g.tensors[node.output]
         geom = out_geom(out)
-        x_store = self.stores[(node.x, "i8" if is_int8(g, node) else "f16")]
+        x_fmt = "i8" if is_int8(g, node) else "f16"
+        x_store = self.stores[(node.x, x_fmt)]
         k_tiles = self.ntiles(g.tensors[node.x].cols)
         acc_rows = self.chip.mxm_acc_rows
         chunk = min(out.rows, acc_rows // 2) if out.rows > 1 else 1  # two blocks: one fills while one drains
@@ -879,7 +880,9 @@ class Scheduler(SxmJobs):
                             if tile is None:
                                 continue  # an all-zero weight tile (grouped convolutions) adds nothing
                             self.load_weights(plane, (wname, kt, nt), *tile)
-                        t_abc = self.stream_activations(plane, x_store, kt, view, geom, out.rows, r0, r1, acc_base,
+                        # (precision="fp32": a term may read one of x's residual pieces, fp32_split.py)
+                        t_abc = self.stream_activations(plane, self.stores[(view.tensor, x_fmt)], kt, view, geom,
+                                                        out.rows, r0, r1, acc_base,
                                                         not first, acc_free)
                         first = False
                 if t_abc is None:  # all weights of this output tile are zero: the epilogue reads 0.0 for acc
