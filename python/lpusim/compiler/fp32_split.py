@@ -15,9 +15,9 @@ exact, and an f32 operand can be fed as fp16 pieces (TruePoint's scheme, docs/pr
 Two passes, around `scale_fp16`:
 * `split_operands` (before assign_formats) adds the residual pieces as VXM nodes (`CVT f32.f16`, `SUB`) and their
   terms;
-* `split_weights` (after scale_fp16, which brings every f16 copy's largest magnitude to (2^7, 2^8] in fp32 graphs so
-  the pieces are normal fp16 numbers) writes the pieces' steps at their tensor's scale, and splits the scaled
-  constant weights into w0 + w1.
+* `split_weights` (after scale_fp16, which in fp32 graphs also scales up every f16 copy whose largest magnitude is
+  below 2, to (2^7, 2^8], so the pieces stay normal fp16 numbers: calibrate.LOW_FP32) writes the pieces' steps at
+  their tensor's scale, and splits the scaled constant weights into w0 + w1.
 Graphs of other precisions pass through unchanged; int8 matmuls are integer and are never split.
 """
 from __future__ import annotations
@@ -27,15 +27,9 @@ import dataclasses
 import numpy as np
 
 from lpusim.compiler.ir import Graph, Node, Step, View
-from lpusim.compiler.passes import is_int8
+from lpusim.compiler.passes import fp16_exact, is_int8
 
 F16_MAX = 65504.0
-
-
-def fp16_exact(data: np.ndarray) -> bool:
-    """Whether fp16 holds every value of a constant exactly (then it needs no w1 piece)."""
-    with np.errstate(over="ignore"):
-        return bool(np.array_equal(data.astype(np.float16).astype(np.float32), data))
 
 
 def split_operands(graph: Graph) -> Graph:

@@ -224,7 +224,7 @@ def validate(graph: Graph) -> None:
             computed = {w for _, w in node.terms if graph.tensors[w].kind == "value"}
             for v, wname in node.terms:
                 x, w = graph.tensors[v.tensor], graph.tensors[wname]
-                if w.kind == "input" or (w.kind == "value" and not computed <= {wname} | set(graph.residuals)):
+                if w.kind == "input" or (w.kind == "value" and len(computed - set(graph.residuals)) != 1):
                     raise CompileError(f"{where}: weights '{w.name}' must be constant, or one computed tensor "
                                        f"(and its fp32 residual)")
                 rows_ok = v.spatial or x.rows == out.rows if v.rows is None else len(v.rows) == out.rows

@@ -134,7 +134,9 @@ def _fuse(graph: Graph, producer: Node, consumer: Node, name: str) -> Node | Non
     if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
         return None
     merged = _merge(producer, consumer, name)
-    if not fits_vxm(merged.steps):
+    # fp32 graphs scale (nearly) every f16 copy (scale_fp16, tight): a matmul's chain gets the scale's MUL first
+    scaled = graph.precision == "fp32" and merged.terms and not is_int8(graph, merged)
+    if not fits_vxm(_prepend_scale(merged.steps, 2.0) if scaled else merged.steps):
         return None  # the delay lines of a long chain would need more ALUs than the VXM has
     read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
     if len(read) != len(set(read)):
@@ -306,7 +308,8 @@ def scale_fp16(graph: Graph) -> Graph:
                 node.steps = _prepend_scale(node.steps, float(2.0 ** k))
             continue
         weights = {w for _, w in node.terms}
-        j = scale_exponent(max(_largest_magnitude(graph.tensors[w].data) for w in weights), tight)
+        exact = tight and all(fp16_exact(graph.tensors[w].data) for w in weights)  # 0/1 matrices: no w1 piece
+        j = scale_exponent(max(_largest_magnitude(graph.tensors[w].data) for w in weights), tight and not exact)
         if j:
             renamed = {}
             for w in weights:  # a scaled copy per matmul: weights may be shared by matmuls of other scales
@@ -322,6 +325,12 @@ def scale_fp16(graph: Graph) -> Graph:
     for name in [n for n, t in graph.tensors.items() if t.kind == "const" and ".x2^" in n and n not in used]:
         del graph.tensors[name]
     return graph
+
+
+def fp16_exact(data: np.ndarray) -> bool:
+    """Whether fp16 holds every value of a constant exactly (precision="fp32" then needs no w1 piece of it)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.array_equal(data.astype(np.float16).astype(np.float32), data))
 
 
 def _largest_magnitude(data: np.ndarray) -> float:
