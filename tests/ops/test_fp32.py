@@ -140,3 +140,16 @@ def test_infinities_pass_through_the_pieces():
 
 def test_tolerance_is_defined():
     assert TOLERANCES["fp32"] == {"rtol": 1e-5, "atol": 1e-5}
+
+
+def test_cli_run_precision_fp32(tmp_path, capsys):
+    """`lpusim run --precision fp32` compiles at fp32 and judges by the fp32 tolerance."""
+    from lpusim.cli import main
+    from lpusim.models import mlp
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp((64, 32, 10)), str(path))
+    assert main(["run", str(path), "--precision", "fp32", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["precision"] == "fp32" and report["outputs_match"]
+    assert report["tolerance"]["rtol"] == 1e-5 and report["max_rel_error"] < 1e-6
