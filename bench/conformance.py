@@ -3,7 +3,7 @@
 judged by the suite's own tolerances (each case's rtol/atol, 1e-3/1e-7 by default, via onnx's
 `Runner.assert_similar_outputs`).
 
-    python bench/conformance.py [--jobs 2] [--timeout 120] [--only SUBSTRING] [--json out.json]
+    python bench/conformance.py [--jobs 2] [--timeout 120] [--only SUBSTRING] [--json out.json] [--precision fp16]
 
 Denominator: every node test whose ops the compiler lowers (`SUPPORTED_OPS` plus the default-domain integer ops)
 and that onnxruntime passes with the same comparison (onnxruntime's verdicts are cached in
@@ -74,13 +74,14 @@ def _alarm(signum, frame):
 
 
 def _lpusim_case(args):
-    name, model, data_sets, rtol, atol, timeout = args
+    name, model, data_sets, rtol, atol, timeout, precision = args
     import lpusim.backend as backend
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(timeout)
     t0 = time.time()
     try:
-        rep = backend.prepare(onnx.load_from_string(model))
+        options = {"precision": precision} if precision else {}  # None: the backend's default (fp32)
+        rep = backend.prepare(onnx.load_from_string(model), **options)
         for inputs, ref in data_sets:
             out = rep.run(inputs)
             _compare(ref, out, rtol, atol)
@@ -104,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=120)
     p.add_argument("--only", default=None, help="run the cases whose name contains this")
     p.add_argument("--json", default=None, help="write every case's verdict here")
+    p.add_argument("--precision", default=None, choices=["fp16", "fp32"],
+                   help="the backend's precision option (default: the backend's own, fp32)")
     a = p.parse_args(argv)
     import onnxruntime as ort
     cases = list(_cases())
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
     results = {}
     # fresh workers now and then: a simulated program's memory is not all returned to the system
     with multiprocessing.get_context("fork").Pool(a.jobs, maxtasksperchild=40) as pool:
-        for name, verdict, why, secs in pool.imap_unordered(_lpusim_case, [(*c, a.timeout) for c in passing]):
+        for name, verdict, why, secs in pool.imap_unordered(_lpusim_case, [(*c, a.timeout, a.precision) for c in passing]):
             results[name] = {"verdict": verdict, "why": why, "seconds": round(secs, 2)}
             if len(results) % 100 == 0:
                 print(f"  {len(results)} run", flush=True)

@@ -84,7 +84,7 @@ def _load_inputs(path: str | None) -> dict | None:
 
 def cmd_run(args) -> int:
     if (args.chips != "1" or args.system) and args.precision != "fp16":
-        raise LpusimError("--precision int8 runs on one chip only (not with --chips or --system yet)")
+        raise LpusimError(f"--precision {args.precision} runs on one chip only (not with --chips or --system yet)")
     several = args.chips != "1" or args.system
     chips = _chips_arg("--chips", args.chips) if several else 1
     check_writable(args.trace, "the trace")
@@ -329,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--chips", default="1", help="chips in a pipeline (a number, or 'auto': the fewest that hold "
                    "the model)")
     r.add_argument("--parallel", default="auto", choices=["auto", "pipeline", "tensor"])
-    r.add_argument("--precision", default="fp16", choices=["fp16", "int8"],
-                   help="int8: quantise a float model with onnxruntime's quantize_static, run the int8 MXM path")
+    r.add_argument("--precision", default="fp16", choices=["fp16", "int8", "fp32"],
+                   help="int8: quantise a float model with onnxruntime's quantize_static, run the int8 MXM path; "
+                   "fp32: each MXM operand as fp16 pieces summed exactly (about 3x the MXM passes; docs/precision.md)")
     r.add_argument("--system", default=None, help="system configuration JSON (docs/system.md): drift, seed, ...")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)

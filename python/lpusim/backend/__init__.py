@@ -28,8 +28,11 @@ evaluator and returned as ONNX defines it, in any element type; the chip simulat
 compile, no simulation, `last_result` None).
 
 Options (keyword arguments of `prepare`, `run_model`, `run_node`):
-- `chip`: a chip configuration name, JSON path or dict (`lpusim.compile(chip=...)`); `precision`: "fp16" or "int8"
-  (quantised with onnxruntime's quantize_static inside the compile).
+- `chip`: a chip configuration name, JSON path or dict (`lpusim.compile(chip=...)`); `precision`: "fp32" (the
+  default: ONNX's float32 accuracy, each MXM operand as fp16 pieces summed exactly, about 3x the MXM passes;
+  quantised models keep their own float32 handling; when left at the default, a model whose fp32 program does not
+  fit one chip's SRAM runs at fp16), "fp16" (faster, fp16 inputs to the MXM) or "int8"
+  (quantised with onnxruntime's quantize_static inside the compile). docs/precision.md.
 - `shapes`: {input name: shape} fixing dynamic dimensions; without it a dynamic input is compiled for the shape of
   the first array given to `run` (one program per distinct input shapes, each compiled once).
 - `constant_inputs`: names of further graph inputs to bind like the parameters above (compiled in, one program per

@@ -12,7 +12,7 @@ from lpusim.api import compile as compile_model
 from lpusim.backend.cache import ProgramCache, key
 from lpusim.backend.host import host_known, host_outputs
 from lpusim.backend.params import ALWAYS, bind, parameter_uses, to_bind
-from lpusim.errors import CompileError, LpusimError, ModelError
+from lpusim.errors import CompileError, LpusimError, ModelError, OutOfSram
 from lpusim.runtime.program import RunResult
 
 # Element types with a chip path (frontend/load.HOST_TYPES): float32 as computed; bool from and to the chip's 1.0/0.0;
@@ -72,7 +72,10 @@ class LpusimBackendRep(BackendRep):
     def __init__(self, model: onnx.ModelProto, options: dict):
         self.model = model
         self.chip = options.get("chip")
-        self.precision = options.get("precision", "fp16")
+        # fp32 by default: an ONNX backend is judged against float32 (docs/conformance.md); a default-fp32 model
+        # whose pieces do not fit one chip's SRAM runs at fp16 instead (one that fits is never downgraded)
+        self.precision = options.get("precision", "fp32")
+        self._fp16_if_too_large = "precision" not in options
         self.shapes = {k: tuple(v) for k, v in (options.get("shapes") or {}).items()}
         self.constant_inputs = tuple(options.get("constant_inputs") or ())
         self.calibration = options.get("calibration")
@@ -116,7 +119,12 @@ class LpusimBackendRep(BackendRep):
                 del model.graph.output[:]
                 model.graph.output.extend(kept)
             extra = {} if self.calibration is None else {"calibration": _without(self.calibration, set(values))}
-            return compile_model(model, chip=self.chip, precision=self.precision, shapes=shapes, **extra)
+            try:
+                return compile_model(model, chip=self.chip, precision=self.precision, shapes=shapes, **extra)
+            except CompileError as e:
+                if not (self._fp16_if_too_large and self.precision == "fp32" and _too_large(e)):
+                    raise
+                return compile_model(model, chip=self.chip, precision="fp16", shapes=shapes, **extra)
         return self.programs.get_or_compile(key(shapes, values), compile_)
 
     def _feeds(self, inputs) -> dict[str, np.ndarray]:
@@ -188,3 +196,8 @@ class LpusimBackendRep(BackendRep):
             raise LpusimError(f"output '{name}' is bool, but the chip produced {int(bad.sum())} value(s) other than "
                               f"1.0/0.0 (e.g. {value[bad].ravel()[0]!r})")
         return value == 1.0
+
+
+def _too_large(error: CompileError) -> bool:
+    """A compile that failed for want of one chip's SRAM (the estimate, or placement)."""
+    return isinstance(error, OutOfSram) or "bytes of SRAM" in str(error)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from lpusim.chip import Chip
-from lpusim.compiler import emit, ir, passes
+from lpusim.compiler import emit, fp32_split, ir, passes
 from lpusim.compiler.frontend import calibrate, load
 from lpusim.compiler.schedule import scheduler as schedule
 from lpusim.compiler.schedule.storage import WIDTH, Store
@@ -20,14 +20,18 @@ from lpusim.compiler.lower.quant import QUANT_OPS
 from lpusim.compiler.frontend.quantize import quantize_model
 from lpusim.errors import CompileError, OutOfSram
 
-PRECISIONS = ("fp16", "int8")  # int8: quantised with onnxruntime's quantize_static first (quantize.py)
+# int8: quantised with onnxruntime's quantize_static first (quantize.py); fp32: fp16 MXM operands split into
+# pieces summed exactly (fp32_split.py)
+PRECISIONS = ("fp16", "int8", "fp32")
 
 # (name, function Graph -> Graph) in order; import runs before them and scheduling after.
 PASSES = [
     ("split_tap_chains", passes.split_tap_chains),
     ("fuse_chains", passes.fuse_chains),
+    ("split_operands", fp32_split.split_operands),
     ("assign_formats", passes.assign_formats),
     ("scale_fp16", passes.scale_fp16),
+    ("split_weights", fp32_split.split_weights),
     ("mask_padding_lanes", passes.mask_padding_lanes),
     ("assign_borders", passes.assign_borders),
 ]
@@ -79,7 +83,7 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
     for run in runs:
         for name, value in calibrate.tensor_magnitudes(proto, run).items():
             magnitudes[name] = max(value, magnitudes.get(name, value))
-    graph = import_onnx(proto, input_shapes, magnitudes)
+    graph = import_onnx(proto, input_shapes, magnitudes, precision)
     if dump:
         dump("import", graph.dump())
     for name, run in PASSES:

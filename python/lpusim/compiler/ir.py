@@ -144,7 +144,8 @@ class Node:
 
     @property
     def x(self) -> str | None:
-        """The tensor every matmul term reads."""
+        """The tensor the first matmul term reads. Every term reads it, or (precision="fp32", fp32_split.py) one
+        of its fp16 residuals: a tensor of the same shape and fp16 scale."""
         return self.terms[0][0].tensor if self.terms else None
 
     def describe(self) -> str:
@@ -172,6 +173,10 @@ class Graph:
     input_kinds: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     # ONNX outputs of an integer type -> that numpy dtype: the host turns the chip's float32 back into it
     output_types: dict[str, object] = field(default_factory=dict)
+    # "fp32": every fp16 MXM operand is split into fp16 pieces, the partial products summed in one accumulator
+    # (fp32_split.py); "fp16" otherwise (int8 matmuls are integer either way)
+    precision: str = "fp16"
+    residuals: dict[str, str] = field(default_factory=dict)  # fp32: residual piece -> the tensor it is a piece of
 
     def dump(self) -> str:
         lines = ["inputs: " + ", ".join(f"{n}[{self.tensors[n].rows}x{self.tensors[n].cols}]" for n in self.inputs)]
@@ -212,12 +217,16 @@ def validate(graph: Graph) -> None:
                 raise CompileError(f"{where}: '{name}' is used before it is computed")
         out = graph.tensors[node.output]
         if node.kind == "matmul":
-            if not node.terms or len({v.tensor for v, _ in node.terms}) != 1:
-                raise CompileError(f"{where}: a matmul needs terms that all read one tensor")
+            read = {v.tensor for v, _ in node.terms}
+            if not node.terms or len({(graph.tensors[t].rows, graph.tensors[t].cols) for t in read}) != 1 or (
+                    len(read) > 1 and not read <= {node.x} | set(graph.residuals)):
+                raise CompileError(f"{where}: a matmul needs terms that all read one tensor (or its fp32 residuals)")
+            computed = {w for _, w in node.terms if graph.tensors[w].kind == "value"}
             for v, wname in node.terms:
                 x, w = graph.tensors[v.tensor], graph.tensors[wname]
-                if w.kind == "input" or (w.kind == "value" and len(node.terms) != 1):
-                    raise CompileError(f"{where}: weights '{w.name}' must be constant, or one computed tensor")
+                if w.kind == "input" or (w.kind == "value" and len(computed - set(graph.residuals)) != 1):
+                    raise CompileError(f"{where}: weights '{w.name}' must be constant, or one computed tensor "
+                                       f"(and its fp32 residual)")
                 rows_ok = v.spatial or x.rows == out.rows if v.rows is None else len(v.rows) == out.rows
                 padding_only = w.cols > out.cols and -(-w.cols // 320) == -(-out.cols // 320)  # lower_lanes
                 if x.cols != w.rows or (out.cols != w.cols and not padding_only) or not rows_ok:

@@ -134,7 +134,9 @@ def _fuse(graph: Graph, producer: Node, consumer: Node, name: str) -> Node | Non
     if len(producer.steps) + len(consumer.steps) > MAX_FUSED_STEPS:
         return None
     merged = _merge(producer, consumer, name)
-    if not fits_vxm(merged.steps):
+    # fp32 graphs scale (nearly) every f16 copy (scale_fp16, tight): a matmul's chain gets the scale's MUL first
+    scaled = graph.precision == "fp32" and merged.terms and not is_int8(graph, merged)
+    if not fits_vxm(_prepend_scale(merged.steps, 2.0) if scaled else merged.steps):
         return None  # the delay lines of a long chain would need more ALUs than the VXM has
     read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
     if len(read) != len(set(read)):
@@ -205,9 +207,13 @@ def assign_formats(graph: Graph) -> Graph:
                     new_nodes.append(Node("vector", node.name, "Cast(f16)", name, sources=[View(node.x)],
                                           steps=[Step("COPY", [("src", 0)])]))
                     converted[node.x] = name
-                node.terms = [(dataclasses.replace(v, tensor=converted[node.x]), w) for v, w in node.terms]
+                x_name = node.x  # (fp32 residual terms read values already)
+                node.terms = [(dataclasses.replace(v, tensor=converted[x_name]) if v.tensor == x_name else v, w)
+                              for v, w in node.terms]
             else:
                 x.formats.add("f16")
+            for v, _ in node.terms:  # precision="fp32": x's residual pieces (fp32_split.py)
+                graph.tensors[v.tensor].formats.add("f16")
         new_nodes.append(node)
     graph.nodes = new_nodes
     for node in reversed(graph.nodes):  # a transpose moves bytes: its source is stored in its output's formats
@@ -271,6 +277,7 @@ def scale_fp16(graph: Graph) -> Graph:
     overflowed before."""
 
     casts = {n.output: n for n in graph.nodes if n.onnx_op == "Cast(f16)"}
+    tight = graph.precision == "fp32"  # residual pieces must stay normal fp16 numbers (fp32_split.py)
 
     def magnitude(name):
         t = graph.tensors[name]
@@ -287,7 +294,7 @@ def scale_fp16(graph: Graph) -> Graph:
 
     for name, t in graph.tensors.items():
         if "f16" in t.formats and t.kind == "value":
-            t.f16_exp = scale_exponent(magnitude(name))
+            t.f16_exp = scale_exponent(magnitude(name), tight)
     for node in graph.nodes:  # a transpose moves the f16 bytes as they are: its output keeps the scale
         if node.kind == "transpose":
             graph.tensors[node.output].f16_exp = graph.tensors[node.sources[0].tensor].f16_exp
@@ -301,7 +308,8 @@ def scale_fp16(graph: Graph) -> Graph:
                 node.steps = _prepend_scale(node.steps, float(2.0 ** k))
             continue
         weights = {w for _, w in node.terms}
-        j = scale_exponent(max(_largest_magnitude(graph.tensors[w].data) for w in weights))
+        exact = tight and all(fp16_exact(graph.tensors[w].data) for w in weights)  # 0/1 matrices: no w1 piece
+        j = scale_exponent(max(_largest_magnitude(graph.tensors[w].data) for w in weights), tight and not exact)
         if j:
             renamed = {}
             for w in weights:  # a scaled copy per matmul: weights may be shared by matmuls of other scales
@@ -317,6 +325,12 @@ def scale_fp16(graph: Graph) -> Graph:
     for name in [n for n, t in graph.tensors.items() if t.kind == "const" and ".x2^" in n and n not in used]:
         del graph.tensors[name]
     return graph
+
+
+def fp16_exact(data: np.ndarray) -> bool:
+    """Whether fp16 holds every value of a constant exactly (precision="fp32" then needs no w1 piece of it)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.array_equal(data.astype(np.float16).astype(np.float32), data))
 
 
 def _largest_magnitude(data: np.ndarray) -> float:

@@ -23,14 +23,20 @@ from lpusim.errors import CompileError
 # values unscaled and only 2^4 of headroom: SmolLM2-135M's layer-10 RMSNorm x*x, calibrated at 2,048, reached
 # 153,270 on a later token (75x), its fp16 copy was inf and the norm's output 0 (docs/precision.md).
 HIGH, LOW, TARGET = 8, -8, 8
+# precision="fp32" (compiler/fp32_split.py) scales small tensors up until their largest magnitude exceeds 2^LOW_FP32:
+# a residual piece below fp16's normal range (2^-14) keeps an absolute error of 2^-25, at most 2^-26 of such a
+# tensor's largest value; larger tensors keep fp16's rule, and its headroom
+LOW_FP32 = 1
 
 
-def scale_exponent(magnitude: float) -> int:
-    """k such that an fp16 copy holds value * 2^-k (0 when the tensor already sits well inside fp16's range)."""
+def scale_exponent(magnitude: float, tight: bool = False) -> int:
+    """k such that an fp16 copy holds value * 2^-k (0 when the tensor already sits well inside fp16's range).
+    `tight` (precision="fp32"): the lower bound is 2^LOW_FP32, so that a tensor's residual pieces (2^-11 and 2^-22 of
+    its values) stay normal fp16 numbers for all but its smallest values."""
     if not np.isfinite(magnitude) or magnitude == 0.0:
         return 0
     e = int(np.ceil(np.log2(magnitude)))
-    if LOW <= e <= HIGH:
+    if (LOW_FP32 if tight else LOW) <= e <= HIGH:
         return 0
     return e - TARGET
 

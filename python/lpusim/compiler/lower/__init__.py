@@ -66,11 +66,16 @@ def finish(lw: LowerState) -> Graph:
                  derived=lw.derived)
 
 
-def import_onnx(model: onnx.ModelProto, shapes: dict | None = None, magnitudes: dict | None = None) -> Graph:
-    """`magnitudes` (calibrate.py): max |value| per ONNX tensor, for the lowerings and the fp16 scales."""
+def import_onnx(model: onnx.ModelProto, shapes: dict | None = None, magnitudes: dict | None = None,
+                precision: str = "fp16") -> Graph:
+    """`magnitudes` (calibrate.py): max |value| per ONNX tensor, for the lowerings and the fp16 scales.
+    `precision="fp32"`: the graph's fp16 MXM operands are split into pieces by the fp32_split passes; a quantised
+    model keeps its own float32 handling (`precise_sums`) and is marked fp16."""
     lowering = LowerState(model, resolve_input_shapes(model, shapes), magnitudes or {}, lower)
+    lowering.fp32 = precision == "fp32" and not lowering.precise_sums
     run(lowering)
     graph = finish(lowering)
+    graph.precision = "fp32" if lowering.fp32 else "fp16"
     graph.magnitudes = dict(magnitudes or {})
     # bool/integer inputs (converted on the host, `host_input`) and integer outputs (`decode_output`)
     graph.input_kinds = {k: v for k, v in lowering.kinds.items() if k in graph.onnx_inputs}

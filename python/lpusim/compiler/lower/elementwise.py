@@ -133,7 +133,8 @@ def operand(lw, node, x, out_shape, exact: bool = False):
         mag = lw.tensor_magnitude(node, name)
         y, _ = select_lanes(lw, node, name, tuple(shape) or (1,), cols0, lw.fresh("bcast"))
         lw.derived[y] = mag
-        if exact:  # a comparison (Equal(x, ReduceMax(x))), or any op in a quantised model
+        if exact and not lw.fp32:  # a comparison (Equal(x, ReduceMax(x))), or any op in a quantised model
+            # (precision="fp32" moves x exactly already: fp32_split.py)
             y = exact_broadcast(lw, node, name, tuple(shape) or (1,), cols0, y, mag)
         return ("src", y)
     return broadcast_operand(lw, node, name, shape, out_shape)

@@ -365,6 +365,13 @@ def wide_sum(lw, node, x, shape, scale=1.0, hint="sum", steps=(), sources=(), ma
         s, _ = lane_matmul(lw, node, x, shape, ("ones", c, LANES), ones, f"{hint}.lanes", first)
     smag = float(magnitude or 0.0) * c * abs(float(scale))  # 0: unknown, fp16 copies not scaled
     lw.derived[s] = smag
+    if lw.fp32:  # precision="fp32" moves the sum exactly in one matmul (fp32_split.py): no pieces
+        rest = [Step(st.op, [("step", 0) if a == ("sum",) else ("step", a[1] + 1) if a[0] == "step" else a
+                             for a in st.args], st.t) for st in steps]
+        y = wide_broadcast(lw, node, s, short, shape, hint, [Step("COPY", [("acc",)])] + rest, list(sources))
+        if not steps:
+            lw.derived[y] = smag
+        return y, tuple(shape)
     r1 = fp16_residual(lw, node, s, short, f"{hint}.r1", smag, up=True)
     r2 = fp16_residual(lw, node, r1, short, f"{hint}.r2", smag, up=True)
     b0 = wide_broadcast(lw, node, s, short, shape, f"{hint}.b0")

@@ -51,6 +51,10 @@ class LowerState:
         # LayerNormalization and the attention matmuls in float32, so that the QuantizeLinear after them lands on
         # its codes. fp16 models keep one pass (the fp16 rule judges them).
         self.precise_sums: bool = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+        # precision="fp32" (compiler/fp32_split.py splits every fp16 MXM operand after lowering): lane moves are
+        # then exact, so the lowerings skip their own fp16 pieces (exact_broadcast, wide_sum). Quantised models
+        # keep precise_sums instead (import_onnx).
+        self.fp32: bool = False
         self.head_scales: dict[str, float] = {}  # head parts holding integers (codes - zero point) -> their scale
         self.head_floats: dict[str, str] = {}  # head part -> its floats (code x scale, once per part)
         self.value_parts: dict[str, list] = {}  # ONNX [B, NH, S, X] value read with heads -> its parts (attention.py)

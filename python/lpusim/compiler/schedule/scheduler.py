@@ -703,7 +703,7 @@ class Scheduler(SxmJobs):
             if self.progress:
                 self.progress(i, len(g.nodes), node)
             out = g.tensors[node.output]
-            reads = {v.tensor for v in node.sources} | ({node.x} if node.terms else set()) | {
+            reads = {v.tensor for v in node.sources} | {v.tensor for v, _ in node.terms} | {
                 w for _, w in node.terms if g.tensors[w].kind == "value"}
             streamed = {v.tensor for v in node.sources}  # what the VXM job streams together, tile by tile
             for v in node.sources:  # constants are placed where this node's other views are not
@@ -872,11 +872,26 @@ class Scheduler(SxmJobs):
                     return (a, b)
         return None
 
+    def term_order(self, node: Node, k_tiles: int) -> list[tuple]:
+        """(view, weights, k tile) in streaming order: term by term, each over its k tiles. In fp32 graphs a run of
+        terms with the same weights (x's pieces, fp32_split.py) goes k tile by k tile, each tile's weights loaded
+        once for the whole run (the accumulator's sum is exact in any order)."""
+        if self.graph.precision != "fp32":
+            return [(v, w, kt) for v, w in node.terms for kt in range(k_tiles)]
+        runs: list[list] = []
+        for v, w in node.terms:
+            if runs and runs[-1][0][1] == w:
+                runs[-1].append((v, w))
+            else:
+                runs.append([(v, w)])
+        return [(v, w, kt) for run in runs for kt in range(k_tiles) for v, w in run]
+
     def schedule_matmul(self, node: Node, sinks: dict[str, Store]) -> None:
         g = self.graph
         out = g.tensors[node.output]
         geom = out_geom(out)
-        x_store = self.stores[(node.x, "i8" if is_int8(g, node) else "f16")]
+        x_fmt = "i8" if is_int8(g, node) else "f16"
+        x_store = self.stores[(node.x, x_fmt)]
         k_tiles = self.ntiles(g.tensors[node.x].cols)
         acc_rows = self.chip.mxm_acc_rows
         chunk = min(out.rows, acc_rows // 2) if out.rows > 1 else 1  # two blocks: one fills while one drains
@@ -892,18 +907,19 @@ class Scheduler(SxmJobs):
                 acc_base = chunk * int(np.argmin(st.acc_free[:blocks * chunk].reshape(blocks, chunk).max(axis=1)))
                 acc_free = int(st.acc_free[acc_base:acc_base + chunk].max())
                 first, t_abc = True, None
-                for view, wname in node.terms:
-                    for kt in range(k_tiles):
-                        if g.tensors[wname].kind == "value":  # computed weights (attention)
-                            self.load_weights_from_store(plane, wname, kt, nt)
-                        else:
-                            tile = self.weight_tile(wname, kt, nt, self.chip.plane_hemisphere(plane), plane)
-                            if tile is None:
-                                continue  # an all-zero weight tile (grouped convolutions) adds nothing
-                            self.load_weights(plane, (wname, kt, nt), *tile)
-                        t_abc = self.stream_activations(plane, x_store, kt, view, geom, out.rows, r0, r1, acc_base,
-                                                        not first, acc_free)
-                        first = False
+                for view, wname, kt in self.term_order(node, k_tiles):
+                    if g.tensors[wname].kind == "value":  # computed weights (attention)
+                        self.load_weights_from_store(plane, wname, kt, nt)
+                    else:
+                        tile = self.weight_tile(wname, kt, nt, self.chip.plane_hemisphere(plane), plane)
+                        if tile is None:
+                            continue  # an all-zero weight tile (grouped convolutions) adds nothing
+                        self.load_weights(plane, (wname, kt, nt), *tile)
+                    # (precision="fp32": a term may read one of x's residual pieces, fp32_split.py)
+                    t_abc = self.stream_activations(plane, self.stores[(view.tensor, x_fmt)], kt, view, geom,
+                                                    out.rows, r0, r1, acc_base,
+                                                    not first, acc_free)
+                    first = False
                 if t_abc is None:  # all weights of this output tile are zero: the epilogue reads 0.0 for acc
                     zero = [Step(s.op, [("imm", 0.0) if a == ("acc",) else a for a in s.args], s.t)
                             for s in (node.steps or [Step("COPY", [("acc",)])])]
