@@ -16,3 +16,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# `lpusim llm` keeps measured plan pieces in a disk cache (default ~/.cache/lpusim/pieces): the suite uses its own,
+# so a test run neither reads a user's entries nor leaves its own behind.
+if "LPUSIM_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["LPUSIM_CACHE"] = tempfile.mkdtemp(prefix="lpusim-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LPUSIM_CACHE"], True)

@@ -152,13 +152,30 @@ def cmd_generate(args) -> int:
 
 def cmd_llm(args) -> int:
     from lpusim.llm.gpu import Gpu, compare, format_comparison
-    from lpusim.llm.plan import format_plan, plan_llm
+    from lpusim.llm.piece_cache import PieceCache, stored_pieces
 
     chips = _chips_arg("--chips", args.chips)
     gpu = Gpu.load(args.compare) if args.compare else None  # a bad GPU file fails before the plan's minutes
     common = dict(chips=chips, tp=args.tp, pp=args.pp, precision=args.precision, context=args.context,
                   prompt=args.prompt, new_tokens=args.new_tokens, concurrency=args.concurrency,
                   prefill_chunk=args.prefill_chunk, chip=args.chip, progress=not args.json and sys.stderr.isatty())
+    store = None if args.no_cache else PieceCache(args.cache)  # measured pieces, reused by later plans
+    with stored_pieces(store):
+        result, text = _plan_or_speculate(args, common)
+    if gpu is not None:
+        result["gpu"] = compare(result, args.config, gpu)
+        text += "\n" + format_comparison(result)
+    if args.plot:
+        from lpusim.llm.plan_energy import plot_energy
+        plot_energy(result, args.plot)
+    print(json.dumps(result) if args.json else text)
+    return EXIT_OK
+
+
+def _plan_or_speculate(args, common) -> tuple[dict, str]:
+    """The plan (or, with --speculative, the plan with its speculative rounds) and its text report."""
+    from lpusim.llm.plan import format_plan, plan_llm
+
     if args.speculative is None:
         for flag, value in (("--draft-tokens", args.draft_tokens), ("--acceptance", args.acceptance),
                             ("--draft-chips", args.draft_chips)):
@@ -174,14 +191,7 @@ def cmd_llm(args) -> int:
         result = plan_speculative(args.config, args.speculative, draft_chips=draft_chips,
                                   draft_tokens=args.draft_tokens, acceptance=args.acceptance, **common)
         text = format_plan(result) + "\n" + format_speculative(result)
-    if gpu is not None:
-        result["gpu"] = compare(result, args.config, gpu)
-        text += "\n" + format_comparison(result)
-    if args.plot:
-        from lpusim.llm.plan_energy import plot_energy
-        plot_energy(result, args.plot)
-    print(json.dumps(result) if args.json else text)
-    return EXIT_OK
+    return result, text
 
 
 def cmd_sweep(args) -> int:
@@ -381,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--compare", metavar="GPU", default=None, help="the same model on GPUs beside the plan, by a "
                     "roofline model (docs/llm.md section 5): h100, a100 or a GPU JSON file")
     lm.add_argument("--plot", metavar="FILE.png", help="plot J/token against sequences in flight (docs/energy.md)")
+    lm.add_argument("--cache", metavar="DIR", default=None, help="the measured pieces' disk cache, keyed by content "
+                    "hash, so a later plan reuses them (default $LPUSIM_CACHE or ~/.cache/lpusim/pieces)")
+    lm.add_argument("--no-cache", action="store_true", help="compile and simulate every piece afresh, store nothing")
     lm.add_argument("--json", action="store_true")
     lm.set_defaults(func=cmd_llm)
 

@@ -177,3 +177,30 @@ def test_huge_config_json_is_not_read(tmp_path, capsys):
     config.write_text(" " * (2 << 20) + "{}")
     assert main(["llm", str(config)]) == 2
     assert "2,097,154 bytes; a config.json of more than 1,048,576 bytes is not read" in capsys.readouterr().err
+
+
+def test_cli_reuses_the_disk_cache(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY))
+    args = ["llm", str(config), "--precision", "fp16", "--context", "64", "--prompt", "8", "--new-tokens", "4",
+            "--chips", "2", "--json", "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0
+    cold = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    warm = json.loads(capsys.readouterr().out)
+    assert cold["compile_s"] > 0 and warm["compile_s"] == 0  # every piece came from the cache
+    for k in ("per_token_cycles", "ttft_cycles", "cycle_breakdown", "energy", "chips", "tp", "pp"):
+        assert warm[k] == cold[k], k
+    assert main(args[:-2] + ["--no-cache"]) == 0
+    assert json.loads(capsys.readouterr().out)["compile_s"] > 0
+
+
+def test_an_unwritable_cache_warns_and_plans(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY))
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.warns(UserWarning, match="cannot be written"):
+        assert main(["llm", str(config), "--precision", "fp16", "--context", "64", "--prompt", "8",
+                     "--new-tokens", "4", "--chips", "1", "--json", "--cache", str(blocked / "cache")]) == 0
+    assert json.loads(capsys.readouterr().out)["per_token_cycles"] > 0

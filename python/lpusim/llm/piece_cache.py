@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,6 +82,7 @@ class PieceCache:
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory).expanduser() if directory is not None else default_dir()
         self.hits = self.misses = 0
+        self.unwritable = False
 
     def path(self, material: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
@@ -114,11 +116,21 @@ class PieceCache:
         self._write(key_material(pieces, key), {"does_not_fit": message})
 
     def _write(self, material: dict[str, Any], body: dict[str, Any]) -> None:
-        """An entry, atomically: a temporary file in the entry's directory, renamed over the entry's name."""
+        """An entry, atomically: a temporary file in the entry's directory, renamed over the entry's name. A
+        cache that cannot be written (a read-only home, a full disk) costs speed, not the plan: one warning, then
+        nothing more is stored."""
+        if self.unwritable:
+            return
         path = self.path(material)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(dict(body, key=material), sort_keys=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        except OSError as e:
+            self.unwritable = True
+            warnings.warn(f"lpusim: the pieces' cache {self.directory} cannot be written ({e.strerror}); "
+                          f"plans will not be stored", stacklevel=2)
+            return
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
