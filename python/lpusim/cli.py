@@ -22,6 +22,7 @@ from lpusim.errors import LpusimError
 from lpusim.files import check_writable, load_npz, write_text
 from lpusim.models import mlp
 from lpusim.runtime.assembly import run_assembly_file
+from lpusim.runtime.dynamic import DynamicProgram
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
@@ -241,6 +242,8 @@ def cmd_compile(args) -> int:
     check_writable(args.output, "the assembly")
     program = compile_model(args.model, chip=args.chip, shapes=_parse_shapes(args.shape),
                                    dump=dump if args.dump else None, precision=args.precision)
+    if isinstance(program, DynamicProgram):  # nothing to compile for until the shapes are known
+        program.need_shapes()
     if args.output:
         write_text(args.output, program.assembly, "the assembly")  # whole or not at all
     summary = {"predicted_cycles": program.predicted_cycles, "latency_us": program.latency_us,

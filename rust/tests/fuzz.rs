@@ -3,56 +3,7 @@
 
 use lpusim::{isa::text, simulate, ChipConfig, RunOptions};
 
-const SEED_PROGRAM: &str = "
-.queue MEM.W3
- NOP 2
- READ 16, W2
- REPEAT 7, 1
- WRITE 5, E1
-.queue MEM.W0
- READ 0, E0
- GATHER E8, E0
-.queue MEM.E1
- NOP 3
- WRITE 20, E4
- SCATTER E4, E0
-.queue VXM.0
- NOP 2
- ADD.f32 E4, E0, #1.5
- CVT.f32.f16 W10, R0
- MUL.i32 -, R0, #3
-.queue VXM.1
- SYNC
- EXP.f32 E12, E0
-.queue VXM.2
- NOP 4
- NOTIFY
-.queue MXM.W0.LW
- NOP 44
- LW.i8 W2, 2
-.queue MXM.W0.IW
- NOP 45
- IW
-.queue MXM.W0.ABC
- NOP 46
- ABC.i8 W2, 3
-.queue MXM.W0.ACC
- NOP 90
- ACC.f32 3, E0
-.queue SXM.W.0
- NOP 45
- SHIFT E3, W2, 5
- TRANSPOSE E16, W0
-.queue C2C.0
- NOP 45
- SEND W2
-.queue C2C.8
- NOP 60
- RECV W5
-.init MEM.W3 16 f32 1.0 2.0
-.init MEM.W0 0 u8 fill 3
-.link 0 8 9
-";
+const SEED_PROGRAM: &str = include_str!("corpus/every_unit.asm");
 
 fn rng(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
@@ -110,4 +61,36 @@ fn mutated_programs_never_panic_and_timing_only_agrees() {
         assert_eq!(lpusim::disassemble(&lpusim::assemble(&c).unwrap()).unwrap(), c);
     }
     assert!(ran > 100, "only {ran} mutants assembled");
+}
+
+/// Found by props.rs: the decoder took binaries whose disassembly the assembler refuses (a SHIFT beyond +-2^30, a
+/// `.link` latency beyond 2^40, a `.dump` of no vectors). Each is now refused by both, with the same limits.
+#[test]
+fn decoder_refuses_what_the_assembler_refuses() {
+    use lpusim::isa::{encode, Dir, Dump, DType, Instr, Link, Program, QueueName, QueueProgram, Stream};
+    let e0 = Stream { dir: Dir::East, index: 0 };
+    let sxm = |n| QueueProgram { name: QueueName::Sxm { east: false, i: 0 }, instrs: vec![Instr::Shift { d: e0, s: e0, n }] };
+    let slice = QueueName::Mem { east: false, i: 0 };
+    let bad = [
+        Program { queues: vec![sxm(i32::MIN)], ..Program::default() },
+        Program { queues: vec![sxm(i32::MAX / 2 + 1)], ..Program::default() },
+        Program { links: vec![Link { from: 0, to: 8, latency: (1 << 40) + 1 }], ..Program::default() },
+        Program { dumps: vec![Dump { slice, addr: 0, dtype: DType::F32, n: 0 }], ..Program::default() },
+    ];
+    for p in bad {
+        let printed = text::print(&p);
+        assert!(text::parse(&printed).is_err(), "{printed}");
+        assert!(encode::decode_program(&encode::encode_program(&p)).is_err(), "{printed}");
+    }
+    let edge = Program {
+        queues: vec![QueueProgram {
+            name: QueueName::Sxm { east: false, i: 0 },
+            instrs: vec![Instr::Shift { d: e0, s: e0, n: i32::MIN / 2 }, Instr::Shift { d: e0, s: e0, n: i32::MAX / 2 }],
+        }],
+        links: vec![Link { from: 0, to: 8, latency: 1 << 40 }],
+        dumps: vec![Dump { slice, addr: 0, dtype: DType::F32, n: 1 }],
+        ..Program::default()
+    };
+    assert_eq!(encode::decode_program(&encode::encode_program(&edge)), Ok(edge.clone()));
+    assert_eq!(text::parse(&text::print(&edge)), Ok(edge));
 }

@@ -115,6 +115,9 @@ def test_dynamic_shape_needs_shape_flag(tmp_path):
                     "--shape input=D0,D1,... (or shapes={'input': (...)})")
     code, out, err = lpusim_cli("run", path, "--shape", "input=3,16", "--json")
     assert code == 0, err
+    # `compile` has no arrays to take the shapes from (lpusim.compile would compile at the first run)
+    line = _single_line_error(*lpusim_cli("compile", path))
+    assert line.startswith("lpusim: error: input 'input': dimension 'batch' is not fixed")
 
 
 def test_model_too_large(tmp_path):

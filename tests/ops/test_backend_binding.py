@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 import lpusim
 import lpusim.backend
-from lpusim.backend.cache import ProgramCache
+from lpusim.runtime.cache import ProgramCache
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 

@@ -20,7 +20,7 @@ ConstantOfShape's shape, Range's operands, Dropout's ratio, small Gather/GatherN
 and bias, normalisation statistics, the integer ops' scales and zero points, and integer inputs a parameter is
 computed from), are read from each run's inputs and folded into the graph as initializers before compiling; the
 compile therefore waits for the first `run`. One program is kept per distinct input shapes and bound values
-(sha256 of their bytes), at most cache.MAX_PROGRAMS (16), least recently used out.
+(sha256 of their bytes), at most runtime/cache.MAX_PROGRAMS (16), least recently used out.
 
 Host-known outputs (host.py). An output computed from constants, bound inputs and input shapes only (Shape, Size,
 ConstantOfShape of a bound shape, a Constant, a reduction of a zero-size input) is evaluated by onnx's reference

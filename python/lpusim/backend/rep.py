@@ -9,10 +9,11 @@ from onnx import TensorProto, helper
 from onnx.backend.base import BackendRep
 
 from lpusim.api import compile as compile_model
-from lpusim.backend.cache import ProgramCache, key
+from lpusim.backend.cache import key
 from lpusim.backend.host import host_known, host_outputs
 from lpusim.backend.params import ALWAYS, bind, parameter_uses, to_bind
 from lpusim.errors import CompileError, LpusimError, ModelError, OutOfSram
+from lpusim.runtime.cache import ProgramCache
 from lpusim.runtime.program import RunResult
 
 # Element types with a chip path (frontend/load.HOST_TYPES): float32 as computed; bool from and to the chip's 1.0/0.0;

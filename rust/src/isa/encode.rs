@@ -429,12 +429,17 @@ pub fn decode_program(data: &[u8]) -> Result<Program, AsmError> {
     }
     let nd = r.count(13)?;
     for _ in 0..nd {
-        p.dumps.push(Dump { slice: r.slice()?, addr: r.u32()?, dtype: r.dtype()?, n: r.u32()? });
+        let d = Dump { slice: r.slice()?, addr: r.u32()?, dtype: r.dtype()?, n: r.u32()? };
+        if d.n == 0 {
+            return Err(AsmError::binary("a .dump of no vectors"));
+        }
+        p.dumps.push(d);
     }
     let nl = r.count(12)?;
     for _ in 0..nl {
         let l = Link { from: r.u16()?, to: r.u16()?, latency: r.u64()? };
-        if l.latency == 0 || p.links.iter().any(|x| x.from == l.from) {
+        // the assembler's limits: every decoded program disassembles to text that assembles
+        if l.latency == 0 || l.latency > MAX_LINK_LATENCY || p.links.iter().any(|x| x.from == l.from) {
             return Err(AsmError::binary("bad .link record"));
         }
         p.links.push(l);

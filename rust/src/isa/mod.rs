@@ -345,6 +345,11 @@ impl Instr {
             }
             Instr::Abc { t, .. } if *t == DType::I32 || *t == DType::F32 => Err("ABC takes i8, u8 or f16".into()),
             Instr::Acc { t, .. } if *t != DType::I32 && *t != DType::F32 => Err("ACC takes i32 or f32".into()),
+            // The assembler's range, checked here too so that the decoder refuses what the assembler does (a
+            // decoded program always disassembles to text that assembles).
+            Instr::Shift { n, .. } if !SHIFT_RANGE.contains(n) => {
+                Err(format!("SHIFT by {n} is outside {}..{}", SHIFT_RANGE.start(), SHIFT_RANGE.end()))
+            }
             Instr::Distribute { map, .. } if map.iter().any(|&m| m >= 16 && m != 255) => {
                 Err("DISTRIBUTE map entries are 0..15 or 255".into())
             }
@@ -361,6 +366,9 @@ impl Instr {
         }
     }
 }
+
+/// The lanes a SHIFT may move by.
+pub const SHIFT_RANGE: std::ops::RangeInclusive<i32> = i32::MIN / 2..=i32::MAX / 2;
 
 /// Do `bits` fit the width of `t` (zero-extended)?
 pub fn fits_width(t: DType, bits: u32) -> bool {
@@ -496,6 +504,9 @@ pub struct Dump {
     pub dtype: DType,
     pub n: u32,
 }
+
+/// The longest `.link` latency, in cycles (a bound that keeps every arrival cycle far from overflowing).
+pub const MAX_LINK_LATENCY: u64 = 1 << 40;
 
 /// `.link from to latency`: link `from`'s sends arrive in link `to`'s receive buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -247,7 +247,7 @@ pub fn parse_instr(line: &str) -> Result<Instr, String> {
         "SHIFT" => {
             want_types(0)?;
             want(&ops, 3, "SHIFT")?;
-            let n = int_in(ops[2], i32::MIN as i64 / 2, i32::MAX as i64 / 2, "shift")? as i32;
+            let n = int_in(ops[2], *SHIFT_RANGE.start() as i64, *SHIFT_RANGE.end() as i64, "shift")? as i32;
             Instr::Shift { d: parse_stream(ops[0])?, s: parse_stream(ops[1])?, n }
         }
         "PERMUTE" => {
@@ -353,7 +353,7 @@ fn parse_directive(line: &str, p: &mut Program) -> Result<Option<QueueName>, Str
             }
             let from = int_in(toks[1], 0, u16::MAX as i64, "link")? as u16;
             let to = int_in(toks[2], 0, u16::MAX as i64, "link")? as u16;
-            let latency = int_in(toks[3], 1, 1 << 40, "latency")? as u64;
+            let latency = int_in(toks[3], 1, MAX_LINK_LATENCY as i64, "latency")? as u64;
             if p.links.iter().any(|l| l.from == from) {
                 return Err(format!("link {from} is already connected"));
             }

@@ -160,6 +160,52 @@ def _host_itemsize(elem: int) -> int:
     return max(4, size)
 
 
+def declared_dims(inp: onnx.ValueInfoProto) -> list:
+    """An input's shape as the model declares it: an int per fixed dimension, the dimension's name (or "?") per
+    dynamic one; [] when the model declares no shape."""
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or "?")
+            for d in inp.type.tensor_type.shape.dim]
+
+
+def shape_contradiction(inp: onnx.ValueInfoProto, dims, given: str = "given") -> str | None:
+    """Why `dims` cannot be the shape of input `inp`, naming the first dimension whose model value (fixed) and
+    `given` value differ, or the ranks; None when they fit (a model that declares no shape fits anything)."""
+    if not inp.type.tensor_type.HasField("shape"):
+        return None
+    declared = declared_dims(inp)
+    if len(declared) != len(dims):
+        return f"{len(dims)} dimension(s) {given}, {len(declared)} in the model"
+    for i, (want, got) in enumerate(zip(declared, dims)):
+        if isinstance(want, int) and want != got:
+            return f"dimension {i} is {want} in the model, {got} {given}"
+    return None
+
+
+def given_shape(inp: onnx.ValueInfoProto, dims) -> tuple[int, ...]:
+    """A shape given for input `inp` (--shape, `shapes=`, an --inputs array's shape), checked: CompileError naming
+    the input and the first dimension that contradicts the model."""
+    dims = validate_shape(inp.name, dims)
+    problem = shape_contradiction(inp, dims)
+    if problem:
+        raise CompileError(f"input '{inp.name}': the shape given {list(dims)} contradicts the model's "
+                           f"{declared_dims(inp)}: {problem}")
+    return dims
+
+
+def not_fixed(name: str, dim: str) -> CompileError:
+    """The error for input `name`'s dynamic dimension `dim` when nothing fixes it."""
+    return CompileError(f"input '{name}': dimension '{dim}' is not fixed; give it with --shape {name}=D0,D1,... "
+                        f"(or shapes={{'{name}': (...)}})")
+
+
+def dynamic_inputs(model: onnx.ModelProto, shapes: dict | None) -> list[str]:
+    """The real graph inputs with a dimension the model leaves dynamic and `shapes` does not fix."""
+    shapes = shapes or {}
+    inits = {i.name for i in model.graph.initializer}
+    return [inp.name for inp in model.graph.input if inp.name not in inits and inp.name not in shapes
+            and any(not isinstance(d, int) for d in declared_dims(inp))]
+
+
 def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[str, tuple]:
     """Concrete shape of every real graph input; CompileError naming the input when a dimension is unknown."""
     shapes = dict(shapes or {})
@@ -169,24 +215,14 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
         if inp.name in inits:
             continue
         if inp.name in shapes:
-            dims = validate_shape(inp.name, shapes.pop(inp.name))
-            declared = [d.dim_value if d.HasField("dim_value") else None
-                        for d in inp.type.tensor_type.shape.dim]
-            if inp.type.tensor_type.HasField("shape") and (
-                    len(declared) != len(dims) or any(w is not None and w != g for w, g in zip(declared, dims))):
-                model_shape = [w if w is not None else "?" for w in declared]
-                raise CompileError(f"input '{inp.name}': the shape given {list(dims)} contradicts the model's "
-                                   f"{model_shape}")
-            out[inp.name] = dims
+            out[inp.name] = given_shape(inp, shapes.pop(inp.name))
             continue
         dims = []
         for d in inp.type.tensor_type.shape.dim:
             if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(d.dim_value)
             else:
-                name = d.dim_param or "?"
-                raise CompileError(f"input '{inp.name}': dimension '{name}' is not fixed; give it with "
-                                   f"--shape {inp.name}=D0,D1,... (or shapes={{'{inp.name}': (...)}})")
+                raise not_fixed(inp.name, d.dim_param or "?")
         out[inp.name] = tuple(dims)
     for inp in model.graph.input:
         elem = inp.type.tensor_type.elem_type

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from lpusim.compiler.frontend.load import HOST_TYPES, resolve_input_shapes
 from lpusim.compiler.ir import Graph, Node, Step, View, node_inputs
 from lpusim.compiler.lower.attention import heads_output
+from lpusim.compiler.lower.attention_masks import flatrows_output
 from lpusim.compiler.lower.dispatch import lower
 from lpusim.compiler.lower.state import LowerState
 from lpusim.errors import CompileError
@@ -48,10 +49,14 @@ def finish(lw: LowerState) -> Graph:
             for node in added:
                 made = {n.output: i for i, n in enumerate(lw.nodes)}
                 lw.nodes.insert(max((made[t] + 1 for t in node_inputs(node) if t in made), default=0), node)
+        if o.name not in lw.values and o.name in lw.flatrows:  # a matrix Reshaped to a column: never moved yet
+            flatrows_output(lw, o.name)
         if o.name not in lw.values:
             raise CompileError(f"output '{o.name}' is not produced by any node")
         ir_name, shape = lw.q_state.get("outputs", {}).get(o.name) or lw.values[o.name]  # int8/uint8 codes
-        if lw.tensors[ir_name].kind == "input":  # a view of an input: the chip copies it
+        # a view of an input, or the tensor of an earlier output (a view of it in another shape, a reduction of
+        # one element): the chip copies it, so that each output has its own tensor and shape
+        if lw.tensors[ir_name].kind == "input" or ir_name in outputs:
             copy = lw.add_tensor(lw.fresh(o.name), shape, "value")
             lw.nodes.append(Node("vector", o.name, "Identity", copy, sources=[View(ir_name)],
                                  steps=[Step("COPY", [("src", 0)])]))

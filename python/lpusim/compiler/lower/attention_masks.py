@@ -16,7 +16,8 @@ matrix, and the Gather a row gather: instead the column is kept as a *flat-rows 
 matrix [R, C] plus, per entry of the ONNX tensor, which flat element (r*C + c) of the matrix it holds. A Gather
 with constant indices composes that map; a Reshape whose rows of C lanes each read one whole row of the matrix in
 lane order turns it back into a matrix: the matrix itself (rows in order) or a VXM copy through a row-map view
-(rows picked, repeated or reordered). Anything else is a CompileError saying why. (At R = 1 the column is one
+(rows picked, repeated or reordered). A flat-rows graph output is copied out as whole rows (`flatrows_output`).
+Anything else is a CompileError saying why. (At R = 1 the column is one
 vector and shape_ops.lower_reshape transposes it on the SXM, as before.)
 """
 from __future__ import annotations
@@ -194,6 +195,25 @@ def lower_flatrows(lw, node, op: str, a: dict, args: list) -> None:
     raise CompileError(f"{lw.where(node)}: input '{name}' is a [{idx.size}, 1] column flattened from a "
                        f"computed matrix of {c} lanes; {op} of it is not supported (only a Gather along "
                        f"axis 0 with constant indices, and a Reshape back to rows of {c} lanes)")
+
+
+def flatrows_output(lw, name: str) -> None:
+    """A flat-rows value that is a graph output (a computed matrix Reshaped to a column or to one flat vector): the
+    host reads outputs row by row in C order, so the output is the matrix rows it holds, in order, VXM-copied
+    (exact) into a tensor of its own flagged `flat_rows` (the host only reshapes it); lw.values[name] holds it. A
+    column of elements picked from the matrix (a Gather of it) that are not whole rows would need lane moves: a
+    CompileError."""
+    ir_name, c, idx, shape = lw.flatrows[name]
+    rows = flat_matrix_rows(idx, c, (idx.size // c, c)) if idx.size % c == 0 else None
+    if rows is None:
+        raise CompileError(f"output '{name}': elements picked from a computed matrix of {c} lanes flattened to one "
+                           f"column are not supported as a graph output (only whole rows of it)")
+    out = lw.add_tensor(lw.fresh(name), (len(rows), c), "value")
+    lw.nodes.append(Node("vector", name, "Reshape", out, sources=[View(ir_name, rows=tuple(rows))],
+                         steps=[Step("COPY", [("src", 0)])]))
+    lw.derived[out] = lw.ir_magnitude(ir_name)
+    lw.tensors[out].flat_rows = True
+    lw.values[name] = (out, tuple(shape))
 
 
 def gather_flatrows(lw, node, a, args, ir_name, c, idx, shape) -> None:

@@ -75,11 +75,14 @@ def lower_reshape(lw, node, op, a, args):
             and split_reshape(lw, node, ir_name, shape, new):  # (a graph output is never a pending split)
         return  # [B, S, H] -> [B, S, heads, D]: attention heads (attention.py)
     new_rows, new_cols = as_matrix(new)
+    # a graph output is never left a pending view (mask rows, row views): nothing would read it back into a value
+    is_output = any(o.name == node.output[0] for o in lw.model.graph.output)
     if (new_rows, new_cols) == (t.rows, t.cols) and same_layout(shape, new):
         lw.values[node.output[0]] = (ir_name, new)  # same rows of the same vectors: a pure view
     elif t.geom is not None and len(new) == 2 and new[0] == t.geom[0] and t.kind != "input":
         lw.flat[node.output[0]] = (ir_name, tuple(shape))  # [N, C, H, W] -> [N, C*H*W]
-    elif len(new) == 4 and new[1:3] == (1, 1) and (t.rows, t.cols) == (new[0], new[3]) and t.geom is None:
+    elif len(new) == 4 and new[1:3] == (1, 1) and (t.rows, t.cols) == (new[0], new[3]) and t.geom is None \
+            and not is_output:  # (an output is returned as the image of its 4-D shape: laid out below)
         lw.maskrows[node.output[0]] = (ir_name, new)  # [B, K] -> [B, 1, 1, K]: attention mask rows
     elif flatten_rows(lw, node, ir_name, shape, new):  # [R, C] -> [R*C, 1] (attention_masks.py)
         return
@@ -90,7 +93,7 @@ def lower_reshape(lw, node, op, a, args):
         lw.values[node.output[0]] = (name, new)
     elif t.geom is not None and len(shape) == 4 and grouped_reshape(lw, node, ir_name, shape, new):
         return  # a 5-D view for a channel shuffle
-    elif len(new) == 4 and new[:3] == (1, 1, 1) and (t.rows, t.cols) == (1, new[3]):
+    elif len(new) == 4 and new[:3] == (1, 1, 1) and (t.rows, t.cols) == (1, new[3]) and not is_output:
         lw.maskrows[node.output[0]] = (ir_name, new)  # [K] -> [1, 1, 1, K]: an attention mask's row
     elif (new_rows, new_cols) == (t.cols, t.rows) and 1 in (t.rows, t.cols) and max(t.rows, t.cols) <= 320 \
             and len(new) != 4 and len(shape) != 4:
@@ -101,8 +104,7 @@ def lower_reshape(lw, node, op, a, args):
         lw.derived[out] = lw.tensor_magnitude(node, ir_name)
         lw.values[node.output[0]] = (out, new)
     elif len(new) == 4 and len(shape) == 3 and new[1] == 1 and tuple(shape) == (new[0], new[2], new[3]) \
-            and new[2] > 1 and t.geom is None and t.kind == "value" \
-            and all(o.name != node.output[0] for o in lw.model.graph.output):
+            and new[2] > 1 and t.geom is None and t.kind == "value" and not is_output:
         # [B, S, X] -> [B, 1, S, X] (rotary cos/sin, read by every head): kept as B*S rows of X lanes, like an
         # attention mask with a row per query (attention_masks.py), instead of an image of one channel; any reader other
         # than the heads gets that image (dispatch.relaid_row_views: reshape_relayout below)
