@@ -170,7 +170,8 @@ def resolve_input_shapes(model: onnx.ModelProto, shapes: dict | None) -> dict[st
             continue
         if inp.name in shapes:
             dims = validate_shape(inp.name, shapes.pop(inp.name))
-            declared = [d.dim_value if d.HasField("dim_value") else None
+            # a negative dim_value is dynamic: paddle2onnx writes -1 for the batch (onnxruntime accepts any size)
+            declared = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
                         for d in inp.type.tensor_type.shape.dim]
             if inp.type.tensor_type.HasField("shape") and (
                     len(declared) != len(dims) or any(w is not None and w != g for w, g in zip(declared, dims))):
