@@ -75,6 +75,7 @@ def test_paddle_attention_qkv_5d():
     dict(kernel=4, strides=[2, 2], pads=[1, 1, 1, 1], group=2),
     dict(kernel=3, strides=[1, 1], pads=[2, 2, 2, 2]),                     # negative conv padding: a crop
     dict(kernel=2, strides=[3, 3], dilations=[2, 2], bias=False),
+    dict(kernel=3, strides=[3, 2], pads=[1, 2, 1, 2]),                    # onnx's convtranspose_pads: crops
 ])
 def test_conv_transpose(kw):
     kw = dict(kw)

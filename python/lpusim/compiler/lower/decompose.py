@@ -72,8 +72,14 @@ def lower_conv_transpose(lw, node, a, args):
     x = node.input[0]
     sh, sw = strides
     if (sh, sw) != (1, 1):  # zero insertion: x at every stride-th pixel of an [sh*H, sw*W] image
-        up = g.add("Resize", [x, "", g.const([1, 1, sh, sw], "scales", np.float32)], mode="nearest",
-                   coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        opset = max([o.version for o in lw.model.opset_import if o.domain in ("", "ai.onnx")] or [1])
+        scales = g.const([1, 1, sh, sw], "scales", np.float32)
+        if opset < 10:  # the Resize sub-node takes the model's opset, and Resize is new in opset 10
+            raise CompileError(f"{lw.where(node)}: a strided ConvTranspose in an opset {opset} model is not "
+                               f"supported (opset 10 and later)")
+        up = g.add("Resize", [x, scales], mode="nearest") if opset == 10 else g.add(
+            "Resize", [x, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor")
         mask = np.zeros((1, 1, sh * h, sw * w), np.float32)
         mask[:, :, ::sh, ::sw] = 1.0
         x = g.add("Mul", [up, g.const(mask, "mask", np.float32)])
@@ -87,9 +93,9 @@ def lower_conv_transpose(lw, node, a, args):
     cropped = any(p < 0 for p in begin + end)
     y = g.add("Conv", conv_in, None if cropped else node.output[0], group=group, dilations=dil,
               kernel_shape=[kh, kw], pads=[max(p, 0) for p in begin + end])
-    if cropped:
-        ho = (h - 1) * sh + dil[0] * (kh - 1) + 1 + begin[0] + end[0]
-        wo = (w - 1) * sw + dil[1] * (kw - 1) + 1 + begin[1] + end[1]
+    if cropped:  # the Conv over the spread image padded by the clamped pads, cut to the true output
+        ho = sh * h + begin[0] + end[0] - dil[0] * (kh - 1)
+        wo = sw * w + begin[1] + end[1] - dil[1] * (kw - 1)
         starts = [max(-begin[0], 0), max(-begin[1], 0)]
         g.add("Slice", [y, g.const(starts, "starts"), g.const([starts[0] + ho, starts[1] + wo], "ends"),
                         g.const([2, 3], "axes")], node.output[0])
