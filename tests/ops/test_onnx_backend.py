@@ -83,8 +83,8 @@ DROPOUT_MASK = "not supported yet: Dropout's mask output (a bool tensor)"
 MAXPOOL_INDICES = "not supported yet: MaxPool's Indices output"
 TOO_LARGE = ("not supported yet: a model or an op too large for one chip (the backend runs one chip; "
              "lpusim.compile(model, chips='auto') runs a model on several)")
-BATCHED_MATMUL = ("not diagnosed yet: FlexAttention's expanded form with a causal mask gives NaN where onnxruntime "
-                  "has values (its batched MatMuls run one 2-D MatMul per batch index since issue 16)")
+BATCHED_MATMUL = ("BUG: FlexAttention's expanded form with a causal mask gives NaN where onnxruntime has values, "
+                  "not diagnosed (its batched MatMuls run one 2-D MatMul per batch index since issue 16)")
 CONV_TRANSPOSE_FORMS = ("not supported yet: ConvTranspose 1-D/3-D, with output_shape or auto_pad SAME, or strided in "
                         "a model of opset < 10 (its zero insertion is a Resize sub-node)")
 LSTM_FORMS = "not supported yet: LSTM with layout=1, peepholes or sequence_lens"
