@@ -65,7 +65,7 @@ DEFAULT_DOMAIN_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv",
 # bound with `constant_inputs` when a test feeds them as graph inputs. Besides these, every non-float32 graph input
 # feeding an operand position >= 1 (axes, shapes, pads, training flags) is bound as an operator parameter.
 WEIGHT_OPERANDS = {
-    "MatMul": (1,), "Gemm": (1, 2), "Conv": (1, 2), "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2),
+    "MatMul": (1,), "Gemm": (1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2), "LSTM": (1, 2, 3), "BatchNormalization": (1, 2, 3, 4), "Clip": (1, 2),
     "Dropout": (1,), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2), "PRelu": (1,),
     "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Pow": (1,),
     # scales of the integer ops (their zero points, integer weights and biases are bound as non-float operands)
@@ -83,8 +83,11 @@ DROPOUT_MASK = "not supported yet: Dropout's mask output (a bool tensor)"
 MAXPOOL_INDICES = "not supported yet: MaxPool's Indices output"
 TOO_LARGE = ("not supported yet: a model or an op too large for one chip (the backend runs one chip; "
              "lpusim.compile(model, chips='auto') runs a model on several)")
-BATCHED_MATMUL = ("not supported yet: a MatMul of two computed tensors with batch dimensions outside the "
-                  "attention pattern (Reshape -> Transpose heads) the compiler follows (FlexAttention's expanded form)")
+BATCHED_MATMUL = ("BUG: FlexAttention's expanded form with a causal mask gives NaN where onnxruntime has values, "
+                  "not diagnosed (its batched MatMuls run one 2-D MatMul per batch index since issue 16)")
+CONV_TRANSPOSE_FORMS = ("not supported yet: ConvTranspose 1-D/3-D, with output_shape or auto_pad SAME, or strided in "
+                        "a model of opset < 10 (its zero insertion is a Resize sub-node)")
+LSTM_FORMS = "not supported yet: LSTM with layout=1, peepholes or sequence_lens"
 ATTENTION_VIEWS = ("not supported yet: an attention-pattern view (a [B, S, heads, D] split, a [1, 1, Q, K] mask row) "
                    "read by an op the attention lowering does not follow (rotary embedding's expanded form)")
 
@@ -98,11 +101,16 @@ EXCLUDED_BY_REASON = {
         "test_qlinearmatmul_3D_uint8_float16", "test_qlinearmatmul_3D_uint8_float32",
     ],
     BATCHED_MATMUL: [
-        "test_flexattention_causal_mask_expanded_ver26", "test_flexattention_diff_head_sizes_expanded_ver26",
-        "test_flexattention_expanded_ver26", "test_flexattention_gqa_expanded_ver26",
-        "test_flexattention_prob_mod_expanded_ver26", "test_flexattention_relative_positional_expanded_ver26",
-        "test_flexattention_scaled_expanded_ver26", "test_flexattention_score_mod_expanded_ver26",
-        "test_flexattention_soft_cap_expanded_ver26",
+        "test_flexattention_causal_mask_expanded_ver26",
+    ],
+    CONV_TRANSPOSE_FORMS: [
+        "test_convtranspose_1d", "test_convtranspose_3d", "test_convtranspose_autopad_same",
+        "test_convtranspose_kernel_shape", "test_convtranspose_output_shape", "test_ConvTranspose2d",
+        "test_ConvTranspose2d_no_bias",
+        "test_operator_convtranspose",
+    ],
+    LSTM_FORMS: [
+        "test_lstm_batchwise", "test_lstm_with_peepholes",
     ],
     QUANT_FORMS: [
         "test_dequantizelinear_axis", "test_dequantizelinear_blocked", "test_dequantizelinear_int16",

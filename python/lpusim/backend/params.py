@@ -46,6 +46,7 @@ PARAMETERS: dict[str, dict[int, str]] = {
     "Gather": {1: SMALL}, "GatherND": {1: SMALL},                  # indices
     # weights: the MXM holds them (MatMul/Gemm B, Gemm's C, convolution weights and bias)
     "MatMul": {1: ALWAYS}, "Gemm": {1: ALWAYS, 2: ALWAYS}, "Conv": {1: ALWAYS, 2: ALWAYS},
+    "ConvTranspose": {1: ALWAYS, 2: ALWAYS}, "LSTM": {1: ALWAYS, 2: ALWAYS, 3: ALWAYS, 4: ALWAYS},  # W, R, B, lens
     # normalisation statistics and affine parameters
     "BatchNormalization": {1: ALWAYS, 2: ALWAYS, 3: ALWAYS, 4: ALWAYS},
     "LayerNormalization": {1: ALWAYS, 2: ALWAYS},

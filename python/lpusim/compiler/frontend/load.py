@@ -162,7 +162,8 @@ def _host_itemsize(elem: int) -> int:
 
 def declared_dims(inp: onnx.ValueInfoProto) -> list:
     """An input's shape as the model declares it: an int per fixed dimension, the dimension's name (or "?") per
-    dynamic one; [] when the model declares no shape."""
+    dynamic one; [] when the model declares no shape. A negative dim_value is dynamic: paddle2onnx writes -1 for the
+    batch (onnxruntime accepts any size)."""
     return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or "?")
             for d in inp.type.tensor_type.shape.dim]
 

@@ -66,15 +66,60 @@ def lower_computed_matmul(lw, node, x, w):
     """x @ w with w computed: w's rows are loaded into a plane as weights (at most 320 x 320 per tile)."""
     _, xname, xshape = x
     _, wname, wshape = w
-    if any(d != 1 for d in wshape[:-2]) or len(wshape) < 2 or any(d != 1 for d in xshape[:-2]):
-        raise CompileError(f"{lw.where(node)}: a MatMul of computed {tuple(xshape)} @ {tuple(wshape)} with "
-                           f"batch dimensions is not supported yet (one matrix each)")
+    if len(wshape) < 2 or len(xshape) < 2:
+        raise CompileError(f"{lw.where(node)}: a MatMul of computed {tuple(xshape)} @ {tuple(wshape)}: 1-D "
+                           f"operands are not supported yet")
     if xshape[-1] != wshape[-2]:
         raise CompileError(f"{lw.where(node)}: inner dimensions differ: {tuple(xshape)} @ {tuple(wshape)}")
+    if any(d != 1 for d in wshape[:-2]) or any(d != 1 for d in xshape[:-2]):
+        return lower_batched_matmul(lw, node, tuple(xshape), tuple(wshape))
     out_shape = tuple(np.broadcast_shapes(tuple(xshape[:-2]), tuple(wshape[:-2]))) + (xshape[-2], wshape[-1])
     out = lw.add_tensor(lw.fresh(node.output[0]), out_shape, "value")
     lw.nodes.append(Node("matmul", node.name or node.output[0], "MatMul", out, terms=[(View(xname), wname)]))
     lw.values[node.output[0]] = (out, out_shape)
+
+
+def lower_batched_matmul(lw, node, xshape: tuple, wshape: tuple) -> None:
+    """A MatMul of two computed tensors with batch dimensions outside the attention pattern (attention.py), as
+    paddle2onnx writes attention: qkv reshaped to [B, N, 3, heads, D] and transposed to [3, B, heads, N, D]. One
+    2-D MatMul per batch index (broadcast as numpy does), through the dispatcher: each operand reshaped to
+    [P, M, K], the matrix of index p taken by a Gather (rows), the products stacked by a Concat and reshaped back."""
+    try:
+        batch = tuple(np.broadcast_shapes(xshape[:-2], wshape[:-2]))
+    except ValueError:
+        raise CompileError(f"{lw.where(node)}: batch dimensions of {xshape} @ {wshape} do not broadcast") from None
+    out_shape = batch + (xshape[-2], wshape[-1])
+    tag = node.output[0]
+    nodes = []
+
+    def const(value, hint):
+        name = lw.fresh(f"{tag}@{hint}")
+        lw.consts[name] = np.asarray(value, dtype=np.int64)
+        return name
+
+    def stacked(i, shape):  # operand i as [P, rows, cols]; its batch index of each output batch index
+        flat = f"{tag}@in{i}"
+        nodes.append(onnx.helper.make_node("Reshape", [node.input[i], const((-1,) + shape[-2:], "shape")], [flat],
+                                           name=node.name))
+        own = np.arange(int(np.prod(shape[:-2], dtype=np.int64))).reshape(shape[:-2])
+        index = np.broadcast_to(own.reshape((1,) * (len(batch) - len(own.shape)) + own.shape), batch).ravel()
+        return flat, index
+
+    xs, xi = stacked(0, xshape)
+    ws, wi = stacked(1, wshape)
+    parts = []
+    for p in range(int(np.prod(batch, dtype=np.int64))):
+        a_p, b_p, y_p, u_p = (f"{tag}@{k}{p}" for k in ("a", "b", "y", "u"))
+        nodes.append(onnx.helper.make_node("Gather", [xs, const(xi[p], "i")], [a_p], name=node.name, axis=0))
+        nodes.append(onnx.helper.make_node("Gather", [ws, const(wi[p], "i")], [b_p], name=node.name, axis=0))
+        nodes.append(onnx.helper.make_node("MatMul", [a_p, b_p], [y_p], name=node.name))
+        nodes.append(onnx.helper.make_node("Unsqueeze", [y_p, const([0], "axes")], [u_p], name=node.name))
+        parts.append(u_p)
+    nodes.append(onnx.helper.make_node("Concat", parts, [f"{tag}@stack"], name=node.name, axis=0))
+    nodes.append(onnx.helper.make_node("Reshape", [f"{tag}@stack", const(out_shape, "out")], [node.output[0]],
+                                       name=node.name))
+    for sub in nodes:
+        lw.lower(sub)
 
 
 def lower_einsum(lw, node, a, args):

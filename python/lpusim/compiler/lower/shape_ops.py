@@ -336,8 +336,11 @@ def lower_range(lw, node, a, args) -> None:
 
 
 def split_reshape(lw, node, ir_name, shape, new) -> bool:
-    """[B, S, H] -> [B, S, NH, D] of a computed tensor: remember it (no data moves yet)."""
-    if len(shape) == 3 and len(new) == 4 and tuple(new[:2]) == tuple(shape[:2]) and new[2] * new[3] == shape[2]:
+    """[B, S, H] -> [B, S, NH, D] of a computed tensor: remember it (no data moves yet). Not when D is 1: that is
+    an Unsqueeze of a trailing axis, as tf2onnx writes a 1-D convolution's input ([B, L, C] -> [B, L, C, 1], then a
+    Transpose to NCHW), an image and not attention heads of one lane each."""
+    if len(shape) == 3 and len(new) == 4 and tuple(new[:2]) == tuple(shape[:2]) and new[2] * new[3] == shape[2] \
+            and new[3] != 1:
         lw.splits[node.output[0]] = (ir_name, tuple(shape), int(new[2]), int(new[3]))
         return True
     return False

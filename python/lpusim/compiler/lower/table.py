@@ -4,8 +4,8 @@ once no view of an input claims them; SUPPORTED_OPS is its key set.
 """
 from __future__ import annotations
 
-from lpusim.compiler.lower import (conv_pool, elementwise, gather, matmul, norms, reduce, resize, shape_ops,
-                                   transpose)
+from lpusim.compiler.lower import (conv_pool, decompose, elementwise, gather, matmul, norms, reduce, resize,
+                                   shape_ops, transpose)
 
 
 def _with_op(lowering):
@@ -60,5 +60,8 @@ TABLE = {
     "GatherND": gather.lower_gather_nd,
     # resize.py
     "Resize": resize.lower_resize,
+    # decompose.py: as graphs of the ops above
+    "ConvTranspose": decompose.lower_conv_transpose,
+    "LSTM": decompose.lower_lstm,
 }
 SUPPORTED_OPS = sorted(TABLE)

