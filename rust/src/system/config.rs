@@ -69,7 +69,8 @@ pub struct SystemConfig {
     pub flit_bytes: u64,
     /// Published: about 100 Gb/s per link. With `flit_bytes` and the chip clock it fixes the minimum time
     /// between two SENDs on a link (`min_send_interval_cycles`); links have no back-pressure, so an earlier SEND
-    /// is `LinkBusy`.
+    /// is `LinkBusy`. The defaults of this field and `flit_bytes` are also the rate of a lone chip's `.link`
+    /// loopback (`send_interval_ticks`; docs/isa.md section 4).
     pub link_gbps: f64,
     /// Chosen: every chip's oscillator is off nominal by a seeded uniform draw in +-drift_ppm parts per million
     /// (common crystal oscillators are specified at +-20..50 ppm; Groq publishes no figure).
