@@ -117,9 +117,16 @@ fn links() {
         run(&(west_feed(10) + ".queue C2C.0\n NOP 47\n SEND W0\n.link 0 1 5\n")),
         "cycle 52: C2C.0 #1 'SEND W0': LinkUnreceived: link 1 still holds 1 vector(s) never received"
     );
+    // A link sends one 328-byte flit per 24 cycles (100 Gb/s at 900 MHz), a loopback like a system link: nine
+    // sends 24 cycles apart, never received, overflow the 8-vector buffer at the ninth arrival (47 + 8*24 + 5).
     assert_eq!(
-        run(&(west_feed(20) + ".queue C2C.0\n NOP 47\n SEND W0\n REPEAT 8, 1\n.link 0 1 5\n")),
-        "cycle 60: C2C.0 #1 'SEND W0': LinkOverflow: the receive buffer of link 1 already holds 8 vectors"
+        run(&(west_feed(200) + ".queue C2C.0\n NOP 47\n SEND W0\n REPEAT 8, 24\n.link 0 1 5\n")),
+        "cycle 244: C2C.0 #1 'SEND W0': LinkOverflow: the receive buffer of link 1 already holds 8 vectors"
+    );
+    // Two SENDs one cycle apart: the second finds the loopback still sending the first flit (until 47 + 24).
+    assert_eq!(
+        run(&(west_feed(20) + ".queue C2C.0\n NOP 47\n SEND W0\n REPEAT 1, 1\n.link 0 1 5\n")),
+        "cycle 48: C2C.0 #1 'SEND W0': LinkBusy: link 0 (loopback to link 1) is still sending the previous vector until cycle 71; links have no back-pressure"
     );
 }
 

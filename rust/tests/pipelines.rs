@@ -269,6 +269,29 @@ fn c2c_loopback() {
     assert_eq!(out[0].as_ref().unwrap(), &x);
 }
 
+/// A loopback link serialises like a system link: one 328-byte flit per `min_send_interval_cycles` (24 at 100 Gb/s
+/// and 900 MHz). Two vectors sent back to back are spaced by the interval: SENDs at 2 and 26, arrivals at 12 and
+/// 36, RECVs there, writes at 14 and 38.
+#[test]
+fn c2c_loopback_sends_one_flit_per_interval() {
+    let interval = lpusim::system::SystemConfig::default().resolve().unwrap().min_send_interval_cycles();
+    assert_eq!(interval, 24);
+    let src = ".queue MEM.W43\n READ 0, W0\n REPEAT 1, 24\n.queue C2C.0\n NOP 2\n SEND W0\n REPEAT 1, 24\n\
+               .queue C2C.8\n NOP 12\n RECV W1\n REPEAT 1, 24\n.queue MEM.E43\n NOP 14\n WRITE 3, W1\n REPEAT 1, 24\n\
+               .link 0 8 10\n";
+    let x: Vec<u8> = (0..LANES).map(|l| (l * 7 % 256) as u8).collect();
+    let y: Vec<u8> = (0..LANES).map(|l| (l * 3 % 256) as u8).collect();
+    let (s, out) = run(src, &[(43, 0, x.clone()), (43, 1, y.clone())], &[(87, 3, 2)]);
+    assert_eq!(s.cycles, 39 + 20);
+    let got = out[0].as_ref().unwrap();
+    assert_eq!((&got[..LANES], &got[LANES..]), (&x[..], &y[..]));
+    // One cycle apart, the second SEND is LinkBusy.
+    let busy = src.replace(" READ 0, W0\n REPEAT 1, 24", " READ 0, W0\n REPEAT 1, 1").replace(" SEND W0\n REPEAT 1, 24", " SEND W0\n REPEAT 1, 1");
+    let prog = text::parse(&busy).unwrap();
+    let err = simulate(&ChipConfig::tsp_v1(), &prog, &[], &[], &RunOptions::default()).unwrap_err();
+    assert_eq!((err.kind, err.cycle), (lpusim::error::ErrorKind::LinkBusy, 3));
+}
+
 #[test]
 fn empty_program_takes_no_cycles() {
     let (s, _) = run(".queue VXM.0\n NOP 5\n", &[], &[]);

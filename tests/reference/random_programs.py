@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lpusim.reference.config import TSP_V1, Floorplan
+from lpusim.reference.config import TSP_V1, Floorplan, send_interval_cycles
 
 WIDTH = {"i8": 1, "u8": 1, "f16": 2, "i32": 4, "f32": 4}
 
@@ -67,6 +67,7 @@ class Builder:
         self.notify_times: list = []
         self.plane_free: dict = {}
         self.link_free: dict = {}
+        self.send_free: dict = {}         # src link -> first cycle it may SEND again
         self.rl = cfg["mem_read_latency"]
         self.wl = cfg["mem_write_latency"]
         self.nstreams = cfg["streams_per_direction"]
@@ -597,7 +598,8 @@ def p_c2c(B: Builder) -> bool:
     dpos = B.fp.sxm_w_pos if dside == "W" else B.fp.sxm_e_pos
     ind, outd = B.toward(sside, False), B.toward(dside, True)
     n = rng.choice([0, 0, 1, 2])
-    rep = (n, 1, 1) if n else None
+    gap = send_interval_cycles(cfg)  # a link sends one flit per interval (LinkBusy otherwise)
+    rep = (n, gap, 1) if n else None
     i = rng.randrange(B.half)
     j = rng.randrange(B.half)
     s_in, s_out = B.pick_stream(1), B.pick_stream(1)
@@ -608,7 +610,7 @@ def p_c2c(B: Builder) -> bool:
     wait = rng.choice([0, 0, 1, 3])
 
     def build(t0):
-        if t0 < B.link_free.get(dst, 0):
+        if t0 < B.link_free.get(dst, 0) or t0 < B.send_free.get(src, 0):
             return None
         plan = Plan(inits=list(pre.inits))
         plan.actions.append(Action(f"C2C.{src}", t0, f"SEND {ind}{s_in}", rep))
@@ -617,7 +619,8 @@ def p_c2c(B: Builder) -> bool:
         plan.actions.append(Action(f"C2C.{dst}", tr, f"RECV {outd}{s_out}", rep))
         B.store_group(plan, tr + cfg["c2c_recv_latency"], dpos, dside, j, 1, outd, s_out, oa, rep)
         plan.dumps.append(f".dump {B.mem(dside, j)[0]} {oa} u8 {n + 1}")
-        plan.after.append(lambda: B.link_free.__setitem__(dst, tr + n + 1))
+        plan.after.append(lambda: B.link_free.__setitem__(dst, tr + n * gap + 1))
+        plan.after.append(lambda: B.send_free.__setitem__(src, t0 + (n + 1) * gap))
         return plan
     return B.place(build, rng.randrange(0, 40))
 
@@ -800,7 +803,7 @@ def _send(B: Builder, link: int, rep=None):
 
 def f_link(B: Builder) -> bool:
     rng = B.rng
-    kind = rng.choice(["empty", "unconnected", "overflow", "unreceived"])
+    kind = rng.choice(["empty", "unconnected", "overflow", "unreceived", "busy"])
     nl = B.cfg["c2c_links"]
     if kind == "unconnected":
         free = [i for i in range(nl) if i not in B.links]
@@ -813,7 +816,9 @@ def f_link(B: Builder) -> bool:
         s = B.pick_stream(1)
         return B.place(lambda t0: Plan(actions=[Action(f"C2C.{b}", t0, f"RECV E{s}")]), rng.randrange(0, 60))
     if kind == "overflow":
-        return _send(B, a, (B.cfg["c2c_rx_buffer_vectors"], 1, 1))
+        return _send(B, a, (B.cfg["c2c_rx_buffer_vectors"], send_interval_cycles(B.cfg), 1))
+    if kind == "busy":  # a second SEND before the first flit has left the link
+        return _send(B, a, (1, rng.randrange(1, send_interval_cycles(B.cfg)), 1))
     return _send(B, a)
 
 

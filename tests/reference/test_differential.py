@@ -119,6 +119,15 @@ def test_configuration_matches_the_rust_default():
     assert set(CONFIG) == set(TSP_V1)
 
 
+def test_loopback_link_matches_the_rust_system_default():
+    """A `.link` loopback has the default system link's rate in both executors (docs/isa.md section 4)."""
+    from lpusim.reference.config import LINK, send_interval_cycles
+    d = _lpusim.describe_system("{}")
+    cfg = json.loads(d["config"])
+    assert {k: cfg[k] for k in LINK} == LINK
+    assert send_interval_cycles(TSP_V1) == d["min_send_interval_cycles"] == 24
+
+
 @pytest.mark.parametrize("seed", range(150))
 def test_random_program(seed):
     compare(seed, "small" if seed % 5 else "large")

@@ -384,14 +384,38 @@ def test_link_errors():
     assert (e.kind, e.cycle, e.queue) == ("LinkUnconnected", 2, "C2C.0")
     e = err(send.format(r="") + ".link 0 8 10\n")
     assert (e.kind, e.cycle, e.queue, e.index) == ("LinkUnreceived", 12, "C2C.0", 1)
-    e = err(send.format(r=rep8) + ".link 0 8 10\n")
-    assert (e.kind, e.cycle, e.queue, e.index) == ("LinkOverflow", 20, "C2C.0", 1)
+    # a link sends one 328-byte flit per 24 cycles (100 Gb/s at 900 MHz), a loopback like a system link: nine
+    # sends 24 apart, never received, overflow the 8-vector buffer at the ninth arrival (2 + 8*24 + 10)
+    e = err(send.format(r=" REPEAT 8, 24\n") + ".link 0 8 10\n")
+    assert (e.kind, e.cycle, e.queue, e.index) == ("LinkOverflow", 204, "C2C.0", 1)
+    e = err(send.format(r=rep8) + ".link 0 8 10\n")  # one cycle apart: the second SEND finds the link busy
+    assert (e.kind, e.cycle, e.queue, e.index) == ("LinkBusy", 3, "C2C.0", 1)
+    assert "until cycle 26" in str(e)
     e = err(".queue C2C.8\n RECV E0\n.link 0 8 10\n")
     assert (e.kind, e.cycle, e.queue) == ("LinkEmpty", 0, "C2C.8")
     # a RECV in the arrival cycle sees the vector (arrivals are step-1 effects); it emits at 13 from 92
     st, _ = run(send.format(r="") + ".queue C2C.8\n NOP 12\n RECV W1\n.queue MEM.E43\n NOP 14\n WRITE 0, W1\n"
                 ".link 0 8 10\n.init MEM.W43 0 u8 fill 42\n.dump MEM.E43 0 u8 1\n")
     assert np.all(dump(st) == 42) and st["cycles"] == 15 + SL
+
+
+def test_loopback_sends_are_spaced_by_the_link_interval():
+    """Two vectors back to back on a loopback: SENDs 24 cycles apart (one flit per interval), arrivals at 12 and
+    36, RECVs and WRITEs follow; the Rust core agrees cycle for cycle."""
+    from lpusim.reference.config import send_interval_cycles
+    gap = send_interval_cycles(TSP_V1)
+    assert gap == 24
+    prog = (f".queue MEM.W43\n READ 0, W0\n REPEAT 1, {gap}\n.queue C2C.0\n NOP 2\n SEND W0\n REPEAT 1, {gap}\n"
+            f".queue C2C.8\n NOP 12\n RECV W1\n REPEAT 1, {gap}\n.queue MEM.E43\n NOP 14\n WRITE 3, W1\n"
+            f" REPEAT 1, {gap}\n.link 0 8 10\n.init MEM.W43 0 u8 fill 42\n.init MEM.W43 1 u8 fill 7\n"
+            f".dump MEM.E43 3 u8 2\n")
+    st, _ = run(prog)
+    assert st["cycles"] == 14 + gap + 1 + SL
+    got = dump(st).reshape(2, -1)
+    assert np.all(got[0] == 42) and np.all(got[1] == 7)
+    from lpusim import _lpusim
+    rust, _ = _lpusim.simulate(_lpusim.chip_config_json("tsp_v1"), prog)
+    assert rust["cycles"] == st["cycles"]
 
 
 def test_load_time_and_assembly_errors():

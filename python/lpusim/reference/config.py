@@ -1,6 +1,8 @@
 """The tsp_v1 chip configuration and the floorplan (docs/isa.md sections 1, 7 and 8), written out plainly."""
 from __future__ import annotations
 
+import math
+
 TSP_V1: dict = {
     "name": "tsp_v1",
     "lanes": 320,
@@ -50,6 +52,18 @@ TSP_V1: dict = {
     "static_power_uncore_w": 15.0,
 }
 
+# The link a lone chip's `.link` loopback has: the system configuration's defaults (docs/system.md section 1;
+# published: a vector travels as a 328-byte flit, about 100 Gb/s per link). Not chip configuration fields: the
+# Rust core takes them from `SystemConfig::default()`, so they are written out here like TSP_V1.
+LINK: dict = {"flit_bytes": 328, "link_gbps": 100.0}
+TICKS_PER_CYCLE = 10 ** 12  # global time unit of the Rust core's clocks (rust/src/sim/clock.rs)
+
+
+def send_interval_cycles(config: dict, link: dict = LINK) -> int:
+    """Cycles between two SENDs on one link of a lone chip: one flit at the link rate, in ticks rounded up, then
+    in whole cycles (24 for 328 bytes at 100 Gb/s and 900 MHz); the same float steps as the Rust core."""
+    ticks = max(1, math.ceil(link["flit_bytes"] * 8.0 / (link["link_gbps"] * 1e9) * config["clock_hz"] * 1e12))
+    return -(-ticks // TICKS_PER_CYCLE)
 
 
 class Floorplan:

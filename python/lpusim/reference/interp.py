@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from .asm import Imm, Instruction, Program, Reg, ReferenceAssemblyError, Stream, assemble
-from .config import TSP_V1, Floorplan
+from .config import TSP_V1, Floorplan, send_interval_cycles
 from .numerics import (
     BITS_DTYPE,
     NP_DTYPE,
@@ -109,6 +109,8 @@ class Interpreter:
         self.links: dict = {}             # src link -> (dst link, latency)
         self.rx: dict = {}                # dst link -> list of (vector, who, arrival cycle)
         self.link_dsts: set = set()
+        self.link_free: dict = {}         # src link -> first cycle it may SEND again (one flit per interval)
+        self.send_interval = send_interval_cycles(config)
         self.last_activity = -1
         self.seq = 0
         self.busy = {u: 0 for u in ("mem", "vxm", "mxm", "sxm", "c2c", "icu")}
@@ -581,6 +583,11 @@ class Interpreter:
             if link not in self.links:
                 self.fail("LinkUnconnected", t, who, f"link {link} is not connected")
             dst, lat = self.links[link]
+            free = self.link_free.get(link, 0)
+            if t < free:  # the loopback serialises one flit per interval, like a system link (docs/isa.md 4)
+                self.fail("LinkBusy", t, who, f"link {link} (loopback to link {dst}) is still sending the previous "
+                                              f"vector until cycle {free}; links have no back-pressure")
+            self.link_free[link] = t + self.send_interval
 
             def arrive(tc, dst=dst, vec=vec, who=who):
                 buf = self.rx[dst]

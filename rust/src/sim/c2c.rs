@@ -25,7 +25,9 @@ pub struct Arrived {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     /// A `.link` loopback on this chip: the vector lands in link `to`'s buffer `latency` cycles later.
-    Local { to: usize, latency: u64 },
+    /// `interval_ticks`: as for `Remote`; a loopback is a cable between two of the chip's own ports, so it has the
+    /// rate of a system link (`SystemConfig::send_interval_ticks` with the default, published, flit and rate).
+    Local { to: usize, latency: u64, interval_ticks: u128 },
     /// A link of a system (docs/system.md): the vector goes to `link` of `chip`; the `System` delivers it.
     /// `interval_ticks`: the link is busy this long (global time) after a SEND (serialisation at its bandwidth).
     Remote { chip: usize, link: usize, interval_ticks: u128 },
@@ -58,7 +60,7 @@ pub struct LinkState {
     /// Receiving link and latency, if connected (`.link` or a system configuration).
     pub peer: Option<Peer>,
     pub rx: VecDeque<Arrived>,
-    /// Global time (ticks) until which the link is still serialising the previous vector (system links only).
+    /// Global time (ticks) until which the link is still serialising the previous vector.
     pub busy_until: u128,
     /// Vectors sent on this link.
     pub sent: u64,

@@ -288,7 +288,9 @@ impl Chip {
                     format!("links are 0..{}", c.c2c_links.saturating_sub(1)),
                 ));
             }
-            self.links[l.from as usize].peer = Some(c2c::Peer::Local { to: l.to as usize, latency: l.latency });
+            // The loopback serialises its flits like a system link: same formula, the default (published) link.
+            let interval_ticks = crate::system::SystemConfig::default().send_interval_ticks(c.clock_hz);
+            self.links[l.from as usize].peer = Some(c2c::Peer::Local { to: l.to as usize, latency: l.latency, interval_ticks });
         }
         self.start();
         Ok(())

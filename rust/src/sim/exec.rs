@@ -538,23 +538,29 @@ impl Chip {
                 let Some(peer) = self.links[unit].peer else {
                     return Err(self.err(ErrorKind::LinkUnconnected, t, q, idx, format!("link {unit} is not connected")));
                 };
+                // Every link, loopback or between chips, sends one flit per interval: a SEND before the previous
+                // flit has left is `LinkBusy` (links have no back-pressure).
+                let (interval_ticks, to) = match peer {
+                    Peer::Local { to, interval_ticks, .. } => (interval_ticks, format!("loopback to link {to}")),
+                    Peer::Remote { chip, link, interval_ticks } => (interval_ticks, format!("to chip {chip} link {link}")),
+                };
+                let now = self.clock.time(t);
+                let free = self.links[unit].busy_until;
+                if now < free {
+                    let c = free.div_ceil(self.clock.period);
+                    let m = format!("link {unit} ({to}) is still sending the previous vector until cycle {c}; links have no back-pressure");
+                    return Err(self.err(ErrorKind::LinkBusy, t, q, idx, m));
+                }
+                self.links[unit].busy_until = now + interval_ticks;
                 match peer {
-                    Peer::Local { to, latency } => {
+                    Peer::Local { to, latency, .. } => {
                         self.stats.busy.c2c += 1;
                         self.links[unit].sent += 1;
                         let buf = self.planes_buf(Scratch::A, 1);
                         let payload = Payload::Arrive { link: to as u32, buf, origin: NONE };
                         self.schedule(t + latency, calendar::ARRIVE, q, idx, payload);
                     }
-                    Peer::Remote { chip, link, interval_ticks } => {
-                        let now = self.clock.time(t);
-                        let free = self.links[unit].busy_until;
-                        if now < free {
-                            let c = free.div_ceil(self.clock.period);
-                            let m = format!("link {unit} (to chip {chip} link {link}) is still sending the previous vector until cycle {c}; links have no back-pressure");
-                            return Err(self.err(ErrorKind::LinkBusy, t, q, idx, m));
-                        }
-                        self.links[unit].busy_until = now + interval_ticks;
+                    Peer::Remote { .. } => {
                         self.links[unit].sent += 1;
                         self.stats.busy.c2c += 1;
                         let data = if self.has_data() { self.sa[..lanes].to_vec() } else { Vec::new() };

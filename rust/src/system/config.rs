@@ -69,7 +69,8 @@ pub struct SystemConfig {
     pub flit_bytes: u64,
     /// Published: about 100 Gb/s per link. With `flit_bytes` and the chip clock it fixes the minimum time
     /// between two SENDs on a link (`min_send_interval_cycles`); links have no back-pressure, so an earlier SEND
-    /// is `LinkBusy`.
+    /// is `LinkBusy`. The defaults of this field and `flit_bytes` are also the rate of a lone chip's `.link`
+    /// loopback (`send_interval_ticks`; docs/isa.md section 4).
     pub link_gbps: f64,
     /// Chosen: every chip's oscillator is off nominal by a seeded uniform draw in +-drift_ppm parts per million
     /// (common crystal oscillators are specified at +-20..50 ppm; Groq publishes no figure).
@@ -151,6 +152,14 @@ fn ticks(cycles: f64) -> u128 {
 }
 
 impl SystemConfig {
+    /// Minimum time between two SENDs on one link, in ticks, at a chip clock of `clock_hz`: one `flit_bytes` flit
+    /// at `link_gbps`, rounded up (23.616 cycles for 328 bytes at 100 Gb/s and 900 MHz). System links and a lone
+    /// chip's `.link` loopback (`sim::Chip::load`, which uses the defaults: the published link) both use it.
+    pub fn send_interval_ticks(&self, clock_hz: f64) -> u128 {
+        let bits = self.flit_bytes as f64 * 8.0;
+        ((bits / (self.link_gbps * 1e9) * clock_hz * TICKS_PER_CYCLE as f64).ceil() as u128).max(1)
+    }
+
     /// Parse JSON: unknown, mistyped and bad fields are errors naming the field (`system.<field>`).
     pub fn from_json(text: &str) -> Result<SystemConfig, ConfigError> {
         let v: serde_json::Value =
@@ -355,8 +364,7 @@ impl SystemConfig {
             let latency_ticks = rng.range_i128(m - s, m + s) as u128;
             links.push(Link { a, b, kind, latency_ticks });
         }
-        let bits = self.flit_bytes as f64 * 8.0;
-        let send_interval_ticks = (bits / (self.link_gbps * 1e9) * cfg.clock_hz * TICKS_PER_CYCLE as f64).ceil() as u128;
+        let send_interval_ticks = self.send_interval_ticks(cfg.clock_hz);
         Ok(Resolved {
             chip: cfg,
             chips: n,
@@ -364,7 +372,7 @@ impl SystemConfig {
             drift_ppm,
             periods,
             root_hac_phase,
-            send_interval_ticks: send_interval_ticks.max(1),
+            send_interval_ticks,
             flit_bytes: self.flit_bytes,
             root: self.root_chip,
             hac_adjust_per_epoch: self.hac_adjust_per_epoch,
