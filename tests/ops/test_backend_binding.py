@@ -3,7 +3,6 @@ values (backend/cache.py), and returns host-known outputs without simulating (ba
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 

@@ -2,9 +2,8 @@
 convolution (magika), paddle2onnx's -1 batch and its attention's batched MatMul of two computed tensors (PP-OCRv4
 rec)."""
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import lpusim
 from onnx_cases import assert_matches_onnxruntime, make_model

@@ -2,7 +2,6 @@
 detector, whose SRAM estimate is well under the chip, fits one chip; and the allocator pieces by hand."""
 import pytest
 
-import lpusim
 from lpusim.chip import Chip
 from lpusim.compiler.schedule import packing
 from lpusim.compiler.schedule.sram import MAX_REUSE_WAIT, SramAllocator
