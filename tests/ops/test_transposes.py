@@ -201,5 +201,5 @@ def test_many_shapes_share_the_sxm_tables():
 
 
 def test_too_many_shapes_is_a_clear_error():
-    with pytest.raises(lpusim.CompileError, match="differently shaped transpose blocks fill the MEM slices kept"):
+    with pytest.raises(lpusim.CompileError, match="SXM map tables of hemisphere [WE] fill the MEM slices kept for them: [1-9]"):
         lpusim.compile(many_shapes(80))

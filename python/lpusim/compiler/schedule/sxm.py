@@ -72,10 +72,14 @@ class SxmJobs:
                 try:
                     addr = self.sram.alloc_at(first, 2, len(rows), 1)
                 except CompileError:
-                    shapes = sum(1 for k_, h in cache if h == hemisphere and k_[0] == "gather")
-                    raise CompileError(f"the SXM tables of {shapes} differently shaped transpose blocks fill the "
-                                       f"MEM slices kept for them in hemisphere {hemisphere} (transposes of that "
-                                       f"many shapes are not supported yet)") from None
+                    # every table of this hemisphere counts (rotation and gather maps alike): counting only
+                    # the gathers named "0 shapes" when rotation tables were what filled the slices
+                    stored = [st for (_, h), st in cache.items() if h == hemisphere]
+                    raise CompileError(
+                        f"the SXM map tables of hemisphere {hemisphere} fill the MEM slices kept for them: "
+                        f"{len(stored)} tables of {sum(st.rows for st in stored):,} rows stored, a new one of "
+                        f"{len(rows):,} rows fits neither bank of slice {first} (transposes and lane rotations "
+                        f"of that many shapes are not supported yet)") from None
             store.tiles.append([Segment(0, len(rows), first, addr)])
             store.ready.append(0)
             for sg in store.tiles[0]:
