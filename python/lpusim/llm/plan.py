@@ -315,11 +315,17 @@ class Planner:
             parts, colls = self.group_pieces(layout, start, n, seq, past, g == 0, g == layout.pp - 1, logits)
             weighted += [(x.events, layout.tp) for x in parts] + [(x.events, 1) for x in colls]
             if g + 1 < layout.pp:
-                kind = "local" if route[g * layout.tp] // NODE_CHIPS == route[(g + 1) * layout.tp] // NODE_CHIPS \
-                    else "global"
-                weighted += [(self.pieces.hop(system, kind, seq, self.shape.hidden).events, 1),
-                             (self.pieces.collective("all-gather", layout.tp, seq, self.shape.hidden).events, 1)]
+                _, hop, spread = self.handoff(layout, system, route, g, seq)
+                weighted += [(hop.events, 1), (spread.events, 1)]
         return add_events(*weighted)
+
+    def handoff(self, layout: Layout, system, route, g: int, seq: int) -> tuple[str, Piece, Piece]:
+        """Group `g`'s output to group `g + 1`: the link kind, the hop over it, and the all-gather that spreads
+        the group input to every chip of the next group."""
+        a, b = route[g * layout.tp], route[(g + 1) * layout.tp]
+        kind = "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
+        h = self.shape.hidden
+        return kind, self.pieces.hop(system, kind, seq, h), self.pieces.collective("all-gather", layout.tp, seq, h)
 
     def token_hop_events(self, system, a: int, b: int) -> dict[str, int]:
         """The energy events of token ids (one vector) from chip `a` to chip `b`, as `token_hop` times them."""
@@ -328,15 +334,11 @@ class Planner:
 
     def pass_cycles(self, layout: Layout, system, route, seq: int, past: int, logits: int = 1) -> dict[str, Any]:
         """One pass of `seq` tokens through every group: per-group cycles, the hops, and their sum."""
-        h, tp = self.shape.hidden, layout.tp
         groups, hops = [], []
         for g, (start, n) in enumerate(layout.ranges()):
             groups.append(self.group_cycles(layout, start, n, seq, past, g == 0, g == layout.pp - 1, logits))
             if g + 1 < layout.pp:
-                a, b = route[g * tp], route[(g + 1) * tp]
-                kind = "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
-                hop = self.pieces.hop(system, kind, seq, h)
-                spread = self.pieces.collective("all-gather", tp, seq, h)  # the group input to every chip
+                kind, hop, spread = self.handoff(layout, system, route, g, seq)
                 hops.append({"c2c": hop.cycles - hop.sync_cycles + spread.cycles - spread.sync_cycles,
                              "sync_stalls": hop.sync_cycles + spread.sync_cycles, "kind": kind,
                              "link_vectors": hop.link_vectors})

@@ -68,30 +68,28 @@ def plot_sweep(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path
         plt.close(fig)
         written.append(out_dir / name)
 
-    groups = series(rows, "chips", "tokens_per_s", ("chips_asked", "tp_asked", "pp_asked", "concurrency"))
-    if groups:
+    def against_log2_x(groups, pick, xlabel, ylabel, title, name):
+        """One line per group over a base-2 x axis; `pick` chooses among points that share an x."""
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label, points in groups.items():
-            _line(ax, points, max).set_label(label)
-        ax.set(xlabel="chips", ylabel="tokens/s per user", title="Decode speed against chips (best layout per count)")
+            _line(ax, points, pick).set_label(label)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        save(fig, "tokens_per_s_vs_chips.png")
+        save(fig, name)
+
+    groups = series(rows, "chips", "tokens_per_s", ("chips_asked", "tp_asked", "pp_asked", "concurrency"))
+    if groups:
+        against_log2_x(groups, max, "chips", "tokens/s per user", "Decode speed against chips (best layout per count)",
+                       "tokens_per_s_vs_chips.png")
 
     energy = energy_column(rows)
     groups = series(rows, "concurrency", energy, ("concurrency",)) if energy else {}
     if groups:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, points in groups.items():
-            _line(ax, points, min).set_label(label)
-        ax.set(xlabel="concurrency (sequences in flight)", ylabel="J/token", title="Energy per token against concurrency")
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        save(fig, "j_per_token_vs_concurrency.png")
+        against_log2_x(groups, min, "concurrency (sequences in flight)", "J/token",
+                       "Energy per token against concurrency", "j_per_token_vs_concurrency.png")
 
     feasible = [r for r in rows if not r.get("error") and r.get("tokens_per_s") is not None]
     if feasible:
