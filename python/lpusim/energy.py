@@ -113,10 +113,15 @@ def chips_energy(chip: Chip, events: list[Mapping[str, int]], cycles: int,
     """The energy of one run over several chips: each chip's events, and every chip's static power for the whole
     run (a chip waiting for its turn still leaks and clocks), its superlanes' share by its own CONFIG masks."""
     seconds = chip.seconds(cycles)
-    joules = dynamic_energy(chip, add_events(*((e, 1) for e in events)))
+    joules = dynamic_energy(chip, all_chips(events))
     masks = configs if configs is not None else [()] * len(events)
     joules["static"] = sum(static_energy(chip, seconds, powered_fraction(chip, cycles, m)) for m in masks)
     return Energy(joules, seconds, len(events))
+
+
+def all_chips(events: Mapping[str, int] | Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """A run's events over all its chips: one chip's dict as it is, a multi-chip run's per-chip dicts summed."""
+    return dict(events) if isinstance(events, Mapping) else add_events(*((e, 1) for e in events))
 
 
 def add_events(*weighted: tuple[Mapping[str, int], int]) -> dict[str, int]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lpusim.chip import Chip
-from lpusim.energy import add_events
+from lpusim.energy import add_events, all_chips
 from lpusim.errors import ModelError
 from lpusim.llm.layout import DecoderLayout, past_names
 from lpusim.llm.programs import check_prompt, compile_programs, decoder_source, region_bytes
@@ -129,7 +129,7 @@ class Decoder:
             result = self._run(program, {"input_ids": ids[:, k:k + chunk], "attention_mask": window,
                                          "position_ids": position_ids[:, k:k + chunk]}, memory)
             prefill_cycles += result.cycles
-            prefill_events = add_events((prefill_events, 1), (_chip_events(result), 1))
+            prefill_events = add_events((prefill_events, 1), (all_chips(result.events), 1))
             runs += 1
             wall += result.wall_simulate_s
         logits = result.outputs["logits"][:, -1]
@@ -152,18 +152,12 @@ class Decoder:
             result = self._run(self.decode, {"input_ids": fed[:, None], "attention_mask": window,
                                              "position_ids": (kept - 1)[:, None].astype(np.int64)}, memory)
             step_cycles.append(result.cycles)
-            decode_events = _chip_events(result)
+            decode_events = all_chips(result.events)
             wall += result.wall_simulate_s
             logits = result.outputs["logits"][:, 0]
         return Generation(np.stack(tokens, axis=1), np.stack(all_logits).astype(np.float32), prefill_cycles, runs,
                           step_cycles[0] if step_cycles else self.decode.predicted_cycles, len(step_cycles),
                           wall, step_cycles, prefill_events, decode_events)
-
-
-def _chip_events(result) -> dict[str, int]:
-    """A run's energy events over all its chips (a pipeline's result has one dict per chip)."""
-    events = result.events
-    return dict(events) if isinstance(events, dict) else add_events(*((e, 1) for e in events))
 
 
 def prompt_arrays(prompt_ids, attention_mask=None) -> tuple[np.ndarray, np.ndarray]:

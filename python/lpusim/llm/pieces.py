@@ -13,7 +13,7 @@ from typing import Any
 
 from lpusim.chip import Chip
 from lpusim.compiler.schedule.kv_cache import CacheRegion
-from lpusim.energy import add_events
+from lpusim.energy import all_chips
 from lpusim.errors import CompileError, ModelError, OutOfSram
 from lpusim.llm.shard import DecoderShape, attention_part, embed_part, head_part, mlp_part
 from lpusim.multichip.collectives import allgather, allreduce
@@ -156,7 +156,7 @@ class Pieces:
             run = program.run(timing_only=True)
             self._keep(key, Piece(f"{kind} [{rows}, {cols}] over {tp} chips", run.cycles,
                                   sync_cycles=run.sync_cycles, link_vectors=program.vectors_per_link,
-                                  compile_s=round(spent, 2), events=add_events(*((e, 1) for e in run.run.events))))
+                                  compile_s=round(spent, 2), events=all_chips(run.run.events)))
         return self.found[key]
 
     def hop(self, system, kind: str, rows: int, cols: int) -> Piece:
