@@ -12,7 +12,7 @@ import json
 import sys
 
 from lpusim.errors import LpusimError
-from lpusim.llm.piece_cache import PieceCache, stored_pieces
+from lpusim.llm.piece_cache import PieceCache
 from lpusim.llm.plan import plan_llm
 
 # (model, context): each model's published figure was measured at these contexts (docs/tsp-facts.md section 10)
@@ -27,11 +27,10 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--cache", default=None, help="the pieces' disk cache (default ~/.cache/lpusim/pieces)")
     args = ap.parse_args()
-    with stored_pieces(PieceCache(args.cache)):
-        return run(args)
+    return run(args, PieceCache(args.cache))
 
 
-def run(args) -> int:
+def run(args, store) -> int:
     rows = []
     cases = [(m, c, p, "auto") for m, c in RUNS for p in ("int8", "fp16")] + [("llama-2-70b", 4096, "int8", 576),
                                                                               ("llama-2-70b", 2048, "int8", 576)]
@@ -40,7 +39,7 @@ def run(args) -> int:
             continue
         try:
             r = plan_llm(model, chips=chips, precision=precision, context=context, prompt=args.prompt,
-                         new_tokens=128, progress=True)
+                         new_tokens=128, progress=True, store=store)
         except LpusimError as e:
             r = {"model": model, "precision": precision, "context": context, "chips_asked": chips, "error": str(e)}
         r["chips_asked"] = chips

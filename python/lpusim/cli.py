@@ -153,16 +153,15 @@ def cmd_generate(args) -> int:
 
 def cmd_llm(args) -> int:
     from lpusim.llm.gpu import Gpu, compare, format_comparison
-    from lpusim.llm.piece_cache import PieceCache, stored_pieces
+    from lpusim.llm.piece_cache import PieceCache
 
     chips = _chips_arg("--chips", args.chips)
     gpu = Gpu.load(args.compare) if args.compare else None  # a bad GPU file fails before the plan's minutes
     common = dict(chips=chips, tp=args.tp, pp=args.pp, precision=args.precision, context=args.context,
                   prompt=args.prompt, new_tokens=args.new_tokens, concurrency=args.concurrency,
-                  prefill_chunk=args.prefill_chunk, chip=args.chip, progress=not args.json and sys.stderr.isatty())
-    store = None if args.no_cache else PieceCache(args.cache)  # measured pieces, reused by later plans
-    with stored_pieces(store):
-        result, text = _plan_or_speculate(args, common)
+                  prefill_chunk=args.prefill_chunk, chip=args.chip, progress=not args.json and sys.stderr.isatty(),
+                  store=None if args.no_cache else PieceCache(args.cache))  # measured pieces, reused by later plans
+    result, text = _plan_or_speculate(args, common)
     if gpu is not None:
         result["gpu"] = compare(result, args.config, gpu)
         text += "\n" + format_comparison(result)

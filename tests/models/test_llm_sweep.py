@@ -12,7 +12,7 @@ import pytest
 
 from lpusim.cli import main
 from lpusim.llm import piece_cache
-from lpusim.llm.piece_cache import PieceCache, stored_pieces
+from lpusim.llm.piece_cache import PieceCache
 from lpusim.llm.pieces import PartDoesNotFit
 from lpusim.llm.plan import Planner, plan_llm
 from lpusim.sweep.plots import pareto, plot_sweep
@@ -81,11 +81,11 @@ def test_code_or_chip_change_misses(cold_and_warm, monkeypatch):
 def test_stored_decode_program_recompiled_for_a_new_prefill(tmp_path):
     """A prompt of 4 has a prefill chunk of 4 over the same decode step: the decode piece is a hit, its program
     is not in memory, and the chunk still claims its cache addresses."""
-    with stored_pieces(PieceCache(tmp_path)) as store:
-        plan_llm(TINY, chips=1, precision="fp16", context=64, prompt=8, new_tokens=4)
-        hits = store.hits
-        shorter = plan_llm(TINY, chips=1, precision="fp16", context=64, prompt=4, new_tokens=4)
-        assert store.hits > hits
+    store = PieceCache(tmp_path)
+    plan_llm(TINY, chips=1, precision="fp16", context=64, prompt=8, new_tokens=4, store=store)
+    hits = store.hits
+    shorter = plan_llm(TINY, chips=1, precision="fp16", context=64, prompt=4, new_tokens=4, store=store)
+    assert store.hits > hits
     assert strip(shorter) == strip(plan_llm(TINY, chips=1, precision="fp16", context=64, prompt=4, new_tokens=4))
 
 

@@ -30,9 +30,8 @@ import json
 import os
 import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lpusim.llm.pieces import PartDoesNotFit, Piece, Pieces
 
@@ -141,13 +140,3 @@ class PieceCache:
             except OSError:
                 pass
             raise
-
-
-@contextmanager
-def stored_pieces(store: PieceCache | None) -> Iterator[PieceCache | None]:
-    """Within the block, every plan's pieces are looked up in and saved to `store` (None: kept in memory only)."""
-    previous, Pieces.default_store = Pieces.default_store, store
-    try:
-        yield store
-    finally:
-        Pieces.default_store = previous

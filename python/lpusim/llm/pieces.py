@@ -61,16 +61,12 @@ class Pieces:
     """Compiles and simulates each distinct piece once (in memory, for the life of the object; across runs too with
     a `store`)."""
 
-    # The store of every Pieces made while it is set (llm/piece_cache.py `stored_pieces`): how a sweep gives the
-    # pieces of `plan_llm` a disk cache without a parameter through the planner.
-    default_store = None
-
-    def __init__(self, shape: DecoderShape, precision: str, chip: Chip, progress: bool = False):
+    def __init__(self, shape: DecoderShape, precision: str, chip: Chip, progress: bool = False, store=None):
         self.shape, self.precision, self.chip, self.progress = shape, precision, chip, progress
         self.found: dict[tuple, Piece] = {}
         self.programs: dict[tuple, Any] = {}  # decode attention parts, whose cache addresses prefill claims
         self.compile_s = 0.0
-        self.store = Pieces.default_store  # pieces kept across runs (a PieceCache); None: this object's only
+        self.store = store  # pieces kept across runs (a PieceCache, llm/piece_cache.py); None: this object's only
 
     def _recall(self, key: tuple) -> bool:
         """Whether the piece `key` is measured: by this object, or by an earlier run (`store`, which raises

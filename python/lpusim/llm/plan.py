@@ -91,7 +91,7 @@ class Planner:
 
     def __init__(self, config, *, precision: str = "int8", context: int = 4096, prompt: int = 128,
                  new_tokens: int = 128, concurrency: int = 1, prefill_chunk: int | None = None, chip=None,
-                 progress: bool = False):
+                 progress: bool = False, store=None):
         if precision not in PRECISIONS:
             raise ModelError(f"--precision {precision}: one of {', '.join(PRECISIONS)}")
         for flag, value, low in (("--context", context, 2), ("--prompt", prompt, 1), ("--new-tokens", new_tokens, 1),
@@ -110,7 +110,7 @@ class Planner:
         self.precision, self.context, self.prompt = precision, context, prompt
         self.new_tokens, self.concurrency, self.chunk = new_tokens, concurrency, chunk
         self.chip = Chip.load(chip)
-        self.pieces = Pieces(self.shape, precision, self.chip, progress)
+        self.pieces = Pieces(self.shape, precision, self.chip, progress, store)
         self.size = model_size(config, precision, context, concurrency)
         self.rejected: dict[int, str] = {}  # tp -> why a group of that many chips cannot hold a layer
         self.split: dict[int, int] = {}     # tp -> into how many parts a layer's MLP goes (MLP groups)
@@ -548,13 +548,16 @@ def _runs(values: list[int]) -> list[list[int]]:
 def plan_llm(config, *, chips: int | str = "auto", tp: int | None = None, pp: int | None = None,
              precision: str = "int8", context: int = 4096, prompt: int = 128, new_tokens: int = 128,
              concurrency: int = 1, prefill_chunk: int | None = None, chip=None,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, store=None) -> dict[str, Any]:
     """Plan and simulate a decoder configuration (a built-in name, a config.json path or a dict) on `chips` chips
     (a number, or "auto": the fewest that hold weights and KV cache, then the fastest layout of those), `tp` chips
-    per tensor-parallel group and `pp` groups. Returns the plan as a JSON-ready dict (docs/llm.md section 4)."""
+    per tensor-parallel group and `pp` groups. `store`: a PieceCache (llm/piece_cache.py) its measured pieces
+    are looked up in and saved to; None: kept for this call only. Returns the plan as a JSON-ready dict (docs/llm.md
+    section 4)."""
     start = time.perf_counter()
     planner = Planner(config, precision=precision, context=context, prompt=prompt, new_tokens=new_tokens,
-                      concurrency=concurrency, prefill_chunk=prefill_chunk, chip=chip, progress=progress)
+                      concurrency=concurrency, prefill_chunk=prefill_chunk, chip=chip, progress=progress,
+                      store=store)
     result = planner.plan(chips, tp, pp)
     result["wall_s"] = round(time.perf_counter() - start, 2)
     return result

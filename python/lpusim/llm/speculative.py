@@ -94,13 +94,13 @@ class Speculation:
 
     def __init__(self, target, draft, *, draft_chips: int | str = "auto", precision: str = "int8",
                  context: int = 4096, prompt: int = 128, new_tokens: int = 128, concurrency: int = 1,
-                 prefill_chunk: int | None = None, chip=None, progress: bool = False):
+                 prefill_chunk: int | None = None, chip=None, progress: bool = False, store=None):
         if concurrency != 1:
             raise ModelError(f"--concurrency {concurrency} with --speculative: the plan is for one sequence (the "
                              f"draft and target wait for each other; sharing them between users is not modelled)")
         check_pair(DecoderShape.from_config(target), DecoderShape.from_config(draft))
         kw = dict(precision=precision, context=context, prompt=prompt, new_tokens=new_tokens,
-                  prefill_chunk=prefill_chunk, chip=chip, progress=progress)
+                  prefill_chunk=prefill_chunk, chip=chip, progress=progress, store=store)
         self.target, self.draft = Planner(target, **kw), Planner(draft, **kw)
         self.draft_chips = draft_chips
 

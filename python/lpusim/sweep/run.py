@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from lpusim.errors import LpusimError
-from lpusim.llm.piece_cache import PieceCache, stored_pieces
+from lpusim.llm.piece_cache import PieceCache
 from lpusim.llm.plan import plan_llm
 from lpusim.sweep.spec import ASKED, SweepSpec
 
@@ -61,11 +61,10 @@ def run_point(point: dict[str, Any], config: Any, chip: Any, cache_dir: str | No
     ask = {axis: None if point[name] == "auto" else point[name] for axis, name in ASKED.items()}
     row = dict(point, error="")
     try:
-        with stored_pieces(store):
-            result = plan_llm(config, chips=point["chips_asked"], tp=ask["tp"], pp=ask["pp"],
-                              precision=point["precision"], context=point["context"], prompt=point["prompt"],
-                              new_tokens=point["new_tokens"], concurrency=point["concurrency"],
-                              prefill_chunk=ask["prefill_chunk"], chip=chip)
+        result = plan_llm(config, chips=point["chips_asked"], tp=ask["tp"], pp=ask["pp"],
+                          precision=point["precision"], context=point["context"], prompt=point["prompt"],
+                          new_tokens=point["new_tokens"], concurrency=point["concurrency"],
+                          prefill_chunk=ask["prefill_chunk"], chip=chip, store=store)
     except LpusimError as e:
         row["error"] = str(e) or type(e).__name__
     else:
