@@ -41,15 +41,6 @@ class Energy:
         """Average power over the run, all chips together."""
         return self.total_j / self.seconds if self.seconds > 0 else 0.0
 
-    def __add__(self, other: "Energy") -> "Energy":
-        """Two things happening one after the other on the same chips: energies and times add."""
-        return Energy({k: self.joules.get(k, 0.0) + other.joules.get(k, 0.0) for k in TERMS},
-                      self.seconds + other.seconds, max(self.chips, other.chips))
-
-    def scaled(self, factor: float) -> "Energy":
-        """The same work done `factor` times over (a piece that runs once per layer, say)."""
-        return Energy({k: v * factor for k, v in self.joules.items()}, self.seconds * factor, self.chips)
-
     def to_json(self) -> dict[str, Any]:
         return {"energy_j": self.total_j, "dynamic_j": self.dynamic_j, "power_w": self.power_w,
                 "seconds": self.seconds, "chips": self.chips,
