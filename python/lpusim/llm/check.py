@@ -19,7 +19,7 @@ import numpy as np
 
 from lpusim.check.compare import TOLERANCES, compare
 from lpusim.compiler.schedule.scheduler import WEIGHT_SLOTS, weight_bytes
-from lpusim.energy import chips_energy
+from lpusim.energy import run_energy
 from lpusim.llm.generate import Decoder, prompt_arrays
 from lpusim.llm.reference import greedy_decode, reference_logit_gap
 
@@ -45,17 +45,13 @@ def generation_energy(decoder: Decoder, gen) -> dict:
     """Energy per generated token (one decode step, shared by the batch's sequences) and of the whole prefill,
     every chip powered throughout (docs/energy.md)."""
     chips, chip = decoder.chips, decoder.chip
-    step = _spread(chip, gen.decode_events, gen.decode_cycles, chips)
-    prefill = _spread(chip, gen.prefill_events, gen.prefill_cycles, chips)
+    # the generation's events are already summed over its chips
+    step = run_energy(chip, gen.decode_events, gen.decode_cycles, chips=chips)
+    prefill = run_energy(chip, gen.prefill_events, gen.prefill_cycles, chips=chips)
     per_token = step.total_j / decoder.batch
     return {"energy_j": per_token, "j_per_token": per_token, "power_w": step.power_w,
             "per_step": step.to_json(), "prefill": prefill.to_json(),
             "model": "docs/energy.md (per-event energies and static power are chosen, not published)"}
-
-
-def _spread(chip, events: dict, cycles: int, chips: int):
-    """The events summed over `chips` chips (counted on the first), each chip's static power for `cycles`."""
-    return chips_energy(chip, [events] + [{}] * (chips - 1), cycles)
 
 
 def generation_report(decoder: Decoder, prompt_ids, new_tokens: int, *, attention_mask=None,
