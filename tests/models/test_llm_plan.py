@@ -204,3 +204,49 @@ def test_an_unwritable_cache_warns_and_plans(tmp_path, capsys):
         assert main(["llm", str(config), "--precision", "fp16", "--context", "64", "--prompt", "8",
                      "--new-tokens", "4", "--chips", "1", "--json", "--cache", str(blocked / "cache")]) == 0
     assert json.loads(capsys.readouterr().out)["per_token_cycles"] > 0
+
+
+def test_embedding_rows_split_over_groups_when_its_block_does_not_fit_a_chip():
+    # a chip of 1024 words per slice (28.8 MB): a 64,000-token table's column block (21 MB as a half) does not fit
+    # one chip whole (the attention and MLP parts do): its rows go over the first 2 groups, chained to group 0
+    from lpusim.chip import Chip
+    base = Chip.load(None).config
+    small = dict(base, mem_words=1024, sram_bytes=base["mem_slices"] * 1024 * base["lanes"])
+    wide = dict(TINY, vocab_size=64000, num_hidden_layers=2)
+    planner = Planner(wide, precision="fp16", chip=small, **SMALL)
+    r = planner.plan("auto", tp=2)
+    assert r["embedding_row_blocks"] == 2 and r["pp"] >= 2 and r["sram_used_fraction"] <= 1
+    names = [p["name"] for p in r["pieces"]]
+    assert "embed part (tp 2, 1 token, 1/2 of it)" in names
+    # the chain step is on the token's path: group 1 sends its partial block to group 0 before group 0 starts
+    layout = planner.choose("auto", 2, None)
+    system, route = planner.placed(layout.chips)
+    one = planner.pass_cycles(layout, system, route, 1, planner.context - 1)
+    hop = planner.embed_hop(layout, system, route, 1, 1)[1]
+    embed = planner.pieces.part("embed", 2, 1, groups=2)
+    alone = planner.group_cycles(layout, 1, 1, planner.context - 1)
+    assert one["groups"][1]["c2c"] == alone["c2c"] + hop.cycles - hop.sync_cycles
+    assert alone["compute"] + alone["weight_installs"] >= embed.cycles
+    assert planner.entry_chip(layout, route) == route[layout.tp]  # the token goes to the chain's start
+
+
+def test_embedding_row_block_matches_onnxruntime():
+    """A row block looks up only the ids inside it (the others give 0) and adds the partial sum it is handed."""
+    import numpy as np
+
+    import lpusim
+    from lpusim.check.compare import compare, run_onnxruntime
+    from lpusim.llm.shard import embed_part
+
+    shape = DecoderShape.from_config(TINY)
+    model = embed_part(shape, 2, seq=5, row_blocks=3)
+    program = lpusim.compile(model, precision="fp16")
+    start = -(-shape.vocab // 3)
+    feeds = {"input_ids": np.array([[0, start - 1, start, 2 * start - 1, shape.vocab - 1]], np.int64),
+             "block_start": np.array(start, np.int64),
+             "partial": np.random.default_rng(0).standard_normal((1, 5, shape.hidden // 2)).astype(np.float32)}
+    result = program.run(feeds)
+    assert result.cycles == program.predicted_cycles
+    ref = run_onnxruntime(model, feeds)[0]
+    assert compare(result.outputs, ref)["outputs_match"]
+    np.testing.assert_array_equal(result.outputs["block"][0, [0, 1, 4]], feeds["partial"][0, [0, 1, 4]])

@@ -93,7 +93,7 @@ class Pieces:
         if not self._recall(key):
             build = {"attention": lambda: attention_part(self.shape, tp, seq=seq, past=past),
                      "mlp": lambda: mlp_part(self.shape, tp, seq=seq, groups=groups),
-                     "embed": lambda: embed_part(self.shape, tp, seq=seq),
+                     "embed": lambda: embed_part(self.shape, tp, seq=seq, row_blocks=groups),
                      "head": lambda: head_part(self.shape, tp, seq=seq)}[kind]
             name = (f"{kind} part (tp {tp}, {seq} token{'s' if seq > 1 else ''}" + (f", past {past}" if past else "")
                     + (f", 1/{groups} of it" if groups > 1 else "") + ")")

@@ -42,6 +42,9 @@ PREFILL_CHUNK = 16
 # The longest --context planned: 8 x the 131,072 positions of the longest published contexts (Llama 3.1, Qwen2);
 # a KV cache of more positions is refused before any array of that many positions is made.
 MAX_CONTEXT = 1 << 20
+# The most row blocks the token embedding is split into (Planner.embed_blocks): far above any published vocabulary's
+# need (Llama 3's 128K tokens take 2 at tp 8), a bound on the compiles spent finding out.
+MAX_EMBED_BLOCKS = 16
 
 
 @dataclass
@@ -52,6 +55,12 @@ class Layout:
     tp: int
     parts: list[int]
     per_layer: int = 2  # parts per layer: attention, then the MLP in one part or in expert groups
+    # groups the token embedding's rows are split over (Planner.embed_blocks): the first `embed_blocks` groups each
+    # hold one row block beside their parts, chained from the last of them to group 0 (docs/llm.md 4.1)
+    embed_blocks: int = 1
+
+    def holds_embedding(self, g: int) -> bool:
+        return g < self.embed_blocks
 
     def kind(self, part: int) -> str:
         return "attention" if part % self.per_layer == 0 else "mlp"
@@ -114,6 +123,7 @@ class Planner:
         self.size = model_size(config, precision, context, concurrency)
         self.rejected: dict[int, str] = {}  # tp -> why a group of that many chips cannot hold a layer
         self.split: dict[int, int] = {}     # tp -> into how many parts a layer's MLP goes (MLP groups)
+        self.blocks: dict[int, int] = {}    # tp -> over how many groups the embedding's rows are split
         self.systems: dict[int, tuple] = {}  # chips -> (system, route)
         self.decodes: dict[tuple, int] = {}  # (tp, parts per layer, parts per group) -> decode pass cycles
 
@@ -158,6 +168,28 @@ class Planner:
     def per_layer(self, tp: int) -> int:
         return 1 + self.mlp_groups(tp)
 
+    def embed_blocks(self, tp: int) -> int:
+        """Over how many groups of `tp` chips the token embedding's rows go: 1 when a chip holds its column block
+        of the whole table, else the fewest row blocks of which one chip holds one (Llama 3's 128K-token table at
+        tp 8: 2). Each block costs a chain step per pass (`pass_cycles`)."""
+        if tp not in self.blocks:
+            cap, r = self.chip.sram_bytes, 1
+            while True:
+                try:
+                    if self.pieces.part("embed", tp, 1, groups=r).sram_bytes <= cap:
+                        break
+                except PartDoesNotFit:
+                    pass
+                if r >= MAX_EMBED_BLOCKS:
+                    raise PartDoesNotFit(f"the token embedding's column block at tp {tp} does not fit {r} chips' "
+                                         f"SRAM in row blocks")
+                r += 1
+            self.blocks[tp] = r
+        return self.blocks[tp]
+
+    def embed_bytes(self, layout: Layout) -> int:
+        return self.pieces.part("embed", layout.tp, 1, groups=layout.embed_blocks).sram_bytes
+
     def part_bytes(self, tp: int, kind: str, groups: int | None = None, sequences: int | None = None) -> int:
         """One chip's SRAM for one part: its program's peak (activations included: an upper bound), plus for
         attention the caches of the other concurrent sequences (`sequences`, default --concurrency). `groups`:
@@ -174,8 +206,8 @@ class Planner:
         tp = layout.tp
         total = sum(self.part_bytes(tp, layout.kind(i), layout.per_layer - 1, sequences)
                     for i in range(start, start + count))
-        if first:
-            total += self.pieces.part("embed", tp, 1).sram_bytes
+        if first:  # a row block of the embedding (the whole table's column block when embed_blocks is 1)
+            total += self.embed_bytes(layout)
         if last:
             total += self.pieces.part("head", tp, 1).sram_bytes
         return total
@@ -195,23 +227,27 @@ class Planner:
                                  f"{cache / 1e6:.1f} MB of each of {tp} chips' {cap / 1e6:.1f} MB")
             return None
         try:
-            for kind in ("attention", "mlp", "embed", "head"):
+            for kind in ("attention", "mlp", "head"):
                 need = self.part_bytes(tp, kind) if kind in ("attention", "mlp") else \
                     self.pieces.part(kind, tp, 1).sram_bytes
                 if need > cap:
                     self.rejected[tp] = (f"the {kind} part takes {need / 1e6:.1f} MB of each of {tp} chips' "
                                          f"{cap / 1e6:.1f} MB")
                     return None
-            layout = Layout(tp, [], self.per_layer(tp))
+            layout = Layout(tp, [], self.per_layer(tp), self.embed_blocks(tp))
             total = layout.per_layer * self.shape.layers
             start = 0
             while start < total:
                 n = 0
-                while start + n < total and self.group_bytes(layout, start, n + 1, not layout.parts, False) <= cap:
+                while start + n < total and self.group_bytes(layout, start, n + 1,
+                                                              layout.holds_embedding(layout.pp), False) <= cap:
                     n += 1
-                layout.parts.append(n)  # n = 0: the embedding block alone (it does not fit beside a part)
+                layout.parts.append(n)  # n = 0: an embedding block alone (it does not fit beside a part)
                 start += n
-            if self.group_bytes(layout, total - layout.parts[-1], layout.parts[-1], layout.pp == 1, True) > cap:
+            while layout.pp < layout.embed_blocks:
+                layout.parts.append(0)  # a model of fewer groups than embedding blocks: a group per block
+            if self.group_bytes(layout, total - layout.parts[-1], layout.parts[-1],
+                                layout.holds_embedding(layout.pp - 1), True) > cap:
                 layout.parts.append(0)  # the head does not fit beside the last parts: a group of its own
         except PartDoesNotFit as e:
             self.rejected[tp] = str(e)
@@ -224,28 +260,33 @@ class Planner:
         most `pp` of them), then the groups with the most parts halved until there are `pp`. None: no cut fits."""
         per = self.per_layer(tp)
         layers, total = self.shape.layers, per * self.shape.layers
+        if pp < self.embed_blocks(tp):
+            return None
         if pp <= layers:
             base, extra = divmod(layers, pp)
-            whole = Layout(tp, [per * (base + (1 if g < extra else 0)) for g in range(pp)], per)
+            whole = Layout(tp, [per * (base + (1 if g < extra else 0)) for g in range(pp)], per,
+                           self.embed_blocks(tp))
             if self.fits(whole)[0]:
                 return whole
 
         def fill(bound: int) -> Layout | None:
-            layout, start = Layout(tp, [], per), 0
+            layout, start = Layout(tp, [], per, self.embed_blocks(tp)), 0
             while start < total:
                 n = 0
-                while start + n < total and self.group_bytes(layout, start, n + 1, not layout.parts,
+                while start + n < total and self.group_bytes(layout, start, n + 1, layout.holds_embedding(layout.pp),
                                                               start + n + 1 == total) <= bound:
                     n += 1
                 if n == 0 and layout.parts:
                     return None
                 layout.parts.append(n)
                 start += n
+            while layout.pp < layout.embed_blocks:
+                layout.parts.append(0)
             return layout
 
         low, high = 0, self.chip.sram_bytes
         best = fill(high)
-        if best is None or best.pp > pp:
+        if best is None or best.pp > pp or pp < best.embed_blocks:
             return None
         while high - low > 1 << 16:  # a 64 KB resolution is plenty for a bound of 230 MB
             mid = (low + high) // 2
@@ -263,14 +304,15 @@ class Planner:
         return best if self.fits(best)[0] else None
 
     def fits(self, layout: Layout) -> tuple[bool, int]:
-        worst = max(self.group_bytes(layout, start, n, g == 0, g == layout.pp - 1)
+        worst = max(self.group_bytes(layout, start, n, layout.holds_embedding(g), g == layout.pp - 1)
                     for g, (start, n) in enumerate(layout.ranges()))
         return worst <= self.chip.sram_bytes, worst
 
     def most_sequences(self, layout: Layout, limit: int = 4096) -> int:
         """The most sequences whose KV caches the layout's chips hold together (at least 1, at most `limit`)."""
         def fit(n: int) -> bool:
-            return all(self.group_bytes(layout, start, count, g == 0, g == layout.pp - 1, n) <= self.chip.sram_bytes
+            return all(self.group_bytes(layout, start, count, layout.holds_embedding(g), g == layout.pp - 1, n)
+                       <= self.chip.sram_bytes
                        for g, (start, count) in enumerate(layout.ranges()))
         lo, hi = 1, limit
         if fit(hi):
@@ -281,27 +323,28 @@ class Planner:
         return lo
 
     # ---- time -------------------------------------------------------------------------------------------------
-    def group_pieces(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
-                     last: bool, logits: int = 1) -> tuple[list[Piece], list[Piece]]:
-        """One group's pieces for `seq` tokens (its parts `start` .. `start + count`): the parts each of its `tp`
-        chips runs, and the collectives the group runs together. `logits`: the tokens the head scores (a prefill
-        chunk needs its last; a speculative verify pass every one)."""
+    def group_pieces(self, layout: Layout, g: int, seq: int, past: int,
+                     logits: int = 1) -> tuple[list[Piece], list[Piece]]:
+        """Group `g`'s pieces for `seq` tokens: the parts each of its `tp` chips runs, and the collectives the
+        group runs together. `logits`: the tokens the head scores (a prefill chunk needs its last; a speculative
+        verify pass every one)."""
         p, h, tp = self.pieces, self.shape.hidden, layout.tp
+        start, count = layout.ranges()[g]
         parts = [p.part("attention", tp, seq, past) if layout.kind(i) == "attention" else
                  p.part("mlp", tp, seq, groups=layout.per_layer - 1) for i in range(start, start + count)]
         colls = [p.collective("all-reduce", tp, seq, h)] * count
-        if first:
-            parts.append(p.part("embed", tp, seq))
+        if layout.holds_embedding(g):
+            parts.append(p.part("embed", tp, seq, groups=layout.embed_blocks))
+        if g == 0:
             colls.append(p.collective("all-gather", tp, seq, h))
-        if last:
+        if g == layout.pp - 1:
             parts.append(p.part("head", tp, logits))
             colls.append(p.collective("all-gather", tp, logits, tp * self.chip.lanes))  # (max, index) per chip
         return parts, colls
 
-    def group_cycles(self, layout: Layout, start: int, count: int, seq: int, past: int, first: bool,
-                     last: bool, logits: int = 1) -> dict[str, int]:
-        """One group's cycles for `seq` tokens, split as the breakdown reports them."""
-        parts, colls = self.group_pieces(layout, start, count, seq, past, first, last, logits)
+    def group_cycles(self, layout: Layout, g: int, seq: int, past: int, logits: int = 1) -> dict[str, int]:
+        """Group `g`'s cycles for `seq` tokens, split as the breakdown reports them."""
+        parts, colls = self.group_pieces(layout, g, seq, past, logits)
         return {"weight_installs": sum(x.install_cycles for x in parts),
                 "compute": sum(x.cycles - x.install_cycles for x in parts),
                 "c2c": sum(x.cycles - x.sync_cycles for x in colls),
@@ -309,11 +352,14 @@ class Planner:
 
     def pass_events(self, layout: Layout, system, route, seq: int, past: int, logits: int = 1) -> dict[str, int]:
         """The energy events of one pass of `seq` tokens through every group (docs/energy.md): each group's parts
-        on each of its chips, its collectives, and the hops between groups, as `pass_cycles` composes them."""
+        on each of its chips, its collectives, the embedding chain and the hops between groups, as `pass_cycles`
+        composes them."""
         weighted: list[tuple[dict[str, int], int]] = []
-        for g, (start, n) in enumerate(layout.ranges()):
-            parts, colls = self.group_pieces(layout, start, n, seq, past, g == 0, g == layout.pp - 1, logits)
+        for g in range(layout.pp):
+            parts, colls = self.group_pieces(layout, g, seq, past, logits)
             weighted += [(x.events, layout.tp) for x in parts] + [(x.events, 1) for x in colls]
+            if 0 < g < layout.embed_blocks:
+                weighted.append((self.embed_hop(layout, system, route, g, seq)[1].events, layout.tp))
             if g + 1 < layout.pp:
                 _, hop, spread = self.handoff(layout, system, route, g, seq)
                 weighted += [(hop.events, 1), (spread.events, 1)]
@@ -322,10 +368,21 @@ class Planner:
     def handoff(self, layout: Layout, system, route, g: int, seq: int) -> tuple[str, Piece, Piece]:
         """Group `g`'s output to group `g + 1`: the link kind, the hop over it, and the all-gather that spreads
         the group input to every chip of the next group."""
-        a, b = route[g * layout.tp], route[(g + 1) * layout.tp]
-        kind = "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
+        kind = _link_kind(route[g * layout.tp], route[(g + 1) * layout.tp])
         h = self.shape.hidden
         return kind, self.pieces.hop(system, kind, seq, h), self.pieces.collective("all-gather", layout.tp, seq, h)
+
+    def embed_hop(self, layout: Layout, system, route, g: int, seq: int) -> tuple[str, Piece]:
+        """An embedding chain step (docs/llm.md 4.1): each chip of group `g` sends its partial column block, and
+        the token ids in a lane beside each row, to its counterpart in group `g - 1`; the `tp` hops run at once."""
+        kind = _link_kind(route[g * layout.tp], route[(g - 1) * layout.tp])
+        block = ShardWidths.of(self.shape, layout.tp).hidden
+        return kind, self.pieces.hop(system, kind, seq, block + 1)
+
+    def entry_chip(self, layout: Layout, route) -> int:
+        """Where a pass starts, the chip the token goes to: the first group's, or with the embedding's rows over
+        several groups, the last of those (the chain runs from it back to group 0)."""
+        return route[(layout.embed_blocks - 1) * layout.tp]
 
     def token_hop_events(self, system, a: int, b: int) -> dict[str, int]:
         """The energy events of token ids (one vector) from chip `a` to chip `b`, as `token_hop` times them."""
@@ -335,8 +392,12 @@ class Planner:
     def pass_cycles(self, layout: Layout, system, route, seq: int, past: int, logits: int = 1) -> dict[str, Any]:
         """One pass of `seq` tokens through every group: per-group cycles, the hops, and their sum."""
         groups, hops = [], []
-        for g, (start, n) in enumerate(layout.ranges()):
-            groups.append(self.group_cycles(layout, start, n, seq, past, g == 0, g == layout.pp - 1, logits))
+        for g in range(layout.pp):
+            groups.append(self.group_cycles(layout, g, seq, past, logits))
+            if 0 < g < layout.embed_blocks:  # its embedding block's partial sum on to group g - 1, before group 0
+                hop = self.embed_hop(layout, system, route, g, seq)[1]
+                groups[g]["c2c"] += hop.cycles - hop.sync_cycles
+                groups[g]["sync_stalls"] += hop.sync_cycles
             if g + 1 < layout.pp:
                 kind, hop, spread = self.handoff(layout, system, route, g, seq)
                 hops.append({"c2c": hop.cycles - hop.sync_cycles + spread.cycles - spread.sync_cycles,
@@ -346,9 +407,10 @@ class Planner:
                  for k in ("compute", "weight_installs", "c2c", "sync_stalls")}
         return {"groups": groups, "hops": hops, "breakdown": total, "cycles": sum(total.values())}
 
-    def return_hop(self, system, route) -> dict[str, int]:
-        """The chosen token back to the first group: one vector over the topology's shortest path."""
-        return self.token_hop(system, route[-1], route[0])
+    def return_hop(self, layout: Layout, system, route) -> dict[str, int]:
+        """The chosen token back to where a pass starts (`entry_chip`): one vector over the topology's shortest
+        path."""
+        return self.token_hop(system, route[layout.chips - 1], self.entry_chip(layout, route))
 
     def token_hop(self, system, a: int, b: int) -> dict[str, int]:
         """Token ids (one vector) from chip `a` to chip `b` of `system` over the topology's shortest path."""
@@ -369,7 +431,7 @@ class Planner:
         start = time.perf_counter() if start is None else start
         system, route = self.placed(layout.chips)
         decode = self.pass_cycles(layout, system, route, 1, self.context - 1)
-        back = self.return_hop(system, route)
+        back = self.return_hop(layout, system, route)
         prefill = self.pass_cycles(layout, system, route, self.chunk, self.context - self.chunk)
         chunks = math.ceil(self.prompt / self.chunk)
         prefill_beat = max(_beats(prefill, 0))
@@ -386,7 +448,8 @@ class Planner:
         fits, worst = self.fits(layout)
         link = self.busiest_link(layout, decode, per_token, system.min_send_interval_cycles)
         token_events = add_events((self.pass_events(layout, system, route, 1, self.context - 1), 1),
-                                  (self.token_hop_events(system, route[-1], route[0]), 1))
+                                  (self.token_hop_events(system, route[layout.chips - 1],
+                                                         self.entry_chip(layout, route)), 1))
         prefill_events = self.pass_events(layout, system, route, self.chunk, self.context - self.chunk)
         energy = plan_energy(self.chip, layout.chips, token_events, add_events((prefill_events, chunks)),
                              per_token_s, seconds(beat), ttft_s, self.concurrency,
@@ -399,6 +462,7 @@ class Planner:
             "precision": self.precision, "context": self.context, "prompt": self.prompt,
             "new_tokens": self.new_tokens, "concurrency": self.concurrency,
             "parts_per_group": _runs(layout.parts), "parts_per_layer": layout.per_layer,
+            "embedding_row_blocks": layout.embed_blocks,
             "parameters": self.size.parameters, "weights_bytes": self.size.weights_bytes,
             "kv_cache_bytes": self.size.kv_cache_bytes,
             "sram_used_fraction": round(worst / self.chip.sram_bytes, 4),
@@ -528,6 +592,11 @@ class Planner:
                 f"(tp {fewest.tp} x pp {fewest.pp}, {self.chip.sram_bytes / 1e6:.1f} MB of SRAM per chip)")
 
 
+def _link_kind(a: int, b: int) -> str:
+    """A hop between chips `a` and `b` of a pipeline route: inside one node, or between nodes."""
+    return "local" if a // NODE_CHIPS == b // NODE_CHIPS else "global"
+
+
 def _beats(one_pass: dict[str, Any], back: int) -> list[int]:
     """Per group: its cycles per pass plus its outgoing hop (the last group's: `back`), the time it is busy."""
     hops = [h["c2c"] + h["sync_stalls"] for h in one_pass["hops"]] + [back]
@@ -578,7 +647,9 @@ def format_plan(r: dict[str, Any]) -> str:
     link = r["link_utilization"]
     lines = [
         f"{r['model']} at {r['precision']} on {r['chips']} chips ({r['racks']} rack{'s' if r['racks'] > 1 else ''}, "
-        f"{r['nodes']} node{'s' if r['nodes'] > 1 else ''}): tp {r['tp']} x pp {r['pp']} groups ({groups})",
+        f"{r['nodes']} node{'s' if r['nodes'] > 1 else ''}): tp {r['tp']} x pp {r['pp']} groups ({groups})"
+        + (f"; the embedding's rows over the first {r['embedding_row_blocks']} groups"
+           if r["embedding_row_blocks"] > 1 else ""),
         f"  weights {r['weights_bytes'] / 1e9:.2f} GB, KV cache {r['kv_cache_bytes'] / 1e9:.2f} GB "
         f"(context {r['context']}, {r['concurrency']} sequence{'s' if r['concurrency'] > 1 else ''}); "
         f"the fullest chip's SRAM {r['sram_used_fraction']:.0%} used",

@@ -333,13 +333,32 @@ def _gelu_tanh(b: _Builder, x):
     return b.node("Mul", [half, b.node("Add", [t, b.const("const.one", np.float32(1.0))], "gelu.one")], "gelu")
 
 
-def embed_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: int = 0) -> onnx.ModelProto:
-    """One chip's column block of the token embedding (and GPT-2's position embedding): a Gather."""
+def embed_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: int = 0,
+               row_blocks: int = 1) -> onnx.ModelProto:
+    """One chip's column block of the token embedding (and GPT-2's position embedding): a Gather. With
+    `row_blocks` > 1 the table's rows are split over that many chips too (a table too big for one chip's column
+    block): this chip holds one block of `ceil(vocab / row_blocks)` rows, the middle one's ids (a block's first
+    row is an input, `block_start`, so every block is this graph), looks up the ids inside it (0 for the others)
+    and adds the `partial` sum of the blocks after it (the chain of docs/llm.md 4.1)."""
     w = ShardWidths.of(shape, tp)
     b = _Builder(seed + 2)
-    table = b.const("embed.weight", b.rng.standard_normal((shape.vocab, w.hidden), dtype=np.float32))
-    x = b.node("Gather", [table, "input_ids"], "tokens")
     inputs = [_info("input_ids", TensorProto.INT64, (batch, seq))]
+    if row_blocks == 1:
+        table = b.const("embed.weight", b.rng.standard_normal((shape.vocab, w.hidden), dtype=np.float32))
+        x = b.node("Gather", [table, "input_ids"], "tokens")
+    else:
+        rows = math.ceil(shape.vocab / row_blocks)
+        table = b.const("embed.weight", b.rng.standard_normal((rows, w.hidden), dtype=np.float32))
+        local = b.node("Sub", ["input_ids", "block_start"], "local_ids")
+        inside = b.node("And", [b.node("GreaterOrEqual", [local, b.const("const.zero_id", np.int64(0))], "above"),
+                                b.node("Less", [local, b.const("const.rows", np.int64(rows))], "below")], "inside")
+        safe = b.node("Where", [inside, local, b.const("const.zero_id", np.int64(0))], "safe_ids")
+        found = b.node("Gather", [table, safe], "found")
+        keep = b.node("Unsqueeze", [b.node("Cast", [inside], "inside_f", to=TensorProto.FLOAT),
+                                    b.const("const.last_axis", np.array([-1], np.int64))], "keep")
+        x = b.node("Add", [b.node("Mul", [found, keep], "tokens_here"), "partial"], "tokens")
+        inputs += [_info("block_start", TensorProto.INT64, ()), _info("partial", TensorProto.FLOAT,
+                                                                      (batch, seq, w.hidden))]
     if shape.family == "gpt2":
         pos = b.const("wpe.weight", b.rng.standard_normal((shape.positions, w.hidden), dtype=np.float32))
         x = b.node("Add", [x, b.node("Gather", [pos, "position_ids"], "positions")], "embedded")
