@@ -337,9 +337,9 @@ def embed_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: 
                row_blocks: int = 1) -> onnx.ModelProto:
     """One chip's column block of the token embedding (and GPT-2's position embedding): a Gather. With
     `row_blocks` > 1 the table's rows are split over that many chips too (a table too big for one chip's column
-    block): this chip holds one block of `ceil(vocab / row_blocks)` rows, the middle one's ids (a block's first
-    row is an input, `block_start`, so every block is this graph), looks up the ids inside it (0 for the others)
-    and adds the `partial` sum of the blocks after it (the chain of docs/llm.md 4.1)."""
+    block): this chip holds one block of `ceil(vocab / row_blocks)` rows (a block's first row is an input,
+    `block_start`, so every block is this graph), looks up the ids inside it (0 for the others) and adds the
+    `partial` sum of the blocks after it (the chain of docs/llm.md 4.1)."""
     w = ShardWidths.of(shape, tp)
     b = _Builder(seed + 2)
     inputs = [_info("input_ids", TensorProto.INT64, (batch, seq))]
@@ -347,16 +347,16 @@ def embed_part(shape: DecoderShape, tp: int, *, seq: int, batch: int = 1, seed: 
         table = b.const("embed.weight", b.rng.standard_normal((shape.vocab, w.hidden), dtype=np.float32))
         x = b.node("Gather", [table, "input_ids"], "tokens")
     else:
+        # the block's rows and a zero row after them, which every id outside the block reads (no mask multiply:
+        # the part stays a Gather and an Add, stored as the whole table's block is)
         rows = math.ceil(shape.vocab / row_blocks)
-        table = b.const("embed.weight", b.rng.standard_normal((rows, w.hidden), dtype=np.float32))
+        table = np.concatenate([b.rng.standard_normal((rows, w.hidden), dtype=np.float32),
+                                np.zeros((1, w.hidden), np.float32)])
         local = b.node("Sub", ["input_ids", "block_start"], "local_ids")
         inside = b.node("And", [b.node("GreaterOrEqual", [local, b.const("const.zero_id", np.int64(0))], "above"),
                                 b.node("Less", [local, b.const("const.rows", np.int64(rows))], "below")], "inside")
-        safe = b.node("Where", [inside, local, b.const("const.zero_id", np.int64(0))], "safe_ids")
-        found = b.node("Gather", [table, safe], "found")
-        keep = b.node("Unsqueeze", [b.node("Cast", [inside], "inside_f", to=TensorProto.FLOAT),
-                                    b.const("const.last_axis", np.array([-1], np.int64))], "keep")
-        x = b.node("Add", [b.node("Mul", [found, keep], "tokens_here"), "partial"], "tokens")
+        safe = b.node("Where", [inside, local, b.const("const.rows", np.int64(rows))], "safe_ids")
+        x = b.node("Add", [b.node("Gather", [b.const("embed.weight", table), safe], "found"), "partial"], "tokens")
         inputs += [_info("block_start", TensorProto.INT64, ()), _info("partial", TensorProto.FLOAT,
                                                                       (batch, seq, w.hidden))]
     if shape.family == "gpt2":
