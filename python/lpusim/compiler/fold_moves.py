@@ -13,10 +13,12 @@ When such a move reads the output of a matmul with constant weights, or feeds on
 
 A fold needs the intermediate to have no other reader (every reader of a selection's producer is a selection and
 all are folded; the placement is read by constant matmuls only) and not to be a graph output, and it must not add
-MXM work: the weight tiles (320 x 320, all-zero tiles are skipped: schedule/scheduler.py) the folded matmuls
-stream must be at most what the producer and its moves streamed. A 0/1 move of a 64-lane head touches one weight
-tile, while W S spans all of X's K tiles: BERT-base's heads (768 lanes in 3 tiles) would take 36 passes where the
-projection and its 12 selections take 21, so there the fold is refused; narrow models (all heads in one tile) fold.
+MXM work: the activation vectors the folded matmuls stream (rows once per nonzero 320 x 320 weight tile; all-zero
+tiles are skipped, schedule/scheduler.py) must be at most what the producer and its moves streamed, nor make any
+stored tensor stream more (`_Folder.worthwhile`). A 0/1 move of a 64-lane head touches one weight tile, while W S
+spans all of X's K tiles: BERT-base's heads (768 lanes in 3 tiles) would take 36 passes where the projection and its
+12 selections take 21, so there the fold is refused; narrow models (all heads in one tile) are refused by the
+streaming rule.
 
 A selection's value was the producer's fp16 copy (its accumulator read an fp16 operand); folded, it is the
 producer's f32 result, which readers through the MXM round to the same fp16 value, and VXM readers (rotary
@@ -73,6 +75,9 @@ class _Folder:
         self.outputs = set(graph.outputs)
         self.made: dict[tuple, str] = {}  # (constant, picked columns or "rows@" move) -> the composed constant
         self.streamed: dict[str, int] = {}  # tensor -> the vectors matmuls stream from it (`vectors`)
+        self.tile_counts: dict[str, int] = {}
+        self.k_tiles: dict[str, np.ndarray] = {}
+        self.picks: dict[tuple, np.ndarray | None] = {}  # (selection weights, columns) -> `picked_columns`
         self.count_streams(graph.nodes, 1)
 
     def const(self, base: str, key: tuple, make) -> str:
@@ -94,19 +99,39 @@ class _Folder:
         """Activation vectors a matmul streams through the MXM: its rows once per nonzero weight tile."""
         g = self.graph
         rows = g.tensors[node.output].rows
-        return rows * sum(weight_tiles(g.tensors[w].data) if g.tensors[w].kind == "const" else
-                          -(-g.tensors[w].rows // LANES) * -(-g.tensors[w].cols // LANES) for _, w in node.terms)
+        return rows * sum(self.tiles(w) for _, w in node.terms)
 
-    def worthwhile(self, x: str, old: list[Node], new: list[Node]) -> bool:
+    def tiles(self, w: str) -> int:
+        """`weight_tiles` of constant weights (once per name), every tile of computed ones."""
+        t = self.graph.tensors[w]
+        if t.kind != "const":
+            return -(-t.rows // LANES) * -(-t.cols // LANES)
+        if w not in self.tile_counts:
+            self.tile_counts[w] = weight_tiles(t.data)
+        return self.tile_counts[w]
+
+    def worthwhile(self, x: str, old: list[Node], new_vectors: int) -> bool:
         """A fold must not add MXM work, nor make x's stores stream more vectors than they did: one stored tensor
         streams one burst at a time (a MEM slice's queue), so the matmuls reading x run one after another. Twelve
         head projections reading a layer's input queue behind each other where three projections and their
         selections (reading Q, K and V) ran side by side: narrow BERTs (all heads in one tile, so the fold adds no
-        tiles) took 3-17% more cycles with their Q, K and V selections folded, GPT-2 (hidden 768) 0.6% more with
-        its QKV Split folded, for less MXM work."""
-        before, after = sum(self.vectors(n) for n in old), sum(self.vectors(n) for n in new)
-        x_after = self.streamed.get(x, 0) + after - sum(self.vectors(n) for n in old if n.x == x)
-        return after <= before and x_after <= self.streamed.get(x, 0)
+        tiles) took 4-17% more cycles in 5 of 7 shapes with their Q, K and V selections folded, and GPT-2 (hidden
+        768) 0.6% more with its QKV Split folded, for less MXM work. `new_vectors`: what the folded matmuls
+        stream, all from x."""
+        before = sum(self.vectors(n) for n in old)
+        x_after = self.streamed.get(x, 0) + new_vectors - sum(self.vectors(n) for n in old if n.x == x)
+        return new_vectors <= before and x_after <= self.streamed.get(x, 0)
+
+    def picked_tiles(self, w: str, cols: np.ndarray) -> int:
+        """weight_tiles(W[:, cols]), from which K tiles each column of W touches (kept per weight)."""
+        if w not in self.k_tiles:
+            data = self.graph.tensors[w].data
+            kt = -(-data.shape[0] // LANES)
+            padded = np.zeros((kt * LANES, data.shape[1]), dtype=bool)
+            padded[:data.shape[0]] = data != 0
+            self.k_tiles[w] = padded.reshape(kt, LANES, -1).any(axis=1)  # [K tile, column]
+        touched = self.k_tiles[w][:, cols]
+        return sum(int(touched[:, c:c + LANES].any(axis=1).sum()) for c in range(0, len(cols), LANES))
 
     def count_streams(self, nodes: list[Node], sign: int) -> None:
         for n in nodes:
@@ -139,7 +164,10 @@ class _Folder:
                 return None
             if view.spatial and not self.row_offset(view, producer):
                 return None
-            cols = picked_columns(g.tensors[s].data, g.tensors[r.output].cols)
+            key = (s, g.tensors[r.output].cols)
+            if key not in self.picks:
+                self.picks[key] = picked_columns(g.tensors[s].data, g.tensors[r.output].cols)
+            cols = self.picks[key]
             if cols is None:
                 return None
             picks[id(r)] = cols
@@ -233,13 +261,17 @@ def fold_lane_moves(graph: Graph) -> Graph:
         picks = folder.selections(node)
         if picks is not None:
             readers = folder.readers[node.output]
-            folded = {id(r): folder.fold_selection(node, r, picks[id(r)]) for r in readers}
+            vectors = sum(graph.tensors[r.output].rows * sum(folder.picked_tiles(w, picks[id(r)])
+                                                             for _, w in node.terms) for r in readers)
+            if folder.worthwhile(node.x, [node] + readers, vectors):
+                folded = {id(r): folder.fold_selection(node, r, picks[id(r)]) for r in readers}
         elif node.kind == "matmul":
             readers = folder.placement_readers(node)
             if readers is not None and not any(id(r) in replaced for r in readers):
                 folded = {id(r): folder.fold_placement(node, r) for r in readers}
-        if folded is not None and all(_schedulable(graph, n) for n in folded.values()) \
-                and folder.worthwhile(node.x, [node] + readers, list(folded.values())):
+                if not folder.worthwhile(node.x, [node] + readers, sum(folder.vectors(n) for n in folded.values())):
+                    folded = None
+        if folded is not None and all(_schedulable(graph, n) for n in folded.values()):
             if picks is not None and any(v.spatial for n in folded.values() for v, _ in n.terms):
                 folder.take_geometry(node)
             folder.count_streams([node] + readers, -1)
