@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from lpusim.chip import Chip
-from lpusim.compiler import emit, fp32_split, ir, passes
+from lpusim.compiler import emit, fold_moves, fp32_split, ir, passes
 from lpusim.compiler.frontend import calibrate, load
 from lpusim.compiler.schedule import scheduler as schedule
 from lpusim.compiler.schedule.storage import WIDTH, Store
@@ -28,6 +28,7 @@ PRECISIONS = ("fp16", "int8", "fp32")
 PASSES = [
     ("split_tap_chains", passes.split_tap_chains),
     ("fuse_chains", passes.fuse_chains),
+    ("fold_lane_moves", fold_moves.fold_lane_moves),
     ("split_operands", fp32_split.split_operands),
     ("assign_formats", passes.assign_formats),
     ("scale_fp16", passes.scale_fp16),

@@ -177,6 +177,9 @@ class Graph:
     # (fp32_split.py); "fp16" otherwise (int8 matmuls are integer either way)
     precision: str = "fp16"
     residuals: dict[str, str] = field(default_factory=dict)  # fp32: residual piece -> the tensor it is a piece of
+    # a quantised model (QDQ nodes: lower/state.precise_sums): its float moves carry exact pieces, so passes that
+    # change a float's rounding (fold_moves) leave it alone
+    quantized: bool = False
 
     def dump(self) -> str:
         lines = ["inputs: " + ", ".join(f"{n}[{self.tensors[n].rows}x{self.tensors[n].cols}]" for n in self.inputs)]

@@ -81,6 +81,7 @@ def import_onnx(model: onnx.ModelProto, shapes: dict | None = None, magnitudes: 
     run(lowering)
     graph = finish(lowering)
     graph.precision = "fp32" if lowering.fp32 else "fp16"
+    graph.quantized = lowering.precise_sums
     graph.magnitudes = dict(magnitudes or {})
     # bool/integer inputs (converted on the host, `host_input`) and integer outputs (`decode_output`)
     graph.input_kinds = {k: v for k, v in lowering.kinds.items() if k in graph.onnx_inputs}
