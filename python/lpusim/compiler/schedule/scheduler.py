@@ -30,6 +30,11 @@ SEARCH_LIMIT = 200_000
 # Weight tiles go to their first plane's share of the hemisphere (Scheduler.plane_slices) when the model's weights
 # take at most this share of SRAM; above it, anywhere (the shares fragment SRAM a model nearly fills).
 PLANE_SHARES_UP_TO = 0.5
+# Matmul jobs are cut to at least this many output rows when split to keep the planes busy (row_chunk): a job
+# loads its weight tiles, 16 or 8 rows a cycle, while the previous one computes.
+MIN_CHUNK_ROWS = 32
+SPLIT_WORK = 1024
+JOB_OVERHEAD = 100
 # Weight rows loaded per LW: 8 rows of 2 bytes use 16 of the 32 streams, so both planes of a hemisphere can load.
 WEIGHT_SLOTS = 8
 
@@ -886,6 +891,30 @@ class Scheduler(SxmJobs):
                 runs.append([(v, w)])
         return [(v, w, kt) for run in runs for kt in range(k_tiles) for v, w in run]
 
+    def row_chunk(self, rows: int, n_tiles: int, cpv: int, load: int, tiles_per_job: int) -> int:
+        """Output rows per (N tile, row chunk) job of a matmul. Each job runs on one plane, so the rows are cut to
+        keep all planes busy: the number of chunks, from the fewest of at most half the accumulator rows (two
+        blocks: one fills while one drains), whose rounds of jobs over the planes take least time. A job streams
+        `chunk` rows (`cpv` cycles each) per weight tile, and every job loads each of its weight tiles (`load` LW
+        cycles) from the same slices: n chunks read each tile n times, one after another. A node with less work
+        than SPLIT_WORK cycles per plane keeps the fewest chunks: small nodes share the planes with their
+        neighbours (BERT's head selections), and more jobs would only add weight loads and epilogues."""
+        if rows <= 1:
+            return 1
+        planes = self.chip.mxm_planes
+        fewest = math.ceil(rows / (self.chip.mxm_acc_rows // 2))
+        if n_tiles * rows * cpv * tiles_per_job < planes * SPLIT_WORK:
+            return math.ceil(rows / fewest)
+        best = None
+        for n in range(fewest, fewest + planes):
+            chunk = math.ceil(rows / n)
+            if n > fewest and chunk < MIN_CHUNK_ROWS:
+                break
+            cost = math.ceil(n * n_tiles / planes) * (tiles_per_job * max(chunk * cpv, n * load) + JOB_OVERHEAD)
+            if best is None or cost < best[0]:
+                best = (cost, chunk)
+        return best[1]
+
     def schedule_matmul(self, node: Node, sinks: dict[str, Store]) -> None:
         g = self.graph
         out = g.tensors[node.output]
@@ -894,12 +923,14 @@ class Scheduler(SxmJobs):
         x_store = self.stores[(node.x, x_fmt)]
         k_tiles = self.ntiles(g.tensors[node.x].cols)
         acc_rows = self.chip.mxm_acc_rows
-        chunk = min(out.rows, acc_rows // 2) if out.rows > 1 else 1  # two blocks: one fills while one drains
+        slots = weight_slots("i8" if x_fmt == "i8" else "f16")[0]
+        chunk = self.row_chunk(out.rows, self.ntiles(out.cols), self.chip.cycles_per_vector(x_fmt),
+                               math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots), len(node.terms) * k_tiles)
         blocks = acc_rows // chunk
         for nt in range(self.ntiles(out.cols)):
             for r0 in range(0, out.rows, chunk):
                 r1 = min(out.rows, r0 + chunk)
-                plane = min(self.planes.values(), key=lambda p: (p.lw_free, p.name)).name
+                plane = min(self.planes.values(), key=lambda p: (max(p.lw_free, p.busy_until), p.name)).name
                 st = self.planes[plane]
                 if st.acc_free is None:
                     st.acc_free = np.zeros(acc_rows, dtype=np.int64)

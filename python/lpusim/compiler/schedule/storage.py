@@ -17,7 +17,7 @@ from lpusim.compiler.ir import Tensor, View
 
 WIDTH = {"f32": 4, "f16": 2, "i8": 1, "u8": 1, "i32": 4}
 # Longest run of rows placed in one slice group: spreads big tensors over slices (more ports, more queues).
-MAX_SEGMENT_ROWS = 2048
+MAX_SEGMENT_ROWS = 128
 
 
 @dataclass
