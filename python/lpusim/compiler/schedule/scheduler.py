@@ -35,6 +35,15 @@ PLANE_SHARES_UP_TO = 0.5
 MIN_CHUNK_ROWS = 32
 SPLIT_WORK = 1024
 JOB_OVERHEAD = 100
+# Rows per store segment of a one-chip program's first tries, in order (Scheduler.segment_rows,
+# compiler.compile_graph): a 56 x 56 image's 3,364 bordered rows in 27 segments, so four planes' row chunks read
+# different slices at once. Short segments fragment SRAM more: on an out-of-SRAM the next is tried, then
+# MAX_SEGMENT_ROWS with released blocks joined.
+SPREAD_SEGMENT_ROWS = (128, 256)
+# A VXM node's rows are cut into at most this many chunks of at least this many rows, run side by side on free
+# ALUs (vector_chunks).
+MAX_VXM_CHUNKS = 4
+MIN_VXM_CHUNK_ROWS = 256
 # Weight rows loaded per LW: 8 rows of 2 bytes use 16 of the 32 streams, so both planes of a hemisphere can load.
 WEIGHT_SLOTS = 8
 
@@ -97,7 +106,7 @@ def _imm(value: float, t: str = "f32") -> str:
 
 class Scheduler(SxmJobs):
     def __init__(self, chip, graph: Graph, progress=None, join_released: bool = False,
-                 cache: list[CacheRegion] | None = None):
+                 cache: list[CacheRegion] | None = None, segment_rows: int = MAX_SEGMENT_ROWS):
         self.chip = chip
         self.graph = graph
         self.cache = list(cache or [])  # KV-cache regions kept at fixed addresses across programs (kv_cache.py)
@@ -112,6 +121,10 @@ class Scheduler(SxmJobs):
         self.constants_released = False
         self.res = Reservations(chip)
         self.sram = SramAllocator(chip)
+        # rows per segment: short ones (SPREAD_SEGMENT_ROWS) spread a tensor's rows over many slices, so jobs on
+        # different rows (a matmul's row chunks on four planes, a VXM node's chunks) read at once; long ones
+        # fragment SRAM less (compiler.compile_graph tries short ones first)
+        self.segment_rows = segment_rows
         if join_released:  # released blocks joined whenever none fits (SramAllocator.coalesce)
             self.sram.join_at = 0.0
         self.bordered = BorderedPool()  # released bordered stores kept for a later store of the same layout
@@ -309,13 +322,13 @@ class Scheduler(SxmJobs):
 
     def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int, avoid: set,
                        reuse: bool, pack: bool = False) -> list[Segment]:
-        """Storage rows split into segments of at most MAX_SEGMENT_ROWS, all in one hemisphere; `pack`: a segment
+        """Storage rows split into segments of at most `segment_rows`, all in one hemisphere; `pack`: a segment
         the fast policy cannot place goes wherever free addresses are (SramAllocator.pack), in pieces if need be.
         On failure the segments already taken are released (the caller tries the other hemisphere)."""
         segs, lo = [], 0
         try:
             while lo < rows:
-                n = min(rows - lo, MAX_SEGMENT_ROWS)
+                n = min(rows - lo, self.segment_rows)
                 try:
                     if reuse:
                         s, a, not_before = self.sram.alloc_reusable(width, n, hemisphere, bank, avoid)
@@ -594,6 +607,16 @@ class Scheduler(SxmJobs):
                                f"the chip has {self.chip.vxm_alus}")
         return out, times, dest, lat
 
+    def vector_chunks(self, node: Node, sinks: dict[str, Store], rows: int) -> list[tuple[int, int]]:
+        """Row ranges of a VXM node placed as jobs of their own. A chain streams one row a cycle with one ALU per
+        step; a short chain leaves ALUs free, so its rows are cut into chunks that run at the same time on other
+        ALUs, reading other slices (the segments of the chunk's rows): at most as many as the ALUs hold, of at
+        least MIN_VXM_CHUNK_ROWS rows."""
+        steps = len(self.timed_chain(node, set(sinks))[0])
+        n = max(1, min(MAX_VXM_CHUNKS, self.chip.vxm_alus // max(1, steps), rows // MIN_VXM_CHUNK_ROWS))
+        size = math.ceil(rows / n)
+        return [(r0, min(rows, r0 + size)) for r0 in range(0, rows, size)]
+
     def vector_pipeline(self, node: Node, nt: int, r0: int, r1: int, sinks: dict[str, Store],
                         plane: str | None, acc_base: int, acc_ready: int) -> int:
         steps, times, dest, lat = self.timed_chain(node, set(sinks))
@@ -746,8 +769,10 @@ class Scheduler(SxmJobs):
             elif node.kind == "transpose":
                 self.schedule_transpose(node, sinks)
             else:
+                chunks = self.vector_chunks(node, sinks, out.rows)
                 for nt in range(self.ntiles(out.cols)):
-                    self.vector_pipeline(node, nt, 0, out.rows, sinks, None, 0, 0)
+                    for r0, r1 in chunks:
+                        self.vector_pipeline(node, nt, r0, r1, sinks, None, 0, 0)
             for name in sorted(reads):  # free what no later node reads (in one order: set order varies by run)
                 if last_use.get(name) == i and name not in g.outputs:
                     for fmt in ("f32", "f16", "i8", "i32"):
