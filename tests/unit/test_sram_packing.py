@@ -20,9 +20,11 @@ def test_yolo_like_at_160_fits_a_half_size_chip():
     MB), 45.3 MB by the estimate. Before packing: "placement ran out of SRAM: a tile needs 4 slices x 2048 vectors
     and no slice group has room (52,852,480 of 115,343,360 bytes already placed)", with 23.5 MB of released blocks
     free (f16 blocks of 2 slices that f32 stores of 4 never took) and fresh room in every slice too short for a
-    2048-row segment. Now it places in a 58,496,000-byte footprint, 586,307 cycles."""
+    2048-row segment. Then it placed in a 58,496,000-byte footprint, 586,307 cycles; since stores are cut into
+    128-row segments on the first try (scheduler.SPREAD_SEGMENT_ROWS: more slices read at once, more fragmented
+    room), in 71,161,600."""
     program, result, _ = assert_matches_onnxruntime(yolo_like(160), chip=chip_with(4096))
-    assert program.sram_bytes <= 60_000_000 and result.cycles == program.predicted_cycles
+    assert program.sram_bytes <= 72_000_000 and result.cycles == program.predicted_cycles
 
 
 @pytest.mark.slow

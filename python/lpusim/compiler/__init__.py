@@ -123,10 +123,15 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     collecting = gc.isenabled()
     gc.disable()  # the scheduler builds many long-lived objects and no garbage cycles to speak of: skip the scans
     try:
-        try:
-            sched = schedule.Scheduler(chip, graph, progress, cache=cache).run()
-        except OutOfSram:
-            # again, joining released blocks whenever none fits (fewer fresh bytes; later placements differ)
+        sched = None
+        for rows in schedule.SPREAD_SEGMENT_ROWS:  # short segments first: more jobs read at once
+            try:
+                sched = schedule.Scheduler(chip, graph, progress, cache=cache, segment_rows=rows).run()
+                break
+            except OutOfSram:
+                pass
+        if sched is None:
+            # again, long segments and released blocks joined whenever none fits (fewer fresh bytes)
             sched = schedule.Scheduler(chip, graph, progress, join_released=True, cache=cache).run()
     except OutOfSram as e:
         # the estimate fits, but placement (320-lane tiles, slice groups, banks) found no room: say so plainly

@@ -30,6 +30,20 @@ SEARCH_LIMIT = 200_000
 # Weight tiles go to their first plane's share of the hemisphere (Scheduler.plane_slices) when the model's weights
 # take at most this share of SRAM; above it, anywhere (the shares fragment SRAM a model nearly fills).
 PLANE_SHARES_UP_TO = 0.5
+# Matmul jobs are cut to at least this many output rows when split to keep the planes busy (row_chunk): a job
+# loads its weight tiles, 16 or 8 rows a cycle, while the previous one computes.
+MIN_CHUNK_ROWS = 32
+SPLIT_WORK = 1024
+JOB_OVERHEAD = 100
+# Rows per store segment of a one-chip program's first tries, in order (Scheduler.segment_rows,
+# compiler.compile_graph): a 56 x 56 image's 3,364 bordered rows in 27 segments, so four planes' row chunks read
+# different slices at once. Short segments fragment SRAM more: on an out-of-SRAM the next is tried, then
+# MAX_SEGMENT_ROWS with released blocks joined.
+SPREAD_SEGMENT_ROWS = (128, 256)
+# A VXM node's rows are cut into at most this many chunks of at least this many rows, run side by side on free
+# ALUs (vector_chunks).
+MAX_VXM_CHUNKS = 4
+MIN_VXM_CHUNK_ROWS = 256
 # Weight rows loaded per LW: 8 rows of 2 bytes use 16 of the 32 streams, so both planes of a hemisphere can load.
 WEIGHT_SLOTS = 8
 
@@ -92,7 +106,7 @@ def _imm(value: float, t: str = "f32") -> str:
 
 class Scheduler(SxmJobs):
     def __init__(self, chip, graph: Graph, progress=None, join_released: bool = False,
-                 cache: list[CacheRegion] | None = None):
+                 cache: list[CacheRegion] | None = None, segment_rows: int = MAX_SEGMENT_ROWS):
         self.chip = chip
         self.graph = graph
         self.cache = list(cache or [])  # KV-cache regions kept at fixed addresses across programs (kv_cache.py)
@@ -107,6 +121,10 @@ class Scheduler(SxmJobs):
         self.constants_released = False
         self.res = Reservations(chip)
         self.sram = SramAllocator(chip)
+        # rows per segment: short ones (SPREAD_SEGMENT_ROWS) spread a tensor's rows over many slices, so jobs on
+        # different rows (a matmul's row chunks on four planes, a VXM node's chunks) read at once; long ones
+        # fragment SRAM less (compiler.compile_graph tries short ones first)
+        self.segment_rows = segment_rows
         if join_released:  # released blocks joined whenever none fits (SramAllocator.coalesce)
             self.sram.join_at = 0.0
         self.bordered = BorderedPool()  # released bordered stores kept for a later store of the same layout
@@ -304,13 +322,13 @@ class Scheduler(SxmJobs):
 
     def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int, avoid: set,
                        reuse: bool, pack: bool = False) -> list[Segment]:
-        """Storage rows split into segments of at most MAX_SEGMENT_ROWS, all in one hemisphere; `pack`: a segment
+        """Storage rows split into segments of at most `segment_rows`, all in one hemisphere; `pack`: a segment
         the fast policy cannot place goes wherever free addresses are (SramAllocator.pack), in pieces if need be.
         On failure the segments already taken are released (the caller tries the other hemisphere)."""
         segs, lo = [], 0
         try:
             while lo < rows:
-                n = min(rows - lo, MAX_SEGMENT_ROWS)
+                n = min(rows - lo, self.segment_rows)
                 try:
                     if reuse:
                         s, a, not_before = self.sram.alloc_reusable(width, n, hemisphere, bank, avoid)
@@ -589,6 +607,16 @@ class Scheduler(SxmJobs):
                                f"the chip has {self.chip.vxm_alus}")
         return out, times, dest, lat
 
+    def vector_chunks(self, node: Node, sinks: dict[str, Store], rows: int) -> list[tuple[int, int]]:
+        """Row ranges of a VXM node placed as jobs of their own. A chain streams one row a cycle with one ALU per
+        step; a short chain leaves ALUs free, so its rows are cut into chunks that run at the same time on other
+        ALUs, reading other slices (the segments of the chunk's rows): at most as many as the ALUs hold, of at
+        least MIN_VXM_CHUNK_ROWS rows."""
+        steps = len(self.timed_chain(node, set(sinks))[0])
+        n = max(1, min(MAX_VXM_CHUNKS, self.chip.vxm_alus // max(1, steps), rows // MIN_VXM_CHUNK_ROWS))
+        size = math.ceil(rows / n)
+        return [(r0, min(rows, r0 + size)) for r0 in range(0, rows, size)]
+
     def vector_pipeline(self, node: Node, nt: int, r0: int, r1: int, sinks: dict[str, Store],
                         plane: str | None, acc_base: int, acc_ready: int) -> int:
         steps, times, dest, lat = self.timed_chain(node, set(sinks))
@@ -741,8 +769,10 @@ class Scheduler(SxmJobs):
             elif node.kind == "transpose":
                 self.schedule_transpose(node, sinks)
             else:
+                chunks = self.vector_chunks(node, sinks, out.rows)
                 for nt in range(self.ntiles(out.cols)):
-                    self.vector_pipeline(node, nt, 0, out.rows, sinks, None, 0, 0)
+                    for r0, r1 in chunks:
+                        self.vector_pipeline(node, nt, r0, r1, sinks, None, 0, 0)
             for name in sorted(reads):  # free what no later node reads (in one order: set order varies by run)
                 if last_use.get(name) == i and name not in g.outputs:
                     for fmt in ("f32", "f16", "i8", "i32"):
@@ -886,6 +916,30 @@ class Scheduler(SxmJobs):
                 runs.append([(v, w)])
         return [(v, w, kt) for run in runs for kt in range(k_tiles) for v, w in run]
 
+    def row_chunk(self, rows: int, n_tiles: int, cpv: int, load: int, tiles_per_job: int) -> int:
+        """Output rows per (N tile, row chunk) job of a matmul. Each job runs on one plane, so the rows are cut to
+        keep all planes busy: the number of chunks, from the fewest of at most half the accumulator rows (two
+        blocks: one fills while one drains), whose rounds of jobs over the planes take least time. A job streams
+        `chunk` rows (`cpv` cycles each) per weight tile, and every job loads each of its weight tiles (`load` LW
+        cycles) from the same slices: n chunks read each tile n times, one after another. A node with less work
+        than SPLIT_WORK cycles per plane keeps the fewest chunks: small nodes share the planes with their
+        neighbours (BERT's head selections), and more jobs would only add weight loads and epilogues."""
+        if rows <= 1:
+            return 1
+        planes = self.chip.mxm_planes
+        fewest = math.ceil(rows / (self.chip.mxm_acc_rows // 2))
+        if n_tiles * rows * cpv * tiles_per_job < planes * SPLIT_WORK:
+            return math.ceil(rows / fewest)
+        best = None
+        for n in range(fewest, fewest + planes):
+            chunk = math.ceil(rows / n)
+            if n > fewest and chunk < MIN_CHUNK_ROWS:
+                break
+            cost = math.ceil(n * n_tiles / planes) * (tiles_per_job * max(chunk * cpv, n * load) + JOB_OVERHEAD)
+            if best is None or cost < best[0]:
+                best = (cost, chunk)
+        return best[1]
+
     def schedule_matmul(self, node: Node, sinks: dict[str, Store]) -> None:
         g = self.graph
         out = g.tensors[node.output]
@@ -894,12 +948,14 @@ class Scheduler(SxmJobs):
         x_store = self.stores[(node.x, x_fmt)]
         k_tiles = self.ntiles(g.tensors[node.x].cols)
         acc_rows = self.chip.mxm_acc_rows
-        chunk = min(out.rows, acc_rows // 2) if out.rows > 1 else 1  # two blocks: one fills while one drains
+        slots = weight_slots("i8" if x_fmt == "i8" else "f16")[0]
+        chunk = self.row_chunk(out.rows, self.ntiles(out.cols), self.chip.cycles_per_vector(x_fmt),
+                               math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots), len(node.terms) * k_tiles)
         blocks = acc_rows // chunk
         for nt in range(self.ntiles(out.cols)):
             for r0 in range(0, out.rows, chunk):
                 r1 = min(out.rows, r0 + chunk)
-                plane = min(self.planes.values(), key=lambda p: (p.lw_free, p.name)).name
+                plane = min(self.planes.values(), key=lambda p: (max(p.lw_free, p.busy_until), p.name)).name
                 st = self.planes[plane]
                 if st.acc_free is None:
                     st.acc_free = np.zeros(acc_rows, dtype=np.int64)

@@ -16,7 +16,8 @@ import numpy as np
 from lpusim.compiler.ir import Tensor, View
 
 WIDTH = {"f32": 4, "f16": 2, "i8": 1, "u8": 1, "i32": 4}
-# Longest run of rows placed in one slice group: spreads big tensors over slices (more ports, more queues).
+# Longest run of rows placed in one slice group: spreads big tensors over slices (more ports, more queues). The
+# scheduler's first try takes shorter ones (scheduler.SPREAD_SEGMENT_ROWS), its retry after an out-of-SRAM these.
 MAX_SEGMENT_ROWS = 2048
 
 
