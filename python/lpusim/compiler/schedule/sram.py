@@ -21,7 +21,10 @@ class SramAllocator:
         self.half = chip.mem_slices // 2
         split = chip.mem_words // 2
         self.next = [[0, split] for _ in range(chip.mem_slices)]
-        self.limit = [split, chip.mem_words]
+        self.limit = [split, chip.mem_words]  # one past each bank's last address
+        # per slice and bank, one past the last address bump allocation may hand out: the bank's limit, less the
+        # rows kept for SXM tables not placed yet (`keep`)
+        self.top = [[split, chip.mem_words] for _ in range(chip.mem_slices)]
         self.cursor = {}  # (hemisphere, bank) -> next group start inside the hemisphere
         self.bytes_used = 0  # the footprint: every address ever handed out once
         # Released blocks: [first slice, width, bank, addr, count, not_before], by (width, hemisphere), in release
@@ -36,16 +39,30 @@ class SramAllocator:
         # the earliest start of the job whose stores are being placed, None if not known (the scheduler sets it)
         self.soon: int | None = None
 
-    def alloc_at(self, first: int, width: int, count: int, bank: int) -> int:
-        """`count` addresses in slices first..first+width-1 (reserved ones included): the address."""
+    def alloc_at(self, first: int, width: int, count: int, bank: int, kept: bool = False) -> int:
+        """`count` addresses in slices first..first+width-1 (reserved ones included): the address. `kept`: an SXM
+        table, which may take the rows `keep` kept for the tables (and gives them back as it does)."""
         slices = range(first, first + width)
         addr = max(self.next[s][bank] for s in slices)
-        if addr + count > self.limit[bank]:
+        share = {s: min(count, self.limit[bank] - self.top[s][bank]) if kept else 0 for s in slices}
+        if addr + count > min(self.top[s][bank] + share[s] for s in slices):
             raise CompileError(f"out of SRAM in the slices kept for SXM tables ({first}..{first + width - 1})")
         for s in slices:
             self.next[s][bank] = addr + count
+            self.top[s][bank] += share[s]
         self.bytes_used += width * count * self.chip.lanes
         return addr
+
+    def keep(self, first: int, width: int, count: int, bank: int) -> bool:
+        """Keep `count` free addresses of `bank` in slices first..first+width-1 for the SXM tables: other stores
+        (weights may share those slices) stop `count` short of the bank's end until `alloc_at(kept=True)` takes
+        them. Whether they were free."""
+        slices = range(first, first + width)
+        if max(self.next[s][bank] for s in slices) + count > min(self.top[s][bank] for s in slices):
+            return False
+        for s in slices:
+            self.top[s][bank] -= count
+        return True
 
     def release(self, slice_index: int, width: int, addr: int, count: int, not_before: int) -> None:
         bank = int(addr >= self.limit[0])
@@ -228,7 +245,7 @@ class SramAllocator:
             if blocked and not blocked.isdisjoint(slices):
                 continue
             addr = max([nxt[s][bank] for s in slices])
-            if addr + count <= self.limit[bank]:
+            if addr + count <= min([self.top[s][bank] for s in slices]):
                 for s in slices:
                     self.next[s][bank] = addr + count
                 self.cursor[key] = (g + width) % self.half
