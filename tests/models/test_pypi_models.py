@@ -25,7 +25,8 @@ def bench_module():
 
 bench = bench_module()
 # PP-OCRv4 rec and det miss fp16's tolerance on a few values (docs/models.md): 1 of rec's 265,000 probabilities
-# (max abs 0.016), 101 of det's 32,768 map pixels (max abs 0.082); what PaddleOCR reads from them is checked instead
+# (max abs 0.016), 101 of det's 32,768 map pixels (max abs 0.082), as an onnxruntime run with the same inputs
+# rounded to fp16 does; what PaddleOCR reads from them is checked instead. rec at fp32 (ppocr-rec-fp32) matches.
 MATCHING = [c for c in bench.CASES if c.name not in ("ppocr-rec", "ppocr-det")]
 
 
@@ -72,7 +73,7 @@ def test_ppocr_rec_decodes_like_onnxruntime():
 @pytest.mark.slow
 def test_ppocr_det_text_map_like_onnxruntime():
     """The text map binarised at PaddleOCR's threshold 0.3 differs from onnxruntime's in at most 0.1% of pixels
-    (6 of 32,768 when measured)."""
+    (6 of 32,768 when measured on 3 chips; one chip since the placement retry stacks segments)."""
     got, ref = outputs("ppocr-det")
     assert ((got > 0.3) != (ref > 0.3)).sum() <= ref.size // 1000
     assert np.abs(got - ref).max() < 0.1  # 0.082 when measured

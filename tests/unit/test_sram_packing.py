@@ -1,12 +1,14 @@
 """SRAM placement that packs (schedule/packing.py, SramAllocator.pack and too_late): issue 16's YOLOv8n-like
 detector, whose SRAM estimate is well under the chip, fits one chip; and the allocator pieces by hand."""
+import numpy as np
 import pytest
+from onnx import helper
 
 from lpusim.chip import Chip
 from lpusim.compiler.schedule import packing
 from lpusim.compiler.schedule.sram import MAX_REUSE_WAIT, SramAllocator
 from lpusim.errors import OutOfSram
-from onnx_cases import assert_matches_onnxruntime
+from onnx_cases import assert_matches_onnxruntime, make_model
 from yolo_like import yolo_like
 
 
@@ -87,3 +89,18 @@ def test_carve_keeps_what_is_left_of_a_block():
     assert packing.carve(block, 6, 4, 4110, 10) == [[4, 2, 1, 4100, 50, 7], [6, 2, 1, 4100, 10, 7],
                                                    [6, 2, 1, 4120, 30, 7]]
     assert packing.intersect([(0, 10, -1), (20, 30, 5)], [(5, 25, 3)]) == [(5, 10, 3), (20, 25, 5)]
+
+
+def test_a_job_streaming_two_full_resolution_stores_finds_room_for_its_output():
+    """PP-OCR det's upsampling head in small: a [1, 16, 128, 256] image times a [1, 1, 128, 256] 0/1 mask (the
+    zero insertion of its ConvTranspose), 42 MB per f32 store on tsp_v1, 126 MB by the estimate. Each store's 16
+    segments went one per slice group round the hemisphere, so the image and the mask together touched every
+    slice and the product, which must be apart from both, had none: "a tile needs 4 slices x 2048 vectors and no
+    slice group of hemisphere W has a free address left (83,886,080 of 230,686,720 bytes already placed)". The
+    retry after an out-of-SRAM stacks a store's segments on the slices of its earlier ones
+    (SramAllocator.stacked)."""
+    mask = np.zeros((1, 1, 128, 256), np.float32)
+    mask[:, :, ::2, ::2] = 1
+    m = make_model([helper.make_node("Mul", ["x", "m"], ["y"])], {"m": mask}, {"x": [1, 16, 128, 256]})
+    program, result, _ = assert_matches_onnxruntime(m)
+    assert program.sram_bytes <= 126_000_000 and result.cycles == program.predicted_cycles

@@ -4,7 +4,7 @@ The allocator's fast policy (sram.py) looks at its fresh room group by group and
 width asked: released f16 blocks (2 slices) never serve an f32 store (4 slices), fresh room left in a few hundred
 addresses per slice never holds a 2048-row segment, and a model whose estimate is half the chip runs out of SRAM
 (issue 16: a YOLOv8n-like detector, 112 MB estimated of 231 MB). Here every slice's free addresses in one bank are
-intervals (fresh room above its bump pointer, released blocks covering it), and a slice group's free space is the
+intervals (fresh room between its bump pointer and its top, released blocks covering it), and a slice group's free space is the
 intersection of its slices' intervals, whatever blocks they came from. Each interval carries `not_before`, the last
 access of the space's previous owner (-1 for fresh room)."""
 from __future__ import annotations
@@ -27,8 +27,8 @@ def free_intervals(sram, hemisphere: str, bank: int, reusable: bool) -> dict[int
                     for s in range(first, first + width):
                         found[s].append((addr, addr + n, not_before))
     for s in slices:
-        if sram.next[s][bank] < sram.limit[bank]:
-            found[s].append((sram.next[s][bank], sram.limit[bank], -1))
+        if sram.next[s][bank] < sram.top[s][bank]:
+            found[s].append((sram.next[s][bank], sram.top[s][bank], -1))
         found[s] = _join(sorted(found[s]))
     return found
 

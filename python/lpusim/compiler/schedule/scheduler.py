@@ -125,8 +125,9 @@ class Scheduler(SxmJobs):
         # different rows (a matmul's row chunks on four planes, a VXM node's chunks) read at once; long ones
         # fragment SRAM less (compiler.compile_graph tries short ones first)
         self.segment_rows = segment_rows
-        if join_released:  # released blocks joined whenever none fits (SramAllocator.coalesce)
-            self.sram.join_at = 0.0
+        if join_released:  # the retry after an out-of-SRAM: released blocks joined whenever none fits
+            self.sram.join_at = 0.0  # (SramAllocator.coalesce), a store's segments stacked (SramAllocator.stacked)
+            self.sram.stack_segments = True
         self.bordered = BorderedPool()  # released bordered stores kept for a later store of the same layout
         self.weight_left: dict[str, int] = {}  # weights no job has placed yet: their bytes (SRAM reuse policy)
         self.stores: dict[tuple[str, str], Store] = StoreTable()
@@ -330,11 +331,12 @@ class Scheduler(SxmJobs):
             while lo < rows:
                 n = min(rows - lo, self.segment_rows)
                 try:
+                    near = segs[-1].slice if segs and self.sram.stack_segments else None
                     if reuse:
-                        s, a, not_before = self.sram.alloc_reusable(width, n, hemisphere, bank, avoid)
+                        s, a, not_before = self.sram.alloc_reusable(width, n, hemisphere, bank, avoid, near)
                     else:
                         (s, a), not_before = self.sram.alloc(width, n, hemisphere, bank, avoid=avoid,
-                                                             same_hemisphere=True), -1
+                                                             same_hemisphere=True, near=near), -1
                 except OutOfSram:
                     if not pack:
                         raise

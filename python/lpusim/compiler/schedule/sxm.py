@@ -40,6 +40,28 @@ def kept_slices(chip) -> set[int]:
     return set(range(half - SXM_KEPT, half)) | set(range(2 * half - SXM_KEPT, 2 * half))
 
 
+def transpose_blocks(B: int, M: int, N: int, lanes: int):
+    """The blocks a transpose of B matrices of M x N runs as: (b, kb, i, j, S, C), matrices b..b+kb-1 packed
+    together (kb * S and kb * C at most `lanes`), rows i*lanes.. (S of them) and column tile j (C lanes) of each."""
+    k = max(1, min(B, lanes // M, lanes // N)) if max(M, N) <= lanes else 1
+    for b in range(0, B, k):
+        kb = min(k, B - b)
+        for i in range(-(-M // lanes)):
+            for j in range(-(-N // lanes)):
+                yield b, kb, i, j, min(lanes, M - i * lanes), min(lanes, N - j * lanes)
+
+
+def gather_shapes(graph, lanes: int) -> set[tuple[int, int, int]]:
+    """The block shapes (kb, S, C) of every transpose in `graph`: one gather table of kb * C rows each."""
+    shapes = set()
+    for node in graph.nodes:
+        if node.kind == "transpose":
+            x, out = graph.tensors[node.sources[0].tensor], graph.tensors[node.output]
+            shapes.update((kb, S, C) for _, kb, _, _, S, C in transpose_blocks(x.rows // out.cols, out.cols,
+                                                                                 x.cols, lanes))
+    return shapes
+
+
 class SxmJobs:
     """Mixed into `Scheduler` (schedule.py)."""
 
@@ -52,11 +74,36 @@ class SxmJobs:
 
     def reserve_sxm_slices(self) -> None:
         """Keep, per hemisphere, the 5 slices next to its SXM for the transposes: a slice pair for the rotation
-        maps, one for the gather maps, one slice of scratch. Nothing else lives there, so a job never waits on
-        a queue another tensor's traffic holds (and two reads of one slice in one cycle cannot happen)."""
+        maps, one for the gather maps, one slice of scratch. No other tensor's traffic lives there, so a job never
+        waits on a queue another tensor holds (and two reads of one slice in one cycle cannot happen). Weight
+        slots may share them (no job reads both at once), so the space the tables will take is kept at the top
+        of their banks now, before any weight is placed (`keep_table_space`)."""
         half = self.chip.mem_slices // 2
         self.sxm_slices = {"W": (half - 5, half - 3, half - 1), "E": (2 * half - 5, 2 * half - 3, 2 * half - 1)}
         self.sram.reserved.update(kept_slices(self.chip))
+        self.keep_table_space()
+
+    def keep_table_space(self) -> None:
+        """Keep room in the kept slices' banks, per hemisphere, for the SXM tables this graph's transposes will
+        take: the rotation and reflection tables and every gather table (one per block shape), bank 0 first as
+        `map_store` places them, and the scratch slice (bank 1). Weight slots placed before the first transpose
+        filled both banks of PaddleOCR rec's (fp32) rotation slices otherwise. Only the amount is kept, so a table
+        lands where it did before (after the weights placed until then) whenever it had room."""
+        lanes = self.lanes
+        gathers = [kb * c for kb, _, c in sorted(gather_shapes(self.graph, lanes))]
+        for rot, gat, scratch in self.sxm_slices.values():
+            for first, width, sizes, banks in ((rot, 2, [lanes, lanes], (0, 1)), (gat, 2, gathers, (0, 1)),
+                                               (scratch, 1, [lanes], (1,))):
+                tables = list(sizes)
+                for bank in banks:  # first fit, table by table
+                    room = min(self.sram.top[s][bank] - self.sram.next[s][bank] for s in range(first, first + width))
+                    planned = 0
+                    for t in list(tables):
+                        if planned + t <= room:
+                            planned += t
+                            tables.remove(t)
+                    if planned:
+                        self.sram.keep(first, width, planned, bank)
 
     def map_store(self, key: tuple, make, hemisphere: str, pair: int) -> Store:
         """A constant table of u16 maps (one row of `lanes` entries per map), stored once per key, in the kept
@@ -67,10 +114,10 @@ class SxmJobs:
             store = Store(f"map{key}", "u16", 2, len(rows), None, 0, len(rows))
             first = self.sxm_slices[hemisphere][pair]
             try:
-                addr = self.sram.alloc_at(first, 2, len(rows), 0)
+                addr = self.sram.alloc_at(first, 2, len(rows), 0, kept=True)
             except CompileError:
                 try:
-                    addr = self.sram.alloc_at(first, 2, len(rows), 1)
+                    addr = self.sram.alloc_at(first, 2, len(rows), 1, kept=True)
                 except CompileError:
                     # every table of this hemisphere counts (rotation and gather maps alike): counting only
                     # the gathers named "0 shapes" when rotation tables were what filled the slices
@@ -90,14 +137,14 @@ class SxmJobs:
         return cache[(key, hemisphere)]
 
     def scratch_slice(self, hemisphere: str) -> Store:
-        """The hemisphere's kept slice for skewed rows: 320 addresses every transpose block uses (its next writer
-        waits for its last reader)."""
+        """The hemisphere's kept slice for skewed rows: 320 addresses (bank 1) every transpose block uses (its next
+        writer waits for its last reader)."""
         cache = self.__dict__.setdefault("_scratch", {})
         if hemisphere not in cache:
             rows = self.lanes
             store = Store(f"skew{hemisphere}", "u8", 1, rows, None, 0, rows)
             first = self.sxm_slices[hemisphere][2]
-            store.tiles.append([Segment(0, rows, first, self.sram.alloc_at(first, 1, rows, 1))])
+            store.tiles.append([Segment(0, rows, first, self.sram.alloc_at(first, 1, rows, 1, kept=True))])
             store.ready.append(0)
             cache[hemisphere] = store
         return cache[hemisphere]
@@ -122,30 +169,23 @@ class SxmJobs:
         out = self.graph.tensors[node.output]
         lanes = self.lanes
         M, N = out.cols, x.cols
-        B = x.rows // M
-        k = max(1, min(B, lanes // M, lanes // N)) if max(M, N) <= lanes else 1
         turn = 0
         for fmt, ts in sinks.items():
             xs = self.stores[(x.name, fmt)]
-            for b in range(0, B, k):
-                kb = min(k, B - b)
-                for i in range(-(-M // lanes)):
-                    for j in range(-(-N // lanes)):
-                        S, C = min(lanes, M - i * lanes), min(lanes, N - j * lanes)
-                        x0, t0 = b * M + i * lanes, b * N + j * lanes
-                        xruns = segment_runs(xs, j, view_runs(view, xs, None, x.rows, x0, x0 + kb * S))
-                        truns = segment_runs(ts, i, view_runs(_plain(ts.tensor), ts, None, out.rows, t0,
-                                                              t0 + kb * C))
-                        # one column tile: its byte planes alternate between the two SXMs (each with its own
-                        # scratch slice), so one plane's skew overlaps the other's gather
-                        hemis = [self.hemisphere_of(xs, j)] if len(xs.tiles) > 1 else \
-                            ["WE"[(turn + p) % 2] for p in range(xs.width)]
-                        turn += xs.width
-                        done = 0
-                        for p in range(xs.width):
-                            done = max(done, self.transpose_plane(node, xs, j, xruns, ts, truns, (kb, S, C), p,
-                                                                  hemis[p % len(hemis)]))
-                        ts.ready[i] = max(ts.ready[i], done + 1)
+            for b, kb, i, j, S, C in transpose_blocks(x.rows // M, M, N, lanes):
+                x0, t0 = b * M + i * lanes, b * N + j * lanes
+                xruns = segment_runs(xs, j, view_runs(view, xs, None, x.rows, x0, x0 + kb * S))
+                truns = segment_runs(ts, i, view_runs(_plain(ts.tensor), ts, None, out.rows, t0, t0 + kb * C))
+                # one column tile: its byte planes alternate between the two SXMs (each with its own scratch
+                # slice), so one plane's skew overlaps the other's gather
+                hemis = [self.hemisphere_of(xs, j)] if len(xs.tiles) > 1 else \
+                    ["WE"[(turn + p) % 2] for p in range(xs.width)]
+                turn += xs.width
+                done = 0
+                for p in range(xs.width):
+                    done = max(done, self.transpose_plane(node, xs, j, xruns, ts, truns, (kb, S, C), p,
+                                                          hemis[p % len(hemis)]))
+                ts.ready[i] = max(ts.ready[i], done + 1)
 
     def transpose_plane(self, node, xs: Store, xt: int, xruns, ts: Store, truns, block: tuple, p: int,
                         hemi: str) -> int:
