@@ -115,6 +115,8 @@ def main(argv):
                sram_mib=[round(p.sram_bytes / 2 ** 20, 1) for p in getattr(program, "stages", [program])])
     if hasattr(result, "chip_cycles"):
         row["chip_cycles"] = result.chip_cycles
+        row["stages"] = [[s["nodes"], s["first"], s["last"]] for s in program.partition["stages"]]
+        row["reason"] = program.partition["reason"]
     row["embeddings"] = embedding_cycles(program, embedding_nodes(model))
     print(json.dumps(row), flush=True)
     if out:
