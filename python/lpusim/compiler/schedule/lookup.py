@@ -60,16 +60,39 @@ class LookupJobs:
             self.keep_off[ids] = self.keep_off.get(ids, frozenset()) | frozenset(self.slices_of({name}))
 
     def place_lookup_table(self, name: str) -> None:
+        """The table in f32; if its groups do not find fresh slices enough, in f16 (the values the one-hot matmul
+        gives: GPT-2's 50,257 x 768 table takes 84 slices in f32, more than a chip keeps free, 42 in f16). The
+        store is filed under its VXM format, f32, whichever it holds."""
+        t = self.graph.tensors[name]
+        sram = self.sram
+        saved = ([list(x) for x in sram.next], sram.bytes_used, self.lookup_bytes)
+        for fmt, width in (("f32", 4), ("f16", 2)):
+            try:
+                store, groups = self.lookup_groups_of(name, fmt, width)
+                break
+            except OutOfSram:
+                sram.next, sram.bytes_used, self.lookup_bytes = [list(x) for x in saved[0]], saved[1], saved[2]
+                if fmt == "f16":
+                    raise
+        if store.fmt == "f16" and float(np.max(np.abs(t.data), initial=0.0)) > 65504.0:
+            raise CompileError(f"the lookup table '{name}' fits SRAM only in f16, and it holds values beyond "
+                               f"fp16's range")
+        self.stores[(name, "f32")] = store
+        self.init_store(store, t.data)
+        self.lookup_groups[name] = groups
+
+    def lookup_groups_of(self, name: str, fmt: str, width: int):
+        """(store, per tile [(k, hemisphere, first slice)]) of the table in `fmt`, its slices taken."""
         t = self.graph.tensors[name]
         words, split = self.chip.mem_words, self.chip.mem_words // 2
-        store = Store(name, "f32", 4, t.rows, None, 0, t.rows)
+        store = Store(name, fmt, width, t.rows, None, 0, t.rows)
         groups = []
         for nt in range(self.ntiles(t.cols)):
             segs, tile = [], []
             for k in range(math.ceil(t.rows / words)):
                 lo, hi = k * words, min(t.rows, (k + 1) * words)
                 hemi = "WE"[(k + nt) % 2]
-                first = self.fresh_slices(store.width, hi - lo, hemi, name)
+                first = self.fresh_slices(width, hi - lo, hemi, name)
                 segs.append(Segment(lo, lo + min(hi - lo, split), first, 0))
                 if hi - lo > split:
                     segs.append(Segment(lo + split, hi, first, split))
@@ -77,9 +100,7 @@ class LookupJobs:
             store.tiles.append(segs)
             store.ready.append(0)
             groups.append(tile)
-        self.stores[(name, "f32")] = store
-        self.init_store(store, t.data)
-        self.lookup_groups[name] = groups
+        return store, groups
 
     def hemisphere_of_slice(self, s: int) -> str:
         return "W" if s < self.chip.mem_slices // 2 else "E"
@@ -122,7 +143,7 @@ class LookupJobs:
         taken = set(self.slices_of({ids_name, table_name})) | {
             s for st in sinks.values() for segs in st.tiles for sg in segs for s in range(sg.slice, sg.slice + st.width)}
         for nt, groups in enumerate(self.lookup_groups[table_name]):
-            passes = self.lookup_passes(groups, clamp, out, sinks)
+            passes = self.lookup_passes(groups, clamp, out, sinks, table.fmt)
             partial = None  # the previous pass's result, read by the next
             for p, batch in enumerate(passes):
                 final = p == len(passes) - 1
@@ -137,7 +158,7 @@ class LookupJobs:
                     self.release_partial(partial, taken)
                 partial = None if final else nxt
 
-    def lookup_passes(self, groups, clamp: bool, out, sinks) -> list[list]:
+    def lookup_passes(self, groups, clamp: bool, out, sinks, table_fmt: str) -> list[list]:
         """The tile's groups in passes: at most two groups per hemisphere (two PERMUTEs each on four SXM queues)
         and a chain that fits the VXM's ALUs."""
         per_hemi = self.chip.config["sxm_per_hemisphere_queues"] // 2
@@ -145,7 +166,7 @@ class LookupJobs:
         for group in groups:
             grown = batch + [group]
             if batch and (sum(1 for g in grown if g[1] == group[1]) > per_hemi or
-                          len(self.lookup_chain(grown, bool(passes), clamp, out, set(sinks), 0)[0]) >
+                          len(self.lookup_chain(grown, bool(passes), clamp, out, set(sinks), 0, table_fmt)[0]) >
                           self.chip.vxm_alus):
                 passes.append(batch)
                 grown = [group]
@@ -153,10 +174,11 @@ class LookupJobs:
         passes.append(batch)
         return passes
 
-    def lookup_chain(self, batch, partial: bool, clamp: bool, out, formats: set, arrive: int):
+    def lookup_chain(self, batch, partial: bool, clamp: bool, out, formats: set, arrive: int, table_fmt: str):
         """The VXM program of one pass: [op, type, args, time] (args ("ids",) the id column, ("leaf", i) group
         i's gathered row, ("part",) the partial result, ("step", j), ("imm", v)); the step per group whose result
-        goes to the SXM; the step per sink format. `arrive`: when the gathered rows reach the VXM."""
+        goes to the SXM; the step per sink format. `arrive`: when the gathered rows reach the VXM. Rows of an f16
+        table are first converted to f32 (exact; a row read as 0 stays 0)."""
         lat = self.chip.vxm_latency
         prog, to_sxm = [], {}
         for i, (k, _, _) in enumerate(batch):
@@ -166,6 +188,11 @@ class LookupJobs:
                 prog.append(["MIN", "i32", [("step", len(prog) - 1), ("imm", U16 - 1)], lat("MAX") + lat("MIN")])
             to_sxm[i] = len(prog) - 1
         level, t = [("leaf", i) for i in range(len(batch))], arrive
+        if table_fmt == "f16":
+            for i in range(len(batch)):
+                prog.append(["CVT", "f16.f32", [("leaf", i)], t])
+                level[i] = ("step", len(prog) - 1)
+            t += lat("CVT")
         while len(level) > 1 or (level[0][0] == "leaf" and not partial):
             nxt = []
             for j in range(0, len(level) - 1, 2):
@@ -224,13 +251,13 @@ class LookupJobs:
             raise CompileError("internal: the lookup's groups need both SXMs at one distance from the VXM")
         d = dist[batch[0][1]]
         prog, to_sxm, _ = self.lookup_chain(batch, partial is not None, clamp, self.graph.tensors[node.output],
-                                            set(outs), 0)
+                                            set(outs), 0, table.fmt)
         emit = {i: prog[j][3] + lat(prog[j][0]) for i, j in to_sxm.items()}
         if len(set(emit.values())) != 1:
             raise CompileError("internal: the lookup's maps leave the VXM at different cycles")
         arrive = emit[0] + d + sxm_lat + rl + d
         prog, to_sxm, dest = self.lookup_chain(batch, partial is not None, clamp, self.graph.tensors[node.output],
-                                               set(outs), arrive)
+                                               set(outs), arrive, table.fmt)
         part_runs = segment_runs(partial, 0, [(0, 0, n, 1)]) if partial is not None else None
         commits = []
 
