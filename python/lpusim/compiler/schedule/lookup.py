@@ -7,7 +7,8 @@ alternate between the hemispheres. Row `id` is at address id - 8192k of group k,
 id - 8192k lies past the slice for every id of another group (below 0 it wraps to 65536 - 8192k + id, at least
 8192 while the table has at most 57344 rows; a larger one clamps it to -1 .. 65535 on the VXM), so a GATHER of
 group k reads 0 for them: ORing the groups' results gives the row. The id column holds -1 for ids out of range
-(lower/lookup.py), which every group reads as 0.
+(lower/lookup.py), which every group reads as 0. A table whose f32 groups do not find fresh slices enough is
+stored in f16 (2 slices a group; the values the one-hot matmul would give), its rows converted to f32 exactly.
 
 One job per column tile and pass, the rows of ids one cycle apart (a pass takes at most two groups per
 hemisphere: an SXM has four queues and a group takes two PERMUTEs a row):
