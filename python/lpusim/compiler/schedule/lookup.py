@@ -141,8 +141,9 @@ class LookupJobs:
                                    f"not {fmt}")
         ids_runs = segment_runs(ids, 0, view_runs(View(ids_name), ids, None, n, 0, n))
         clamp = table.rows > U16 - self.chip.mem_words
-        taken = set(self.slices_of({ids_name, table_name})) | {
-            s for st in sinks.values() for segs in st.tiles for sg in segs for s in range(sg.slice, sg.slice + st.width)}
+        taken = set(self.slices_of({ids_name, table_name})) | {  # what a partial result stays off
+            s for st in sinks.values() for segs in st.tiles for sg in segs
+            for s in range(sg.slice, sg.slice + st.width)}
         for nt, groups in enumerate(self.lookup_groups[table_name]):
             passes = self.lookup_passes(groups, clamp, out, sinks, table.fmt)
             partial = None  # the previous pass's result, read by the next
