@@ -8,8 +8,11 @@ plain address arithmetic.
 
 A node is either
 * `matmul`: the sum over its `terms` of `view @ w` (`w` constant [K, N]) on an MXM plane: one term for MatMul and
-  Gemm, one per kernel tap for Conv, followed by an optional VXM chain (its *epilogue*), or
-* `vector`: a VXM chain over source views (elementwise work, bias adds, activations, pools).
+  Gemm, one per kernel tap for Conv, followed by an optional VXM chain (its *epilogue*),
+* `vector`: a VXM chain over source views (elementwise work, bias adds, activations, pools),
+* `transpose`: rows <-> lanes of one source on the SXM, or
+* `lookup`: rows of a constant table picked by an i32 id column (an embedding lookup: MEM GATHER,
+  lower/lookup.py and schedule/lookup.py).
 
 A `View` names which rows of a tensor meet output row r: the same row (identity), or for a spatial tap (dh, dw) of
 a convolution-like node the input pixel (ho*stride + dh*dilation - pad_top, wo*stride + dw*dilation - pad_left).
@@ -130,7 +133,7 @@ class Step:
 
 @dataclass
 class Node:
-    kind: str  # "matmul" | "vector" | "transpose" (rows <-> lanes of one source, on the SXM)
+    kind: str  # "matmul" | "vector" | "transpose" (rows <-> lanes of one source, on the SXM) | "lookup"
     name: str  # the ONNX node this came from (for messages)
     onnx_op: str
     output: str
@@ -244,9 +247,16 @@ def validate(graph: Graph) -> None:
             if x is None or node.steps or not batch or (out.rows, out.cols) != (batch * x.cols, x.rows // batch):
                 raise CompileError(f"{where}: a transpose takes one source of B x {out.cols} rows and "
                                    f"{out.rows} / B lanes, no chain")
+        elif node.kind == "lookup":
+            ids, table = (graph.tensors[v.tensor] for v in node.sources) if len(node.sources) == 2 else (None, None)
+            if ids is None or node.steps or node.terms or node.fusable or table.kind != "const" or \
+                    ids.dtype != "i32" or (ids.rows, ids.cols) != (out.rows, 1) or table.cols != out.cols or \
+                    any(v.rows is not None or v.spatial for v in node.sources):
+                raise CompileError(f"{where}: a lookup reads an i32 id column [rows, 1] and a constant table of "
+                                   f"the output's columns, no chain")
         elif node.kind != "vector":
             raise CompileError(f"{where}: unknown node kind {node.kind}")
-        for v in (node.sources if node.kind != "transpose" else []):
+        for v in (node.sources if node.kind not in ("transpose", "lookup") else []):
             t = graph.tensors[v.tensor]
             if v.rows is not None and (len(v.rows) != out.rows or v.spatial or min(v.rows) < 0
                                        or max(v.rows) >= t.rows):

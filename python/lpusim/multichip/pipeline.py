@@ -40,6 +40,7 @@ from lpusim.chip import Chip
 from lpusim.compiler import PRECISIONS, build_graph, ir, sram_needed
 from lpusim.compiler.schedule.c2c import StageScheduler
 from lpusim.compiler.schedule.costs import node_costs, static_cost
+from lpusim.compiler.schedule.sxm import needs_sxm_slices
 from lpusim.errors import CompileError, OutOfSram
 from lpusim.multichip.clocks import latency_bound, tolerance_ppm, transfer_timing
 from lpusim.multichip.partition import Partitioner, split_oversized, vectors
@@ -380,7 +381,7 @@ def _schedule_stages(graph: ir.Graph, stages, chip: Chip, system: System, interv
         sub.input_kinds = {n: k for n, k in graph.input_kinds.items() if n in sub.onnx_inputs}
         regions = [r for r in cache or () if r.present in sub.output_names]
         sched = StageScheduler(chip, sub, keep=set(st.sends), rel_drift=rel, max_free=max_free, cache=regions)
-        if any(node.kind == "transpose" for node in st.nodes):
+        if needs_sxm_slices(st.nodes):
             sched.reserve_sxm_slices()
         try:
             if incoming is not None:

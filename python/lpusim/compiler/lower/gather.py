@@ -23,6 +23,7 @@ from lpusim.compiler.ir import Node, Step, View
 from lpusim.compiler.lower.fold import fold
 from lpusim.compiler.lower.index import gather_ids_masked, lower_gather_computed, lower_gather_elements_computed
 from lpusim.compiler.lower.lanes import lane_axis, with_lanes
+from lpusim.compiler.lower.lookup import lookup_fits, lower_gather_lookup
 from lpusim.compiler.lower.rows import const_input, select_lanes
 from lpusim.compiler.row_layout import as_matrix, from_rows, to_rows
 from lpusim.errors import CompileError
@@ -31,6 +32,8 @@ from lpusim.errors import CompileError
 def lower_gather(lw, node, a, args):
     data, idx = args[0], args[1]
     if idx[0] != "const":
+        if lookup_fits(lw, node, a, args):  # an embedding lookup: MEM GATHER (lookup.py)
+            return lower_gather_lookup(lw, node, a, args)
         return lower_gather_computed(lw, node, a, args)  # one-hot rows @ table (index.py)
     _, x, shape = data
     nd = len(shape)

@@ -181,7 +181,7 @@ def _gather_ids_rows(lw, node, x, shape, axis, ids, ishape, out_shape, mag) -> N
     if rows_in == v and np.array_equal(which, np.arange(n)):  # one matrix: the ids are the row numbers
         onehot = gather_onehot_rows(lw, node, ids, ishape, v)
         return _gather_ids_matmul(lw, node, x, shape, onehot, out_shape, mag)
-    col = _gather_ids_column(lw, node, ids, ishape)
+    col = gather_ids_column(lw, node, ids, ishape)
     rows_out = len(which)
     # the input row number of every output row: (ids + V * (ids < 0)) * stride + offset
     steps = [Step("LT", [("src", 0), ("imm", 0.0)]), Step("MUL", [("step", 0), ("imm", float(v))]),
@@ -211,7 +211,7 @@ def _gather_ids_matmul(lw, node, x, shape, onehot, out_shape, mag) -> None:
     lw.values[node.output[0]] = (out, out_shape)
 
 
-def _gather_ids_column(lw, node, ids: str, ishape: tuple) -> str:
+def gather_ids_column(lw, node, ids: str, ishape: tuple) -> str:
     """The ids as a column [n, 1] (one id per row): a graph input as laid out so by the host, a computed
     column as it is, a computed row [1, n] through an SXM transpose (at most 320)."""
     n = int(np.prod(ishape, dtype=np.int64))

@@ -19,9 +19,10 @@ from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, MemR
                                              byte_planes, segment_runs, store_image, view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.schedule.kv_cache import CacheRegion, claim, past_tiles, region_slices
+from lpusim.compiler.schedule.lookup import LookupJobs
 from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.sram import BorderedPool, SramAllocator
-from lpusim.compiler.schedule.sxm import SxmJobs, kept_slices
+from lpusim.compiler.schedule.sxm import SxmJobs, kept_slices, needs_sxm_slices
 from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
 from lpusim.errors import CompileError, OutOfSram
 
@@ -104,7 +105,7 @@ def _imm(value: float, t: str = "f32") -> str:
     return "#" + repr(float(np.float32(value)))
 
 
-class Scheduler(SxmJobs):
+class Scheduler(SxmJobs, LookupJobs):
     def __init__(self, chip, graph: Graph, progress=None, join_released: bool = False,
                  cache: list[CacheRegion] | None = None, segment_rows: int = MAX_SEGMENT_ROWS):
         self.chip = chip
@@ -706,9 +707,10 @@ class Scheduler(SxmJobs):
     # ----- whole graph ----------------------------------------------------------------------------------
     def run(self) -> Schedule:
         g = self.graph
-        if any(node.kind == "transpose" for node in g.nodes):
+        if needs_sxm_slices(g.nodes):
             self.reserve_sxm_slices()
         input_stores = self.place_cache_regions()  # first: every program of a generation has them there
+        self.place_lookup_tables()  # whole fresh slices (lookup.py)
         for name in g.inputs:  # where the host writes
             if name not in input_stores:
                 input_stores[name] = self.alloc_store(name, "f32")
@@ -717,8 +719,11 @@ class Scheduler(SxmJobs):
                             {w for node in g.nodes for _, w in node.terms if g.tensors[w].kind == "const"}}
         self.sram.weights_to_come = sum(self.weight_left.values())
         # per-plane weight shares (plane_slices) only while the weights leave room: with BERT-base's weights at 93%
-        # of SRAM they fragmented it (a 2-slice x 40-row store found no room at 209.6 of 230.7 MB placed)
-        self.plane_shares = self.sram.weights_to_come <= PLANE_SHARES_UP_TO * self.chip.sram_bytes
+        # of SRAM they fragmented it (a 2-slice x 40-row store found no room at 209.6 of 230.7 MB placed). Lookup
+        # tables (whole slices, lookup.py) count as weights: HF BERT-base's f32 word embeddings took most of one
+        # plane's share, and its chip 0 ran 467,011 cycles without shares against 472,418 with them
+        self.plane_shares = \
+            self.sram.weights_to_come + self.lookup_bytes <= PLANE_SHARES_UP_TO * self.chip.sram_bytes
         last_use = {}
         for i, node in enumerate(g.nodes):
             for v, w in node.terms:
@@ -770,6 +775,8 @@ class Scheduler(SxmJobs):
                 self.schedule_matmul(node, sinks)
             elif node.kind == "transpose":
                 self.schedule_transpose(node, sinks)
+            elif node.kind == "lookup":
+                self.schedule_lookup(node, sinks)
             else:
                 chunks = self.vector_chunks(node, sinks, out.rows)
                 for nt in range(self.ntiles(out.cols)):

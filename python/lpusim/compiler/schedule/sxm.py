@@ -34,6 +34,12 @@ from lpusim.errors import CompileError
 SXM_KEPT = 5  # slices per hemisphere next to its SXM kept for the transposes (SxmJobs.reserve_sxm_slices)
 
 
+def needs_sxm_slices(nodes) -> bool:
+    """Whether a program's nodes use the slices kept for SXM tables: transposes, and table lookups (their
+    all-zero PERMUTE map, schedule/lookup.py)."""
+    return any(node.kind in ("transpose", "lookup") for node in nodes)
+
+
 def kept_slices(chip) -> set[int]:
     """The slices a program with transposes keeps for its SXM tables and scratch, both hemispheres."""
     half = chip.mem_slices // 2
