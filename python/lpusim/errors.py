@@ -15,6 +15,11 @@ class CompileError(LpusimError):
     """
 
 
+class ScheduleNotFound(CompileError):
+    """No cycle within the scheduler's search limit has the resources a job needs (a clash that never clears). The
+    compiler retries with other store layouts before reporting it (compiler/__init__.py)."""
+
+
 class OutOfSram(CompileError):
     """The allocator found no room for a store: the SRAM estimate fits, but placement (320-lane tiles, slice groups,
     banks) does not, even packed (schedule/packing.py). The compiler retries such a schedule with released blocks

@@ -104,3 +104,36 @@ def test_a_job_streaming_two_full_resolution_stores_finds_room_for_its_output():
     m = make_model([helper.make_node("Mul", ["x", "m"], ["y"])], {"m": mask}, {"x": [1, 16, 128, 256]})
     program, result, _ = assert_matches_onnxruntime(m)
     assert program.sram_bytes <= 126_000_000 and result.cycles == program.predicted_cycles
+
+
+def test_a_schedule_not_found_with_short_segments_falls_back_to_long_ones(monkeypatch):
+    """Short segments can leave a job no cycle at all (a KV-cache region spread over so many slices that the Concat
+    writing into it clashed forever: Llama 2 70B's attention part at tp 8 over 2,047 positions); the compiler then
+    tries the long segments before reporting anything."""
+    import lpusim
+    from lpusim.compiler.schedule import scheduler
+    from lpusim.errors import ScheduleNotFound
+    from lpusim.models import bert_encoder
+
+    tried = []
+    real_run = scheduler.Scheduler.run
+
+    def run(self):
+        tried.append(self.segment_rows)
+        if self.segment_rows < scheduler.MAX_SEGMENT_ROWS:
+            raise ScheduleNotFound("could not schedule (a stand-in clash)")
+        return real_run(self)
+
+    monkeypatch.setattr(scheduler.Scheduler, "run", run)
+    program = lpusim.compile(bert_encoder(layers=1, hidden=64, heads=2, seq=16))
+    assert tried == list(scheduler.SPREAD_SEGMENT_ROWS) + [scheduler.MAX_SEGMENT_ROWS]
+    assert program.run(program.random_inputs(0), timing_only=True).cycles == program.predicted_cycles
+
+
+@pytest.mark.slow
+def test_llama_2_70b_attention_part_compiles():
+    """The regression itself (it failed to compile with 128-row segments): 70,034 cycles when measured."""
+    from lpusim.llm.plan import Planner
+
+    piece = Planner("llama-2-70b", precision="int8", context=2048).pieces.part("attention", 8, 1, 2047)
+    assert piece.cycles > 0

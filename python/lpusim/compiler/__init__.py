@@ -18,7 +18,7 @@ from lpusim.compiler.schedule.storage import WIDTH, Store
 from lpusim.compiler.lower import import_onnx
 from lpusim.compiler.lower.quant import QUANT_OPS
 from lpusim.compiler.frontend.quantize import quantize_model
-from lpusim.errors import CompileError, OutOfSram
+from lpusim.errors import CompileError, OutOfSram, ScheduleNotFound
 
 # int8: quantised with onnxruntime's quantize_static first (quantize.py); fp32: fp16 MXM operands split into
 # pieces summed exactly (fp32_split.py)
@@ -124,11 +124,14 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     gc.disable()  # the scheduler builds many long-lived objects and no garbage cycles to speak of: skip the scans
     try:
         sched = None
-        for rows in schedule.SPREAD_SEGMENT_ROWS:  # short segments first: more jobs read at once
+        # short segments first (more jobs read at once), then the long ones: short segments fragment SRAM, and
+        # spread a KV-cache region over so many slices that a Concat writing into it found no cycle (Llama 2 70B's
+        # attention part at tp 8 over 2,047 cached positions)
+        for rows in schedule.SPREAD_SEGMENT_ROWS + (schedule.MAX_SEGMENT_ROWS,):
             try:
                 sched = schedule.Scheduler(chip, graph, progress, cache=cache, segment_rows=rows).run()
                 break
-            except OutOfSram:
+            except (OutOfSram, ScheduleNotFound):
                 pass
         if sched is None:
             # again, long segments and released blocks joined whenever none fits (fewer fresh bytes)

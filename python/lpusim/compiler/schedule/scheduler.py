@@ -24,7 +24,7 @@ from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.sram import BorderedPool, SramAllocator
 from lpusim.compiler.schedule.sxm import SxmJobs, kept_slices, needs_sxm_slices
 from lpusim.compiler.vxm_chain import delay_table, place_delay_lines, with_read_copies
-from lpusim.errors import CompileError, OutOfSram
+from lpusim.errors import CompileError, OutOfSram, ScheduleNotFound
 
 # How far past a job's lower bound the scheduler searches before declaring the schedule impossible.
 SEARCH_LIMIT = 200_000
@@ -163,8 +163,8 @@ class Scheduler(SxmJobs, LookupJobs):
                 t = max(t + 1, clash.retry_at or 0)
                 first_fit = t if first_fit is None else first_fit
                 if t - first_fit > SEARCH_LIMIT:
-                    raise CompileError(f"could not schedule {what} within {SEARCH_LIMIT} cycles of its "
-                                       f"earliest start (resources stay taken)") from None
+                    raise ScheduleNotFound(f"could not schedule {what} within {SEARCH_LIMIT} cycles of its "
+                                           f"earliest start (resources stay taken)") from None
                 continue
             self.res.commit()
             for store, last in self.accesses:
