@@ -713,6 +713,10 @@ class Scheduler(SxmJobs):
                     store = self.alloc_store(v.tensor, vxm_format(t), bank=0,
                                              avoid_tile=lambda nt, o=others: self.slices_of(o, nt))
                     self.init_store(store, t.data)
+            for v, _ in node.terms:  # a constant streamed into the MXM (ones[1, C] @ a computed tensor, norms.py)
+                t = g.tensors[v.tensor]
+                if t.kind == "const" and (v.tensor, "f16") not in self.stores:
+                    self.init_store(self.alloc_store(v.tensor, "f16", bank=0), t.data)
             for _ in range(len(node.sources)):  # two views one VXM job streams may not share a slice: move one
                 clash = self._shared_slices(node)
                 if not clash:
