@@ -86,9 +86,10 @@ def lane_matmul(lw, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(
 
 
 def vector(lw, node, sources: list, steps: list, shape: tuple, hint: str) -> str:
+    """One VXM node; `sources` are tensor names (read row for row) or Views."""
     out = lw.add_tensor(lw.fresh(hint), shape, "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out,
-                         sources=[View(s) for s in sources], steps=steps))
+                         sources=[s if isinstance(s, View) else View(s) for s in sources], steps=steps))
     return out
 
 
@@ -139,6 +140,24 @@ def lane_sum(lw, node, x, shape, scale=1.0, hint="sum", steps=(), sources=(), ma
     # inf or NaN, which a later matmul would multiply by its zero weight rows into NaN.
     return lane_matmul(lw, node, x, shape, ("ones", c), ones, hint,
                        first + rest if (rest or scale != 1.0) else [], sources, out_cols=c)
+
+
+def lane_sum_tile(lw, node, x, shape, scale=1.0, hint="sum", magnitude=None) -> str:
+    """Row sums (times `scale`) in every lane of one 320-lane tile: `x @ ones[C, 320]`, C/320 weight tiles where
+    lane_sum's ones[C, C] takes (C/320)^2, for rows of more than 320 lanes, whose readers take the sum through
+    View(tile0=True). The same fp16 products accumulated in the same order as lane_sum's, so the same float32
+    sums; `precise_sums`: hi's sums, then lo's."""
+    c = shape[lane_axis(shape)]
+    ones = lambda: np.ones((c, LANES), np.float32)  # noqa: E731
+    acc, pre, sources = ("acc",), [], []
+    if lw.precise_sums:
+        hi, _ = lane_matmul(lw, node, x, shape, ("ones", c, LANES), ones, f"{hint}.hi")
+        x = fp16_residual(lw, node, x, shape, f"{hint}.lo", magnitude)
+        pre, sources, acc = [Step("ADD", [("acc",), ("src", 0)])], [hi], ("step", 0)
+    first = [Step("MUL", [acc, ("imm", float(scale))])] if scale != 1.0 else []
+    s, _ = lane_matmul(lw, node, x, shape, ("ones", c, LANES), ones, hint, pre + first, sources)
+    lw.derived[s] = float(magnitude or 0.0) * c * abs(float(scale))
+    return s
 
 
 def lane_extreme(lw, node, x, shape, op, hint="max", magnitude=None):
