@@ -19,7 +19,8 @@
 
 * Softmax / LogSoftmax over a lane axis longer than one 320-lane tile (decode attention over a long KV cache):
   reduce.py's `wide_extreme` / `wide_sum` combine the row's lane tiles into one vector first, reduce that vector
-  and move the result back into every lane exactly: constants of C * 320, not C^2, the same outputs bit for bit.
+  into every one of its lanes, and every lane tile of the row reads that vector (View.tile0): constants of C * 320,
+  not C^2.
 """
 from __future__ import annotations
 
