@@ -834,8 +834,10 @@ class Scheduler(SxmJobs):
             return
         old = self.stores[(name, "f32")]
         others = {v.tensor for v in node.sources} | {name}
+        # a one-tile tensor read for every column tile (View.tile0) meets every tile of the others
+        every = self.ntiles(self.graph.tensors[name].cols) == 1 < self.ntiles(self.graph.tensors[node.output].cols)
         new = self.alloc_store(name, "f32", reuse=True,
-                               avoid_tile=lambda nt: self.slices_of(others, nt) | keep_off)
+                               avoid_tile=lambda nt: self.slices_of(others, None if every else nt) | keep_off)
         self.stores[(name, "f32")] = old  # the copy reads the old place
         copy = Node("vector", node.name, f"{node.onnx_op}(move {name})", name, sources=[View(name)],
                     steps=[Step("COPY", [("src", 0)])])
