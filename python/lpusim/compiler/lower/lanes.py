@@ -3,14 +3,16 @@ MXM, shared by Softmax/LayerNormalization (norms.py), the reductions (reduce.py)
 
 A row's elements sit on the lanes of one vector, so a reduction over the last axis (the channel axis of an image)
 crosses lanes. lpusim does it on the MXM with constant 0/1 matrices, using only the matmul and vector node kinds:
-* sum: `x @ ones[C, C]` puts the row sum in every lane (the accumulator adds exactly; x enters as fp16);
+* sum: `x @ ones[C, C]` puts the row sum in every lane (the accumulator adds exactly; x enters as fp16); past 320
+  lanes `x @ ones[C, 320]` (`lane_sum_tile`) puts it in every lane of one tile, which every tile of the row reads
+  (View.tile0);
 * max/min: `m = x @ I` (x's fp16 values, the same in every lane's view), then a tree of `ceil(log2 C)` steps
   `m = MAX(m, m @ R_s)` where `R_s` rotates the C lanes cyclically by s = 1, 2, 4, ...: after the last step every
   lane holds the row's maximum. `m @ R_s` moves fp16 values exactly,
   so the result is the maximum of x's fp16-rounded values (within fp16's rounding of the true maximum);
 * a reduction that keeps one column (`keepdims`) reads lane 0 through `E[C, 1]`.
-The SXM (shift/permute) could do the rotations without rounding and in fewer cycles; the scheduler does not
-drive the SXM yet.
+The SXM's PERMUTE could do the rotations without rounding; the scheduler drives it only for transposes, which
+Softmax over many rows uses instead of the tree (norms.turned_softmax), as ReduceMax does (reduce.py).
 Also here: `vector`/`node_of` (one VXM node), `shared_const` (a constant stored once per key), `fp16_residual`
 (hi + lo for f32-accurate sums of quantised models), the layout helpers `lane_axis`, `with_lanes`, `row_axes`.
 """
