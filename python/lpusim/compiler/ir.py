@@ -107,8 +107,13 @@ class View:
     pad_left: int = 0
     spatial: bool = False
     rows: tuple | None = None  # a row map: output row r reads logical row rows[r] (lower/gather.py)
+    # every column tile of the output reads the tensor's one tile of 320 lanes: a row value that fills every lane of
+    # its tile (lanes.lane_sum_tile), read by nodes of wider rows without being stored once per tile
+    tile0: bool = False
 
     def __str__(self) -> str:
+        if self.tile0:
+            return f"{self.tensor}[tile 0]"
         if self.rows is not None:
             shown = ",".join(map(str, self.rows[:6])) + (",..." if len(self.rows) > 6 else "")
             return f"{self.tensor}[rows {shown}]"
@@ -261,7 +266,8 @@ def validate(graph: Graph) -> None:
             if v.rows is not None and (len(v.rows) != out.rows or v.spatial or min(v.rows) < 0
                                        or max(v.rows) >= t.rows):
                 raise CompileError(f"{where}: row map of {v.tensor} ({t.rows} rows) for {out.rows} rows is bad")
-            if t.cols != out.cols or (not v.spatial and v.rows is None and t.rows not in (1, out.rows)):
+            cols_ok = t.cols == 320 and out.cols > 320 and not v.spatial if v.tile0 else t.cols == out.cols
+            if not cols_ok or (not v.spatial and v.rows is None and t.rows not in (1, out.rows)):
                 raise CompileError(f"{where}: source {v} is {t.rows}x{t.cols}, output {out.rows}x{out.cols}")
             if v.spatial and t.geom is None:
                 raise CompileError(f"{where}: a spatial tap needs an image tensor")

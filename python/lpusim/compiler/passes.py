@@ -98,7 +98,7 @@ def fuse_chains(graph: Graph) -> Graph:
             for view in consumer.sources:
                 producer = producers.get(view.tensor)
                 if producer is None or not producer.fusable or view.spatial or view.rows is not None \
-                        or view.tensor in outputs \
+                        or view.tile0 or view.tensor in outputs \
                         or uses[view.tensor] != 1:
                     continue
                 merged = _fuse(graph, producer, consumer, view.tensor)

@@ -3,14 +3,16 @@ MXM, shared by Softmax/LayerNormalization (norms.py), the reductions (reduce.py)
 
 A row's elements sit on the lanes of one vector, so a reduction over the last axis (the channel axis of an image)
 crosses lanes. lpusim does it on the MXM with constant 0/1 matrices, using only the matmul and vector node kinds:
-* sum: `x @ ones[C, C]` puts the row sum in every lane (the accumulator adds exactly; x enters as fp16);
+* sum: `x @ ones[C, C]` puts the row sum in every lane (the accumulator adds exactly; x enters as fp16); past 320
+  lanes `x @ ones[C, 320]` (`lane_sum_tile`) puts it in every lane of one tile, which every tile of the row reads
+  (View.tile0);
 * max/min: `m = x @ I` (x's fp16 values, the same in every lane's view), then a tree of `ceil(log2 C)` steps
   `m = MAX(m, m @ R_s)` where `R_s` rotates the C lanes cyclically by s = 1, 2, 4, ...: after the last step every
   lane holds the row's maximum. `m @ R_s` moves fp16 values exactly,
   so the result is the maximum of x's fp16-rounded values (within fp16's rounding of the true maximum);
 * a reduction that keeps one column (`keepdims`) reads lane 0 through `E[C, 1]`.
-The SXM (shift/permute) could do the rotations without rounding and in fewer cycles; the scheduler does not
-drive the SXM yet.
+The SXM's PERMUTE could do the rotations without rounding; the scheduler drives it only for transposes, which
+Softmax over many rows uses instead of the tree (norms.turned_softmax), as ReduceMax does (reduce.py).
 Also here: `vector`/`node_of` (one VXM node), `shared_const` (a constant stored once per key), `fp16_residual`
 (hi + lo for f32-accurate sums of quantised models), the layout helpers `lane_axis`, `with_lanes`, `row_axes`.
 """
@@ -86,9 +88,10 @@ def lane_matmul(lw, node, x: str, shape: tuple, wkey, make_w, hint: str, steps=(
 
 
 def vector(lw, node, sources: list, steps: list, shape: tuple, hint: str) -> str:
+    """One VXM node; `sources` are tensor names (read row for row) or Views."""
     out = lw.add_tensor(lw.fresh(hint), shape, "value")
     lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, out,
-                         sources=[View(s) for s in sources], steps=steps))
+                         sources=[s if isinstance(s, View) else View(s) for s in sources], steps=steps))
     return out
 
 
@@ -139,6 +142,24 @@ def lane_sum(lw, node, x, shape, scale=1.0, hint="sum", steps=(), sources=(), ma
     # inf or NaN, which a later matmul would multiply by its zero weight rows into NaN.
     return lane_matmul(lw, node, x, shape, ("ones", c), ones, hint,
                        first + rest if (rest or scale != 1.0) else [], sources, out_cols=c)
+
+
+def lane_sum_tile(lw, node, x, shape, scale=1.0, hint="sum", magnitude=None) -> str:
+    """Row sums (times `scale`) in every lane of one 320-lane tile: `x @ ones[C, 320]`, C/320 weight tiles where
+    lane_sum's ones[C, C] takes (C/320)^2, for rows of more than 320 lanes, whose readers take the sum through
+    View(tile0=True). The same fp16 products accumulated in the same order as lane_sum's, so the same float32
+    sums; `precise_sums`: hi's sums, then lo's."""
+    c = shape[lane_axis(shape)]
+    ones = lambda: np.ones((c, LANES), np.float32)  # noqa: E731
+    acc, pre, sources = ("acc",), [], []
+    if lw.precise_sums:
+        hi, _ = lane_matmul(lw, node, x, shape, ("ones", c, LANES), ones, f"{hint}.hi")
+        x = fp16_residual(lw, node, x, shape, f"{hint}.lo", magnitude)
+        pre, sources, acc = [Step("ADD", [("acc",), ("src", 0)])], [hi], ("step", 0)
+    first = [Step("MUL", [acc, ("imm", float(scale))])] if scale != 1.0 else []
+    s, _ = lane_matmul(lw, node, x, shape, ("ones", c, LANES), ones, hint, pre + first, sources)
+    lw.derived[s] = float(magnitude or 0.0) * c * abs(float(scale))
+    return s
 
 
 def lane_extreme(lw, node, x, shape, op, hint="max", magnitude=None):

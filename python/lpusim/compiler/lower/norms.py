@@ -1,6 +1,9 @@
 """Softmax, LogSoftmax, LayerNormalization.
 
-* Over the lane axis alone (`lower_softmax`, `lower_layernorm`): lane sums and maxima on the MXM (lanes.py).
+* Over the lane axis alone (`lower_softmax`, `lower_layernorm`): lane sums and maxima on the MXM (lanes.py); a
+  Softmax / LogSoftmax over rows of at most 320 lanes, when there are enough rows (`turned_pays`, measured), turned
+  instead (`turned_softmax`): rows into lanes on the SXM, the exact float32 maximum by a VXM halving tree, the
+  exponentials' sums by one MXM vector (`ones[1, C]` against the exponentials loaded as weights), turned back.
 
 * Softmax / LogSoftmax over any axis (and opset < 13's flattened axes), LayerNormalization over axes [axis, ...)
   with its Mean and InvStdDev outputs. The reduced axes A split into the lane axis and row axes
@@ -16,18 +19,20 @@
 
 * Softmax / LogSoftmax over a lane axis longer than one 320-lane tile (decode attention over a long KV cache):
   reduce.py's `wide_extreme` / `wide_sum` combine the row's lane tiles into one vector first, reduce that vector
-  and move the result back into every lane exactly: constants of C * 320, not C^2, the same outputs bit for bit.
+  into every one of its lanes, and every lane tile of the row reads that vector (View.tile0): constants of C * 320,
+  not C^2.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from lpusim.compiler.ir import Step, View
+from lpusim.compiler.ir import Node, Step, View
 from lpusim.compiler.lower.elementwise import operand
 from lpusim.compiler.lower.lanes import (check_lane_axis, fp16_residual, LANES, lane_axis, lane_extreme, lane_matmul,
-                                         lane_sum, node_of, vector)
-from lpusim.compiler.lower.reduce import reduce_row_axes, wide_extreme, wide_sum
+                                         lane_sum, lane_sum_tile, node_of, shared_const, vector)
+from lpusim.compiler.lower.reduce import reduce_row_axes, turn, wide_extreme, wide_sum
 from lpusim.compiler.lower.rows import row_view
+from lpusim.compiler.row_layout import geom
 from lpusim.errors import CompileError
 
 
@@ -43,6 +48,10 @@ def lower_softmax(lw, node, op, a, args):
                                f"{tuple(shape)}; only a flattening that leaves the lane axis is supported")
         axis = lane
     check_lane_axis(lw, node, shape, axis)
+    if turned_pays(lw.tensors[x].rows, shape[lane_axis(shape)]):
+        y = turned_softmax(lw, node, op, x, tuple(shape), lw.magnitudes.get(node.input[0], 0.0))
+        lw.values[node.output[0]] = (y, tuple(shape))
+        return
     # Shift by the row maximum so exp stays in range (any shift gives the same softmax). The tree finds the
     # maximum of fp16-rounded values, within 2^-11 of the largest magnitude r: while that error could push
     # exp(x - m) past fp16 (r > 2^12), shift by that estimate and search again, the error shrinking 2^10-fold
@@ -100,6 +109,54 @@ def lower_softmax(lw, node, op, a, args):
     lw.values[node.output[0]] = (y, tuple(shape))
 
 
+# Softmax over the lanes turned (turned_softmax) rather than by the rotation tree when 6 R >= C - 60 (R rows of C
+# <= 320 lanes): the turned cost grows with C (a tree over C rows, the transposes), the rotation tree's with R
+# (log2(C) + 2 MXM passes of R vectors). Cycles measured (turned / rotations), a lone Softmax: [1, 72] 1,381 /
+# 1,441; [1, 80] 1,455 / 1,441, [2, 80] 1,467 / 1,479; [5, 96] 1,575 / 1,593; [12, 128] 1,860 / 1,842, [14, 128]
+# 1,868 / 1,918; [12, 160] 2,194 / 2,050, [16, 160] 2,186 / 2,218; [16, 200] 2,520 / 2,223, [24, 200] 2,552 /
+# 2,559; [32, 256] 3,063 / 2,902, [40, 256] 3,087 / 3,238; [40, 320] 3,693 / 3,547, [48, 320] 3,702 / 3,915;
+# [1, 128] 1,842 / 1,438; [128, 128] 2,306 / 6,250; [1536, 128] 12,347 / 59,726; [1536, 8] 8,003 / 34,570.
+TURN_LANES_PER_ROW = 6
+TURN_FREE_LANES = 60
+
+
+def turned_pays(rows: int, c: int) -> bool:
+    return c <= LANES and TURN_LANES_PER_ROW * rows >= c - TURN_FREE_LANES
+
+
+def turned_softmax(lw, node, op, x, shape, mag) -> str:
+    """Softmax / LogSoftmax over the lane axis of x (R rows of C <= LANES lanes) with one MXM vector per 320 of
+    R: the rows turned into lanes on the SXM (T: C rows of R lanes), T's maximum over its rows by a halving tree
+    on the VXM (float32: the exact maximum, so one shift whatever the magnitudes), e = exp(T - max) on the VXM,
+    its sums over the rows as `ones[1, C] @ e` with e loaded as weights (the fp16 exponentials summed exactly,
+    as lane_sum sums them; with `precise_sums`, a float32 tree on the VXM), the division (or the logarithm), and
+    the result turned back."""
+    rows, c = lw.tensors[x].rows, shape[lane_axis(shape)]
+    t = turn(lw, node, x, (c, rows), (1, c, 1), mag)
+    m, small = reduce_axes(lw, node, t, (c, rows), [0], "MAX", mag)
+    e = node_of(lw, node, [View(t), View(m)], [Step("SUB", [("src", 0), ("src", 1)]), Step("EXP", [("step", 0)])],
+                (c, rows), f"{node.output[0]}.exp", 1.0)
+    if lw.precise_sums:  # quantised models (lane_sum's hi and lo pieces): the sums by a float32 tree instead
+        s, _ = reduce_axes(lw, node, e, (c, rows), [0], "ADD", 1.0)
+    else:
+        ones = shared_const(lw, ("ones", 1, c), lambda: np.ones((1, c), np.float32))
+        s = lw.add_tensor(lw.fresh(f"{node.output[0]}.sum"), small, "value")
+        lw.nodes.append(Node("matmul", node.name or node.output[0], node.op_type, s, terms=[(View(ones), e)],
+                             purpose="lane sums"))
+        lw.derived[s] = float(c)
+    if op == "Softmax":
+        y = node_of(lw, node, [View(e), View(s)], [Step("DIV", [("src", 0), ("src", 1)])], (c, rows),
+                    f"{node.output[0]}.turned", 1.0)
+    else:  # (t - m) - log(sum)
+        y = node_of(lw, node, [View(t), View(m), View(s)],
+                    [Step("SUB", [("src", 0), ("src", 1)]), Step("LOG", [("src", 2)]),
+                     Step("SUB", [("step", 0), ("step", 1)])], (c, rows), f"{node.output[0]}.turned",
+                    2.0 * mag + 10.0)
+    y = turn(lw, node, y, tuple(shape), geom(tuple(shape)), lw.derived[y])
+    lw.tensors[y].shape = tuple(shape)
+    return y
+
+
 def lower_layernorm(lw, node, a, args):
     _, x, shape = args[0]
     axis = a.get("axis", -1)
@@ -107,10 +164,18 @@ def lower_layernorm(lw, node, a, args):
     if len(node.output) > 1 and any(node.output[1:]):
         raise CompileError(f"{lw.where(node)}: the Mean and InvStdDev outputs are not supported")
     c = shape[lane_axis(shape)]
-    mean, _ = lane_sum(lw, node, x, shape, 1.0 / c, "mean", magnitude=lw.magnitudes.get(node.input[0]))
+    if c > LANES:  # the mean in one 320-lane tile, read by every tile of the row (lanes.lane_sum_tile)
+        mean = View(lane_sum_tile(lw, node, x, shape, 1.0 / c, "mean", magnitude=lw.magnitudes.get(node.input[0])),
+                    tile0=True)
+    else:
+        mean, _ = lane_sum(lw, node, x, shape, 1.0 / c, "mean", magnitude=lw.magnitudes.get(node.input[0]))
     d = vector(lw, node, [x, mean], [Step("SUB", [("src", 0), ("src", 1)])], shape, "centred")
     sq = vector(lw, node, [d], [Step("MUL", [("src", 0), ("src", 0)])], shape, "sq")
     lw.derived[sq] = (2.0 * lw.magnitudes.get(node.input[0], 0.0)) ** 2
+    # The variance's sums stay ones[C, C] with the rest of LayerNorm as their epilogue: in one tile they would need
+    # that rest as a node of its own after them, on the path between layers. Cycles measured (both sums in one tile
+    # / the mean alone / neither): BERT-base 657,318 / 653,899 / 670,453; 2-layer BERT-Large 164,217 / 165,078 /
+    # 171,951; 4-layer BERT-base 231,321 / 229,847 / 229,869; 2-layer 119,952 / 119,634 / 117,688.
     steps = [Step("ADD", [("sum",), ("imm", float(a.get("epsilon", 1e-5)))]), Step("RSQRT", [("step", 0)]),
              Step("MUL", [("src", 0), ("step", 1)])]
     sources = [d]

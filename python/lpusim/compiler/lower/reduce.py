@@ -44,8 +44,8 @@ import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
 from lpusim.compiler.lower.lanes import (check_lane_axis, FP16_EXACT, fp16_residual, keep_lane0, lane_axis,
-                                         lane_extreme, lane_extreme_and_copy, lane_matmul, lane_sum, LANES,
-                                         rotation_tree, UP, vector, with_lanes)
+                                         lane_extreme, lane_extreme_and_copy, lane_matmul, lane_sum, lane_sum_tile,
+                                         LANES, rotation_tree, vector, with_lanes)
 from lpusim.compiler.lower.transpose import permute
 from lpusim.compiler.row_layout import as_matrix, to_rows
 from lpusim.errors import CompileError
@@ -295,26 +295,20 @@ def tile_select(c: int, j: int) -> np.ndarray:
     return w
 
 
-def lane0_everywhere(c: int) -> np.ndarray:
-    """[LANES, c]: lane 0 into every one of c lanes (one nonzero row per weight tile: a one-issue load)."""
-    w = np.zeros((LANES, c), np.float32)
-    w[0] = 1.0
-    return w
-
-
-def wide_broadcast(lw, node, m, short, shape, hint, steps=(), sources=()) -> str:
-    """m ([.., LANES], lane 0 an fp16-exact value) in every lane of `shape`, then `steps` (acc: that value)."""
-    c = shape[lane_axis(shape)]
-    y, _ = lane_matmul(lw, node, m, short, ("lane0to", c), lambda: lane0_everywhere(c), hint, list(steps),
-                       list(sources))
-    return y
+def tile_broadcast(lw, node, m, shape, hint, steps=(), sources=()) -> str:
+    """m ([.., LANES], every lane the row's value) read by every lane tile of `shape` (View.tile0), then `steps`
+    (("acc",): that value; else COPY) on the VXM: no data moves, the value exactly as m holds it."""
+    at = ("src", len(sources))
+    chain = [Step(st.op, [at if a in (("acc",), ("sum",)) else a for a in st.args], st.t) for st in steps] or \
+        [Step("COPY", [at])]
+    return vector(lw, node, list(sources) + [View(m, tile0=True)], chain, shape, hint)
 
 
 def wide_extreme(lw, node, x, shape, op, hint="max", magnitude=None, steps=(), sources=()) -> str:
     """`lane_extreme` for rows of more than LANES lanes with constants of O(c * LANES), not O(c^2): the row's lane
     tiles moved onto one vector (`tile_select` on the MXM, fp16 values as the rotation tree compares them) and
-    combined by `op` in the matmul epilogues, the rotation tree over those LANES lanes, and the result moved back
-    into every lane of `shape` (exact: an fp16 value), `steps` (acc: the extreme) as that matmul's epilogue."""
+    combined by `op` in the matmul epilogues, the rotation tree over those LANES lanes (every lane the extreme), read
+    by every lane tile of `shape` (`tile_broadcast`) with `steps` (acc: the extreme) on the VXM."""
     c = shape[lane_axis(shape)]
     if c <= LANES:
         m = lane_extreme(lw, node, x, shape, op, hint, magnitude)
@@ -336,7 +330,7 @@ def wide_extreme(lw, node, x, shape, op, hint="max", magnitude=None, steps=(), s
         lw.derived[m] = magnitude
         lw.tensors[m].f16_saturate = True
     m = rotation_tree(lw, node, m, short, LANES, op, hint, magnitude)
-    y = wide_broadcast(lw, node, m, short, shape, hint, steps, sources)
+    y = tile_broadcast(lw, node, m, shape, hint, steps, sources)
     if not steps:
         lw.derived[y] = magnitude
     return y
@@ -344,48 +338,18 @@ def wide_extreme(lw, node, x, shape, op, hint="max", magnitude=None, steps=(), s
 
 def wide_sum(lw, node, x, shape, scale=1.0, hint="sum", steps=(), sources=(), magnitude=None) -> tuple:
     """`lane_sum` for rows of more than LANES lanes with constants of O(c * LANES): `x @ ones[c, LANES]` (the
-    same fp16 products accumulated in the same order as lane_sum's `ones[c, c]`, so the same float32 sum), then
-    that sum moved into every lane exactly, as three fp16 pieces (hi and two residuals scaled up by UP) added in
-    float32, and `steps` (whose ("sum",) is that sum) as the last piece's epilogue."""
+    same fp16 products accumulated in the same order as lane_sum's `ones[c, c]`, so the same float32 sum:
+    lanes.lane_sum_tile), read by every lane tile of `shape` (`tile_broadcast`) with `steps` (whose ("sum",) is
+    that sum) on the VXM."""
     c = shape[lane_axis(shape)]
     if c <= LANES:
         return lane_sum(lw, node, x, shape, scale, hint, steps, sources, magnitude)
     if magnitude is None:
         magnitude = lw.ir_magnitude(x)
-    short = with_lanes(shape, LANES)
-    ones = lambda: np.ones((c, LANES), np.float32)  # noqa: E731
-    first = [Step("MUL", [("acc",), ("imm", float(scale))])] if scale != 1.0 else []
-    if lw.precise_sums:  # hi's sums, then lo's added (lane_sum's two passes)
-        hi, _ = lane_matmul(lw, node, x, shape, ("ones", c, LANES), ones, f"{hint}.hi")
-        lo = fp16_residual(lw, node, x, shape, f"{hint}.lo", magnitude)
-        pre = [Step("ADD", [("acc",), ("src", 0)])]
-        first = [Step("MUL", [("step", 0), ("imm", float(scale))])] if scale != 1.0 else []
-        s, _ = lane_matmul(lw, node, lo, shape, ("ones", c, LANES), ones, f"{hint}.lanes", pre + first, [hi])
-    else:
-        s, _ = lane_matmul(lw, node, x, shape, ("ones", c, LANES), ones, f"{hint}.lanes", first)
-    smag = float(magnitude or 0.0) * c * abs(float(scale))  # 0: unknown, fp16 copies not scaled
-    lw.derived[s] = smag
-    if lw.fp32:  # precision="fp32" moves the sum exactly in one matmul (fp32_split.py): no pieces
-        rest = [Step(st.op, [("step", 0) if a == ("sum",) else ("step", a[1] + 1) if a[0] == "step" else a
-                             for a in st.args], st.t) for st in steps]
-        y = wide_broadcast(lw, node, s, short, shape, hint, [Step("COPY", [("acc",)])] + rest, list(sources))
-        if not steps:
-            lw.derived[y] = smag
-        return y, tuple(shape)
-    r1 = fp16_residual(lw, node, s, short, f"{hint}.r1", smag, up=True)
-    r2 = fp16_residual(lw, node, r1, short, f"{hint}.r2", smag, up=True)
-    b0 = wide_broadcast(lw, node, s, short, shape, f"{hint}.b0")
-    lw.derived[b0] = smag
-    piece = lambda k, src: [Step("MUL", [("acc",), ("imm", 1.0 / UP ** k)]),  # noqa: E731
-                            Step("ADD", [("src", src), ("step", 0)])]
-    b1 = wide_broadcast(lw, node, r1, short, shape, f"{hint}.b1", piece(1, 0), [b0])
-    lw.derived[b1] = smag
-    n = len(sources)
-    rest = [Step(st.op, [("step", 1) if a == ("sum",) else ("step", a[1] + 2) if a[0] == "step" else a
-                         for a in st.args], st.t) for st in steps]
-    y = wide_broadcast(lw, node, r2, short, shape, hint, piece(2, n) + rest, list(sources) + [b1])
+    s = lane_sum_tile(lw, node, x, shape, scale, f"{hint}.lanes", magnitude)
+    y = tile_broadcast(lw, node, s, shape, hint, steps, sources)
     if not steps:
-        lw.derived[y] = smag
+        lw.derived[y] = lw.derived[s]
     return y, tuple(shape)
 
 

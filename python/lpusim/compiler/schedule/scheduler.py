@@ -631,17 +631,18 @@ class Scheduler(SxmJobs, LookupJobs):
         src = []
         for view in node.sources:
             store = self.stores[(view.tensor, vxm_format(g.tensors[view.tensor]))]
-            runs = segment_runs(store, nt, view_runs(view, store, geom, out_t.rows, r0, r1))
-            src.append((store, runs))
+            tile = 0 if view.tile0 else nt
+            runs = segment_runs(store, tile, view_runs(view, store, geom, out_t.rows, r0, r1))
+            src.append((store, runs, tile))
         sink_runs = {fmt: segment_runs(st, nt, view_runs(View(node.output), st, geom, out_t.rows, r0, r1))
                      for fmt, st in sinks.items()}
         lower = 0
         for j, s in enumerate(steps):
             for a in s.args:
                 if a[0] == "src":
-                    store, runs = src[a[1]]
+                    store, runs, tile = src[a[1]]
                     far = max(abs(vpos - self.mem_pos[r.slice + b]) for r in runs for b in range(store.width))
-                    lower = max(lower, store.ready[nt] + self.chip.mem_read_latency + far - times[j])
+                    lower = max(lower, store.ready[tile] + self.chip.mem_read_latency + far - times[j])
                 elif a[0] == "acc":
                     dist = abs(vpos - self.chip.plane_position(plane))
                     lower = max(lower, acc_ready + self.chip.mxm_acc_latency + dist - times[j])
@@ -667,8 +668,8 @@ class Scheduler(SxmJobs, LookupJobs):
                     elif a[0] == "step":
                         operands.append(f"R{alus[a[1]]}")
                     elif a[0] == "src":
-                        store, runs = src[a[1]]
-                        operands.append(self.read_view(store, nt, runs, vpos, t, 1, base))
+                        store, runs, tile = src[a[1]]
+                        operands.append(self.read_view(store, tile, runs, vpos, t, 1, base))
                     else:  # the accumulator of `plane`
                         operands.append(self.read_accumulators(plane, acc_base, rows, t, base,
                                                                "i32" if is_int8(g, node) else "f32"))
@@ -748,6 +749,10 @@ class Scheduler(SxmJobs, LookupJobs):
                     store = self.alloc_store(v.tensor, vxm_format(t), bank=0,
                                              avoid_tile=lambda nt, o=others: self.slices_of(o, nt))
                     self.init_store(store, t.data)
+            for v, _ in node.terms:  # a constant streamed into the MXM (ones[1, C] @ a computed tensor, norms.py)
+                t = g.tensors[v.tensor]
+                if t.kind == "const" and (v.tensor, "f16") not in self.stores:
+                    self.init_store(self.alloc_store(v.tensor, "f16", bank=0), t.data)
             for _ in range(len(node.sources)):  # two views one VXM job streams may not share a slice: move one
                 clash = self._shared_slices(node)
                 if not clash:
@@ -859,15 +864,19 @@ class Scheduler(SxmJobs, LookupJobs):
         sources (and from `keep_off`); later readers use the copy. When neither is such a value, a constant of
         the two gets a second copy in its constant image instead."""
         name = next((n for n in clash if (n, "f32") in self.stores and not self.stores[(n, "f32")].pad), None)
-        if name is None:
+        if name is None or self.graph.tensors[name].kind == "const":
+            # a constant gets its second copy in the image: no copy to run (a copy of a value that is ready from
+            # cycle 0 would be searched for from cycle 0, past the placement window in a long program)
             const = next((n for n in clash if self.graph.tensors[n].kind == "const"), None)
             if const is not None:
                 self.copy_constant(node, const, keep_off)
             return
         old = self.stores[(name, "f32")]
         others = {v.tensor for v in node.sources} | {name}
+        # a one-tile tensor read for every column tile (View.tile0) meets every tile of the others
+        every = self.ntiles(self.graph.tensors[name].cols) == 1 < self.ntiles(self.graph.tensors[node.output].cols)
         new = self.alloc_store(name, "f32", reuse=True,
-                               avoid_tile=lambda nt: self.slices_of(others, nt) | keep_off)
+                               avoid_tile=lambda nt: self.slices_of(others, None if every else nt) | keep_off)
         self.stores[(name, "f32")] = old  # the copy reads the old place
         copy = Node("vector", node.name, f"{node.onnx_op}(move {name})", name, sources=[View(name)],
                     steps=[Step("COPY", [("src", 0)])])
