@@ -995,7 +995,8 @@ class Scheduler(SxmJobs, LookupJobs):
         acc_rows = self.chip.mxm_acc_rows
         slots = weight_slots("i8" if x_fmt == "i8" else "f16")[0]
         chunk = self.row_chunk(out.rows, self.ntiles(out.cols), self.chip.cycles_per_vector(x_fmt),
-                               math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots), len(node.terms) * k_tiles)
+                               math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots),
+                               max(len(self.term_order(node, nt)) for nt in range(self.ntiles(out.cols))))
         blocks = acc_rows // chunk
         for nt in range(self.ntiles(out.cols)):
             for r0 in range(0, out.rows, chunk):
