@@ -304,7 +304,7 @@ def validate(graph: Graph) -> None:
             ids, table = (graph.tensors[v.tensor] for v in node.sources) if len(node.sources) == 2 else (None, None)
             if ids is None or node.steps or node.terms or node.fusable or table.kind != "const" or \
                     ids.dtype != "i32" or (ids.rows, ids.cols) != (out.rows, 1) or table.cols != out.cols or \
-                    any(v.rows is not None or v.spatial for v in node.sources):
+                    any(v.rows is not None or v.spatial or v.tile is not None for v in node.sources):
                 raise CompileError(f"{where}: a lookup reads an i32 id column [rows, 1] and a constant table of "
                                    f"the output's columns, no chain")
         elif node.kind != "vector":

@@ -62,9 +62,11 @@ def gather_shapes(graph, lanes: int) -> set[tuple[int, int, int]]:
     shapes = set()
     for node in graph.nodes:
         if node.kind == "transpose":
-            x, out = graph.tensors[node.sources[0].tensor], graph.tensors[node.output]
-            shapes.update((kb, S, C) for _, kb, _, _, S, C in transpose_blocks(x.rows // out.cols, out.cols,
-                                                                                 x.cols, lanes))
+            view = node.sources[0]
+            x, out = graph.tensors[view.tensor], graph.tensors[node.output]
+            x_rows = len(view.rows) if view.rows is not None else x.rows
+            shapes.update((kb, S, C) for _, kb, _, _, S, C in transpose_blocks(x_rows // out.cols, out.cols,
+                                                                                 view_cols(x, view), lanes))
     return shapes
 
 
