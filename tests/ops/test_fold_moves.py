@@ -11,6 +11,7 @@ import lpusim
 from lpusim import compiler
 from lpusim.check.explain import explain
 from lpusim.compiler import build_graph
+from lpusim.compiler.lower import attention_lanes
 from lpusim.models import bert_encoder
 from lpusim.check.compare import compare, run_onnxruntime
 from onnx_cases import assert_matches_onnxruntime, make_model
@@ -52,20 +53,27 @@ def check_fold(monkeypatch, model, identical=True, **kw):
     return program, before
 
 
+def selected_heads(monkeypatch):
+    """Attention heads selected on the MXM (attention_lanes.py off), as quantised models and fp32 ones have them."""
+    monkeypatch.setattr(attention_lanes, "lanes_ok", lambda lw: False)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_a_single_head_selection_folds_into_the_qkv_weights(monkeypatch, batch):
     """One head: its selection picks all of Q's (K's, V's) lanes; folded, the projection is the head (batch 2:
     each element's rows read through a row offset of the layer input). No selection left, fewer cycles."""
+    selected_heads(monkeypatch)
     model = bert_encoder(layers=2, hidden=64, heads=1, seq=16, batch=batch)
     program, before = check_fold(monkeypatch, model)
     assert "head selection" in purposes(before) and "head selection" not in purposes(program)
     assert program.predicted_cycles < before.predicted_cycles
 
 
-def test_heads_reading_one_input_are_not_folded():
+def test_heads_reading_one_input_are_not_folded(monkeypatch):
     """Four heads in one 320-lane tile: folding adds no weight tiles and less MXM work, but the twelve head
     projections would all stream the layer's input, one after another, where the three projections and their
     selections ran side by side (4-17% more cycles in 5 of 7 shapes measured): refused."""
+    selected_heads(monkeypatch)
     dumps = {}
     build_graph(bert_encoder(layers=1, hidden=64, heads=4, seq=16), dump=lambda k, v: dumps.__setitem__(k, v))
     assert dumps["fold_lane_moves"] == dumps["fuse_chains"]
@@ -104,10 +112,11 @@ def test_a_placement_folds_into_the_next_matmul(monkeypatch):
     assert sum(n.kind == "matmul" for n in before._graph.nodes) == 2
 
 
-def test_wide_heads_are_not_folded():
+def test_wide_heads_are_not_folded(monkeypatch):
     """BERT-base's heads (12 of 64 lanes in 768): W S spans all 3 K tiles where a selection touches one, so the
     fold would stream more weight tiles (36 passes against 21 for the projection and its selections) and store a
     320-lane tile per head: refused, the graph keeps its selections."""
+    selected_heads(monkeypatch)
     dumps = {}
     build_graph(bert_encoder(layers=1, hidden=768, heads=12, seq=8), dump=lambda k, v: dumps.__setitem__(k, v))
     assert dumps["fold_lane_moves"] == dumps["fuse_chains"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from lpusim.compiler.ir import Graph, Node, Step, View
 from lpusim.compiler.passes import fp16_exact, is_int8
+from lpusim.errors import CompileError
 
 F16_MAX = 65504.0
 
@@ -58,6 +59,9 @@ def split_operands(graph: Graph) -> Graph:
 
     for node in graph.nodes:
         if node.kind == "matmul" and not is_int8(graph, node):
+            if node.out_tiles is not None or len({v.tensor for v, _ in node.terms}) > 1:
+                raise CompileError(f"{node.onnx_op} node '{node.name}': terms of several tensors are not split "
+                                   f"into fp32 pieces (attention_lanes.py is off at precision fp32)")
             weights = [w for _, w in node.terms]
             computed = [w for w in weights if graph.tensors[w].kind == "value"]
             exact = not computed and all(fp16_exact(graph.tensors[w].data) for w in set(weights))

@@ -16,6 +16,13 @@ A node is either
 
 A `View` names which rows of a tensor meet output row r: the same row (identity), or for a spatial tap (dh, dw) of
 a convolution-like node the input pixel (ho*stride + dh*dilation - pad_top, wo*stride + dw*dilation - pad_left).
+A view may also read one column tile of its tensor (`tile`: lanes tile*320.., at most 320 of them), as a matrix
+of that tile's width: attention reads a head's 320-lane tile this way instead of moving its lanes.
+
+A matmul's terms may read different tensors (of one row count) against different weights, constant or computed,
+each term's activation width equal to its weights' rows; with `out_tiles`, term i adds only to output column tile
+out_tiles[i], its weights either as wide as that tile or as wide as the output (their tile out_tiles[i] is used).
+Attention sums its heads' contexts this way straight into their final lanes (lower/attention_lanes.py).
 
 A chain is a list of `Step`s, each one VXM operation whose arguments are a source (`("src", i)`: `sources[i]`, or
 `("acc",)`: the matmul's accumulator), an earlier step (`("step", j)`) or an immediate (`("imm", value)`). The
@@ -110,16 +117,31 @@ class View:
     # every column tile of the output reads the tensor's one tile of 320 lanes: a row value that fills every lane of
     # its tile (lanes.lane_sum_tile), read by nodes of wider rows without being stored once per tile
     tile0: bool = False
+    tile: int | None = None  # read only this column tile of 320 lanes (a matrix of that tile's width)
 
     def __str__(self) -> str:
         if self.tile0:
             return f"{self.tensor}[tile 0]"
+        tile = f"[tile {self.tile}]" if self.tile is not None else ""
         if self.rows is not None:
             shown = ",".join(map(str, self.rows[:6])) + (",..." if len(self.rows) > 6 else "")
-            return f"{self.tensor}[rows {shown}]"
+            return f"{self.tensor}{tile}[rows {shown}]"
         if not self.spatial:
-            return self.tensor
+            return self.tensor + tile
         return f"{self.tensor}[tap {self.dh},{self.dw} s{self.stride} d{self.dilation} p{self.pad_top},{self.pad_left}]"
+
+
+TILE_LANES = 320  # the lanes of a column tile (MEM stores and the MXM array; chip.lanes)
+
+
+def tile_width(cols: int, tile: int) -> int:
+    """The columns of column tile `tile` of a matrix of `cols` columns."""
+    return min(TILE_LANES, cols - tile * TILE_LANES)
+
+
+def view_cols(t: "Tensor", view: View) -> int:
+    """The columns a view reads of tensor t: all of them, or those of its column tile."""
+    return t.cols if view.tile is None else tile_width(t.cols, view.tile)
 
 
 @dataclass
@@ -149,17 +171,21 @@ class Node:
     # why a matmul exists when it is not the op's own arithmetic (lanes.LANE_PURPOSES, attention's heads): the
     # MXM work `lpusim run --explain` groups by (check/explain.py); "" for the op's own work
     purpose: str = ""
+    out_tiles: tuple | None = None  # matmul: per term, the one output column tile it adds to (None: all)
 
     @property
     def x(self) -> str | None:
         """The tensor the first matmul term reads. Every term reads it, or (precision="fp32", fp32_split.py) one
-        of its fp16 residuals: a tensor of the same shape and fp16 scale."""
+        of its fp16 residuals (a tensor of the same shape and fp16 scale), or (attention_lanes.py) a tensor of the
+        same rows and fp16 scale (passes.scale_fp16)."""
         return self.terms[0][0].tensor if self.terms else None
 
     def describe(self) -> str:
         head = f"{self.output} = {self.kind}"
         if self.kind == "matmul":
-            head += "(" + " + ".join(f"{v} @ {w}" for v, w in self.terms) + ")"
+            tiles = self.out_tiles or (None,) * len(self.terms)
+            head += "(" + " + ".join(f"{v} @ {w}" + (f" ->tile {t}" if t is not None else "")
+                                     for (v, w), t in zip(self.terms, tiles)) + ")"
         chain = "; ".join(f"%{i}={s}" for i, s in enumerate(self.steps))
         srcs = ", ".join(f"src{i}={v}" for i, v in enumerate(self.sources))
         return f"{head} [{srcs}] {{{chain}}}  <- {self.onnx_op} '{self.name}'"
@@ -216,6 +242,40 @@ def node_inputs(node: Node) -> list[str]:
     return names + [v.tensor for v in node.sources]
 
 
+def tile_ok(t: Tensor, view: View) -> bool:
+    """A view's column tile, if any, is one of its tensor's."""
+    return view.tile is None or 0 <= view.tile < -(-t.cols // TILE_LANES)
+
+
+def validate_terms(graph: Graph, node: Node, out: Tensor, where: str) -> None:
+    """A matmul's terms: activations of one row count (a constant-weight matmul reads one tensor, or its fp32
+    residuals), each as wide as its weights' rows; weights constant or computed; `out_tiles` per term."""
+    read = {v.tensor for v, _ in node.terms}
+    computed = {w for _, w in node.terms if graph.tensors[w].kind == "value"}
+    if not node.terms or (not computed and len(read) > 1 and not read <= {node.x} | set(graph.residuals)):
+        raise CompileError(f"{where}: a matmul needs terms that all read one tensor (or its fp32 residuals)")
+    tiles = node.out_tiles
+    n_tiles = -(-out.cols // TILE_LANES)
+    if tiles is not None and (len(tiles) != len(node.terms) or any(not 0 <= t < n_tiles for t in tiles)):
+        raise CompileError(f"{where}: output tiles {tiles} for {len(node.terms)} terms and {n_tiles} tiles")
+    for i, (v, wname) in enumerate(node.terms):
+        x, w = graph.tensors[v.tensor], graph.tensors[wname]
+        if w.kind == "input":
+            raise CompileError(f"{where}: weights '{w.name}' must be constant or computed")
+        x_cols = view_cols(x, v)
+        rows_ok = v.spatial or x.rows == out.rows if v.rows is None else len(v.rows) == out.rows
+        if tiles is None:
+            padding_only = w.cols > out.cols and -(-w.cols // TILE_LANES) == n_tiles  # lower_lanes
+            cols_ok = out.cols == w.cols or padding_only
+        else:
+            cols_ok = w.cols in (out.cols, tile_width(out.cols, tiles[i]))
+        if x_cols != w.rows or not cols_ok or not rows_ok or not tile_ok(x, v) or (v.tile is not None and (
+                v.spatial or v.rows is not None)):
+            raise CompileError(f"{where}: shapes {x.rows}x{x_cols} @ {w.rows}x{w.cols} -> {out.rows}x{out.cols}")
+        if v.spatial and x.geom is None:
+            raise CompileError(f"{where}: a spatial tap needs an image tensor")
+
+
 def validate(graph: Graph) -> None:
     """Raise CompileError naming the node if any IR invariant is broken (a compiler bug, not a user error)."""
     defined = set(graph.inputs) | {n for n, t in graph.tensors.items() if t.kind == "const"}
@@ -228,35 +288,23 @@ def validate(graph: Graph) -> None:
                 raise CompileError(f"{where}: '{name}' is used before it is computed")
         out = graph.tensors[node.output]
         if node.kind == "matmul":
-            read = {v.tensor for v, _ in node.terms}
-            if not node.terms or len({(graph.tensors[t].rows, graph.tensors[t].cols) for t in read}) != 1 or (
-                    len(read) > 1 and not read <= {node.x} | set(graph.residuals)):
-                raise CompileError(f"{where}: a matmul needs terms that all read one tensor (or its fp32 residuals)")
-            computed = {w for _, w in node.terms if graph.tensors[w].kind == "value"}
-            for v, wname in node.terms:
-                x, w = graph.tensors[v.tensor], graph.tensors[wname]
-                if w.kind == "input" or (w.kind == "value" and len(computed - set(graph.residuals)) != 1):
-                    raise CompileError(f"{where}: weights '{w.name}' must be constant, or one computed tensor "
-                                       f"(and its fp32 residual)")
-                rows_ok = v.spatial or x.rows == out.rows if v.rows is None else len(v.rows) == out.rows
-                padding_only = w.cols > out.cols and -(-w.cols // 320) == -(-out.cols // 320)  # lower_lanes
-                if x.cols != w.rows or (out.cols != w.cols and not padding_only) or not rows_ok:
-                    raise CompileError(f"{where}: shapes {x.rows}x{x.cols} @ {w.rows}x{w.cols} -> "
-                                       f"{out.rows}x{out.cols}")
-                if v.spatial and x.geom is None:
-                    raise CompileError(f"{where}: a spatial tap needs an image tensor")
+            validate_terms(graph, node, out, where)
         elif node.kind == "transpose":
-            x = graph.tensors[node.sources[0].tensor] if len(node.sources) == 1 else None
+            v = node.sources[0] if len(node.sources) == 1 else None
+            x = graph.tensors[v.tensor] if v is not None else None
+            x_rows = (len(v.rows) if v.rows is not None else x.rows) if x is not None else 0
+            x_cols = view_cols(x, v) if x is not None else 0
             # B matrices of M x N (B*M rows of N lanes) -> B of N x M (schedule/sxm.py)
-            batch = x.rows // out.cols if x is not None and out.cols and x.rows % out.cols == 0 else 0
-            if x is None or node.steps or not batch or (out.rows, out.cols) != (batch * x.cols, x.rows // batch):
+            batch = x_rows // out.cols if x is not None and out.cols and x_rows % out.cols == 0 else 0
+            if x is None or node.steps or not batch or (out.rows, out.cols) != (batch * x_cols, x_rows // batch) \
+                    or v.spatial or not tile_ok(x, v):
                 raise CompileError(f"{where}: a transpose takes one source of B x {out.cols} rows and "
                                    f"{out.rows} / B lanes, no chain")
         elif node.kind == "lookup":
             ids, table = (graph.tensors[v.tensor] for v in node.sources) if len(node.sources) == 2 else (None, None)
             if ids is None or node.steps or node.terms or node.fusable or table.kind != "const" or \
                     ids.dtype != "i32" or (ids.rows, ids.cols) != (out.rows, 1) or table.cols != out.cols or \
-                    any(v.rows is not None or v.spatial for v in node.sources):
+                    any(v.rows is not None or v.spatial or v.tile is not None for v in node.sources):
                 raise CompileError(f"{where}: a lookup reads an i32 id column [rows, 1] and a constant table of "
                                    f"the output's columns, no chain")
         elif node.kind != "vector":
@@ -266,7 +314,9 @@ def validate(graph: Graph) -> None:
             if v.rows is not None and (len(v.rows) != out.rows or v.spatial or min(v.rows) < 0
                                        or max(v.rows) >= t.rows):
                 raise CompileError(f"{where}: row map of {v.tensor} ({t.rows} rows) for {out.rows} rows is bad")
-            cols_ok = t.cols == 320 and out.cols > 320 and not v.spatial if v.tile0 else t.cols == out.cols
+            if not tile_ok(t, v) or (v.tile is not None and (v.spatial or v.tile0)):
+                raise CompileError(f"{where}: source {v} reads column tile {v.tile} of {t.cols} columns")
+            cols_ok = t.cols == 320 and out.cols > 320 and not v.spatial if v.tile0 else view_cols(t, v) == out.cols
             if not cols_ok or (not v.spatial and v.rows is None and t.rows not in (1, out.rows)):
                 raise CompileError(f"{where}: source {v} is {t.rows}x{t.cols}, output {out.rows}x{out.cols}")
             if v.spatial and t.geom is None:

@@ -98,7 +98,7 @@ def fuse_chains(graph: Graph) -> Graph:
             for view in consumer.sources:
                 producer = producers.get(view.tensor)
                 if producer is None or not producer.fusable or view.spatial or view.rows is not None \
-                        or view.tile0 or view.tensor in outputs \
+                        or view.tile0 or view.tile is not None or view.tensor in outputs \
                         or uses[view.tensor] != 1:
                     continue
                 merged = _fuse(graph, producer, consumer, view.tensor)
@@ -138,7 +138,7 @@ def _fuse(graph: Graph, producer: Node, consumer: Node, name: str) -> Node | Non
     scaled = graph.precision == "fp32" and merged.terms and not is_int8(graph, merged)
     if not fits_vxm(_prepend_scale(merged.steps, 2.0) if scaled else merged.steps):
         return None  # the delay lines of a long chain would need more ALUs than the VXM has
-    read = [v.tensor for v in merged.sources] + ([merged.x] if merged.terms else [])
+    read = [v.tensor for v in merged.sources] + sorted({v.tensor for v, _ in merged.terms})
     if len(read) != len(set(read)):
         return None  # one slice queue cannot stream two views of one tensor at once
     return merged
@@ -295,6 +295,13 @@ def scale_fp16(graph: Graph) -> Graph:
     for name, t in graph.tensors.items():
         if "f16" in t.formats and t.kind == "value":
             t.f16_exp = scale_exponent(magnitude(name), tight)
+    for node in graph.nodes:  # terms of several tensors sum in one accumulator: one scale for their activations
+        if node.kind == "matmul" and len({v.tensor for v, _ in node.terms}) > 1 and not tight:  # (and weights)
+            for names in ({v.tensor for v, _ in node.terms}, {w for _, w in node.terms}):
+                top = max(graph.tensors[n].f16_exp for n in names)
+                for n in names:
+                    if graph.tensors[n].kind == "value":
+                        graph.tensors[n].f16_exp = top
     for node in graph.nodes:  # a transpose moves the f16 bytes as they are: its output keeps the scale
         if node.kind == "transpose":
             graph.tensors[node.output].f16_exp = graph.tensors[node.sources[0].tensor].f16_exp
@@ -303,7 +310,13 @@ def scale_fp16(graph: Graph) -> Graph:
             continue
         computed = [w for _, w in node.terms if graph.tensors[w].kind == "value"]
         if computed:
-            k = graph.tensors[node.x].f16_exp + graph.tensors[computed[0]].f16_exp
+            # (fp32 graphs: residual pieces take their tensor's scale later, fp32_split.split_weights)
+            scales = {graph.tensors[v.tensor].f16_exp + graph.tensors[w].f16_exp for v, w in node.terms} \
+                if not tight else {graph.tensors[node.x].f16_exp + graph.tensors[computed[0]].f16_exp}
+            if len(scales) != 1:
+                raise CompileError(f"{node.onnx_op} node '{node.name}': its terms' fp16 copies are scaled "
+                                   f"differently ({sorted(scales)}); one accumulator cannot undo both")
+            k = scales.pop()
             if k:
                 node.steps = _prepend_scale(node.steps, float(2.0 ** k))
             continue

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from lpusim.compiler.frontend.load import HOST_TYPES, resolve_input_shapes
 from lpusim.compiler.ir import Graph, Node, Step, View, node_inputs
 from lpusim.compiler.lower.attention import heads_output
+from lpusim.compiler.lower.attention_lanes import materialize_heads
 from lpusim.compiler.lower.attention_masks import flatrows_output
 from lpusim.compiler.lower.dispatch import lower
 from lpusim.compiler.lower.state import LowerState
@@ -40,6 +41,7 @@ def finish(lw: LowerState) -> Graph:
         if o.name in lw.consts:
             raise CompileError(f"output '{o.name}' is a constant; nothing to run on the chip")
         if o.name not in lw.values and o.name in lw.heads:  # a decoder's present keys/values
+            materialize_heads(lw, o.name)  # (a lane split's parts, attention_lanes.py)
             before = len(lw.nodes)
             heads_output(lw, o.name)
             # its nodes go right after the last node they read, not after the whole graph: a layer's present is

@@ -42,8 +42,6 @@ from lpusim.compiler.lower.transpose import copy_rows, reshape_relayout
 from lpusim.errors import CompileError
 
 
-
-
 def lower_split_transpose(lw, node, a):
     ir_name, shape, nh, d = lw.splits[node.input[0]]
     perm = list(a.get("perm", []))
@@ -51,6 +49,15 @@ def lower_split_transpose(lw, node, a):
         raise CompileError(f"{lw.where(node)}: Transpose perm={perm} of a [B, S, heads, D] view is not "
                            f"supported (perm [0,2,1,3] or [0,2,3,1])")
     nb, s = shape[0], shape[1]
+    transposed = perm == [0, 2, 3, 1]
+    parts = split_parts(lw, node, ir_name, shape, nh, d)
+    lw.heads[node.output[0]] = (parts, transposed, (nb, nh, d, s) if transposed else (nb, nh, s, d))
+
+
+def split_parts(lw, node, ir_name: str, shape: tuple, nh: int, d: int) -> list:
+    """The parts of a [B, S, heads, D] split of `ir_name` ([B, S, heads*D]): head h of element b is lanes h*D..
+    of its rows, selected on the MXM (tagged "head selection")."""
+    nb = shape[0]
     parts, first = [], len(lw.nodes)
     # quantised models (precise_sums): the MXM selection moves fp16 values. Floats dequantized from codes:
     # select the codes minus the zero point (integers, exact in fp16) and keep the scale aside (`head_scales`:
@@ -79,8 +86,7 @@ def lower_split_transpose(lw, node, a):
                                       Step("ADD", [("step", 0), ("src", 0)])], [y])
             parts.append(y)
     tag_matmuls(lw, first, "head selection")
-    transposed = perm == [0, 2, 3, 1]
-    lw.heads[node.output[0]] = (parts, transposed, (nb, nh, d, s) if transposed else (nb, nh, s, d))
+    return parts
 
 
 def select_part(lw, node, x: str, shape: tuple, b: int, cols: list, out_name: str, steps=(), sources=()):

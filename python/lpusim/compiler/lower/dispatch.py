@@ -11,7 +11,8 @@ import numpy as np
 
 from lpusim.compiler.frontend.load import attrs
 from lpusim.compiler.lower.attention import (lower_heads_matmul, lower_heads_repeat, lower_heads_transpose,
-                                             lower_merge_reshape, lower_per_head, lower_split_transpose)
+                                             lower_per_head, lower_split_transpose)
+from lpusim.compiler.lower.attention_lanes import lower_lanes_matmul, lower_lanes_merge, materialize, split_lazily
 from lpusim.compiler.lower.attention_masks import lower_flatrows, lower_maskrow
 from lpusim.compiler.lower.elementwise import BINARY, lower_cast_op, UNARY
 from lpusim.compiler.lower.fold import fold
@@ -125,7 +126,8 @@ def lower_view(lw: LowerState, node, op: str, a: dict, args: list) -> bool:
                 lower_node(lw, node)  # a one-token, one-head "split": rows every head reads
                 return True
             raise CompileError(f"{lw.where(node)}: a [B, S, heads, D] view is only read by a Transpose")
-        lower_split_transpose(lw, node, a)
+        if list(a.get("perm", [])) not in ([0, 2, 1, 3], [0, 2, 3, 1]) or not split_lazily(lw, node, list(a["perm"])):
+            lower_split_transpose(lw, node, a)  # (a perm it does not take: its error)
         return True
     if "merge" in kinds:
         if op in ("Shape", "Size"):  # shapes are static: [B, S, heads, D]
@@ -137,12 +139,17 @@ def lower_view(lw: LowerState, node, op: str, a: dict, args: list) -> bool:
         if op != "Reshape":
             raise CompileError(f"{lw.where(node)}: merged attention heads are only read by a Reshape")
         b, nh, s_, d = lw.merges[node.input[0]][1]
-        lower_merge_reshape(lw, node, reshape_target(lw, node, a, args, (b, s_, nh, d)))
+        lower_lanes_merge(lw, node, reshape_target(lw, node, a, args, (b, s_, nh, d)))
         return True
     if "heads" in kinds:
-        if any(x is not None and x[0] == "heads" and len(x[3]) == 5 for x in args) or (
-                op in ("Unsqueeze", "Reshape") and len(reshape_target(lw, node, a, args,
-                                                                      lw.heads[node.input[0]][2])) == 5):
+        if op == "MatMul" and lower_lanes_matmul(lw, node, args):  # lane splits read in place
+            return True
+        repeat = any(x is not None and x[0] == "heads" and len(x[3]) == 5 for x in args) or (
+            op in ("Unsqueeze", "Reshape") and len(reshape_target(lw, node, a, args,
+                                                                  lw.heads[node.input[0]][2])) == 5)
+        if repeat or op not in ("Transpose", "Shape", "Size") and op not in RESHAPES and op not in PASSTHROUGH:
+            args = materialize(lw, node, args)  # (views of a lane split keep it: attention_lanes.py)
+        if repeat:
             lower_heads_repeat(lw, node, op, a, args)  # grouped-query attention's repeat_kv
         elif op == "MatMul":
             lower_heads_matmul(lw, node, args)

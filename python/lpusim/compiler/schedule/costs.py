@@ -17,9 +17,9 @@ def static_cost(graph: ir.Graph, node: ir.Node, chip) -> int:
     out = graph.tensors[node.output]
     tiles = max(1, math.ceil(out.cols / lanes))
     if node.kind == "matmul":
-        k_tiles = max(1, math.ceil(graph.tensors[node.x].cols / lanes))
-        work = len(node.terms) * k_tiles * tiles * out.rows * chip.cycles_per_vector(
-            "i8" if passes.is_int8(graph, node) else "f16")
+        passes_ = sum(max(1, math.ceil(ir.view_cols(graph.tensors[v.tensor], v) / lanes))
+                      * (tiles if node.out_tiles is None else 1) for v, _ in node.terms)
+        work = passes_ * out.rows * chip.cycles_per_vector("i8" if passes.is_int8(graph, node) else "f16")
         return max(1, work // max(1, chip.mxm_planes)) + 60
     return out.rows * tiles + 30
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
+from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type, view_cols
 from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, MemRun, Segment, Store, StoreTable,
                                              byte_planes, segment_runs, store_image, view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
@@ -96,6 +96,12 @@ class Schedule:
 
 def stream_name(direction: str, index: int) -> str:
     return f"{direction}{index}"
+
+
+def source_tile(view: View, nt: int) -> int:
+    """The column tile of a source's store that output tile nt reads: its own tile, the one its view names, or
+    (View.tile0) its one tile for every output tile."""
+    return 0 if view.tile0 else nt if view.tile is None else view.tile
 
 
 def _imm(value: float, t: str = "f32") -> str:
@@ -631,7 +637,7 @@ class Scheduler(SxmJobs, LookupJobs):
         src = []
         for view in node.sources:
             store = self.stores[(view.tensor, vxm_format(g.tensors[view.tensor]))]
-            tile = 0 if view.tile0 else nt
+            tile = source_tile(view, nt)
             runs = segment_runs(store, tile, view_runs(view, store, geom, out_t.rows, r0, r1))
             src.append((store, runs, tile))
         sink_runs = {fmt: segment_runs(st, nt, view_runs(View(node.output), st, geom, out_t.rows, r0, r1))
@@ -741,13 +747,13 @@ class Scheduler(SxmJobs, LookupJobs):
             out = g.tensors[node.output]
             reads = {v.tensor for v in node.sources} | {v.tensor for v, _ in node.terms} | {
                 w for _, w in node.terms if g.tensors[w].kind == "value"}
-            streamed = {v.tensor for v in node.sources}  # what the VXM job streams together, tile by tile
+            streamed = node.sources  # what the VXM job streams together, tile by tile
             for v in node.sources:  # constants are placed where this node's other views are not
                 t = g.tensors[v.tensor]
                 if t.kind == "const" and (v.tensor, vxm_format(t)) not in self.stores:
-                    others = streamed - {v.tensor}
+                    others = [u for u in streamed if u.tensor != v.tensor]
                     store = self.alloc_store(v.tensor, vxm_format(t), bank=0,
-                                             avoid_tile=lambda nt, o=others: self.slices_of(o, nt))
+                                             avoid_tile=lambda nt, o=others: self.view_slices(o, nt))
                     self.init_store(store, t.data)
             for v, _ in node.terms:  # a constant streamed into the MXM (ones[1, C] @ a computed tensor, norms.py)
                 t = g.tensors[v.tensor]
@@ -775,7 +781,7 @@ class Scheduler(SxmJobs, LookupJobs):
                     self.keep_sources_off(node, sinks[fmt])
                     continue
                 sinks[fmt] = self.alloc_store(node.output, fmt, reuse=True,
-                                              avoid_tile=lambda nt: self.slices_of(streamed | {node.output}, nt))
+                                              avoid_tile=lambda nt: self.view_slices(streamed + [View(node.output)], nt))
             if node.kind == "matmul":
                 self.schedule_matmul(node, sinks)
             elif node.kind == "transpose":
@@ -872,11 +878,12 @@ class Scheduler(SxmJobs, LookupJobs):
                 self.copy_constant(node, const, keep_off)
             return
         old = self.stores[(name, "f32")]
-        others = {v.tensor for v in node.sources} | {name}
+        others = list(node.sources) + [View(name)]  # (the copy reads every tile of the old place)
         # a one-tile tensor read for every column tile (View.tile0) meets every tile of the others
         every = self.ntiles(self.graph.tensors[name].cols) == 1 < self.ntiles(self.graph.tensors[node.output].cols)
-        new = self.alloc_store(name, "f32", reuse=True,
-                               avoid_tile=lambda nt: self.slices_of(others, None if every else nt) | keep_off)
+        out_tiles = range(self.ntiles(self.graph.tensors[node.output].cols))
+        new = self.alloc_store(name, "f32", reuse=True, avoid_tile=lambda nt: keep_off | (
+            set().union(*(self.view_slices(others, t) for t in out_tiles)) if every else self.view_slices(others, nt)))
         self.stores[(name, "f32")] = old  # the copy reads the old place
         copy = Node("vector", node.name, f"{node.onnx_op}(move {name})", name, sources=[View(name)],
                     steps=[Step("COPY", [("src", 0)])])
@@ -890,9 +897,9 @@ class Scheduler(SxmJobs, LookupJobs):
         """A second copy of a constant, apart from the node's other sources (and `keep_off`): later readers use
         it; the first stays in the image."""
         t = self.graph.tensors[name]
-        others = {v.tensor for v in node.sources} - {name}
+        others = [v for v in node.sources if v.tensor != name]
         store = self.alloc_store(name, vxm_format(t), bank=0,
-                                 avoid_tile=lambda nt: self.slices_of(others, nt) | keep_off)
+                                 avoid_tile=lambda nt: self.view_slices(others, nt) | keep_off)
         self.init_store(store, t.data)
 
     def keep_sources_off(self, node: Node, region: Store) -> None:
@@ -911,28 +918,49 @@ class Scheduler(SxmJobs, LookupJobs):
                                    f"the KV-cache region it writes (placement conflict; not resolved yet)")
 
     def _shared_slices(self, node: Node):
-        tensors = sorted({v.tensor for v in node.sources})
+        views = sorted({v.tensor: v for v in node.sources}.values(), key=lambda v: v.tensor)
         tiles = self.ntiles(self.graph.tensors[node.output].cols)
-        for i, a in enumerate(tensors):
-            for b in tensors[i + 1:]:
-                fa, fb = vxm_format(self.graph.tensors[a]), vxm_format(self.graph.tensors[b])  # as streamed
-                if any(self.slices_of({a}, nt, fa) & self.slices_of({b}, nt, fb) for nt in range(tiles)):
-                    return (a, b)
+        for i, a in enumerate(views):
+            for b in views[i + 1:]:
+                if any(self.view_slices([a], nt, True) & self.view_slices([b], nt, True) for nt in range(tiles)):
+                    return (a.tensor, b.tensor)
         return None
 
-    def term_order(self, node: Node, k_tiles: int) -> list[tuple]:
-        """(view, weights, k tile) in streaming order: term by term, each over its k tiles. In fp32 graphs a run of
-        terms with the same weights (x's pieces, fp32_split.py) goes k tile by k tile, each tile's weights loaded
-        once for the whole run (the accumulator's sum is exact in any order)."""
-        if self.graph.precision != "fp32":
-            return [(v, w, kt) for v, w in node.terms for kt in range(k_tiles)]
+    def view_slices(self, views, nt: int, as_streamed: bool = False) -> set[int]:
+        """Slices holding what the views read while output tile nt is computed (each view's own column tile, if
+        it names one); `as_streamed`: only the store the VXM streams (its vxm_format), else every format's."""
+        used: set[int] = set()
+        for v in views:
+            fmt = vxm_format(self.graph.tensors[v.tensor]) if as_streamed else None
+            used |= self.slices_of({v.tensor}, source_tile(v, nt), fmt)
+        return used
+
+    def term_order(self, node: Node, nt: int) -> list[tuple]:
+        """(view, weights, k tile, the view's store tile, the weights' column tile) adding to output tile nt, in
+        streaming order: term by term, each over its k tiles (a term with `out_tiles` adds to its tile alone; a
+        view of one column tile streams that tile). In fp32 graphs a run of terms with the same weights (x's
+        pieces, fp32_split.py) goes k tile by k tile, each tile's weights loaded once for the whole run (the
+        accumulator's sum is exact in any order)."""
+        g = self.graph
+        out_cols = g.tensors[node.output].cols
+        tiles = node.out_tiles or (None,) * len(node.terms)
+        terms = [(v, w) for (v, w), t in zip(node.terms, tiles) if t is None or t == nt]
+
+        def k_tiles(v):
+            return self.ntiles(view_cols(g.tensors[v.tensor], v))
+
+        def entry(v, w, kt):
+            w_nt = nt if g.tensors[w].cols >= out_cols or self.ntiles(g.tensors[w].cols) > 1 else 0
+            return (v, w, kt, v.tile if v.tile is not None else kt, w_nt)
+        if g.precision != "fp32":
+            return [entry(v, w, kt) for v, w in terms for kt in range(k_tiles(v))]
         runs: list[list] = []
-        for v, w in node.terms:
+        for v, w in terms:
             if runs and runs[-1][0][1] == w:
                 runs[-1].append((v, w))
             else:
                 runs.append([(v, w)])
-        return [(v, w, kt) for run in runs for kt in range(k_tiles) for v, w in run]
+        return [entry(v, w, kt) for run in runs for kt in range(k_tiles(run[0][0])) for v, w in run]
 
     def row_chunk(self, rows: int, n_tiles: int, cpv: int, load: int, tiles_per_job: int) -> int:
         """Output rows per (N tile, row chunk) job of a matmul. Each job runs on one plane, so the rows are cut to
@@ -964,11 +992,11 @@ class Scheduler(SxmJobs, LookupJobs):
         geom = out_geom(out)
         x_fmt = "i8" if is_int8(g, node) else "f16"
         x_store = self.stores[(node.x, x_fmt)]
-        k_tiles = self.ntiles(g.tensors[node.x].cols)
         acc_rows = self.chip.mxm_acc_rows
         slots = weight_slots("i8" if x_fmt == "i8" else "f16")[0]
         chunk = self.row_chunk(out.rows, self.ntiles(out.cols), self.chip.cycles_per_vector(x_fmt),
-                               math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots), len(node.terms) * k_tiles)
+                               math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots),
+                               max(len(self.term_order(node, nt)) for nt in range(self.ntiles(out.cols))))
         blocks = acc_rows // chunk
         for nt in range(self.ntiles(out.cols)):
             for r0 in range(0, out.rows, chunk):
@@ -981,16 +1009,16 @@ class Scheduler(SxmJobs, LookupJobs):
                 acc_base = chunk * int(np.argmin(st.acc_free[:blocks * chunk].reshape(blocks, chunk).max(axis=1)))
                 acc_free = int(st.acc_free[acc_base:acc_base + chunk].max())
                 first, t_abc = True, None
-                for view, wname, kt in self.term_order(node, k_tiles):
+                for view, wname, kt, x_tile, w_nt in self.term_order(node, nt):
                     if g.tensors[wname].kind == "value":  # computed weights (attention)
-                        self.load_weights_from_store(plane, wname, kt, nt)
+                        self.load_weights_from_store(plane, wname, kt, w_nt)
                     else:
-                        tile = self.weight_tile(wname, kt, nt, self.chip.plane_hemisphere(plane), plane)
+                        tile = self.weight_tile(wname, kt, w_nt, self.chip.plane_hemisphere(plane), plane)
                         if tile is None:
                             continue  # an all-zero weight tile (grouped convolutions) adds nothing
-                        self.load_weights(plane, (wname, kt, nt), *tile)
+                        self.load_weights(plane, (wname, kt, w_nt), *tile)
                     # (precision="fp32": a term may read one of x's residual pieces, fp32_split.py)
-                    t_abc = self.stream_activations(plane, self.stores[(view.tensor, x_fmt)], kt, view, geom,
+                    t_abc = self.stream_activations(plane, self.stores[(view.tensor, x_fmt)], x_tile, view, geom,
                                                     out.rows, r0, r1, acc_base,
                                                     not first, acc_free)
                     first = False

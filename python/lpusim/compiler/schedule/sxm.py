@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lpusim.compiler.ir import View
+from lpusim.compiler.ir import View, view_cols
 from lpusim.compiler.schedule.storage import Segment, Store, segment_runs, view_runs
 from lpusim.compiler.schedule.resources import Clash, Issue
 from lpusim.errors import CompileError
@@ -62,9 +62,11 @@ def gather_shapes(graph, lanes: int) -> set[tuple[int, int, int]]:
     shapes = set()
     for node in graph.nodes:
         if node.kind == "transpose":
-            x, out = graph.tensors[node.sources[0].tensor], graph.tensors[node.output]
-            shapes.update((kb, S, C) for _, kb, _, _, S, C in transpose_blocks(x.rows // out.cols, out.cols,
-                                                                                 x.cols, lanes))
+            view = node.sources[0]
+            x, out = graph.tensors[view.tensor], graph.tensors[node.output]
+            x_rows = len(view.rows) if view.rows is not None else x.rows
+            shapes.update((kb, S, C) for _, kb, _, _, S, C in transpose_blocks(x_rows // out.cols, out.cols,
+                                                                                 view_cols(x, view), lanes))
     return shapes
 
 
@@ -174,22 +176,24 @@ class SxmJobs:
         x = self.graph.tensors[view.tensor]
         out = self.graph.tensors[node.output]
         lanes = self.lanes
-        M, N = out.cols, x.cols
+        x_rows = len(view.rows) if view.rows is not None else x.rows
+        M, N = out.cols, view_cols(x, view)  # a view of one column tile: that tile's lanes
         turn = 0
         for fmt, ts in sinks.items():
             xs = self.stores[(x.name, fmt)]
-            for b, kb, i, j, S, C in transpose_blocks(x.rows // M, M, N, lanes):
+            for b, kb, i, j, S, C in transpose_blocks(x_rows // M, M, N, lanes):
                 x0, t0 = b * M + i * lanes, b * N + j * lanes
-                xruns = segment_runs(xs, j, view_runs(view, xs, None, x.rows, x0, x0 + kb * S))
+                xt = j if view.tile is None else view.tile  # the store's column tile
+                xruns = segment_runs(xs, xt, view_runs(view, xs, None, x_rows, x0, x0 + kb * S))
                 truns = segment_runs(ts, i, view_runs(_plain(ts.tensor), ts, None, out.rows, t0, t0 + kb * C))
                 # one column tile: its byte planes alternate between the two SXMs (each with its own scratch
                 # slice), so one plane's skew overlaps the other's gather
-                hemis = [self.hemisphere_of(xs, j)] if len(xs.tiles) > 1 else \
+                hemis = [self.hemisphere_of(xs, xt)] if len(xs.tiles) > 1 else \
                     ["WE"[(turn + p) % 2] for p in range(xs.width)]
                 turn += xs.width
                 done = 0
                 for p in range(xs.width):
-                    done = max(done, self.transpose_plane(node, xs, j, xruns, ts, truns, (kb, S, C), p,
+                    done = max(done, self.transpose_plane(node, xs, xt, xruns, ts, truns, (kb, S, C), p,
                                                           hemis[p % len(hemis)]))
                 ts.ready[i] = max(ts.ready[i], done + 1)
 
