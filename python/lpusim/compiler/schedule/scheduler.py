@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type
-from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, MemRun, Segment, Store, StoreTable,
+from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store, StoreTable,
                                              byte_planes, segment_runs, store_image, view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.schedule.kv_cache import CacheRegion, claim, past_tiles, region_slices
@@ -157,6 +157,8 @@ class Scheduler(SxmJobs):
             if len(bordered) < 2:
                 continue
             band = half // (len(bordered) + 1)
+            if band < max(WIDTH.values()):  # too many to fit an f32 store each: left to the placement as before
+                continue
             for i, name in enumerate(bordered):
                 mine = {h * half + x for h in (0, 1) for x in range(i * band, (i + 1) * band)}
                 self.keep_off[name] = self.keep_off.get(name, frozenset()) | \
