@@ -21,9 +21,19 @@ import dataclasses
 
 from lpusim.compiler.ir import Graph, Node, Step, Tensor, View
 
+# Pools with fewer output rows keep their taps. Each pass saved is about one cycle per output row (the passes run
+# one after another), each extra phase chain costs a node's fixed overheads (weight loads, pipeline latencies):
+# measured (fp16, predicted cycles without -> with) ResNet-50's 3,136-row pool 374,352 -> 368,557 (int8 209,522 ->
+# 197,941), mini_resnet(batch=2, size=48, width=32, blocks=3)'s 288-row pool 20,173 -> 22,372 (its stem 2,551 ->
+# 6,219 cycles, the pool 2,947 -> 1,418), and a 4-chip pipeline of mini_resnet() 11,433 -> 13,102 (a stage cut
+# after one phase's input conversion).
+MIN_POOL_ROWS = 1024
+
 
 def split_pool_phases(graph: Graph) -> Graph:
     for pool in [n for n in graph.nodes if _strided_max_pool(graph, n)]:
+        if graph.tensors[pool.output].rows < MIN_POOL_ROWS:
+            continue
         chain = _patch_chain(graph, pool.sources[0].tensor)
         if chain is not None:
             _split(graph, pool, *chain)
