@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from lpusim.chip import Chip
-from lpusim.compiler import emit, fold_moves, fp32_split, ir, passes
+from lpusim.compiler import emit, fold_moves, fp32_split, ir, passes, pool_phases
 from lpusim.compiler.frontend import calibrate, load
 from lpusim.compiler.schedule import scheduler as schedule
 from lpusim.compiler.schedule.storage import WIDTH, Store
@@ -26,6 +26,7 @@ PRECISIONS = ("fp16", "int8", "fp32")
 
 # (name, function Graph -> Graph) in order; import runs before them and scheduling after.
 PASSES = [
+    ("split_pool_phases", pool_phases.split_pool_phases),
     ("split_tap_chains", passes.split_tap_chains),
     ("fuse_chains", passes.fuse_chains),
     ("fold_lane_moves", fold_moves.fold_lane_moves),

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lpusim.compiler.ir import Graph, Node, Step, View, out_geom, step_out_type, view_cols
-from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, MemRun, Segment, Store, StoreTable,
-                                             byte_planes, segment_runs, store_image, view_runs)
+from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, WIDTH, MemRun, Segment, Store,
+                                             StoreTable, byte_planes, segment_runs, store_image, view_runs)
 from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.schedule.kv_cache import CacheRegion, claim, past_tiles, region_slices
 from lpusim.compiler.schedule.lookup import LookupJobs
@@ -150,6 +150,27 @@ class Scheduler(SxmJobs, LookupJobs):
         self.mem_pos = [chip.mem_position(s) for s in range(chip.mem_slices)]
         self.mem_queue = [chip.mem_name(s) for s in range(chip.mem_slices)]
         self.alu_queues = [f"VXM.{a}" for a in range(chip.vxm_alus)]
+        self.keep_bordered_sources_apart()
+
+    def keep_bordered_sources_apart(self) -> None:
+        """Bordered tensors one VXM node streams together (a max pool's phases, pool_phases.py) get disjoint
+        bands of every hemisphere's slices (`keep_off`): two sources of one job may not share a slice, and
+        `relocate` cannot move a bordered tensor. Of len + 1 bands, the last is left to the node's other sources
+        and its sink."""
+        half = self.chip.mem_slices // 2
+        for node in self.graph.nodes:
+            if node.kind != "vector":
+                continue
+            bordered = sorted({v.tensor for v in node.sources if self.graph.tensors[v.tensor].pad})
+            if len(bordered) < 2:
+                continue
+            band = half // (len(bordered) + 1)
+            if band < max(WIDTH.values()):  # too many to fit an f32 store each: left to the placement as before
+                continue
+            for i, name in enumerate(bordered):
+                mine = {h * half + x for h in (0, 1) for x in range(i * band, (i + 1) * band)}
+                self.keep_off[name] = self.keep_off.get(name, frozenset()) | \
+                    frozenset(set(range(self.chip.mem_slices)) - mine)
 
     # ----- helpers --------------------------------------------------------------------------------------
     def ntiles(self, cols: int) -> int:
