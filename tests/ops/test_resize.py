@@ -203,3 +203,12 @@ def test_one_channel_upsampling_by_32_to_160_fits_in_half_the_sram():
     program, result = close(m)
     assert program.sram_bytes < 40e6  # 35.5 MB when measured
     assert result.cycles < 30_000  # 26,947 when measured
+
+
+def test_full_weights_of_few_channels_count_whole_vectors():
+    """A tap's weights as one row per output row cost a whole 320-lane vector per row however few channels the
+    image has: for one channel at 96 x 96 that is 11.8 MB (it was counted as 37 KB), so they go through a row
+    map (one row per output index, 96 rows) instead."""
+    program, _ = close(resize_model((1, 1, 6, 12), sizes=[1, 1, 96, 96], mode="linear", relu=False))
+    weights = [t for t in program._graph.tensors.values() if t.kind == "const" and t.name.startswith("resizew")]
+    assert weights and max(t.rows for t in weights) <= 96

@@ -15,7 +15,10 @@ On the chip (layout: lane axis = channels of an NCHW image, else the last axis; 
   float32, one pass per tap.
   Nearest is one tap of weight 1 per axis: all nearest axes become one row map, one exact f32 copy. Bilinear is
   2 passes per axis (the axis that shrinks most goes first), bicubic 4, antialiased downsampling as many as the
-  kernel's footprint at that scale (at most MAX_TAPS).
+  kernel's footprint at that scale (at most MAX_TAPS). An axis that grows (up to FUSED_TAPS taps) is one pass
+  instead, every tap a source of one chain (`_resize_fused`): a slice streams one view of a tensor at a time, so
+  taps past the first read copies of the input, which upsampling makes the smaller tensor; no full-size partial
+  sum is stored.
 * the lane axis: `x @ M^T` on the MXM (a constant [C_in, C_out] matrix): x and M pass as fp16, the sum in f32.
 * extrapolation_value (tf_crop_and_resize): flagged rows have zero weights; a constant holding the value where any
   axis is outside the roi is added on the VXM at the end.
@@ -29,7 +32,7 @@ import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
 from lpusim.compiler.lower.fold import fold
-from lpusim.compiler.lower.lanes import lane_axis, lane_matmul, shared_const
+from lpusim.compiler.lower.lanes import LANES, lane_axis, lane_matmul, shared_const
 from lpusim.compiler.passes import fits_vxm
 from lpusim.compiler.row_layout import as_matrix, from_rows, to_rows
 from lpusim.errors import CompileError
@@ -304,9 +307,10 @@ def _resize_weights(lw, wk, where, c, inner: bool) -> View:
     """Tap weights per output row: a constant [out_d, C] (one row per output index along the axis) read through
     a row map where that map is rising runs (the innermost row axis, W of an image: no cost), else (H: each
     row repeated W times, which the MEM reads slower) one row per output row while that stays under
-    FULL_WEIGHT_BYTES."""
+    FULL_WEIGHT_BYTES of SRAM (a row of a few channels still takes a whole vector)."""
     rows = np.asarray(where)
-    if not inner and len(rows) * c * 4 <= FULL_WEIGHT_BYTES:
+    stored = -(-c // LANES) * LANES * 4  # bytes a row takes in SRAM: whole vectors, however few channels
+    if not inner and len(rows) * stored <= FULL_WEIGHT_BYTES:
         full = np.ascontiguousarray(np.repeat(wk[rows][:, None], c, axis=1))
         return View(shared_const(lw, ("resizew", full.shape, full.tobytes()), lambda: full))
     compact = np.ascontiguousarray(np.repeat(wk[:, None], c, axis=1))
