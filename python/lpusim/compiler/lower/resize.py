@@ -264,10 +264,12 @@ def _resize_fused(lw, node, x, out_shape, grid, idx, w, first, small_out, where,
     over x's rows each). Upsampling makes x the smaller tensor: the copies cost fewer rows than the passes over the
     output they replace, and no full-size partial sum is ever stored (bilinear to 320 x 320 of one channel: 131 MB
     of f32 partial sum, more than half a chip). None when the axis does not grow, has one tap or more than
-    FUSED_TAPS, or the chain does not fit the VXM (the caller then chains one pass per tap)."""
+    FUSED_TAPS, or the chain does not fit the VXM (the caller then chains one pass per tap), or when
+    `lw.fused_resize` is off: the output is placed apart from every slice the pass streams, and with four sources
+    that can leave no room for a large output that the chained passes (two or three sources each) place."""
     taps = [k for k in range(idx.shape[1]) if k == 0 or np.any(w[:, k])]
     rows_in, rows_out = lw.tensors[x].rows, as_matrix(small_out)[0]
-    if len(taps) < 2 or len(taps) > FUSED_TAPS or rows_in >= rows_out:
+    if not lw.fused_resize or len(taps) < 2 or len(taps) > FUSED_TAPS or rows_in >= rows_out:
         return None
     sources, steps, terms = [], [], []
     for n, k in enumerate(taps):
