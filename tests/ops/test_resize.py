@@ -165,3 +165,60 @@ def test_compact_weights_through_row_maps(monkeypatch):
     program, _ = close(resize_model((2, 5, 4, 6), [1, 1, 2.5, 1.5], mode="cubic", relu=False))
     weights = [t for t in program._graph.tensors.values() if t.kind == "const" and t.name.startswith("resizew")]
     assert weights and max(t.rows for t in weights) <= 10  # out_h = 10, out_w = 9
+
+
+def fused_passes(program):
+    """The Resize's VXM nodes that read several taps in one pass (lower/resize.py `_resize_fused`): several
+    computed tensors through row maps (a chained pass reads one, and maybe its weights through another)."""
+    g = program._graph
+    return [n for n in g.nodes if n.onnx_op.startswith("Resize")
+            and sum(v.rows is not None and g.tensors[v.tensor].kind == "value" for v in n.sources) > 1]
+
+
+@pytest.mark.parametrize("shape,sizes,mode,ctm", [
+    ((1, 3, 5, 5), [1, 3, 160, 160], "linear", "pytorch_half_pixel"),  # U^2-Net's side outputs: by 32
+    ((1, 8, 6, 7), [1, 8, 24, 14], "linear", "half_pixel"),  # by 4 and 2
+    ((1, 4, 5, 6), [1, 4, 15, 18], "linear", "align_corners"),  # by 3
+    ((1, 4, 5, 6), [1, 4, 20, 13], "cubic", "asymmetric"),  # 4 taps, non-integer along W
+    ((2, 5, 4, 3), [2, 5, 8, 9], "linear", "half_pixel"),  # a batch of 2
+])
+def test_upsampling_runs_each_axis_in_one_pass(shape, sizes, mode, ctm):
+    """An upsampling axis runs all its taps in one VXM pass (each tap past the first reads a copy of the
+    smaller input): matches onnxruntime, cycles equal the prediction."""
+    program, _ = close(resize_model(shape, sizes=sizes, mode=mode, coordinate_transformation_mode=ctm,
+                                    relu=False))
+    assert len(fused_passes(program)) == 2  # H and W
+
+
+def test_downsampling_keeps_one_pass_per_tap():
+    """Shrinking, the input is the larger tensor: copying it would cost more than the passes it saves."""
+    program, _ = close(resize_model((1, 6, 12, 10), [1, 1, 0.5, 0.5], mode="linear", relu=False))
+    assert not fused_passes(program)
+
+
+def test_one_channel_upsampling_by_32_to_160_fits_in_half_the_sram():
+    """A one-channel map bilinearly upsampled by 32 (U^2-Net-p's deepest side output at 160 x 160): one
+    pixel per row, so a full-size f32 partial sum is 25,600 rows of 1,280 bytes; the fused pass stores none
+    (67.2 MB and 53,086 cycles with one pass per tap, measured before the fused pass)."""
+    m = resize_model((1, 1, 5, 5), sizes=[1, 1, 160, 160], mode="linear",
+                     coordinate_transformation_mode="pytorch_half_pixel")
+    program, result = close(m)
+    assert program.sram_bytes < 40e6  # 35.5 MB when measured
+    assert result.cycles < 30_000  # 26,947 when measured
+
+
+def test_full_weights_of_few_channels_count_whole_vectors():
+    """A tap's weights as one row per output row cost a whole 320-lane vector per row however few channels the
+    image has: for one channel at 96 x 96 that is 11.8 MB (it was counted as 37 KB), so they go through a row
+    map (one row per output index, 96 rows) instead."""
+    program, _ = close(resize_model((1, 1, 6, 12), sizes=[1, 1, 96, 96], mode="linear", relu=False))
+    weights = [t for t in program._graph.tensors.values() if t.kind == "const" and t.name.startswith("resizew")]
+    assert weights and max(t.rows for t in weights) <= 96
+
+
+def test_a_fused_pass_that_does_not_place_falls_back_to_one_pass_per_tap():
+    """One channel from 17 x 17 to 272 x 272: the fused passes' estimate is 119 MB, but the 94.7 MB f32 output,
+    kept apart from the four slices' worth of sources the pass streams, finds no room; compile_graph lowers the
+    model again with one pass per tap (placed in 198 MB, as before the fused pass) instead of failing."""
+    program, _ = close(resize_model((1, 1, 17, 17), sizes=[1, 1, 272, 272], mode="linear", relu=False))
+    assert not fused_passes(program)

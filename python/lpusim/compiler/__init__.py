@@ -67,7 +67,7 @@ def sram_needed(graph: ir.Graph, chip: Chip) -> int:
     return static + peak
 
 
-def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibration=None):
+def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibration=None, fused_resize=True):
     """Load, quantise if asked (precision="int8"), calibrate, import and run PASSES: (proto, graph). Shared by the
     single-chip compile below and the multi-chip compiler (multichip/pipeline.py)."""
     if precision not in PRECISIONS:
@@ -85,7 +85,7 @@ def build_graph(model, precision: str = "fp16", shapes=None, dump=None, calibrat
     for run in runs:
         for name, value in calibrate.tensor_magnitudes(proto, run).items():
             magnitudes[name] = max(value, magnitudes.get(name, value))
-    graph = import_onnx(proto, input_shapes, magnitudes, precision)
+    graph = import_onnx(proto, input_shapes, magnitudes, precision, fused_resize)
     if dump:
         dump("import", graph.dump())
     for name, run in PASSES:
@@ -111,6 +111,20 @@ def random_inputs(input_shapes: dict, seed: int = 0, kinds: dict | None = None) 
     return out
 
 
+def _schedule(chip: Chip, graph, progress, cache):
+    """The schedule: short segments first (more jobs read at once), then the long ones, then long segments with
+    released blocks joined whenever none fits (fewer fresh bytes). Short segments fragment SRAM, and spread a
+    KV-cache region over so many slices that a Concat writing into it found no cycle (Llama 2 70B's attention part
+    at tp 8 over 2,047 cached positions): OutOfSram or ScheduleNotFound moves on to the next. OutOfSram when none
+    places."""
+    for rows in schedule.SPREAD_SEGMENT_ROWS + (schedule.MAX_SEGMENT_ROWS,):
+        try:
+            return schedule.Scheduler(chip, graph, progress, cache=cache, segment_rows=rows).run()
+        except (OutOfSram, ScheduleNotFound):
+            pass
+    return schedule.Scheduler(chip, graph, progress, join_released=True, cache=cache).run()
+
+
 def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=None, progress=None,
                   calibration=None, cache=None):
     """ONNX -> (proto, graph, schedule, assembly) for one chip. `cache`: KV-cache regions kept in SRAM across
@@ -124,19 +138,17 @@ def compile_graph(model, chip: Chip, precision: str = "fp16", shapes=None, dump=
     collecting = gc.isenabled()
     gc.disable()  # the scheduler builds many long-lived objects and no garbage cycles to speak of: skip the scans
     try:
-        sched = None
-        # short segments first (more jobs read at once), then the long ones: short segments fragment SRAM, and
-        # spread a KV-cache region over so many slices that a Concat writing into it found no cycle (Llama 2 70B's
-        # attention part at tp 8 over 2,047 cached positions)
-        for rows in schedule.SPREAD_SEGMENT_ROWS + (schedule.MAX_SEGMENT_ROWS,):
-            try:
-                sched = schedule.Scheduler(chip, graph, progress, cache=cache, segment_rows=rows).run()
-                break
-            except (OutOfSram, ScheduleNotFound):
-                pass
-        if sched is None:
-            # again, long segments and released blocks joined whenever none fits (fewer fresh bytes)
-            sched = schedule.Scheduler(chip, graph, progress, join_released=True, cache=cache).run()
+        try:
+            sched = _schedule(chip, graph, progress, cache)
+        except OutOfSram:
+            if not any("Resize" in n.onnx_op.split("+") and sum(
+                    v.rows is not None and graph.tensors[v.tensor].kind == "value" for v in n.sources) > 1
+                       for n in graph.nodes):
+                raise
+            # a fused Resize pass streams four sources, and its output is placed apart from all of them: one pass
+            # per tap instead (lower/resize.py `_resize_fused`)
+            proto, graph = build_graph(model, precision, shapes, dump, calibration, fused_resize=False)
+            sched = _schedule(chip, graph, progress, cache)
     except OutOfSram as e:
         # the estimate fits, but placement (320-lane tiles, slice groups, banks) found no room: say so plainly
         err = OutOfSram(f"the model does not fit one {chip.name} chip: estimated {need:,} bytes of "

@@ -74,12 +74,13 @@ def finish(lw: LowerState) -> Graph:
 
 
 def import_onnx(model: onnx.ModelProto, shapes: dict | None = None, magnitudes: dict | None = None,
-                precision: str = "fp16") -> Graph:
+                precision: str = "fp16", fused_resize: bool = True) -> Graph:
     """`magnitudes` (calibrate.py): max |value| per ONNX tensor, for the lowerings and the fp16 scales.
     `precision="fp32"`: the graph's fp16 MXM operands are split into pieces by the fp32_split passes; a quantised
     model keeps its own float32 handling (`precise_sums`) and is marked fp16."""
     lowering = LowerState(model, resolve_input_shapes(model, shapes), magnitudes or {}, lower)
     lowering.fp32 = precision == "fp32" and not lowering.precise_sums
+    lowering.fused_resize = fused_resize
     run(lowering)
     graph = finish(lowering)
     graph.precision = "fp32" if lowering.fp32 else "fp16"

@@ -15,7 +15,10 @@ On the chip (layout: lane axis = channels of an NCHW image, else the last axis; 
   float32, one pass per tap.
   Nearest is one tap of weight 1 per axis: all nearest axes become one row map, one exact f32 copy. Bilinear is
   2 passes per axis (the axis that shrinks most goes first), bicubic 4, antialiased downsampling as many as the
-  kernel's footprint at that scale (at most MAX_TAPS).
+  kernel's footprint at that scale (at most MAX_TAPS). An axis that grows (up to FUSED_TAPS taps) is one pass
+  instead, every tap a source of one chain (`_resize_fused`): a slice streams one view of a tensor at a time, so
+  taps past the first read copies of the input, which upsampling makes the smaller tensor; no full-size partial
+  sum is stored.
 * the lane axis: `x @ M^T` on the MXM (a constant [C_in, C_out] matrix): x and M pass as fp16, the sum in f32.
 * extrapolation_value (tf_crop_and_resize): flagged rows have zero weights; a constant holding the value where any
   axis is outside the roi is added on the VXM at the end.
@@ -29,7 +32,8 @@ import numpy as np
 
 from lpusim.compiler.ir import Node, Step, View
 from lpusim.compiler.lower.fold import fold
-from lpusim.compiler.lower.lanes import lane_axis, lane_matmul, shared_const
+from lpusim.compiler.lower.lanes import LANES, lane_axis, lane_matmul, shared_const
+from lpusim.compiler.passes import fits_vxm
 from lpusim.compiler.row_layout import as_matrix, from_rows, to_rows
 from lpusim.errors import CompileError
 
@@ -37,6 +41,8 @@ from lpusim.errors import CompileError
 MAX_TAPS = 64  # VXM passes per row axis (antialiased downsampling by a large factor has a wide footprint)
 
 FULL_WEIGHT_BYTES = 8 << 20  # a tap's weights as one row per output row up to this size (else through a row map)
+
+FUSED_TAPS = 4  # an upsampling axis of up to this many taps runs as one VXM pass (_resize_fused)
 
 
 def _s(v):
@@ -222,6 +228,9 @@ def _resize_rows(lw, node, x, shape, group, maps, out_sizes, mag, last):
     pos = np.arange(out_shape[first]).reshape([-1 if i == first else 1 for i in range(len(shape))])
     where = tuple(int(v) for v in to_rows(np.broadcast_to(pos, small_out), small_out)[:, 0])
     row_axes = [i for i in range(len(shape)) if i != lane]
+    fused = _resize_fused(lw, node, x, out_shape, grid, idx, w, first, small_out, where, c, row_axes, mag, last)
+    if fused is not None:
+        return fused, out_shape
     prev = None
     for k in range(idx.shape[1]):
         if k and not np.any(w[:, k]):  # (tap 0 always runs: every row outside a crop gives 0)
@@ -248,13 +257,62 @@ def _resize_rows(lw, node, x, shape, group, maps, out_sizes, mag, last):
     return prev, out_shape
 
 
+def _resize_fused(lw, node, x, out_shape, grid, idx, w, first, small_out, where, c, row_axes, mag, last):
+    """An upsampling axis in one VXM pass: out = sum_k x[src_k] * w_k, every tap a source of the same chain.
+
+    A MEM slice streams one view of a tensor at a time, so tap k > 0 reads its own copy of x (one f32 COPY pass
+    over x's rows each). Upsampling makes x the smaller tensor: the copies cost fewer rows than the passes over the
+    output they replace, and no full-size partial sum is ever stored (bilinear to 320 x 320 of one channel: 131 MB
+    of f32 partial sum, more than half a chip). None when the axis does not grow, has one tap or more than
+    FUSED_TAPS, or the chain does not fit the VXM (the caller then chains one pass per tap), or when
+    `lw.fused_resize` is off: the output is placed apart from every slice the pass streams, and with four sources
+    that can leave no room for a large output that the chained passes (two or three sources each) place."""
+    taps = [k for k in range(idx.shape[1]) if k == 0 or np.any(w[:, k])]
+    rows_in, rows_out = lw.tensors[x].rows, as_matrix(small_out)[0]
+    if not lw.fused_resize or len(taps) < 2 or len(taps) > FUSED_TAPS or rows_in >= rows_out:
+        return None
+    sources, steps, terms = [], [], []
+    for n, k in enumerate(taps):
+        src = to_rows(np.take(grid, idx[:, k], axis=first), small_out)[:, 0]
+        sources.append((n, View(None, rows=tuple(int(v) for v in src))))  # the tensor once the copies exist
+        wk = w[:, k]
+        if np.all(wk == 1.0):
+            steps.append(Step("COPY", [("src", len(sources) - 1)]))
+        elif np.all(wk == wk[0]):
+            steps.append(Step("MUL", [("src", len(sources) - 1), ("imm", float(wk[0]))]))
+        else:
+            sources.append((None, _resize_weights(lw, wk, where, c, inner=first == row_axes[-1])))
+            steps.append(Step("MUL", [("src", len(sources) - 2), ("src", len(sources) - 1)]))
+        terms.append(len(steps) - 1)
+    acc = terms[0]
+    for t in terms[1:]:
+        steps.append(Step("ADD", [("step", acc), ("step", t)]))
+        acc = len(steps) - 1
+    weights = [v.tensor for n, v in sources if n is None]
+    if len(weights) != len(set(weights)) or not fits_vxm(steps):
+        return None  # two taps with the same weight constant would stream one tensor twice
+    copies = [x]
+    for n in range(1, len(taps)):
+        cp = lw.add_tensor(lw.fresh("resizecopy"), lw.tensors[x].shape, "value")
+        lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, cp, sources=[View(x)],
+                             steps=[Step("COPY", [("src", 0)])]))
+        lw.derived[cp] = lw.derived.get(x, mag)
+        copies.append(cp)
+    views = [View(copies[n], rows=v.rows) if n is not None else v for n, v in sources]
+    y = lw.add_tensor(lw.fresh(node.output[0] if last else "resized"), out_shape, "value")
+    lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=views, steps=steps))
+    lw.derived[y] = mag * float(np.abs(w).sum(axis=1).max())
+    return y
+
+
 def _resize_weights(lw, wk, where, c, inner: bool) -> View:
     """Tap weights per output row: a constant [out_d, C] (one row per output index along the axis) read through
     a row map where that map is rising runs (the innermost row axis, W of an image: no cost), else (H: each
     row repeated W times, which the MEM reads slower) one row per output row while that stays under
-    FULL_WEIGHT_BYTES."""
+    FULL_WEIGHT_BYTES of SRAM (a row of a few channels still takes a whole vector)."""
     rows = np.asarray(where)
-    if not inner and len(rows) * c * 4 <= FULL_WEIGHT_BYTES:
+    stored = -(-c // LANES) * LANES * 4  # bytes a row takes in SRAM: whole vectors, however few channels
+    if not inner and len(rows) * stored <= FULL_WEIGHT_BYTES:
         full = np.ascontiguousarray(np.repeat(wk[rows][:, None], c, axis=1))
         return View(shared_const(lw, ("resizew", full.shape, full.tobytes()), lambda: full))
     compact = np.ascontiguousarray(np.repeat(wk[:, None], c, axis=1))

@@ -55,6 +55,9 @@ class LowerState:
         # then exact, so the lowerings skip their own fp16 pieces (exact_broadcast, wide_sum). Quantised models
         # keep precise_sums instead (import_onnx).
         self.fp32: bool = False
+        # Resize runs an upsampling axis as one pass (resize._resize_fused); off in compile_graph's last retry, for
+        # a model whose fused pass streams too many sources for placement to find room for its output
+        self.fused_resize: bool = True
         self.head_scales: dict[str, float] = {}  # head parts holding integers (codes - zero point) -> their scale
         self.head_floats: dict[str, str] = {}  # head part -> its floats (code x scale, once per part)
         self.value_parts: dict[str, list] = {}  # ONNX [B, NH, S, X] value read with heads -> its parts (attention.py)
