@@ -68,6 +68,13 @@ def test_dynamic_quantize_matmul_integer(uint8_weights, kind):
     check_exact(dynamic_matmul(m, k, n, uint8_weights=uint8_weights), {"x": x})
 
 
+def test_dynamic_quantize_wide_rows():
+    """More than 320 lanes in few rows: the whole-tensor max and min must be exact (not the MXM's fp16 rotation)."""
+    x = (np.random.default_rng(4).standard_normal((3, 512)) * 5 + 0.3).astype(np.float32)
+    x[1, 400] = 17.123457  # the maximum, far from an fp16 value
+    check_exact(dynamic_matmul(3, 512, 40), {"x": x})
+
+
 def test_quantize_dynamic_mlp():
     """A float MLP quantised by onnxruntime's quantize_dynamic (uint8 activations, int8 weights), run as is."""
     ort_quant = pytest.importorskip("onnxruntime.quantization")

@@ -136,7 +136,10 @@ def lower_reduction(lw, node, op, a, args) -> None:
         rows, c = lw.tensors[cur].rows, shape[lane]
         batch = turned(lanes_done, out_shape) if not keep and lw.feeds_other_nodes(node.output[0]) \
             else None
-        if batch is not None or combine == "MUL" or (combine != "ADD" and (c <= 320 or rows >= TURN_MIN_ROWS)):
+        # a quantised model's max/min is exact (its rotation tree moves fp16 values: DynamicQuantizeLinear's
+        # scale from a max over 512 lanes was 1.6e-5 off)
+        exact = c <= 320 or rows >= TURN_MIN_ROWS or lw.precise_sums
+        if batch is not None or combine == "MUL" or (combine != "ADD" and exact):
             # the lanes turned into rows on the SXM (B matrices of M rows of C lanes -> B of C rows of M lanes),
             # then reduced on the VXM like any rows: exact float32, no rotation tree on the MXM (which has no
             # product at all). B rows of M results, which is what a turned result wants (keepdims=0: [4, 16]
