@@ -15,7 +15,7 @@ reduction splits into
   and product by turning the R rows of C lanes around on the SXM (a transpose node, schedule/sxm.py) and reducing
   the C rows of R lanes by a tree as above, then turning the R results back into a column: exact, and cheaper than
   lanes.py's rotation tree on the MXM, which max/min still use for more than 320 lanes of few rows
-  (`TURN_MIN_ROWS`). GlobalAveragePool / GlobalMaxPool are ReduceMean / ReduceMax over the spatial axes.
+  (`TURN_MIN_ROWS`) except in quantised models (the tree moves fp16 values). GlobalAveragePool / GlobalMaxPool are ReduceMean / ReduceMax over the spatial axes.
 * ReduceSumSquare / L1 / L2 / LogSumExp: an elementwise step before (x*x, |x|, exp x) and after (sqrt, log) the
   sum; ReduceMean multiplies by 1/count at the end (the VXM chain after the last combination).
 * keepdims=0 results keep their rows and lanes when the output's layout puts the same values on the same rows and
