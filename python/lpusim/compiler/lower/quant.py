@@ -32,6 +32,7 @@ import onnx
 from onnx import helper
 
 from lpusim.compiler.ir import Node, Step, View
+from lpusim.compiler.lower.dynamic_quant import lower_dynamic_quantize, lower_matmul_integer_dynamic
 from lpusim.compiler.lower.elementwise import operand
 from lpusim.compiler.lower.quant_codes import (fma_steps, MAGIC, q_alias_requantized, q_const, q_kind, q_materialize,
                                                Q_NP_TYPES, q_quantize_steps, q_requantizer, q_round_steps,
@@ -43,7 +44,7 @@ from lpusim.errors import CompileError
 
 
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger",
-             "ConvInteger", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool")
+             "ConvInteger", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool", "DynamicQuantizeLinear")
 
 CODE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "MaxPool", "GlobalMaxPool", "Split"}
 
@@ -62,6 +63,11 @@ def lower_quant(lw, node) -> bool:
         handled = q_dequantize(lw, node)
     elif op == "QuantizeLinear":
         handled = q_quantize(lw, node)
+    elif op == "DynamicQuantizeLinear":
+        lower_dynamic_quantize(lw, node)
+        handled = True
+    elif op == "MatMulInteger" and lower_matmul_integer_dynamic(lw, node):
+        handled = True
     elif op in ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger"):
         handled = q_operator(lw, node)
     elif op in ("Conv", "MatMul", "Gemm"):

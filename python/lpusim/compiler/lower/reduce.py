@@ -15,7 +15,7 @@ reduction splits into
   and product by turning the R rows of C lanes around on the SXM (a transpose node, schedule/sxm.py) and reducing
   the C rows of R lanes by a tree as above, then turning the R results back into a column: exact, and cheaper than
   lanes.py's rotation tree on the MXM, which max/min still use for more than 320 lanes of few rows
-  (`TURN_MIN_ROWS`). GlobalAveragePool / GlobalMaxPool are ReduceMean / ReduceMax over the spatial axes.
+  (`TURN_MIN_ROWS`) except in quantised models (the tree moves fp16 values). GlobalAveragePool / GlobalMaxPool are ReduceMean / ReduceMax over the spatial axes.
 * ReduceSumSquare / L1 / L2 / LogSumExp: an elementwise step before (x*x, |x|, exp x) and after (sqrt, log) the
   sum; ReduceMean multiplies by 1/count at the end (the VXM chain after the last combination).
 * keepdims=0 results keep their rows and lanes when the output's layout puts the same values on the same rows and
@@ -136,7 +136,10 @@ def lower_reduction(lw, node, op, a, args) -> None:
         rows, c = lw.tensors[cur].rows, shape[lane]
         batch = turned(lanes_done, out_shape) if not keep and lw.feeds_other_nodes(node.output[0]) \
             else None
-        if batch is not None or combine == "MUL" or (combine != "ADD" and (c <= 320 or rows >= TURN_MIN_ROWS)):
+        # a quantised model's max/min is exact (its rotation tree moves fp16 values: DynamicQuantizeLinear's
+        # scale from a max over 512 lanes was 1.6e-5 off)
+        exact = c <= 320 or rows >= TURN_MIN_ROWS or lw.precise_sums
+        if batch is not None or combine == "MUL" or (combine != "ADD" and exact):
             # the lanes turned into rows on the SXM (B matrices of M rows of C lanes -> B of C rows of M lanes),
             # then reduced on the VXM like any rows: exact float32, no rotation tree on the MXM (which has no
             # product at all). B rows of M results, which is what a turned result wants (keepdims=0: [4, 16]

@@ -50,7 +50,8 @@ class LowerState:
         # quantised models (any QuantizeLinear/DequantizeLinear), whose reference (onnxruntime) keeps Softmax,
         # LayerNormalization and the attention matmuls in float32, so that the QuantizeLinear after them lands on
         # its codes. fp16 models keep one pass (the fp16 rule judges them).
-        self.precise_sums: bool = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+        self.precise_sums: bool = any(n.op_type in ("QuantizeLinear", "DequantizeLinear",
+                                                                  "DynamicQuantizeLinear") for n in model.graph.node)
         # precision="fp32" (compiler/fp32_split.py splits every fp16 MXM operand after lowering): lane moves are
         # then exact, so the lowerings skip their own fp16 pieces (exact_broadcast, wide_sum). Quantised models
         # keep precise_sums instead (import_onnx).
