@@ -150,6 +150,7 @@ class Scheduler(SxmJobs, LookupJobs):
         self.mem_pos = [chip.mem_position(s) for s in range(chip.mem_slices)]
         self.mem_queue = [chip.mem_name(s) for s in range(chip.mem_slices)]
         self.alu_queues = [f"VXM.{a}" for a in range(chip.vxm_alus)]
+        self._bounds: dict = {}  # read_bound's answers while one job is placed (its runs, the rows' readiness)
         self.keep_bordered_sources_apart()
 
     def keep_bordered_sources_apart(self) -> None:
@@ -179,6 +180,7 @@ class Scheduler(SxmJobs, LookupJobs):
     def place(self, lower: int, build, what: str):
         """Run `build(t)` at the first t >= lower where it fits; each failed try is rolled back."""
         t = max(0, lower)
+        self._bounds = {}
         first_fit = None  # the search limit counts from the first cycle the reservations allow, not from `lower`
         while True:
             self.res.begin()
@@ -199,10 +201,12 @@ class Scheduler(SxmJobs, LookupJobs):
             return result
 
     def mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
-                 stream: str, base: int) -> int:
+                 stream: str, base: int, store: Store | None = None) -> int:
         """READ (toward dest_pos) or WRITE (from dest_pos) bursts on byte plane b of each run; row i of the
-        view meets `dest_pos` at `first + i*d`. Returns the last effect cycle."""
+        view meets `dest_pos` at `first + i*d`. Returns the last effect cycle. `store`: the store the runs are of,
+        whose segments (or, for a run not known by segment, the whole store) record when they were last used."""
         last = 0
+        used = []
         res = self.res
         reading = op == "READ"
         latency = self.chip.mem_read_latency if reading else self.chip.mem_write_latency
@@ -227,7 +231,20 @@ class Scheduler(SxmJobs, LookupJobs):
             res.issues.append(Issue(queue, issue, f"{op} {run.addr}, {stream}", run.count, d, run.stride, effect))
             if effect > last:
                 last = effect
+            if store is not None:
+                used.append((run.seg, effect))
+        if used:
+            res.on_commit.append(lambda: self.record_use(store, used))
         return last
+
+    @staticmethod
+    def record_use(store: Store, used: list) -> None:
+        """Per segment (Store.loose_access for a run not known by segment), its last bank access so far."""
+        for seg, effect in used:
+            if seg is None:
+                store.loose_access = max(store.loose_access, effect)
+            elif effect > seg.last_access:
+                seg.last_access = effect
 
     def check_mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
                        base: int) -> None:
@@ -314,19 +331,16 @@ class Scheduler(SxmJobs, LookupJobs):
                   base: int, planes: list[int] | None = None) -> str:
         """Stream the rows of `runs` so row i arrives at dest_pos at first + i*d; returns the stream group.
         `planes`: only these byte planes (default all), on consecutive streams."""
-        lat = self.chip.mem_read_latency
         planes = list(range(store.width)) if planes is None else planes
-        for run in runs:
-            for b in planes:
-                issue = first + run.out_start * d - lat - abs(dest_pos - self.mem_pos[run.slice + b])
-                if issue < store.ready[tile]:  # not written yet: try again once it is
-                    raise Clash(base + store.ready[tile] - issue)
+        earliest = self.read_bound(store, tile, runs, dest_pos, d, planes)
+        if first < earliest:  # a row not written yet: try again once it is
+            raise Clash(base + earliest - first)
         for b in planes:
             self.check_mem_runs("READ", runs, b, first, d, dest_pos, base)
         direction = self._direction(runs, store.width, dest_pos, True)
         g = self.take_group(direction, [self.transfers(runs, b, first, d, dest_pos, True) for b in planes])
         for i, b in enumerate(planes):
-            last = self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + i), base)
+            last = self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + i), base, store)
             self.accesses.append((store, last))
         return stream_name(direction, g)
 
@@ -340,9 +354,60 @@ class Scheduler(SxmJobs, LookupJobs):
         last = 0
         for i, b in enumerate(planes):
             last = max(last, self.mem_runs("WRITE", runs, b, first, d, src_pos, stream_name(direction, g + i),
-                                           base))
+                                           base, store))
         self.accesses.append((store, last))
+        self.res.on_commit.append(lambda: self.record_writes(store, runs, src_pos, first, d, planes))
         return stream_name(direction, g), last
+
+    def record_writes(self, store: Store, runs: list[MemRun], src_pos: int, first: int, d: int,
+                      planes: list[int]) -> None:
+        """The rows a placed WRITE makes readable, and from when (Store.record_write): row i of a run commits
+        `mem_write_latency` after it meets its slice (the farthest of its byte planes)."""
+        self._bounds = {}
+        lat = self.chip.mem_write_latency
+        for run in runs:
+            tile = self.tile_of(store, run)
+            if run.row < 0 or tile is None:
+                store.record_write(tile if tile is not None else 0, None, None)
+                if tile is None:
+                    for nt in range(len(store.tiles)):
+                        store.record_write(nt, None, None)
+                continue
+            far = max(abs(src_pos - self.mem_pos[run.slice + b]) for b in planes)
+            i = np.arange(run.count, dtype=np.int64)
+            store.record_write(tile, run.row + i * run.stride, first + (run.out_start + i) * d + far + lat + 1)
+
+    @staticmethod
+    def tile_of(store: Store, run: MemRun) -> int | None:
+        """The column tile whose segment holds the run's first row."""
+        for nt, segs in enumerate(store.tiles):
+            for sg in segs:
+                if sg.slice == run.slice and sg.lo <= run.row < sg.hi and run.addr == sg.addr + run.row - sg.lo:
+                    return nt
+        return None
+
+    def read_bound(self, store: Store, tile: int, runs: list[MemRun], dest_pos: int, d: int,
+                   planes: list[int]) -> int:
+        """The earliest `first` (the cycle row 0 of the view arrives at dest_pos) at which every READ of `runs`
+        issues once its row is written: per row where the store's writes are known row by row (a job on the first
+        rows of a tensor starts while its writer still writes the last), else once the whole tile is."""
+        lat = self.chip.mem_read_latency
+        per_row = store.rows_ready(tile)
+        key = (id(store), tile, id(runs), dest_pos, d, tuple(planes))
+        hit = self._bounds.get(key)
+        if hit is not None and hit[0] is runs and hit[1] is per_row:
+            return hit[2]
+        earliest = 0
+        for run in runs:
+            far = max(abs(dest_pos - self.mem_pos[run.slice + b]) for b in planes)
+            if per_row is None or run.row < 0:
+                need = store.ready[tile] - run.out_start * d
+            else:
+                i = np.arange(run.count, dtype=np.int64)
+                need = int(np.max(per_row[run.row + i * run.stride] - (run.out_start + i) * d))
+            earliest = max(earliest, need + lat + far)
+        self._bounds[key] = (runs, per_row, earliest)
+        return earliest
 
     # ----- SRAM placement -------------------------------------------------------------------------------
     def next_hemisphere(self) -> str:
@@ -388,12 +453,15 @@ class Scheduler(SxmJobs, LookupJobs):
         store.released = True
         # kept whole for a later store of its layout only when room is short: the new owner's writes wait for this
         # store's last access (always reusing them cost light ResNet-50 6% more cycles)
+        # each segment's space waits only for its own rows' last access: a later node's first rows may take the
+        # space of a tensor's first rows while the last are still read
         if store.pad and self.sram.short_of_room() and \
-                self.bordered.keep(self.border_key(store), store.tiles, store.last_access):
+                self.bordered.keep(self.border_key(store), [[(sg, store.free_after(sg)) for sg in segs]
+                                                            for segs in store.tiles], store.last_access):
             return
         for segs in store.tiles:
             for sg in segs:
-                self.sram.release(sg.slice, store.width, sg.addr, sg.hi - sg.lo, store.last_access)
+                self.sram.release(sg.slice, store.width, sg.addr, sg.hi - sg.lo, store.free_after(sg))
 
     def slices_of(self, tensors, tile: int | None = None, fmt: str | None = None) -> set[int]:
         """Slices holding (column tile `tile` of) the live stores (of format `fmt`) of `tensors`."""
@@ -467,9 +535,9 @@ class Scheduler(SxmJobs, LookupJobs):
         got = self.bordered.take(key, blocked)
         if got is None:
             return False
-        tiles, last = got
-        for segs in tiles:  # every write of the new owner commits after the old one's last access
-            store.tiles.append([Segment(sg.lo, sg.hi, sg.slice, sg.addr, last) for sg in segs])
+        tiles, _ = got
+        for segs in tiles:  # every write of the new owner commits after the old one's last access of those rows
+            store.tiles.append([Segment(sg.lo, sg.hi, sg.slice, sg.addr, free) for sg, free in segs])
             store.ready.append(0)
         self.stores[(store.tensor, store.fmt)] = store
         return True
@@ -575,7 +643,8 @@ class Scheduler(SxmJobs, LookupJobs):
         cpv = self.chip.cycles_per_vector(store.fmt)  # the activations' store: f16, or i8 (one vector a cycle)
         runs = segment_runs(store, kt, view_runs(view, store, geom, rows, r0, r1))
         # first overwrite of the accumulator block only after its previous reader is done
-        lower = max(st.installed_at, st.busy_until, acc_free - self.chip.mxm_latency + 1)
+        lower = max(st.installed_at, st.busy_until, acc_free - self.chip.mxm_latency + 1,
+                    self.read_bound(store, kt, runs, pos, cpv, list(range(store.width))))
         plus = ", +" if accumulate else ""
         count = r1 - r0
 
@@ -668,8 +737,8 @@ class Scheduler(SxmJobs, LookupJobs):
             for a in s.args:
                 if a[0] == "src":
                     store, runs, tile = src[a[1]]
-                    far = max(abs(vpos - self.mem_pos[r.slice + b]) for r in runs for b in range(store.width))
-                    lower = max(lower, store.ready[tile] + self.chip.mem_read_latency + far - times[j])
+                    lower = max(lower, self.read_bound(store, tile, runs, vpos, 1, list(range(store.width)))
+                                - times[j])
                 elif a[0] == "acc":
                     dist = abs(vpos - self.chip.plane_position(plane))
                     lower = max(lower, acc_ready + self.chip.mxm_acc_latency + dist - times[j])
