@@ -45,6 +45,9 @@ SPREAD_SEGMENT_ROWS = (128, 256)
 # ALUs (vector_chunks).
 MAX_VXM_CHUNKS = 4
 MIN_VXM_CHUNK_ROWS = 256
+# Copies of a one-row constant that VXM jobs read for every row (a bias, a scale), the first included: row chunks
+# running at once read different ones (Scheduler.broadcast_copies). As many as the planes' epilogues at once.
+BROADCAST_COPIES = 4
 # Weight rows loaded per LW: 8 rows of 2 bytes use 16 of the 32 streams, so both planes of a hemisphere can load.
 WEIGHT_SLOTS = 8
 
@@ -150,6 +153,7 @@ class Scheduler(SxmJobs, LookupJobs):
         self.mem_pos = [chip.mem_position(s) for s in range(chip.mem_slices)]
         self.mem_queue = [chip.mem_name(s) for s in range(chip.mem_slices)]
         self.alu_queues = [f"VXM.{a}" for a in range(chip.vxm_alus)]
+        self.const_copies: dict[tuple[str, str], list[Store]] = {}  # broadcast_copies
         self._bounds: dict = {}  # read_bound's answers while one job is placed (its runs, the rows' readiness)
         self.keep_bordered_sources_apart()
 
@@ -729,14 +733,26 @@ class Scheduler(SxmJobs, LookupJobs):
             store = self.stores[(view.tensor, vxm_format(g.tensors[view.tensor]))]
             tile = source_tile(view, nt)
             runs = segment_runs(store, tile, view_runs(view, store, geom, out_t.rows, r0, r1))
-            src.append((store, runs, tile))
+            src.append((store, runs, tile, [(store, runs)]))
         sink_runs = {fmt: segment_runs(st, nt, view_runs(View(node.output), st, geom, out_t.rows, r0, r1))
                      for fmt, st in sinks.items()}
+        for i, view in enumerate(node.sources):  # copies the job may read instead (broadcast_copies)
+            store, runs, tile, alts = src[i]
+            copies = self.broadcast_copies(view, store, out_t.rows)
+            if not copies:
+                continue
+            # slices the job's other reads and its writes use: a copy there would meet them in the same cycles
+            busy = {r.slice + b for j, (st, rs, _, _) in enumerate(src) if j != i for r in rs
+                    for b in range(st.width)}
+            busy |= {r.slice + b for fmt, rs in sink_runs.items() for r in rs for b in range(sinks[fmt].width)}
+            for copy in copies:
+                if not any(x in busy for sg in copy.tiles[tile] for x in range(sg.slice, sg.slice + copy.width)):
+                    alts.append((copy, segment_runs(copy, tile, view_runs(view, copy, geom, out_t.rows, r0, r1))))
         lower = 0
         for j, s in enumerate(steps):
             for a in s.args:
                 if a[0] == "src":
-                    store, runs, tile = src[a[1]]
+                    store, runs, tile, _ = src[a[1]]
                     lower = max(lower, self.read_bound(store, tile, runs, vpos, 1, list(range(store.width)))
                                 - times[j])
                 elif a[0] == "acc":
@@ -764,7 +780,8 @@ class Scheduler(SxmJobs, LookupJobs):
                     elif a[0] == "step":
                         operands.append(f"R{alus[a[1]]}")
                     elif a[0] == "src":
-                        store, runs, tile = src[a[1]]
+                        store, runs, tile, alts = src[a[1]]
+                        store, runs = self.free_copy(alts, t, vpos, base)
                         operands.append(self.read_view(store, tile, runs, vpos, t, 1, base))
                     else:  # the accumulator of `plane`
                         operands.append(self.read_accumulators(plane, acc_base, rows, t, base,
@@ -786,6 +803,52 @@ class Scheduler(SxmJobs, LookupJobs):
         for store, last_commit in commits:  # readable once the last row is committed
             store.ready[nt] = max(store.ready[nt], last_commit + 1)
         return base
+
+    def broadcast_copies(self, view: View, store: Store, out_rows: int) -> list[Store]:
+        """Copies of a one-row constant a VXM job reads for every row (a bias, a scale): row chunks of one node
+        (and of its neighbours) run at once on other ALUs, and each reads the row every cycle from one slice queue,
+        so with one copy they would run one after another (light ResNet-50's stem: 28 epilogues of 448 rows in
+        series). Made on first use (BROADCAST_COPIES in all, each apart from the others); the job offers those
+        apart from its other reads and writes to free_copy, which picks one whose queues are free."""
+        t = self.graph.tensors[view.tensor]
+        if t.kind != "const" or store.rows != 1 or out_rows <= 1 or view.rows is not None or view.spatial:
+            return []
+        key = (view.tensor, store.fmt)
+        copies = self.const_copies.get(key)
+        if copies is None:
+            copies = self.const_copies[key] = []
+            taken = {x for segs in store.tiles for sg in segs for x in range(sg.slice, sg.slice + store.width)}
+            # the next store's slice group stays where it would be without the copies (they are tiny; moving it
+            # put a node of ResNet-50's 128-row try where its sources left no slice free)
+            cursor = dict(self.sram.cursor)
+            for _ in range(BROADCAST_COPIES - 1):
+                copy = Store.for_tensor(t, store.fmt)
+                try:
+                    for _nt in range(len(store.tiles)):
+                        copy.tiles.append(self.alloc_segments(copy.width, copy.storage_rows, self.next_hemisphere(),
+                                                              0, taken, False))
+                        copy.ready.append(0)
+                except OutOfSram:
+                    break
+                taken |= {x for segs in copy.tiles for sg in segs for x in range(sg.slice, sg.slice + copy.width)}
+                self.init_store(copy, t.data)
+                copies.append(copy)
+            self.sram.cursor = cursor
+        return copies
+
+    def free_copy(self, alts: list, first: int, dest_pos: int, base: int) -> tuple[Store, list[MemRun]]:
+        """The first of (store, runs) alternatives whose READ queues are free for the job (the last one tried
+        otherwise, which raises the Clash)."""
+        if len(alts) == 1:
+            return alts[0]
+        for store, runs in alts:
+            try:
+                for b in range(store.width):
+                    self.check_mem_runs("READ", runs, b, first, 1, dest_pos, base)
+            except Clash:
+                continue
+            return store, runs
+        return alts[0]
 
     def read_accumulators(self, plane: str, acc_base: int, rows: int, arrive: int, base: int,
                           acc_t: str = "f32") -> str:
