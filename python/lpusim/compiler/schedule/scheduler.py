@@ -401,15 +401,21 @@ class Scheduler(SxmJobs, LookupJobs):
         hit = self._bounds.get(key)
         if hit is not None and hit[0] is runs and hit[1] is per_row:
             return hit[2]
-        earliest = 0
-        for run in runs:
-            far = max(abs(dest_pos - self.mem_pos[run.slice + b]) for b in planes)
-            if per_row is None or run.row < 0:
-                need = store.ready[tile] - run.out_start * d
-            else:
-                i = np.arange(run.count, dtype=np.int64)
-                need = int(np.max(per_row[run.row + i * run.stride] - (run.out_start + i) * d))
-            earliest = max(earliest, need + lat + far)
+        mem_pos = self.mem_pos
+        far = [max(abs(dest_pos - mem_pos[run.slice + b]) for b in planes) for run in runs]
+        if per_row is None or any(run.row < 0 for run in runs):
+            ready = store.ready[tile]
+            earliest = max((ready - run.out_start * d + lat + f for run, f in zip(runs, far)), default=0)
+        else:  # every row of every run at once: row i of a run is read (out_start + i)*d after row 0 of the view
+            counts = np.array([run.count for run in runs], dtype=np.int64)
+            starts = np.cumsum(counts) - counts
+            i = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
+            rows = np.repeat(np.array([run.row for run in runs], dtype=np.int64), counts) + \
+                i * np.repeat(np.array([run.stride for run in runs], dtype=np.int64), counts)
+            out = np.repeat(np.array([run.out_start for run in runs], dtype=np.int64), counts) + i
+            need = np.maximum.reduceat(per_row[rows] - out * d, starts)
+            earliest = int(np.max(need + np.array(far, dtype=np.int64))) + lat
+        earliest = max(earliest, 0)
         self._bounds[key] = (runs, per_row, earliest)
         return earliest
 
@@ -419,14 +425,18 @@ class Scheduler(SxmJobs, LookupJobs):
         return "WE"[self.hemi_turn]
 
     def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int, avoid: set,
-                       reuse: bool, pack: bool = False) -> list[Segment]:
+                       reuse: bool, pack: bool = False, avoid_rows=None) -> list[Segment]:
         """Storage rows split into segments of at most `segment_rows`, all in one hemisphere; `pack`: a segment
-        the fast policy cannot place goes wherever free addresses are (SramAllocator.pack), in pieces if need be.
-        On failure the segments already taken are released (the caller tries the other hemisphere)."""
+        the fast policy cannot place goes wherever free addresses are (SramAllocator.pack), in pieces if need be;
+        `avoid_rows(lo, hi)`: more slices to avoid for storage rows lo..hi-1. On failure the segments already
+        taken are released (the caller tries the other hemisphere)."""
         segs, lo = [], 0
+        base_avoid = avoid
         try:
             while lo < rows:
                 n = min(rows - lo, self.segment_rows)
+                if avoid_rows is not None:
+                    avoid = base_avoid | avoid_rows(lo, lo + n)
                 try:
                     near = segs[-1].slice if segs and self.sram.stack_segments else None
                     if reuse:
@@ -481,9 +491,12 @@ class Scheduler(SxmJobs, LookupJobs):
                             used.update(range(sg.slice, sg.slice + store.width))
         return used
 
-    def alloc_store(self, tensor: str, fmt: str, bank: int = 1, avoid_tile=None, reuse: bool = False) -> Store:
+    def alloc_store(self, tensor: str, fmt: str, bank: int = 1, avoid_tile=None, reuse: bool = False,
+                    avoid_rows=None) -> Store:
         """Place a tensor; `avoid_tile(nt)` gives the slices the same job streams while it reads or writes column
-        tile nt. Only stores that start empty (no static contents) may `reuse` released space."""
+        tile nt. Only stores that start empty (no static contents) may `reuse` released space. `avoid_rows(nt, lo,
+        hi)`, when no place avoids all of `avoid_tile(nt)`: the slices the jobs writing storage rows lo..hi-1 read
+        (with 128-row segments, a node's sources can cover every slice; each job reads only some)."""
         t = self.graph.tensors[tensor]
         store = Store.for_tensor(t, fmt)
         if store.pad and reuse:  # a border is never written: it must start as zeros (or its pad value)
@@ -500,12 +513,20 @@ class Scheduler(SxmJobs, LookupJobs):
             other = "E" if hemi == "W" else "W"
             # that hemisphere is full: the whole tile in the other one; both: packed into the free addresses of
             # either (SramAllocator.pack)
-            for i, (h, pack) in enumerate(((hemi, False), (other, False), (hemi, True), (other, True))):
+            tries = [(hemi, False, None), (other, False, None), (hemi, True, None), (other, True, None)]
+            if avoid_rows is not None:
+                rest = self.slices_of({tensor}, nt) | self.keep_off.get(tensor, frozenset())
+                tries += [(h, p, rest) for h, p, _ in tries]
+            for i, (h, pack, rest) in enumerate(tries):
                 try:
-                    segs = self.alloc_segments(store.width, store.storage_rows, h, bank, avoid, reuse, pack)
+                    if rest is None:
+                        segs = self.alloc_segments(store.width, store.storage_rows, h, bank, avoid, reuse, pack)
+                    else:
+                        segs = self.alloc_segments(store.width, store.storage_rows, h, bank, rest, reuse, pack,
+                                                   lambda lo, hi, nt=nt: avoid_rows(nt, lo, hi))
                     break
                 except OutOfSram:
-                    if i == 3:
+                    if i == len(tries) - 1:
                         raise
             store.tiles.append(segs)
             store.ready.append(0)
@@ -934,7 +955,9 @@ class Scheduler(SxmJobs, LookupJobs):
                     self.keep_sources_off(node, sinks[fmt])
                     continue
                 sinks[fmt] = self.alloc_store(node.output, fmt, reuse=True,
-                                              avoid_tile=lambda nt: self.view_slices(streamed + [View(node.output)], nt))
+                                              avoid_tile=lambda nt: self.view_slices(streamed + [View(node.output)], nt),
+                                              avoid_rows=lambda nt, lo, hi, f=fmt: self.read_with_rows(
+                                                  node, f, nt, lo, hi))
             if node.kind == "matmul":
                 self.schedule_matmul(node, sinks)
             elif node.kind == "transpose":
@@ -1139,6 +1162,49 @@ class Scheduler(SxmJobs, LookupJobs):
                 best = (cost, chunk)
         return best[1]
 
+    def matmul_chunk(self, node: Node) -> int:
+        """Output rows per job of a matmul node (row_chunk)."""
+        g = self.graph
+        out = g.tensors[node.output]
+        x_fmt = "i8" if is_int8(g, node) else "f16"
+        slots = weight_slots("i8" if x_fmt == "i8" else "f16")[0]
+        return self.row_chunk(out.rows, self.ntiles(out.cols), self.chip.cycles_per_vector(x_fmt),
+                              math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots),
+                              max(len(self.term_order(node, nt)) for nt in range(self.ntiles(out.cols))))
+
+    def read_with_rows(self, node: Node, fmt: str, nt: int, lo: int, hi: int) -> set[int]:
+        """The slices a node's VXM jobs (its row chunks, or a matmul's epilogues) read from its sources while
+        writing storage rows lo..hi-1 of its `fmt` output: a segment placed apart from them meets no read of its
+        own job."""
+        g = self.graph
+        out = g.tensors[node.output]
+        geom = out_geom(out)
+        sink = Store.for_tensor(out, fmt)
+        if sink.pad:
+            logical = np.nonzero((sink.interior_rows() >= lo) & (sink.interior_rows() < hi))[0]
+            if not len(logical):
+                return set()
+            l0, l1 = int(logical[0]), int(logical[-1]) + 1
+        else:
+            l0, l1 = lo, min(hi, out.rows)
+        if node.kind == "matmul":
+            chunk = self.matmul_chunk(node)
+            chunks = [(r0, min(out.rows, r0 + chunk)) for r0 in range(0, out.rows, chunk)]
+        else:
+            chunks = self.vector_chunks(node, {f: None for f in out.formats}, out.rows)
+        used: set[int] = set()
+        for r0, r1 in chunks:
+            if r1 <= l0 or r0 >= l1:
+                continue
+            for view in node.sources:
+                store = self.stores.get((view.tensor, vxm_format(g.tensors[view.tensor])))
+                if store is None or store.released:
+                    continue
+                tile = nt if nt < len(store.tiles) else 0
+                for run in segment_runs(store, tile, view_runs(view, store, geom, out.rows, r0, r1)):
+                    used.update(range(run.slice, run.slice + store.width))
+        return used
+
     def schedule_matmul(self, node: Node, sinks: dict[str, Store]) -> None:
         g = self.graph
         out = g.tensors[node.output]
@@ -1146,10 +1212,7 @@ class Scheduler(SxmJobs, LookupJobs):
         x_fmt = "i8" if is_int8(g, node) else "f16"
         x_store = self.stores[(node.x, x_fmt)]
         acc_rows = self.chip.mxm_acc_rows
-        slots = weight_slots("i8" if x_fmt == "i8" else "f16")[0]
-        chunk = self.row_chunk(out.rows, self.ntiles(out.cols), self.chip.cycles_per_vector(x_fmt),
-                               math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots),
-                               max(len(self.term_order(node, nt)) for nt in range(self.ntiles(out.cols))))
+        chunk = self.matmul_chunk(node)
         blocks = acc_rows // chunk
         for nt in range(self.ntiles(out.cols)):
             for r0 in range(0, out.rows, chunk):
