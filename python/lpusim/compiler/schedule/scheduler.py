@@ -148,13 +148,15 @@ class Scheduler(SxmJobs, LookupJobs):
         self.vxm_pos = chip.vxm_position
         self.progress = progress
         self.hemi_turn = 0
-        self.accesses: list[tuple[Store, int]] = []  # (store, last bank access) of the job being placed
+        # (store, last bank access) of the job being placed, for accesses not made by mem_runs (which records its
+        # own per segment when the attempt commits: record_use)
+        self.accesses: list[tuple[Store, int]] = []
         # per MEM slice: stream position and queue name (looked up for every run of every try)
         self.mem_pos = [chip.mem_position(s) for s in range(chip.mem_slices)]
         self.mem_queue = [chip.mem_name(s) for s in range(chip.mem_slices)]
         self.alu_queues = [f"VXM.{a}" for a in range(chip.vxm_alus)]
         self.const_copies: dict[tuple[str, str], list[Store]] = {}  # broadcast_copies
-        self._bounds: dict = {}  # read_bound's answers while one job is placed (its runs, the rows' readiness)
+        self._bounds: dict = {}  # read_bound's answers until the next recorded write
         self.keep_bordered_sources_apart()
 
     def keep_bordered_sources_apart(self) -> None:
@@ -184,7 +186,6 @@ class Scheduler(SxmJobs, LookupJobs):
     def place(self, lower: int, build, what: str):
         """Run `build(t)` at the first t >= lower where it fits; each failed try is rolled back."""
         t = max(0, lower)
-        self._bounds = {}
         first_fit = None  # the search limit counts from the first cycle the reservations allow, not from `lower`
         while True:
             self.res.begin()
@@ -200,8 +201,9 @@ class Scheduler(SxmJobs, LookupJobs):
                                            f"earliest start (resources stay taken)") from None
                 continue
             self.res.commit()
-            for store, last in self.accesses:
+            for store, last in self.accesses:  # accesses not made by mem_runs (GATHERs): of the whole store
                 store.last_access = max(store.last_access, last)
+                store.loose_access = max(store.loose_access, last)
             return result
 
     def mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
@@ -243,8 +245,10 @@ class Scheduler(SxmJobs, LookupJobs):
 
     @staticmethod
     def record_use(store: Store, used: list) -> None:
-        """Per segment (Store.loose_access for a run not known by segment), its last bank access so far."""
+        """The store's last bank access so far, and per segment (Store.loose_access for a run not known by
+        segment) its own."""
         for seg, effect in used:
+            store.last_access = max(store.last_access, effect)
             if seg is None:
                 store.loose_access = max(store.loose_access, effect)
             elif effect > seg.last_access:
@@ -336,7 +340,7 @@ class Scheduler(SxmJobs, LookupJobs):
         """Stream the rows of `runs` so row i arrives at dest_pos at first + i*d; returns the stream group.
         `planes`: only these byte planes (default all), on consecutive streams."""
         planes = list(range(store.width)) if planes is None else planes
-        earliest = self.read_bound(store, tile, runs, dest_pos, d, planes)
+        earliest = self.read_bound(store, tile, runs, dest_pos, d, planes, first)
         if first < earliest:  # a row not written yet: try again once it is
             raise Clash(base + earliest - first)
         for b in planes:
@@ -344,8 +348,7 @@ class Scheduler(SxmJobs, LookupJobs):
         direction = self._direction(runs, store.width, dest_pos, True)
         g = self.take_group(direction, [self.transfers(runs, b, first, d, dest_pos, True) for b in planes])
         for i, b in enumerate(planes):
-            last = self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + i), base, store)
-            self.accesses.append((store, last))
+            self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + i), base, store)
         return stream_name(direction, g)
 
     def write_view(self, store: Store, runs: list[MemRun], src_pos: int, first: int, base: int,
@@ -359,7 +362,6 @@ class Scheduler(SxmJobs, LookupJobs):
         for i, b in enumerate(planes):
             last = max(last, self.mem_runs("WRITE", runs, b, first, d, src_pos, stream_name(direction, g + i),
                                            base, store))
-        self.accesses.append((store, last))
         self.res.on_commit.append(lambda: self.record_writes(store, runs, src_pos, first, d, planes))
         return stream_name(direction, g), last
 
@@ -371,11 +373,11 @@ class Scheduler(SxmJobs, LookupJobs):
         lat = self.chip.mem_write_latency
         for run in runs:
             tile = self.tile_of(store, run)
-            if run.row < 0 or tile is None:
-                store.record_write(tile if tile is not None else 0, None, None)
-                if tile is None:
-                    for nt in range(len(store.tiles)):
-                        store.record_write(nt, None, None)
+            if tile is not None and len(store.tiles[tile]) == 1:
+                continue  # a tile of one segment (BERT's 128-row tensors): `ready`, the whole tile's, is as good
+            if tile is None:  # a run not known by row (c2c's single-row runs): whole tiles from now on
+                for nt in range(len(store.tiles)):
+                    store.record_write(nt, None, None)
                 continue
             far = max(abs(src_pos - self.mem_pos[run.slice + b]) for b in planes)
             i = np.arange(run.count, dtype=np.int64)
@@ -391,33 +393,37 @@ class Scheduler(SxmJobs, LookupJobs):
         return None
 
     def read_bound(self, store: Store, tile: int, runs: list[MemRun], dest_pos: int, d: int,
-                   planes: list[int]) -> int:
+                   planes: list[int], first: int | None = None) -> int:
         """The earliest `first` (the cycle row 0 of the view arrives at dest_pos) at which every READ of `runs`
         issues once its row is written: per row where the store's writes are known row by row (a job on the first
-        rows of a tensor starts while its writer still writes the last), else once the whole tile is."""
+        rows of a tensor starts while its writer still writes the last), else once the whole tile is. Given
+        `first`, a bound at or below it may be returned instead (the whole tile's, when it is already met)."""
         lat = self.chip.mem_read_latency
         per_row = store.rows_ready(tile)
         key = (id(store), tile, id(runs), dest_pos, d, tuple(planes))
         hit = self._bounds.get(key)
-        if hit is not None and hit[0] is runs and hit[1] is per_row:
+        ready = store.ready[tile]
+        # an answer stands while the runs are the same list (kept in the entry: its id is not reused), no write
+        # was recorded since (record_writes empties the table) and the tile's `ready` is unchanged
+        if hit is None or hit[0] is not runs or hit[1] is not per_row or hit[5] != ready:
+            mem_pos = self.mem_pos
+            far = [max(abs(dest_pos - mem_pos[run.slice + b]) for b in planes) for run in runs]
+            whole = max((ready - run.out_start * d + lat + f for run, f in zip(runs, far)), default=0)
+            hit = self._bounds[key] = [runs, per_row, max(whole, 0), None, far, ready]
+        if hit[3] is not None:
+            return hit[3]
+        if per_row is None or (first is not None and first >= hit[2]) or any(run.row < 0 for run in runs):
             return hit[2]
-        mem_pos = self.mem_pos
-        far = [max(abs(dest_pos - mem_pos[run.slice + b]) for b in planes) for run in runs]
-        if per_row is None or any(run.row < 0 for run in runs):
-            ready = store.ready[tile]
-            earliest = max((ready - run.out_start * d + lat + f for run, f in zip(runs, far)), default=0)
-        else:  # every row of every run at once: row i of a run is read (out_start + i)*d after row 0 of the view
-            counts = np.array([run.count for run in runs], dtype=np.int64)
-            starts = np.cumsum(counts) - counts
-            i = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
-            rows = np.repeat(np.array([run.row for run in runs], dtype=np.int64), counts) + \
-                i * np.repeat(np.array([run.stride for run in runs], dtype=np.int64), counts)
-            out = np.repeat(np.array([run.out_start for run in runs], dtype=np.int64), counts) + i
-            need = np.maximum.reduceat(per_row[rows] - out * d, starts)
-            earliest = int(np.max(need + np.array(far, dtype=np.int64))) + lat
-        earliest = max(earliest, 0)
-        self._bounds[key] = (runs, per_row, earliest)
-        return earliest
+        # every row of every run at once: row i of a run is read (out_start + i)*d after row 0 of the view
+        counts = np.array([run.count for run in runs], dtype=np.int64)
+        starts = np.cumsum(counts) - counts
+        i = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
+        rows = np.repeat(np.array([run.row for run in runs], dtype=np.int64), counts) + \
+            i * np.repeat(np.array([run.stride for run in runs], dtype=np.int64), counts)
+        out = np.repeat(np.array([run.out_start for run in runs], dtype=np.int64), counts) + i
+        need = np.maximum.reduceat(per_row[rows] - out * d, starts)
+        hit[3] = max(int(np.max(need + np.array(hit[4], dtype=np.int64))) + lat, 0)
+        return hit[3]
 
     # ----- SRAM placement -------------------------------------------------------------------------------
     def next_hemisphere(self) -> str:
@@ -1200,7 +1206,7 @@ class Scheduler(SxmJobs, LookupJobs):
                 store = self.stores.get((view.tensor, vxm_format(g.tensors[view.tensor])))
                 if store is None or store.released:
                     continue
-                tile = nt if nt < len(store.tiles) else 0
+                tile = 0 if view.tile0 else nt
                 for run in segment_runs(store, tile, view_runs(view, store, geom, out.rows, r0, r1)):
                     used.update(range(run.slice, run.slice + store.width))
         return used
