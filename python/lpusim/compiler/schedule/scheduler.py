@@ -156,6 +156,7 @@ class Scheduler(SxmJobs, LookupJobs):
         self.mem_queue = [chip.mem_name(s) for s in range(chip.mem_slices)]
         self.alu_queues = [f"VXM.{a}" for a in range(chip.vxm_alus)]
         self.const_copies: dict[tuple[str, str], list[Store]] = {}  # broadcast_copies
+        self.sink_of: Node | None = None  # the node whose output alloc_store places (run)
         self._bounds: dict = {}  # read_bound's answers until the next recorded write
         self.keep_bordered_sources_apart()
 
@@ -497,13 +498,16 @@ class Scheduler(SxmJobs, LookupJobs):
                             used.update(range(sg.slice, sg.slice + store.width))
         return used
 
-    def alloc_store(self, tensor: str, fmt: str, bank: int = 1, avoid_tile=None, reuse: bool = False,
-                    avoid_rows=None) -> Store:
+    def alloc_store(self, tensor: str, fmt: str, bank: int = 1, avoid_tile=None, reuse: bool = False) -> Store:
         """Place a tensor; `avoid_tile(nt)` gives the slices the same job streams while it reads or writes column
-        tile nt. Only stores that start empty (no static contents) may `reuse` released space. `avoid_rows(nt, lo,
-        hi)`, when no place avoids all of `avoid_tile(nt)`: the slices the jobs writing storage rows lo..hi-1 read
-        (with 128-row segments, a node's sources can cover every slice; each job reads only some)."""
+        tile nt. Only stores that start empty (no static contents) may `reuse` released space. The output of the
+        node being placed (`sink_of`), when no place avoids all of `avoid_tile(nt)`, goes segment by segment apart
+        from the slices the jobs writing those rows read (with 128-row segments, a node's sources can cover every
+        slice; each job reads only some: read_with_rows)."""
         t = self.graph.tensors[tensor]
+        node = self.sink_of
+        avoid_rows = None if node is None or node.output != tensor else \
+            (lambda nt, lo, hi: self.read_with_rows(node, fmt, nt, lo, hi))
         store = Store.for_tensor(t, fmt)
         if store.pad and reuse:  # a border is never written: it must start as zeros (or its pad value)
             key = self.border_key(store)
@@ -960,10 +964,13 @@ class Scheduler(SxmJobs, LookupJobs):
                     sinks[fmt] = self.cache_sink(node.output)
                     self.keep_sources_off(node, sinks[fmt])
                     continue
-                sinks[fmt] = self.alloc_store(node.output, fmt, reuse=True,
-                                              avoid_tile=lambda nt: self.view_slices(streamed + [View(node.output)], nt),
-                                              avoid_rows=lambda nt, lo, hi, f=fmt: self.read_with_rows(
-                                                  node, f, nt, lo, hi))
+                self.sink_of = node  # alloc_store's last resort: apart from what this node's jobs read per row
+                try:
+                    sinks[fmt] = self.alloc_store(
+                        node.output, fmt, reuse=True,
+                        avoid_tile=lambda nt: self.view_slices(streamed + [View(node.output)], nt))
+                finally:
+                    self.sink_of = None
             if node.kind == "matmul":
                 self.schedule_matmul(node, sinks)
             elif node.kind == "transpose":
