@@ -341,9 +341,18 @@ class Scheduler(SxmJobs, LookupJobs):
         """Stream the rows of `runs` so row i arrives at dest_pos at first + i*d; returns the stream group.
         `planes`: only these byte planes (default all), on consecutive streams."""
         planes = list(range(store.width)) if planes is None else planes
-        earliest = self.read_bound(store, tile, runs, dest_pos, d, planes, first)
-        if first < earliest:  # a row not written yet: try again once it is
-            raise Clash(base + earliest - first)
+        if store.rows_ready(tile) is None:  # the whole tile's readiness: checked here, as it is cheap
+            lat = self.chip.mem_read_latency
+            ready = store.ready[tile]
+            for run in runs:
+                for b in planes:
+                    issue = first + run.out_start * d - lat - abs(dest_pos - self.mem_pos[run.slice + b])
+                    if issue < ready:  # not written yet: try again once it is
+                        raise Clash(base + ready - issue)
+        else:
+            earliest = self.read_bound(store, tile, runs, dest_pos, d, planes, first)
+            if first < earliest:  # a row not written yet: try again once it is
+                raise Clash(base + earliest - first)
         for b in planes:
             self.check_mem_runs("READ", runs, b, first, d, dest_pos, base)
         direction = self._direction(runs, store.width, dest_pos, True)
@@ -363,7 +372,8 @@ class Scheduler(SxmJobs, LookupJobs):
         for i, b in enumerate(planes):
             last = max(last, self.mem_runs("WRITE", runs, b, first, d, src_pos, stream_name(direction, g + i),
                                            base, store))
-        self.res.on_commit.append(lambda: self.record_writes(store, runs, src_pos, first, d, planes))
+        if any(len(segs) > 1 for segs in store.tiles) or any(run.row < 0 for run in runs):
+            self.res.on_commit.append(lambda: self.record_writes(store, runs, src_pos, first, d, planes))
         return stream_name(direction, g), last
 
     def record_writes(self, store: Store, runs: list[MemRun], src_pos: int, first: int, d: int,
@@ -523,15 +533,15 @@ class Scheduler(SxmJobs, LookupJobs):
             other = "E" if hemi == "W" else "W"
             # that hemisphere is full: the whole tile in the other one; both: packed into the free addresses of
             # either (SramAllocator.pack)
-            tries = [(hemi, False, None), (other, False, None), (hemi, True, None), (other, True, None)]
+            tries = [(hemi, False, False), (other, False, False), (hemi, True, False), (other, True, False)]
             if avoid_rows is not None:
-                rest = self.slices_of({tensor}, nt) | self.keep_off.get(tensor, frozenset())
-                tries += [(h, p, rest) for h, p, _ in tries]
-            for i, (h, pack, rest) in enumerate(tries):
+                tries += [(h, p, True) for h, p, _ in tries]
+            for i, (h, pack, by_rows) in enumerate(tries):
                 try:
-                    if rest is None:
+                    if not by_rows:
                         segs = self.alloc_segments(store.width, store.storage_rows, h, bank, avoid, reuse, pack)
-                    else:
+                    else:  # apart from the other formats placed and keep_off; per segment, from what its jobs read
+                        rest = self.slices_of({tensor}, nt) | self.keep_off.get(tensor, frozenset())
                         segs = self.alloc_segments(store.width, store.storage_rows, h, bank, rest, reuse, pack,
                                                    lambda lo, hi, nt=nt: avoid_rows(nt, lo, hi))
                     break
@@ -842,7 +852,11 @@ class Scheduler(SxmJobs, LookupJobs):
         series). Made on first use (BROADCAST_COPIES in all, each apart from the others); the job offers those
         apart from its other reads and writes to free_copy, which picks one whose queues are free."""
         t = self.graph.tensors[view.tensor]
-        if t.kind != "const" or store.rows != 1 or out_rows <= 1 or view.rows is not None or view.spatial:
+        if t.kind != "const" or store.rows != 1 or view.rows is not None or view.spatial:
+            return []
+        # only for outputs longer than a segment, whose row chunks run at once: a shorter one's jobs (BERT's
+        # 128-row tensors) are one per column tile, and a constant's column tiles lie in different slices already
+        if out_rows <= self.segment_rows:
             return []
         key = (view.tensor, store.fmt)
         copies = self.const_copies.get(key)
