@@ -119,7 +119,7 @@ class RowJobs:
                 store = self.stores.get((view.tensor, vxm_format(g.tensors[view.tensor])))
                 if store is None or store.released:
                     continue
-                tile = 0 if view.tile0 else nt
+                tile = 0 if view.tile0 else nt if view.tile is None else view.tile  # scheduler.source_tile
                 for run in segment_runs(store, tile, view_runs(view, store, geom, out.rows, r0, r1)):
                     used.update(range(run.slice, run.slice + store.width))
         return used
