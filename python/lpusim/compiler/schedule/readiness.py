@@ -109,8 +109,10 @@ class RowJobs:
         if node.kind == "matmul":
             chunk = self.matmul_chunk(node)
             chunks = [(r0, min(out.rows, r0 + chunk)) for r0 in range(0, out.rows, chunk)]
-        else:
+        elif node.kind == "vector":
             chunks = self.vector_chunks(node, {f: None for f in out.formats}, out.rows)
+        else:  # transposes, lookups: their sources whole
+            return self.slices_of({v.tensor for v in node.sources}, nt)
         used: set[int] = set()
         for r0, r1 in chunks:
             if r1 <= l0 or r0 >= l1:
@@ -120,7 +122,12 @@ class RowJobs:
                 if store is None or store.released:
                     continue
                 tile = 0 if view.tile0 else nt if view.tile is None else view.tile  # scheduler.source_tile
-                for run in segment_runs(store, tile, view_runs(view, store, geom, out.rows, r0, r1)):
+                try:
+                    runs = segment_runs(store, tile, view_runs(view, store, geom, out.rows, r0, r1))
+                except (AssertionError, IndexError):  # rows this view cannot map chunk by chunk: all of it
+                    used |= self.slices_of({view.tensor}, nt)
+                    continue
+                for run in runs:
                     used.update(range(run.slice, run.slice + store.width))
         return used
 
