@@ -106,11 +106,13 @@ class Reservations:
         self._journal: list[tuple] = []
         self.bank_split = chip.mem_words // 2
         self.streams_taken = 0
+        self.on_commit: list = []
 
     # ----- transactions ---------------------------------------------------------------------------------
     def begin(self) -> None:
         self._journal = []
         self._issue_mark = len(self.issues)
+        self.on_commit = []  # what the attempt records once it stands (rows a WRITE makes readable, Store.record_write)
         self.streams_taken = 0  # stream reservations of this attempt (stream_conflict_span assumes none)
 
     def rollback(self) -> None:
@@ -126,9 +128,13 @@ class Reservations:
                     block.pop()
         del self.issues[self._issue_mark:]
         self._journal = []
+        self.on_commit = []
 
     def commit(self) -> None:
         self._journal = []
+        for action in self.on_commit:
+            action()
+        self.on_commit = []
 
     # ----- queues ---------------------------------------------------------------------------------------
     def take_queue(self, queue: str, start: int, end: int, offset: int = 0) -> None:

@@ -20,6 +20,7 @@ from lpusim.compiler.schedule.storage import (BYTE_ORDER, MAX_SEGMENT_ROWS, WIDT
 from lpusim.compiler.passes import is_int8, vxm_format
 from lpusim.compiler.schedule.kv_cache import CacheRegion, claim, past_tiles, region_slices
 from lpusim.compiler.schedule.lookup import LookupJobs
+from lpusim.compiler.schedule.readiness import RowJobs
 from lpusim.compiler.schedule.resources import Clash, Issue, Reservations
 from lpusim.compiler.schedule.sram import BorderedPool, SramAllocator
 from lpusim.compiler.schedule.sxm import SxmJobs, kept_slices, needs_sxm_slices
@@ -111,7 +112,7 @@ def _imm(value: float, t: str = "f32") -> str:
     return "#" + repr(float(np.float32(value)))
 
 
-class Scheduler(SxmJobs, LookupJobs):
+class Scheduler(SxmJobs, LookupJobs, RowJobs):
     def __init__(self, chip, graph: Graph, progress=None, join_released: bool = False,
                  cache: list[CacheRegion] | None = None, segment_rows: int = MAX_SEGMENT_ROWS):
         self.chip = chip
@@ -145,11 +146,16 @@ class Scheduler(SxmJobs, LookupJobs):
         self.vxm_pos = chip.vxm_position
         self.progress = progress
         self.hemi_turn = 0
-        self.accesses: list[tuple[Store, int]] = []  # (store, last bank access) of the job being placed
+        # (store, last bank access) of the job being placed, for accesses not made by mem_runs (which records its
+        # own per segment when the attempt commits: record_use)
+        self.accesses: list[tuple[Store, int]] = []
         # per MEM slice: stream position and queue name (looked up for every run of every try)
         self.mem_pos = [chip.mem_position(s) for s in range(chip.mem_slices)]
         self.mem_queue = [chip.mem_name(s) for s in range(chip.mem_slices)]
         self.alu_queues = [f"VXM.{a}" for a in range(chip.vxm_alus)]
+        self.const_copies: dict[tuple[str, str], list[Store]] = {}  # broadcast_copies
+        self.sink_of: Node | None = None  # the node whose output alloc_store places (run)
+        self._bounds: dict = {}  # read_bound's answers until the next recorded write
         self.keep_bordered_sources_apart()
 
     def keep_bordered_sources_apart(self) -> None:
@@ -194,15 +200,18 @@ class Scheduler(SxmJobs, LookupJobs):
                                            f"earliest start (resources stay taken)") from None
                 continue
             self.res.commit()
-            for store, last in self.accesses:
+            for store, last in self.accesses:  # accesses not made by mem_runs (GATHERs): of the whole store
                 store.last_access = max(store.last_access, last)
+                store.loose_access = max(store.loose_access, last)
             return result
 
     def mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
-                 stream: str, base: int) -> int:
+                 stream: str, base: int, store: Store | None = None) -> int:
         """READ (toward dest_pos) or WRITE (from dest_pos) bursts on byte plane b of each run; row i of the
-        view meets `dest_pos` at `first + i*d`. Returns the last effect cycle."""
+        view meets `dest_pos` at `first + i*d`. Returns the last effect cycle. `store`: the store the runs are of,
+        whose segments (or, for a run not known by segment, the whole store) record when they were last used."""
         last = 0
+        used = []
         res = self.res
         reading = op == "READ"
         latency = self.chip.mem_read_latency if reading else self.chip.mem_write_latency
@@ -227,6 +236,10 @@ class Scheduler(SxmJobs, LookupJobs):
             res.issues.append(Issue(queue, issue, f"{op} {run.addr}, {stream}", run.count, d, run.stride, effect))
             if effect > last:
                 last = effect
+            if store is not None:
+                used.append((run.seg, effect))
+        if used:
+            res.on_commit.append(lambda: self.record_use(store, used))
         return last
 
     def check_mem_runs(self, op: str, runs: list[MemRun], plane_b: int, first: int, d: int, dest_pos: int,
@@ -314,20 +327,25 @@ class Scheduler(SxmJobs, LookupJobs):
                   base: int, planes: list[int] | None = None) -> str:
         """Stream the rows of `runs` so row i arrives at dest_pos at first + i*d; returns the stream group.
         `planes`: only these byte planes (default all), on consecutive streams."""
-        lat = self.chip.mem_read_latency
         planes = list(range(store.width)) if planes is None else planes
-        for run in runs:
-            for b in planes:
-                issue = first + run.out_start * d - lat - abs(dest_pos - self.mem_pos[run.slice + b])
-                if issue < store.ready[tile]:  # not written yet: try again once it is
-                    raise Clash(base + store.ready[tile] - issue)
+        if store.rows_ready(tile) is None:  # the whole tile's readiness: checked here, as it is cheap
+            lat = self.chip.mem_read_latency
+            ready = store.ready[tile]
+            for run in runs:
+                for b in planes:
+                    issue = first + run.out_start * d - lat - abs(dest_pos - self.mem_pos[run.slice + b])
+                    if issue < ready:  # not written yet: try again once it is
+                        raise Clash(base + ready - issue)
+        else:
+            earliest = self.read_bound(store, tile, runs, dest_pos, d, planes, first)
+            if first < earliest:  # a row not written yet: try again once it is
+                raise Clash(base + earliest - first)
         for b in planes:
             self.check_mem_runs("READ", runs, b, first, d, dest_pos, base)
         direction = self._direction(runs, store.width, dest_pos, True)
         g = self.take_group(direction, [self.transfers(runs, b, first, d, dest_pos, True) for b in planes])
         for i, b in enumerate(planes):
-            last = self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + i), base)
-            self.accesses.append((store, last))
+            self.mem_runs("READ", runs, b, first, d, dest_pos, stream_name(direction, g + i), base, store)
         return stream_name(direction, g)
 
     def write_view(self, store: Store, runs: list[MemRun], src_pos: int, first: int, base: int,
@@ -340,8 +358,9 @@ class Scheduler(SxmJobs, LookupJobs):
         last = 0
         for i, b in enumerate(planes):
             last = max(last, self.mem_runs("WRITE", runs, b, first, d, src_pos, stream_name(direction, g + i),
-                                           base))
-        self.accesses.append((store, last))
+                                           base, store))
+        if any(len(segs) > 1 for segs in store.tiles) or any(run.row < 0 for run in runs):
+            self.res.on_commit.append(lambda: self.record_writes(store, runs, src_pos, first, d, planes))
         return stream_name(direction, g), last
 
     # ----- SRAM placement -------------------------------------------------------------------------------
@@ -350,14 +369,18 @@ class Scheduler(SxmJobs, LookupJobs):
         return "WE"[self.hemi_turn]
 
     def alloc_segments(self, width: int, rows: int, hemisphere: str, bank: int, avoid: set,
-                       reuse: bool, pack: bool = False) -> list[Segment]:
+                       reuse: bool, pack: bool = False, avoid_rows=None) -> list[Segment]:
         """Storage rows split into segments of at most `segment_rows`, all in one hemisphere; `pack`: a segment
-        the fast policy cannot place goes wherever free addresses are (SramAllocator.pack), in pieces if need be.
-        On failure the segments already taken are released (the caller tries the other hemisphere)."""
+        the fast policy cannot place goes wherever free addresses are (SramAllocator.pack), in pieces if need be;
+        `avoid_rows(lo, hi)`: more slices to avoid for storage rows lo..hi-1. On failure the segments already
+        taken are released (the caller tries the other hemisphere)."""
         segs, lo = [], 0
+        base_avoid = avoid
         try:
             while lo < rows:
                 n = min(rows - lo, self.segment_rows)
+                if avoid_rows is not None:
+                    avoid = base_avoid | avoid_rows(lo, lo + n)
                 try:
                     near = segs[-1].slice if segs and self.sram.stack_segments else None
                     if reuse:
@@ -388,12 +411,15 @@ class Scheduler(SxmJobs, LookupJobs):
         store.released = True
         # kept whole for a later store of its layout only when room is short: the new owner's writes wait for this
         # store's last access (always reusing them cost light ResNet-50 6% more cycles)
+        # each segment's space waits only for its own rows' last access: a later node's first rows may take the
+        # space of a tensor's first rows while the last are still read
         if store.pad and self.sram.short_of_room() and \
-                self.bordered.keep(self.border_key(store), store.tiles, store.last_access):
+                self.bordered.keep(self.border_key(store), [[(sg, store.free_after(sg)) for sg in segs]
+                                                            for segs in store.tiles], store.last_access):
             return
         for segs in store.tiles:
             for sg in segs:
-                self.sram.release(sg.slice, store.width, sg.addr, sg.hi - sg.lo, store.last_access)
+                self.sram.release(sg.slice, store.width, sg.addr, sg.hi - sg.lo, store.free_after(sg))
 
     def slices_of(self, tensors, tile: int | None = None, fmt: str | None = None) -> set[int]:
         """Slices holding (column tile `tile` of) the live stores (of format `fmt`) of `tensors`."""
@@ -411,8 +437,14 @@ class Scheduler(SxmJobs, LookupJobs):
 
     def alloc_store(self, tensor: str, fmt: str, bank: int = 1, avoid_tile=None, reuse: bool = False) -> Store:
         """Place a tensor; `avoid_tile(nt)` gives the slices the same job streams while it reads or writes column
-        tile nt. Only stores that start empty (no static contents) may `reuse` released space."""
+        tile nt. Only stores that start empty (no static contents) may `reuse` released space. The output of the
+        node being placed (`sink_of`), when no place avoids all of `avoid_tile(nt)`, goes segment by segment apart
+        from the slices the jobs writing those rows read (with 128-row segments, a node's sources can cover every
+        slice; each job reads only some: read_with_rows)."""
         t = self.graph.tensors[tensor]
+        node = self.sink_of
+        avoid_rows = None if node is None or node.output != tensor else \
+            (lambda nt, lo, hi: self.read_with_rows(node, fmt, nt, lo, hi))
         store = Store.for_tensor(t, fmt)
         if store.pad and reuse:  # a border is never written: it must start as zeros (or its pad value)
             key = self.border_key(store)
@@ -428,12 +460,20 @@ class Scheduler(SxmJobs, LookupJobs):
             other = "E" if hemi == "W" else "W"
             # that hemisphere is full: the whole tile in the other one; both: packed into the free addresses of
             # either (SramAllocator.pack)
-            for i, (h, pack) in enumerate(((hemi, False), (other, False), (hemi, True), (other, True))):
+            tries = [(hemi, False, False), (other, False, False), (hemi, True, False), (other, True, False)]
+            if avoid_rows is not None:
+                tries += [(h, p, True) for h, p, _ in tries]
+            for i, (h, pack, by_rows) in enumerate(tries):
                 try:
-                    segs = self.alloc_segments(store.width, store.storage_rows, h, bank, avoid, reuse, pack)
+                    if not by_rows:
+                        segs = self.alloc_segments(store.width, store.storage_rows, h, bank, avoid, reuse, pack)
+                    else:  # apart from the other formats placed and keep_off; per segment, from what its jobs read
+                        rest = self.slices_of({tensor}, nt) | self.keep_off.get(tensor, frozenset())
+                        segs = self.alloc_segments(store.width, store.storage_rows, h, bank, rest, reuse, pack,
+                                                   lambda lo, hi, nt=nt: avoid_rows(nt, lo, hi))
                     break
                 except OutOfSram:
-                    if i == 3:
+                    if i == len(tries) - 1:
                         raise
             store.tiles.append(segs)
             store.ready.append(0)
@@ -467,9 +507,9 @@ class Scheduler(SxmJobs, LookupJobs):
         got = self.bordered.take(key, blocked)
         if got is None:
             return False
-        tiles, last = got
-        for segs in tiles:  # every write of the new owner commits after the old one's last access
-            store.tiles.append([Segment(sg.lo, sg.hi, sg.slice, sg.addr, last) for sg in segs])
+        tiles, _ = got
+        for segs in tiles:  # every write of the new owner commits after the old one's last access of those rows
+            store.tiles.append([Segment(sg.lo, sg.hi, sg.slice, sg.addr, free) for sg, free in segs])
             store.ready.append(0)
         self.stores[(store.tensor, store.fmt)] = store
         return True
@@ -575,7 +615,8 @@ class Scheduler(SxmJobs, LookupJobs):
         cpv = self.chip.cycles_per_vector(store.fmt)  # the activations' store: f16, or i8 (one vector a cycle)
         runs = segment_runs(store, kt, view_runs(view, store, geom, rows, r0, r1))
         # first overwrite of the accumulator block only after its previous reader is done
-        lower = max(st.installed_at, st.busy_until, acc_free - self.chip.mxm_latency + 1)
+        lower = max(st.installed_at, st.busy_until, acc_free - self.chip.mxm_latency + 1,
+                    self.read_bound(store, kt, runs, pos, cpv, list(range(store.width))))
         plus = ", +" if accumulate else ""
         count = r1 - r0
 
@@ -660,16 +701,28 @@ class Scheduler(SxmJobs, LookupJobs):
             store = self.stores[(view.tensor, vxm_format(g.tensors[view.tensor]))]
             tile = source_tile(view, nt)
             runs = segment_runs(store, tile, view_runs(view, store, geom, out_t.rows, r0, r1))
-            src.append((store, runs, tile))
+            src.append((store, runs, tile, [(store, runs)]))
         sink_runs = {fmt: segment_runs(st, nt, view_runs(View(node.output), st, geom, out_t.rows, r0, r1))
                      for fmt, st in sinks.items()}
+        for i, view in enumerate(node.sources):  # copies the job may read instead (broadcast_copies)
+            store, runs, tile, alts = src[i]
+            copies = self.broadcast_copies(view, store, out_t.rows)
+            if not copies:
+                continue
+            # slices the job's other reads and its writes use: a copy there would meet them in the same cycles
+            busy = {r.slice + b for j, (st, rs, _, _) in enumerate(src) if j != i for r in rs
+                    for b in range(st.width)}
+            busy |= {r.slice + b for fmt, rs in sink_runs.items() for r in rs for b in range(sinks[fmt].width)}
+            for copy in copies:
+                if not any(x in busy for sg in copy.tiles[tile] for x in range(sg.slice, sg.slice + copy.width)):
+                    alts.append((copy, segment_runs(copy, tile, view_runs(view, copy, geom, out_t.rows, r0, r1))))
         lower = 0
         for j, s in enumerate(steps):
             for a in s.args:
                 if a[0] == "src":
-                    store, runs, tile = src[a[1]]
-                    far = max(abs(vpos - self.mem_pos[r.slice + b]) for r in runs for b in range(store.width))
-                    lower = max(lower, store.ready[tile] + self.chip.mem_read_latency + far - times[j])
+                    store, runs, tile, _ = src[a[1]]
+                    lower = max(lower, self.read_bound(store, tile, runs, vpos, 1, list(range(store.width)))
+                                - times[j])
                 elif a[0] == "acc":
                     dist = abs(vpos - self.chip.plane_position(plane))
                     lower = max(lower, acc_ready + self.chip.mxm_acc_latency + dist - times[j])
@@ -695,7 +748,8 @@ class Scheduler(SxmJobs, LookupJobs):
                     elif a[0] == "step":
                         operands.append(f"R{alus[a[1]]}")
                     elif a[0] == "src":
-                        store, runs, tile = src[a[1]]
+                        store, runs, tile, alts = src[a[1]]
+                        store, runs = self.free_copy(alts, t, vpos, base)
                         operands.append(self.read_view(store, tile, runs, vpos, t, 1, base))
                     else:  # the accumulator of `plane`
                         operands.append(self.read_accumulators(plane, acc_base, rows, t, base,
@@ -801,8 +855,13 @@ class Scheduler(SxmJobs, LookupJobs):
                     sinks[fmt] = self.cache_sink(node.output)
                     self.keep_sources_off(node, sinks[fmt])
                     continue
-                sinks[fmt] = self.alloc_store(node.output, fmt, reuse=True,
-                                              avoid_tile=lambda nt: self.view_slices(streamed + [View(node.output)], nt))
+                self.sink_of = node  # alloc_store's last resort: apart from what this node's jobs read per row
+                try:
+                    sinks[fmt] = self.alloc_store(
+                        node.output, fmt, reuse=True,
+                        avoid_tile=lambda nt: self.view_slices(streamed + [View(node.output)], nt))
+                finally:
+                    self.sink_of = None
             if node.kind == "matmul":
                 self.schedule_matmul(node, sinks)
             elif node.kind == "transpose":
@@ -1007,6 +1066,16 @@ class Scheduler(SxmJobs, LookupJobs):
                 best = (cost, chunk)
         return best[1]
 
+    def matmul_chunk(self, node: Node) -> int:
+        """Output rows per job of a matmul node (row_chunk)."""
+        g = self.graph
+        out = g.tensors[node.output]
+        x_fmt = "i8" if is_int8(g, node) else "f16"
+        slots = weight_slots("i8" if x_fmt == "i8" else "f16")[0]
+        return self.row_chunk(out.rows, self.ntiles(out.cols), self.chip.cycles_per_vector(x_fmt),
+                              math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots),
+                              max(len(self.term_order(node, nt)) for nt in range(self.ntiles(out.cols))))
+
     def schedule_matmul(self, node: Node, sinks: dict[str, Store]) -> None:
         g = self.graph
         out = g.tensors[node.output]
@@ -1014,10 +1083,7 @@ class Scheduler(SxmJobs, LookupJobs):
         x_fmt = "i8" if is_int8(g, node) else "f16"
         x_store = self.stores[(node.x, x_fmt)]
         acc_rows = self.chip.mxm_acc_rows
-        slots = weight_slots("i8" if x_fmt == "i8" else "f16")[0]
-        chunk = self.row_chunk(out.rows, self.ntiles(out.cols), self.chip.cycles_per_vector(x_fmt),
-                               math.ceil(min(g.tensors[node.x].cols, self.lanes) / slots),
-                               max(len(self.term_order(node, nt)) for nt in range(self.ntiles(out.cols))))
+        chunk = self.matmul_chunk(node)
         blocks = acc_rows // chunk
         for nt in range(self.ntiles(out.cols)):
             for r0 in range(0, out.rows, chunk):

@@ -307,7 +307,8 @@ class BorderedPool:
             self.pending[key] -= 1
 
     def keep(self, key: tuple, tiles: list, last_access: int) -> bool:
-        """Keep a released store's tiles for a later store of its layout: whether it was kept."""
+        """Keep a released store's tiles (per column tile, (segment, its last use)) for a later store of its
+        layout: whether it was kept."""
         if not self.pending.get(key):
             return False
         self.free.setdefault(key, []).append((tiles, last_access))
@@ -317,7 +318,7 @@ class BorderedPool:
         """(tiles, last access) of a kept store none of whose column tile nt touches `blocked(nt)`, or None."""
         kept = self.free.get(key, [])
         for i, (tiles, last) in enumerate(kept):
-            if all(not any(blocked(nt, sg.slice) for sg in segs) for nt, segs in enumerate(tiles)):
+            if all(not any(blocked(nt, sg.slice) for sg, _ in segs) for nt, segs in enumerate(tiles)):
                 del kept[i]
                 return tiles, last
         return None

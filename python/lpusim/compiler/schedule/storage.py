@@ -28,6 +28,7 @@ class Segment:
     slice: int
     addr: int
     not_before: int = -1  # reused space: every write must commit after this cycle (the previous owner's last use)
+    last_access: int = -1  # the last cycle a READ or WRITE of these rows touches a bank (its space's reuse)
 
 
 @dataclass
@@ -41,7 +42,12 @@ class Store:
     storage_rows: int
     tiles: list[list[Segment]] = field(default_factory=list)
     ready: list[int] = field(default_factory=list)  # per tile: first cycle a READ sees all of it
+    # per tile: first cycle a READ sees each storage row (rows never written: 0), from every WRITE of the tile;
+    # None once a write was not recorded row by row (then `ready` holds for every row). See `rows_ready`.
+    row_ready: dict = field(default_factory=dict)
     last_access: int = -1  # the last cycle any READ or WRITE of it touches a bank (for reuse)
+    # the last access of a run not known by segment (MemRun.seg None): every segment's space waits for it too
+    loose_access: int = -1
     released: bool = False  # its space is back with the allocator
 
     @classmethod
@@ -52,6 +58,30 @@ class Store:
         else:
             storage = t.rows
         return cls(t.name, fmt, WIDTH[fmt], t.rows, t.geom, t.pad if t.geom else 0, storage)
+
+    def record_write(self, tile: int, rows: np.ndarray | None, cycles: np.ndarray | None) -> None:
+        """Storage rows `rows` of `tile` readable from `cycles` on (rows None: the write is not known row by row;
+        the tile's readiness falls back to `ready`)."""
+        if rows is None:
+            self.row_ready[tile] = None
+            return
+        if tile in self.row_ready and self.row_ready[tile] is None:
+            return
+        arr = self.row_ready.get(tile)
+        if arr is None:
+            arr = self.row_ready[tile] = np.zeros(self.storage_rows, dtype=np.int64)
+        np.maximum.at(arr, rows, cycles)
+
+    def rows_ready(self, tile: int) -> np.ndarray | None:
+        """Per storage row of `tile`, the first cycle a READ sees it; None: `ready[tile]` for every row. Every
+        writer of a store is placed before its readers (program order), so a row no write has reached yet is one
+        no write will reach: its contents are static (a border, a constant, an input)."""
+        return self.row_ready.get(tile)
+
+    def free_after(self, seg: Segment) -> int:
+        """The last cycle the segment's space is used by this store: its own accesses and those not known by
+        segment."""
+        return max(seg.last_access, self.loose_access)
 
     def interior_rows(self) -> np.ndarray:
         """Storage row of every logical row, in logical order."""
@@ -74,6 +104,8 @@ class MemRun:
     count: int
     stride: int
     not_before: int = -1
+    row: int = -1  # storage row of the first row (-1: not known; readiness then falls back to Store.ready)
+    seg: Segment | None = None  # the segment it lies in (None: not known; its accesses count for the whole store)
 
 
 def _merge(runs):
@@ -147,7 +179,8 @@ def segment_runs(store: Store, tile: int, runs) -> list[MemRun]:
                 n = min(count - i, (r - seg.lo) // -stride + 1)
             else:
                 n = count - i
-            out.append(MemRun(out_start + i, seg.slice, seg.addr + (r - seg.lo), n, stride, seg.not_before))
+            out.append(MemRun(out_start + i, seg.slice, seg.addr + (r - seg.lo), n, stride, seg.not_before, r,
+                              seg))
             i += n
     return out
 
