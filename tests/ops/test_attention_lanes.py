@@ -86,7 +86,7 @@ def test_contexts_read_as_heads_are_selected_from_the_merged_lanes():
 
 def scaled_attention(h: int, nh: int, s: int, batch: int = 1, k_op: str = "Mul"):
     """Hugging Face BERT's sdpa export: Q and K^T each scaled by a scalar after the head split (Mul by
-    sqrt(1/sqrt(D)); K^T here by `k_op` of the matching scalar), then scores, Softmax, contexts, heads merged and
+    sqrt(1/sqrt(D)); K^T here by `k_op` of the matching scalar, a [1, 1, 1, 1] one for Div), then scores, Softmax, contexts, heads merged and
     projected."""
     d = h // nh
     c = float(np.sqrt(1.0 / np.sqrt(d)))
@@ -95,7 +95,8 @@ def scaled_attention(h: int, nh: int, s: int, batch: int = 1, k_op: str = "Mul")
     inits += [helper.make_tensor("split", TensorProto.INT64, [4], [batch, s, nh, d]),
               helper.make_tensor("merge", TensorProto.INT64, [3], [batch, s, h]),
               helper.make_tensor("cq", TensorProto.FLOAT, [], [c]),
-              helper.make_tensor("ck", TensorProto.FLOAT, [], [c if k_op == "Mul" else 1.0 / c])]
+              helper.make_tensor("ck", TensorProto.FLOAT, [] if k_op == "Mul" else [1, 1, 1, 1],
+                                 [c if k_op == "Mul" else 1.0 / c])]
     nodes = [helper.make_node("MatMul", ["x", f"w{n}"], [n]) for n in "qkv"]
     nodes += [helper.make_node("Reshape", [n, "split"], [f"{n}4"]) for n in "qkv"]
     nodes += [helper.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),

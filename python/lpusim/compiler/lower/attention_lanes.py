@@ -128,11 +128,13 @@ def lower_lanes_scalar(lw, node, args) -> bool:
     inputs = list(node.input)
     inputs[i] = f"{node.input[i]}@lanes"  # the split's tensor, as its fp16 copy holds it: a [B, S, NH*D] value
     lw.values[inputs[i]] = (fp16_copy(lw, node, ls.tensor, f"{ls.tensor}.f16"), tuple(ls.shape))
+    inputs[1 - i] = f"{node.input[1 - i]}@scalar"  # (a [1, 1, 1, 1] one would broadcast the value to 4-D)
+    lw.consts[inputs[1 - i]] = np.asarray(args[1 - i][1]).reshape(())
     sub = onnx.helper.make_node(node.op_type, inputs, [f"{name}@lanes"], name=node.name)
     try:
         lw.lower(sub)
     finally:
-        del lw.values[inputs[i]]
+        del lw.values[inputs[i]], lw.consts[inputs[1 - i]]
     y = lw.values.pop(sub.output[0])[0]
     # what materializing it would name (its magnitudes: this op's output)
     source = onnx.helper.make_node(node.op_type, [name], [name], name=node.name)
