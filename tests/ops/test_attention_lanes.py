@@ -84,6 +84,44 @@ def test_contexts_read_as_heads_are_selected_from_the_merged_lanes():
     assert "head selection (Transpose)" in mxm_work(program)  # the merged contexts' parts, for the output
 
 
+def scaled_attention(h: int, nh: int, s: int, batch: int = 1, k_op: str = "Mul"):
+    """Hugging Face BERT's sdpa export: Q and K^T each scaled by a scalar after the head split (Mul by
+    sqrt(1/sqrt(D)); K^T here by `k_op` of the matching scalar, a [1, 1, 1, 1] one for Div), then scores, Softmax, contexts, heads merged and
+    projected."""
+    d = h // nh
+    c = float(np.sqrt(1.0 / np.sqrt(d)))
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [h, h], (RNG.standard_normal((h, h)) / 8).ravel())
+             for n in ("wq", "wk", "wv", "wo")]
+    inits += [helper.make_tensor("split", TensorProto.INT64, [4], [batch, s, nh, d]),
+              helper.make_tensor("merge", TensorProto.INT64, [3], [batch, s, h]),
+              helper.make_tensor("cq", TensorProto.FLOAT, [], [c]),
+              helper.make_tensor("ck", TensorProto.FLOAT, [] if k_op == "Mul" else [1, 1, 1, 1],
+                                 [c if k_op == "Mul" else 1.0 / c])]
+    nodes = [helper.make_node("MatMul", ["x", f"w{n}"], [n]) for n in "qkv"]
+    nodes += [helper.make_node("Reshape", [n, "split"], [f"{n}4"]) for n in "qkv"]
+    nodes += [helper.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+              helper.make_node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Mul", ["qt", "cq"], ["qs"]),
+              helper.make_node(k_op, ["kt", "ck"], ["ks"]),
+              helper.make_node("MatMul", ["qs", "ks"], ["scores"]),
+              helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vt"], ["ctx"]),
+              helper.make_node("Transpose", ["ctx"], ["ctx4"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ctx4", "merge"], ["merged"]),
+              helper.make_node("MatMul", ["merged", "wo"], ["y"])]
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, s, h])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, s, h])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kw", [dict(h=64, nh=4, s=16), dict(h=384, nh=4, s=8), dict(h=64, nh=4, s=8, batch=2),
+                                dict(h=64, nh=4, s=16, k_op="Div")],
+                         ids=["4-heads", "straddling", "batch2", "div"])
+def test_scalar_scaled_heads_stay_on_their_lanes(monkeypatch, kw):
+    check_lanes(monkeypatch, scaled_attention(**kw))  # no head selection: the scaled splits read in place
+
+
 def graph_with(node: ir.Node, tensors: list[ir.Tensor]) -> ir.Graph:
     return ir.Graph({t.name: t for t in tensors}, [node], ["x"], [node.output], ["y"], {"x": (8, 640)})
 

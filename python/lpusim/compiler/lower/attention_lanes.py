@@ -11,6 +11,9 @@ a `LaneSplit`: the tensor and where head h's lanes are (h*D..), nothing moved. T
   to its head's output tile (`Node.out_tiles`): the merged [S, NH*D] directly, kept as a lane split of it (the
   Transpose and Reshape that merge heads then move nothing). At B > 1 one such matmul per batch element, stacked on
   the rows as before (attention.stack_rows).
+An elementwise op of a lane split and a scalar constant (Hugging Face's sdpa export scales Q and K^T each by
+sqrt(1/sqrt(D)) after the split) runs once over the whole tensor (`lower_lanes_scalar`): its result is a lane split
+with the same lane map, so the scores still read it in place.
 Any other reader of a lane split gets the parts the MXM selections make (`materialize`), as before.
 
 Exact where the selections were: the products are the same fp16 numbers (a cleared lane is +0, and the selections
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from lpusim.compiler.frontend.calibrate import scale_exponent
 from lpusim.compiler.ir import TILE_LANES, Node, Step, View, tile_width
 from lpusim.compiler.lower.attention import (head_float, interleave_parts, lower_merge_reshape, split_parts,
                                              stack_rows)
@@ -100,6 +104,59 @@ def lower_lanes_matmul(lw, node, args) -> bool:
         lanes_contexts(lw, node, a, b)
         return True
     return False
+
+
+SCALAR_OPS = ("Mul", "Div", "Add", "Sub")
+
+
+def lower_lanes_scalar(lw, node, args) -> bool:
+    """A lane split times (over, plus, minus) a scalar constant: the op once over the split's whole tensor, its
+    result a lane split with the same lane map; transposed (K^T) stays transposed, the op commutes with it. False
+    when it is not that.
+
+    Exact as per part: a part was the split tensor's fp16 copy moved by the MXM, then the op (fused into that
+    selection's epilogue). Here the op may fuse into the split tensor's producer (the projection's accumulator),
+    so it first rounds the value as that fp16 copy holds it (`fp16_copy`): the same fp32 op on the same value."""
+    if not lanes_ok(lw) or node.op_type not in SCALAR_OPS or len(args) != 2 or any(x is None for x in args):
+        return False
+    split = [i for i, x in enumerate(args) if x[0] == "heads" and isinstance(x[1], LaneSplit) and x[1].parts is None]
+    if len(split) != 1 or args[1 - split[0]][0] != "const" or np.asarray(args[1 - split[0]][1]).size != 1:
+        return False
+    i = split[0]
+    ls, transposed, shape4 = args[i][1:]
+    name = node.output[0]
+    inputs = list(node.input)
+    inputs[i] = f"{node.input[i]}@lanes"  # the split's tensor, as its fp16 copy holds it: a [B, S, NH*D] value
+    lw.values[inputs[i]] = (fp16_copy(lw, node, ls.tensor, f"{ls.tensor}.f16"), tuple(ls.shape))
+    inputs[1 - i] = f"{node.input[1 - i]}@scalar"  # (a [1, 1, 1, 1] one would broadcast the value to 4-D)
+    lw.consts[inputs[1 - i]] = np.asarray(args[1 - i][1]).reshape(())
+    sub = onnx.helper.make_node(node.op_type, inputs, [f"{name}@lanes"], name=node.name)
+    try:
+        lw.lower(sub)
+    finally:
+        del lw.values[inputs[i]], lw.consts[inputs[1 - i]]
+    y = lw.values.pop(sub.output[0])[0]
+    # what materializing it would name (its magnitudes: this op's output)
+    source = onnx.helper.make_node(node.op_type, [name], [name], name=node.name)
+    lw.heads[name] = (LaneSplit(y, tuple(ls.shape), ls.nh, ls.d, source), transposed, tuple(shape4))
+    return True
+
+
+def fp16_copy(lw, node, x: str, hint: str) -> str:
+    """x as its fp16 copy holds it (fp16(x * 2^-k) * 2^k, k from x's magnitude as scale_fp16 chooses it), on the
+    VXM: a no-op on that copy, a rounding where the node fuses into x's producer."""
+    magnitude = lw.ir_magnitude(x)
+    k = scale_exponent(magnitude)
+    steps = [Step("CVT", [("src", 0)], "f32.f16")]
+    if k:
+        steps = [Step("MUL", [("src", 0), ("imm", float(2.0 ** -k))]), Step("CVT", [("step", 0)], "f32.f16"),
+                 Step("MUL", [("step", 1), ("imm", float(2.0 ** k))])]
+    t = lw.tensors[x]
+    y = lw.add_tensor(lw.fresh(hint), t.shape, "value")
+    lw.tensors[y].geom = t.geom
+    lw.nodes.append(Node("vector", node.name or node.output[0], node.op_type, y, sources=[View(x)], steps=steps))
+    lw.derived[y] = magnitude
+    return y
 
 
 def head_tiles(h: int, d: int, cols: int) -> list[tuple[int, int, int]]:

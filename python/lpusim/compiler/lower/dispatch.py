@@ -12,7 +12,8 @@ import numpy as np
 from lpusim.compiler.frontend.load import attrs
 from lpusim.compiler.lower.attention import (lower_heads_matmul, lower_heads_repeat, lower_heads_transpose,
                                              lower_per_head, lower_split_transpose)
-from lpusim.compiler.lower.attention_lanes import lower_lanes_matmul, lower_lanes_merge, materialize, split_lazily
+from lpusim.compiler.lower.attention_lanes import (lower_lanes_matmul, lower_lanes_merge, lower_lanes_scalar,
+                                                   materialize, split_lazily)
 from lpusim.compiler.lower.attention_masks import lower_flatrows, lower_maskrow
 from lpusim.compiler.lower.elementwise import BINARY, lower_cast_op, UNARY
 from lpusim.compiler.lower.fold import fold_outputs
@@ -146,6 +147,8 @@ def lower_view(lw: LowerState, node, op: str, a: dict, args: list) -> bool:
         return True
     if "heads" in kinds:
         if op == "MatMul" and lower_lanes_matmul(lw, node, args):  # lane splits read in place
+            return True
+        if lower_lanes_scalar(lw, node, args):  # a lane split by a scalar: still a lane split
             return True
         repeat = any(x is not None and x[0] == "heads" and len(x[3]) == 5 for x in args) or (
             op in ("Unsqueeze", "Reshape") and len(reshape_target(lw, node, a, args,
