@@ -47,7 +47,7 @@ def reference_outcome(text: str, dumps: list):
         stats, raws = run(text, dumps=dumps)
     except ReferenceSimulationError as e:
         return ("error", e.kind, e.cycle, e.queue, e.index), None, None
-    except ReferenceAssemblyError as e:
+    except ReferenceAssemblyError:
         return ("assembly",), None, None
     return ("ok",), stats, raws
 

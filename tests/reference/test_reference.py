@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lpusim.reference import ReferenceAssemblyError, ReferenceSimulationError, TSP_V1, run
-from lpusim.reference.numerics import F16, convert_element, parse_number, round_to_float_bits
+from lpusim.reference.numerics import convert_element, parse_number, round_to_float_bits
 from random_programs import generate
 
 SL = TSP_V1["superlanes"]  # a program's cycle count is the last busy cycle + 1 + (superlanes - 1)

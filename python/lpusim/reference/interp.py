@@ -425,7 +425,7 @@ class Interpreter:
                 tag = "i32"
                 signed = out.view({"i8": np.int8, "u8": np.uint8, "i32": np.int32}[dst_t]).astype(np.int64)
                 wide = (signed & 0xFFFFFFFF).astype(np.uint32)
-            out_w, out_t = WIDTH[dst_t], dst_t
+            out_w = WIDTH[dst_t]
         else:
             T = ins.dtype
             D, *srcs = ins.operands
@@ -441,7 +441,7 @@ class Interpreter:
             else:
                 wide = vxm_op(ins.op, T, vals[0], vals[1] if len(vals) > 1 else None)
             tag = T
-            out, out_w, out_t = wide, 4, T
+            out, out_w = wide, 4
 
         def reg_update(tc, alu=alu, wide=wide, tag=tag):
             self.regs[alu] = (wide, tag)
@@ -714,13 +714,13 @@ def load_checks(prog: Program, cfg: dict, fp: Floorplan):
     # directives (queue '.init' / '.dump' / '.link', index = the directive's ordinal among its kind; all .init
     # first, then .dump, then .link: the Rust core's convention, docs/isa.md does not say)
     for k, d in enumerate(prog.inits):
-        side, i0 = d.slice[4], int(d.slice[5:])
+        i0 = int(d.slice[5:])
         text = f".init {d.slice} {d.addr} {d.dtype}"
         if i0 + WIDTH[d.dtype] > fp.mem_half or d.addr >= cfg["mem_words"] or len(d.values) > cfg["lanes"]:
             bad(".init", k, text, f"needs slices {d.slice}..+{WIDTH[d.dtype]}, an address below "
                 f"{cfg['mem_words']} and at most {cfg['lanes']} values")
     for k, d in enumerate(prog.dumps):
-        side, i0 = d.slice[4], int(d.slice[5:])
+        i0 = int(d.slice[5:])
         text = f".dump {d.slice} {d.addr} {d.dtype} {d.count}"
         if i0 + WIDTH[d.dtype] > fp.mem_half or d.addr + d.count > cfg["mem_words"]:
             bad(".dump", k, text, f"needs slices {d.slice}..+{WIDTH[d.dtype]} and addresses below {cfg['mem_words']}")
