@@ -18,8 +18,8 @@ import onnx
 from lpusim.errors import CompileError
 
 
-class _Graph:
-    """Sub-nodes of one ONNX node, named after its first output, with host constants registered in `lw`."""
+class SubGraph:
+    """Sub-nodes of one ONNX node (a lowering that is a small graph of supported ops: here, dynamic_quant.py), named after its first output, with host constants registered in `lw`."""
 
     def __init__(self, lw, node):
         self.lw, self.node, self.nodes = lw, node, []
@@ -68,7 +68,7 @@ def lower_conv_transpose(lw, node, a, args):
                            f"supported yet (explicit pads)")
     if auto == "VALID":
         pads = [0, 0, 0, 0]
-    g = _Graph(lw, node)
+    g = SubGraph(lw, node)
     x = node.input[0]
     sh, sw = strides
     if (sh, sw) != (1, 1):  # zero insertion: x at every stride-th pixel of an [sh*H, sw*W] image
@@ -122,7 +122,7 @@ def lower_lstm(lw, node, a, args):
     direction = a.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     orders = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
-    g = _Graph(lw, node)
+    g = SubGraph(lw, node)
     steps = [g.add("Gather", [node.input[0], g.const(t, "t")], axis=0) for t in range(t_len)]  # x_t [batch, in]
     outs = list(node.output) + [""] * (3 - len(node.output))
     wanted = [o and (lw.feeds_other_nodes(o) or any(o == v.name for v in lw.model.graph.output)) for o in outs]

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from lpusim.compiler.ir import Step, View
+from lpusim.compiler.lower.decompose import SubGraph
 from lpusim.compiler.lower.elementwise import operand
 from lpusim.compiler.lower.quant_codes import MAGIC, q_const, q_kind
 from lpusim.compiler.lower.quant_contract import q_contraction
@@ -34,18 +35,11 @@ def lower_dynamic_quantize(lw, node) -> None:
     x = node.input[0]
     if x not in lw.values:
         raise CompileError(f"{lw.where(node)}: DynamicQuantizeLinear of a constant or unknown tensor '{x}'")
-    base = node.output[0]
-    subs = []
+    g = SubGraph(lw, node)
+    add = g.add
 
     def const(value, hint):
-        name = lw.fresh(f"{base}@{hint}")
-        lw.consts[name] = np.asarray(value, dtype=np.float32)
-        return name
-
-    def add(op, inputs, out=None, **attrs):
-        out = out or lw.fresh(f"{base}@{op.lower()}")
-        subs.append(onnx.helper.make_node(op, inputs, [out], name=node.name or base, **attrs))
-        return out
+        return g.const(value, hint, np.float32)
 
     zero, one = const(0.0, "zero"), const(1.0, "one")
     magic = const(MAGIC, "magic")
@@ -64,8 +58,7 @@ def lower_dynamic_quantize(lw, node) -> None:
         const(127.0, "hi")], node.output[0])
     if len(node.output) > 2 and node.output[2]:
         add("Cast", [zp], node.output[2], to=onnx.TensorProto.UINT8)
-    for sub in subs:
-        lw.lower(sub)
+    g.lower()
     lw.q_state["code"][node.output[0]] = "u8"
     lw.q_state.setdefault("dynamic_zero", {})[node.output[0]] = zp_code  # MatMulInteger reads it
 
