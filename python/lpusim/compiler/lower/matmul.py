@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from lpusim.compiler.ir import Node, View
+from lpusim.compiler.lower.decompose import SubGraph
 from lpusim.compiler.lower.elementwise import emit_binary
 from lpusim.compiler.lower.transpose import permute
 from lpusim.errors import CompileError
@@ -90,17 +91,10 @@ def lower_batched_matmul(lw, node, xshape: tuple, wshape: tuple) -> None:
         raise CompileError(f"{lw.where(node)}: batch dimensions of {xshape} @ {wshape} do not broadcast") from None
     out_shape = batch + (xshape[-2], wshape[-1])
     tag = node.output[0]
-    nodes = []
-
-    def const(value, hint):
-        name = lw.fresh(f"{tag}@{hint}")
-        lw.consts[name] = np.asarray(value, dtype=np.int64)
-        return name
+    g = SubGraph(lw, node)
 
     def stacked(i, shape):  # operand i as [P, rows, cols]; its batch index of each output batch index
-        flat = f"{tag}@in{i}"
-        nodes.append(onnx.helper.make_node("Reshape", [node.input[i], const((-1,) + shape[-2:], "shape")], [flat],
-                                           name=node.name))
+        flat = g.add("Reshape", [node.input[i], g.const((-1,) + shape[-2:], "shape")], f"{tag}@in{i}")
         own = np.arange(int(np.prod(shape[:-2], dtype=np.int64))).reshape(shape[:-2])
         index = np.broadcast_to(own.reshape((1,) * (len(batch) - len(own.shape)) + own.shape), batch).ravel()
         return flat, index
@@ -109,17 +103,13 @@ def lower_batched_matmul(lw, node, xshape: tuple, wshape: tuple) -> None:
     ws, wi = stacked(1, wshape)
     parts = []
     for p in range(int(np.prod(batch, dtype=np.int64))):
-        a_p, b_p, y_p, u_p = (f"{tag}@{k}{p}" for k in ("a", "b", "y", "u"))
-        nodes.append(onnx.helper.make_node("Gather", [xs, const(xi[p], "i")], [a_p], name=node.name, axis=0))
-        nodes.append(onnx.helper.make_node("Gather", [ws, const(wi[p], "i")], [b_p], name=node.name, axis=0))
-        nodes.append(onnx.helper.make_node("MatMul", [a_p, b_p], [y_p], name=node.name))
-        nodes.append(onnx.helper.make_node("Unsqueeze", [y_p, const([0], "axes")], [u_p], name=node.name))
-        parts.append(u_p)
-    nodes.append(onnx.helper.make_node("Concat", parts, [f"{tag}@stack"], name=node.name, axis=0))
-    nodes.append(onnx.helper.make_node("Reshape", [f"{tag}@stack", const(out_shape, "out")], [node.output[0]],
-                                       name=node.name))
-    for sub in nodes:
-        lw.lower(sub)
+        a_p = g.add("Gather", [xs, g.const(xi[p], "i")], f"{tag}@a{p}", axis=0)
+        b_p = g.add("Gather", [ws, g.const(wi[p], "i")], f"{tag}@b{p}", axis=0)
+        y_p = g.add("MatMul", [a_p, b_p], f"{tag}@y{p}")
+        parts.append(g.add("Unsqueeze", [y_p, g.const([0], "axes")], f"{tag}@u{p}"))
+    stack = g.add("Concat", parts, f"{tag}@stack", axis=0)
+    g.add("Reshape", [stack, g.const(out_shape, "out")], node.output[0])
+    g.lower()
 
 
 def lower_einsum(lw, node, a, args):
