@@ -43,7 +43,7 @@ PREFILL_CHUNK = 16
 # a KV cache of more positions is refused before any array of that many positions is made.
 MAX_CONTEXT = 1 << 20
 # The most row blocks the token embedding is split into (Planner.embed_blocks): far above any published vocabulary's
-# need (Llama 3's 128K tokens take 2 at tp 8), a bound on the compiles spent finding out.
+# need (Llama 3's 128K tokens take 3 at tp 8, measured at d68954f), a bound on the compiles spent finding out.
 MAX_EMBED_BLOCKS = 16
 
 
@@ -171,7 +171,7 @@ class Planner:
     def embed_blocks(self, tp: int) -> int:
         """Over how many groups of `tp` chips the token embedding's rows go: 1 when a chip holds its column block
         of the whole table, else the fewest row blocks of which one chip holds one (Llama 3's 128K-token table at
-        tp 8: 2). Each block costs a chain step per pass (`pass_cycles`)."""
+        tp 8: 3, as the lookup stores f32 rows). Each block costs a chain step per pass (`pass_cycles`)."""
         if tp not in self.blocks:
             cap, r = self.chip.sram_bytes, 1
             while True:
